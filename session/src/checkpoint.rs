@@ -1,0 +1,291 @@
+//! The [`Checkpoint`] envelope and its byte format.
+//!
+//! ```text
+//! byte 0      format version (currently 1)
+//! bytes 1..   bincode 2 (standard config, varint) of CheckpointBody
+//! ```
+//! The body carries a blake3 hash over a domain-separated encoding of every other field, so a
+//! flipped bit anywhere (state, seq, epoch, ids) is detected. Decoding is bounded by
+//! [`MAX_CHECKPOINT_BYTES`] and never panics on arbitrary input.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Epoch, Seq, SessionId};
+
+/// The envelope format this build writes.
+pub const CHECKPOINT_FORMAT_VERSION: u8 = 1;
+
+/// Largest encoded checkpoint accepted (state plus header): 1 GiB + 64 KiB.
+pub const MAX_CHECKPOINT_BYTES: usize = (1 << 30) + (64 << 10);
+
+const HASH_DOMAIN: &[u8] = b"opengrid.checkpoint.v1\0";
+
+/// A versioned, self-verifying snapshot of one session's state.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Whose state this is.
+    pub session_id: SessionId,
+    /// Placement epoch of the writer.
+    pub epoch: Epoch,
+    /// Last input folded into `state`.
+    pub seq: Seq,
+    /// Handler that produced the state.
+    pub handler_id: String,
+    /// Version of that handler's state format.
+    pub handler_version: u32,
+    /// Opaque handler state.
+    #[serde(with = "serde_bytes_vec")]
+    pub state: Vec<u8>,
+    /// blake3 over every field above.
+    pub hash: [u8; 32],
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("session_id", &self.session_id)
+            .field("epoch", &self.epoch)
+            .field("seq", &self.seq)
+            .field("handler", &format_args!("{}@{}", self.handler_id, self.handler_version))
+            .field("state_len", &self.state.len())
+            .finish()
+    }
+}
+
+mod serde_bytes_vec {
+    use serde::{Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = a.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Why bytes are not a valid checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    /// Zero bytes.
+    #[error("checkpoint is empty")]
+    Empty,
+    /// Larger than [`MAX_CHECKPOINT_BYTES`].
+    #[error("checkpoint is {len} bytes; the limit is {MAX_CHECKPOINT_BYTES}")]
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+    },
+    /// A format version this build cannot read.
+    #[error("checkpoint format version {0} is not supported (this build reads {CHECKPOINT_FORMAT_VERSION})")]
+    UnsupportedVersion(u8),
+    /// The body does not decode (truncated or garbled).
+    #[error("checkpoint body is malformed: {0}")]
+    Malformed(String),
+    /// Bytes left after the body.
+    #[error("checkpoint has {0} trailing bytes after the body")]
+    TrailingBytes(usize),
+    /// The stored hash does not match the content.
+    #[error("checkpoint hash mismatch for session {session} at {epoch}/{seq}: content was altered")]
+    HashMismatch {
+        /// Session named in the (untrusted) body.
+        session: String,
+        /// Epoch named in the body.
+        epoch: Epoch,
+        /// Seq named in the body.
+        seq: Seq,
+    },
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_CHECKPOINT_BYTES>()
+}
+
+impl Checkpoint {
+    /// Builds a checkpoint and computes its hash.
+    pub fn new(
+        session_id: SessionId,
+        epoch: Epoch,
+        seq: Seq,
+        handler_id: impl Into<String>,
+        handler_version: u32,
+        state: Vec<u8>,
+    ) -> Self {
+        let mut cp = Checkpoint {
+            session_id,
+            epoch,
+            seq,
+            handler_id: handler_id.into(),
+            handler_version,
+            state,
+            hash: [0; 32],
+        };
+        cp.hash = cp.compute_hash();
+        cp
+    }
+
+    /// The hash the content should have.
+    pub fn compute_hash(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(HASH_DOMAIN);
+        let sid = self.session_id.as_str().as_bytes();
+        h.update(&(sid.len() as u64).to_le_bytes());
+        h.update(sid);
+        h.update(&self.epoch.0.to_le_bytes());
+        h.update(&self.seq.0.to_le_bytes());
+        h.update(&(self.handler_id.len() as u64).to_le_bytes());
+        h.update(self.handler_id.as_bytes());
+        h.update(&self.handler_version.to_le_bytes());
+        h.update(&(self.state.len() as u64).to_le_bytes());
+        h.update(&self.state);
+        *h.finalize().as_bytes()
+    }
+
+    /// Whether the stored hash matches the content.
+    pub fn verify(&self) -> Result<(), CheckpointError> {
+        if self.compute_hash() == self.hash {
+            Ok(())
+        } else {
+            Err(CheckpointError::HashMismatch {
+                session: self.session_id.to_string(),
+                epoch: self.epoch,
+                seq: self.seq,
+            })
+        }
+    }
+
+    /// Encodes as `version byte ‖ bincode body`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.state.len() + 96);
+        out.push(CHECKPOINT_FORMAT_VERSION);
+        // Encoding into a Vec cannot fail for these types except by exceeding the limit, which
+        // `Checkpoint::new` callers cannot reach without a >1 GiB state; report it as empty body.
+        if let Err(e) = bincode::serde::encode_into_std_write(self, &mut out, config()) {
+            tracing::error!(error = %e, "checkpoint encoding failed");
+        }
+        out
+    }
+
+    /// Decodes and verifies bytes produced by [`Checkpoint::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+        let (&version, body) = bytes.split_first().ok_or(CheckpointError::Empty)?;
+        if bytes.len() > MAX_CHECKPOINT_BYTES {
+            return Err(CheckpointError::TooLarge { len: bytes.len() });
+        }
+        if version != CHECKPOINT_FORMAT_VERSION {
+            return Err(CheckpointError::UnsupportedVersion(version));
+        }
+        let (cp, used): (Checkpoint, usize) = bincode::serde::decode_from_slice(body, config())
+            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        if used != body.len() {
+            return Err(CheckpointError::TrailingBytes(body.len() - used));
+        }
+        cp.verify()?;
+        Ok(cp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(state: Vec<u8>) -> Checkpoint {
+        Checkpoint::new(
+            SessionId::new("s-1").unwrap(),
+            Epoch(3),
+            Seq(42),
+            "tutor",
+            2,
+            state,
+        )
+    }
+
+    #[test]
+    fn round_trip() {
+        let cp = sample(b"hello".to_vec());
+        let bytes = cp.encode();
+        assert_eq!(bytes[0], CHECKPOINT_FORMAT_VERSION);
+        assert_eq!(Checkpoint::decode(&bytes).unwrap(), cp);
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_detected() {
+        let cp = sample((0..200u8).collect());
+        let bytes = cp.encode();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(Checkpoint::decode(&b).is_err(), "flip at {i} undetected");
+        }
+    }
+
+    #[test]
+    fn truncations_are_errors() {
+        let bytes = sample(vec![7; 100]).encode();
+        for n in 0..bytes.len() {
+            assert!(Checkpoint::decode(&bytes[..n]).is_err(), "truncated to {n}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert_eq!(Checkpoint::decode(&extra), Err(CheckpointError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn version_and_empty() {
+        assert_eq!(Checkpoint::decode(&[]), Err(CheckpointError::Empty));
+        let mut b = sample(vec![]).encode();
+        b[0] = 9;
+        assert_eq!(Checkpoint::decode(&b), Err(CheckpointError::UnsupportedVersion(9)));
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate() {
+        // version 1, then a session-id string claiming u64::MAX bytes.
+        let mut b = vec![1u8, 0xfd];
+        b.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(Checkpoint::decode(&b), Err(CheckpointError::Malformed(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Checkpoint::decode(&bytes);
+        }
+
+        #[test]
+        fn decode_of_mutated_valid_never_panics(state in proptest::collection::vec(any::<u8>(), 0..64),
+                                                 idx in any::<usize>(), val in any::<u8>()) {
+            let mut b = sample(state).encode();
+            let i = idx % b.len();
+            b[i] = val;
+            if let Ok(cp) = Checkpoint::decode(&b) {
+                prop_assert!(cp.verify().is_ok());
+            }
+        }
+
+        #[test]
+        fn round_trips(state in proptest::collection::vec(any::<u8>(), 0..2048), epoch in any::<u64>(), seq in any::<u64>()) {
+            let cp = Checkpoint::new(SessionId::new("p").unwrap(), Epoch(epoch), Seq(seq), "h", 1, state);
+            prop_assert_eq!(Checkpoint::decode(&cp.encode()).unwrap(), cp);
+        }
+    }
+}

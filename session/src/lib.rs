@@ -1,0 +1,38 @@
+//! # opengrid-session
+//!
+//! The lowest crate of OpenGrid: the vocabulary every other crate speaks about a session.
+//!
+//! - [`Manifest`]: the contract between an agent and the infrastructure (TOML/JSON, versioned,
+//!   validated with errors naming the field).
+//! - [`SessionId`], [`Epoch`], [`Seq`] and the [`Lifecycle`] state machine.
+//! - [`CheckpointPolicy`]: what the manifest implies for durability (zero loss ⇒ synchronous
+//!   checkpoint before ack; a loss bound ⇒ periodic asynchronous checkpoints; `never-live` ⇒ no live
+//!   handover).
+//! - [`Checkpoint`]: the versioned, hashed envelope of a session's state (bincode 2).
+//! - [`CheckpointStore`] with a RocksDB and an in-memory implementation passing one
+//!   [conformance suite](store::conformance), including epoch fencing.
+//!
+//! Plane: control (placement inputs) and state (checkpoints). No networking, no actors here.
+
+pub mod checkpoint;
+pub mod ids;
+pub mod jurisdiction;
+pub mod lifecycle;
+pub mod manifest;
+pub mod policy;
+pub mod store;
+pub mod units;
+
+pub use checkpoint::{Checkpoint, CheckpointError, CHECKPOINT_FORMAT_VERSION, MAX_CHECKPOINT_BYTES};
+pub use ids::{Epoch, Seq, SessionId, SessionIdError};
+pub use lifecycle::{IllegalTransition, Lifecycle, LifecycleEvent, SessionState};
+pub use manifest::{
+    AcceleratorClass, Continuity, FieldError, Manifest, ManifestError, MigrationCost, ProofKind,
+    MANIFEST_VERSION,
+};
+pub use policy::{CheckpointMode, CheckpointPolicy};
+pub use store::{
+    CheckpointInfo, CheckpointStore, MemoryCheckpointStore, RocksCheckpointStore, RocksOptions,
+    StoreError,
+};
+pub use units::{ByteSize, HumanDuration};

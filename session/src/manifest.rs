@@ -1,0 +1,693 @@
+//! The session manifest: the contract between an agent and the infrastructure.
+//!
+//! A manifest is TOML or JSON, carries a `version`, rejects unknown fields, and is checked by
+//! [`Manifest::validate`], which names every bad field and the reason. Everything downstream is
+//! derived from it: the [`CheckpointPolicy`](crate::CheckpointPolicy), placement filters, whether a
+//! live handover is allowed, and what receipts carry.
+//!
+//! ```
+//! use opengrid_session::Manifest;
+//! let m = Manifest::from_toml_str(r#"
+//! version = 1
+//! [session]
+//! handler = "tutor"
+//! continuity = "interactive"
+//! [placement]
+//! jurisdictions = ["DE"]
+//! [migration]
+//! cost = "cheap"
+//! acceptable_loss = "0s"
+//! max_blackout = "50ms"
+//! "#).unwrap();
+//! assert!(m.checkpoint_policy().is_synchronous());
+//! ```
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::jurisdiction;
+use crate::policy::CheckpointPolicy;
+use crate::units::{ByteSize, HumanDuration};
+
+/// The manifest format version this build reads and writes.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Largest manifest file accepted, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+
+/// A validated-on-demand session manifest. Construct with [`Manifest::from_toml_str`],
+/// [`Manifest::from_json_str`] or [`Manifest::load`], which all validate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Format version; must equal [`MANIFEST_VERSION`].
+    pub version: u32,
+    /// What kind of session this is.
+    pub session: SessionSection,
+    /// Where the session may run.
+    #[serde(default)]
+    pub placement: PlacementSection,
+    /// How the session may move and how much state it may lose.
+    pub migration: MigrationSection,
+    /// Demand expectations.
+    #[serde(default)]
+    pub scaling: ScalingSection,
+    /// What must be proven about the session's work.
+    #[serde(default)]
+    pub verification: VerificationSection,
+}
+
+/// `[session]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSection {
+    /// Handler (agent) id that serves the session, e.g. `"tutor"`.
+    pub handler: String,
+    /// Continuity model.
+    pub continuity: Continuity,
+    /// Expected session duration.
+    #[serde(default = "default_expected_duration")]
+    pub expected_duration: HumanDuration,
+    /// Expected state size.
+    #[serde(default = "default_state_footprint")]
+    pub state_footprint: ByteSize,
+    /// Idle time after which the session hibernates (checkpointed, actor stopped).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+}
+
+fn default_expected_duration() -> HumanDuration {
+    HumanDuration::from_secs(30 * 60)
+}
+fn default_state_footprint() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration::from_secs(5 * 60)
+}
+
+/// Continuity model of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Continuity {
+    /// A continuous stream (audio, video, telemetry).
+    Stream,
+    /// Turn-by-turn interaction (chat, tutoring).
+    Interactive,
+    /// Background work with no user waiting on each step.
+    Batch,
+}
+
+/// `[placement]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSection {
+    /// Jurisdictions the session (and its checkpoint replicas) may live in.
+    #[serde(default = "default_jurisdictions")]
+    pub jurisdictions: Vec<String>,
+    /// Accelerator class required.
+    #[serde(default)]
+    pub accelerator: AcceleratorClass,
+    /// Memory the session needs on its node.
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// Round-trip latency ceiling from the client to the serving node, if any.
+    #[serde(default)]
+    pub latency_ceiling: Option<HumanDuration>,
+    /// Capabilities the serving node must offer (besides the handler itself).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+fn default_jurisdictions() -> Vec<String> {
+    Vec::new()
+}
+fn default_memory() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+impl Default for PlacementSection {
+    fn default() -> Self {
+        Self {
+            jurisdictions: default_jurisdictions(),
+            accelerator: AcceleratorClass::default(),
+            memory: default_memory(),
+            latency_ceiling: None,
+            capabilities: Vec::new(),
+        }
+    }
+}
+
+/// Accelerator classes, ordered from least to most capable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcceleratorClass {
+    /// CPU only.
+    #[default]
+    None,
+    /// A small GPU / NPU (inference of small models).
+    GpuSmall,
+    /// A large GPU (large-model inference).
+    GpuLarge,
+}
+
+impl fmt::Display for AcceleratorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AcceleratorClass::None => "none",
+            AcceleratorClass::GpuSmall => "gpu-small",
+            AcceleratorClass::GpuLarge => "gpu-large",
+        })
+    }
+}
+
+/// `[migration]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationSection {
+    /// How costly moving the session is.
+    pub cost: MigrationCost,
+    /// How much recent state may be lost on node failure: `"0s"` means none.
+    pub acceptable_loss: HumanDuration,
+    /// Longest acceptable freeze during a live handover (required unless `never-live`).
+    #[serde(default)]
+    pub max_blackout: Option<HumanDuration>,
+}
+
+/// Migration cost class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationCost {
+    /// Small state; move freely.
+    Cheap,
+    /// Large state; move only when worth it.
+    Costly,
+    /// Never hand over live: checkpoint and restart within the loss bound instead.
+    NeverLive,
+}
+
+/// `[scaling]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingSection {
+    /// Peak-to-average demand factor expected (≥ 1).
+    #[serde(default = "default_spike")]
+    pub spike_factor: f64,
+    /// Time to warm a new instance (models loaded, caches filled).
+    #[serde(default)]
+    pub warm_up: HumanDuration,
+}
+
+fn default_spike() -> f64 {
+    1.0
+}
+
+impl Default for ScalingSection {
+    fn default() -> Self {
+        Self {
+            spike_factor: 1.0,
+            warm_up: HumanDuration::ZERO,
+        }
+    }
+}
+
+/// `[verification]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationSection {
+    /// What must be proven.
+    #[serde(default)]
+    pub proof: ProofKind,
+    /// For `proof = "domain"`: the domain proof type, e.g. `"mycel.mip.v1"`.
+    #[serde(default)]
+    pub domain_proof_type: Option<String>,
+}
+
+/// Verification requirement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProofKind {
+    /// A co-signed compute receipt only.
+    #[default]
+    Receipt,
+    /// Receipt plus a hash-chained transcript of inputs and outputs.
+    Transcript,
+    /// Receipt plus a domain-specific proof.
+    Domain,
+}
+
+/// One validation failure: the dotted field path and the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path, e.g. `migration.max_blackout`.
+    pub field: String,
+    /// What is wrong and what would be right.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The text is not well-formed for its format, has an unknown field, or a value of the wrong
+    /// type. `field` is the dotted path where the decoder stopped.
+    #[error("manifest {format} parse error at {field}: {message}")]
+    Parse {
+        /// `toml` or `json`.
+        format: &'static str,
+        /// Dotted path (`.` when at the top level).
+        field: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// Well-formed but semantically invalid; every violation is listed.
+    #[error("invalid manifest: {}", join(.0))]
+    Invalid(Vec<FieldError>),
+    /// The file is larger than [`MAX_MANIFEST_BYTES`].
+    #[error("manifest is {len} bytes; the limit is {MAX_MANIFEST_BYTES}")]
+    TooLarge {
+        /// Size of the rejected input.
+        len: usize,
+    },
+    /// The file could not be read.
+    #[error("cannot read manifest {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file extension is neither `.toml` nor `.json`.
+    #[error("manifest {0}: unknown extension; use .toml or .json")]
+    UnknownFormat(String),
+}
+
+fn join(errs: &[FieldError]) -> String {
+    errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+impl ManifestError {
+    /// The fields this error names (for tests and API error bodies).
+    pub fn fields(&self) -> Vec<String> {
+        match self {
+            ManifestError::Parse { field, .. } => vec![field.clone()],
+            ManifestError::Invalid(v) => v.iter().map(|e| e.field.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn path_string(p: &serde_path_to_error::Path) -> String {
+    let s = p.to_string();
+    if s.is_empty() {
+        ".".into()
+    } else {
+        s
+    }
+}
+
+impl Manifest {
+    /// Parses and validates a TOML manifest.
+    pub fn from_toml_str(s: &str) -> Result<Manifest, ManifestError> {
+        if s.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge { len: s.len() });
+        }
+        let de = toml::Deserializer::new(s);
+        let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = path_string(e.path());
+            let inner = e.into_inner();
+            ManifestError::Parse {
+                format: "toml",
+                field,
+                message: inner.message().trim().to_string(),
+            }
+        })?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Parses and validates a JSON manifest.
+    pub fn from_json_str(s: &str) -> Result<Manifest, ManifestError> {
+        if s.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge { len: s.len() });
+        }
+        let mut de = serde_json::Deserializer::from_str(s);
+        let m: Manifest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = path_string(e.path());
+            ManifestError::Parse {
+                format: "json",
+                field,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        de.end().map_err(|e| ManifestError::Parse {
+            format: "json",
+            field: ".".into(),
+            message: e.to_string(),
+        })?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Reads a `.toml` or `.json` manifest file, parses and validates it.
+    pub fn load(path: impl AsRef<Path>) -> Result<Manifest, ManifestError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|source| ManifestError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        if meta.len() > MAX_MANIFEST_BYTES as u64 {
+            return Err(ManifestError::TooLarge {
+                len: meta.len() as usize,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Manifest::from_toml_str(&text),
+            Some("json") => Manifest::from_json_str(&text),
+            _ => Err(ManifestError::UnknownFormat(shown)),
+        }
+    }
+
+    /// Serialises to TOML.
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# unserialisable manifest: {e}"))
+    }
+
+    /// Serialises to JSON.
+    pub fn to_json_string(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks every semantic rule and returns all violations at once.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let mut errs = Vec::new();
+        let mut bad = |field: &str, reason: String| {
+            errs.push(FieldError {
+                field: field.to_string(),
+                reason,
+            })
+        };
+        if self.version != MANIFEST_VERSION {
+            bad(
+                "version",
+                format!(
+                    "unsupported manifest version {}; this build reads version {MANIFEST_VERSION}",
+                    self.version
+                ),
+            );
+        }
+        let s = &self.session;
+        if !is_ident(&s.handler) {
+            bad(
+                "session.handler",
+                format!(
+                    "{:?} is not a handler id: use 1-64 chars of a-z 0-9 _ - (e.g. \"tutor\")",
+                    s.handler
+                ),
+            );
+        }
+        if s.expected_duration.is_zero() {
+            bad("session.expected_duration", "must be > 0".into());
+        }
+        if s.state_footprint.0 == 0 {
+            bad("session.state_footprint", "must be > 0".into());
+        } else if s.state_footprint.0 > 1 << 30 {
+            bad(
+                "session.state_footprint",
+                format!("{} exceeds the 1GiB limit of a session's state", s.state_footprint),
+            );
+        }
+        if s.idle_timeout.0 < std::time::Duration::from_millis(10) {
+            bad("session.idle_timeout", "must be at least 10ms".into());
+        }
+        let p = &self.placement;
+        if p.jurisdictions.is_empty() {
+            bad(
+                "placement.jurisdictions",
+                "must list at least one jurisdiction (e.g. [\"DE\"] or [\"EU\"])".into(),
+            );
+        }
+        for (i, j) in p.jurisdictions.iter().enumerate() {
+            if !jurisdiction::is_known(j) {
+                bad(
+                    &format!("placement.jurisdictions[{i}]"),
+                    format!("unknown jurisdiction code {j:?}; use ISO 3166-1 alpha-2 (\"DE\") or a zone (\"EU\", \"EEA\")"),
+                );
+            }
+            if p.jurisdictions[..i].contains(j) {
+                bad(
+                    &format!("placement.jurisdictions[{i}]"),
+                    format!("{j:?} is listed twice"),
+                );
+            }
+        }
+        if p.memory.0 == 0 {
+            bad("placement.memory", "must be > 0".into());
+        }
+        if let Some(l) = p.latency_ceiling {
+            if l.is_zero() {
+                bad(
+                    "placement.latency_ceiling",
+                    "must be > 0 (omit it for no ceiling)".into(),
+                );
+            }
+        }
+        for (i, c) in p.capabilities.iter().enumerate() {
+            if !is_ident(c) {
+                bad(
+                    &format!("placement.capabilities[{i}]"),
+                    format!("{c:?} is not a capability id: use 1-64 chars of a-z 0-9 _ -"),
+                );
+            }
+        }
+        let m = &self.migration;
+        match (m.cost, m.max_blackout) {
+            (MigrationCost::Cheap | MigrationCost::Costly, None) => bad(
+                "migration.max_blackout",
+                format!(
+                    "required when cost = \"{}\" (e.g. \"50ms\")",
+                    cost_name(m.cost)
+                ),
+            ),
+            (MigrationCost::Cheap | MigrationCost::Costly, Some(b)) if b.is_zero() => bad(
+                "migration.max_blackout",
+                format!("must be > 0 when cost = \"{}\"", cost_name(m.cost)),
+            ),
+            (MigrationCost::NeverLive, Some(_)) => bad(
+                "migration.max_blackout",
+                "contradicts cost = \"never-live\": a never-live session has no live handover, remove max_blackout".into(),
+            ),
+            _ => {}
+        }
+        if !m.acceptable_loss.is_zero() && m.acceptable_loss.0 < std::time::Duration::from_millis(1)
+        {
+            bad(
+                "migration.acceptable_loss",
+                "must be \"0s\" or at least 1ms".into(),
+            );
+        }
+        if m.acceptable_loss.0 > s.expected_duration.0 && !s.expected_duration.is_zero() {
+            bad(
+                "migration.acceptable_loss",
+                format!(
+                    "{} exceeds session.expected_duration {}: the whole session could be lost",
+                    m.acceptable_loss, s.expected_duration
+                ),
+            );
+        }
+        let sc = &self.scaling;
+        if !sc.spike_factor.is_finite() || sc.spike_factor < 1.0 {
+            bad(
+                "scaling.spike_factor",
+                format!("{} must be a finite number >= 1.0", sc.spike_factor),
+            );
+        }
+        let v = &self.verification;
+        match (v.proof, &v.domain_proof_type) {
+            (ProofKind::Domain, None) => bad(
+                "verification.domain_proof_type",
+                "required when proof = \"domain\"".into(),
+            ),
+            (ProofKind::Domain, Some(t)) if t.trim().is_empty() => bad(
+                "verification.domain_proof_type",
+                "must not be empty".into(),
+            ),
+            (ProofKind::Receipt | ProofKind::Transcript, Some(_)) => bad(
+                "verification.domain_proof_type",
+                "only allowed when proof = \"domain\"".into(),
+            ),
+            _ => {}
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ManifestError::Invalid(errs))
+        }
+    }
+
+    /// The checkpoint policy this manifest implies.
+    pub fn checkpoint_policy(&self) -> CheckpointPolicy {
+        CheckpointPolicy::from_manifest(self)
+    }
+}
+
+fn cost_name(c: MigrationCost) -> &'static str {
+    match c {
+        MigrationCost::Cheap => "cheap",
+        MigrationCost::Costly => "costly",
+        MigrationCost::NeverLive => "never-live",
+    }
+}
+
+/// Lowercase identifier: 1-64 chars of `a-z 0-9 _ -`.
+pub fn is_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const GOOD: &str = r#"
+version = 1
+[session]
+handler = "tutor"
+continuity = "interactive"
+expected_duration = "45m"
+state_footprint = "64KiB"
+idle_timeout = "2m"
+[placement]
+jurisdictions = ["DE", "FR"]
+accelerator = "none"
+memory = "256MiB"
+latency_ceiling = "80ms"
+capabilities = ["tutor"]
+[migration]
+cost = "cheap"
+acceptable_loss = "0s"
+max_blackout = "50ms"
+[scaling]
+spike_factor = 3.0
+warm_up = "2s"
+[verification]
+proof = "transcript"
+"#;
+
+    #[test]
+    fn good_manifest_parses() {
+        let m = Manifest::from_toml_str(GOOD).unwrap();
+        assert_eq!(m.session.handler, "tutor");
+        assert_eq!(m.placement.memory, ByteSize(256 << 20));
+        let j = m.to_json_string();
+        assert_eq!(Manifest::from_json_str(&j).unwrap(), m);
+        assert_eq!(Manifest::from_toml_str(&m.to_toml_string()).unwrap(), m);
+    }
+
+    /// Each bad manifest must be refused with an error naming the expected field.
+    #[test]
+    fn bad_manifests_name_the_field() {
+        let cases: Vec<(&str, String)> = vec![
+            ("session.colour", GOOD.replace("continuity = \"interactive\"", "continuity = \"interactive\"\ncolour = \"red\"")),
+            ("session.continuity", GOOD.replace("\"interactive\"", "\"telepathic\"")),
+            ("session.expected_duration", GOOD.replace("\"45m\"", "\"-5m\"")),
+            ("session.idle_timeout", GOOD.replace("\"2m\"", "\"soon\"")),
+            ("session.state_footprint", GOOD.replace("\"64KiB\"", "\"64 parsecs\"")),
+            ("migration.max_blackout", GOOD.replace("max_blackout = \"50ms\"", "max_blackout = \"0s\"")),
+            ("migration.max_blackout", GOOD.replace("cost = \"cheap\"", "cost = \"never-live\"")),
+            ("migration.max_blackout", GOOD.replace("max_blackout = \"50ms\"", "")),
+            ("placement.jurisdictions[1]", GOOD.replace("\"FR\"", "\"XX\"")),
+            ("placement.jurisdictions", GOOD.replace("[\"DE\", \"FR\"]", "[]")),
+            ("placement.memory", GOOD.replace("\"256MiB\"", "true")),
+            ("placement.latency_ceiling", GOOD.replace("\"80ms\"", "\"0s\"")),
+            ("placement.latency_ceiling", GOOD.replace("\"80ms\"", "80")),
+            ("placement.capabilities[0]", GOOD.replace("[\"tutor\"]", "[\"Tutor Bot\"]")),
+            ("placement.accelerator", GOOD.replace("accelerator = \"none\"", "accelerator = \"quantum\"")),
+            ("scaling.spike_factor", GOOD.replace("3.0", "0.5")),
+            ("verification.domain_proof_type", GOOD.replace("\"transcript\"", "\"domain\"")),
+            ("version", GOOD.replace("version = 1", "version = 7")),
+            ("version", GOOD.replace("version = 1", "version = \"one\"")),
+            ("session.handler", GOOD.replace("handler = \"tutor\"", "handler = \"\"")),
+            ("migration.acceptable_loss", GOOD.replace("acceptable_loss = \"0s\"", "acceptable_loss = \"2h\"")),
+            ("migration", GOOD.replace("[migration]", "[migrashun]")),
+        ];
+        assert!(cases.len() >= 10);
+        for (field, text) in cases {
+            let err = Manifest::from_toml_str(&text).expect_err(field);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(field),
+                "expected error naming {field:?}, got: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let m = Manifest::from_toml_str(GOOD).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&m.to_json_string()).unwrap();
+        v["migration"]["max_blackout"] = serde_json::json!("-1s");
+        let e = Manifest::from_json_str(&v.to_string()).unwrap_err();
+        assert!(e.to_string().contains("migration.max_blackout"), "{e}");
+        assert!(e.to_string().contains("negative"), "{e}");
+        let e = Manifest::from_json_str("{\"version\":1} trailing").unwrap_err();
+        assert!(matches!(e, ManifestError::Parse { .. }));
+    }
+
+    #[test]
+    fn all_violations_are_reported() {
+        let text = GOOD
+            .replace("\"FR\"", "\"XX\"")
+            .replace("3.0", "0.1")
+            .replace("max_blackout = \"50ms\"", "max_blackout = \"0ms\"");
+        let e = Manifest::from_toml_str(&text).unwrap_err();
+        let fields = e.fields();
+        assert_eq!(
+            fields,
+            vec![
+                "placement.jurisdictions[1]",
+                "migration.max_blackout",
+                "scaling.spike_factor"
+            ]
+        );
+    }
+
+    #[test]
+    fn oversized_manifest_refused() {
+        let big = format!("{GOOD}\n#{}", "x".repeat(MAX_MANIFEST_BYTES));
+        assert!(matches!(
+            Manifest::from_toml_str(&big),
+            Err(ManifestError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn load_by_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.toml");
+        std::fs::write(&p, GOOD).unwrap();
+        assert!(Manifest::load(&p).is_ok());
+        let p2 = dir.path().join("m.yaml");
+        std::fs::write(&p2, GOOD).unwrap();
+        assert!(matches!(Manifest::load(&p2), Err(ManifestError::UnknownFormat(_))));
+        assert!(matches!(
+            Manifest::load(dir.path().join("missing.toml")),
+            Err(ManifestError::Io { .. })
+        ));
+    }
+}
