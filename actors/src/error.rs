@@ -1,0 +1,112 @@
+//! Errors seen by callers of a session.
+
+use opengrid_session::{Epoch, Seq, SessionId};
+use serde::{Deserialize, Serialize};
+
+/// Why an input (or another request) was not accepted by a session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum SessionError {
+    /// The session's input queue is full; retry later (HTTP 429).
+    #[error("session {session} is overloaded: {queued} inputs queued (capacity {capacity}); retry later")]
+    Backpressure {
+        /// The session.
+        session: SessionId,
+        /// Inputs queued now.
+        queued: usize,
+        /// Queue capacity.
+        capacity: usize,
+    },
+    /// The seq skips ahead of the next expected one (HTTP 409).
+    #[error("session {session}: input {got} out of order, expected {expected}")]
+    SeqGap {
+        /// The session.
+        session: SessionId,
+        /// Next expected seq.
+        expected: Seq,
+        /// The seq received.
+        got: Seq,
+    },
+    /// The session stopped for good (restart intensity exceeded, fenced, state unreadable).
+    #[error("session {session} stopped: {reason}")]
+    Stopped {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: String,
+    },
+    /// A newer holder owns the session (after a handover or failover).
+    #[error("session {session} is fenced: epoch {ours} superseded by {current}")]
+    Fenced {
+        /// The session.
+        session: SessionId,
+        /// This holder's epoch.
+        ours: Epoch,
+        /// The newer epoch.
+        current: Epoch,
+    },
+    /// The session was closed.
+    #[error("session {session} is closed")]
+    Closed {
+        /// The session.
+        session: SessionId,
+    },
+    /// The session does not exist here.
+    #[error("session {session} not found")]
+    NotFound {
+        /// The session.
+        session: SessionId,
+    },
+    /// A checkpoint could not be made durable; the input was not acknowledged and the session
+    /// restarts from its last durable checkpoint. Retry the input.
+    #[error("session {session}: checkpoint not durable ({reason}); input {seq} not acknowledged, retry")]
+    NotDurable {
+        /// The session.
+        session: SessionId,
+        /// The unacknowledged input.
+        seq: Seq,
+        /// The store's error.
+        reason: String,
+    },
+    /// The session is restarting; retry the input.
+    #[error("session {session} is restarting; retry")]
+    Restarting {
+        /// The session.
+        session: SessionId,
+    },
+    /// The input's payload could not be decoded for this handler (HTTP 400).
+    #[error("session {session}: bad input: {reason}")]
+    BadInput {
+        /// The session.
+        session: SessionId,
+        /// Decoder message.
+        reason: String,
+    },
+    /// The session already exists.
+    #[error("session {session} already exists")]
+    AlreadyExists {
+        /// The session.
+        session: SessionId,
+    },
+    /// No handler with that id is registered on this host.
+    #[error("no handler {handler:?} registered on this node")]
+    UnknownHandler {
+        /// The handler id.
+        handler: String,
+    },
+    /// The host is shutting down.
+    #[error("session host is shutting down")]
+    ShuttingDown,
+}
+
+impl SessionError {
+    /// Whether retrying the same input later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Backpressure { .. }
+                | SessionError::NotDurable { .. }
+                | SessionError::Restarting { .. }
+        )
+    }
+}

@@ -1,0 +1,193 @@
+//! The [`SessionHandler`] trait: what an agent developer writes.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use opengrid_session::{Epoch, Seq, SessionId};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Largest encoded handler state accepted by the default state codec (256 MiB).
+pub const MAX_STATE_BYTES: usize = 256 << 20;
+
+/// An error a handler returns for one input. The input counts as processed (its seq is consumed)
+/// and the error is sent to the client; the session keeps running. Panic instead if the state may
+/// be inconsistent: the supervisor then restarts the session from its last checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[error("{code}: {message}")]
+pub struct HandlerError {
+    /// Machine-readable code, e.g. `"bad_input"`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl HandlerError {
+    /// A new error.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        HandlerError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What the runtime tells a handler about the input being processed, plus node services.
+#[derive(Clone)]
+pub struct SessionContext {
+    session_id: SessionId,
+    epoch: Epoch,
+    seq: Seq,
+    services: Services,
+}
+
+impl SessionContext {
+    pub(crate) fn new(session_id: SessionId, epoch: Epoch, seq: Seq, services: Services) -> Self {
+        SessionContext {
+            session_id,
+            epoch,
+            seq,
+            services,
+        }
+    }
+
+    /// The session being served.
+    pub fn session_id(&self) -> &SessionId {
+        &self.session_id
+    }
+
+    /// The placement epoch of this holder.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Sequence number of the input being processed (0 in `init`).
+    pub fn seq(&self) -> Seq {
+        self.seq
+    }
+
+    /// A node service registered on the host (e.g. the inference pool), by type.
+    pub fn service<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.services.get::<T>()
+    }
+}
+
+/// Node services handed to handlers through [`SessionContext::service`]: a small type map.
+#[derive(Clone, Default)]
+pub struct Services {
+    map: Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl Services {
+    /// Adds (or replaces) a service; returns the new set.
+    pub fn with<T: Any + Send + Sync>(mut self, service: T) -> Self {
+        let mut m: HashMap<_, _> = (*self.map).clone();
+        m.insert(TypeId::of::<T>(), Arc::new(service) as Arc<dyn Any + Send + Sync>);
+        self.map = Arc::new(m);
+        self
+    }
+
+    /// Looks a service up by type.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.map.get(&TypeId::of::<T>()).and_then(|s| s.downcast_ref::<T>())
+    }
+}
+
+/// A session handler: the code of one kind of agent session.
+///
+/// Required: [`id`](Self::id), [`init`](Self::init), [`handle`](Self::handle). State is
+/// (de)serialised with serde; the default codec is bincode 2 — override
+/// [`encode_state`](Self::encode_state)/[`decode_state`](Self::decode_state) for self-describing
+/// types such as `serde_json::Value`.
+///
+/// # What the runtime guarantees
+/// - **One input at a time.** `handle` is never called concurrently for one session; inputs arrive
+///   in sequence-number order, each exactly once per incarnation of the session.
+/// - **Deduplication.** An input whose seq was already processed is answered as a duplicate and
+///   never reaches `handle`.
+/// - **Restart with replay.** If `handle` panics, the session restarts from its last checkpoint
+///   and inputs processed since that checkpoint are replayed through `handle` (at-least-once at
+///   the handler, exactly-once as seen by the state), then the input that panicked is retried by
+///   the caller. Handlers must therefore be deterministic functions of (state, input) and must not
+///   perform external side effects they cannot repeat.
+/// - **Durability per manifest.** With zero acceptable loss, an input is acknowledged only after
+///   the state that includes it is durable; otherwise checkpoints are taken at most the loss
+///   bound apart.
+///
+/// # What the handler guarantees
+/// - `handle` does not block the thread for long (use `.await` for I/O and inference).
+/// - `encode_state` and `decode_state` round-trip.
+///
+/// ```
+/// use opengrid_actors::{HandlerError, SessionContext, SessionHandler};
+/// use opengrid_session::SessionId;
+///
+/// struct Counter;
+///
+/// impl SessionHandler for Counter {
+///     type State = u64;
+///     type Input = u64;
+///     type Output = u64;
+///
+///     fn id(&self) -> &str { "counter" }
+///
+///     fn init(&self, _session: &SessionId) -> u64 { 0 }
+///
+///     async fn handle(&self, total: &mut u64, add: u64, _ctx: &SessionContext)
+///         -> Result<u64, HandlerError>
+///     {
+///         *total += add;
+///         Ok(*total)
+///     }
+/// }
+/// # let s = Counter.encode_state(&41).unwrap();
+/// # assert_eq!(Counter.decode_state(&s).unwrap(), 41);
+/// ```
+pub trait SessionHandler: Send + Sync + 'static {
+    /// The session's state, checkpointed per the manifest.
+    type State: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// One client input.
+    type Input: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
+    /// The answer to one input.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Handler id; matches `session.handler` in manifests (e.g. `"tutor"`).
+    fn id(&self) -> &str;
+
+    /// Version of the state format; stored in checkpoints. Bump it when `State` changes shape.
+    fn version(&self) -> u32 {
+        1
+    }
+
+    /// The state of a brand-new session. Called once per session, never after a restart.
+    fn init(&self, session: &SessionId) -> Self::State;
+
+    /// Processes one input and returns the answer. See the trait docs for the guarantees.
+    fn handle(
+        &self,
+        state: &mut Self::State,
+        input: Self::Input,
+        ctx: &SessionContext,
+    ) -> impl Future<Output = Result<Self::Output, HandlerError>> + Send;
+
+    /// Serialises the state for a checkpoint (default: bincode 2).
+    fn encode_state(&self, state: &Self::State) -> Result<Vec<u8>, HandlerError> {
+        bincode::serde::encode_to_vec(state, bincode::config::standard())
+            .map_err(|e| HandlerError::new("state_encode", e.to_string()))
+    }
+
+    /// Restores the state from checkpoint bytes (default: bincode 2, size-limited).
+    fn decode_state(&self, bytes: &[u8]) -> Result<Self::State, HandlerError> {
+        let cfg = bincode::config::standard().with_limit::<MAX_STATE_BYTES>();
+        match bincode::serde::decode_from_slice(bytes, cfg) {
+            Ok((s, n)) if n == bytes.len() => Ok(s),
+            Ok((_, n)) => Err(HandlerError::new(
+                "state_decode",
+                format!("{} trailing bytes after state", bytes.len() - n),
+            )),
+            Err(e) => Err(HandlerError::new("state_decode", e.to_string())),
+        }
+    }
+}

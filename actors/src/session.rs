@@ -1,0 +1,560 @@
+//! The session actor (one per live session) and the state it shares with its handle.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use opengrid_session::{Checkpoint, CheckpointMode, CheckpointPolicy, CheckpointStore, Epoch, Seq, SessionId, StoreError};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Notify};
+
+use crate::error::SessionError;
+use crate::handler::{HandlerError, Services, SessionContext, SessionHandler};
+use crate::supervisor::RestartIntensity;
+use crate::usage::UsageCounters;
+
+/// Journal length at which a periodic-policy session checkpoints early (bounds replay memory).
+pub const MAX_JOURNAL: usize = 10_000;
+
+/// The answer to one input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply<O> {
+    /// The input was processed; `output` is the handler's answer (or its error).
+    Processed {
+        /// The input's seq.
+        seq: Seq,
+        /// Handler output or handler error.
+        output: Result<O, HandlerError>,
+        /// Whether the state including this input is durable (always true for zero-loss sessions).
+        durable: bool,
+    },
+    /// The seq was already processed; nothing happened.
+    Duplicate {
+        /// The input's seq.
+        seq: Seq,
+        /// The newest processed seq.
+        last: Seq,
+    },
+}
+
+impl<O> Reply<O> {
+    /// The seq this reply answers.
+    pub fn seq(&self) -> Seq {
+        match self {
+            Reply::Processed { seq, .. } | Reply::Duplicate { seq, .. } => *seq,
+        }
+    }
+
+    /// Maps the output type.
+    pub fn map<P>(self, f: impl FnOnce(O) -> P) -> Reply<P> {
+        match self {
+            Reply::Processed { seq, output, durable } => Reply::Processed {
+                seq,
+                output: output.map(f),
+                durable,
+            },
+            Reply::Duplicate { seq, last } => Reply::Duplicate { seq, last },
+        }
+    }
+}
+
+type ReplyTx<O> = oneshot::Sender<Result<Reply<O>, SessionError>>;
+
+/// Messages of the session actor.
+pub enum SessionMsg<H: SessionHandler> {
+    /// A client input.
+    Input {
+        /// Its seq.
+        seq: Seq,
+        /// Payload.
+        input: H::Input,
+        /// Where the answer goes.
+        reply: ReplyTx<H::Output>,
+    },
+    /// Timer: periodic checkpoint and idle check.
+    Tick,
+    /// Write a checkpoint now; answers the seq it covers.
+    Checkpoint(oneshot::Sender<Result<Seq, SessionError>>),
+    /// Checkpoint and hibernate now (if nothing is queued).
+    Hibernate(oneshot::Sender<bool>),
+    /// End the session for good (its checkpoints are deleted; the fence stays).
+    Close(oneshot::Sender<()>),
+    /// Stop serving without deleting anything (host shutdown, handover source release).
+    Release(oneshot::Sender<Result<Seq, SessionError>>),
+}
+
+impl<H: SessionHandler> ractor::Message for SessionMsg<H> {}
+
+/// Where a session is, as its handle sees it.
+pub(crate) enum Status<H: SessionHandler> {
+    Running(ActorRef<SessionMsg<H>>),
+    Starting,
+    Hibernated,
+    Stopped(String),
+    Closed,
+}
+
+/// Public view of a session's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// Serving.
+    Running,
+    /// Being (re)started.
+    Starting,
+    /// Checkpointed and idle; wakes on input.
+    Hibernated,
+    /// Stopped for good, with the reason.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+    /// Closed by request.
+    Closed,
+}
+
+/// State shared between a session's handle, its actor incarnations and the supervisor.
+pub(crate) struct Shared<H: SessionHandler> {
+    pub id: SessionId,
+    pub handler: Arc<H>,
+    pub policy: CheckpointPolicy,
+    pub epoch: AtomicU64,
+    pub store: Arc<dyn CheckpointStore>,
+    pub services: Services,
+    pub usage: UsageCounters,
+    pub queued: AtomicUsize,
+    pub capacity: usize,
+    pub status: Mutex<Status<H>>,
+    pub changed: Notify,
+    /// Inputs processed since the last checkpoint (periodic policy), replayed after a restart.
+    pub journal: Mutex<Vec<(Seq, H::Input)>>,
+    pub restarts: Mutex<VecDeque<Instant>>,
+    pub intensity: RestartIntensity,
+    pub last_seq: AtomicU64,
+    pub tick: Duration,
+    pub supervisor: ActorRef<crate::supervisor::SupervisorMsg>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<H: SessionHandler> Shared<H> {
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::Acquire))
+    }
+
+    pub fn status(&self) -> SessionStatus {
+        match &*lock(&self.status) {
+            Status::Running(_) => SessionStatus::Running,
+            Status::Starting => SessionStatus::Starting,
+            Status::Hibernated => SessionStatus::Hibernated,
+            Status::Stopped(r) => SessionStatus::Stopped { reason: r.clone() },
+            Status::Closed => SessionStatus::Closed,
+        }
+    }
+
+    pub fn set_status(&self, s: Status<H>) {
+        *lock(&self.status) = s;
+        self.changed.notify_waiters();
+    }
+
+    pub fn stop_with(&self, reason: String) {
+        let mut g = lock(&self.status);
+        if !matches!(*g, Status::Closed) {
+            tracing::error!(session = %self.id, %reason, "session stopped");
+            *g = Status::Stopped(reason);
+        }
+        drop(g);
+        self.changed.notify_waiters();
+    }
+
+    pub fn stopped_error(&self) -> Option<SessionError> {
+        match &*lock(&self.status) {
+            Status::Stopped(reason) => Some(SessionError::Stopped {
+                session: self.id.clone(),
+                reason: reason.clone(),
+            }),
+            Status::Closed => Some(SessionError::Closed {
+                session: self.id.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Records a restart; `Err(reason)` when the intensity limit is exceeded.
+    pub fn record_restart(&self, cause: &str) -> Result<(), String> {
+        self.usage.restarts.fetch_add(1, Ordering::Relaxed);
+        let mut r = lock(&self.restarts);
+        let now = Instant::now();
+        while r.front().is_some_and(|t| now.duration_since(*t) > self.intensity.within) {
+            r.pop_front();
+        }
+        r.push_back(now);
+        if r.len() > self.intensity.max_restarts as usize {
+            Err(format!(
+                "restart intensity exceeded: {} restarts within {:?} (limit {}); last failure: {cause}",
+                r.len(),
+                self.intensity.within,
+                self.intensity.max_restarts
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn ctx(&self, seq: Seq) -> SessionContext {
+        SessionContext::new(self.id.clone(), self.epoch(), seq, self.services.clone())
+    }
+
+    /// Writes a checkpoint of `state` at `seq`.
+    fn write_checkpoint(&self, state: &H::State, seq: Seq) -> Result<(), SessionError> {
+        let bytes = self.handler.encode_state(state).map_err(|e| SessionError::NotDurable {
+            session: self.id.clone(),
+            seq,
+            reason: e.to_string(),
+        })?;
+        let cp = Checkpoint::new(self.id.clone(), self.epoch(), seq, self.handler.id(), self.handler.version(), bytes);
+        match self.store.put(&cp) {
+            Ok(()) => {
+                self.usage.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.usage.checkpoint_bytes.fetch_add(cp.state.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(StoreError::StaleEpoch { current, .. }) => Err(SessionError::Fenced {
+                session: self.id.clone(),
+                ours: self.epoch(),
+                current,
+            }),
+            Err(e) => Err(SessionError::NotDurable {
+                session: self.id.clone(),
+                seq,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Loads the newest checkpoint (or `None`), checking handler identity and fencing.
+    pub fn load(&self) -> Result<Option<(Seq, H::State)>, String> {
+        let cp = self
+            .store
+            .get_latest(&self.id)
+            .map_err(|e| format!("cannot read checkpoint: {e}"))?;
+        let Some(cp) = cp else { return Ok(None) };
+        if cp.handler_id != self.handler.id() || cp.handler_version != self.handler.version() {
+            return Err(format!(
+                "checkpoint was written by handler {}@{}, this node runs {}@{}",
+                cp.handler_id,
+                cp.handler_version,
+                self.handler.id(),
+                self.handler.version()
+            ));
+        }
+        if cp.epoch > self.epoch() {
+            return Err(format!("fenced: checkpoint epoch {} is newer than ours {}", cp.epoch, self.epoch()));
+        }
+        let state = self
+            .handler
+            .decode_state(&cp.state)
+            .map_err(|e| format!("checkpoint state unreadable: {e}"))?;
+        Ok(Some((cp.seq, state)))
+    }
+}
+
+/// The session actor. Generic over the handler; one incarnation per (re)start.
+pub(crate) struct SessionActor<H>(PhantomData<fn() -> H>);
+
+impl<H> SessionActor<H> {
+    pub fn new() -> Self {
+        SessionActor(PhantomData)
+    }
+}
+
+pub(crate) struct ActorState<H: SessionHandler> {
+    shared: Arc<Shared<H>>,
+    state: H::State,
+    last_seq: Seq,
+    checkpointed_seq: Seq,
+    dirty_since: Option<Instant>,
+    last_activity: Instant,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Runs the handler on one input, measuring busy time (time inside polls).
+async fn run_handler<H: SessionHandler>(
+    shared: &Shared<H>,
+    state: &mut H::State,
+    seq: Seq,
+    input: H::Input,
+) -> Result<H::Output, HandlerError> {
+    let ctx = shared.ctx(seq);
+    let mut fut = std::pin::pin!(shared.handler.handle(state, input, &ctx));
+    let mut busy = Duration::ZERO;
+    let out = std::future::poll_fn(|cx| {
+        let t = Instant::now();
+        let r = fut.as_mut().poll(cx);
+        busy += t.elapsed();
+        r
+    })
+    .await;
+    shared
+        .usage
+        .handler_busy_ns
+        .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+    out
+}
+
+impl<H: SessionHandler> ActorState<H> {
+    fn checkpoint(&mut self) -> Result<Seq, SessionError> {
+        if self.checkpointed_seq == self.last_seq && self.dirty_since.is_none() {
+            return Ok(self.last_seq);
+        }
+        self.shared.write_checkpoint(&self.state, self.last_seq)?;
+        self.checkpointed_seq = self.last_seq;
+        self.dirty_since = None;
+        lock(&self.shared.journal).retain(|(s, _)| *s > self.last_seq);
+        Ok(self.last_seq)
+    }
+}
+
+impl<H: SessionHandler> Actor for SessionActor<H> {
+    type Msg = SessionMsg<H>;
+    type State = ActorState<H>;
+    type Arguments = Arc<Shared<H>>;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, shared: Arc<Shared<H>>) -> Result<Self::State, ActorProcessingErr> {
+        let (mut last_seq, mut state) = match shared.load()? {
+            Some(x) => x,
+            None => return Err(format!("no checkpoint found for session {}", shared.id).into()),
+        };
+        let checkpointed_seq = last_seq;
+        // Replay inputs processed after the checkpoint (at-least-once at the handler).
+        let journal: Vec<(Seq, H::Input)> = lock(&shared.journal)
+            .iter()
+            .filter(|(s, _)| *s > last_seq)
+            .cloned()
+            .collect();
+        for (seq, input) in journal {
+            if seq != last_seq.next() {
+                return Err(format!("journal gap: expected {} got {}", last_seq.next(), seq).into());
+            }
+            let _ = run_handler(&shared, &mut state, seq, input).await;
+            last_seq = seq;
+        }
+        shared.last_seq.store(last_seq.0, Ordering::Release);
+        let dirty_since = (last_seq > checkpointed_seq).then(Instant::now);
+        let timer = Some(myself.send_interval(shared.tick, || SessionMsg::Tick));
+        Ok(ActorState {
+            shared,
+            state,
+            last_seq,
+            checkpointed_seq,
+            dirty_since,
+            last_activity: Instant::now(),
+            timer,
+        })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = st.timer.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Input { seq, input, reply } => {
+                st.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                st.last_activity = Instant::now();
+                let sh = st.shared.clone();
+                if seq <= st.last_seq {
+                    sh.usage.duplicates.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Ok(Reply::Duplicate { seq, last: st.last_seq }));
+                    return Ok(());
+                }
+                if seq != st.last_seq.next() {
+                    let _ = reply.send(Err(SessionError::SeqGap {
+                        session: sh.id.clone(),
+                        expected: st.last_seq.next(),
+                        got: seq,
+                    }));
+                    return Ok(());
+                }
+                let journaled = match sh.policy.mode {
+                    CheckpointMode::Periodic { .. } => Some(input.clone()),
+                    CheckpointMode::Synchronous => None,
+                };
+                let output = run_handler(&sh, &mut st.state, seq, input).await;
+                st.last_seq = seq;
+                sh.last_seq.store(seq.0, Ordering::Release);
+                sh.usage.inputs.fetch_add(1, Ordering::Relaxed);
+                match sh.policy.mode {
+                    CheckpointMode::Synchronous => match st.checkpoint() {
+                        Ok(_) => {
+                            let _ = reply.send(Ok(Reply::Processed { seq, output, durable: true }));
+                        }
+                        Err(e @ SessionError::Fenced { .. }) => {
+                            let _ = reply.send(Err(e.clone()));
+                            sh.stop_with(e.to_string());
+                            myself.stop(Some("fenced".into()));
+                        }
+                        Err(e) => {
+                            // Not durable: do not acknowledge, and drop the in-memory state that
+                            // includes the input by restarting from the last durable checkpoint.
+                            let _ = reply.send(Err(e.clone()));
+                            return Err(e.to_string().into());
+                        }
+                    },
+                    CheckpointMode::Periodic { max_interval } => {
+                        let len = {
+                            let mut j = lock(&sh.journal);
+                            if let Some(i) = journaled {
+                                j.push((seq, i));
+                            }
+                            j.len()
+                        };
+                        let since = *st.dirty_since.get_or_insert_with(Instant::now);
+                        let mut durable = false;
+                        if since.elapsed() >= max_interval || len >= MAX_JOURNAL {
+                            match st.checkpoint() {
+                                Ok(_) => durable = true,
+                                Err(e @ SessionError::Fenced { .. }) => {
+                                    let _ = reply.send(Err(e.clone()));
+                                    sh.stop_with(e.to_string());
+                                    myself.stop(Some("fenced".into()));
+                                    return Ok(());
+                                }
+                                Err(e) => tracing::warn!(session = %sh.id, error = %e, "periodic checkpoint failed; will retry"),
+                            }
+                        }
+                        let _ = reply.send(Ok(Reply::Processed { seq, output, durable }));
+                    }
+                }
+            }
+            SessionMsg::Tick => {
+                let sh = st.shared.clone();
+                if let (CheckpointMode::Periodic { max_interval }, Some(since)) = (sh.policy.mode, st.dirty_since) {
+                    if since.elapsed() >= max_interval {
+                        match st.checkpoint() {
+                            Ok(_) => {}
+                            Err(e @ SessionError::Fenced { .. }) => {
+                                sh.stop_with(e.to_string());
+                                myself.stop(Some("fenced".into()));
+                                return Ok(());
+                            }
+                            Err(e) => tracing::warn!(session = %sh.id, error = %e, "periodic checkpoint failed; will retry"),
+                        }
+                    }
+                }
+                if st.last_activity.elapsed() >= sh.policy.idle_timeout && sh.queued.load(Ordering::Acquire) == 0 {
+                    try_hibernate(&myself, st);
+                }
+            }
+            SessionMsg::Checkpoint(reply) => {
+                let r = st.checkpoint();
+                if let Err(e @ SessionError::Fenced { .. }) = &r {
+                    st.shared.stop_with(e.to_string());
+                    myself.stop(Some("fenced".into()));
+                }
+                let _ = reply.send(r);
+            }
+            SessionMsg::Hibernate(reply) => {
+                let _ = reply.send(try_hibernate(&myself, st));
+            }
+            SessionMsg::Close(reply) => {
+                let sh = st.shared.clone();
+                sh.set_status(Status::Closed);
+                if let Err(e) = sh.store.delete(&sh.id) {
+                    tracing::warn!(session = %sh.id, error = %e, "could not delete checkpoints of closed session");
+                }
+                lock(&sh.journal).clear();
+                myself.stop(Some("closed".into()));
+                let _ = reply.send(());
+            }
+            SessionMsg::Release(reply) => {
+                let r = st.checkpoint();
+                if r.is_ok() {
+                    st.shared.set_status(Status::Hibernated);
+                    myself.stop(Some("released".into()));
+                }
+                let _ = reply.send(r);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checkpoints and stops the actor if no input is queued. Returns whether it hibernated.
+fn try_hibernate<H: SessionHandler>(myself: &ActorRef<SessionMsg<H>>, st: &mut ActorState<H>) -> bool {
+    if st.checkpoint().is_err() {
+        return false;
+    }
+    let sh = &st.shared;
+    {
+        let mut g = lock(&sh.status);
+        // Senders increment `queued` under this lock, so no input can slip in after the check.
+        if sh.queued.load(Ordering::Acquire) != 0 || !matches!(*g, Status::Running(_)) {
+            return false;
+        }
+        *g = Status::Hibernated;
+    }
+    sh.changed.notify_waiters();
+    tracing::debug!(session = %sh.id, seq = %st.last_seq, "hibernated");
+    myself.stop(Some("hibernated".into()));
+    true
+}
+
+/// The supervisor's type-erased view of a session.
+pub(crate) trait Slot: Send + Sync + 'static {
+    fn session_id(&self) -> &SessionId;
+    /// Spawns a new incarnation linked to `supervisor`; on success the session is Running.
+    fn spawn(self: Arc<Self>, supervisor: ActorCell) -> BoxFuture<'static, Result<ActorCell, String>>;
+    fn record_restart(&self, cause: &str) -> Result<(), String>;
+    fn mark_starting(&self);
+    fn stop_with(&self, reason: String);
+    fn is_closed_or_stopped(&self) -> bool;
+}
+
+impl<H: SessionHandler> Slot for Shared<H> {
+    fn session_id(&self) -> &SessionId {
+        &self.id
+    }
+
+    fn spawn(self: Arc<Self>, supervisor: ActorCell) -> BoxFuture<'static, Result<ActorCell, String>> {
+        Box::pin(async move {
+            let (actor, _join) = Actor::spawn_linked(None, SessionActor::<H>::new(), self.clone(), supervisor)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.queued.store(0, Ordering::Release);
+            let cell = actor.get_cell();
+            self.set_status(Status::Running(actor));
+            Ok(cell)
+        })
+    }
+
+    fn record_restart(&self, cause: &str) -> Result<(), String> {
+        Shared::record_restart(self, cause)
+    }
+
+    fn mark_starting(&self) {
+        let mut g = lock(&self.status);
+        if matches!(*g, Status::Running(_)) {
+            *g = Status::Starting;
+        }
+    }
+
+    fn stop_with(&self, reason: String) {
+        Shared::stop_with(self, reason)
+    }
+
+    fn is_closed_or_stopped(&self) -> bool {
+        matches!(*lock(&self.status), Status::Closed | Status::Stopped(_))
+    }
+}

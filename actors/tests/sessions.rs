@@ -1,0 +1,421 @@
+//! Session actor behaviour: ordering, dedupe, supervision, durability, hibernation, backpressure.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opengrid_actors::*;
+use opengrid_session::*;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+struct FoldState {
+    count: u64,
+    hash: u64,
+    last_seq: u64,
+}
+
+fn fold(h: u64, seq: u64, v: u64) -> u64 {
+    (h ^ v.wrapping_add(seq << 32)).wrapping_mul(0x100_0000_01b3)
+}
+
+/// Folds inputs into a hash; panics once on each seq listed in `panic_once`, always on value 666.
+#[derive(Default)]
+struct Folder {
+    panic_once: Mutex<HashSet<u64>>,
+    calls: AtomicU64,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl SessionHandler for Folder {
+    type State = FoldState;
+    type Input = u64;
+    type Output = u64;
+
+    fn id(&self) -> &str {
+        "folder"
+    }
+
+    fn init(&self, _: &SessionId) -> FoldState {
+        FoldState::default()
+    }
+
+    async fn handle(&self, st: &mut FoldState, v: u64, ctx: &SessionContext) -> Result<u64, HandlerError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(g) = &self.gate {
+            let _p = g.acquire().await.map_err(|e| HandlerError::new("gate", e.to_string()))?;
+        }
+        if v == 666 {
+            panic!("poison input");
+        }
+        if self.panic_once.lock().unwrap().remove(&ctx.seq().0) {
+            panic!("injected panic at {}", ctx.seq());
+        }
+        assert_eq!(ctx.seq().0, st.last_seq + 1, "inputs in order, each once");
+        st.count += 1;
+        st.hash = fold(st.hash, ctx.seq().0, v);
+        st.last_seq = ctx.seq().0;
+        Ok(st.hash)
+    }
+}
+
+async fn host_with(store: Arc<dyn CheckpointStore>, restarts: u32) -> SessionHost {
+    let cfg = HostConfig {
+        restart: RestartIntensity {
+            max_restarts: restarts,
+            within: Duration::from_secs(10),
+        },
+        ..HostConfig::default()
+    };
+    SessionHost::new(store, cfg, Services::default()).await.unwrap()
+}
+
+fn sid(s: &str) -> SessionId {
+    SessionId::new(s).unwrap()
+}
+
+async fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn seed() -> u64 {
+    let s = std::env::var("OPENGRID_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("seed = {s} (reproduce with OPENGRID_TEST_SEED={s})");
+    s
+}
+
+/// 10,000 inputs with random duplicates and a panic every ~1,000 inputs: every non-duplicate
+/// input is folded exactly once, in order, and the final state equals the reference.
+async fn exactly_once_under_panics(policy: CheckpointPolicy) {
+    let seed = seed();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    const N: u64 = 10_000;
+    let panics: HashSet<u64> = (0..10).map(|i| i * 1000 + rng.random_range(1..1000)).collect();
+    let handler = Arc::new(Folder {
+        panic_once: Mutex::new(panics.clone()),
+        ..Default::default()
+    });
+    let store = Arc::new(MemoryCheckpointStore::new());
+    let host = host_with(store.clone(), 100).await;
+    let s = host.start(handler.clone(), sid("fold"), Epoch(1), policy).await.unwrap();
+    let values: Vec<u64> = (0..=N).map(|_| rng.random_range(0..1_000_000)).collect();
+    let mut reference = 0u64;
+    let mut dups = 0u64;
+    for seq in 1..=N {
+        let v = values[seq as usize];
+        reference = fold(reference, seq, v);
+        let r = s.send(Seq(seq), v).await.unwrap_or_else(|e| panic!("seed {seed}: seq {seq}: {e}"));
+        match r {
+            Reply::Processed { output, .. } => assert_eq!(output.unwrap(), reference, "seed {seed} seq {seq}"),
+            Reply::Duplicate { .. } => panic!("seed {seed}: fresh seq {seq} reported duplicate"),
+        }
+        if rng.random_bool(0.05) {
+            let back = rng.random_range(1..=seq);
+            dups += 1;
+            let d = s.send(Seq(back), values[back as usize]).await.unwrap();
+            assert!(matches!(d, Reply::Duplicate { .. }), "seed {seed}: resend of {back} not a duplicate");
+        }
+    }
+    assert!(panics.is_empty() || handler.panic_once.lock().unwrap().is_empty(), "all injected panics fired");
+    s.checkpoint_now().await.unwrap();
+    let cp = store.get_latest(&sid("fold")).unwrap().unwrap();
+    let st: FoldState = Folder::default().decode_state(&cp.state).unwrap();
+    assert_eq!(st, FoldState { count: N, hash: reference, last_seq: N }, "seed {seed}");
+    let u = s.usage();
+    assert_eq!(u.inputs, N, "seed {seed}: inputs metered once each");
+    assert_eq!(u.duplicates, dups);
+    assert_eq!(u.restarts, 10, "seed {seed}: one restart per injected panic");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_under_panics_zero_loss() {
+    exactly_once_under_panics(CheckpointPolicy::synchronous()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_under_panics_with_journal_replay() {
+    // A long loss bound: most restarts replay hundreds of journaled inputs.
+    exactly_once_under_panics(CheckpointPolicy::periodic(Duration::from_millis(200))).await;
+}
+
+/// A store that records what is durable and can be told to fail writes.
+struct Recording {
+    inner: MemoryCheckpointStore,
+    durable_seq: AtomicU64,
+    fail_every: u64,
+    puts: AtomicU64,
+}
+
+impl CheckpointStore for Recording {
+    fn put(&self, cp: &Checkpoint) -> Result<(), StoreError> {
+        let n = self.puts.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_every > 0 && n % self.fail_every == 0 {
+            return Err(StoreError::Backend("injected I/O error".into()));
+        }
+        self.inner.put(cp)?;
+        self.durable_seq.fetch_max(cp.seq.0, Ordering::SeqCst);
+        Ok(())
+    }
+    fn get_latest(&self, s: &SessionId) -> Result<Option<Checkpoint>, StoreError> {
+        self.inner.get_latest(s)
+    }
+    fn get(&self, s: &SessionId, e: Epoch, q: Seq) -> Result<Checkpoint, StoreError> {
+        self.inner.get(s, e, q)
+    }
+    fn list(&self, s: &SessionId) -> Result<Vec<CheckpointInfo>, StoreError> {
+        self.inner.list(s)
+    }
+    fn delete(&self, s: &SessionId) -> Result<(), StoreError> {
+        self.inner.delete(s)
+    }
+    fn fence(&self, s: &SessionId, e: Epoch) -> Result<(), StoreError> {
+        self.inner.fence(s, e)
+    }
+    fn current_epoch(&self, s: &SessionId) -> Result<Option<Epoch>, StoreError> {
+        self.inner.current_epoch(s)
+    }
+    fn sessions(&self) -> Result<Vec<SessionId>, StoreError> {
+        self.inner.sessions()
+    }
+    fn corruptions_detected(&self) -> u64 {
+        0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_loss_never_acknowledges_before_durable_write() {
+    let store = Arc::new(Recording {
+        inner: MemoryCheckpointStore::new(),
+        durable_seq: AtomicU64::new(0),
+        fail_every: 7,
+        puts: AtomicU64::new(0),
+    });
+    let host = host_with(store.clone(), 1000).await;
+    let s = host
+        .start(Arc::new(Folder::default()), sid("zl"), Epoch(1), CheckpointPolicy::synchronous())
+        .await
+        .unwrap();
+    let mut refused = 0;
+    let mut reference = 0;
+    for seq in 1..=300u64 {
+        reference = fold(reference, seq, seq * 3 + 1);
+        loop {
+            match s.send(Seq(seq), seq * 3 + 1).await {
+                Ok(Reply::Processed { durable, output, .. }) => {
+                    assert!(durable);
+                    assert!(store.durable_seq.load(Ordering::SeqCst) >= seq, "acked {seq} before it was durable");
+                    assert_eq!(output.unwrap(), reference);
+                    break;
+                }
+                Ok(Reply::Duplicate { .. }) => panic!("a refused input must not count as processed"),
+                Err(SessionError::NotDurable { seq: s2, .. }) => {
+                    assert_eq!(s2, Seq(seq));
+                    refused += 1;
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    }
+    assert!(refused > 10, "the failing store refused writes ({refused})");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_intensity_exceeded_stops_only_that_session() {
+    let host = host_with(Arc::new(MemoryCheckpointStore::new()), 3).await;
+    let h = Arc::new(Folder::default());
+    let bad = host.start(h.clone(), sid("bad"), Epoch(1), CheckpointPolicy::synchronous()).await.unwrap();
+    let good = host.start(h.clone(), sid("good"), Epoch(1), CheckpointPolicy::synchronous()).await.unwrap();
+    good.send(Seq(1), 1).await.unwrap();
+    let err = bad.send(Seq(1), 666).await.unwrap_err();
+    match &err {
+        SessionError::Stopped { reason, .. } => {
+            assert!(reason.contains("restart intensity exceeded"), "{reason}");
+            assert!(reason.contains("poison input"), "reason carries the panic: {reason}");
+        }
+        e => panic!("expected Stopped, got {e}"),
+    }
+    assert!(matches!(bad.status(), SessionStatus::Stopped { .. }));
+    assert!(matches!(bad.send(Seq(2), 1).await, Err(SessionError::Stopped { .. })));
+    for seq in 2..=50 {
+        good.send(Seq(seq), seq).await.expect("other sessions unaffected");
+    }
+    assert_eq!(good.status(), SessionStatus::Running);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_hibernates_and_wakes_with_state() {
+    let store = Arc::new(MemoryCheckpointStore::new());
+    let host = host_with(store.clone(), 5).await;
+    let mut policy = CheckpointPolicy::periodic(Duration::from_secs(30));
+    policy.idle_timeout = Duration::from_millis(60);
+    let s = host.start(Arc::new(Folder::default()), sid("sleepy"), Epoch(1), policy).await.unwrap();
+    let mut reference = 0;
+    for seq in 1..=20u64 {
+        reference = fold(reference, seq, seq);
+        s.send(Seq(seq), seq).await.unwrap();
+    }
+    wait_for("hibernation", Duration::from_secs(5), || s.status() == SessionStatus::Hibernated).await;
+    // Hibernation checkpointed everything although the loss bound (30 s) had not elapsed.
+    assert_eq!(store.get_latest(&sid("sleepy")).unwrap().unwrap().seq, Seq(20));
+    let end = Instant::now() + Duration::from_secs(5);
+    while host.live_actors().await != 0 {
+        assert!(Instant::now() < end, "actor still alive after hibernation");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    reference = fold(reference, 21, 21);
+    match s.send(Seq(21), 21).await.unwrap() {
+        Reply::Processed { output, .. } => assert_eq!(output.unwrap(), reference, "state intact after wake"),
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(s.status(), SessionStatus::Running);
+    assert!(matches!(s.send(Seq(5), 5).await.unwrap(), Reply::Duplicate { .. }), "dedupe survives hibernation");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_backpressure() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let h = Arc::new(Folder {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    });
+    let cfg = HostConfig {
+        queue_capacity: 8,
+        ..HostConfig::default()
+    };
+    let host = SessionHost::new(Arc::new(MemoryCheckpointStore::new()), cfg, Services::default()).await.unwrap();
+    let s = host.start(h, sid("bp"), Epoch(1), CheckpointPolicy::periodic(Duration::from_secs(1))).await.unwrap();
+    let mut pending = Vec::new();
+    let mut refused = 0;
+    // Drive 10x the capacity: at most `capacity` (+1 being processed) are accepted.
+    for seq in 1..=90u64 {
+        match s.submit(Seq(seq), seq) {
+            Ok(p) => pending.push(p),
+            Err(SessionError::Backpressure { capacity, .. }) => {
+                assert_eq!(capacity, 8);
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(pending.len() <= 9, "accepted {} with capacity 8", pending.len());
+    assert_eq!(refused, 90 - pending.len());
+    gate.add_permits(1000);
+    let n = pending.len();
+    for p in pending {
+        p.wait().await.unwrap();
+    }
+    assert_eq!(s.last_seq(), Seq(n as u64));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_holder_stops_writing() {
+    let store = Arc::new(MemoryCheckpointStore::new());
+    let host = host_with(store.clone(), 5).await;
+    let s = host
+        .start(Arc::new(Folder::default()), sid("f"), Epoch(1), CheckpointPolicy::synchronous())
+        .await
+        .unwrap();
+    s.send(Seq(1), 1).await.unwrap();
+    store.fence(&sid("f"), Epoch(2)).unwrap(); // a new holder took over elsewhere
+    let e = s.send(Seq(2), 2).await.unwrap_err();
+    assert!(matches!(e, SessionError::Fenced { current: Epoch(2), .. }), "{e}");
+    assert!(matches!(s.send(Seq(3), 3).await, Err(SessionError::Stopped { .. })));
+    assert_eq!(store.get_latest(&sid("f")).unwrap().unwrap().seq, Seq(1), "nothing written after fencing");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_checkpoints_are_at_most_the_bound_apart() {
+    let store = Arc::new(MemoryCheckpointStore::new());
+    let host = host_with(store.clone(), 5).await;
+    let s = host
+        .start(Arc::new(Folder::default()), sid("p"), Epoch(1), CheckpointPolicy::periodic(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    for seq in 1..=5u64 {
+        match s.send(Seq(seq), seq).await.unwrap() {
+            Reply::Processed { durable, .. } => assert!(!durable || seq == 1),
+            r => panic!("{r:?}"),
+        }
+    }
+    let t = Instant::now();
+    wait_for("async checkpoint", Duration::from_secs(5), || {
+        store.get_latest(&sid("p")).unwrap().is_some_and(|c| c.seq == Seq(5))
+    })
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(2));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seq_gap_refused_and_json_path() {
+    let host = host_with(Arc::new(MemoryCheckpointStore::new()), 5).await;
+    host.register(Arc::new(Folder::default()));
+    let s = host
+        .start_dyn("folder", sid("j"), Epoch(1), CheckpointPolicy::synchronous())
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.send_json(Seq(3), serde_json::json!(1)).await,
+        Err(SessionError::SeqGap { expected: Seq(1), got: Seq(3), .. })
+    ));
+    assert!(matches!(
+        s.send_json(Seq(1), serde_json::json!("not a number")).await,
+        Err(SessionError::BadInput { .. })
+    ));
+    let r = s.send_json(Seq(1), serde_json::json!(7)).await.unwrap();
+    assert!(matches!(r, Reply::Processed { .. }));
+    assert!(matches!(
+        host.start_dyn("nope", sid("k"), Epoch(1), CheckpointPolicy::synchronous()).await,
+        Err(SessionError::UnknownHandler { .. })
+    ));
+    assert!(matches!(
+        host.start_dyn("folder", sid("j"), Epoch(1), CheckpointPolicy::synchronous()).await,
+        Err(SessionError::AlreadyExists { .. })
+    ));
+    host.close(&sid("j")).await.unwrap();
+    assert!(host.get(&sid("j")).is_none());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_store_after_host_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mk = || Arc::new(RocksCheckpointStore::open(dir.path(), RocksOptions::default()).unwrap()) as Arc<dyn CheckpointStore>;
+    let mut reference = 0;
+    {
+        let host = host_with(mk(), 5).await;
+        let s = host.start(Arc::new(Folder::default()), sid("r"), Epoch(1), CheckpointPolicy::synchronous()).await.unwrap();
+        for seq in 1..=10u64 {
+            reference = fold(reference, seq, seq);
+            s.send(Seq(seq), seq).await.unwrap();
+        }
+        host.shutdown().await;
+    }
+    let host = host_with(mk(), 5).await;
+    assert!(matches!(
+        host.start(Arc::new(Folder::default()), sid("r"), Epoch(0), CheckpointPolicy::synchronous()).await,
+        Err(SessionError::Fenced { .. })
+    ));
+    let s = host.start(Arc::new(Folder::default()), sid("r"), Epoch(2), CheckpointPolicy::synchronous()).await.unwrap();
+    reference = fold(reference, 11, 11);
+    match s.send(Seq(11), 11).await.unwrap() {
+        Reply::Processed { output, .. } => assert_eq!(output.unwrap(), reference),
+        r => panic!("{r:?}"),
+    }
+    host.shutdown().await;
+}
