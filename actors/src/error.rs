@@ -59,13 +59,27 @@ pub enum SessionError {
     },
     /// A checkpoint could not be made durable; the input was not acknowledged and the session
     /// restarts from its last durable checkpoint. Retry the input.
-    #[error("session {session}: checkpoint not durable ({reason}); input {seq} not acknowledged, retry")]
+    #[error(
+        "session {session}: checkpoint not durable ({reason}); input {seq} not acknowledged, retry"
+    )]
     NotDurable {
         /// The session.
         session: SessionId,
         /// The unacknowledged input.
         seq: Seq,
         /// The store's error.
+        reason: String,
+    },
+    /// The handler panicked on this input; the session restarted from its last checkpoint and
+    /// the input was not applied. Resending it is safe (it may panic again: after too many
+    /// restarts the session stops).
+    #[error("session {session}: {reason}; the session restarted from its last checkpoint and input {seq} was not applied")]
+    HandlerPanicked {
+        /// The session.
+        session: SessionId,
+        /// The input that panicked.
+        seq: Seq,
+        /// The panic message.
         reason: String,
     },
     /// The session is restarting; retry the input.
@@ -107,6 +121,7 @@ impl SessionError {
             SessionError::Backpressure { .. }
                 | SessionError::NotDurable { .. }
                 | SessionError::Restarting { .. }
+                | SessionError::HandlerPanicked { .. }
         )
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use opengrid_runtime_gpu::{InferenceHandle, ModelId, Tensor};
 use opengrid_session::{Epoch, Seq, SessionId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,28 +35,31 @@ impl HandlerError {
     }
 }
 
+/// What every input of one session shares (built once per session, not per input).
+pub(crate) struct ContextBase {
+    pub session_id: SessionId,
+    pub services: Services,
+    pub usage: Arc<crate::usage::UsageCounters>,
+    /// The node's inference pool, attributed to this session, when the host has one.
+    pub inference: Option<InferenceHandle>,
+}
+
 /// What the runtime tells a handler about the input being processed, plus node services.
 #[derive(Clone)]
 pub struct SessionContext {
-    session_id: SessionId,
+    base: Arc<ContextBase>,
     epoch: Epoch,
     seq: Seq,
-    services: Services,
 }
 
 impl SessionContext {
-    pub(crate) fn new(session_id: SessionId, epoch: Epoch, seq: Seq, services: Services) -> Self {
-        SessionContext {
-            session_id,
-            epoch,
-            seq,
-            services,
-        }
+    pub(crate) fn new(base: Arc<ContextBase>, epoch: Epoch, seq: Seq) -> Self {
+        SessionContext { base, epoch, seq }
     }
 
     /// The session being served.
     pub fn session_id(&self) -> &SessionId {
-        &self.session_id
+        &self.base.session_id
     }
 
     /// The placement epoch of this holder.
@@ -68,9 +72,30 @@ impl SessionContext {
         self.seq
     }
 
-    /// A node service registered on the host (e.g. the inference pool), by type.
+    /// A node service registered on the host (e.g. a tokenizer, a model catalogue), by type.
     pub fn service<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.services.get::<T>()
+        self.base.services.get::<T>()
+    }
+
+    /// Whether this node has an inference pool.
+    pub fn has_inference(&self) -> bool {
+        self.base.inference.is_some()
+    }
+
+    /// Runs `model` on `input` in the node's inference plane (dedicated threads, batched with
+    /// other sessions' requests) and returns the output. The compute time is metered into this
+    /// session's usage. Errors (no pool on this node, unknown model, wrong shape/dtype,
+    /// backpressure) come back as a [`HandlerError`] with code `inference`.
+    pub async fn infer(&self, model: &ModelId, input: Tensor) -> Result<Tensor, HandlerError> {
+        let h = self.base.inference.as_ref().ok_or_else(|| {
+            HandlerError::new("inference", "this node has no inference pool (node config: [inference])")
+        })?;
+        let out = h
+            .infer_with_usage(model, input)
+            .await
+            .map_err(|e| HandlerError::new("inference", e.to_string()))?;
+        self.base.usage.record_inference(out.usage.compute_us);
+        Ok(out.output)
     }
 }
 
@@ -84,14 +109,19 @@ impl Services {
     /// Adds (or replaces) a service; returns the new set.
     pub fn with<T: Any + Send + Sync>(mut self, service: T) -> Self {
         let mut m: HashMap<_, _> = (*self.map).clone();
-        m.insert(TypeId::of::<T>(), Arc::new(service) as Arc<dyn Any + Send + Sync>);
+        m.insert(
+            TypeId::of::<T>(),
+            Arc::new(service) as Arc<dyn Any + Send + Sync>,
+        );
         self.map = Arc::new(m);
         self
     }
 
     /// Looks a service up by type.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.map.get(&TypeId::of::<T>()).and_then(|s| s.downcast_ref::<T>())
+        self.map
+            .get(&TypeId::of::<T>())
+            .and_then(|s| s.downcast_ref::<T>())
     }
 }
 

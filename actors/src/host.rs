@@ -6,13 +6,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use opengrid_session::{Checkpoint, CheckpointMode, CheckpointPolicy, CheckpointStore, Epoch, Seq, SessionId, StoreError};
+use opengrid_session::{
+    Checkpoint, CheckpointMode, CheckpointPolicy, CheckpointStore, Epoch, Seq, SessionId,
+    StoreError,
+};
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::SessionError;
-use crate::handler::{Services, SessionHandler};
+use crate::handler::{ContextBase, Services, SessionHandler};
+use opengrid_runtime_gpu::{CallerId, InferenceHandle};
 use crate::session::{Reply, SessionMsg, SessionStatus, Shared, Slot, Status};
 use crate::supervisor::{spawn_supervisor, RestartIntensity, SupervisorMsg};
 use crate::usage::{Usage, UsageCounters};
@@ -77,8 +81,14 @@ pub struct SessionHost {
 
 impl SessionHost {
     /// Starts a host (and its supervisor actor) on the current tokio runtime.
-    pub async fn new(store: Arc<dyn CheckpointStore>, config: HostConfig, services: Services) -> Result<Self, SessionError> {
-        let (supervisor, _) = spawn_supervisor().await.map_err(|_| SessionError::ShuttingDown)?;
+    pub async fn new(
+        store: Arc<dyn CheckpointStore>,
+        config: HostConfig,
+        services: Services,
+    ) -> Result<Self, SessionError> {
+        let (supervisor, _) = spawn_supervisor()
+            .await
+            .map_err(|_| SessionError::ShuttingDown)?;
         Ok(SessionHost {
             inner: Arc::new(HostInner {
                 store,
@@ -116,7 +126,13 @@ impl SessionHost {
     /// seq 0 (so `init` runs once per session, never after a restart). If it holds one (the session
     /// is resumed here after a handover, failover or node restart), the session continues from it;
     /// `epoch` must not be older than the stored one.
-    pub async fn start<H: SessionHandler>(&self, handler: Arc<H>, id: SessionId, epoch: Epoch, policy: CheckpointPolicy) -> Result<SessionHandle<H>, SessionError> {
+    pub async fn start<H: SessionHandler>(
+        &self,
+        handler: Arc<H>,
+        id: SessionId,
+        epoch: Epoch,
+        policy: CheckpointPolicy,
+    ) -> Result<SessionHandle<H>, SessionError> {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(SessionError::ShuttingDown);
         }
@@ -124,14 +140,25 @@ impl SessionHost {
             return Err(SessionError::AlreadyExists { session: id });
         }
         let tick = tick_for(&policy, self.inner.config.max_tick);
+        let usage = Arc::new(UsageCounters::default());
+        let ctx_base = Arc::new(ContextBase {
+            session_id: id.clone(),
+            services: self.inner.services.clone(),
+            usage: usage.clone(),
+            inference: self
+                .inner
+                .services
+                .get::<InferenceHandle>()
+                .map(|h| h.for_caller(CallerId::new(id.as_str()))),
+        });
         let shared = Arc::new(Shared {
             id: id.clone(),
             handler: handler.clone(),
             policy,
             epoch: AtomicU64::new(epoch.0),
             store: self.inner.store.clone(),
-            services: self.inner.services.clone(),
-            usage: UsageCounters::default(),
+            usage,
+            ctx_base,
             queued: AtomicUsize::new(0),
             capacity: self.inner.config.queue_capacity.max(1),
             status: Mutex::new(Status::Starting),
@@ -157,11 +184,20 @@ impl SessionHost {
         match self.inner.store.get_latest(&id).map_err(store_err)? {
             None => {
                 let state = handler.init(&id);
-                let bytes = handler.encode_state(&state).map_err(|e| SessionError::Stopped {
-                    session: id.clone(),
-                    reason: format!("cannot encode initial state: {e}"),
-                })?;
-                let cp = Checkpoint::new(id.clone(), epoch, Seq(0), handler.id(), handler.version(), bytes);
+                let bytes = handler
+                    .encode_state(&state)
+                    .map_err(|e| SessionError::Stopped {
+                        session: id.clone(),
+                        reason: format!("cannot encode initial state: {e}"),
+                    })?;
+                let cp = Checkpoint::new(
+                    id.clone(),
+                    epoch,
+                    Seq(0),
+                    handler.id(),
+                    handler.version(),
+                    bytes,
+                );
                 self.inner.store.put(&cp).map_err(store_err)?;
             }
             Some(cp) => {
@@ -194,7 +230,13 @@ impl SessionHost {
     }
 
     /// Starts a session with a registered handler, by handler id.
-    pub async fn start_dyn(&self, handler_id: &str, id: SessionId, epoch: Epoch, policy: CheckpointPolicy) -> Result<Arc<dyn DynSession>, SessionError> {
+    pub async fn start_dyn(
+        &self,
+        handler_id: &str,
+        id: SessionId,
+        epoch: Epoch,
+        policy: CheckpointPolicy,
+    ) -> Result<Arc<dyn DynSession>, SessionError> {
         let f = read(&self.inner.handlers)
             .get(handler_id)
             .cloned()
@@ -227,7 +269,12 @@ impl SessionHost {
     /// Number of session actors currently alive (not hibernated).
     pub async fn live_actors(&self) -> usize {
         let (tx, rx) = oneshot::channel();
-        if self.inner.supervisor.cast(SupervisorMsg::Count(tx)).is_err() {
+        if self
+            .inner
+            .supervisor
+            .cast(SupervisorMsg::Count(tx))
+            .is_err()
+        {
             return 0;
         }
         rx.await.unwrap_or(0)
@@ -235,7 +282,9 @@ impl SessionHost {
 
     /// Closes a session and forgets it.
     pub async fn close(&self, id: &SessionId) -> Result<(), SessionError> {
-        let s = self.get(id).ok_or_else(|| SessionError::NotFound { session: id.clone() })?;
+        let s = self.get(id).ok_or_else(|| SessionError::NotFound {
+            session: id.clone(),
+        })?;
         s.close().await?;
         write(&self.inner.sessions).remove(id);
         Ok(())
@@ -244,7 +293,9 @@ impl SessionHost {
     /// Stops serving a session here without deleting its checkpoints (after a handover or when
     /// fenced) and forgets it.
     pub async fn release(&self, id: &SessionId) -> Result<Seq, SessionError> {
-        let s = self.get(id).ok_or_else(|| SessionError::NotFound { session: id.clone() })?;
+        let s = self.get(id).ok_or_else(|| SessionError::NotFound {
+            session: id.clone(),
+        })?;
         let r = s.release().await;
         write(&self.inner.sessions).remove(id);
         r
@@ -253,7 +304,10 @@ impl SessionHost {
     /// Checkpoints and stops every session (their state stays in the store), then the supervisor.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
-        let all: Vec<_> = write(&self.inner.sessions).drain().map(|(_, s)| s).collect();
+        let all: Vec<_> = write(&self.inner.sessions)
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
         for s in all {
             let _ = s.release().await;
         }
@@ -279,7 +333,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn spawn_via<H: SessionHandler>(sup: &ActorRef<SupervisorMsg>, shared: Arc<Shared<H>>) -> Result<(), SessionError> {
+async fn spawn_via<H: SessionHandler>(
+    sup: &ActorRef<SupervisorMsg>,
+    shared: Arc<Shared<H>>,
+) -> Result<(), SessionError> {
     let (tx, rx) = oneshot::channel();
     let id = shared.id.clone();
     sup.cast(SupervisorMsg::Spawn {
@@ -289,7 +346,10 @@ async fn spawn_via<H: SessionHandler>(sup: &ActorRef<SupervisorMsg>, shared: Arc
     .map_err(|_| SessionError::ShuttingDown)?;
     match rx.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(reason)) => Err(SessionError::Stopped { session: id, reason }),
+        Ok(Err(reason)) => Err(SessionError::Stopped {
+            session: id,
+            reason,
+        }),
         Err(_) => Err(SessionError::ShuttingDown),
     }
 }
@@ -306,7 +366,9 @@ impl<O> Pending<O> {
     pub async fn wait(self) -> Result<Reply<O>, SessionError> {
         match self.rx.await {
             Ok(r) => r,
-            Err(_) => Err(SessionError::Restarting { session: self.session }),
+            Err(_) => Err(SessionError::Restarting {
+                session: self.session,
+            }),
         }
     }
 }
@@ -390,7 +452,9 @@ impl<H: SessionHandler> SessionHandle<H> {
                 session: sh.id.clone(),
                 reason: reason.clone(),
             }),
-            Status::Closed => Err(SessionError::Closed { session: sh.id.clone() }),
+            Status::Closed => Err(SessionError::Closed {
+                session: sh.id.clone(),
+            }),
         }
     }
 
@@ -400,20 +464,37 @@ impl<H: SessionHandler> SessionHandle<H> {
     pub fn submit(&self, seq: Seq, input: H::Input) -> Result<Pending<H::Output>, SessionError> {
         match self.route()? {
             Route::Actor(a) => self.cast(&a, seq, input),
-            Route::Wait => Err(SessionError::Restarting { session: self.shared.id.clone() }),
+            Route::Wait => Err(SessionError::Restarting {
+                session: self.shared.id.clone(),
+            }),
             Route::Wake => {
                 // Undo: leave it hibernated for `send` to wake.
                 self.shared.set_status(Status::Hibernated);
-                Err(SessionError::Restarting { session: self.shared.id.clone() })
+                Err(SessionError::Restarting {
+                    session: self.shared.id.clone(),
+                })
             }
         }
     }
 
-    fn cast(&self, a: &ActorRef<SessionMsg<H>>, seq: Seq, input: H::Input) -> Result<Pending<H::Output>, SessionError> {
+    fn cast(
+        &self,
+        a: &ActorRef<SessionMsg<H>>,
+        seq: Seq,
+        input: H::Input,
+    ) -> Result<Pending<H::Output>, SessionError> {
         let (tx, rx) = oneshot::channel();
-        if a.cast(SessionMsg::Input { seq, input, reply: tx }).is_err() {
+        if a.cast(SessionMsg::Input {
+            seq,
+            input,
+            reply: tx,
+        })
+        .is_err()
+        {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(SessionError::Restarting { session: self.shared.id.clone() });
+            return Err(SessionError::Restarting {
+                session: self.shared.id.clone(),
+            });
         }
         Ok(Pending {
             rx,
@@ -441,16 +522,16 @@ impl<H: SessionHandler> SessionHandle<H> {
                 },
                 Route::Wait => wait_change(notified).await,
                 Route::Wake => {
-                    if let Err(e) = self.wake().await {
-                        return Err(e);
-                    }
+                    self.wake().await?;
                 }
             }
             if let Some(e) = sh.stopped_error() {
                 return Err(e);
             }
         }
-        Err(SessionError::Restarting { session: sh.id.clone() })
+        Err(SessionError::Restarting {
+            session: sh.id.clone(),
+        })
     }
 
     async fn wake(&self) -> Result<(), SessionError> {
@@ -499,16 +580,25 @@ impl<H: SessionHandler> SessionHandle<H> {
     }
 
     /// Sends a control request to the running actor (`NotFound` when none is running).
-    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> SessionMsg<H>) -> Result<T, SessionError> {
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> SessionMsg<H>,
+    ) -> Result<T, SessionError> {
         let actor = match &*lock(&self.shared.status) {
             Status::Running(a) => a.clone(),
-            _ => return Err(SessionError::NotFound { session: self.shared.id.clone() }),
+            _ => {
+                return Err(SessionError::NotFound {
+                    session: self.shared.id.clone(),
+                })
+            }
         };
         let (tx, rx) = oneshot::channel();
-        actor
-            .cast(make(tx))
-            .map_err(|_| SessionError::Restarting { session: self.shared.id.clone() })?;
-        rx.await.map_err(|_| SessionError::Restarting { session: self.shared.id.clone() })
+        actor.cast(make(tx)).map_err(|_| SessionError::Restarting {
+            session: self.shared.id.clone(),
+        })?;
+        rx.await.map_err(|_| SessionError::Restarting {
+            session: self.shared.id.clone(),
+        })
     }
 
     /// A full description.
@@ -543,7 +633,11 @@ pub trait DynSession: Send + Sync + 'static {
     /// Live usage counters.
     fn usage_counters(&self) -> &UsageCounters;
     /// Sends a JSON input; the payload is decoded into the handler's input type.
-    fn send_json(&self, seq: Seq, input: serde_json::Value) -> BoxFuture<'_, Result<Reply<serde_json::Value>, SessionError>>;
+    fn send_json(
+        &self,
+        seq: Seq,
+        input: serde_json::Value,
+    ) -> BoxFuture<'_, Result<Reply<serde_json::Value>, SessionError>>;
     /// Checkpoints now.
     fn checkpoint_now(&self) -> BoxFuture<'_, Result<Seq, SessionError>>;
     /// Hibernates now if idle.
@@ -570,12 +664,17 @@ impl<H: SessionHandler> DynSession for SessionHandle<H> {
     fn usage_counters(&self) -> &UsageCounters {
         &self.shared.usage
     }
-    fn send_json(&self, seq: Seq, input: serde_json::Value) -> BoxFuture<'_, Result<Reply<serde_json::Value>, SessionError>> {
+    fn send_json(
+        &self,
+        seq: Seq,
+        input: serde_json::Value,
+    ) -> BoxFuture<'_, Result<Reply<serde_json::Value>, SessionError>> {
         Box::pin(async move {
-            let input: H::Input = serde_json::from_value(input).map_err(|e| SessionError::BadInput {
-                session: self.shared.id.clone(),
-                reason: e.to_string(),
-            })?;
+            let input: H::Input =
+                serde_json::from_value(input).map_err(|e| SessionError::BadInput {
+                    session: self.shared.id.clone(),
+                    reason: e.to_string(),
+                })?;
             let reply = self.send(seq, input).await?;
             Ok(reply.map(|o| serde_json::to_value(o).unwrap_or(serde_json::Value::Null)))
         })
@@ -595,13 +694,25 @@ impl<H: SessionHandler> DynSession for SessionHandle<H> {
 }
 
 trait HandlerFactory: Send + Sync {
-    fn start(&self, host: SessionHost, id: SessionId, epoch: Epoch, policy: CheckpointPolicy) -> BoxFuture<'static, Result<Arc<dyn DynSession>, SessionError>>;
+    fn start(
+        &self,
+        host: SessionHost,
+        id: SessionId,
+        epoch: Epoch,
+        policy: CheckpointPolicy,
+    ) -> BoxFuture<'static, Result<Arc<dyn DynSession>, SessionError>>;
 }
 
 struct Factory<H>(Arc<H>);
 
 impl<H: SessionHandler> HandlerFactory for Factory<H> {
-    fn start(&self, host: SessionHost, id: SessionId, epoch: Epoch, policy: CheckpointPolicy) -> BoxFuture<'static, Result<Arc<dyn DynSession>, SessionError>> {
+    fn start(
+        &self,
+        host: SessionHost,
+        id: SessionId,
+        epoch: Epoch,
+        policy: CheckpointPolicy,
+    ) -> BoxFuture<'static, Result<Arc<dyn DynSession>, SessionError>> {
         let h = self.0.clone();
         Box::pin(async move {
             let handle = host.start(h, id, epoch, policy).await?;

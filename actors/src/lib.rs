@@ -28,3 +28,23 @@ pub use host::{DynSession, HostConfig, Pending, SessionHandle, SessionHost, Sess
 pub use session::{Reply, SessionStatus};
 pub use supervisor::RestartIntensity;
 pub use usage::{Usage, UsageCounters};
+
+/// Replaces the default panic hook with one that logs a single `tracing` error line (thread,
+/// location, message). Handler panics are expected events in a supervised runtime; the default
+/// hook's multi-line output (and backtraces under `RUST_BACKTRACE=1`) would flood node logs.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let loc = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current().name().unwrap_or("?").to_string();
+        tracing::error!(%thread, location = %loc, "panic: {msg}");
+    }));
+}

@@ -8,13 +8,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use opengrid_session::{Checkpoint, CheckpointMode, CheckpointPolicy, CheckpointStore, Epoch, Seq, SessionId, StoreError};
+use opengrid_session::{
+    Checkpoint, CheckpointMode, CheckpointPolicy, CheckpointStore, Epoch, Seq, SessionId,
+    StoreError,
+};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 
 use crate::error::SessionError;
-use crate::handler::{HandlerError, Services, SessionContext, SessionHandler};
+use crate::handler::{HandlerError, SessionContext, SessionHandler};
 use crate::supervisor::RestartIntensity;
 use crate::usage::UsageCounters;
 
@@ -54,7 +57,11 @@ impl<O> Reply<O> {
     /// Maps the output type.
     pub fn map<P>(self, f: impl FnOnce(O) -> P) -> Reply<P> {
         match self {
-            Reply::Processed { seq, output, durable } => Reply::Processed {
+            Reply::Processed {
+                seq,
+                output,
+                durable,
+            } => Reply::Processed {
                 seq,
                 output: output.map(f),
                 durable,
@@ -126,8 +133,8 @@ pub(crate) struct Shared<H: SessionHandler> {
     pub policy: CheckpointPolicy,
     pub epoch: AtomicU64,
     pub store: Arc<dyn CheckpointStore>,
-    pub services: Services,
-    pub usage: UsageCounters,
+    pub usage: Arc<UsageCounters>,
+    pub ctx_base: Arc<crate::handler::ContextBase>,
     pub queued: AtomicUsize,
     pub capacity: usize,
     pub status: Mutex<Status<H>>,
@@ -193,7 +200,10 @@ impl<H: SessionHandler> Shared<H> {
         self.usage.restarts.fetch_add(1, Ordering::Relaxed);
         let mut r = lock(&self.restarts);
         let now = Instant::now();
-        while r.front().is_some_and(|t| now.duration_since(*t) > self.intensity.within) {
+        while r
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.intensity.within)
+        {
             r.pop_front();
         }
         r.push_back(now);
@@ -210,21 +220,33 @@ impl<H: SessionHandler> Shared<H> {
     }
 
     fn ctx(&self, seq: Seq) -> SessionContext {
-        SessionContext::new(self.id.clone(), self.epoch(), seq, self.services.clone())
+        SessionContext::new(self.ctx_base.clone(), self.epoch(), seq)
     }
 
     /// Writes a checkpoint of `state` at `seq`.
     fn write_checkpoint(&self, state: &H::State, seq: Seq) -> Result<(), SessionError> {
-        let bytes = self.handler.encode_state(state).map_err(|e| SessionError::NotDurable {
-            session: self.id.clone(),
+        let bytes = self
+            .handler
+            .encode_state(state)
+            .map_err(|e| SessionError::NotDurable {
+                session: self.id.clone(),
+                seq,
+                reason: e.to_string(),
+            })?;
+        let cp = Checkpoint::new(
+            self.id.clone(),
+            self.epoch(),
             seq,
-            reason: e.to_string(),
-        })?;
-        let cp = Checkpoint::new(self.id.clone(), self.epoch(), seq, self.handler.id(), self.handler.version(), bytes);
+            self.handler.id(),
+            self.handler.version(),
+            bytes,
+        );
         match self.store.put(&cp) {
             Ok(()) => {
                 self.usage.checkpoints.fetch_add(1, Ordering::Relaxed);
-                self.usage.checkpoint_bytes.fetch_add(cp.state.len() as u64, Ordering::Relaxed);
+                self.usage
+                    .checkpoint_bytes
+                    .fetch_add(cp.state.len() as u64, Ordering::Relaxed);
                 Ok(())
             }
             Err(StoreError::StaleEpoch { current, .. }) => Err(SessionError::Fenced {
@@ -257,7 +279,11 @@ impl<H: SessionHandler> Shared<H> {
             ));
         }
         if cp.epoch > self.epoch() {
-            return Err(format!("fenced: checkpoint epoch {} is newer than ours {}", cp.epoch, self.epoch()));
+            return Err(format!(
+                "fenced: checkpoint epoch {} is newer than ours {}",
+                cp.epoch,
+                self.epoch()
+            ));
         }
         let state = self
             .handler
@@ -286,28 +312,40 @@ pub(crate) struct ActorState<H: SessionHandler> {
     timer: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Runs the handler on one input, measuring busy time (time inside polls).
+/// Runs the handler on one input, measuring busy time (time inside polls). A panic is caught and
+/// returned as `Err(message)` so the caller can answer the client before the actor fails.
 async fn run_handler<H: SessionHandler>(
     shared: &Shared<H>,
     state: &mut H::State,
     seq: Seq,
     input: H::Input,
-) -> Result<H::Output, HandlerError> {
+) -> Result<Result<H::Output, HandlerError>, String> {
+    use futures::FutureExt;
     let ctx = shared.ctx(seq);
-    let mut fut = std::pin::pin!(shared.handler.handle(state, input, &ctx));
     let mut busy = Duration::ZERO;
-    let out = std::future::poll_fn(|cx| {
-        let t = Instant::now();
-        let r = fut.as_mut().poll(cx);
-        busy += t.elapsed();
-        r
-    })
-    .await;
+    let out = {
+        let mut fut = std::pin::pin!(shared.handler.handle(state, input, &ctx));
+        std::panic::AssertUnwindSafe(std::future::poll_fn(|cx| {
+            let t = Instant::now();
+            let r = fut.as_mut().poll(cx);
+            busy += t.elapsed();
+            r
+        }))
+        .catch_unwind()
+        .await
+    };
     shared
         .usage
         .handler_busy_ns
         .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
-    out
+    out.map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_string());
+        format!("handler panicked at {seq}: {msg}")
+    })
 }
 
 impl<H: SessionHandler> ActorState<H> {
@@ -328,7 +366,11 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
     type State = ActorState<H>;
     type Arguments = Arc<Shared<H>>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, shared: Arc<Shared<H>>) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        shared: Arc<Shared<H>>,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let (mut last_seq, mut state) = match shared.load()? {
             Some(x) => x,
             None => return Err(format!("no checkpoint found for session {}", shared.id).into()),
@@ -342,9 +384,11 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
             .collect();
         for (seq, input) in journal {
             if seq != last_seq.next() {
-                return Err(format!("journal gap: expected {} got {}", last_seq.next(), seq).into());
+                return Err(
+                    format!("journal gap: expected {} got {}", last_seq.next(), seq).into(),
+                );
             }
-            let _ = run_handler(&shared, &mut state, seq, input).await;
+            let _ = run_handler(&shared, &mut state, seq, input).await?;
             last_seq = seq;
         }
         shared.last_seq.store(last_seq.0, Ordering::Release);
@@ -361,14 +405,23 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
         })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = st.timer.take() {
             t.abort();
         }
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Input { seq, input, reply } => {
                 st.shared.queued.fetch_sub(1, Ordering::AcqRel);
@@ -376,7 +429,10 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                 let sh = st.shared.clone();
                 if seq <= st.last_seq {
                     sh.usage.duplicates.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(Ok(Reply::Duplicate { seq, last: st.last_seq }));
+                    let _ = reply.send(Ok(Reply::Duplicate {
+                        seq,
+                        last: st.last_seq,
+                    }));
                     return Ok(());
                 }
                 if seq != st.last_seq.next() {
@@ -391,14 +447,30 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                     CheckpointMode::Periodic { .. } => Some(input.clone()),
                     CheckpointMode::Synchronous => None,
                 };
-                let output = run_handler(&sh, &mut st.state, seq, input).await;
+                let output = match run_handler(&sh, &mut st.state, seq, input).await {
+                    Ok(o) => o,
+                    Err(reason) => {
+                        // The state may be half-updated: answer, then fail so the supervisor
+                        // restarts from the last checkpoint (plus journal replay).
+                        let _ = reply.send(Err(SessionError::HandlerPanicked {
+                            session: sh.id.clone(),
+                            seq,
+                            reason: reason.clone(),
+                        }));
+                        return Err(reason.into());
+                    }
+                };
                 st.last_seq = seq;
                 sh.last_seq.store(seq.0, Ordering::Release);
                 sh.usage.inputs.fetch_add(1, Ordering::Relaxed);
                 match sh.policy.mode {
                     CheckpointMode::Synchronous => match st.checkpoint() {
                         Ok(_) => {
-                            let _ = reply.send(Ok(Reply::Processed { seq, output, durable: true }));
+                            let _ = reply.send(Ok(Reply::Processed {
+                                seq,
+                                output,
+                                durable: true,
+                            }));
                         }
                         Err(e @ SessionError::Fenced { .. }) => {
                             let _ = reply.send(Err(e.clone()));
@@ -431,16 +503,24 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                                     myself.stop(Some("fenced".into()));
                                     return Ok(());
                                 }
-                                Err(e) => tracing::warn!(session = %sh.id, error = %e, "periodic checkpoint failed; will retry"),
+                                Err(e) => {
+                                    tracing::warn!(session = %sh.id, error = %e, "periodic checkpoint failed; will retry")
+                                }
                             }
                         }
-                        let _ = reply.send(Ok(Reply::Processed { seq, output, durable }));
+                        let _ = reply.send(Ok(Reply::Processed {
+                            seq,
+                            output,
+                            durable,
+                        }));
                     }
                 }
             }
             SessionMsg::Tick => {
                 let sh = st.shared.clone();
-                if let (CheckpointMode::Periodic { max_interval }, Some(since)) = (sh.policy.mode, st.dirty_since) {
+                if let (CheckpointMode::Periodic { max_interval }, Some(since)) =
+                    (sh.policy.mode, st.dirty_since)
+                {
                     if since.elapsed() >= max_interval {
                         match st.checkpoint() {
                             Ok(_) => {}
@@ -449,11 +529,15 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                                 myself.stop(Some("fenced".into()));
                                 return Ok(());
                             }
-                            Err(e) => tracing::warn!(session = %sh.id, error = %e, "periodic checkpoint failed; will retry"),
+                            Err(e) => {
+                                tracing::warn!(session = %sh.id, error = %e, "periodic checkpoint failed; will retry")
+                            }
                         }
                     }
                 }
-                if st.last_activity.elapsed() >= sh.policy.idle_timeout && sh.queued.load(Ordering::Acquire) == 0 {
+                if st.last_activity.elapsed() >= sh.policy.idle_timeout
+                    && sh.queued.load(Ordering::Acquire) == 0
+                {
                     try_hibernate(&myself, st);
                 }
             }
@@ -492,7 +576,10 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
 }
 
 /// Checkpoints and stops the actor if no input is queued. Returns whether it hibernated.
-fn try_hibernate<H: SessionHandler>(myself: &ActorRef<SessionMsg<H>>, st: &mut ActorState<H>) -> bool {
+fn try_hibernate<H: SessionHandler>(
+    myself: &ActorRef<SessionMsg<H>>,
+    st: &mut ActorState<H>,
+) -> bool {
     if st.checkpoint().is_err() {
         return false;
     }
@@ -515,7 +602,10 @@ fn try_hibernate<H: SessionHandler>(myself: &ActorRef<SessionMsg<H>>, st: &mut A
 pub(crate) trait Slot: Send + Sync + 'static {
     fn session_id(&self) -> &SessionId;
     /// Spawns a new incarnation linked to `supervisor`; on success the session is Running.
-    fn spawn(self: Arc<Self>, supervisor: ActorCell) -> BoxFuture<'static, Result<ActorCell, String>>;
+    fn spawn(
+        self: Arc<Self>,
+        supervisor: ActorCell,
+    ) -> BoxFuture<'static, Result<ActorCell, String>>;
     fn record_restart(&self, cause: &str) -> Result<(), String>;
     fn mark_starting(&self);
     fn stop_with(&self, reason: String);
@@ -527,11 +617,15 @@ impl<H: SessionHandler> Slot for Shared<H> {
         &self.id
     }
 
-    fn spawn(self: Arc<Self>, supervisor: ActorCell) -> BoxFuture<'static, Result<ActorCell, String>> {
+    fn spawn(
+        self: Arc<Self>,
+        supervisor: ActorCell,
+    ) -> BoxFuture<'static, Result<ActorCell, String>> {
         Box::pin(async move {
-            let (actor, _join) = Actor::spawn_linked(None, SessionActor::<H>::new(), self.clone(), supervisor)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (actor, _join) =
+                Actor::spawn_linked(None, SessionActor::<H>::new(), self.clone(), supervisor)
+                    .await
+                    .map_err(|e| e.to_string())?;
             self.queued.store(0, Ordering::Release);
             let cell = actor.get_cell();
             self.set_status(Status::Running(actor));

@@ -54,7 +54,11 @@ pub(crate) struct SupervisorState {
 
 impl Supervisor {
     /// Spawns until success or until the restart intensity gives up.
-    async fn start_child(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, slot: Arc<dyn Slot>) -> Result<(), String> {
+    async fn start_child(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        slot: Arc<dyn Slot>,
+    ) -> Result<(), String> {
         loop {
             match slot.clone().spawn(myself.get_cell()).await {
                 Ok(cell) => {
@@ -78,13 +82,22 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = ();
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SupervisorState {
             children: HashMap::new(),
         })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Spawn { slot, reply } => {
                 let r = Self::start_child(&myself, state, slot).await;
@@ -97,7 +110,12 @@ impl Actor for Supervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, evt: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorFailed(cell, err) => {
                 let Some(slot) = state.children.remove(&cell.get_id()) else {
@@ -125,7 +143,8 @@ impl Actor for Supervisor {
     }
 }
 
-pub(crate) async fn spawn_supervisor() -> Result<(ActorRef<SupervisorMsg>, ActorCell), ractor::SpawnErr> {
+pub(crate) async fn spawn_supervisor(
+) -> Result<(ActorRef<SupervisorMsg>, ActorCell), ractor::SpawnErr> {
     let (r, _) = Actor::spawn(None, Supervisor, ()).await?;
     let cell = r.get_cell();
     Ok((r, cell))

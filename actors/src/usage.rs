@@ -84,7 +84,9 @@ impl Usage {
             bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
             bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
             checkpoints: self.checkpoints.saturating_sub(earlier.checkpoints),
-            checkpoint_bytes: self.checkpoint_bytes.saturating_sub(earlier.checkpoint_bytes),
+            checkpoint_bytes: self
+                .checkpoint_bytes
+                .saturating_sub(earlier.checkpoint_bytes),
             restarts: self.restarts.saturating_sub(earlier.restarts),
             inference_us: self.inference_us.saturating_sub(earlier.inference_us),
             inference_calls: self.inference_calls.saturating_sub(earlier.inference_calls),

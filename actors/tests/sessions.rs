@@ -42,10 +42,18 @@ impl SessionHandler for Folder {
         FoldState::default()
     }
 
-    async fn handle(&self, st: &mut FoldState, v: u64, ctx: &SessionContext) -> Result<u64, HandlerError> {
+    async fn handle(
+        &self,
+        st: &mut FoldState,
+        v: u64,
+        ctx: &SessionContext,
+    ) -> Result<u64, HandlerError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if let Some(g) = &self.gate {
-            let _p = g.acquire().await.map_err(|e| HandlerError::new("gate", e.to_string()))?;
+            let _p = g
+                .acquire()
+                .await
+                .map_err(|e| HandlerError::new("gate", e.to_string()))?;
         }
         if v == 666 {
             panic!("poison input");
@@ -69,7 +77,9 @@ async fn host_with(store: Arc<dyn CheckpointStore>, restarts: u32) -> SessionHos
         },
         ..HostConfig::default()
     };
-    SessionHost::new(store, cfg, Services::default()).await.unwrap()
+    SessionHost::new(store, cfg, Services::default())
+        .await
+        .unwrap()
 }
 
 fn sid(s: &str) -> SessionId {
@@ -99,41 +109,70 @@ async fn exactly_once_under_panics(policy: CheckpointPolicy) {
     let seed = seed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     const N: u64 = 10_000;
-    let panics: HashSet<u64> = (0..10).map(|i| i * 1000 + rng.random_range(1..1000)).collect();
+    let panics: HashSet<u64> = (0..10)
+        .map(|i| i * 1000 + rng.random_range(1..1000))
+        .collect();
     let handler = Arc::new(Folder {
         panic_once: Mutex::new(panics.clone()),
         ..Default::default()
     });
     let store = Arc::new(MemoryCheckpointStore::new());
     let host = host_with(store.clone(), 100).await;
-    let s = host.start(handler.clone(), sid("fold"), Epoch(1), policy).await.unwrap();
+    let s = host
+        .start(handler.clone(), sid("fold"), Epoch(1), policy)
+        .await
+        .unwrap();
     let values: Vec<u64> = (0..=N).map(|_| rng.random_range(0..1_000_000)).collect();
     let mut reference = 0u64;
     let mut dups = 0u64;
     for seq in 1..=N {
         let v = values[seq as usize];
         reference = fold(reference, seq, v);
-        let r = s.send(Seq(seq), v).await.unwrap_or_else(|e| panic!("seed {seed}: seq {seq}: {e}"));
+        let r = loop {
+            match s.send(Seq(seq), v).await {
+                Err(SessionError::HandlerPanicked { seq: p, .. }) => assert_eq!(p, Seq(seq)),
+                r => break r.unwrap_or_else(|e| panic!("seed {seed}: seq {seq}: {e}")),
+            }
+        };
         match r {
-            Reply::Processed { output, .. } => assert_eq!(output.unwrap(), reference, "seed {seed} seq {seq}"),
+            Reply::Processed { output, .. } => {
+                assert_eq!(output.unwrap(), reference, "seed {seed} seq {seq}")
+            }
             Reply::Duplicate { .. } => panic!("seed {seed}: fresh seq {seq} reported duplicate"),
         }
         if rng.random_bool(0.05) {
             let back = rng.random_range(1..=seq);
             dups += 1;
             let d = s.send(Seq(back), values[back as usize]).await.unwrap();
-            assert!(matches!(d, Reply::Duplicate { .. }), "seed {seed}: resend of {back} not a duplicate");
+            assert!(
+                matches!(d, Reply::Duplicate { .. }),
+                "seed {seed}: resend of {back} not a duplicate"
+            );
         }
     }
-    assert!(panics.is_empty() || handler.panic_once.lock().unwrap().is_empty(), "all injected panics fired");
+    assert!(
+        panics.is_empty() || handler.panic_once.lock().unwrap().is_empty(),
+        "all injected panics fired"
+    );
     s.checkpoint_now().await.unwrap();
     let cp = store.get_latest(&sid("fold")).unwrap().unwrap();
     let st: FoldState = Folder::default().decode_state(&cp.state).unwrap();
-    assert_eq!(st, FoldState { count: N, hash: reference, last_seq: N }, "seed {seed}");
+    assert_eq!(
+        st,
+        FoldState {
+            count: N,
+            hash: reference,
+            last_seq: N
+        },
+        "seed {seed}"
+    );
     let u = s.usage();
     assert_eq!(u.inputs, N, "seed {seed}: inputs metered once each");
     assert_eq!(u.duplicates, dups);
-    assert_eq!(u.restarts, 10, "seed {seed}: one restart per injected panic");
+    assert_eq!(
+        u.restarts, 10,
+        "seed {seed}: one restart per injected panic"
+    );
     host.shutdown().await;
 }
 
@@ -159,7 +198,7 @@ struct Recording {
 impl CheckpointStore for Recording {
     fn put(&self, cp: &Checkpoint) -> Result<(), StoreError> {
         let n = self.puts.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.fail_every > 0 && n % self.fail_every == 0 {
+        if self.fail_every > 0 && n.is_multiple_of(self.fail_every) {
             return Err(StoreError::Backend("injected I/O error".into()));
         }
         self.inner.put(cp)?;
@@ -202,7 +241,12 @@ async fn zero_loss_never_acknowledges_before_durable_write() {
     });
     let host = host_with(store.clone(), 1000).await;
     let s = host
-        .start(Arc::new(Folder::default()), sid("zl"), Epoch(1), CheckpointPolicy::synchronous())
+        .start(
+            Arc::new(Folder::default()),
+            sid("zl"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
         .await
         .unwrap();
     let mut refused = 0;
@@ -211,13 +255,20 @@ async fn zero_loss_never_acknowledges_before_durable_write() {
         reference = fold(reference, seq, seq * 3 + 1);
         loop {
             match s.send(Seq(seq), seq * 3 + 1).await {
-                Ok(Reply::Processed { durable, output, .. }) => {
+                Ok(Reply::Processed {
+                    durable, output, ..
+                }) => {
                     assert!(durable);
-                    assert!(store.durable_seq.load(Ordering::SeqCst) >= seq, "acked {seq} before it was durable");
+                    assert!(
+                        store.durable_seq.load(Ordering::SeqCst) >= seq,
+                        "acked {seq} before it was durable"
+                    );
                     assert_eq!(output.unwrap(), reference);
                     break;
                 }
-                Ok(Reply::Duplicate { .. }) => panic!("a refused input must not count as processed"),
+                Ok(Reply::Duplicate { .. }) => {
+                    panic!("a refused input must not count as processed")
+                }
                 Err(SessionError::NotDurable { seq: s2, .. }) => {
                     assert_eq!(s2, Seq(seq));
                     refused += 1;
@@ -234,21 +285,52 @@ async fn zero_loss_never_acknowledges_before_durable_write() {
 async fn restart_intensity_exceeded_stops_only_that_session() {
     let host = host_with(Arc::new(MemoryCheckpointStore::new()), 3).await;
     let h = Arc::new(Folder::default());
-    let bad = host.start(h.clone(), sid("bad"), Epoch(1), CheckpointPolicy::synchronous()).await.unwrap();
-    let good = host.start(h.clone(), sid("good"), Epoch(1), CheckpointPolicy::synchronous()).await.unwrap();
+    let bad = host
+        .start(
+            h.clone(),
+            sid("bad"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let good = host
+        .start(
+            h.clone(),
+            sid("good"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
     good.send(Seq(1), 1).await.unwrap();
-    let err = bad.send(Seq(1), 666).await.unwrap_err();
+    let err = loop {
+        match bad.send(Seq(1), 666).await.unwrap_err() {
+            SessionError::HandlerPanicked { reason, .. } => {
+                assert!(reason.contains("poison input"))
+            }
+            e => break e,
+        }
+    };
     match &err {
         SessionError::Stopped { reason, .. } => {
             assert!(reason.contains("restart intensity exceeded"), "{reason}");
-            assert!(reason.contains("poison input"), "reason carries the panic: {reason}");
+            assert!(
+                reason.contains("poison input"),
+                "reason carries the panic: {reason}"
+            );
         }
         e => panic!("expected Stopped, got {e}"),
     }
     assert!(matches!(bad.status(), SessionStatus::Stopped { .. }));
-    assert!(matches!(bad.send(Seq(2), 1).await, Err(SessionError::Stopped { .. })));
+    assert!(matches!(
+        bad.send(Seq(2), 1).await,
+        Err(SessionError::Stopped { .. })
+    ));
     for seq in 2..=50 {
-        good.send(Seq(seq), seq).await.expect("other sessions unaffected");
+        good.send(Seq(seq), seq)
+            .await
+            .expect("other sessions unaffected");
     }
     assert_eq!(good.status(), SessionStatus::Running);
     host.shutdown().await;
@@ -260,15 +342,24 @@ async fn idle_session_hibernates_and_wakes_with_state() {
     let host = host_with(store.clone(), 5).await;
     let mut policy = CheckpointPolicy::periodic(Duration::from_secs(30));
     policy.idle_timeout = Duration::from_millis(60);
-    let s = host.start(Arc::new(Folder::default()), sid("sleepy"), Epoch(1), policy).await.unwrap();
+    let s = host
+        .start(Arc::new(Folder::default()), sid("sleepy"), Epoch(1), policy)
+        .await
+        .unwrap();
     let mut reference = 0;
     for seq in 1..=20u64 {
         reference = fold(reference, seq, seq);
         s.send(Seq(seq), seq).await.unwrap();
     }
-    wait_for("hibernation", Duration::from_secs(5), || s.status() == SessionStatus::Hibernated).await;
+    wait_for("hibernation", Duration::from_secs(5), || {
+        s.status() == SessionStatus::Hibernated
+    })
+    .await;
     // Hibernation checkpointed everything although the loss bound (30 s) had not elapsed.
-    assert_eq!(store.get_latest(&sid("sleepy")).unwrap().unwrap().seq, Seq(20));
+    assert_eq!(
+        store.get_latest(&sid("sleepy")).unwrap().unwrap().seq,
+        Seq(20)
+    );
     let end = Instant::now() + Duration::from_secs(5);
     while host.live_actors().await != 0 {
         assert!(Instant::now() < end, "actor still alive after hibernation");
@@ -276,11 +367,16 @@ async fn idle_session_hibernates_and_wakes_with_state() {
     }
     reference = fold(reference, 21, 21);
     match s.send(Seq(21), 21).await.unwrap() {
-        Reply::Processed { output, .. } => assert_eq!(output.unwrap(), reference, "state intact after wake"),
+        Reply::Processed { output, .. } => {
+            assert_eq!(output.unwrap(), reference, "state intact after wake")
+        }
         r => panic!("{r:?}"),
     }
     assert_eq!(s.status(), SessionStatus::Running);
-    assert!(matches!(s.send(Seq(5), 5).await.unwrap(), Reply::Duplicate { .. }), "dedupe survives hibernation");
+    assert!(
+        matches!(s.send(Seq(5), 5).await.unwrap(), Reply::Duplicate { .. }),
+        "dedupe survives hibernation"
+    );
     host.shutdown().await;
 }
 
@@ -295,8 +391,22 @@ async fn full_queue_is_backpressure() {
         queue_capacity: 8,
         ..HostConfig::default()
     };
-    let host = SessionHost::new(Arc::new(MemoryCheckpointStore::new()), cfg, Services::default()).await.unwrap();
-    let s = host.start(h, sid("bp"), Epoch(1), CheckpointPolicy::periodic(Duration::from_secs(1))).await.unwrap();
+    let host = SessionHost::new(
+        Arc::new(MemoryCheckpointStore::new()),
+        cfg,
+        Services::default(),
+    )
+    .await
+    .unwrap();
+    let s = host
+        .start(
+            h,
+            sid("bp"),
+            Epoch(1),
+            CheckpointPolicy::periodic(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
     let mut pending = Vec::new();
     let mut refused = 0;
     // Drive 10x the capacity: at most `capacity` (+1 being processed) are accepted.
@@ -310,7 +420,11 @@ async fn full_queue_is_backpressure() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(pending.len() <= 9, "accepted {} with capacity 8", pending.len());
+    assert!(
+        pending.len() <= 9,
+        "accepted {} with capacity 8",
+        pending.len()
+    );
     assert_eq!(refused, 90 - pending.len());
     gate.add_permits(1000);
     let n = pending.len();
@@ -326,15 +440,36 @@ async fn fenced_holder_stops_writing() {
     let store = Arc::new(MemoryCheckpointStore::new());
     let host = host_with(store.clone(), 5).await;
     let s = host
-        .start(Arc::new(Folder::default()), sid("f"), Epoch(1), CheckpointPolicy::synchronous())
+        .start(
+            Arc::new(Folder::default()),
+            sid("f"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
         .await
         .unwrap();
     s.send(Seq(1), 1).await.unwrap();
     store.fence(&sid("f"), Epoch(2)).unwrap(); // a new holder took over elsewhere
     let e = s.send(Seq(2), 2).await.unwrap_err();
-    assert!(matches!(e, SessionError::Fenced { current: Epoch(2), .. }), "{e}");
-    assert!(matches!(s.send(Seq(3), 3).await, Err(SessionError::Stopped { .. })));
-    assert_eq!(store.get_latest(&sid("f")).unwrap().unwrap().seq, Seq(1), "nothing written after fencing");
+    assert!(
+        matches!(
+            e,
+            SessionError::Fenced {
+                current: Epoch(2),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        s.send(Seq(3), 3).await,
+        Err(SessionError::Stopped { .. })
+    ));
+    assert_eq!(
+        store.get_latest(&sid("f")).unwrap().unwrap().seq,
+        Seq(1),
+        "nothing written after fencing"
+    );
     host.shutdown().await;
 }
 
@@ -343,7 +478,12 @@ async fn periodic_checkpoints_are_at_most_the_bound_apart() {
     let store = Arc::new(MemoryCheckpointStore::new());
     let host = host_with(store.clone(), 5).await;
     let s = host
-        .start(Arc::new(Folder::default()), sid("p"), Epoch(1), CheckpointPolicy::periodic(Duration::from_millis(100)))
+        .start(
+            Arc::new(Folder::default()),
+            sid("p"),
+            Epoch(1),
+            CheckpointPolicy::periodic(Duration::from_millis(100)),
+        )
         .await
         .unwrap();
     for seq in 1..=5u64 {
@@ -354,7 +494,10 @@ async fn periodic_checkpoints_are_at_most_the_bound_apart() {
     }
     let t = Instant::now();
     wait_for("async checkpoint", Duration::from_secs(5), || {
-        store.get_latest(&sid("p")).unwrap().is_some_and(|c| c.seq == Seq(5))
+        store
+            .get_latest(&sid("p"))
+            .unwrap()
+            .is_some_and(|c| c.seq == Seq(5))
     })
     .await;
     assert!(t.elapsed() < Duration::from_secs(2));
@@ -366,12 +509,21 @@ async fn seq_gap_refused_and_json_path() {
     let host = host_with(Arc::new(MemoryCheckpointStore::new()), 5).await;
     host.register(Arc::new(Folder::default()));
     let s = host
-        .start_dyn("folder", sid("j"), Epoch(1), CheckpointPolicy::synchronous())
+        .start_dyn(
+            "folder",
+            sid("j"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
         .await
         .unwrap();
     assert!(matches!(
         s.send_json(Seq(3), serde_json::json!(1)).await,
-        Err(SessionError::SeqGap { expected: Seq(1), got: Seq(3), .. })
+        Err(SessionError::SeqGap {
+            expected: Seq(1),
+            got: Seq(3),
+            ..
+        })
     ));
     assert!(matches!(
         s.send_json(Seq(1), serde_json::json!("not a number")).await,
@@ -380,11 +532,18 @@ async fn seq_gap_refused_and_json_path() {
     let r = s.send_json(Seq(1), serde_json::json!(7)).await.unwrap();
     assert!(matches!(r, Reply::Processed { .. }));
     assert!(matches!(
-        host.start_dyn("nope", sid("k"), Epoch(1), CheckpointPolicy::synchronous()).await,
+        host.start_dyn("nope", sid("k"), Epoch(1), CheckpointPolicy::synchronous())
+            .await,
         Err(SessionError::UnknownHandler { .. })
     ));
     assert!(matches!(
-        host.start_dyn("folder", sid("j"), Epoch(1), CheckpointPolicy::synchronous()).await,
+        host.start_dyn(
+            "folder",
+            sid("j"),
+            Epoch(1),
+            CheckpointPolicy::synchronous()
+        )
+        .await,
         Err(SessionError::AlreadyExists { .. })
     ));
     host.close(&sid("j")).await.unwrap();
@@ -395,11 +554,22 @@ async fn seq_gap_refused_and_json_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_from_store_after_host_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mk = || Arc::new(RocksCheckpointStore::open(dir.path(), RocksOptions::default()).unwrap()) as Arc<dyn CheckpointStore>;
+    let mk = || {
+        Arc::new(RocksCheckpointStore::open(dir.path(), RocksOptions::default()).unwrap())
+            as Arc<dyn CheckpointStore>
+    };
     let mut reference = 0;
     {
         let host = host_with(mk(), 5).await;
-        let s = host.start(Arc::new(Folder::default()), sid("r"), Epoch(1), CheckpointPolicy::synchronous()).await.unwrap();
+        let s = host
+            .start(
+                Arc::new(Folder::default()),
+                sid("r"),
+                Epoch(1),
+                CheckpointPolicy::synchronous(),
+            )
+            .await
+            .unwrap();
         for seq in 1..=10u64 {
             reference = fold(reference, seq, seq);
             s.send(Seq(seq), seq).await.unwrap();
@@ -408,10 +578,24 @@ async fn resume_from_store_after_host_restart() {
     }
     let host = host_with(mk(), 5).await;
     assert!(matches!(
-        host.start(Arc::new(Folder::default()), sid("r"), Epoch(0), CheckpointPolicy::synchronous()).await,
+        host.start(
+            Arc::new(Folder::default()),
+            sid("r"),
+            Epoch(0),
+            CheckpointPolicy::synchronous()
+        )
+        .await,
         Err(SessionError::Fenced { .. })
     ));
-    let s = host.start(Arc::new(Folder::default()), sid("r"), Epoch(2), CheckpointPolicy::synchronous()).await.unwrap();
+    let s = host
+        .start(
+            Arc::new(Folder::default()),
+            sid("r"),
+            Epoch(2),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
     reference = fold(reference, 11, 11);
     match s.send(Seq(11), 11).await.unwrap() {
         Reply::Processed { output, .. } => assert_eq!(output.unwrap(), reference),

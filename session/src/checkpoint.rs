@@ -46,7 +46,10 @@ impl std::fmt::Debug for Checkpoint {
             .field("session_id", &self.session_id)
             .field("epoch", &self.epoch)
             .field("seq", &self.seq)
-            .field("handler", &format_args!("{}@{}", self.handler_id, self.handler_version))
+            .field(
+                "handler",
+                &format_args!("{}@{}", self.handler_id, self.handler_version),
+            )
             .field("state_len", &self.state.len())
             .finish()
     }
@@ -70,7 +73,10 @@ mod serde_bytes_vec {
             fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 16));
                 while let Some(b) = a.next_element()? {
                     out.push(b);
@@ -104,7 +110,9 @@ pub enum CheckpointError {
     #[error("checkpoint has {0} trailing bytes after the body")]
     TrailingBytes(usize),
     /// The stored hash does not match the content.
-    #[error("checkpoint hash mismatch for session {session} at {epoch}/{seq}: content was altered")]
+    #[error(
+        "checkpoint hash mismatch for session {session} at {epoch}/{seq}: content was altered"
+    )]
     HashMismatch {
         /// Session named in the (untrusted) body.
         session: String,
@@ -246,7 +254,10 @@ mod tests {
         }
         let mut extra = bytes.clone();
         extra.push(0);
-        assert_eq!(Checkpoint::decode(&extra), Err(CheckpointError::TrailingBytes(1)));
+        assert_eq!(
+            Checkpoint::decode(&extra),
+            Err(CheckpointError::TrailingBytes(1))
+        );
     }
 
     #[test]
@@ -254,7 +265,10 @@ mod tests {
         assert_eq!(Checkpoint::decode(&[]), Err(CheckpointError::Empty));
         let mut b = sample(vec![]).encode();
         b[0] = 9;
-        assert_eq!(Checkpoint::decode(&b), Err(CheckpointError::UnsupportedVersion(9)));
+        assert_eq!(
+            Checkpoint::decode(&b),
+            Err(CheckpointError::UnsupportedVersion(9))
+        );
     }
 
     #[test]
@@ -262,7 +276,10 @@ mod tests {
         // version 1, then a session-id string claiming u64::MAX bytes.
         let mut b = vec![1u8, 0xfd];
         b.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(Checkpoint::decode(&b), Err(CheckpointError::Malformed(_))));
+        assert!(matches!(
+            Checkpoint::decode(&b),
+            Err(CheckpointError::Malformed(_))
+        ));
     }
 
     proptest! {

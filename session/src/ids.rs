@@ -126,7 +126,9 @@ impl fmt::Debug for SessionId {
 
 /// Placement generation of a session. It increases on every placement (first placement, handover,
 /// failover); only the holder of the current epoch may process input or write checkpoints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(transparent)]
 pub struct Epoch(pub u64);
 
@@ -145,7 +147,9 @@ impl fmt::Display for Epoch {
 
 /// Sequence number of a client input within a session. Inputs are numbered from 1; `Seq(0)` means
 /// "nothing processed yet".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 

@@ -23,7 +23,9 @@ pub mod policy;
 pub mod store;
 pub mod units;
 
-pub use checkpoint::{Checkpoint, CheckpointError, CHECKPOINT_FORMAT_VERSION, MAX_CHECKPOINT_BYTES};
+pub use checkpoint::{
+    Checkpoint, CheckpointError, CHECKPOINT_FORMAT_VERSION, MAX_CHECKPOINT_BYTES,
+};
 pub use ids::{Epoch, Seq, SessionId, SessionIdError};
 pub use lifecycle::{IllegalTransition, Lifecycle, LifecycleEvent, SessionState};
 pub use manifest::{

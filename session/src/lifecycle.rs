@@ -134,7 +134,12 @@ impl Lifecycle {
         use SessionState as S;
         let live = matches!(
             from,
-            S::Active | S::Checkpointing | S::Hibernated | S::Preparing | S::Transferring | S::Frozen
+            S::Active
+                | S::Checkpointing
+                | S::Hibernated
+                | S::Preparing
+                | S::Transferring
+                | S::Frozen
         );
         Some(match (from, event) {
             (S::Requested, E::Place) => S::Placed,
@@ -215,7 +220,12 @@ mod tests {
             l.apply(e).unwrap();
         }
         assert_eq!(l.epoch(), Epoch(1));
-        for e in [E::BeginHandover, E::Transfer, E::Freeze, E::CompleteHandover] {
+        for e in [
+            E::BeginHandover,
+            E::Transfer,
+            E::Freeze,
+            E::CompleteHandover,
+        ] {
             l.apply(e).unwrap();
         }
         assert_eq!((l.state(), l.epoch()), (S::Active, Epoch(2)));
@@ -243,7 +253,13 @@ mod tests {
     fn illegal_transitions_are_errors_and_change_nothing() {
         let mut l = Lifecycle::new();
         let err = l.apply(E::Activate).unwrap_err();
-        assert_eq!(err, IllegalTransition { from: S::Requested, event: E::Activate });
+        assert_eq!(
+            err,
+            IllegalTransition {
+                from: S::Requested,
+                event: E::Activate
+            }
+        );
         assert_eq!(l.state(), S::Requested);
         l.apply(E::Close).unwrap();
         for e in ALL_EVENTS {

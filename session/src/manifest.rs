@@ -141,7 +141,9 @@ impl Default for PlacementSection {
 }
 
 /// Accelerator classes, ordered from least to most capable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AcceleratorClass {
     /// CPU only.
@@ -290,7 +292,10 @@ pub enum ManifestError {
 }
 
 fn join(errs: &[FieldError]) -> String {
-    errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+    errs.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl ManifestError {
@@ -426,7 +431,10 @@ impl Manifest {
         } else if s.state_footprint.0 > 1 << 30 {
             bad(
                 "session.state_footprint",
-                format!("{} exceeds the 1GiB limit of a session's state", s.state_footprint),
+                format!(
+                    "{} exceeds the 1GiB limit of a session's state",
+                    s.state_footprint
+                ),
             );
         }
         if s.idle_timeout.0 < std::time::Duration::from_millis(10) {
@@ -520,10 +528,9 @@ impl Manifest {
                 "verification.domain_proof_type",
                 "required when proof = \"domain\"".into(),
             ),
-            (ProofKind::Domain, Some(t)) if t.trim().is_empty() => bad(
-                "verification.domain_proof_type",
-                "must not be empty".into(),
-            ),
+            (ProofKind::Domain, Some(t)) if t.trim().is_empty() => {
+                bad("verification.domain_proof_type", "must not be empty".into())
+            }
             (ProofKind::Receipt | ProofKind::Transcript, Some(_)) => bad(
                 "verification.domain_proof_type",
                 "only allowed when proof = \"domain\"".into(),
@@ -555,8 +562,7 @@ fn cost_name(c: MigrationCost) -> &'static str {
 pub fn is_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
@@ -603,27 +609,75 @@ proof = "transcript"
     #[test]
     fn bad_manifests_name_the_field() {
         let cases: Vec<(&str, String)> = vec![
-            ("session.colour", GOOD.replace("continuity = \"interactive\"", "continuity = \"interactive\"\ncolour = \"red\"")),
-            ("session.continuity", GOOD.replace("\"interactive\"", "\"telepathic\"")),
-            ("session.expected_duration", GOOD.replace("\"45m\"", "\"-5m\"")),
+            (
+                "session.colour",
+                GOOD.replace(
+                    "continuity = \"interactive\"",
+                    "continuity = \"interactive\"\ncolour = \"red\"",
+                ),
+            ),
+            (
+                "session.continuity",
+                GOOD.replace("\"interactive\"", "\"telepathic\""),
+            ),
+            (
+                "session.expected_duration",
+                GOOD.replace("\"45m\"", "\"-5m\""),
+            ),
             ("session.idle_timeout", GOOD.replace("\"2m\"", "\"soon\"")),
-            ("session.state_footprint", GOOD.replace("\"64KiB\"", "\"64 parsecs\"")),
-            ("migration.max_blackout", GOOD.replace("max_blackout = \"50ms\"", "max_blackout = \"0s\"")),
-            ("migration.max_blackout", GOOD.replace("cost = \"cheap\"", "cost = \"never-live\"")),
-            ("migration.max_blackout", GOOD.replace("max_blackout = \"50ms\"", "")),
-            ("placement.jurisdictions[1]", GOOD.replace("\"FR\"", "\"XX\"")),
-            ("placement.jurisdictions", GOOD.replace("[\"DE\", \"FR\"]", "[]")),
+            (
+                "session.state_footprint",
+                GOOD.replace("\"64KiB\"", "\"64 parsecs\""),
+            ),
+            (
+                "migration.max_blackout",
+                GOOD.replace("max_blackout = \"50ms\"", "max_blackout = \"0s\""),
+            ),
+            (
+                "migration.max_blackout",
+                GOOD.replace("cost = \"cheap\"", "cost = \"never-live\""),
+            ),
+            (
+                "migration.max_blackout",
+                GOOD.replace("max_blackout = \"50ms\"", ""),
+            ),
+            (
+                "placement.jurisdictions[1]",
+                GOOD.replace("\"FR\"", "\"XX\""),
+            ),
+            (
+                "placement.jurisdictions",
+                GOOD.replace("[\"DE\", \"FR\"]", "[]"),
+            ),
             ("placement.memory", GOOD.replace("\"256MiB\"", "true")),
-            ("placement.latency_ceiling", GOOD.replace("\"80ms\"", "\"0s\"")),
+            (
+                "placement.latency_ceiling",
+                GOOD.replace("\"80ms\"", "\"0s\""),
+            ),
             ("placement.latency_ceiling", GOOD.replace("\"80ms\"", "80")),
-            ("placement.capabilities[0]", GOOD.replace("[\"tutor\"]", "[\"Tutor Bot\"]")),
-            ("placement.accelerator", GOOD.replace("accelerator = \"none\"", "accelerator = \"quantum\"")),
+            (
+                "placement.capabilities[0]",
+                GOOD.replace("[\"tutor\"]", "[\"Tutor Bot\"]"),
+            ),
+            (
+                "placement.accelerator",
+                GOOD.replace("accelerator = \"none\"", "accelerator = \"quantum\""),
+            ),
             ("scaling.spike_factor", GOOD.replace("3.0", "0.5")),
-            ("verification.domain_proof_type", GOOD.replace("\"transcript\"", "\"domain\"")),
+            (
+                "verification.domain_proof_type",
+                GOOD.replace("\"transcript\"", "\"domain\""),
+            ),
             ("version", GOOD.replace("version = 1", "version = 7")),
             ("version", GOOD.replace("version = 1", "version = \"one\"")),
-            ("session.handler", GOOD.replace("handler = \"tutor\"", "handler = \"\"")),
-            ("migration.acceptable_loss", GOOD.replace("acceptable_loss = \"0s\"", "acceptable_loss = \"2h\"")),
+            (
+                "session.handler",
+                GOOD.replace("handler = \"tutor\"", "handler = \"\""),
+            ),
+            (
+                "migration.acceptable_loss",
+                GOOD.replace("acceptable_loss = \"0s\"", "acceptable_loss = \"2h\""),
+            ),
             ("migration", GOOD.replace("[migration]", "[migrashun]")),
         ];
         assert!(cases.len() >= 10);
@@ -684,7 +738,10 @@ proof = "transcript"
         assert!(Manifest::load(&p).is_ok());
         let p2 = dir.path().join("m.yaml");
         std::fs::write(&p2, GOOD).unwrap();
-        assert!(matches!(Manifest::load(&p2), Err(ManifestError::UnknownFormat(_))));
+        assert!(matches!(
+            Manifest::load(&p2),
+            Err(ManifestError::UnknownFormat(_))
+        ));
         assert!(matches!(
             Manifest::load(dir.path().join("missing.toml")),
             Err(ManifestError::Io { .. })

@@ -145,7 +145,11 @@ impl FromStr for ByteSize {
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
             "TiB" => 1 << 40,
-            _ => return Err(err("unknown unit; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")),
+            _ => {
+                return Err(err(
+                    "unknown unit; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB",
+                ))
+            }
         };
         n.checked_mul(mult)
             .map(ByteSize)
@@ -156,8 +160,13 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        for (unit, m) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if n >= m && n % m == 0 {
+        for (unit, m) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
+            if n >= m && n.is_multiple_of(m) {
                 return write!(f, "{}{}", n / m, unit);
             }
         }
@@ -186,9 +195,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("invalid byte size {v}: sizes cannot be negative")))
+                u64::try_from(v).map(ByteSize).map_err(|_| {
+                    E::custom(format!("invalid byte size {v}: sizes cannot be negative"))
+                })
             }
         }
         d.deserialize_any(V)
@@ -201,11 +210,23 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap(), HumanDuration::from_millis(250));
-        assert_eq!("30s".parse::<HumanDuration>().unwrap(), HumanDuration::from_secs(30));
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap(),
+            HumanDuration::from_millis(250)
+        );
+        assert_eq!(
+            "30s".parse::<HumanDuration>().unwrap(),
+            HumanDuration::from_secs(30)
+        );
         assert_eq!("0".parse::<HumanDuration>().unwrap(), HumanDuration::ZERO);
-        assert!(matches!("-5s".parse::<HumanDuration>(), Err(DurationError::Negative(_))));
-        assert!(matches!("soon".parse::<HumanDuration>(), Err(DurationError::Unparsable { .. })));
+        assert!(matches!(
+            "-5s".parse::<HumanDuration>(),
+            Err(DurationError::Negative(_))
+        ));
+        assert!(matches!(
+            "soon".parse::<HumanDuration>(),
+            Err(DurationError::Unparsable { .. })
+        ));
         for d in ["250ms", "30s", "1h 30m", "0s", "2days"] {
             let h: HumanDuration = d.parse().unwrap();
             assert_eq!(h.to_string().parse::<HumanDuration>().unwrap(), h, "{d}");
@@ -221,7 +242,10 @@ mod tests {
         assert!("12 parsecs".parse::<ByteSize>().is_err());
         assert!("99999999999TiB".parse::<ByteSize>().is_err());
         for s in [0u64, 1, 1024, 65536, 1 << 30, 1234567] {
-            assert_eq!(ByteSize(s).to_string().parse::<ByteSize>().unwrap(), ByteSize(s));
+            assert_eq!(
+                ByteSize(s).to_string().parse::<ByteSize>().unwrap(),
+                ByteSize(s)
+            );
         }
     }
 }

@@ -19,7 +19,14 @@ fn rocks_store_conformance() {
     let dirs = std::sync::Mutex::new(Vec::new());
     conformance::run_all(|| {
         let d = tempfile::tempdir().unwrap();
-        let s = RocksCheckpointStore::open(d.path(), RocksOptions { sync: false, retain: 3 }).unwrap();
+        let s = RocksCheckpointStore::open(
+            d.path(),
+            RocksOptions {
+                sync: false,
+                retain: 3,
+            },
+        )
+        .unwrap();
         dirs.lock().unwrap().push(d);
         s
     });
@@ -54,7 +61,11 @@ fn flipped_byte_on_disk_is_detected_and_previous_still_readable() {
         .unwrap());
     let err = s.get(&a, Epoch(1), Seq(2)).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-    assert_eq!(s.get_latest(&a).unwrap(), Some(c1.clone()), "falls back to the previous intact checkpoint");
+    assert_eq!(
+        s.get_latest(&a).unwrap(),
+        Some(c1.clone()),
+        "falls back to the previous intact checkpoint"
+    );
     let list = s.list(&a).unwrap();
     assert!(list[1].corrupt.is_some() && list[0].corrupt.is_none());
     assert!(s.corruptions_detected() >= 2);
@@ -69,9 +80,21 @@ fn truncated_value_on_disk_is_detected() {
     let d = tempfile::tempdir().unwrap();
     let s = RocksCheckpointStore::open(d.path(), RocksOptions::default()).unwrap();
     let a = sid("t");
-    s.put(&Checkpoint::new(a.clone(), Epoch(1), Seq(1), "h", 1, vec![9; 10])).unwrap();
-    s.tamper_raw(&a, Epoch(1), Seq(1), |v| v.truncate(v.len() - 3)).unwrap();
-    assert!(matches!(s.get(&a, Epoch(1), Seq(1)), Err(StoreError::Corrupt { .. })));
+    s.put(&Checkpoint::new(
+        a.clone(),
+        Epoch(1),
+        Seq(1),
+        "h",
+        1,
+        vec![9; 10],
+    ))
+    .unwrap();
+    s.tamper_raw(&a, Epoch(1), Seq(1), |v| v.truncate(v.len() - 3))
+        .unwrap();
+    assert!(matches!(
+        s.get(&a, Epoch(1), Seq(1)),
+        Err(StoreError::Corrupt { .. })
+    ));
     assert_eq!(s.get_latest(&a).unwrap(), None);
 }
 
@@ -81,13 +104,34 @@ fn reopen_keeps_checkpoints_and_fences() {
     let a = sid("durable");
     {
         let s = RocksCheckpointStore::open(d.path(), RocksOptions::default()).unwrap();
-        s.put(&Checkpoint::new(a.clone(), Epoch(2), Seq(7), "h", 1, b"state".to_vec())).unwrap();
+        s.put(&Checkpoint::new(
+            a.clone(),
+            Epoch(2),
+            Seq(7),
+            "h",
+            1,
+            b"state".to_vec(),
+        ))
+        .unwrap();
         s.fence(&sid("other"), Epoch(9)).unwrap();
     }
     let s = RocksCheckpointStore::open(d.path(), RocksOptions::default()).unwrap();
     let cp = s.get_latest(&a).unwrap().unwrap();
-    assert_eq!((cp.epoch, cp.seq, cp.state.as_slice()), (Epoch(2), Seq(7), &b"state"[..]));
-    assert!(s.put(&Checkpoint::new(a.clone(), Epoch(1), Seq(8), "h", 1, vec![])).unwrap_err().is_fenced());
+    assert_eq!(
+        (cp.epoch, cp.seq, cp.state.as_slice()),
+        (Epoch(2), Seq(7), &b"state"[..])
+    );
+    assert!(s
+        .put(&Checkpoint::new(
+            a.clone(),
+            Epoch(1),
+            Seq(8),
+            "h",
+            1,
+            vec![]
+        ))
+        .unwrap_err()
+        .is_fenced());
     assert_eq!(s.current_epoch(&sid("other")).unwrap(), Some(Epoch(9)));
 }
 
@@ -98,7 +142,15 @@ fn reopen_after_process_exit() {
     let d = tempfile::tempdir().unwrap();
     if let Ok(dir) = std::env::var("OPENGRID_STORE_CHILD_DIR") {
         let s = RocksCheckpointStore::open(&dir, RocksOptions::default()).unwrap();
-        s.put(&Checkpoint::new(sid("child"), Epoch(1), Seq(42), "h", 1, b"from child".to_vec())).unwrap();
+        s.put(&Checkpoint::new(
+            sid("child"),
+            Epoch(1),
+            Seq(42),
+            "h",
+            1,
+            b"from child".to_vec(),
+        ))
+        .unwrap();
         std::process::exit(0);
     }
     let exe = std::env::current_exe().unwrap();
@@ -109,21 +161,40 @@ fn reopen_after_process_exit() {
         .unwrap();
     assert!(status.success());
     let s = RocksCheckpointStore::open(d.path(), RocksOptions::default()).unwrap();
-    let cp = s.get_latest(&sid("child")).unwrap().expect("child's write survived its exit");
+    let cp = s
+        .get_latest(&sid("child"))
+        .unwrap()
+        .expect("child's write survived its exit");
     assert_eq!(cp.seq, Seq(42));
 }
 
 #[test]
 fn concurrent_writers_of_two_epochs_never_lower_the_fence() {
     let d = tempfile::tempdir().unwrap();
-    let s = Arc::new(RocksCheckpointStore::open(d.path(), RocksOptions { sync: false, retain: 3 }).unwrap());
+    let s = Arc::new(
+        RocksCheckpointStore::open(
+            d.path(),
+            RocksOptions {
+                sync: false,
+                retain: 3,
+            },
+        )
+        .unwrap(),
+    );
     let a = sid("race");
     let old = {
         let (s, a) = (s.clone(), a.clone());
         std::thread::spawn(move || {
             let mut fenced = false;
             for i in 1..=500u64 {
-                match s.put(&Checkpoint::new(a.clone(), Epoch(1), Seq(i), "h", 1, vec![1])) {
+                match s.put(&Checkpoint::new(
+                    a.clone(),
+                    Epoch(1),
+                    Seq(i),
+                    "h",
+                    1,
+                    vec![1],
+                )) {
                     Ok(()) => assert!(!fenced, "old holder wrote after being fenced"),
                     Err(e) => {
                         assert!(e.is_fenced(), "{e}");
@@ -135,7 +206,15 @@ fn concurrent_writers_of_two_epochs_never_lower_the_fence() {
     };
     s.fence(&a, Epoch(2)).unwrap();
     for i in 1..=100u64 {
-        s.put(&Checkpoint::new(a.clone(), Epoch(2), Seq(i), "h", 1, vec![2])).unwrap();
+        s.put(&Checkpoint::new(
+            a.clone(),
+            Epoch(2),
+            Seq(i),
+            "h",
+            1,
+            vec![2],
+        ))
+        .unwrap();
     }
     old.join().unwrap();
     assert_eq!(s.current_epoch(&a).unwrap(), Some(Epoch(2)));

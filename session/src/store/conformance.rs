@@ -13,7 +13,14 @@ fn sid(s: &str) -> SessionId {
 }
 
 fn cp(s: &str, epoch: u64, seq: u64, state: &[u8]) -> Checkpoint {
-    Checkpoint::new(sid(s), Epoch(epoch), Seq(seq), "conformance", 1, state.to_vec())
+    Checkpoint::new(
+        sid(s),
+        Epoch(epoch),
+        Seq(seq),
+        "conformance",
+        1,
+        state.to_vec(),
+    )
 }
 
 /// Runs every check against fresh stores from `make`.
@@ -33,10 +40,17 @@ pub fn run_all<S: CheckpointStore>(make: impl Fn() -> S) {
 
 /// A stored checkpoint is returned by `get_latest`.
 pub fn put_then_get_latest<S: CheckpointStore>(s: &S) {
-    assert!(s.get_latest(&sid("a")).unwrap().is_none(), "empty store returns None");
+    assert!(
+        s.get_latest(&sid("a")).unwrap().is_none(),
+        "empty store returns None"
+    );
     let c = cp("a", 1, 1, b"one");
     s.put(&c).unwrap();
-    assert_eq!(s.get_latest(&sid("a")).unwrap(), Some(c), "latest after one put");
+    assert_eq!(
+        s.get_latest(&sid("a")).unwrap(),
+        Some(c),
+        "latest after one put"
+    );
 }
 
 /// Newest means highest (epoch, seq).
@@ -53,9 +67,23 @@ pub fn latest_is_highest_epoch_then_seq<S: CheckpointStore>(s: &S) {
 pub fn stale_epoch_is_rejected<S: CheckpointStore>(s: &S) {
     s.put(&cp("a", 3, 1, b"new")).unwrap();
     let err = s.put(&cp("a", 2, 100, b"old holder")).unwrap_err();
-    assert!(matches!(err, StoreError::StaleEpoch { attempted: Epoch(2), current: Epoch(3), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::StaleEpoch {
+                attempted: Epoch(2),
+                current: Epoch(3),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.is_fenced());
-    assert_eq!(s.get_latest(&sid("a")).unwrap().unwrap().state, b"new", "stale write changed nothing");
+    assert_eq!(
+        s.get_latest(&sid("a")).unwrap().unwrap().state,
+        b"new",
+        "stale write changed nothing"
+    );
 }
 
 /// Within an epoch, seq never goes back.
@@ -94,7 +122,10 @@ pub fn idempotent_rewrite_and_conflict<S: CheckpointStore>(s: &S) {
     let c = cp("a", 1, 1, b"same");
     s.put(&c).unwrap();
     s.put(&c).unwrap();
-    assert!(matches!(s.put(&cp("a", 1, 1, b"other")), Err(StoreError::Conflict { .. })));
+    assert!(matches!(
+        s.put(&cp("a", 1, 1, b"other")),
+        Err(StoreError::Conflict { .. })
+    ));
     assert_eq!(s.list(&sid("a")).unwrap().len(), 1);
 }
 
@@ -104,8 +135,16 @@ pub fn list_and_retention<S: CheckpointStore>(s: &S) {
         s.put(&cp("a", 1, i, &[i as u8])).unwrap();
     }
     let l = s.list(&sid("a")).unwrap();
-    assert!(l.len() >= 2 && l.len() < 10, "retention keeps a bounded history, got {}", l.len());
-    assert!(l.windows(2).all(|w| (w[0].epoch, w[0].seq) < (w[1].epoch, w[1].seq)), "oldest first");
+    assert!(
+        l.len() >= 2 && l.len() < 10,
+        "retention keeps a bounded history, got {}",
+        l.len()
+    );
+    assert!(
+        l.windows(2)
+            .all(|w| (w[0].epoch, w[0].seq) < (w[1].epoch, w[1].seq)),
+        "oldest first"
+    );
     assert_eq!(l.last().unwrap().seq, Seq(10));
     assert!(l.iter().all(|i| i.corrupt.is_none() && i.bytes > 0));
 }
@@ -116,7 +155,10 @@ pub fn delete_keeps_fence<S: CheckpointStore>(s: &S) {
     s.delete(&sid("a")).unwrap();
     assert!(s.get_latest(&sid("a")).unwrap().is_none());
     assert!(s.list(&sid("a")).unwrap().is_empty());
-    assert!(s.put(&cp("a", 3, 1, b"old")).unwrap_err().is_fenced(), "fence survives delete");
+    assert!(
+        s.put(&cp("a", 3, 1, b"old")).unwrap_err().is_fenced(),
+        "fence survives delete"
+    );
     s.put(&cp("a", 4, 1, b"again")).unwrap();
     s.delete(&sid("never-written")).unwrap();
 }
@@ -137,5 +179,8 @@ pub fn get_specific_and_not_found<S: CheckpointStore>(s: &S) {
     s.put(&cp("a", 1, 1, b"1")).unwrap();
     s.put(&cp("a", 1, 2, b"2")).unwrap();
     assert_eq!(s.get(&sid("a"), Epoch(1), Seq(1)).unwrap().state, b"1");
-    assert!(matches!(s.get(&sid("a"), Epoch(1), Seq(7)), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.get(&sid("a"), Epoch(1), Seq(7)),
+        Err(StoreError::NotFound { .. })
+    ));
 }

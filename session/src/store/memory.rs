@@ -45,9 +45,18 @@ impl MemoryCheckpointStore {
     }
 
     /// Test hook: overwrite the stored bytes of one checkpoint (simulates bit rot).
-    pub fn tamper(&self, session: &SessionId, epoch: Epoch, seq: Seq, f: impl FnOnce(&mut Vec<u8>)) -> bool {
+    pub fn tamper(
+        &self,
+        session: &SessionId,
+        epoch: Epoch,
+        seq: Seq,
+        f: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
         let mut g = self.lock();
-        match g.get_mut(session).and_then(|e| e.cps.get_mut(&(epoch, seq))) {
+        match g
+            .get_mut(session)
+            .and_then(|e| e.cps.get_mut(&(epoch, seq)))
+        {
             Some(b) => {
                 f(b);
                 true

@@ -45,7 +45,9 @@ pub struct CheckpointInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Fencing: a newer epoch owns the session.
-    #[error("stale epoch for session {session}: write at {attempted} but {current} is current (fenced)")]
+    #[error(
+        "stale epoch for session {session}: write at {attempted} but {current} is current (fenced)"
+    )]
     StaleEpoch {
         /// The session.
         session: SessionId,
@@ -55,7 +57,9 @@ pub enum StoreError {
         current: Epoch,
     },
     /// Within an epoch, an older seq than the newest stored.
-    #[error("stale seq for session {session}: write at {attempted} but {current} is stored in {epoch}")]
+    #[error(
+        "stale seq for session {session}: write at {attempted} but {current} is stored in {epoch}"
+    )]
     StaleSeq {
         /// The session.
         session: SessionId,

@@ -15,7 +15,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 
 use super::{check_fence, CheckpointInfo, CheckpointStore, StoreError, DEFAULT_RETAIN};
 use crate::checkpoint::Checkpoint;
@@ -24,6 +26,9 @@ use crate::ids::{Epoch, Seq, SessionId};
 const CF_CHECKPOINTS: &str = "checkpoints";
 const CF_FENCES: &str = "fences";
 const STRIPES: usize = 64;
+
+/// One stored checkpoint as read from disk: its (epoch, seq), full key and raw value.
+type RawEntry = ((Epoch, Seq), Vec<u8>, Vec<u8>);
 
 /// Options of a [`RocksCheckpointStore`].
 #[derive(Clone, Debug)]
@@ -147,18 +152,28 @@ impl RocksCheckpointStore {
 
     fn read_fence(&self, session: &SessionId) -> Result<Option<(Epoch, Option<Seq>)>, StoreError> {
         let cf = self.cf(CF_FENCES)?;
-        match self.db.get_cf(cf, session.as_str().as_bytes()).map_err(backend)? {
+        match self
+            .db
+            .get_cf(cf, session.as_str().as_bytes())
+            .map_err(backend)?
+        {
             Some(v) => decode_fence(session, &v).map(Some),
             None => Ok(None),
         }
     }
 
     /// Keys and raw values of a session's checkpoints, oldest first.
-    fn raw_entries(&self, session: &SessionId) -> Result<Vec<((Epoch, Seq), Vec<u8>, Vec<u8>)>, StoreError> {
+    fn raw_entries(
+        &self,
+        session: &SessionId,
+    ) -> Result<Vec<RawEntry>, StoreError> {
         let cf = self.cf(CF_CHECKPOINTS)?;
         let p = prefix(session);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::From(&p, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&p, Direction::Forward))
+        {
             let (k, v) = item.map_err(backend)?;
             if !k.starts_with(&p) {
                 break;
@@ -176,7 +191,13 @@ impl RocksCheckpointStore {
 
     /// Test and chaos hook: overwrite the stored bytes of one checkpoint without any checks
     /// (simulates bit rot on disk).
-    pub fn tamper_raw(&self, session: &SessionId, epoch: Epoch, seq: Seq, f: impl FnOnce(&mut Vec<u8>)) -> Result<bool, StoreError> {
+    pub fn tamper_raw(
+        &self,
+        session: &SessionId,
+        epoch: Epoch,
+        seq: Seq,
+        f: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<bool, StoreError> {
         let cf = self.cf(CF_CHECKPOINTS)?;
         let k = key(session, epoch, seq);
         let Some(mut v) = self.db.get_cf(cf, &k).map_err(backend)? else {
@@ -214,13 +235,20 @@ impl CheckpointStore for RocksCheckpointStore {
         }
         let mut batch = WriteBatch::default();
         batch.put_cf(cf_cp, &k, &bytes);
-        batch.put_cf(cf_f, cp.session_id.as_str().as_bytes(), encode_fence(cp.epoch, Some(cp.seq)));
+        batch.put_cf(
+            cf_f,
+            cp.session_id.as_str().as_bytes(),
+            encode_fence(cp.epoch, Some(cp.seq)),
+        );
         let entries = self.raw_entries(&cp.session_id)?;
-        let total = entries.len() + usize::from(!entries.iter().any(|(es, _, _)| *es == (cp.epoch, cp.seq)));
+        let total = entries.len()
+            + usize::from(!entries.iter().any(|(es, _, _)| *es == (cp.epoch, cp.seq)));
         for (_, old_key, _) in entries.iter().take(total.saturating_sub(self.opts.retain)) {
             batch.delete_cf(cf_cp, old_key);
         }
-        self.db.write_opt(batch, &self.write_opts()).map_err(backend)
+        self.db
+            .write_opt(batch, &self.write_opts())
+            .map_err(backend)
     }
 
     fn get_latest(&self, session: &SessionId) -> Result<Option<Checkpoint>, StoreError> {
@@ -282,9 +310,15 @@ impl CheckpointStore for RocksCheckpointStore {
         }
         // Keep the fence epoch but forget the seq: a later write in the same epoch may start anew.
         if let Some((e, _)) = self.read_fence(session)? {
-            batch.put_cf(self.cf(CF_FENCES)?, session.as_str().as_bytes(), encode_fence(e, None));
+            batch.put_cf(
+                self.cf(CF_FENCES)?,
+                session.as_str().as_bytes(),
+                encode_fence(e, None),
+            );
         }
-        self.db.write_opt(batch, &self.write_opts()).map_err(backend)
+        self.db
+            .write_opt(batch, &self.write_opts())
+            .map_err(backend)
     }
 
     fn fence(&self, session: &SessionId, epoch: Epoch) -> Result<(), StoreError> {
@@ -293,8 +327,14 @@ impl CheckpointStore for RocksCheckpointStore {
             Some((cur, _)) if cur >= epoch => Ok(()),
             _ => {
                 let mut batch = WriteBatch::default();
-                batch.put_cf(self.cf(CF_FENCES)?, session.as_str().as_bytes(), encode_fence(epoch, None));
-                self.db.write_opt(batch, &self.write_opts()).map_err(backend)
+                batch.put_cf(
+                    self.cf(CF_FENCES)?,
+                    session.as_str().as_bytes(),
+                    encode_fence(epoch, None),
+                );
+                self.db
+                    .write_opt(batch, &self.write_opts())
+                    .map_err(backend)
             }
         }
     }
