@@ -88,7 +88,10 @@ impl SessionContext {
     /// backpressure) come back as a [`HandlerError`] with code `inference`.
     pub async fn infer(&self, model: &ModelId, input: Tensor) -> Result<Tensor, HandlerError> {
         let h = self.base.inference.as_ref().ok_or_else(|| {
-            HandlerError::new("inference", "this node has no inference pool (node config: [inference])")
+            HandlerError::new(
+                "inference",
+                "this node has no inference pool (node config: [inference])",
+            )
         })?;
         let out = h
             .infer_with_usage(model, input)

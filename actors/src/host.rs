@@ -16,10 +16,10 @@ use tokio::sync::oneshot;
 
 use crate::error::SessionError;
 use crate::handler::{ContextBase, Services, SessionHandler};
-use opengrid_runtime_gpu::{CallerId, InferenceHandle};
 use crate::session::{Reply, SessionMsg, SessionStatus, Shared, Slot, Status};
 use crate::supervisor::{spawn_supervisor, RestartIntensity, SupervisorMsg};
 use crate::usage::{Usage, UsageCounters};
+use opengrid_runtime_gpu::{CallerId, InferenceHandle};
 
 /// Host-wide settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -46,17 +46,23 @@ impl IntentClassifier {
             reason,
         };
         let model_path = models_dir.join("text_classifier.onnx");
-        let bytes = std::fs::read(&model_path).map_err(|e| files(format!("text_classifier.onnx: {e}")))?;
+        let bytes =
+            std::fs::read(&model_path).map_err(|e| files(format!("text_classifier.onnx: {e}")))?;
         let info = runtime.register_model(&model_path, &ModelId::of_bytes(&bytes))?;
         let desc = std::fs::read_to_string(models_dir.join("text_classifier.reference.json"))
             .map_err(|e| files(format!("text_classifier.reference.json: {e}")))?;
-        let json: serde_json::Value = serde_json::from_str(&desc).map_err(|e| files(format!("bad JSON: {e}")))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&desc).map_err(|e| files(format!("bad JSON: {e}")))?;
         let strings = |key: &str| -> Result<Vec<String>, IntentError> {
             json[key]
                 .as_array()
                 .ok_or_else(|| files(format!("`{key}` missing")))?
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| files(format!("`{key}` has a non-string"))))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| files(format!("`{key}` has a non-string")))
+                })
                 .collect()
         };
         let vocab = strings("vocabulary")?
@@ -65,7 +71,9 @@ impl IntentClassifier {
             .map(|(i, w)| (w, i as i64))
             .collect();
         let labels = strings("labels")?;
-        let seq_len = json["seq_len"].as_u64().ok_or_else(|| files("`seq_len` missing".into()))? as usize;
+        let seq_len = json["seq_len"]
+            .as_u64()
+            .ok_or_else(|| files("`seq_len` missing".into()))? as usize;
         Ok(IntentClassifier {
             model: info.id,
             vocab,
@@ -100,6 +108,10 @@ impl IntentClassifier {
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map(|(i, _)| i)
             .unwrap_or(0);
-        Ok(self.labels.get(best).cloned().unwrap_or_else(|| "unknown".into()))
+        Ok(self
+            .labels
+            .get(best)
+            .cloned()
+            .unwrap_or_else(|| "unknown".into()))
     }
 }

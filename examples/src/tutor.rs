@@ -256,7 +256,10 @@ impl Tutor {
                 }
                 Err(_) => match intent {
                     Some("question") => {
-                        format!("Good question. Let's work it through: {}", st.question_text())
+                        format!(
+                            "Good question. Let's work it through: {}",
+                            st.question_text()
+                        )
                     }
                     Some("greeting") => "Hello! Ready when you are.".to_string(),
                     Some("feedback") => "Thanks! On to the next one.".to_string(),

@@ -12,7 +12,9 @@ use opengrid_session::{CheckpointPolicy, Epoch, MemoryCheckpointStore, Seq, Sess
 
 fn env_path(var: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
-        panic!("{var} is not set: run `eval \"$(scripts/setup-python.sh)\"` (scripts/test.sh does it)")
+        panic!(
+            "{var} is not set: run `eval \"$(scripts/setup-python.sh)\"` (scripts/test.sh does it)"
+        )
     }))
 }
 
@@ -25,11 +27,20 @@ async fn say(h: &opengrid_actors::SessionHandle<Tutor>, seq: u64, text: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tutor_conversation_survives_a_crash() {
-    let host = SessionHost::new(Arc::new(MemoryCheckpointStore::new()), HostConfig::default(), Services::default())
-        .await
-        .unwrap();
+    let host = SessionHost::new(
+        Arc::new(MemoryCheckpointStore::new()),
+        HostConfig::default(),
+        Services::default(),
+    )
+    .await
+    .unwrap();
     let h = host
-        .start(Arc::new(Tutor), SessionId::new("t").unwrap(), Epoch(1), CheckpointPolicy::synchronous())
+        .start(
+            Arc::new(Tutor),
+            SessionId::new("t").unwrap(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
         .await
         .unwrap();
     let mut r = say(&h, 1, "score").await;
@@ -41,11 +52,17 @@ async fn tutor_conversation_survives_a_crash() {
     }
     assert_eq!(r.correct, 9);
     assert!(r.level > 1, "streaks raise the level");
-    let e = h.send(Seq(11), TutorInput::new("!crash")).await.unwrap_err();
+    let e = h
+        .send(Seq(11), TutorInput::new("!crash"))
+        .await
+        .unwrap_err();
     assert!(matches!(e, SessionError::HandlerPanicked { .. }));
     let after = say(&h, 11, "score").await;
     assert_eq!(after.correct, 9, "state restored from the checkpoint");
-    assert_eq!(after.question, r.question, "same open question after the restart");
+    assert_eq!(
+        after.question, r.question,
+        "same open question after the restart"
+    );
     host.shutdown().await;
 }
 
@@ -59,14 +76,25 @@ async fn tutor_classifies_intents_through_the_inference_plane() {
     .unwrap();
     let models = env_path("OPENGRID_MODELS");
     let classifier = IntentClassifier::load(&runtime, &models).unwrap();
-    let desc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(models.join("text_classifier.reference.json")).unwrap()).unwrap();
+    let desc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(models.join("text_classifier.reference.json")).unwrap(),
+    )
+    .unwrap();
     let services = Services::default().with(runtime.handle()).with(classifier);
-    let host = SessionHost::new(Arc::new(MemoryCheckpointStore::new()), HostConfig::default(), services)
-        .await
-        .unwrap();
+    let host = SessionHost::new(
+        Arc::new(MemoryCheckpointStore::new()),
+        HostConfig::default(),
+        services,
+    )
+    .await
+    .unwrap();
     let h = host
-        .start(Arc::new(Tutor), SessionId::new("ti").unwrap(), Epoch(1), CheckpointPolicy::synchronous())
+        .start(
+            Arc::new(Tutor),
+            SessionId::new("ti").unwrap(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
         .await
         .unwrap();
     let sentences = desc["sentences"].as_array().unwrap();
@@ -76,7 +104,11 @@ async fn tutor_classifies_intents_through_the_inference_plane() {
         assert_eq!(r.intent.as_deref(), want.as_str(), "sentence {s}");
     }
     let u = h.usage();
-    assert_eq!(u.inference_calls, sentences.len() as u64, "each turn metered");
+    assert_eq!(
+        u.inference_calls,
+        sentences.len() as u64,
+        "each turn metered"
+    );
     host.shutdown().await;
     runtime.shutdown();
 }

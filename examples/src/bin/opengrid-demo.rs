@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use opengrid_actors::{HostConfig, Reply, Services, SessionHandle, SessionHost};
-use opengrid_examples::tutor::{solve, Tutor, TutorInput};
 use opengrid_examples::intent::IntentClassifier;
+use opengrid_examples::tutor::{solve, Tutor, TutorInput};
 use opengrid_examples::{counter::Counter, manifest_path};
 use opengrid_runtime_gpu::{InferenceRuntime, RuntimeConfig};
 use opengrid_session::{

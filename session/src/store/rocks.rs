@@ -163,10 +163,7 @@ impl RocksCheckpointStore {
     }
 
     /// Keys and raw values of a session's checkpoints, oldest first.
-    fn raw_entries(
-        &self,
-        session: &SessionId,
-    ) -> Result<Vec<RawEntry>, StoreError> {
+    fn raw_entries(&self, session: &SessionId) -> Result<Vec<RawEntry>, StoreError> {
         let cf = self.cf(CF_CHECKPOINTS)?;
         let p = prefix(session);
         let mut out = Vec::new();
