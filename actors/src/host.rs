@@ -311,7 +311,17 @@ impl SessionHost {
         for s in all {
             let _ = s.release().await;
         }
-        self.inner.supervisor.stop(None);
+        // Wait (bounded) until every session actor has exited, so their state — and the
+        // checkpoint store they hold — is dropped when this returns.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.live_actors().await > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = self
+            .inner
+            .supervisor
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
     }
 }
 
