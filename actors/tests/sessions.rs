@@ -410,9 +410,14 @@ async fn full_queue_is_backpressure() {
     let mut pending = Vec::new();
     let mut refused = 0;
     // Drive 10x the capacity: at most `capacity` (+1 being processed) are accepted.
-    for seq in 1..=90u64 {
+    // A client never skips a refused seq: it retries the same one.
+    let mut seq = 1u64;
+    for _ in 1..=90u64 {
         match s.submit(Seq(seq), seq) {
-            Ok(p) => pending.push(p),
+            Ok(p) => {
+                pending.push(p);
+                seq += 1;
+            }
             Err(SessionError::Backpressure { capacity, .. }) => {
                 assert_eq!(capacity, 8);
                 refused += 1;
