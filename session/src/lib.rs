@@ -12,9 +12,12 @@
 //! - [`CheckpointStore`] with a RocksDB and an in-memory implementation passing one
 //!   [conformance suite](store::conformance), including epoch fencing.
 //!
+//! - [`Did`]: the printable identity of nodes and RCs (`did:mycel:z…`, an ed25519 key).
+//!
 //! Plane: control (placement inputs) and state (checkpoints). No networking, no actors here.
 
 pub mod checkpoint;
+pub mod did;
 pub mod ids;
 pub mod jurisdiction;
 pub mod lifecycle;
@@ -26,6 +29,7 @@ pub mod units;
 pub use checkpoint::{
     Checkpoint, CheckpointError, CHECKPOINT_FORMAT_VERSION, MAX_CHECKPOINT_BYTES,
 };
+pub use did::{Did, DidError};
 pub use ids::{Epoch, Seq, SessionId, SessionIdError};
 pub use lifecycle::{IllegalTransition, Lifecycle, LifecycleEvent, SessionState};
 pub use manifest::{
