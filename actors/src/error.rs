@@ -45,6 +45,16 @@ pub enum SessionError {
         /// The newer epoch.
         current: Epoch,
     },
+    /// The session now lives on another node (HTTP 307 with `location`).
+    #[error("session {session} moved to {location} ({epoch})")]
+    Moved {
+        /// The session.
+        session: SessionId,
+        /// Client-facing address of the new holder.
+        location: String,
+        /// The new holder's epoch.
+        epoch: Epoch,
+    },
     /// The session was closed.
     #[error("session {session} is closed")]
     Closed {

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::error::SessionError;
 use crate::handler::{ContextBase, Services, SessionHandler};
-use crate::session::{Reply, SessionMsg, SessionStatus, Shared, Slot, Status};
+use crate::session::{Forwarder, MovedTo, Reply, SessionMsg, SessionStatus, Shared, Slot, Status};
 use crate::supervisor::{spawn_supervisor, RestartIntensity, SupervisorMsg};
 use crate::usage::{Usage, UsageCounters};
 use opengrid_runtime_gpu::{CallerId, InferenceHandle};
@@ -400,6 +400,7 @@ enum Route<H: SessionHandler> {
     Actor(ActorRef<SessionMsg<H>>),
     Wait,
     Wake,
+    Forward(Arc<dyn Forwarder>),
 }
 
 /// Bound on transparent retries inside [`SessionHandle::send`].
@@ -453,7 +454,15 @@ impl<H: SessionHandler> SessionHandle<H> {
                 sh.queued.fetch_add(1, Ordering::AcqRel);
                 Ok(Route::Actor(a.clone()))
             }
-            Status::Starting => Ok(Route::Wait),
+            Status::Starting | Status::Frozen(_) => Ok(Route::Wait),
+            Status::Moved(m) => match &m.forwarder {
+                Some(f) => Ok(Route::Forward(f.clone())),
+                None => Err(SessionError::Moved {
+                    session: sh.id.clone(),
+                    location: m.location.clone(),
+                    epoch: m.epoch,
+                }),
+            },
             Status::Hibernated => {
                 *g = Status::Starting;
                 Ok(Route::Wake)
@@ -474,7 +483,7 @@ impl<H: SessionHandler> SessionHandle<H> {
     pub fn submit(&self, seq: Seq, input: H::Input) -> Result<Pending<H::Output>, SessionError> {
         match self.route()? {
             Route::Actor(a) => self.cast(&a, seq, input),
-            Route::Wait => Err(SessionError::Restarting {
+            Route::Wait | Route::Forward(_) => Err(SessionError::Restarting {
                 session: self.shared.id.clone(),
             }),
             Route::Wake => {
@@ -531,6 +540,34 @@ impl<H: SessionHandler> SessionHandle<H> {
                     Err(_) => wait_change(notified).await,
                 },
                 Route::Wait => wait_change(notified).await,
+                Route::Forward(f) => {
+                    let json =
+                        serde_json::to_value(&input).map_err(|e| SessionError::BadInput {
+                            session: sh.id.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    let reply = f.forward(&sh.id, seq, json).await?;
+                    return match reply {
+                        Reply::Processed {
+                            seq,
+                            output,
+                            durable,
+                        } => Ok(Reply::Processed {
+                            seq,
+                            output: match output {
+                                Ok(v) => Ok(serde_json::from_value(v).map_err(|e| {
+                                    SessionError::BadInput {
+                                        session: sh.id.clone(),
+                                        reason: format!("forwarded output: {e}"),
+                                    }
+                                })?),
+                                Err(e) => Err(e),
+                            },
+                            durable,
+                        }),
+                        Reply::Duplicate { seq, last } => Ok(Reply::Duplicate { seq, last }),
+                    };
+                }
                 Route::Wake => {
                     self.wake().await?;
                 }
@@ -611,6 +648,108 @@ impl<H: SessionHandler> SessionHandle<H> {
         })
     }
 
+    /// Handover step "freeze": new inputs wait, queued inputs are processed, and a checkpoint
+    /// covering all of them is written. Returns the seq it covers. A hibernated session is woken
+    /// first.
+    pub async fn freeze(&self) -> Result<Seq, SessionError> {
+        if matches!(self.status(), SessionStatus::Hibernated) {
+            if let Route::Wake = self.route()? {
+                self.wake().await?;
+            }
+        }
+        let actor = {
+            let mut g = lock(&self.shared.status);
+            match &*g {
+                Status::Running(a) => {
+                    let a = a.clone();
+                    *g = Status::Frozen(a.clone());
+                    a
+                }
+                Status::Frozen(a) => a.clone(),
+                _ => {
+                    drop(g);
+                    return Err(self
+                        .shared
+                        .stopped_error()
+                        .unwrap_or(SessionError::Restarting {
+                            session: self.shared.id.clone(),
+                        }));
+                }
+            }
+        };
+        self.shared.changed.notify_waiters();
+        let (tx, rx) = oneshot::channel();
+        actor
+            .cast(SessionMsg::Checkpoint(tx))
+            .map_err(|_| SessionError::Restarting {
+                session: self.shared.id.clone(),
+            })?;
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::Restarting {
+                session: self.shared.id.clone(),
+            }),
+        }
+    }
+
+    /// Handover abort: a frozen session serves again (same epoch). No-op unless frozen.
+    pub fn unfreeze(&self) {
+        let mut g = lock(&self.shared.status);
+        if let Status::Frozen(a) = &*g {
+            *g = Status::Running(a.clone());
+        }
+        drop(g);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Handover completion on the source: the session now lives at `location` with `epoch`.
+    /// Inputs that reach this node are relayed through `forwarder` (if any) or answered with
+    /// [`SessionError::Moved`]. The local actor stops; its checkpoints stay (fenced by epoch).
+    pub async fn mark_moved(
+        &self,
+        location: String,
+        epoch: Epoch,
+        forwarder: Option<Arc<dyn Forwarder>>,
+    ) {
+        let actor = {
+            let mut g = lock(&self.shared.status);
+            let prev = std::mem::replace(
+                &mut *g,
+                Status::Moved(MovedTo {
+                    location,
+                    epoch,
+                    forwarder,
+                }),
+            );
+            match prev {
+                Status::Running(a) | Status::Frozen(a) => Some(a),
+                _ => None,
+            }
+        };
+        self.shared.changed.notify_waiters();
+        if let Some(a) = actor {
+            let (tx, rx) = oneshot::channel();
+            if a.cast(SessionMsg::Release(tx)).is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+
+    /// Stops relaying inputs to the new holder; later inputs get [`SessionError::Moved`].
+    pub fn stop_forwarding(&self) {
+        let mut g = lock(&self.shared.status);
+        if let Status::Moved(m) = &mut *g {
+            m.forwarder = None;
+        }
+        drop(g);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// The checkpoint policy.
+    pub fn policy(&self) -> CheckpointPolicy {
+        self.shared.policy
+    }
+
     /// A full description.
     pub fn info(&self) -> SessionInfo {
         SessionInfo {
@@ -656,6 +795,21 @@ pub trait DynSession: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, Result<(), SessionError>>;
     /// Releases the session (checkpoint, stop, keep state).
     fn release(&self) -> BoxFuture<'_, Result<Seq, SessionError>>;
+    /// Checkpoint policy.
+    fn policy(&self) -> CheckpointPolicy;
+    /// Handover: freeze (see [`SessionHandle::freeze`]).
+    fn freeze(&self) -> BoxFuture<'_, Result<Seq, SessionError>>;
+    /// Handover abort: serve again.
+    fn unfreeze(&self);
+    /// Handover completion on the source (see [`SessionHandle::mark_moved`]).
+    fn mark_moved(
+        &self,
+        location: String,
+        epoch: Epoch,
+        forwarder: Option<Arc<dyn Forwarder>>,
+    ) -> BoxFuture<'_, ()>;
+    /// Stops relaying to the new holder.
+    fn stop_forwarding(&self);
 }
 
 impl<H: SessionHandler> DynSession for SessionHandle<H> {
@@ -700,6 +854,26 @@ impl<H: SessionHandler> DynSession for SessionHandle<H> {
     }
     fn release(&self) -> BoxFuture<'_, Result<Seq, SessionError>> {
         Box::pin(SessionHandle::release(self))
+    }
+    fn policy(&self) -> CheckpointPolicy {
+        SessionHandle::policy(self)
+    }
+    fn freeze(&self) -> BoxFuture<'_, Result<Seq, SessionError>> {
+        Box::pin(SessionHandle::freeze(self))
+    }
+    fn unfreeze(&self) {
+        SessionHandle::unfreeze(self)
+    }
+    fn mark_moved(
+        &self,
+        location: String,
+        epoch: Epoch,
+        forwarder: Option<Arc<dyn Forwarder>>,
+    ) -> BoxFuture<'_, ()> {
+        Box::pin(SessionHandle::mark_moved(self, location, epoch, forwarder))
+    }
+    fn stop_forwarding(&self) {
+        SessionHandle::stop_forwarding(self)
     }
 }
 

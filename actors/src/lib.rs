@@ -25,7 +25,7 @@ pub mod usage;
 pub use error::SessionError;
 pub use handler::{HandlerError, Services, SessionContext, SessionHandler, MAX_STATE_BYTES};
 pub use host::{DynSession, HostConfig, Pending, SessionHandle, SessionHost, SessionInfo};
-pub use session::{Reply, SessionStatus};
+pub use session::{Forwarder, MovedTo, Reply, SessionStatus};
 pub use supervisor::RestartIntensity;
 pub use usage::{Usage, UsageCounters};
 

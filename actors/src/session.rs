@@ -101,10 +101,36 @@ impl<H: SessionHandler> ractor::Message for SessionMsg<H> {}
 /// Where a session is, as its handle sees it.
 pub(crate) enum Status<H: SessionHandler> {
     Running(ActorRef<SessionMsg<H>>),
+    /// Handover in progress: the actor drains what is queued; new inputs wait.
+    Frozen(ActorRef<SessionMsg<H>>),
+    /// Handed over: inputs are forwarded to the new holder (X2-style) or redirected.
+    Moved(MovedTo),
     Starting,
     Hibernated,
     Stopped(String),
     Closed,
+}
+
+/// Where a handed-over session went.
+#[derive(Clone)]
+pub struct MovedTo {
+    /// Client-facing address of the new holder (for `moved` redirects).
+    pub location: String,
+    /// The new holder's epoch.
+    pub epoch: Epoch,
+    /// Relays inputs that reach the old holder to the new one during the transition.
+    pub forwarder: Option<Arc<dyn Forwarder>>,
+}
+
+/// Relays an input to a session's new holder and brings its answer back (X2 data forwarding).
+pub trait Forwarder: Send + Sync + 'static {
+    /// Sends `input` (JSON) with `seq` to the new holder of `session`.
+    fn forward(
+        &self,
+        session: &SessionId,
+        seq: Seq,
+        input: serde_json::Value,
+    ) -> BoxFuture<'static, Result<Reply<serde_json::Value>, SessionError>>;
 }
 
 /// Public view of a session's status.
@@ -113,6 +139,15 @@ pub(crate) enum Status<H: SessionHandler> {
 pub enum SessionStatus {
     /// Serving.
     Running,
+    /// Frozen for a handover: inputs wait.
+    Frozen,
+    /// Handed over to another node.
+    Moved {
+        /// Client-facing address of the new holder.
+        location: String,
+        /// The new holder's epoch.
+        epoch: Epoch,
+    },
     /// Being (re)started.
     Starting,
     /// Checkpointed and idle; wakes on input.
@@ -160,6 +195,11 @@ impl<H: SessionHandler> Shared<H> {
     pub fn status(&self) -> SessionStatus {
         match &*lock(&self.status) {
             Status::Running(_) => SessionStatus::Running,
+            Status::Frozen(_) => SessionStatus::Frozen,
+            Status::Moved(m) => SessionStatus::Moved {
+                location: m.location.clone(),
+                epoch: m.epoch,
+            },
             Status::Starting => SessionStatus::Starting,
             Status::Hibernated => SessionStatus::Hibernated,
             Status::Stopped(r) => SessionStatus::Stopped { reason: r.clone() },
@@ -190,6 +230,11 @@ impl<H: SessionHandler> Shared<H> {
             }),
             Status::Closed => Some(SessionError::Closed {
                 session: self.id.clone(),
+            }),
+            Status::Moved(m) if m.forwarder.is_none() => Some(SessionError::Moved {
+                session: self.id.clone(),
+                location: m.location.clone(),
+                epoch: m.epoch,
             }),
             _ => None,
         }
@@ -565,7 +610,13 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
             SessionMsg::Release(reply) => {
                 let r = st.checkpoint();
                 if r.is_ok() {
-                    st.shared.set_status(Status::Hibernated);
+                    {
+                        let mut g = lock(&st.shared.status);
+                        if matches!(*g, Status::Running(_) | Status::Frozen(_)) {
+                            *g = Status::Hibernated;
+                        }
+                    }
+                    st.shared.changed.notify_waiters();
                     myself.stop(Some("released".into()));
                 }
                 let _ = reply.send(r);
@@ -639,7 +690,7 @@ impl<H: SessionHandler> Slot for Shared<H> {
 
     fn mark_starting(&self) {
         let mut g = lock(&self.status);
-        if matches!(*g, Status::Running(_)) {
+        if matches!(*g, Status::Running(_) | Status::Frozen(_)) {
             *g = Status::Starting;
         }
     }
@@ -649,6 +700,9 @@ impl<H: SessionHandler> Slot for Shared<H> {
     }
 
     fn is_closed_or_stopped(&self) -> bool {
-        matches!(*lock(&self.status), Status::Closed | Status::Stopped(_))
+        matches!(
+            *lock(&self.status),
+            Status::Closed | Status::Stopped(_) | Status::Moved(_)
+        )
     }
 }

@@ -1,0 +1,397 @@
+//! Planned handover (make-before-break) from the source node's side, and failover restore.
+//!
+//! Steps (ARCHITECTURE.md, modelled on LTE X2 handover and live VM pre-copy):
+//! 1. **prepare** — the target admits and reserves the session;
+//! 2. **pre-copy** — checkpoints are copied while the source keeps serving, repeated while the
+//!    session moves on (deltas for large state);
+//! 3. **freeze** — the source stops taking inputs, drains what is queued, writes a final
+//!    checkpoint; inputs arriving now wait;
+//! 4. **activate** — the target installs the final checkpoint and starts the session with
+//!    epoch + 1; the source marks the session moved and relays the waiting inputs (and any that
+//!    still arrive) to the target (X2 data forwarding), so clients see answers, then `moved`;
+//! 5. **release** — the source's actor stops; its stale-epoch checkpoints are fenced everywhere.
+//!
+//! Any failure before 4 (target refuses, dies, times out, the network cuts) aborts: the source is
+//! unfrozen and keeps serving with its epoch; nothing is lost. An activation reply that misses the
+//! blackout budget triggers an abort whose answer tells the truth (`AlreadyActive` means the
+//! target won the race and the handover completed), so a session is never active twice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use opengrid_actors::{DynSession, Forwarder, Reply, SessionError, SessionHost};
+use opengrid_session::{Checkpoint, CheckpointStore, Epoch, Seq, SessionId};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::wire::{read_frame, write_frame, Request, Response, WireError};
+
+/// Why a handover did not complete. The source is serving again in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    /// The session is not hosted here.
+    #[error("session {0} is not hosted on this node")]
+    NotHere(SessionId),
+    /// The manifest forbids live handover (`cost = "never-live"`).
+    #[error("session {0} is never-live: it is checkpointed and restarted instead of handed over")]
+    NeverLive(SessionId),
+    /// Aborted at `step`; the source keeps serving.
+    #[error("handover of {session} aborted at {step}: {reason}; the source keeps serving")]
+    Aborted {
+        /// The session.
+        session: SessionId,
+        /// prepare | pre-copy | freeze | activate.
+        step: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a completed handover measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandoverReport {
+    /// The session.
+    pub session: SessionId,
+    /// Epoch now serving on the target.
+    pub epoch: Epoch,
+    /// Freeze → target active.
+    pub blackout: Duration,
+    /// Trigger → source released.
+    pub total: Duration,
+    /// Pre-copy rounds.
+    pub precopy_rounds: u32,
+    /// Bytes of the final checkpoint.
+    pub state_bytes: usize,
+    /// Seq covered by the final checkpoint.
+    pub final_seq: Seq,
+}
+
+/// A connection to a peer's migration server (one in-flight request at a time; reconnects).
+pub struct Peer {
+    addr: SocketAddr,
+    conn: Mutex<Option<TcpStream>>,
+    timeout: Duration,
+}
+
+impl Peer {
+    /// A peer at `addr` (connects lazily).
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Arc<Self> {
+        Arc::new(Peer {
+            addr,
+            conn: Mutex::new(None),
+            timeout,
+        })
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends a request and waits (bounded by the timeout) for the answer.
+    pub async fn call(&self, req: &Request) -> Result<Response, WireError> {
+        self.call_within(req, self.timeout).await
+    }
+
+    /// As [`call`](Self::call) with an explicit time budget.
+    pub async fn call_within(
+        &self,
+        req: &Request,
+        budget: Duration,
+    ) -> Result<Response, WireError> {
+        let mut g = self.conn.lock().await;
+        let fut = async {
+            if g.is_none() {
+                let s = TcpStream::connect(self.addr).await?;
+                s.set_nodelay(true)?;
+                *g = Some(s);
+            }
+            let s = g.as_mut().ok_or(WireError::Empty)?;
+            write_frame(s, req).await?;
+            read_frame::<_, Response>(s).await
+        };
+        match tokio::time::timeout(budget, fut).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                *g = None;
+                Err(e)
+            }
+            Err(_) => {
+                *g = None;
+                Err(WireError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer from {} within {budget:?}", self.addr),
+                )))
+            }
+        }
+    }
+}
+
+/// Relays inputs that reach the old holder to the new one.
+pub struct PeerForwarder {
+    /// The new holder's migration server.
+    pub peer: Arc<Peer>,
+}
+
+impl Forwarder for PeerForwarder {
+    fn forward(
+        &self,
+        session: &SessionId,
+        seq: Seq,
+        input: serde_json::Value,
+    ) -> BoxFuture<'static, Result<Reply<serde_json::Value>, SessionError>> {
+        let peer = self.peer.clone();
+        let session = session.clone();
+        Box::pin(async move {
+            let req = Request::Forward {
+                session: session.clone(),
+                seq,
+                input: input.to_string(),
+            };
+            match peer.call(&req).await {
+                Ok(Response::Forwarded { json }) => {
+                    serde_json::from_str::<Result<Reply<serde_json::Value>, SessionError>>(&json)
+                        .unwrap_or_else(|e| {
+                            Err(SessionError::BadInput {
+                                session,
+                                reason: format!("forwarded answer: {e}"),
+                            })
+                        })
+                }
+                Ok(other) => Err(SessionError::Restarting {
+                    session: session.clone(),
+                })
+                .inspect_err(|_| tracing::warn!(?other, %session, "unexpected forward answer")),
+                Err(e) => {
+                    tracing::warn!(error = %e, %session, "forwarding failed");
+                    Err(SessionError::Restarting { session })
+                }
+            }
+        })
+    }
+}
+
+/// Options of one handover.
+#[derive(Clone, Debug)]
+pub struct HandoverOptions {
+    /// Client-facing address of the target (for `moved`).
+    pub location: String,
+    /// Most pre-copy rounds.
+    pub max_precopy_rounds: u32,
+    /// Blackout budget when the manifest has none.
+    pub default_max_blackout: Duration,
+    /// Budget of each non-blackout step.
+    pub step_timeout: Duration,
+}
+
+impl Default for HandoverOptions {
+    fn default() -> Self {
+        HandoverOptions {
+            location: String::new(),
+            max_precopy_rounds: 3,
+            default_max_blackout: Duration::from_millis(500),
+            step_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+fn refusal(r: Result<Response, WireError>) -> String {
+    match r {
+        Ok(Response::Refused { reason }) => reason,
+        Ok(Response::Fenced { current }) => format!("fenced by {current}"),
+        Ok(other) => format!("unexpected answer {other:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Hands `session` (hosted on `host`, checkpointed in `store`) over to the node whose migration
+/// server is `target`.
+pub async fn handover(
+    host: &SessionHost,
+    store: &Arc<dyn CheckpointStore>,
+    session: &SessionId,
+    target: &Arc<Peer>,
+    opts: &HandoverOptions,
+) -> Result<HandoverReport, HandoverError> {
+    let t0 = Instant::now();
+    let s: Arc<dyn DynSession> = host
+        .get(session)
+        .ok_or_else(|| HandoverError::NotHere(session.clone()))?;
+    let policy = s.policy();
+    if !policy.live_handover {
+        return Err(HandoverError::NeverLive(session.clone()));
+    }
+    let new_epoch = s.epoch().next();
+    let abort = |step: &'static str, reason: String| HandoverError::Aborted {
+        session: session.clone(),
+        step,
+        reason,
+    };
+    // 1. prepare
+    let r = target
+        .call_within(
+            &Request::Prepare {
+                session: session.clone(),
+                handler: s.handler_id().to_string(),
+                policy,
+                epoch: new_epoch,
+            },
+            opts.step_timeout,
+        )
+        .await;
+    if !matches!(r, Ok(Response::Ready)) {
+        return Err(abort("prepare", refusal(r)));
+    }
+    let abort_target = || async {
+        let _ = target
+            .call_within(
+                &Request::Abort {
+                    session: session.clone(),
+                    epoch: new_epoch,
+                },
+                opts.step_timeout,
+            )
+            .await;
+    };
+    // 2. pre-copy while serving
+    let mut rounds = 0;
+    let mut copied = None;
+    while rounds < opts.max_precopy_rounds {
+        let seq = match s.checkpoint_now().await {
+            Ok(q) => q,
+            Err(e) => {
+                abort_target().await;
+                return Err(abort("pre-copy", e.to_string()));
+            }
+        };
+        if copied == Some(seq) {
+            break;
+        }
+        let cp = match store.get_latest(session) {
+            Ok(Some(cp)) => cp,
+            other => {
+                abort_target().await;
+                return Err(abort("pre-copy", format!("no local checkpoint: {other:?}")));
+            }
+        };
+        let r = target
+            .call_within(
+                &Request::Transfer {
+                    session: session.clone(),
+                    checkpoint: cp.encode(),
+                },
+                opts.step_timeout,
+            )
+            .await;
+        if !matches!(r, Ok(Response::Ok)) {
+            abort_target().await;
+            return Err(abort("pre-copy", refusal(r)));
+        }
+        copied = Some(seq);
+        rounds += 1;
+    }
+    // 3. freeze
+    let t_freeze = Instant::now();
+    let final_seq = match s.freeze().await {
+        Ok(q) => q,
+        Err(e) => {
+            s.unfreeze();
+            abort_target().await;
+            return Err(abort("freeze", e.to_string()));
+        }
+    };
+    let cp: Checkpoint = match store.get_latest(session) {
+        Ok(Some(cp)) if cp.seq == final_seq => cp,
+        other => {
+            s.unfreeze();
+            abort_target().await;
+            return Err(abort(
+                "freeze",
+                format!("final checkpoint missing: {other:?}"),
+            ));
+        }
+    };
+    let state_bytes = cp.state.len();
+    // 4. activate within the blackout budget
+    let budget = policy
+        .max_blackout
+        .unwrap_or(opts.default_max_blackout)
+        .saturating_sub(t_freeze.elapsed());
+    let r = target
+        .call_within(
+            &Request::Activate {
+                session: session.clone(),
+                checkpoint: cp.encode(),
+                epoch: new_epoch,
+            },
+            budget,
+        )
+        .await;
+    let activated = match r {
+        Ok(Response::Activated { epoch }) => Some(epoch),
+        other => {
+            // Too late or refused: abort, and believe the target's answer about who is active.
+            match target
+                .call_within(&Request::Abort { session: session.clone(), epoch: new_epoch }, opts.step_timeout)
+                .await
+            {
+                Ok(Response::AlreadyActive { epoch }) => Some(epoch),
+                Ok(Response::Ok) => None,
+                // Target unreachable: it may have activated. Stay frozen would block clients;
+                // the target cannot have activated without the Activate request having arrived,
+                // and if it did, the replicas fence this (older) epoch on its next checkpoint.
+                _ => None,
+            }
+            .or_else(|| {
+                tracing::warn!(%session, answer = %refusal(other), "activation failed; source resumes");
+                None
+            })
+        }
+    };
+    let Some(epoch) = activated else {
+        s.unfreeze();
+        return Err(abort(
+            "activate",
+            format!(
+                "target did not activate within the {:?} blackout budget",
+                policy.max_blackout.unwrap_or(opts.default_max_blackout)
+            ),
+        ));
+    };
+    let blackout = t_freeze.elapsed();
+    // 5. redirect + forward, release
+    s.mark_moved(
+        opts.location.clone(),
+        epoch,
+        Some(Arc::new(PeerForwarder {
+            peer: target.clone(),
+        })),
+    )
+    .await;
+    Ok(HandoverReport {
+        session: session.clone(),
+        epoch,
+        blackout,
+        total: t0.elapsed(),
+        precopy_rounds: rounds,
+        state_bytes,
+        final_seq,
+    })
+}
+
+/// Failover: restores `session` on this node from the newest checkpoint in its local store (a
+/// replica), with `epoch` (the RC's new epoch, above every epoch seen). The old holder is fenced
+/// by the replicas from then on.
+pub async fn restore(
+    host: &SessionHost,
+    session: &SessionId,
+    handler: &str,
+    epoch: Epoch,
+    policy: opengrid_session::CheckpointPolicy,
+) -> Result<Arc<dyn DynSession>, SessionError> {
+    host.start_dyn(handler, session.clone(), epoch, policy)
+        .await
+}

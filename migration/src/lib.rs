@@ -1,0 +1,25 @@
+//! # opengrid-migration
+//!
+//! Sessions move between nodes like a mobile call, and survive node loss.
+//!
+//! - [`replica::ReplicatedStore`]: every checkpoint reaches k peers (in jurisdictions the
+//!   manifest allows — the RC chooses the replica set) before it is durable locally; replicas
+//!   enforce epoch fencing.
+//! - [`server::MigrationServer`]: a node's endpoint for replica writes, handover target steps and
+//!   X2 forwarding (length-prefixed bincode frames over TCP, size-limited, see [`wire`]).
+//! - [`handover::handover`]: make-before-break handover from the source side, abortable at every
+//!   step before activation; [`handover::restore`]: failover from a replica.
+//!
+//! Plane: control (handover coordination) carrying state (checkpoints). Triggers (drain, load,
+//! latency, failure detection) and the directory switch live in the cluster crate.
+
+pub mod handover;
+pub mod replica;
+pub mod server;
+pub mod wire;
+
+pub use handover::{
+    handover, restore, HandoverError, HandoverOptions, HandoverReport, Peer, PeerForwarder,
+};
+pub use replica::{ReplicatedStore, ReplicationConfig};
+pub use server::{AdmitIncoming, CapacityAdmission, MigrationServer};

@@ -1,0 +1,327 @@
+//! The migration server of a node: replica writes, handover target steps, X2 forwarding.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opengrid_actors::SessionHost;
+use opengrid_session::{
+    Checkpoint, CheckpointPolicy, CheckpointStore, Epoch, SessionId, StoreError,
+};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::wire::{read_frame, write_frame, Request, Response, WireError};
+
+/// How long a prepared (reserved) handover waits for activation before it is dropped.
+pub const RESERVATION_TTL: Duration = Duration::from_secs(30);
+
+struct Prepared {
+    handler: String,
+    policy: CheckpointPolicy,
+    epoch: Epoch,
+    at: Instant,
+}
+
+/// Admission rule the node applies to incoming handovers (capacity, handler served).
+pub trait AdmitIncoming: Send + Sync + 'static {
+    /// `Err(reason)` to refuse.
+    fn admit(&self, session: &SessionId, handler: &str) -> Result<(), String>;
+}
+
+/// Admits any registered handler while the host holds fewer than `max_sessions`.
+pub struct CapacityAdmission {
+    /// The node's session host.
+    pub host: SessionHost,
+    /// Capacity.
+    pub max_sessions: usize,
+}
+
+impl AdmitIncoming for CapacityAdmission {
+    fn admit(&self, _session: &SessionId, handler: &str) -> Result<(), String> {
+        if !self.host.handler_ids().iter().any(|h| h == handler) {
+            return Err(format!("handler {handler:?} is not served by this node"));
+        }
+        if self.host.len() >= self.max_sessions {
+            return Err(format!("node full ({} sessions)", self.max_sessions));
+        }
+        Ok(())
+    }
+}
+
+struct Inner {
+    host: SessionHost,
+    local: Arc<dyn CheckpointStore>,
+    admit: Arc<dyn AdmitIncoming>,
+    prepared: Mutex<HashMap<SessionId, Prepared>>,
+    activated: Mutex<HashMap<SessionId, Epoch>>,
+}
+
+/// A running migration server.
+#[derive(Clone)]
+pub struct MigrationServer {
+    addr: SocketAddr,
+    task: Arc<tokio::task::JoinHandle<()>>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl MigrationServer {
+    /// Binds `addr` and serves on the current tokio runtime. `local` is the node's own store
+    /// (replica writes and pre-copies land there, never re-replicated).
+    pub async fn bind(
+        addr: SocketAddr,
+        host: SessionHost,
+        local: Arc<dyn CheckpointStore>,
+        admit: Arc<dyn AdmitIncoming>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            host,
+            local,
+            admit,
+            prepared: Mutex::new(HashMap::new()),
+            activated: Mutex::new(HashMap::new()),
+        });
+        let i2 = inner;
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let c2 = conns.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((sock, peer)) => {
+                        let _ = sock.set_nodelay(true);
+                        let i = i2.clone();
+                        let h = tokio::spawn(async move {
+                            if let Err(e) = serve(i, sock).await {
+                                tracing::debug!(%peer, error = %e, "migration connection closed");
+                            }
+                        });
+                        let mut c = lock(&c2);
+                        c.retain(|h| !h.is_finished());
+                        c.push(h.abort_handle());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "migration accept failed");
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        });
+        Ok(MigrationServer {
+            addr,
+            task: Arc::new(task),
+            conns,
+        })
+    }
+
+    /// Bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and drops every open connection (as a dying node would).
+    pub fn shutdown(&self) {
+        self.task.abort();
+        for h in lock(&self.conns).drain(..) {
+            h.abort();
+        }
+    }
+}
+
+async fn serve(inner: Arc<Inner>, mut sock: TcpStream) -> Result<(), WireError> {
+    loop {
+        let req: Request = match read_frame(&mut sock).await {
+            Ok(r) => r,
+            Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => {
+                // Tell the peer what was wrong, then close: framing is lost.
+                let _ = write_frame(
+                    &mut sock,
+                    &Response::Refused {
+                        reason: e.to_string(),
+                    },
+                )
+                .await;
+                return Err(e);
+            }
+        };
+        let resp = handle(&inner, req).await;
+        write_frame(&mut sock, &resp).await?;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn put_tolerant(local: &dyn CheckpointStore, cp: &Checkpoint) -> Response {
+    match local.put(cp) {
+        Ok(()) | Err(StoreError::StaleSeq { .. }) => Response::Ok,
+        Err(StoreError::StaleEpoch { current, .. }) => Response::Fenced { current },
+        Err(e) => Response::Refused {
+            reason: e.to_string(),
+        },
+    }
+}
+
+#[tracing::instrument(skip_all, fields(req = req_name(&req)))]
+async fn handle(inner: &Inner, req: Request) -> Response {
+    match req {
+        Request::Ping => Response::Pong,
+        Request::Replicate { checkpoint } => match Checkpoint::decode(&checkpoint) {
+            Ok(cp) => put_tolerant(&*inner.local, &cp),
+            Err(e) => Response::Refused {
+                reason: format!("replica: {e}"),
+            },
+        },
+        Request::Prepare {
+            session,
+            handler,
+            policy,
+            epoch,
+        } => {
+            if inner.host.get(&session).is_some() {
+                return Response::Refused {
+                    reason: format!("session {session} already hosted here"),
+                };
+            }
+            if let Ok(Some(cur)) = inner.local.current_epoch(&session) {
+                if cur >= epoch {
+                    return Response::Fenced { current: cur };
+                }
+            }
+            if let Err(reason) = inner.admit.admit(&session, &handler) {
+                return Response::Refused { reason };
+            }
+            let mut p = lock(&inner.prepared);
+            p.retain(|_, v| v.at.elapsed() < RESERVATION_TTL);
+            p.insert(
+                session,
+                Prepared {
+                    handler,
+                    policy,
+                    epoch,
+                    at: Instant::now(),
+                },
+            );
+            Response::Ready
+        }
+        Request::Transfer {
+            session,
+            checkpoint,
+        } => {
+            if !lock(&inner.prepared).contains_key(&session) {
+                return Response::Refused {
+                    reason: format!("no prepared handover for {session}"),
+                };
+            }
+            match Checkpoint::decode(&checkpoint) {
+                Ok(cp) if cp.session_id == session => put_tolerant(&*inner.local, &cp),
+                Ok(cp) => Response::Refused {
+                    reason: format!("checkpoint is for {}", cp.session_id),
+                },
+                Err(e) => Response::Refused {
+                    reason: e.to_string(),
+                },
+            }
+        }
+        Request::Activate {
+            session,
+            checkpoint,
+            epoch,
+        } => {
+            if lock(&inner.activated).get(&session) == Some(&epoch) {
+                return Response::AlreadyActive { epoch };
+            }
+            let Some(prep) = lock(&inner.prepared).remove(&session) else {
+                return Response::Refused {
+                    reason: format!("no prepared handover for {session}"),
+                };
+            };
+            if prep.epoch != epoch {
+                return Response::Refused {
+                    reason: format!("prepared for {} not {}", prep.epoch, epoch),
+                };
+            }
+            let cp = match Checkpoint::decode(&checkpoint) {
+                Ok(cp) if cp.session_id == session => cp,
+                Ok(_) => {
+                    return Response::Refused {
+                        reason: "checkpoint for another session".into(),
+                    }
+                }
+                Err(e) => {
+                    return Response::Refused {
+                        reason: e.to_string(),
+                    }
+                }
+            };
+            match put_tolerant(&*inner.local, &cp) {
+                Response::Ok => {}
+                other => return other,
+            }
+            match inner
+                .host
+                .start_dyn(&prep.handler, session.clone(), epoch, prep.policy)
+                .await
+            {
+                Ok(_) => {
+                    lock(&inner.activated).insert(session, epoch);
+                    Response::Activated { epoch }
+                }
+                Err(e) => Response::Refused {
+                    reason: format!("activation failed: {e}"),
+                },
+            }
+        }
+        Request::Abort { session, epoch } => {
+            if lock(&inner.activated).get(&session) == Some(&epoch) {
+                return Response::AlreadyActive { epoch };
+            }
+            lock(&inner.prepared).remove(&session);
+            Response::Ok
+        }
+        Request::Forward {
+            session,
+            seq,
+            input,
+        } => {
+            let result = match inner.host.get(&session) {
+                None => Err(opengrid_actors::SessionError::NotFound { session }),
+                Some(s) => match serde_json::from_str(&input) {
+                    Ok(v) => s.send_json(seq, v).await,
+                    Err(e) => Err(opengrid_actors::SessionError::BadInput {
+                        session,
+                        reason: e.to_string(),
+                    }),
+                },
+            };
+            Response::Forwarded {
+                json: serde_json::to_string(&result)
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+            }
+        }
+        Request::Latest { session } => match inner.local.get_latest(&session) {
+            Ok(cp) => Response::Checkpoint {
+                checkpoint: cp.map(|c| c.encode()),
+            },
+            Err(e) => Response::Refused {
+                reason: e.to_string(),
+            },
+        },
+    }
+}
+
+fn req_name(r: &Request) -> &'static str {
+    match r {
+        Request::Replicate { .. } => "replicate",
+        Request::Prepare { .. } => "prepare",
+        Request::Transfer { .. } => "transfer",
+        Request::Activate { .. } => "activate",
+        Request::Abort { .. } => "abort",
+        Request::Forward { .. } => "forward",
+        Request::Latest { .. } => "latest",
+        Request::Ping => "ping",
+    }
+}

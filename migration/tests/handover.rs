@@ -1,0 +1,405 @@
+//! Handover, abort, replication and failover between two nodes (two session hosts with their own
+//! RocksDB stores and migration servers) over real TCP on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opengrid_actors::*;
+use opengrid_migration::*;
+use opengrid_session::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+struct Acc {
+    hash: u64,
+    n: u64,
+    pad: Vec<u8>,
+}
+
+struct Folder {
+    pad: usize,
+}
+
+impl SessionHandler for Folder {
+    type State = Acc;
+    type Input = u64;
+    type Output = u64;
+    fn id(&self) -> &str {
+        "folder"
+    }
+    fn init(&self, _: &SessionId) -> Acc {
+        Acc {
+            pad: vec![7; self.pad],
+            ..Default::default()
+        }
+    }
+    async fn handle(
+        &self,
+        st: &mut Acc,
+        v: u64,
+        ctx: &SessionContext,
+    ) -> Result<u64, HandlerError> {
+        st.hash = fold(st.hash, ctx.seq().0, v);
+        st.n += 1;
+        Ok(st.hash)
+    }
+}
+
+fn fold(h: u64, seq: u64, v: u64) -> u64 {
+    (h ^ v.wrapping_add(seq << 32)).wrapping_mul(0x100_0000_01b3)
+}
+
+struct Node {
+    host: SessionHost,
+    local: Arc<dyn CheckpointStore>,
+    store: Arc<ReplicatedStore>,
+    server: MigrationServer,
+    _dir: tempfile::TempDir,
+}
+
+async fn node(handlers: bool) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn CheckpointStore> = Arc::new(
+        RocksCheckpointStore::open(
+            dir.path(),
+            RocksOptions {
+                sync: true,
+                retain: 3,
+            },
+        )
+        .unwrap(),
+    );
+    let store = Arc::new(ReplicatedStore::new(
+        local.clone(),
+        ReplicationConfig::default(),
+    ));
+    let host = SessionHost::new(
+        store.clone() as Arc<dyn CheckpointStore>,
+        HostConfig::default(),
+        Services::default(),
+    )
+    .await
+    .unwrap();
+    if handlers {
+        host.register(Arc::new(Folder { pad: 0 }));
+    }
+    let admit = Arc::new(CapacityAdmission {
+        host: host.clone(),
+        max_sessions: 10_000,
+    });
+    let server = MigrationServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        host.clone(),
+        local.clone(),
+        admit,
+    )
+    .await
+    .unwrap();
+    Node {
+        host,
+        local,
+        store,
+        server,
+        _dir: dir,
+    }
+}
+
+fn sid(s: &str) -> SessionId {
+    SessionId::new(s).unwrap()
+}
+
+fn peer(a: SocketAddr) -> Arc<Peer> {
+    Peer::new(a, Duration::from_secs(5))
+}
+
+/// A client that keeps its unacknowledged input and follows `moved` to the other node.
+async fn send_following(nodes: &[&Node], at: &mut usize, id: &SessionId, seq: u64, v: u64) -> u64 {
+    for _ in 0..100 {
+        let Some(s) = nodes[*at].host.get(id) else {
+            *at = 1 - *at;
+            continue;
+        };
+        match s.send_json(Seq(seq), serde_json::json!(v)).await {
+            Ok(Reply::Processed { output: Ok(o), .. }) => return o.as_u64().unwrap(),
+            Ok(r) => panic!("unexpected {r:?} for seq {seq}"),
+            Err(SessionError::Moved { .. }) => *at = 1 - *at,
+            Err(e) if e.is_retryable() => {}
+            Err(e) => panic!("seq {seq}: {e}"),
+        }
+    }
+    panic!("seq {seq} never acknowledged")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_handovers_under_input_lose_and_duplicate_nothing() {
+    let a = node(true).await;
+    let b = node(true).await;
+    let id = sid("ping-pong");
+    a.host
+        .start_dyn(
+            "folder",
+            id.clone(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let nodes = [&a, &b];
+    let peers = [peer(a.server.addr()), peer(b.server.addr())];
+    let client_nodes = [&a, &b];
+    let mut reference = 0u64;
+    let mut at = 0usize;
+    let mut seq = 0u64;
+    let mut holder = 0usize;
+    let mut worst = Duration::ZERO;
+    let n = 1000;
+    for i in 0..n {
+        // A few inputs between handovers, and one racing each handover.
+        for _ in 0..2 {
+            seq += 1;
+            reference = fold(reference, seq, seq * 7);
+            assert_eq!(
+                send_following(&client_nodes, &mut at, &id, seq, seq * 7).await,
+                reference
+            );
+        }
+        seq += 1;
+        let racing_seq = seq;
+        let src = nodes[holder];
+        let target = peers[1 - holder].clone();
+        let h = tokio::spawn({
+            let host = src.host.clone();
+            let store = src.store.clone() as Arc<dyn CheckpointStore>;
+            let id = id.clone();
+            async move {
+                let opts = HandoverOptions {
+                    location: format!("node-{}", 1 - holder),
+                    ..Default::default()
+                };
+                handover(&host, &store, &id, &target, &opts).await
+            }
+        });
+        reference = fold(reference, racing_seq, racing_seq * 7);
+        assert_eq!(
+            send_following(&client_nodes, &mut at, &id, racing_seq, racing_seq * 7).await,
+            reference
+        );
+        let report = h
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("handover {i}: {e}"));
+        worst = worst.max(report.blackout);
+        assert_eq!(report.epoch, Epoch(i as u64 + 2));
+        // The old holder forgets the session after the transition.
+        src.host.release(&id).await.ok();
+        holder = 1 - holder;
+    }
+    let s = nodes[holder].host.get(&id).unwrap();
+    s.checkpoint_now().await.unwrap();
+    let cp = nodes[holder].local.get_latest(&id).unwrap().unwrap();
+    let st: Acc = Folder { pad: 0 }.decode_state(&cp.state).unwrap();
+    assert_eq!(st.n, seq, "every input applied exactly once");
+    assert_eq!(st.hash, reference);
+    eprintln!("{n} handovers, worst blackout {worst:?}");
+    a.host.shutdown().await;
+    b.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_or_dead_target_leaves_the_source_serving() {
+    let a = node(true).await;
+    let no_handler = node(false).await;
+    let id = sid("stay");
+    let s = a
+        .host
+        .start_dyn(
+            "folder",
+            id.clone(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    s.send_json(Seq(1), serde_json::json!(1)).await.unwrap();
+    // Target refuses at prepare (handler not served there).
+    let e = handover(
+        &a.host,
+        &(a.store.clone() as Arc<dyn CheckpointStore>),
+        &id,
+        &peer(no_handler.server.addr()),
+        &HandoverOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            HandoverError::Aborted {
+                step: "prepare",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    s.send_json(Seq(2), serde_json::json!(2)).await.unwrap();
+    // Target dead (nothing listens there): aborted, source serving, epoch unchanged.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let e = handover(
+        &a.host,
+        &(a.store.clone() as Arc<dyn CheckpointStore>),
+        &id,
+        &peer(dead),
+        &HandoverOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, HandoverError::Aborted { .. }), "{e}");
+    assert_eq!(s.epoch(), Epoch(1));
+    assert!(matches!(
+        s.send_json(Seq(3), serde_json::json!(3)).await.unwrap(),
+        Reply::Processed { .. }
+    ));
+    // Target dies between prepare and activation: the server stops after prepare.
+    let b = node(true).await;
+    let pb = peer(b.server.addr());
+    pb.call(&opengrid_migration::wire::Request::Ping)
+        .await
+        .unwrap();
+    b.server.shutdown();
+    drop(b);
+    let e = handover(
+        &a.host,
+        &(a.store.clone() as Arc<dyn CheckpointStore>),
+        &id,
+        &pb,
+        &HandoverOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, HandoverError::Aborted { .. }), "{e}");
+    assert!(matches!(
+        s.send_json(Seq(4), serde_json::json!(4)).await.unwrap(),
+        Reply::Processed { .. }
+    ));
+    assert_eq!(s.info().last_seq, Seq(4));
+    a.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_live_sessions_are_not_handed_over() {
+    let a = node(true).await;
+    let b = node(true).await;
+    let id = sid("nl");
+    let mut p = CheckpointPolicy::periodic(Duration::from_secs(1));
+    p.live_handover = false;
+    a.host
+        .start_dyn("folder", id.clone(), Epoch(1), p)
+        .await
+        .unwrap();
+    let e = handover(
+        &a.host,
+        &(a.store.clone() as Arc<dyn CheckpointStore>),
+        &id,
+        &peer(b.server.addr()),
+        &HandoverOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, HandoverError::NeverLive(_)));
+    a.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_loss_failover_from_replica_and_old_holder_is_fenced() {
+    let a = node(true).await;
+    let b = node(true).await;
+    let c = node(true).await;
+    let id = sid("z");
+    a.store
+        .set_replicas(&id, vec![b.server.addr(), c.server.addr()]);
+    let s = a
+        .host
+        .start_dyn(
+            "folder",
+            id.clone(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let mut reference = 0;
+    for seq in 1..=50u64 {
+        reference = fold(reference, seq, seq);
+        s.send_json(Seq(seq), serde_json::json!(seq)).await.unwrap();
+        // Acknowledged ⇒ on both replicas.
+        for r in [&b, &c] {
+            assert_eq!(
+                r.local.get_latest(&id).unwrap().unwrap().seq,
+                Seq(seq),
+                "acked input {seq} not on a replica"
+            );
+        }
+    }
+    // Node A is declared dead; B restores from its replica with epoch 2, replicating to C.
+    b.store.set_replicas(&id, vec![c.server.addr()]);
+    let restored = restore(
+        &b.host,
+        &id,
+        "folder",
+        Epoch(2),
+        CheckpointPolicy::synchronous(),
+    )
+    .await
+    .unwrap();
+    match restored
+        .send_json(Seq(51), serde_json::json!(51))
+        .await
+        .unwrap()
+    {
+        Reply::Processed { output, .. } => {
+            assert_eq!(output.unwrap(), serde_json::json!(fold(reference, 51, 51)))
+        }
+        r => panic!("{r:?}"),
+    }
+    // A was only paused (not dead): its next input must not be acknowledged, and nothing it
+    // writes reaches the replicas.
+    let e = s
+        .send_json(Seq(51), serde_json::json!(999))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SessionError::Fenced { .. }), "{e}");
+    assert_eq!(c.local.get_latest(&id).unwrap().unwrap().epoch, Epoch(2));
+    a.host.shutdown().await;
+    b.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_below_k_is_not_acknowledged() {
+    let a = node(true).await;
+    let b = node(true).await;
+    let id = sid("k");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    a.store.set_replicas(&id, vec![b.server.addr(), dead]);
+    // Starting writes the seq-0 checkpoint: it cannot reach k = 2 replicas.
+    let e = a
+        .host
+        .start_dyn(
+            "folder",
+            id.clone(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await;
+    assert!(
+        e.is_err(),
+        "a session whose checkpoint cannot reach k replicas must not start"
+    );
+    a.host.shutdown().await;
+}
