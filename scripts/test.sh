@@ -8,5 +8,12 @@ source scripts/env.sh
 og_setup
 og_log "building workspace (first build compiles RocksDB: ~15-25 min on 2 cores; later builds are incremental)"
 cargo build --workspace --all-targets
+args=()
+for a in "$@"; do
+  case "$a" in
+    --ledger-processes) export OPENGRID_LEDGER_PROCESS_TEST=1 ;;
+    *) args+=("$a") ;;
+  esac
+done
 og_log "running tests"
-RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast "$@"
+RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast "${args[@]}"

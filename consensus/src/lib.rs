@@ -1,0 +1,39 @@
+//! # opengrid-consensus
+//!
+//! Raft plumbing for OpenGrid's control plane: an [openraft] 0.9 group whose log, vote and
+//! snapshots live in RocksDB, whose replicas talk over plain TCP, and whose state machine is any
+//! deterministic [`Application`]. This crate knows nothing of money: the settlement ledger plugs
+//! in through [`Application`] from the `settlement` crate.
+//!
+//! Where it fits: control plane only (CPU, never queued behind inference). Throughput-sensitive
+//! work is batched by the application (one settlement batch per interval), so Raft carries few,
+//! large commands.
+//!
+//! - [`store`]: [`store::LogStore`] (`RaftLogStorage`) and [`store::StateMachineStore`]
+//!   (`RaftStateMachine`) over one RocksDB per replica; passes openraft's storage `Suite`.
+//! - [`network`]: length-prefixed bincode 2 frames with a size limit; openraft's
+//!   `RaftNetwork`/`RaftNetworkFactory` and the RPC wire types.
+//! - [`RaftNode`]: start a replica (`start`), propose (`client_write`, forwarded to the leader),
+//!   read (`read` linearizable, `local_read`), membership (`initialize`, `add_learner`,
+//!   `change_membership`, `remove_node`), `metrics`, `status`, `shutdown`.
+//! - [`Client`]: for processes that are not replicas; follows leader redirects.
+//!
+//! A replica restarted on its data dir restores the last snapshot, re-applies committed log
+//! entries after it, and catches up from the leader (log entries, or a snapshot when the leader
+//! has purged what it needs).
+//!
+//! Metrics: none of its own yet; openraft's [`RaftMetrics`] are exposed via [`RaftNode::metrics`].
+
+pub mod application;
+pub mod codec;
+pub mod error;
+pub mod network;
+pub mod node;
+pub mod store;
+pub mod types;
+
+pub use application::{Application, KvApplication, RestoreError};
+pub use error::ConsensusError;
+pub use network::{NodeStatus, WireError};
+pub use node::{Client, RaftNode, RaftNodeConfig};
+pub use types::{Command, LogId, NodeId, RaftMetrics, Response, TypeConfig};

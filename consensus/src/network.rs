@@ -1,0 +1,348 @@
+//! Raft transport over TCP: length-prefixed bincode 2 frames with a size limit.
+//!
+//! Frame = 4-byte big-endian payload length, then the bincode payload. A connection carries one
+//! request at a time (request, then response). Peers keep one connection per target and reconnect
+//! after any error. Oversized or undecodable frames close the connection; they never panic.
+//! See `docs/adr/0006-raft-transport.md`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::codec;
+use crate::error::ConsensusError;
+use crate::types::{LogId, Node, NodeId, TypeConfig};
+
+/// Default upper bound on one frame (request or response), in bytes.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// A request on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcRequest {
+    /// Raft: replicate entries / heartbeat.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft: request a vote.
+    Vote(VoteRequest<NodeId>),
+    /// Raft: one chunk of a snapshot.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Client: propose a command. With `forward`, a follower forwards it to the leader.
+    ClientWrite { command: Vec<u8>, forward: bool },
+    /// Client: a linearizable read (served by the leader). With `forward`, a follower forwards.
+    Read { query: Vec<u8>, forward: bool },
+    /// Client: a read of this replica's local state (may be stale).
+    LocalRead { query: Vec<u8> },
+    /// Client: this replica's status.
+    Status,
+    /// Admin: add a learner (forwarded to the leader).
+    AddLearner { id: NodeId, addr: String },
+    /// Admin: set the voter set (forwarded to the leader).
+    ChangeMembership { voters: BTreeSet<NodeId> },
+}
+
+/// A response on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// Answer to client and admin requests: the application's response bytes.
+    Client(Result<Vec<u8>, WireError>),
+    Status(NodeStatus),
+}
+
+/// An error carried back to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WireError {
+    /// This replica is not the leader; retry at `leader_addr` when known.
+    #[error("not the leader; leader is {leader_id:?} at {leader_addr:?}")]
+    ForwardToLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    /// The request failed on the replica.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A replica's view of itself, for operators and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    /// `Leader`, `Follower`, `Candidate`, `Learner` or `Shutdown`.
+    pub state: String,
+    pub current_term: u64,
+    pub current_leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<LogId>,
+    /// Voters of the effective membership.
+    pub voters: Vec<NodeId>,
+    /// All members (voters and learners) with their addresses.
+    pub nodes: Vec<(NodeId, String)>,
+    /// The application's state hash at `last_applied`.
+    pub state_hash: [u8; 32],
+}
+
+/// Write one frame.
+pub async fn write_frame(
+    stream: &mut TcpStream,
+    payload: &[u8],
+    max_frame: usize,
+) -> Result<(), ConsensusError> {
+    if payload.len() > max_frame {
+        return Err(ConsensusError::FrameTooLarge {
+            len: payload.len(),
+            limit: max_frame,
+        });
+    }
+    let len = u32::try_from(payload.len()).map_err(|_| ConsensusError::FrameTooLarge {
+        len: payload.len(),
+        limit: max_frame,
+    })?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(payload).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+/// Read one frame; `Ok(None)` on a clean end of stream before a frame starts.
+pub async fn read_frame(
+    stream: &mut TcpStream,
+    max_frame: usize,
+) -> Result<Option<Vec<u8>>, ConsensusError> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max_frame {
+        return Err(ConsensusError::FrameTooLarge {
+            len,
+            limit: max_frame,
+        });
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    Ok(Some(buf))
+}
+
+/// One request/response exchange on an open connection.
+pub async fn call(
+    stream: &mut TcpStream,
+    req: &RpcRequest,
+    max_frame: usize,
+) -> Result<RpcResponse, ConsensusError> {
+    let bytes = codec::encode(req)?;
+    call_encoded(stream, &bytes, max_frame).await
+}
+
+async fn call_encoded(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    max_frame: usize,
+) -> Result<RpcResponse, ConsensusError> {
+    write_frame(stream, bytes, max_frame).await?;
+    let frame = read_frame(stream, max_frame)
+        .await?
+        .ok_or(ConsensusError::ConnectionClosed)?;
+    Ok(codec::decode(&frame, max_frame)?)
+}
+
+/// A connection to one address, opened lazily and reopened after errors.
+pub struct Connection {
+    addr: String,
+    stream: Option<TcpStream>,
+    max_frame: usize,
+    connect_timeout: Duration,
+}
+
+impl Connection {
+    /// A connection to `addr` (not opened yet).
+    pub fn new(addr: impl Into<String>, max_frame: usize) -> Self {
+        Self {
+            addr: addr.into(),
+            stream: None,
+            max_frame,
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The peer address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Send `req` and wait up to `timeout` for the response.
+    pub async fn request(
+        &mut self,
+        req: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse, ConsensusError> {
+        let bytes = codec::encode(req)?;
+        self.request_encoded(&bytes, timeout).await
+    }
+
+    /// Send an already encoded request and wait up to `timeout` for the response.
+    pub async fn request_encoded(
+        &mut self,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<RpcResponse, ConsensusError> {
+        if self.stream.is_none() {
+            let s = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
+                .await
+                .map_err(|_| ConsensusError::Timeout(format!("connect to {}", self.addr)))??;
+            s.set_nodelay(true)?;
+            self.stream = Some(s);
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        let res = tokio::time::timeout(timeout, call_encoded(stream, bytes, self.max_frame)).await;
+        match res {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                self.stream = None;
+                Err(e)
+            }
+            Err(_) => {
+                // A late response would desynchronize request/response pairing: drop the stream.
+                self.stream = None;
+                Err(ConsensusError::Timeout(format!("rpc to {}", self.addr)))
+            }
+        }
+    }
+}
+
+/// Creates one [`PeerClient`] per replication target.
+#[derive(Clone)]
+pub struct TcpNetworkFactory {
+    max_frame: usize,
+}
+
+impl TcpNetworkFactory {
+    /// A factory whose connections refuse frames above `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self { max_frame }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for TcpNetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
+        PeerClient {
+            target,
+            conn: Connection::new(node.addr.clone(), self.max_frame),
+        }
+    }
+}
+
+/// Soft cap on one AppendEntries request: above it (with more than one entry) openraft is asked
+/// to send fewer entries per RPC.
+pub const MAX_APPEND_BYTES: usize = 2 * 1024 * 1024;
+
+/// openraft's client side of the RPCs to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    conn: Connection,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
+
+impl PeerClient {
+    async fn send<E: std::error::Error>(
+        &mut self,
+        req: RpcRequest,
+        option: &RPCOption,
+        entries: u64,
+    ) -> Result<RpcResponse, RpcErr<E>> {
+        let bytes = codec::encode(&req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // openraft gives an AppendEntries RPC one heartbeat interval; keep each request small
+        // enough to be sent, appended and fsynced in that time by asking for fewer entries.
+        let budget = MAX_APPEND_BYTES.min(self.conn.max_frame);
+        if entries > 1 && bytes.len() > budget {
+            let hint = (u128::from(entries) * budget as u128 / bytes.len() as u128).max(1) as u64;
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        match self.conn.request_encoded(&bytes, option.hard_ttl()).await {
+            Ok(r) => Ok(r),
+            Err(e @ ConsensusError::Io(_)) if self.conn.stream.is_none() => {
+                tracing::debug!(target = self.target, addr = self.conn.addr(), error = %e, "peer unreachable");
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self, resp: &RpcResponse) -> RpcErr<E> {
+        let e = ConsensusError::Protocol(format!(
+            "unexpected response kind from {}: {resp:?}",
+            self.target
+        ));
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let n = rpc.entries.len() as u64;
+        match self
+            .send(RpcRequest::AppendEntries(rpc), &option, n)
+            .await?
+        {
+            RpcResponse::AppendEntries(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        match self
+            .send(RpcRequest::InstallSnapshot(rpc), &option, 0)
+            .await?
+        {
+            RpcResponse::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        match self.send(RpcRequest::Vote(rpc), &option, 0).await? {
+            RpcResponse::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+}

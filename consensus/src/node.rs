@@ -1,0 +1,766 @@
+//! A running Raft replica ([`RaftNode`]): storage + transport + RPC server, and a [`Client`] for
+//! processes that are not replicas (CLIs, RCs proposing batches).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::application::Application;
+use crate::codec;
+use crate::error::ConsensusError;
+use crate::network::{
+    read_frame, write_frame, Connection, NodeStatus, RpcRequest, RpcResponse, TcpNetworkFactory,
+    WireError, DEFAULT_MAX_FRAME_BYTES,
+};
+use crate::store::{open_db, LogStore, StateMachineStore};
+use crate::types::{Command, NodeId, Raft, RaftMetrics};
+
+/// How to run one replica.
+#[derive(Debug, Clone)]
+pub struct RaftNodeConfig {
+    /// Stable node id (persisted implicitly: reuse it with the same `data_dir`).
+    pub id: NodeId,
+    /// `host:port` to listen on and to advertise to peers (port 0 picks a free port).
+    pub addr: String,
+    /// RocksDB directory for log, vote and snapshots.
+    pub data_dir: PathBuf,
+    /// Initial voters (id → address), this node included or not. When non-empty and this node is
+    /// among them, a fresh node initializes the cluster with exactly these voters (idempotent on
+    /// every member). Empty: join later as a learner.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range; a follower that hears nothing for a random time in it campaigns.
+    pub election_timeout: (Duration, Duration),
+    /// Build a snapshot (and purge older logs) every this many applied entries.
+    pub snapshot_every: u64,
+    /// Largest frame accepted or sent on the transport.
+    pub max_frame_bytes: usize,
+    /// How long a client request waits for a reply from another replica.
+    pub request_timeout: Duration,
+}
+
+impl RaftNodeConfig {
+    /// Defaults that suit a laptop or a 2-core CI box.
+    pub fn new(id: NodeId, addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            id,
+            addr: addr.into(),
+            data_dir: data_dir.into(),
+            peers: BTreeMap::new(),
+            // openraft bounds each AppendEntries RPC by the heartbeat interval, so it must cover
+            // sending + fsyncing a ~2 MiB request on a busy 2-core box.
+            heartbeat: Duration::from_millis(250),
+            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            snapshot_every: 5_000,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Parse `1=127.0.0.1:5001,2=127.0.0.1:5002` into a peer map.
+    pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, ConsensusError> {
+        let mut out = BTreeMap::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, addr) = part.split_once('=').ok_or_else(|| {
+                ConsensusError::Config(format!("peer `{part}`: expected `ID=HOST:PORT`"))
+            })?;
+            let id: NodeId = id.trim().parse().map_err(|_| {
+                ConsensusError::Config(format!("peer `{part}`: id `{id}` is not an integer"))
+            })?;
+            if addr.trim().is_empty() {
+                return Err(ConsensusError::Config(format!(
+                    "peer `{part}`: empty address"
+                )));
+            }
+            if out.insert(id, addr.trim().to_string()).is_some() {
+                return Err(ConsensusError::Config(format!("peer id {id} listed twice")));
+            }
+        }
+        Ok(out)
+    }
+
+    fn raft_config(&self) -> Result<openraft::Config, ConsensusError> {
+        let ms = |d: Duration| d.as_millis() as u64;
+        if self.election_timeout.0 <= self.heartbeat {
+            return Err(ConsensusError::Config(
+                "election_timeout minimum must exceed the heartbeat interval".into(),
+            ));
+        }
+        if self.snapshot_every == 0 {
+            return Err(ConsensusError::Config(
+                "snapshot_every must be at least 1".into(),
+            ));
+        }
+        openraft::Config {
+            cluster_name: "opengrid".into(),
+            heartbeat_interval: ms(self.heartbeat),
+            election_timeout_min: ms(self.election_timeout.0),
+            election_timeout_max: ms(self.election_timeout.1),
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: 100,
+            purge_batch_size: 256,
+            max_payload_entries: 64,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ConsensusError::Config(e.to_string()))
+    }
+}
+
+struct Inner<A> {
+    id: NodeId,
+    raft: Raft,
+    sm: StateMachineStore<A>,
+    max_frame: usize,
+    request_timeout: Duration,
+}
+
+/// One running replica of a Raft group whose state machine is the application `A`.
+pub struct RaftNode<A: Application> {
+    inner: Arc<Inner<A>>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl<A: Application> RaftNode<A> {
+    /// Open storage under `config.data_dir` (restoring the last snapshot), bind the RPC listener,
+    /// start Raft, and initialize the cluster when `config.peers` names this node.
+    pub async fn start(config: RaftNodeConfig, app: A) -> Result<Self, ConsensusError> {
+        let raft_config = Arc::new(config.raft_config()?);
+        std::fs::create_dir_all(&config.data_dir)?;
+        let db = open_db(&config.data_dir).map_err(|source| ConsensusError::OpenDb {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let log = LogStore::new(db.clone());
+        let sm = StateMachineStore::open(db, app)?;
+        let listener = TcpListener::bind(&config.addr).await?;
+        let local_addr = listener.local_addr()?;
+        let raft = Raft::new(
+            config.id,
+            raft_config,
+            TcpNetworkFactory::new(config.max_frame_bytes),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            id: config.id,
+            raft,
+            sm,
+            max_frame: config.max_frame_bytes,
+            request_timeout: config.request_timeout,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, inner.clone(), stop_rx));
+        let node = Self {
+            inner,
+            local_addr,
+            stop,
+            server,
+        };
+        tracing::info!(id = config.id, addr = %local_addr, "raft replica started");
+
+        if config.peers.contains_key(&config.id) {
+            let mut members = config.peers.clone();
+            members.insert(config.id, local_addr.to_string());
+            node.initialize(members).await?;
+        }
+        Ok(node)
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The address the RPC server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The underlying openraft handle (for waits and advanced control).
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Initialize a fresh cluster with these voters. A no-op when this node already has state.
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<NodeId, String>,
+    ) -> Result<(), ConsensusError> {
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode::new(addr)))
+            .collect();
+        match self.inner.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ConsensusError::Raft(e.to_string())),
+        }
+    }
+
+    /// Propose `command`; returns the application's response once committed and applied.
+    /// Forwards to the leader when this replica is not it.
+    pub async fn client_write(&self, command: Vec<u8>) -> Result<Vec<u8>, ConsensusError> {
+        self.wait_for_leader(self.inner.request_timeout).await?;
+        self.inner.write(command, true).await
+    }
+
+    /// A linearizable read: confirmed by the leader, answered after its state machine caught up.
+    pub async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, ConsensusError> {
+        self.wait_for_leader(self.inner.request_timeout).await?;
+        self.inner.read(query, true).await
+    }
+
+    /// Read this replica's local state (may lag the leader).
+    pub fn local_read(&self, query: &[u8]) -> Vec<u8> {
+        self.inner.sm.query(query)
+    }
+
+    /// Latest Raft metrics of this replica.
+    pub fn metrics(&self) -> RaftMetrics {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// This replica's status (role, leader, applied index, state hash).
+    pub fn status(&self) -> NodeStatus {
+        self.inner.status()
+    }
+
+    /// Add a learner (forwarded to the leader); returns once it is caught up.
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), ConsensusError> {
+        self.inner
+            .admin(RpcRequest::AddLearner { id, addr }, true)
+            .await
+            .map(|_| ())
+    }
+
+    /// Make exactly `voters` the voting members (learners among them are promoted, voters not
+    /// among them are removed).
+    pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), ConsensusError> {
+        self.inner
+            .admin(RpcRequest::ChangeMembership { voters }, true)
+            .await
+            .map(|_| ())
+    }
+
+    /// Remove `id` from the voters and from the cluster.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ConsensusError> {
+        let voters: BTreeSet<NodeId> = self
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != id)
+            .collect();
+        self.change_membership(voters).await
+    }
+
+    /// Wait until this replica knows a leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ConsensusError> {
+        let mut rx = self.inner.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = rx.borrow().current_leader {
+                return Ok(l);
+            }
+            tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .map_err(|_| ConsensusError::Timeout("waiting for a leader".into()))?
+                .map_err(|_| ConsensusError::Raft("raft stopped".into()))?;
+        }
+    }
+
+    /// Stop Raft and the RPC server; the data dir can then be reopened.
+    pub async fn shutdown(self) -> Result<(), ConsensusError> {
+        let _ = self.stop.send(true);
+        let res = self
+            .inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()));
+        let _ = self.server.await;
+        res
+    }
+}
+
+impl<A: Application> Inner<A> {
+    fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let (state_hash, last_applied) = self.sm.state_hash();
+        let membership = m.membership_config.membership();
+        NodeStatus {
+            id: self.id,
+            state: format!("{:?}", m.state),
+            current_term: m.current_term,
+            current_leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            last_applied,
+            voters: membership.voter_ids().collect(),
+            nodes: membership
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+            state_hash,
+        }
+    }
+
+    fn leader_addr(&self, leader: Option<NodeId>) -> Option<String> {
+        let leader = leader?;
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    async fn forward(
+        &self,
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+        req: RpcRequest,
+    ) -> Result<Vec<u8>, ConsensusError> {
+        let addr = leader_addr.clone().ok_or(ConsensusError::NotLeader {
+            leader_id,
+            leader_addr: None,
+        })?;
+        let mut conn = Connection::new(addr, self.max_frame);
+        match conn.request(&req, self.request_timeout).await? {
+            RpcResponse::Client(Ok(bytes)) => Ok(bytes),
+            RpcResponse::Client(Err(WireError::ForwardToLeader {
+                leader_id,
+                leader_addr,
+            })) => Err(ConsensusError::NotLeader {
+                leader_id,
+                leader_addr,
+            }),
+            RpcResponse::Client(Err(WireError::Failed(m))) => Err(ConsensusError::Remote(m)),
+            other => Err(ConsensusError::Protocol(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    async fn write(&self, command: Vec<u8>, forward: bool) -> Result<Vec<u8>, ConsensusError> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        if forward && leader.is_some() && leader != Some(self.id) {
+            // Known follower: hand the command to the leader, which will not forward it again,
+            // so a stale hint costs the caller one retry, never a loop.
+            let addr = self.leader_addr(leader);
+            return self
+                .forward(
+                    leader,
+                    addr,
+                    RpcRequest::ClientWrite {
+                        command,
+                        forward: false,
+                    },
+                )
+                .await;
+        }
+        // Leader (or leader unknown yet): propose locally. Keep a copy for a possible hand-over
+        // only when this replica is not known to lead.
+        let spare = (forward && leader != Some(self.id)).then(|| command.clone());
+        match self.raft.client_write(Command(command)).await {
+            Ok(r) => Ok(r.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let addr = f
+                    .leader_node
+                    .map(|n| n.addr)
+                    .or_else(|| self.leader_addr(f.leader_id));
+                match spare {
+                    Some(command) if addr.is_some() => {
+                        self.forward(
+                            f.leader_id,
+                            addr,
+                            RpcRequest::ClientWrite {
+                                command,
+                                forward: false,
+                            },
+                        )
+                        .await
+                    }
+                    _ => Err(ConsensusError::NotLeader {
+                        leader_id: f.leader_id,
+                        leader_addr: addr,
+                    }),
+                }
+            }
+            Err(e) => Err(ConsensusError::Raft(e.to_string())),
+        }
+    }
+
+    async fn read(&self, query: Vec<u8>, forward: bool) -> Result<Vec<u8>, ConsensusError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(self.sm.query(&query)),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => {
+                    let addr = f
+                        .leader_node
+                        .as_ref()
+                        .map(|n| n.addr.clone())
+                        .or_else(|| self.leader_addr(f.leader_id));
+                    if !forward {
+                        return Err(ConsensusError::NotLeader {
+                            leader_id: f.leader_id,
+                            leader_addr: addr,
+                        });
+                    }
+                    self.forward(
+                        f.leader_id,
+                        addr,
+                        RpcRequest::Read {
+                            query,
+                            forward: false,
+                        },
+                    )
+                    .await
+                }
+                None => Err(ConsensusError::Raft(e.to_string())),
+            },
+        }
+    }
+
+    async fn admin(&self, req: RpcRequest, forward: bool) -> Result<Vec<u8>, ConsensusError> {
+        let res = match &req {
+            RpcRequest::AddLearner { id, addr } => self
+                .raft
+                .add_learner(*id, BasicNode::new(addr.clone()), true)
+                .await
+                .map(|_| ()),
+            RpcRequest::ChangeMembership { voters } => self
+                .raft
+                .change_membership(voters.clone(), false)
+                .await
+                .map(|_| ()),
+            other => {
+                return Err(ConsensusError::Protocol(format!(
+                    "not an admin request: {other:?}"
+                )))
+            }
+        };
+        match res {
+            Ok(()) => Ok(Vec::new()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let addr = f
+                    .leader_node
+                    .map(|n| n.addr)
+                    .or_else(|| self.leader_addr(f.leader_id));
+                if !forward {
+                    return Err(ConsensusError::NotLeader {
+                        leader_id: f.leader_id,
+                        leader_addr: addr,
+                    });
+                }
+                let req = match req {
+                    RpcRequest::AddLearner { id, addr } => RpcRequest::AddLearner { id, addr },
+                    RpcRequest::ChangeMembership { voters } => {
+                        RpcRequest::ChangeMembership { voters }
+                    }
+                    other => other,
+                };
+                self.forward_admin(f.leader_id, addr, req).await
+            }
+            Err(e) => Err(ConsensusError::Raft(e.to_string())),
+        }
+    }
+
+    async fn forward_admin(
+        &self,
+        leader_id: Option<NodeId>,
+        addr: Option<String>,
+        req: RpcRequest,
+    ) -> Result<Vec<u8>, ConsensusError> {
+        // Admin requests carry no forward flag: the receiving leader serves them itself through
+        // `dispatch`, which never forwards admin requests a second time.
+        self.forward(leader_id, addr, req).await
+    }
+
+    async fn dispatch(&self, req: RpcRequest) -> RpcResponse {
+        let client = |r: Result<Vec<u8>, ConsensusError>| {
+            RpcResponse::Client(r.map_err(|e| match e {
+                ConsensusError::NotLeader {
+                    leader_id,
+                    leader_addr,
+                } => WireError::ForwardToLeader {
+                    leader_id,
+                    leader_addr,
+                },
+                other => WireError::Failed(other.to_string()),
+            }))
+        };
+        match req {
+            RpcRequest::AppendEntries(r) => {
+                RpcResponse::AppendEntries(self.raft.append_entries(r).await)
+            }
+            RpcRequest::Vote(r) => RpcResponse::Vote(self.raft.vote(r).await),
+            RpcRequest::InstallSnapshot(r) => {
+                RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
+            }
+            RpcRequest::ClientWrite { command, forward } => {
+                client(self.write(command, forward).await)
+            }
+            RpcRequest::Read { query, forward } => client(self.read(query, forward).await),
+            RpcRequest::LocalRead { query } => client(Ok(self.sm.query(&query))),
+            RpcRequest::Status => RpcResponse::Status(self.status()),
+            req @ (RpcRequest::AddLearner { .. } | RpcRequest::ChangeMembership { .. }) => {
+                client(self.admin(req, false).await)
+            }
+        }
+    }
+}
+
+/// Per-peer ordering of Raft RPCs across reconnects: each accepted connection gets an increasing
+/// id; once a peer's RPC arrived on connection `n`, RPCs from that peer on connections `< n` are
+/// refused (the peer abandoned them after a timeout and may already have sent newer requests).
+#[derive(Default)]
+struct ConnOrder {
+    latest: std::sync::Mutex<std::collections::HashMap<NodeId, u64>>,
+}
+
+impl ConnOrder {
+    fn admit(&self, req: &RpcRequest, conn: u64) -> bool {
+        let from = match req {
+            RpcRequest::AppendEntries(r) => r.vote.leader_id().voted_for(),
+            RpcRequest::Vote(r) => r.vote.leader_id().voted_for(),
+            RpcRequest::InstallSnapshot(r) => r.vote.leader_id().voted_for(),
+            _ => None,
+        };
+        let Some(from) = from else { return true };
+        let mut g = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let latest = g.entry(from).or_insert(conn);
+        if conn < *latest {
+            return false;
+        }
+        *latest = conn;
+        true
+    }
+}
+
+async fn serve<A: Application>(
+    listener: TcpListener,
+    inner: Arc<Inner<A>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    let order = Arc::new(ConnOrder::default());
+    let mut next_conn: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let inner = inner.clone();
+                    next_conn += 1;
+                    let (conn, order) = (next_conn, order.clone());
+                    conns.spawn(async move {
+                        if let Err(e) = handle_connection(stream, inner, conn, order).await {
+                            tracing::debug!(%peer, error = %e, "connection closed with error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    conns.shutdown().await;
+}
+
+#[tracing::instrument(level = "trace", skip_all, err(level = "debug"))]
+async fn handle_connection<A: Application>(
+    mut stream: TcpStream,
+    inner: Arc<Inner<A>>,
+    conn: u64,
+    order: Arc<ConnOrder>,
+) -> Result<(), ConsensusError> {
+    stream.set_nodelay(true)?;
+    while let Some(frame) = read_frame(&mut stream, inner.max_frame).await? {
+        let req: RpcRequest = codec::decode(&frame, inner.max_frame)?;
+        if !order.admit(&req, conn) {
+            // A peer that gave up on this connection (timeout) already talks to us on a newer
+            // one; processing this late request after newer ones would reorder its Raft RPCs.
+            tracing::debug!(conn, "dropping a Raft RPC from a superseded connection");
+            return Ok(());
+        }
+        let resp = inner.dispatch(req).await;
+        let bytes = codec::encode(&resp)?;
+        write_frame(&mut stream, &bytes, inner.max_frame).await?;
+    }
+    Ok(())
+}
+
+/// A client of a Raft group for processes that are not replicas. Follows leader redirects and
+/// retries transient failures until its deadline.
+///
+/// Writes are at-least-once: a write whose reply was lost may be retried and applied again, so
+/// commands sent through it must be idempotent (settlement batches carry a content id).
+pub struct Client {
+    addrs: Vec<String>,
+    leader_hint: Option<String>,
+    max_frame: usize,
+    timeout: Duration,
+    attempt_timeout: Duration,
+}
+
+impl Client {
+    /// A client that may contact any of `addrs`.
+    pub fn new(addrs: Vec<String>) -> Self {
+        Self {
+            addrs,
+            leader_hint: None,
+            max_frame: DEFAULT_MAX_FRAME_BYTES,
+            attempt_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// Longest wait for one replica's answer before trying the next (default 10 s). Writes
+    /// retried after it may be proposed twice: commands must be idempotent.
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Overall deadline per operation (retries included).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Propose a command; returns the application's response.
+    pub async fn write(&mut self, command: Vec<u8>) -> Result<Vec<u8>, ConsensusError> {
+        self.retrying(|| RpcRequest::ClientWrite {
+            command: command.clone(),
+            forward: true,
+        })
+        .await
+    }
+
+    /// A linearizable read.
+    pub async fn read(&mut self, query: Vec<u8>) -> Result<Vec<u8>, ConsensusError> {
+        self.retrying(|| RpcRequest::Read {
+            query: query.clone(),
+            forward: true,
+        })
+        .await
+    }
+
+    /// Add a learner to the cluster.
+    pub async fn add_learner(&mut self, id: NodeId, addr: String) -> Result<(), ConsensusError> {
+        self.retrying(|| RpcRequest::AddLearner {
+            id,
+            addr: addr.clone(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Set the voters.
+    pub async fn change_membership(
+        &mut self,
+        voters: BTreeSet<NodeId>,
+    ) -> Result<(), ConsensusError> {
+        self.retrying(|| RpcRequest::ChangeMembership {
+            voters: voters.clone(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// One replica's status.
+    pub async fn status(&self, addr: &str) -> Result<NodeStatus, ConsensusError> {
+        let mut conn = Connection::new(addr, self.max_frame);
+        match conn.request(&RpcRequest::Status, self.timeout).await? {
+            RpcResponse::Status(s) => Ok(s),
+            other => Err(ConsensusError::Protocol(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    /// Query one replica's local state.
+    pub async fn local_read(&self, addr: &str, query: Vec<u8>) -> Result<Vec<u8>, ConsensusError> {
+        let mut conn = Connection::new(addr, self.max_frame);
+        match conn
+            .request(&RpcRequest::LocalRead { query }, self.timeout)
+            .await?
+        {
+            RpcResponse::Client(Ok(b)) => Ok(b),
+            RpcResponse::Client(Err(e)) => Err(ConsensusError::Remote(e.to_string())),
+            other => Err(ConsensusError::Protocol(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    async fn retrying(&mut self, make: impl Fn() -> RpcRequest) -> Result<Vec<u8>, ConsensusError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0usize;
+        let mut last_err = ConsensusError::Timeout("no replica answered".into());
+        while Instant::now() < deadline {
+            let addr = match self.leader_hint.take() {
+                Some(a) => a,
+                None if self.addrs.is_empty() => {
+                    return Err(ConsensusError::Config("client has no addresses".into()))
+                }
+                None => self.addrs[attempt % self.addrs.len()].clone(),
+            };
+            attempt += 1;
+            // Bound each attempt so one stuck replica cannot use up the whole deadline.
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .min(self.attempt_timeout);
+            let mut conn = Connection::new(addr.clone(), self.max_frame);
+            match conn.request(&make(), remaining).await {
+                Ok(RpcResponse::Client(Ok(bytes))) => {
+                    self.leader_hint = Some(addr);
+                    return Ok(bytes);
+                }
+                Ok(RpcResponse::Client(Err(WireError::ForwardToLeader {
+                    leader_id,
+                    leader_addr,
+                }))) => {
+                    self.leader_hint = leader_addr.clone();
+                    last_err = ConsensusError::NotLeader {
+                        leader_id,
+                        leader_addr,
+                    };
+                }
+                Ok(RpcResponse::Client(Err(WireError::Failed(m)))) => {
+                    // Raft-level failures during elections/membership changes are transient.
+                    last_err = ConsensusError::Remote(m);
+                }
+                Ok(other) => {
+                    return Err(ConsensusError::Protocol(format!(
+                        "unexpected response {other:?}"
+                    )))
+                }
+                Err(e) if e.is_retryable() => last_err = e,
+                Err(e) => return Err(e),
+            }
+            // Back off a little between rounds over all replicas (elections take ~1 s).
+            if attempt.is_multiple_of(self.addrs.len().max(1)) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(last_err)
+    }
+}

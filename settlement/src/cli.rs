@@ -1,0 +1,235 @@
+//! The `opengrid-ledger` command line (clap). The main `opengrid` binary can embed [`LedgerCmd`]
+//! as its `ledger` subcommand and call [`run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use opengrid_consensus::{NodeId, RaftNodeConfig};
+
+use crate::keys::Keypair;
+use crate::ledger::{BatchId, NodeRegistration, RcRegistration};
+use crate::receipt::ReceiptId;
+use crate::replica::{run_replica, LedgerClient, ReplicaOptions};
+use crate::split::{Account, SplitPolicy};
+
+/// Settlement ledger: run a replica, query balances and status, register nodes and RCs.
+#[derive(Debug, Parser)]
+#[command(name = "opengrid-ledger", version)]
+pub struct Opts {
+    #[command(subcommand)]
+    pub cmd: LedgerCmd,
+}
+
+/// Ledger subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCmd {
+    /// Run a ledger replica until SIGINT/SIGTERM (or stdin EOF with --exit-on-stdin-eof).
+    Replica {
+        #[arg(long, env = "OPENGRID_LEDGER_ID")]
+        id: NodeId,
+        /// Listen address, host:port.
+        #[arg(long, env = "OPENGRID_LEDGER_ADDR")]
+        addr: String,
+        #[arg(long, env = "OPENGRID_LEDGER_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Initial voters: `1=host:port,2=host:port,3=host:port` (empty: join later as learner).
+        #[arg(long, env = "OPENGRID_LEDGER_PEERS", default_value = "")]
+        peers: String,
+        #[arg(long, default_value_t = 1_000)]
+        snapshot_every: u64,
+        #[arg(long, default_value = "protocol")]
+        protocol_account: String,
+        /// Exit when standard input closes (lets a parent process own the replica's lifetime).
+        #[arg(long)]
+        exit_on_stdin_eof: bool,
+    },
+    /// Print an account's balance in micro-units.
+    Balance {
+        account: String,
+        /// Replica addresses, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        addr: Vec<String>,
+    },
+    /// Print each replica's status and ledger totals as JSON lines.
+    Status {
+        #[arg(long, value_delimiter = ',')]
+        addr: Vec<String>,
+    },
+    /// Print a receipt's status.
+    Receipt {
+        /// 32 hex digits.
+        id: String,
+        #[arg(long, value_delimiter = ',')]
+        addr: Vec<String>,
+    },
+    /// Print a batch's record.
+    Batch {
+        /// 64 hex digits.
+        id: String,
+        #[arg(long, value_delimiter = ',')]
+        addr: Vec<String>,
+    },
+    /// Create a key file (if absent) and print its DID.
+    Keygen {
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// Register a node's key and split policy (signed with the node's key).
+    RegisterNode {
+        #[arg(long)]
+        key_file: PathBuf,
+        /// interchange | nodeco | custom:NODE_OP,ROUTING_OP,PROTOCOL,OWNERS (basis points)
+        #[arg(long, default_value = "interchange")]
+        policy: String,
+        #[arg(long)]
+        operator: String,
+        /// Owner share, `ACCOUNT=SHARES`; repeat for each owner.
+        #[arg(long = "owner")]
+        owners: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        addr: Vec<String>,
+    },
+    /// Register an RC's key and routing operator account (signed with the RC's key).
+    RegisterRc {
+        #[arg(long)]
+        key_file: PathBuf,
+        #[arg(long)]
+        operator: String,
+        #[arg(long, value_delimiter = ',')]
+        addr: Vec<String>,
+    },
+}
+
+fn client(addr: Vec<String>) -> anyhow::Result<LedgerClient> {
+    anyhow::ensure!(
+        !addr.is_empty(),
+        "--addr: give at least one replica address"
+    );
+    Ok(LedgerClient::with_timeout(addr, Duration::from_secs(15)))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+async fn shutdown_signal(exit_on_stdin_eof: bool) {
+    let stdin_eof = async {
+        if exit_on_stdin_eof {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 64];
+            let mut stdin = tokio::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = stdin_eof => tracing::info!("stdin closed; stopping"),
+        _ = term => tracing::info!("SIGTERM; stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT; stopping"),
+    }
+}
+
+/// Run one ledger subcommand.
+pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
+    match cmd {
+        LedgerCmd::Replica {
+            id,
+            addr,
+            data_dir,
+            peers,
+            snapshot_every,
+            protocol_account,
+            exit_on_stdin_eof,
+        } => {
+            let opts = ReplicaOptions {
+                peers: RaftNodeConfig::parse_peers(&peers)?,
+                protocol_account: Account::new(protocol_account)?,
+                snapshot_every,
+                ..ReplicaOptions::new(id, addr, data_dir)
+            };
+            run_replica(opts, shutdown_signal(exit_on_stdin_eof)).await?;
+        }
+        LedgerCmd::Balance { account, addr } => {
+            let b = client(addr)?.balance(&Account::new(account)?).await?;
+            println!("{b}");
+        }
+        LedgerCmd::Status { addr } => {
+            let c = client(addr.clone())?;
+            for a in &addr {
+                match c.replica_status(a).await {
+                    Ok(s) => print_json(&s)?,
+                    Err(e) => {
+                        print_json(&serde_json::json!({ "addr": a, "error": e.to_string() }))?
+                    }
+                }
+            }
+        }
+        LedgerCmd::Receipt { id, addr } => {
+            let id = ReceiptId(crate::ledger::parse_hex::<16>(&id).map_err(anyhow::Error::msg)?);
+            print_json(&client(addr)?.receipt_status(id).await?)?;
+        }
+        LedgerCmd::Batch { id, addr } => {
+            let id: BatchId = id.parse().map_err(anyhow::Error::msg)?;
+            print_json(&client(addr)?.batch_status(id).await?)?;
+        }
+        LedgerCmd::Keygen { key_file } => {
+            println!("{}", Keypair::load_or_create(&key_file)?.did());
+        }
+        LedgerCmd::RegisterNode {
+            key_file,
+            policy,
+            operator,
+            owners,
+            addr,
+        } => {
+            let key = Keypair::load_or_create(&key_file)?;
+            let policy = SplitPolicy::parse(&policy).map_err(anyhow::Error::msg)?;
+            let owners = owners
+                .iter()
+                .map(|o| {
+                    let (a, s) = o
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("--owner `{o}`: expected ACCOUNT=SHARES"))?;
+                    Ok((
+                        Account::new(a)?,
+                        s.parse::<u64>().map_err(|_| {
+                            anyhow::anyhow!("--owner `{o}`: shares must be an integer")
+                        })?,
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let reg = NodeRegistration::new(&key, policy, Account::new(operator)?, owners);
+            print_json(&client(addr)?.register_node(reg).await?)?;
+        }
+        LedgerCmd::RegisterRc {
+            key_file,
+            operator,
+            addr,
+        } => {
+            let key = Keypair::load_or_create(&key_file)?;
+            let reg = RcRegistration::new(&key, Account::new(operator)?);
+            print_json(&client(addr)?.register_rc(reg).await?)?;
+        }
+    }
+    Ok(())
+}

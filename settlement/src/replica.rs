@@ -1,0 +1,177 @@
+//! Running ledger replicas (consensus `RaftNode` + [`Ledger`]) and talking to them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opengrid_consensus::codec::{self, MAX_DECODE_BYTES};
+use opengrid_consensus::{Client, NodeId, NodeStatus, RaftNode, RaftNodeConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::batcher::BatchSink;
+use crate::error::SettlementError;
+use crate::ledger::{
+    Batch, BatchId, BatchRecord, Ledger, LedgerCommand, LedgerQuery, LedgerResponse, LedgerSummary,
+    NodeRegistration, QueryAnswer, RcRegistration, ReceiptStatus,
+};
+use crate::receipt::ReceiptId;
+use crate::split::Account;
+
+/// How to run one ledger replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    pub id: NodeId,
+    /// Listen (and advertised) address, `host:port`.
+    pub addr: String,
+    pub data_dir: PathBuf,
+    /// Initial voters (`id → addr`); see [`RaftNodeConfig::peers`].
+    pub peers: BTreeMap<NodeId, String>,
+    /// Account credited with the protocol share.
+    pub protocol_account: Account,
+    /// Snapshot every this many applied entries.
+    pub snapshot_every: u64,
+}
+
+impl ReplicaOptions {
+    /// Options with defaults for everything but identity and placement.
+    pub fn new(id: NodeId, addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            id,
+            addr: addr.into(),
+            data_dir: data_dir.into(),
+            peers: BTreeMap::new(),
+            protocol_account: Account::protocol(),
+            snapshot_every: 1_000,
+        }
+    }
+}
+
+/// A running ledger replica.
+pub type LedgerReplica = RaftNode<Ledger>;
+
+/// Start a ledger replica (opens or creates its data dir, joins/initializes the group).
+pub async fn start_replica(opts: ReplicaOptions) -> Result<LedgerReplica, SettlementError> {
+    let mut cfg = RaftNodeConfig::new(opts.id, opts.addr, opts.data_dir);
+    cfg.peers = opts.peers;
+    cfg.snapshot_every = opts.snapshot_every;
+    Ok(RaftNode::start(cfg, Ledger::new(opts.protocol_account)).await?)
+}
+
+/// Run a replica until `shutdown` resolves, then stop it cleanly.
+pub async fn run_replica(
+    opts: ReplicaOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SettlementError> {
+    let node = start_replica(opts).await?;
+    shutdown.await;
+    node.shutdown().await?;
+    Ok(())
+}
+
+/// One replica's status plus its ledger totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub raft: NodeStatus,
+    pub ledger: LedgerSummary,
+}
+
+/// A client of the ledger group (for RCs, operators and the CLI). Follows leader redirects;
+/// resubmitting a batch is safe (batch ids make it idempotent).
+pub struct LedgerClient {
+    client: tokio::sync::Mutex<Client>,
+}
+
+impl LedgerClient {
+    /// A client that may contact any of `addrs`.
+    pub fn new(addrs: Vec<String>) -> Self {
+        Self {
+            client: tokio::sync::Mutex::new(Client::new(addrs)),
+        }
+    }
+
+    /// A client with an overall per-operation deadline.
+    pub fn with_timeout(addrs: Vec<String>, timeout: Duration) -> Self {
+        Self {
+            client: tokio::sync::Mutex::new(Client::new(addrs).with_timeout(timeout)),
+        }
+    }
+
+    /// Replicate a command and return the ledger's response.
+    pub async fn command(&self, cmd: &LedgerCommand) -> Result<LedgerResponse, SettlementError> {
+        let bytes = codec::encode(cmd)?;
+        let resp = self.client.lock().await.write(bytes).await?;
+        Ok(codec::decode(&resp, MAX_DECODE_BYTES)?)
+    }
+
+    /// Register (or re-register) a node.
+    pub async fn register_node(
+        &self,
+        reg: NodeRegistration,
+    ) -> Result<LedgerResponse, SettlementError> {
+        self.command(&LedgerCommand::RegisterNode(reg)).await
+    }
+
+    /// Register (or re-register) an RC.
+    pub async fn register_rc(
+        &self,
+        reg: RcRegistration,
+    ) -> Result<LedgerResponse, SettlementError> {
+        self.command(&LedgerCommand::RegisterRc(reg)).await
+    }
+
+    /// Submit a batch (idempotent).
+    pub async fn submit_batch(&self, batch: &Batch) -> Result<LedgerResponse, SettlementError> {
+        self.command(&LedgerCommand::SubmitBatch(batch.clone()))
+            .await
+    }
+
+    /// A linearizable query.
+    pub async fn query(&self, q: &LedgerQuery) -> Result<QueryAnswer, SettlementError> {
+        let bytes = codec::encode(q)?;
+        let resp = self.client.lock().await.read(bytes).await?;
+        Ok(codec::decode(&resp, MAX_DECODE_BYTES)?)
+    }
+
+    /// An account's balance (linearizable).
+    pub async fn balance(&self, account: &Account) -> Result<u64, SettlementError> {
+        match self.query(&LedgerQuery::Balance(account.clone())).await? {
+            QueryAnswer::Balance(b) => Ok(b),
+            other => Err(SettlementError::UnexpectedAnswer(format!("{other:?}"))),
+        }
+    }
+
+    /// A receipt's status (linearizable).
+    pub async fn receipt_status(&self, id: ReceiptId) -> Result<ReceiptStatus, SettlementError> {
+        match self.query(&LedgerQuery::Receipt(id)).await? {
+            QueryAnswer::Receipt(s) => Ok(s),
+            other => Err(SettlementError::UnexpectedAnswer(format!("{other:?}"))),
+        }
+    }
+
+    /// A batch's record (linearizable).
+    pub async fn batch_status(&self, id: BatchId) -> Result<Option<BatchRecord>, SettlementError> {
+        match self.query(&LedgerQuery::Batch(id)).await? {
+            QueryAnswer::Batch(s) => Ok(s),
+            other => Err(SettlementError::UnexpectedAnswer(format!("{other:?}"))),
+        }
+    }
+
+    /// One replica's own status and ledger totals (its local, possibly lagging, view).
+    pub async fn replica_status(&self, addr: &str) -> Result<ReplicaStatus, SettlementError> {
+        let client = self.client.lock().await;
+        let raft = client.status(addr).await?;
+        let bytes = client
+            .local_read(addr, codec::encode(&LedgerQuery::Summary)?)
+            .await?;
+        match codec::decode(&bytes, MAX_DECODE_BYTES)? {
+            QueryAnswer::Summary(ledger) => Ok(ReplicaStatus { raft, ledger }),
+            other => Err(SettlementError::UnexpectedAnswer(format!("{other:?}"))),
+        }
+    }
+}
+
+impl BatchSink for LedgerClient {
+    async fn submit(&self, batch: &Batch) -> Result<LedgerResponse, SettlementError> {
+        self.submit_batch(batch).await
+    }
+}
