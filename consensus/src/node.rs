@@ -436,21 +436,36 @@ impl<A: Application> Inner<A> {
     }
 
     async fn admin(&self, req: RpcRequest, forward: bool) -> Result<Vec<u8>, ConsensusError> {
-        let res = match &req {
-            RpcRequest::AddLearner { id, addr } => self
-                .raft
-                .add_learner(*id, BasicNode::new(addr.clone()), true)
-                .await
-                .map(|_| ()),
-            RpcRequest::ChangeMembership { voters } => self
-                .raft
-                .change_membership(voters.clone(), false)
-                .await
-                .map(|_| ()),
-            other => {
-                return Err(ConsensusError::Protocol(format!(
-                    "not an admin request: {other:?}"
-                )))
+        // A membership change is two log entries (joint, then uniform); a new change proposed
+        // while the previous one's second entry is uncommitted is refused as `InProgress`. That
+        // is transient: retry for a bounded time (100 × 20 ms) instead of failing the operator.
+        let mut attempts = 0u32;
+        let res = loop {
+            let r = match &req {
+                RpcRequest::AddLearner { id, addr } => self
+                    .raft
+                    .add_learner(*id, BasicNode::new(addr.clone()), true)
+                    .await
+                    .map(|_| ()),
+                RpcRequest::ChangeMembership { voters } => self
+                    .raft
+                    .change_membership(voters.clone(), false)
+                    .await
+                    .map(|_| ()),
+                other => {
+                    return Err(ConsensusError::Protocol(format!(
+                        "not an admin request: {other:?}"
+                    )))
+                }
+            };
+            match &r {
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ))) if attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => break r,
             }
         };
         match res {
