@@ -1,0 +1,860 @@
+//! Invariant checkers: pure functions over the records a run leaves behind. Each returns every
+//! [`Violation`] it finds, with enough detail to debug (session, seq, node, epoch, times).
+//!
+//! Records:
+//! - the workload client's own log of inputs sent and acknowledged ([`InputRecord`]);
+//! - each session's final observed state: the seqs it applied, in order ([`SessionOutcome`]);
+//! - the nodes' event logs, JSON lines ([`NodeEvent`]);
+//! - placements and manifest jurisdictions ([`Placement`]);
+//! - the ledger replicas' applied receipts ([`AppliedReceipt`]);
+//! - health probes of every process still alive ([`HealthProbe`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use opengrid_session::jurisdiction;
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::Invariant;
+
+/// One broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Which invariant.
+    pub invariant: Invariant,
+    /// The session, process or receipt concerned.
+    pub subject: String,
+    /// What happened, with the numbers.
+    pub detail: String,
+    /// When (ms from the start of the run), if known.
+    pub t_ms: Option<u64>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{:?}] {}: {}",
+            self.invariant, self.subject, self.detail
+        )?;
+        if let Some(t) = self.t_ms {
+            write!(f, " (t+{t}ms)")?;
+        }
+        Ok(())
+    }
+}
+
+fn v(inv: Invariant, subject: impl Into<String>, detail: String, t_ms: Option<u64>) -> Violation {
+    Violation {
+        invariant: inv,
+        subject: subject.into(),
+        detail,
+        t_ms,
+    }
+}
+
+/// One input as the workload client saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRecord {
+    /// The session.
+    pub session: String,
+    /// Its seq.
+    pub seq: u64,
+    /// When it was first sent (ms).
+    pub sent_ms: u64,
+    /// When it was acknowledged (ms), if it was.
+    pub acked_ms: Option<u64>,
+}
+
+/// What a session's final state says it applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOutcome {
+    /// The session.
+    pub session: String,
+    /// Its manifest's acceptable loss (0 for zero-loss), ms.
+    pub loss_bound_ms: u64,
+    /// Seqs applied, in order, as recorded in the final state.
+    pub applied: Vec<u64>,
+}
+
+/// "No acknowledged input lost beyond the manifest bound" and "no input processed twice".
+///
+/// An acknowledged input missing from the final state is allowed only for a session with a
+/// non-zero bound, when a state-losing failure (`failures_ms`: kill times of holders) happened
+/// within the bound after its acknowledgement. A seq applied twice, or applied but never sent,
+/// is always a violation. A session the client used but whose final state was never observed is
+/// reported too (its inputs cannot be accounted for).
+pub fn check_inputs(
+    inputs: &[InputRecord],
+    outcomes: &[SessionOutcome],
+    failures_ms: &[u64],
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let by_session: HashMap<&str, &SessionOutcome> =
+        outcomes.iter().map(|o| (o.session.as_str(), o)).collect();
+    let mut sent: HashMap<&str, BTreeMap<u64, &InputRecord>> = HashMap::new();
+    for r in inputs {
+        sent.entry(r.session.as_str()).or_default().insert(r.seq, r);
+    }
+    for o in outcomes {
+        let mut seen = BTreeSet::new();
+        let s = sent.get(o.session.as_str());
+        for (i, seq) in o.applied.iter().enumerate() {
+            if !seen.insert(*seq) {
+                out.push(v(
+                    Invariant::NoDuplicate,
+                    &o.session,
+                    format!("seq {seq} applied twice (again at position {i} of the final state)"),
+                    None,
+                ));
+            }
+            if s.is_none_or(|m| !m.contains_key(seq)) {
+                out.push(v(
+                    Invariant::NoDuplicate,
+                    &o.session,
+                    format!("seq {seq} applied but never sent by the client"),
+                    None,
+                ));
+            }
+        }
+    }
+    let mut sessions: Vec<&&str> = sent.keys().collect();
+    sessions.sort();
+    for session in sessions {
+        let records = &sent[*session];
+        let Some(o) = by_session.get(*session) else {
+            out.push(v(
+                Invariant::NoAckedLoss,
+                *session,
+                format!(
+                    "final state never observed; {} acknowledged input(s) unaccounted for",
+                    records.values().filter(|r| r.acked_ms.is_some()).count()
+                ),
+                None,
+            ));
+            continue;
+        };
+        let applied: BTreeSet<u64> = o.applied.iter().copied().collect();
+        for r in records.values() {
+            let Some(acked) = r.acked_ms else { continue };
+            if applied.contains(&r.seq) {
+                continue;
+            }
+            let excused = o.loss_bound_ms > 0
+                && failures_ms
+                    .iter()
+                    .any(|f| *f >= acked && *f - acked <= o.loss_bound_ms);
+            if !excused {
+                let why = if o.loss_bound_ms == 0 {
+                    "the manifest allows no loss".to_string()
+                } else {
+                    format!(
+                        "no failure within the {} ms bound after the ack (failures at {:?} ms)",
+                        o.loss_bound_ms, failures_ms
+                    )
+                };
+                out.push(v(
+                    Invariant::NoAckedLoss,
+                    *session,
+                    format!(
+                        "seq {} acknowledged at t+{acked}ms is missing from the final state; {why}",
+                        r.seq
+                    ),
+                    Some(acked),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// What a node logged about a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// The node started serving the session.
+    Active,
+    /// The node stopped serving it (froze, moved, released, fenced).
+    Inactive,
+    /// The node processed an input of the session.
+    Processed,
+}
+
+/// One line of a node's event log (JSON lines).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// The session.
+    pub session: String,
+    /// The node.
+    pub node: String,
+    /// The holder epoch.
+    pub epoch: u64,
+    /// What happened.
+    pub event: EventKind,
+    /// When (ms).
+    pub t_ms: u64,
+    /// The input's seq (for `processed`).
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
+/// Parses JSON lines of [`NodeEvent`]; blank lines are skipped, bad lines are returned with
+/// their 1-based line numbers.
+pub fn parse_node_events(text: &str) -> (Vec<NodeEvent>, Vec<(usize, String)>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<NodeEvent>(line) {
+            Ok(e) => ok.push(e),
+            Err(e) => bad.push((i + 1, e.to_string())),
+        }
+    }
+    (ok, bad)
+}
+
+#[derive(Clone, Debug)]
+struct Interval {
+    node: String,
+    epoch: u64,
+    from: u64,
+    to: u64,
+}
+
+/// "No session active on two nodes in overlapping epochs".
+///
+/// Active intervals are built per (session, node, epoch) from `active`/`inactive` events; an
+/// interval without `inactive` ends when its node died (`deaths_ms`, kill times) or at `end_ms`.
+/// Violations: the same epoch active on two nodes; two nodes active at once for longer than
+/// `grace_ms`; a node processing an input with an epoch older than one already active elsewhere
+/// (an unfenced stale holder).
+pub fn check_single_active(
+    events: &[NodeEvent],
+    deaths_ms: &BTreeMap<String, u64>,
+    end_ms: u64,
+    grace_ms: u64,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut evs: Vec<&NodeEvent> = events.iter().collect();
+    evs.sort_by_key(|e| (e.t_ms, e.event != EventKind::Inactive));
+    let mut open: BTreeMap<(String, String, u64), u64> = BTreeMap::new();
+    let mut intervals: BTreeMap<String, Vec<Interval>> = BTreeMap::new();
+    let close = |node: &str, from: u64| {
+        let death = deaths_ms
+            .get(node)
+            .copied()
+            .filter(|d| *d >= from)
+            .unwrap_or(end_ms);
+        death.min(end_ms).max(from)
+    };
+    for e in &evs {
+        let key = (e.session.clone(), e.node.clone(), e.epoch);
+        match e.event {
+            EventKind::Active => {
+                open.entry(key).or_insert(e.t_ms);
+            }
+            EventKind::Inactive => {
+                if let Some(from) = open.remove(&key) {
+                    intervals
+                        .entry(e.session.clone())
+                        .or_default()
+                        .push(Interval {
+                            node: e.node.clone(),
+                            epoch: e.epoch,
+                            from,
+                            to: e.t_ms.min(close(&e.node, from)),
+                        });
+                }
+            }
+            EventKind::Processed => {}
+        }
+    }
+    for ((session, node, epoch), from) in open {
+        let to = close(&node, from);
+        intervals.entry(session).or_default().push(Interval {
+            node,
+            epoch,
+            from,
+            to,
+        });
+    }
+    for (session, ivs) in &intervals {
+        for (i, a) in ivs.iter().enumerate() {
+            for b in &ivs[i + 1..] {
+                if a.node == b.node {
+                    continue;
+                }
+                if a.epoch == b.epoch {
+                    out.push(v(
+                        Invariant::SingleActive,
+                        session,
+                        format!(
+                            "epoch {} active on both {} (t+{}..{}ms) and {} (t+{}..{}ms)",
+                            a.epoch, a.node, a.from, a.to, b.node, b.from, b.to
+                        ),
+                        Some(a.from.max(b.from)),
+                    ));
+                    continue;
+                }
+                let lo = a.from.max(b.from);
+                let hi = a.to.min(b.to);
+                if hi > lo && hi - lo > grace_ms {
+                    out.push(v(
+                        Invariant::SingleActive,
+                        session,
+                        format!(
+                            "active on {} (epoch {}, t+{}..{}ms) and {} (epoch {}, t+{}..{}ms) \
+                             at once for {} ms (grace {} ms)",
+                            a.node,
+                            a.epoch,
+                            a.from,
+                            a.to,
+                            b.node,
+                            b.epoch,
+                            b.from,
+                            b.to,
+                            hi - lo,
+                            grace_ms
+                        ),
+                        Some(lo),
+                    ));
+                }
+            }
+        }
+    }
+    // Stale holders processing after a newer epoch went active elsewhere.
+    let mut newest_active: HashMap<&str, Vec<(u64, u64, &str)>> = HashMap::new();
+    for e in &evs {
+        if e.event == EventKind::Active {
+            newest_active.entry(e.session.as_str()).or_default().push((
+                e.t_ms,
+                e.epoch,
+                e.node.as_str(),
+            ));
+        }
+    }
+    for e in &evs {
+        if e.event != EventKind::Processed {
+            continue;
+        }
+        if let Some(acts) = newest_active.get(e.session.as_str()) {
+            if let Some((t, ep, n)) = acts
+                .iter()
+                .find(|(t, ep, n)| *t + grace_ms < e.t_ms && *ep > e.epoch && *n != e.node)
+            {
+                out.push(v(
+                    Invariant::SingleActive,
+                    &e.session,
+                    format!(
+                        "{} processed seq {:?} with epoch {} at t+{}ms although epoch {ep} was \
+                         active on {n} since t+{t}ms (stale holder not fenced)",
+                        e.node, e.seq, e.epoch, e.t_ms
+                    ),
+                    Some(e.t_ms),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// A session placed on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The session.
+    pub session: String,
+    /// The node it was placed on (activated there or had a replica there).
+    pub node: String,
+    /// When (ms).
+    pub t_ms: u64,
+}
+
+/// "Never violate jurisdiction": every placement's node satisfies the session's allowed list
+/// (an empty list allows anywhere).
+pub fn check_jurisdiction(
+    placements: &[Placement],
+    node_jurisdiction: &BTreeMap<String, String>,
+    allowed: &BTreeMap<String, Vec<String>>,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for p in placements {
+        let Some(j) = node_jurisdiction.get(&p.node) else {
+            out.push(v(
+                Invariant::Jurisdiction,
+                &p.session,
+                format!("placed on unknown node {}", p.node),
+                Some(p.t_ms),
+            ));
+            continue;
+        };
+        let Some(a) = allowed.get(&p.session) else {
+            out.push(v(
+                Invariant::Jurisdiction,
+                &p.session,
+                format!("placed on {} ({j}) but its manifest is unknown", p.node),
+                Some(p.t_ms),
+            ));
+            continue;
+        };
+        if !a.is_empty() && !jurisdiction::satisfies(j, a) {
+            out.push(v(
+                Invariant::Jurisdiction,
+                &p.session,
+                format!("placed on {} in {j}; manifest allows only {a:?}", p.node),
+                Some(p.t_ms),
+            ));
+        }
+    }
+    out
+}
+
+/// A receipt as applied by one ledger replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedReceipt {
+    /// Receipt id.
+    pub id: String,
+    /// Fee charged (smallest unit).
+    pub fee: u64,
+    /// Credits paid out for it: (account, amount).
+    pub credits: Vec<(String, u64)>,
+}
+
+/// A receipt the workload submitted and saw acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmittedReceipt {
+    /// Receipt id.
+    pub id: String,
+    /// Fee.
+    pub fee: u64,
+}
+
+/// "Ledger credits sum to fees, every receipt applied once": per replica, each receipt's
+/// credits sum to its fee, no receipt is applied twice, every acknowledged receipt is applied
+/// with the fee it was submitted with; across replicas, every applied log is a prefix of the
+/// longest one (replicas never diverge).
+pub fn check_ledger(
+    acknowledged: &[SubmittedReceipt],
+    replicas: &BTreeMap<String, Vec<AppliedReceipt>>,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let inv = Invariant::LedgerBalance;
+    for (name, log) in replicas {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in log.iter().enumerate() {
+            if let Some(first) = seen.insert(r.id.as_str(), i) {
+                out.push(v(
+                    inv,
+                    &r.id,
+                    format!("applied twice on {name} (positions {first} and {i})"),
+                    None,
+                ));
+            }
+            let sum: u128 = r.credits.iter().map(|(_, a)| *a as u128).sum();
+            if sum != r.fee as u128 {
+                out.push(v(
+                    inv,
+                    &r.id,
+                    format!(
+                        "on {name}: credits sum to {sum} but the fee is {} ({:?})",
+                        r.fee, r.credits
+                    ),
+                    None,
+                ));
+            }
+        }
+        let by_id: HashMap<&str, &AppliedReceipt> =
+            log.iter().map(|r| (r.id.as_str(), r)).collect();
+        for a in acknowledged {
+            match by_id.get(a.id.as_str()) {
+                None => out.push(v(
+                    inv,
+                    &a.id,
+                    format!("acknowledged to the client but not applied on {name}"),
+                    None,
+                )),
+                Some(r) if r.fee != a.fee => out.push(v(
+                    inv,
+                    &a.id,
+                    format!(
+                        "submitted with fee {} but applied on {name} with {}",
+                        a.fee, r.fee
+                    ),
+                    None,
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    if let Some((longest_name, longest)) = replicas.iter().max_by_key(|(_, l)| l.len()) {
+        for (name, log) in replicas {
+            if let Some(i) = log.iter().zip(longest.iter()).position(|(a, b)| a != b) {
+                out.push(v(
+                    inv,
+                    &log[i].id,
+                    format!(
+                        "replicas diverge at position {i}: {name} applied {:?}, {longest_name} \
+                         applied {:?}",
+                        log[i].id, longest[i].id
+                    ),
+                    None,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// One health probe of a process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthProbe {
+    /// The process.
+    pub process: String,
+    /// Whether the launcher believes it is alive (not killed, not exited, not paused).
+    pub alive: bool,
+    /// HTTP status of `/health`, if it answered.
+    pub status: Option<u16>,
+    /// The error, if it did not.
+    pub error: Option<String>,
+    /// When (ms).
+    pub t_ms: u64,
+}
+
+/// "Every live process answers /health" (with 2xx). A process that exited by itself when it
+/// should be alive is the launcher's business and shows up as `alive` with an error.
+pub fn check_health(probes: &[HealthProbe]) -> Vec<Violation> {
+    probes
+        .iter()
+        .filter(|p| p.alive && !p.status.is_some_and(|s| (200..300).contains(&s)))
+        .map(|p| {
+            v(
+                Invariant::Health,
+                &p.process,
+                match (p.status, &p.error) {
+                    (Some(s), _) => format!("/health answered {s}"),
+                    (None, Some(e)) => format!("/health did not answer: {e}"),
+                    (None, None) => "/health did not answer".into(),
+                },
+                Some(p.t_ms),
+            )
+        })
+        .collect()
+}
+
+/// A node declared dead by an RC, and whether the harness had actually killed or paused it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Downing {
+    /// The node.
+    pub node: String,
+    /// When it was declared dead (ms).
+    pub t_ms: u64,
+}
+
+/// "No healthy node declared dead" (P4): every downing must follow a fault on that node
+/// (kill, pause, partition) that was in force within `window_ms` before it.
+pub fn check_false_downings(
+    downings: &[Downing],
+    faults_on_node_ms: &BTreeMap<String, Vec<(u64, u64)>>,
+    window_ms: u64,
+) -> Vec<Violation> {
+    downings
+        .iter()
+        .filter(|d| {
+            !faults_on_node_ms.get(&d.node).is_some_and(|spans| {
+                spans
+                    .iter()
+                    .any(|(from, to)| d.t_ms >= *from && d.t_ms <= to.saturating_add(window_ms))
+            })
+        })
+        .map(|d| {
+            v(
+                Invariant::NoFalseDowning,
+                &d.node,
+                format!(
+                    "declared dead at t+{}ms with no fault injected on it",
+                    d.t_ms
+                ),
+                Some(d.t_ms),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(s: &str, seq: u64, sent: u64, acked: Option<u64>) -> InputRecord {
+        InputRecord {
+            session: s.into(),
+            seq,
+            sent_ms: sent,
+            acked_ms: acked,
+        }
+    }
+
+    fn out(s: &str, bound: u64, applied: &[u64]) -> SessionOutcome {
+        SessionOutcome {
+            session: s.into(),
+            loss_bound_ms: bound,
+            applied: applied.to_vec(),
+        }
+    }
+
+    #[test]
+    fn clean_history_passes() {
+        let inputs = vec![
+            rec("a", 1, 0, Some(5)),
+            rec("a", 2, 10, Some(15)),
+            rec("a", 3, 20, None),
+        ];
+        // Unacknowledged seq 3 may or may not be applied.
+        assert!(check_inputs(&inputs, &[out("a", 0, &[1, 2])], &[]).is_empty());
+        assert!(check_inputs(&inputs, &[out("a", 0, &[1, 2, 3])], &[]).is_empty());
+    }
+
+    #[test]
+    fn zero_loss_session_losing_an_acked_input_is_caught() {
+        let inputs = vec![rec("a", 1, 0, Some(5)), rec("a", 2, 10, Some(15))];
+        let v = check_inputs(&inputs, &[out("a", 0, &[1])], &[20]);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].invariant, Invariant::NoAckedLoss);
+        assert!(v[0].detail.contains("seq 2") && v[0].detail.contains("no loss"));
+        assert_eq!(v[0].t_ms, Some(15));
+    }
+
+    #[test]
+    fn bounded_loss_is_excused_only_near_a_failure() {
+        let inputs = vec![rec("b", 1, 0, Some(5)), rec("b", 2, 100, Some(105))];
+        // Failure 50 ms after the ack of seq 2, bound 100 ms: excused.
+        assert!(check_inputs(&inputs, &[out("b", 100, &[1])], &[155]).is_empty());
+        // Failure 500 ms later: not excused.
+        let v = check_inputs(&inputs, &[out("b", 100, &[1])], &[605]);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].detail.contains("100 ms bound"), "{}", v[0].detail);
+        // No failure at all: not excused.
+        assert_eq!(check_inputs(&inputs, &[out("b", 100, &[1])], &[]).len(), 1);
+    }
+
+    #[test]
+    fn duplicates_phantoms_and_unobserved_sessions_are_caught() {
+        let inputs = vec![rec("a", 1, 0, Some(1)), rec("a", 2, 2, Some(3))];
+        let v = check_inputs(&inputs, &[out("a", 0, &[1, 2, 2, 9])], &[]);
+        let kinds: Vec<_> = v.iter().map(|x| (x.invariant, x.detail.clone())).collect();
+        assert_eq!(v.len(), 2, "{kinds:?}");
+        assert!(v.iter().any(|x| x.detail.contains("seq 2 applied twice")));
+        assert!(v
+            .iter()
+            .any(|x| x.detail.contains("seq 9 applied but never sent")));
+        let v = check_inputs(&inputs, &[], &[]);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].detail.contains("never observed"));
+    }
+
+    fn ev(s: &str, n: &str, epoch: u64, kind: EventKind, t: u64) -> NodeEvent {
+        NodeEvent {
+            session: s.into(),
+            node: n.into(),
+            epoch,
+            event: kind,
+            t_ms: t,
+            seq: None,
+        }
+    }
+
+    #[test]
+    fn handover_and_failover_histories_pass() {
+        use EventKind::*;
+        let events = vec![
+            ev("s", "n1", 1, Active, 0),
+            ev("s", "n1", 1, Inactive, 100),
+            ev("s", "n2", 2, Active, 101),
+            // n2 killed at 200, n3 takes over at 300 with epoch 3.
+            ev("s", "n3", 3, Active, 300),
+        ];
+        let deaths = BTreeMap::from([("n2".to_string(), 200)]);
+        assert!(check_single_active(&events, &deaths, 1000, 0).is_empty());
+    }
+
+    #[test]
+    fn overlapping_holders_are_caught_with_details() {
+        use EventKind::*;
+        let events = vec![
+            ev("s", "n1", 1, Active, 0),
+            ev("s", "n2", 2, Active, 50),
+            ev("s", "n1", 1, Inactive, 120),
+        ];
+        let v = check_single_active(&events, &BTreeMap::new(), 1000, 10);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].detail.contains("for 70 ms"), "{}", v[0].detail);
+        assert_eq!(v[0].t_ms, Some(50));
+        // Within the grace: allowed.
+        assert!(check_single_active(&events, &BTreeMap::new(), 1000, 100).is_empty());
+        // Same epoch on two nodes: always a violation.
+        let same = vec![ev("s", "n1", 4, Active, 0), ev("s", "n2", 4, Active, 500)];
+        let v = check_single_active(&same, &BTreeMap::from([("n1".into(), 400)]), 1000, 0);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].detail.contains("epoch 4 active on both"));
+    }
+
+    #[test]
+    fn unfenced_stale_holder_processing_is_caught() {
+        use EventKind::*;
+        let mut p = ev("s", "n1", 1, Processed, 600);
+        p.seq = Some(42);
+        let events = vec![
+            ev("s", "n1", 1, Active, 0),
+            ev("s", "n1", 1, Inactive, 100),
+            ev("s", "n2", 2, Active, 500),
+            p,
+        ];
+        let v = check_single_active(&events, &BTreeMap::new(), 1000, 0);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].detail.contains("stale holder"));
+        assert!(v[0].detail.contains("Some(42)"));
+    }
+
+    #[test]
+    fn node_event_lines_parse_and_bad_lines_are_reported() {
+        let text = r#"{"session":"s","node":"n1","epoch":1,"event":"active","t_ms":3}
+
+{"session":"s","node":"n1","epoch":1,"event":"processed","t_ms":4,"seq":1}
+not json
+{"session":"s","node":"n1","epoch":1,"event":"exploded","t_ms":5}"#;
+        let (ok, bad) = parse_node_events(text);
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].seq, Some(1));
+        assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![4, 5]);
+    }
+
+    #[test]
+    fn jurisdiction_violations_are_caught() {
+        let nodes = BTreeMap::from([
+            ("de1".to_string(), "DE".to_string()),
+            ("us1".to_string(), "US".to_string()),
+        ]);
+        let allowed = BTreeMap::from([
+            ("eu-only".to_string(), vec!["EU".to_string()]),
+            ("anywhere".to_string(), vec![]),
+        ]);
+        let p = |s: &str, n: &str| Placement {
+            session: s.into(),
+            node: n.into(),
+            t_ms: 7,
+        };
+        let ok = [p("eu-only", "de1"), p("anywhere", "us1")];
+        assert!(check_jurisdiction(&ok, &nodes, &allowed).is_empty());
+        let bad = [p("eu-only", "us1"), p("ghost", "de1"), p("eu-only", "xx")];
+        let v = check_jurisdiction(&bad, &nodes, &allowed);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(v[0].detail.contains("in US; manifest allows only [\"EU\"]"));
+        assert!(v[1].detail.contains("manifest is unknown"));
+        assert!(v[2].detail.contains("unknown node xx"));
+    }
+
+    fn receipt(id: &str, fee: u64, credits: &[(&str, u64)]) -> AppliedReceipt {
+        AppliedReceipt {
+            id: id.into(),
+            fee,
+            credits: credits.iter().map(|(a, b)| (a.to_string(), *b)).collect(),
+        }
+    }
+
+    #[test]
+    fn ledger_checks_balance_once_and_agreement() {
+        let good = vec![
+            receipt("r1", 100, &[("node", 90), ("rc", 10)]),
+            receipt("r2", 7, &[("node", 7)]),
+        ];
+        let acked = vec![
+            SubmittedReceipt {
+                id: "r1".into(),
+                fee: 100,
+            },
+            SubmittedReceipt {
+                id: "r2".into(),
+                fee: 7,
+            },
+        ];
+        let reps = BTreeMap::from([
+            ("l1".to_string(), good.clone()),
+            ("l2".to_string(), good[..1].to_vec()),
+        ]);
+        // l2 lags (a prefix) but misses the acknowledged r2: reported for l2 only.
+        let v = check_ledger(&acked, &reps);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].detail.contains("not applied on l2"));
+        let bad = vec![
+            receipt("r1", 100, &[("node", 90), ("rc", 9)]),
+            receipt("r2", 7, &[("node", 7)]),
+            receipt("r2", 7, &[("node", 7)]),
+        ];
+        let other = vec![receipt("r2", 7, &[("node", 7)])];
+        let reps = BTreeMap::from([("l1".to_string(), bad), ("l2".to_string(), other)]);
+        let v = check_ledger(&acked, &reps);
+        let d: Vec<&str> = v.iter().map(|x| x.detail.as_str()).collect();
+        assert!(
+            d.iter()
+                .any(|x| x.contains("credits sum to 99 but the fee is 100")),
+            "{d:?}"
+        );
+        assert!(d.iter().any(|x| x.contains("applied twice on l1")), "{d:?}");
+        assert!(
+            d.iter()
+                .any(|x| x.contains("replicas diverge at position 0")),
+            "{d:?}"
+        );
+        assert!(d
+            .iter()
+            .any(|x| x.contains("r1") || x.contains("not applied on l2")));
+    }
+
+    #[test]
+    fn health_and_false_downings() {
+        let probes = vec![
+            HealthProbe {
+                process: "n1".into(),
+                alive: true,
+                status: Some(200),
+                error: None,
+                t_ms: 1,
+            },
+            HealthProbe {
+                process: "n2".into(),
+                alive: false,
+                status: None,
+                error: Some("killed".into()),
+                t_ms: 1,
+            },
+            HealthProbe {
+                process: "n3".into(),
+                alive: true,
+                status: None,
+                error: Some("connection refused".into()),
+                t_ms: 2,
+            },
+            HealthProbe {
+                process: "n4".into(),
+                alive: true,
+                status: Some(503),
+                error: None,
+                t_ms: 2,
+            },
+        ];
+        let v = check_health(&probes);
+        assert_eq!(
+            v.iter().map(|x| x.subject.as_str()).collect::<Vec<_>>(),
+            vec!["n3", "n4"]
+        );
+        assert!(v[0].detail.contains("connection refused"));
+        let faults = BTreeMap::from([("n1".to_string(), vec![(1000, 5000)])]);
+        let d = |n: &str, t| Downing {
+            node: n.into(),
+            t_ms: t,
+        };
+        let v = check_false_downings(&[d("n1", 3000), d("n1", 9000), d("n2", 10)], &faults, 2000);
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].subject.as_str(), v[0].t_ms), ("n1", Some(9000)));
+        assert_eq!(v[1].subject, "n2");
+    }
+}

@@ -1,0 +1,26 @@
+//! # opengrid-chaos
+//!
+//! The chaos harness: proves on a real cluster that nothing is lost when things break.
+//!
+//! - [`proxy`]: a fault-injecting TCP proxy placed on every directed link between processes
+//!   (partition, latency + jitter, loss, bandwidth), no privileges needed;
+//! - [`scenario`]: versioned TOML scenario files and their seeded, deterministic fault schedule;
+//! - [`launcher`]: starts, kills (-9), pauses and resumes child processes, captures their logs,
+//!   and never leaves a stray process behind;
+//! - [`invariants`]: pure checkers over the records a run produces;
+//! - [`report`]: the human table and the JSON report, with the command that reproduces the run;
+//! - [`bench`]: the benches that need real processes (`bench checkpoint`, `bench handover`), run
+//!   against [`replica_server`] children (SessionHost + RocksDB + MigrationServer processes).
+//!
+//! Plane: none of its own — it drives the other planes from outside, through binaries and ports.
+
+pub mod bench;
+pub mod cli;
+pub mod invariants;
+pub mod launcher;
+pub mod proxy;
+pub mod replica_server;
+pub mod report;
+pub mod scenario;
+
+pub use cli::{run, Opts};

@@ -1,0 +1,360 @@
+//! Run reports: a human summary table and JSON, the seed and the exact command that reproduces
+//! the run, and the exit code (non-zero on any violation). [`Progress`] prints timestamped lines
+//! to stderr during long runs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::invariants::Violation;
+use crate::scenario::{FaultAction, Invariant, ScheduledFault};
+
+/// Exit code of a run with no violation.
+pub const EXIT_PASS: i32 = 0;
+/// Exit code of a run with at least one violation.
+pub const EXIT_VIOLATION: i32 = 1;
+/// Exit code of a run that could not be carried out (bad scenario, missing binary, …).
+pub const EXIT_ERROR: i32 = 2;
+
+/// What happened to one scheduled fault.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaultOutcome {
+    /// The fault as scheduled.
+    pub fault: ScheduledFault,
+    /// When it was actually injected (ms from the start), if it was.
+    pub injected_ms: Option<u64>,
+    /// Time from injection until the system served every session again (ms), if measured.
+    pub recovery_ms: Option<u64>,
+    /// Why it could not be injected.
+    pub error: Option<String>,
+}
+
+/// Recovery-time figures of one fault kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryStats {
+    /// Faults of this kind with a measured recovery.
+    pub count: usize,
+    /// Median, ms.
+    pub p50_ms: u64,
+    /// 99th percentile, ms.
+    pub p99_ms: u64,
+    /// Worst, ms.
+    pub max_ms: u64,
+}
+
+/// The report of one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// The seed used.
+    pub seed: u64,
+    /// The command that reproduces this run.
+    pub reproduce: String,
+    /// The expanded fault schedule (same seed ⇒ same schedule).
+    pub schedule: Vec<ScheduledFault>,
+    /// What happened to each fault.
+    pub faults: Vec<FaultOutcome>,
+    /// Invariants checked.
+    pub checked: Vec<Invariant>,
+    /// Violations found.
+    pub violations: Vec<Violation>,
+    /// Wall time of the run, ms.
+    pub duration_ms: u64,
+    /// A run-level error (the run could not be completed).
+    pub error: Option<String>,
+    /// Free-form notes (where logs were kept, …).
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// An empty report for `scenario` run with `seed`.
+    pub fn new(scenario: &str, seed: u64, reproduce: String) -> Self {
+        Report {
+            scenario: scenario.into(),
+            seed,
+            reproduce,
+            schedule: Vec::new(),
+            faults: Vec::new(),
+            checked: Vec::new(),
+            violations: Vec::new(),
+            duration_ms: 0,
+            error: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Whether the run completed with no violation.
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.violations.is_empty()
+    }
+
+    /// The process exit code: [`EXIT_PASS`], [`EXIT_VIOLATION`] or [`EXIT_ERROR`].
+    pub fn exit_code(&self) -> i32 {
+        if !self.violations.is_empty() {
+            EXIT_VIOLATION
+        } else if self.error.is_some() {
+            EXIT_ERROR
+        } else {
+            EXIT_PASS
+        }
+    }
+
+    /// Recovery figures per fault action.
+    pub fn recovery(&self) -> BTreeMap<FaultAction, RecoveryStats> {
+        let mut by: BTreeMap<FaultAction, Vec<u64>> = BTreeMap::new();
+        for f in &self.faults {
+            if let Some(r) = f.recovery_ms {
+                by.entry(f.fault.action).or_default().push(r);
+            }
+        }
+        by.into_iter()
+            .map(|(a, mut v)| {
+                v.sort_unstable();
+                (
+                    a,
+                    RecoveryStats {
+                        count: v.len(),
+                        p50_ms: percentile(&v, 50.0),
+                        p99_ms: percentile(&v, 99.0),
+                        max_ms: *v.last().unwrap_or(&0),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// JSON (pretty), including the recovery figures.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            passed: bool,
+            exit_code: i32,
+            #[serde(flatten)]
+            report: &'a Report,
+            recovery: BTreeMap<FaultAction, RecoveryStats>,
+        }
+        serde_json::to_string_pretty(&Out {
+            passed: self.passed(),
+            exit_code: self.exit_code(),
+            report: self,
+            recovery: self.recovery(),
+        })
+        .unwrap_or_else(|e| format!("{{\"error\":\"report serialisation: {e}\"}}"))
+    }
+
+    /// The human summary.
+    pub fn to_human(&self) -> String {
+        let mut s = String::new();
+        let verdict = match self.exit_code() {
+            EXIT_PASS => "PASS",
+            EXIT_VIOLATION => "FAIL (violations)",
+            _ => "ERROR",
+        };
+        let _ = writeln!(
+            s,
+            "scenario {}  seed {}  {}  ({:.1} s)",
+            self.scenario,
+            self.seed,
+            verdict,
+            self.duration_ms as f64 / 1000.0
+        );
+        let _ = writeln!(s, "reproduce: {}", self.reproduce);
+        if let Some(e) = &self.error {
+            let _ = writeln!(s, "error: {e}");
+        }
+        let _ = writeln!(s, "\nfault schedule ({} events):", self.schedule.len());
+        let _ = writeln!(
+            s,
+            "  {:>9}  {:<13} {:<24} {:>11} {:>12}  note",
+            "at", "action", "targets", "injected", "recovery"
+        );
+        let outcomes: BTreeMap<(u64, usize, FaultAction), &FaultOutcome> = self
+            .faults
+            .iter()
+            .map(|f| ((f.fault.t_ms, f.fault.source, f.fault.action), f))
+            .collect();
+        for f in &self.schedule {
+            let o = outcomes.get(&(f.t_ms, f.source, f.action));
+            let ms = |x: Option<u64>| x.map(|v| format!("{v}ms")).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                s,
+                "  {:>7}ms  {:<13} {:<24} {:>11} {:>12}  {}",
+                f.t_ms,
+                f.action.as_str(),
+                f.targets.join("<->"),
+                ms(o.and_then(|o| o.injected_ms)),
+                ms(o.and_then(|o| o.recovery_ms)),
+                o.and_then(|o| o.error.clone()).unwrap_or_default()
+            );
+        }
+        let rec = self.recovery();
+        if !rec.is_empty() {
+            let _ = writeln!(s, "\nrecovery per fault kind:");
+            for (a, r) in rec {
+                let _ = writeln!(
+                    s,
+                    "  {:<13} n={:<4} p50 {} ms  p99 {} ms  max {} ms",
+                    a.as_str(),
+                    r.count,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.max_ms
+                );
+            }
+        }
+        let names: Vec<String> = self
+            .checked
+            .iter()
+            .map(|i| {
+                serde_json::to_value(i)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let _ = writeln!(s, "\ninvariants checked: {}", names.join(", "));
+        if self.violations.is_empty() {
+            let _ = writeln!(s, "violations: none");
+        } else {
+            let _ = writeln!(s, "violations ({}):", self.violations.len());
+            for v in &self.violations {
+                let _ = writeln!(s, "  {v}");
+            }
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
+        s
+    }
+}
+
+/// Nearest-rank percentile of sorted values (0 for none).
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The command line that reproduces a run of `scenario_path` with `seed`.
+pub fn reproduce_command(scenario_path: &str, seed: u64, json: bool) -> String {
+    format!(
+        "opengrid-chaos run {} --seed {seed}{}",
+        shell_quote(scenario_path),
+        if json { " --json" } else { "" }
+    )
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:+,".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Timestamped progress lines on stderr (`[t+  12.3s] …`), silent when `quiet`.
+pub struct Progress {
+    start: Instant,
+    quiet: bool,
+}
+
+impl Progress {
+    /// Starts the clock.
+    pub fn new(quiet: bool) -> Self {
+        Progress {
+            start: Instant::now(),
+            quiet,
+        }
+    }
+
+    /// Time since start.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Prints one line.
+    pub fn line(&self, msg: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("[t+{:>7.1}s] {msg}", self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::FaultParams;
+
+    fn fault(t: u64, a: FaultAction) -> ScheduledFault {
+        ScheduledFault {
+            t_ms: t,
+            action: a,
+            targets: vec!["n1".into()],
+            params: FaultParams::default(),
+            source: 0,
+            duration_ms: None,
+        }
+    }
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        assert_eq!(percentile(&[], 50.0), 0);
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&v, 100.0), 100);
+        assert_eq!(percentile(&[7], 99.0), 7);
+    }
+
+    #[test]
+    fn exit_codes_and_tables() {
+        let mut r = Report::new(
+            "kill",
+            9,
+            reproduce_command("chaos/scenarios/kill.toml", 9, false),
+        );
+        r.schedule = vec![
+            fault(100, FaultAction::Kill),
+            fault(900, FaultAction::Restart),
+        ];
+        r.faults = vec![FaultOutcome {
+            fault: fault(100, FaultAction::Kill),
+            injected_ms: Some(101),
+            recovery_ms: Some(850),
+            error: None,
+        }];
+        r.checked = vec![Invariant::NoAckedLoss];
+        assert_eq!(r.exit_code(), EXIT_PASS);
+        let h = r.to_human();
+        assert!(h.contains("PASS"), "{h}");
+        assert!(h.contains("opengrid-chaos run chaos/scenarios/kill.toml --seed 9"));
+        assert!(h.contains("850ms"));
+        assert!(h.contains("no-acked-loss"));
+        assert_eq!(r.recovery()[&FaultAction::Kill].p99_ms, 850);
+        r.violations.push(Violation {
+            invariant: Invariant::NoAckedLoss,
+            subject: "s1".into(),
+            detail: "seq 3 lost".into(),
+            t_ms: Some(5),
+        });
+        assert_eq!(r.exit_code(), EXIT_VIOLATION);
+        assert!(r.to_human().contains("seq 3 lost"));
+        let j: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(j["passed"], false);
+        assert_eq!(j["exit_code"], 1);
+        assert_eq!(j["seed"], 9);
+        assert_eq!(j["recovery"]["kill"]["count"], 1);
+        let mut e = Report::new("x", 1, String::new());
+        e.error = Some("no node binary".into());
+        assert_eq!(e.exit_code(), EXIT_ERROR);
+        assert_eq!(shell_quote("a b"), "'a b'");
+    }
+}
