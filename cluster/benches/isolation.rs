@@ -1,0 +1,157 @@
+//! P5: health + admission probe latency on a node whose handler workers are saturated, vs idle.
+//!
+//! `cargo bench -p opengrid-cluster --bench isolation` — starts an RC and a node in this process
+//! (separate control and handler runtimes, real ractor_cluster link, HTTP on 127.0.0.1), probes
+//! `GET /health` on the node and `POST /admission/probe` on the RC, first idle, then while every
+//! handler worker busy-loops; prints one JSON line per probe kind and condition.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opengrid_actors::{HandlerError, SessionContext, SessionHandler, SessionHost};
+use opengrid_cluster::config::{NodeConfig, RcConfig};
+use opengrid_cluster::{start_node, start_rc};
+use opengrid_session::SessionId;
+use serde_json::json;
+
+/// Busy-waits the number of milliseconds it is given.
+struct Spin;
+impl SessionHandler for Spin {
+    type State = u64;
+    type Input = u64;
+    type Output = u64;
+    fn id(&self) -> &str {
+        "spin"
+    }
+    fn init(&self, _: &SessionId) -> u64 {
+        0
+    }
+    async fn handle(&self, n: &mut u64, ms: u64, _: &SessionContext) -> Result<u64, HandlerError> {
+        let end = Instant::now() + Duration::from_millis(ms.min(1000));
+        while Instant::now() < end {
+            std::hint::spin_loop();
+        }
+        *n += 1;
+        Ok(*n)
+    }
+}
+
+fn setup(h: &SessionHost) {
+    h.register(Arc::new(Spin));
+}
+
+const MANIFEST: &str = "version = 1\n[session]\nhandler = \"spin\"\ncontinuity = \"batch\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n";
+
+async fn probe(http: &reqwest::Client, node: &str, rc: &str, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut health = Vec::with_capacity(n);
+    let mut admit = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = http
+            .get(format!("{node}/health"))
+            .send()
+            .await
+            .expect("health");
+        assert!(r.status().is_success());
+        let _ = r.bytes().await;
+        health.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        let r = http
+            .post(format!("{rc}/admission/probe"))
+            .header("content-type", "application/toml")
+            .body(MANIFEST)
+            .send()
+            .await
+            .expect("probe");
+        assert!(r.status().is_success());
+        let _ = r.bytes().await;
+        admit.push(t.elapsed().as_secs_f64() * 1e6);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (health, admit)
+}
+
+fn pct(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[v.len() * 99 / 100], v[v.len() - 1])
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("isolation: bench");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let rc = start_rc(RcConfig {
+            data_dir: dir.path().join("rc"),
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+            cluster_listen: "127.0.0.1:0".parse().unwrap(),
+            ..RcConfig::default()
+        })
+        .await
+        .unwrap();
+        let handler_threads = 2;
+        let node = start_node(
+            NodeConfig {
+                data_dir: dir.path().join("node"),
+                api_listen: "127.0.0.1:0".parse().unwrap(),
+                rc_cluster: rc.cluster_addr().to_string(),
+                handler_threads,
+                fsync: false,
+                ..NodeConfig::default()
+            },
+            setup,
+        )
+        .await
+        .unwrap();
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !node.core().may_serve() {
+            assert!(Instant::now() < deadline, "node never joined");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let n = 400;
+        let (h_idle, a_idle) = probe(&http, &node.api_url(), &rc.api_url(), n).await;
+        // Saturate: 2 × handler_threads sessions each fed back-to-back 20 ms spins.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut load = Vec::new();
+        for i in 0..(2 * handler_threads) {
+            let r = http.post(format!("{}/sessions?session_id=spin-{i}", rc.api_url())).header("content-type", "application/toml").body(MANIFEST).send().await.unwrap();
+            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+            let (http, base, stop) = (http.clone(), node.api_url(), stop.clone());
+            load.push(tokio::spawn(async move {
+                let mut seq = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    seq += 1;
+                    let _ = http.post(format!("{base}/sessions/spin-{i}/inputs")).json(&json!({"seq": seq, "input": 20})).send().await;
+                }
+                seq
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (h_sat, a_sat) = probe(&http, &node.api_url(), &rc.api_url(), n).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut inputs = 0;
+        for l in load {
+            inputs += l.await.unwrap_or(0);
+        }
+        for (name, idle, sat) in [("health", h_idle, h_sat), ("admission_probe", a_idle, a_sat)] {
+            let (i50, i99, imax) = pct(idle);
+            let (s50, s99, smax) = pct(sat);
+            println!(
+                "{}",
+                json!({"name": format!("isolation/{name}"), "p50_us": s50, "p99_us": s99, "max_us": smax, "count": n,
+                    "baseline": {"name": "idle", "p50_us": i50, "p99_us": i99, "max_us": imax},
+                    "handler_threads": handler_threads, "spin_inputs_during_run": inputs})
+            );
+        }
+        node.shutdown().await;
+        rc.shutdown().await;
+    });
+}

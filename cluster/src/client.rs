@@ -1,0 +1,304 @@
+//! A small Rust client of the session API.
+//!
+//! [`Client::create`] asks the RC to place a session and returns a [`Session`] bound to the
+//! serving node. [`Session::send`] numbers inputs, keeps every unacknowledged one, and:
+//! - on `moved` (307) switches to the new node and replays the unacknowledged inputs in order;
+//! - on a retryable error (429, 503: overloaded, restarting, node lost its lease) or a network
+//!   error, asks the RC where the session lives now and retries until a deadline;
+//! - never resends an acknowledged input; duplicates are harmless (the session drops them by seq).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Message.
+        message: String,
+        /// Full body.
+        body: Value,
+    },
+    /// Network or protocol failure.
+    #[error("http: {0}")]
+    Http(String),
+    /// Gave up retrying.
+    #[error("gave up after {0:?}: {1}")]
+    Timeout(Duration, String),
+}
+
+impl From<reqwest::Error> for ClientError {
+    fn from(e: reqwest::Error) -> Self {
+        ClientError::Http(e.to_string())
+    }
+}
+
+/// Where a session was placed.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Placement {
+    /// Session id.
+    pub session_id: String,
+    /// Node DID.
+    pub node: String,
+    /// Node name.
+    pub node_name: String,
+    /// Node API base URL.
+    pub address: String,
+    /// Epoch.
+    pub epoch: u64,
+}
+
+/// A client of one colony.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    rc: String,
+    /// How long one input may be retried.
+    pub retry_for: Duration,
+}
+
+async fn answer(r: reqwest::Response) -> Result<Value, ClientError> {
+    let status = r.status().as_u16();
+    let text = r.text().await?;
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if (200..300).contains(&status) {
+        return Ok(body);
+    }
+    Err(ClientError::Api {
+        status,
+        code: body
+            .get("code")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string(),
+        message: body
+            .get("message")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string(),
+        body,
+    })
+}
+
+impl Client {
+    /// A client of the RC at `rc` (base URL, e.g. `http://127.0.0.1:7600`).
+    pub fn new(rc: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Client {
+            http,
+            rc: rc.into().trim_end_matches('/').to_string(),
+            retry_for: Duration::from_secs(10),
+        }
+    }
+
+    /// GET a JSON document from the RC (e.g. `/status`).
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        answer(self.http.get(format!("{}{path}", self.rc)).send().await?).await
+    }
+
+    /// Places a session from a manifest (TOML or JSON text).
+    pub async fn create(
+        &self,
+        manifest: &str,
+        session_id: Option<&str>,
+    ) -> Result<Session, ClientError> {
+        let mut url = format!("{}/sessions", self.rc);
+        if let Some(id) = session_id {
+            url.push_str(&format!("?session_id={id}"));
+        }
+        let ct = if manifest.trim_start().starts_with('{') {
+            "application/json"
+        } else {
+            "application/toml"
+        };
+        let body = answer(
+            self.http
+                .post(url)
+                .header("content-type", ct)
+                .body(manifest.to_string())
+                .send()
+                .await?,
+        )
+        .await?;
+        let p: Placement =
+            serde_json::from_value(body).map_err(|e| ClientError::Http(e.to_string()))?;
+        Ok(Session {
+            client: self.clone(),
+            id: p.session_id.clone(),
+            address: p.address.clone(),
+            placement: p,
+            next_seq: 1,
+            unacked: VecDeque::new(),
+            moves: 0,
+        })
+    }
+
+    /// A handle on an existing session, starting at the RC (the first input is answered `moved`
+    /// and followed); `next_seq` is the seq of the next input to send.
+    pub fn attach(&self, id: &str, next_seq: u64) -> Session {
+        Session {
+            client: self.clone(),
+            id: id.to_string(),
+            address: self.rc.clone(),
+            placement: Placement {
+                session_id: id.to_string(),
+                node: String::new(),
+                node_name: String::new(),
+                address: self.rc.clone(),
+                epoch: 0,
+            },
+            next_seq: next_seq.max(1),
+            unacked: VecDeque::new(),
+            moves: 0,
+        }
+    }
+
+    /// Where the RC says a session lives: `(address, epoch)`.
+    pub async fn locate(&self, id: &str) -> Result<(String, u64), ClientError> {
+        let v = self.get(&format!("/sessions/{id}")).await?;
+        let addr = v
+            .get("address")
+            .and_then(|a| a.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let epoch = v.get("epoch").and_then(|a| a.as_u64()).unwrap_or(0);
+        Ok((addr, epoch))
+    }
+}
+
+/// A session seen from the client.
+#[derive(Debug)]
+pub struct Session {
+    client: Client,
+    /// Session id.
+    pub id: String,
+    /// Current node API base URL.
+    pub address: String,
+    /// The placement answer.
+    pub placement: Placement,
+    next_seq: u64,
+    unacked: VecDeque<(u64, Value)>,
+    /// How many `moved` redirects were followed.
+    pub moves: u32,
+}
+
+impl Session {
+    /// Inputs sent but not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Sends one input; returns the reply (`{kind, seq, output|error, durable}`).
+    pub async fn send(&mut self, input: Value) -> Result<Value, ClientError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unacked.push_back((seq, input));
+        let deadline = Instant::now() + self.client.retry_for;
+        let mut last_err = String::new();
+        'outer: while Instant::now() < deadline {
+            // Replay everything unacknowledged, oldest first; the last one is `seq`.
+            let pending: Vec<(u64, Value)> = self.unacked.iter().cloned().collect();
+            for (s, v) in pending {
+                let url = format!("{}/sessions/{}/inputs", self.address, self.id);
+                let r = self
+                    .client
+                    .http
+                    .post(url)
+                    .json(&serde_json::json!({"seq": s, "input": v}))
+                    .send()
+                    .await;
+                let r = match r {
+                    Ok(r) => answer(r).await,
+                    Err(e) => Err(ClientError::from(e)),
+                };
+                match r {
+                    Ok(reply) => {
+                        while self.unacked.front().is_some_and(|(u, _)| *u <= s) {
+                            self.unacked.pop_front();
+                        }
+                        if s == seq {
+                            return Ok(reply);
+                        }
+                    }
+                    Err(ClientError::Api {
+                        status: 307, body, ..
+                    }) => {
+                        if let Some(loc) = body.get("location").and_then(|l| l.as_str()) {
+                            self.address = loc.trim_end_matches('/').to_string();
+                            self.moves += 1;
+                        }
+                        continue 'outer;
+                    }
+                    Err(ClientError::Api {
+                        status,
+                        ref message,
+                        ..
+                    }) if status == 429 || status == 503 => {
+                        last_err = format!("{status}: {message}");
+                        self.relocate().await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue 'outer;
+                    }
+                    Err(ClientError::Http(m)) => {
+                        last_err = m;
+                        self.relocate().await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue 'outer;
+                    }
+                    Err(e) => {
+                        // Not retryable: the input is dropped from the replay queue.
+                        self.unacked.retain(|(u, _)| *u != s);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(ClientError::Timeout(self.client.retry_for, last_err))
+    }
+
+    async fn relocate(&mut self) {
+        if let Ok((addr, _)) = self.client.locate(&self.id).await {
+            if !addr.is_empty() && addr != self.address {
+                self.address = addr;
+                self.moves += 1;
+            }
+        }
+    }
+
+    /// Session info from the serving node.
+    pub async fn info(&self) -> Result<Value, ClientError> {
+        answer(
+            self.client
+                .http
+                .get(format!("{}/sessions/{}", self.address, self.id))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Closes the session.
+    pub async fn close(self) -> Result<Value, ClientError> {
+        answer(
+            self.client
+                .http
+                .delete(format!("{}/sessions/{}", self.address, self.id))
+                .send()
+                .await?,
+        )
+        .await
+    }
+}

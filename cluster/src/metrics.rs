@@ -1,0 +1,159 @@
+//! Metrics of a node or RC: OpenTelemetry instruments exported in Prometheus text format on
+//! `/metrics` (through `opentelemetry-prometheus`). Each node/RC owns its registry, so several can
+//! run in one process.
+//!
+//! | metric | kind | meaning |
+//! |---|---|---|
+//! | `opengrid_cluster_heartbeats_total{role}` | counter | heartbeats sent (node) / received (rc) |
+//! | `opengrid_cluster_placements_total{outcome}` | counter | placement decisions (`placed`, `refused`, `failed`) |
+//! | `opengrid_cluster_admission_seconds` | histogram | time to decide one admission |
+//! | `opengrid_cluster_nodes_declared_dead_total` | counter | nodes declared dead by the RC |
+//! | `opengrid_cluster_join_refused_total{reason}` | counter | joins refused (bad signature, stale, wrong colony) |
+//! | `opengrid_cluster_lease_lost_total` | counter | times this node lost its lease and stopped serving |
+//! | `opengrid_cluster_api_requests_total{status}` | counter | client-API requests by HTTP status |
+//! | `opengrid_cluster_wire_bytes_total{direction}` | counter | session input/output bytes on the client API |
+//! | `opengrid_cluster_sessions` | gauge | sessions hosted (node) / in the directory (rc) |
+//! | `opengrid_cluster_members` | gauge | alive colony members (rc) |
+
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use prometheus::{Encoder, Registry, TextEncoder};
+
+/// The instruments of one node or RC.
+pub struct Metrics {
+    registry: Registry,
+    _provider: SdkMeterProvider,
+    /// Heartbeats.
+    pub heartbeats: Counter<u64>,
+    /// Placements by outcome.
+    pub placements: Counter<u64>,
+    /// Admission decision time.
+    pub admission_seconds: Histogram<f64>,
+    /// Nodes declared dead.
+    pub declared_dead: Counter<u64>,
+    /// Joins refused.
+    pub join_refused: Counter<u64>,
+    /// Leases lost.
+    pub lease_lost: Counter<u64>,
+    /// API requests by status.
+    pub api_requests: Counter<u64>,
+    /// Wire bytes by direction.
+    pub wire_bytes: Counter<u64>,
+    /// Sessions.
+    pub sessions: Gauge<u64>,
+    /// Alive members.
+    pub members: Gauge<u64>,
+    role: &'static str,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Metrics({})", self.role)
+    }
+}
+
+impl Metrics {
+    /// New instruments for `role` (`node` or `rc`).
+    pub fn new(role: &'static str) -> Self {
+        let registry = Registry::new();
+        let provider = match opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+        {
+            Ok(exporter) => SdkMeterProvider::builder().with_reader(exporter).build(),
+            Err(e) => {
+                tracing::warn!("prometheus exporter unavailable: {e}; /metrics will be empty");
+                SdkMeterProvider::builder().build()
+            }
+        };
+        let m = provider.meter("opengrid_cluster");
+        Metrics {
+            heartbeats: m
+                .u64_counter("opengrid_cluster_heartbeats")
+                .with_description("heartbeats sent (node) or received (rc)")
+                .build(),
+            placements: m
+                .u64_counter("opengrid_cluster_placements")
+                .with_description("placement decisions by outcome")
+                .build(),
+            admission_seconds: m
+                .f64_histogram("opengrid_cluster_admission")
+                .with_unit("s")
+                .with_description("time to decide one admission")
+                .with_boundaries(vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3, 1e-2])
+                .build(),
+            declared_dead: m
+                .u64_counter("opengrid_cluster_nodes_declared_dead")
+                .with_description("nodes declared dead")
+                .build(),
+            join_refused: m
+                .u64_counter("opengrid_cluster_join_refused")
+                .with_description("join requests refused")
+                .build(),
+            lease_lost: m
+                .u64_counter("opengrid_cluster_lease_lost")
+                .with_description("leases lost (node stopped serving)")
+                .build(),
+            api_requests: m
+                .u64_counter("opengrid_cluster_api_requests")
+                .with_description("client API requests by status")
+                .build(),
+            wire_bytes: m
+                .u64_counter("opengrid_cluster_wire")
+                .with_unit("By")
+                .with_description("session wire bytes on the client API")
+                .build(),
+            sessions: m
+                .u64_gauge("opengrid_cluster_sessions")
+                .with_description("sessions hosted (node) or in the directory (rc)")
+                .build(),
+            members: m
+                .u64_gauge("opengrid_cluster_members")
+                .with_description("alive colony members")
+                .build(),
+            registry,
+            _provider: provider,
+            role,
+        }
+    }
+
+    /// The `role` label.
+    pub fn role(&self) -> KeyValue {
+        KeyValue::new("role", self.role)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# encode error: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_scheme() {
+        let m = Metrics::new("rc");
+        m.heartbeats.add(3, &[m.role()]);
+        m.admission_seconds.record(2e-6, &[]);
+        m.wire_bytes.add(10, &[KeyValue::new("direction", "in")]);
+        m.members.record(2, &[]);
+        let text = m.render();
+        for name in [
+            "opengrid_cluster_heartbeats_total",
+            "opengrid_cluster_admission_seconds_bucket",
+            "opengrid_cluster_wire_bytes_total",
+            "opengrid_cluster_members",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+    }
+}

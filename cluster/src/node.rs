@@ -1,0 +1,417 @@
+//! The node side of the control plane: joining the colony, heartbeats, the lease watchdog and
+//! placement orders. Runs on the control-plane runtime; session work is handed to the handler
+//! runtime.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opengrid_actors::SessionHost;
+use opengrid_session::{Epoch, Manifest, SessionId};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use crate::admission::NodeSpec;
+use crate::config::NodeConfig;
+use crate::failure::Lease;
+use crate::identity::{Identity, NodeId};
+use crate::metrics::Metrics;
+use crate::rc::pick;
+use crate::wire::{self, JoinBody, JoinRequest, NodeLocal, NodeMsg, RcMsg, ToNode, ToRc};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a looked-up session lives: `(api, epoch)`.
+type LookupReply = oneshot::Sender<Option<(String, u64)>>;
+
+/// Membership state of this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// Not joined (no authenticated link yet, refused, or evicted).
+    Outside,
+    /// Join sent, waiting for the answer.
+    Joining,
+    /// Joined; serving while the lease holds.
+    Member,
+}
+
+/// The node's shared state.
+pub struct NodeCore {
+    /// Config.
+    pub cfg: NodeConfig,
+    identity: Identity,
+    /// Declared spec (sent in the join).
+    pub spec: NodeSpec,
+    /// The session host (handler runtime).
+    pub host: SessionHost,
+    /// Handle of the handler runtime.
+    pub handlers: Handle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    lease: Mutex<Lease>,
+    membership: Mutex<Membership>,
+    /// Set by the ractor_cluster subscription when the link to the RC is authenticated.
+    pub(crate) link_up: AtomicBool,
+    hb_seq: AtomicU64,
+    sent: Mutex<HashMap<u64, Instant>>,
+    rtt_us: AtomicU64,
+    next_req: AtomicU64,
+    lookups: Mutex<HashMap<u64, LookupReply>>,
+    rc_api: Mutex<Option<String>>,
+    last_refusal: Mutex<Option<String>>,
+    joining_since: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for NodeCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeCore({})", self.identity.id())
+    }
+}
+
+impl NodeCore {
+    /// A new core.
+    pub fn new(
+        cfg: NodeConfig,
+        identity: Identity,
+        spec: NodeSpec,
+        host: SessionHost,
+        handlers: Handle,
+    ) -> Self {
+        NodeCore {
+            cfg,
+            identity,
+            spec,
+            host,
+            handlers,
+            metrics: Arc::new(Metrics::new("node")),
+            lease: Mutex::new(Lease::none()),
+            membership: Mutex::new(Membership::Outside),
+            link_up: AtomicBool::new(false),
+            hb_seq: AtomicU64::new(0),
+            sent: Mutex::new(HashMap::new()),
+            rtt_us: AtomicU64::new(0),
+            next_req: AtomicU64::new(1),
+            lookups: Mutex::new(HashMap::new()),
+            rc_api: Mutex::new(None),
+            last_refusal: Mutex::new(None),
+            joining_since: Mutex::new(None),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.identity.id()
+    }
+
+    /// Membership state.
+    pub fn membership(&self) -> Membership {
+        *lock(&self.membership)
+    }
+
+    /// Whether this node may serve sessions now (member with a valid lease).
+    pub fn may_serve(&self) -> bool {
+        self.membership() == Membership::Member && lock(&self.lease).valid(Instant::now())
+    }
+
+    /// Time left on the lease.
+    pub fn lease_left(&self) -> Duration {
+        lock(&self.lease)
+            .until()
+            .map(|u| u.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+    }
+
+    /// The RC's client API, once joined.
+    pub fn rc_api(&self) -> Option<String> {
+        lock(&self.rc_api).clone()
+    }
+
+    /// The last join refusal, if any.
+    pub fn last_refusal(&self) -> Option<String> {
+        lock(&self.last_refusal).clone()
+    }
+
+    /// Measured RTT to the RC.
+    pub fn rtt(&self) -> Duration {
+        Duration::from_micros(self.rtt_us.load(Ordering::Relaxed))
+    }
+
+    fn send_rc(&self, m: ToRc) -> bool {
+        let group = wire::pg_rc(&self.cfg.colony, &self.cfg.colony_secret);
+        match pick::<RcMsg>(ractor::pg::get_scoped_members(
+            &wire::PG_SCOPE.to_string(),
+            &group,
+        )) {
+            Some(r) => r.cast(RcMsg::wire(m)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Periodic work: join when outside, heartbeat when a member, enforce the lease.
+    pub fn tick(self: &Arc<Self>) {
+        let now = Instant::now();
+        let state = self.membership();
+        match state {
+            Membership::Outside => {
+                if self.link_up.load(Ordering::Acquire) {
+                    self.send_join(now);
+                }
+            }
+            Membership::Joining => {
+                // No answer (lost, or the RC has not seen our agent yet): try again.
+                let since = *lock(&self.joining_since);
+                if since.is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(1)) {
+                    *lock(&self.membership) = Membership::Outside;
+                }
+            }
+            Membership::Member => {
+                let seq = self.hb_seq.fetch_add(1, Ordering::Relaxed) + 1;
+                {
+                    let mut sent = lock(&self.sent);
+                    sent.insert(seq, now);
+                    if sent.len() > 256 {
+                        sent.retain(|s, _| *s + 128 > seq);
+                    }
+                }
+                let mut warm: Vec<String> = Vec::new();
+                for id in self.host.session_ids() {
+                    if let Some(s) = self.host.get(&id) {
+                        let h = s.handler_id().to_string();
+                        if !warm.contains(&h) {
+                            warm.push(h);
+                        }
+                    }
+                }
+                let ok = self.send_rc(ToRc::Heartbeat {
+                    node: self.id(),
+                    seq,
+                    sessions: self.host.len() as u32,
+                    rtt_us: self.rtt_us.load(Ordering::Relaxed),
+                    warm,
+                });
+                if ok {
+                    self.metrics.heartbeats.add(1, &[self.metrics.role()]);
+                }
+            }
+        }
+        // Lease watchdog: a member whose lease ran out stops serving before the RC may re-place.
+        let expired = {
+            let l = lock(&self.lease);
+            l.until().is_some_and(|u| now >= u)
+        };
+        if expired {
+            self.fence("lease expired");
+        }
+    }
+
+    fn send_join(&self, now: Instant) {
+        let body = JoinBody {
+            colony: self.cfg.colony.clone(),
+            spec: self.spec.clone(),
+            unix_ms: wire::unix_ms(),
+            nonce: rand::random(),
+        };
+        let req = JoinRequest::sign(&self.identity, &body);
+        if self.send_rc(ToRc::Join(req)) {
+            *lock(&self.membership) = Membership::Joining;
+            *lock(&self.joining_since) = Some(now);
+            tracing::debug!("join sent");
+        }
+    }
+
+    /// Stops serving: drops the lease, releases every session (checkpointed, not deleted), and
+    /// goes back to joining.
+    pub fn fence(&self, reason: &str) {
+        {
+            let mut l = lock(&self.lease);
+            if l.until().is_none() && self.membership() == Membership::Outside {
+                return;
+            }
+            l.revoke();
+        }
+        *lock(&self.membership) = Membership::Outside;
+        let ids = self.host.session_ids();
+        tracing::warn!(
+            reason,
+            sessions = ids.len(),
+            "lease lost: stopped serving, releasing sessions"
+        );
+        self.metrics.lease_lost.add(1, &[]);
+        let host = self.host.clone();
+        self.handlers.spawn(async move {
+            for id in ids {
+                let _ = host.release(&id).await;
+            }
+        });
+    }
+
+    /// Handles one control-plane message from the RC.
+    pub fn on_message(self: &Arc<Self>, msg: ToNode) {
+        match msg {
+            ToNode::JoinAck {
+                refused,
+                rc_api,
+                rc,
+            } => match refused {
+                None => {
+                    tracing::info!(rc = %rc, rc_api = %rc_api, "joined colony");
+                    *lock(&self.rc_api) = Some(rc_api);
+                    *lock(&self.last_refusal) = None;
+                    *lock(&self.membership) = Membership::Member;
+                    // First heartbeat right away: it brings the first lease.
+                    self.tick();
+                }
+                Some(why) => {
+                    tracing::error!(rc = %rc, reason = %why, "join refused");
+                    *lock(&self.last_refusal) = Some(why);
+                    *lock(&self.membership) = Membership::Outside;
+                }
+            },
+            ToNode::Lease { seq, lease_ms } => {
+                let sent = lock(&self.sent).remove(&seq);
+                if let Some(sent) = sent {
+                    let now = Instant::now();
+                    self.rtt_us.store(
+                        now.saturating_duration_since(sent).as_micros() as u64,
+                        Ordering::Relaxed,
+                    );
+                    if self.membership() == Membership::Member {
+                        lock(&self.lease).grant(sent, Duration::from_millis(lease_ms));
+                    }
+                }
+            }
+            ToNode::Evicted { reason } => {
+                tracing::warn!(%reason, "evicted by the RC");
+                self.fence(&reason);
+            }
+            ToNode::Start {
+                req,
+                session,
+                epoch,
+                manifest,
+            } => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let error = me.start_session(&session, epoch, &manifest).await.err();
+                    me.send_rc(ToRc::Started {
+                        node: me.id(),
+                        req,
+                        error,
+                    });
+                });
+            }
+            ToNode::LookupReply { req, location } => {
+                if let Some(tx) = lock(&self.lookups).remove(&req) {
+                    let _ = tx.send(location);
+                }
+            }
+        }
+    }
+
+    async fn start_session(&self, session: &str, epoch: u64, manifest: &str) -> Result<(), String> {
+        // Right after joining, the first lease is one heartbeat round trip away.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while !self.may_serve() {
+            if Instant::now() >= deadline || self.membership() != Membership::Member {
+                return Err("node holds no lease".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sid = SessionId::new(session).map_err(|e| e.to_string())?;
+        let m = Manifest::from_json_str(manifest).map_err(|e| e.to_string())?;
+        if !self.spec.handlers.contains(&m.session.handler) {
+            return Err(format!("handler {:?} not served here", m.session.handler));
+        }
+        if self.host.len() >= self.cfg.capacity as usize {
+            return Err(format!("node full ({} sessions)", self.host.len()));
+        }
+        let host = self.host.clone();
+        let handler = m.session.handler.clone();
+        let policy = m.checkpoint_policy();
+        let r = self
+            .handlers
+            .spawn(async move {
+                host.start_dyn(&handler, sid, Epoch(epoch), policy)
+                    .await
+                    .map(|_| ())
+            })
+            .await;
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("start task failed: {e}")),
+        }
+    }
+
+    /// Asks the RC where a session lives: `(api, epoch)`.
+    pub async fn lookup(&self, sid: &SessionId) -> Option<(String, u64)> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.lookups).insert(req, tx);
+        if !self.send_rc(ToRc::Lookup {
+            node: self.id(),
+            req,
+            session: sid.to_string(),
+        }) {
+            lock(&self.lookups).remove(&req);
+            return None;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), rx).await {
+            Ok(Ok(l)) => l,
+            _ => {
+                lock(&self.lookups).remove(&req);
+                None
+            }
+        }
+    }
+
+    /// Tells the RC a session left this node.
+    pub fn notify_closed(&self, sid: &SessionId, epoch: Epoch) {
+        self.send_rc(ToRc::Closed {
+            node: self.id(),
+            session: sid.to_string(),
+            epoch: epoch.0,
+        });
+    }
+}
+
+/// The node's control-plane endpoint actor (member of pg group `og.node.<did>`).
+pub struct NodeAgent {
+    /// Shared core.
+    pub core: Arc<NodeCore>,
+}
+
+impl Actor for NodeAgent {
+    type Msg = NodeMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, myself: ActorRef<NodeMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        ractor::pg::join_scoped(
+            wire::PG_SCOPE.to_string(),
+            wire::pg_node(&self.core.id()),
+            vec![myself.get_cell()],
+        );
+        myself.send_interval(self.core.cfg.heartbeat_period.0, || {
+            NodeMsg::Local(NodeLocal::Tick)
+        });
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Wire(w) => self.core.on_message(*w),
+            NodeMsg::Local(NodeLocal::Tick) => self.core.tick(),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,383 @@
+//! Control-plane messages between nodes and the RC, carried by ractor_cluster.
+//!
+//! Each actor message type has a `Wire` variant that crosses the network (bincode 2, size-limited
+//! decode; an undecodable frame is dropped by ractor and never panics) and `Local` variants that
+//! never leave the process.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ractor::message::{BoxedDowncastErr, SerializedMessage};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::admission::NodeSpec;
+use crate::identity::{Identity, IdentityError, NodeId};
+
+/// Largest control-plane message decoded.
+pub const MAX_WIRE_BYTES: usize = 1 << 20;
+/// pg scope of OpenGrid control-plane actors.
+pub const PG_SCOPE: &str = "opengrid";
+/// pg group of the RC of a colony: `og.rc.<colony>.<first 8 bytes of blake3(secret), hex>`, so
+/// that several colonies (and tests) can share a process and a node never addresses the RC of
+/// another colony.
+pub fn pg_rc(colony: &str, secret: &str) -> String {
+    let h = blake3::hash(secret.as_bytes());
+    let hex: String = h.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("og.rc.{colony}.{hex}")
+}
+/// Domain separator of signed join requests.
+const JOIN_DOMAIN: &[u8] = b"opengrid-join-v1\0";
+
+/// pg group of one node's agent.
+pub fn pg_node(id: &NodeId) -> String {
+    format!("og.node.{}", id.did())
+}
+
+/// The body of a join request (signed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinBody {
+    /// Colony the node means to join.
+    pub colony: String,
+    /// The node's declaration (its `id` is the signer).
+    pub spec: NodeSpec,
+    /// Wall-clock time of the request, ms since the Unix epoch (replay window).
+    pub unix_ms: u64,
+    /// Random nonce.
+    pub nonce: u64,
+}
+
+/// A join request: body + ed25519 signature by the node's identity key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Encoded [`JoinBody`].
+    pub body: Vec<u8>,
+    /// Signature over `JOIN_DOMAIN ‖ body`.
+    pub signature: Vec<u8>,
+}
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The body does not decode.
+    #[error("join body does not decode: {0}")]
+    Decode(String),
+    /// The signature does not verify for the claimed id.
+    #[error("join signature invalid: {0}")]
+    Signature(#[from] IdentityError),
+    /// Another colony.
+    #[error("join names colony {got:?}, this RC serves {want:?}")]
+    WrongColony {
+        /// Named.
+        got: String,
+        /// Served.
+        want: String,
+    },
+    /// Timestamp outside the accepted window.
+    #[error("join timestamp is {skew_ms} ms away from the RC clock (limit {limit_ms} ms)")]
+    Stale {
+        /// Distance.
+        skew_ms: u64,
+        /// Limit.
+        limit_ms: u64,
+    },
+}
+
+impl JoinRequest {
+    /// Signs a join body.
+    pub fn sign(identity: &Identity, body: &JoinBody) -> Self {
+        let bytes = encode(body);
+        let mut msg = JOIN_DOMAIN.to_vec();
+        msg.extend_from_slice(&bytes);
+        JoinRequest {
+            body: bytes,
+            signature: identity.sign(&msg).to_vec(),
+        }
+    }
+
+    /// Decodes and verifies: signature by `spec.id`, colony, timestamp within `max_skew_ms`.
+    pub fn verify(
+        &self,
+        colony: &str,
+        now_unix_ms: u64,
+        max_skew_ms: u64,
+    ) -> Result<JoinBody, JoinError> {
+        let body: JoinBody = decode(&self.body).map_err(JoinError::Decode)?;
+        let mut msg = JOIN_DOMAIN.to_vec();
+        msg.extend_from_slice(&self.body);
+        body.spec.id.verify(&msg, &self.signature)?;
+        if body.colony != colony {
+            return Err(JoinError::WrongColony {
+                got: body.colony,
+                want: colony.to_string(),
+            });
+        }
+        let skew = now_unix_ms.abs_diff(body.unix_ms);
+        if skew > max_skew_ms {
+            return Err(JoinError::Stale {
+                skew_ms: skew,
+                limit_ms: max_skew_ms,
+            });
+        }
+        Ok(body)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Node → RC.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToRc {
+    /// Join the colony.
+    Join(JoinRequest),
+    /// Periodic heartbeat carrying load.
+    Heartbeat {
+        /// Sender.
+        node: NodeId,
+        /// Heartbeat number (echoed in the lease grant).
+        seq: u64,
+        /// Sessions hosted.
+        sessions: u32,
+        /// Last measured RTT to the RC, µs.
+        rtt_us: u64,
+        /// Handlers with live sessions.
+        warm: Vec<String>,
+    },
+    /// Answer to [`ToNode::Start`].
+    Started {
+        /// Sender.
+        node: NodeId,
+        /// Request id.
+        req: u64,
+        /// Error text when the session could not start.
+        error: Option<String>,
+    },
+    /// A session was closed (or released) on the node.
+    Closed {
+        /// Sender.
+        node: NodeId,
+        /// Session.
+        session: String,
+        /// Epoch of the holder.
+        epoch: u64,
+    },
+    /// Where does this session live?
+    Lookup {
+        /// Sender.
+        node: NodeId,
+        /// Request id.
+        req: u64,
+        /// Session.
+        session: String,
+    },
+}
+
+/// RC → node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToNode {
+    /// Answer to a join.
+    JoinAck {
+        /// Refusal reason, if refused.
+        refused: Option<String>,
+        /// The RC's client-API base URL.
+        rc_api: String,
+        /// The RC's id.
+        rc: NodeId,
+    },
+    /// Lease grant answering heartbeat `seq`.
+    Lease {
+        /// Heartbeat echoed.
+        seq: u64,
+        /// Lease length, ms, counted from the heartbeat's send time.
+        lease_ms: u64,
+    },
+    /// The RC has declared this node dead: stop serving and join again.
+    Evicted {
+        /// Why.
+        reason: String,
+    },
+    /// Start (or resume) a session.
+    Start {
+        /// Request id.
+        req: u64,
+        /// Session id.
+        session: String,
+        /// Placement epoch.
+        epoch: u64,
+        /// The manifest (JSON).
+        manifest: String,
+    },
+    /// Answer to a lookup.
+    LookupReply {
+        /// Request id.
+        req: u64,
+        /// `(api base URL, epoch)` of the holder, if placed.
+        location: Option<(String, u64)>,
+    },
+}
+
+/// Encodes with bincode 2.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap_or_default()
+}
+
+/// Decodes with bincode 2, size-limited, refusing trailing bytes.
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    if b.len() > MAX_WIRE_BYTES {
+        return Err(format!("{} bytes exceeds {MAX_WIRE_BYTES}", b.len()));
+    }
+    let cfg = bincode::config::standard().with_limit::<MAX_WIRE_BYTES>();
+    match bincode::serde::decode_from_slice(b, cfg) {
+        Ok((v, n)) if n == b.len() => Ok(v),
+        Ok((_, n)) => Err(format!("{} trailing bytes", b.len() - n)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+macro_rules! wire_message {
+    ($msg:ident, $wire:ty, $local:ty) => {
+        /// Actor message: a network message or a local-only one.
+        pub enum $msg {
+            /// Crossed (or may cross) the network.
+            Wire(Box<$wire>),
+            /// Never leaves the process.
+            Local($local),
+        }
+
+        impl $msg {
+            /// Wraps a network message.
+            pub fn wire(w: $wire) -> Self {
+                $msg::Wire(Box::new(w))
+            }
+        }
+
+        impl ractor::Message for $msg {
+            fn serializable() -> bool {
+                true
+            }
+            fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
+                match self {
+                    $msg::Wire(w) => Ok(SerializedMessage::Cast {
+                        variant: "w".into(),
+                        args: encode(&*w),
+                        metadata: None,
+                    }),
+                    $msg::Local(_) => Err(BoxedDowncastErr),
+                }
+            }
+            fn deserialize(m: SerializedMessage) -> Result<Self, BoxedDowncastErr> {
+                match m {
+                    SerializedMessage::Cast { variant, args, .. } if variant == "w" => {
+                        decode(&args).map(|w| $msg::Wire(Box::new(w))).map_err(|e| {
+                            tracing::warn!("dropping undecodable control message: {e}");
+                            BoxedDowncastErr
+                        })
+                    }
+                    _ => Err(BoxedDowncastErr),
+                }
+            }
+        }
+    };
+}
+
+/// Local messages of the RC actor.
+#[derive(Debug)]
+pub enum RcLocal {
+    /// Failure-detector tick.
+    Tick,
+}
+
+/// Local messages of the node agent.
+#[derive(Debug)]
+pub enum NodeLocal {
+    /// Heartbeat/lease tick.
+    Tick,
+}
+
+wire_message!(RcMsg, ToRc, RcLocal);
+wire_message!(NodeMsg, ToNode, NodeLocal);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opengrid_session::AcceleratorClass;
+
+    fn body(id: &Identity) -> JoinBody {
+        JoinBody {
+            colony: "local".into(),
+            spec: NodeSpec {
+                id: id.id(),
+                name: "a".into(),
+                jurisdiction: "DE".into(),
+                accelerator: AcceleratorClass::None,
+                cpu_cores: 2,
+                memory: 1 << 30,
+                handlers: vec!["tutor".into()],
+                capabilities: vec![],
+                price_micros_per_input: 1,
+                capacity: 10,
+                api: "http://127.0.0.1:1".into(),
+            },
+            unix_ms: 1_000_000,
+            nonce: 7,
+        }
+    }
+
+    #[test]
+    fn join_signature_checks() {
+        let id = Identity::generate();
+        let req = JoinRequest::sign(&id, &body(&id));
+        assert!(req.verify("local", 1_000_500, 60_000).is_ok());
+        assert!(matches!(
+            req.verify("other", 1_000_500, 60_000),
+            Err(JoinError::WrongColony { .. })
+        ));
+        assert!(matches!(
+            req.verify("local", 2_000_000, 60_000),
+            Err(JoinError::Stale { .. })
+        ));
+        // Claiming another node's id: the signature is by `id`, the body names `other`.
+        let other = Identity::generate();
+        let forged = JoinRequest {
+            body: encode(&body(&other)),
+            signature: req.signature.clone(),
+        };
+        assert!(matches!(
+            forged.verify("local", 1_000_000, 60_000),
+            Err(JoinError::Signature(_))
+        ));
+        let mut tampered = req.clone();
+        let last = tampered.body.len() - 1;
+        tampered.body[last] ^= 1;
+        assert!(tampered.verify("local", 1_000_000, 60_000).is_err());
+        assert!(matches!(
+            JoinRequest {
+                body: vec![0xff; 3],
+                signature: vec![]
+            }
+            .verify("local", 0, 1),
+            Err(JoinError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn wire_round_trip_and_garbage() {
+        let m = ToNode::Lease {
+            seq: 3,
+            lease_ms: 1000,
+        };
+        let b = encode(&m);
+        assert_eq!(decode::<ToNode>(&b).unwrap(), m);
+        assert!(decode::<ToNode>(&[0xff, 0xff, 0xff]).is_err());
+        let mut long = b.clone();
+        long.push(0);
+        assert!(decode::<ToNode>(&long).is_err());
+    }
+}

@@ -1,0 +1,577 @@
+//! In-process colony tests: one RC and several nodes started with `start_rc` / `start_node` in
+//! this process, talking over real ractor_cluster links and HTTP on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opengrid_actors::{HandlerError, SessionContext, SessionHandler, SessionHost};
+use opengrid_cluster::client::{Client, ClientError};
+use opengrid_cluster::config::{NodeConfig, RcConfig};
+use opengrid_cluster::{start_node, start_rc, NodeHandle, RcHandle};
+use opengrid_session::{AcceleratorClass, ByteSize, HumanDuration, SessionId};
+use serde_json::{json, Value};
+
+/// Echoes its input and counts turns.
+struct Echo;
+impl SessionHandler for Echo {
+    type State = u64;
+    type Input = Value;
+    type Output = Value;
+    fn id(&self) -> &str {
+        "echo"
+    }
+    fn init(&self, _: &SessionId) -> u64 {
+        0
+    }
+    async fn handle(
+        &self,
+        n: &mut u64,
+        input: Value,
+        _: &SessionContext,
+    ) -> Result<Value, HandlerError> {
+        *n += 1;
+        Ok(json!({"turn": *n, "echo": input}))
+    }
+}
+
+/// Adds integers.
+struct Adder;
+impl SessionHandler for Adder {
+    type State = i64;
+    type Input = i64;
+    type Output = i64;
+    fn id(&self) -> &str {
+        "adder"
+    }
+    fn init(&self, _: &SessionId) -> i64 {
+        0
+    }
+    async fn handle(&self, t: &mut i64, x: i64, _: &SessionContext) -> Result<i64, HandlerError> {
+        *t = t.saturating_add(x);
+        Ok(*t)
+    }
+}
+
+fn setup(host: &SessionHost) {
+    host.register(Arc::new(Echo));
+    host.register(Arc::new(Adder));
+}
+
+fn rc_config(dir: &std::path::Path, secret: &str) -> RcConfig {
+    RcConfig {
+        data_dir: dir.join("rc"),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        cluster_listen: "127.0.0.1:0".parse().unwrap(),
+        colony_secret: secret.into(),
+        ..RcConfig::default()
+    }
+}
+
+fn node_config(
+    dir: &std::path::Path,
+    rc: &RcHandle,
+    name: &str,
+    j: &str,
+    secret: &str,
+) -> NodeConfig {
+    NodeConfig {
+        name: name.into(),
+        data_dir: dir.join(name),
+        jurisdiction: j.into(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        rc_cluster: rc.cluster_addr().to_string(),
+        colony_secret: secret.into(),
+        handler_threads: 1,
+        fsync: false,
+        ..NodeConfig::default()
+    }
+}
+
+async fn wait_members(client: &Client, n: usize, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = client.get("/status").await.expect("status");
+        let alive = v["members"]
+            .as_array()
+            .map(|m| m.iter().filter(|x| x["state"] == "alive").count())
+            .unwrap_or(0);
+        if alive == n {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} alive members, status: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn manifest(handler: &str, jurisdictions: &[&str], accelerator: &str, extra: &str) -> String {
+    format!(
+        "version = 1\n[session]\nhandler = \"{handler}\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = {jurisdictions:?}\naccelerator = \"{accelerator}\"\n{extra}\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_respects_filters_on_five_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "colony-secret-1";
+    let rc = start_rc(rc_config(dir.path(), secret)).await.unwrap();
+    let specs = [
+        ("de-cpu", "DE", AcceleratorClass::None, vec!["echo"]),
+        ("de-gpu", "DE", AcceleratorClass::GpuLarge, vec!["echo"]),
+        (
+            "fr-cpu",
+            "FR",
+            AcceleratorClass::None,
+            vec!["echo", "adder"],
+        ),
+        (
+            "us-gpu",
+            "US",
+            AcceleratorClass::GpuSmall,
+            vec!["echo", "adder"],
+        ),
+        ("nl-small", "NL", AcceleratorClass::None, vec!["echo"]),
+    ];
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for (name, j, acc, handlers) in &specs {
+        let mut c = node_config(dir.path(), &rc, name, j, secret);
+        c.hardware.accelerator = *acc;
+        c.handlers = handlers.iter().map(|h| h.to_string()).collect();
+        if *name == "nl-small" {
+            c.hardware.memory = ByteSize(32 << 20);
+        }
+        nodes.push(start_node(c, setup).await.unwrap());
+    }
+    let client = Client::new(rc.api_url());
+    wait_members(&client, 5, Duration::from_secs(20)).await;
+    let name_of = |addr: &str| {
+        nodes
+            .iter()
+            .zip(specs.iter())
+            .find(|(n, _)| n.api_url() == addr)
+            .map(|(_, s)| s.0)
+            .unwrap_or("?")
+    };
+
+    // Jurisdiction: only DE nodes; GPU: only de-gpu.
+    let s = client
+        .create(&manifest("echo", &["DE"], "gpu-large", ""), None)
+        .await
+        .unwrap();
+    assert_eq!(name_of(&s.address), "de-gpu");
+    for _ in 0..3 {
+        let s = client
+            .create(&manifest("echo", &["DE"], "none", ""), None)
+            .await
+            .unwrap();
+        assert!(name_of(&s.address).starts_with("de-"), "{}", s.address);
+    }
+    // EU zone admits FR/NL/DE but the handler `adder` is only in FR (and US, outside the EU).
+    let s = client
+        .create(&manifest("adder", &["EU"], "none", ""), None)
+        .await
+        .unwrap();
+    assert_eq!(name_of(&s.address), "fr-cpu");
+    // gpu-small with adder, in any of four countries: only us-gpu qualifies.
+    let s = client
+        .create(
+            &manifest("adder", &["US", "DE", "FR", "NL"], "gpu-small", ""),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(name_of(&s.address), "us-gpu");
+    // Memory: nl-small has 32 MiB, the manifest asks 64 MiB (default): never NL.
+    let r = client
+        .create(&manifest("echo", &["NL"], "none", ""), None)
+        .await;
+    match r {
+        Err(ClientError::Api {
+            status: 422, body, ..
+        }) => {
+            let why = body["why"].as_array().unwrap();
+            assert_eq!(why.len(), 5, "{body}");
+            let nl = why.iter().find(|w| w["name"] == "nl-small").unwrap();
+            assert_eq!(nl["filter"]["filter"], "memory", "{nl}");
+            let de = why.iter().find(|w| w["name"] == "de-cpu").unwrap();
+            assert_eq!(de["filter"]["filter"], "jurisdiction", "{de}");
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+    // Unsatisfiable: JP.
+    match client
+        .create(&manifest("echo", &["JP"], "none", ""), None)
+        .await
+    {
+        Err(ClientError::Api {
+            status: 422,
+            code,
+            message,
+            ..
+        }) => {
+            assert_eq!(code, "unsatisfiable");
+            assert!(message.contains("jurisdiction"), "{message}");
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+    // The directory knows every placed session.
+    let st = client.get("/status").await.unwrap();
+    assert_eq!(st["sessions"].as_array().unwrap().len(), 6, "{st}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+    rc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_colony_secret_cannot_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let rc = start_rc(rc_config(dir.path(), "the-right-secret"))
+        .await
+        .unwrap();
+    let good = start_node(
+        node_config(dir.path(), &rc, "good", "DE", "the-right-secret"),
+        setup,
+    )
+    .await
+    .unwrap();
+    let bad = start_node(
+        node_config(dir.path(), &rc, "bad", "DE", "a-wrong-secret!"),
+        setup,
+    )
+    .await
+    .unwrap();
+    let client = Client::new(rc.api_url());
+    wait_members(&client, 1, Duration::from_secs(20)).await;
+    // Give the bad node several connection attempts (one per second), then check it is outside.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let st = client.get("/status").await.unwrap();
+        let names: Vec<_> = st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].clone())
+            .collect();
+        assert_eq!(names, vec![json!("good")], "{st}");
+        assert!(!bad.core().may_serve());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", rc.api_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("opengrid_cluster_join_refused_total"),
+        "{metrics}"
+    );
+    good.shutdown().await;
+    bad.shutdown().await;
+    rc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_api_round_trip_and_malformed_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "colony-secret-2";
+    let mut rcc = rc_config(dir.path(), secret);
+    rcc.max_body = ByteSize(16 << 10);
+    let rc = start_rc(rcc).await.unwrap();
+    let mut nc = node_config(dir.path(), &rc, "n1", "DE", secret);
+    nc.max_body = ByteSize(16 << 10);
+    nc.lease = HumanDuration::from_secs(1);
+    let node = start_node(nc, setup).await.unwrap();
+    let client = Client::new(rc.api_url());
+    wait_members(&client, 1, Duration::from_secs(20)).await;
+
+    // Round trip through the client library.
+    let mut s = client
+        .create(&manifest("echo", &["DE"], "none", ""), Some("round-trip-1"))
+        .await
+        .unwrap();
+    assert_eq!(s.address, node.api_url());
+    for i in 1..=3 {
+        let r = s.send(json!({"i": i})).await.unwrap();
+        assert_eq!(r["kind"], "processed");
+        assert_eq!(r["output"]["turn"], i);
+    }
+    let info = s.info().await.unwrap();
+    assert_eq!(info["last_seq"], 3);
+    assert!(info["usage"]["bytes_in"].as_u64().unwrap() > 0, "{info}");
+
+    // A client that starts at the RC for inputs is redirected (`moved`) and follows.
+    // One connection per request: a connection the server closed after a 413 is never reused.
+    let raw = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let r = raw
+        .post(format!("{}/sessions/round-trip-1/inputs", rc.api_url()))
+        .json(&json!({"seq": 4, "input": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "moved");
+    assert_eq!(body["location"], node.api_url());
+
+    // 20 malformed or refused requests, each with its status and code.
+    let n = node.api_url();
+    let rcu = rc.api_url();
+    let big = "x".repeat(64 << 10);
+    let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
+        (
+            "POST",
+            format!("{n}/sessions/round-trip-1/inputs"),
+            Some("{not json".into()),
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/round-trip-1/inputs"),
+            Some("[]".into()),
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/round-trip-1/inputs"),
+            Some(r#"{"seq":"one","input":1}"#.into()),
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/round-trip-1/inputs"),
+            Some(r#"{"seq":-1,"input":1}"#.into()),
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/round-trip-1/inputs"),
+            Some(r#"{"input":1}"#.into()),
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/round-trip-1/inputs"),
+            Some(r#"{"seq":4,"input":1,"extra":2}"#.into()),
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/round-trip-1/inputs"),
+            Some(r#"{"seq":0,"input":1}"#.into()),
+            400,
+            "bad_seq",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/round-trip-1/inputs"),
+            Some(format!(r#"{{"seq":4,"input":"{big}"}}"#)),
+            413,
+            "body_too_large",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/round-trip-1/inputs"),
+            Some(r#"{"seq":9,"input":1}"#.into()),
+            409,
+            "seq_gap",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/round-trip-1/inputs"),
+            Some(r#"{"seq":2,"input":1}"#.into()),
+            200,
+            "",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/no-such-session/inputs"),
+            Some(r#"{"seq":1,"input":1}"#.into()),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/bad%20id/inputs"),
+            Some(r#"{"seq":1,"input":1}"#.into()),
+            400,
+            "bad_session_id",
+        ),
+        (
+            "GET",
+            format!("{n}/sessions/no-such-session"),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            format!("{n}/sessions/no-such-session"),
+            None,
+            404,
+            "not_found",
+        ),
+        ("GET", format!("{n}/nope"), None, 404, "no_route"),
+        (
+            "POST",
+            format!("{rcu}/sessions"),
+            Some("not = [valid".into()),
+            400,
+            "bad_manifest",
+        ),
+        (
+            "POST",
+            format!("{rcu}/sessions"),
+            Some(r#"{"version": 1}"#.into()),
+            400,
+            "bad_manifest",
+        ),
+        (
+            "POST",
+            format!("{rcu}/sessions"),
+            Some(manifest("echo", &["DE"], "none", "").replace("version = 1", "version = 9")),
+            400,
+            "bad_manifest",
+        ),
+        (
+            "POST",
+            format!("{rcu}/sessions?session_id=round-trip-1"),
+            Some(manifest("echo", &["DE"], "none", "")),
+            409,
+            "already_placed",
+        ),
+        (
+            "POST",
+            format!("{rcu}/sessions"),
+            Some(manifest("nosuch", &["DE"], "none", "")),
+            422,
+            "unsatisfiable",
+        ),
+        (
+            "GET",
+            format!("{rcu}/sessions/unknown-one"),
+            None,
+            404,
+            "not_found",
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    for (method, url, body, status, code) in &cases {
+        // A body over the limit is answered (413) before it is read in full; the server then
+        // closes the connection and the client may see a reset instead of the answer. Retry
+        // those transport errors a few times.
+        let mut attempts = 0;
+        let r = loop {
+            let mut req = match *method {
+                "POST" => raw.post(url),
+                "DELETE" => raw.delete(url),
+                _ => raw.get(url),
+            };
+            if let Some(b) = body {
+                req = req
+                    .header("content-type", "application/octet-stream")
+                    .body(b.clone());
+            }
+            match req.send().await {
+                Ok(r) => break r,
+                Err(e) if *status == 413 && attempts < 10 => {
+                    attempts += 1;
+                    eprintln!("transport error on the oversized body (retrying): {e}");
+                }
+                Err(e) => panic!("{method} {url}: {e}"),
+            }
+        };
+        let got = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(got, *status, "{method} {url}: {text}");
+        if !code.is_empty() {
+            let v: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{method} {url}: not JSON: {text}"));
+            assert_eq!(v["code"], *code, "{method} {url}: {text}");
+            assert!(
+                v["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{text}"
+            );
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["kind"], "duplicate", "{text}");
+        }
+    }
+    // The node keeps serving.
+    let r = s.send(json!("still here")).await.unwrap();
+    assert_eq!(r["output"]["turn"], 4);
+    let h: Value = reqwest::get(format!("{n}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["serving"], true, "{h}");
+    // A client that only knows the RC follows `moved` to the node.
+    let mut again = client.attach("round-trip-1", 5);
+    let r = again.send(json!("via the rc")).await.unwrap();
+    assert_eq!(r["output"]["turn"], 5, "{r}");
+    assert_eq!(again.moves, 1);
+    assert_eq!(again.address, node.api_url());
+    assert_eq!(again.unacked(), 0);
+
+    // WebSocket: replies per frame, errors as JSON frames, the socket stays open.
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws_url = format!(
+        "{}/sessions/round-trip-1/ws",
+        node.api_url().replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    ws.send(Message::text(r#"{"seq": 6, "input": "over ws"}"#))
+        .await
+        .unwrap();
+    let reply: Value = match ws.next().await.unwrap().unwrap() {
+        Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+        m => panic!("{m:?}"),
+    };
+    assert_eq!(reply["output"]["turn"], 6, "{reply}");
+    ws.send(Message::text("{oops")).await.unwrap();
+    let err: Value = match ws.next().await.unwrap().unwrap() {
+        Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+        m => panic!("{m:?}"),
+    };
+    assert_eq!(err["code"], "bad_json");
+    assert_eq!(err["status"], 400);
+    ws.send(Message::text(r#"{"seq": 6, "input": "dup"}"#))
+        .await
+        .unwrap();
+    let dup: Value = match ws.next().await.unwrap().unwrap() {
+        Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+        m => panic!("{m:?}"),
+    };
+    assert_eq!(dup["kind"], "duplicate", "{dup}");
+    let _ = ws.close(None).await;
+    let mut s = client.attach("round-trip-1", 7);
+    s.address = node.api_url();
+
+    s.close().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.get("/sessions/round-trip-1").await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "directory entry not removed after close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.shutdown().await;
+    rc.shutdown().await;
+}
