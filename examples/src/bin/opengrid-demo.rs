@@ -11,6 +11,7 @@ use opengrid_actors::{HostConfig, Reply, Services, SessionHandle, SessionHost};
 use opengrid_examples::intent::IntentClassifier;
 use opengrid_examples::tutor::{solve, Tutor, TutorInput};
 use opengrid_examples::{counter::Counter, manifest_path};
+use opengrid_migration::{handover, CapacityAdmission, HandoverOptions, MigrationServer, Peer};
 use opengrid_runtime_gpu::{InferenceRuntime, RuntimeConfig};
 use opengrid_session::{
     CheckpointStore, Epoch, Manifest, RocksCheckpointStore, RocksOptions, Seq, SessionId,
@@ -142,6 +143,78 @@ async fn main() -> anyhow::Result<()> {
     let r = talk(s, &mut seqs[1], &ans).await?;
     println!("  next input woke it in {:?}: {}", t.elapsed(), r.0);
 
+    println!("\n== Live handover: tutor-3 moves to a second node over TCP");
+    let dir_b = tempfile_dir()?.join("node-b");
+    std::fs::create_dir_all(&dir_b)?;
+    let store_b: Arc<dyn CheckpointStore> =
+        Arc::new(RocksCheckpointStore::open(&dir_b, RocksOptions::default())?);
+    let host_b =
+        SessionHost::new(store_b.clone(), HostConfig::default(), Services::default()).await?;
+    host_b.register(Arc::new(Tutor));
+    let admit = Arc::new(CapacityAdmission {
+        host: host_b.clone(),
+        max_sessions: 100,
+    });
+    let server_b = MigrationServer::bind(
+        "127.0.0.1:0".parse()?,
+        host_b.clone(),
+        store_b.clone(),
+        admit,
+    )
+    .await?;
+    let s3 = &sessions[2];
+    let before = s3.last_seq();
+    // A student keeps talking while the session moves (make-before-break).
+    let question = questions[2].clone();
+    let talker = {
+        let s3 = s3.clone();
+        let seq = seqs[2] + 1;
+        tokio::spawn(async move {
+            let ans = solve(&question).unwrap_or(0).to_string();
+            s3.send(Seq(seq), TutorInput::new(ans)).await
+        })
+    };
+    let report = handover(
+        &host,
+        &(store.clone() as Arc<dyn CheckpointStore>),
+        s3.id(),
+        &Peer::new(server_b.addr(), Duration::from_secs(5)),
+        &HandoverOptions {
+            location: format!("migration://{}", server_b.addr()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    seqs[2] += 1;
+    let raced = talker.await?;
+    println!(
+        "  handed over at {} to epoch {} in {:?} total, blackout {:?} ({} state bytes, {} pre-copy round(s))",
+        report.final_seq, report.epoch, report.total, report.blackout, report.state_bytes, report.precopy_rounds
+    );
+    match raced {
+        Ok(Reply::Processed { output: Ok(r), .. }) => {
+            println!(
+                "  an input sent while the session was moving was answered without error: {}",
+                r.say
+            )
+        }
+        other => println!("  the input sent during the handover: {other:?}"),
+    }
+    println!("  old node now answers: {:?}", s3.status());
+    let on_b = host_b.get(s3.id()).context("session on node B")?;
+    seqs[2] += 1;
+    let r = on_b
+        .send_json(Seq(seqs[2]), serde_json::json!({"text": "score"}))
+        .await?;
+    if let Reply::Processed { output: Ok(v), .. } = r {
+        println!(
+            "  node B continues the conversation (turns before: {before}): {}",
+            v["say"].as_str().unwrap_or("")
+        );
+    }
+    host_b.shutdown().await;
+    server_b.shutdown();
+
     println!("\n== Summary");
     println!(
         "  {:<9} {:>5} {:>8} {:>11} {:>8} {:>9} {:>9}",
@@ -167,7 +240,9 @@ async fn main() -> anyhow::Result<()> {
         rt.shutdown();
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!("\nDone: every session kept its state through the crash and the hibernation.");
+    println!(
+        "\nDone: every session kept its state through the crash, the hibernation and the handover."
+    );
     Ok(())
 }
 
