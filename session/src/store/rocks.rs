@@ -4,8 +4,8 @@
 //! - `checkpoints`: `session_id ‖ 0x00 ‖ epoch (u64 BE) ‖ seq (u64 BE)` → encoded envelope.
 //!   Session ids never contain NUL, so `session_id ‖ 0x00` is an exact prefix and keys of one
 //!   session sort by (epoch, seq).
-//! - `fences`: `session_id` → `epoch (u64 BE) ‖ flag (u8) ‖ seq (u64 BE)`: the newest epoch stored
-//!   or fenced and, when a checkpoint of that epoch exists, its newest seq.
+//! - `fences`: `session_id` → `epoch (u64 BE) ‖ flag (u8) ‖ seq (u64 BE) ‖ n ‖ n × (epoch, seq)`: the newest epoch stored
+//!   or fenced, when a checkpoint of that epoch exists its newest seq, and the retained keys.
 //!
 //! Every put is one `WriteBatch` (checkpoint + fence + pruning), written with `sync` when the store
 //! was opened with [`RocksOptions::sync`], and serialised per session by a striped lock so that
@@ -15,9 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
-};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use super::{check_fence, CheckpointInfo, CheckpointStore, StoreError, DEFAULT_RETAIN};
 use crate::checkpoint::Checkpoint;
@@ -74,40 +72,71 @@ fn key(session: &SessionId, epoch: Epoch, seq: Seq) -> Vec<u8> {
     k
 }
 
-fn parse_key_suffix(suffix: &[u8]) -> Option<(Epoch, Seq)> {
-    if suffix.len() != 16 {
-        return None;
-    }
-    let e = u64::from_be_bytes(suffix[..8].try_into().ok()?);
-    let s = u64::from_be_bytes(suffix[8..].try_into().ok()?);
-    Some((Epoch(e), Seq(s)))
+/// The per-session record in the `fences` column family: the fence (newest epoch stored or
+/// fenced, and the newest seq in that epoch) plus the keys of the retained checkpoints, oldest
+/// first. Keeping the keys here means puts and reads never iterate the checkpoint keyspace, whose
+/// pruned entries leave tombstones that would make prefix scans slower with every write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FenceRec {
+    epoch: Epoch,
+    seq: Option<Seq>,
+    keys: Vec<(Epoch, Seq)>,
 }
 
-fn encode_fence(epoch: Epoch, seq: Option<Seq>) -> [u8; 17] {
-    let mut v = [0u8; 17];
-    v[..8].copy_from_slice(&epoch.0.to_be_bytes());
-    if let Some(s) = seq {
-        v[8] = 1;
-        v[9..].copy_from_slice(&s.0.to_be_bytes());
+/// Most retained keys a fence record may list (bounds decoding).
+const MAX_RETAINED: usize = 255;
+
+fn encode_fence(r: &FenceRec) -> Vec<u8> {
+    let mut v = Vec::with_capacity(18 + 16 * r.keys.len());
+    v.extend_from_slice(&r.epoch.0.to_be_bytes());
+    match r.seq {
+        Some(s) => {
+            v.push(1);
+            v.extend_from_slice(&s.0.to_be_bytes());
+        }
+        None => {
+            v.push(0);
+            v.extend_from_slice(&[0; 8]);
+        }
+    }
+    v.push(r.keys.len().min(MAX_RETAINED) as u8);
+    for (e, s) in r.keys.iter().take(MAX_RETAINED) {
+        v.extend_from_slice(&e.0.to_be_bytes());
+        v.extend_from_slice(&s.0.to_be_bytes());
     }
     v
 }
 
-fn decode_fence(session: &SessionId, v: &[u8]) -> Result<(Epoch, Option<Seq>), StoreError> {
-    if v.len() != 17 || v[8] > 1 {
-        return Err(StoreError::Backend(format!(
+fn decode_fence(session: &SessionId, v: &[u8]) -> Result<FenceRec, StoreError> {
+    let corrupt = || {
+        StoreError::Backend(format!(
             "corrupt fence record for session {session} ({} bytes)",
             v.len()
-        )));
+        ))
+    };
+    if v.len() < 18 || v[8] > 1 {
+        return Err(corrupt());
     }
-    let mut e = [0u8; 8];
-    e.copy_from_slice(&v[..8]);
-    let mut s = [0u8; 8];
-    s.copy_from_slice(&v[9..]);
-    Ok((
-        Epoch(u64::from_be_bytes(e)),
-        (v[8] == 1).then_some(Seq(u64::from_be_bytes(s))),
-    ))
+    let n = v[17] as usize;
+    if v.len() != 18 + 16 * n {
+        return Err(corrupt());
+    }
+    let u = |b: &[u8]| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        u64::from_be_bytes(a)
+    };
+    let keys = (0..n)
+        .map(|i| {
+            let o = 18 + 16 * i;
+            (Epoch(u(&v[o..o + 8])), Seq(u(&v[o + 8..o + 16])))
+        })
+        .collect();
+    Ok(FenceRec {
+        epoch: Epoch(u(&v[..8])),
+        seq: (v[8] == 1).then_some(Seq(u(&v[9..17]))),
+        keys,
+    })
 }
 
 impl RocksCheckpointStore {
@@ -150,7 +179,7 @@ impl RocksCheckpointStore {
         w
     }
 
-    fn read_fence(&self, session: &SessionId) -> Result<Option<(Epoch, Option<Seq>)>, StoreError> {
+    fn read_fence(&self, session: &SessionId) -> Result<Option<FenceRec>, StoreError> {
         let cf = self.cf(CF_FENCES)?;
         match self
             .db
@@ -162,24 +191,24 @@ impl RocksCheckpointStore {
         }
     }
 
-    /// Keys and raw values of a session's checkpoints, oldest first.
+    /// Keys and raw values of a session's retained checkpoints, oldest first (point lookups of
+    /// the keys listed in its fence record).
     fn raw_entries(&self, session: &SessionId) -> Result<Vec<RawEntry>, StoreError> {
+        let Some(rec) = self.read_fence(session)? else {
+            return Ok(Vec::new());
+        };
         let cf = self.cf(CF_CHECKPOINTS)?;
-        let p = prefix(session);
-        let mut out = Vec::new();
-        for item in self
+        let keys: Vec<Vec<u8>> = rec.keys.iter().map(|(e, q)| key(session, *e, *q)).collect();
+        let values = self
             .db
-            .iterator_cf(cf, IteratorMode::From(&p, Direction::Forward))
-        {
-            let (k, v) = item.map_err(backend)?;
-            if !k.starts_with(&p) {
-                break;
-            }
-            match parse_key_suffix(&k[p.len()..]) {
-                Some(es) => out.push((es, k.to_vec(), v.to_vec())),
+            .multi_get_cf(keys.iter().map(|k| (cf, k.as_slice())));
+        let mut out = Vec::with_capacity(keys.len());
+        for ((es, k), v) in rec.keys.iter().zip(keys).zip(values) {
+            match v.map_err(backend)? {
+                Some(v) => out.push((*es, k, v)),
                 None => {
                     self.corruptions.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(session = %session, "skipping checkpoint with malformed key");
+                    tracing::error!(session = %session, epoch = %es.0, seq = %es.1, "retained checkpoint missing on disk");
                 }
             }
         }
@@ -214,7 +243,8 @@ impl CheckpointStore for RocksCheckpointStore {
         })?;
         let bytes = cp.encode();
         let _g = self.stripe(&cp.session_id);
-        check_fence(cp, self.read_fence(&cp.session_id)?)?;
+        let rec = self.read_fence(&cp.session_id)?;
+        check_fence(cp, rec.as_ref().map(|r| (r.epoch, r.seq)))?;
         let cf_cp = self.cf(CF_CHECKPOINTS)?;
         let cf_f = self.cf(CF_FENCES)?;
         let k = key(&cp.session_id, cp.epoch, cp.seq);
@@ -232,17 +262,21 @@ impl CheckpointStore for RocksCheckpointStore {
         }
         let mut batch = WriteBatch::default();
         batch.put_cf(cf_cp, &k, &bytes);
-        batch.put_cf(
-            cf_f,
-            cp.session_id.as_str().as_bytes(),
-            encode_fence(cp.epoch, Some(cp.seq)),
-        );
-        let entries = self.raw_entries(&cp.session_id)?;
-        let total = entries.len()
-            + usize::from(!entries.iter().any(|(es, _, _)| *es == (cp.epoch, cp.seq)));
-        for (_, old_key, _) in entries.iter().take(total.saturating_sub(self.opts.retain)) {
-            batch.delete_cf(cf_cp, old_key);
+        let mut keys = rec.map(|r| r.keys).unwrap_or_default();
+        if !keys.contains(&(cp.epoch, cp.seq)) {
+            keys.push((cp.epoch, cp.seq));
+            keys.sort();
         }
+        while keys.len() > self.opts.retain {
+            let (e, q) = keys.remove(0);
+            batch.delete_cf(cf_cp, key(&cp.session_id, e, q));
+        }
+        let rec = FenceRec {
+            epoch: cp.epoch,
+            seq: Some(cp.seq),
+            keys,
+        };
+        batch.put_cf(cf_f, cp.session_id.as_str().as_bytes(), encode_fence(&rec));
         self.db
             .write_opt(batch, &self.write_opts())
             .map_err(backend)
@@ -306,11 +340,16 @@ impl CheckpointStore for RocksCheckpointStore {
             batch.delete_cf(cf, k);
         }
         // Keep the fence epoch but forget the seq: a later write in the same epoch may start anew.
-        if let Some((e, _)) = self.read_fence(session)? {
+        if let Some(r) = self.read_fence(session)? {
+            let rec = FenceRec {
+                epoch: r.epoch,
+                seq: None,
+                keys: Vec::new(),
+            };
             batch.put_cf(
                 self.cf(CF_FENCES)?,
                 session.as_str().as_bytes(),
-                encode_fence(e, None),
+                encode_fence(&rec),
             );
         }
         self.db
@@ -321,13 +360,18 @@ impl CheckpointStore for RocksCheckpointStore {
     fn fence(&self, session: &SessionId, epoch: Epoch) -> Result<(), StoreError> {
         let _g = self.stripe(session);
         match self.read_fence(session)? {
-            Some((cur, _)) if cur >= epoch => Ok(()),
-            _ => {
+            Some(r) if r.epoch >= epoch => Ok(()),
+            r => {
+                let rec = FenceRec {
+                    epoch,
+                    seq: None,
+                    keys: r.map(|r| r.keys).unwrap_or_default(),
+                };
                 let mut batch = WriteBatch::default();
                 batch.put_cf(
                     self.cf(CF_FENCES)?,
                     session.as_str().as_bytes(),
-                    encode_fence(epoch, None),
+                    encode_fence(&rec),
                 );
                 self.db
                     .write_opt(batch, &self.write_opts())
@@ -337,24 +381,21 @@ impl CheckpointStore for RocksCheckpointStore {
     }
 
     fn current_epoch(&self, session: &SessionId) -> Result<Option<Epoch>, StoreError> {
-        Ok(self.read_fence(session)?.map(|(e, _)| e))
+        Ok(self.read_fence(session)?.map(|r| r.epoch))
     }
 
     fn sessions(&self) -> Result<Vec<SessionId>, StoreError> {
-        let cf = self.cf(CF_CHECKPOINTS)?;
+        // Fence records are never deleted, so this scan sees no tombstones.
+        let cf = self.cf(CF_FENCES)?;
         let mut out: Vec<SessionId> = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, _) = item.map_err(backend)?;
-            let Some(nul) = k.iter().position(|&b| b == 0) else {
+            let (k, v) = item.map_err(backend)?;
+            let Ok(s) = std::str::from_utf8(&k) else {
                 continue;
             };
-            let Ok(s) = std::str::from_utf8(&k[..nul]) else {
-                continue;
-            };
-            if out.last().map(|l| l.as_str()) != Some(s) {
-                if let Ok(id) = SessionId::new(s) {
-                    out.push(id);
-                }
+            let Ok(id) = SessionId::new(s) else { continue };
+            if decode_fence(&id, &v).is_ok_and(|r| !r.keys.is_empty()) {
+                out.push(id);
             }
         }
         Ok(out)
