@@ -62,6 +62,8 @@ impl Actor for RawSum {
 const WINDOW: usize = 512;
 
 fn bench_input_path(c: &mut Criterion) {
+    // Handler panics are part of this bench (P12); log them as one line, not a backtrace each.
+    opengrid_actors::install_panic_hook();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
