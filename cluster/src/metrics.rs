@@ -56,19 +56,44 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// New instruments for `role` (`node` or `rc`).
     pub fn new(role: &'static str) -> Self {
+        Self::with_otlp(role, otlp_endpoint_from_env())
+    }
+
+    /// New instruments for `role`, also pushed every 10 s over OTLP/HTTP (protobuf) to
+    /// `otlp_endpoint` (e.g. `http://127.0.0.1:4318/v1/metrics`) when given.
+    pub fn with_otlp(role: &'static str, otlp_endpoint: Option<String>) -> Self {
         let registry = Registry::new();
-        let provider = match opentelemetry_prometheus::exporter()
+        let mut builder = SdkMeterProvider::builder();
+        match opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
             .without_target_info()
             .scope_info_enabled(false)
             .build()
         {
-            Ok(exporter) => SdkMeterProvider::builder().with_reader(exporter).build(),
+            Ok(exporter) => builder = builder.with_reader(exporter),
             Err(e) => {
-                tracing::warn!("prometheus exporter unavailable: {e}; /metrics will be empty");
-                SdkMeterProvider::builder().build()
+                tracing::warn!("prometheus exporter unavailable: {e}; /metrics will be empty")
             }
-        };
+        }
+        if let Some(endpoint) = otlp_endpoint {
+            use opentelemetry_otlp::WithExportConfig;
+            match opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint.clone())
+                .build()
+            {
+                Ok(exporter) => {
+                    tracing::info!(%endpoint, "exporting metrics over OTLP/HTTP");
+                    builder = builder.with_reader(
+                        opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+                            .with_interval(std::time::Duration::from_secs(10))
+                            .build(),
+                    );
+                }
+                Err(e) => tracing::warn!(%endpoint, "OTLP exporter not started: {e}"),
+            }
+        }
+        let provider = builder.build();
         let m = provider.meter("opengrid_cluster");
         Metrics {
             heartbeats: m
@@ -125,7 +150,12 @@ impl Metrics {
         KeyValue::new("role", self.role)
     }
 
-    /// Prometheus text exposition.
+    /// Pushes pending metrics to every push exporter (OTLP) now.
+    pub fn flush(&self) -> Result<(), String> {
+        self._provider.force_flush().map_err(|e| e.to_string())
+    }
+
+    /// Renders the Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
@@ -133,6 +163,13 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// `OPENGRID_OTLP_ENDPOINT`, when set and non-empty: OTLP export is opt-in.
+pub fn otlp_endpoint_from_env() -> Option<String> {
+    std::env::var("OPENGRID_OTLP_ENDPOINT")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
 }
 
 #[cfg(test)]
@@ -155,5 +192,58 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }
+    }
+
+    /// OTLP export is real: a collector on 127.0.0.1 receives an OTLP/HTTP protobuf POST that
+    /// carries our metric name.
+    #[test]
+    fn otlp_export_reaches_a_collector() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let collector = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Headers, then the body announced by content-length.
+            let (head_end, len) = loop {
+                let n = sock.read(&mut chunk).unwrap();
+                assert!(n > 0, "collector: connection closed early");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break (i + 4, len);
+                }
+            };
+            while buf.len() < head_end + len {
+                let n = sock.read(&mut chunk).unwrap();
+                assert!(n > 0, "collector: body truncated");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+            buf
+        });
+        let m = Metrics::with_otlp("node", Some(format!("http://{addr}/v1/metrics")));
+        m.heartbeats.add(7, &[m.role()]);
+        m.flush().expect("flush");
+        let req = collector.join().unwrap();
+        let text = String::from_utf8_lossy(&req);
+        assert!(text.starts_with("POST /v1/metrics"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("application/x-protobuf"),
+            "{text}"
+        );
+        assert!(
+            text.contains("opengrid_cluster_heartbeats"),
+            "metric name in the payload"
+        );
     }
 }
