@@ -64,6 +64,12 @@ pub enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// The settlement ledger: run a replica, query balances and status, register keys
+    /// (same commands as `opengrid-ledger`).
+    Ledger {
+        #[command(subcommand)]
+        cmd: opengrid_settlement::cli::LedgerCmd,
+    },
 }
 
 /// Initialises `tracing`: `RUST_LOG` overrides `default`; JSON lines when asked.
@@ -181,6 +187,7 @@ async fn run(cmd: Cmd, setup: HandlerSetup) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo { keep } => demo(keep).await,
+        Cmd::Ledger { cmd } => opengrid_settlement::cli::run(cmd).await,
     }
 }
 
