@@ -75,36 +75,23 @@ fn logs_pause_resume_kill_restart_and_drop() {
 #[test]
 fn stop_sends_sigterm_then_kills_after_grace() {
     let mut l = Launcher::new().unwrap();
+    // The shell prints `ready` only after its TERM trap is installed, so the test never races
+    // the trap (under load a SIGTERM sent right after spawn would kill the shell by signal).
     l.spawn(sh(
         "polite",
-        "trap 'exit 3' TERM; while :; do sleep 0.01; done",
+        "trap 'exit 3' TERM; echo ready; while :; do sleep 0.01; done",
     ))
     .unwrap();
     l.spawn(sh("stubborn", "trap '' TERM; exec sleep 3600"))
         .unwrap();
-    // Give the shells time to install their traps: wait until each has started (its pid has a
-    // /proc entry whose command is running).
-    let p = l.pid("polite").unwrap().unwrap();
-    eventually("polite running", Duration::from_secs(10), || pid_alive(p));
-    let st = stop_after_trap(&mut l, "polite");
+    let (out, _) = l.log_paths("polite");
+    eventually("polite installed its trap", Duration::from_secs(30), || {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.contains("ready"))
+    });
+    let st = l.stop("polite", Duration::from_secs(10)).unwrap();
     assert_eq!(st, ProcState::Exited(3));
     let st = l.stop("stubborn", Duration::from_millis(300)).unwrap();
     assert_eq!(st, ProcState::Killed);
-}
-
-/// SIGTERM before the shell installed its trap would kill it by signal; retry the observation
-/// with a fresh process until the trap answers (bounded).
-fn stop_after_trap(l: &mut Launcher, name: &str) -> ProcState {
-    for _ in 0..20 {
-        let st = l.stop(name, Duration::from_secs(5)).unwrap();
-        if st == ProcState::Exited(3) {
-            return st;
-        }
-        l.restart(name).unwrap();
-        let p = l.pid(name).unwrap().unwrap();
-        eventually("restarted", Duration::from_secs(10), || pid_alive(p));
-    }
-    ProcState::Killed
 }
 
 fn read_pids(f: &Path) -> Option<Vec<u32>> {
