@@ -13,8 +13,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// DID method prefix of OpenGrid ids.
 pub const DID_PREFIX: &str = "did:mycel:";
-/// Multicodec prefix of an ed25519 public key (`0xed` as unsigned varint, `0x01`).
-const ED25519_MULTICODEC: [u8; 2] = [0xed, 0x01];
 /// File name of the key inside a data dir.
 pub const KEY_FILE: &str = "identity.key";
 const KEY_FILE_MAGIC: &[u8; 8] = b"OGKEY\x00\x00\x01";
@@ -71,38 +69,30 @@ pub enum IdentityError {
 pub struct NodeId(VerifyingKey);
 
 impl NodeId {
-    /// The DID string.
+    /// The DID string (encoding shared with every crate: [`opengrid_session::Did`]).
     pub fn did(&self) -> String {
-        let mut b = Vec::with_capacity(34);
-        b.extend_from_slice(&ED25519_MULTICODEC);
-        b.extend_from_slice(self.0.as_bytes());
-        format!("{DID_PREFIX}z{}", bs58::encode(b).into_string())
+        opengrid_session::Did::from_public_key(&self.0)
+            .as_str()
+            .to_string()
     }
 
     /// Parses and checks a `did:mycel:z…` id.
     pub fn parse(s: &str) -> Result<Self, IdentityError> {
-        let rest = s
-            .strip_prefix(DID_PREFIX)
-            .ok_or_else(|| IdentityError::NotMycel(s.to_string()))?;
-        let b58 = rest
-            .strip_prefix('z')
-            .ok_or_else(|| IdentityError::BadMultibase(s.to_string()))?;
-        if b58.len() > 64 {
-            return Err(IdentityError::NotEd25519(s.to_string()));
-        }
-        let bytes = bs58::decode(b58)
-            .into_vec()
-            .map_err(|e| IdentityError::Base58 {
-                id: s.to_string(),
-                reason: e.to_string(),
-            })?;
-        if bytes.len() != 34 || bytes[..2] != ED25519_MULTICODEC {
-            return Err(IdentityError::NotEd25519(s.to_string()));
-        }
-        let mut k = [0u8; 32];
-        k.copy_from_slice(&bytes[2..]);
-        let vk = VerifyingKey::from_bytes(&k).map_err(|_| IdentityError::BadKey(s.to_string()))?;
-        Ok(NodeId(vk))
+        use opengrid_session::DidError as E;
+        opengrid_session::Did::parse(s)
+            .map(|d| NodeId(d.verifying_key()))
+            .map_err(|e| match e {
+                E::MissingPrefix => IdentityError::NotMycel(s.to_string()),
+                E::NotBase58btc => IdentityError::BadMultibase(s.to_string()),
+                E::InvalidBase58(reason) => IdentityError::Base58 {
+                    id: s.to_string(),
+                    reason,
+                },
+                E::InvalidKey => IdentityError::BadKey(s.to_string()),
+                E::TooLong(_) | E::WrongMulticodec | E::WrongKeyLength(_) => {
+                    IdentityError::NotEd25519(s.to_string())
+                }
+            })
     }
 
     /// Verifies `sig` over `msg` (strict: rejects malleable and small-order forms).
