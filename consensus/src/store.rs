@@ -71,6 +71,18 @@ fn key_index(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
+/// A column family created at open; a missing one (foreign or damaged database) is a storage
+/// error, not a panic.
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
+    db.cf_handle(name).ok_or_else(|| {
+        io_err(
+            ErrorSubject::Store,
+            ErrorVerb::Read,
+            std::io::Error::other(format!("column family `{name}` missing from the database")),
+        )
+    })
+}
+
 fn io_err(
     subject: ErrorSubject<u64>,
     verb: ErrorVerb,
@@ -80,9 +92,7 @@ fn io_err(
 }
 
 fn get_meta<T: DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, StorageError> {
-    let cf = db
-        .cf_handle(CF_META)
-        .expect("column family `meta` is created at open");
+    let cf = cf(db, CF_META)?;
     let bytes = db
         .get_cf(&cf, key)
         .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
@@ -95,9 +105,7 @@ fn get_meta<T: DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, Stora
 }
 
 fn put_meta<T: Serialize>(db: &DB, key: &[u8], value: &T) -> Result<(), StorageError> {
-    let cf = db
-        .cf_handle(CF_META)
-        .expect("column family `meta` is created at open");
+    let cf = cf(db, CF_META)?;
     let bytes =
         codec::encode(value).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
     db.put_cf_opt(&cf, key, bytes, &sync_opts())
@@ -118,10 +126,7 @@ impl LogStore {
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
-        let cf = self
-            .db
-            .cf_handle(CF_LOG)
-            .expect("column family `log` is created at open");
+        let cf = cf(&self.db, CF_LOG)?;
         let mut it = self.db.iterator_cf(&cf, rocksdb::IteratorMode::End);
         match it.next() {
             None => Ok(None),
@@ -143,10 +148,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let cf = self
-            .db
-            .cf_handle(CF_LOG)
-            .expect("column family `log` is created at open");
+        let cf = cf(&self.db, CF_LOG)?;
         let mode = rocksdb::IteratorMode::From(&index_key(start), rocksdb::Direction::Forward);
         let mut out = Vec::new();
         for item in self.db.iterator_cf(&cf, mode) {
@@ -211,10 +213,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = self
-            .db
-            .cf_handle(CF_LOG)
-            .expect("column family `log` is created at open");
+        let cf = cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
         for entry in entries {
             let bytes = codec::encode(&entry)
@@ -238,10 +237,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncate log since");
-        let cf = self
-            .db
-            .cf_handle(CF_LOG)
-            .expect("column family `log` is created at open");
+        let cf = cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(&cf, index_key(log_id.index), index_key(u64::MAX));
         batch.delete_cf(&cf, index_key(u64::MAX));
@@ -255,10 +251,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: a crash between the two writes leaves extra entries,
         // never a hole.
         put_meta(&self.db, KEY_LAST_PURGED, &log_id)?;
-        let cf = self
-            .db
-            .cf_handle(CF_LOG)
-            .expect("column family `log` is created at open");
+        let cf = cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(&cf, index_key(0), index_key(log_id.index.saturating_add(1)));
         if log_id.index == u64::MAX {
@@ -373,9 +366,7 @@ impl<A: Application> StateMachineStore<A> {
 }
 
 fn read_snapshot(db: &DB) -> Result<Option<StoredSnapshot>, StorageError> {
-    let cf = db
-        .cf_handle(CF_SNAPSHOT)
-        .expect("column family `snapshot` is created at open");
+    let cf = cf(db, CF_SNAPSHOT)?;
     let bytes = db
         .get_cf(&cf, KEY_SNAPSHOT)
         .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
@@ -388,9 +379,7 @@ fn read_snapshot(db: &DB) -> Result<Option<StoredSnapshot>, StorageError> {
 }
 
 fn write_snapshot(db: &DB, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-    let cf = db
-        .cf_handle(CF_SNAPSHOT)
-        .expect("column family `snapshot` is created at open");
+    let cf = cf(db, CF_SNAPSHOT)?;
     let bytes = codec::encode(&(meta, data)).map_err(|e| {
         io_err(
             ErrorSubject::Snapshot(Some(meta.signature())),
