@@ -4,6 +4,8 @@
 #   CARGO_TARGET_DIR  persistent build dir outside the clone (default: ~/.cache/opengrid-target),
 #                     so later runs and CI build incrementally.
 #   OPENGRID_SKIP_APT=1   skip the apt step (machines where system packages are managed elsewhere).
+#   OPENGRID_BENCH_DEPS=1 also install what the benches compare against (Debian's etcd-server and
+#                         etcd-client for `opengrid-chaos bench settlement`); off for tests.
 
 og_log() { printf '\033[1m[opengrid]\033[0m %s\n' "$*" >&2; }
 
@@ -29,6 +31,15 @@ og_setup() {
       # shellcheck disable=SC2086
       DEBIAN_FRONTEND=noninteractive og_root apt-get install -y -qq $missing >&2
     fi
+  fi
+
+  # 1b. Optional bench baselines (never for the test command): etcd 3-member cluster for P8.
+  if [ "${OPENGRID_SKIP_APT:-0}" != 1 ] && [ "${OPENGRID_BENCH_DEPS:-0}" = 1 ] \
+    && ! command -v etcd >/dev/null; then
+    og_log "installing bench baselines: etcd-server etcd-client"
+    og_root apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive og_root apt-get install -y -qq etcd-server etcd-client >&2 \
+      || og_log "etcd install failed; bench settlement will report etcd as skipped"
   fi
 
   # 2. Rust: the machine's toolchain plus rustfmt and clippy.

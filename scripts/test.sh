@@ -11,7 +11,8 @@ cargo build --workspace --all-targets
 args=()
 for a in "$@"; do
   case "$a" in
-    --ledger-processes) export OPENGRID_LEDGER_PROCESS_TEST=1 ;;
+    # Accepted for old invocations: the 3-process ledger test always runs now.
+    --ledger-processes) ;;
     *) args+=("$a") ;;
   esac
 done

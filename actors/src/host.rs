@@ -107,6 +107,11 @@ impl SessionHost {
         &self.inner.store
     }
 
+    /// The node services every session's handler sees (e.g. the inference pool).
+    pub fn services(&self) -> &Services {
+        &self.inner.services
+    }
+
     /// Registers a handler so sessions can be started by handler id ([`SessionHost::start_dyn`]).
     pub fn register<H: SessionHandler>(&self, handler: Arc<H>) {
         let id = handler.id().to_string();
@@ -779,6 +784,8 @@ pub trait DynSession: Send + Sync + 'static {
     fn epoch(&self) -> Epoch;
     /// Full description.
     fn info(&self) -> SessionInfo;
+    /// Current status.
+    fn status(&self) -> SessionStatus;
     /// Live usage counters.
     fn usage_counters(&self) -> &UsageCounters;
     /// Sends a JSON input; the payload is decoded into the handler's input type.
@@ -824,6 +831,9 @@ impl<H: SessionHandler> DynSession for SessionHandle<H> {
     }
     fn info(&self) -> SessionInfo {
         SessionHandle::info(self)
+    }
+    fn status(&self) -> SessionStatus {
+        SessionHandle::status(self)
     }
     fn usage_counters(&self) -> &UsageCounters {
         &self.shared.usage

@@ -62,6 +62,14 @@ pub enum Cmd {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+    /// (internal) A settlement ledger replica and its tools (`opengrid ledger …`), for
+    /// `bench settlement`.
+    #[command(hide = true)]
+    Ledger {
+        /// The ledger subcommand.
+        #[command(subcommand)]
+        cmd: opengrid_settlement::cli::LedgerCmd,
+    },
     /// (internal) Spawn `n` long-sleeping children, write their pids, wait (launcher tests).
     #[command(hide = true)]
     SpawnChildren {
@@ -163,12 +171,16 @@ pub struct BenchArgs {
     /// JSON only on stdout (progress still goes to stderr unless --quiet).
     #[arg(long)]
     pub json: bool,
-    /// Samples (inputs for checkpoint, handovers per size for handover).
+    /// Samples (inputs for checkpoint, handovers per size for handover, probe pairs per
+    /// condition for isolation).
     #[arg(long)]
     pub count: Option<usize>,
     /// State size in bytes (checkpoint).
     #[arg(long, default_value_t = 1024)]
     pub state_bytes: usize,
+    /// Settlement bench knobs (`--count` sets its receipts phase).
+    #[command(flatten)]
+    pub settlement: crate::bench_settlement::SettlementArgs,
 }
 
 /// Bench names.
@@ -249,6 +261,12 @@ pub async fn run(opts: Opts) -> Result<i32, ChaosError> {
             ready_file,
         } => {
             crate::replica_server::serve_forever(dir, addr, control, ready_file).await?;
+            Ok(EXIT_PASS)
+        }
+        Cmd::Ledger { cmd } => {
+            opengrid_settlement::cli::run(cmd)
+                .await
+                .map_err(|e| BenchError::Failed(format!("ledger: {e:#}")))?;
             Ok(EXIT_PASS)
         }
         Cmd::SpawnChildren { n, pid_file } => spawn_children(n, &pid_file).await,
@@ -371,6 +389,42 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
                 }
             }
             Ok(code)
+        }
+        BenchKind::Isolation => {
+            let cfg = crate::isolation::IsolationConfig {
+                probes: a.count.unwrap_or(1000).clamp(1, 1_000_000),
+                ..Default::default()
+            };
+            let rs = crate::isolation::isolation(&cfg, progress).await?;
+            let mut code = EXIT_PASS;
+            for r in rs {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                if r.declared_dead || r.failed > 0 {
+                    code = crate::report::EXIT_VIOLATION;
+                }
+            }
+            Ok(code)
+        }
+        BenchKind::Settlement => {
+            let r = crate::bench_settlement::settlement(
+                &exe,
+                a.count.unwrap_or(100_000),
+                &a.settlement,
+                progress,
+            )
+            .await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                print!("{}", crate::bench_settlement::human(&r));
+            }
+            Ok(
+                if r.lost == 0 && r.duplicated == 0 && r.replicas_agree && r.totals_exact {
+                    EXIT_PASS
+                } else {
+                    crate::report::EXIT_VIOLATION
+                },
+            )
         }
         k => Err(BenchError::NeedsCluster(format!("{k:?}").to_lowercase()).into()),
     }

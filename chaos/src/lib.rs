@@ -10,13 +10,18 @@
 //! - [`invariants`]: pure checkers over the records a run produces;
 //! - [`report`]: the human table and the JSON report, with the command that reproduces the run;
 //! - [`bench`]: the benches that need real processes (`bench checkpoint`, `bench handover`), run
-//!   against [`replica_server`] children (SessionHost + RocksDB + MigrationServer processes).
+//!   against [`replica_server`] children (SessionHost + RocksDB + MigrationServer processes);
+//!   [`isolation`] (`bench isolation`) runs the `opengrid` RC and node binaries;
+//!   [`bench_settlement`] (`bench settlement`) runs three ledger replica processes and, when
+//!   installed, a 3-member etcd cluster as the baseline.
 //!
 //! Plane: none of its own — it drives the other planes from outside, through binaries and ports.
 
 pub mod bench;
+pub mod bench_settlement;
 pub mod cli;
 pub mod invariants;
+pub mod isolation;
 pub mod launcher;
 pub mod proxy;
 pub mod replica_server;

@@ -54,6 +54,8 @@ pub struct NodeSpec {
     pub capacity: u32,
     /// Client API base URL, e.g. `http://127.0.0.1:7700`.
     pub api: String,
+    /// Migration server (`host:port`): checkpoint replicas, handover target, X2 forwarding.
+    pub migration: String,
 }
 
 /// What the placement needs, derived from a manifest.
@@ -226,7 +228,8 @@ impl NodeRecord {
     }
 
     /// Score key (lower is better) for a session of `handler`.
-    fn score(&self, handler: &str) -> u64 {
+    /// Score for `handler` (lower is better; see the module rules).
+    pub fn score(&self, handler: &str) -> u64 {
         let load = (self.sessions as u64 * 1_000_000) / self.spec.capacity.max(1) as u64; // 0..1e6
         let rtt = self.rtt_us.min(1_000_000); // ≤ 1 s
         let price = self.spec.price_micros_per_input.min(1_000_000);
@@ -581,6 +584,17 @@ impl Colony {
         }
     }
 
+    /// Best node passing every filter and `extra` (full scan; used for handover targets and
+    /// failover, where the candidate set is restricted).
+    pub fn admit_where(&self, req: &Requirements, extra: impl Fn(&NodeRecord) -> bool) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .flatten()
+            .filter(|r| r.check(req).is_none() && extra(r))
+            .min_by_key(|r| (r.score(&req.handler), r.key))
+            .map(|r| r.spec.id)
+    }
+
     /// Every node with its first failed filter (empty when the colony is empty).
     pub fn explain(&self, req: &Requirements) -> Decision {
         let why = self
@@ -619,6 +633,7 @@ mod tests {
             price_micros_per_input: 10,
             capacity: cap,
             api: "http://127.0.0.1:1".into(),
+            migration: "127.0.0.1:1".into(),
         }
     }
 

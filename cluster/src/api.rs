@@ -56,7 +56,8 @@ impl ApiError {
         }
     }
 
-    fn with(mut self, key: &str, v: Value) -> Self {
+    /// Adds a field to the error body.
+    pub(crate) fn with(mut self, key: &str, v: Value) -> Self {
         if let Value::Object(m) = &mut self.body {
             m.insert(key.to_string(), v);
         }
@@ -202,6 +203,8 @@ pub fn node_router(core: Arc<NodeCore>) -> Router {
         .route("/sessions/{id}", get(node_info).delete(node_close))
         .route("/sessions/{id}/inputs", post(node_input))
         .route("/sessions/{id}/ws", get(node_ws))
+        .route("/sessions/{id}/handover", post(node_handover))
+        .route("/drain", post(node_drain))
         .fallback(|| async { not_found_route() })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(metrics, count_status))
@@ -225,16 +228,18 @@ async fn node_health(State(core): State<Arc<NodeCore>>) -> Json<Value> {
         "capacity": core.cfg.capacity,
         "free": (core.cfg.capacity as usize).saturating_sub(sessions),
         "join_refused": core.last_refusal(),
+        "draining": core.mobility().is_some_and(|m| m.draining()),
+        "migration": core.spec.migration,
+        "accelerator": core.spec.accelerator.to_string(),
+        "inference": crate::inference::health_of(core.host.services()),
     }))
 }
 
 async fn node_metrics(State(core): State<Arc<NodeCore>>) -> Response {
     core.metrics.sessions.record(core.host.len() as u64, &[]);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        core.metrics.render(),
-    )
-        .into_response()
+    let mut text = core.metrics.render();
+    text.push_str(&crate::inference::metrics_of(core.host.services()));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[tracing::instrument(skip_all, err(Debug))]
@@ -432,9 +437,14 @@ pub fn rc_router(core: Arc<RcCore>) -> Router {
         .route("/status", get(rc_status))
         .route("/sessions", post(rc_create))
         .route("/admission/probe", post(rc_probe))
+        .route(
+            crate::federation::ADMISSION_PATH,
+            post(crate::federation::admission_handler),
+        )
         .route("/sessions/{id}", get(rc_lookup).delete(rc_redirect))
         .route("/sessions/{id}/inputs", post(rc_redirect))
         .route("/sessions/{id}/ws", get(rc_redirect))
+        .route("/sessions/{id}/handover", post(rc_handover))
         .fallback(|| async { not_found_route() })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(metrics, count_status))
@@ -461,7 +471,15 @@ async fn rc_metrics(State(core): State<Arc<RcCore>>) -> Response {
 }
 
 async fn rc_status(State(core): State<Arc<RcCore>>) -> Json<Value> {
-    Json(serde_json::to_value(core.status()).unwrap_or(Value::Null))
+    let mut v = serde_json::to_value(core.status()).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        let canopy = core
+            .federation()
+            .map(|f| f.status_json())
+            .unwrap_or_else(|| json!({"enabled": false}));
+        m.insert("canopy".into(), canopy);
+    }
+    Json(v)
 }
 
 #[tracing::instrument(skip_all, err(Debug))]
@@ -477,12 +495,16 @@ async fn rc_create(
         Some(s) => Some(parse_sid(s)?),
         None => None,
     };
-    match core.place(&m, sid).await {
+    match core.place(&m, sid.clone()).await {
         Ok(p) => Ok((
             StatusCode::CREATED,
             Json(serde_json::to_value(p).unwrap_or(Value::Null)),
         )
             .into_response()),
+        Err(PlaceError::Unsatisfiable { why }) if core.federation().is_some() => {
+            crate::federation::route_refused(&core, &m, sid.as_ref(), q.get("data_class"), &why)
+                .await
+        }
         Err(PlaceError::Unsatisfiable { why }) => {
             let list: Vec<Value> = why
                 .iter()
@@ -578,5 +600,89 @@ async fn rc_redirect(
             ),
         ),
         None => ApiError::from(SessionError::NotFound { session: sid }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mobility: handover and drain
+
+/// Body of `POST /sessions/{id}/handover` (optional).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HandoverBody {
+    /// Target node name or did; the RC picks one when absent.
+    #[serde(default)]
+    target: Option<String>,
+}
+
+fn handover_body(body: &[u8]) -> Result<HandoverBody, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(HandoverBody::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("handover body: {e}; expected {{\"target\": <node name or did>}} or nothing"),
+        )
+    })
+}
+
+fn move_error(e: crate::mobility::MoveError) -> ApiError {
+    use crate::mobility::MoveError as M;
+    let (status, code) = match &e {
+        M::NotHere(_) => (StatusCode::NOT_FOUND, "not_found"),
+        M::NotServing => (StatusCode::SERVICE_UNAVAILABLE, "not_serving"),
+        M::NoTarget(_) => (StatusCode::CONFLICT, "no_target"),
+        M::Handover(opengrid_migration::HandoverError::NeverLive(_)) => {
+            (StatusCode::CONFLICT, "never_live")
+        }
+        M::Handover(_) => (StatusCode::SERVICE_UNAVAILABLE, "handover_aborted"),
+        M::NoMobility => (StatusCode::SERVICE_UNAVAILABLE, "no_migration"),
+    };
+    ApiError::new(status, code, e.to_string()).with("source_serving", json!(true))
+}
+
+/// `POST /sessions/{id}/handover`: hand the session over live (make-before-break).
+#[tracing::instrument(skip_all, err(Debug))]
+async fn node_handover(
+    State(core): State<Arc<NodeCore>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body?;
+    let sid = parse_sid(&id)?;
+    let b = handover_body(&body)?;
+    if core.host.get(&sid).is_none() {
+        return Err(elsewhere(&core, &sid, &format!("/sessions/{sid}/handover")).await);
+    }
+    let r = core.handover(&sid, b.target).await.map_err(move_error)?;
+    Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null)))
+}
+
+/// `POST /drain`: hand every session off, then report (the node keeps running, serving nothing;
+/// stop it afterwards).
+#[tracing::instrument(skip_all)]
+async fn node_drain(State(core): State<Arc<NodeCore>>) -> Json<Value> {
+    let r = core.drain().await;
+    Json(serde_json::to_value(r).unwrap_or(Value::Null))
+}
+
+/// `POST /sessions/{id}/handover` at the RC: ask the holder to hand the session over.
+#[tracing::instrument(skip_all, err(Debug))]
+async fn rc_handover(
+    State(core): State<Arc<RcCore>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body?;
+    let sid = parse_sid(&id)?;
+    let b = handover_body(&body)?;
+    match core.request_handover(&sid, b.target) {
+        Ok(holder) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"session_id": sid, "asked": holder, "status": "handover requested"})),
+        )),
+        Err(why) => Err(ApiError::new(StatusCode::CONFLICT, "no_handover", why)),
     }
 }

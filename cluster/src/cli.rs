@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::client::Client;
 use crate::config::{NodeConfig, RcConfig};
 use crate::identity::Identity;
-use crate::server::{start_node, start_rc, HandlerSetup};
+use crate::server::{start_node_with, start_rc, HandlerSetup};
 
 /// OpenGrid: session-native runtime for AI agents.
 #[derive(Debug, Parser)]
@@ -52,6 +52,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Drain a node for maintenance: hand every session off (live handover; never-live
+    /// sessions restart elsewhere), then print the report. Stop the node afterwards.
+    Drain {
+        /// The node: its client-API base URL, or its name (looked up at the RC).
+        node: String,
+        /// RC client-API base URL (to look a node name up).
+        #[arg(long, default_value = "http://127.0.0.1:7600")]
+        rc: String,
+    },
     /// Print this data dir's identity (creating the key on first use).
     Id {
         /// Data dir holding `identity.key`.
@@ -88,6 +97,15 @@ pub fn init_logging(json: bool, default: &str) {
 
 /// Runs the `opengrid` command line with the handlers `setup` registers.
 pub fn main_with(setup: HandlerSetup) -> ExitCode {
+    main_with_services(setup, crate::inference::no_services)
+}
+
+/// As [`main_with`], with `services` adding handler services built from a node's inference plane
+/// (see [`crate::inference::ServiceSetup`]).
+pub fn main_with_services(
+    setup: HandlerSetup,
+    services: crate::inference::ServiceSetup,
+) -> ExitCode {
     let opts = Opts::parse();
     let quiet = matches!(
         opts.cmd,
@@ -112,7 +130,7 @@ pub fn main_with(setup: HandlerSetup) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(opts.cmd, setup)) {
+    match rt.block_on(run(opts.cmd, setup, services)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -144,14 +162,26 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn run(cmd: Cmd, setup: HandlerSetup) -> anyhow::Result<()> {
+async fn run(
+    cmd: Cmd,
+    setup: HandlerSetup,
+    services: crate::inference::ServiceSetup,
+) -> anyhow::Result<()> {
     match cmd {
         Cmd::Node { config } => {
             let cfg = NodeConfig::load(config.as_deref()).context("node config")?;
-            let node = start_node(cfg, setup).await.context("start node")?;
+            let node = start_node_with(cfg, setup, services)
+                .await
+                .context("start node")?;
             println!("node {} api {}", node.core().id(), node.api_url());
             shutdown_signal().await;
-            tracing::info!("shutting down");
+            // SIGTERM / Ctrl-C: hand every session off before exiting.
+            tracing::info!("shutting down: draining first");
+            let report = node.core().drain().await;
+            println!(
+                "drained: {} handed over, {} restarted elsewhere, {} left (in {} ms)",
+                report.handed_over, report.restarted, report.remaining, report.took_ms
+            );
             node.shutdown().await;
             Ok(())
         }
@@ -178,6 +208,37 @@ async fn run(cmd: Cmd, setup: HandlerSetup) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_status(&v);
+            }
+            Ok(())
+        }
+        Cmd::Drain { node, rc } => {
+            let api = if node.starts_with("http://") || node.starts_with("https://") {
+                node
+            } else {
+                let st = Client::new(rc).get("/status").await.context("query the RC")?;
+                st.get("members")
+                    .and_then(|m| m.as_array())
+                    .and_then(|ms| {
+                        ms.iter().find(|m| {
+                            m.get("name").and_then(|n| n.as_str()) == Some(node.as_str())
+                                || m.get("node").and_then(|n| n.as_str()) == Some(node.as_str())
+                        })
+                    })
+                    .and_then(|m| m.get("address").and_then(|a| a.as_str()))
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow::anyhow!("no member named {node:?} at the RC"))?
+            };
+            println!("draining {api} …");
+            let r = reqwest::Client::new()
+                .post(format!("{api}/drain"))
+                .send()
+                .await
+                .context("POST /drain")?;
+            let v: Value = r.json().await.context("drain report")?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            let left = v.get("remaining").and_then(|x| x.as_u64()).unwrap_or(0);
+            if left > 0 {
+                anyhow::bail!("{left} sessions could not leave the node");
             }
             Ok(())
         }
@@ -227,13 +288,87 @@ fn print_status(v: &Value) {
         .unwrap_or_default();
     println!("  {} sessions in the directory", sessions.len());
     for e in sessions {
+        let replicas = e
+            .get("replicas")
+            .and_then(|r| r.as_array())
+            .map(|r| r.len())
+            .unwrap_or(0);
         println!(
-            "    {:<20} on {:<8} epoch {:<3} {}",
+            "    {:<20} on {:<8} epoch {:<3} {:<8} replicas {}{}",
             field(&e, "session_id"),
             field(&e, "node_name"),
             field(&e, "epoch"),
-            field(&e, "state")
+            field(&e, "state"),
+            replicas,
+            e.get("waiting")
+                .and_then(|w| w.as_str())
+                .map(|w| format!("  waiting: {w}"))
+                .unwrap_or_default()
         );
+    }
+    print_canopy(v);
+}
+
+/// The canopy part of `/status`: this RC's zone and its peering table.
+fn print_canopy(v: &Value) {
+    let c = &v["canopy"];
+    if c["enabled"] != Value::Bool(true) {
+        return;
+    }
+    let peers = c["peers"].as_array().cloned().unwrap_or_default();
+    println!(
+        "  canopy: region {} zone {}  {} peer colonies  treaties {}",
+        field(c, "region"),
+        field(c, "zone"),
+        peers.len(),
+        c["treaties"]
+            .as_array()
+            .map(|t| t
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default(),
+    );
+    if !peers.is_empty() {
+        println!(
+            "    {:<16} {:<12} {:<12} {:>6} {:>6} {:>7}  rc api",
+            "colony", "region", "jur", "free", "load‰", "age_ms"
+        );
+    }
+    for p in peers {
+        let jur = p["jurisdictions"]
+            .as_array()
+            .map(|j| {
+                j.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        println!(
+            "    {:<16} {:<12} {:<12} {:>6} {:>6} {:>7}  {}",
+            field(&p, "colony"),
+            field(&p, "region"),
+            jur,
+            field(&p, "free_slots"),
+            field(&p, "load_permille"),
+            field(&p, "age_ms"),
+            field(&p, "rc_api"),
+        );
+    }
+    let routed = c["routed_out"].as_array().cloned().unwrap_or_default();
+    if !routed.is_empty() {
+        println!("  {} sessions routed to other colonies", routed.len());
+        for r in routed {
+            println!(
+                "    {:<36} -> {} ({}) on {}",
+                field(&r, "session_id"),
+                field(&r, "colony"),
+                field(&r, "region"),
+                field(&r, "node_name")
+            );
+        }
     }
 }
 
@@ -412,7 +547,7 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
         bail!("a process did not stop cleanly");
     }
     println!(
-        "\nDone: one RC and three nodes, sessions placed by jurisdiction, no process left behind."
+        "\nDone: two colonies (DE/FR and JP), sessions placed by jurisdiction, one routed across the canopy, no process left behind."
     );
     Ok(())
 }
@@ -421,13 +556,66 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
     let rc_api = free_port()?;
     let rc_cluster = free_port()?;
     let secret = format!("demo-{:016x}", rand::random::<u64>());
+    // The second colony (Tokyo): its own RC and node; the two RCs gossip over the canopy.
+    let jp_api = free_port()?;
+    let jp_cluster = free_port()?;
+    let canopy_port = free_port()?;
+    let jp_secret = format!("demo-jp-{:016x}", rand::random::<u64>());
+    let de_did = Identity::load_or_create(&root.join("rc"))?.id().did();
+    let jp_did = Identity::load_or_create(&root.join("rc-jp"))?.id().did();
     let rc_cfg = format!(
-        "version = 1\ncolony = \"demo\"\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{rc_api}\"\ncluster_listen = \"127.0.0.1:{rc_cluster}\"\ncolony_secret = \"{secret}\"\n",
-        root.join("rc").display().to_string()
+        "version = 1\ncolony = \"demo\"\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{rc_api}\"\ncluster_listen = \"127.0.0.1:{rc_cluster}\"\ncolony_secret = \"{secret}\"\n{}",
+        root.join("rc").display().to_string(),
+        demo_canopy(
+            &format!("/ip4/127.0.0.1/tcp/{canopy_port}"),
+            None,
+            "eu-central",
+            "DE",
+            &jp_did
+        ),
     );
     std::fs::write(root.join("rc.toml"), rc_cfg)?;
+    let ledger = crate::ledger_demo::DemoLedger::new(root)?;
+    ledger.configure_rc(&root.join("rc.toml"))?;
+    let jp_cfg = format!(
+        "version = 1\ncolony = \"demo-jp\"\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{jp_api}\"\ncluster_listen = \"127.0.0.1:{jp_cluster}\"\ncolony_secret = \"{jp_secret}\"\n{}",
+        root.join("rc-jp").display().to_string(),
+        demo_canopy(
+            "/ip4/127.0.0.1/tcp/0",
+            Some(&format!("/ip4/127.0.0.1/tcp/{canopy_port}")),
+            "ap-northeast",
+            "JP",
+            &de_did
+        ),
+    );
+    std::fs::write(root.join("rc-jp.toml"), jp_cfg)?;
     println!("OpenGrid local colony demo (temp dir {})", root.display());
-    println!("\n== Starting 1 RC and 3 nodes");
+    println!("\n== Starting colony demo (1 RC and 3 nodes, DE/FR) and colony demo-jp (1 RC and 1 node, JP)");
+    children.spawn(
+        "rc-jp",
+        exe,
+        &[
+            "rc",
+            "--config",
+            &root.join("rc-jp.toml").display().to_string(),
+        ],
+        &root.join("rc-jp.log"),
+    )?;
+    let tokyo = format!(
+        "version = 1\nname = \"tokyo\"\ncolony = \"demo-jp\"\ndata_dir = {:?}\njurisdiction = \"JP\"\napi_listen = \"127.0.0.1:0\"\nrc_cluster = \"127.0.0.1:{jp_cluster}\"\ncolony_secret = \"{jp_secret}\"\ncapacity = 8\nhandler_threads = 1\n",
+        root.join("tokyo").display().to_string()
+    );
+    std::fs::write(root.join("tokyo.toml"), tokyo)?;
+    children.spawn(
+        "tokyo",
+        exe,
+        &[
+            "node",
+            "--config",
+            &root.join("tokyo.toml").display().to_string(),
+        ],
+        &root.join("tokyo.log"),
+    )?;
     children.spawn(
         "rc",
         exe,
@@ -446,6 +634,7 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
         );
         let path = root.join(format!("{name}.toml"));
         std::fs::write(&path, cfg)?;
+        ledger.configure_node(&path, name)?;
         children.spawn(
             name,
             exe,
@@ -472,6 +661,7 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
         children.pids()
     );
     print_status(&status);
+    ledger.start(exe, children).await?;
 
     println!("\n== Placing tutor sessions");
     let mut sessions = Vec::new();
@@ -490,10 +680,7 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
         );
         sessions.push((label, s));
     }
-    match client.create(DEMO_MANIFEST_JP, None).await {
-        Err(e) => println!("  a JP-only manifest is refused: {e}"),
-        Ok(s) => bail!("JP manifest was placed on {}", s.placement.node_name),
-    }
+    let routed = demo_route_across(&client, rc_api).await?;
 
     println!("\n== Talking to them through the client API (directly to the serving node)");
     let mut rows = Vec::new();
@@ -553,12 +740,111 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
     for (id, label, node, turns, bytes, last) in &rows {
         println!("  {id:<36} {label:<14} {node:<7} {turns:>5} {bytes:>8}  {last}");
     }
+    let served: Vec<&crate::client::Session> = sessions.iter().map(|(_, s)| s).collect();
+    ledger.report(&served).await?;
     for (_, s) in sessions {
         s.close().await?;
     }
+    routed.close().await?;
     let status = client.get("/status").await?;
     print_status(&status);
     Ok(())
+}
+
+/// The `[canopy]` section of a demo RC: 1 s summaries, the other RC trusted, and the treaties of
+/// the demo federation (EU → JP: public data may be routed, health data may not).
+fn demo_canopy(
+    listen: &str,
+    bootstrap: Option<&str>,
+    region: &str,
+    zone: &str,
+    peer: &str,
+) -> String {
+    let bootstrap = bootstrap
+        .map(|b| format!("[{b:?}]"))
+        .unwrap_or_else(|| "[]".into());
+    format!(
+        "[canopy]\nenabled = true\nlisten = {listen:?}\nbootstrap = {bootstrap}\npublish_interval = \"1s\"\ngossip_heartbeat = \"200ms\"\nregion = {region:?}\nzone = {zone:?}\ntrusted_rcs = [{peer:?}]\ndefault_data_class = \"public\"\n\
+         [[canopy.treaty]]\nname = \"eu-jp-public\"\nfrom_zone = \"EU\"\nto_zone = \"JP\"\nroute = true\nreplicate = false\ndata_classes = [\"public\"]\n\
+         [[canopy.treaty]]\nname = \"eu-jp-no-health\"\nfrom_zone = \"EU\"\nto_zone = \"JP\"\nroute = false\nreplicate = false\ndata_classes = [\"health\"]\n"
+    )
+}
+
+/// A JP-only manifest cannot be served in colony `demo`: it is routed across the canopy to
+/// `demo-jp`, and the client talks to the Tokyo node directly. With health data, the treaty
+/// `eu-jp-no-health` forbids it.
+async fn demo_route_across(client: &Client, rc_api: u16) -> anyhow::Result<crate::client::Session> {
+    println!("\n== A session that cannot be served locally (JP only)");
+    let t = Instant::now();
+    let peers = wait_for(client, "/status", Duration::from_secs(30), |v| {
+        v["canopy"]["peers"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|x| x["colony"] == "demo-jp" && x["free_slots"].as_u64().unwrap_or(0) > 0)
+        })
+    })
+    .await?;
+    println!(
+        "  colony demo-jp appeared in the peering table after {:?} (signed summary over libp2p gossipsub)",
+        t.elapsed()
+    );
+    print_canopy(&peers);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let url = format!("http://127.0.0.1:{rc_api}/sessions");
+    let t = Instant::now();
+    let r = http
+        .post(&url)
+        .header("content-type", "application/toml")
+        .body(DEMO_MANIFEST_JP)
+        .send()
+        .await?;
+    let (code, body): (u16, Value) = (r.status().as_u16(), r.json().await?);
+    if code != 201 || body["routed"] != Value::Bool(true) {
+        bail!("JP manifest was not routed across: {code} {body}");
+    }
+    println!(
+        "  routed across the canopy in {:?}: colony {} ({}) placed it on {} ({}) — the RC-to-RC request was signed by this RC and verified by theirs",
+        t.elapsed(),
+        field(&body, "colony"),
+        field(&body, "region"),
+        field(&body, "node_name"),
+        field(&body, "address"),
+    );
+    let id = field(&body, "session_id");
+    // The session's home is now demo-jp's RC; the client follows its `moved` to the node.
+    let mut s = Client::new(field(&body, "rc_api")).attach(&id, 1);
+    let mut question = String::new();
+    for turn in 0..2 {
+        let text = if turn == 0 {
+            "score".to_string()
+        } else {
+            answer_for(&question)
+        };
+        let out = s.send(json!({ "text": text })).await?;
+        let out = out.get("output").cloned().unwrap_or(Value::Null);
+        question = s_of(&out, "question");
+        println!(
+            "  {} (tokyo) student: {text:<6} tutor: {} {question}",
+            &id[..10.min(id.len())],
+            s_of(&out, "say")
+        );
+    }
+    let r = http
+        .post(format!("{url}?data_class=health"))
+        .header("content-type", "application/toml")
+        .body(DEMO_MANIFEST_JP)
+        .send()
+        .await?;
+    let (code, body): (u16, Value) = (r.status().as_u16(), r.json().await?);
+    if code != 403 {
+        bail!("health data was not refused by treaty: {code} {body}");
+    }
+    println!(
+        "  the same manifest with health data is refused ({code}): {}",
+        field(&body, "message")
+    );
+    Ok(s)
 }
 
 fn s_of(v: &Value, k: &str) -> String {

@@ -134,6 +134,18 @@ pub struct NodeConfig {
     pub max_body: ByteSize,
     /// Sync (fsync) checkpoint writes.
     pub fsync: bool,
+    /// Migration server (checkpoint replicas, handover target, X2 forwarding) listen address;
+    /// port 0 picks a free one.
+    pub migration_listen: SocketAddr,
+    /// How long `opengrid drain` / SIGTERM may take to hand every session off before the node
+    /// exits anyway (sessions left are checkpointed and fail over).
+    pub drain_timeout: HumanDuration,
+    /// Handovers run at once while draining.
+    pub handover_parallelism: usize,
+    /// The inference plane (`[inference]`, see [`crate::inference`]); absent = none.
+    pub inference: crate::inference::InferenceConfig,
+    /// Compute receipts (`[receipts]`, see [`crate::receipts`]).
+    pub receipts: crate::receipts::ReceiptSection,
 }
 
 impl Default for NodeConfig {
@@ -160,6 +172,11 @@ impl Default for NodeConfig {
             session_queue: 1024,
             max_body: ByteSize(1 << 20),
             fsync: true,
+            migration_listen: "127.0.0.1:0".parse().expect("literal"),
+            drain_timeout: HumanDuration::from_secs(60),
+            handover_parallelism: 8,
+            inference: crate::inference::InferenceConfig::default(),
+            receipts: crate::receipts::ReceiptSection::default(),
         }
     }
 }
@@ -201,6 +218,14 @@ pub struct RcConfig {
     pub max_body: ByteSize,
     /// Accepted clock skew of signed join requests.
     pub join_max_skew: HumanDuration,
+    /// Checkpoint replicas per session (k), chosen among nodes the manifest allows.
+    pub replicas: usize,
+    /// Sessions restored at once after a node is declared dead.
+    pub failover_parallelism: usize,
+    /// Canopy and federation (`[canopy]`, see [`crate::federation::CanopySection`]); off by default.
+    pub canopy: crate::federation::CanopySection,
+    /// Settlement (`[settlement]`, see [`crate::receipts`]): ledger replicas and interval.
+    pub settlement: crate::receipts::SettlementSection,
 }
 
 impl Default for RcConfig {
@@ -222,6 +247,10 @@ impl Default for RcConfig {
             place_timeout: HumanDuration::from_secs(5),
             max_body: ByteSize(1 << 20),
             join_max_skew: HumanDuration::from_secs(60),
+            replicas: 2,
+            failover_parallelism: 64,
+            canopy: crate::federation::CanopySection::default(),
+            settlement: crate::receipts::SettlementSection::default(),
         }
     }
 }
@@ -300,6 +329,13 @@ impl NodeConfig {
         if self.rc_cluster.trim().is_empty() {
             return Err(invalid("rc_cluster", "must be host:port of the RC"));
         }
+        if self.handover_parallelism == 0 || self.handover_parallelism > 256 {
+            return Err(invalid("handover_parallelism", "must be 1..=256"));
+        }
+        if self.drain_timeout.0 < Duration::from_millis(100) {
+            return Err(invalid("drain_timeout", "must be at least 100ms"));
+        }
+        self.inference.validate()?;
         Ok(())
     }
 }
@@ -362,6 +398,16 @@ impl RcConfig {
         if self.max_body.0 < 1024 {
             return Err(invalid("max_body", "must be at least 1KiB"));
         }
+        if self.replicas > 16 {
+            return Err(invalid("replicas", "must be 0..=16"));
+        }
+        if self.failover_parallelism == 0 || self.failover_parallelism > 4096 {
+            return Err(invalid("failover_parallelism", "must be 1..=4096"));
+        }
+        self.canopy.validate()?;
+        self.settlement
+            .validate()
+            .map_err(|(field, reason)| invalid(field, reason))?;
         Ok(())
     }
 }

@@ -225,6 +225,11 @@ impl Identity {
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.key.sign(msg).to_bytes()
     }
+
+    /// The ed25519 signing key (the RC's canopy uses it as its libp2p identity).
+    pub(crate) fn signing_key(&self) -> SigningKey {
+        self.key.clone()
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -12,7 +12,13 @@
 //!   that follows `moved` and replays unacknowledged inputs.
 //! - [`server`]: `start_rc` / `start_node` (many can run in one process, for tests);
 //!   [`cli`]: the `opengrid` command line (`node`, `rc`, `status`, `id`, `demo`).
+//! - [`receipts`]: compute receipts — nodes sign one per session per usage window, the RC
+//!   co-signs, batches and settles them on the Raft-replicated ledger every interval.
 //! - [`metrics`]: `/metrics` instruments (`opengrid_cluster_*`).
+//! - [`federation`]: the RC's canopy (libp2p gossip of signed colony summaries, peering table),
+//!   treaties, and cross-colony routing by signed RC-to-RC admission requests.
+//! - [`inference`]: the node's `[inference]` config and its ONNX Runtime model pool
+//!   (`og-infer-*` threads, neither control nor handler runtime), wired into session handlers.
 //!
 //! Planes: everything here is the **control plane** and runs on its own runtime
 //! (`og-control-*` threads); session handlers run on the node's handler runtime
@@ -24,11 +30,19 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod failure;
+pub mod federation;
 pub mod identity;
+pub mod inference;
+pub mod ledger_demo;
 pub mod metrics;
+pub mod mobility;
 pub mod node;
 pub mod rc;
+pub mod rc_mobility;
+pub mod receipts;
 pub mod server;
 pub mod wire;
 
-pub use server::{start_node, start_rc, HandlerSetup, NodeHandle, RcHandle, StartError};
+pub use server::{
+    start_node, start_node_with, start_rc, HandlerSetup, NodeHandle, RcHandle, StartError,
+};

@@ -44,6 +44,16 @@ pub struct Metrics {
     pub sessions: Gauge<u64>,
     /// Alive members.
     pub members: Gauge<u64>,
+    /// Handovers driven from this node, by outcome (`completed`, `aborted`).
+    pub handovers: Counter<u64>,
+    /// Sessions that arrived here by handover.
+    pub handovers_in: Counter<u64>,
+    /// Handover blackout (freeze → target active).
+    pub handover_blackout_seconds: Histogram<f64>,
+    /// Sessions restored after a failover (rc: ordered, by outcome).
+    pub failovers: Counter<u64>,
+    /// Checkpoint writes or inputs refused because this holder's epoch was superseded.
+    pub fenced: Counter<u64>,
     role: &'static str,
 }
 
@@ -138,6 +148,27 @@ impl Metrics {
             members: m
                 .u64_gauge("opengrid_cluster_members")
                 .with_description("alive colony members")
+                .build(),
+            handovers: m
+                .u64_counter("opengrid_cluster_handovers")
+                .with_description("live handovers driven from this node, by outcome")
+                .build(),
+            handovers_in: m
+                .u64_counter("opengrid_cluster_handovers_in")
+                .with_description("sessions activated here by handover")
+                .build(),
+            handover_blackout_seconds: m
+                .f64_histogram("opengrid_cluster_handover_blackout")
+                .with_unit("s")
+                .with_description("handover blackout: freeze to target active")
+                .build(),
+            failovers: m
+                .u64_counter("opengrid_cluster_failovers")
+                .with_description("sessions restored elsewhere after their node was lost, by outcome")
+                .build(),
+            fenced: m
+                .u64_counter("opengrid_cluster_fenced")
+                .with_description("sessions dropped because a newer epoch holds them")
                 .build(),
             registry,
             _provider: provider,

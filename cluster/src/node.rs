@@ -64,6 +64,10 @@ pub struct NodeCore {
     rc_api: Mutex<Option<String>>,
     last_refusal: Mutex<Option<String>>,
     joining_since: Mutex<Option<Instant>>,
+    /// Replication, handover, restore, drain (set once at start).
+    pub(crate) mobility: std::sync::OnceLock<Arc<crate::mobility::NodeMobility>>,
+    /// Compute receipts of this node's sessions (see [`crate::receipts`]).
+    pub receipts: crate::receipts::ReceiptEmitter,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -81,6 +85,11 @@ impl NodeCore {
         host: SessionHost,
         handlers: Handle,
     ) -> Self {
+        let receipts = crate::receipts::ReceiptEmitter::new(
+            &identity,
+            cfg.receipts.window.0,
+            spec.price_micros_per_input,
+        );
         NodeCore {
             cfg,
             identity,
@@ -99,6 +108,8 @@ impl NodeCore {
             rc_api: Mutex::new(None),
             last_refusal: Mutex::new(None),
             joining_since: Mutex::new(None),
+            mobility: std::sync::OnceLock::new(),
+            receipts,
         }
     }
 
@@ -138,6 +149,11 @@ impl NodeCore {
     /// Measured RTT to the RC.
     pub fn rtt(&self) -> Duration {
         Duration::from_micros(self.rtt_us.load(Ordering::Relaxed))
+    }
+
+    /// Sends a control-plane message to the RC (false when no RC is reachable).
+    pub(crate) fn send_to_rc(&self, m: ToRc) -> bool {
+        self.send_rc(m)
     }
 
     fn send_rc(&self, m: ToRc) -> bool {
@@ -196,6 +212,13 @@ impl NodeCore {
                 if ok {
                     self.metrics.heartbeats.add(1, &[self.metrics.role()]);
                 }
+                let usage = self.host.session_ids().into_iter().filter_map(|id| {
+                    let u = self.host.get(&id)?.usage_counters().snapshot();
+                    Some((id, u))
+                });
+                for m in self.receipts.tick(now, usage) {
+                    self.send_rc(m);
+                }
             }
         }
         // Lease watchdog: a member whose lease ran out stops serving before the RC may re-place.
@@ -242,9 +265,14 @@ impl NodeCore {
         );
         self.metrics.lease_lost.add(1, &[]);
         let host = self.host.clone();
+        let metrics = self.metrics.clone();
         self.handlers.spawn(async move {
             for id in ids {
-                let _ = host.release(&id).await;
+                if let Err(opengrid_actors::SessionError::Fenced { .. }) = host.release(&id).await {
+                    // A newer epoch holds it elsewhere: nothing was written here.
+                    metrics.fenced.add(1, &[]);
+                    tracing::warn!(session = %id, "fenced: a newer epoch holds this session; dropped");
+                }
             }
         });
     }
@@ -260,6 +288,7 @@ impl NodeCore {
                 None => {
                     tracing::info!(rc = %rc, rc_api = %rc_api, "joined colony");
                     *lock(&self.rc_api) = Some(rc_api);
+                    self.receipts.set_rc(&rc);
                     *lock(&self.last_refusal) = None;
                     *lock(&self.membership) = Membership::Member;
                     // First heartbeat right away: it brings the first lease.
@@ -293,16 +322,47 @@ impl NodeCore {
                 session,
                 epoch,
                 manifest,
+                replicas,
+                restore_from,
             } => {
                 let me = self.clone();
                 tokio::spawn(async move {
-                    let error = me.start_session(&session, epoch, &manifest).await.err();
+                    let error = me
+                        .start_session(&session, epoch, &manifest, &replicas, &restore_from)
+                        .await
+                        .err();
                     me.send_rc(ToRc::Started {
                         node: me.id(),
                         req,
                         error,
                     });
                 });
+            }
+            ToNode::ReceiptsAck { accepted, refused } => {
+                self.receipts.on_ack(&accepted, &refused);
+            }
+            ToNode::Replicas { session, replicas } => {
+                if let (Some(m), Ok(sid)) = (self.mobility(), SessionId::new(session)) {
+                    m.store.set_replicas(
+                        &sid,
+                        replicas.iter().filter_map(|a| a.parse().ok()).collect(),
+                    );
+                }
+            }
+            ToNode::HandoverPlan { req, plan } => {
+                if let Some(m) = self.mobility() {
+                    m.on_plan(req, plan);
+                }
+            }
+            ToNode::Handover { session, target } => {
+                if let Ok(sid) = SessionId::new(session) {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.handover(&sid, target).await {
+                            tracing::warn!(session = %sid, error = %e, "handover asked by the RC did not happen");
+                        }
+                    });
+                }
             }
             ToNode::LookupReply { req, location } => {
                 if let Some(tx) = lock(&self.lookups).remove(&req) {
@@ -312,7 +372,14 @@ impl NodeCore {
         }
     }
 
-    async fn start_session(&self, session: &str, epoch: u64, manifest: &str) -> Result<(), String> {
+    async fn start_session(
+        &self,
+        session: &str,
+        epoch: u64,
+        manifest: &str,
+        replicas: &[String],
+        restore_from: &[String],
+    ) -> Result<(), String> {
         // Right after joining, the first lease is one heartbeat round trip away.
         let deadline = Instant::now() + Duration::from_millis(500);
         while !self.may_serve() {
@@ -329,6 +396,16 @@ impl NodeCore {
         if self.host.len() >= self.cfg.capacity as usize {
             return Err(format!("node full ({} sessions)", self.host.len()));
         }
+        if let Some(old) = self.host.get(&sid) {
+            use opengrid_actors::SessionStatus as St;
+            if matches!(old.status(), St::Moved { .. } | St::Stopped { .. } | St::Closed) {
+                // A former incarnation (moved away, or fenced): it is coming back here.
+                old.stop_forwarding();
+                let _ = self.host.release(&sid).await;
+            }
+        }
+        self.prepare_start(&sid, Epoch(epoch), replicas, restore_from)
+            .await?;
         let host = self.host.clone();
         let handler = m.session.handler.clone();
         let policy = m.checkpoint_policy();

@@ -39,6 +39,15 @@ pub struct DirEntry {
     pub memory: u64,
     /// State.
     pub state: DirState,
+    /// Checkpoint replica holders (k, within the manifest's allowed jurisdictions).
+    pub replicas: Vec<NodeId>,
+    /// Why an orphaned session is not placed again yet (e.g. no surviving node in an allowed
+    /// jurisdiction).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// The manifest (failover and handover placement need it).
+    #[serde(skip)]
+    pub manifest: Option<Arc<Manifest>>,
 }
 
 /// Directory state of a session.
@@ -91,17 +100,19 @@ pub struct ColonyStatus {
     pub sessions: Vec<DirEntry>,
 }
 
-struct Member {
-    name: String,
+pub(crate) struct Member {
+    pub(crate) name: String,
     detector: PhiDetector,
-    last_recv: Instant,
-    alive: bool,
+    pub(crate) last_recv: Instant,
+    pub(crate) alive: bool,
 }
 
-struct RcState {
-    colony: Colony,
-    members: HashMap<NodeId, Member>,
-    directory: HashMap<SessionId, DirEntry>,
+pub(crate) struct RcState {
+    pub(crate) colony: Colony,
+    pub(crate) members: HashMap<NodeId, Member>,
+    pub(crate) directory: HashMap<SessionId, DirEntry>,
+    /// Session mobility bookkeeping (failover, handover plans, drains).
+    pub(crate) mob: crate::rc_mobility::MobilityState,
 }
 
 /// Why a placement did not happen.
@@ -155,10 +166,13 @@ pub struct RcCore {
     identity: Identity,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    state: Mutex<RcState>,
+    pub(crate) state: Mutex<RcState>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Option<String>>>>,
     next_req: AtomicU64,
     api: OnceLock<String>,
+    federation: OnceLock<Arc<crate::federation::Federation>>,
+    /// Receipt co-signing and settlement, when `[settlement] ledger` is set.
+    settlement: Option<Arc<crate::receipts::Settler>>,
 }
 
 impl std::fmt::Debug for RcCore {
@@ -171,7 +185,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn node_ref(id: &NodeId) -> Option<ActorRef<NodeMsg>> {
+pub(crate) fn node_ref(id: &NodeId) -> Option<ActorRef<NodeMsg>> {
     pick(ractor::pg::get_scoped_members(
         &wire::PG_SCOPE.to_string(),
         &wire::pg_node(id),
@@ -189,6 +203,7 @@ pub(crate) fn pick<M: ractor::Message>(cells: Vec<ractor::ActorCell>) -> Option<
 impl RcCore {
     /// A new RC core.
     pub fn new(cfg: RcConfig, identity: Identity) -> Self {
+        let settlement = crate::receipts::Settler::new(&cfg.settlement, &identity);
         RcCore {
             cfg,
             identity,
@@ -197,10 +212,13 @@ impl RcCore {
                 colony: Colony::new(),
                 members: HashMap::new(),
                 directory: HashMap::new(),
+                mob: Default::default(),
             }),
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             api: OnceLock::new(),
+            federation: OnceLock::new(),
+            settlement,
         }
     }
 
@@ -217,6 +235,31 @@ impl RcCore {
     /// The client-API base URL.
     pub fn api(&self) -> String {
         self.api.get().cloned().unwrap_or_default()
+    }
+
+    /// Receipt co-signing and settlement, when `[settlement] ledger` is set.
+    pub fn settlement(&self) -> Option<&Arc<crate::receipts::Settler>> {
+        self.settlement.as_ref()
+    }
+
+    /// The canopy and cross-colony routing, when `[canopy] enabled`.
+    pub fn federation(&self) -> Option<&Arc<crate::federation::Federation>> {
+        self.federation.get()
+    }
+
+    /// Attaches the federation (once, at start).
+    pub(crate) fn set_federation(&self, f: Arc<crate::federation::Federation>) {
+        let _ = self.federation.set(f);
+    }
+
+    /// The RC's identity (its key also signs canopy summaries and RC-to-RC requests).
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Runs `f` on the admission table under its lock (keep `f` short: it blocks admission).
+    pub fn with_colony<R>(&self, f: impl FnOnce(&Colony) -> R) -> R {
+        f(&lock(&self.state).colony)
     }
 
     fn phi_config(&self) -> PhiConfig {
@@ -265,6 +308,35 @@ impl RcCore {
                 }
                 self.metrics.sessions.record(st.directory.len() as u64, &[]);
             }
+            ToRc::Receipts { node, receipts } => {
+                let ack = match &self.settlement {
+                    Some(s) => s.on_receipts(&node, receipts),
+                    None => ToNode::ReceiptsAck {
+                        accepted: Vec::new(),
+                        refused: Vec::new(),
+                    },
+                };
+                if let Some(r) = node_ref(&node) {
+                    let _ = r.cast(NodeMsg::wire(ack));
+                }
+            }
+            ToRc::Activated {
+                node,
+                session,
+                epoch,
+            } => self.on_activated(node, &session, epoch),
+            ToRc::PlanHandover {
+                node,
+                req,
+                session,
+                target,
+            } => self.on_plan_handover(node, req, &session, target),
+            ToRc::Draining { node } => self.on_draining(node),
+            ToRc::Released {
+                node,
+                session,
+                epoch,
+            } => self.on_released(node, &session, epoch),
             ToRc::Lookup { node, req, session } => {
                 let location = SessionId::new(session).ok().and_then(|sid| {
                     let st = lock(&self.state);
@@ -309,7 +381,9 @@ impl RcCore {
         let id = spec.id;
         {
             let mut st = lock(&self.state);
-            // A (re)joining node starts empty: whatever the directory held there is orphaned.
+            // A (re)joining node starts empty: whatever the directory held there is orphaned
+            // (and restored from its replicas by the failover loop).
+            st.mob.draining.remove(&id);
             for e in st.directory.values_mut() {
                 if e.node == id {
                     e.state = DirState::Orphaned;
@@ -427,18 +501,17 @@ impl RcCore {
     ) -> Result<Placement, PlaceError> {
         let req = Requirements::from_manifest(m);
         let sid = session.unwrap_or_else(SessionId::random);
-        let (node, name, api, epoch) = {
+        let (node, name, api, epoch, replica_addrs) = {
             let mut st = lock(&self.state);
-            let mut epoch = Epoch(1);
+            let epoch = Epoch(1);
             if let Some(e) = st.directory.get(&sid) {
-                if e.state != DirState::Orphaned {
-                    return Err(PlaceError::AlreadyPlaced {
-                        session: sid,
-                        address: e.address.clone(),
-                        epoch: e.epoch,
-                    });
-                }
-                epoch = e.epoch.next();
+                // An orphaned session is restored from its replicas by the failover loop, never
+                // placed again empty.
+                return Err(PlaceError::AlreadyPlaced {
+                    session: sid,
+                    address: e.address.clone(),
+                    epoch: e.epoch,
+                });
             }
             let t = Instant::now();
             let decision = st.colony.admit(&req);
@@ -470,6 +543,8 @@ impl RcCore {
                 .get(&node)
                 .map(|r| (r.spec.name.clone(), r.spec.api.clone()));
             let (name, api) = rec.unwrap_or_default();
+            let replicas = self.choose_replicas(&st, m, &node, &[]);
+            let replica_addrs = crate::rc_mobility::migration_addrs(&st, &replicas);
             st.colony.note_placed(&node, &req.handler, req.memory);
             st.directory.insert(
                 sid.clone(),
@@ -482,11 +557,16 @@ impl RcCore {
                     handler: req.handler.clone(),
                     memory: req.memory,
                     state: DirState::Starting,
+                    replicas,
+                    waiting: None,
+                    manifest: Some(Arc::new(m.clone())),
                 },
             );
-            (node, name, api, epoch)
+            (node, name, api, epoch, replica_addrs)
         };
-        let result = self.order_start(&node, &sid, epoch, m).await;
+        let result = self
+            .order_start(&node, &sid, epoch, m, replica_addrs, Vec::new())
+            .await;
         let mut st = lock(&self.state);
         match result {
             Ok(()) => {
@@ -525,12 +605,14 @@ impl RcCore {
         }
     }
 
-    async fn order_start(
+    pub(crate) async fn order_start(
         &self,
         node: &NodeId,
         sid: &SessionId,
         epoch: Epoch,
         m: &Manifest,
+        replicas: Vec<String>,
+        restore_from: Vec<String>,
     ) -> Result<(), String> {
         let target = node_ref(node).ok_or_else(|| "node agent not reachable".to_string())?;
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
@@ -541,6 +623,8 @@ impl RcCore {
             session: sid.to_string(),
             epoch: epoch.0,
             manifest: m.to_json_string(),
+            replicas,
+            restore_from,
         }));
         if let Err(e) = sent {
             lock(&self.pending).remove(&req);
@@ -577,7 +661,13 @@ impl RcCore {
                     name: r.spec.name.clone(),
                     jurisdiction: r.spec.jurisdiction.clone(),
                     address: r.spec.api.clone(),
-                    state: if r.alive { "alive" } else { "dead" },
+                    state: if st.mob.draining.contains(&r.spec.id) {
+                        "draining"
+                    } else if r.alive {
+                        "alive"
+                    } else {
+                        "dead"
+                    },
                     sessions: r.sessions,
                     capacity: r.spec.capacity,
                     rtt_us: r.rtt_us,
@@ -634,6 +724,9 @@ impl Actor for RcActor {
             wire::pg_rc(&self.core.cfg.colony, &self.core.cfg.colony_secret),
             vec![myself.get_cell()],
         );
+        if let Some(s) = self.core.settlement() {
+            s.spawn();
+        }
         let period = (self.core.cfg.heartbeat_period.0 / 4).max(Duration::from_millis(5));
         myself.send_interval(period, || RcMsg::Local(RcLocal::Tick));
         Ok(())
@@ -647,7 +740,10 @@ impl Actor for RcActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RcMsg::Wire(w) => self.core.on_message(*w),
-            RcMsg::Local(RcLocal::Tick) => self.core.tick(Instant::now()),
+            RcMsg::Local(RcLocal::Tick) => {
+                self.core.tick(Instant::now());
+                crate::rc_mobility::tick(&self.core, Instant::now());
+            }
         }
         Ok(())
     }

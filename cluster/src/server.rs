@@ -81,6 +81,10 @@ pub enum StartError {
     /// An actor failed to spawn, or a startup task died.
     #[error("startup failed: {0}")]
     Spawn(String),
+    /// The inference plane (`[inference]`) could not start: ONNX Runtime library, model files,
+    /// declared accelerator.
+    #[error(transparent)]
+    Inference(#[from] crate::inference::InferenceStartError),
 }
 
 fn runtime(which: &'static str, threads: usize) -> Result<Runtime, StartError> {
@@ -292,6 +296,11 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
                 source,
             })?;
             c2.set_api(format!("http://{api}"));
+            if c2.cfg.canopy.enabled {
+                crate::federation::start(&c2, api)
+                    .await
+                    .map_err(|e| StartError::Spawn(format!("canopy: {e}")))?;
+            }
             let watch = LinkWatch {
                 on_up: Box::new(|_| {}),
                 authenticated: Default::default(),
@@ -390,6 +399,9 @@ impl NodeHandle {
         }
         self.agent.stop(None);
         self.server.stop(None);
+        if let Some(m) = self.core.mobility() {
+            m.stop();
+        }
         let (control, handlers) = (self.control.take(), self.handlers.take());
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(rt) = control {
@@ -423,6 +435,16 @@ impl Drop for NodeHandle {
 /// Starts a node: handler runtime with its [`SessionHost`] (handlers registered by `setup`),
 /// control runtime with the node agent, the link to the RC and the client API.
 pub async fn start_node(cfg: NodeConfig, setup: HandlerSetup) -> Result<NodeHandle, StartError> {
+    start_node_with(cfg, setup, crate::inference::no_services).await
+}
+
+/// As [`start_node`], with `services` adding handler services built from the node's inference
+/// plane (called only when the config has an `[inference]` section).
+pub async fn start_node_with(
+    cfg: NodeConfig,
+    setup: HandlerSetup,
+    services: crate::inference::ServiceSetup,
+) -> Result<NodeHandle, StartError> {
     let identity = Identity::load_or_create(&cfg.data_dir)?;
     let handlers = runtime("handler", cfg.handler_threads)?;
     let control = match runtime("control", cfg.control_threads) {
@@ -432,7 +454,7 @@ pub async fn start_node(cfg: NodeConfig, setup: HandlerSetup) -> Result<NodeHand
             return Err(e);
         }
     };
-    let result = boot_node(cfg, identity, setup, &handlers, &control).await;
+    let result = boot_node(cfg, identity, setup, services, &handlers, &control).await;
     match result {
         Ok((core, api, stop, server, agent)) => Ok(NodeHandle {
             core,
@@ -463,9 +485,25 @@ async fn boot_node(
     cfg: NodeConfig,
     identity: Identity,
     setup: HandlerSetup,
+    service_setup: crate::inference::ServiceSetup,
     handlers: &Runtime,
     control: &Runtime,
 ) -> Result<Booted, StartError> {
+    // Inference plane: ONNX Runtime and the models load on a blocking thread of the handler
+    // runtime; the pool then runs on its own og-infer threads (never on the control runtime).
+    let icfg = cfg.inference.clone();
+    let inference = handlers
+        .spawn_blocking(move || crate::inference::NodeInference::start(&icfg))
+        .await
+        .map_err(|e| StartError::Spawn(e.to_string()))??
+        .map(Arc::new);
+    let (services, accelerator) = match &inference {
+        Some(inf) => (
+            inf.services(service_setup)?,
+            inf.accelerator(cfg.hardware.accelerator)?,
+        ),
+        None => (Services::default(), cfg.hardware.accelerator),
+    };
     let store_path = cfg.data_dir.join("checkpoints");
     let host_cfg = HostConfig {
         queue_capacity: cfg.session_queue,
@@ -485,16 +523,28 @@ async fn boot_node(
                 path: store_path.display().to_string(),
                 reason: e.to_string(),
             })?;
+            let local = Arc::new(store) as Arc<dyn CheckpointStore>;
+            let replicated = crate::mobility::replicated(local.clone());
             SessionHost::new(
-                Arc::new(store) as Arc<dyn CheckpointStore>,
+                replicated.clone() as Arc<dyn CheckpointStore>,
                 host_cfg,
-                Services::default(),
+                services,
             )
             .await
+            .map(|h| (h, local, replicated))
             .map_err(|e| StartError::Spawn(format!("session host: {e}")))
         })
         .await
         .map_err(|e| StartError::Spawn(e.to_string()))??;
+    let (host, local, replicated) = host;
+    let mobility =
+        crate::mobility::NodeMobility::start(&cfg, host.clone(), local, replicated).map_err(
+            |source| StartError::Bind {
+                addr: cfg.migration_listen,
+                what: "migration server",
+                source,
+            },
+        )?;
     setup(&host);
     let registered = host.handler_ids();
     let served = if cfg.handlers.is_empty() {
@@ -530,7 +580,7 @@ async fn boot_node(
                 id: identity.id(),
                 name: cfg.name.clone(),
                 jurisdiction: cfg.jurisdiction.clone(),
-                accelerator: cfg.hardware.accelerator,
+                accelerator,
                 cpu_cores: cfg.hardware.cpu_cores,
                 memory: cfg.hardware.memory.0,
                 handlers: served,
@@ -538,9 +588,12 @@ async fn boot_node(
                 price_micros_per_input: cfg.price_micros_per_input,
                 capacity: cfg.capacity,
                 api: format!("http://{api}"),
+                migration: mobility.addr().to_string(),
             };
             let name = format!("node-{}", short(&identity.id().did()));
             let core = Arc::new(NodeCore::new(cfg.clone(), identity, spec, host, handler_handle));
+            mobility.attach(&core);
+            let _ = core.mobility.set(mobility);
             let weak = Arc::downgrade(&core);
             let watch = LinkWatch {
                 on_up: Box::new(move |up| {

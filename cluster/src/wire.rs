@@ -168,6 +168,14 @@ pub enum ToRc {
         /// Epoch of the holder.
         epoch: u64,
     },
+    /// Signed compute receipts of this node's sessions (see [`crate::receipts`]); at most
+    /// [`crate::receipts::MAX_RECEIPTS_PER_MESSAGE`] per message.
+    Receipts {
+        /// Sender (must be every receipt's node).
+        node: NodeId,
+        /// Receipts signed by the node.
+        receipts: Vec<opengrid_settlement::SignedReceipt>,
+    },
     /// Where does this session live?
     Lookup {
         /// Sender.
@@ -176,6 +184,42 @@ pub enum ToRc {
         req: u64,
         /// Session.
         session: String,
+    },
+    /// A session became active here with `epoch` (handover target after activation): the RC
+    /// switches its directory entry if `epoch` is newer.
+    Activated {
+        /// Sender (the new holder).
+        node: NodeId,
+        /// Session.
+        session: String,
+        /// Its epoch here.
+        epoch: u64,
+    },
+    /// The holder wants to hand `session` over: pick a target (the named one, if any).
+    PlanHandover {
+        /// Sender (the holder).
+        node: NodeId,
+        /// Request id.
+        req: u64,
+        /// Session.
+        session: String,
+        /// Wanted target: node name or did (must pass admission).
+        target: Option<String>,
+    },
+    /// The node is draining: place nothing new here.
+    Draining {
+        /// Sender.
+        node: NodeId,
+    },
+    /// A session was checkpointed and stopped here so that the RC restarts it elsewhere
+    /// (never-live sessions when draining): restore it, epoch + 1, from its replicas.
+    Released {
+        /// Sender.
+        node: NodeId,
+        /// Session.
+        session: String,
+        /// Epoch it had here.
+        epoch: u64,
     },
 }
 
@@ -213,6 +257,39 @@ pub enum ToNode {
         epoch: u64,
         /// The manifest (JSON).
         manifest: String,
+        /// Replica set (migration servers, `host:port`) chosen by the RC.
+        replicas: Vec<String>,
+        /// Failover: migration servers holding replicas of an earlier epoch; the node installs
+        /// the newest checkpoint among them (and its own) before it starts the session.
+        restore_from: Vec<String>,
+    },
+    /// The replica set of a hosted session changed (a replica holder died).
+    Replicas {
+        /// Session.
+        session: String,
+        /// New replica set.
+        replicas: Vec<String>,
+    },
+    /// Answer to [`ToRc::PlanHandover`].
+    HandoverPlan {
+        /// Request id.
+        req: u64,
+        /// The target, or why there is none.
+        plan: Result<HandoverTarget, String>,
+    },
+    /// The RC asks the holder to hand `session` over (rebalancing, or an operator at the RC).
+    Handover {
+        /// Session.
+        session: String,
+        /// Wanted target, if any.
+        target: Option<String>,
+    },
+    /// Answer to [`ToRc::Receipts`]: co-signed and queued for settlement, or refused.
+    ReceiptsAck {
+        /// Receipts accepted.
+        accepted: Vec<opengrid_settlement::ReceiptId>,
+        /// Receipts refused, with the reason.
+        refused: Vec<(opengrid_settlement::ReceiptId, String)>,
     },
     /// Answer to a lookup.
     LookupReply {
@@ -221,6 +298,21 @@ pub enum ToNode {
         /// `(api base URL, epoch)` of the holder, if placed.
         location: Option<(String, u64)>,
     },
+}
+
+/// Where a handover goes, as chosen by the RC.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HandoverTarget {
+    /// Target node.
+    pub node: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its client API base URL (for `moved`).
+    pub api: String,
+    /// Its migration server.
+    pub migration: String,
+    /// Replica set the session will use there.
+    pub replicas: Vec<String>,
 }
 
 /// Encodes with bincode 2.
@@ -324,6 +416,7 @@ mod tests {
                 price_micros_per_input: 1,
                 capacity: 10,
                 api: "http://127.0.0.1:1".into(),
+                migration: "127.0.0.1:2".into(),
             },
             unix_ms: 1_000_000,
             nonce: 7,

@@ -203,26 +203,31 @@ impl Connection {
         bytes: &[u8],
         timeout: Duration,
     ) -> Result<RpcResponse, ConsensusError> {
-        if self.stream.is_none() {
-            let s = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
-                .await
-                .map_err(|_| ConsensusError::Timeout(format!("connect to {}", self.addr)))??;
-            s.set_nodelay(true)?;
-            self.stream = Some(s);
-        }
-        let stream = self.stream.as_mut().expect("connected above");
-        let res = tokio::time::timeout(timeout, call_encoded(stream, bytes, self.max_frame)).await;
+        // The stream is taken out for the exchange and put back only after a complete
+        // request/response pair. This future may be dropped at any await point (openraft wraps
+        // every RPC in its own timeout, shorter than ours): a dropped exchange then drops the
+        // stream with it, so the next request never reads the abandoned request's late response
+        // as its own. (Reusing the stream here paired a stale `Success` with a newer
+        // AppendEntries, and the leader believed the follower held entries it never received.)
+        let mut stream = match self.stream.take() {
+            Some(s) => s,
+            None => {
+                let s = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
+                    .await
+                    .map_err(|_| ConsensusError::Timeout(format!("connect to {}", self.addr)))??;
+                s.set_nodelay(true)?;
+                s
+            }
+        };
+        let res =
+            tokio::time::timeout(timeout, call_encoded(&mut stream, bytes, self.max_frame)).await;
         match res {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                self.stream = None;
-                Err(e)
+            Ok(Ok(resp)) => {
+                self.stream = Some(stream);
+                Ok(resp)
             }
-            Err(_) => {
-                // A late response would desynchronize request/response pairing: drop the stream.
-                self.stream = None;
-                Err(ConsensusError::Timeout(format!("rpc to {}", self.addr)))
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ConsensusError::Timeout(format!("rpc to {}", self.addr))),
         }
     }
 }
@@ -344,5 +349,72 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             other => Err(self.unexpected(&other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// openraft drops an RPC future when its own timeout fires; the late response to that request
+    /// must never be read as the response to the next one on the same `Connection`.
+    #[tokio::test]
+    async fn abandoned_request_never_answers_the_next_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    while let Ok(Some(frame)) = read_frame(&mut s, 1 << 20).await {
+                        let req: RpcRequest = codec::decode(&frame, 1 << 20).unwrap();
+                        let RpcRequest::LocalRead { query } = req else {
+                            return;
+                        };
+                        if query == [1] {
+                            // The slow answer the caller gives up on.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        let resp = codec::encode(&RpcResponse::Client(Ok(query))).unwrap();
+                        if write_frame(&mut s, &resp, 1 << 20).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let mut conn = Connection::new(addr, 1 << 20);
+        let read = |n: u8| RpcRequest::LocalRead { query: vec![n] };
+        // Warm the connection up, then abandon a request mid-flight (future dropped).
+        let r = conn
+            .request(&read(0), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(r, RpcResponse::Client(Ok(ref q)) if q == &[0]));
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(50),
+            conn.request(&read(1), Duration::from_secs(5)),
+        )
+        .await;
+        assert!(
+            abandoned.is_err(),
+            "the slow request should have been abandoned"
+        );
+        for n in 2..5u8 {
+            match conn
+                .request(&read(n), Duration::from_secs(5))
+                .await
+                .unwrap()
+            {
+                RpcResponse::Client(Ok(q)) => {
+                    assert_eq!(q, vec![n], "response paired with the wrong request")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        server.abort();
     }
 }

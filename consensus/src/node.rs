@@ -539,41 +539,18 @@ impl<A: Application> Inner<A> {
     }
 }
 
-/// Per-peer ordering of Raft RPCs across reconnects: each accepted connection gets an increasing
-/// id; once a peer's RPC arrived on connection `n`, RPCs from that peer on connections `< n` are
-/// refused (the peer abandoned them after a timeout and may already have sent newer requests).
-#[derive(Default)]
-struct ConnOrder {
-    latest: std::sync::Mutex<std::collections::HashMap<NodeId, u64>>,
-}
-
-impl ConnOrder {
-    fn admit(&self, req: &RpcRequest, conn: u64) -> bool {
-        let from = match req {
-            RpcRequest::AppendEntries(r) => r.vote.leader_id().voted_for(),
-            RpcRequest::Vote(r) => r.vote.leader_id().voted_for(),
-            RpcRequest::InstallSnapshot(r) => r.vote.leader_id().voted_for(),
-            _ => None,
-        };
-        let Some(from) = from else { return true };
-        let mut g = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-        let latest = g.entry(from).or_insert(conn);
-        if conn < *latest {
-            return false;
-        }
-        *latest = conn;
-        true
-    }
-}
-
 async fn serve<A: Application>(
     listener: TcpListener,
     inner: Arc<Inner<A>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Each accepted connection is served on its own; requests on one connection are handled in
+    // order. openraft opens several connections to a peer (replication, snapshot streaming, vote
+    // rounds, leadership confirmations), so RPCs of different connections may interleave: Raft
+    // does not need them ordered across connections (a late AppendEntries of the current leader
+    // only re-asserts entries the follower already has, one of an older term is refused by the
+    // vote check). See docs/adr/0006-raft-transport.md.
     let mut conns = JoinSet::new();
-    let order = Arc::new(ConnOrder::default());
-    let mut next_conn: u64 = 0;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -581,10 +558,8 @@ async fn serve<A: Application>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let inner = inner.clone();
-                    next_conn += 1;
-                    let (conn, order) = (next_conn, order.clone());
                     conns.spawn(async move {
-                        if let Err(e) = handle_connection(stream, inner, conn, order).await {
+                        if let Err(e) = handle_connection(stream, inner).await {
                             tracing::debug!(%peer, error = %e, "connection closed with error");
                         }
                     });
@@ -603,18 +578,10 @@ async fn serve<A: Application>(
 async fn handle_connection<A: Application>(
     mut stream: TcpStream,
     inner: Arc<Inner<A>>,
-    conn: u64,
-    order: Arc<ConnOrder>,
 ) -> Result<(), ConsensusError> {
     stream.set_nodelay(true)?;
     while let Some(frame) = read_frame(&mut stream, inner.max_frame).await? {
         let req: RpcRequest = codec::decode(&frame, inner.max_frame)?;
-        if !order.admit(&req, conn) {
-            // A peer that gave up on this connection (timeout) already talks to us on a newer
-            // one; processing this late request after newer ones would reorder its Raft RPCs.
-            tracing::debug!(conn, "dropping a Raft RPC from a superseded connection");
-            return Ok(());
-        }
         let resp = inner.dispatch(req).await;
         let bytes = codec::encode(&resp)?;
         write_frame(&mut stream, &bytes, inner.max_frame).await?;

@@ -341,6 +341,8 @@ fn demo_exits_zero_and_leaves_no_process() {
         "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(stdout.contains("Summary"), "{stdout}");
+    assert!(stdout.contains("routed across the canopy"), "{stdout}");
+    assert!(stdout.contains("eu-jp-no-health"), "{stdout}");
     let line = stdout
         .lines()
         .find(|l| l.contains("processes ["))
@@ -349,7 +351,8 @@ fn demo_exits_zero_and_leaves_no_process() {
         .split(',')
         .filter_map(|p| p.trim().parse().ok())
         .collect();
-    assert_eq!(pids.len(), 4, "{line}");
+    // Colony demo: 1 RC + 3 nodes; colony demo-jp: 1 RC + 1 node.
+    assert_eq!(pids.len(), 6, "{line}");
     for pid in pids {
         // SAFETY: signal 0 only checks for existence.
         let alive = unsafe { libc::kill(pid, 0) } == 0;

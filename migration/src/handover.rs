@@ -185,6 +185,8 @@ pub struct HandoverOptions {
     pub default_max_blackout: Duration,
     /// Budget of each non-blackout step.
     pub step_timeout: Duration,
+    /// Replica set of the session on the target (its migration servers).
+    pub target_replicas: Vec<SocketAddr>,
 }
 
 impl Default for HandoverOptions {
@@ -194,6 +196,7 @@ impl Default for HandoverOptions {
             max_precopy_rounds: 3,
             default_max_blackout: Duration::from_millis(500),
             step_timeout: Duration::from_secs(5),
+            target_replicas: Vec::new(),
         }
     }
 }
@@ -238,6 +241,7 @@ pub async fn handover(
                 handler: s.handler_id().to_string(),
                 policy,
                 epoch: new_epoch,
+                replicas: opts.target_replicas.clone(),
             },
             opts.step_timeout,
         )
@@ -262,6 +266,17 @@ pub async fn handover(
     while rounds < opts.max_precopy_rounds {
         let seq = match s.checkpoint_now().await {
             Ok(q) => q,
+            // Hibernated (no actor running): its newest checkpoint is already in the store.
+            Err(SessionError::NotFound { .. })
+                if store.get_latest(session).ok().flatten().is_some() =>
+            {
+                store
+                    .get_latest(session)
+                    .ok()
+                    .flatten()
+                    .map(|c| c.seq)
+                    .unwrap_or_default()
+            }
             Err(e) => {
                 abort_target().await;
                 return Err(abort("pre-copy", e.to_string()));
@@ -315,6 +330,7 @@ pub async fn handover(
         }
     };
     let state_bytes = cp.state.len();
+    crate::fault::pause("freeze").await;
     // 4. activate within the blackout budget
     let budget = policy
         .max_blackout

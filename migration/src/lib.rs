@@ -13,6 +13,7 @@
 //! Plane: control (handover coordination) carrying state (checkpoints). Triggers (drain, load,
 //! latency, failure detection) and the directory switch live in the cluster crate.
 
+pub mod fault;
 pub mod handover;
 pub mod replica;
 pub mod server;

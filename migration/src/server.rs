@@ -20,6 +20,7 @@ struct Prepared {
     handler: String,
     policy: CheckpointPolicy,
     epoch: Epoch,
+    replicas: Vec<SocketAddr>,
     at: Instant,
 }
 
@@ -27,6 +28,13 @@ struct Prepared {
 pub trait AdmitIncoming: Send + Sync + 'static {
     /// `Err(reason)` to refuse.
     fn admit(&self, session: &SessionId, handler: &str) -> Result<(), String>;
+
+    /// Called right before an incoming session starts here with the replica set the source
+    /// passed on (the node points its replicated store at them).
+    fn activating(&self, _session: &SessionId, _replicas: &[SocketAddr]) {}
+
+    /// Called once an incoming session is active here with `epoch` (the node tells its RC).
+    fn activated(&self, _session: &SessionId, _epoch: Epoch) {}
 }
 
 /// Admits any registered handler while the host holds fewer than `max_sessions`.
@@ -55,6 +63,15 @@ struct Inner {
     admit: Arc<dyn AdmitIncoming>,
     prepared: Mutex<HashMap<SessionId, Prepared>>,
     activated: Mutex<HashMap<SessionId, Epoch>>,
+    /// Activation decided (start under way) vs aborted, decided under one lock so an abort and
+    /// an activation never both win.
+    decisions: Mutex<Decisions>,
+}
+
+#[derive(Default)]
+struct Decisions {
+    committing: HashMap<SessionId, Epoch>,
+    aborted: HashMap<(SessionId, Epoch), Instant>,
 }
 
 /// A running migration server.
@@ -82,6 +99,7 @@ impl MigrationServer {
             admit,
             prepared: Mutex::new(HashMap::new()),
             activated: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(Decisions::default()),
         });
         let i2 = inner;
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
@@ -180,11 +198,22 @@ async fn handle(inner: &Inner, req: Request) -> Response {
             handler,
             policy,
             epoch,
+            replicas,
         } => {
-            if inner.host.get(&session).is_some() {
-                return Response::Refused {
-                    reason: format!("session {session} already hosted here"),
-                };
+            if let Some(s) = inner.host.get(&session) {
+                use opengrid_actors::SessionStatus as St;
+                if matches!(
+                    s.status(),
+                    St::Moved { .. } | St::Stopped { .. } | St::Closed
+                ) {
+                    // A former incarnation (moved away, or fenced): it is coming back here.
+                    s.stop_forwarding();
+                    let _ = inner.host.release(&session).await;
+                } else {
+                    return Response::Refused {
+                        reason: format!("session {session} already hosted here"),
+                    };
+                }
             }
             if let Ok(Some(cur)) = inner.local.current_epoch(&session) {
                 if cur >= epoch {
@@ -202,6 +231,7 @@ async fn handle(inner: &Inner, req: Request) -> Response {
                     handler,
                     policy,
                     epoch,
+                    replicas,
                     at: Instant::now(),
                 },
             );
@@ -216,6 +246,7 @@ async fn handle(inner: &Inner, req: Request) -> Response {
                     reason: format!("no prepared handover for {session}"),
                 };
             }
+            crate::fault::pause("transfer").await;
             match Checkpoint::decode(&checkpoint) {
                 Ok(cp) if cp.session_id == session => put_tolerant(&*inner.local, &cp),
                 Ok(cp) => Response::Refused {
@@ -257,27 +288,63 @@ async fn handle(inner: &Inner, req: Request) -> Response {
                     }
                 }
             };
+            crate::fault::pause("activate").await;
             match put_tolerant(&*inner.local, &cp) {
                 Response::Ok => {}
                 other => return other,
             }
-            match inner
+            {
+                let mut d = lock(&inner.decisions);
+                if d.aborted.remove(&(session.clone(), epoch)).is_some() {
+                    return Response::Refused {
+                        reason: format!("handover of {session} to {epoch} was aborted"),
+                    };
+                }
+                d.committing.insert(session.clone(), epoch);
+            }
+            inner.admit.activating(&session, &prep.replicas);
+            let r = inner
                 .host
                 .start_dyn(&prep.handler, session.clone(), epoch, prep.policy)
-                .await
-            {
+                .await;
+            let resp = match r {
                 Ok(_) => {
-                    lock(&inner.activated).insert(session, epoch);
+                    lock(&inner.activated).insert(session.clone(), epoch);
+                    inner.admit.activated(&session, epoch);
                     Response::Activated { epoch }
                 }
                 Err(e) => Response::Refused {
                     reason: format!("activation failed: {e}"),
                 },
-            }
+            };
+            lock(&inner.decisions).committing.remove(&session);
+            resp
         }
         Request::Abort { session, epoch } => {
             if lock(&inner.activated).get(&session) == Some(&epoch) {
                 return Response::AlreadyActive { epoch };
+            }
+            let committing = {
+                let mut d = lock(&inner.decisions);
+                if d.committing.get(&session) == Some(&epoch) {
+                    true
+                } else {
+                    d.aborted.retain(|_, at| at.elapsed() < RESERVATION_TTL);
+                    d.aborted.insert((session.clone(), epoch), Instant::now());
+                    false
+                }
+            };
+            if committing {
+                // Too late to abort: the start is under way; answer with its outcome.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while lock(&inner.decisions).committing.get(&session) == Some(&epoch)
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                if lock(&inner.activated).get(&session) == Some(&epoch) {
+                    return Response::AlreadyActive { epoch };
+                }
             }
             lock(&inner.prepared).remove(&session);
             Response::Ok

@@ -33,6 +33,8 @@ pub enum Request {
         policy: CheckpointPolicy,
         /// The epoch it will have here.
         epoch: Epoch,
+        /// Replica set the session will use on the target (chosen by the RC).
+        replicas: Vec<std::net::SocketAddr>,
     },
     /// Handover step 2: pre-copy (possibly repeated).
     Transfer {

@@ -7,6 +7,9 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use crate::did::Did;
 use crate::error::SettlementError;
 
+/// Magic of the node identity key file (`OGKEY`, version 1) followed by the 32-byte seed.
+pub const IDENTITY_FILE_MAGIC: &[u8; 8] = b"OGKEY\x00\x00\x01";
+
 /// A node's or RC's signing identity.
 #[derive(Clone)]
 pub struct Keypair {
@@ -36,9 +39,16 @@ impl Keypair {
     pub fn load_or_create(path: &Path) -> Result<Self, SettlementError> {
         match std::fs::read(path) {
             Ok(bytes) => {
-                let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                // A node/RC identity file (`<data_dir>/identity.key`, written by `opengrid node`
+                // and `opengrid rc`) is the same seed behind an 8-byte magic: accept it, so an
+                // operator registers a node with the very key it signs receipts with.
+                let seed_bytes = match bytes.strip_prefix(IDENTITY_FILE_MAGIC.as_slice()) {
+                    Some(rest) => rest,
+                    None => bytes.as_slice(),
+                };
+                let seed: [u8; 32] = seed_bytes.try_into().map_err(|_| {
                     SettlementError::Key(format!(
-                        "{}: expected a 32-byte seed, found {} bytes",
+                        "{}: expected a 32-byte seed or a 40-byte node identity file, found {} bytes",
                         path.display(),
                         bytes.len()
                     ))
@@ -75,5 +85,31 @@ impl Keypair {
     /// Sign `msg`.
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.signing.sign(msg).to_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_raw_seeds_and_node_identity_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw.key");
+        std::fs::write(&raw, [7u8; 32]).unwrap();
+        let ident = dir.path().join("identity.key");
+        let mut bytes = IDENTITY_FILE_MAGIC.to_vec();
+        bytes.extend_from_slice(&[7u8; 32]);
+        std::fs::write(&ident, bytes).unwrap();
+        let a = Keypair::load_or_create(&raw).unwrap();
+        let b = Keypair::load_or_create(&ident).unwrap();
+        assert_eq!(a.did(), b.did());
+        assert_eq!(a.did(), Keypair::from_seed([7u8; 32]).did());
+        let bad = dir.path().join("bad.key");
+        std::fs::write(&bad, [1u8; 39]).unwrap();
+        assert!(matches!(
+            Keypair::load_or_create(&bad),
+            Err(SettlementError::Key(_))
+        ));
     }
 }

@@ -68,7 +68,11 @@ impl Cluster {
                 "20",
                 "--exit-on-stdin-eof",
             ])
-            .env("RUST_LOG", "info,openraft=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("OPENGRID_REPLICA_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
@@ -171,17 +175,12 @@ fn batch(rc: &Keypair, receipts: Vec<opengrid_settlement::SignedReceipt>, part: 
     }
 }
 
-/// Known issue (see the closing note of the settlement work): under heavy CPU load this test
-/// sometimes trips openraft's `follower log reversion` debug assertion on a surviving replica
-/// after the old leader restarts. Until that is understood it runs only when
-/// `OPENGRID_LEDGER_PROCESS_TEST=1` (`scripts/test.sh --ledger-processes` sets it), so the CI
-/// suite stays deterministic; the in-process Raft tests in `consensus/tests` always run.
+/// Under CPU load this once tripped openraft's `follower log reversion` debug assertion: the
+/// transport paired a late response with a newer request after openraft abandoned an RPC on its
+/// own timeout (fixed in `consensus::network::Connection`, see ADR 0006). Replica logs of a failed
+/// run are kept; `OPENGRID_REPLICA_LOG` overrides the replicas' `RUST_LOG`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_batch_applies_once_then_restarted_replica_catches_up() {
-    if std::env::var("OPENGRID_LEDGER_PROCESS_TEST").as_deref() != Ok("1") {
-        eprintln!("skipped: set OPENGRID_LEDGER_PROCESS_TEST=1 to run the 3-process ledger test");
-        return;
-    }
     let mut cluster = Cluster::start(3);
     let client = cluster.client();
     let node = Keypair::from_seed([21; 32]);
