@@ -62,7 +62,7 @@ impl Default for IsolationConfig {
             probes: 1000,
             gap: Duration::from_millis(5),
             sessions: 16,
-            rows: 16_384,
+            rows: 65_536,
             inference_threads: 2,
             handler_threads: 2,
             max_load: Duration::from_secs(120),

@@ -258,6 +258,14 @@ async fn node_create(State(core): State<Arc<NodeCore>>) -> Result<Response, ApiE
 async fn elsewhere(core: &NodeCore, sid: &SessionId, path: &str) -> ApiError {
     match core.lookup(sid).await {
         Some((addr, epoch)) if addr != core.spec.api => ApiError::moved(addr, path, epoch),
+        // The directory says here but the host has not got it (yet): a handover or restore is
+        // landing. Retryable.
+        Some(_) if core.host.get(sid).is_none() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "arriving",
+            format!("session {sid} is arriving on this node; retry"),
+        )
+        .with("retryable", json!(true)),
         _ => ApiError::from(SessionError::NotFound {
             session: sid.clone(),
         }),
@@ -285,7 +293,17 @@ async fn node_info(
     let sid = parse_sid(&id)?;
     match core.host.get(&sid) {
         Some(s) if core.may_serve() => {
-            Ok(Json(serde_json::to_value(s.info()).unwrap_or(Value::Null)))
+            let mut v = serde_json::to_value(s.info()).unwrap_or(Value::Null);
+            if let (Value::Object(m), Some(mob)) = (&mut v, core.mobility()) {
+                let r: Vec<String> = mob
+                    .store
+                    .replicas(&sid)
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
+                m.insert("replicas".into(), json!(r));
+            }
+            Ok(Json(v))
         }
         Some(_) => Err(check_serving(&core).err().unwrap_or_else(not_found_route)),
         None => Err(elsewhere(&core, &sid, &format!("/sessions/{sid}")).await),

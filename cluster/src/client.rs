@@ -143,6 +143,7 @@ impl Client {
             next_seq: 1,
             unacked: VecDeque::new(),
             moves: 0,
+            lost: 0,
         })
     }
 
@@ -163,6 +164,7 @@ impl Client {
             next_seq: next_seq.max(1),
             unacked: VecDeque::new(),
             moves: 0,
+            lost: 0,
         }
     }
 
@@ -193,6 +195,9 @@ pub struct Session {
     unacked: VecDeque<(u64, Value)>,
     /// How many `moved` redirects were followed.
     pub moves: u32,
+    /// Acknowledged inputs the session lost when it was restored from an older checkpoint
+    /// (bounded-loss sessions after a failover; within the manifest's bound).
+    pub lost: u64,
 }
 
 impl Session {
@@ -203,7 +208,7 @@ impl Session {
 
     /// Sends one input; returns the reply (`{kind, seq, output|error, durable}`).
     pub async fn send(&mut self, input: Value) -> Result<Value, ClientError> {
-        let seq = self.next_seq;
+        let mut seq = self.next_seq;
         self.next_seq += 1;
         self.unacked.push_back((seq, input));
         let deadline = Instant::now() + self.client.retry_for;
@@ -250,6 +255,31 @@ impl Session {
                         last_err = format!("{status}: {message}");
                         self.relocate().await;
                         tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue 'outer;
+                    }
+                    Err(ClientError::Api {
+                        status: 409,
+                        ref body,
+                        ..
+                    }) if body.get("code").and_then(|c| c.as_str()) == Some("seq_gap")
+                        && body
+                            .get("expected")
+                            .and_then(|e| e.as_u64())
+                            .is_some_and(|e| e >= 1 && e < s) =>
+                    {
+                        // The session was restored from a checkpoint older than inputs we had
+                        // acknowledged (a bounded-loss session after a failover: the loss its
+                        // manifest accepts). Renumber what is unacknowledged from where the
+                        // session stands, and count the loss.
+                        let expected = body["expected"].as_u64().unwrap_or(1);
+                        let shift = s - expected;
+                        self.lost += shift;
+                        for (u, _) in self.unacked.iter_mut() {
+                            *u -= shift;
+                        }
+                        self.next_seq -= shift;
+                        seq -= shift;
+                        tracing::warn!(session = %self.id, lost = shift, "session resumed from an older checkpoint (within its loss bound)");
                         continue 'outer;
                     }
                     Err(ClientError::Http(m)) => {

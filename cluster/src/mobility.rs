@@ -265,6 +265,35 @@ impl NodeMobility {
         }
     }
 
+    /// A new replica set for a hosted session: members new to the set get the newest checkpoint
+    /// now (an idle session may not write another for a long time), then the set is switched.
+    pub async fn change_replicas(&self, sid: &SessionId, replicas: &[String]) {
+        let new = addrs(replicas);
+        let old = self.store.replicas(sid);
+        let fresh: Vec<SocketAddr> = new.iter().filter(|a| !old.contains(a)).copied().collect();
+        // Switch first: every checkpoint from now on reaches the new set; then seed it with the
+        // newest one (an older seed arriving after a newer write is ignored by the replica).
+        self.store.set_replicas(sid, new);
+        if !fresh.is_empty() {
+            if let Ok(Some(cp)) = self.local.get_latest(sid) {
+                let frame = cp.encode();
+                let writes = fresh.iter().map(|a| {
+                    let peer = Peer::new(*a, Duration::from_secs(2));
+                    let req = Request::Replicate {
+                        checkpoint: frame.clone(),
+                    };
+                    async move { (*a, peer.call(&req).await) }
+                });
+                for (a, r) in futures::future::join_all(writes).await {
+                    if !matches!(r, Ok(Response::Ok)) {
+                        tracing::warn!(session = %sid, replica = %a, "seeding a new replica failed; it gets the next checkpoint");
+                    }
+                }
+            }
+        }
+        tracing::debug!(session = %sid, replicas = ?replicas, "replica set changed");
+    }
+
     pub(crate) fn on_plan(&self, req: u64, plan: Result<HandoverTarget, String>) {
         if let Some(tx) = lock(&self.plans).remove(&req) {
             let _ = tx.send(plan);

@@ -342,11 +342,8 @@ impl NodeCore {
                 self.receipts.on_ack(&accepted, &refused);
             }
             ToNode::Replicas { session, replicas } => {
-                if let (Some(m), Ok(sid)) = (self.mobility(), SessionId::new(session)) {
-                    m.store.set_replicas(
-                        &sid,
-                        replicas.iter().filter_map(|a| a.parse().ok()).collect(),
-                    );
+                if let (Some(m), Ok(sid)) = (self.mobility().cloned(), SessionId::new(session)) {
+                    tokio::spawn(async move { m.change_replicas(&sid, &replicas).await });
                 }
             }
             ToNode::HandoverPlan { req, plan } => {
@@ -398,7 +395,10 @@ impl NodeCore {
         }
         if let Some(old) = self.host.get(&sid) {
             use opengrid_actors::SessionStatus as St;
-            if matches!(old.status(), St::Moved { .. } | St::Stopped { .. } | St::Closed) {
+            if matches!(
+                old.status(),
+                St::Moved { .. } | St::Stopped { .. } | St::Closed
+            ) {
                 // A former incarnation (moved away, or fenced): it is coming back here.
                 old.stop_forwarding();
                 let _ = self.host.release(&sid).await;

@@ -49,6 +49,8 @@ pub struct MobilityState {
     pub last_rebalance: HashMap<NodeId, Instant>,
     /// Restores in flight.
     pub in_flight: usize,
+    /// Last replica-repair scan.
+    pub last_repair: Option<Instant>,
 }
 
 /// Migration-server addresses of `ids` (unknown nodes skipped).
@@ -355,22 +357,31 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
             st.mob.in_flight += 1;
             todo.push(sid);
         }
-        // Replica repair: active sessions whose replica set lost a member.
+        // Replica repair (at most every 250 ms): active sessions whose replica set lost a member
+        // or is smaller than k (nodes joined since it was placed).
         let dead: HashSet<NodeId> = st
             .members
             .iter()
             .filter(|(_, m)| !m.alive)
             .map(|(id, _)| *id)
+            .chain(st.mob.draining.iter().copied())
             .collect();
-        if !dead.is_empty() {
+        let k = core.cfg.replicas;
+        if st
+            .mob
+            .last_repair
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(250))
+        {
+            st.mob.last_repair = Some(now);
             let broken: Vec<SessionId> = st
                 .directory
                 .values()
                 .filter(|e| {
-                    e.state == DirState::Active && e.replicas.iter().any(|r| dead.contains(r))
+                    e.state == DirState::Active
+                        && (e.replicas.len() < k || e.replicas.iter().any(|r| dead.contains(r)))
                 })
                 .map(|e| e.session_id.clone())
-                .take(256)
+                .take(1024)
                 .collect();
             for sid in broken {
                 let Some(e) = st.directory.get(&sid) else {
@@ -387,6 +398,9 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
                 );
                 let Some(m) = m else { continue };
                 let set = core.choose_replicas(&st, &m, &holder, &keep);
+                if st.directory.get(&sid).is_some_and(|e| e.replicas == set) {
+                    continue;
+                }
                 let addrs = migration_addrs(&st, &set);
                 if let Some(e) = st.directory.get_mut(&sid) {
                     e.replicas = set;

@@ -237,6 +237,22 @@ async fn tutor_classifies_intents_in_a_node_process() {
         .collect();
     assert_eq!(names, ["mlp", "text_classifier"], "{h}");
 
+    // Placement follows the declared accelerator: this CPU node is refused for a GPU manifest.
+    let gpu = "version = 1\n[session]\nhandler = \"tutor\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"DE\"]\naccelerator = \"gpu-small\"\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n";
+    let probe: Value = c
+        .http
+        .post(format!("{}/admission/probe", c.rc_api))
+        .header("content-type", "application/toml")
+        .body(gpu)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(probe["decision"], "refused", "{probe}");
+    assert!(probe.to_string().contains("accelerator"), "{probe}");
+
     let desc: Value = serde_json::from_str(
         &std::fs::read_to_string(models_dir().join("text_classifier.reference.json")).unwrap(),
     )
@@ -470,6 +486,12 @@ fn bad_inference_setup_stops_the_node_with_a_typed_error() {
         &format!("[inference]\nmodels_dir = {models:?}\n"),
         &[("ORT_DYLIB_PATH", None)],
         &["ORT_DYLIB_PATH"],
+    );
+    // A GPU declared while the inference plane runs on the CPU.
+    assert_start_fails(
+        &format!("[hardware]\naccelerator = \"gpu-small\"\n[inference]\nmodels_dir = {models:?}\ndevice = \"cpu\"\n"),
+        &[],
+        &["hardware.accelerator", "gpu-small"],
     );
     // A bad config field is named before anything starts.
     assert_start_fails("[inference]\nthreads = 0\n", &[], &["inference.threads"]);

@@ -76,9 +76,9 @@ async fn scorer_statistics_match_a_direct_run() {
         let mut argmax = [0u64; 4];
         for row in y.chunks(4) {
             let mut best = 0;
-            for j in 0..4 {
-                mean[j] += row[j] as f64 / rows as f64;
-                if row[j] > row[best] {
+            for (j, v) in row.iter().enumerate() {
+                mean[j] += *v as f64 / rows as f64;
+                if *v > row[best] {
                     best = j;
                 }
             }
@@ -86,12 +86,10 @@ async fn scorer_statistics_match_a_direct_run() {
         }
         assert_eq!(r.rows, rows);
         assert_eq!(r.argmax, argmax, "rows {rows}");
-        for j in 0..4 {
+        for (j, (got, want)) in r.mean.iter().zip(mean).enumerate() {
             assert!(
-                (r.mean[j] - mean[j]).abs() < 1e-4,
-                "rows {rows} column {j}: {} vs {}",
-                r.mean[j],
-                mean[j]
+                (got - want).abs() < 1e-4,
+                "rows {rows} column {j}: {got} vs {want}"
             );
         }
         total += rows as u64;

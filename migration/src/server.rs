@@ -303,10 +303,34 @@ async fn handle(inner: &Inner, req: Request) -> Response {
                 d.committing.insert(session.clone(), epoch);
             }
             inner.admit.activating(&session, &prep.replicas);
-            let r = inner
-                .host
-                .start_dyn(&prep.handler, session.clone(), epoch, prep.policy)
-                .await;
+            // The state under the new epoch, written before serving: the new replica set (and
+            // this node) hold it and refuse the old epoch from now on.
+            let bumped = Checkpoint::new(
+                session.clone(),
+                epoch,
+                cp.seq,
+                cp.handler_id.clone(),
+                cp.handler_version,
+                cp.state.clone(),
+            );
+            let store = inner.host.store().clone();
+            let wrote = tokio::task::spawn_blocking(move || store.put(&bumped)).await;
+            let r = match wrote {
+                Ok(Ok(())) | Ok(Err(StoreError::StaleSeq { .. })) => {
+                    inner
+                        .host
+                        .start_dyn(&prep.handler, session.clone(), epoch, prep.policy)
+                        .await
+                }
+                Ok(Err(e)) => Err(opengrid_actors::SessionError::Stopped {
+                    session: session.clone(),
+                    reason: format!("writing the new epoch's checkpoint: {e}"),
+                }),
+                Err(e) => Err(opengrid_actors::SessionError::Stopped {
+                    session: session.clone(),
+                    reason: format!("checkpoint task: {e}"),
+                }),
+            };
             let resp = match r {
                 Ok(_) => {
                     lock(&inner.activated).insert(session.clone(), epoch);
