@@ -172,7 +172,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Samples (inputs for checkpoint, handovers per size for handover, probe pairs per
-    /// condition for isolation).
+    /// condition for isolation, sessions on the killed node for failover).
     #[arg(long)]
     pub count: Option<usize>,
     /// State size in bytes (checkpoint).
@@ -181,6 +181,9 @@ pub struct BenchArgs {
     /// Settlement bench knobs (`--count` sets its receipts phase).
     #[command(flatten)]
     pub settlement: crate::bench_settlement::SettlementArgs,
+    /// Colony bench knobs (`failover`, `handover`): `--bin`, budget, fsync.
+    #[command(flatten)]
+    pub colony: crate::bench_colony::ColonyArgs,
 }
 
 /// Bench names.
@@ -373,6 +376,39 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
                 crate::report::EXIT_VIOLATION
             })
         }
+        BenchKind::Handover if !a.colony.replica_servers => {
+            let rs = crate::bench_colony::handover(
+                &a.colony,
+                a.count.unwrap_or(1000),
+                &[4 << 10, 64 << 10, 1 << 20],
+                progress,
+            )
+            .await?;
+            let mut code = EXIT_PASS;
+            for r in rs {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                if r.lost != 0 || r.duplicated != 0 || r.client_errors != 0 {
+                    code = crate::report::EXIT_VIOLATION;
+                }
+            }
+            Ok(code)
+        }
+        BenchKind::Failover => {
+            let r =
+                crate::bench_colony::failover(&a.colony, a.count.unwrap_or(1000), progress).await?;
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            Ok(
+                if r.lost == 0
+                    && r.duplicated == 0
+                    && r.active_twice == 0
+                    && r.not_recovered == 0
+                {
+                    EXIT_PASS
+                } else {
+                    crate::report::EXIT_VIOLATION
+                },
+            )
+        }
         BenchKind::Handover => {
             let rs = bench::handover(
                 &exe,
@@ -426,7 +462,6 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
                 },
             )
         }
-        k => Err(BenchError::NeedsCluster(format!("{k:?}").to_lowercase()).into()),
     }
 }
 

@@ -12,12 +12,15 @@
 //! - [`bench`]: the benches that need real processes (`bench checkpoint`, `bench handover`), run
 //!   against [`replica_server`] children (SessionHost + RocksDB + MigrationServer processes);
 //!   [`isolation`] (`bench isolation`) runs the `opengrid` RC and node binaries;
+//!   [`bench_colony`] (`bench failover`, and `bench handover` by default) runs an `opengrid`
+//!   RC and nodes and drives them through the client API;
 //!   [`bench_settlement`] (`bench settlement`) runs three ledger replica processes and, when
 //!   installed, a 3-member etcd cluster as the baseline.
 //!
 //! Plane: none of its own — it drives the other planes from outside, through binaries and ports.
 
 pub mod bench;
+pub mod bench_colony;
 pub mod bench_settlement;
 pub mod cli;
 pub mod invariants;

@@ -130,7 +130,7 @@ impl RcCore {
                 (!could_serve, r.score(&req.handler), r.spec.id)
             })
             .collect();
-        cands.sort_by(|a, b| (a.0, a.1, a.2.did()).cmp(&(b.0, b.1, b.2.did())));
+        cands.sort_by_key(|a| (a.0, a.1, a.2.did()));
         for (_, _, id) in cands {
             if out.len() >= k {
                 break;

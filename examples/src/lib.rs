@@ -7,10 +7,13 @@
 //!   ([`intent::IntentClassifier`], registered by [`node_services`]).
 //! - [`scorer::Scorer`]: scores batches of feature vectors with a model named by its hash
 //!   (`ctx.infer`); the load of the isolation bench.
+//! - [`blob::Blob`]: a counter carrying a padding blob of configurable size (the state of
+//!   `opengrid-chaos bench handover`).
 //!
 //! The `opengrid-demo` binary runs tutor sessions locally on a RocksDB checkpoint store and shows
 //! a crash, restart from checkpoint, hibernation and wake-up.
 
+pub mod blob;
 pub mod counter;
 pub mod intent;
 pub mod scorer;
@@ -22,11 +25,12 @@ use std::sync::Arc;
 use opengrid_actors::{Services, SessionHost};
 use opengrid_cluster::inference::NodeInference;
 
-/// Registers every example handler on a node's host (`tutor`, `counter`, `scorer`).
+/// Registers every example handler on a node's host (`tutor`, `counter`, `scorer`, `blob`).
 pub fn register_handlers(host: &SessionHost) {
     host.register(Arc::new(tutor::Tutor));
     host.register(Arc::new(counter::Counter));
     host.register(Arc::new(scorer::Scorer));
+    host.register(Arc::new(blob::Blob));
 }
 
 /// Services the example handlers need from a node's inference plane: when the node serves the

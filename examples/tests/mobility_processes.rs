@@ -628,7 +628,7 @@ async fn a_paused_node_is_fenced_after_its_sessions_fail_over() {
     // pause, at its old epoch.
     c.kill9("victim");
     let store = opengrid_session::RocksCheckpointStore::open(
-        &c.data_dir("victim").join("checkpoints"),
+        c.data_dir("victim").join("checkpoints"),
         Default::default(),
     )
     .unwrap();
