@@ -254,13 +254,7 @@ impl Colony {
         self.wait_status(
             &format!("{n} members alive"),
             Duration::from_secs(60),
-            |st| {
-                members(st)
-                    .iter()
-                    .filter(|m| m["state"] == "alive")
-                    .count()
-                    == n
-            },
+            |st| members(st).iter().filter(|m| m["state"] == "alive").count() == n,
         )
         .await
     }
@@ -792,7 +786,11 @@ pub async fn handover(
         let id = s.id.clone();
         let (mut holder, mut holder_api) = (s.placement.node_name.clone(), s.address.clone());
         let stop = Arc::new(AtomicBool::new(false));
-        let inputs = tokio::spawn(input_loop(s, stop.clone(), budget + Duration::from_secs(60)));
+        let inputs = tokio::spawn(input_loop(
+            s,
+            stop.clone(),
+            budget + Duration::from_secs(60),
+        ));
         let (mut blackouts, mut totals, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
         let mut aborted = Vec::new();
         let deadline = Instant::now() + budget;
@@ -826,8 +824,7 @@ pub async fn handover(
                 aborted.push(format!("{status} {body}"));
                 // Where does it live now? Ask the RC.
                 if let Ok(v) = client.get(&format!("/sessions/{id}")).await {
-                    if let (Some(n), Some(a)) = (v["node_name"].as_str(), v["address"].as_str())
-                    {
+                    if let (Some(n), Some(a)) = (v["node_name"].as_str(), v["address"].as_str()) {
                         holder = n.to_string();
                         holder_api = a.to_string();
                     }

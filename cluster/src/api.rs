@@ -292,6 +292,16 @@ async fn node_info(
 ) -> Result<Json<Value>, ApiError> {
     let sid = parse_sid(&id)?;
     match core.host.get(&sid) {
+        Some(s) if matches!(s.status(), opengrid_actors::SessionStatus::Moved { .. }) => {
+            match s.status() {
+                opengrid_actors::SessionStatus::Moved { location, epoch } => Err(ApiError::moved(
+                    location,
+                    &format!("/sessions/{sid}"),
+                    epoch.0,
+                )),
+                _ => Err(not_found_route()),
+            }
+        }
         Some(s) if core.may_serve() => {
             let mut v = serde_json::to_value(s.info()).unwrap_or(Value::Null);
             if let (Value::Object(m), Some(mob)) = (&mut v, core.mobility()) {
@@ -375,7 +385,13 @@ async fn run_input(core: &NodeCore, sid: &SessionId, body: &[u8]) -> Result<Valu
     };
     check_serving(core)?;
     let r = s.send_json(Seq(input.seq), input.input).await?;
-    let out = reply_json(r);
+    let mut out = reply_json(r);
+    // Answered by relaying (X2) after a handover: tell the client where the session lives now.
+    if let opengrid_actors::SessionStatus::Moved { location, .. } = s.status() {
+        if let Value::Object(m) = &mut out {
+            m.insert("moved_to".into(), json!(location));
+        }
+    }
     let out_len = serde_json::to_vec(&out).map(|v| v.len()).unwrap_or(0) as u64;
     s.usage_counters().record_wire(body.len() as u64, out_len);
     core.metrics

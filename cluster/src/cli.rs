@@ -215,7 +215,10 @@ async fn run(
             let api = if node.starts_with("http://") || node.starts_with("https://") {
                 node
             } else {
-                let st = Client::new(rc).get("/status").await.context("query the RC")?;
+                let st = Client::new(rc)
+                    .get("/status")
+                    .await
+                    .context("query the RC")?;
                 st.get("members")
                     .and_then(|m| m.as_array())
                     .and_then(|ms| {
@@ -742,6 +745,38 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
     }
     let served: Vec<&crate::client::Session> = sessions.iter().map(|(_, s)| s).collect();
     ledger.report(&served).await?;
+    println!("\n== Live handover (make-before-break): the first session moves to another DE node");
+    {
+        let (_, s) = &mut sessions[0];
+        let from = s.address.clone();
+        let before = field(&s.info().await?, "last_seq");
+        let r: Value = reqwest::Client::new()
+            .post(format!("{from}/sessions/{}/handover", s.id))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(r.get("epoch").is_some(), "handover failed: {r}");
+        println!(
+            "  {} {} → {} ({}), epoch {}, blackout {:.1} ms, total {:.1} ms",
+            &s.id[..10.min(s.id.len())],
+            s.placement.node_name,
+            field(&r, "to"),
+            field(&r, "address"),
+            field(&r, "epoch"),
+            r.get("blackout_ms").and_then(|v| v.as_f64()).unwrap_or(0.0),
+            r.get("total_ms").and_then(|v| v.as_f64()).unwrap_or(0.0),
+        );
+        let reply = s.send(json!({ "text": "score" })).await?;
+        let after = field(&s.info().await?, "last_seq");
+        println!(
+            "  the client followed `moved` to {}: inputs before {before}, now {after}; tutor: {}",
+            s.address,
+            s_of(reply.get("output").unwrap_or(&Value::Null), "say")
+        );
+        anyhow::ensure!(s.address != from, "the session did not move");
+    }
+
     for (_, s) in sessions {
         s.close().await?;
     }

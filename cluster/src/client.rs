@@ -234,6 +234,11 @@ impl Session {
                         while self.unacked.front().is_some_and(|(u, _)| *u <= s) {
                             self.unacked.pop_front();
                         }
+                        // Relayed by the old holder after a handover: go to the new one next.
+                        if let Some(loc) = reply.get("moved_to").and_then(|l| l.as_str()) {
+                            self.address = loc.trim_end_matches('/').to_string();
+                            self.moves += 1;
+                        }
                         if s == seq {
                             return Ok(reply);
                         }
@@ -310,14 +315,27 @@ impl Session {
 
     /// Session info from the serving node.
     pub async fn info(&self) -> Result<Value, ClientError> {
-        answer(
-            self.client
-                .http
-                .get(format!("{}/sessions/{}", self.address, self.id))
-                .send()
-                .await?,
-        )
-        .await
+        let mut at = self.address.clone();
+        for _ in 0..3 {
+            let r = answer(
+                self.client
+                    .http
+                    .get(format!("{at}/sessions/{}", self.id))
+                    .send()
+                    .await?,
+            )
+            .await;
+            match r {
+                Err(ClientError::Api {
+                    status: 307, body, ..
+                }) => match body.get("location").and_then(|l| l.as_str()) {
+                    Some(loc) => at = loc.trim_end_matches('/').to_string(),
+                    None => return Err(ClientError::Http("307 without a location".into())),
+                },
+                other => return other,
+            }
+        }
+        Err(ClientError::Http("too many redirects".into()))
     }
 
     /// Closes the session.

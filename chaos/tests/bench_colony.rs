@@ -1,0 +1,118 @@
+//! `opengrid-chaos bench failover --json` end to end with a tiny colony: an `opengrid` RC and four
+//! node processes, 20 zero-loss sessions on the node that is killed with -9. Checks the JSON:
+//! every session active elsewhere, nothing lost, duplicated or active twice.
+//!
+//! Needs the `opengrid` binary (package opengrid-examples) in the same target directory:
+//! `scripts/test.sh` builds the whole workspace first (`cargo build --workspace --all-targets`);
+//! alone, run `cargo build -p opengrid-examples --bin opengrid` before this test.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/<profile>/opengrid`: the test executable lives in `target/<profile>/deps`.
+fn opengrid_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = profile_dir.join("opengrid");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p opengrid-examples --bin opengrid`, or \
+         scripts/test.sh, which builds the whole workspace)",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn bench_failover_moves_every_session_and_loses_nothing() {
+    let bin = opengrid_bin();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
+        .args([
+            "bench",
+            "failover",
+            "--json",
+            "--count",
+            "20",
+            "--budget-s",
+            "40",
+        ])
+        .arg("--bin")
+        .arg(&bin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            // The RC and nodes die with it (PR_SET_PDEATHSIG).
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bench failover did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.success(),
+        "exit {status}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let line = out.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
+    assert_eq!(v["name"], "failover_kill9", "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["duplicated"], 0, "{v}");
+    assert_eq!(v["active_twice"], 0, "{v}");
+    assert_eq!(v["not_recovered"], 0, "{v}");
+    assert_eq!(v["count"], 20, "{v}");
+    assert_eq!(v["on_victim"], 20, "{v}");
+    let (p50, p99) = (v["p50_us"].as_u64().unwrap(), v["p99_us"].as_u64().unwrap());
+    assert!(p50 > 0 && p50 <= p99, "{v}");
+    // Progress went to stderr; the colony left no process and no directory behind.
+    assert!(err.contains("kill -9"), "{err}");
+    let dir = err
+        .lines()
+        .find_map(|l| l.split("colony in ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no colony directory in the progress: {err}"));
+    assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        assert!(
+            !cmd.contains(dir),
+            "stray process {:?}: {cmd}",
+            e.file_name()
+        );
+    }
+}
+
+#[test]
+fn a_missing_opengrid_binary_names_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
+        .args(["bench", "failover", "--json", "--count", "1"])
+        .args(["--bin", "/nonexistent/opengrid"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--bin"), "{err}");
+}
