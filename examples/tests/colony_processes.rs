@@ -221,8 +221,9 @@ async fn paused_node_stops_serving_before_the_rc_places_again() {
     let pid = c.proc(&holder).child.id();
     signal(pid, libc::SIGSTOP);
     let stopped = Instant::now();
-    // The RC orphans the session only after the lease grace.
-    loop {
+    // The RC restores the session elsewhere (epoch 2, from its replicas) only after the lease
+    // grace.
+    let (restored_after, new_api) = loop {
         let st = c.status().await.unwrap();
         let e = st["sessions"]
             .as_array()
@@ -231,25 +232,21 @@ async fn paused_node_stops_serving_before_the_rc_places_again() {
             .find(|e| e["session_id"] == "paused-1")
             .cloned()
             .unwrap();
-        if e["state"] == "orphaned" {
-            break;
+        if e["state"] == "active" && e["epoch"] == 2 {
+            assert_eq!(e["node_name"], other);
+            break (stopped.elapsed(), e["address"].as_str().unwrap().to_string());
         }
         assert!(
-            stopped.elapsed() < Duration::from_secs(5),
-            "session never orphaned: {st}"
+            stopped.elapsed() < Duration::from_secs(10),
+            "session never restored: {st}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let orphaned_after = stopped.elapsed();
+    };
     assert!(
-        orphaned_after >= Duration::from_millis(1000),
-        "re-placeable after only {orphaned_after:?}"
+        restored_after >= Duration::from_millis(1000),
+        "restored after only {restored_after:?}"
     );
-    // Fail it over: placed again with epoch 2 on the other node.
-    let p2 = c.place(TUTOR_DE, "paused-1").await;
-    assert_eq!(p2["epoch"], 2);
-    assert_eq!(p2["node_name"], other);
-    let new_api = p2["address"].as_str().unwrap().to_string();
+    let orphaned_after = restored_after;
     // The paused node wakes up: its lease is over, it must not serve the session.
     signal(pid, libc::SIGCONT);
     for seq in 2..6 {
@@ -275,9 +272,8 @@ async fn paused_node_stops_serving_before_the_rc_places_again() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The new holder serves it (restored from its own store: replicas are the migration crate's
-    // job, so this placement starts from seq 0).
-    let (s, v) = c.input(&new_api, "paused-1", 1, "score").await;
+    // The new holder continues from the replicated checkpoint: input 1 is already in it.
+    let (s, v) = c.input(&new_api, "paused-1", 2, "score").await;
     assert_eq!(s, 200, "{v}");
     eprintln!("paused node: session re-placeable after {orphaned_after:?}");
 }
