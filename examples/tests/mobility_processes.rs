@@ -266,6 +266,24 @@ async fn wait_replicated(c: &Colony, ids: &[String]) {
     }
 }
 
+/// Log text without terminal colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn members(st: &Value) -> Vec<Value> {
     st["members"].as_array().cloned().unwrap_or_default()
 }
@@ -448,6 +466,7 @@ async fn killing_the_target_at_any_step_leaves_the_source_serving() {
     }
 }
 
+const NEVER_LIVE: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"batch\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"never-live\"\nacceptable_loss = \"10s\"\n";
 const BOUNDED: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"2s\"\n";
 const FR_ONLY: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"FR\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\n";
 
@@ -658,8 +677,10 @@ async fn sigterm_drains_two_hundred_sessions_before_exit() {
     c.wait_alive(1).await;
     let client = c.client();
     let mut ss = Vec::new();
-    for _ in 0..200 {
-        let mut s = client.create(ZERO_LOSS, None).await.unwrap();
+    for i in 0..200 {
+        // A few never-live sessions: checkpointed and restarted elsewhere, not handed over.
+        let m = if i % 50 == 0 { NEVER_LIVE } else { ZERO_LOSS };
+        let mut s = client.create(m, None).await.unwrap();
         let acked = step(&mut s, 0).await.unwrap();
         ss.push((s, acked));
     }
@@ -695,6 +716,16 @@ async fn sigterm_drains_two_hundred_sessions_before_exit() {
     assert!(code.success(), "{code}");
     let log = std::fs::read_to_string(c.log_path("leaving")).unwrap();
     assert!(log.contains("drain finished"), "no drain in the log");
+    let plain = strip_ansi(&log);
+    assert!(
+        plain.contains("handed_over=196 restarted=4 remaining=0"),
+        "drain report: {}",
+        plain
+            .lines()
+            .filter(|l| l.contains("drain"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let st = c.status().await;
     let sess = sessions(&st);
     assert_eq!(sess.len(), 200);
@@ -702,6 +733,35 @@ async fn sigterm_drains_two_hundred_sessions_before_exit() {
         assert_eq!(e["state"], "active", "{e}");
         assert_ne!(e["node_name"], "leaving", "{e}");
     }
+    for (s, acked) in ss.iter_mut() {
+        *acked = step(s, *acked).await.unwrap();
+        assert_eq!(*acked, 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_overloaded_node_is_rebalanced_by_the_rc() {
+    let mut c = Colony::start();
+    c.node("full", "DE", "capacity = 10", &[]);
+    c.wait_alive(1).await;
+    let client = c.client();
+    let mut ss = Vec::new();
+    for _ in 0..10 {
+        let mut s = client.create(ZERO_LOSS, None).await.unwrap();
+        let acked = step(&mut s, 0).await.unwrap();
+        ss.push((s, acked));
+    }
+    c.node("empty", "DE", "capacity = 10", &[]);
+    c.wait_alive(2).await;
+    // At >= 90 % of its capacity the node hands sessions to the one under 50 %, live.
+    c.wait_status("rebalanced below 90 %", Duration::from_secs(60), |st| {
+        sessions(st)
+            .iter()
+            .filter(|e| e["node_name"] == "full")
+            .count()
+            < 9
+    })
+    .await;
     for (s, acked) in ss.iter_mut() {
         *acked = step(s, *acked).await.unwrap();
         assert_eq!(*acked, 2);
