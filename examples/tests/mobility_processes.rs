@@ -519,6 +519,32 @@ async fn kill_9_of_a_node_with_a_hundred_sessions_fails_over_within_bounds() {
             *acked = step(s, *acked).await.unwrap();
         }
     }
+    // Replica holders respect the manifest: the FR-only session has none (no other FR node); a
+    // DE-only session placed now gets DE holders only, never the FR node.
+    let mut de_only = client
+        .create(&ZERO_LOSS.replace("[\"EU\"]", "[\"DE\"]"), None)
+        .await
+        .unwrap();
+    step(&mut de_only, 0).await.unwrap();
+    wait_replicated(&c, std::slice::from_ref(&de_only.id)).await;
+    {
+        let st = c.status().await;
+        let juris = node_names(&st);
+        for e in sessions(&st) {
+            let reps: Vec<String> = e["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| juris[r.as_str().unwrap()].clone())
+                .collect();
+            if e["session_id"] == fr_only.id.as_str() {
+                assert!(reps.is_empty(), "FR-only replicas outside FR: {e}");
+            }
+            if e["session_id"] == de_only.id.as_str() {
+                assert_eq!(reps, ["DE", "DE"], "{e}");
+            }
+        }
+    }
     let on_fr = sessions(&c.status().await)
         .iter()
         .filter(|e| e["node_name"] == "fr")
