@@ -31,6 +31,10 @@ pub struct HostConfig {
     /// Longest timer period of a session (checkpoint/idle checks); shorter when the manifest's
     /// loss bound or idle timeout needs it.
     pub max_tick: Duration,
+    /// Fault hooks around the handler (tests and the chaos harness only; `None` in production):
+    /// see [`crate::faults`].
+    #[serde(skip)]
+    pub faults: Option<Arc<crate::faults::FaultHooks>>,
 }
 
 impl Default for HostConfig {
@@ -39,6 +43,7 @@ impl Default for HostConfig {
             queue_capacity: 1024,
             restart: RestartIntensity::default(),
             max_tick: Duration::from_secs(1),
+            faults: None,
         }
     }
 }
@@ -174,6 +179,7 @@ impl SessionHost {
             last_seq: AtomicU64::new(0),
             tick,
             supervisor: self.inner.supervisor.clone(),
+            faults: self.inner.config.faults.clone(),
         });
         let store_err = |e: StoreError| match e {
             StoreError::StaleEpoch { current, .. } => SessionError::Fenced {
@@ -402,7 +408,8 @@ impl<H: SessionHandler> Clone for SessionHandle<H> {
 }
 
 enum Route<H: SessionHandler> {
-    Actor(ActorRef<SessionMsg<H>>),
+    /// Cast to the running actor (under the status lock: see [`SessionHandle::route`]).
+    Sent(Pending<H::Output>),
     Wait,
     Wake,
     Forward(Arc<dyn Forwarder>),
@@ -442,8 +449,16 @@ impl<H: SessionHandler> SessionHandle<H> {
         Seq(self.shared.last_seq.load(Ordering::Acquire))
     }
 
-    /// Decides where an input goes; increments `queued` when it goes to the actor.
-    fn route(&self) -> Result<Route<H>, SessionError> {
+    /// Decides where an input goes and, when the actor is running, casts it there (incrementing
+    /// `queued`).
+    ///
+    /// The cast happens while the status lock is held: a handover's [`freeze`](Self::freeze)
+    /// switches the status to `Frozen` under the same lock before it casts its final
+    /// `Checkpoint`, so every input cast to the actor is ahead of that checkpoint in the mailbox
+    /// and none can be processed (and acknowledged) after it. Casting after releasing the lock
+    /// let an input slip in behind the final checkpoint: acknowledged on the source, missing
+    /// on the target.
+    fn route(&self, seq: Seq, input: H::Input) -> Result<Route<H>, SessionError> {
         let sh = &self.shared;
         let mut g = lock(&sh.status);
         match &*g {
@@ -457,7 +472,9 @@ impl<H: SessionHandler> SessionHandle<H> {
                     });
                 }
                 sh.queued.fetch_add(1, Ordering::AcqRel);
-                Ok(Route::Actor(a.clone()))
+                let a = a.clone();
+                // A closed mailbox: the actor just died and its supervisor restarts it.
+                Ok(self.cast(&a, seq, input).map_or(Route::Wait, Route::Sent))
             }
             Status::Starting | Status::Frozen(_) => Ok(Route::Wait),
             Status::Moved(m) => match &m.forwarder {
@@ -486,8 +503,8 @@ impl<H: SessionHandler> SessionHandle<H> {
     /// [`SessionError::Restarting`] if the session is not running right now (see
     /// [`send`](Self::send) for the path that wakes and retries).
     pub fn submit(&self, seq: Seq, input: H::Input) -> Result<Pending<H::Output>, SessionError> {
-        match self.route()? {
-            Route::Actor(a) => self.cast(&a, seq, input),
+        match self.route(seq, input)? {
+            Route::Sent(p) => Ok(p),
             Route::Wait | Route::Forward(_) => Err(SessionError::Restarting {
                 session: self.shared.id.clone(),
             }),
@@ -534,15 +551,12 @@ impl<H: SessionHandler> SessionHandle<H> {
             let notified = sh.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.route()? {
-                Route::Actor(a) => match self.cast(&a, seq, input.clone()) {
-                    Ok(p) => match p.wait().await {
-                        Err(SessionError::Restarting { .. }) => {
-                            wait_change(notified).await;
-                        }
-                        other => return other,
-                    },
-                    Err(_) => wait_change(notified).await,
+            match self.route(seq, input.clone())? {
+                Route::Sent(p) => match p.wait().await {
+                    Err(SessionError::Restarting { .. }) => {
+                        wait_change(notified).await;
+                    }
+                    other => return other,
                 },
                 Route::Wait => wait_change(notified).await,
                 Route::Forward(f) => {
@@ -657,10 +671,17 @@ impl<H: SessionHandler> SessionHandle<H> {
     /// covering all of them is written. Returns the seq it covers. A hibernated session is woken
     /// first.
     pub async fn freeze(&self) -> Result<Seq, SessionError> {
-        if matches!(self.status(), SessionStatus::Hibernated) {
-            if let Route::Wake = self.route()? {
-                self.wake().await?;
+        let wake = {
+            let mut g = lock(&self.shared.status);
+            if matches!(*g, Status::Hibernated) {
+                *g = Status::Starting;
+                true
+            } else {
+                false
             }
+        };
+        if wake {
+            self.wake().await?;
         }
         let actor = {
             let mut g = lock(&self.shared.status);

@@ -16,6 +16,7 @@
 //! which the node keeps apart from its control-plane runtime.
 
 pub mod error;
+pub mod faults;
 pub mod handler;
 pub mod host;
 pub mod session;
@@ -23,6 +24,7 @@ pub mod supervisor;
 pub mod usage;
 
 pub use error::SessionError;
+pub use faults::{FaultHooks, HookRule};
 pub use handler::{HandlerError, Services, SessionContext, SessionHandler, MAX_STATE_BYTES};
 pub use host::{DynSession, HostConfig, Pending, SessionHandle, SessionHost, SessionInfo};
 pub use session::{Forwarder, MovedTo, Reply, SessionStatus};

@@ -181,6 +181,8 @@ pub(crate) struct Shared<H: SessionHandler> {
     pub last_seq: AtomicU64,
     pub tick: Duration,
     pub supervisor: ActorRef<crate::supervisor::SupervisorMsg>,
+    /// Fault hooks (tests and chaos only), consulted for live inputs.
+    pub faults: Option<Arc<crate::faults::FaultHooks>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -357,19 +359,41 @@ pub(crate) struct ActorState<H: SessionHandler> {
     timer: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Whether a handler call is a client's input or the replay of a journaled one after a restart.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Live,
+    Replay,
+}
+
 /// Runs the handler on one input, measuring busy time (time inside polls). A panic is caught and
-/// returned as `Err(message)` so the caller can answer the client before the actor fails.
+/// returned as `Err(message)` so the caller can answer the client before the actor fails. Live
+/// calls go through the host's fault hooks first, if it has any ([`crate::faults`]).
 async fn run_handler<H: SessionHandler>(
     shared: &Shared<H>,
     state: &mut H::State,
     seq: Seq,
     input: H::Input,
+    call: Call,
 ) -> Result<Result<H::Output, HandlerError>, String> {
     use futures::FutureExt;
     let ctx = shared.ctx(seq);
+    let injected = match (&shared.faults, call) {
+        (Some(f), Call::Live) => f.decide(shared.id.as_str()),
+        _ => Default::default(),
+    };
+    if let Some(d) = injected.delay {
+        tokio::time::sleep(d).await;
+    }
     let mut busy = Duration::ZERO;
     let out = {
-        let mut fut = std::pin::pin!(shared.handler.handle(state, input, &ctx));
+        let handler = &shared.handler;
+        let mut fut = std::pin::pin!(async move {
+            if injected.panic {
+                panic!("injected handler panic (fault hook) at {seq}");
+            }
+            handler.handle(state, input, &ctx).await
+        });
         std::panic::AssertUnwindSafe(std::future::poll_fn(|cx| {
             let t = Instant::now();
             let r = fut.as_mut().poll(cx);
@@ -433,7 +457,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                     format!("journal gap: expected {} got {}", last_seq.next(), seq).into(),
                 );
             }
-            let _ = run_handler(&shared, &mut state, seq, input).await?;
+            let _ = run_handler(&shared, &mut state, seq, input, Call::Replay).await?;
             last_seq = seq;
         }
         shared.last_seq.store(last_seq.0, Ordering::Release);
@@ -492,7 +516,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                     CheckpointMode::Periodic { .. } => Some(input.clone()),
                     CheckpointMode::Synchronous => None,
                 };
-                let output = match run_handler(&sh, &mut st.state, seq, input).await {
+                let output = match run_handler(&sh, &mut st.state, seq, input, Call::Live).await {
                     Ok(o) => o,
                     Err(reason) => {
                         // The state may be half-updated: answer, then fail so the supervisor
@@ -524,9 +548,22 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                         }
                         Err(e) => {
                             // Not durable: do not acknowledge, and drop the in-memory state that
-                            // includes the input by restarting from the last durable checkpoint.
+                            // includes the input by going back to the newest stored checkpoint.
+                            // A failing store is not a handler crash: reloading in place does not
+                            // count against the restart intensity, so a disk that fails for a
+                            // while (every retry refused) does not stop the session for good.
                             let _ = reply.send(Err(e.clone()));
-                            return Err(e.to_string().into());
+                            match sh.load() {
+                                Ok(Some((seq, state))) => {
+                                    st.state = state;
+                                    st.last_seq = seq;
+                                    st.checkpointed_seq = seq;
+                                    st.dirty_since = None;
+                                    sh.last_seq.store(seq.0, Ordering::Release);
+                                }
+                                // Unreadable too: restart (counted) from whatever can be read.
+                                _ => return Err(e.to_string().into()),
+                            }
                         }
                     },
                     CheckpointMode::Periodic { max_interval } => {

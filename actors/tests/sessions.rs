@@ -608,3 +608,264 @@ async fn resume_from_store_after_host_restart() {
     }
     host.shutdown().await;
 }
+
+/// Handover's freeze: no input is processed behind the final checkpoint. A pipelining sender
+/// keeps inputs racing each freeze; a second freeze right after the first is a barrier (it
+/// checkpoints whatever the mailbox still held), so it must cover the same seq, and the store's
+/// newest checkpoint must be that seq. Before the fix (casting after releasing the status lock)
+/// an input could slip in behind the final checkpoint and be acknowledged on the source only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeze_leaves_no_input_behind_the_final_checkpoint() {
+    let store = Arc::new(MemoryCheckpointStore::new());
+    let host = host_with(store.clone(), 5).await;
+    let s = host
+        .start(
+            Arc::new(Folder::default()),
+            sid("freeze"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (s, stop, acked) = (s.clone(), stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut next = 1u64;
+            let mut inflight = std::collections::VecDeque::new();
+            let t0 = Instant::now();
+            while !stop.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(60) {
+                if inflight.len() < 16 {
+                    // (Any value but 666, which the Folder treats as poison.)
+                    match s.submit(Seq(next), 1) {
+                        Ok(p) => {
+                            inflight.push_back((next, p));
+                            next += 1;
+                            if inflight.len() < 16 {
+                                continue;
+                            }
+                        }
+                        // Frozen (or full): settle what is in flight, then try the seq again.
+                        Err(_) if inflight.is_empty() => {
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                if let Some((q, p)) = inflight.pop_front() {
+                    match p.wait().await {
+                        Ok(_) => acked.store(q, Ordering::Release),
+                        // Refused behind a freeze: resend from there.
+                        Err(_) => {
+                            inflight.clear();
+                            next = acked.load(Ordering::Acquire) + 1;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    for round in 0..1000u32 {
+        let before = acked.load(Ordering::Acquire);
+        let q1 = s.freeze().await.unwrap();
+        let q2 = s.freeze().await.unwrap();
+        assert_eq!(
+            q1, q2,
+            "round {round}: an input was processed after the final checkpoint"
+        );
+        let cp = store.get_latest(&sid("freeze")).unwrap().unwrap();
+        assert_eq!(
+            cp.seq, q1,
+            "round {round}: the final checkpoint is the newest"
+        );
+        assert!(
+            acked.load(Ordering::Acquire) <= q1.0,
+            "round {round}: acknowledged past the freeze"
+        );
+        s.unfreeze();
+        // Let the sender make progress before the next freeze (spin: a sleep would make each
+        // round last milliseconds).
+        let end = Instant::now() + Duration::from_secs(10);
+        while acked.load(Ordering::Acquire) <= before {
+            assert!(
+                Instant::now() < end,
+                "round {round}: no input after unfreeze"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+    stop.store(true, Ordering::Release);
+    sender.await.unwrap();
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_failing_longer_than_the_restart_intensity_does_not_stop_a_zero_loss_session() {
+    // Every put fails for a while; the client retries each refused input many times, far more
+    // often than the restart intensity (3) allows handler crashes.
+    let store = Arc::new(Recording {
+        inner: MemoryCheckpointStore::new(),
+        durable_seq: AtomicU64::new(0),
+        fail_every: 0,
+        puts: AtomicU64::new(0),
+    });
+    struct Switch {
+        inner: Arc<Recording>,
+        fail: std::sync::atomic::AtomicBool,
+    }
+    impl CheckpointStore for Switch {
+        fn put(&self, cp: &Checkpoint) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Backend("injected I/O error".into()));
+            }
+            self.inner.put(cp)
+        }
+        fn get_latest(&self, s: &SessionId) -> Result<Option<Checkpoint>, StoreError> {
+            self.inner.get_latest(s)
+        }
+        fn get(&self, s: &SessionId, e: Epoch, q: Seq) -> Result<Checkpoint, StoreError> {
+            self.inner.get(s, e, q)
+        }
+        fn list(&self, s: &SessionId) -> Result<Vec<CheckpointInfo>, StoreError> {
+            self.inner.list(s)
+        }
+        fn delete(&self, s: &SessionId) -> Result<(), StoreError> {
+            self.inner.delete(s)
+        }
+        fn fence(&self, s: &SessionId, e: Epoch) -> Result<(), StoreError> {
+            self.inner.fence(s, e)
+        }
+        fn current_epoch(&self, s: &SessionId) -> Result<Option<Epoch>, StoreError> {
+            self.inner.current_epoch(s)
+        }
+        fn sessions(&self) -> Result<Vec<SessionId>, StoreError> {
+            self.inner.sessions()
+        }
+        fn corruptions_detected(&self) -> u64 {
+            0
+        }
+    }
+    let sw = Arc::new(Switch {
+        inner: store.clone(),
+        fail: false.into(),
+    });
+    let host = host_with(sw.clone(), 3).await;
+    let s = host
+        .start(
+            Arc::new(Folder::default()),
+            sid("disk"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let mut reference = fold(0, 1, 1);
+    assert_eq!(
+        s.send(Seq(1), 1).await.unwrap(),
+        Reply::Processed {
+            seq: Seq(1),
+            output: Ok(reference),
+            durable: true
+        }
+    );
+    sw.fail.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        match s.send(Seq(2), 2).await {
+            Err(SessionError::NotDurable { seq, .. }) => assert_eq!(seq, Seq(2)),
+            other => panic!("a write on a failing disk must be refused: {other:?}"),
+        }
+    }
+    sw.fail.store(false, Ordering::SeqCst);
+    reference = fold(reference, 2, 2);
+    match s.send(Seq(2), 2).await.unwrap() {
+        Reply::Processed { output, .. } => {
+            assert_eq!(output.unwrap(), reference, "the refused input applied once")
+        }
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(store.durable_seq.load(Ordering::SeqCst), 2);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_hooks_slow_and_panic_the_real_handler_for_live_inputs_only() {
+    let hooks = Arc::new(FaultHooks::new());
+    let cfg = HostConfig {
+        faults: Some(hooks.clone()),
+        restart: RestartIntensity {
+            max_restarts: 1000,
+            within: Duration::from_secs(10),
+        },
+        ..HostConfig::default()
+    };
+    let host = SessionHost::new(
+        Arc::new(MemoryCheckpointStore::new()),
+        cfg,
+        Services::default(),
+    )
+    .await
+    .unwrap();
+    let h = Arc::new(Folder::default());
+    let hit = host
+        .start(
+            h.clone(),
+            sid("hit"),
+            Epoch(1),
+            CheckpointPolicy::periodic(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let spared = host
+        .start(
+            h.clone(),
+            sid("spared"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let only_hit = Some(["hit".to_string()].into_iter().collect());
+    hooks.set_slow(Some(HookRule {
+        value: 150,
+        sessions: only_hit.clone(),
+    }));
+    let t = Instant::now();
+    hit.send(Seq(1), 1).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(150), "delayed");
+    let t = Instant::now();
+    spared.send(Seq(1), 1).await.unwrap();
+    assert!(t.elapsed() < Duration::from_millis(150), "not delayed");
+    hooks.set_slow(None);
+    // Every 2nd live input of "hit" panics; the journal replay after each restart never does.
+    hooks.set_panic(Some(HookRule {
+        value: 2,
+        sessions: only_hit,
+    }));
+    let mut reference = fold(0, 1, 1);
+    let mut panics = 0;
+    for seq in 2..=10u64 {
+        reference = fold(reference, seq, seq);
+        loop {
+            match hit.send(Seq(seq), seq).await {
+                Ok(Reply::Processed { output, .. }) => {
+                    assert_eq!(output.unwrap(), reference, "state kept across restarts");
+                    break;
+                }
+                Err(SessionError::HandlerPanicked { reason, .. }) => {
+                    assert!(reason.contains("injected handler panic"), "{reason}");
+                    panics += 1;
+                }
+                Ok(r @ Reply::Duplicate { .. }) => panic!("a panicked input was applied: {r:?}"),
+                Err(e @ SessionError::Stopped { .. }) => panic!("unexpected stop: {e}"),
+                // Restarting: try again.
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+    assert!(panics >= 4, "{panics}");
+    assert_eq!(hooks.injected_panics(), panics);
+    hooks.set_panic(None);
+    host.shutdown().await;
+}

@@ -586,7 +586,11 @@ impl Colony {
 
     /// Best node passing every filter and `extra` (full scan; used for handover targets and
     /// failover, where the candidate set is restricted).
-    pub fn admit_where(&self, req: &Requirements, extra: impl Fn(&NodeRecord) -> bool) -> Option<NodeId> {
+    pub fn admit_where(
+        &self,
+        req: &Requirements,
+        extra: impl Fn(&NodeRecord) -> bool,
+    ) -> Option<NodeId> {
         self.nodes
             .iter()
             .flatten()

@@ -181,6 +181,14 @@ impl Client {
     }
 }
 
+/// A fenced or stopped holder is not the session's current holder (a failover superseded its
+/// epoch): the input was not acknowledged there, so the client asks the RC where the session
+/// lives now and replays there by seq.
+fn stale_holder(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 409, code, .. } if code == "fenced")
+        || matches!(e, ClientError::Api { status: 410, .. })
+}
+
 /// A session seen from the client.
 #[derive(Debug)]
 pub struct Session {
@@ -285,6 +293,18 @@ impl Session {
                         self.next_seq -= shift;
                         seq -= shift;
                         tracing::warn!(session = %self.id, lost = shift, "session resumed from an older checkpoint (within its loss bound)");
+                        continue 'outer;
+                    }
+                    // A fenced or stopped holder is not the session's current holder (its
+                    // epoch was superseded by a failover): the input was not acknowledged there,
+                    // so ask the RC where the session lives now and replay there by seq.
+                    Err(e) if stale_holder(&e) => {
+                        let before = self.address.clone();
+                        self.relocate().await;
+                        if self.address == before {
+                            self.unacked.retain(|(u, _)| *u != s);
+                            return Err(e);
+                        }
                         continue 'outer;
                     }
                     Err(ClientError::Http(m)) => {

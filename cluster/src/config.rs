@@ -146,6 +146,9 @@ pub struct NodeConfig {
     pub inference: crate::inference::InferenceConfig,
     /// Compute receipts (`[receipts]`, see [`crate::receipts`]).
     pub receipts: crate::receipts::ReceiptSection,
+    /// Fault hooks (`[faults]`, see [`crate::faults`]): a test and chaos-harness hook, off by
+    /// default; never set in production.
+    pub faults: crate::faults::FaultSection,
 }
 
 impl Default for NodeConfig {
@@ -177,6 +180,7 @@ impl Default for NodeConfig {
             handover_parallelism: 8,
             inference: crate::inference::InferenceConfig::default(),
             receipts: crate::receipts::ReceiptSection::default(),
+            faults: crate::faults::FaultSection::default(),
         }
     }
 }

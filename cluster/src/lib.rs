@@ -19,6 +19,8 @@
 //!   treaties, and cross-colony routing by signed RC-to-RC admission requests.
 //! - [`inference`]: the node's `[inference]` config and its ONNX Runtime model pool
 //!   (`og-infer-*` threads, neither control nor handler runtime), wired into session handlers.
+//! - [`faults`]: the node's `[faults] control_dir` test/chaos hook (failing checkpoint writes,
+//!   slow and panicking handlers, switched by files); off by default.
 //!
 //! Planes: everything here is the **control plane** and runs on its own runtime
 //! (`og-control-*` threads); session handlers run on the node's handler runtime
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod failure;
+pub mod faults;
 pub mod federation;
 pub mod identity;
 pub mod inference;

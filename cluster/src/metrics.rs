@@ -164,7 +164,9 @@ impl Metrics {
                 .build(),
             failovers: m
                 .u64_counter("opengrid_cluster_failovers")
-                .with_description("sessions restored elsewhere after their node was lost, by outcome")
+                .with_description(
+                    "sessions restored elsewhere after their node was lost, by outcome",
+                )
                 .build(),
             fenced: m
                 .u64_counter("opengrid_cluster_fenced")

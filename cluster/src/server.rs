@@ -505,8 +505,18 @@ async fn boot_node(
         None => (Services::default(), cfg.hardware.accelerator),
     };
     let store_path = cfg.data_dir.join("checkpoints");
+    // Test/chaos hook, off unless `[faults] control_dir` is set (crate::faults).
+    let faults = if cfg.faults.enabled() {
+        Some(
+            crate::faults::FaultControl::start(cfg.faults.control_dir.clone())
+                .map_err(|e| StartError::Spawn(format!("fault hooks: {e}")))?,
+        )
+    } else {
+        None
+    };
     let host_cfg = HostConfig {
         queue_capacity: cfg.session_queue,
+        faults: faults.as_ref().map(|f| f.hooks()),
         ..HostConfig::default()
     };
     let fsync = cfg.fsync;
@@ -523,7 +533,10 @@ async fn boot_node(
                 path: store_path.display().to_string(),
                 reason: e.to_string(),
             })?;
-            let local = Arc::new(store) as Arc<dyn CheckpointStore>;
+            let mut local = Arc::new(store) as Arc<dyn CheckpointStore>;
+            if let Some(f) = faults {
+                local = Arc::new(crate::faults::FaultyStore::new(local, f));
+            }
             let replicated = crate::mobility::replicated(local.clone());
             SessionHost::new(
                 replicated.clone() as Arc<dyn CheckpointStore>,
@@ -537,14 +550,12 @@ async fn boot_node(
         .await
         .map_err(|e| StartError::Spawn(e.to_string()))??;
     let (host, local, replicated) = host;
-    let mobility =
-        crate::mobility::NodeMobility::start(&cfg, host.clone(), local, replicated).map_err(
-            |source| StartError::Bind {
-                addr: cfg.migration_listen,
-                what: "migration server",
-                source,
-            },
-        )?;
+    let mobility = crate::mobility::NodeMobility::start(&cfg, host.clone(), local, replicated)
+        .map_err(|source| StartError::Bind {
+            addr: cfg.migration_listen,
+            what: "migration server",
+            source,
+        })?;
     setup(&host);
     let registered = host.handler_ids();
     let served = if cfg.handlers.is_empty() {

@@ -325,7 +325,10 @@ pub async fn handover(
             abort_target().await;
             return Err(abort(
                 "freeze",
-                format!("final checkpoint missing: {other:?}"),
+                format!(
+                    "final checkpoint missing: froze at {final_seq} (epoch {}), newest stored: {other:?}",
+                    s.epoch()
+                ),
             ));
         }
     };
