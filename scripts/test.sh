@@ -18,3 +18,10 @@ for a in "$@"; do
 done
 og_log "running tests"
 RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast "${args[@]}"
+# The chaos short suite against real `opengrid` processes (fixed seeds, well under 5 min).
+# OPENGRID_SKIP_CHAOS=1 skips it (e.g. while iterating on one crate).
+if [ "${OPENGRID_SKIP_CHAOS:-0}" != "1" ]; then
+  og_log "running the chaos short suite (opengrid-chaos suite --short)"
+  bin_dir="${CARGO_TARGET_DIR:-target}/debug"
+  "$bin_dir/opengrid-chaos" suite --short --bin "$bin_dir/opengrid"
+fi

@@ -615,6 +615,10 @@ pub struct ColonyHandoverResult {
     pub duplicated: u64,
     /// Client errors (anything but a followed `moved`).
     pub client_errors: u64,
+    /// The first client error, if any.
+    pub first_client_error: Option<String>,
+    /// The first refused or aborted handover, if any.
+    pub first_abort: Option<String>,
     /// Inputs acknowledged during the run.
     pub inputs: u64,
     /// Client input latency (send → acknowledged, zero-loss), median µs.
@@ -682,6 +686,7 @@ struct InputLoop {
     lost: u64,
     duplicated: u64,
     errors: u64,
+    first_error: Option<String>,
     latencies: Vec<u64>,
     session: Session,
 }
@@ -693,6 +698,7 @@ async fn input_loop(session: Session, stop: Arc<AtomicBool>, budget: Duration) -
         lost: 0,
         duplicated: 0,
         errors: 0,
+        first_error: None,
         latencies: Vec::new(),
         session,
     };
@@ -710,8 +716,9 @@ async fn input_loop(session: Session, stop: Arc<AtomicBool>, budget: Duration) -
                 }
                 st.acked = total.max(0);
             }
-            Err(_) => {
+            Err(e) => {
                 st.errors += 1;
+                st.first_error.get_or_insert_with(|| e.to_string());
                 if st.errors > 100 {
                     break;
                 }
@@ -891,6 +898,8 @@ pub async fn handover(
             lost: il.lost,
             duplicated: il.duplicated,
             client_errors: il.errors,
+            first_client_error: il.first_error.take(),
+            first_abort: aborted.first().cloned(),
             inputs: il.acked.max(0) as u64,
             input_p50_us: inp.p50_us,
             input_p99_us: inp.p99_us,

@@ -93,6 +93,21 @@ pub struct RunArgs {
     /// JSON report on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Where the colony comes from (`--bin`, `--keep`).
+    #[command(flatten)]
+    pub colony: ColonyRunArgs,
+}
+
+/// The colony a scenario runs against.
+#[derive(Debug, Clone, Args)]
+pub struct ColonyRunArgs {
+    /// The `opengrid` binary (default: next to this executable, or `$OPENGRID_BIN_DIR`).
+    #[arg(long = "bin", value_name = "PATH")]
+    pub bin: Option<PathBuf>,
+    /// Keep the colony directory (configs, logs, data) and print its path; it is always kept
+    /// when a run fails.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// `suite` arguments.
@@ -110,6 +125,9 @@ pub struct SuiteArgs {
     /// JSON reports on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Where the colony comes from (`--bin`, `--keep`).
+    #[command(flatten)]
+    pub colony: ColonyRunArgs,
 }
 
 /// `proxy` arguments.
@@ -230,7 +248,7 @@ pub async fn run(opts: Opts) -> Result<i32, ChaosError> {
     match opts.cmd {
         Cmd::Validate { scenario, seed } => validate(&scenario, seed),
         Cmd::Run(a) => {
-            let r = run_scenario(&a.scenario, a.seed, a.json, &progress)?;
+            let r = run_scenario(&a.scenario, a.seed, a.json, &a.colony, &progress).await?;
             print_report(&r, a.json);
             Ok(r.exit_code())
         }
@@ -249,7 +267,7 @@ pub async fn run(opts: Opts) -> Result<i32, ChaosError> {
             ));
             let mut worst = EXIT_PASS;
             for r in &suite.runs {
-                let rep = run_scenario(&r.scenario, r.seed, a.json, &progress)?;
+                let rep = run_scenario(&r.scenario, r.seed, a.json, &a.colony, &progress).await?;
                 print_report(&rep, a.json);
                 worst = worst.max(rep.exit_code());
             }
@@ -321,12 +339,14 @@ fn validate(path: &Path, seed: Option<u64>) -> Result<i32, ChaosError> {
     Ok(EXIT_PASS)
 }
 
-/// Loads a scenario, expands its schedule and runs it. Running needs the cluster node binary;
-/// without it the report carries the error (exit code 2) and the expanded schedule.
-pub fn run_scenario(
+/// Loads a scenario, expands its schedule and runs it against a real colony
+/// ([`crate::colony_run`]). Without the `opengrid` binary, or for a scenario this build cannot
+/// drive, the report carries the error (exit code 2) and the expanded schedule.
+pub async fn run_scenario(
     path: &Path,
     seed: Option<u64>,
     json: bool,
+    colony: &ColonyRunArgs,
     progress: &Progress,
 ) -> Result<Report, ChaosError> {
     let sc = Scenario::load(path)?;
@@ -336,6 +356,14 @@ pub fn run_scenario(
         seed,
         reproduce_command(&path.display().to_string(), seed, json),
     );
+    if let Some(b) = &colony.bin {
+        report
+            .reproduce
+            .push_str(&format!(" --bin {}", b.display()));
+    }
+    if let Ok(b) = std::env::var(crate::colony_run::BREAK_VAR) {
+        report.reproduce = format!("{}={b} {}", crate::colony_run::BREAK_VAR, report.reproduce);
+    }
     report.schedule = sc.expand(seed);
     report.checked = sc.invariants.check.clone();
     progress.line(format!(
@@ -343,14 +371,16 @@ pub fn run_scenario(
         sc.name,
         report.schedule.len()
     ));
-    report.error = Some(match launcher::find_binary("opengrid") {
-        Err(e) => format!("cannot run against real nodes: {e}"),
-        Ok(p) => format!(
-            "found {} but this harness does not drive the cluster node yet (scenario execution \
-             needs the node's config and event-log formats); nothing was run",
-            p.display()
-        ),
-    });
+    match crate::bench_colony::opengrid_bin(colony.bin.as_deref()) {
+        Err(e) => report.error = Some(format!("cannot run against real nodes: {e}")),
+        Ok(bin) => {
+            let opts = crate::colony_run::RunOpts {
+                bin,
+                keep: colony.keep,
+            };
+            crate::colony_run::run(&sc, seed, &opts, &mut report, progress).await;
+        }
+    }
     report.duration_ms = progress.elapsed().as_millis() as u64;
     Ok(report)
 }
@@ -398,11 +428,7 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
                 crate::bench_colony::failover(&a.colony, a.count.unwrap_or(1000), progress).await?;
             println!("{}", serde_json::to_string(&r).unwrap_or_default());
             Ok(
-                if r.lost == 0
-                    && r.duplicated == 0
-                    && r.active_twice == 0
-                    && r.not_recovered == 0
-                {
+                if r.lost == 0 && r.duplicated == 0 && r.active_twice == 0 && r.not_recovered == 0 {
                     EXIT_PASS
                 } else {
                     crate::report::EXIT_VIOLATION

@@ -9,6 +9,9 @@
 //!   and never leaves a stray process behind;
 //! - [`invariants`]: pure checkers over the records a run produces;
 //! - [`report`]: the human table and the JSON report, with the command that reproduces the run;
+//! - [`colony_run`]: `run <scenario>` / `suite` against a real colony (`opengrid` RC + nodes),
+//!   with a seeded workload of counter sessions and the checkers over what it recorded;
+//! - [`fuzz`]: malformed bytes, frames and HTTP requests on listening ports (the `fuzz` fault);
 //! - [`bench`]: the benches that need real processes (`bench checkpoint`, `bench handover`), run
 //!   against [`replica_server`] children (SessionHost + RocksDB + MigrationServer processes);
 //!   [`isolation`] (`bench isolation`) runs the `opengrid` RC and node binaries;
@@ -23,6 +26,8 @@ pub mod bench;
 pub mod bench_colony;
 pub mod bench_settlement;
 pub mod cli;
+pub mod colony_run;
+pub mod fuzz;
 pub mod invariants;
 pub mod isolation;
 pub mod launcher;

@@ -215,6 +215,10 @@ pub struct NodeRecord {
     pub ok: u64,
     /// Failed placements.
     pub failed: u64,
+    /// Start orders sent and not answered yet: a heartbeat the node sent before it started them
+    /// does not count them, so they are added to every heartbeat's session count until the
+    /// node answers ([`Colony::note_placing`], [`Colony::note_start_answered`]).
+    pub starting: u32,
     key: [u8; 32],
 }
 
@@ -230,6 +234,7 @@ impl NodeRecord {
     /// Score key (lower is better) for a session of `handler`.
     /// Score for `handler` (lower is better; see the module rules).
     pub fn score(&self, handler: &str) -> u64 {
+        const TRACK_PRIOR: u64 = 20;
         let load = (self.sessions as u64 * 1_000_000) / self.spec.capacity.max(1) as u64; // 0..1e6
         let rtt = self.rtt_us.min(1_000_000); // ≤ 1 s
         let price = self.spec.price_micros_per_input.min(1_000_000);
@@ -238,7 +243,12 @@ impl NodeRecord {
         } else {
             100_000
         };
-        let track = 500_000 - (500_000 * (self.ok + 1)) / (self.ok + self.failed + 2);
+        // Share of failed placements, with a prior of TRACK_PRIOR successes and as many
+        // failures: a node's record counts once it has some history. (A prior of one each let
+        // a single successful placement outweigh a session's worth of load, so a fresh colony
+        // piled every new session onto the node that got the first one.)
+        let track = 500_000
+            - (500_000 * (self.ok + TRACK_PRIOR)) / (self.ok + self.failed + 2 * TRACK_PRIOR);
         load + rtt * 2 + price + warm + track
     }
 
@@ -395,6 +405,7 @@ impl Colony {
             warm: Vec::new(),
             ok: 0,
             failed: 0,
+            starting: 0,
             key,
         };
         let id = rec.spec.id;
@@ -431,7 +442,7 @@ impl Colony {
     /// Applies a node's heartbeat report.
     pub fn update_load(&mut self, id: &NodeId, sessions: u32, rtt_us: u64, warm: Vec<String>) {
         self.modify(id, |r| {
-            r.sessions = sessions;
+            r.sessions = sessions.saturating_add(r.starting);
             r.rtt_us = rtt_us;
             r.warm = warm;
         });
@@ -452,6 +463,19 @@ impl Colony {
                 r.warm.push(handler.to_string());
             }
         });
+    }
+
+    /// Records a start order sent to `id` ([`note_placed`](Self::note_placed), and the session
+    /// counts on top of heartbeats until [`note_start_answered`](Self::note_start_answered)).
+    pub fn note_placing(&mut self, id: &NodeId, handler: &str, memory: u64) {
+        self.note_placed(id, handler, memory);
+        self.modify(id, |r| r.starting = r.starting.saturating_add(1));
+    }
+
+    /// The node answered a start order (either way; on failure also call
+    /// [`note_closed`](Self::note_closed)).
+    pub fn note_start_answered(&mut self, id: &NodeId) {
+        self.modify(id, |r| r.starting = r.starting.saturating_sub(1));
     }
 
     /// Records a failed placement order on `id` (route feedback).
@@ -650,6 +674,33 @@ mod tests {
             latency_ceiling_us: None,
             capabilities: vec![],
         }
+    }
+
+    /// Two sessions placed back to back on two equal nodes land on different nodes, even when a
+    /// heartbeat the first node sent before it started its session arrives in between, and one
+    /// successful placement does not outweigh a session's worth of load.
+    #[test]
+    fn back_to_back_placements_spread_despite_a_stale_heartbeat() {
+        let mut c = Colony::new();
+        let a = spec("DE", AcceleratorClass::None, &["tutor"], 8);
+        let b = spec("DE", AcceleratorClass::None, &["tutor"], 8);
+        c.upsert(a.clone());
+        c.upsert(b.clone());
+        let r = req("tutor", &["DE"], AcceleratorClass::None);
+        let Decision::Placed { node: first, .. } = c.admit(&r) else {
+            panic!("not placed")
+        };
+        c.note_placing(&first, "tutor", r.memory);
+        // The first node's heartbeat from before the start: no sessions, nothing warm.
+        c.update_load(&first, 0, 500, vec![]);
+        let Decision::Placed { node: second, .. } = c.admit(&r) else {
+            panic!("not placed")
+        };
+        assert_ne!(first, second, "both sessions on one node");
+        // Started: the next heartbeat reports it, and nothing is counted twice.
+        c.note_start_answered(&first);
+        c.update_load(&first, 1, 500, vec!["tutor".into()]);
+        assert_eq!(c.get(&first).map(|r| r.sessions), Some(1));
     }
 
     #[test]

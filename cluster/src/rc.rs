@@ -545,7 +545,7 @@ impl RcCore {
             let (name, api) = rec.unwrap_or_default();
             let replicas = self.choose_replicas(&st, m, &node, &[]);
             let replica_addrs = crate::rc_mobility::migration_addrs(&st, &replicas);
-            st.colony.note_placed(&node, &req.handler, req.memory);
+            st.colony.note_placing(&node, &req.handler, req.memory);
             st.directory.insert(
                 sid.clone(),
                 DirEntry {
@@ -568,6 +568,7 @@ impl RcCore {
             .order_start(&node, &sid, epoch, m, replica_addrs, Vec::new())
             .await;
         let mut st = lock(&self.state);
+        st.colony.note_start_answered(&node);
         match result {
             Ok(()) => {
                 if let Some(e) = st.directory.get_mut(&sid) {

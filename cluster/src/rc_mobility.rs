@@ -570,7 +570,7 @@ async fn restore(core: &Arc<RcCore>, sid: &SessionId) {
                 else {
                     return;
                 };
-                st.colony.note_placed(&target, &req.handler, memory);
+                st.colony.note_placing(&target, &req.handler, memory);
                 if let Some(e) = st.directory.get_mut(sid) {
                     e.node = target;
                     e.node_name = name.clone();
@@ -608,6 +608,7 @@ async fn restore(core: &Arc<RcCore>, sid: &SessionId) {
         .order_start(&target, sid, epoch, &m, replicas, restore_from)
         .await;
     let mut st = lock(&core.state);
+    st.colony.note_start_answered(&target);
     match r {
         Ok(()) => {
             if let Some(e) = st.directory.get_mut(sid) {

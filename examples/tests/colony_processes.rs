@@ -234,7 +234,10 @@ async fn paused_node_stops_serving_before_the_rc_places_again() {
             .unwrap();
         if e["state"] == "active" && e["epoch"] == 2 {
             assert_eq!(e["node_name"], other);
-            break (stopped.elapsed(), e["address"].as_str().unwrap().to_string());
+            break (
+                stopped.elapsed(),
+                e["address"].as_str().unwrap().to_string(),
+            );
         }
         assert!(
             stopped.elapsed() < Duration::from_secs(10),

@@ -1,0 +1,153 @@
+//! `opengrid-chaos run` against a real colony (an `opengrid` RC and three nodes), end to end:
+//! a clean run passes, and a deliberately broken workload (`OPENGRID_CHAOS_BREAK=dedupe`: some
+//! acknowledged inputs resent under fresh seqs, unrecorded) is caught — the report names
+//! `no-duplicate` violations and the exit code is 1. This proves the checkers can fail.
+//!
+//! Needs the `opengrid` binary (package opengrid-examples) in the same target directory:
+//! `scripts/test.sh` builds the whole workspace first; alone, run
+//! `cargo build -p opengrid-examples --bin opengrid` before this test.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn opengrid_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = profile_dir.join("opengrid");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p opengrid-examples --bin opengrid`, or \
+         scripts/test.sh, which builds the whole workspace)",
+        bin.display()
+    );
+    bin
+}
+
+const SCENARIO: &str = r#"version = 1
+name = "tiny-latency"
+seed = 7
+duration = "6s"
+
+[cluster]
+colonies = ["eu"]
+[[cluster.rc]]
+name = "rc"
+colony = "eu"
+[[cluster.node]]
+name = "n1"
+colony = "eu"
+jurisdiction = "DE"
+[[cluster.node]]
+name = "n2"
+colony = "eu"
+jurisdiction = "DE"
+[[cluster.node]]
+name = "n3"
+colony = "eu"
+jurisdiction = "DE"
+
+[workload]
+duration = "5s"
+[[workload.sessions]]
+group = "zero-loss"
+count = 3
+input_rate = 10.0
+manifest_toml = """
+version = 1
+[session]
+handler = "counter"
+continuity = "interactive"
+[placement]
+jurisdictions = ["EU"]
+[migration]
+cost = "cheap"
+acceptable_loss = "0s"
+max_blackout = "2s"
+"""
+
+[[fault]]
+at = "1s"
+spread = "1s"
+action = "latency"
+between = ["n1", "rc"]
+latency = "20ms"
+jitter = "5ms"
+duration = "2s"
+
+[invariants]
+check = ["no-acked-loss", "no-duplicate", "single-active", "jurisdiction", "health"]
+"#;
+
+/// Runs `opengrid-chaos run <tiny scenario> --json`; returns (exit code, stdout, stderr).
+fn run(break_mode: Option<&str>) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.toml");
+    std::fs::write(&path, SCENARIO).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"));
+    cmd.arg("run")
+        .arg(&path)
+        .arg("--json")
+        .arg("--bin")
+        .arg(opengrid_bin())
+        .env_remove("OPENGRID_CHAOS_BREAK")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(b) = break_mode {
+        cmd.env("OPENGRID_CHAOS_BREAK", b);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            // The RC and nodes die with it (PR_SET_PDEATHSIG).
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("opengrid-chaos run did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code().unwrap_or(-1), out, err)
+}
+
+#[test]
+fn a_clean_run_passes_and_a_broken_dedupe_is_caught() {
+    let (code, out, err) = run(None);
+    assert_eq!(code, 0, "clean run failed:\n{out}\n{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["passed"], true, "{out}");
+    assert_eq!(j["faults"][0]["fault"]["action"], "latency");
+    assert!(j["faults"][0]["injected_ms"].as_u64().is_some(), "{out}");
+    assert!(j["reproduce"].as_str().unwrap().contains("--seed 7"));
+
+    let (code, out, err) = run(Some("dedupe"));
+    assert_eq!(code, 1, "broken run not caught:\n{out}\n{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["passed"], false);
+    let v = j["violations"].as_array().unwrap();
+    assert!(
+        v.iter().any(|v| v["invariant"] == "no-duplicate"),
+        "no no-duplicate violation: {out}"
+    );
+    assert!(j["reproduce"]
+        .as_str()
+        .unwrap()
+        .starts_with("OPENGRID_CHAOS_BREAK=dedupe "));
+}
