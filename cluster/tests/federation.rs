@@ -221,6 +221,20 @@ async fn boot(tag: &str) -> Federation {
 }
 
 impl Federation {
+    /// Stops every node, then every RC: their RocksDB stores close before the test binary exits
+    /// (a store still open at process exit races RocksDB's static destructors: "pthread lock:
+    /// Invalid argument", SIGABRT after the tests passed).
+    async fn shutdown(self) {
+        let mut rcs = Vec::new();
+        for m in self.members {
+            m._node.shutdown().await;
+            rcs.push(m.rc);
+        }
+        for rc in rcs {
+            rc.shutdown().await;
+        }
+    }
+
     fn member(&self, short: &str) -> &Member {
         self.members.iter().find(|m| m.short == short).unwrap()
     }
@@ -374,6 +388,7 @@ async fn sessions_route_across_colonies_within_treaties() {
         "placement via HTTP on 127.0.0.1, 20 each: local p50 {:?} max {:?}; routed across colonies p50 {:?} max {:?}",
         local[10], local[19], routed[10], routed[19]
     );
+    f.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,6 +497,7 @@ async fn forged_and_replayed_rc_requests_are_refused() {
     assert_eq!(counter(&st, "inbound_replayed"), 1);
     assert_eq!(counter(&st, "inbound_rejected"), 6);
     assert_eq!(counter(&f.status(us).await, "inbound_placed"), 0);
+    f.shutdown().await;
 }
 
 fn rand_seed() -> [u8; 32] {
