@@ -223,7 +223,16 @@ impl NodeMobility {
             })
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("migration server start panicked")))
-        })?;
+        });
+        let server = match server {
+            Ok(s) => s,
+            Err(e) => {
+                // Called from async start-up code: dropping a runtime here would panic
+                // ("Cannot drop a runtime in a context where blocking is not allowed").
+                rt.shutdown_background();
+                return Err(e);
+            }
+        };
         Ok(Arc::new(NodeMobility {
             store,
             local,

@@ -496,3 +496,16 @@ fn bad_inference_setup_stops_the_node_with_a_typed_error() {
     // A bad config field is named before anything starts.
     assert_start_fails("[inference]\nthreads = 0\n", &[], &["inference.threads"]);
 }
+
+/// A node whose migration port is taken refuses to start with an error naming the address (it
+/// used to panic: "Cannot drop a runtime in a context where blocking is not allowed").
+#[test]
+fn a_taken_migration_port_is_a_typed_start_error_not_a_panic() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_start_fails(
+        &format!("migration_listen = \"{addr}\"\n"),
+        &[],
+        &["migration server", &addr],
+    );
+}
