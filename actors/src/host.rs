@@ -339,7 +339,7 @@ impl SessionHost {
 fn tick_for(policy: &CheckpointPolicy, max_tick: Duration) -> Duration {
     let mut t = max_tick.min(policy.idle_timeout / 4);
     if let CheckpointMode::Periodic { max_interval } = policy.mode {
-        t = t.min(max_interval / 4);
+        t = t.min(max_interval / 8);
     }
     t.max(Duration::from_millis(5))
 }
