@@ -6,10 +6,11 @@
 //! `scripts/test.sh` builds the whole workspace first (`cargo build --workspace --all-targets`);
 //! alone, run `cargo build -p opengrid-examples --bin opengrid` before this test.
 
-use std::io::Read;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// `target/<profile>/opengrid`: the test executable lives in `target/<profile>/deps`.
 fn opengrid_bin() -> PathBuf {
@@ -28,48 +29,22 @@ fn opengrid_bin() -> PathBuf {
 #[test]
 fn bench_failover_moves_every_session_and_loses_nothing() {
     let bin = opengrid_bin();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
-        .args([
-            "bench",
-            "failover",
-            "--json",
-            "--count",
-            "20",
-            "--budget-s",
-            "40",
-        ])
-        .arg("--bin")
-        .arg(&bin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            // The RC and nodes die with it (PR_SET_PDEATHSIG).
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("bench failover did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, out, err) = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
+            .args([
+                "bench",
+                "failover",
+                "--json",
+                "--count",
+                "20",
+                "--budget-s",
+                "40",
+            ])
+            .arg("--bin")
+            .arg(&bin),
+        Duration::from_secs(60),
+        "bench failover",
+    );
     assert!(
         status.success(),
         "exit {status}\nstdout:\n{out}\nstderr:\n{err}"

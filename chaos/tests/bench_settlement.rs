@@ -2,14 +2,15 @@
 //! processes, plain writes, receipts, one small settlement batch, and the etcd baseline when an
 //! `etcd` binary is installed (reported as skipped otherwise). Prints one valid JSON object.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn bench_settlement_runs_and_prints_valid_json() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
-        .args([
+    let (status, out, err) = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_opengrid-chaos")).args([
             "bench",
             "settlement",
             "--json",
@@ -28,37 +29,10 @@ fn bench_settlement_runs_and_prints_valid_json() {
             "8",
             "--writes-budget-s",
             "10",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            // The replicas and etcd members die with it (PR_SET_PDEATHSIG).
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("bench settlement did not finish within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+        ]),
+        Duration::from_secs(90),
+        "bench settlement",
+    );
     assert!(
         status.success(),
         "exit {status:?}\nstdout: {out}\nstderr: {err}"

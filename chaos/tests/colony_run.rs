@@ -7,10 +7,11 @@
 //! `scripts/test.sh` builds the whole workspace first; alone, run
 //! `cargo build -p opengrid-examples --bin opengrid` before this test.
 
-use std::io::Read;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 fn opengrid_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -91,39 +92,12 @@ fn run(break_mode: Option<&str>) -> (i32, String, String) {
         .arg("--json")
         .arg("--bin")
         .arg(opengrid_bin())
-        .env_remove("OPENGRID_CHAOS_BREAK")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("OPENGRID_CHAOS_BREAK");
     if let Some(b) = break_mode {
         cmd.env("OPENGRID_CHAOS_BREAK", b);
     }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            // The RC and nodes die with it (PR_SET_PDEATHSIG).
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("opengrid-chaos run did not finish within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, out, err) =
+        common::run_with_deadline(&mut cmd, Duration::from_secs(90), "opengrid-chaos run");
     (status.code().unwrap_or(-1), out, err)
 }
 
