@@ -10,6 +10,7 @@
 //! | `opengrid_cluster_nodes_declared_dead_total` | counter | nodes declared dead by the RC |
 //! | `opengrid_cluster_join_refused_total{reason}` | counter | joins refused (bad signature, stale, wrong colony) |
 //! | `opengrid_cluster_lease_lost_total` | counter | times this node lost its lease and stopped serving |
+//! | `opengrid_cluster_sessions_adopted_total` | counter | sessions the RC took into its directory from a holder's report (restarted RC, lost activation) |
 //! | `opengrid_cluster_api_requests_total{status}` | counter | client-API requests by HTTP status |
 //! | `opengrid_cluster_wire_bytes_total{direction}` | counter | session input/output bytes on the client API |
 //! | `opengrid_cluster_sessions` | gauge | sessions hosted (node) / in the directory (rc) |
@@ -36,6 +37,8 @@ pub struct Metrics {
     pub join_refused: Counter<u64>,
     /// Leases lost.
     pub lease_lost: Counter<u64>,
+    /// Sessions adopted from holding reports.
+    pub sessions_adopted: Counter<u64>,
     /// API requests by status.
     pub api_requests: Counter<u64>,
     /// Wire bytes by direction.
@@ -131,6 +134,10 @@ impl Metrics {
             lease_lost: m
                 .u64_counter("opengrid_cluster_lease_lost")
                 .with_description("leases lost (node stopped serving)")
+                .build(),
+            sessions_adopted: m
+                .u64_counter("opengrid_cluster_sessions_adopted")
+                .with_description("sessions adopted from holders' reports")
                 .build(),
             api_requests: m
                 .u64_counter("opengrid_cluster_api_requests")

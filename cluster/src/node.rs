@@ -1,6 +1,21 @@
 //! The node side of the control plane: joining the colony, heartbeats, the lease watchdog and
 //! placement orders. Runs on the control-plane runtime; session work is handed to the handler
 //! runtime.
+//!
+//! # Lease loss and reconciliation
+//! A node whose lease runs out (RC unreachable, partitioned, declared dead, or the RC itself
+//! restarted) stops serving at once — every input and info request is refused `503
+//! not_serving` — but it **keeps its sessions** (ADR 0010): dropping them would lose every session
+//! of a colony whose RC restarts, because a restarted RC starts with an empty directory.
+//! After it joins again the node sends [`ToRc::Holding`] with `rejoin` (session, epoch, handler,
+//! manifest, replica set of each session it holds) and serves nothing until the RC answers
+//! [`ToNode::HoldingAck`]: the RC adopts what its directory does not know, keeps what it places
+//! here at the same epoch, and names the ones placed elsewhere or at a newer epoch (a failover
+//! happened meanwhile), which the node releases before it serves again. Entries the directory
+//! places here that the report does not list (the node restarted empty) are orphaned and fail
+//! over. While serving, the node repeats the report (without `rejoin`) every
+//! [`REPORT_EVERY`] heartbeats, so a lost [`ToRc::Activated`] or any other directory drift is
+//! repaired within a second.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,6 +85,12 @@ pub struct NodeCore {
     pub(crate) mobility: std::sync::OnceLock<Arc<crate::mobility::NodeMobility>>,
     /// Compute receipts of this node's sessions (see [`crate::receipts`]).
     pub receipts: crate::receipts::ReceiptEmitter,
+    /// The RC has answered the holding report sent after the last (re)join.
+    reconciled: AtomicBool,
+    /// Number of the holding report awaiting its ack (0: none).
+    pending_report: AtomicU64,
+    /// Manifests (JSON) of the sessions held here, for the holding report.
+    manifests: Mutex<HashMap<SessionId, String>>,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -113,6 +134,9 @@ impl NodeCore {
             joining_since: Mutex::new(None),
             mobility: std::sync::OnceLock::new(),
             receipts,
+            reconciled: AtomicBool::new(false),
+            pending_report: AtomicU64::new(0),
+            manifests: Mutex::new(HashMap::new()),
         }
     }
 
@@ -126,9 +150,103 @@ impl NodeCore {
         *lock(&self.membership)
     }
 
-    /// Whether this node may serve sessions now (member with a valid lease).
+    /// Whether this node may serve sessions now: a member with a valid lease whose holding
+    /// report the RC has answered since it joined.
     pub fn may_serve(&self) -> bool {
-        self.membership() == Membership::Member && lock(&self.lease).valid(Instant::now())
+        self.membership() == Membership::Member
+            && self.reconciled.load(Ordering::Acquire)
+            && lock(&self.lease).valid(Instant::now())
+    }
+
+    /// Sessions this node holds (running, starting, hibernated or frozen for a handover; not
+    /// moved, stopped or closed), for the holding report.
+    fn held(&self) -> Vec<wire::Held> {
+        use opengrid_actors::SessionStatus as St;
+        let mut manifests = lock(&self.manifests);
+        let mut out = Vec::new();
+        let ids = self.host.session_ids();
+        let present: std::collections::HashSet<&SessionId> = ids.iter().collect();
+        manifests.retain(|id, _| present.contains(id));
+        for id in ids {
+            let Some(s) = self.host.get(&id) else {
+                continue;
+            };
+            if matches!(
+                s.status(),
+                St::Moved { .. } | St::Stopped { .. } | St::Closed
+            ) {
+                continue;
+            }
+            let replicas = self
+                .mobility()
+                .map(|m| {
+                    m.store
+                        .replicas(&id)
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(wire::Held {
+                session: id.to_string(),
+                epoch: s.epoch().0,
+                handler: s.handler_id().to_string(),
+                manifest: manifests.get(&id).cloned(),
+                replicas,
+            });
+        }
+        out
+    }
+
+    /// Sends the holding report (`rejoin`: the one the node waits for before serving).
+    fn send_holding(&self, rejoin: bool) {
+        let report = self.next_req.fetch_add(1, Ordering::Relaxed);
+        if rejoin {
+            self.pending_report.store(report, Ordering::Release);
+        }
+        let sessions = self.held();
+        self.send_rc(ToRc::Holding {
+            node: self.id(),
+            report,
+            rejoin,
+            sessions,
+        });
+    }
+
+    /// Handles the RC's answer to a holding report: releases what the RC places elsewhere,
+    /// then (for the rejoin report) starts serving.
+    fn on_holding_ack(self: &Arc<Self>, report: u64, drop: Vec<(String, u64)>) {
+        let completes = report != 0 && self.pending_report.load(Ordering::Acquire) == report;
+        let me = self.clone();
+        self.handlers.spawn(async move {
+            use opengrid_actors::SessionStatus as St;
+            for (session, epoch) in drop {
+                let Ok(sid) = SessionId::new(session) else {
+                    continue;
+                };
+                let Some(s) = me.host.get(&sid) else {
+                    continue;
+                };
+                if s.epoch().0 != epoch
+                    || matches!(s.status(), St::Moved { .. } | St::Closed)
+                {
+                    continue;
+                }
+                tracing::warn!(session = %sid, epoch, "the RC places this session elsewhere (a newer epoch): dropped here");
+                me.metrics.fenced.add(1, &[]);
+                let _ = me.host.release(&sid).await;
+                lock(&me.manifests).remove(&sid);
+            }
+            if completes
+                && me
+                    .pending_report
+                    .compare_exchange(report, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                && !me.reconciled.swap(true, Ordering::AcqRel)
+            {
+                tracing::info!(sessions = me.host.len(), "reconciled with the RC: serving");
+            }
+        });
     }
 
     /// Time left on the lease.
@@ -189,6 +307,12 @@ impl NodeCore {
             }
             Membership::Member => {
                 let seq = self.hb_seq.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.pending_report.load(Ordering::Acquire) != 0 {
+                    // The rejoin report or its ack was lost: send it again.
+                    self.send_holding(true);
+                } else if self.reconciled.load(Ordering::Acquire) && seq % REPORT_EVERY == 0 {
+                    self.send_holding(false);
+                }
                 {
                     let mut sent = lock(&self.sent);
                     sent.insert(seq, now);
@@ -249,8 +373,8 @@ impl NodeCore {
         }
     }
 
-    /// Stops serving: drops the lease, releases every session (checkpointed, not deleted), and
-    /// goes back to joining.
+    /// Stops serving: drops the lease and goes back to joining. Sessions are kept, serving
+    /// nothing, until the RC answers the holding report sent after the next join (module docs).
     pub fn fence(&self, reason: &str) {
         {
             let mut l = lock(&self.lease);
@@ -260,24 +384,14 @@ impl NodeCore {
             l.revoke();
         }
         *lock(&self.membership) = Membership::Outside;
-        let ids = self.host.session_ids();
+        self.reconciled.store(false, Ordering::Release);
+        self.pending_report.store(0, Ordering::Release);
         tracing::warn!(
             reason,
-            sessions = ids.len(),
-            "lease lost: stopped serving, releasing sessions"
+            sessions = self.host.len(),
+            "lease lost: stopped serving; sessions kept until the RC confirms them"
         );
         self.metrics.lease_lost.add(1, &[]);
-        let host = self.host.clone();
-        let metrics = self.metrics.clone();
-        self.handlers.spawn(async move {
-            for id in ids {
-                if let Err(opengrid_actors::SessionError::Fenced { .. }) = host.release(&id).await {
-                    // A newer epoch holds it elsewhere: nothing was written here.
-                    metrics.fenced.add(1, &[]);
-                    tracing::warn!(session = %id, "fenced: a newer epoch holds this session; dropped");
-                }
-            }
-        });
     }
 
     /// Handles one control-plane message from the RC.
@@ -294,6 +408,16 @@ impl NodeCore {
                     self.receipts.set_rc(&rc);
                     *lock(&self.last_refusal) = None;
                     *lock(&self.membership) = Membership::Member;
+                    if !self.reconciled.load(Ordering::Acquire) {
+                        // The report also tells the RC what this node no longer holds (it
+                        // restarted empty): it is sent even when empty, until acknowledged.
+                        // Holding nothing, there is nothing to reconcile before serving.
+                        let empty = self.held().is_empty();
+                        self.send_holding(true);
+                        if empty {
+                            self.reconciled.store(true, Ordering::Release);
+                        }
+                    }
                     // First heartbeat right away: it brings the first lease.
                     self.tick();
                 }
@@ -363,6 +487,14 @@ impl NodeCore {
                     });
                 }
             }
+            ToNode::HoldingAck { report, drop } => self.on_holding_ack(report, drop),
+            ToNode::Manifest { session, manifest } => {
+                if let Ok(sid) = SessionId::new(session) {
+                    if self.host.get(&sid).is_some() {
+                        lock(&self.manifests).insert(sid, manifest);
+                    }
+                }
+            }
             ToNode::LookupReply { req, location } => {
                 if let Some(tx) = lock(&self.lookups).remove(&req) {
                     let _ = tx.send(location);
@@ -400,14 +532,17 @@ impl NodeCore {
             if matches!(
                 old.status(),
                 St::Moved { .. } | St::Stopped { .. } | St::Closed
-            ) {
-                // A former incarnation (moved away, or fenced): it is coming back here.
+            ) || old.epoch().0 < epoch
+            {
+                // A former incarnation (moved away, fenced, or kept through a lease loss while
+                // a failover gave it a newer epoch): it is coming back here.
                 old.stop_forwarding();
                 let _ = self.host.release(&sid).await;
             }
         }
         self.prepare_start(&sid, Epoch(epoch), replicas, restore_from)
             .await?;
+        lock(&self.manifests).insert(sid.clone(), manifest.to_string());
         let host = self.host.clone();
         let handler = m.session.handler.clone();
         let policy = m.checkpoint_policy();
@@ -494,6 +629,9 @@ impl Actor for NodeAgent {
         Ok(())
     }
 }
+
+/// A serving node repeats its holding report every this many heartbeats (100 ms: 1 s).
+pub const REPORT_EVERY: u64 = 10;
 
 /// Heartbeat round trips the reported RTT is the minimum of (100 ms heartbeats: 1.6 s).
 pub const RTT_WINDOW: usize = 16;

@@ -337,6 +337,12 @@ impl RcCore {
                 session,
                 epoch,
             } => self.on_released(node, &session, epoch),
+            ToRc::Holding {
+                node,
+                report,
+                rejoin,
+                sessions,
+            } => self.on_holding(node, report, rejoin, sessions),
             ToRc::Lookup { node, req, session } => {
                 let location = SessionId::new(session).ok().and_then(|sid| {
                     let st = lock(&self.state);
@@ -381,14 +387,10 @@ impl RcCore {
         let id = spec.id;
         {
             let mut st = lock(&self.state);
-            // A (re)joining node starts empty: whatever the directory held there is orphaned
-            // (and restored from its replicas by the failover loop).
+            // What the directory places on a (re)joining node is settled by its holding report
+            // (`crate::node` "Reconciliation"): kept if it still holds it, orphaned (and
+            // restored from its replicas by the failover loop) if it came back without it.
             st.mob.draining.remove(&id);
-            for e in st.directory.values_mut() {
-                if e.node == id {
-                    e.state = DirState::Orphaned;
-                }
-            }
             let mut detector = PhiDetector::new(self.phi_config());
             let now = Instant::now();
             detector.heartbeat(now);

@@ -28,7 +28,14 @@ use opentelemetry::KeyValue;
 use crate::admission::Requirements;
 use crate::identity::NodeId;
 use crate::rc::{node_ref, DirState, RcCore, RcState};
-use crate::wire::{HandoverTarget, NodeMsg, ToNode};
+use crate::wire::{HandoverTarget, Held, NodeMsg, ToNode};
+
+/// What a holding report's entry leads to.
+enum Verdict {
+    Keep,
+    Adopt,
+    Drop,
+}
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -274,6 +281,158 @@ impl RcCore {
             e.replicas = replicas;
         }
         tracing::info!(session = %sid, to = %name, epoch, "directory switched (handover)");
+        let manifest = st
+            .directory
+            .get(&sid)
+            .and_then(|e| e.manifest.as_ref().map(|m| m.to_json_string()));
+        drop(st);
+        if let (Some(manifest), Some(r)) = (manifest, node_ref(&node)) {
+            let _ = r.cast(NodeMsg::wire(ToNode::Manifest {
+                session: sid.to_string(),
+                manifest,
+            }));
+        }
+    }
+
+    /// A node's holding report (`crate::node` "Reconciliation"): adopts the sessions the
+    /// directory does not know (a restarted RC) or knows at an older epoch (a lost
+    /// `Activated`), keeps the ones it places there, and answers with the ones placed elsewhere
+    /// or at a newer epoch, which the node drops. After a rejoin, directory entries active on
+    /// the node that the report does not list are orphaned (the node came back without them).
+    pub(crate) fn on_holding(&self, node: NodeId, report: u64, rejoin: bool, held: Vec<Held>) {
+        // Not (or no longer) a member: it joins again and reports again.
+        let Some(drop) = self.reconcile(node, rejoin, held) else {
+            return;
+        };
+        if !rejoin && drop.is_empty() {
+            return;
+        }
+        if let Some(r) = node_ref(&node) {
+            let _ = r.cast(NodeMsg::wire(ToNode::HoldingAck {
+                report: if rejoin { report } else { 0 },
+                drop,
+            }));
+        }
+    }
+
+    /// The directory side of [`Self::on_holding`]: returns the `(session, epoch)` the node must
+    /// drop, or `None` when `node` is not an alive member.
+    pub(crate) fn reconcile(
+        &self,
+        node: NodeId,
+        rejoin: bool,
+        held: Vec<Held>,
+    ) -> Option<Vec<(String, u64)>> {
+        let mut drop = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            if !st.members.get(&node).is_some_and(|m| m.alive) {
+                return None;
+            }
+            let (name, api) = st
+                .colony
+                .get(&node)
+                .map(|r| (r.spec.name.clone(), r.spec.api.clone()))?;
+            let mut listed = HashSet::new();
+            for h in held {
+                let Ok(sid) = SessionId::new(h.session.clone()) else {
+                    continue;
+                };
+                listed.insert(sid.clone());
+                let epoch = Epoch(h.epoch);
+                let restoring = st.mob.restoring.contains(&sid);
+                let verdict = match st.directory.get(&sid) {
+                    None => Verdict::Adopt,
+                    Some(e) if e.node == node && e.epoch == epoch => {
+                        if e.state == DirState::Orphaned && restoring {
+                            Verdict::Drop
+                        } else {
+                            Verdict::Keep
+                        }
+                    }
+                    Some(e) if epoch > e.epoch && e.state != DirState::Starting && !restoring => {
+                        Verdict::Adopt
+                    }
+                    Some(_) => Verdict::Drop,
+                };
+                match verdict {
+                    Verdict::Keep => {
+                        if let Some(e) = st.directory.get_mut(&sid) {
+                            if e.state == DirState::Orphaned {
+                                tracing::info!(session = %sid, node = %name, %epoch, "session kept by its holder through a lease loss: active again");
+                                e.state = DirState::Active;
+                                e.waiting = None;
+                                st.mob.next_try.remove(&sid);
+                            }
+                        }
+                    }
+                    Verdict::Drop => drop.push((h.session, h.epoch)),
+                    Verdict::Adopt => {
+                        let manifest = h
+                            .manifest
+                            .as_deref()
+                            .and_then(|j| Manifest::from_json_str(j).ok())
+                            .map(Arc::new)
+                            .or_else(|| st.directory.get(&sid).and_then(|e| e.manifest.clone()));
+                        let memory = manifest
+                            .as_ref()
+                            .map(|m| Requirements::from_manifest(m).memory)
+                            .unwrap_or(0);
+                        let replicas: Vec<NodeId> = h
+                            .replicas
+                            .iter()
+                            .filter_map(|a| {
+                                st.colony
+                                    .nodes()
+                                    .into_iter()
+                                    .find(|r| &r.spec.migration == a)
+                                    .map(|r| r.spec.id)
+                            })
+                            .collect();
+                        let before = st.directory.get(&sid).map(|e| (e.node, e.memory));
+                        if let Some((old, mem)) = before {
+                            st.colony.note_closed(&old, mem);
+                        }
+                        st.colony.note_placed(&node, &h.handler, memory);
+                        if st.mob.plans.get(&sid).is_some_and(|p| p.0 == node) {
+                            st.mob.plans.remove(&sid);
+                        }
+                        tracing::info!(session = %sid, node = %name, %epoch, known_before = before.is_some(), "session adopted from its holder's report");
+                        self.metrics.sessions_adopted.add(1, &[]);
+                        st.directory.insert(
+                            sid.clone(),
+                            crate::rc::DirEntry {
+                                session_id: sid.clone(),
+                                node,
+                                node_name: name.clone(),
+                                address: api.clone(),
+                                epoch,
+                                handler: h.handler,
+                                memory,
+                                state: DirState::Active,
+                                replicas,
+                                waiting: None,
+                                manifest,
+                            },
+                        );
+                        st.mob.next_try.remove(&sid);
+                    }
+                }
+            }
+            if rejoin {
+                for e in st.directory.values_mut() {
+                    if e.node == node
+                        && e.state == DirState::Active
+                        && !listed.contains(&e.session_id)
+                    {
+                        tracing::warn!(session = %e.session_id, node = %name, "its holder rejoined without it: session may be placed again");
+                        e.state = DirState::Orphaned;
+                    }
+                }
+            }
+            self.metrics.sessions.record(st.directory.len() as u64, &[]);
+        }
+        Some(drop)
     }
 
     /// A node starts draining.
@@ -636,5 +795,193 @@ async fn restore(core: &Arc<RcCore>, sid: &SessionId) {
                 .add(1, &[KeyValue::new("outcome", "failed")]);
             tracing::warn!(session = %sid, to = %name, %reason, "restore failed; will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+    use crate::admission::NodeSpec;
+    use crate::config::RcConfig;
+    use crate::identity::Identity;
+    use crate::rc::DirEntry;
+    use crate::wire::{JoinBody, JoinRequest};
+    use opengrid_session::AcceleratorClass;
+
+    const M: &str = r#"
+version = 1
+[session]
+handler = "counter"
+continuity = "interactive"
+[placement]
+jurisdictions = ["EU"]
+[migration]
+cost = "cheap"
+acceptable_loss = "0s"
+max_blackout = "2s"
+"#;
+
+    fn spec(id: &Identity, name: &str, port: u16) -> NodeSpec {
+        NodeSpec {
+            id: id.id(),
+            name: name.into(),
+            jurisdiction: "DE".into(),
+            accelerator: AcceleratorClass::None,
+            cpu_cores: 4,
+            memory: 8 << 30,
+            handlers: vec!["counter".into()],
+            capabilities: vec![],
+            price_micros_per_input: 10,
+            capacity: 100,
+            api: format!("http://127.0.0.1:{port}"),
+            migration: format!("127.0.0.1:{}", port + 1),
+        }
+    }
+
+    /// An RC with two joined members `a` and `b`.
+    fn rc() -> (RcCore, NodeId, NodeId) {
+        let core = RcCore::new(RcConfig::default(), Identity::generate());
+        let mut ids = Vec::new();
+        for (name, port) in [("a", 7100), ("b", 7200)] {
+            let id = Identity::generate();
+            let body = JoinBody {
+                colony: core.cfg.colony.clone(),
+                spec: spec(&id, name, port),
+                unix_ms: crate::wire::unix_ms(),
+                nonce: rand::random(),
+            };
+            core.on_message(crate::wire::ToRc::Join(JoinRequest::sign(&id, &body)));
+            ids.push(id.id());
+        }
+        assert_eq!(core.alive_members(), 2);
+        (core, ids[0], ids[1])
+    }
+
+    fn held(session: &str, epoch: u64, replicas: &[&str]) -> Held {
+        Held {
+            session: session.into(),
+            epoch,
+            handler: "counter".into(),
+            manifest: Some(Manifest::from_toml_str(M).unwrap().to_json_string()),
+            replicas: replicas.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn place(core: &RcCore, sid: &str, node: NodeId, epoch: u64, state: DirState) {
+        let sid = SessionId::new(sid).unwrap();
+        lock(&core.state).directory.insert(
+            sid.clone(),
+            DirEntry {
+                session_id: sid,
+                node,
+                node_name: String::new(),
+                address: String::new(),
+                epoch: Epoch(epoch),
+                handler: "counter".into(),
+                memory: 0,
+                state,
+                replicas: vec![],
+                waiting: None,
+                manifest: None,
+            },
+        );
+    }
+
+    fn entry(core: &RcCore, sid: &str) -> Option<DirEntry> {
+        core.lookup(&SessionId::new(sid).unwrap())
+    }
+
+    #[test]
+    fn a_restarted_rc_adopts_what_its_nodes_report() {
+        let (core, a, b) = rc();
+        // `b`'s migration server is 127.0.0.1:7201; an unknown replica address is skipped.
+        let drop = core
+            .reconcile(
+                a,
+                true,
+                vec![held("s1", 3, &["127.0.0.1:7201", "127.0.0.1:9"])],
+            )
+            .unwrap();
+        assert!(drop.is_empty());
+        let e = entry(&core, "s1").expect("adopted");
+        assert_eq!((e.node, e.epoch, e.state), (a, Epoch(3), DirState::Active));
+        assert_eq!(e.replicas, vec![b]);
+        assert!(e.manifest.is_some(), "the manifest travels with the report");
+        assert_eq!(e.address, "http://127.0.0.1:7100");
+    }
+
+    #[test]
+    fn the_higher_epoch_wins_between_two_reports() {
+        let (core, a, b) = rc();
+        assert!(core
+            .reconcile(a, true, vec![held("s", 2, &[])])
+            .unwrap()
+            .is_empty());
+        // A newer epoch elsewhere (a lost activation, or a failover): adopted there.
+        assert!(core
+            .reconcile(b, true, vec![held("s", 3, &[])])
+            .unwrap()
+            .is_empty());
+        assert_eq!(entry(&core, "s").unwrap().node, b);
+        // The stale holder's next report is told to drop it; the directory does not move back.
+        let drop = core.reconcile(a, false, vec![held("s", 2, &[])]).unwrap();
+        assert_eq!(drop, vec![("s".to_string(), 2)]);
+        assert_eq!(entry(&core, "s").unwrap().epoch, Epoch(3));
+        // The same epoch on another node is never adopted either.
+        let drop = core.reconcile(a, false, vec![held("s", 3, &[])]).unwrap();
+        assert_eq!(drop, vec![("s".to_string(), 3)]);
+        assert_eq!(entry(&core, "s").unwrap().node, b);
+    }
+
+    #[test]
+    fn a_kept_session_is_active_again_unless_a_restore_is_in_flight() {
+        let (core, a, _) = rc();
+        place(&core, "kept", a, 1, DirState::Orphaned);
+        place(&core, "moving", a, 1, DirState::Orphaned);
+        lock(&core.state)
+            .mob
+            .restoring
+            .insert(SessionId::new("moving").unwrap());
+        let drop = core
+            .reconcile(a, true, vec![held("kept", 1, &[]), held("moving", 1, &[])])
+            .unwrap();
+        assert_eq!(drop, vec![("moving".to_string(), 1)]);
+        assert_eq!(entry(&core, "kept").unwrap().state, DirState::Active);
+        assert_eq!(entry(&core, "moving").unwrap().state, DirState::Orphaned);
+    }
+
+    #[test]
+    fn only_a_rejoin_report_orphans_what_it_does_not_list() {
+        let (core, a, b) = rc();
+        place(&core, "gone", a, 1, DirState::Active);
+        place(&core, "starting", a, 1, DirState::Starting);
+        place(&core, "other", b, 1, DirState::Active);
+        core.reconcile(a, false, vec![]).unwrap();
+        assert_eq!(entry(&core, "gone").unwrap().state, DirState::Active);
+        core.reconcile(a, true, vec![]).unwrap();
+        assert_eq!(entry(&core, "gone").unwrap().state, DirState::Orphaned);
+        assert_eq!(
+            entry(&core, "starting").unwrap().state,
+            DirState::Starting,
+            "a start in flight is not orphaned"
+        );
+        assert_eq!(entry(&core, "other").unwrap().state, DirState::Active);
+    }
+
+    #[test]
+    fn reports_from_non_members_change_nothing() {
+        let (core, _, _) = rc();
+        let stranger = Identity::generate().id();
+        assert!(core
+            .reconcile(stranger, true, vec![held("x", 1, &[])])
+            .is_none());
+        assert!(entry(&core, "x").is_none());
+        // Malformed session ids are skipped.
+        let (core, a, _) = rc();
+        assert!(core
+            .reconcile(a, true, vec![held("", 1, &[])])
+            .unwrap()
+            .is_empty());
+        assert!(lock(&core.state).directory.is_empty());
     }
 }

@@ -211,6 +211,20 @@ pub enum ToRc {
         /// Sender.
         node: NodeId,
     },
+    /// The sessions this node holds (see `crate::node` "Reconciliation"). `rejoin`: sent after
+    /// a (re)join, before the node serves again — the RC answers [`ToNode::HoldingAck`] with the
+    /// ones it must drop, and orphans its directory entries on this node that are not listed.
+    /// Without `rejoin` (every second while serving) it only repairs directory drift.
+    Holding {
+        /// Sender.
+        node: NodeId,
+        /// Report number (echoed in the ack).
+        report: u64,
+        /// After a (re)join.
+        rejoin: bool,
+        /// The sessions held.
+        sessions: Vec<Held>,
+    },
     /// A session was checkpointed and stopped here so that the RC restarts it elsewhere
     /// (never-live sessions when draining): restore it, epoch + 1, from its replicas.
     Released {
@@ -221,6 +235,21 @@ pub enum ToRc {
         /// Epoch it had here.
         epoch: u64,
     },
+}
+
+/// One session a node holds, as reported in [`ToRc::Holding`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    /// Session id.
+    pub session: String,
+    /// Its epoch on the node.
+    pub epoch: u64,
+    /// Handler id.
+    pub handler: String,
+    /// The manifest (JSON), when the node knows it.
+    pub manifest: Option<String>,
+    /// Its replica set (migration servers, `host:port`).
+    pub replicas: Vec<String>,
 }
 
 /// RC → node.
@@ -290,6 +319,22 @@ pub enum ToNode {
         accepted: Vec<opengrid_settlement::ReceiptId>,
         /// Receipts refused, with the reason.
         refused: Vec<(opengrid_settlement::ReceiptId, String)>,
+    },
+    /// Answer to [`ToRc::Holding`]: `(session, epoch)` held here that the directory places
+    /// elsewhere or at a newer epoch — stop them without serving.
+    HoldingAck {
+        /// Report echoed.
+        report: u64,
+        /// Sessions to drop.
+        drop: Vec<(String, u64)>,
+    },
+    /// The manifest of a session that became active here by a handover (so that the node can
+    /// report it to a restarted RC).
+    Manifest {
+        /// Session.
+        session: String,
+        /// Manifest (JSON).
+        manifest: String,
     },
     /// Answer to a lookup.
     LookupReply {
