@@ -23,7 +23,16 @@
 //!   requests to every selected listening port (node: API, control plane, migration; RC: API,
 //!   control plane) for the fault's duration, seeded. Every node gets fixed ports for this.
 //!
-//! Not driven: ledger replicas (`ledger-loss`, the `raft` fuzz port) and inference handlers.
+//! - ledger replicas: with `[[cluster.ledger]]` the harness runs that many `opengrid ledger
+//!   replica` processes (openraft + RocksDB), points the RC's `[settlement]` at them (1 s
+//!   interval), gives every node a price and a 500 ms receipt window, and registers the RC's and
+//!   every node's key with the operator command (`opengrid ledger register-rc|register-node`)
+//!   before any session is placed. They are killed, restarted, paused and resumed like any
+//!   process. `ledger-balance` is then checked from outside ([`check_settlement`]) once
+//!   settlement is quiet: every live replica holds the same state, credits sum to fees, and
+//!   the ledger settled exactly the receipts the RC acknowledged to the nodes, with their fees.
+//!
+//! Not driven: the `raft` fuzz port and inference handlers.
 //!
 //! Records and checks:
 //! - the workload keeps, per session, every input it sent (ordinal, send and answer times, the
@@ -37,11 +46,17 @@
 //!   served by two nodes at once (beyond one poll period of grace);
 //! - the RC directory (`GET /status`, same period): holders and replica holders against each
 //!   session's manifest jurisdictions ([`check_jurisdiction`]);
-//! - `/health` of every process that should be alive at the end ([`check_health`]).
+//! - `/health` of every process that should be alive at the end ([`check_health`]; a ledger
+//!   replica answers its Raft status instead);
+//! - `no-false-downing`: the RC's log must not declare dead a node that no fault touched
+//!   ([`false_downings`]).
 //!
 //! `OPENGRID_CHAOS_BREAK=dedupe` (tests only) makes the workload resend some acknowledged inputs
 //! under fresh seqs without recording them — a client whose dedupe is broken. The harness must
 //! then report `no-duplicate` violations and exit non-zero (`chaos/tests/colony_run.rs`).
+//! `OPENGRID_CHAOS_BREAK=fencing` breaks the nodes instead: every node gets the `ignore-lease`
+//! control file and serves without a lease, so a node partitioned from the RC keeps serving the
+//! sessions the RC failed over — the harness must report `single-active` violations.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -57,8 +72,9 @@ use serde_json::{json, Value};
 
 use crate::fuzz::{fuzz_port, Pace, Port as FuzzPort, PortKind, PortStats};
 use crate::invariants::{
-    check_health, check_inputs, check_jurisdiction, check_single_active, EventKind, HealthProbe,
-    InputRecord, NodeEvent, Placement, SessionOutcome, Violation,
+    check_health, check_inputs, check_jurisdiction, check_settlement, check_single_active,
+    EventKind, HealthProbe, InputRecord, NodeEvent, Placement, ReplicaTotals, SessionOutcome,
+    SettlementSeen, Violation,
 };
 use crate::launcher::{free_port, Launcher, ProcSpec, ProcState};
 use crate::proxy::{LossMode, PartitionMode, Proxy, ProxyConfig, ProxyHandle};
@@ -78,6 +94,8 @@ const SINGLE_ACTIVE_GRACE_MS: u64 = 1_000;
 const PARTITION_SERVE_MS: u64 = 1_500;
 /// Most sessions one run places.
 const MAX_SESSIONS: u32 = 2_000;
+/// Price per input of every node when the scenario has ledger replicas (micro-units).
+const PRICE_MICROS: u64 = 1_000;
 /// `panic-handler`: every this-many-th input of the target group on a node panics. Per session
 /// that is one panic per `PANIC_EVERY / input_rate` seconds, well inside the supervisor's
 /// restart intensity (5 restarts in 10 s) at the rates the scenarios use.
@@ -101,6 +119,9 @@ pub struct RunOpts {
 pub enum Break {
     /// Resend every 5th acknowledged input under a fresh seq, unrecorded.
     Dedupe,
+    /// Every node serves without a lease (the nodes' `ignore-lease` fault hook): lease fencing
+    /// off, so a partitioned node keeps serving what the RC failed over.
+    Fencing,
 }
 
 impl Break {
@@ -108,8 +129,11 @@ impl Break {
     pub fn from_env() -> Option<Break> {
         match std::env::var(BREAK_VAR).ok()?.as_str() {
             "dedupe" => Some(Break::Dedupe),
+            "fencing" => Some(Break::Fencing),
             other => {
-                tracing::warn!("{BREAK_VAR}={other:?} is unknown (use \"dedupe\"); ignored");
+                tracing::warn!(
+                    "{BREAK_VAR}={other:?} is unknown (use \"dedupe\" or \"fencing\"); ignored"
+                );
                 None
             }
         }
@@ -121,9 +145,6 @@ pub fn unsupported(sc: &Scenario) -> Option<String> {
     let procs = sc.processes();
     if sc.cluster.colonies.len() != 1 || sc.cluster.rc.len() != 1 {
         return Some("only one colony with one RC is driven against real processes yet".into());
-    }
-    if !sc.cluster.ledger.is_empty() {
-        return Some("ledger replicas are not driven against real processes yet".into());
     }
     for (i, g) in sc.workload.sessions.iter().enumerate() {
         match manifest_text(g) {
@@ -146,10 +167,9 @@ pub fn unsupported(sc: &Scenario) -> Option<String> {
         match f.action {
             FaultAction::Kill | FaultAction::Restart | FaultAction::Pause | FaultAction::Resume => {
                 let t = f.target.as_deref().unwrap_or_default();
-                if !matches!(kind(t), Some(ProcessKind::Node | ProcessKind::Rc)) {
+                if kind(t).is_none() {
                     return Some(format!(
-                        "fault[{i}]: {} of {t:?}: only nodes and the RC are killed/paused \
-                         against real processes yet",
+                        "fault[{i}]: {} of {t:?}: no such process",
                         f.action
                     ));
                 }
@@ -469,7 +489,21 @@ async fn drive(
         "version = 1\ncolony = \"{colony}\"\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{rc_api_port}\"\ncluster_listen = \"127.0.0.1:{rc_cluster_port}\"\ncolony_secret = \"{SECRET}\"\nplace_timeout = \"10s\"\n",
         launcher.data_dir(&rc.name).map_err(e)?
     );
+    // Ledger replicas: fixed addresses, the RC settles to them every second.
+    let mut ledgers: BTreeMap<String, String> = BTreeMap::new();
+    for l in &sc.cluster.ledger {
+        ledgers.insert(l.name.clone(), format!("127.0.0.1:{}", port()?));
+    }
+    let mut rc_cfg = rc_cfg;
+    if !ledgers.is_empty() {
+        let list: Vec<String> = ledgers.values().map(|a| format!("{a:?}")).collect();
+        rc_cfg.push_str(&format!(
+            "[settlement]\nledger = [{}]\ninterval = \"1s\"\n",
+            list.join(", ")
+        ));
+    }
     spawn(launcher, &opts.bin, &rc.name, "rc", &rc_cfg)?;
+    spawn_ledgers(launcher, &opts.bin, &ledgers)?;
     let mut ports: Vec<FuzzPort> = vec![
         FuzzPort {
             process: rc.name.clone(),
@@ -506,13 +540,18 @@ async fn drive(
         // Fixed ports (the same after a restart), so the fuzzer knows every listening port.
         let (api, cluster, migration) = (port()?, port()?, port()?);
         let cfg = format!(
-            "version = 1\nname = \"{}\"\ncolony = \"{colony}\"\ndata_dir = {:?}\njurisdiction = \"{}\"\napi_listen = \"127.0.0.1:{api}\"\ncluster_listen = \"127.0.0.1:{cluster}\"\nmigration_listen = \"127.0.0.1:{migration}\"\nrc_cluster = \"{}\"\ncolony_secret = \"{SECRET}\"\nfsync = false\ncapacity = {}\n[hardware]\nmemory = \"128GiB\"\n[faults]\ncontrol_dir = {:?}\n",
+            "version = 1\nname = \"{}\"\ncolony = \"{colony}\"\ndata_dir = {:?}\njurisdiction = \"{}\"\napi_listen = \"127.0.0.1:{api}\"\ncluster_listen = \"127.0.0.1:{cluster}\"\nmigration_listen = \"127.0.0.1:{migration}\"\nrc_cluster = \"{}\"\ncolony_secret = \"{SECRET}\"\nfsync = false\ncapacity = {}\nprice_micros_per_input = {PRICE_MICROS}\n[hardware]\nmemory = \"128GiB\"\n[faults]\ncontrol_dir = {:?}\n{}",
             n.name,
             launcher.data_dir(&n.name).map_err(e)?,
             n.jurisdiction,
             p.addr(),
             n.max_sessions,
-            control
+            control,
+            if ledgers.is_empty() {
+                ""
+            } else {
+                "[receipts]\nwindow = \"500ms\"\n"
+            }
         );
         let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
         for (kind, port) in [
@@ -553,6 +592,14 @@ async fn drive(
         rc.name,
         launcher.root().display()
     ));
+    if !ledgers.is_empty() {
+        register_keys(sc, launcher, &opts.bin, &ledgers).await?;
+        progress.line(format!(
+            "ledger: {} replica(s) at {}; the RC's and {want} node key(s) registered",
+            ledgers.len(),
+            ledgers.values().cloned().collect::<Vec<_>>().join(",")
+        ));
+    }
 
     // Sessions.
     let mut groups = Vec::new();
@@ -617,8 +664,13 @@ async fn drive(
     let brk = Break::from_env();
     if let Some(b) = brk {
         progress.line(format!(
-            "WARNING: {BREAK_VAR} set: the workload is deliberately broken ({b:?})"
+            "WARNING: {BREAK_VAR} set: the colony is deliberately broken ({b:?})"
         ));
+    }
+    if brk == Some(Break::Fencing) {
+        for dir in targets.controls.values() {
+            write_control(dir, opengrid_cluster::faults::IGNORE_LEASE, "")?;
+        }
     }
     let mut tasks = Vec::new();
     for (i, (s, gi)) in sessions.into_iter().enumerate() {
@@ -855,8 +907,34 @@ async fn drive(
     if checks.contains(&Invariant::Jurisdiction) {
         violations.extend(check_jurisdiction(&placements, &node_juris, &allowed));
     }
+    if checks.contains(&Invariant::LedgerBalance) {
+        let procs = sc.processes();
+        // Node and RC counters start from zero after a restart: the exact count needs them whole.
+        let complete = !report.schedule.iter().any(|f| {
+            matches!(f.action, FaultAction::Kill | FaultAction::Restart)
+                && f.targets.iter().any(|t| {
+                    matches!(
+                        procs.get(t.as_str()),
+                        Some(ProcessKind::Node | ProcessKind::Rc)
+                    )
+                })
+        });
+        progress.line("waiting for settlement to go quiet (receipts acknowledged, batched, applied on every replica)");
+        let seen = settlement_seen(&http, &rc_api, launcher, &ledgers, complete).await;
+        report.notes.push(format!(
+            "settlement: {} receipt(s) acknowledged to the nodes ({} µ); replicas {}",
+            seen.acked,
+            seen.acked_fees,
+            seen.replicas
+                .iter()
+                .map(|r| format!("{} {} receipts {} µ", r.name, r.receipts, r.fees))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        violations.extend(check_settlement(&seen));
+    }
     if checks.contains(&Invariant::Health) {
-        let probes = health(&http, &rc.name, &rc_api, launcher, t0).await;
+        let probes = health(&http, &rc.name, &rc_api, launcher, &ledgers, t0).await;
         violations.extend(check_health(&probes));
     }
     let lost_bounded: u64 = logs
@@ -878,10 +956,25 @@ async fn drive(
         events.len()
     ));
     report.notes.push(log_evidence(launcher));
-    if sc.invariants.check.contains(&Invariant::NoFalseDowning) {
-        report
-            .notes
-            .push("no-false-downing is not checked by colony runs yet".into());
+    if checks.contains(&Invariant::NoFalseDowning) {
+        let touched: BTreeSet<String> = report
+            .schedule
+            .iter()
+            .filter(|f| {
+                !matches!(
+                    f.action,
+                    FaultAction::SlowHandler | FaultAction::PanicHandler
+                )
+            })
+            .flat_map(|f| f.targets.iter().cloned())
+            .collect();
+        let rc_log = std::fs::read_to_string(launcher.log_paths(&rc.name).1).unwrap_or_default();
+        let downings = false_downings(&rc_log, &touched);
+        report.notes.push(format!(
+            "no-false-downing: {} node(s) declared dead without a fault on them",
+            downings.len()
+        ));
+        violations.extend(downings);
     }
     violations.truncate(200);
     report.violations = violations;
@@ -1337,6 +1430,7 @@ async fn health(
     rc_name: &str,
     rc_api: &str,
     launcher: &mut Launcher,
+    ledgers: &BTreeMap<String, String>,
     t0: Instant,
 ) -> Vec<HealthProbe> {
     let st = status(http, rc_api).await.unwrap_or(Value::Null);
@@ -1357,6 +1451,11 @@ async fn health(
         let (mut status_code, mut error) = (None, None);
         if let Some(ProcState::Exited(c)) = state {
             error = Some(format!("exited on its own ({c:?})"));
+        } else if let (true, Some(addr)) = (alive, ledgers.get(&name)) {
+            match replica_totals(&name, addr).await {
+                Ok(_) => status_code = Some(200),
+                Err(e) => error = Some(format!("ledger replica status: {e}")),
+            }
         } else if alive {
             match apis.get(&name) {
                 None => error = Some("not in the RC's members (no API address)".into()),
@@ -1372,6 +1471,264 @@ async fn health(
             status: status_code,
             error,
             t_ms: ms_since(t0),
+        });
+    }
+    out
+}
+
+/// Starts the ledger replicas (`opengrid ledger replica`), peers numbered 1.. in name order.
+fn spawn_ledgers(
+    launcher: &mut Launcher,
+    bin: &Path,
+    ledgers: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let peers: Vec<String> = ledgers
+        .values()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    for (i, (name, addr)) in ledgers.iter().enumerate() {
+        let dir = launcher.data_dir(name).map_err(|e| e.to_string())?;
+        launcher
+            .spawn(
+                ProcSpec::new(name, bin)
+                    .args([
+                        "ledger".to_string(),
+                        "replica".into(),
+                        "--id".into(),
+                        (i + 1).to_string(),
+                        "--addr".into(),
+                        addr.clone(),
+                        "--data-dir".into(),
+                        dir.display().to_string(),
+                        "--peers".into(),
+                        peers.join(","),
+                    ])
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("OPENGRID_CHAOS_NODE_LOG")
+                            .unwrap_or_else(|_| "info,openraft=warn".into()),
+                    ),
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Registers the RC's and every node's key (interchange split, operator `<name>-op`) with the
+/// operator command, as an operator would.
+async fn register_keys(
+    sc: &Scenario,
+    launcher: &Launcher,
+    bin: &Path,
+    ledgers: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    use opengrid_cluster::identity::KEY_FILE;
+    let addr = ledgers.values().cloned().collect::<Vec<_>>().join(",");
+    let rc = &sc.cluster.rc[0].name;
+    let key = |name: &str| -> Result<String, String> {
+        Ok(launcher
+            .data_dir(name)
+            .map_err(|e| e.to_string())?
+            .join(KEY_FILE)
+            .display()
+            .to_string())
+    };
+    let mut cmds: Vec<Vec<String>> = vec![vec![
+        "ledger".into(),
+        "register-rc".into(),
+        "--key-file".into(),
+        key(rc)?,
+        "--operator".into(),
+        format!("{rc}-op"),
+        "--addr".into(),
+        addr.clone(),
+    ]];
+    for n in &sc.cluster.node {
+        cmds.push(vec![
+            "ledger".into(),
+            "register-node".into(),
+            "--key-file".into(),
+            key(&n.name)?,
+            "--addr".into(),
+            addr.clone(),
+            "--policy".into(),
+            "interchange".into(),
+            "--operator".into(),
+            format!("{}-op", n.name),
+        ]);
+    }
+    for args in cmds {
+        let run = tokio::process::Command::new(bin)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .map_err(|_| {
+                format!(
+                    "opengrid {} did not finish within 60 s",
+                    args[..2].join(" ")
+                )
+            })?
+            .map_err(|e| format!("opengrid {}: {e}", args[..2].join(" ")))?;
+        if !out.status.success() {
+            return Err(format!(
+                "opengrid {} failed: {}",
+                args[..4].join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One replica's ledger totals (its own status, not the leader's).
+async fn replica_totals(name: &str, addr: &str) -> Result<ReplicaTotals, String> {
+    let client = opengrid_settlement::LedgerClient::with_timeout(
+        vec![addr.to_string()],
+        Duration::from_secs(2),
+    );
+    let s = client
+        .replica_status(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ReplicaTotals {
+        name: name.to_string(),
+        receipts: s.ledger.receipts_settled,
+        fees: s.ledger.total_fees_micros,
+        credits: s.ledger.total_credits_micros,
+        state_hash: s
+            .ledger
+            .state_hash
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    })
+}
+
+/// Polls the nodes' receipt counters, the RC's settlement queue and every live replica until
+/// settlement is quiet (nothing queued, every replica on the same state, the same figures on
+/// three polls in a row) or 60 s passed; returns the last observation.
+async fn settlement_seen(
+    http: &reqwest::Client,
+    rc_api: &str,
+    launcher: &mut Launcher,
+    ledgers: &BTreeMap<String, String>,
+    counters_complete: bool,
+) -> SettlementSeen {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last: Option<SettlementSeen> = None;
+    let mut same = 0;
+    loop {
+        let mut seen = SettlementSeen {
+            counters_complete,
+            ..Default::default()
+        };
+        let get = |url: String| async move {
+            http.get(url).send().await.ok()?.json::<Value>().await.ok()
+        };
+        let rc = get(format!("{rc_api}/health")).await.unwrap_or(Value::Null);
+        let st = get(format!("{rc_api}/status")).await.unwrap_or(Value::Null);
+        seen.unsettled += rc["settlement"]["pending"].as_u64().unwrap_or(0);
+        seen.rejected = rc["settlement"]["rejected"].as_u64().unwrap_or(0);
+        for m in members(&st) {
+            let (Some(name), Some(api)) = (m["name"].as_str(), m["address"].as_str()) else {
+                continue;
+            };
+            if launcher.state(name).ok() != Some(ProcState::Running) {
+                continue;
+            }
+            let h = get(format!("{}/health", api.trim_end_matches('/')))
+                .await
+                .unwrap_or(Value::Null);
+            let r = &h["receipts"];
+            seen.acked += r["acked"].as_u64().unwrap_or(0);
+            seen.acked_fees += r["acked_fees_micros"].as_u64().unwrap_or(0);
+            seen.unsettled += r["unacked"].as_u64().unwrap_or(0);
+        }
+        for (name, addr) in ledgers {
+            if launcher.state(name).ok() != Some(ProcState::Running) {
+                continue;
+            }
+            if let Ok(t) = replica_totals(name, addr).await {
+                seen.replicas.push(t);
+            }
+        }
+        let live = ledgers
+            .keys()
+            .filter(|n| launcher.state(n).ok() == Some(ProcState::Running))
+            .count();
+        let quiet = seen.unsettled == 0
+            && seen.replicas.len() == live
+            && seen
+                .replicas
+                .windows(2)
+                .all(|w| (w[0].receipts, &w[0].state_hash) == (w[1].receipts, &w[1].state_hash))
+            && seen
+                .replicas
+                .first()
+                .is_some_and(|r| r.receipts >= seen.acked);
+        same = if quiet && last.as_ref() == Some(&seen) {
+            same + 1
+        } else {
+            0
+        };
+        last = Some(seen);
+        if same >= 2 || Instant::now() >= deadline {
+            return last.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(750)).await;
+    }
+}
+
+/// Without ANSI colour codes (the processes log with colours).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Nodes the RC declared dead (its log) although no fault of the schedule touched them.
+pub fn false_downings(rc_log: &str, touched: &BTreeSet<String>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for line in rc_log.lines().filter(|l| l.contains("node declared dead")) {
+        let line = strip_ansi(line);
+        let name = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("name="))
+            .unwrap_or("?")
+            .to_string();
+        if touched.contains(&name) {
+            continue;
+        }
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or("?")
+                .to_string()
+        };
+        out.push(Violation {
+            invariant: Invariant::NoFalseDowning,
+            subject: name,
+            detail: format!(
+                "declared dead with no fault on it (phi {}, silent {} ms)",
+                field("phi="),
+                field("silent_ms=")
+            ),
+            t_ms: None,
         });
     }
     out
@@ -1432,6 +1789,18 @@ mod tests {
     }
 
     use StepOutcome::*;
+
+    #[test]
+    fn a_node_declared_dead_without_a_fault_is_a_false_downing() {
+        let log = "\u{1b}[2m2026-12-01T20:58:48Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m opengrid_cluster::rc: node declared dead \u{1b}[3mnode\u{1b}[0m\u{1b}[2m=\u{1b}[0mdid:x \u{1b}[3mname\u{1b}[0m\u{1b}[2m=\u{1b}[0mn1 \u{1b}[3mphi\u{1b}[0m\u{1b}[2m=\u{1b}[0m8.7 \u{1b}[3msilent_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m471\nINFO node joined name=n1\n";
+        let v = false_downings(log, &BTreeSet::new());
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].subject, "n1");
+        assert!(v[0].detail.contains("phi 8.7"), "{}", v[0].detail);
+        assert!(v[0].detail.contains("silent 471 ms"), "{}", v[0].detail);
+        let touched: BTreeSet<String> = ["n1".to_string()].into();
+        assert!(false_downings(log, &touched).is_empty());
+    }
 
     #[test]
     fn a_clean_counter_history_has_nothing_to_report() {

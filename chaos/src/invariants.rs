@@ -505,6 +505,151 @@ pub fn check_ledger(
     out
 }
 
+/// A ledger replica's totals as it reported them at the end of a colony run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaTotals {
+    /// Process name.
+    pub name: String,
+    /// Receipts settled.
+    pub receipts: u64,
+    /// Σ fees of settled receipts.
+    pub fees: u64,
+    /// Σ credited balances.
+    pub credits: u128,
+    /// State hash (hex).
+    pub state_hash: String,
+}
+
+/// What a colony run saw of settlement at its end: each live ledger replica's totals, the
+/// receipts the RC acknowledged to the nodes (the nodes' own counters) and the RC's count of
+/// receipts the ledger rejected.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementSeen {
+    /// Live replicas' totals (replicas that did not answer are absent).
+    pub replicas: Vec<ReplicaTotals>,
+    /// Σ receipts the RC acknowledged to the nodes (co-signed and queued).
+    pub acked: u64,
+    /// Σ fees of those receipts.
+    pub acked_fees: u64,
+    /// Receipts still waiting on the nodes for an RC acknowledgement, and on the RC for a batch.
+    pub unsettled: u64,
+    /// Receipts the ledger rejected (RC counter).
+    pub rejected: u64,
+    /// Whether the node and RC counters cover the whole run (no node or RC restarted): only then
+    /// must the ledger's count equal theirs exactly.
+    pub counters_complete: bool,
+}
+
+/// "Ledger credits sum to fees, every receipt applied once" from outside the ledger: every live
+/// replica holds the same state; on each, credits sum to fees; and (when the counters cover the
+/// run) the ledger settled exactly the receipts the RC acknowledged to the nodes, with their
+/// fees — fewer is an acknowledged receipt lost, more is a receipt applied twice.
+pub fn check_settlement(seen: &SettlementSeen) -> Vec<Violation> {
+    let inv = Invariant::LedgerBalance;
+    let mut out = Vec::new();
+    if seen.replicas.is_empty() {
+        out.push(v(
+            inv,
+            "ledger",
+            "no ledger replica answered at the end".into(),
+            None,
+        ));
+        return out;
+    }
+    for r in &seen.replicas {
+        if r.credits != r.fees as u128 {
+            out.push(v(
+                inv,
+                &r.name,
+                format!(
+                    "credits sum to {} but the settled fees are {}",
+                    r.credits, r.fees
+                ),
+                None,
+            ));
+        }
+    }
+    let first = &seen.replicas[0];
+    for r in &seen.replicas[1..] {
+        if (r.receipts, r.fees, &r.state_hash) != (first.receipts, first.fees, &first.state_hash) {
+            out.push(v(
+                inv,
+                &r.name,
+                format!(
+                    "replicas diverge: {} has {} receipts, {} µ, state {}; {} has {} receipts, \
+                     {} µ, state {}",
+                    r.name,
+                    r.receipts,
+                    r.fees,
+                    r.state_hash,
+                    first.name,
+                    first.receipts,
+                    first.fees,
+                    first.state_hash
+                ),
+                None,
+            ));
+        }
+    }
+    if seen.rejected > 0 {
+        out.push(v(
+            inv,
+            "rc",
+            format!("the ledger rejected {} co-signed receipt(s)", seen.rejected),
+            None,
+        ));
+    }
+    if seen.unsettled > 0 {
+        out.push(v(
+            inv,
+            "settlement",
+            format!(
+                "{} receipt(s) never settled (still queued at the end)",
+                seen.unsettled
+            ),
+            None,
+        ));
+    }
+    if seen.counters_complete {
+        if first.receipts < seen.acked {
+            out.push(v(
+                inv,
+                "ledger",
+                format!(
+                    "{} receipt(s) acknowledged to the nodes were never settled ({} acknowledged, \
+                     {} settled)",
+                    seen.acked - first.receipts,
+                    seen.acked,
+                    first.receipts
+                ),
+                None,
+            ));
+        } else if first.receipts > seen.acked {
+            out.push(v(
+                inv,
+                "ledger",
+                format!(
+                    "{} settled receipts but only {} acknowledged: a receipt was applied twice",
+                    first.receipts, seen.acked
+                ),
+                None,
+            ));
+        }
+        if first.fees != seen.acked_fees {
+            out.push(v(
+                inv,
+                "ledger",
+                format!(
+                    "settled fees {} µ differ from the fees of the acknowledged receipts {} µ",
+                    first.fees, seen.acked_fees
+                ),
+                None,
+            ));
+        }
+    }
+    out
+}
+
 /// One health probe of a process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthProbe {
@@ -856,5 +1001,70 @@ not json
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].subject.as_str(), v[0].t_ms), ("n1", Some(9000)));
         assert_eq!(v[1].subject, "n2");
+    }
+}
+
+#[cfg(test)]
+mod settlement_tests {
+    use super::*;
+
+    fn rep(name: &str, receipts: u64, fees: u64, hash: &str) -> ReplicaTotals {
+        ReplicaTotals {
+            name: name.into(),
+            receipts,
+            fees,
+            credits: fees as u128,
+            state_hash: hash.into(),
+        }
+    }
+
+    fn seen(replicas: Vec<ReplicaTotals>, acked: u64, fees: u64) -> SettlementSeen {
+        SettlementSeen {
+            replicas,
+            acked,
+            acked_fees: fees,
+            unsettled: 0,
+            rejected: 0,
+            counters_complete: true,
+        }
+    }
+
+    #[test]
+    fn agreeing_replicas_that_settled_every_acknowledged_receipt_pass() {
+        let s = seen(
+            vec![rep("l1", 10, 500, "ab"), rep("l2", 10, 500, "ab")],
+            10,
+            500,
+        );
+        assert!(check_settlement(&s).is_empty());
+    }
+
+    #[test]
+    fn each_way_settlement_can_go_wrong_is_reported() {
+        let lost = seen(vec![rep("l1", 9, 450, "ab")], 10, 500);
+        assert!(check_settlement(&lost)[0].detail.contains("never settled"));
+        let twice = seen(vec![rep("l1", 11, 550, "ab")], 10, 500);
+        assert!(check_settlement(&twice)[0].detail.contains("applied twice"));
+        let diverged = seen(
+            vec![rep("l1", 10, 500, "ab"), rep("l2", 10, 500, "cd")],
+            10,
+            500,
+        );
+        assert!(check_settlement(&diverged)[0].detail.contains("diverge"));
+        let mut unbalanced = seen(vec![rep("l1", 10, 500, "ab")], 10, 500);
+        unbalanced.replicas[0].credits = 499;
+        assert!(check_settlement(&unbalanced)[0]
+            .detail
+            .contains("credits sum"));
+        let mut queued = seen(vec![rep("l1", 10, 500, "ab")], 10, 500);
+        queued.unsettled = 3;
+        assert!(check_settlement(&queued)[0]
+            .detail
+            .contains("never settled"));
+        assert!(!check_settlement(&seen(vec![], 0, 0)).is_empty());
+        // Without complete counters (a node restarted) only the ledger's own checks apply.
+        let mut partial = seen(vec![rep("l1", 12, 600, "ab")], 10, 500);
+        partial.counters_complete = false;
+        assert!(check_settlement(&partial).is_empty());
     }
 }

@@ -1,7 +1,9 @@
 //! `opengrid-chaos run` against a real colony (an `opengrid` RC and three nodes), end to end:
 //! a clean run passes, and a deliberately broken workload (`OPENGRID_CHAOS_BREAK=dedupe`: some
 //! acknowledged inputs resent under fresh seqs, unrecorded) is caught — the report names
-//! `no-duplicate` violations and the exit code is 1. This proves the checkers can fail.
+//! `no-duplicate` violations and the exit code is 1; so is a colony whose nodes serve without a
+//! lease (`OPENGRID_CHAOS_BREAK=fencing`, the nodes' `ignore-lease` fault hook) under a partition
+//! — `single-active` violations. This proves the checkers can fail.
 //!
 //! Needs the `opengrid` binary (package opengrid-examples) in the same target directory:
 //! `scripts/test.sh` builds the whole workspace first; alone, run
@@ -81,11 +83,28 @@ duration = "2s"
 check = ["no-acked-loss", "no-duplicate", "single-active", "jurisdiction", "health"]
 "#;
 
+/// A node partitioned from its RC for 4 s: the RC fails its sessions over to the others.
+fn partition_scenario() -> String {
+    let head = SCENARIO.replace("tiny-latency", "tiny-partition");
+    let cut = head.find("[[fault]]").unwrap();
+    format!(
+        "{}[[fault]]\nat = \"1s\"\naction = \"partition\"\nbetween = [\"n1\", \"rc\"]\nduration = \"4s\"\n\n[invariants]\ncheck = [\"single-active\", \"health\"]\n",
+        &head[..cut]
+    )
+    .replace("duration = \"6s\"", "duration = \"9s\"")
+    .replace("duration = \"5s\"\n[[workload", "duration = \"8s\"\n[[workload")
+    .replace("count = 3", "count = 6")
+}
+
 /// Runs `opengrid-chaos run <tiny scenario> --json`; returns (exit code, stdout, stderr).
 fn run(break_mode: Option<&str>) -> (i32, String, String) {
+    run_scenario(SCENARIO, break_mode)
+}
+
+fn run_scenario(scenario: &str, break_mode: Option<&str>) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.toml");
-    std::fs::write(&path, SCENARIO).unwrap();
+    std::fs::write(&path, scenario).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"));
     cmd.arg("run")
         .arg(&path)
@@ -124,4 +143,21 @@ fn a_clean_run_passes_and_a_broken_dedupe_is_caught() {
         .as_str()
         .unwrap()
         .starts_with("OPENGRID_CHAOS_BREAK=dedupe "));
+}
+
+#[test]
+fn a_node_serving_without_a_lease_is_caught() {
+    let sc = partition_scenario();
+    let (code, out, err) = run_scenario(&sc, Some("fencing"));
+    assert_eq!(code, 1, "broken fencing not caught:\n{sc}\n{out}\n{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = j["violations"].as_array().unwrap();
+    assert!(
+        v.iter().any(|v| v["invariant"] == "single-active"),
+        "no single-active violation: {out}"
+    );
+    assert!(j["reproduce"]
+        .as_str()
+        .unwrap()
+        .starts_with("OPENGRID_CHAOS_BREAK=fencing "));
 }

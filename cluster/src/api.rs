@@ -232,6 +232,7 @@ async fn node_health(State(core): State<Arc<NodeCore>>) -> Json<Value> {
         "migration": core.spec.migration,
         "accelerator": core.spec.accelerator.to_string(),
         "inference": crate::inference::health_of(core.host.services()),
+        "receipts": core.receipts.counters(),
     }))
 }
 
@@ -493,6 +494,7 @@ async fn rc_health(State(core): State<Arc<RcCore>>) -> Json<Value> {
         "rc": core.id(),
         "colony": core.cfg.colony,
         "members_alive": core.alive_members(),
+        "settlement": core.settlement().map(|s| s.status()),
     }))
 }
 

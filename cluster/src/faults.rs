@@ -9,6 +9,7 @@
 //! | `fail-writes` | every checkpoint `put` of the node's local store fails with `StoreError::Backend("injected I/O error …")` — a failing disk: zero-loss inputs are refused (503), bounded-loss sessions keep serving and retry their checkpoint |
 //! | `slow-handler` | `<ms> [session-id …]`: every live input of those sessions (all if none named) waits `ms` before the handler runs |
 //! | `panic-handler` | `<n> [session-id …]`: every `n`-th live input of those sessions panics inside the handler (the runtime answers `HandlerPanicked`, 503, and restarts the session from its checkpoint) |
+//! | `ignore-lease` | **a deliberately broken node**: it serves without a valid lease (lease fencing off), so a partitioned node keeps serving sessions the RC has failed over — the chaos harness must catch it (`OPENGRID_CHAOS_BREAK=fencing`) |
 //!
 //! The directory need not exist; a file that does not parse is ignored with a warning. Writes
 //! of replicas received from peers go through the same local store, so they fail too. The
@@ -44,6 +45,8 @@ pub const FAIL_WRITES: &str = "fail-writes";
 pub const SLOW_HANDLER: &str = "slow-handler";
 /// See the module docs.
 pub const PANIC_HANDLER: &str = "panic-handler";
+/// See the module docs (deliberately broken fencing, to prove the chaos checkers can fail).
+pub const IGNORE_LEASE: &str = "ignore-lease";
 
 /// `[faults]` section of the node config (test/chaos hook; see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -88,6 +91,7 @@ pub fn parse_rule(text: &str) -> Result<HookRule, String> {
 pub struct FaultControl {
     dir: PathBuf,
     fail_writes: AtomicBool,
+    ignore_lease: AtomicBool,
     injected_write_errors: AtomicU64,
     hooks: Arc<FaultHooks>,
 }
@@ -98,6 +102,7 @@ impl FaultControl {
         let c = Arc::new(FaultControl {
             dir,
             fail_writes: AtomicBool::new(false),
+            ignore_lease: AtomicBool::new(false),
             injected_write_errors: AtomicU64::new(0),
             hooks: Arc::new(FaultHooks::new()),
         });
@@ -120,6 +125,11 @@ impl FaultControl {
         self.fail_writes.load(Ordering::Acquire)
     }
 
+    /// Whether the node serves without a lease now (deliberately broken fencing).
+    pub fn ignores_lease(&self) -> bool {
+        self.ignore_lease.load(Ordering::Acquire)
+    }
+
     /// Checkpoint writes refused so far.
     pub fn injected_write_errors(&self) -> u64 {
         self.injected_write_errors.load(Ordering::Relaxed)
@@ -133,6 +143,10 @@ impl FaultControl {
             } else {
                 tracing::warn!(dir = %self.dir.display(), "fault hook: checkpoint writes work again");
             }
+        }
+        let ignore = self.dir.join(IGNORE_LEASE).exists();
+        if ignore != self.ignore_lease.swap(ignore, Ordering::AcqRel) && ignore {
+            tracing::error!(dir = %self.dir.display(), "fault hook: lease fencing DISABLED (ignore-lease): this node serves without a lease");
         }
         let slow = read_rule(&self.dir.join(SLOW_HANDLER));
         if slow != seen.slow {

@@ -91,6 +91,8 @@ pub struct NodeCore {
     pending_report: AtomicU64,
     /// Manifests (JSON) of the sessions held here, for the holding report.
     manifests: Mutex<HashMap<SessionId, String>>,
+    /// Fault hooks (`[faults] control_dir`, tests and chaos runs only).
+    pub(crate) faults: std::sync::OnceLock<Arc<crate::faults::FaultControl>>,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -137,6 +139,7 @@ impl NodeCore {
             reconciled: AtomicBool::new(false),
             pending_report: AtomicU64::new(0),
             manifests: Mutex::new(HashMap::new()),
+            faults: std::sync::OnceLock::new(),
         }
     }
 
@@ -153,9 +156,10 @@ impl NodeCore {
     /// Whether this node may serve sessions now: a member with a valid lease whose holding
     /// report the RC has answered since it joined.
     pub fn may_serve(&self) -> bool {
-        self.membership() == Membership::Member
+        (self.membership() == Membership::Member
             && self.reconciled.load(Ordering::Acquire)
-            && lock(&self.lease).valid(Instant::now())
+            && lock(&self.lease).valid(Instant::now()))
+            || self.faults.get().is_some_and(|f| f.ignores_lease())
     }
 
     /// Sessions this node holds (running, starting, hibernated or frozen for a handover; not
@@ -310,7 +314,9 @@ impl NodeCore {
                 if self.pending_report.load(Ordering::Acquire) != 0 {
                     // The rejoin report or its ack was lost: send it again.
                     self.send_holding(true);
-                } else if self.reconciled.load(Ordering::Acquire) && seq % REPORT_EVERY == 0 {
+                } else if self.reconciled.load(Ordering::Acquire)
+                    && seq.is_multiple_of(REPORT_EVERY)
+                {
                     self.send_holding(false);
                 }
                 {

@@ -158,6 +158,8 @@ pub struct EmitterCounters {
     pub refused: u64,
     /// Receipts waiting for an acknowledgement.
     pub unacked: u64,
+    /// Σ fees of the receipts the RC acknowledged, micro-units.
+    pub acked_fees_micros: u64,
 }
 
 /// Node side: cuts one signed receipt per session per usage window and keeps it until the RC
@@ -170,6 +172,7 @@ pub struct ReceiptEmitter {
     state: Mutex<EmitterState>,
     signed: AtomicU64,
     acked: AtomicU64,
+    acked_fees: AtomicU64,
     refused: AtomicU64,
 }
 
@@ -192,6 +195,7 @@ impl ReceiptEmitter {
             }),
             signed: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            acked_fees: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
     }
@@ -208,6 +212,7 @@ impl ReceiptEmitter {
             acked: self.acked.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             unacked: lock(&self.state).unacked.len() as u64,
+            acked_fees_micros: self.acked_fees.load(Ordering::Relaxed),
         }
     }
 
@@ -287,8 +292,10 @@ impl ReceiptEmitter {
     pub fn on_ack(&self, accepted: &[ReceiptId], refused: &[(ReceiptId, String)]) {
         let mut st = lock(&self.state);
         for id in accepted {
-            if st.unacked.remove(id).is_some() {
+            if let Some(r) = st.unacked.remove(id) {
                 self.acked.fetch_add(1, Ordering::Relaxed);
+                self.acked_fees
+                    .fetch_add(r.receipt.fee_micros, Ordering::Relaxed);
             }
         }
         for (id, why) in refused {

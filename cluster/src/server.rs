@@ -514,6 +514,7 @@ async fn boot_node(
     } else {
         None
     };
+    let fault_control = faults.clone();
     let host_cfg = HostConfig {
         queue_capacity: cfg.session_queue,
         faults: faults.as_ref().map(|f| f.hooks()),
@@ -605,6 +606,9 @@ async fn boot_node(
             let core = Arc::new(NodeCore::new(cfg.clone(), identity, spec, host, handler_handle));
             mobility.attach(&core);
             let _ = core.mobility.set(mobility);
+            if let Some(f) = fault_control {
+                let _ = core.faults.set(f);
+            }
             let weak = Arc::downgrade(&core);
             let watch = LinkWatch {
                 on_up: Box::new(move |up| {
