@@ -19,9 +19,10 @@
 //!   group's session ids, on every node) and `panic-handler` (every [`PANIC_EVERY`]-th input of
 //!   the group's sessions on a node panics in the handler). Handler faults end after their
 //!   `duration`;
-//! - `fuzz` of a node or of the RC: [`crate::fuzz`] sends malformed bytes, frames and HTTP
-//!   requests to every selected listening port (node: API, control plane, migration; RC: API,
-//!   control plane) for the fault's duration, seeded. Every node gets fixed ports for this.
+//! - `fuzz` of a node, the RC or a ledger replica: [`crate::fuzz`] sends malformed bytes, frames
+//!   and HTTP requests to every selected listening port (node: API, control plane, migration; RC:
+//!   API, control plane; ledger replica: its Raft/client port) for the fault's duration, seeded.
+//!   Every process gets fixed ports for this.
 //!
 //! - ledger replicas: with `[[cluster.ledger]]` the harness runs that many `opengrid ledger
 //!   replica` processes (openraft + RocksDB), points the RC's `[settlement]` at them (1 s
@@ -32,7 +33,7 @@
 //!   settlement is quiet: every live replica holds the same state, credits sum to fees, and
 //!   the ledger settled exactly the receipts the RC acknowledged to the nodes, with their fees.
 //!
-//! Not driven: the `raft` fuzz port and inference handlers.
+//! Not driven: inference handlers (the workload verifies `counter` and `blob` answers only).
 //!
 //! Records and checks:
 //! - the workload keeps, per session, every input it sent (ordinal, send and answer times, the
@@ -94,6 +95,8 @@ const SINGLE_ACTIVE_GRACE_MS: u64 = 1_000;
 const PARTITION_SERVE_MS: u64 = 1_500;
 /// Most sessions one run places.
 const MAX_SESSIONS: u32 = 2_000;
+/// Period of the workload's progress lines.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 /// Price per input of every node when the scenario has ledger replicas (micro-units).
 const PRICE_MICROS: u64 = 1_000;
 /// `panic-handler`: every this-many-th input of the target group on a node panics. Per session
@@ -206,15 +209,8 @@ pub fn unsupported(sc: &Scenario) -> Option<String> {
             FaultAction::SlowHandler | FaultAction::PanicHandler => {}
             FaultAction::Fuzz => {
                 let t = f.target.as_deref().unwrap_or_default();
-                if !matches!(kind(t), Some(ProcessKind::Node | ProcessKind::Rc)) {
-                    return Some(format!(
-                        "fault[{i}]: fuzz of {t:?}: only node and RC ports are fuzzed yet"
-                    ));
-                }
-                if f.port.as_deref() == Some("raft") {
-                    return Some(format!(
-                        "fault[{i}]: fuzz port \"raft\": ledger replicas are not driven yet"
-                    ));
+                if kind(t).is_none() {
+                    return Some(format!("fault[{i}]: fuzz of {t:?}: no such process"));
                 }
             }
         }
@@ -504,7 +500,17 @@ async fn drive(
     }
     spawn(launcher, &opts.bin, &rc.name, "rc", &rc_cfg)?;
     spawn_ledgers(launcher, &opts.bin, &ledgers)?;
-    let mut ports: Vec<FuzzPort> = vec![
+    let mut ports: Vec<FuzzPort> = ledgers
+        .iter()
+        .filter_map(|(name, addr)| {
+            Some(FuzzPort {
+                process: name.clone(),
+                kind: PortKind::Raft,
+                addr: addr.parse().ok()?,
+            })
+        })
+        .collect();
+    ports.extend([
         FuzzPort {
             process: rc.name.clone(),
             kind: PortKind::Http,
@@ -515,7 +521,7 @@ async fn drive(
             kind: PortKind::Control,
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], rc_cluster_port)),
         },
-    ];
+    ]);
     // One proxy per node in front of the RC's control-plane port.
     let mut proxies: BTreeMap<String, (Proxy, ProxyHandle)> = BTreeMap::new();
     let mut controls: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -673,13 +679,21 @@ async fn drive(
         }
     }
     let mut tasks = Vec::new();
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for (i, (s, gi)) in sessions.into_iter().enumerate() {
         let g = &groups[gi].1;
         let (rate, bound) = (g.rate, g.loss_bound_ms);
         let mut rng = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let phase: f64 = rng.random();
         tasks.push(tokio::spawn(workload(
-            s, rate, phase, bound, t0, wl_end, brk,
+            s,
+            rate,
+            phase,
+            bound,
+            t0,
+            wl_end,
+            brk,
+            acked.clone(),
         )));
     }
     progress.line(format!(
@@ -766,6 +780,19 @@ async fn drive(
             recovery_ms: None,
             error: r.err(),
         });
+    }
+    // Long workloads show progress every 30 s until the clients are done (they end by `wl_end`).
+    let mut next = Instant::now() + PROGRESS_EVERY;
+    while !tasks.iter().all(|t| t.is_finished()) {
+        if Instant::now() >= next {
+            progress.line(format!(
+                "t+{}s workload: {} input(s) acknowledged so far",
+                t0.elapsed().as_secs(),
+                acked.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+            next += PROGRESS_EVERY;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut logs = Vec::new();
     for t in tasks {
@@ -1216,6 +1243,7 @@ async fn workload(
     t0: Instant,
     until: Duration,
     brk: Option<Break>,
+    acked: Arc<std::sync::atomic::AtomicU64>,
 ) -> (Session, SessionLog) {
     let period = Duration::from_secs_f64(1.0 / rate.max(0.01));
     let max_inputs = (until.as_secs_f64() * rate).ceil() as u64 + 1;
@@ -1236,6 +1264,9 @@ async fn workload(
         let sent = ms_since(t0);
         let outcome = send_counted(&mut s).await;
         let ok = matches!(outcome, StepOutcome::Processed(_));
+        if ok {
+            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         log.steps.push(Step {
             ordinal: log.steps.len() as u64 + 1,
             sent_ms: sent,

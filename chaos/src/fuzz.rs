@@ -35,6 +35,8 @@ pub enum PortKind {
     Control,
     /// The node's migration server.
     Migration,
+    /// A ledger replica's Raft/client port (length-prefixed bincode frames).
+    Raft,
 }
 
 impl PortKind {
@@ -44,6 +46,7 @@ impl PortKind {
             PortKind::Http => "http",
             PortKind::Control => "control",
             PortKind::Migration => "migration",
+            PortKind::Raft => "raft",
         }
     }
 }

@@ -164,7 +164,7 @@ impl NodeCore {
 
     /// Sessions this node holds (running, starting, hibernated or frozen for a handover; not
     /// moved, stopped or closed), for the holding report.
-    fn held(&self) -> Vec<wire::Held> {
+    fn held(&self, with_manifests: bool) -> Vec<wire::Held> {
         use opengrid_actors::SessionStatus as St;
         let mut manifests = lock(&self.manifests);
         let mut out = Vec::new();
@@ -195,7 +195,11 @@ impl NodeCore {
                 session: id.to_string(),
                 epoch: s.epoch().0,
                 handler: s.handler_id().to_string(),
-                manifest: manifests.get(&id).cloned(),
+                manifest: if with_manifests {
+                    manifests.get(&id).cloned()
+                } else {
+                    None
+                },
                 replicas,
             });
         }
@@ -208,13 +212,24 @@ impl NodeCore {
         if rejoin {
             self.pending_report.store(report, Ordering::Release);
         }
-        let sessions = self.held();
-        self.send_rc(ToRc::Holding {
-            node: self.id(),
-            report,
-            rejoin,
-            sessions,
-        });
+        // The periodic report only repairs drift of sessions the RC knows (it has their
+        // manifests): it leaves the manifests out.
+        let parts = wire::holding_parts(self.held(rejoin));
+        let n = parts.len() as u32;
+        if n > wire::MAX_HOLDING_PARTS {
+            tracing::error!(parts = n, "holding report too large to send");
+            return;
+        }
+        for (i, sessions) in parts.into_iter().enumerate() {
+            self.send_rc(ToRc::Holding {
+                node: self.id(),
+                report,
+                rejoin,
+                part: i as u32,
+                parts: n,
+                sessions,
+            });
+        }
     }
 
     /// Handles the RC's answer to a holding report: releases what the RC places elsewhere,
@@ -418,7 +433,7 @@ impl NodeCore {
                         // The report also tells the RC what this node no longer holds (it
                         // restarted empty): it is sent even when empty, until acknowledged.
                         // Holding nothing, there is nothing to reconcile before serving.
-                        let empty = self.held().is_empty();
+                        let empty = self.host.len() == 0;
                         self.send_holding(true);
                         if empty {
                             self.reconciled.store(true, Ordering::Release);

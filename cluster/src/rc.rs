@@ -341,8 +341,10 @@ impl RcCore {
                 node,
                 report,
                 rejoin,
+                part,
+                parts,
                 sessions,
-            } => self.on_holding(node, report, rejoin, sessions),
+            } => self.on_holding(node, report, rejoin, part, parts, sessions),
             ToRc::Lookup { node, req, session } => {
                 let location = SessionId::new(session).ok().and_then(|sid| {
                     let st = lock(&self.state);

@@ -58,6 +58,16 @@ pub struct MobilityState {
     pub in_flight: usize,
     /// Last replica-repair scan.
     pub last_repair: Option<Instant>,
+    /// Holding reports arriving in parts: node → (report, parts, parts received, sessions).
+    pub reports: HashMap<NodeId, PartialReport>,
+}
+
+/// A holding report of which not every part has arrived yet.
+pub struct PartialReport {
+    report: u64,
+    parts: u32,
+    got: HashSet<u32>,
+    held: Vec<Held>,
 }
 
 /// Migration-server addresses of `ids` (unknown nodes skipped).
@@ -299,7 +309,53 @@ impl RcCore {
     /// `Activated`), keeps the ones it places there, and answers with the ones placed elsewhere
     /// or at a newer epoch, which the node drops. After a rejoin, directory entries active on
     /// the node that the report does not list are orphaned (the node came back without them).
-    pub(crate) fn on_holding(&self, node: NodeId, report: u64, rejoin: bool, held: Vec<Held>) {
+    pub(crate) fn on_holding(
+        &self,
+        node: NodeId,
+        report: u64,
+        rejoin: bool,
+        part: u32,
+        parts: u32,
+        held: Vec<Held>,
+    ) {
+        if parts == 0 || part >= parts || parts > crate::wire::MAX_HOLDING_PARTS {
+            tracing::warn!(%node, part, parts, "malformed holding report part ignored");
+            return;
+        }
+        let held = if parts == 1 {
+            held
+        } else {
+            let mut st = lock(&self.state);
+            if !st.members.get(&node).is_some_and(|m| m.alive) {
+                return;
+            }
+            let p = st.mob.reports.entry(node).or_insert_with(|| PartialReport {
+                report,
+                parts,
+                got: HashSet::new(),
+                held: Vec::new(),
+            });
+            if p.report != report || p.parts != parts {
+                // A newer report (or a resend under a new number) replaces an unfinished one.
+                *p = PartialReport {
+                    report,
+                    parts,
+                    got: HashSet::new(),
+                    held: Vec::new(),
+                };
+            }
+            if p.got.insert(part) {
+                p.held.extend(held);
+            }
+            if (p.got.len() as u32) < parts {
+                return;
+            }
+            st.mob
+                .reports
+                .remove(&node)
+                .map(|p| p.held)
+                .unwrap_or_default()
+        };
         // Not (or no longer) a member: it joins again and reports again.
         let Some(drop) = self.reconcile(node, rejoin, held) else {
             return;
@@ -966,6 +1022,29 @@ max_blackout = "2s"
             "a start in flight is not orphaned"
         );
         assert_eq!(entry(&core, "other").unwrap().state, DirState::Active);
+    }
+
+    #[test]
+    fn a_report_in_parts_is_acted_on_once_every_part_arrived() {
+        let (core, a, _) = rc();
+        place(&core, "gone", a, 1, DirState::Active);
+        let many: Vec<Held> = (0..600).map(|i| held(&format!("s{i}"), 1, &[])).collect();
+        let parts = crate::wire::holding_parts(many);
+        assert!(parts.len() > 1, "600 manifests fit one part?");
+        let n = parts.len() as u32;
+        for (i, p) in parts.into_iter().enumerate() {
+            // The last part first: nothing happens until all have arrived.
+            core.on_holding(a, 9, true, n - 1 - i as u32, n, p);
+            if i + 1 < n as usize {
+                assert_eq!(entry(&core, "gone").unwrap().state, DirState::Active);
+                assert_eq!(lock(&core.state).directory.len(), 1, "acted on part {i}");
+            }
+        }
+        assert!(entry(&core, "s0").is_some() && entry(&core, "s599").is_some());
+        assert_eq!(entry(&core, "gone").unwrap().state, DirState::Orphaned);
+        // Malformed part numbers are ignored.
+        core.on_holding(a, 10, true, 3, 2, vec![held("x", 1, &[])]);
+        assert!(entry(&core, "x").is_none());
     }
 
     #[test]

@@ -222,7 +222,12 @@ pub enum ToRc {
         report: u64,
         /// After a (re)join.
         rejoin: bool,
-        /// The sessions held.
+        /// This message's part (0-based) of the report, which is cut in `parts` messages of
+        /// at most [`HOLDING_PART_BYTES`] each; the RC acts once it has every part.
+        part: u32,
+        /// Parts of the report.
+        parts: u32,
+        /// The sessions held (this part).
         sessions: Vec<Held>,
     },
     /// A session was checkpointed and stopped here so that the RC restarts it elsewhere
@@ -235,6 +240,34 @@ pub enum ToRc {
         /// Epoch it had here.
         epoch: u64,
     },
+}
+
+/// Most bytes of sessions in one [`ToRc::Holding`] part (well below [`MAX_WIRE_BYTES`]).
+pub const HOLDING_PART_BYTES: usize = 256 * 1024;
+/// Most parts of one holding report (a node holding more is refused its report whole and logs it).
+pub const MAX_HOLDING_PARTS: u32 = 1024;
+
+/// Cuts `held` into report parts of at most [`HOLDING_PART_BYTES`] (estimated) each; always at
+/// least one part, possibly empty.
+pub fn holding_parts(held: Vec<Held>) -> Vec<Vec<Held>> {
+    let mut parts = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for h in held {
+        let size = 64
+            + h.session.len()
+            + h.handler.len()
+            + h.manifest.as_ref().map_or(0, String::len)
+            + h.replicas.iter().map(|r| r.len() + 8).sum::<usize>();
+        if bytes + size > HOLDING_PART_BYTES && !parts.last().is_some_and(Vec::is_empty) {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(p) = parts.last_mut() {
+            p.push(h);
+        }
+    }
+    parts
 }
 
 /// One session a node holds, as reported in [`ToRc::Holding`].
