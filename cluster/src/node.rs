@@ -433,7 +433,7 @@ impl NodeCore {
                         // The report also tells the RC what this node no longer holds (it
                         // restarted empty): it is sent even when empty, until acknowledged.
                         // Holding nothing, there is nothing to reconcile before serving.
-                        let empty = self.host.len() == 0;
+                        let empty = self.host.is_empty();
                         self.send_holding(true);
                         if empty {
                             self.reconciled.store(true, Ordering::Release);
