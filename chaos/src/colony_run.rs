@@ -687,13 +687,15 @@ async fn drive(
         let phase: f64 = rng.random();
         tasks.push(tokio::spawn(workload(
             s,
-            rate,
-            phase,
-            bound,
-            t0,
-            wl_end,
-            brk,
-            acked.clone(),
+            Pacing {
+                rate,
+                phase,
+                loss_bound_ms: bound,
+                t0,
+                until: wl_end,
+                brk,
+                acked: acked.clone(),
+            },
         )));
     }
     progress.line(format!(
@@ -1235,16 +1237,32 @@ async fn send_counted(s: &mut Session) -> StepOutcome {
     }
 }
 
-async fn workload(
-    mut s: Session,
+/// How one session's client sends.
+struct Pacing {
+    /// Inputs per second.
     rate: f64,
+    /// Offset of its ticks, as a fraction of a period.
     phase: f64,
+    /// The manifest's loss bound, ms.
     loss_bound_ms: u64,
     t0: Instant,
+    /// Sends until `t0 + until`.
     until: Duration,
     brk: Option<Break>,
+    /// Inputs acknowledged by all clients (progress lines).
     acked: Arc<std::sync::atomic::AtomicU64>,
-) -> (Session, SessionLog) {
+}
+
+async fn workload(mut s: Session, p: Pacing) -> (Session, SessionLog) {
+    let Pacing {
+        rate,
+        phase,
+        loss_bound_ms,
+        t0,
+        until,
+        brk,
+        acked,
+    } = p;
     let period = Duration::from_secs_f64(1.0 / rate.max(0.01));
     let max_inputs = (until.as_secs_f64() * rate).ceil() as u64 + 1;
     let mut log = SessionLog {
