@@ -266,10 +266,21 @@ pub async fn run(opts: Opts) -> Result<i32, ChaosError> {
                 suite.budget.0
             ));
             let mut worst = EXIT_PASS;
+            let mut reports = Vec::new();
             for r in &suite.runs {
                 let rep = run_scenario(&r.scenario, r.seed, a.json, &a.colony, &progress).await?;
                 print_report(&rep, a.json);
                 worst = worst.max(rep.exit_code());
+                reports.push(rep);
+            }
+            let summary = crate::report::SuiteSummary::new(&suite.name, &reports);
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).unwrap_or_default()
+                );
+            } else {
+                println!("{}", summary.to_human());
             }
             Ok(worst)
         }

@@ -104,26 +104,7 @@ impl Report {
 
     /// Recovery figures per fault action.
     pub fn recovery(&self) -> BTreeMap<FaultAction, RecoveryStats> {
-        let mut by: BTreeMap<FaultAction, Vec<u64>> = BTreeMap::new();
-        for f in &self.faults {
-            if let Some(r) = f.recovery_ms {
-                by.entry(f.fault.action).or_default().push(r);
-            }
-        }
-        by.into_iter()
-            .map(|(a, mut v)| {
-                v.sort_unstable();
-                (
-                    a,
-                    RecoveryStats {
-                        count: v.len(),
-                        p50_ms: percentile(&v, 50.0),
-                        p99_ms: percentile(&v, 99.0),
-                        max_ms: *v.last().unwrap_or(&0),
-                    },
-                )
-            })
-            .collect()
+        recovery_of(self.faults.iter())
     }
 
     /// JSON (pretty), including the recovery figures.
@@ -232,6 +213,128 @@ impl Report {
 }
 
 /// Nearest-rank percentile of sorted values (0 for none).
+/// Recovery figures per fault action over `faults` (one run, or a whole suite).
+pub fn recovery_of<'a>(
+    faults: impl Iterator<Item = &'a FaultOutcome>,
+) -> BTreeMap<FaultAction, RecoveryStats> {
+    let mut by: BTreeMap<FaultAction, Vec<u64>> = BTreeMap::new();
+    for f in faults {
+        if let Some(r) = f.recovery_ms {
+            by.entry(f.fault.action).or_default().push(r);
+        }
+    }
+    by.into_iter()
+        .map(|(a, mut v)| {
+            v.sort_unstable();
+            (
+                a,
+                RecoveryStats {
+                    count: v.len(),
+                    p50_ms: percentile(&v, 50.0),
+                    p99_ms: percentile(&v, 99.0),
+                    max_ms: *v.last().unwrap_or(&0),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The end of a suite: one line per run, and recovery per fault kind over every run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SuiteSummary {
+    /// Suite name.
+    pub suite: String,
+    /// Every run passed.
+    pub passed: bool,
+    /// Per run: scenario, seed, verdict, violations, seconds.
+    pub runs: Vec<SuiteRun>,
+    /// Recovery per fault kind over all runs.
+    pub recovery: BTreeMap<FaultAction, RecoveryStats>,
+}
+
+/// One run of a suite.
+#[derive(Clone, Debug, Serialize)]
+pub struct SuiteRun {
+    /// Scenario.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Exit code of the run.
+    pub exit_code: i32,
+    /// Violations found.
+    pub violations: usize,
+    /// Duration, ms.
+    pub duration_ms: u64,
+    /// Reproduce command.
+    pub reproduce: String,
+}
+
+impl SuiteSummary {
+    /// Summarises `reports` of suite `name`.
+    pub fn new(name: &str, reports: &[Report]) -> Self {
+        SuiteSummary {
+            suite: name.to_string(),
+            passed: reports.iter().all(Report::passed),
+            runs: reports
+                .iter()
+                .map(|r| SuiteRun {
+                    scenario: r.scenario.clone(),
+                    seed: r.seed,
+                    exit_code: r.exit_code(),
+                    violations: r.violations.len(),
+                    duration_ms: r.duration_ms,
+                    reproduce: r.reproduce.clone(),
+                })
+                .collect(),
+            recovery: recovery_of(reports.iter().flat_map(|r| r.faults.iter())),
+        }
+    }
+
+    /// The human table.
+    pub fn to_human(&self) -> String {
+        let mut s = format!(
+            "suite {}: {}\n  {:<16} {:>6}  {:<8} {:>10} {:>9}\n",
+            self.suite,
+            if self.passed { "PASS" } else { "FAIL" },
+            "scenario",
+            "seed",
+            "result",
+            "violations",
+            "time"
+        );
+        for r in &self.runs {
+            let verdict = match r.exit_code {
+                EXIT_PASS => "pass",
+                EXIT_VIOLATION => "FAIL",
+                _ => "ERROR",
+            };
+            s.push_str(&format!(
+                "  {:<16} {:>6}  {:<8} {:>10} {:>8.1}s\n",
+                r.scenario,
+                r.seed,
+                verdict,
+                r.violations,
+                r.duration_ms as f64 / 1000.0
+            ));
+        }
+        s.push_str("recovery per fault kind (all runs):\n");
+        for (a, st) in &self.recovery {
+            s.push_str(&format!(
+                "  {:<13} n={:<3} p50 {} ms  p99 {} ms  max {} ms\n",
+                a.to_string(),
+                st.count,
+                st.p50_ms,
+                st.p99_ms,
+                st.max_ms
+            ));
+        }
+        for r in self.runs.iter().filter(|r| r.exit_code != EXIT_PASS) {
+            s.push_str(&format!("reproduce: {}\n", r.reproduce));
+        }
+        s
+    }
+}
+
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -312,6 +415,41 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99);
         assert_eq!(percentile(&v, 100.0), 100);
         assert_eq!(percentile(&[7], 99.0), 7);
+    }
+
+    #[test]
+    fn a_suite_summary_pools_recovery_over_runs_and_names_the_failures() {
+        let outcome = |ms| FaultOutcome {
+            fault: fault(100, FaultAction::Kill),
+            injected_ms: Some(100),
+            recovery_ms: Some(ms),
+            error: None,
+        };
+        let mut a = Report::new("kill-node", 1, "opengrid-chaos run a.toml --seed 1".into());
+        a.faults = vec![outcome(200)];
+        let mut b = Report::new("rc-loss", 2, "opengrid-chaos run b.toml --seed 2".into());
+        b.faults = vec![outcome(400)];
+        let s = SuiteSummary::new("short", &[a.clone(), b.clone()]);
+        assert!(s.passed);
+        assert_eq!(s.recovery[&FaultAction::Kill].count, 2);
+        assert_eq!(s.recovery[&FaultAction::Kill].max_ms, 400);
+        let h = s.to_human();
+        assert!(
+            h.contains("suite short: PASS") && h.contains("rc-loss"),
+            "{h}"
+        );
+        assert!(!h.contains("reproduce:"), "{h}");
+        b.violations.push(Violation {
+            invariant: Invariant::NoAckedLoss,
+            subject: "s".into(),
+            detail: "lost".into(),
+            t_ms: None,
+        });
+        let s = SuiteSummary::new("short", &[a, b]);
+        assert!(!s.passed);
+        assert!(s
+            .to_human()
+            .contains("reproduce: opengrid-chaos run b.toml --seed 2"));
     }
 
     #[test]

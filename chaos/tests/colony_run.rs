@@ -83,17 +83,26 @@ duration = "2s"
 check = ["no-acked-loss", "no-duplicate", "single-active", "jurisdiction", "health"]
 "#;
 
-/// A node partitioned from its RC for 4 s: the RC fails its sessions over to the others.
+/// Each node in turn partitioned from its RC for 3 s: whichever holds sessions (placement may
+/// pile them on one node) has them failed over to the others while it is cut off.
 fn partition_scenario() -> String {
-    let head = SCENARIO.replace("tiny-latency", "tiny-partition");
+    let head = SCENARIO.replace("tiny-latency", "tiny-partitions");
     let cut = head.find("[[fault]]").unwrap();
-    format!(
-        "{}[[fault]]\nat = \"1s\"\naction = \"partition\"\nbetween = [\"n1\", \"rc\"]\nduration = \"4s\"\n\n[invariants]\ncheck = [\"single-active\", \"health\"]\n",
-        &head[..cut]
-    )
-    .replace("duration = \"6s\"", "duration = \"9s\"")
-    .replace("duration = \"5s\"\n[[workload", "duration = \"8s\"\n[[workload")
-    .replace("count = 3", "count = 6")
+    let mut s = head[..cut]
+        .replace("duration = \"6s\"", "duration = \"14s\"")
+        .replace(
+            "duration = \"5s\"\n[[workload",
+            "duration = \"13s\"\n[[workload",
+        )
+        .replace("count = 3", "count = 6");
+    for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
+        s.push_str(&format!(
+            "[[fault]]\nat = \"{}s\"\naction = \"partition\"\nbetween = [\"{node}\", \"rc\"]\nduration = \"3s\"\n\n",
+            1 + 4 * i
+        ));
+    }
+    s.push_str("[invariants]\ncheck = [\"single-active\", \"health\"]\n");
+    s
 }
 
 /// Runs `opengrid-chaos run <tiny scenario> --json`; returns (exit code, stdout, stderr).
