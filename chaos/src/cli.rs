@@ -382,6 +382,7 @@ pub async fn run_scenario(
         sc.name,
         report.schedule.len()
     ));
+    let started = std::time::Instant::now();
     match crate::bench_colony::opengrid_bin(colony.bin.as_deref()) {
         Err(e) => report.error = Some(format!("cannot run against real nodes: {e}")),
         Ok(bin) => {
@@ -392,7 +393,7 @@ pub async fn run_scenario(
             crate::colony_run::run(&sc, seed, &opts, &mut report, progress).await;
         }
     }
-    report.duration_ms = progress.elapsed().as_millis() as u64;
+    report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 

@@ -10,6 +10,7 @@
 //! | `opengrid_cluster_nodes_declared_dead_total` | counter | nodes declared dead by the RC |
 //! | `opengrid_cluster_join_refused_total{reason}` | counter | joins refused (bad signature, stale, wrong colony) |
 //! | `opengrid_cluster_lease_lost_total` | counter | times this node lost its lease and stopped serving |
+//! | `opengrid_cluster_replica_suspects_total` | counter | nodes taken out of replica sets because a primary's replica writes to them kept failing (rc) |
 //! | `opengrid_cluster_sessions_adopted_total` | counter | sessions the RC took into its directory from a holder's report (restarted RC, lost activation) |
 //! | `opengrid_cluster_api_requests_total{status}` | counter | client-API requests by HTTP status |
 //! | `opengrid_cluster_wire_bytes_total{direction}` | counter | session input/output bytes on the client API |
@@ -39,6 +40,8 @@ pub struct Metrics {
     pub lease_lost: Counter<u64>,
     /// Sessions adopted from holding reports.
     pub sessions_adopted: Counter<u64>,
+    /// Nodes taken out of replica sets (replica trouble).
+    pub replica_suspects: Counter<u64>,
     /// API requests by status.
     pub api_requests: Counter<u64>,
     /// Wire bytes by direction.
@@ -138,6 +141,10 @@ impl Metrics {
             sessions_adopted: m
                 .u64_counter("opengrid_cluster_sessions_adopted")
                 .with_description("sessions adopted from holders' reports")
+                .build(),
+            replica_suspects: m
+                .u64_counter("opengrid_cluster_replica_suspects")
+                .with_description("nodes taken out of replica sets after failing replica writes")
                 .build(),
             api_requests: m
                 .u64_counter("opengrid_cluster_api_requests")

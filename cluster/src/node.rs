@@ -91,6 +91,8 @@ pub struct NodeCore {
     pending_report: AtomicU64,
     /// Manifests (JSON) of the sessions held here, for the holding report.
     manifests: Mutex<HashMap<SessionId, String>>,
+    /// When replica trouble was last reported to the RC.
+    trouble_sent: Mutex<Option<Instant>>,
     /// Fault hooks (`[faults] control_dir`, tests and chaos runs only).
     pub(crate) faults: std::sync::OnceLock<Arc<crate::faults::FaultControl>>,
 }
@@ -140,6 +142,7 @@ impl NodeCore {
             pending_report: AtomicU64::new(0),
             manifests: Mutex::new(HashMap::new()),
             faults: std::sync::OnceLock::new(),
+            trouble_sent: Mutex::new(None),
         }
     }
 
@@ -367,6 +370,7 @@ impl NodeCore {
                 for m in self.receipts.tick(now, usage) {
                     self.send_rc(m);
                 }
+                self.report_replica_trouble(now);
             }
         }
         // Lease watchdog: a member whose lease ran out stops serving before the RC may re-place.
@@ -377,6 +381,28 @@ impl NodeCore {
         if expired {
             self.fence("lease expired");
         }
+    }
+
+    /// Tells the RC (at most once per [`TROUBLE_REPORT_EVERY`]) which replica holders failed
+    /// the last [`TROUBLE_AFTER`] replica writes in a row.
+    fn report_replica_trouble(&self, now: Instant) {
+        let Some(m) = self.mobility() else {
+            return;
+        };
+        let peers = m.store.troubled_peers(TROUBLE_AFTER);
+        if peers.is_empty() {
+            return;
+        }
+        let mut last = lock(&self.trouble_sent);
+        if last.is_some_and(|t| now.saturating_duration_since(t) < TROUBLE_REPORT_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        tracing::warn!(peers = ?peers, "replica holders failing: asking the RC to move replica sets off them");
+        self.send_rc(ToRc::ReplicaTrouble {
+            node: self.id(),
+            peers: peers.iter().map(|a| a.to_string()).collect(),
+        });
     }
 
     fn send_join(&self, now: Instant) {
@@ -650,6 +676,11 @@ impl Actor for NodeAgent {
         Ok(())
     }
 }
+
+/// Consecutive failed replica writes to one holder before the node reports it to the RC.
+pub const TROUBLE_AFTER: u32 = 3;
+/// Most one replica-trouble report per this period.
+pub const TROUBLE_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// A serving node repeats its holding report every this many heartbeats (100 ms: 1 s).
 pub const REPORT_EVERY: u64 = 10;

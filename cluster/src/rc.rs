@@ -337,6 +337,7 @@ impl RcCore {
                 session,
                 epoch,
             } => self.on_released(node, &session, epoch),
+            ToRc::ReplicaTrouble { node, peers } => self.on_replica_trouble(node, &peers),
             ToRc::Holding {
                 node,
                 report,

@@ -60,7 +60,13 @@ pub struct MobilityState {
     pub last_repair: Option<Instant>,
     /// Holding reports arriving in parts: node → (report, parts, parts received, sessions).
     pub reports: HashMap<NodeId, PartialReport>,
+    /// Nodes a primary reported failing its replica writes: not chosen for replica sets, and
+    /// repaired out of the sets holding them, until the instant.
+    pub suspect: HashMap<NodeId, Instant>,
 }
+
+/// How long a node reported failing replica writes is kept out of replica sets.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 /// A holding report of which not every part has arrived yet.
 pub struct PartialReport {
@@ -83,7 +89,39 @@ const RETRY: Duration = Duration::from_millis(500);
 
 impl RcCore {
     fn alive(st: &RcState, id: &NodeId) -> bool {
-        st.members.get(id).is_some_and(|m| m.alive) && !st.mob.draining.contains(id)
+        st.members.get(id).is_some_and(|m| m.alive)
+            && !st.mob.draining.contains(id)
+            && !st
+                .mob
+                .suspect
+                .get(id)
+                .is_some_and(|until| Instant::now() < *until)
+    }
+
+    /// A primary's report that replica writes to `peers` (migration addresses) keep failing.
+    pub(crate) fn on_replica_trouble(&self, node: NodeId, peers: &[String]) {
+        let mut st = lock(&self.state);
+        if !st.members.get(&node).is_some_and(|m| m.alive) {
+            return;
+        }
+        let until = Instant::now() + SUSPECT_FOR;
+        let ids: Vec<(NodeId, String)> = st
+            .colony
+            .nodes()
+            .into_iter()
+            .filter(|r| peers.contains(&r.spec.migration) && r.spec.id != node)
+            .map(|r| (r.spec.id, r.spec.name.clone()))
+            .collect();
+        for (id, name) in ids {
+            let fresh = !st.mob.suspect.get(&id).is_some_and(|u| Instant::now() < *u);
+            st.mob.suspect.insert(id, until);
+            if fresh {
+                tracing::warn!(node = %id, %name, "replica writes to this node fail: replica sets move off it for a while");
+                self.metrics.replica_suspects.add(1, &[]);
+            }
+        }
+        // Force a repair scan on the next tick.
+        st.mob.last_repair = None;
     }
 
     /// Chooses up to k replica holders for a session whose primary is `primary`.
@@ -574,12 +612,14 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
         }
         // Replica repair (at most every 250 ms): active sessions whose replica set lost a member
         // or is smaller than k (nodes joined since it was placed).
+        st.mob.suspect.retain(|_, until| now < *until);
         let dead: HashSet<NodeId> = st
             .members
             .iter()
             .filter(|(_, m)| !m.alive)
             .map(|(id, _)| *id)
             .chain(st.mob.draining.iter().copied())
+            .chain(st.mob.suspect.keys().copied())
             .collect();
         let k = core.cfg.replicas;
         if st
@@ -1045,6 +1085,47 @@ max_blackout = "2s"
         // Malformed part numbers are ignored.
         core.on_holding(a, 10, true, 3, 2, vec![held("x", 1, &[])]);
         assert!(entry(&core, "x").is_none());
+    }
+
+    #[test]
+    fn replica_trouble_moves_replica_sets_off_the_failing_holder() {
+        let core = RcCore::new(
+            RcConfig {
+                replicas: 1,
+                ..RcConfig::default()
+            },
+            Identity::generate(),
+        );
+        let mut ids = Vec::new();
+        for (name, port) in [("a", 7300), ("b", 7400), ("c", 7500)] {
+            let id = Identity::generate();
+            let body = JoinBody {
+                colony: core.cfg.colony.clone(),
+                spec: spec(&id, name, port),
+                unix_ms: crate::wire::unix_ms(),
+                nonce: rand::random(),
+            };
+            core.on_message(crate::wire::ToRc::Join(JoinRequest::sign(&id, &body)));
+            ids.push(id.id());
+        }
+        let (a, b, c) = (ids[0], ids[1], ids[2]);
+        // `s` lives on a with its replica on b.
+        core.reconcile(a, true, vec![held("s", 1, &["127.0.0.1:7401"])])
+            .unwrap();
+        assert_eq!(entry(&core, "s").unwrap().replicas, vec![b]);
+        // A non-member's report and one naming the sender itself change nothing.
+        core.on_replica_trouble(Identity::generate().id(), &["127.0.0.1:7401".into()]);
+        core.on_replica_trouble(b, &["127.0.0.1:7401".into()]);
+        assert!(lock(&core.state).mob.suspect.is_empty());
+        // a reports that writes to b fail: the next repair scan moves the replica to c.
+        core.on_replica_trouble(a, &["127.0.0.1:7401".into()]);
+        let core = Arc::new(core);
+        tick(&core, Instant::now());
+        assert_eq!(entry(&core, "s").unwrap().replicas, vec![c]);
+        // b is not chosen again while suspect, even for a new set.
+        let m = Manifest::from_toml_str(M).unwrap();
+        let st = lock(&core.state);
+        assert_eq!(core.choose_replicas(&st, &m, &a, &[b]), vec![c]);
     }
 
     #[test]

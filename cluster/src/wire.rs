@@ -230,6 +230,16 @@ pub enum ToRc {
         /// The sessions held (this part).
         sessions: Vec<Held>,
     },
+    /// Replica holders (migration servers) whose last replica writes from this node all failed:
+    /// the RC stops choosing them for replica sets for a while and repairs the sets that hold
+    /// them (a failing disk or a cut replication link there must not block zero-loss sessions
+    /// elsewhere).
+    ReplicaTrouble {
+        /// Sender.
+        node: NodeId,
+        /// The troubled holders' migration addresses.
+        peers: Vec<String>,
+    },
     /// A session was checkpointed and stopped here so that the RC restarts it elsewhere
     /// (never-live sessions when draining): restore it, epoch + 1, from its replicas.
     Released {

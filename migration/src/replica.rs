@@ -44,6 +44,8 @@ pub struct ReplicatedStore {
     /// Replica set per session (chosen by the RC within the session's allowed jurisdictions).
     sets: RwLock<HashMap<SessionId, Vec<SocketAddr>>>,
     conns: Mutex<HashMap<SocketAddr, TcpStream>>,
+    /// Consecutive failed replica writes per peer (reset by a successful one).
+    failures: Mutex<HashMap<SocketAddr, u32>>,
 }
 
 impl ReplicatedStore {
@@ -54,6 +56,39 @@ impl ReplicatedStore {
             cfg,
             sets: RwLock::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Peers still in some replica set whose last `at_least` replica writes all failed
+    /// (unreachable, refusing, or failing their own disk): the node tells the RC, which moves
+    /// replica sets off them.
+    pub fn troubled_peers(&self, at_least: u32) -> Vec<SocketAddr> {
+        let in_use: std::collections::HashSet<SocketAddr> = self
+            .sets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<SocketAddr> = f
+            .iter()
+            .filter(|(a, n)| **n >= at_least.max(1) && in_use.contains(a))
+            .map(|(a, _)| *a)
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn note_outcome(&self, peer: SocketAddr, ok: bool) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            f.remove(&peer);
+        } else {
+            let n = f.entry(peer).or_insert(0);
+            *n = n.saturating_add(1);
         }
     }
 
@@ -149,6 +184,10 @@ impl CheckpointStore for ReplicatedStore {
             let mut acks = 0;
             let mut errors = Vec::new();
             for (p, r) in self.replicate(cp, &peers) {
+                self.note_outcome(
+                    p,
+                    matches!(r, Ok(Response::Ok) | Ok(Response::Fenced { .. })),
+                );
                 match r {
                     Ok(Response::Ok) => acks += 1,
                     Ok(Response::Fenced { current }) => {
