@@ -91,11 +91,11 @@ impl RcCore {
     fn alive(st: &RcState, id: &NodeId) -> bool {
         st.members.get(id).is_some_and(|m| m.alive)
             && !st.mob.draining.contains(id)
-            && !st
+            && st
                 .mob
                 .suspect
                 .get(id)
-                .is_some_and(|until| Instant::now() < *until)
+                .is_none_or(|until| Instant::now() >= *until)
     }
 
     /// A primary's report that replica writes to `peers` (migration addresses) keep failing.
@@ -113,7 +113,7 @@ impl RcCore {
             .map(|r| (r.spec.id, r.spec.name.clone()))
             .collect();
         for (id, name) in ids {
-            let fresh = !st.mob.suspect.get(&id).is_some_and(|u| Instant::now() < *u);
+            let fresh = st.mob.suspect.get(&id).is_none_or(|u| Instant::now() >= *u);
             st.mob.suspect.insert(id, until);
             if fresh {
                 tracing::warn!(node = %id, %name, "replica writes to this node fail: replica sets move off it for a while");
