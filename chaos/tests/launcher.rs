@@ -82,12 +82,17 @@ fn stop_sends_sigterm_then_kills_after_grace() {
         "trap 'exit 3' TERM; echo ready; while :; do sleep 0.01; done",
     ))
     .unwrap();
-    l.spawn(sh("stubborn", "trap '' TERM; exec sleep 3600"))
+    // Ignoring TERM survives the exec; `ready` again marks the disposition as installed.
+    l.spawn(sh("stubborn", "trap '' TERM; echo ready; exec sleep 3600"))
         .unwrap();
-    let (out, _) = l.log_paths("polite");
-    eventually("polite installed its trap", Duration::from_secs(30), || {
-        std::fs::read_to_string(&out).is_ok_and(|s| s.contains("ready"))
-    });
+    for name in ["polite", "stubborn"] {
+        let (out, _) = l.log_paths(name);
+        eventually(
+            &format!("{name} installed its trap"),
+            Duration::from_secs(30),
+            || std::fs::read_to_string(&out).is_ok_and(|s| s.contains("ready")),
+        );
+    }
     let st = l.stop("polite", Duration::from_secs(10)).unwrap();
     assert_eq!(st, ProcState::Exited(3));
     let st = l.stop("stubborn", Duration::from_millis(300)).unwrap();
