@@ -935,21 +935,27 @@ max_blackout = "2s"
     }
 
     /// An RC with two joined members `a` and `b`.
-    fn rc() -> (RcCore, NodeId, NodeId) {
-        let core = RcCore::new(RcConfig::default(), Identity::generate());
+    /// Joins one node per `(name, api port)` (migration server on port + 1) with signed joins.
+    fn join(core: &RcCore, nodes: &[(&str, u16)]) -> Vec<NodeId> {
         let mut ids = Vec::new();
-        for (name, port) in [("a", 7100), ("b", 7200)] {
+        for (name, port) in nodes {
             let id = Identity::generate();
             let body = JoinBody {
                 colony: core.cfg.colony.clone(),
-                spec: spec(&id, name, port),
+                spec: spec(&id, name, *port),
                 unix_ms: crate::wire::unix_ms(),
                 nonce: rand::random(),
             };
             core.on_message(crate::wire::ToRc::Join(JoinRequest::sign(&id, &body)));
             ids.push(id.id());
         }
-        assert_eq!(core.alive_members(), 2);
+        assert_eq!(core.alive_members(), nodes.len());
+        ids
+    }
+
+    fn rc() -> (RcCore, NodeId, NodeId) {
+        let core = RcCore::new(RcConfig::default(), Identity::generate());
+        let ids = join(&core, &[("a", 7100), ("b", 7200)]);
         (core, ids[0], ids[1])
     }
 
@@ -1096,18 +1102,7 @@ max_blackout = "2s"
             },
             Identity::generate(),
         );
-        let mut ids = Vec::new();
-        for (name, port) in [("a", 7300), ("b", 7400), ("c", 7500)] {
-            let id = Identity::generate();
-            let body = JoinBody {
-                colony: core.cfg.colony.clone(),
-                spec: spec(&id, name, port),
-                unix_ms: crate::wire::unix_ms(),
-                nonce: rand::random(),
-            };
-            core.on_message(crate::wire::ToRc::Join(JoinRequest::sign(&id, &body)));
-            ids.push(id.id());
-        }
+        let ids = join(&core, &[("a", 7300), ("b", 7400), ("c", 7500)]);
         let (a, b, c) = (ids[0], ids[1], ids[2]);
         // `s` lives on a with its replica on b.
         core.reconcile(a, true, vec![held("s", 1, &["127.0.0.1:7401"])])
