@@ -1732,29 +1732,11 @@ async fn settlement_seen(
     }
 }
 
-/// Without ANSI colour codes (the processes log with colours).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Nodes the RC declared dead (its log) although no fault of the schedule touched them.
 pub fn false_downings(rc_log: &str, touched: &BTreeSet<String>) -> Vec<Violation> {
     let mut out = Vec::new();
     for line in rc_log.lines().filter(|l| l.contains("node declared dead")) {
-        let line = strip_ansi(line);
+        let line = opengrid_cluster::cli::strip_ansi(line);
         let name = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("name="))

@@ -419,6 +419,7 @@ max_blackout = "100ms"
 #[derive(Default)]
 pub struct Children {
     procs: Vec<(String, Child)>,
+    logs: std::collections::HashMap<String, PathBuf>,
 }
 
 impl Children {
@@ -430,6 +431,7 @@ impl Children {
         args: &[&str],
         log: &Path,
     ) -> anyhow::Result<()> {
+        self.logs.insert(name.to_string(), log.to_path_buf());
         let log =
             std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = Command::new(exe);
@@ -462,7 +464,16 @@ impl Children {
             let clean = loop {
                 match c.try_wait() {
                     Ok(Some(st)) if st.success() => break Ok(()),
-                    Ok(Some(st)) => break Err(format!("exited with {st}")),
+                    Ok(Some(st)) => {
+                        break Err(format!(
+                            "exited with {st}{}",
+                            self.logs
+                                .get(&name)
+                                .and_then(|p| last_line(p))
+                                .map(|l| format!(" (its log ends: {l})"))
+                                .unwrap_or_default()
+                        ))
+                    }
                     Ok(None) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(20))
                     }
@@ -477,6 +488,27 @@ impl Children {
         }
         out
     }
+}
+
+/// The last non-empty line of a log file, without colour codes, at most 300 characters.
+fn last_line(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(strip_ansi(line).chars().take(300).collect())
+}
+
+/// `s` without terminal colour codes (ESC … letter), as the processes' `tracing` logs write them.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|d| d.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Children {
@@ -828,13 +860,23 @@ async fn demo_route_across(client: &Client, rc_api: u16) -> anyhow::Result<crate
         .build()?;
     let url = format!("http://127.0.0.1:{rc_api}/sessions");
     let t = Instant::now();
-    let r = http
-        .post(&url)
-        .header("content-type", "application/toml")
-        .body(DEMO_MANIFEST_JP)
-        .send()
-        .await?;
-    let (code, body): (u16, Value) = (r.status().as_u16(), r.json().await?);
+    // Peering is learnt separately on each side: until demo-jp has heard this RC's own summary it
+    // refuses its signed request (401 unknown_rc), which this RC answers 503 retryable.
+    let deadline = t + Duration::from_secs(30);
+    let (code, body) = loop {
+        let r = http
+            .post(&url)
+            .header("content-type", "application/toml")
+            .body(DEMO_MANIFEST_JP)
+            .send()
+            .await?;
+        let (code, body): (u16, Value) = (r.status().as_u16(), r.json().await?);
+        if code == 503 && body["retryable"] == Value::Bool(true) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        break (code, body);
+    };
     if code != 201 || body["routed"] != Value::Bool(true) {
         bail!("JP manifest was not routed across: {code} {body}");
     }

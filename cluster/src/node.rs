@@ -249,8 +249,10 @@ impl NodeCore {
                 let Some(s) = me.host.get(&sid) else {
                     continue;
                 };
+                // A moved or closed copy is gone already; a frozen one is mid-handover (it
+                // becomes `moved`, or serves on and is named again by a later report).
                 if s.epoch().0 != epoch
-                    || matches!(s.status(), St::Moved { .. } | St::Closed)
+                    || matches!(s.status(), St::Moved { .. } | St::Closed | St::Frozen)
                 {
                     continue;
                 }

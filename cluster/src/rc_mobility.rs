@@ -395,9 +395,19 @@ impl RcCore {
                 .unwrap_or_default()
         };
         // Not (or no longer) a member: it joins again and reports again.
-        let Some(drop) = self.reconcile(node, rejoin, held) else {
+        let Some((drop, elsewhere)) = self.reconcile_all(node, rejoin, held) else {
             return;
         };
+        // Former holders of what was adopted at a newer epoch stop at once (not at their next
+        // report): e.g. a restarted RC that adopted a stale copy from the first report.
+        for (old, session, epoch) in elsewhere {
+            if let Some(r) = node_ref(&old) {
+                let _ = r.cast(NodeMsg::wire(ToNode::HoldingAck {
+                    report: 0,
+                    drop: vec![(session, epoch)],
+                }));
+            }
+        }
         if !rejoin && drop.is_empty() {
             return;
         }
@@ -409,15 +419,29 @@ impl RcCore {
         }
     }
 
-    /// The directory side of [`Self::on_holding`]: returns the `(session, epoch)` the node must
-    /// drop, or `None` when `node` is not an alive member.
+    /// [`Self::reconcile_all`] without the drops for other nodes.
+    #[cfg(test)]
     pub(crate) fn reconcile(
         &self,
         node: NodeId,
         rejoin: bool,
         held: Vec<Held>,
     ) -> Option<Vec<(String, u64)>> {
+        self.reconcile_all(node, rejoin, held).map(|(d, _)| d)
+    }
+
+    /// The directory side of [`Self::on_holding`]: returns the `(session, epoch)` the node must
+    /// drop and, for sessions adopted away from another holder, `(that node, session, its
+    /// epoch)`; `None` when `node` is not an alive member.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn reconcile_all(
+        &self,
+        node: NodeId,
+        rejoin: bool,
+        held: Vec<Held>,
+    ) -> Option<(Vec<(String, u64)>, Vec<(NodeId, String, u64)>)> {
         let mut drop = Vec::new();
+        let mut elsewhere = Vec::new();
         {
             let mut st = lock(&self.state);
             if !st.members.get(&node).is_some_and(|m| m.alive) {
@@ -483,9 +507,12 @@ impl RcCore {
                                     .map(|r| r.spec.id)
                             })
                             .collect();
-                        let before = st.directory.get(&sid).map(|e| (e.node, e.memory));
-                        if let Some((old, mem)) = before {
+                        let before = st.directory.get(&sid).map(|e| (e.node, e.memory, e.epoch));
+                        if let Some((old, mem, old_epoch)) = before {
                             st.colony.note_closed(&old, mem);
+                            if old != node {
+                                elsewhere.push((old, h.session.clone(), old_epoch.0));
+                            }
                         }
                         st.colony.note_placed(&node, &h.handler, memory);
                         if st.mob.plans.get(&sid).is_some_and(|p| p.0 == node) {
@@ -526,7 +553,7 @@ impl RcCore {
             }
             self.metrics.sessions.record(st.directory.len() as u64, &[]);
         }
-        Some(drop)
+        Some((drop, elsewhere))
     }
 
     /// A node starts draining.
@@ -1019,11 +1046,13 @@ max_blackout = "2s"
             .reconcile(a, true, vec![held("s", 2, &[])])
             .unwrap()
             .is_empty());
-        // A newer epoch elsewhere (a lost activation, or a failover): adopted there.
-        assert!(core
-            .reconcile(b, true, vec![held("s", 3, &[])])
-            .unwrap()
-            .is_empty());
+        // A newer epoch elsewhere (a lost activation, or a failover): adopted there, and the
+        // former holder is told to drop its copy at once.
+        let (drop, elsewhere) = core
+            .reconcile_all(b, true, vec![held("s", 3, &[])])
+            .unwrap();
+        assert!(drop.is_empty());
+        assert_eq!(elsewhere, vec![(a, "s".to_string(), 2)]);
         assert_eq!(entry(&core, "s").unwrap().node, b);
         // The stale holder's next report is told to drop it; the directory does not move back.
         let drop = core.reconcile(a, false, vec![held("s", 2, &[])]).unwrap();

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use opengrid_cluster::cli::strip_ansi;
 use opengrid_cluster::client::{Client, ClientError, Session};
 use serde_json::{json, Value};
 
@@ -264,24 +265,6 @@ async fn wait_replicated(c: &Colony, ids: &[String]) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// Log text without terminal colour codes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn members(st: &Value) -> Vec<Value> {
