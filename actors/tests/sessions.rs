@@ -711,46 +711,16 @@ async fn a_disk_failing_longer_than_the_restart_intensity_does_not_stop_a_zero_l
         fail_every: 0,
         puts: AtomicU64::new(0),
     });
-    struct Switch {
-        inner: Arc<Recording>,
-        fail: std::sync::atomic::AtomicBool,
-    }
-    impl CheckpointStore for Switch {
-        fn put(&self, cp: &Checkpoint) -> Result<(), StoreError> {
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Backend("injected I/O error".into()));
-            }
-            self.inner.put(cp)
+    // The disk switch: every put fails while `fail` is set.
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = fail.clone();
+    let sw = Arc::new(GatedStore::new(store.clone(), move |_| {
+        if gate.load(Ordering::SeqCst) {
+            Err(StoreError::Backend("injected I/O error".into()))
+        } else {
+            Ok(())
         }
-        fn get_latest(&self, s: &SessionId) -> Result<Option<Checkpoint>, StoreError> {
-            self.inner.get_latest(s)
-        }
-        fn get(&self, s: &SessionId, e: Epoch, q: Seq) -> Result<Checkpoint, StoreError> {
-            self.inner.get(s, e, q)
-        }
-        fn list(&self, s: &SessionId) -> Result<Vec<CheckpointInfo>, StoreError> {
-            self.inner.list(s)
-        }
-        fn delete(&self, s: &SessionId) -> Result<(), StoreError> {
-            self.inner.delete(s)
-        }
-        fn fence(&self, s: &SessionId, e: Epoch) -> Result<(), StoreError> {
-            self.inner.fence(s, e)
-        }
-        fn current_epoch(&self, s: &SessionId) -> Result<Option<Epoch>, StoreError> {
-            self.inner.current_epoch(s)
-        }
-        fn sessions(&self) -> Result<Vec<SessionId>, StoreError> {
-            self.inner.sessions()
-        }
-        fn corruptions_detected(&self) -> u64 {
-            0
-        }
-    }
-    let sw = Arc::new(Switch {
-        inner: store.clone(),
-        fail: false.into(),
-    });
+    }));
     let host = host_with(sw.clone(), 3).await;
     let s = host
         .start(
@@ -770,14 +740,14 @@ async fn a_disk_failing_longer_than_the_restart_intensity_does_not_stop_a_zero_l
             durable: true
         }
     );
-    sw.fail.store(true, Ordering::SeqCst);
+    fail.store(true, Ordering::SeqCst);
     for _ in 0..20 {
         match s.send(Seq(2), 2).await {
             Err(SessionError::NotDurable { seq, .. }) => assert_eq!(seq, Seq(2)),
             other => panic!("a write on a failing disk must be refused: {other:?}"),
         }
     }
-    sw.fail.store(false, Ordering::SeqCst);
+    fail.store(false, Ordering::SeqCst);
     reference = fold(reference, 2, 2);
     match s.send(Seq(2), 2).await.unwrap() {
         Reply::Processed { output, .. } => {
@@ -847,7 +817,9 @@ async fn fault_hooks_slow_and_panic_the_real_handler_for_live_inputs_only() {
     let mut panics = 0;
     for seq in 2..=10u64 {
         reference = fold(reference, seq, seq);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            assert!(Instant::now() < deadline, "input {seq} never processed");
             match hit.send(Seq(seq), seq).await {
                 Ok(Reply::Processed { output, .. }) => {
                     assert_eq!(output.unwrap(), reference, "state kept across restarts");

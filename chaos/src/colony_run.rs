@@ -784,21 +784,22 @@ async fn drive(
         });
     }
     // Long workloads show progress every 30 s until the clients are done (they end by `wl_end`).
-    let mut next = Instant::now() + PROGRESS_EVERY;
-    while !tasks.iter().all(|t| t.is_finished()) {
-        if Instant::now() >= next {
-            progress.line(format!(
+    let mut all = std::pin::pin!(futures::future::join_all(tasks));
+    let mut ticks =
+        tokio::time::interval_at((Instant::now() + PROGRESS_EVERY).into(), PROGRESS_EVERY);
+    let done = loop {
+        tokio::select! {
+            done = &mut all => break done,
+            _ = ticks.tick() => progress.line(format!(
                 "t+{}s workload: {} input(s) acknowledged so far",
                 t0.elapsed().as_secs(),
                 acked.load(std::sync::atomic::Ordering::Relaxed)
-            ));
-            next += PROGRESS_EVERY;
+            )),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
     let mut logs = Vec::new();
-    for t in tasks {
-        logs.push(t.await.map_err(|e| format!("workload task: {e}"))?);
+    for t in done {
+        logs.push(t.map_err(|e| format!("workload task: {e}"))?);
     }
     fuzz_stop.store(true, std::sync::atomic::Ordering::Release);
     for f in fuzzers {

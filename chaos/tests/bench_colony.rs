@@ -8,27 +8,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-/// `target/<profile>/opengrid`: the test executable lives in `target/<profile>/deps`.
-fn opengrid_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = profile_dir.join("opengrid");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (`cargo build -p opengrid-examples --bin opengrid`, or \
-         scripts/test.sh, which builds the whole workspace)",
-        bin.display()
-    );
-    bin
-}
-
 #[test]
 fn bench_failover_moves_every_session_and_loses_nothing() {
-    let bin = opengrid_bin();
+    let bin = common::opengrid_bin();
     let (status, out, err) = common::run_with_deadline(
         Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
             .args([

@@ -11,22 +11,8 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-fn opengrid_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = profile_dir.join("opengrid");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (`cargo build -p opengrid-examples --bin opengrid`, or \
-         scripts/test.sh, which builds the whole workspace)",
-        bin.display()
-    );
-    bin
-}
 
 const SCENARIO: &str = r#"version = 1
 name = "tiny-latency"
@@ -119,7 +105,7 @@ fn run_scenario(scenario: &str, break_mode: Option<&str>) -> (i32, String, Strin
         .arg(&path)
         .arg("--json")
         .arg("--bin")
-        .arg(opengrid_bin())
+        .arg(common::opengrid_bin())
         .env_remove("OPENGRID_CHAOS_BREAK");
     if let Some(b) = break_mode {
         cmd.env("OPENGRID_CHAOS_BREAK", b);

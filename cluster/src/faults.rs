@@ -13,7 +13,7 @@
 //!
 //! The directory need not exist; a file that does not parse is ignored with a warning. Writes
 //! of replicas received from peers go through the same local store, so they fail too. The
-//! store wrapper ([`FaultyStore`]) sits under the replicating store the session host and the
+//! store wrapper ([`faulty_store`]) sits under the replicating store the session host and the
 //! mobility layer use; the handler hooks are [`opengrid_actors::FaultHooks`].
 //!
 //! `opengrid-chaos run` (chaos/src/colony_run.rs) gives every node a control dir and drives the
@@ -27,9 +27,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use opengrid_actors::{FaultHooks, HookRule};
-use opengrid_session::{
-    Checkpoint, CheckpointInfo, CheckpointStore, Epoch, Seq, SessionId, StoreError,
-};
+use opengrid_session::{CheckpointStore, GatedStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// How often the control dir is looked at.
@@ -130,6 +128,19 @@ impl FaultControl {
         self.ignore_lease.load(Ordering::Acquire)
     }
 
+    /// `Err` (counted) while checkpoint writes fail: the gate of [`faulty_store`].
+    pub fn check_write(&self) -> Result<(), StoreError> {
+        if !self.writes_fail() {
+            return Ok(());
+        }
+        self.injected_write_errors.fetch_add(1, Ordering::Relaxed);
+        Err(StoreError::Backend(format!(
+            "injected I/O error ({} exists in the fault control dir {})",
+            FAIL_WRITES,
+            self.dir.display()
+        )))
+    }
+
     /// Checkpoint writes refused so far.
     pub fn injected_write_errors(&self) -> u64 {
         self.injected_write_errors.load(Ordering::Relaxed)
@@ -202,64 +213,16 @@ fn read_rule(path: &Path) -> Option<HookRule> {
     }
 }
 
-/// A checkpoint store whose `put` fails while [`FaultControl::writes_fail`]; everything else
-/// goes to the real store.
-pub struct FaultyStore {
-    inner: Arc<dyn CheckpointStore>,
-    control: Arc<FaultControl>,
-}
-
-impl FaultyStore {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn CheckpointStore>, control: Arc<FaultControl>) -> Self {
-        FaultyStore { inner, control }
-    }
-}
-
-impl CheckpointStore for FaultyStore {
-    fn put(&self, cp: &Checkpoint) -> Result<(), StoreError> {
-        if self.control.writes_fail() {
-            self.control
-                .injected_write_errors
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(StoreError::Backend(format!(
-                "injected I/O error ({} exists in the fault control dir {})",
-                FAIL_WRITES,
-                self.control.dir.display()
-            )));
-        }
-        self.inner.put(cp)
-    }
-    fn get_latest(&self, s: &SessionId) -> Result<Option<Checkpoint>, StoreError> {
-        self.inner.get_latest(s)
-    }
-    fn get(&self, s: &SessionId, e: Epoch, q: Seq) -> Result<Checkpoint, StoreError> {
-        self.inner.get(s, e, q)
-    }
-    fn list(&self, s: &SessionId) -> Result<Vec<CheckpointInfo>, StoreError> {
-        self.inner.list(s)
-    }
-    fn delete(&self, s: &SessionId) -> Result<(), StoreError> {
-        self.inner.delete(s)
-    }
-    fn fence(&self, s: &SessionId, e: Epoch) -> Result<(), StoreError> {
-        self.inner.fence(s, e)
-    }
-    fn current_epoch(&self, s: &SessionId) -> Result<Option<Epoch>, StoreError> {
-        self.inner.current_epoch(s)
-    }
-    fn sessions(&self) -> Result<Vec<SessionId>, StoreError> {
-        self.inner.sessions()
-    }
-    fn corruptions_detected(&self) -> u64 {
-        self.inner.corruptions_detected()
-    }
+/// `inner` behind the `fail-writes` switch: every `put` fails with an injected I/O error while
+/// [`FaultControl::writes_fail`]; everything else goes to the real store.
+pub fn faulty_store(inner: Arc<dyn CheckpointStore>, control: Arc<FaultControl>) -> GatedStore {
+    GatedStore::new(inner, move |_| control.check_write())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opengrid_session::MemoryCheckpointStore;
+    use opengrid_session::{Checkpoint, Epoch, MemoryCheckpointStore, Seq, SessionId};
     use std::time::Instant;
 
     #[test]
@@ -287,7 +250,7 @@ mod tests {
     fn the_control_dir_switches_writes_and_handler_hooks() {
         let dir = tempfile::tempdir().unwrap();
         let control = FaultControl::start(dir.path().join("faults")).unwrap();
-        let store = FaultyStore::new(Arc::new(MemoryCheckpointStore::new()), control.clone());
+        let store = faulty_store(Arc::new(MemoryCheckpointStore::new()), control.clone());
         let id = SessionId::random();
         let cp = |seq| Checkpoint::new(id.clone(), Epoch(1), Seq(seq), "h", 1, vec![seq as u8]);
         store.put(&cp(1)).unwrap();

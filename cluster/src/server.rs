@@ -536,7 +536,7 @@ async fn boot_node(
             })?;
             let mut local = Arc::new(store) as Arc<dyn CheckpointStore>;
             if let Some(f) = faults {
-                local = Arc::new(crate::faults::FaultyStore::new(local, f));
+                local = Arc::new(crate::faults::faulty_store(local, f));
             }
             let replicated = crate::mobility::replicated(local.clone());
             SessionHost::new(

@@ -38,7 +38,7 @@ pub use manifest::{
 };
 pub use policy::{CheckpointMode, CheckpointPolicy};
 pub use store::{
-    CheckpointInfo, CheckpointStore, MemoryCheckpointStore, RocksCheckpointStore, RocksOptions,
-    StoreError,
+    CheckpointInfo, CheckpointStore, GatedStore, MemoryCheckpointStore, PutGate,
+    RocksCheckpointStore, RocksOptions, StoreError,
 };
 pub use units::{ByteSize, HumanDuration};

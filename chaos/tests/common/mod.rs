@@ -1,6 +1,7 @@
 //! Shared by the chaos integration tests that run the `opengrid-chaos` binary.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,4 +40,19 @@ pub fn run_with_deadline(
         std::thread::sleep(Duration::from_millis(50));
     };
     (status, out.join().unwrap(), err.join().unwrap())
+}
+
+/// `target/<profile>/opengrid`: the test executable lives in `target/<profile>/deps`.
+#[allow(dead_code)] // not every test binary that includes this module launches a colony
+pub fn opengrid_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = profile_dir.join("opengrid");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p opengrid-examples --bin opengrid`, or \
+         scripts/test.sh, which builds the whole workspace)",
+        bin.display()
+    );
+    bin
 }

@@ -16,9 +16,11 @@
 //!   newest entry still leaves a previous one readable.
 
 pub mod conformance;
+mod gated;
 mod memory;
 mod rocks;
 
+pub use gated::{GatedStore, PutGate};
 pub use memory::MemoryCheckpointStore;
 pub use rocks::{RocksCheckpointStore, RocksOptions};
 
