@@ -451,6 +451,13 @@ impl RcCore {
                 .colony
                 .get(&node)
                 .map(|r| (r.spec.name.clone(), r.spec.api.clone()))?;
+            // Migration address → node, for the replica sets of adopted sessions.
+            let by_migration: HashMap<String, NodeId> = st
+                .colony
+                .nodes()
+                .into_iter()
+                .map(|r| (r.spec.migration.clone(), r.spec.id))
+                .collect();
             let mut listed = HashSet::new();
             for h in held {
                 let Ok(sid) = SessionId::new(h.session.clone()) else {
@@ -499,13 +506,7 @@ impl RcCore {
                         let replicas: Vec<NodeId> = h
                             .replicas
                             .iter()
-                            .filter_map(|a| {
-                                st.colony
-                                    .nodes()
-                                    .into_iter()
-                                    .find(|r| &r.spec.migration == a)
-                                    .map(|r| r.spec.id)
-                            })
+                            .filter_map(|a| by_migration.get(a).copied())
                             .collect();
                         let before = st.directory.get(&sid).map(|e| (e.node, e.memory, e.epoch));
                         if let Some((old, mem, old_epoch)) = before {
