@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use opengrid_actors::*;
 use opengrid_session::*;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -48,11 +49,6 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         println!("density: benchmark");
@@ -92,14 +88,14 @@ fn main() {
         let after = rss_bytes();
         let per_session = (after.saturating_sub(before)) as f64 / n as f64;
         // Wake latency: first input to a hibernated session, answered.
-        let mut wake = Vec::new();
+        let mut wake = Histogram::<u64>::new_with_max(60_000_000_000, 3).expect("valid bounds");
         for h in handles.iter().take(1000) {
             let t = Instant::now();
             h.send(Seq(1), 1).await.unwrap();
-            wake.push(t.elapsed().as_secs_f64() * 1e6);
+            wake.saturating_record(t.elapsed().as_nanos() as u64);
         }
-        let wp50 = pct(&mut wake, 0.5);
-        let wp99 = pct(&mut wake, 0.99);
+        let wp50 = wake.value_at_quantile(0.5) as f64 / 1e3;
+        let wp99 = wake.value_at_quantile(0.99) as f64 / 1e3;
         // Baseline: one idle raw ractor actor per session.
         let before_raw = rss_bytes();
         let mut raws = Vec::with_capacity(n);

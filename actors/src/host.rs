@@ -10,12 +10,14 @@ use opengrid_session::{
     Checkpoint, CheckpointMode, CheckpointPolicy, CheckpointStore, Epoch, Seq, SessionId,
     StoreError,
 };
+use opentelemetry::metrics::Meter;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::SessionError;
 use crate::handler::{ContextBase, Services, SessionHandler};
+use crate::metrics::ActorMetrics;
 use crate::session::{Forwarder, MovedTo, Reply, SessionMsg, SessionStatus, Shared, Slot, Status};
 use crate::supervisor::{spawn_supervisor, RestartIntensity, SupervisorMsg};
 use crate::usage::{Usage, UsageCounters};
@@ -35,6 +37,10 @@ pub struct HostConfig {
     /// see [`crate::faults`].
     #[serde(skip)]
     pub faults: Option<Arc<crate::faults::FaultHooks>>,
+    /// The meter the host's instruments are created on (listed in the crate documentation); its
+    /// provider's exporter publishes them. `None`: nothing is exported.
+    #[serde(skip)]
+    pub meter: Option<Meter>,
 }
 
 impl Default for HostConfig {
@@ -44,6 +50,7 @@ impl Default for HostConfig {
             restart: RestartIntensity::default(),
             max_tick: Duration::from_secs(1),
             faults: None,
+            meter: None,
         }
     }
 }
@@ -75,6 +82,7 @@ struct HostInner {
     handlers: RwLock<HashMap<String, Arc<dyn HandlerFactory>>>,
     config: HostConfig,
     services: Services,
+    metrics: Arc<ActorMetrics>,
     shutting_down: std::sync::atomic::AtomicBool,
 }
 
@@ -100,6 +108,7 @@ impl SessionHost {
                 supervisor,
                 sessions: RwLock::new(HashMap::new()),
                 handlers: RwLock::new(HashMap::new()),
+                metrics: Arc::new(ActorMetrics::new(config.meter.as_ref())),
                 config,
                 services,
                 shutting_down: Default::default(),
@@ -180,6 +189,7 @@ impl SessionHost {
             tick,
             supervisor: self.inner.supervisor.clone(),
             faults: self.inner.config.faults.clone(),
+            metrics: self.inner.metrics.clone(),
         });
         let store_err = |e: StoreError| match e {
             StoreError::StaleEpoch { current, .. } => SessionError::Fenced {

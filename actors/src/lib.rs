@@ -14,11 +14,22 @@
 //!
 //! Plane: inference/handler plane. Handler code runs on the runtime the host was created on,
 //! which the node keeps apart from its control-plane runtime.
+//!
+//! ## Metrics
+//! OpenTelemetry histograms on the meter in [`HostConfig::meter`] (the node passes its own, so
+//! they appear on its `/metrics`); this crate depends on the OpenTelemetry API only. Buckets:
+//! [`metrics::SECONDS_BUCKETS`].
+//!
+//! | name | kind | meaning |
+//! |---|---|---|
+//! | `opengrid_actors_checkpoint_seconds` | histogram | one checkpoint write: encode the state, put it in the store (replicas included when the store replicates) |
+//! | `opengrid_actors_handler_seconds` | histogram | one live handler call, input to output, awaits (e.g. inference) included; replays are not counted |
 
 pub mod error;
 pub mod faults;
 pub mod handler;
 pub mod host;
+pub mod metrics;
 pub mod session;
 pub mod supervisor;
 pub mod usage;

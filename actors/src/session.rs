@@ -183,6 +183,8 @@ pub(crate) struct Shared<H: SessionHandler> {
     pub supervisor: ActorRef<crate::supervisor::SupervisorMsg>,
     /// Fault hooks (tests and chaos only), consulted for live inputs.
     pub faults: Option<Arc<crate::faults::FaultHooks>>,
+    /// The host's instruments.
+    pub metrics: Arc<crate::metrics::ActorMetrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -272,6 +274,7 @@ impl<H: SessionHandler> Shared<H> {
 
     /// Writes a checkpoint of `state` at `seq`.
     fn write_checkpoint(&self, state: &H::State, seq: Seq) -> Result<(), SessionError> {
+        let started = Instant::now();
         let bytes = self
             .handler
             .encode_state(state)
@@ -290,6 +293,7 @@ impl<H: SessionHandler> Shared<H> {
         );
         match self.store.put(&cp) {
             Ok(()) => {
+                self.metrics.observe_checkpoint(started.elapsed());
                 self.usage.checkpoints.fetch_add(1, Ordering::Relaxed);
                 self.usage
                     .checkpoint_bytes
@@ -395,6 +399,7 @@ async fn run_handler<H: SessionHandler>(
         tokio::time::sleep(d).await;
     }
     let mut busy = Duration::ZERO;
+    let started = Instant::now();
     let out = {
         let handler = &shared.handler;
         let mut fut = std::pin::pin!(async move {
@@ -416,6 +421,9 @@ async fn run_handler<H: SessionHandler>(
         .usage
         .handler_busy_ns
         .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+    if matches!(call, Call::Live) {
+        shared.metrics.observe_handler(started.elapsed());
+    }
     out.map_err(|payload| {
         let msg = payload
             .downcast_ref::<&str>()

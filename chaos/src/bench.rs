@@ -79,14 +79,14 @@ pub struct Summary {
     pub count: usize,
 }
 
-/// Summarises samples (µs).
-pub fn summarize(mut v: Vec<u64>) -> Summary {
-    v.sort_unstable();
+/// Summarises samples (µs) with [`Percentiles`](crate::percentiles::Percentiles).
+pub fn summarize(v: Vec<u64>) -> Summary {
+    let p = crate::percentiles::Percentiles::of(v);
     Summary {
-        p50_us: crate::report::percentile(&v, 50.0),
-        p99_us: crate::report::percentile(&v, 99.0),
-        max_us: v.last().copied().unwrap_or(0),
-        count: v.len(),
+        p50_us: p.p50(),
+        p99_us: p.p99(),
+        max_us: p.max(),
+        count: p.count() as usize,
     }
 }
 
@@ -215,6 +215,7 @@ pub async fn checkpoint(
         ReplicationConfig {
             k: 2,
             timeout: Duration::from_secs(5),
+            ..ReplicationConfig::default()
         },
     ));
     let host = SessionHost::new(

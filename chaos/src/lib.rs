@@ -9,6 +9,7 @@
 //!   and never leaves a stray process behind;
 //! - [`invariants`]: pure checkers over the records a run produces;
 //! - [`report`]: the human table and the JSON report, with the command that reproduces the run;
+//! - [`percentiles`]: p50 / p99 / max of latency samples (HdrHistogram), for reports and benches;
 //! - [`colony_run`]: `run <scenario>` / `suite` against a real colony (`opengrid` RC + nodes),
 //!   with a seeded workload of counter sessions and the checkers over what it recorded;
 //! - [`fuzz`]: malformed bytes, frames and HTTP requests on listening ports (the `fuzz` fault);
@@ -31,6 +32,7 @@ pub mod fuzz;
 pub mod invariants;
 pub mod isolation;
 pub mod launcher;
+pub mod percentiles;
 pub mod proxy;
 pub mod replica_server;
 pub mod report;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::invariants::Violation;
+use crate::percentiles::Percentiles;
 use crate::scenario::{FaultAction, Invariant, ScheduledFault};
 
 /// Exit code of a run with no violation.
@@ -212,27 +213,25 @@ impl Report {
     }
 }
 
-/// Nearest-rank percentile of sorted values (0 for none).
 /// Recovery figures per fault action over `faults` (one run, or a whole suite).
 pub fn recovery_of<'a>(
     faults: impl Iterator<Item = &'a FaultOutcome>,
 ) -> BTreeMap<FaultAction, RecoveryStats> {
-    let mut by: BTreeMap<FaultAction, Vec<u64>> = BTreeMap::new();
+    let mut by: BTreeMap<FaultAction, Percentiles> = BTreeMap::new();
     for f in faults {
         if let Some(r) = f.recovery_ms {
-            by.entry(f.fault.action).or_default().push(r);
+            by.entry(f.fault.action).or_default().record(r);
         }
     }
     by.into_iter()
-        .map(|(a, mut v)| {
-            v.sort_unstable();
+        .map(|(a, p)| {
             (
                 a,
                 RecoveryStats {
-                    count: v.len(),
-                    p50_ms: percentile(&v, 50.0),
-                    p99_ms: percentile(&v, 99.0),
-                    max_ms: *v.last().unwrap_or(&0),
+                    count: p.count() as usize,
+                    p50_ms: p.p50(),
+                    p99_ms: p.p99(),
+                    max_ms: p.max(),
                 },
             )
         })
@@ -335,14 +334,6 @@ impl SuiteSummary {
     }
 }
 
-pub fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// The command line that reproduces a run of `scenario_path` with `seed`.
 pub fn reproduce_command(scenario_path: &str, seed: u64, json: bool) -> String {
     format!(
@@ -405,16 +396,6 @@ mod tests {
             source: 0,
             duration_ms: None,
         }
-    }
-
-    #[test]
-    fn percentiles_nearest_rank() {
-        assert_eq!(percentile(&[], 50.0), 0);
-        let v: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&v, 50.0), 50);
-        assert_eq!(percentile(&v, 99.0), 99);
-        assert_eq!(percentile(&v, 100.0), 100);
-        assert_eq!(percentile(&[7], 99.0), 7);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use opengrid_actors::{HandlerError, SessionContext, SessionHandler, SessionHost};
 use opengrid_cluster::config::{NodeConfig, RcConfig};
 use opengrid_cluster::{start_node, start_rc};
@@ -42,9 +43,14 @@ fn setup(h: &SessionHost) {
 
 const MANIFEST: &str = "version = 1\n[session]\nhandler = \"spin\"\ncontinuity = \"batch\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n";
 
-async fn probe(http: &reqwest::Client, node: &str, rc: &str, n: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut health = Vec::with_capacity(n);
-    let mut admit = Vec::with_capacity(n);
+async fn probe(
+    http: &reqwest::Client,
+    node: &str,
+    rc: &str,
+    n: usize,
+) -> (Histogram<u64>, Histogram<u64>) {
+    let hist = || Histogram::<u64>::new_with_max(3_600_000_000, 3).expect("valid bounds");
+    let (mut health, mut admit) = (hist(), hist());
     for _ in 0..n {
         let t = Instant::now();
         let r = http
@@ -54,7 +60,7 @@ async fn probe(http: &reqwest::Client, node: &str, rc: &str, n: usize) -> (Vec<f
             .expect("health");
         assert!(r.status().is_success());
         let _ = r.bytes().await;
-        health.push(t.elapsed().as_secs_f64() * 1e6);
+        health.saturating_record(t.elapsed().as_micros() as u64);
         let t = Instant::now();
         let r = http
             .post(format!("{rc}/admission/probe"))
@@ -65,15 +71,19 @@ async fn probe(http: &reqwest::Client, node: &str, rc: &str, n: usize) -> (Vec<f
             .expect("probe");
         assert!(r.status().is_success());
         let _ = r.bytes().await;
-        admit.push(t.elapsed().as_secs_f64() * 1e6);
+        admit.saturating_record(t.elapsed().as_micros() as u64);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     (health, admit)
 }
 
-fn pct(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    (v[v.len() / 2], v[v.len() * 99 / 100], v[v.len() - 1])
+/// p50, p99 and max of `lat`, µs (HdrHistogram, 3 significant digits).
+fn pct(lat: Histogram<u64>) -> (u64, u64, u64) {
+    (
+        lat.value_at_quantile(0.5),
+        lat.value_at_quantile(0.99),
+        lat.max(),
+    )
 }
 
 fn main() {

@@ -238,8 +238,7 @@ async fn node_health(State(core): State<Arc<NodeCore>>) -> Json<Value> {
 
 async fn node_metrics(State(core): State<Arc<NodeCore>>) -> Response {
     core.metrics.sessions.record(core.host.len() as u64, &[]);
-    let mut text = core.metrics.render();
-    text.push_str(&crate::inference::metrics_of(core.host.services()));
+    let text = core.metrics.render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -790,6 +790,7 @@ pub async fn start(
     cfg.expiry_intervals = c.expiry_intervals;
     cfg.gossip_heartbeat = c.gossip_heartbeat.0;
     cfg.trusted_rcs.extend(c.trusted()?);
+    cfg.meter = Some(core.metrics.meter("opengrid_canopy"));
     let canopy = Canopy::start(cfg).await?;
     let header = SummaryHeader {
         colony_id: core.cfg.colony.clone(),

@@ -41,23 +41,25 @@
 //!
 //! # Reporting
 //! `/health` carries `inference` ([`NodeInference::health`]: device, models, queue, counters);
-//! `/metrics` appends the pool's `opengrid_runtime_gpu_*` metrics and two info gauges:
+//! `/metrics` carries the pool's `opengrid_runtime_gpu_*` instruments (created on the node's meter,
+//! see `opengrid_runtime_gpu`) and two info gauges:
 //!
 //! | metric | kind | meaning |
 //! |---|---|---|
 //! | `opengrid_cluster_inference_device_info{device,provider}` | gauge | 1 for the device the pool runs on (`cpu` / `cuda`) |
 //! | `opengrid_cluster_inference_model_info{name,id}` | gauge | 1 per loaded model |
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use opengrid_actors::Services;
 use opengrid_runtime_gpu::{
     DevicePreference, DeviceReport, ExecutionProvider, InferenceHandle, InferenceRuntime,
-    ModelError, ModelId, ModelInfo, ParseModelIdError, RuntimeConfig, RuntimeError,
+    ModelError, ModelId, ModelInfo, ParseModelIdError, Reporting, RuntimeConfig, RuntimeError,
 };
 use opengrid_session::{AcceleratorClass, HumanDuration};
+use opentelemetry::metrics::Meter;
+use opentelemetry::KeyValue;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -304,12 +306,22 @@ pub fn no_services(_: &NodeInference, s: Services) -> Result<Services, String> {
 impl NodeInference {
     /// Loads ONNX Runtime, starts the `og-infer-N` threads and loads every configured model.
     /// Blocking (reads files, builds ONNX Runtime sessions): call it on a blocking thread.
-    /// `Ok(None)` when the config names no model.
-    pub fn start(cfg: &InferenceConfig) -> Result<Option<NodeInference>, InferenceStartError> {
+    /// `Ok(None)` when the config names no model. The pool's instruments and the info gauges
+    /// are created on `meter`.
+    pub fn start(
+        cfg: &InferenceConfig,
+        meter: &Meter,
+    ) -> Result<Option<NodeInference>, InferenceStartError> {
         if !cfg.enabled() {
             return Ok(None);
         }
-        let runtime = InferenceRuntime::start(cfg.runtime_config())?;
+        let runtime = InferenceRuntime::start_with(
+            cfg.runtime_config(),
+            Reporting {
+                usage: None,
+                meter: Some(meter.clone()),
+            },
+        )?;
         let mut catalog: Vec<CatalogEntry> = Vec::new();
         let mut add =
             |field: String, name: String, info: ModelInfo| -> Result<(), InferenceStartError> {
@@ -361,6 +373,33 @@ impl NodeInference {
             models = ?catalog.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
             "inference plane started"
         );
+        let device_info = [
+            KeyValue::new("device", device.execution_provider.accelerator_class()),
+            KeyValue::new("provider", device.provider_name.to_string()),
+        ];
+        meter
+            .u64_observable_gauge("opengrid_cluster_inference_device_info")
+            .with_description("1 for the device the inference pool runs on")
+            .with_callback(move |o| o.observe(1, &device_info))
+            .build();
+        let models: Vec<[KeyValue; 2]> = catalog
+            .iter()
+            .map(|c| {
+                [
+                    KeyValue::new("name", c.name.clone()),
+                    KeyValue::new("id", c.info.id.to_string()),
+                ]
+            })
+            .collect();
+        meter
+            .u64_observable_gauge("opengrid_cluster_inference_model_info")
+            .with_description("1 per model the inference pool serves")
+            .with_callback(move |o| {
+                for m in &models {
+                    o.observe(1, m);
+                }
+            })
+            .build();
         Ok(Some(NodeInference {
             runtime,
             catalog,
@@ -453,29 +492,8 @@ impl NodeInference {
             "completed_total": m.completed_total,
             "rejected_backpressure_total": m.rejected_backpressure_total,
             "batches_total": m.batches_total,
-            "busy_us_total": m.inference_seconds.sum,
+            "busy_us_total": m.busy_us_total,
         })
-    }
-
-    /// Prometheus text of the pool's metrics plus the device and model info gauges.
-    pub fn prometheus_text(&self) -> String {
-        let mut out = self.runtime.metrics().prometheus_text();
-        let d = self.device();
-        let _ = writeln!(
-            out,
-            "# TYPE opengrid_cluster_inference_device_info gauge\nopengrid_cluster_inference_device_info{{device=\"{}\",provider=\"{}\"}} 1",
-            d.execution_provider.accelerator_class(),
-            d.provider_name
-        );
-        let _ = writeln!(out, "# TYPE opengrid_cluster_inference_model_info gauge");
-        for c in &self.catalog {
-            let _ = writeln!(
-                out,
-                "opengrid_cluster_inference_model_info{{name=\"{}\",id=\"{}\"}} 1",
-                c.name, c.info.id
-            );
-        }
-        out
     }
 }
 
@@ -520,18 +538,15 @@ pub fn health_of(services: &Services) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The inference part of a node's `/metrics` (empty without an inference plane).
-pub fn metrics_of(services: &Services) -> String {
-    services
-        .get::<Arc<NodeInference>>()
-        .map(|i| i.prometheus_text())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::NodeConfig;
+    use opentelemetry::metrics::{MeterProvider as _, NoopMeterProvider};
+
+    fn noop_meter() -> Meter {
+        NoopMeterProvider::new().meter("test")
+    }
 
     fn field_of(toml: &str) -> String {
         match NodeConfig::from_toml_with_env(toml, &[]) {
@@ -544,7 +559,9 @@ mod tests {
     fn absent_section_means_no_inference() {
         let c = NodeConfig::from_toml_with_env("", &[]).unwrap();
         assert!(!c.inference.enabled());
-        assert!(NodeInference::start(&c.inference).unwrap().is_none());
+        assert!(NodeInference::start(&c.inference, &noop_meter())
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -611,7 +628,7 @@ mod tests {
         };
         // Needs no ONNX Runtime when ORT_DYLIB_PATH is unset: that error comes first and names
         // the variable; with it set, the directory error names the field.
-        match NodeInference::start(&cfg) {
+        match NodeInference::start(&cfg, &noop_meter()) {
             Err(InferenceStartError::Runtime(e)) => {
                 assert!(e.to_string().contains("ORT_DYLIB_PATH"), "{e}")
             }

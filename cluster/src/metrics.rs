@@ -14,18 +14,34 @@
 //! | `opengrid_cluster_sessions_adopted_total` | counter | sessions the RC took into its directory from a holder's report (restarted RC, lost activation) |
 //! | `opengrid_cluster_api_requests_total{status}` | counter | client-API requests by HTTP status |
 //! | `opengrid_cluster_wire_bytes_total{direction}` | counter | session input/output bytes on the client API |
+//! | `opengrid_cluster_handovers_total{outcome}` | counter | live handovers driven from this node (`completed`, `aborted`) |
+//! | `opengrid_cluster_handovers_in_total` | counter | sessions activated here by handover |
+//! | `opengrid_cluster_handover_blackout_seconds` | histogram ([`SECONDS_BUCKETS`]) | handover blackout: freeze to target active |
+//! | `opengrid_cluster_failovers_total{outcome}` | counter | sessions restored elsewhere after their node was lost |
+//! | `opengrid_cluster_fenced_total` | counter | sessions dropped because a newer epoch holds them |
 //! | `opengrid_cluster_sessions` | gauge | sessions hosted (node) / in the directory (rc) |
 //! | `opengrid_cluster_members` | gauge | alive colony members (rc) |
+//!
+//! Lower crates create their instruments on a meter of the same provider ([`Metrics::meter`]),
+//! so one `/metrics` carries them too: the node's inference pool (`opengrid_runtime_gpu_*`, see
+//! `opengrid_runtime_gpu`; with `opengrid_cluster_inference_*_info`, see [`crate::inference`]) and
+//! the RC's canopy (`opengrid_canopy_*`, see `opengrid_canopy`).
 
-use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, Registry, TextEncoder};
 
+/// Bucket bounds of the seconds histograms that measure waits a user sees (0.5 ms … 10 s).
+/// OpenTelemetry's default bounds (0, 5, 10 … 10000) suit milliseconds, not seconds.
+pub const SECONDS_BUCKETS: [f64; 14] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The instruments of one node or RC.
 pub struct Metrics {
     registry: Registry,
-    _provider: SdkMeterProvider,
+    provider: SdkMeterProvider,
     /// Heartbeats.
     pub heartbeats: Counter<u64>,
     /// Placements by outcome.
@@ -175,6 +191,7 @@ impl Metrics {
                 .f64_histogram("opengrid_cluster_handover_blackout")
                 .with_unit("s")
                 .with_description("handover blackout: freeze to target active")
+                .with_boundaries(SECONDS_BUCKETS.to_vec())
                 .build(),
             failovers: m
                 .u64_counter("opengrid_cluster_failovers")
@@ -187,7 +204,7 @@ impl Metrics {
                 .with_description("sessions dropped because a newer epoch holds them")
                 .build(),
             registry,
-            _provider: provider,
+            provider,
             role,
         }
     }
@@ -197,9 +214,16 @@ impl Metrics {
         KeyValue::new("role", self.role)
     }
 
+    /// A meter on this node's or RC's own provider, for the instruments of a lower crate
+    /// (`scope` names it, e.g. `opengrid_runtime_gpu`): whatever it records is exported here, on
+    /// `/metrics` and OTLP, and nowhere else, so several nodes in one process stay apart.
+    pub fn meter(&self, scope: &'static str) -> Meter {
+        self.provider.meter(scope)
+    }
+
     /// Pushes pending metrics to every push exporter (OTLP) now.
     pub fn flush(&self) -> Result<(), String> {
-        self._provider.force_flush().map_err(|e| e.to_string())
+        self.provider.force_flush().map_err(|e| e.to_string())
     }
 
     /// Renders the Prometheus text exposition.
@@ -239,6 +263,25 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }
+    }
+
+    /// Seconds histograms have second-valued buckets: a 3 ms blackout is below 0.005 s, not in
+    /// a millisecond-style `le="5"` bucket.
+    #[test]
+    fn a_3ms_blackout_lands_in_a_millisecond_bucket() {
+        let m = Metrics::new("node");
+        m.handover_blackout_seconds.record(0.003, &[]);
+        let text = m.render();
+        let bucket = |le: &str| {
+            let prefix =
+                format!("opengrid_cluster_handover_blackout_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no le={le} bucket in:\n{text}"))
+        };
+        assert_eq!(bucket("0.0025"), 0, "{text}");
+        assert_eq!(bucket("0.005"), 1, "{text}");
     }
 
     /// OTLP export is real: a collector on 127.0.0.1 receives an OTLP/HTTP protobuf POST that

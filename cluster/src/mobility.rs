@@ -182,13 +182,17 @@ impl std::fmt::Debug for NodeMobility {
 }
 
 /// Builds the replicated store around a node's local store (every replica in a session's set
-/// must acknowledge: the RC sizes the set).
-pub fn replicated(local: Arc<dyn CheckpointStore>) -> Arc<ReplicatedStore> {
+/// must acknowledge: the RC sizes the set), its instruments on `meter`.
+pub fn replicated(
+    local: Arc<dyn CheckpointStore>,
+    meter: opentelemetry::metrics::Meter,
+) -> Arc<ReplicatedStore> {
     Arc::new(ReplicatedStore::new(
         local,
         ReplicationConfig {
             k: usize::MAX,
             timeout: Duration::from_secs(2),
+            meter: Some(meter),
         },
     ))
 }

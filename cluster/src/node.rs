@@ -104,13 +104,15 @@ impl std::fmt::Debug for NodeCore {
 }
 
 impl NodeCore {
-    /// A new core.
+    /// A new core, exporting `metrics` (created before the inference plane and the session host,
+    /// whose instruments live on its meter).
     pub fn new(
         cfg: NodeConfig,
         identity: Identity,
         spec: NodeSpec,
         host: SessionHost,
         handlers: Handle,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let receipts = crate::receipts::ReceiptEmitter::new(
             &identity,
@@ -123,7 +125,7 @@ impl NodeCore {
             spec,
             host,
             handlers,
-            metrics: Arc::new(Metrics::new("node")),
+            metrics,
             lease: Mutex::new(Lease::none()),
             membership: Mutex::new(Membership::Outside),
             link_up: AtomicBool::new(false),

@@ -491,9 +491,11 @@ async fn boot_node(
 ) -> Result<Booted, StartError> {
     // Inference plane: ONNX Runtime and the models load on a blocking thread of the handler
     // runtime; the pool then runs on its own og-infer threads (never on the control runtime).
+    let metrics = Arc::new(Metrics::new("node"));
     let icfg = cfg.inference.clone();
+    let inference_meter = metrics.meter("opengrid_runtime_gpu");
     let inference = handlers
-        .spawn_blocking(move || crate::inference::NodeInference::start(&icfg))
+        .spawn_blocking(move || crate::inference::NodeInference::start(&icfg, &inference_meter))
         .await
         .map_err(|e| StartError::Spawn(e.to_string()))??
         .map(Arc::new);
@@ -518,8 +520,10 @@ async fn boot_node(
     let host_cfg = HostConfig {
         queue_capacity: cfg.session_queue,
         faults: faults.as_ref().map(|f| f.hooks()),
+        meter: Some(metrics.meter("opengrid_actors")),
         ..HostConfig::default()
     };
+    let replication_meter = metrics.meter("opengrid_migration");
     let fsync = cfg.fsync;
     let host = handlers
         .spawn(async move {
@@ -538,7 +542,7 @@ async fn boot_node(
             if let Some(f) = faults {
                 local = Arc::new(crate::faults::faulty_store(local, f));
             }
-            let replicated = crate::mobility::replicated(local.clone());
+            let replicated = crate::mobility::replicated(local.clone(), replication_meter);
             SessionHost::new(
                 replicated.clone() as Arc<dyn CheckpointStore>,
                 host_cfg,
@@ -603,7 +607,14 @@ async fn boot_node(
                 migration: mobility.addr().to_string(),
             };
             let name = format!("node-{}", short(&identity.id().did()));
-            let core = Arc::new(NodeCore::new(cfg.clone(), identity, spec, host, handler_handle));
+            let core = Arc::new(NodeCore::new(
+                cfg.clone(),
+                identity,
+                spec,
+                host,
+                handler_handle,
+                metrics,
+            ));
             mobility.attach(&core);
             let _ = core.mobility.set(mobility);
             if let Some(f) = fault_control {

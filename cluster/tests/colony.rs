@@ -106,6 +106,12 @@ async fn wait_members(client: &Client, n: usize, within: Duration) -> Value {
     }
 }
 
+/// The value of the unlabelled sample `name` in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 fn manifest(handler: &str, jurisdictions: &[&str], accelerator: &str, extra: &str) -> String {
     format!(
         "version = 1\n[session]\nhandler = \"{handler}\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = {jurisdictions:?}\naccelerator = \"{accelerator}\"\n{extra}\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n"
@@ -302,6 +308,32 @@ async fn client_api_round_trip_and_malformed_requests() {
     let info = s.info().await.unwrap();
     assert_eq!(info["last_seq"], 3);
     assert!(info["usage"]["bytes_in"].as_u64().unwrap() > 0, "{info}");
+
+    // The node's /metrics carries the session actors' histograms, recorded on the node's meter:
+    // three live handler calls, and the session's checkpoints (the first one at creation).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let text = reqwest::get(format!("{}/metrics", node.api_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if sample(&text, "opengrid_actors_checkpoint_seconds_count").is_some_and(|n| n >= 1.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint recorded:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        sample(&metrics, "opengrid_actors_handler_seconds_count"),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("opengrid_actors_handler_seconds_bucket{le=\"0.001\"}"),
+        "second-valued buckets: {metrics}"
+    );
 
     // A client that starts at the RC for inputs is redirected (`moved`) and follows.
     // One connection per request: a connection the server closed after a 413 is never reused.

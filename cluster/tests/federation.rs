@@ -301,6 +301,27 @@ async fn sessions_route_across_colonies_within_treaties() {
     assert_eq!(fr_peer["rc"], json!(fr.did.to_string()));
     assert!(fr_peer["age_ms"].is_u64() && fr_peer["load_permille"].is_u64());
 
+    // The canopy counters of /status are on the RC's /metrics too, with the propagation
+    // histogram of the summaries it accepted (the peers above).
+    let metrics = f
+        .http
+        .get(format!("{}/metrics", de.rc.api_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "opengrid_canopy_accepted_total",
+        "opengrid_canopy_wire_sent_bytes_total",
+        "opengrid_canopy_connected_peers",
+        "opengrid_canopy_peering_entries",
+        "opengrid_canopy_propagation_seconds_count",
+    ] {
+        assert!(metrics.contains(name), "{name} missing in:\n{metrics}");
+    }
+
     // 1. `echo` is not served in colony-de; within the EU only colony-fr has it.
     let (code, body) = f.create("de", &manifest("echo", &["EU"]), "").await;
     assert_eq!(code, 201, "{body}");

@@ -12,6 +12,14 @@
 //!
 //! Plane: control (handover coordination) carrying state (checkpoints). Triggers (drain, load,
 //! latency, failure detection) and the directory switch live in the cluster crate.
+//!
+//! ## Metrics
+//! An OpenTelemetry histogram on the meter in [`ReplicationConfig::meter`] (the node passes its
+//! own, so it appears on its `/metrics`); this crate depends on the OpenTelemetry API only.
+//!
+//! | name | kind | meaning |
+//! |---|---|---|
+//! | `opengrid_migration_replication_seconds` | histogram ([`replica::REPLICATION_BUCKETS`]) | one checkpoint's replication round to its replica set (every answer read, failures included) |
 
 pub mod fault;
 pub mod handover;

@@ -11,13 +11,21 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opengrid_session::{
     Checkpoint, CheckpointInfo, CheckpointStore, Epoch, Seq, SessionId, StoreError,
 };
+use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 
 use crate::wire::{encode, read_frame_blocking, Request, Response};
+
+/// Bucket bounds of `opengrid_migration_replication_seconds` (50 µs … 10 s): a loopback round
+/// trip is tens of µs, a replica that times out takes [`ReplicationConfig::timeout`].
+pub const REPLICATION_BUCKETS: [f64; 17] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
 
 /// Replication settings.
 #[derive(Clone, Debug)]
@@ -26,6 +34,9 @@ pub struct ReplicationConfig {
     pub k: usize,
     /// Per-replica I/O timeout.
     pub timeout: Duration,
+    /// The meter `opengrid_migration_replication_seconds` is created on (its provider's exporter
+    /// publishes it). `None`: nothing is exported.
+    pub meter: Option<Meter>,
 }
 
 impl Default for ReplicationConfig {
@@ -33,6 +44,7 @@ impl Default for ReplicationConfig {
         ReplicationConfig {
             k: 2,
             timeout: Duration::from_secs(2),
+            meter: None,
         }
     }
 }
@@ -46,17 +58,31 @@ pub struct ReplicatedStore {
     conns: Mutex<HashMap<SocketAddr, TcpStream>>,
     /// Consecutive failed replica writes per peer (reset by a successful one).
     failures: Mutex<HashMap<SocketAddr, u32>>,
+    /// One replication round: send to every replica of the set, read every answer.
+    replication_seconds: Histogram<f64>,
 }
 
 impl ReplicatedStore {
     /// Wraps `local`.
     pub fn new(local: Arc<dyn CheckpointStore>, cfg: ReplicationConfig) -> Self {
+        let meter = cfg.meter.clone().unwrap_or_else(|| {
+            opentelemetry::metrics::NoopMeterProvider::new().meter("opengrid_migration")
+        });
+        let replication_seconds = meter
+            .f64_histogram("opengrid_migration_replication")
+            .with_unit("s")
+            .with_description(
+                "one checkpoint's replication round: sent to its replica set, every answer read",
+            )
+            .with_boundaries(REPLICATION_BUCKETS.to_vec())
+            .build();
         ReplicatedStore {
             local,
             cfg,
             sets: RwLock::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            replication_seconds,
         }
     }
 
@@ -183,7 +209,11 @@ impl CheckpointStore for ReplicatedStore {
             let need = self.cfg.k.min(peers.len());
             let mut acks = 0;
             let mut errors = Vec::new();
-            for (p, r) in self.replicate(cp, &peers) {
+            let started = Instant::now();
+            let answers = self.replicate(cp, &peers);
+            self.replication_seconds
+                .record(started.elapsed().as_secs_f64(), &[]);
+            for (p, r) in answers {
                 self.note_outcome(
                     p,
                     matches!(r, Ok(Response::Ok) | Ok(Response::Fenced { .. })),

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hdrhistogram::Histogram;
 use opengrid_runtime_gpu::{
     DevicePreference, InferenceHandle, InferenceRuntime, ModelId, RuntimeConfig, Tensor,
 };
@@ -150,9 +151,13 @@ fn bench_throughput(c: &mut Criterion) {
     g.finish();
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> u128 {
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_micros()
+/// Nearest-rank quantile `q` (0..=1) of `lat`, µs, to 3 significant digits (HdrHistogram).
+fn percentile(lat: &[Duration], q: f64) -> u64 {
+    let mut h = Histogram::<u64>::new_with_max(3_600_000_000, 3).expect("valid bounds");
+    for d in lat {
+        h.saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+    h.value_at_quantile(q)
 }
 
 /// Sustained runs printed as JSON, for BENCHMARKS.md.
@@ -169,10 +174,9 @@ fn report(_c: &mut Criterion) {
         rt.block_on(closed_loop(&handle, id, 10)); // warm up
         let before = runtime.metrics();
         let started = Instant::now();
-        let mut lat = rt.block_on(closed_loop(&handle, id, per_client));
+        let lat = rt.block_on(closed_loop(&handle, id, per_client));
         let took = started.elapsed();
         let after = runtime.metrics();
-        lat.sort();
         let count = lat.len();
         let throughput = count as f64 / took.as_secs_f64();
         rps.push(throughput);
@@ -213,8 +217,6 @@ fn report(_c: &mut Criterion) {
             .expect("inference");
         pooled.push(t.elapsed());
     }
-    direct.sort();
-    pooled.sort();
     for (name, lat) in [
         ("p10_direct_ort_batch1", &direct),
         ("p10_pool_batch1_sequential", &pooled),

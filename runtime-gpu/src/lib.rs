@@ -42,8 +42,11 @@
 //! [`device_report`]) says which and why, for `/health` and metrics.
 //!
 //! ## Metrics
-//! Atomic counters and fixed-bucket histograms, copied by [`InferenceRuntime::metrics`] into a
-//! [`MetricsSnapshot`] ([`MetricsSnapshot::prometheus_text`] renders them):
+//! OpenTelemetry instruments on the [`Meter`](opentelemetry::metrics::Meter) passed in
+//! [`Reporting::meter`] to [`InferenceRuntime::start_with`]; the node exports them on its
+//! Prometheus `/metrics` (and OTLP when enabled). This crate depends on the OpenTelemetry API
+//! only, never on an SDK or exporter. Counters and gauges are also readable as a
+//! [`MetricsSnapshot`] ([`InferenceRuntime::metrics`]) for `/health` and tests.
 //!
 //! | name | kind | meaning |
 //! |---|---|---|
@@ -54,14 +57,14 @@
 //! | `opengrid_runtime_gpu_failed_total` | counter | accepted requests ONNX Runtime failed on |
 //! | `opengrid_runtime_gpu_batches_total` | counter | model runs |
 //! | `opengrid_runtime_gpu_batch_rows_total` | counter | rows summed over all runs |
-//! | `opengrid_runtime_gpu_batch_size_rows` | histogram | rows per run |
-//! | `opengrid_runtime_gpu_inference_seconds` | histogram | wall time of one run |
-//! | `opengrid_runtime_gpu_queue_wait_seconds` | histogram | enqueue to start of its run |
+//! | `opengrid_runtime_gpu_batch_size_rows` | histogram ([`ROW_BUCKETS`]) | rows per run |
+//! | `opengrid_runtime_gpu_inference_seconds` | histogram ([`SECONDS_BUCKETS`]) | wall time of one run |
+//! | `opengrid_runtime_gpu_queue_wait_seconds` | histogram ([`SECONDS_BUCKETS`]) | enqueue to start of its run |
 //! | `opengrid_runtime_gpu_queue_depth_requests` | gauge | requests queued now |
 //! | `opengrid_runtime_gpu_queue_depth_max_requests` | gauge | highest queue depth seen |
 //! | `opengrid_runtime_gpu_queue_capacity_requests` | gauge | configured queue bound |
-//! | `opengrid_runtime_gpu_models_loaded_total` | gauge | models registered |
-//! | `opengrid_runtime_gpu_cuda_enabled_bool` | gauge | 1 when the CUDA provider is in use |
+//! | `opengrid_runtime_gpu_models_loaded` | gauge | models registered |
+//! | `opengrid_runtime_gpu_cuda_enabled` | gauge | 1 when the CUDA provider is in use |
 //!
 //! ## Example
 //! ```no_run
@@ -86,8 +89,8 @@ mod usage;
 
 pub use device::{device_report, DevicePreference, DeviceReport, ExecutionProvider};
 pub use error::{InferError, ModelError, RuntimeError, TensorError, ORT_DYLIB_PATH_VAR};
-pub use metrics::{HistogramSnapshot, MetricsSnapshot, ROW_BUCKETS, TIME_BUCKETS_US};
+pub use metrics::{MetricsSnapshot, ROW_BUCKETS, SECONDS_BUCKETS};
 pub use model::{Dim, ModelId, ModelInfo, ParseModelIdError, TensorSpec};
-pub use pool::{Inference, InferenceHandle, InferenceRuntime, RuntimeConfig};
+pub use pool::{Inference, InferenceHandle, InferenceRuntime, Reporting, RuntimeConfig};
 pub use tensor::{ElementType, Tensor, TensorData};
 pub use usage::{CallerId, InferenceUsage, UsageLedger, UsageSink, UsageTotals};

@@ -1,101 +1,25 @@
-//! Metrics of the inference plane: plain atomics copied into a [`MetricsSnapshot`] by
-//! `InferenceRuntime::metrics` and exported by the cluster crate. The names and their meaning
-//! are listed in the crate documentation.
+//! Metrics of the inference plane. Counters and gauges are atomics, read by
+//! `InferenceRuntime::metrics` into a [`MetricsSnapshot`] and observed by OpenTelemetry callbacks
+//! on the [`Meter`] given in [`Reporting`](crate::Reporting); the histograms are OpenTelemetry
+//! instruments recorded where the work happens. The exporter (Prometheus `/metrics`, OTLP) belongs
+//! to whoever owns the meter's provider. The names and their meaning are listed in the crate
+//! documentation.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use opentelemetry::metrics::{Histogram, Meter};
 use serde::{Deserialize, Serialize};
 
-/// Upper bounds of the time histograms, in microseconds (last bucket is +Inf).
-pub const TIME_BUCKETS_US: [u64; 14] = [
-    50,
-    100,
-    250,
-    500,
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    1_000_000,
-    u64::MAX,
+/// Bucket bounds of the time histograms, in seconds (50 µs … 10 s).
+pub const SECONDS_BUCKETS: [f64; 17] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
-/// Upper bounds of the batch-size histogram, in rows (last bucket is +Inf).
-pub const ROW_BUCKETS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, u64::MAX];
+/// Bucket bounds of the batch-size histogram, in rows.
+pub const ROW_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// A fixed-bucket histogram of atomics.
-#[derive(Debug)]
-pub(crate) struct Histogram<const N: usize> {
-    bounds: &'static [u64; N],
-    counts: [AtomicU64; N],
-    sum: AtomicU64,
-}
-
-impl<const N: usize> Histogram<N> {
-    const fn new(bounds: &'static [u64; N]) -> Self {
-        Self {
-            bounds,
-            counts: [const { AtomicU64::new(0) }; N],
-            sum: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn observe(&self, v: u64) {
-        let i = self.bounds.iter().position(|&b| v <= b).unwrap_or(N - 1);
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum.fetch_add(v, Relaxed);
-    }
-
-    fn snapshot(&self) -> HistogramSnapshot {
-        HistogramSnapshot {
-            bounds: self.bounds.to_vec(),
-            counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),
-            sum: self.sum.load(Relaxed),
-        }
-    }
-}
-
-/// A point-in-time copy of a histogram: per-bucket (not cumulative) counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistogramSnapshot {
-    /// Inclusive upper bound of each bucket; `u64::MAX` is +Inf.
-    pub bounds: Vec<u64>,
-    /// Observations per bucket.
-    pub counts: Vec<u64>,
-    /// Sum of all observations (µs for time histograms, rows for sizes).
-    pub sum: u64,
-}
-
-impl HistogramSnapshot {
-    /// Number of observations.
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// Upper bound of the bucket holding quantile `q` (0..=1); `None` when empty.
-    pub fn quantile_upper_bound(&self, q: f64) -> Option<u64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            seen += c;
-            if seen >= rank {
-                return Some(*b);
-            }
-        }
-        self.bounds.last().copied()
-    }
-}
-
-#[derive(Debug)]
+/// The instruments and counters of one runtime.
 pub(crate) struct Metrics {
     pub(crate) requests: AtomicU64,
     pub(crate) completed: AtomicU64,
@@ -104,14 +28,16 @@ pub(crate) struct Metrics {
     pub(crate) failed: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) batch_rows: AtomicU64,
+    pub(crate) busy_us: AtomicU64,
     pub(crate) queue_depth_max: AtomicU64,
-    pub(crate) batch_size: Histogram<10>,
-    pub(crate) inference_us: Histogram<14>,
-    pub(crate) queue_wait_us: Histogram<14>,
+    batch_size: Histogram<u64>,
+    inference_seconds: Histogram<f64>,
+    queue_wait_seconds: Histogram<f64>,
 }
 
 impl Metrics {
-    pub(crate) const fn new() -> Self {
+    /// Counters at zero and the histograms created on `meter`.
+    pub(crate) fn new(meter: &Meter) -> Self {
         Self {
             requests: AtomicU64::new(0),
             completed: AtomicU64::new(0),
@@ -120,10 +46,25 @@ impl Metrics {
             failed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             batch_rows: AtomicU64::new(0),
+            busy_us: AtomicU64::new(0),
             queue_depth_max: AtomicU64::new(0),
-            batch_size: Histogram::new(&ROW_BUCKETS),
-            inference_us: Histogram::new(&TIME_BUCKETS_US),
-            queue_wait_us: Histogram::new(&TIME_BUCKETS_US),
+            batch_size: meter
+                .u64_histogram("opengrid_runtime_gpu_batch_size_rows")
+                .with_description("rows per model run")
+                .with_boundaries(ROW_BUCKETS.to_vec())
+                .build(),
+            inference_seconds: meter
+                .f64_histogram("opengrid_runtime_gpu_inference")
+                .with_unit("s")
+                .with_description("wall time of one model run")
+                .with_boundaries(SECONDS_BUCKETS.to_vec())
+                .build(),
+            queue_wait_seconds: meter
+                .f64_histogram("opengrid_runtime_gpu_queue_wait")
+                .with_unit("s")
+                .with_description("time a request waited from enqueue to the start of its run")
+                .with_boundaries(SECONDS_BUCKETS.to_vec())
+                .build(),
         }
     }
 
@@ -131,11 +72,16 @@ impl Metrics {
         self.queue_depth_max.fetch_max(depth as u64, Relaxed);
     }
 
+    pub(crate) fn observe_queue_wait(&self, waited: Duration) {
+        self.queue_wait_seconds.record(waited.as_secs_f64(), &[]);
+    }
+
     pub(crate) fn observe_run(&self, rows: usize, took: Duration) {
         self.batches.fetch_add(1, Relaxed);
         self.batch_rows.fetch_add(rows as u64, Relaxed);
-        self.batch_size.observe(rows as u64);
-        self.inference_us.observe(micros(took));
+        self.busy_us.fetch_add(micros(took), Relaxed);
+        self.batch_size.record(rows as u64, &[]);
+        self.inference_seconds.record(took.as_secs_f64(), &[]);
     }
 
     pub(crate) fn snapshot(
@@ -153,14 +99,12 @@ impl Metrics {
             failed_total: self.failed.load(Relaxed),
             batches_total: self.batches.load(Relaxed),
             batch_rows_total: self.batch_rows.load(Relaxed),
-            batch_size_rows: self.batch_size.snapshot(),
-            inference_seconds: self.inference_us.snapshot(),
-            queue_wait_seconds: self.queue_wait_us.snapshot(),
+            busy_us_total: self.busy_us.load(Relaxed),
             queue_depth_requests: queue_depth as u64,
             queue_depth_max_requests: self.queue_depth_max.load(Relaxed),
             queue_capacity_requests: queue_capacity as u64,
-            models_loaded_total: models_loaded as u64,
-            cuda_enabled_bool: u64::from(cuda_enabled),
+            models_loaded: models_loaded as u64,
+            cuda_enabled,
         }
     }
 }
@@ -169,8 +113,85 @@ pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// A copy of every metric at one instant. Field names are the metric names without the
-/// `opengrid_runtime_gpu_` prefix; time histograms hold microseconds.
+/// Registers the counters and gauges on `meter` as observable instruments; each scrape calls
+/// `read`, which returns `None` once the runtime is gone (then nothing is observed).
+pub(crate) fn observe_on(
+    meter: &Meter,
+    read: impl Fn() -> Option<MetricsSnapshot> + Clone + Send + Sync + 'static,
+) {
+    type Field = fn(&MetricsSnapshot) -> u64;
+    let counters: [(&'static str, &'static str, Field); 7] = [
+        ("requests", "requests accepted into the queue", |m| {
+            m.requests_total
+        }),
+        ("completed", "requests answered with an output", |m| {
+            m.completed_total
+        }),
+        (
+            "rejected_backpressure",
+            "requests refused, queue full",
+            |m| m.rejected_backpressure_total,
+        ),
+        (
+            "rejected_invalid",
+            "requests refused: unknown model, wrong dtype or shape",
+            |m| m.rejected_invalid_total,
+        ),
+        ("failed", "accepted requests ONNX Runtime failed on", |m| {
+            m.failed_total
+        }),
+        ("batches", "model runs", |m| m.batches_total),
+        ("batch_rows", "rows summed over all runs", |m| {
+            m.batch_rows_total
+        }),
+    ];
+    for (what, description, field) in counters {
+        let read = read.clone();
+        meter
+            .u64_observable_counter(format!("opengrid_runtime_gpu_{what}"))
+            .with_description(description)
+            .with_callback(move |o| {
+                if let Some(m) = read() {
+                    o.observe(field(&m), &[]);
+                }
+            })
+            .build();
+    }
+    let gauges: [(&'static str, &'static str, Field); 5] = [
+        ("queue_depth_requests", "requests queued now", |m| {
+            m.queue_depth_requests
+        }),
+        (
+            "queue_depth_max_requests",
+            "highest queue depth seen",
+            |m| m.queue_depth_max_requests,
+        ),
+        ("queue_capacity_requests", "configured queue bound", |m| {
+            m.queue_capacity_requests
+        }),
+        ("models_loaded", "models registered", |m| m.models_loaded),
+        (
+            "cuda_enabled",
+            "1 when the CUDA execution provider is in use",
+            |m| u64::from(m.cuda_enabled),
+        ),
+    ];
+    for (what, description, field) in gauges {
+        let read = read.clone();
+        meter
+            .u64_observable_gauge(format!("opengrid_runtime_gpu_{what}"))
+            .with_description(description)
+            .with_callback(move |o| {
+                if let Some(m) = read() {
+                    o.observe(field(&m), &[]);
+                }
+            })
+            .build();
+    }
+}
+
+/// A copy of the counters and gauges at one instant, each documented with the name it is
+/// exported under (histograms are exported only, never copied here).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
     /// `opengrid_runtime_gpu_requests_total`
@@ -187,122 +208,90 @@ pub struct MetricsSnapshot {
     pub batches_total: u64,
     /// `opengrid_runtime_gpu_batch_rows_total`
     pub batch_rows_total: u64,
-    /// `opengrid_runtime_gpu_batch_size_rows`
-    pub batch_size_rows: HistogramSnapshot,
-    /// `opengrid_runtime_gpu_inference_seconds` (buckets and sum in µs)
-    pub inference_seconds: HistogramSnapshot,
-    /// `opengrid_runtime_gpu_queue_wait_seconds` (buckets and sum in µs)
-    pub queue_wait_seconds: HistogramSnapshot,
+    /// Time spent in model runs, µs: `opengrid_runtime_gpu_inference_seconds_sum` × 10⁶.
+    pub busy_us_total: u64,
     /// `opengrid_runtime_gpu_queue_depth_requests`
     pub queue_depth_requests: u64,
     /// `opengrid_runtime_gpu_queue_depth_max_requests`
     pub queue_depth_max_requests: u64,
     /// `opengrid_runtime_gpu_queue_capacity_requests`
     pub queue_capacity_requests: u64,
-    /// `opengrid_runtime_gpu_models_loaded_total`
-    pub models_loaded_total: u64,
-    /// `opengrid_runtime_gpu_cuda_enabled_bool`
-    pub cuda_enabled_bool: u64,
-}
-
-impl MetricsSnapshot {
-    /// Prometheus text exposition of every metric (time histograms converted to seconds).
-    pub fn prometheus_text(&self) -> String {
-        let mut out = String::new();
-        let p = "opengrid_runtime_gpu_";
-        let counters = [
-            ("requests_total", self.requests_total),
-            ("completed_total", self.completed_total),
-            (
-                "rejected_backpressure_total",
-                self.rejected_backpressure_total,
-            ),
-            ("rejected_invalid_total", self.rejected_invalid_total),
-            ("failed_total", self.failed_total),
-            ("batches_total", self.batches_total),
-            ("batch_rows_total", self.batch_rows_total),
-        ];
-        for (name, v) in counters {
-            let _ = writeln!(out, "# TYPE {p}{name} counter\n{p}{name} {v}");
-        }
-        let gauges = [
-            ("queue_depth_requests", self.queue_depth_requests),
-            ("queue_depth_max_requests", self.queue_depth_max_requests),
-            ("queue_capacity_requests", self.queue_capacity_requests),
-            ("models_loaded_total", self.models_loaded_total),
-            ("cuda_enabled_bool", self.cuda_enabled_bool),
-        ];
-        for (name, v) in gauges {
-            let _ = writeln!(out, "# TYPE {p}{name} gauge\n{p}{name} {v}");
-        }
-        let histograms = [
-            ("batch_size_rows", &self.batch_size_rows, 1.0),
-            ("inference_seconds", &self.inference_seconds, 1e6),
-            ("queue_wait_seconds", &self.queue_wait_seconds, 1e6),
-        ];
-        for (name, h, scale) in histograms {
-            let _ = writeln!(out, "# TYPE {p}{name} histogram");
-            let mut cumulative = 0;
-            for (b, c) in h.bounds.iter().zip(&h.counts) {
-                cumulative += c;
-                let le = if *b == u64::MAX {
-                    "+Inf".to_owned()
-                } else {
-                    format!("{}", *b as f64 / scale)
-                };
-                let _ = writeln!(out, "{p}{name}_bucket{{le=\"{le}\"}} {cumulative}");
-            }
-            let _ = writeln!(out, "{p}{name}_sum {}", h.sum as f64 / scale);
-            let _ = writeln!(out, "{p}{name}_count {}", h.count());
-        }
-        out
-    }
+    /// `opengrid_runtime_gpu_models_loaded`
+    pub models_loaded: u64,
+    /// `opengrid_runtime_gpu_cuda_enabled` (1 when true)
+    pub cuda_enabled: bool,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
+    use prometheus::{Encoder, Registry, TextEncoder};
+    use std::sync::{Arc, Weak};
 
-    #[test]
-    fn histogram_buckets_and_quantiles() {
-        let h: Histogram<10> = Histogram::new(&ROW_BUCKETS);
-        for v in [1, 1, 3, 8, 1000] {
-            h.observe(v);
-        }
-        let s = h.snapshot();
-        assert_eq!(s.count(), 5);
-        assert_eq!(s.sum, 1013);
-        assert_eq!(s.counts[0], 2);
-        assert_eq!(s.quantile_upper_bound(0.5), Some(4));
-        assert_eq!(s.quantile_upper_bound(1.0), Some(u64::MAX));
+    /// A meter exported to a fresh Prometheus registry, the way the node sets it up.
+    fn prometheus_meter() -> (SdkMeterProvider, Registry, Meter) {
+        let registry = Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+            .unwrap();
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let meter = provider.meter("opengrid_runtime_gpu");
+        (provider, registry, meter)
+    }
+
+    fn render(registry: &Registry) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut buf)
+            .unwrap();
+        String::from_utf8(buf).unwrap()
     }
 
     #[test]
-    fn prometheus_text_names_every_metric() {
-        let m = Metrics::new();
+    fn every_metric_is_exported_under_its_documented_name() {
+        let (_provider, registry, meter) = prometheus_meter();
+        let m = Arc::new(Metrics::new(&meter));
+        let weak: Weak<Metrics> = Arc::downgrade(&m);
+        observe_on(&meter, move || {
+            weak.upgrade().map(|m| m.snapshot(1, 8, 2, false))
+        });
+        m.requests.fetch_add(3, Relaxed);
         m.observe_run(4, Duration::from_micros(300));
-        let text = m.snapshot(1, 8, 2, false).prometheus_text();
-        for name in [
-            "requests_total",
-            "completed_total",
-            "rejected_backpressure_total",
-            "rejected_invalid_total",
-            "failed_total",
-            "batches_total 1",
-            "batch_rows_total 4",
-            "batch_size_rows_bucket",
-            "inference_seconds_sum 0.0003",
-            "queue_wait_seconds_count 0",
-            "queue_depth_requests 1",
-            "queue_depth_max_requests",
-            "queue_capacity_requests 8",
-            "models_loaded_total 2",
-            "cuda_enabled_bool 0",
+        m.observe_queue_wait(Duration::from_millis(3));
+        let text = render(&registry);
+        for line in [
+            "opengrid_runtime_gpu_requests_total 3",
+            "opengrid_runtime_gpu_completed_total 0",
+            "opengrid_runtime_gpu_rejected_backpressure_total 0",
+            "opengrid_runtime_gpu_rejected_invalid_total 0",
+            "opengrid_runtime_gpu_failed_total 0",
+            "opengrid_runtime_gpu_batches_total 1",
+            "opengrid_runtime_gpu_batch_rows_total 4",
+            "opengrid_runtime_gpu_batch_size_rows_bucket{le=\"4\"} 1",
+            "opengrid_runtime_gpu_batch_size_rows_bucket{le=\"2\"} 0",
+            "opengrid_runtime_gpu_inference_seconds_sum 0.0003",
+            "opengrid_runtime_gpu_inference_seconds_bucket{le=\"0.0005\"} 1",
+            // 3 ms lands in the 5 ms bucket, not below it and not in a millisecond-valued one
+            "opengrid_runtime_gpu_queue_wait_seconds_bucket{le=\"0.0025\"} 0",
+            "opengrid_runtime_gpu_queue_wait_seconds_bucket{le=\"0.005\"} 1",
+            "opengrid_runtime_gpu_queue_depth_requests 1",
+            "opengrid_runtime_gpu_queue_depth_max_requests 0",
+            "opengrid_runtime_gpu_queue_capacity_requests 8",
+            "opengrid_runtime_gpu_models_loaded 2",
+            "opengrid_runtime_gpu_cuda_enabled 0",
         ] {
-            assert!(
-                text.contains(&format!("opengrid_runtime_gpu_{name}")),
-                "{name} missing"
-            );
+            assert!(text.contains(line), "`{line}` missing in:\n{text}");
         }
+        drop(m);
+        let text = render(&registry);
+        assert!(
+            !text.contains("\nopengrid_runtime_gpu_requests_total "),
+            "a dropped runtime is no longer observed:\n{text}"
+        );
     }
 }

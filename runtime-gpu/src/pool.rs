@@ -9,12 +9,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use opentelemetry::metrics::{Meter, MeterProvider as _};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::device::{self, DevicePreference, DeviceReport, ExecutionProvider};
 use crate::error::{InferError, ModelError, RuntimeError};
-use crate::metrics::{micros, Metrics, MetricsSnapshot};
+use crate::metrics::{self, micros, Metrics, MetricsSnapshot};
 use crate::model::{self, Dim, ModelId, ModelInfo};
 use crate::tensor::{ElementType, Tensor, TensorData};
 use crate::usage::{CallerId, InferenceUsage, UsageSink};
@@ -176,18 +177,38 @@ impl std::fmt::Debug for InferenceRuntime {
     }
 }
 
+/// Where a runtime reports besides its callers. `Default` reports nowhere.
+#[derive(Clone, Default)]
+pub struct Reporting {
+    /// Receives every answered request's usage.
+    pub usage: Option<Arc<dyn UsageSink>>,
+    /// The meter the runtime's instruments are created on (listed in the crate documentation);
+    /// its provider's exporter publishes them. `None`: nothing is exported.
+    pub meter: Option<Meter>,
+}
+
+impl std::fmt::Debug for Reporting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporting")
+            .field("usage", &self.usage.is_some())
+            .field("meter", &self.meter.is_some())
+            .finish()
+    }
+}
+
 impl InferenceRuntime {
     /// Loads ONNX Runtime, decides the execution provider and starts the inference threads.
     pub fn start(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        Self::start_with_sink(config, None)
+        Self::start_with(config, Reporting::default())
     }
 
-    /// As [`start`](Self::start), with a sink that receives every answered request's usage.
-    pub fn start_with_sink(
-        config: RuntimeConfig,
-        sink: Option<Arc<dyn UsageSink>>,
-    ) -> Result<Self, RuntimeError> {
+    /// As [`start`](Self::start), reporting usage and metrics where `reporting` says.
+    pub fn start_with(config: RuntimeConfig, reporting: Reporting) -> Result<Self, RuntimeError> {
         config.validate()?;
+        let Reporting { usage: sink, meter } = reporting;
+        let meter = meter.unwrap_or_else(|| {
+            opentelemetry::metrics::NoopMeterProvider::new().meter("opengrid_runtime_gpu")
+        });
         let device = device::start_device(
             config.dylib_path.as_deref(),
             config.device,
@@ -211,9 +232,11 @@ impl InferenceRuntime {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             depth: AtomicUsize::new(0),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(&meter),
             sink,
         });
+        let observed = Arc::downgrade(&shared);
+        metrics::observe_on(&meter, move || observed.upgrade().map(|s| snapshot(&s)));
         let mut runtime = Self {
             shared: shared.clone(),
             threads: Vec::new(),
@@ -703,7 +726,7 @@ fn run_batch(shared: &Shared, batch: Batch) {
         .map(|p| micros(started.saturating_duration_since(p.enqueued)))
         .collect();
     for w in &waits {
-        shared.metrics.queue_wait_us.observe(*w);
+        shared.metrics.observe_queue_wait(Duration::from_micros(*w));
     }
     let rows: Vec<usize> = requests.iter().map(|p| p.input.rows()).collect();
     let total_rows: usize = rows.iter().sum();

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use common::{assert_close, config, reference, register, start};
 use opengrid_runtime_gpu::{
     device_report, CallerId, ElementType, ExecutionProvider, InferError, InferenceRuntime,
-    ModelError, ModelId, RuntimeConfig, RuntimeError, Tensor, UsageLedger,
+    ModelError, ModelId, Reporting, RuntimeConfig, RuntimeError, Tensor, UsageLedger,
 };
+use opentelemetry::metrics::MeterProvider as _;
 
 #[tokio::test]
 async fn mlp_matches_numpy_at_batch_1_and_batch_8() {
@@ -254,7 +255,7 @@ async fn a_model_is_loaded_once_per_hash() {
         .register_model_file(common::models_dir().join("mlp.onnx"))
         .unwrap();
     assert_eq!(a, b);
-    assert_eq!(runtime.metrics().models_loaded_total, 1);
+    assert_eq!(runtime.metrics().models_loaded, 1);
     // registered under its id, the file is not even read again
     let again = runtime
         .register_model("/nonexistent/path.onnx", &a.id)
@@ -378,7 +379,25 @@ async fn a_full_queue_returns_backpressure_at_once_and_stays_bounded() {
 #[tokio::test]
 async fn usage_is_metered_per_caller() {
     let ledger = Arc::new(UsageLedger::new());
-    let runtime = InferenceRuntime::start_with_sink(config(), Some(ledger.clone())).unwrap();
+    let registry = prometheus::Registry::new();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(
+            opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .without_target_info()
+                .scope_info_enabled(false)
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let runtime = InferenceRuntime::start_with(
+        config(),
+        Reporting {
+            usage: Some(ledger.clone()),
+            meter: Some(provider.meter("opengrid_runtime_gpu")),
+        },
+    )
+    .unwrap();
     let info = register(&runtime, "mlp");
     let reference = reference("mlp");
     let a = runtime.handle().for_caller(CallerId::new("session-a"));
@@ -406,10 +425,24 @@ async fn usage_is_metered_per_caller() {
     assert_eq!(ledger.get(&CallerId::new("session-b")).requests, 1);
     let m = runtime.metrics();
     assert_eq!(m.completed_total, 3);
-    assert_eq!(m.inference_seconds.count(), 3);
-    assert!(m
-        .prometheus_text()
-        .contains("opengrid_runtime_gpu_completed_total 3"));
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )
+    .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    for line in [
+        "opengrid_runtime_gpu_completed_total 3".to_owned(),
+        format!(
+            "opengrid_runtime_gpu_inference_seconds_count {}",
+            m.batches_total
+        ),
+        "opengrid_runtime_gpu_queue_wait_seconds_count 3".to_owned(),
+    ] {
+        assert!(text.contains(&line), "`{line}` missing in:\n{text}");
+    }
 }
 
 #[tokio::test]
@@ -428,8 +461,8 @@ async fn device_is_reported_for_health() {
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["execution_provider"].is_string());
     assert_eq!(
-        runtime.metrics().cuda_enabled_bool,
-        u64::from(report.execution_provider == ExecutionProvider::Cuda)
+        runtime.metrics().cuda_enabled,
+        report.execution_provider == ExecutionProvider::Cuda
     );
 }
 

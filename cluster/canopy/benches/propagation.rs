@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use hdrhistogram::Histogram;
 use opengrid_canopy::{
     Canopy, CanopyConfig, CanopyError, ColonySummary, HardwareCapacity, PeerEvent, PriceRange,
 };
@@ -83,14 +84,6 @@ fn next(state: &mut u64) -> u64 {
     *state ^= *state >> 7;
     *state ^= *state << 17;
     *state
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 async fn run(n: usize, rounds: usize, interval: Duration) -> Result<(), CanopyError> {
@@ -187,7 +180,8 @@ async fn run(n: usize, rounds: usize, interval: Duration) -> Result<(), CanopyEr
     );
 
     // Latency rounds.
-    let mut latencies = Vec::with_capacity(rounds);
+    // µs from publish to the last RC accepting it (HdrHistogram, 3 significant digits)
+    let mut latencies = Histogram::<u64>::new_with_max(3_600_000_000, 3).expect("valid bounds");
     let mut lost = 0usize;
     for r in 0..rounds {
         let p = (r * 7) % n;
@@ -216,13 +210,12 @@ async fn run(n: usize, rounds: usize, interval: Duration) -> Result<(), CanopyEr
             }
         }
         if reached.len() == n - 1 {
-            latencies.push(last.duration_since(t0).as_micros() as u64);
+            latencies.saturating_record(last.duration_since(t0).as_micros() as u64);
         } else {
             lost += 1;
             eprintln!("round {r}: reached {} of {} RCs", reached.len(), n - 1);
         }
     }
-    latencies.sort_unstable();
 
     // Bandwidth: every RC publishes every interval; count every byte on every canopy connection.
     let summary_bytes = summary(0, &dids[0]).sign(&key(0)).encode().len();
@@ -249,9 +242,9 @@ async fn run(n: usize, rounds: usize, interval: Duration) -> Result<(), CanopyEr
     println!(
         "{{\"name\":\"canopy_propagation_{n}\",\"count\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"lost\":{lost},\"rcs\":{n},\"dialled_links\":{edges},\"bytes_per_rc_per_interval\":{:.0},\"interval_ms\":{},\"summary_bytes\":{summary_bytes},\"accepted_per_interval\":{:.0},\"expected_accepted_per_interval\":{}}}",
         latencies.len(),
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 99.0),
-        latencies.last().copied().unwrap_or(0),
+        latencies.value_at_quantile(0.5),
+        latencies.value_at_quantile(0.99),
+        latencies.max(),
         per_rc_per_interval,
         interval.as_millis(),
         accepted_per_interval,

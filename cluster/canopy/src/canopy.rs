@@ -22,11 +22,12 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, Multiaddr, PeerId, Swarm};
 use opengrid_session::Did;
+use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::identity::keypair_from_signing_key;
-use crate::metrics::{CanopyMetrics, Counters};
+use crate::metrics::{self, CanopyMetrics, Counters};
 use crate::summary::{ColonySummary, SignedSummary, MAX_SUMMARY_BYTES};
 use crate::table::{Admission, PeerEntry, PeeringTable, Rejection};
 use crate::{transport, CanopyError};
@@ -64,6 +65,9 @@ pub struct CanopyConfig {
     pub max_clock_skew: Duration,
     /// Gossipsub heartbeat (mesh maintenance, lazy gossip): 1 s by default.
     pub gossip_heartbeat: Duration,
+    /// The meter the canopy's instruments are created on (see the crate's Metrics section); its
+    /// provider's exporter publishes them. `None` (the default): nothing is exported.
+    pub meter: Option<Meter>,
 }
 
 impl fmt::Debug for CanopyConfig {
@@ -82,6 +86,7 @@ impl fmt::Debug for CanopyConfig {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_clock_skew", &self.max_clock_skew)
             .field("gossip_heartbeat", &self.gossip_heartbeat)
+            .field("meter", &self.meter.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +109,7 @@ impl CanopyConfig {
             max_message_bytes: 64 * 1024,
             max_clock_skew: Duration::from_secs(30),
             gossip_heartbeat: Duration::from_secs(1),
+            meter: None,
         }
     }
 
@@ -187,6 +193,17 @@ enum Command {
 struct Shared {
     table: Mutex<PeeringTable>,
     counters: Arc<Counters>,
+}
+
+impl Shared {
+    fn snapshot(&self) -> CanopyMetrics {
+        let entries = self
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live(Instant::now()) as u64;
+        self.counters.snapshot(entries)
+    }
 }
 
 /// Handle to a running canopy node. Dropping it stops the node; [`Canopy::shutdown`] also waits
@@ -349,9 +366,15 @@ impl Canopy {
             table: Mutex::new(PeeringTable::new(Some(did.clone()), config.expiry())),
             counters,
         });
+        let meter = config.meter.clone().unwrap_or_else(|| {
+            opentelemetry::metrics::NoopMeterProvider::new().meter("opengrid_canopy")
+        });
+        let observed = Arc::downgrade(&shared);
+        let propagation = metrics::export(&meter, move || observed.upgrade().map(|s| s.snapshot()));
         let (events, _) = broadcast::channel(4096);
         let (tx, rx) = mpsc::channel(256);
         let runner = Runner {
+            propagation,
             swarm,
             topic,
             shared: shared.clone(),
@@ -404,13 +427,7 @@ impl Canopy {
 
     /// Counter snapshot.
     pub fn metrics(&self) -> CanopyMetrics {
-        let entries = self
-            .shared
-            .table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .live(Instant::now()) as u64;
-        self.shared.counters.snapshot(entries)
+        self.shared.snapshot()
     }
 
     /// Accepted and expired summaries as they happen. A receiver that lags more than 4096 events
@@ -481,6 +498,7 @@ impl Canopy {
 }
 
 struct Runner {
+    propagation: Histogram<f64>,
     swarm: Swarm<Behaviour>,
     topic: IdentTopic,
     shared: Arc<Shared>,
@@ -623,6 +641,7 @@ impl Runner {
 
     fn on_message(&mut self, data: &[u8]) -> Result<(), Rejection> {
         let signed = self.admission.authenticate(data)?;
+        let issued_at_ms = signed.summary.issued_at_ms;
         let event = PeerEvent::Accepted {
             rc_did: signed.summary.rc_did.clone(),
             colony_id: signed.summary.colony_id.clone(),
@@ -638,6 +657,9 @@ impl Runner {
                 now_unix_ms(),
                 self.config.max_clock_skew,
             )?;
+        // Clocks of different RCs: a summary from a clock ahead of ours counts as 0 s.
+        let age_ms = now_unix_ms().saturating_sub(issued_at_ms);
+        self.propagation.record(age_ms as f64 / 1000.0, &[]);
         let _ = self.events.send(event);
         Ok(())
     }

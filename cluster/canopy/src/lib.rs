@@ -27,7 +27,10 @@
 //! Design notes and numbers: `docs/adr/0008-canopy-gossip.md`.
 //!
 //! ## Metrics
-//! [`CanopyMetrics::named`] exports, per RC:
+//! Per RC, as OpenTelemetry instruments on the meter given in [`CanopyConfig::meter`] (the RC's
+//! own provider: its `/metrics` and OTLP export); the counters and gauges are also in
+//! [`Canopy::metrics`] ([`CanopyMetrics::named`], the RC's `/status`). This crate depends on the
+//! OpenTelemetry API only.
 //!
 //! | name | kind | meaning |
 //! |---|---|---|
@@ -43,6 +46,7 @@
 //! | `opengrid_canopy_wire_received_bytes_total` | counter | bytes read on canopy TCP connections |
 //! | `opengrid_canopy_connected_peers` | gauge | connected canopy peers |
 //! | `opengrid_canopy_peering_entries` | gauge | live peering-table entries |
+//! | `opengrid_canopy_propagation_seconds` | histogram ([`metrics::PROPAGATION_BUCKETS`]) | accepted summaries: issue (origin RC's clock) to acceptance here |
 
 pub mod canopy;
 pub mod identity;

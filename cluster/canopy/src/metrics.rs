@@ -1,9 +1,19 @@
-//! Canopy counters. One naming scheme, `opengrid_canopy_<what>_total` for counters and
-//! `opengrid_canopy_<what>` for gauges; [`CanopyMetrics::named`] lists them for an exporter.
+//! Canopy metrics. One naming scheme, `opengrid_canopy_<what>_total` for counters,
+//! `opengrid_canopy_<what>_bytes_total` for byte counters, `opengrid_canopy_<what>` for gauges and
+//! `opengrid_canopy_<what>_seconds` for the propagation histogram. The counters are atomics
+//! ([`CanopyMetrics`] is their copy, in the RC's `/status`); [`export`] makes every one of them an
+//! OpenTelemetry instrument on the RC's meter, so they appear on its `/metrics` too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use opentelemetry::metrics::{Histogram, Meter};
 use serde::Serialize;
+
+/// Bucket bounds of `opengrid_canopy_propagation_seconds`, in seconds (1 ms … 60 s): a summary
+/// crosses a few gossip hops, each a heartbeat (1 s by default) at worst.
+pub const PROPAGATION_BUCKETS: [f64; 14] = [
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
 
 /// Live counters, shared between the swarm task and the API.
 #[derive(Debug, Default)]
@@ -124,14 +134,111 @@ impl CanopyMetrics {
     }
 }
 
+/// Creates the canopy's instruments on `meter`: every metric of [`CanopyMetrics::named`] as an
+/// observable counter (`_total`, bytes for `_bytes_total`) or gauge that calls `read` on each
+/// collection (nothing is observed once `read` returns `None`, i.e. the canopy stopped), and the
+/// propagation histogram, returned for the swarm task to record into.
+pub(crate) fn export(
+    meter: &Meter,
+    read: impl Fn() -> Option<CanopyMetrics> + Clone + Send + Sync + 'static,
+) -> Histogram<f64> {
+    for (i, (name, _)) in CanopyMetrics::default().named().into_iter().enumerate() {
+        let read = read.clone();
+        let value = move || read().map(|m| m.named()[i].1);
+        match name.strip_suffix("_total") {
+            Some(counter) => {
+                let (base, unit) = match counter.strip_suffix("_bytes") {
+                    Some(base) => (base, "By"),
+                    None => (counter, ""),
+                };
+                let mut b = meter.u64_observable_counter(base).with_callback(move |o| {
+                    if let Some(v) = value() {
+                        o.observe(v, &[]);
+                    }
+                });
+                if !unit.is_empty() {
+                    b = b.with_unit(unit);
+                }
+                b.build();
+            }
+            None => {
+                meter
+                    .u64_observable_gauge(name)
+                    .with_callback(move |o| {
+                        if let Some(v) = value() {
+                            o.observe(v, &[]);
+                        }
+                    })
+                    .build();
+            }
+        }
+    }
+    meter
+        .f64_histogram("opengrid_canopy_propagation")
+        .with_unit("s")
+        .with_description(
+            "accepted summaries: issuing RC's clock at publication to acceptance here",
+        )
+        .with_boundaries(PROPAGATION_BUCKETS.to_vec())
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
+    use prometheus::{Encoder, Registry, TextEncoder};
+    use std::sync::Arc;
 
     #[test]
     fn names_follow_the_scheme() {
         for (name, _) in CanopyMetrics::default().named() {
             assert!(name.starts_with("opengrid_canopy_"), "{name}");
         }
+    }
+
+    #[test]
+    fn every_named_metric_is_exported_under_its_name() {
+        let registry = Registry::new();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(
+                opentelemetry_prometheus::exporter()
+                    .with_registry(registry.clone())
+                    .without_target_info()
+                    .scope_info_enabled(false)
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        let counters = Arc::new(Counters::default());
+        counters.wire_bytes_sent.store(1234, Ordering::Relaxed);
+        counters.connected_peers.store(2, Ordering::Relaxed);
+        Counters::inc(&counters.rejected_bad_signature);
+        let weak = Arc::downgrade(&counters);
+        let propagation = export(&provider.meter("opengrid_canopy"), move || {
+            weak.upgrade().map(|c| c.snapshot(5))
+        });
+        propagation.record(0.003, &[]);
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut buf)
+            .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let expected = counters.snapshot(5);
+        for (name, value) in expected.named() {
+            let line = format!("\n{name} {value}\n");
+            assert!(
+                text.contains(&line),
+                "`{}` missing in:\n{text}",
+                line.trim()
+            );
+        }
+        assert!(text.contains("opengrid_canopy_wire_sent_bytes_total 1234"));
+        assert!(
+            text.contains("opengrid_canopy_propagation_seconds_bucket{le=\"0.0025\"} 0")
+                && text.contains("opengrid_canopy_propagation_seconds_bucket{le=\"0.005\"} 1"),
+            "3 ms lands in the 5 ms bucket:\n{text}"
+        );
     }
 }
