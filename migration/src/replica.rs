@@ -265,3 +265,76 @@ impl CheckpointStore for ReplicatedStore {
         self.local.corruptions_detected()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opengrid_session::MemoryCheckpointStore;
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
+    use prometheus::{Encoder, Registry, TextEncoder};
+
+    /// A replica that acknowledges `n` replica writes on one connection.
+    fn acking_replica(n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            for _ in 0..n {
+                let req: Request = read_frame_blocking(&mut sock).unwrap();
+                assert!(matches!(req, Request::Replicate { .. }));
+                sock.write_all(&encode(&Response::Ok).unwrap()).unwrap();
+            }
+        });
+        (addr, t)
+    }
+
+    #[test]
+    fn replication_rounds_are_exported_in_seconds() {
+        let registry = Registry::new();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(
+                opentelemetry_prometheus::exporter()
+                    .with_registry(registry.clone())
+                    .without_target_info()
+                    .scope_info_enabled(false)
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        let store = ReplicatedStore::new(
+            Arc::new(MemoryCheckpointStore::new()),
+            ReplicationConfig {
+                k: 1,
+                meter: Some(provider.meter("opengrid_migration")),
+                ..ReplicationConfig::default()
+            },
+        );
+        let id = SessionId::new("r").unwrap();
+        // a session without replicas is stored locally only: no replication round
+        let cp = |seq| Checkpoint::new(id.clone(), Epoch(1), Seq(seq), "h", 1, vec![1, 2, 3]);
+        store.put(&cp(1)).unwrap();
+        let (replica, t) = acking_replica(2);
+        store.set_replicas(&id, vec![replica]);
+        store.put(&cp(2)).unwrap();
+        store.put(&cp(3)).unwrap();
+        t.join().unwrap();
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut buf)
+            .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.contains("\nopengrid_migration_replication_seconds_count 2\n"),
+            "{text}"
+        );
+        // second-valued buckets: a loopback round is well under 10 s, and 0.0005 is a bound
+        assert!(
+            text.contains("opengrid_migration_replication_seconds_bucket{le=\"10\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("opengrid_migration_replication_seconds_bucket{le=\"0.0005\"}"),
+            "{text}"
+        );
+    }
+}
