@@ -282,11 +282,26 @@ async fn tutor_classifies_intents_in_a_node_process() {
         .unwrap();
     for needle in [
         "opengrid_cluster_inference_device_info{device=\"cpu\"",
-        "opengrid_cluster_inference_model_info{name=\"text_classifier\"",
-        "opengrid_runtime_gpu_completed_total",
+        "opengrid_runtime_gpu_inference_seconds_bucket{le=\"0.001\"}",
     ] {
         assert!(metrics.contains(needle), "{needle} missing from /metrics");
     }
+    // labels are sorted by name (id before name)
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("opengrid_cluster_inference_model_info{")
+                && l.contains("name=\"text_classifier\"")),
+        "model info missing from /metrics:\n{metrics}"
+    );
+    let completed = format!(
+        "\nopengrid_runtime_gpu_completed_total {}\n",
+        sentences.len()
+    );
+    assert!(
+        metrics.contains(&completed),
+        "{completed} missing from /metrics:\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
