@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use opengrid_chaos::percentiles::Percentiles;
 use opengrid_chaos::proxy::{LossMode, PartitionMode, Proxy, ProxyConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,12 +45,11 @@ async fn round_trip(s: &mut TcpStream, n: usize) -> std::io::Result<Duration> {
 async fn median_rtt(addr: SocketAddr, rounds: usize) -> Duration {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
-    let mut v = Vec::new();
+    let mut rtt_us = Percentiles::new();
     for _ in 0..rounds {
-        v.push(round_trip(&mut s, 64).await.unwrap());
+        rtt_us.record(round_trip(&mut s, 64).await.unwrap().as_micros() as u64);
     }
-    v.sort();
-    v[v.len() / 2]
+    Duration::from_micros(rtt_us.p50())
 }
 
 /// Polls `f` until it is true or the deadline passes.
