@@ -147,16 +147,17 @@ pub(crate) fn export(
         let value = move || read().map(|m| m.named()[i].1);
         match name.strip_suffix("_total") {
             Some(counter) => {
+                // the exporter appends `_bytes` for the unit `By`, then `_total`
                 let (base, unit) = match counter.strip_suffix("_bytes") {
-                    Some(base) => (base, "By"),
-                    None => (counter, ""),
+                    Some(base) => (base, Some("By")),
+                    None => (counter, None),
                 };
                 let mut b = meter.u64_observable_counter(base).with_callback(move |o| {
                     if let Some(v) = value() {
                         o.observe(v, &[]);
                     }
                 });
-                if !unit.is_empty() {
+                if let Some(unit) = unit {
                     b = b.with_unit(unit);
                 }
                 b.build();
