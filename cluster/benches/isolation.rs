@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opengrid_actors::{HandlerError, SessionContext, SessionHandler, SessionHost};
-use opengrid_cluster::config::{NodeConfig, RcConfig};
+use opengrid_cluster::node::config::NodeConfig;
+use opengrid_cluster::rc::config::RcConfig;
 use opengrid_cluster::{start_node, start_rc};
 use opengrid_session::SessionId;
 use serde_json::json;

@@ -61,7 +61,7 @@ use opengrid_session::{AcceleratorClass, HumanDuration};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::ConfigError;
+use crate::common::config::ConfigError;
 
 /// Most `*.onnx` files loaded from `models_dir`.
 pub const MAX_DIR_MODELS: usize = 256;
@@ -528,10 +528,16 @@ pub fn metrics_of(services: &Services) -> String {
         .unwrap_or_default()
 }
 
+impl From<InferenceStartError> for crate::common::runtime::StartError {
+    fn from(e: InferenceStartError) -> Self {
+        crate::common::runtime::StartError::Inference(Box::new(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NodeConfig;
+    use crate::node::config::NodeConfig;
 
     fn field_of(toml: &str) -> String {
         match NodeConfig::from_toml_with_env(toml, &[]) {

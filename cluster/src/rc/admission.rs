@@ -27,36 +27,8 @@ use std::fmt;
 use opengrid_session::{jurisdiction, AcceleratorClass, Manifest};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::NodeId;
-
-/// What a node declares when it joins.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NodeSpec {
-    /// The node.
-    pub id: NodeId,
-    /// Human-readable name.
-    pub name: String,
-    /// Jurisdiction code.
-    pub jurisdiction: String,
-    /// Accelerator class.
-    pub accelerator: AcceleratorClass,
-    /// CPU cores offered.
-    pub cpu_cores: u32,
-    /// Memory offered, bytes.
-    pub memory: u64,
-    /// Handlers served.
-    pub handlers: Vec<String>,
-    /// Extra capabilities.
-    pub capabilities: Vec<String>,
-    /// Price, micro-units per input.
-    pub price_micros_per_input: u64,
-    /// Most sessions at once.
-    pub capacity: u32,
-    /// Client API base URL, e.g. `http://127.0.0.1:7700`.
-    pub api: String,
-    /// Migration server (`host:port`): checkpoint replicas, handover target, X2 forwarding.
-    pub migration: String,
-}
+use crate::common::identity::NodeId;
+pub use crate::common::spec::NodeSpec;
 
 /// What the placement needs, derived from a manifest.
 #[derive(Clone, Debug, PartialEq)]
@@ -645,7 +617,7 @@ impl Colony {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
+    use crate::common::identity::Identity;
     use proptest::prelude::*;
 
     pub(crate) fn spec(j: &str, acc: AcceleratorClass, handlers: &[&str], cap: u32) -> NodeSpec {

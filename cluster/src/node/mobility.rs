@@ -35,9 +35,9 @@ use serde::Serialize;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
-use crate::config::NodeConfig;
+use crate::common::wire::{HandoverTarget, ToRc};
+use crate::node::config::NodeConfig;
 use crate::node::NodeCore;
-use crate::wire::{HandoverTarget, ToRc};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

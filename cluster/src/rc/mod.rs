@@ -1,6 +1,22 @@
 //! The routing coordinator (RC) of a colony: membership (signed joins over an authenticated
 //! ractor_cluster link), failure detection (phi-accrual + leases), admission, placement orders and
-//! the session directory. Runs entirely on the control-plane runtime.
+//! the session directory. Runs entirely on the control-plane runtime. Its rooms:
+//!
+//! - [`config`]: `rc.toml`; [`server`]: `start_rc`; [`api`]: the RC's client API router;
+//! - [`admission`]: the in-memory node table, filters and scoring; [`mobility`]: replica sets,
+//!   failover, handover requests, reconciliation of holding reports;
+//! - [`federation`]: canopy gossip, treaties and cross-colony routing; [`settlement`]:
+//!   co-signing, batching and settling compute receipts.
+//!
+//! The RC never names the node's code ([`crate::node`]): both speak [`crate::common::wire`].
+
+pub mod admission;
+pub mod api;
+pub mod config;
+pub mod federation;
+pub mod mobility;
+pub mod server;
+pub mod settlement;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,12 +29,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::admission::{Colony, Decision, Rejection, Requirements};
-use crate::config::RcConfig;
-use crate::failure::{PhiConfig, PhiDetector};
-use crate::identity::{Identity, NodeId};
-use crate::metrics::Metrics;
-use crate::wire::{self, NodeMsg, RcLocal, RcMsg, ToNode, ToRc};
+use crate::common::failure::{PhiConfig, PhiDetector};
+use crate::common::identity::{Identity, NodeId};
+use crate::common::metrics::Metrics;
+use crate::common::wire::{self, pick, NodeMsg, RcLocal, RcMsg, ToNode, ToRc};
+use crate::rc::admission::{Colony, Decision, Rejection, Requirements};
+use crate::rc::config::RcConfig;
 
 /// Where a session lives, per the directory.
 #[derive(Clone, Debug, Serialize)]
@@ -112,7 +128,7 @@ pub(crate) struct RcState {
     pub(crate) members: HashMap<NodeId, Member>,
     pub(crate) directory: HashMap<SessionId, DirEntry>,
     /// Session mobility bookkeeping (failover, handover plans, drains).
-    pub(crate) mob: crate::rc_mobility::MobilityState,
+    pub(crate) mob: crate::rc::mobility::MobilityState,
 }
 
 /// Why a placement did not happen.
@@ -170,9 +186,9 @@ pub struct RcCore {
     pending: Mutex<HashMap<u64, oneshot::Sender<Option<String>>>>,
     next_req: AtomicU64,
     api: OnceLock<String>,
-    federation: OnceLock<Arc<crate::federation::Federation>>,
+    federation: OnceLock<Arc<crate::rc::federation::Federation>>,
     /// Receipt co-signing and settlement, when `[settlement] ledger` is set.
-    settlement: Option<Arc<crate::receipts::Settler>>,
+    settlement: Option<Arc<crate::rc::settlement::Settler>>,
 }
 
 impl std::fmt::Debug for RcCore {
@@ -192,18 +208,10 @@ pub(crate) fn node_ref(id: &NodeId) -> Option<ActorRef<NodeMsg>> {
     ))
 }
 
-/// Prefers a member in this process, else a remote one.
-pub(crate) fn pick<M: ractor::Message>(cells: Vec<ractor::ActorCell>) -> Option<ActorRef<M>> {
-    let local = cells.iter().find(|c| c.get_id().is_local()).cloned();
-    local
-        .or_else(|| cells.into_iter().next())
-        .map(ActorRef::from)
-}
-
 impl RcCore {
     /// A new RC core.
     pub fn new(cfg: RcConfig, identity: Identity) -> Self {
-        let settlement = crate::receipts::Settler::new(&cfg.settlement, &identity);
+        let settlement = crate::rc::settlement::Settler::new(&cfg.settlement, &identity);
         RcCore {
             cfg,
             identity,
@@ -238,17 +246,17 @@ impl RcCore {
     }
 
     /// Receipt co-signing and settlement, when `[settlement] ledger` is set.
-    pub fn settlement(&self) -> Option<&Arc<crate::receipts::Settler>> {
+    pub fn settlement(&self) -> Option<&Arc<crate::rc::settlement::Settler>> {
         self.settlement.as_ref()
     }
 
     /// The canopy and cross-colony routing, when `[canopy] enabled`.
-    pub fn federation(&self) -> Option<&Arc<crate::federation::Federation>> {
+    pub fn federation(&self) -> Option<&Arc<crate::rc::federation::Federation>> {
         self.federation.get()
     }
 
     /// Attaches the federation (once, at start).
-    pub(crate) fn set_federation(&self, f: Arc<crate::federation::Federation>) {
+    pub(crate) fn set_federation(&self, f: Arc<crate::rc::federation::Federation>) {
         let _ = self.federation.set(f);
     }
 
@@ -549,7 +557,7 @@ impl RcCore {
                 .map(|r| (r.spec.name.clone(), r.spec.api.clone()));
             let (name, api) = rec.unwrap_or_default();
             let replicas = self.choose_replicas(&st, m, &node, &[]);
-            let replica_addrs = crate::rc_mobility::migration_addrs(&st, &replicas);
+            let replica_addrs = crate::rc::mobility::migration_addrs(&st, &replicas);
             st.colony.note_placing(&node, &req.handler, req.memory);
             st.directory.insert(
                 sid.clone(),
@@ -748,7 +756,7 @@ impl Actor for RcActor {
             RcMsg::Wire(w) => self.core.on_message(*w),
             RcMsg::Local(RcLocal::Tick) => {
                 self.core.tick(Instant::now());
-                crate::rc_mobility::tick(&self.core, Instant::now());
+                crate::rc::mobility::tick(&self.core, Instant::now());
             }
         }
         Ok(())

@@ -1,6 +1,14 @@
-//! The node side of the control plane: joining the colony, heartbeats, the lease watchdog and
-//! placement orders. Runs on the control-plane runtime; session work is handed to the handler
-//! runtime.
+//! The node: what an operator runs on a box to host sessions. This module is the node agent (the
+//! node side of the control plane: joining the colony, heartbeats, the lease watchdog and
+//! placement orders), on the control-plane runtime; session work is handed to the handler
+//! runtime. Its rooms:
+//!
+//! - [`config`]: `node.toml`; [`server`]: `start_node` (runtimes, stores, listeners);
+//! - [`api`]: the node's client API router; [`mobility`]: handover, drain, failover restores and
+//!   checkpoint replication (migration server); [`receipts`]: signing usage receipts;
+//! - [`inference`]: the ONNX Runtime model pool wired into handlers; [`faults`]: test hooks.
+//!
+//! The node never names the RC's code ([`crate::rc`]): both speak [`crate::common::wire`].
 //!
 //! # Lease loss and reconciliation
 //! A node whose lease runs out (RC unreachable, partitioned, declared dead, or the RC itself
@@ -17,6 +25,14 @@
 //! [`REPORT_EVERY`] heartbeats, so a lost [`ToRc::Activated`] or any other directory drift is
 //! repaired within a second.
 
+pub mod api;
+pub mod config;
+pub mod faults;
+pub mod inference;
+pub mod mobility;
+pub mod receipts;
+pub mod server;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,13 +44,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use crate::admission::NodeSpec;
-use crate::config::NodeConfig;
-use crate::failure::Lease;
-use crate::identity::{Identity, NodeId};
-use crate::metrics::Metrics;
-use crate::rc::pick;
-use crate::wire::{self, JoinBody, JoinRequest, NodeLocal, NodeMsg, RcMsg, ToNode, ToRc};
+use crate::common::failure::Lease;
+use crate::common::identity::{Identity, NodeId};
+use crate::common::metrics::Metrics;
+use crate::common::spec::NodeSpec;
+use crate::common::wire::pick;
+use crate::common::wire::{self, JoinBody, JoinRequest, NodeLocal, NodeMsg, RcMsg, ToNode, ToRc};
+use crate::node::config::NodeConfig;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -82,9 +98,9 @@ pub struct NodeCore {
     last_refusal: Mutex<Option<String>>,
     joining_since: Mutex<Option<Instant>>,
     /// Replication, handover, restore, drain (set once at start).
-    pub(crate) mobility: std::sync::OnceLock<Arc<crate::mobility::NodeMobility>>,
-    /// Compute receipts of this node's sessions (see [`crate::receipts`]).
-    pub receipts: crate::receipts::ReceiptEmitter,
+    pub(crate) mobility: std::sync::OnceLock<Arc<crate::node::mobility::NodeMobility>>,
+    /// Compute receipts of this node's sessions (see [`crate::node::receipts`]).
+    pub receipts: crate::node::receipts::ReceiptEmitter,
     /// The RC has answered the holding report sent after the last (re)join.
     reconciled: AtomicBool,
     /// Number of the holding report awaiting its ack (0: none).
@@ -94,7 +110,7 @@ pub struct NodeCore {
     /// When replica trouble was last reported to the RC.
     trouble_sent: Mutex<Option<Instant>>,
     /// Fault hooks (`[faults] control_dir`, tests and chaos runs only).
-    pub(crate) faults: std::sync::OnceLock<Arc<crate::faults::FaultControl>>,
+    pub(crate) faults: std::sync::OnceLock<Arc<crate::node::faults::FaultControl>>,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -112,7 +128,7 @@ impl NodeCore {
         host: SessionHost,
         handlers: Handle,
     ) -> Self {
-        let receipts = crate::receipts::ReceiptEmitter::new(
+        let receipts = crate::node::receipts::ReceiptEmitter::new(
             &identity,
             cfg.receipts.window.0,
             spec.price_micros_per_input,

@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::admission::NodeSpec;
-use crate::identity::{Identity, IdentityError, NodeId};
+use crate::common::identity::{Identity, IdentityError, NodeId};
+use crate::common::spec::NodeSpec;
 
 /// Largest control-plane message decoded.
 pub const MAX_WIRE_BYTES: usize = 1 << 20;
@@ -27,6 +27,16 @@ pub fn pg_rc(colony: &str, secret: &str) -> String {
         .collect();
     format!("og.rc.{colony}.{hex}")
 }
+/// Prefers a member in this process, else a remote one.
+pub(crate) fn pick<M: ractor::Message>(
+    cells: Vec<ractor::ActorCell>,
+) -> Option<ractor::ActorRef<M>> {
+    let local = cells.iter().find(|c| c.get_id().is_local()).cloned();
+    local
+        .or_else(|| cells.into_iter().next())
+        .map(ractor::ActorRef::from)
+}
+
 /// Domain separator of signed join requests.
 const JOIN_DOMAIN: &[u8] = b"opengrid-join-v1\0";
 
@@ -168,8 +178,8 @@ pub enum ToRc {
         /// Epoch of the holder.
         epoch: u64,
     },
-    /// Signed compute receipts of this node's sessions (see [`crate::receipts`]); at most
-    /// [`crate::receipts::MAX_RECEIPTS_PER_MESSAGE`] per message.
+    /// Signed compute receipts of this node's sessions (see [`crate::node::receipts`]); at most
+    /// [`crate::common::receipts::MAX_RECEIPTS_PER_MESSAGE`] per message.
     Receipts {
         /// Sender (must be every receipt's node).
         node: NodeId,

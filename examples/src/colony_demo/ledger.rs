@@ -1,4 +1,4 @@
-//! The settlement part of `opengrid demo`: three ledger replicas as processes, the node and RC
+//! The settlement part of the colony demo: three ledger replicas as processes, the node and RC
 //! keys with their split policies registered by the operator command
 //! (`opengrid ledger register-node|register-rc`), and, once the sessions were served, the ledger's
 //! balances per account — which sum to the fees of the settled receipts.
@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use opengrid_settlement::{Account, LedgerClient};
 
-use crate::cli::{free_port, Children};
-use crate::client::Session;
+use opengrid_cluster::client::Session;
+
+use super::{free_port, Children};
 
 /// Demo nodes: name, price per input (micro-units), `register-node` policy arguments.
 const NODES: &[(&str, u64, &[&str])] = &[
@@ -136,7 +137,10 @@ impl DemoLedger {
             self.addrs.join(",")
         );
         let addr = self.addrs.join(",");
-        let rc_key = self.root.join("rc").join(crate::identity::KEY_FILE);
+        let rc_key = self
+            .root
+            .join("rc")
+            .join(opengrid_cluster::common::identity::KEY_FILE);
         let mut cmds: Vec<(String, Vec<String>)> = vec![(
             "rc".into(),
             [
@@ -154,7 +158,10 @@ impl DemoLedger {
             .collect(),
         )];
         for (name, price, policy) in NODES {
-            let key = self.root.join(name).join(crate::identity::KEY_FILE);
+            let key = self
+                .root
+                .join(name)
+                .join(opengrid_cluster::common::identity::KEY_FILE);
             let mut args: Vec<String> = [
                 "ledger",
                 "register-node",
