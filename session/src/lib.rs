@@ -4,7 +4,7 @@
 //!
 //! - [`Manifest`]: the contract between an agent and the infrastructure (TOML/JSON, versioned,
 //!   validated with errors naming the field).
-//! - [`SessionId`], [`Epoch`], [`Seq`] and the [`Lifecycle`] state machine.
+//! - [`SessionId`], [`Epoch`], [`Seq`].
 //! - [`CheckpointPolicy`]: what the manifest implies for durability (zero loss ⇒ synchronous
 //!   checkpoint before ack; a loss bound ⇒ periodic asynchronous checkpoints; `never-live` ⇒ no live
 //!   handover).
@@ -20,7 +20,6 @@ pub mod checkpoint;
 pub mod did;
 pub mod ids;
 pub mod jurisdiction;
-pub mod lifecycle;
 pub mod manifest;
 pub mod policy;
 pub mod store;
@@ -31,7 +30,6 @@ pub use checkpoint::{
 };
 pub use did::{Did, DidError};
 pub use ids::{Epoch, Seq, SessionId, SessionIdError};
-pub use lifecycle::{IllegalTransition, Lifecycle, LifecycleEvent, SessionState};
 pub use manifest::{
     AcceleratorClass, Continuity, FieldError, Manifest, ManifestError, MigrationCost, ProofKind,
     MANIFEST_VERSION,
