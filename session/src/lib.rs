@@ -31,7 +31,7 @@ pub use checkpoint::{
 pub use did::{Did, DidError};
 pub use ids::{Epoch, Seq, SessionId, SessionIdError};
 pub use manifest::{
-    AcceleratorClass, Continuity, FieldError, Manifest, ManifestError, MigrationCost, ProofKind,
+    AcceleratorClass, Continuity, FieldError, FieldErrorKind, Manifest, ManifestError, MigrationCost, ProofKind,
     MANIFEST_VERSION,
 };
 pub use policy::{CheckpointMode, CheckpointPolicy};
