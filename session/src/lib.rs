@@ -12,7 +12,9 @@
 //! - [`CheckpointStore`] with a RocksDB and an in-memory implementation passing one
 //!   [conformance suite](store::conformance), including epoch fencing.
 //!
-//! - [`Did`]: the printable identity of nodes and RCs (`did:mycel:z…`, an ed25519 key).
+//! - [`Did`]: the printable identity of nodes and RCs (`did:mycel:z…`, an ed25519 key), and
+//!   [`keyfile`]: the one loader of ed25519 key files (created 0600 atomically, permissions checked
+//!   on load).
 //!
 //! Plane: control (placement inputs) and state (checkpoints). No networking, no actors here.
 
@@ -20,6 +22,7 @@ pub mod checkpoint;
 pub mod did;
 pub mod ids;
 pub mod jurisdiction;
+pub mod keyfile;
 pub mod manifest;
 pub mod policy;
 pub mod store;
@@ -29,6 +32,7 @@ pub use checkpoint::{
     Checkpoint, CheckpointError, CHECKPOINT_FORMAT_VERSION, MAX_CHECKPOINT_BYTES,
 };
 pub use did::{Did, DidError};
+pub use keyfile::KeyFileError;
 pub use ids::{Epoch, Seq, SessionId, SessionIdError};
 pub use manifest::{
     AcceleratorClass, Continuity, FieldError, FieldErrorKind, Manifest, ManifestError, MigrationCost, ProofKind,

@@ -9,8 +9,8 @@ pub enum SettlementError {
     Codec(#[from] opengrid_consensus::codec::CodecError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("key: {0}")]
-    Key(String),
+    #[error(transparent)]
+    KeyFile(#[from] opengrid_session::KeyFileError),
     #[error("the ledger rejected the request: {0}")]
     Rejected(String),
     #[error("unexpected ledger answer: {0}")]
