@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::application::Application;
-use crate::codec::{self, MAX_DECODE_BYTES};
+use opengrid_codec::{self as codec, MAX_DECODE_BYTES};
 use crate::types::{
     Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };

@@ -6,7 +6,7 @@ pub enum SettlementError {
     #[error("consensus: {0}")]
     Consensus(#[from] opengrid_consensus::ConsensusError),
     #[error("codec: {0}")]
-    Codec(#[from] opengrid_consensus::codec::CodecError),
+    Codec(#[from] opengrid_codec::CodecError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
