@@ -1239,9 +1239,9 @@ async fn ledger_phases(
     let rs = generate(&node, &rc, receipts, 0);
     let batches = parts(&rc, rs, batch_size, 0);
     let generate_s = tg.elapsed().as_secs_f64();
-    let part_bytes = opengrid_codec::encode(
-        &opengrid_settlement::LedgerCommand::SubmitBatch(batches[0].clone()),
-    )
+    let part_bytes = opengrid_codec::encode(&opengrid_settlement::LedgerCommand::SubmitBatch(
+        batches[0].clone(),
+    ))
     .map(|b| b.len())
     .unwrap_or(0);
     progress.line(format!(

@@ -358,7 +358,11 @@ mod tests {
 
     #[test]
     fn round_trips_byte_by_byte_and_back_to_back() {
-        let msgs = [Msg::Ping, Msg::Text("x".repeat(300)), Msg::Blob(vec![7; 900])];
+        let msgs = [
+            Msg::Ping,
+            Msg::Text("x".repeat(300)),
+            Msg::Blob(vec![7; 900]),
+        ];
         let mut wire = Vec::new();
         for m in &msgs {
             wire.extend(frame_of(m));
@@ -398,7 +402,10 @@ mod tests {
             buf.extend_from_slice(&[V, 0, 0]);
             let cap = buf.capacity();
             match codec().decode(&mut buf) {
-                Err(FrameError::TooLarge { len: l, limit: 1024 }) => assert_eq!(l, len as usize),
+                Err(FrameError::TooLarge {
+                    len: l,
+                    limit: 1024,
+                }) => assert_eq!(l, len as usize),
                 other => panic!("expected TooLarge, got {other:?}"),
             }
             assert_eq!(buf.capacity(), cap, "no buffer grew for the body");
@@ -460,7 +467,10 @@ mod tests {
         ));
         assert!(matches!(
             codec().decode(&mut with_body(&[9, 0])),
-            Err(FrameError::Version { got: 9, expected: V })
+            Err(FrameError::Version {
+                got: 9,
+                expected: V
+            })
         ));
         match codec().decode(&mut with_body(&[V, 0xff, 0xff, 0xff])) {
             Err(FrameError::Codec(e @ CodecError::Decode { .. })) => {
@@ -494,7 +504,10 @@ mod tests {
             assert_eq!(client.next().await.unwrap().unwrap(), m);
         }
         // A pre-encoded frame goes out unchanged.
-        let f = client.codec_mut().encode_frame(&Msg::Text("pre".into())).unwrap();
+        let f = client
+            .codec_mut()
+            .encode_frame(&Msg::Text("pre".into()))
+            .unwrap();
         client.send(f).await.unwrap();
         assert_eq!(
             client.next().await.unwrap().unwrap(),

@@ -118,7 +118,11 @@ mod tests {
         assert_eq!(&into[..], &bytes[..]);
         assert!(matches!(
             decode::<Vec<u64>>(&bytes, 2),
-            Err(CodecError::TooLarge { len: 4, limit: 2, .. })
+            Err(CodecError::TooLarge {
+                len: 4,
+                limit: 2,
+                ..
+            })
         ));
         let mut long = bytes.clone();
         long.push(0);

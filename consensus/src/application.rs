@@ -62,7 +62,10 @@ impl KvApplication {
 
 impl Application for KvApplication {
     fn apply(&mut self, command: &[u8]) -> Vec<u8> {
-        match opengrid_codec::decode::<(Vec<u8>, Vec<u8>)>(command, opengrid_codec::MAX_DECODE_BYTES) {
+        match opengrid_codec::decode::<(Vec<u8>, Vec<u8>)>(
+            command,
+            opengrid_codec::MAX_DECODE_BYTES,
+        ) {
             Ok((k, v)) => {
                 let prev = self.map.insert(k, v);
                 opengrid_codec::encode(&prev).unwrap_or_default()

@@ -10,6 +10,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
+use opengrid_codec::{Frame, FrameCodec, FrameError, Framed};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -19,8 +21,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use futures::{SinkExt, StreamExt};
-use opengrid_codec::{Frame, FrameCodec, FrameError, Framed};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
@@ -122,7 +122,10 @@ async fn call(
     req: Frame<RpcRequest>,
 ) -> Result<RpcResponse, ConsensusError> {
     conn.send(req).await?;
-    Ok(conn.next().await.ok_or(ConsensusError::ConnectionClosed)??)
+    Ok(conn
+        .next()
+        .await
+        .ok_or(ConsensusError::ConnectionClosed)??)
 }
 
 /// A connection to one address, opened lazily and reopened after errors.

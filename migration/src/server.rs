@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use opengrid_actors::SessionHost;
+use opengrid_codec::FrameError;
 use opengrid_session::{
     Checkpoint, CheckpointPolicy, CheckpointStore, Epoch, SessionId, StoreError,
 };
-use futures::{SinkExt, StreamExt};
-use opengrid_codec::FrameError;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::wire::{server_codec, Request, Response};

@@ -333,7 +333,8 @@ mod tests {
             let created = keys.iter().filter(|(_, o)| *o == Origin::Created).count();
             assert_eq!(created, 1, "round {round}: exactly one creator");
             assert!(
-                keys.iter().all(|(k, _)| k.to_bytes() == keys[0].0.to_bytes()),
+                keys.iter()
+                    .all(|(k, _)| k.to_bytes() == keys[0].0.to_bytes()),
                 "round {round}: every caller returns the same key"
             );
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -32,11 +32,11 @@ pub use checkpoint::{
     Checkpoint, CheckpointError, CHECKPOINT_FORMAT_VERSION, MAX_CHECKPOINT_BYTES,
 };
 pub use did::{Did, DidError};
-pub use keyfile::KeyFileError;
 pub use ids::{Epoch, Seq, SessionId, SessionIdError};
+pub use keyfile::KeyFileError;
 pub use manifest::{
-    AcceleratorClass, Continuity, FieldError, FieldErrorKind, Manifest, ManifestError, MigrationCost, ProofKind,
-    MANIFEST_VERSION,
+    AcceleratorClass, Continuity, FieldError, FieldErrorKind, Manifest, ManifestError,
+    MigrationCost, ProofKind, MANIFEST_VERSION,
 };
 pub use policy::{CheckpointMode, CheckpointPolicy};
 pub use store::{

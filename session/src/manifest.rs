@@ -713,7 +713,10 @@ proof = "receipt"
             ("session.idle_timeout", GOOD.replace("\"2m\"", "\"soon\"")),
             (
                 "session.state_footprint",
-                GOOD.replace("idle_timeout", "state_footprint = \"64 parsecs\"\nidle_timeout"),
+                GOOD.replace(
+                    "idle_timeout",
+                    "state_footprint = \"64 parsecs\"\nidle_timeout",
+                ),
             ),
             (
                 "migration.max_blackout",
@@ -820,7 +823,11 @@ proof = "receipt"
             assert_eq!(errs.len(), 1, "{errs:?}");
             assert_eq!(errs[0].field, field);
             assert_eq!(errs[0].kind, FieldErrorKind::NotSupportedYet);
-            assert!(errs[0].to_string().contains("not supported yet"), "{}", errs[0]);
+            assert!(
+                errs[0].to_string().contains("not supported yet"),
+                "{}",
+                errs[0]
+            );
         }
         // The defaults, written out, still load.
         let defaults = GOOD.replace(

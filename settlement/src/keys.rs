@@ -68,9 +68,8 @@ mod tests {
     fn reads_raw_seeds_and_node_identity_files() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let private = |p: &Path| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap()
-        };
+        let private =
+            |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
         let raw = dir.path().join("raw.key");
         std::fs::write(&raw, [7u8; 32]).unwrap();
         private(&raw);
@@ -88,7 +87,9 @@ mod tests {
         private(&bad);
         assert!(matches!(
             Keypair::load_or_create(&bad),
-            Err(SettlementError::KeyFile(opengrid_session::KeyFileError::Corrupt { .. }))
+            Err(SettlementError::KeyFile(
+                opengrid_session::KeyFileError::Corrupt { .. }
+            ))
         ));
         // A fresh key is created private and loads back as the same identity.
         let new = dir.path().join("new.key");
@@ -101,7 +102,9 @@ mod tests {
         std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             Keypair::load_or_create(&new),
-            Err(SettlementError::KeyFile(opengrid_session::KeyFileError::InsecureMode { .. }))
+            Err(SettlementError::KeyFile(
+                opengrid_session::KeyFileError::InsecureMode { .. }
+            ))
         ));
     }
 }

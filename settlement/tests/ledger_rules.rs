@@ -350,8 +350,7 @@ fn malformed_commands_and_queries_do_not_panic_or_change_state() {
     let resp = w.ledger.apply(b"\x02\xff\xff\xff\xff\xff");
     let resp: LedgerResponse = opengrid_codec::decode(&resp, 1 << 20).unwrap();
     assert!(matches!(resp, LedgerResponse::Malformed(_)));
-    let ans: QueryAnswer =
-        opengrid_codec::decode(&w.ledger.query(b"\x09"), 1 << 20).unwrap();
+    let ans: QueryAnswer = opengrid_codec::decode(&w.ledger.query(b"\x09"), 1 << 20).unwrap();
     assert!(matches!(ans, QueryAnswer::Malformed(_)));
     assert_eq!(w.ledger.state_hash(), hash);
     let q = opengrid_codec::encode(&LedgerQuery::Balance(acct("nobody"))).unwrap();
