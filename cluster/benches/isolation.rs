@@ -41,7 +41,7 @@ fn setup(h: &SessionHost) {
     h.register(Arc::new(Spin));
 }
 
-const MANIFEST: &str = "version = 1\n[session]\nhandler = \"spin\"\ncontinuity = \"batch\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n";
+const MANIFEST: &str = "version = 1\n[session]\nhandler = \"spin\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n";
 
 async fn probe(http: &reqwest::Client, node: &str, rc: &str, n: usize) -> (Vec<f64>, Vec<f64>) {
     let mut health = Vec::with_capacity(n);

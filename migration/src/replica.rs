@@ -17,7 +17,7 @@ use opengrid_session::{
     Checkpoint, CheckpointInfo, CheckpointStore, Epoch, Seq, SessionId, StoreError,
 };
 
-use crate::wire::{encode, read_frame_blocking, Request, Response};
+use crate::wire::{client_codec, Request, Response};
 
 /// Replication settings.
 #[derive(Clone, Debug)]
@@ -130,7 +130,7 @@ impl ReplicatedStore {
         cp: &Checkpoint,
         peers: &[SocketAddr],
     ) -> Vec<(SocketAddr, Result<Response, String>)> {
-        let frame = match encode(&Request::Replicate {
+        let frame = match client_codec().encode_frame(&Request::Replicate {
             checkpoint: cp.encode(),
         }) {
             Ok(f) => f,
@@ -151,7 +151,7 @@ impl ReplicatedStore {
         };
         for (_, s) in streams.iter_mut() {
             if let Ok(st) = s {
-                if let Err(e) = st.write_all(&frame) {
+                if let Err(e) = st.write_all(frame.as_bytes()) {
                     *s = Err(e.to_string());
                 }
             }
@@ -159,7 +159,7 @@ impl ReplicatedStore {
         let mut out = Vec::with_capacity(peers.len());
         for (p, s) in streams {
             match s {
-                Ok(mut st) => match read_frame_blocking::<_, Response>(&mut st) {
+                Ok(mut st) => match client_codec().read_blocking(&mut st) {
                     Ok(r) => {
                         self.conns
                             .lock()

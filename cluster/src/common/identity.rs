@@ -5,7 +5,7 @@
 //! summaries.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -15,7 +15,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const DID_PREFIX: &str = "did:mycel:";
 /// File name of the key inside a data dir.
 pub const KEY_FILE: &str = "identity.key";
-const KEY_FILE_MAGIC: &[u8; 8] = b"OGKEY\x00\x00\x01";
 
 /// Why an id, key file or signature was refused.
 #[derive(Debug, thiserror::Error)]
@@ -43,25 +42,9 @@ pub enum IdentityError {
     /// A signature does not verify for the id.
     #[error("signature does not verify for {0}")]
     BadSignature(String),
-    /// The key file could not be read or written.
-    #[error("identity key file {path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The key file exists but is not an OpenGrid key file.
-    #[error("identity key file {0} is corrupt (wrong size or magic); move it away to create a new identity")]
-    CorruptKeyFile(PathBuf),
-    /// The key file is readable by group/other.
-    #[error("identity key file {path} has mode {mode:o}; it must be 0600 (chmod 600 {path})")]
-    InsecureMode {
-        /// The path.
-        path: PathBuf,
-        /// Its mode bits.
-        mode: u32,
-    },
+    /// The key file could not be loaded or created (I/O, corrupt, insecure mode).
+    #[error("identity {0}")]
+    KeyFile(#[from] opengrid_session::KeyFileError),
 }
 
 /// A public identity: an ed25519 verifying key shown as `did:mycel:z…`.
@@ -173,47 +156,16 @@ impl Identity {
         }
     }
 
-    /// Loads `<dir>/identity.key`, creating it (mode 0600) on first start.
+    /// Loads `<dir>/identity.key`, creating it (mode 0600) on first start; the shared key-file
+    /// loader ([`opengrid_session::keyfile`]) refuses a key readable by group/others or corrupt.
     pub fn load_or_create(dir: &Path) -> Result<Self, IdentityError> {
         let path = dir.join(KEY_FILE);
-        let io = |source| IdentityError::Io {
-            path: path.clone(),
-            source,
-        };
-        match std::fs::metadata(&path) {
-            Ok(meta) => {
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = meta.permissions().mode() & 0o777;
-                    if mode & 0o077 != 0 {
-                        return Err(IdentityError::InsecureMode { path, mode });
-                    }
-                }
-                if meta.len() != 40 {
-                    return Err(IdentityError::CorruptKeyFile(path));
-                }
-                let bytes = std::fs::read(&path).map_err(io)?;
-                if bytes.len() != 40 || &bytes[..8] != KEY_FILE_MAGIC {
-                    return Err(IdentityError::CorruptKeyFile(path));
-                }
-                let mut seed = [0u8; 32];
-                seed.copy_from_slice(&bytes[8..]);
-                Ok(Identity {
-                    key: SigningKey::from_bytes(&seed),
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).map_err(io)?;
-                let id = Identity::generate();
-                let mut bytes = KEY_FILE_MAGIC.to_vec();
-                bytes.extend_from_slice(&id.key.to_bytes());
-                write_private(&path, &bytes).map_err(io)?;
-                tracing::info!(path = %path.display(), did = %id.id(), "created identity");
-                Ok(id)
-            }
-            Err(e) => Err(io(e)),
+        let (key, origin) = opengrid_session::keyfile::load_or_create(&path)?;
+        let id = Identity { key };
+        if origin == opengrid_session::keyfile::Origin::Created {
+            tracing::info!(path = %path.display(), did = %id.id(), "created identity");
         }
+        Ok(id)
     }
 
     /// The public id.
@@ -230,24 +182,6 @@ impl Identity {
     pub(crate) fn signing_key(&self) -> SigningKey {
         self.key.clone()
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("key.tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -306,13 +240,17 @@ mod tests {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
             assert!(matches!(
                 Identity::load_or_create(dir.path()),
-                Err(IdentityError::InsecureMode { .. })
+                Err(IdentityError::KeyFile(
+                    opengrid_session::KeyFileError::InsecureMode { .. }
+                ))
             ));
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         assert!(matches!(
             Identity::load_or_create(dir.path()),
-            Err(IdentityError::CorruptKeyFile(_))
+            Err(IdentityError::KeyFile(
+                opengrid_session::KeyFileError::Corrupt { .. }
+            ))
         ));
     }
 }
