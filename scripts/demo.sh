@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the OpenGrid demo from a fresh machine: installs what it needs (idempotent), builds, runs.
-#  1. `opengrid demo`: a local colony — one RC and three node processes on 127.0.0.1 — places tutor
+#  1. `opengrid-colony-demo`: a local colony — one RC and three node processes on 127.0.0.1 — places tutor
 #     sessions by jurisdiction and talks to them through the client API.
 #  2. `opengrid-demo`: a handler crash restarted from its checkpoint, hibernation, and a live
 #     handover of a session between two nodes over TCP (make-before-break, X2 forwarding).
@@ -12,6 +12,6 @@ og_setup
 og_log "building (first build compiles RocksDB: ~15-25 min on 2 cores)"
 cargo build -p opengrid-examples --bins
 export RUST_BACKTRACE=0
-"$CARGO_TARGET_DIR/debug/opengrid" demo
+"$CARGO_TARGET_DIR/debug/opengrid-colony-demo"
 echo
 "$CARGO_TARGET_DIR/debug/opengrid-demo"

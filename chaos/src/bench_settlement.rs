@@ -1239,9 +1239,9 @@ async fn ledger_phases(
     let rs = generate(&node, &rc, receipts, 0);
     let batches = parts(&rc, rs, batch_size, 0);
     let generate_s = tg.elapsed().as_secs_f64();
-    let part_bytes = opengrid_consensus::codec::encode(
-        &opengrid_settlement::LedgerCommand::SubmitBatch(batches[0].clone()),
-    )
+    let part_bytes = opengrid_codec::encode(&opengrid_settlement::LedgerCommand::SubmitBatch(
+        batches[0].clone(),
+    ))
     .map(|b| b.len())
     .unwrap_or(0);
     progress.line(format!(
@@ -1525,9 +1525,9 @@ mod tests {
         assert_eq!(v[0], 0xA5);
         assert_eq!(v[1], 7);
         assert!(
-            opengrid_consensus::codec::decode::<opengrid_settlement::LedgerCommand>(
+            opengrid_codec::decode::<opengrid_settlement::LedgerCommand>(
                 &v,
-                opengrid_consensus::codec::MAX_DECODE_BYTES
+                opengrid_codec::MAX_DECODE_BYTES
             )
             .is_err()
         );

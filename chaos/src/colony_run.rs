@@ -13,7 +13,7 @@
 //!   between the client and a node are refused with a clear error: nodes advertise the addresses
 //!   they bind (no advertise-address setting), so a proxy cannot be put on those paths;
 //! - `fail-disk` / `restore-disk` of a node, `slow-handler` / `panic-handler` of a session group:
-//!   every node runs with the `[faults] control_dir` test hook (`opengrid_cluster::faults`), and
+//!   every node runs with the `[faults] control_dir` test hook (`opengrid_cluster::node::faults`), and
 //!   the harness creates and removes its control files — `fail-writes` (every checkpoint put of
 //!   that node's local store fails with an injected I/O error), `slow-handler` (`<ms>` and the
 //!   group's session ids, on every node) and `panic-handler` (every [`PANIC_EVERY`]-th input of
@@ -103,7 +103,7 @@ const PRICE_MICROS: u64 = 1_000;
 /// that is one panic per `PANIC_EVERY / input_rate` seconds, well inside the supervisor's
 /// restart intensity (5 restarts in 10 s) at the rates the scenarios use.
 const PANIC_EVERY: u64 = 20;
-/// Fault control files a node reads (`[faults] control_dir`, opengrid_cluster::faults).
+/// Fault control files a node reads (`[faults] control_dir`, opengrid_cluster::node::faults).
 const FAIL_WRITES: &str = "fail-writes";
 const SLOW_HANDLER: &str = "slow-handler";
 const PANIC_HANDLER: &str = "panic-handler";
@@ -540,7 +540,7 @@ async fn drive(
     }
     for (n, p) in sc.cluster.node.iter().zip(started) {
         let h = p.handle();
-        // The node's fault control dir (test hook; opengrid_cluster::faults).
+        // The node's fault control dir (test hook; opengrid_cluster::node::faults).
         let control = launcher.root().join(format!("{}.faults", n.name));
         std::fs::create_dir_all(&control).map_err(|e| format!("{}: {e}", control.display()))?;
         // Fixed ports (the same after a restart), so the fuzzer knows every listening port.
@@ -675,7 +675,7 @@ async fn drive(
     }
     if brk == Some(Break::Fencing) {
         for dir in targets.controls.values() {
-            write_control(dir, opengrid_cluster::faults::IGNORE_LEASE, "")?;
+            write_control(dir, opengrid_cluster::node::faults::IGNORE_LEASE, "")?;
         }
     }
     let mut tasks = Vec::new();
@@ -1573,7 +1573,7 @@ async fn register_keys(
     bin: &Path,
     ledgers: &BTreeMap<String, String>,
 ) -> Result<(), String> {
-    use opengrid_cluster::identity::KEY_FILE;
+    use opengrid_cluster::common::identity::KEY_FILE;
     let addr = ledgers.values().cloned().collect::<Vec<_>>().join(",");
     let rc = &sc.cluster.rc[0].name;
     let key = |name: &str| -> Result<String, String> {

@@ -131,7 +131,7 @@ fn env_dir(var: &str) -> Result<PathBuf, BenchError> {
     }
 }
 
-const SCORER_MANIFEST: &str = "version = 1\n[session]\nhandler = \"scorer\"\ncontinuity = \"batch\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n";
+const SCORER_MANIFEST: &str = "version = 1\n[session]\nhandler = \"scorer\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n";
 
 struct Colony {
     launcher: Launcher,

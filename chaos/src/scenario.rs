@@ -38,6 +38,10 @@
 //!
 //! Parsing never panics; every error names the offending field (`fault[2].between`). The same
 //! seed always expands to the same [`ScheduledFault`] list.
+//!
+//! Why one file of ~1,100 lines: it is one schema — the scenario format's types, their defaults
+//! and the validation that names each field — which whoever adds a field reads top to bottom; its
+//! tests are the `chaos/tests/scenario.rs` binary.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use hdrhistogram::Histogram;
-use opengrid_cluster::admission::{Colony, NodeSpec, Requirements};
-use opengrid_cluster::identity::Identity;
+use opengrid_cluster::common::identity::Identity;
+use opengrid_cluster::rc::admission::{Colony, NodeSpec, Requirements};
 use opengrid_session::AcceleratorClass;
 use rand::{Rng, SeedableRng};
 

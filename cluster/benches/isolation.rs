@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use opengrid_actors::{HandlerError, SessionContext, SessionHandler, SessionHost};
-use opengrid_cluster::config::{NodeConfig, RcConfig};
+use opengrid_cluster::node::config::NodeConfig;
+use opengrid_cluster::rc::config::RcConfig;
 use opengrid_cluster::{start_node, start_rc};
 use opengrid_session::SessionId;
 use serde_json::json;
@@ -41,7 +42,7 @@ fn setup(h: &SessionHost) {
     h.register(Arc::new(Spin));
 }
 
-const MANIFEST: &str = "version = 1\n[session]\nhandler = \"spin\"\ncontinuity = \"batch\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n";
+const MANIFEST: &str = "version = 1\n[session]\nhandler = \"spin\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n";
 
 async fn probe(
     http: &reqwest::Client,

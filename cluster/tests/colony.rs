@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use opengrid_actors::{HandlerError, SessionContext, SessionHandler, SessionHost};
 use opengrid_cluster::client::{Client, ClientError};
-use opengrid_cluster::config::{NodeConfig, RcConfig};
+use opengrid_cluster::node::config::NodeConfig;
+use opengrid_cluster::rc::config::RcConfig;
 use opengrid_cluster::{start_node, start_rc, NodeHandle, RcHandle};
 use opengrid_session::{AcceleratorClass, ByteSize, HumanDuration, SessionId};
 use serde_json::{json, Value};

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use opengrid_actors::{HandlerError, SessionContext, SessionHandler, SessionHost};
 use opengrid_canopy::FederationTreaty;
-use opengrid_cluster::config::{NodeConfig, RcConfig};
-use opengrid_cluster::federation::{
+use opengrid_cluster::common::identity::Identity;
+use opengrid_cluster::node::config::NodeConfig;
+use opengrid_cluster::rc::config::RcConfig;
+use opengrid_cluster::rc::federation::{
     AdmissionAnswer, AdmissionRequest, CanopySection, Outcome, Signed, ADMISSION_PATH,
     ANSWER_DOMAIN, REQUEST_DOMAIN,
 };
-use opengrid_cluster::identity::Identity;
 use opengrid_cluster::{start_node, start_rc, NodeHandle, RcHandle};
 use opengrid_session::{Did, HumanDuration, Manifest, SessionId};
 use serde_json::{json, Value};

@@ -49,12 +49,12 @@ pub struct KvApplication {
 impl KvApplication {
     /// Encode a `set key = value` command.
     pub fn set_command(key: &[u8], value: &[u8]) -> Vec<u8> {
-        crate::codec::encode(&(key, value)).unwrap_or_default()
+        opengrid_codec::encode(&(key, value)).unwrap_or_default()
     }
 
     /// Decode the answer to a query.
     pub fn decode_answer(bytes: &[u8]) -> Option<Vec<u8>> {
-        crate::codec::decode::<Option<Vec<u8>>>(bytes, crate::codec::MAX_DECODE_BYTES)
+        opengrid_codec::decode::<Option<Vec<u8>>>(bytes, opengrid_codec::MAX_DECODE_BYTES)
             .ok()
             .flatten()
     }
@@ -62,25 +62,28 @@ impl KvApplication {
 
 impl Application for KvApplication {
     fn apply(&mut self, command: &[u8]) -> Vec<u8> {
-        match crate::codec::decode::<(Vec<u8>, Vec<u8>)>(command, crate::codec::MAX_DECODE_BYTES) {
+        match opengrid_codec::decode::<(Vec<u8>, Vec<u8>)>(
+            command,
+            opengrid_codec::MAX_DECODE_BYTES,
+        ) {
             Ok((k, v)) => {
                 let prev = self.map.insert(k, v);
-                crate::codec::encode(&prev).unwrap_or_default()
+                opengrid_codec::encode(&prev).unwrap_or_default()
             }
             Err(_) => Vec::new(),
         }
     }
 
     fn query(&self, query: &[u8]) -> Vec<u8> {
-        crate::codec::encode(&self.map.get(query)).unwrap_or_default()
+        opengrid_codec::encode(&self.map.get(query)).unwrap_or_default()
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        crate::codec::encode(&self.map).unwrap_or_default()
+        opengrid_codec::encode(&self.map).unwrap_or_default()
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
-        self.map = crate::codec::decode(snapshot, crate::codec::MAX_DECODE_BYTES)
+        self.map = opengrid_codec::decode(snapshot, opengrid_codec::MAX_DECODE_BYTES)
             .map_err(|e| RestoreError(e.to_string()))?;
         Ok(())
     }

@@ -9,9 +9,9 @@ pub enum ConsensusError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("codec: {0}")]
-    Codec(#[from] crate::codec::CodecError),
-    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
-    FrameTooLarge { len: usize, limit: usize },
+    Codec(#[from] opengrid_codec::CodecError),
+    #[error("frame: {0}")]
+    Frame(#[from] opengrid_codec::FrameError),
     #[error("connection closed by peer")]
     ConnectionClosed,
     #[error("protocol violation: {0}")]
@@ -41,10 +41,13 @@ pub enum ConsensusError {
 impl ConsensusError {
     /// Whether retrying the same request later (possibly at another replica) may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Io(_) | Self::ConnectionClosed | Self::Timeout(_) | Self::NotLeader { .. }
-        )
+        match self {
+            Self::Frame(e) => e.is_connection_loss(),
+            Self::Io(_) | Self::ConnectionClosed | Self::Timeout(_) | Self::NotLeader { .. } => {
+                true
+            }
+            _ => false,
+        }
     }
 }
 

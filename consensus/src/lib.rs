@@ -11,8 +11,10 @@
 //!
 //! - [`store`]: [`store::LogStore`] (`RaftLogStorage`) and [`store::StateMachineStore`]
 //!   (`RaftStateMachine`) over one RocksDB per replica; passes openraft's storage `Suite`.
-//! - [`network`]: length-prefixed bincode 2 frames with a size limit; openraft's
-//!   `RaftNetwork`/`RaftNetworkFactory` and the RPC wire types.
+//! - [`network`]: the RPC wire types in the shared frame format of `opengrid-codec`
+//!   (length-delimited bincode 2 frames with a size limit); openraft's
+//!   `RaftNetwork`/`RaftNetworkFactory`. Log entries, snapshots and application commands are
+//!   encoded with the same crate's size-limited value codec.
 //! - [`RaftNode`]: start a replica (`start`), propose (`client_write`, forwarded to the leader),
 //!   read (`read` linearizable, `local_read`), membership (`initialize`, `add_learner`,
 //!   `change_membership`, `remove_node`), `metrics`, `status`, `shutdown`.
@@ -25,7 +27,6 @@
 //! Metrics: none of its own yet; openraft's [`RaftMetrics`] are exposed via [`RaftNode::metrics`].
 
 pub mod application;
-pub mod codec;
 pub mod error;
 pub mod network;
 pub mod node;

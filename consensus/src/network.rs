@@ -1,13 +1,17 @@
-//! Raft transport over TCP: length-prefixed bincode 2 frames with a size limit.
+//! Raft transport over TCP: [`RpcRequest`]/[`RpcResponse`] in the shared frame format of
+//! [`opengrid_codec::frame`] (4-byte big-endian length, [`RAFT_WIRE_VERSION`], bincode 2 body)
+//! with a size limit.
 //!
-//! Frame = 4-byte big-endian payload length, then the bincode payload. A connection carries one
-//! request at a time (request, then response). Peers keep one connection per target and reconnect
-//! after any error. Oversized or undecodable frames close the connection; they never panic.
-//! See `docs/adr/0006-raft-transport.md`.
+//! A connection carries one request at a time (request, then response). Peers keep one
+//! connection per target and reconnect after any error. Oversized or undecodable frames close the
+//! connection; they never panic. See `docs/adr/0006-raft-transport.md` and
+//! `docs/adr/0011-one-framing-codec.md`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
+use opengrid_codec::{Frame, FrameCodec, FrameError, Framed};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -18,15 +22,31 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::codec;
 use crate::error::ConsensusError;
 use crate::types::{LogId, Node, NodeId, TypeConfig};
 
 /// Default upper bound on one frame (request or response), in bytes.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Version byte of the Raft transport's frames.
+pub const RAFT_WIRE_VERSION: u8 = 1;
+
+/// A client's side of the transport: sends requests, receives responses.
+pub type ClientCodec = FrameCodec<RpcRequest, RpcResponse>;
+/// A replica's side of the transport: receives requests, answers responses.
+pub type ServerCodec = FrameCodec<RpcResponse, RpcRequest>;
+
+/// A client codec refusing frames over `max_frame` bytes.
+pub fn client_codec(max_frame: usize) -> ClientCodec {
+    FrameCodec::new(RAFT_WIRE_VERSION, max_frame)
+}
+
+/// A server codec refusing frames over `max_frame` bytes.
+pub fn server_codec(max_frame: usize) -> ServerCodec {
+    FrameCodec::new(RAFT_WIRE_VERSION, max_frame)
+}
 
 /// A request on the wire.
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,78 +116,23 @@ pub struct NodeStatus {
     pub state_hash: [u8; 32],
 }
 
-/// Write one frame.
-pub async fn write_frame(
-    stream: &mut TcpStream,
-    payload: &[u8],
-    max_frame: usize,
-) -> Result<(), ConsensusError> {
-    if payload.len() > max_frame {
-        return Err(ConsensusError::FrameTooLarge {
-            len: payload.len(),
-            limit: max_frame,
-        });
-    }
-    let len = u32::try_from(payload.len()).map_err(|_| ConsensusError::FrameTooLarge {
-        len: payload.len(),
-        limit: max_frame,
-    })?;
-    stream.write_all(&len.to_be_bytes()).await?;
-    stream.write_all(payload).await?;
-    stream.flush().await?;
-    Ok(())
-}
-
-/// Read one frame; `Ok(None)` on a clean end of stream before a frame starts.
-pub async fn read_frame(
-    stream: &mut TcpStream,
-    max_frame: usize,
-) -> Result<Option<Vec<u8>>, ConsensusError> {
-    let mut len = [0u8; 4];
-    match stream.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max_frame {
-        return Err(ConsensusError::FrameTooLarge {
-            len,
-            limit: max_frame,
-        });
-    }
-    let mut buf = vec![0u8; len];
-    stream.read_exact(&mut buf).await?;
-    Ok(Some(buf))
-}
-
 /// One request/response exchange on an open connection.
-pub async fn call(
-    stream: &mut TcpStream,
-    req: &RpcRequest,
-    max_frame: usize,
+async fn call(
+    conn: &mut Framed<TcpStream, ClientCodec>,
+    req: Frame<RpcRequest>,
 ) -> Result<RpcResponse, ConsensusError> {
-    let bytes = codec::encode(req)?;
-    call_encoded(stream, &bytes, max_frame).await
-}
-
-async fn call_encoded(
-    stream: &mut TcpStream,
-    bytes: &[u8],
-    max_frame: usize,
-) -> Result<RpcResponse, ConsensusError> {
-    write_frame(stream, bytes, max_frame).await?;
-    let frame = read_frame(stream, max_frame)
-        .await?
-        .ok_or(ConsensusError::ConnectionClosed)?;
-    Ok(codec::decode(&frame, max_frame)?)
+    conn.send(req).await?;
+    Ok(conn
+        .next()
+        .await
+        .ok_or(ConsensusError::ConnectionClosed)??)
 }
 
 /// A connection to one address, opened lazily and reopened after errors.
 pub struct Connection {
     addr: String,
-    stream: Option<TcpStream>,
-    max_frame: usize,
+    stream: Option<Framed<TcpStream, ClientCodec>>,
+    codec: ClientCodec,
     connect_timeout: Duration,
 }
 
@@ -177,7 +142,7 @@ impl Connection {
         Self {
             addr: addr.into(),
             stream: None,
-            max_frame,
+            codec: client_codec(max_frame),
             connect_timeout: Duration::from_secs(2),
         }
     }
@@ -187,20 +152,25 @@ impl Connection {
         &self.addr
     }
 
+    /// Encodes `req` as a frame of this connection's protocol (to measure or reuse it).
+    pub fn encode(&mut self, req: &RpcRequest) -> Result<Frame<RpcRequest>, ConsensusError> {
+        Ok(self.codec.encode_frame(req)?)
+    }
+
     /// Send `req` and wait up to `timeout` for the response.
     pub async fn request(
         &mut self,
         req: &RpcRequest,
         timeout: Duration,
     ) -> Result<RpcResponse, ConsensusError> {
-        let bytes = codec::encode(req)?;
-        self.request_encoded(&bytes, timeout).await
+        let frame = self.encode(req)?;
+        self.request_frame(frame, timeout).await
     }
 
     /// Send an already encoded request and wait up to `timeout` for the response.
-    pub async fn request_encoded(
+    pub async fn request_frame(
         &mut self,
-        bytes: &[u8],
+        frame: Frame<RpcRequest>,
         timeout: Duration,
     ) -> Result<RpcResponse, ConsensusError> {
         // The stream is taken out for the exchange and put back only after a complete
@@ -216,11 +186,10 @@ impl Connection {
                     .await
                     .map_err(|_| ConsensusError::Timeout(format!("connect to {}", self.addr)))??;
                 s.set_nodelay(true)?;
-                s
+                self.codec.clone().framed(s)
             }
         };
-        let res =
-            tokio::time::timeout(timeout, call_encoded(&mut stream, bytes, self.max_frame)).await;
+        let res = tokio::time::timeout(timeout, call(&mut stream, frame)).await;
         match res {
             Ok(Ok(resp)) => {
                 self.stream = Some(stream);
@@ -275,19 +244,25 @@ impl PeerClient {
         option: &RPCOption,
         entries: u64,
     ) -> Result<RpcResponse, RpcErr<E>> {
-        let bytes = codec::encode(&req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let frame = self
+            .conn
+            .encode(&req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         // openraft gives an AppendEntries RPC one heartbeat interval; keep each request small
         // enough to be sent, appended and fsynced in that time by asking for fewer entries.
-        let budget = MAX_APPEND_BYTES.min(self.conn.max_frame);
-        if entries > 1 && bytes.len() > budget {
-            let hint = (u128::from(entries) * budget as u128 / bytes.len() as u128).max(1) as u64;
+        let budget = MAX_APPEND_BYTES.min(self.conn.codec.max_frame());
+        if entries > 1 && frame.len() > budget {
+            let hint = (u128::from(entries) * budget as u128 / frame.len() as u128).max(1) as u64;
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(hint),
             ));
         }
-        match self.conn.request_encoded(&bytes, option.hard_ttl()).await {
+        match self.conn.request_frame(frame, option.hard_ttl()).await {
             Ok(r) => Ok(r),
-            Err(e @ ConsensusError::Io(_)) if self.conn.stream.is_none() => {
+            Err(
+                e @ (ConsensusError::Io(_)
+                | ConsensusError::Frame(FrameError::Io(_) | FrameError::Truncated { .. })),
+            ) if self.conn.stream.is_none() => {
                 tracing::debug!(target = self.target, addr = self.conn.addr(), error = %e, "peer unreachable");
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
@@ -365,12 +340,12 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         let server = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else {
+                let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
                 tokio::spawn(async move {
-                    while let Ok(Some(frame)) = read_frame(&mut s, 1 << 20).await {
-                        let req: RpcRequest = codec::decode(&frame, 1 << 20).unwrap();
+                    let mut s = server_codec(1 << 20).framed(s);
+                    while let Some(Ok(req)) = s.next().await {
                         let RpcRequest::LocalRead { query } = req else {
                             return;
                         };
@@ -378,8 +353,7 @@ mod tests {
                             // The slow answer the caller gives up on.
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
-                        let resp = codec::encode(&RpcResponse::Client(Ok(query))).unwrap();
-                        if write_frame(&mut s, &resp, 1 << 20).await.is_err() {
+                        if s.send(&RpcResponse::Client(Ok(query))).await.is_err() {
                             return;
                         }
                     }
@@ -416,5 +390,19 @@ mod tests {
             }
         }
         server.abort();
+    }
+
+    proptest::proptest! {
+        /// Hostile bytes on a replica's port: typed errors or messages, never a panic.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            use tokio_util::codec::Decoder;
+            let _ = opengrid_codec::decode::<crate::types::Entry>(&bytes, 1 << 20);
+            let _ = opengrid_codec::decode::<RpcRequest>(&bytes, 1 << 20);
+            let mut framed = bytes::BytesMut::from(&(bytes.len() as u32 + 1).to_be_bytes()[..]);
+            framed.extend_from_slice(&[RAFT_WIRE_VERSION]);
+            framed.extend_from_slice(&bytes);
+            let _ = server_codec(1 << 20).decode(&mut framed);
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use tokio::net::{TcpListener, TcpStream};
@@ -14,11 +15,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::application::Application;
-use crate::codec;
 use crate::error::ConsensusError;
 use crate::network::{
-    read_frame, write_frame, Connection, NodeStatus, RpcRequest, RpcResponse, TcpNetworkFactory,
-    WireError, DEFAULT_MAX_FRAME_BYTES,
+    server_codec, Connection, NodeStatus, RpcRequest, RpcResponse, TcpNetworkFactory, WireError,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 use crate::store::{open_db, LogStore, StateMachineStore};
 use crate::types::{Command, NodeId, Raft, RaftMetrics};
@@ -576,15 +576,14 @@ async fn serve<A: Application>(
 
 #[tracing::instrument(level = "trace", skip_all, err(level = "debug"))]
 async fn handle_connection<A: Application>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     inner: Arc<Inner<A>>,
 ) -> Result<(), ConsensusError> {
     stream.set_nodelay(true)?;
-    while let Some(frame) = read_frame(&mut stream, inner.max_frame).await? {
-        let req: RpcRequest = codec::decode(&frame, inner.max_frame)?;
-        let resp = inner.dispatch(req).await;
-        let bytes = codec::encode(&resp)?;
-        write_frame(&mut stream, &bytes, inner.max_frame).await?;
+    let mut conn = server_codec(inner.max_frame).framed(stream);
+    while let Some(req) = conn.next().await {
+        let resp = inner.dispatch(req?).await;
+        conn.send(&resp).await?;
     }
     Ok(())
 }

@@ -33,10 +33,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::application::Application;
-use crate::codec::{self, MAX_DECODE_BYTES};
 use crate::types::{
     Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
+use opengrid_codec::{self as codec, MAX_DECODE_BYTES};
 
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";

@@ -11,9 +11,11 @@
 //!   `opengrid-chaos bench handover`).
 //!
 //! The `opengrid-demo` binary runs tutor sessions locally on a RocksDB checkpoint store and shows
-//! a crash, restart from checkpoint, hibernation and wake-up.
+//! a crash, restart from checkpoint, hibernation and wake-up; `opengrid-colony-demo`
+//! ([`colony_demo`]) runs a local grid of real `opengrid` processes.
 
 pub mod blob;
+pub mod colony_demo;
 pub mod counter;
 pub mod intent;
 pub mod scorer;
@@ -23,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use opengrid_actors::{Services, SessionHost};
-use opengrid_cluster::inference::NodeInference;
+use opengrid_cluster::node::inference::NodeInference;
 
 /// Registers every example handler on a node's host (`tutor`, `counter`, `scorer`, `blob`).
 pub fn register_handlers(host: &SessionHost) {

@@ -167,12 +167,7 @@ impl Colony {
     }
 
     async fn place(&self, handler: &str, id: &str) -> String {
-        let continuity = if handler == "scorer" {
-            "batch"
-        } else {
-            "interactive"
-        };
-        let manifest = format!("version = 1\n[session]\nhandler = \"{handler}\"\ncontinuity = \"{continuity}\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n");
+        let manifest = format!("version = 1\n[session]\nhandler = \"{handler}\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n");
         let r = self
             .http
             .post(format!("{}/sessions?session_id={id}", self.rc_api))

@@ -447,7 +447,7 @@ async fn killing_the_target_at_any_step_leaves_the_source_serving() {
     }
 }
 
-const NEVER_LIVE: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"batch\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"never-live\"\nacceptable_loss = \"10s\"\n";
+const NEVER_LIVE: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"never-live\"\nacceptable_loss = \"10s\"\n";
 const BOUNDED: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"2s\"\n";
 const FR_ONLY: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"FR\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\n";
 

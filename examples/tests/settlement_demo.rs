@@ -1,5 +1,5 @@
-//! End to end settlement through real processes: `opengrid demo` runs the RCs, nodes and three
-//! `opengrid ledger replica` processes on 127.0.0.1, registers keys and split policies with the
+//! End to end settlement through real processes: `opengrid-colony-demo` runs the RCs, nodes and
+//! three `opengrid ledger replica` processes on 127.0.0.1, registers keys and split policies with the
 //! operator command, serves sessions, and prints the ledger's balances. Nodes sign one receipt per
 //! session per usage window, the RC co-signs and batches them (the ledger rejects receipts
 //! without a valid RC co-signature, so every settled receipt was co-signed), and the batch is
@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_opengrid");
+const BIN: &str = env!("CARGO_BIN_EXE_opengrid-colony-demo");
 
 fn number_after(line: &str, key: &str) -> u64 {
     let rest = &line[line
@@ -24,7 +24,7 @@ fn number_after(line: &str, key: &str) -> u64 {
 
 #[test]
 fn demo_settles_cosigned_receipts_and_balances_sum_to_fees() {
-    let out = Command::new(BIN).arg("demo").output().unwrap();
+    let out = Command::new(BIN).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -21,13 +21,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
 use opengrid_actors::{DynSession, Forwarder, Reply, SessionError, SessionHost};
+use opengrid_codec::{FrameError, Framed};
 use opengrid_session::{Checkpoint, CheckpointStore, Epoch, Seq, SessionId};
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::wire::{read_frame, write_frame, Request, Response, WireError};
+use crate::wire::{client_codec, ClientCodec, Request, Response};
 
 /// Why a handover did not complete. The source is serving again in every case.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +74,7 @@ pub struct HandoverReport {
 /// A connection to a peer's migration server (one in-flight request at a time; reconnects).
 pub struct Peer {
     addr: SocketAddr,
-    conn: Mutex<Option<TcpStream>>,
+    conn: Mutex<Option<Framed<TcpStream, ClientCodec>>>,
     timeout: Duration,
 }
 
@@ -92,7 +94,7 @@ impl Peer {
     }
 
     /// Sends a request and waits (bounded by the timeout) for the answer.
-    pub async fn call(&self, req: &Request) -> Result<Response, WireError> {
+    pub async fn call(&self, req: &Request) -> Result<Response, FrameError> {
         self.call_within(req, self.timeout).await
     }
 
@@ -101,31 +103,35 @@ impl Peer {
         &self,
         req: &Request,
         budget: Duration,
-    ) -> Result<Response, WireError> {
+    ) -> Result<Response, FrameError> {
         let mut g = self.conn.lock().await;
+        // The connection is taken out for the exchange and put back only after a complete
+        // request/response pair: a failed or abandoned exchange drops it, so a late answer is
+        // never read as the answer to the next request.
+        let conn = g.take();
         let fut = async {
-            if g.is_none() {
-                let s = TcpStream::connect(self.addr).await?;
-                s.set_nodelay(true)?;
-                *g = Some(s);
-            }
-            let s = g.as_mut().ok_or(WireError::Empty)?;
-            write_frame(s, req).await?;
-            read_frame::<_, Response>(s).await
+            let mut conn = match conn {
+                Some(c) => c,
+                None => {
+                    let s = TcpStream::connect(self.addr).await?;
+                    s.set_nodelay(true)?;
+                    client_codec().framed(s)
+                }
+            };
+            conn.send(req).await?;
+            let resp = conn.next().await.ok_or(FrameError::Closed)??;
+            Ok((conn, resp))
         };
         match tokio::time::timeout(budget, fut).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                *g = None;
-                Err(e)
+            Ok(Ok((conn, resp))) => {
+                *g = Some(conn);
+                Ok(resp)
             }
-            Err(_) => {
-                *g = None;
-                Err(WireError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer from {} within {budget:?}", self.addr),
-                )))
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer from {} within {budget:?}", self.addr),
+            ))),
         }
     }
 }
@@ -201,7 +207,7 @@ impl Default for HandoverOptions {
     }
 }
 
-fn refusal(r: Result<Response, WireError>) -> String {
+fn refusal(r: Result<Response, FrameError>) -> String {
     match r {
         Ok(Response::Refused { reason }) => reason,
         Ok(Response::Fenced { current }) => format!("fenced by {current}"),

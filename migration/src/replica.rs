@@ -18,7 +18,7 @@ use opengrid_session::{
 };
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 
-use crate::wire::{encode, read_frame_blocking, Request, Response};
+use crate::wire::{client_codec, Request, Response};
 
 /// Bucket bounds of `opengrid_migration_replication_seconds` (50 µs … 10 s): a loopback round
 /// trip is tens of µs, a replica that times out takes [`ReplicationConfig::timeout`].
@@ -156,7 +156,7 @@ impl ReplicatedStore {
         cp: &Checkpoint,
         peers: &[SocketAddr],
     ) -> Vec<(SocketAddr, Result<Response, String>)> {
-        let frame = match encode(&Request::Replicate {
+        let frame = match client_codec().encode_frame(&Request::Replicate {
             checkpoint: cp.encode(),
         }) {
             Ok(f) => f,
@@ -177,7 +177,7 @@ impl ReplicatedStore {
         };
         for (_, s) in streams.iter_mut() {
             if let Ok(st) = s {
-                if let Err(e) = st.write_all(&frame) {
+                if let Err(e) = st.write_all(frame.as_bytes()) {
                     *s = Err(e.to_string());
                 }
             }
@@ -185,7 +185,7 @@ impl ReplicatedStore {
         let mut out = Vec::with_capacity(peers.len());
         for (p, s) in streams {
             match s {
-                Ok(mut st) => match read_frame_blocking::<_, Response>(&mut st) {
+                Ok(mut st) => match client_codec().read_blocking(&mut st) {
                     Ok(r) => {
                         self.conns
                             .lock()
@@ -279,10 +279,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let t = std::thread::spawn(move || {
             let (mut sock, _) = listener.accept().unwrap();
+            let mut codec = crate::wire::server_codec();
             for _ in 0..n {
-                let req: Request = read_frame_blocking(&mut sock).unwrap();
+                let req = codec.read_blocking(&mut sock).unwrap();
                 assert!(matches!(req, Request::Replicate { .. }));
-                sock.write_all(&encode(&Response::Ok).unwrap()).unwrap();
+                let ok = codec.encode_frame(&Response::Ok).unwrap();
+                sock.write_all(ok.as_bytes()).unwrap();
             }
         });
         (addr, t)

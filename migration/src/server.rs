@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use opengrid_actors::SessionHost;
+use opengrid_codec::FrameError;
 use opengrid_session::{
     Checkpoint, CheckpointPolicy, CheckpointStore, Epoch, SessionId, StoreError,
 };
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::wire::{read_frame, write_frame, Request, Response, WireError};
+use crate::wire::{server_codec, Request, Response};
 
 /// How long a prepared (reserved) handover waits for activation before it is dropped.
 pub const RESERVATION_TTL: Duration = Duration::from_secs(30);
@@ -147,26 +149,25 @@ impl MigrationServer {
     }
 }
 
-async fn serve(inner: Arc<Inner>, mut sock: TcpStream) -> Result<(), WireError> {
-    loop {
-        let req: Request = match read_frame(&mut sock).await {
+async fn serve(inner: Arc<Inner>, sock: TcpStream) -> Result<(), FrameError> {
+    let mut conn = server_codec().framed(sock);
+    while let Some(req) = conn.next().await {
+        let req = match req {
             Ok(r) => r,
-            Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => {
                 // Tell the peer what was wrong, then close: framing is lost.
-                let _ = write_frame(
-                    &mut sock,
-                    &Response::Refused {
+                let _ = conn
+                    .send(&Response::Refused {
                         reason: e.to_string(),
-                    },
-                )
-                .await;
+                    })
+                    .await;
                 return Err(e);
             }
         };
         let resp = handle(&inner, req).await;
-        write_frame(&mut sock, &resp).await?;
+        conn.send(&resp).await?;
     }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

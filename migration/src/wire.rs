@@ -1,14 +1,15 @@
-//! The node-to-node migration protocol: length-prefixed bincode 2 frames over TCP.
+//! The node-to-node migration protocol: [`Request`]/[`Response`] in the shared frame format of
+//! [`opengrid_codec::frame`]:
 //!
 //! ```text
-//! frame = u32 BE length ‖ version byte ‖ bincode(Request | Response)
+//! frame = u32 BE length ‖ WIRE_VERSION ‖ bincode(Request | Response)
 //! ```
-//! Every frame is size-checked before allocation ([`MAX_FRAME`]); a malformed frame closes the
-//! connection with a typed error, never a panic.
+//! Every frame is size-checked from its prefix ([`MAX_FRAME`]); a malformed frame closes the
+//! connection with a typed [`FrameError`](opengrid_codec::FrameError), never a panic.
 
+use opengrid_codec::FrameCodec;
 use opengrid_session::{CheckpointPolicy, Epoch, Seq, SessionId};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Protocol version carried in every frame.
 pub const WIRE_VERSION: u8 = 1;
@@ -118,136 +119,67 @@ pub enum Response {
     Pong,
 }
 
-/// Why a frame could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    /// Socket error.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    /// Length over [`MAX_FRAME`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
-    /// Unknown protocol version.
-    #[error("unsupported wire version {0} (this node speaks {WIRE_VERSION})")]
-    Version(u8),
-    /// Body does not decode.
-    #[error("malformed frame: {0}")]
-    Malformed(String),
-    /// Empty frame.
-    #[error("empty frame")]
-    Empty,
+/// The client side of the protocol: sends [`Request`]s, receives [`Response`]s.
+pub type ClientCodec = FrameCodec<Request, Response>;
+/// The server side: receives [`Request`]s, answers [`Response`]s.
+pub type ServerCodec = FrameCodec<Response, Request>;
+
+/// A codec for the client side (handover peers, replication).
+pub fn client_codec() -> ClientCodec {
+    FrameCodec::new(WIRE_VERSION, MAX_FRAME)
 }
 
-fn cfg() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME>()
-}
-
-/// Encodes a message as one frame.
-pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
-    let body = bincode::serde::encode_to_vec(msg, cfg())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if body.len() + 1 > MAX_FRAME {
-        return Err(WireError::TooLarge(body.len() + 1));
-    }
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
-    out.push(WIRE_VERSION);
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
-/// Decodes a frame body (after the length prefix).
-pub fn decode<T: for<'de> Deserialize<'de>>(frame: &[u8]) -> Result<T, WireError> {
-    let (&v, body) = frame.split_first().ok_or(WireError::Empty)?;
-    if v != WIRE_VERSION {
-        return Err(WireError::Version(v));
-    }
-    let (msg, used) = bincode::serde::decode_from_slice(body, cfg())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if used != body.len() {
-        return Err(WireError::Malformed(format!(
-            "{} trailing bytes",
-            body.len() - used
-        )));
-    }
-    Ok(msg)
-}
-
-/// Reads one frame from an async stream.
-pub async fn read_frame<R: AsyncReadExt + Unpin, T: for<'de> Deserialize<'de>>(
-    r: &mut R,
-) -> Result<T, WireError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
-    }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
-    decode(&buf)
-}
-
-/// Writes one frame to an async stream.
-pub async fn write_frame<W: AsyncWriteExt + Unpin, T: Serialize>(
-    w: &mut W,
-    msg: &T,
-) -> Result<(), WireError> {
-    let bytes = encode(msg)?;
-    w.write_all(&bytes).await?;
-    w.flush().await?;
-    Ok(())
-}
-
-/// Reads one frame from a blocking stream (used by the synchronous replication path).
-pub fn read_frame_blocking<R: std::io::Read, T: for<'de> Deserialize<'de>>(
-    r: &mut R,
-) -> Result<T, WireError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
-    }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)?;
-    decode(&buf)
+/// A codec for the server side (the migration server).
+pub fn server_codec() -> ServerCodec {
+    FrameCodec::new(WIRE_VERSION, MAX_FRAME)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
+    use opengrid_codec::FrameError;
+    use tokio_util::codec::Decoder;
 
     #[test]
-    fn round_trip_and_garbage() {
+    fn round_trip_and_hostile_frames() {
         let r = Request::Forward {
             session: SessionId::new("s").unwrap(),
             seq: Seq(3),
             input: "{\"text\":\"hi\"}".into(),
         };
-        let f = encode(&r).unwrap();
-        let back: Request = decode(&f[4..]).unwrap();
+        let f = client_codec().encode_frame(&r).unwrap();
+        let back = server_codec()
+            .read_blocking(&mut std::io::Cursor::new(f.as_bytes().to_vec()))
+            .unwrap();
         assert!(matches!(back, Request::Forward { seq: Seq(3), .. }));
-        assert!(matches!(decode::<Request>(&[]), Err(WireError::Empty)));
+        // Another version of the protocol is refused by name.
+        let mut other = f.as_bytes().to_vec();
+        other[4] = WIRE_VERSION + 1;
         assert!(matches!(
-            decode::<Request>(&[9, 0]),
-            Err(WireError::Version(9))
+            server_codec().decode(&mut BytesMut::from(&other[..])),
+            Err(FrameError::Version { .. })
         ));
-        for n in 0..f.len() - 4 {
-            let _ = decode::<Request>(&f[4..4 + n]);
+        // Every prefix of a frame is incomplete, never a panic.
+        for n in 0..f.len() {
+            let mut buf = BytesMut::from(&f.as_bytes()[..n]);
+            assert!(server_codec().decode(&mut buf).unwrap().is_none());
         }
+        // Random bodies of the right version: typed errors or messages, never a panic.
         let mut x = 12345u64;
         for _ in 0..2000 {
             let len = (x % 64) as usize;
-            let mut v = vec![WIRE_VERSION];
+            let mut body = vec![WIRE_VERSION];
             for _ in 0..len {
                 x = x
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                v.push((x >> 33) as u8);
+                body.push((x >> 33) as u8);
             }
-            let _ = decode::<Request>(&v);
-            let _ = decode::<Response>(&v);
+            let mut frame = BytesMut::from(&(body.len() as u32).to_be_bytes()[..]);
+            frame.extend_from_slice(&body);
+            let _ = server_codec().decode(&mut frame.clone());
+            let _ = client_codec().decode(&mut frame);
         }
     }
 }

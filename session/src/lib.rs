@@ -4,7 +4,7 @@
 //!
 //! - [`Manifest`]: the contract between an agent and the infrastructure (TOML/JSON, versioned,
 //!   validated with errors naming the field).
-//! - [`SessionId`], [`Epoch`], [`Seq`] and the [`Lifecycle`] state machine.
+//! - [`SessionId`], [`Epoch`], [`Seq`].
 //! - [`CheckpointPolicy`]: what the manifest implies for durability (zero loss ⇒ synchronous
 //!   checkpoint before ack; a loss bound ⇒ periodic asynchronous checkpoints; `never-live` ⇒ no live
 //!   handover).
@@ -12,7 +12,9 @@
 //! - [`CheckpointStore`] with a RocksDB and an in-memory implementation passing one
 //!   [conformance suite](store::conformance), including epoch fencing.
 //!
-//! - [`Did`]: the printable identity of nodes and RCs (`did:mycel:z…`, an ed25519 key).
+//! - [`Did`]: the printable identity of nodes and RCs (`did:mycel:z…`, an ed25519 key), and
+//!   [`keyfile`]: the one loader of ed25519 key files (created 0600 atomically, permissions checked
+//!   on load).
 //!
 //! Plane: control (placement inputs) and state (checkpoints). No networking, no actors here.
 
@@ -20,7 +22,7 @@ pub mod checkpoint;
 pub mod did;
 pub mod ids;
 pub mod jurisdiction;
-pub mod lifecycle;
+pub mod keyfile;
 pub mod manifest;
 pub mod policy;
 pub mod store;
@@ -31,10 +33,10 @@ pub use checkpoint::{
 };
 pub use did::{Did, DidError};
 pub use ids::{Epoch, Seq, SessionId, SessionIdError};
-pub use lifecycle::{IllegalTransition, Lifecycle, LifecycleEvent, SessionState};
+pub use keyfile::KeyFileError;
 pub use manifest::{
-    AcceleratorClass, Continuity, FieldError, Manifest, ManifestError, MigrationCost, ProofKind,
-    MANIFEST_VERSION,
+    AcceleratorClass, Continuity, FieldError, FieldErrorKind, Manifest, ManifestError,
+    MigrationCost, ProofKind, MANIFEST_VERSION,
 };
 pub use policy::{CheckpointMode, CheckpointPolicy};
 pub use store::{

@@ -2,8 +2,13 @@
 //!
 //! A manifest is TOML or JSON, carries a `version`, rejects unknown fields, and is checked by
 //! [`Manifest::validate`], which names every bad field and the reason. Everything downstream is
-//! derived from it: the [`CheckpointPolicy`](crate::CheckpointPolicy), placement filters, whether a
-//! live handover is allowed, and what receipts carry.
+//! derived from it: the [`CheckpointPolicy`](crate::CheckpointPolicy), placement filters, and
+//! whether a live handover is allowed.
+//!
+//! Every field is either obeyed by the runtime or refused: fields that parse but that nothing acts
+//! on yet (`session.continuity` other than `interactive`, `session.expected_duration`,
+//! `session.state_footprint`, `[scaling]`, `[verification]`) accept only their default, and any
+//! other value is a [`FieldErrorKind::NotSupportedYet`] error naming the field.
 //!
 //! ```
 //! use opengrid_session::Manifest;
@@ -65,12 +70,15 @@ pub struct Manifest {
 pub struct SessionSection {
     /// Handler (agent) id that serves the session, e.g. `"tutor"`.
     pub handler: String,
-    /// Continuity model.
+    /// Continuity model. Only `interactive` is supported yet (the runtime serves every session
+    /// turn by turn); `stream` and `batch` are refused.
     pub continuity: Continuity,
-    /// Expected session duration.
+    /// Expected session duration. Not supported yet: only the default (30m) is accepted; it
+    /// bounds `migration.acceptable_loss`.
     #[serde(default = "default_expected_duration")]
     pub expected_duration: HumanDuration,
-    /// Expected state size.
+    /// Expected state size. Not supported yet: only the default (64KiB) is accepted (admission
+    /// reserves `placement.memory`).
     #[serde(default = "default_state_footprint")]
     pub state_footprint: ByteSize,
     /// Idle time after which the session hibernates (checkpointed, actor stopped).
@@ -190,7 +198,7 @@ pub enum MigrationCost {
     NeverLive,
 }
 
-/// `[scaling]`
+/// `[scaling]`. Not supported yet: only the defaults are accepted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScalingSection {
@@ -215,7 +223,8 @@ impl Default for ScalingSection {
     }
 }
 
-/// `[verification]`
+/// `[verification]`. Not supported yet: only `proof = "receipt"` (the default) is accepted; every
+/// session gets co-signed compute receipts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerificationSection {
@@ -240,18 +249,35 @@ pub enum ProofKind {
     Domain,
 }
 
-/// One validation failure: the dotted field path and the reason.
+/// One validation failure: the dotted field path, what kind of failure, and the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
     /// Dotted path, e.g. `migration.max_blackout`.
     pub field: String,
+    /// A bad value, or a value the runtime does not act on yet.
+    pub kind: FieldErrorKind,
     /// What is wrong and what would be right.
     pub reason: String,
 }
 
+/// Whether a field's value is wrong or merely not supported by this build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldErrorKind {
+    /// The value is malformed or contradicts another field.
+    Invalid,
+    /// The field parses, but no part of the runtime acts on a value other than its default yet;
+    /// accepting it would promise something the runtime does not do.
+    NotSupportedYet,
+}
+
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
+        match self.kind {
+            FieldErrorKind::Invalid => write!(f, "{}: {}", self.field, self.reason),
+            FieldErrorKind::NotSupportedYet => {
+                write!(f, "{}: not supported yet: {}", self.field, self.reason)
+            }
+        }
     }
 }
 
@@ -401,6 +427,7 @@ impl Manifest {
         let mut bad = |field: &str, reason: String| {
             errs.push(FieldError {
                 field: field.to_string(),
+                kind: FieldErrorKind::Invalid,
                 reason,
             })
         };
@@ -420,20 +447,6 @@ impl Manifest {
                 format!(
                     "{:?} is not a handler id: use 1-64 chars of a-z 0-9 _ - (e.g. \"tutor\")",
                     s.handler
-                ),
-            );
-        }
-        if s.expected_duration.is_zero() {
-            bad("session.expected_duration", "must be > 0".into());
-        }
-        if s.state_footprint.0 == 0 {
-            bad("session.state_footprint", "must be > 0".into());
-        } else if s.state_footprint.0 > 1 << 30 {
-            bad(
-                "session.state_footprint",
-                format!(
-                    "{} exceeds the 1GiB limit of a session's state",
-                    s.state_footprint
                 ),
             );
         }
@@ -515,28 +528,7 @@ impl Manifest {
                 ),
             );
         }
-        let sc = &self.scaling;
-        if !sc.spike_factor.is_finite() || sc.spike_factor < 1.0 {
-            bad(
-                "scaling.spike_factor",
-                format!("{} must be a finite number >= 1.0", sc.spike_factor),
-            );
-        }
-        let v = &self.verification;
-        match (v.proof, &v.domain_proof_type) {
-            (ProofKind::Domain, None) => bad(
-                "verification.domain_proof_type",
-                "required when proof = \"domain\"".into(),
-            ),
-            (ProofKind::Domain, Some(t)) if t.trim().is_empty() => {
-                bad("verification.domain_proof_type", "must not be empty".into())
-            }
-            (ProofKind::Receipt | ProofKind::Transcript, Some(_)) => bad(
-                "verification.domain_proof_type",
-                "only allowed when proof = \"domain\"".into(),
-            ),
-            _ => {}
-        }
+        errs.extend(self.unsupported());
         if errs.is_empty() {
             Ok(())
         } else {
@@ -544,9 +536,105 @@ impl Manifest {
         }
     }
 
+    /// Fields that parse but that no part of the runtime acts on yet, set to anything but their
+    /// default. Refusing them keeps the manifest honest: a field is either obeyed or refused.
+    fn unsupported(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        let mut refuse = |field: &str, reason: String| {
+            out.push(FieldError {
+                field: field.to_string(),
+                kind: FieldErrorKind::NotSupportedYet,
+                reason,
+            })
+        };
+        let s = &self.session;
+        if s.continuity != Continuity::Interactive {
+            refuse(
+                "session.continuity",
+                format!(
+                    "{:?}: the runtime serves every session turn by turn; use \"interactive\"",
+                    continuity_name(s.continuity)
+                ),
+            );
+        }
+        if s.expected_duration != default_expected_duration() {
+            refuse(
+                "session.expected_duration",
+                format!(
+                    "{} is not used for placement or planning; remove it (default {})",
+                    s.expected_duration,
+                    default_expected_duration()
+                ),
+            );
+        }
+        if s.state_footprint != default_state_footprint() {
+            refuse(
+                "session.state_footprint",
+                format!(
+                    "{} is not used for admission (placement.memory is); remove it (default {})",
+                    s.state_footprint,
+                    default_state_footprint()
+                ),
+            );
+        }
+        let sc = &self.scaling;
+        if sc.spike_factor != default_spike() {
+            refuse(
+                "scaling.spike_factor",
+                format!(
+                    "{} is not used for capacity planning; remove it (default {})",
+                    sc.spike_factor,
+                    default_spike()
+                ),
+            );
+        }
+        if !sc.warm_up.is_zero() {
+            refuse(
+                "scaling.warm_up",
+                format!(
+                    "{} is not used for placement; remove it (default 0s)",
+                    sc.warm_up
+                ),
+            );
+        }
+        let v = &self.verification;
+        if v.proof != ProofKind::Receipt {
+            refuse(
+                "verification.proof",
+                format!(
+                    "{:?}: every session gets a co-signed receipt and nothing more yet; use \"receipt\"",
+                    proof_name(v.proof)
+                ),
+            );
+        }
+        if let Some(t) = &v.domain_proof_type {
+            refuse(
+                "verification.domain_proof_type",
+                format!("{t:?}: no domain proof is produced yet; remove it"),
+            );
+        }
+        out
+    }
+
     /// The checkpoint policy this manifest implies.
     pub fn checkpoint_policy(&self) -> CheckpointPolicy {
         CheckpointPolicy::from_manifest(self)
+    }
+}
+
+fn continuity_name(c: Continuity) -> &'static str {
+    match c {
+        Continuity::Stream => "stream",
+        Continuity::Interactive => "interactive",
+        Continuity::Batch => "batch",
+    }
+}
+
+fn proof_name(p: ProofKind) -> &'static str {
+    match p {
+        ProofKind::Receipt => "receipt",
+        ProofKind::Transcript => "transcript",
+        ProofKind::Domain => "domain",
     }
 }
 
@@ -575,8 +663,6 @@ version = 1
 [session]
 handler = "tutor"
 continuity = "interactive"
-expected_duration = "45m"
-state_footprint = "64KiB"
 idle_timeout = "2m"
 [placement]
 jurisdictions = ["DE", "FR"]
@@ -589,10 +675,10 @@ cost = "cheap"
 acceptable_loss = "0s"
 max_blackout = "50ms"
 [scaling]
-spike_factor = 3.0
-warm_up = "2s"
+spike_factor = 1.0
+warm_up = "0s"
 [verification]
-proof = "transcript"
+proof = "receipt"
 "#;
 
     #[test]
@@ -622,12 +708,15 @@ proof = "transcript"
             ),
             (
                 "session.expected_duration",
-                GOOD.replace("\"45m\"", "\"-5m\""),
+                GOOD.replace("idle_timeout", "expected_duration = \"-5m\"\nidle_timeout"),
             ),
             ("session.idle_timeout", GOOD.replace("\"2m\"", "\"soon\"")),
             (
                 "session.state_footprint",
-                GOOD.replace("\"64KiB\"", "\"64 parsecs\""),
+                GOOD.replace(
+                    "idle_timeout",
+                    "state_footprint = \"64 parsecs\"\nidle_timeout",
+                ),
             ),
             (
                 "migration.max_blackout",
@@ -663,11 +752,6 @@ proof = "transcript"
                 "placement.accelerator",
                 GOOD.replace("accelerator = \"none\"", "accelerator = \"quantum\""),
             ),
-            ("scaling.spike_factor", GOOD.replace("3.0", "0.5")),
-            (
-                "verification.domain_proof_type",
-                GOOD.replace("\"transcript\"", "\"domain\""),
-            ),
             ("version", GOOD.replace("version = 1", "version = 7")),
             ("version", GOOD.replace("version = 1", "version = \"one\"")),
             (
@@ -691,6 +775,68 @@ proof = "transcript"
         }
     }
 
+    /// Fields nothing acts on yet parse, accept their default, and refuse any other value with a
+    /// `NotSupportedYet` error naming the field.
+    #[test]
+    fn fields_nothing_obeys_refuse_non_default_values() {
+        let cases: Vec<(&str, String)> = vec![
+            (
+                "session.continuity",
+                GOOD.replace("\"interactive\"", "\"stream\""),
+            ),
+            (
+                "session.continuity",
+                GOOD.replace("\"interactive\"", "\"batch\""),
+            ),
+            (
+                "session.expected_duration",
+                GOOD.replace("idle_timeout", "expected_duration = \"45m\"\nidle_timeout"),
+            ),
+            (
+                "session.state_footprint",
+                GOOD.replace("idle_timeout", "state_footprint = \"1MiB\"\nidle_timeout"),
+            ),
+            (
+                "scaling.spike_factor",
+                GOOD.replace("spike_factor = 1.0", "spike_factor = 3.0"),
+            ),
+            (
+                "scaling.warm_up",
+                GOOD.replace("warm_up = \"0s\"", "warm_up = \"2s\""),
+            ),
+            (
+                "verification.proof",
+                GOOD.replace("\"receipt\"", "\"transcript\""),
+            ),
+            (
+                "verification.domain_proof_type",
+                GOOD.replace(
+                    "proof = \"receipt\"",
+                    "proof = \"receipt\"\ndomain_proof_type = \"mycel.mip.v1\"",
+                ),
+            ),
+        ];
+        for (field, text) in cases {
+            let Err(ManifestError::Invalid(errs)) = Manifest::from_toml_str(&text) else {
+                panic!("{field}: expected a validation error");
+            };
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].field, field);
+            assert_eq!(errs[0].kind, FieldErrorKind::NotSupportedYet);
+            assert!(
+                errs[0].to_string().contains("not supported yet"),
+                "{}",
+                errs[0]
+            );
+        }
+        // The defaults, written out, still load.
+        let defaults = GOOD.replace(
+            "idle_timeout",
+            "expected_duration = \"30m\"\nstate_footprint = \"64KiB\"\nidle_timeout",
+        );
+        Manifest::from_toml_str(&defaults).unwrap();
+    }
+
     #[test]
     fn json_errors_name_the_field() {
         let m = Manifest::from_toml_str(GOOD).unwrap();
@@ -707,7 +853,7 @@ proof = "transcript"
     fn all_violations_are_reported() {
         let text = GOOD
             .replace("\"FR\"", "\"XX\"")
-            .replace("3.0", "0.1")
+            .replace("spike_factor = 1.0", "spike_factor = 0.1")
             .replace("max_blackout = \"50ms\"", "max_blackout = \"0ms\"");
         let e = Manifest::from_toml_str(&text).unwrap_err();
         let fields = e.fields();

@@ -92,7 +92,7 @@ mod tests {
             .map(|b| format!("max_blackout = \"{b}\""))
             .unwrap_or_default();
         Manifest::from_toml_str(&format!(
-            "version = 1\n[session]\nhandler = \"t\"\ncontinuity = \"stream\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"{cost}\"\nacceptable_loss = \"{loss}\"\n{b}\n"
+            "version = 1\n[session]\nhandler = \"t\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"DE\"]\n[migration]\ncost = \"{cost}\"\nacceptable_loss = \"{loss}\"\n{b}\n"
         ))
         .unwrap()
     }

@@ -9,58 +9,38 @@ fn duration() -> impl Strategy<Value = HumanDuration> {
     (1u64..86_400_000).prop_map(HumanDuration::from_millis)
 }
 
+/// Valid manifests. Fields nothing acts on yet (continuity, expected duration, state footprint,
+/// scaling, verification) keep their defaults: any other value is refused as not supported yet.
 fn manifest() -> impl Strategy<Value = Manifest> {
     (
-        (
-            "[a-z][a-z0-9_-]{0,20}",
-            prop_oneof![
-                Just(Continuity::Stream),
-                Just(Continuity::Interactive),
-                Just(Continuity::Batch)
-            ],
-            (3_600_000u64..86_400_000).prop_map(HumanDuration::from_millis),
-            1u64..(1 << 30),
-            (10u64..3_600_000).prop_map(HumanDuration::from_millis),
-            proptest::sample::subsequence(JURISDICTIONS, 1..4),
-            prop_oneof![
-                Just(AcceleratorClass::None),
-                Just(AcceleratorClass::GpuSmall),
-                Just(AcceleratorClass::GpuLarge)
-            ],
-            1u64..(1 << 36),
-            proptest::option::of(duration()),
-            proptest::collection::vec("[a-z][a-z0-9-]{0,10}", 0..4),
-        ),
-        (
-            (0u8..3, prop_oneof![Just(0u64), 1u64..3_600_000], duration()),
-            // Realistic config precision: toml 0.8 does not round-trip every f64 bit-exactly
-            // (seen: 94.26191870238225 → ...223), so factors are generated to 1/100.
-            (
-                (100u32..10_000).prop_map(|x| x as f64 / 100.0),
-                0u64..60_000,
-            ),
-            0u8..3,
-        ),
+        "[a-z][a-z0-9_-]{0,20}",
+        (10u64..3_600_000).prop_map(HumanDuration::from_millis),
+        proptest::sample::subsequence(JURISDICTIONS, 1..4),
+        prop_oneof![
+            Just(AcceleratorClass::None),
+            Just(AcceleratorClass::GpuSmall),
+            Just(AcceleratorClass::GpuLarge)
+        ],
+        1u64..(1 << 36),
+        proptest::option::of(duration()),
+        proptest::collection::vec("[a-z][a-z0-9-]{0,10}", 0..4),
+        // acceptable_loss stays within the default expected duration (30m).
+        (0u8..3, prop_oneof![Just(0u64), 1u64..1_800_000], duration()),
     )
         .prop_map(
-            |(
-                (handler, continuity, expected, footprint, idle, js, acc, mem, lat, caps),
-                ((cost, loss, blackout), (spike, warm), proof),
-            )| {
+            |(handler, idle, js, acc, mem, lat, caps, (cost, loss, blackout))| {
                 let cost = [
                     MigrationCost::Cheap,
                     MigrationCost::Costly,
                     MigrationCost::NeverLive,
                 ][cost as usize];
-                let proof =
-                    [ProofKind::Receipt, ProofKind::Transcript, ProofKind::Domain][proof as usize];
                 Manifest {
                     version: MANIFEST_VERSION,
                     session: opengrid_session::manifest::SessionSection {
                         handler,
-                        continuity,
-                        expected_duration: expected,
-                        state_footprint: ByteSize(footprint),
+                        continuity: Continuity::Interactive,
+                        expected_duration: HumanDuration::from_secs(30 * 60),
+                        state_footprint: ByteSize(64 * 1024),
                         idle_timeout: idle,
                     },
                     placement: opengrid_session::manifest::PlacementSection {
@@ -75,15 +55,8 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                         acceptable_loss: HumanDuration::from_millis(loss),
                         max_blackout: (cost != MigrationCost::NeverLive).then_some(blackout),
                     },
-                    scaling: opengrid_session::manifest::ScalingSection {
-                        spike_factor: spike,
-                        warm_up: HumanDuration::from_millis(warm),
-                    },
-                    verification: opengrid_session::manifest::VerificationSection {
-                        proof,
-                        domain_proof_type: (proof == ProofKind::Domain)
-                            .then(|| "mycel.mip.v1".to_string()),
-                    },
+                    scaling: Default::default(),
+                    verification: Default::default(),
                 }
             },
         )

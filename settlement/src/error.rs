@@ -6,11 +6,11 @@ pub enum SettlementError {
     #[error("consensus: {0}")]
     Consensus(#[from] opengrid_consensus::ConsensusError),
     #[error("codec: {0}")]
-    Codec(#[from] opengrid_consensus::codec::CodecError),
+    Codec(#[from] opengrid_codec::CodecError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("key: {0}")]
-    Key(String),
+    #[error(transparent)]
+    KeyFile(#[from] opengrid_session::KeyFileError),
     #[error("the ledger rejected the request: {0}")]
     Rejected(String),
     #[error("unexpected ledger answer: {0}")]

@@ -1,14 +1,13 @@
-//! Ed25519 keypairs for nodes and RCs, persisted as a 32-byte seed file.
+//! Ed25519 keypairs for nodes and RCs, persisted by the shared key-file loader
+//! ([`opengrid_session::keyfile`]).
 
 use std::path::Path;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use opengrid_session::keyfile;
 
 use crate::did::Did;
 use crate::error::SettlementError;
-
-/// Magic of the node identity key file (`OGKEY`, version 1) followed by the 32-byte seed.
-pub const IDENTITY_FILE_MAGIC: &[u8; 8] = b"OGKEY\x00\x00\x01";
 
 /// A node's or RC's signing identity.
 #[derive(Clone)]
@@ -35,41 +34,13 @@ impl Keypair {
         }
     }
 
-    /// Load the 32-byte seed at `path`, or create it (mode 0600 on unix) when absent.
+    /// Loads the key file at `path`, or creates it (mode 0600 from the start) when absent, with
+    /// the shared loader ([`opengrid_session::keyfile`]): a node/RC `identity.key` works as well,
+    /// so an operator registers a node with the very key it signs receipts with. A key file
+    /// readable by group/others, or of the wrong size or magic, is refused.
     pub fn load_or_create(path: &Path) -> Result<Self, SettlementError> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                // A node/RC identity file (`<data_dir>/identity.key`, written by `opengrid node`
-                // and `opengrid rc`) is the same seed behind an 8-byte magic: accept it, so an
-                // operator registers a node with the very key it signs receipts with.
-                let seed_bytes = match bytes.strip_prefix(IDENTITY_FILE_MAGIC.as_slice()) {
-                    Some(rest) => rest,
-                    None => bytes.as_slice(),
-                };
-                let seed: [u8; 32] = seed_bytes.try_into().map_err(|_| {
-                    SettlementError::Key(format!(
-                        "{}: expected a 32-byte seed or a 40-byte node identity file, found {} bytes",
-                        path.display(),
-                        bytes.len()
-                    ))
-                })?;
-                Ok(Self::from_seed(seed))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let kp = Self::generate();
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::write(path, kp.signing.to_bytes())?;
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-                }
-                Ok(kp)
-            }
-            Err(e) => Err(e.into()),
-        }
+        let (signing, _) = keyfile::load_or_create(path)?;
+        Ok(Self { signing })
     }
 
     /// The public key.
@@ -92,24 +63,48 @@ impl Keypair {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[test]
     fn reads_raw_seeds_and_node_identity_files() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
+        let private =
+            |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
         let raw = dir.path().join("raw.key");
         std::fs::write(&raw, [7u8; 32]).unwrap();
+        private(&raw);
         let ident = dir.path().join("identity.key");
-        let mut bytes = IDENTITY_FILE_MAGIC.to_vec();
+        let mut bytes = keyfile::KEY_FILE_MAGIC.to_vec();
         bytes.extend_from_slice(&[7u8; 32]);
         std::fs::write(&ident, bytes).unwrap();
+        private(&ident);
         let a = Keypair::load_or_create(&raw).unwrap();
         let b = Keypair::load_or_create(&ident).unwrap();
         assert_eq!(a.did(), b.did());
         assert_eq!(a.did(), Keypair::from_seed([7u8; 32]).did());
         let bad = dir.path().join("bad.key");
         std::fs::write(&bad, [1u8; 39]).unwrap();
+        private(&bad);
         assert!(matches!(
             Keypair::load_or_create(&bad),
-            Err(SettlementError::Key(_))
+            Err(SettlementError::KeyFile(
+                opengrid_session::KeyFileError::Corrupt { .. }
+            ))
+        ));
+        // A fresh key is created private and loads back as the same identity.
+        let new = dir.path().join("new.key");
+        let c = Keypair::load_or_create(&new).unwrap();
+        assert_eq!(
+            std::fs::metadata(&new).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(Keypair::load_or_create(&new).unwrap().did(), c.did());
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            Keypair::load_or_create(&new),
+            Err(SettlementError::KeyFile(
+                opengrid_session::KeyFileError::InsecureMode { .. }
+            ))
         ));
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use opengrid_consensus::codec::{self, MAX_DECODE_BYTES};
+use opengrid_codec::{self as codec, MAX_DECODE_BYTES};
 use opengrid_consensus::{Application, RestoreError};
 use serde::{Deserialize, Serialize};
 

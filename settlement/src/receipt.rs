@@ -301,8 +301,8 @@ mod tests {
         assert!(r.canonical_bytes().starts_with(DOMAIN_RECEIPT));
         assert_eq!(r.canonical_bytes(), r.clone().canonical_bytes());
         // Serde round trip (bincode and JSON) keeps signatures.
-        let bytes = opengrid_consensus::codec::encode(&signed).unwrap();
-        let back: SignedReceipt = opengrid_consensus::codec::decode(&bytes, 1 << 20).unwrap();
+        let bytes = opengrid_codec::encode(&signed).unwrap();
+        let back: SignedReceipt = opengrid_codec::decode(&bytes, 1 << 20).unwrap();
         assert_eq!(back, signed);
         let json = serde_json::to_string(&signed).unwrap();
         assert_eq!(

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use opengrid_consensus::codec::{self, MAX_DECODE_BYTES};
+use opengrid_codec::{self as codec, MAX_DECODE_BYTES};
 use opengrid_consensus::{Client, NodeId, NodeStatus, RaftNode, RaftNodeConfig};
 use serde::{Deserialize, Serialize};
 

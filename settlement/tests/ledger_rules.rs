@@ -348,14 +348,13 @@ fn malformed_commands_and_queries_do_not_panic_or_change_state() {
     let mut w = world();
     let hash = w.ledger.state_hash();
     let resp = w.ledger.apply(b"\x02\xff\xff\xff\xff\xff");
-    let resp: LedgerResponse = opengrid_consensus::codec::decode(&resp, 1 << 20).unwrap();
+    let resp: LedgerResponse = opengrid_codec::decode(&resp, 1 << 20).unwrap();
     assert!(matches!(resp, LedgerResponse::Malformed(_)));
-    let ans: QueryAnswer =
-        opengrid_consensus::codec::decode(&w.ledger.query(b"\x09"), 1 << 20).unwrap();
+    let ans: QueryAnswer = opengrid_codec::decode(&w.ledger.query(b"\x09"), 1 << 20).unwrap();
     assert!(matches!(ans, QueryAnswer::Malformed(_)));
     assert_eq!(w.ledger.state_hash(), hash);
-    let q = opengrid_consensus::codec::encode(&LedgerQuery::Balance(acct("nobody"))).unwrap();
-    let ans: QueryAnswer = opengrid_consensus::codec::decode(&w.ledger.query(&q), 1 << 20).unwrap();
+    let q = opengrid_codec::encode(&LedgerQuery::Balance(acct("nobody"))).unwrap();
+    let ans: QueryAnswer = opengrid_codec::decode(&w.ledger.query(&q), 1 << 20).unwrap();
     assert_eq!(ans, QueryAnswer::Balance(0));
 }
 

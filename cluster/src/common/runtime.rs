@@ -1,0 +1,197 @@
+//! What starting a node ([`crate::node::server`]) and an RC ([`crate::rc::server`]) share: the
+//! start error, runtimes, the ractor_cluster `NodeServer` and its link watch.
+//!
+//! # Threads
+//! - `og-control-*`: the control-plane runtime (membership, heartbeats, lease watchdog, admission,
+//!   directory, client API, health). Small (1 worker by default) and never runs handler code.
+//! - `og-handler-*` (nodes only): the handler runtime; the [`SessionHost`] and every session actor
+//!   live here. Saturating it does not delay the control plane except through the OS scheduler.
+//!
+//! One process may host several nodes and an RC (tests do): each has its own runtimes and
+//! `NodeServer`; control actors find each other through ractor's process-wide pg groups,
+//! preferring a member in the same process (see `docs/adr/0004-failure-detection.md`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use ractor::{Actor, ActorRef};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+use tokio::runtime::Runtime;
+
+use crate::common::identity::IdentityError;
+use crate::common::metrics::Metrics;
+
+/// Why a node or RC could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Identity key problem.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A runtime could not be built.
+    #[error("cannot build the {which} runtime: {source}")]
+    Runtime {
+        /// Which.
+        which: &'static str,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// The checkpoint store could not be opened.
+    #[error("checkpoint store at {path}: {reason}")]
+    Store {
+        /// Path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A configured handler is not linked into this binary.
+    #[error("config field `handlers`: {handler:?} is not registered in this binary (registered: {registered:?})")]
+    UnknownHandler {
+        /// The handler.
+        handler: String,
+        /// What is registered.
+        registered: Vec<String>,
+    },
+    /// An actor failed to spawn, or a startup task died.
+    #[error("startup failed: {0}")]
+    Spawn(String),
+    /// The inference plane (`[inference]`) could not start: ONNX Runtime library, model files,    /// The inference plane (`[inference]`) could not start: ONNX Runtime library, model files,
+    /// declared accelerator.
+    #[error("inference plane: {0}")]
+    Inference(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub(crate) fn runtime(which: &'static str, threads: usize) -> Result<Runtime, StartError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(format!("og-{which}"))
+        .enable_all()
+        .build()
+        .map_err(|source| StartError::Runtime { which, source })
+}
+
+/// Picks a free port for `addr` when it asks for port 0 (ractor_cluster does not report the port
+/// its listener bound).
+pub(crate) fn concrete(addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let l = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        addr,
+        what: "control plane",
+        source,
+    })?;
+    l.local_addr().map_err(|source| StartError::Bind {
+        addr,
+        what: "control plane",
+        source,
+    })
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub(crate) async fn wait_listening(addr: SocketAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// Tracks ractor_cluster sessions: flags the link as up when authenticated and ready, logs
+/// connections that closed before authenticating (wrong colony secret).
+pub(crate) struct LinkWatch {
+    pub(crate) on_up: Box<dyn Fn(bool) + Send + Sync>,
+    pub(crate) authenticated: Arc<Mutex<HashSet<u64>>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) role: &'static str,
+}
+
+impl NodeEventSubscription for LinkWatch {
+    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        tracing::debug!(peer = %ses.peer_addr, "control-plane connection opened");
+    }
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        let was_auth = self
+            .authenticated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ses.node_id);
+        if was_auth {
+            tracing::info!(peer = %ses.peer_addr, "control-plane link closed");
+            (self.on_up)(false);
+        } else {
+            tracing::warn!(
+                peer = %ses.peer_addr,
+                role = self.role,
+                "control-plane connection refused before authentication (wrong colony secret?)"
+            );
+            self.metrics
+                .join_refused
+                .add(1, &[KeyValue::new("reason", "cookie")]);
+        }
+    }
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        self.authenticated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ses.node_id);
+        tracing::info!(peer = %ses.peer_addr, "control-plane link authenticated");
+    }
+    fn node_session_ready(&self, _ses: NodeServerSessionInformation) {
+        (self.on_up)(true);
+    }
+}
+
+pub(crate) async fn spawn_node_server(
+    listen: SocketAddr,
+    cookie: String,
+    name: String,
+    watch: LinkWatch,
+) -> Result<ActorRef<NodeServerMessage>, StartError> {
+    let server = NodeServer::new(
+        listen.port(),
+        cookie,
+        name,
+        listen.ip().to_string(),
+        None,
+        Some(NodeConnectionMode::Isolated),
+    )
+    .with_listen_addr(listen.ip())
+    .with_max_inbound_frame_size(2 * crate::common::wire::MAX_WIRE_BYTES as u64);
+    let (server, _) = Actor::spawn(None, server, ())
+        .await
+        .map_err(|e| StartError::Spawn(format!("NodeServer: {e}")))?;
+    server
+        .cast(NodeServerMessage::SubscribeToEvents {
+            id: "opengrid-link".into(),
+            subscription: Box::new(watch),
+        })
+        .map_err(|e| StartError::Spawn(format!("NodeServer subscription: {e}")))?;
+    Ok(server)
+}
+
+pub(crate) fn short(did: &str) -> String {
+    did.chars()
+        .rev()
+        .take(10)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect()
+}

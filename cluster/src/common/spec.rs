@@ -1,0 +1,36 @@
+//! What a node declares when it joins: its [`NodeSpec`], carried in the signed join and kept in
+//! the RC's admission table.
+
+use opengrid_session::AcceleratorClass;
+use serde::{Deserialize, Serialize};
+
+use crate::common::identity::NodeId;
+
+/// What a node declares when it joins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// The node.
+    pub id: NodeId,
+    /// Human-readable name.
+    pub name: String,
+    /// Jurisdiction code.
+    pub jurisdiction: String,
+    /// Accelerator class.
+    pub accelerator: AcceleratorClass,
+    /// CPU cores offered.
+    pub cpu_cores: u32,
+    /// Memory offered, bytes.
+    pub memory: u64,
+    /// Handlers served.
+    pub handlers: Vec<String>,
+    /// Extra capabilities.
+    pub capabilities: Vec<String>,
+    /// Price, micro-units per input.
+    pub price_micros_per_input: u64,
+    /// Most sessions at once.
+    pub capacity: u32,
+    /// Client API base URL, e.g. `http://127.0.0.1:7700`.
+    pub api: String,
+    /// Migration server (`host:port`): checkpoint replicas, handover target, X2 forwarding.
+    pub migration: String,
+}

@@ -1,0 +1,327 @@
+//! The node's client API router: health, metrics, sessions (info, inputs, WebSocket, close),
+//! handover and drain. Shared pieces are in [`crate::common::http`].
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use opengrid_actors::{Reply, SessionError};
+use opengrid_session::{Seq, SessionId};
+use opentelemetry::KeyValue;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::common::http::{count_status, handover_body, not_found_route, parse_sid, ApiError};
+use crate::node::NodeCore;
+
+/// The node's router.
+pub fn node_router(core: Arc<NodeCore>) -> Router {
+    let limit = core.cfg.max_body.0.min(usize::MAX as u64) as usize;
+    let metrics = core.metrics.clone();
+    Router::new()
+        .route("/health", get(node_health))
+        .route("/metrics", get(node_metrics))
+        .route("/sessions", post(node_create))
+        .route("/sessions/{id}", get(node_info).delete(node_close))
+        .route("/sessions/{id}/inputs", post(node_input))
+        .route("/sessions/{id}/ws", get(node_ws))
+        .route("/sessions/{id}/handover", post(node_handover))
+        .route("/drain", post(node_drain))
+        .fallback(|| async { not_found_route() })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(metrics, count_status))
+        .with_state(core)
+}
+
+#[tracing::instrument(skip_all)]
+async fn node_health(State(core): State<Arc<NodeCore>>) -> Json<Value> {
+    let sessions = core.host.len();
+    Json(json!({
+        "status": "ok",
+        "role": "node",
+        "node": core.id(),
+        "name": core.cfg.name,
+        "jurisdiction": core.cfg.jurisdiction,
+        "membership": format!("{:?}", core.membership()).to_lowercase(),
+        "serving": core.may_serve(),
+        "lease_left_ms": core.lease_left().as_millis() as u64,
+        "rtt_us": core.rtt().as_micros() as u64,
+        "sessions": sessions,
+        "capacity": core.cfg.capacity,
+        "free": (core.cfg.capacity as usize).saturating_sub(sessions),
+        "join_refused": core.last_refusal(),
+        "draining": core.mobility().is_some_and(|m| m.draining()),
+        "migration": core.spec.migration,
+        "accelerator": core.spec.accelerator.to_string(),
+        "inference": crate::node::inference::health_of(core.host.services()),
+        "receipts": core.receipts.counters(),
+    }))
+}
+
+async fn node_metrics(State(core): State<Arc<NodeCore>>) -> Response {
+    core.metrics.sessions.record(core.host.len() as u64, &[]);
+    let text = core.metrics.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[tracing::instrument(skip_all, err(Debug))]
+async fn node_create(State(core): State<Arc<NodeCore>>) -> Result<Response, ApiError> {
+    match core.rc_api() {
+        Some(rc) => Err(ApiError::moved(rc, "/sessions", 0)),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_rc",
+            "this node has not joined a colony yet; create sessions at the RC",
+        )),
+    }
+}
+
+/// Resolves a session not hosted here: `moved` if the RC knows a holder, else 404.
+async fn elsewhere(core: &NodeCore, sid: &SessionId, path: &str) -> ApiError {
+    match core.lookup(sid).await {
+        Some((addr, epoch)) if addr != core.spec.api => ApiError::moved(addr, path, epoch),
+        // The directory says here but the host has not got it (yet): a handover or restore is
+        // landing. Retryable.
+        Some(_) if core.host.get(sid).is_none() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "arriving",
+            format!("session {sid} is arriving on this node; retry"),
+        )
+        .with("retryable", json!(true)),
+        _ => ApiError::from(SessionError::NotFound {
+            session: sid.clone(),
+        }),
+    }
+}
+
+fn check_serving(core: &NodeCore) -> Result<(), ApiError> {
+    if core.may_serve() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_serving",
+            "this node holds no valid lease and serves no session; ask the RC where the session lives",
+        )
+        .with("retryable", json!(true)))
+    }
+}
+
+#[tracing::instrument(skip_all, err(Debug))]
+async fn node_info(
+    State(core): State<Arc<NodeCore>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let sid = parse_sid(&id)?;
+    match core.host.get(&sid) {
+        Some(s) if matches!(s.status(), opengrid_actors::SessionStatus::Moved { .. }) => {
+            match s.status() {
+                opengrid_actors::SessionStatus::Moved { location, epoch } => Err(ApiError::moved(
+                    location,
+                    &format!("/sessions/{sid}"),
+                    epoch.0,
+                )),
+                _ => Err(not_found_route()),
+            }
+        }
+        Some(s) if core.may_serve() => {
+            let mut v = serde_json::to_value(s.info()).unwrap_or(Value::Null);
+            if let (Value::Object(m), Some(mob)) = (&mut v, core.mobility()) {
+                let r: Vec<String> = mob
+                    .store
+                    .replicas(&sid)
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
+                m.insert("replicas".into(), json!(r));
+            }
+            Ok(Json(v))
+        }
+        Some(_) => Err(check_serving(&core).err().unwrap_or_else(not_found_route)),
+        None => Err(elsewhere(&core, &sid, &format!("/sessions/{sid}")).await),
+    }
+}
+
+#[tracing::instrument(skip_all, err(Debug))]
+async fn node_close(
+    State(core): State<Arc<NodeCore>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let sid = parse_sid(&id)?;
+    let Some(s) = core.host.get(&sid) else {
+        return Err(elsewhere(&core, &sid, &format!("/sessions/{sid}")).await);
+    };
+    check_serving(&core)?;
+    let epoch = s.epoch();
+    let host = core.host.clone();
+    let sid2 = sid.clone();
+    let r = core
+        .handlers
+        .spawn(async move { host.close(&sid2).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    r?;
+    core.notify_closed(&sid, epoch);
+    Ok(Json(json!({"session_id": sid, "closed": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputBody {
+    seq: u64,
+    input: Value,
+}
+
+fn reply_json(r: Reply<Value>) -> Value {
+    match r {
+        Reply::Processed {
+            seq,
+            output,
+            durable,
+        } => match output {
+            Ok(v) => json!({"kind": "processed", "seq": seq, "output": v, "durable": durable}),
+            Err(e) => json!({"kind": "processed", "seq": seq, "error": e, "durable": durable}),
+        },
+        Reply::Duplicate { seq, last } => json!({"kind": "duplicate", "seq": seq, "last": last}),
+    }
+}
+
+/// One input: decode, check, send to the session, record wire bytes.
+async fn run_input(core: &NodeCore, sid: &SessionId, body: &[u8]) -> Result<Value, ApiError> {
+    let input: InputBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("input body: {e}; expected {{\"seq\": <u64 ≥ 1>, \"input\": <value>}}"),
+        )
+    })?;
+    if input.seq == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_seq",
+            "seq starts at 1",
+        ));
+    }
+    let Some(s) = core.host.get(sid) else {
+        return Err(elsewhere(core, sid, &format!("/sessions/{sid}/inputs")).await);
+    };
+    check_serving(core)?;
+    let r = s.send_json(Seq(input.seq), input.input).await?;
+    let mut out = reply_json(r);
+    // Answered by relaying (X2) after a handover: tell the client where the session lives now.
+    if let opengrid_actors::SessionStatus::Moved { location, .. } = s.status() {
+        if let Value::Object(m) = &mut out {
+            m.insert("moved_to".into(), json!(location));
+        }
+    }
+    let out_len = serde_json::to_vec(&out).map(|v| v.len()).unwrap_or(0) as u64;
+    s.usage_counters().record_wire(body.len() as u64, out_len);
+    core.metrics
+        .wire_bytes
+        .add(body.len() as u64, &[KeyValue::new("direction", "in")]);
+    core.metrics
+        .wire_bytes
+        .add(out_len, &[KeyValue::new("direction", "out")]);
+    Ok(out)
+}
+
+#[tracing::instrument(skip_all, err(Debug))]
+async fn node_input(
+    State(core): State<Arc<NodeCore>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body?;
+    let sid = parse_sid(&id)?;
+    run_input(&core, &sid, &body).await.map(Json)
+}
+
+async fn node_ws(
+    State(core): State<Arc<NodeCore>>,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let sid = parse_sid(&id)?;
+    if core.host.get(&sid).is_none() {
+        return Err(elsewhere(&core, &sid, &format!("/sessions/{sid}/ws")).await);
+    }
+    check_serving(&core)?;
+    let limit = core.cfg.max_body.0 as usize;
+    Ok(ws
+        .max_message_size(limit)
+        .on_upgrade(move |socket| ws_loop(core, sid, socket)))
+}
+
+async fn ws_loop(core: Arc<NodeCore>, sid: SessionId, mut socket: WebSocket) {
+    while let Some(Ok(msg)) = socket.recv().await {
+        let bytes: Vec<u8> = match msg {
+            Message::Text(t) => t.as_str().as_bytes().to_vec(),
+            Message::Binary(b) => b.to_vec(),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let out = match run_input(&core, &sid, &bytes).await {
+            Ok(v) => v,
+            Err(e) => {
+                let mut b = e.body;
+                if let Value::Object(m) = &mut b {
+                    m.insert("status".into(), json!(e.status.as_u16()));
+                }
+                b
+            }
+        };
+        if socket
+            .send(Message::Text(out.to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+fn move_error(e: crate::node::mobility::MoveError) -> ApiError {
+    use crate::node::mobility::MoveError as M;
+    let (status, code) = match &e {
+        M::NotHere(_) => (StatusCode::NOT_FOUND, "not_found"),
+        M::NotServing => (StatusCode::SERVICE_UNAVAILABLE, "not_serving"),
+        M::NoTarget(_) => (StatusCode::CONFLICT, "no_target"),
+        M::Handover(opengrid_migration::HandoverError::NeverLive(_)) => {
+            (StatusCode::CONFLICT, "never_live")
+        }
+        M::Handover(_) => (StatusCode::SERVICE_UNAVAILABLE, "handover_aborted"),
+        M::NoMobility => (StatusCode::SERVICE_UNAVAILABLE, "no_migration"),
+    };
+    ApiError::new(status, code, e.to_string()).with("source_serving", json!(true))
+}
+
+/// `POST /sessions/{id}/handover`: hand the session over live (make-before-break).
+#[tracing::instrument(skip_all, err(Debug))]
+async fn node_handover(
+    State(core): State<Arc<NodeCore>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body?;
+    let sid = parse_sid(&id)?;
+    let b = handover_body(&body)?;
+    if core.host.get(&sid).is_none() {
+        return Err(elsewhere(&core, &sid, &format!("/sessions/{sid}/handover")).await);
+    }
+    let r = core.handover(&sid, b.target).await.map_err(move_error)?;
+    Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null)))
+}
+
+/// `POST /drain`: hand every session off, then report (the node keeps running, serving nothing;
+/// stop it afterwards).
+#[tracing::instrument(skip_all)]
+async fn node_drain(State(core): State<Arc<NodeCore>>) -> Json<Value> {
+    let r = core.drain().await;
+    Json(serde_json::to_value(r).unwrap_or(Value::Null))
+}

@@ -1,0 +1,297 @@
+//! Versioned TOML configuration of a node (`opengrid node --config node.toml`); the shared rules
+//! (unknown fields refused, `OPENGRID_*` overrides, field-naming validation) are in
+//! [`crate::common::config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use opengrid_session::{jurisdiction, AcceleratorClass, ByteSize, HumanDuration};
+use serde::{Deserialize, Serialize};
+
+use crate::common::config::{
+    check_period, check_secret, check_version, env_map, invalid, load_with_env, parse_with_env,
+    ConfigError, ConfigShape, CONFIG_VERSION, DEFAULT_RC_CLUSTER,
+};
+
+/// Hardware a node offers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hardware {
+    /// CPU cores offered to sessions.
+    pub cpu_cores: u32,
+    /// Memory offered to sessions.
+    pub memory: ByteSize,
+    /// Accelerator class.
+    pub accelerator: AcceleratorClass,
+}
+
+impl Default for Hardware {
+    fn default() -> Self {
+        Hardware {
+            cpu_cores: 2,
+            memory: ByteSize(4 << 30),
+            accelerator: AcceleratorClass::None,
+        }
+    }
+}
+
+/// How the `node` config appears to the environment overrides.
+const SHAPE: ConfigShape = ConfigShape {
+    name: "node",
+    optional: &[],
+};
+
+/// Configuration of a node (`opengrid node --config node.toml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Must be [`CONFIG_VERSION`].
+    pub version: u32,
+    /// Human-readable node name (logs, status).
+    pub name: String,
+    /// Colony to join (must match the RC's `colony`).
+    pub colony: String,
+    /// Where the identity key and checkpoints live.
+    pub data_dir: PathBuf,
+    /// Where the node is, legally (ISO 3166-1 alpha-2, e.g. `DE`).
+    pub jurisdiction: String,
+    /// Hardware offered.
+    pub hardware: Hardware,
+    /// Handler ids served; empty = every handler registered in the binary.
+    pub handlers: Vec<String>,
+    /// Extra capabilities offered (matched against `placement.capabilities`).
+    pub capabilities: Vec<String>,
+    /// Price in micro-units per processed input.
+    pub price_micros_per_input: u64,
+    /// Most sessions hosted at once.
+    pub capacity: u32,
+    /// Client API (HTTP/WebSocket) listen address; port 0 picks a free one.
+    pub api_listen: SocketAddr,
+    /// Control-plane (ractor_cluster) listen address of this node; port 0 picks a free one.
+    pub cluster_listen: SocketAddr,
+    /// The RC's control-plane address.
+    pub rc_cluster: String,
+    /// The colony secret (ractor_cluster cookie). Keep it out of the file: `OPENGRID_COLONY_SECRET`.
+    pub colony_secret: String,
+    /// Heartbeat period to the RC.
+    pub heartbeat_period: HumanDuration,
+    /// Lease length asked of the RC; the node stops serving when its lease runs out.
+    pub lease: HumanDuration,
+    /// Worker threads of the control-plane runtime.
+    pub control_threads: usize,
+    /// Worker threads of the handler (inference-plane) runtime.
+    pub handler_threads: usize,
+    /// Inputs queued per session before 429.
+    pub session_queue: usize,
+    /// Largest request body accepted by the client API.
+    pub max_body: ByteSize,
+    /// Sync (fsync) checkpoint writes.
+    pub fsync: bool,
+    /// Migration server (checkpoint replicas, handover target, X2 forwarding) listen address;
+    /// port 0 picks a free one.
+    pub migration_listen: SocketAddr,
+    /// How long `opengrid drain` / SIGTERM may take to hand every session off before the node
+    /// exits anyway (sessions left are checkpointed and fail over).
+    pub drain_timeout: HumanDuration,
+    /// Handovers run at once while draining.
+    pub handover_parallelism: usize,
+    /// The inference plane (`[inference]`, see [`crate::node::inference`]); absent = none.
+    pub inference: crate::node::inference::InferenceConfig,
+    /// Compute receipts (`[receipts]`, see [`crate::node::receipts`]).
+    pub receipts: crate::node::receipts::ReceiptSection,
+    /// Fault hooks (`[faults]`, see [`crate::node::faults`]): a test and chaos-harness hook, off by
+    /// default; never set in production.
+    pub faults: crate::node::faults::FaultSection,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            version: CONFIG_VERSION,
+            name: "node".into(),
+            colony: "local".into(),
+            data_dir: std::env::temp_dir().join("opengrid-node"),
+            jurisdiction: "DE".into(),
+            hardware: Hardware::default(),
+            handlers: Vec::new(),
+            capabilities: Vec::new(),
+            price_micros_per_input: 10,
+            capacity: 1000,
+            api_listen: "127.0.0.1:7700".parse().expect("literal"),
+            cluster_listen: "127.0.0.1:0".parse().expect("literal"),
+            rc_cluster: DEFAULT_RC_CLUSTER.into(),
+            colony_secret: "opengrid-local-colony".into(),
+            heartbeat_period: HumanDuration::from_millis(100),
+            lease: HumanDuration::from_secs(1),
+            control_threads: 1,
+            handler_threads: 2,
+            session_queue: 1024,
+            max_body: ByteSize(1 << 20),
+            fsync: true,
+            migration_listen: "127.0.0.1:0".parse().expect("literal"),
+            drain_timeout: HumanDuration::from_secs(60),
+            handover_parallelism: 8,
+            inference: crate::node::inference::InferenceConfig::default(),
+            receipts: crate::node::receipts::ReceiptSection::default(),
+            faults: crate::node::faults::FaultSection::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a TOML file (if given), applies `OPENGRID_*` overrides, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let c: NodeConfig = load_with_env(path, &NodeConfig::default(), &env_map(), SHAPE)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parses TOML text with the given environment overrides, validates.
+    pub fn from_toml_with_env(text: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let c: NodeConfig = parse_with_env(text, &NodeConfig::default(), env, SHAPE)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_version(self.version)?;
+        if !opengrid_session::manifest::is_ident(&self.colony) {
+            return Err(invalid("colony", "must be an identifier"));
+        }
+        if !jurisdiction::is_known(&self.jurisdiction) {
+            return Err(invalid(
+                "jurisdiction",
+                format!(
+                    "{:?} is not a known ISO 3166-1 alpha-2 code or zone",
+                    self.jurisdiction
+                ),
+            ));
+        }
+        if self.hardware.cpu_cores == 0 {
+            return Err(invalid("hardware.cpu_cores", "must be at least 1"));
+        }
+        if self.hardware.memory.0 == 0 {
+            return Err(invalid("hardware.memory", "must be more than 0"));
+        }
+        if self.capacity == 0 {
+            return Err(invalid("capacity", "must be at least 1 session"));
+        }
+        for (i, h) in self.handlers.iter().enumerate() {
+            if !opengrid_session::manifest::is_ident(h) {
+                return Err(invalid(
+                    &format!("handlers[{i}]"),
+                    format!("{h:?} is not an identifier"),
+                ));
+            }
+        }
+        check_secret(&self.colony_secret)?;
+        check_period("heartbeat_period", self.heartbeat_period.0)?;
+        if self.lease.0 < self.heartbeat_period.0 * 3 {
+            return Err(invalid(
+                "lease",
+                format!(
+                    "{:?} must be at least 3 heartbeat periods ({:?})",
+                    self.lease.0,
+                    self.heartbeat_period.0 * 3
+                ),
+            ));
+        }
+        if self.control_threads == 0 || self.control_threads > 64 {
+            return Err(invalid("control_threads", "must be 1..=64"));
+        }
+        if self.handler_threads == 0 || self.handler_threads > 1024 {
+            return Err(invalid("handler_threads", "must be 1..=1024"));
+        }
+        if self.session_queue == 0 {
+            return Err(invalid("session_queue", "must be at least 1"));
+        }
+        if self.max_body.0 < 1024 {
+            return Err(invalid("max_body", "must be at least 1KiB"));
+        }
+        if self.rc_cluster.trim().is_empty() {
+            return Err(invalid("rc_cluster", "must be host:port of the RC"));
+        }
+        if self.handover_parallelism == 0 || self.handover_parallelism > 256 {
+            return Err(invalid("handover_parallelism", "must be 1..=256"));
+        }
+        if self.drain_timeout.0 < Duration::from_millis(100) {
+            return Err(invalid("drain_timeout", "must be at least 100ms"));
+        }
+        self.inference.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        NodeConfig::default().validate().unwrap();
+        let n = NodeConfig::from_toml_with_env("", &[]).unwrap();
+        assert_eq!(n, NodeConfig::default());
+    }
+
+    #[test]
+    fn unknown_field_refused() {
+        let e = NodeConfig::from_toml_with_env("jurisdicton = \"DE\"", &[]).unwrap_err();
+        assert!(e.to_string().contains("jurisdicton"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_nested_fields() {
+        let env = vec![
+            ("OPENGRID_JURISDICTION".to_string(), "FR".to_string()),
+            ("OPENGRID_HARDWARE_CPU_CORES".to_string(), "8".to_string()),
+            ("OPENGRID_HEARTBEAT_PERIOD".to_string(), "50ms".to_string()),
+            ("OPENGRID_HANDLERS".to_string(), "[\"tutor\"]".to_string()),
+        ];
+        let c =
+            NodeConfig::from_toml_with_env("jurisdiction = \"DE\"\ncapacity = 7", &env).unwrap();
+        assert_eq!(c.jurisdiction, "FR");
+        assert_eq!(c.hardware.cpu_cores, 8);
+        assert_eq!(c.heartbeat_period.0, Duration::from_millis(50));
+        assert_eq!(c.handlers, vec!["tutor".to_string()]);
+        assert_eq!(c.capacity, 7);
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        for (toml, field) in [
+            ("version = 2", "version"),
+            ("jurisdiction = \"XX\"", "jurisdiction"),
+            ("capacity = 0", "capacity"),
+            ("colony_secret = \"short\"", "colony_secret"),
+            ("lease = \"100ms\"", "lease"),
+            ("[hardware]\ncpu_cores = 0", "hardware.cpu_cores"),
+        ] {
+            match NodeConfig::from_toml_with_env(toml, &[]) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{toml}"),
+                other => panic!("{toml}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_misspelt_env_override_is_refused() {
+        let env = vec![("OPENGRID_HEARTBEAT_PERIODE".to_string(), "50ms".to_string())];
+        match NodeConfig::from_toml_with_env("", &env) {
+            Err(ConfigError::UnknownEnv {
+                var, suggestion, ..
+            }) => {
+                assert_eq!(var, "OPENGRID_HEARTBEAT_PERIODE");
+                assert_eq!(suggestion.as_deref(), Some("OPENGRID_HEARTBEAT_PERIOD"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // An RC field is not a node field.
+        let env = vec![("OPENGRID_PHI_THRESHOLD".to_string(), "9".to_string())];
+        assert!(matches!(
+            NodeConfig::from_toml_with_env("", &env),
+            Err(ConfigError::UnknownEnv { .. })
+        ));
+    }
+}

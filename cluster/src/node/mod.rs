@@ -1,0 +1,743 @@
+//! The node: what an operator runs on a box to host sessions. This module is the node agent (the
+//! node side of the control plane: joining the colony, heartbeats, the lease watchdog and
+//! placement orders), on the control-plane runtime; session work is handed to the handler
+//! runtime. Its rooms:
+//!
+//! - [`config`]: `node.toml`; [`server`]: `start_node` (runtimes, stores, listeners);
+//! - [`api`]: the node's client API router; [`mobility`]: handover, drain, failover restores and
+//!   checkpoint replication (migration server); [`receipts`]: signing usage receipts;
+//! - [`inference`]: the ONNX Runtime model pool wired into handlers; [`faults`]: test hooks.
+//!
+//! The node never names the RC's code ([`crate::rc`]): both speak [`crate::common::wire`].
+//!
+//! # Lease loss and reconciliation
+//! A node whose lease runs out (RC unreachable, partitioned, declared dead, or the RC itself
+//! restarted) stops serving at once — every input and info request is refused `503
+//! not_serving` — but it **keeps its sessions** (ADR 0010): dropping them would lose every session
+//! of a colony whose RC restarts, because a restarted RC starts with an empty directory.
+//! After it joins again the node sends [`ToRc::Holding`] with `rejoin` (session, epoch, handler,
+//! manifest, replica set of each session it holds) and serves nothing until the RC answers
+//! [`ToNode::HoldingAck`]: the RC adopts what its directory does not know, keeps what it places
+//! here at the same epoch, and names the ones placed elsewhere or at a newer epoch (a failover
+//! happened meanwhile), which the node releases before it serves again. Entries the directory
+//! places here that the report does not list (the node restarted empty) are orphaned and fail
+//! over. While serving, the node repeats the report (without `rejoin`) every
+//! [`REPORT_EVERY`] heartbeats, so a lost [`ToRc::Activated`] or any other directory drift is
+//! repaired within a second.
+
+pub mod api;
+pub mod config;
+pub mod faults;
+pub mod inference;
+pub mod mobility;
+pub mod receipts;
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opengrid_actors::SessionHost;
+use opengrid_session::{Epoch, Manifest, SessionId};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use crate::common::failure::Lease;
+use crate::common::identity::{Identity, NodeId};
+use crate::common::metrics::Metrics;
+use crate::common::spec::NodeSpec;
+use crate::common::wire::pick;
+use crate::common::wire::{self, JoinBody, JoinRequest, NodeLocal, NodeMsg, RcMsg, ToNode, ToRc};
+use crate::node::config::NodeConfig;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a looked-up session lives: `(api, epoch)`.
+type LookupReply = oneshot::Sender<Option<(String, u64)>>;
+
+/// Membership state of this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// Not joined (no authenticated link yet, refused, or evicted).
+    Outside,
+    /// Join sent, waiting for the answer.
+    Joining,
+    /// Joined; serving while the lease holds.
+    Member,
+}
+
+/// The node's shared state.
+pub struct NodeCore {
+    /// Config.
+    pub cfg: NodeConfig,
+    identity: Identity,
+    /// Declared spec (sent in the join).
+    pub spec: NodeSpec,
+    /// The session host (handler runtime).
+    pub host: SessionHost,
+    /// Handle of the handler runtime.
+    pub handlers: Handle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    lease: Mutex<Lease>,
+    membership: Mutex<Membership>,
+    /// Set by the ractor_cluster subscription when the link to the RC is authenticated.
+    pub(crate) link_up: AtomicBool,
+    hb_seq: AtomicU64,
+    sent: Mutex<HashMap<u64, Instant>>,
+    /// Path RTT to the RC: the minimum of the last [`RTT_WINDOW`] heartbeat round trips.
+    rtt_us: AtomicU64,
+    rtt_samples: Mutex<std::collections::VecDeque<u64>>,
+    next_req: AtomicU64,
+    lookups: Mutex<HashMap<u64, LookupReply>>,
+    rc_api: Mutex<Option<String>>,
+    last_refusal: Mutex<Option<String>>,
+    joining_since: Mutex<Option<Instant>>,
+    /// Replication, handover, restore, drain (set once at start).
+    pub(crate) mobility: std::sync::OnceLock<Arc<crate::node::mobility::NodeMobility>>,
+    /// Compute receipts of this node's sessions (see [`crate::node::receipts`]).
+    pub receipts: crate::node::receipts::ReceiptEmitter,
+    /// The RC has answered the holding report sent after the last (re)join.
+    reconciled: AtomicBool,
+    /// Number of the holding report awaiting its ack (0: none).
+    pending_report: AtomicU64,
+    /// Manifests (JSON) of the sessions held here, for the holding report.
+    manifests: Mutex<HashMap<SessionId, String>>,
+    /// When replica trouble was last reported to the RC.
+    trouble_sent: Mutex<Option<Instant>>,
+    /// Fault hooks (`[faults] control_dir`, tests and chaos runs only).
+    pub(crate) faults: std::sync::OnceLock<Arc<crate::node::faults::FaultControl>>,
+}
+
+impl std::fmt::Debug for NodeCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeCore({})", self.identity.id())
+    }
+}
+
+impl NodeCore {
+    /// A new core, exporting `metrics` (created before the inference plane and the session host,
+    /// whose instruments live on its meter).
+    pub fn new(
+        cfg: NodeConfig,
+        identity: Identity,
+        spec: NodeSpec,
+        host: SessionHost,
+        handlers: Handle,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let receipts = crate::node::receipts::ReceiptEmitter::new(
+            &identity,
+            cfg.receipts.window.0,
+            spec.price_micros_per_input,
+        );
+        NodeCore {
+            cfg,
+            identity,
+            spec,
+            host,
+            handlers,
+            metrics,
+            lease: Mutex::new(Lease::none()),
+            membership: Mutex::new(Membership::Outside),
+            link_up: AtomicBool::new(false),
+            hb_seq: AtomicU64::new(0),
+            sent: Mutex::new(HashMap::new()),
+            rtt_us: AtomicU64::new(0),
+            rtt_samples: Mutex::new(std::collections::VecDeque::with_capacity(RTT_WINDOW)),
+            next_req: AtomicU64::new(1),
+            lookups: Mutex::new(HashMap::new()),
+            rc_api: Mutex::new(None),
+            last_refusal: Mutex::new(None),
+            joining_since: Mutex::new(None),
+            mobility: std::sync::OnceLock::new(),
+            receipts,
+            reconciled: AtomicBool::new(false),
+            pending_report: AtomicU64::new(0),
+            manifests: Mutex::new(HashMap::new()),
+            faults: std::sync::OnceLock::new(),
+            trouble_sent: Mutex::new(None),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.identity.id()
+    }
+
+    /// Membership state.
+    pub fn membership(&self) -> Membership {
+        *lock(&self.membership)
+    }
+
+    /// Whether this node may serve sessions now: a member with a valid lease whose holding
+    /// report the RC has answered since it joined.
+    pub fn may_serve(&self) -> bool {
+        (self.membership() == Membership::Member
+            && self.reconciled.load(Ordering::Acquire)
+            && lock(&self.lease).valid(Instant::now()))
+            || self.faults.get().is_some_and(|f| f.ignores_lease())
+    }
+
+    /// Sessions this node holds (running, starting, hibernated or frozen for a handover; not
+    /// moved, stopped or closed), for the holding report.
+    fn held(&self, with_manifests: bool) -> Vec<wire::Held> {
+        use opengrid_actors::SessionStatus as St;
+        let mut manifests = lock(&self.manifests);
+        let mut out = Vec::new();
+        let ids = self.host.session_ids();
+        let present: std::collections::HashSet<&SessionId> = ids.iter().collect();
+        manifests.retain(|id, _| present.contains(id));
+        for id in ids {
+            let Some(s) = self.host.get(&id) else {
+                continue;
+            };
+            if matches!(
+                s.status(),
+                St::Moved { .. } | St::Stopped { .. } | St::Closed
+            ) {
+                continue;
+            }
+            let replicas = self
+                .mobility()
+                .map(|m| {
+                    m.store
+                        .replicas(&id)
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(wire::Held {
+                session: id.to_string(),
+                epoch: s.epoch().0,
+                handler: s.handler_id().to_string(),
+                manifest: if with_manifests {
+                    manifests.get(&id).cloned()
+                } else {
+                    None
+                },
+                replicas,
+            });
+        }
+        out
+    }
+
+    /// Sends the holding report (`rejoin`: the one the node waits for before serving).
+    fn send_holding(&self, rejoin: bool) {
+        let report = self.next_req.fetch_add(1, Ordering::Relaxed);
+        if rejoin {
+            self.pending_report.store(report, Ordering::Release);
+        }
+        // The periodic report only repairs drift of sessions the RC knows (it has their
+        // manifests): it leaves the manifests out.
+        let parts = wire::holding_parts(self.held(rejoin));
+        let n = parts.len() as u32;
+        if n > wire::MAX_HOLDING_PARTS {
+            tracing::error!(parts = n, "holding report too large to send");
+            return;
+        }
+        for (i, sessions) in parts.into_iter().enumerate() {
+            self.send_rc(ToRc::Holding {
+                node: self.id(),
+                report,
+                rejoin,
+                part: i as u32,
+                parts: n,
+                sessions,
+            });
+        }
+    }
+
+    /// Handles the RC's answer to a holding report: releases what the RC places elsewhere,
+    /// then (for the rejoin report) starts serving.
+    fn on_holding_ack(self: &Arc<Self>, report: u64, drop: Vec<(String, u64)>) {
+        let completes = report != 0 && self.pending_report.load(Ordering::Acquire) == report;
+        let me = self.clone();
+        self.handlers.spawn(async move {
+            use opengrid_actors::SessionStatus as St;
+            for (session, epoch) in drop {
+                let Ok(sid) = SessionId::new(session) else {
+                    continue;
+                };
+                let Some(s) = me.host.get(&sid) else {
+                    continue;
+                };
+                // A moved or closed copy is gone already; a frozen one is mid-handover (it
+                // becomes `moved`, or serves on and is named again by a later report).
+                if s.epoch().0 != epoch
+                    || matches!(s.status(), St::Moved { .. } | St::Closed | St::Frozen)
+                {
+                    continue;
+                }
+                tracing::warn!(session = %sid, epoch, "the RC places this session elsewhere (a newer epoch): dropped here");
+                me.metrics.fenced.add(1, &[]);
+                let _ = me.host.release(&sid).await;
+                lock(&me.manifests).remove(&sid);
+            }
+            if completes
+                && me
+                    .pending_report
+                    .compare_exchange(report, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                && !me.reconciled.swap(true, Ordering::AcqRel)
+            {
+                tracing::info!(sessions = me.host.len(), "reconciled with the RC: serving");
+            }
+        });
+    }
+
+    /// Time left on the lease.
+    pub fn lease_left(&self) -> Duration {
+        lock(&self.lease)
+            .until()
+            .map(|u| u.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+    }
+
+    /// The RC's client API, once joined.
+    pub fn rc_api(&self) -> Option<String> {
+        lock(&self.rc_api).clone()
+    }
+
+    /// The last join refusal, if any.
+    pub fn last_refusal(&self) -> Option<String> {
+        lock(&self.last_refusal).clone()
+    }
+
+    /// Measured RTT to the RC.
+    pub fn rtt(&self) -> Duration {
+        Duration::from_micros(self.rtt_us.load(Ordering::Relaxed))
+    }
+
+    /// Sends a control-plane message to the RC (false when no RC is reachable).
+    pub(crate) fn send_to_rc(&self, m: ToRc) -> bool {
+        self.send_rc(m)
+    }
+
+    fn send_rc(&self, m: ToRc) -> bool {
+        let group = wire::pg_rc(&self.cfg.colony, &self.cfg.colony_secret);
+        match pick::<RcMsg>(ractor::pg::get_scoped_members(
+            &wire::PG_SCOPE.to_string(),
+            &group,
+        )) {
+            Some(r) => r.cast(RcMsg::wire(m)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Periodic work: join when outside, heartbeat when a member, enforce the lease.
+    pub fn tick(self: &Arc<Self>) {
+        let now = Instant::now();
+        let state = self.membership();
+        match state {
+            Membership::Outside => {
+                if self.link_up.load(Ordering::Acquire) {
+                    self.send_join(now);
+                }
+            }
+            Membership::Joining => {
+                // No answer (lost, or the RC has not seen our agent yet): try again.
+                let since = *lock(&self.joining_since);
+                if since.is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(1)) {
+                    *lock(&self.membership) = Membership::Outside;
+                }
+            }
+            Membership::Member => {
+                let seq = self.hb_seq.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.pending_report.load(Ordering::Acquire) != 0 {
+                    // The rejoin report or its ack was lost: send it again.
+                    self.send_holding(true);
+                } else if self.reconciled.load(Ordering::Acquire)
+                    && seq.is_multiple_of(REPORT_EVERY)
+                {
+                    self.send_holding(false);
+                }
+                {
+                    let mut sent = lock(&self.sent);
+                    sent.insert(seq, now);
+                    if sent.len() > 256 {
+                        sent.retain(|s, _| *s + 128 > seq);
+                    }
+                }
+                let mut warm: Vec<String> = Vec::new();
+                for id in self.host.session_ids() {
+                    if let Some(s) = self.host.get(&id) {
+                        let h = s.handler_id().to_string();
+                        if !warm.contains(&h) {
+                            warm.push(h);
+                        }
+                    }
+                }
+                let ok = self.send_rc(ToRc::Heartbeat {
+                    node: self.id(),
+                    seq,
+                    sessions: self.host.len() as u32,
+                    rtt_us: self.rtt_us.load(Ordering::Relaxed),
+                    warm,
+                });
+                if ok {
+                    self.metrics.heartbeats.add(1, &[self.metrics.role()]);
+                }
+                let usage = self.host.session_ids().into_iter().filter_map(|id| {
+                    let u = self.host.get(&id)?.usage_counters().snapshot();
+                    Some((id, u))
+                });
+                for m in self.receipts.tick(now, usage) {
+                    self.send_rc(m);
+                }
+                self.report_replica_trouble(now);
+            }
+        }
+        // Lease watchdog: a member whose lease ran out stops serving before the RC may re-place.
+        let expired = {
+            let l = lock(&self.lease);
+            l.until().is_some_and(|u| now >= u)
+        };
+        if expired {
+            self.fence("lease expired");
+        }
+    }
+
+    /// Tells the RC (at most once per [`TROUBLE_REPORT_EVERY`]) which replica holders failed
+    /// the last [`TROUBLE_AFTER`] replica writes in a row.
+    fn report_replica_trouble(&self, now: Instant) {
+        let Some(m) = self.mobility() else {
+            return;
+        };
+        let peers = m.store.troubled_peers(TROUBLE_AFTER);
+        if peers.is_empty() {
+            return;
+        }
+        let mut last = lock(&self.trouble_sent);
+        if last.is_some_and(|t| now.saturating_duration_since(t) < TROUBLE_REPORT_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        tracing::warn!(peers = ?peers, "replica holders failing: asking the RC to move replica sets off them");
+        self.send_rc(ToRc::ReplicaTrouble {
+            node: self.id(),
+            peers: peers.iter().map(|a| a.to_string()).collect(),
+        });
+    }
+
+    fn send_join(&self, now: Instant) {
+        let body = JoinBody {
+            colony: self.cfg.colony.clone(),
+            spec: self.spec.clone(),
+            unix_ms: wire::unix_ms(),
+            nonce: rand::random(),
+        };
+        let req = JoinRequest::sign(&self.identity, &body);
+        if self.send_rc(ToRc::Join(req)) {
+            *lock(&self.membership) = Membership::Joining;
+            *lock(&self.joining_since) = Some(now);
+            tracing::debug!("join sent");
+        }
+    }
+
+    /// Stops serving: drops the lease and goes back to joining. Sessions are kept, serving
+    /// nothing, until the RC answers the holding report sent after the next join (module docs).
+    pub fn fence(&self, reason: &str) {
+        {
+            let mut l = lock(&self.lease);
+            if l.until().is_none() && self.membership() == Membership::Outside {
+                return;
+            }
+            l.revoke();
+        }
+        *lock(&self.membership) = Membership::Outside;
+        self.reconciled.store(false, Ordering::Release);
+        self.pending_report.store(0, Ordering::Release);
+        tracing::warn!(
+            reason,
+            sessions = self.host.len(),
+            "lease lost: stopped serving; sessions kept until the RC confirms them"
+        );
+        self.metrics.lease_lost.add(1, &[]);
+    }
+
+    /// Handles one control-plane message from the RC.
+    pub fn on_message(self: &Arc<Self>, msg: ToNode) {
+        match msg {
+            ToNode::JoinAck {
+                refused,
+                rc_api,
+                rc,
+            } => match refused {
+                None => {
+                    tracing::info!(rc = %rc, rc_api = %rc_api, "joined colony");
+                    *lock(&self.rc_api) = Some(rc_api);
+                    self.receipts.set_rc(&rc);
+                    *lock(&self.last_refusal) = None;
+                    *lock(&self.membership) = Membership::Member;
+                    if !self.reconciled.load(Ordering::Acquire) {
+                        // The report also tells the RC what this node no longer holds (it
+                        // restarted empty): it is sent even when empty, until acknowledged.
+                        // Holding nothing, there is nothing to reconcile before serving.
+                        let empty = self.host.is_empty();
+                        self.send_holding(true);
+                        if empty {
+                            self.reconciled.store(true, Ordering::Release);
+                        }
+                    }
+                    // First heartbeat right away: it brings the first lease.
+                    self.tick();
+                }
+                Some(why) => {
+                    tracing::error!(rc = %rc, reason = %why, "join refused");
+                    *lock(&self.last_refusal) = Some(why);
+                    *lock(&self.membership) = Membership::Outside;
+                }
+            },
+            ToNode::Lease { seq, lease_ms } => {
+                let sent = lock(&self.sent).remove(&seq);
+                if let Some(sent) = sent {
+                    let now = Instant::now();
+                    let sample = now.saturating_duration_since(sent).as_micros() as u64;
+                    self.rtt_us
+                        .store(windowed_min(&self.rtt_samples, sample), Ordering::Relaxed);
+                    if self.membership() == Membership::Member {
+                        lock(&self.lease).grant(sent, Duration::from_millis(lease_ms));
+                    }
+                }
+            }
+            ToNode::Evicted { reason } => {
+                tracing::warn!(%reason, "evicted by the RC");
+                self.fence(&reason);
+            }
+            ToNode::Start {
+                req,
+                session,
+                epoch,
+                manifest,
+                replicas,
+                restore_from,
+            } => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let error = me
+                        .start_session(&session, epoch, &manifest, &replicas, &restore_from)
+                        .await
+                        .err();
+                    me.send_rc(ToRc::Started {
+                        node: me.id(),
+                        req,
+                        error,
+                    });
+                });
+            }
+            ToNode::ReceiptsAck { accepted, refused } => {
+                self.receipts.on_ack(&accepted, &refused);
+            }
+            ToNode::Replicas { session, replicas } => {
+                if let (Some(m), Ok(sid)) = (self.mobility().cloned(), SessionId::new(session)) {
+                    tokio::spawn(async move { m.change_replicas(&sid, &replicas).await });
+                }
+            }
+            ToNode::HandoverPlan { req, plan } => {
+                if let Some(m) = self.mobility() {
+                    m.on_plan(req, plan);
+                }
+            }
+            ToNode::Handover { session, target } => {
+                if let Ok(sid) = SessionId::new(session) {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.handover(&sid, target).await {
+                            tracing::warn!(session = %sid, error = %e, "handover asked by the RC did not happen");
+                        }
+                    });
+                }
+            }
+            ToNode::HoldingAck { report, drop } => self.on_holding_ack(report, drop),
+            ToNode::Manifest { session, manifest } => {
+                if let Ok(sid) = SessionId::new(session) {
+                    if self.host.get(&sid).is_some() {
+                        lock(&self.manifests).insert(sid, manifest);
+                    }
+                }
+            }
+            ToNode::LookupReply { req, location } => {
+                if let Some(tx) = lock(&self.lookups).remove(&req) {
+                    let _ = tx.send(location);
+                }
+            }
+        }
+    }
+
+    async fn start_session(
+        &self,
+        session: &str,
+        epoch: u64,
+        manifest: &str,
+        replicas: &[String],
+        restore_from: &[String],
+    ) -> Result<(), String> {
+        // Right after joining, the first lease is one heartbeat round trip away.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while !self.may_serve() {
+            if Instant::now() >= deadline || self.membership() != Membership::Member {
+                return Err("node holds no lease".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sid = SessionId::new(session).map_err(|e| e.to_string())?;
+        let m = Manifest::from_json_str(manifest).map_err(|e| e.to_string())?;
+        if !self.spec.handlers.contains(&m.session.handler) {
+            return Err(format!("handler {:?} not served here", m.session.handler));
+        }
+        if self.host.len() >= self.cfg.capacity as usize {
+            return Err(format!("node full ({} sessions)", self.host.len()));
+        }
+        if let Some(old) = self.host.get(&sid) {
+            use opengrid_actors::SessionStatus as St;
+            if matches!(
+                old.status(),
+                St::Moved { .. } | St::Stopped { .. } | St::Closed
+            ) || old.epoch().0 < epoch
+            {
+                // A former incarnation (moved away, fenced, or kept through a lease loss while
+                // a failover gave it a newer epoch): it is coming back here.
+                old.stop_forwarding();
+                let _ = self.host.release(&sid).await;
+            }
+        }
+        self.prepare_start(&sid, Epoch(epoch), replicas, restore_from)
+            .await?;
+        lock(&self.manifests).insert(sid.clone(), manifest.to_string());
+        let host = self.host.clone();
+        let handler = m.session.handler.clone();
+        let policy = m.checkpoint_policy();
+        let r = self
+            .handlers
+            .spawn(async move {
+                host.start_dyn(&handler, sid, Epoch(epoch), policy)
+                    .await
+                    .map(|_| ())
+            })
+            .await;
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("start task failed: {e}")),
+        }
+    }
+
+    /// Asks the RC where a session lives: `(api, epoch)`.
+    pub async fn lookup(&self, sid: &SessionId) -> Option<(String, u64)> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.lookups).insert(req, tx);
+        if !self.send_rc(ToRc::Lookup {
+            node: self.id(),
+            req,
+            session: sid.to_string(),
+        }) {
+            lock(&self.lookups).remove(&req);
+            return None;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), rx).await {
+            Ok(Ok(l)) => l,
+            _ => {
+                lock(&self.lookups).remove(&req);
+                None
+            }
+        }
+    }
+
+    /// Tells the RC a session left this node.
+    pub fn notify_closed(&self, sid: &SessionId, epoch: Epoch) {
+        self.send_rc(ToRc::Closed {
+            node: self.id(),
+            session: sid.to_string(),
+            epoch: epoch.0,
+        });
+    }
+}
+
+/// The node's control-plane endpoint actor (member of pg group `og.node.<did>`).
+pub struct NodeAgent {
+    /// Shared core.
+    pub core: Arc<NodeCore>,
+}
+
+impl Actor for NodeAgent {
+    type Msg = NodeMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, myself: ActorRef<NodeMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        ractor::pg::join_scoped(
+            wire::PG_SCOPE.to_string(),
+            wire::pg_node(&self.core.id()),
+            vec![myself.get_cell()],
+        );
+        myself.send_interval(self.core.cfg.heartbeat_period.0, || {
+            NodeMsg::Local(NodeLocal::Tick)
+        });
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Wire(w) => self.core.on_message(*w),
+            NodeMsg::Local(NodeLocal::Tick) => self.core.tick(),
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive failed replica writes to one holder before the node reports it to the RC.
+pub const TROUBLE_AFTER: u32 = 3;
+/// Most one replica-trouble report per this period.
+pub const TROUBLE_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// A serving node repeats its holding report every this many heartbeats (100 ms: 1 s).
+pub const REPORT_EVERY: u64 = 10;
+
+/// Heartbeat round trips the reported RTT is the minimum of (100 ms heartbeats: 1.6 s).
+pub const RTT_WINDOW: usize = 16;
+
+/// Adds `sample` to the window and returns the window's minimum. Scheduling and queueing delays
+/// only ever add to a round trip, so the minimum over a short window is the path's RTT (as TCP's
+/// and BBR's min-RTT filters use it); the last sample alone made admission scores jump by tens of
+/// milliseconds on a loaded machine.
+fn windowed_min(window: &Mutex<std::collections::VecDeque<u64>>, sample: u64) -> u64 {
+    let mut w = lock(window);
+    if w.len() == RTT_WINDOW {
+        w.pop_front();
+    }
+    w.push_back(sample);
+    w.iter().copied().min().unwrap_or(sample)
+}
+
+#[cfg(test)]
+mod rtt_tests {
+    use super::*;
+
+    #[test]
+    fn rtt_is_the_minimum_of_the_recent_window() {
+        let w = Mutex::new(std::collections::VecDeque::new());
+        assert_eq!(windowed_min(&w, 500), 500);
+        assert_eq!(
+            windowed_min(&w, 30_000),
+            500,
+            "a scheduling spike is ignored"
+        );
+        assert_eq!(windowed_min(&w, 300), 300);
+        for _ in 0..RTT_WINDOW {
+            windowed_min(&w, 2_000);
+        }
+        assert_eq!(windowed_min(&w, 2_000), 2_000, "old minima age out");
+    }
+}

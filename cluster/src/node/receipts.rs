@@ -1,0 +1,251 @@
+//! Compute receipts, the node side: signing one receipt per session per usage window.
+//!
+//! **Plane: control.** Everything here runs on the control-plane runtimes of the node and the RC;
+//! it only reads the sessions' lock-free usage counters.
+//!
+//! - **Node** ([`ReceiptEmitter`]): every usage window (`[receipts] window`, 60 s by default) the
+//!   node reads each live session's usage ([`opengrid_actors::Usage`]), and for every session that
+//!   did work in the window builds one [`Receipt`] (fee = inputs × the node's
+//!   `price_micros_per_input`), signs it with the node's ed25519 identity and sends it to its RC
+//!   over the control plane ([`ToRc::Receipts`]). Receipts stay queued on the node until the RC
+//!   acknowledges them ([`ToNode::ReceiptsAck`]); unacknowledged ones are re-sent every heartbeat
+//!   tick (the ledger applies each receipt id and node nonce at most once, so a resend never
+//!   double-counts). Nonces are `max(previous + 1, unix µs)`, unique across restarts.
+//! - **RC** ([`Settler`]): checks that the sender is the receipt's node and that the receipt names
+//!   this RC, verifies the node signature, co-signs, and queues the receipt in a
+//!   [`opengrid_settlement::batcher::Batcher`]. Every settlement interval (`[settlement] interval`,
+//!   hourly by default, seconds in tests) the queued receipts are cut into batches and proposed to
+//!   the ledger replicas (`[settlement] ledger`) with [`LedgerClient`]. A batch whose submission
+//!   fails is retried with the same bytes, hence the same batch id, so a retry after a leader
+//!   change is answered `replayed` instead of being applied twice.
+//!
+//! Node keys and split policies are registered on the ledger by an operator
+//! (`opengrid ledger register-node --key-file <node data_dir>/identity.key …`), never by the RC.
+//!
+//! Known limits: usage of a session closed between two window ends is not receipted; receipts
+//! acknowledged by an RC that dies before the next settlement interval are lost with it.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use opengrid_actors::Usage as SessionUsage;
+use opengrid_session::SessionId;
+use opengrid_settlement::{Did, Keypair, Receipt, ReceiptId, SignedReceipt, Usage, UsageWindow};
+use serde::{Deserialize, Serialize};
+
+use crate::common::identity::{Identity, NodeId};
+use crate::common::receipts::{did, keypair, MAX_RECEIPTS_PER_MESSAGE};
+use crate::common::wire::ToRc;
+use opengrid_session::HumanDuration;
+
+/// Most receipts a node keeps waiting for an acknowledgement; the oldest are dropped beyond it
+/// (logged), so an unreachable RC cannot grow a node's memory without bound.
+pub const MAX_UNACKED_RECEIPTS: usize = 100_000;
+
+/// `[receipts]` section of the node config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiptSection {
+    /// Usage window: one receipt per session per window in which the session did work.
+    pub window: HumanDuration,
+}
+
+impl Default for ReceiptSection {
+    fn default() -> Self {
+        ReceiptSection {
+            window: HumanDuration::from_secs(60),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Settlement usage of a session's metered usage in one window.
+pub fn settlement_usage(u: &SessionUsage) -> Usage {
+    Usage {
+        inputs: u.inputs,
+        cpu_ms: (u.handler_busy_us.saturating_add(u.inference_us)) / 1000,
+        bytes: u.bytes_in.saturating_add(u.bytes_out),
+        tokens: None,
+    }
+}
+
+struct EmitterState {
+    rc: Option<Did>,
+    window_start_ms: u64,
+    window_started: Instant,
+    /// Usage of each live session at the start of the current window.
+    last: HashMap<SessionId, SessionUsage>,
+    unacked: BTreeMap<ReceiptId, SignedReceipt>,
+    /// Order of `unacked` (oldest first), for the bound.
+    order: VecDeque<ReceiptId>,
+    last_nonce: u64,
+}
+
+/// Counters of a node's receipts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EmitterCounters {
+    /// Receipts signed.
+    pub signed: u64,
+    /// Receipts the RC acknowledged (co-signed and queued).
+    pub acked: u64,
+    /// Receipts the RC refused (with a reason, logged).
+    pub refused: u64,
+    /// Receipts waiting for an acknowledgement.
+    pub unacked: u64,
+    /// Σ fees of the receipts the RC acknowledged, micro-units.
+    pub acked_fees_micros: u64,
+}
+
+/// Node side: cuts one signed receipt per session per usage window and keeps it until the RC
+/// acknowledges it.
+pub struct ReceiptEmitter {
+    key: Keypair,
+    node: NodeId,
+    window: Duration,
+    price_micros_per_input: u64,
+    state: Mutex<EmitterState>,
+    signed: AtomicU64,
+    acked: AtomicU64,
+    acked_fees: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl ReceiptEmitter {
+    /// An emitter signing with `identity`, cutting windows of `window`.
+    pub fn new(identity: &Identity, window: Duration, price_micros_per_input: u64) -> Self {
+        ReceiptEmitter {
+            key: keypair(identity),
+            node: identity.id(),
+            window: window.max(Duration::from_millis(10)),
+            price_micros_per_input,
+            state: Mutex::new(EmitterState {
+                rc: None,
+                window_start_ms: crate::common::wire::unix_ms(),
+                window_started: Instant::now(),
+                last: HashMap::new(),
+                unacked: BTreeMap::new(),
+                order: VecDeque::new(),
+                last_nonce: 0,
+            }),
+            signed: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            acked_fees: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// The RC that routes this node's sessions (from the join acknowledgement).
+    pub fn set_rc(&self, rc: &NodeId) {
+        lock(&self.state).rc = Some(did(rc));
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> EmitterCounters {
+        EmitterCounters {
+            signed: self.signed.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            unacked: lock(&self.state).unacked.len() as u64,
+            acked_fees_micros: self.acked_fees.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Heartbeat-tick work: when the window has ended, receipt every session that did work in it
+    /// (`sessions` = live sessions and their usage now); then return the messages to send to the
+    /// RC (every receipt not yet acknowledged, in bounded chunks).
+    pub fn tick(
+        &self,
+        now: Instant,
+        sessions: impl IntoIterator<Item = (SessionId, SessionUsage)>,
+    ) -> Vec<ToRc> {
+        let mut st = lock(&self.state);
+        let Some(rc) = st.rc.clone() else {
+            return Vec::new();
+        };
+        if now.saturating_duration_since(st.window_started) >= self.window {
+            let end_ms = crate::common::wire::unix_ms().max(st.window_start_ms);
+            let window = UsageWindow {
+                start_ms: st.window_start_ms,
+                end_ms,
+            };
+            let mut next_last = HashMap::new();
+            for (sid, usage) in sessions {
+                let before = st.last.get(&sid).copied().unwrap_or_default();
+                let delta = usage.since(&before);
+                next_last.insert(sid.clone(), usage);
+                if delta.inputs == 0 && delta.bytes_in == 0 && delta.handler_busy_us == 0 {
+                    continue;
+                }
+                let nonce = st
+                    .last_nonce
+                    .saturating_add(1)
+                    .max(crate::common::wire::unix_ms().saturating_mul(1000));
+                st.last_nonce = nonce;
+                let receipt = Receipt {
+                    receipt_id: ReceiptId::random(),
+                    session_id: sid.to_string(),
+                    node: self.key.did(),
+                    rc: rc.clone(),
+                    window,
+                    usage: settlement_usage(&delta),
+                    fee_micros: delta.inputs.saturating_mul(self.price_micros_per_input),
+                    nonce,
+                };
+                let signed = receipt.sign(&self.key);
+                let id = signed.receipt.receipt_id;
+                st.unacked.insert(id, signed);
+                st.order.push_back(id);
+                self.signed.fetch_add(1, Ordering::Relaxed);
+            }
+            st.last = next_last;
+            st.window_start_ms = end_ms;
+            st.window_started = now;
+            while st.unacked.len() > MAX_UNACKED_RECEIPTS {
+                match st.order.pop_front() {
+                    Some(old) => {
+                        if st.unacked.remove(&old).is_some() {
+                            tracing::warn!(receipt = %old, "dropping an unacknowledged receipt (queue full)");
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        let pending: Vec<SignedReceipt> = st.unacked.values().cloned().collect();
+        drop(st);
+        pending
+            .chunks(MAX_RECEIPTS_PER_MESSAGE)
+            .map(|c| ToRc::Receipts {
+                node: self.node,
+                receipts: c.to_vec(),
+            })
+            .collect()
+    }
+
+    /// The RC's acknowledgement: accepted receipts are done, refused ones are dropped (logged).
+    pub fn on_ack(&self, accepted: &[ReceiptId], refused: &[(ReceiptId, String)]) {
+        let mut st = lock(&self.state);
+        for id in accepted {
+            if let Some(r) = st.unacked.remove(id) {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+                self.acked_fees
+                    .fetch_add(r.receipt.fee_micros, Ordering::Relaxed);
+            }
+        }
+        for (id, why) in refused {
+            if st.unacked.remove(id).is_some() {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(receipt = %id, reason = %why, "RC refused a receipt");
+            }
+        }
+        if st.order.len() > 2 * st.unacked.len() + 1024 {
+            let keep: HashSet<ReceiptId> = st.unacked.keys().copied().collect();
+            st.order.retain(|id| keep.contains(id));
+        }
+    }
+}

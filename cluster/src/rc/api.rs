@@ -1,0 +1,217 @@
+//! The RC's client API router: health, metrics, status, session placement, admission probes,
+//! lookups and redirects, handover requests, and the federation endpoint.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use opengrid_actors::SessionError;
+use serde_json::{json, Value};
+
+use crate::common::http::{
+    count_status, handover_body, not_found_route, parse_manifest, parse_sid, ApiError,
+};
+use crate::rc::admission::Decision;
+use crate::rc::{DirState, PlaceError, RcCore};
+
+/// The RC's router.
+pub fn rc_router(core: Arc<RcCore>) -> Router {
+    let limit = core.cfg.max_body.0.min(usize::MAX as u64) as usize;
+    let metrics = core.metrics.clone();
+    Router::new()
+        .route("/health", get(rc_health))
+        .route("/metrics", get(rc_metrics))
+        .route("/status", get(rc_status))
+        .route("/sessions", post(rc_create))
+        .route("/admission/probe", post(rc_probe))
+        .route(
+            crate::rc::federation::ADMISSION_PATH,
+            post(crate::rc::federation::admission_handler),
+        )
+        .route("/sessions/{id}", get(rc_lookup).delete(rc_redirect))
+        .route("/sessions/{id}/inputs", post(rc_redirect))
+        .route("/sessions/{id}/ws", get(rc_redirect))
+        .route("/sessions/{id}/handover", post(rc_handover))
+        .fallback(|| async { not_found_route() })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(metrics, count_status))
+        .with_state(core)
+}
+
+#[tracing::instrument(skip_all)]
+async fn rc_health(State(core): State<Arc<RcCore>>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "role": "rc",
+        "rc": core.id(),
+        "colony": core.cfg.colony,
+        "members_alive": core.alive_members(),
+        "settlement": core.settlement().map(|s| s.status()),
+    }))
+}
+
+async fn rc_metrics(State(core): State<Arc<RcCore>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        core.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn rc_status(State(core): State<Arc<RcCore>>) -> Json<Value> {
+    let mut v = serde_json::to_value(core.status()).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        let canopy = core
+            .federation()
+            .map(|f| f.status_json())
+            .unwrap_or_else(|| json!({"enabled": false}));
+        m.insert("canopy".into(), canopy);
+    }
+    Json(v)
+}
+
+#[tracing::instrument(skip_all, err(Debug))]
+async fn rc_create(
+    State(core): State<Arc<RcCore>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let m = parse_manifest(&headers, &body)?;
+    let sid = match q.get("session_id") {
+        Some(s) => Some(parse_sid(s)?),
+        None => None,
+    };
+    match core.place(&m, sid.clone()).await {
+        Ok(p) => Ok((
+            StatusCode::CREATED,
+            Json(serde_json::to_value(p).unwrap_or(Value::Null)),
+        )
+            .into_response()),
+        Err(PlaceError::Unsatisfiable { why }) if core.federation().is_some() => {
+            crate::rc::federation::route_refused(&core, &m, sid.as_ref(), q.get("data_class"), &why)
+                .await
+        }
+        Err(PlaceError::Unsatisfiable { why }) => {
+            let list: Vec<Value> = why
+                .iter()
+                .map(|(id, name, r)| json!({"node": id, "name": name, "reason": r.to_string(), "filter": r}))
+                .collect();
+            let msg = if why.is_empty() {
+                "no node has joined the colony".to_string()
+            } else {
+                format!(
+                    "no node satisfies the manifest: {}",
+                    why.iter()
+                        .map(|(_, n, r)| format!("{n}: {r}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            };
+            Err(
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unsatisfiable", msg)
+                    .with("why", json!(list)),
+            )
+        }
+        Err(PlaceError::AlreadyPlaced {
+            session,
+            address,
+            epoch,
+        }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_placed",
+            format!("session {session} is already placed on {address} (epoch {epoch})"),
+        )
+        .with("location", json!(address))
+        .with("epoch", json!(epoch.0))),
+        Err(e @ PlaceError::NodeFailed { .. }) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "placement_failed",
+            e.to_string(),
+        )
+        .with("retryable", json!(true))),
+    }
+}
+
+#[tracing::instrument(skip_all, err(Debug))]
+async fn rc_probe(
+    State(core): State<Arc<RcCore>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body?;
+    let m = parse_manifest(&headers, &body)?;
+    Ok(Json(match core.probe(&m) {
+        Decision::Placed { node, score } => {
+            json!({"decision": "placed", "node": node, "score": score})
+        }
+        Decision::Refused { why } => json!({
+            "decision": "refused",
+            "why": why.iter().map(|(n, r)| json!({"node": n, "reason": r.to_string()})).collect::<Vec<_>>(),
+        }),
+    }))
+}
+
+#[tracing::instrument(skip_all, err(Debug))]
+async fn rc_lookup(
+    State(core): State<Arc<RcCore>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let sid = parse_sid(&id)?;
+    match core.lookup(&sid) {
+        Some(e) => Ok(Json(serde_json::to_value(e).unwrap_or(Value::Null))),
+        None => Err(ApiError::from(SessionError::NotFound { session: sid })),
+    }
+}
+
+async fn rc_redirect(
+    State(core): State<Arc<RcCore>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiError {
+    let sid = match parse_sid(&id) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    match core.lookup(&sid) {
+        Some(e) if e.state != DirState::Orphaned => {
+            let path = req.uri().path().to_string();
+            ApiError::moved(e.address.clone(), &path, e.epoch.0).with("node", json!(e.node))
+        }
+        Some(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "orphaned",
+            format!(
+                "session {sid} lost its node (epoch {}); create it again to fail it over",
+                e.epoch
+            ),
+        ),
+        None => ApiError::from(SessionError::NotFound { session: sid }),
+    }
+}
+
+/// `POST /sessions/{id}/handover` at the RC: ask the holder to hand the session over.
+#[tracing::instrument(skip_all, err(Debug))]
+async fn rc_handover(
+    State(core): State<Arc<RcCore>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body?;
+    let sid = parse_sid(&id)?;
+    let b = handover_body(&body)?;
+    match core.request_handover(&sid, b.target) {
+        Ok(holder) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"session_id": sid, "asked": holder, "status": "handover requested"})),
+        )),
+        Err(why) => Err(ApiError::new(StatusCode::CONFLICT, "no_handover", why)),
+    }
+}

@@ -1,0 +1,212 @@
+//! Versioned TOML configuration of a routing coordinator (`opengrid rc --config rc.toml`); the
+//! shared rules are in [`crate::common::config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use opengrid_session::{ByteSize, HumanDuration};
+use serde::{Deserialize, Serialize};
+
+use crate::common::config::{
+    check_period, check_secret, check_version, env_map, invalid, load_with_env, parse_with_env,
+    ConfigError, ConfigShape, CONFIG_VERSION, DEFAULT_RC_API, DEFAULT_RC_CLUSTER,
+};
+
+/// How the `rc` config appears to the environment overrides.
+const SHAPE: ConfigShape = ConfigShape {
+    name: "rc",
+    optional: &["canopy.treaties_file"],
+};
+
+/// Configuration of a routing coordinator (`opengrid rc --config rc.toml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RcConfig {
+    /// Must be [`CONFIG_VERSION`].
+    pub version: u32,
+    /// Colony name.
+    pub colony: String,
+    /// Where the identity key lives.
+    pub data_dir: PathBuf,
+    /// Client API listen address.
+    pub api_listen: SocketAddr,
+    /// Control-plane (ractor_cluster `NodeServer`) listen address.
+    pub cluster_listen: SocketAddr,
+    /// The colony secret (ractor_cluster cookie). `OPENGRID_COLONY_SECRET`.
+    pub colony_secret: String,
+    /// Expected heartbeat period of nodes (seeds the failure detector).
+    pub heartbeat_period: HumanDuration,
+    /// Lease granted per heartbeat.
+    pub lease: HumanDuration,
+    /// The RC re-places a silent node's sessions only after `lease × lease_grace` since the
+    /// node's last heartbeat.
+    pub lease_grace: f64,
+    /// Phi-accrual threshold above which a node is declared dead.
+    pub phi_threshold: f64,
+    /// Floor of the standard deviation used by the detector.
+    pub phi_min_std: HumanDuration,
+    /// Heartbeat pause absorbed before phi starts rising (GC pauses, scheduling).
+    pub acceptable_pause: HumanDuration,
+    /// Worker threads of the control-plane runtime.
+    pub control_threads: usize,
+    /// How long a placement order may take on the node.
+    pub place_timeout: HumanDuration,
+    /// Largest request body accepted by the client API.
+    pub max_body: ByteSize,
+    /// Accepted clock skew of signed join requests.
+    pub join_max_skew: HumanDuration,
+    /// Checkpoint replicas per session (k), chosen among nodes the manifest allows.
+    pub replicas: usize,
+    /// Sessions restored at once after a node is declared dead.
+    pub failover_parallelism: usize,
+    /// Canopy and federation (`[canopy]`, see [`crate::rc::federation::CanopySection`]); off by default.
+    pub canopy: crate::rc::federation::CanopySection,
+    /// Settlement (`[settlement]`, see [`crate::node::receipts`]): ledger replicas and interval.
+    pub settlement: crate::rc::settlement::SettlementSection,
+}
+
+impl Default for RcConfig {
+    fn default() -> Self {
+        RcConfig {
+            version: CONFIG_VERSION,
+            colony: "local".into(),
+            data_dir: std::env::temp_dir().join("opengrid-rc"),
+            api_listen: DEFAULT_RC_API.parse().expect("literal"),
+            cluster_listen: DEFAULT_RC_CLUSTER.parse().expect("literal"),
+            colony_secret: "opengrid-local-colony".into(),
+            heartbeat_period: HumanDuration::from_millis(100),
+            lease: HumanDuration::from_secs(1),
+            lease_grace: 1.5,
+            phi_threshold: 8.0,
+            phi_min_std: HumanDuration::from_millis(50),
+            acceptable_pause: HumanDuration::from_millis(100),
+            control_threads: 1,
+            place_timeout: HumanDuration::from_secs(5),
+            max_body: ByteSize(1 << 20),
+            join_max_skew: HumanDuration::from_secs(60),
+            replicas: 2,
+            failover_parallelism: 64,
+            canopy: crate::rc::federation::CanopySection::default(),
+            settlement: crate::rc::settlement::SettlementSection::default(),
+        }
+    }
+}
+
+impl RcConfig {
+    /// Reads a TOML file (if given), applies `OPENGRID_*` overrides, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let c: RcConfig = load_with_env(path, &RcConfig::default(), &env_map(), SHAPE)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parses TOML text with the given environment overrides, validates.
+    pub fn from_toml_with_env(text: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let c: RcConfig = parse_with_env(text, &RcConfig::default(), env, SHAPE)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Longest time after a node's last heartbeat before the RC may place its sessions elsewhere.
+    pub fn replace_after(&self) -> Duration {
+        self.lease.0.mul_f64(self.lease_grace)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_version(self.version)?;
+        if !opengrid_session::manifest::is_ident(&self.colony) {
+            return Err(invalid("colony", "must be an identifier"));
+        }
+        check_secret(&self.colony_secret)?;
+        check_period("heartbeat_period", self.heartbeat_period.0)?;
+        if self.lease.0 < self.heartbeat_period.0 * 3 {
+            return Err(invalid("lease", "must be at least 3 heartbeat periods"));
+        }
+        if !(self.lease_grace.is_finite() && self.lease_grace >= 1.1 && self.lease_grace <= 10.0) {
+            return Err(invalid(
+                "lease_grace",
+                format!(
+                    "{} must be in 1.1..=10 (safety margin over the node's lease)",
+                    self.lease_grace
+                ),
+            ));
+        }
+        if !(self.phi_threshold.is_finite()
+            && self.phi_threshold >= 1.0
+            && self.phi_threshold <= 30.0)
+        {
+            return Err(invalid("phi_threshold", "must be in 1..=30"));
+        }
+        if self.phi_min_std.0.is_zero() {
+            return Err(invalid("phi_min_std", "must be more than 0"));
+        }
+        if self.control_threads == 0 || self.control_threads > 64 {
+            return Err(invalid("control_threads", "must be 1..=64"));
+        }
+        if self.place_timeout.0 < Duration::from_millis(10) {
+            return Err(invalid("place_timeout", "must be at least 10ms"));
+        }
+        if self.max_body.0 < 1024 {
+            return Err(invalid("max_body", "must be at least 1KiB"));
+        }
+        if self.replicas > 16 {
+            return Err(invalid("replicas", "must be 0..=16"));
+        }
+        if self.failover_parallelism == 0 || self.failover_parallelism > 4096 {
+            return Err(invalid("failover_parallelism", "must be 1..=4096"));
+        }
+        self.canopy.validate()?;
+        self.settlement
+            .validate()
+            .map_err(|(field, reason)| invalid(field, reason))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        RcConfig::default().validate().unwrap();
+        assert_eq!(
+            RcConfig::from_toml_with_env("", &[]).unwrap(),
+            RcConfig::default()
+        );
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        match RcConfig::from_toml_with_env("phi_threshold = 0.5", &[]) {
+            Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "phi_threshold"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn optional_fields_take_overrides_and_node_fields_are_refused() {
+        let env = vec![(
+            "OPENGRID_CANOPY_TREATIES_FILE".to_string(),
+            "/etc/opengrid/treaties.toml".to_string(),
+        )];
+        // The override reaches the field: validation then reads the (missing) file and names it.
+        match RcConfig::from_toml_with_env("", &env) {
+            Err(ConfigError::Invalid { field, reason }) => {
+                assert_eq!(field, "canopy.treaties_file");
+                assert!(reason.contains("/etc/opengrid/treaties.toml"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let env = vec![("OPENGRID_JURISDICTION".to_string(), "FR".to_string())];
+        match RcConfig::from_toml_with_env("", &env) {
+            Err(ConfigError::UnknownEnv { var, config, .. }) => {
+                assert_eq!(var, "OPENGRID_JURISDICTION");
+                assert_eq!(config, "rc");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

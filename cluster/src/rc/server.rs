@@ -1,0 +1,157 @@
+//! Starting and stopping an RC: its control runtime, `NodeServer`, RC actor, canopy and client API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use ractor_cluster::NodeServerMessage;
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+
+use crate::common::identity::Identity;
+use crate::common::runtime::{
+    concrete, runtime, short, spawn_node_server, wait_listening, LinkWatch, StartError,
+};
+use crate::common::wire::RcMsg;
+use crate::rc::api;
+use crate::rc::config::RcConfig;
+use crate::rc::{RcActor, RcCore};
+
+/// A running RC.
+pub struct RcHandle {
+    core: Arc<RcCore>,
+    api: SocketAddr,
+    cluster: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: ActorRef<NodeServerMessage>,
+    actor: ActorRef<RcMsg>,
+    control: Option<Runtime>,
+}
+
+impl std::fmt::Debug for RcHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RcHandle({}, api {})", self.core.id(), self.api)
+    }
+}
+
+impl RcHandle {
+    /// The core (status, directory, admission).
+    pub fn core(&self) -> &Arc<RcCore> {
+        &self.core
+    }
+    /// Client-API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
+    }
+    /// Client-API base URL.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+    /// Control-plane address (give it to nodes as `rc_cluster`).
+    pub fn cluster_addr(&self) -> SocketAddr {
+        self.cluster
+    }
+    /// Stops the RC and waits for its control threads.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        self.actor.stop(None);
+        self.server.stop(None);
+        if let Some(rt) = self.control.take() {
+            let _ =
+                tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(2)))
+                    .await;
+        }
+    }
+    fn stop_now(&mut self) {
+        let _ = self.stop.send(true);
+        self.actor.stop(None);
+        self.server.stop(None);
+        if let Some(rt) = self.control.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for RcHandle {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// Starts an RC: control runtime, `NodeServer` (colony secret as cookie), RC actor, client API.
+pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
+    let identity = Identity::load_or_create(&cfg.data_dir)?;
+    let control = runtime("control", cfg.control_threads)?;
+    let cluster = concrete(cfg.cluster_listen)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let name = format!("rc-{}", short(&identity.id().did()));
+    let core = Arc::new(RcCore::new(cfg.clone(), identity));
+    let c2 = core.clone();
+    let started = control
+        .spawn(async move {
+            let listener = tokio::net::TcpListener::bind(cfg.api_listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: cfg.api_listen,
+                    what: "client API",
+                    source,
+                })?;
+            let api = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: cfg.api_listen,
+                what: "client API",
+                source,
+            })?;
+            c2.set_api(format!("http://{api}"));
+            if c2.cfg.canopy.enabled {
+                crate::rc::federation::start(&c2, api)
+                    .await
+                    .map_err(|e| StartError::Spawn(format!("canopy: {e}")))?;
+            }
+            let watch = LinkWatch {
+                on_up: Box::new(|_| {}),
+                authenticated: Default::default(),
+                metrics: c2.metrics.clone(),
+                role: "rc",
+            };
+            let server = spawn_node_server(cluster, cfg.colony_secret.clone(), name, watch).await?;
+            let (actor, _) = Actor::spawn(None, RcActor { core: c2.clone() }, ())
+                .await
+                .map_err(|e| StartError::Spawn(format!("RC actor: {e}")))?;
+            let router = api::rc_router(c2.clone());
+            let mut rx = stop_rx;
+            tokio::spawn(async move {
+                let r = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!("RC client API stopped: {e}");
+                }
+            });
+            if !wait_listening(cluster, Duration::from_secs(5)).await {
+                return Err(StartError::Spawn(format!("control plane not listening on {cluster}")));
+            }
+            tracing::info!(rc = %c2.id(), api = %api, cluster = %cluster, colony = %c2.cfg.colony, "RC started");
+            Ok::<_, StartError>((api, server, actor))
+        })
+        .await
+        .map_err(|e| StartError::Spawn(e.to_string()));
+    let (api, server, actor) = match started {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) | Err(e) => {
+            control.shutdown_background();
+            return Err(e);
+        }
+    };
+    Ok(RcHandle {
+        core,
+        api,
+        cluster,
+        stop,
+        server,
+        actor,
+        control: Some(control),
+    })
+}

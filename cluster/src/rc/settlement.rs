@@ -1,0 +1,277 @@
+//! Compute receipts, the RC side: co-signing, batching and settling on the ledger.
+//!
+//! See [`crate::node::receipts`] for the node side and the whole flow.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opengrid_settlement::batcher::{run_batcher, BatchSink, Batcher, SystemClock};
+use opengrid_settlement::ledger::MAX_RECEIPTS_PER_BATCH;
+use opengrid_settlement::{
+    Batch, Did, LedgerClient, LedgerResponse, ReceiptId, SettlementError, SignedReceipt,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::common::identity::{Identity, NodeId};
+use crate::common::receipts::{did, keypair, MAX_RECEIPTS_PER_MESSAGE};
+use crate::common::wire::ToNode;
+use opengrid_session::HumanDuration;
+
+/// Receipt ids an RC remembers to drop resends it already queued.
+const RECENT_IDS: usize = 200_000;
+
+/// `[settlement]` section of the RC config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SettlementSection {
+    /// Ledger replica addresses (`host:port`). Empty: the RC does not settle, and refuses
+    /// receipts (nodes keep them).
+    pub ledger: Vec<String>,
+    /// One batch proposal per interval.
+    pub interval: HumanDuration,
+    /// Most receipts per batch; an interval with more is proposed as several parts.
+    pub max_per_batch: usize,
+}
+
+impl Default for SettlementSection {
+    fn default() -> Self {
+        SettlementSection {
+            ledger: Vec::new(),
+            interval: HumanDuration::from_secs(3600),
+            max_per_batch: 10_000,
+        }
+    }
+}
+
+impl SettlementSection {
+    /// Checks the section; `Err((field, reason))`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.interval.0.is_zero() {
+            return Err(("settlement.interval", "must be greater than zero".into()));
+        }
+        if self.max_per_batch == 0 || self.max_per_batch > MAX_RECEIPTS_PER_BATCH {
+            return Err((
+                "settlement.max_per_batch",
+                format!("must be between 1 and {MAX_RECEIPTS_PER_BATCH}"),
+            ));
+        }
+        if let Some(a) = self.ledger.iter().find(|a| !a.contains(':')) {
+            return Err(("settlement.ledger", format!("{a:?} is not host:port")));
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counters of an RC's settlement.
+#[derive(Debug, Default)]
+pub struct SettlerCounters {
+    /// Receipts co-signed and queued.
+    pub co_signed: AtomicU64,
+    /// Receipts refused (bad signature, wrong RC, wrong sender).
+    pub refused: AtomicU64,
+    /// Batches the ledger answered (applied or replayed).
+    pub batches: AtomicU64,
+    /// Receipts the ledger settled.
+    pub settled: AtomicU64,
+    /// Receipts the ledger rejected.
+    pub rejected: AtomicU64,
+    /// Fees settled, micro-units.
+    pub fees_settled_micros: AtomicU64,
+}
+
+/// A snapshot of [`SettlerCounters`] plus the queue length.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SettlerStatus {
+    /// Receipts co-signed and queued.
+    pub co_signed: u64,
+    /// Receipts refused.
+    pub refused: u64,
+    /// Receipts waiting for the next settlement interval.
+    pub pending: u64,
+    /// Batches answered by the ledger.
+    pub batches: u64,
+    /// Receipts settled.
+    pub settled: u64,
+    /// Receipts rejected by the ledger.
+    pub rejected: u64,
+    /// Fees settled, micro-units.
+    pub fees_settled_micros: u64,
+}
+
+struct LedgerSink {
+    client: LedgerClient,
+    counters: Arc<SettlerCounters>,
+}
+
+impl BatchSink for LedgerSink {
+    async fn submit(&self, batch: &Batch) -> Result<LedgerResponse, SettlementError> {
+        let resp = self.client.submit_batch(batch).await?;
+        match &resp {
+            LedgerResponse::Batch {
+                batch_id,
+                replayed,
+                record,
+            } => {
+                // A replayed answer carries the record of the first application: count it only
+                // if this RC never saw that batch answered (a reply lost before a leader change).
+                self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .settled
+                    .fetch_add(u64::from(record.settled), Ordering::Relaxed);
+                self.counters
+                    .rejected
+                    .fetch_add(record.rejected.len() as u64, Ordering::Relaxed);
+                self.counters
+                    .fees_settled_micros
+                    .fetch_add(record.fees_settled_micros, Ordering::Relaxed);
+                tracing::info!(%batch_id, replayed, settled = record.settled, rejected = record.rejected.len(), fees = record.fees_settled_micros, "batch settled");
+                for r in record.rejected.iter().take(8) {
+                    tracing::warn!(rejection = ?r, "ledger rejected a receipt");
+                }
+            }
+            other => tracing::warn!(response = ?other, "ledger refused a batch"),
+        }
+        Ok(resp)
+    }
+}
+
+/// RC side: verifies, co-signs and batches receipts, and proposes one batch per interval.
+pub struct Settler {
+    rc: Did,
+    batcher: Arc<Mutex<Batcher>>,
+    recent: Mutex<(HashSet<ReceiptId>, VecDeque<ReceiptId>)>,
+    counters: Arc<SettlerCounters>,
+    cfg: SettlementSection,
+    started: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+}
+
+impl std::fmt::Debug for Settler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Settler({})", self.rc)
+    }
+}
+
+impl Settler {
+    /// A settler for the RC `identity`; `None` when no ledger is configured.
+    pub fn new(cfg: &SettlementSection, identity: &Identity) -> Option<Arc<Self>> {
+        if cfg.ledger.is_empty() {
+            return None;
+        }
+        let key = keypair(identity);
+        Some(Arc::new(Settler {
+            rc: key.did(),
+            batcher: Arc::new(Mutex::new(Batcher::new(key, cfg.max_per_batch))),
+            recent: Mutex::new((HashSet::new(), VecDeque::new())),
+            counters: Arc::new(SettlerCounters::default()),
+            cfg: cfg.clone(),
+            started: Mutex::new(None),
+        }))
+    }
+
+    /// Starts the settlement loop on the current tokio runtime (once; later calls do nothing).
+    /// It stops when the settler is dropped.
+    pub fn spawn(&self) {
+        let mut started = lock(&self.started);
+        if started.is_some() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        *started = Some(tx);
+        let sink = LedgerSink {
+            client: LedgerClient::with_timeout(
+                self.cfg.ledger.clone(),
+                // One attempt round per interval at most, never more than 30 s.
+                self.cfg
+                    .interval
+                    .0
+                    .clamp(Duration::from_secs(2), Duration::from_secs(30)),
+            ),
+            counters: self.counters.clone(),
+        };
+        tracing::info!(ledger = ?self.cfg.ledger, interval = ?self.cfg.interval.0, "settlement started");
+        tokio::spawn(run_batcher(
+            self.batcher.clone(),
+            Arc::new(SystemClock),
+            self.cfg.interval.0,
+            sink,
+            rx,
+        ));
+    }
+
+    /// Status for operators and tests.
+    pub fn status(&self) -> SettlerStatus {
+        let c = &self.counters;
+        SettlerStatus {
+            co_signed: c.co_signed.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            pending: lock(&self.batcher).pending() as u64,
+            batches: c.batches.load(Ordering::Relaxed),
+            settled: c.settled.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            fees_settled_micros: c.fees_settled_micros.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Handles [`ToRc::Receipts`] from `from`; returns the acknowledgement to send back.
+    pub fn on_receipts(&self, from: &NodeId, receipts: Vec<SignedReceipt>) -> ToNode {
+        let sender = did(from);
+        let mut accepted = Vec::new();
+        let mut refused = Vec::new();
+        for r in receipts.into_iter().take(MAX_RECEIPTS_PER_MESSAGE) {
+            let id = r.receipt.receipt_id;
+            if r.receipt.node != sender {
+                refused.push((id, format!("sent by {sender}, not by its node")));
+                continue;
+            }
+            if lock(&self.recent).0.contains(&id) {
+                // A resend of a receipt already queued (our acknowledgement was lost).
+                accepted.push(id);
+                continue;
+            }
+            match lock(&self.batcher).add(r) {
+                Ok(()) => {
+                    self.remember(id);
+                    accepted.push(id);
+                }
+                Err(e) => refused.push((id, e.to_string())),
+            }
+        }
+        self.counters
+            .co_signed
+            .fetch_add(accepted.len() as u64, Ordering::Relaxed);
+        self.counters
+            .refused
+            .fetch_add(refused.len() as u64, Ordering::Relaxed);
+        if !refused.is_empty() {
+            tracing::warn!(node = %from, refused = refused.len(), first = %refused[0].1, "receipts refused");
+        }
+        ToNode::ReceiptsAck { accepted, refused }
+    }
+
+    fn remember(&self, id: ReceiptId) {
+        let mut g = lock(&self.recent);
+        let (set, order) = &mut *g;
+        if set.insert(id) {
+            order.push_back(id);
+        }
+        while order.len() > RECENT_IDS {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Settler {
+    /// Cuts the queued receipts into batches now (what the interval timer does).
+    pub(crate) fn cut_now(&self) -> Vec<Batch> {
+        lock(&self.batcher).cut(crate::common::wire::unix_ms())
+    }
+}

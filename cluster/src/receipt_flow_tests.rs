@@ -1,0 +1,118 @@
+//! The receipt flow across both sides: a node's emitter signs, the RC's settler co-signs.
+
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use opengrid_actors::Usage as SessionUsage;
+    use opengrid_session::{HumanDuration, SessionId};
+    use opengrid_settlement::SignedReceipt;
+
+    use crate::common::identity::Identity;
+    use crate::common::receipts::did;
+    use crate::common::wire::{ToNode, ToRc};
+    use crate::node::receipts::*;
+    use crate::rc::settlement::*;
+
+    fn usage(inputs: u64) -> SessionUsage {
+        SessionUsage {
+            inputs,
+            bytes_in: inputs * 10,
+            handler_busy_us: inputs * 1500,
+            ..Default::default()
+        }
+    }
+
+    fn receipts_of(msgs: Vec<ToRc>) -> Vec<SignedReceipt> {
+        msgs.into_iter()
+            .flat_map(|m| match m {
+                ToRc::Receipts { receipts, .. } => receipts,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_receipt_per_active_session_per_window_cosigned_by_the_rc() {
+        let node = Identity::generate();
+        let rc = Identity::generate();
+        let e = ReceiptEmitter::new(&node, Duration::from_millis(10), 7);
+        let s1 = SessionId::random();
+        let s2 = SessionId::random();
+        let t0 = Instant::now();
+        // No RC known yet: nothing is cut.
+        assert!(e.tick(t0, vec![(s1.clone(), usage(3))]).is_empty());
+        e.set_rc(&rc.id());
+        // Window not over yet: nothing new.
+        assert!(e.tick(t0, vec![(s1.clone(), usage(3))]).is_empty());
+        let t1 = t0 + Duration::from_millis(20);
+        let rs = receipts_of(e.tick(t1, vec![(s1.clone(), usage(3)), (s2.clone(), usage(0))]));
+        assert_eq!(rs.len(), 1, "idle sessions get no receipt");
+        assert_eq!(rs[0].receipt.fee_micros, 21);
+        assert_eq!(rs[0].receipt.usage.inputs, 3);
+        assert_eq!(rs[0].receipt.usage.cpu_ms, 4);
+        // Unacknowledged: resent at the next tick, with nothing new in the window.
+        let t2 = t1 + Duration::from_millis(20);
+        let again = receipts_of(e.tick(t2, vec![(s1.clone(), usage(3))]));
+        assert_eq!(again, rs);
+
+        let settler = Settler::new(
+            &SettlementSection {
+                ledger: vec!["127.0.0.1:1".into()],
+                ..Default::default()
+            },
+            &rc,
+        )
+        .unwrap();
+        // Only the node itself may hand in its receipts.
+        let ToNode::ReceiptsAck { accepted, refused } =
+            settler.on_receipts(&Identity::generate().id(), again.clone())
+        else {
+            panic!()
+        };
+        assert!(accepted.is_empty());
+        assert_eq!(refused.len(), 1);
+        // A tampered receipt is refused, a good one co-signed.
+        let mut bad = again[0].clone();
+        bad.receipt.fee_micros += 1;
+        let ToNode::ReceiptsAck { accepted, refused } =
+            settler.on_receipts(&node.id(), vec![bad, again[0].clone()])
+        else {
+            panic!()
+        };
+        assert_eq!(accepted, vec![again[0].receipt.receipt_id]);
+        assert_eq!(refused.len(), 1);
+        // A resend after a lost ack is acknowledged again but queued once.
+        settler.on_receipts(&node.id(), again.clone());
+        assert_eq!(settler.status().pending, 1);
+        let batch = settler.cut_now();
+        batch[0].receipts[0]
+            .verify(
+                &did(&node.id()).verifying_key(),
+                &did(&rc.id()).verifying_key(),
+            )
+            .unwrap();
+        e.on_ack(&accepted, &[]);
+        assert_eq!(e.counters().unacked, 0);
+        assert_eq!(e.counters().acked, 1);
+        // Next window: only the new usage is receipted, with a fresh, larger nonce.
+        let t3 = t2 + Duration::from_millis(20);
+        let next = receipts_of(e.tick(t3, vec![(s1, usage(5))]));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].receipt.usage.inputs, 2);
+        assert!(next[0].receipt.nonce > rs[0].receipt.nonce);
+        assert!(next[0].receipt.window.start_ms >= rs[0].receipt.window.end_ms);
+    }
+
+    #[test]
+    fn settlement_section_validation_names_the_field() {
+        let mut s = SettlementSection::default();
+        assert!(s.validate().is_ok());
+        s.interval = HumanDuration::from_millis(0);
+        assert_eq!(s.validate().unwrap_err().0, "settlement.interval");
+        s = SettlementSection {
+            ledger: vec!["nohost".into()],
+            ..Default::default()
+        };
+        assert_eq!(s.validate().unwrap_err().0, "settlement.ledger");
+    }
+}
