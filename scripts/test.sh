@@ -8,6 +8,8 @@ source scripts/env.sh
 og_setup
 og_log "building workspace (first build compiles RocksDB: ~15-25 min on 2 cores; later builds are incremental)"
 cargo build --workspace --all-targets
+# The handler SDK (opengrid-actors) must build without RocksDB, ort and libp2p (ADR 0012).
+scripts/check-sdk-deps.sh
 args=()
 for a in "$@"; do
   case "$a" in

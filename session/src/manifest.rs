@@ -2,7 +2,7 @@
 //!
 //! A manifest is TOML or JSON, carries a `version`, rejects unknown fields, and is checked by
 //! [`Manifest::validate`], which names every bad field and the reason. Everything downstream is
-//! derived from it: the [`CheckpointPolicy`](crate::CheckpointPolicy), placement filters, whether a
+//! derived from it: the [`CheckpointPolicy`], placement filters, whether a
 //! live handover is allowed, and what receipts carry.
 //!
 //! ```
