@@ -18,13 +18,14 @@
 //! - [`batcher`]: RC-side co-signing, batching, periodic submission.
 //! - [`replica`]: run a replica ([`replica::start_replica`]), talk to the group
 //!   ([`replica::LedgerClient`]); the `opengrid-ledger` binary wraps these.
-//! - [`bench`]: receipts/s through a 3-replica ledger on 127.0.0.1 (P8).
+//!
+//! Benches live in `benches/` (P8 there and in `opengrid-chaos bench settlement`); the receipt
+//! generator they and the tests share is `testing`, behind the `testing` feature.
 //!
 //! Metrics: none yet beyond the ledger summary (`status`): settled receipts, batches, total fees
 //! and total credits (which must be equal).
 
 pub mod batcher;
-pub mod bench;
 pub mod cli;
 pub mod did;
 pub mod error;
@@ -33,6 +34,9 @@ pub mod ledger;
 pub mod receipt;
 pub mod replica;
 pub mod split;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
 
 pub use did::{Did, DidError};
 pub use error::SettlementError;
