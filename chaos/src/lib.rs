@@ -13,9 +13,9 @@
 //!   with a seeded workload of counter sessions and the checkers over what it recorded (a folder:
 //!   starting the colony, workload, faults, observation, records, checks, ledger);
 //! - [`fuzz`]: malformed bytes, frames and HTTP requests on listening ports (the `fuzz` fault);
-//! - [`bench`]: the layer benches (`bench checkpoint`, `bench handover --replica-servers`), run
-//!   against [`replica_server`] children (SessionHost + RocksDB + MigrationServer processes,
-//!   no node API or RC: the floor under the node figures);
+//! - [`bench`](mod@bench): the layer benches (`bench checkpoint`, `bench handover
+//!   --replica-servers`), run against [`replica_server`] children (SessionHost + RocksDB +
+//!   MigrationServer processes, no node API or RC: the floor under the node figures);
 //!   [`isolation`] (`bench isolation`) runs the `opengrid` RC and node binaries;
 //!   [`bench_colony`] (`bench failover`, and `bench handover` by default) runs an `opengrid`
 //!   RC and nodes and drives them through the client API;

@@ -3,7 +3,7 @@
 //! What every node earned, settled exactly. A serving node emits one compute receipt (CR) per
 //! session per usage window and signs it (ed25519); the routing coordinator (RC) that routed the
 //! session verifies and co-signs it; the RC's [`Batcher`](batcher::Batcher) proposes one batch
-//! per settlement interval to the Raft-replicated [`Ledger`](ledger::Ledger), which verifies both
+//! per settlement interval to the Raft-replicated [`Ledger`], which verifies both
 //! signatures against registered keys, applies every receipt exactly once and credits accounts by
 //! the node's split policy in integer micro-units (credits always sum to the fee; see [`split`]).
 //!
@@ -12,7 +12,7 @@
 //! TCP itself.
 //!
 //! - [`did`]: `did:mycel:z…` identifiers (ed25519 multicodec, base58btc).
-//! - [`receipt`]: [`Receipt`](receipt::Receipt), canonical bytes, node signature, RC co-signature.
+//! - [`receipt`]: [`Receipt`], canonical bytes, node signature, RC co-signature.
 //! - [`split`]: interchange / NodeCo / custom policies; the largest-remainder rule.
 //! - [`ledger`]: commands, rejection reasons, queries, the state machine.
 //! - [`batcher`]: RC-side co-signing, batching, periodic submission.

@@ -2,6 +2,9 @@
 //! them: SIGKILL / SIGSTOP / SIGCONT and restarts through the [`Launcher`], the node <-> RC
 //! [`Proxy`] for network faults, the nodes' fault control files (`[faults] control_dir`,
 //! `opengrid_cluster::faults`) for disk and handler faults, and seeded fuzzers on listening ports.
+//!
+//! [`Launcher`]: crate::launcher::Launcher
+//! [`Proxy`]: crate::proxy::Proxy
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
