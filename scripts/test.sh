@@ -8,6 +8,8 @@ source scripts/env.sh
 og_setup
 og_log "building workspace (first build compiles RocksDB: ~15-25 min on 2 cores; later builds are incremental)"
 cargo build --workspace --all-targets
+# The handler SDK (opengrid-actors) must build without RocksDB, ort and libp2p (ADR 0012).
+scripts/check-sdk-deps.sh
 args=()
 for a in "$@"; do
   case "$a" in
@@ -18,6 +20,9 @@ for a in "$@"; do
 done
 og_log "running tests"
 RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast "${args[@]}"
+# The handler-only example builds on the SDK alone (its own workspace and Cargo.lock; ADR 0012).
+og_log "testing examples/handler-only (opengrid-actors without default features)"
+(cd examples/handler-only && cargo test --locked)
 # The chaos short suite against real `opengrid` processes (fixed seeds, well under 5 min).
 # OPENGRID_SKIP_CHAOS=1 skips it (e.g. while iterating on one crate).
 if [ "${OPENGRID_SKIP_CHAOS:-0}" != "1" ]; then

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
+#[cfg(feature = "inference")]
 use opengrid_runtime_gpu::{InferenceHandle, ModelId, Tensor};
 use opengrid_session::{Epoch, Seq, SessionId};
 use serde::de::DeserializeOwned;
@@ -39,8 +40,11 @@ impl HandlerError {
 pub(crate) struct ContextBase {
     pub session_id: SessionId,
     pub services: Services,
+    /// Where inference compute time is metered.
+    #[cfg(feature = "inference")]
     pub usage: Arc<crate::usage::UsageCounters>,
     /// The node's inference pool, attributed to this session, when the host has one.
+    #[cfg(feature = "inference")]
     pub inference: Option<InferenceHandle>,
 }
 
@@ -77,7 +81,8 @@ impl SessionContext {
         self.base.services.get::<T>()
     }
 
-    /// Whether this node has an inference pool.
+    /// Whether this node has an inference pool. (Feature `inference`.)
+    #[cfg(feature = "inference")]
     pub fn has_inference(&self) -> bool {
         self.base.inference.is_some()
     }
@@ -85,7 +90,9 @@ impl SessionContext {
     /// Runs `model` on `input` in the node's inference plane (dedicated threads, batched with
     /// other sessions' requests) and returns the output. The compute time is metered into this
     /// session's usage. Errors (no pool on this node, unknown model, wrong shape/dtype,
-    /// backpressure) come back as a [`HandlerError`] with code `inference`.
+    /// backpressure) come back as a [`HandlerError`] with code `inference`. (Feature `inference`:
+    /// it links the inference plane, `opengrid-runtime-gpu`, into the handler crate.)
+    #[cfg(feature = "inference")]
     pub async fn infer(&self, model: &ModelId, input: Tensor) -> Result<Tensor, HandlerError> {
         let h = self.base.inference.as_ref().ok_or_else(|| {
             HandlerError::new(

@@ -18,9 +18,11 @@ use tokio::sync::oneshot;
 use crate::error::SessionError;
 use crate::handler::{ContextBase, Services, SessionHandler};
 use crate::metrics::ActorMetrics;
-use crate::session::{Forwarder, MovedTo, Reply, SessionMsg, SessionStatus, Shared, Slot, Status};
+use crate::session::{Reply, SessionMsg, SessionStatus, Shared, Slot, Status};
 use crate::supervisor::{spawn_supervisor, RestartIntensity, SupervisorMsg};
+use crate::transfer::{MovedTo, Relay, Transfer};
 use crate::usage::{Usage, UsageCounters};
+#[cfg(feature = "inference")]
 use opengrid_runtime_gpu::{CallerId, InferenceHandle};
 
 /// Host-wide settings.
@@ -78,7 +80,7 @@ pub struct SessionInfo {
 struct HostInner {
     store: Arc<dyn CheckpointStore>,
     supervisor: ActorRef<SupervisorMsg>,
-    sessions: RwLock<HashMap<SessionId, Arc<dyn DynSession>>>,
+    sessions: RwLock<HashMap<SessionId, Arc<dyn Hosted>>>,
     handlers: RwLock<HashMap<String, Arc<dyn HandlerFactory>>>,
     config: HostConfig,
     services: Services,
@@ -163,7 +165,9 @@ impl SessionHost {
         let ctx_base = Arc::new(ContextBase {
             session_id: id.clone(),
             services: self.inner.services.clone(),
+            #[cfg(feature = "inference")]
             usage: usage.clone(),
+            #[cfg(feature = "inference")]
             inference: self
                 .inner
                 .services
@@ -269,7 +273,17 @@ impl SessionHost {
 
     /// The session with this id, if hosted here.
     pub fn get(&self, id: &SessionId) -> Option<Arc<dyn DynSession>> {
-        read(&self.inner.sessions).get(id).cloned()
+        read(&self.inner.sessions)
+            .get(id)
+            .map(|s| s.clone() as Arc<dyn DynSession>)
+    }
+
+    /// The [`Transfer`] capability of the session with this id, if hosted here: how the node's
+    /// mobility code moves it to another holder.
+    pub fn transfer(&self, id: &SessionId) -> Option<Arc<dyn Transfer>> {
+        read(&self.inner.sessions)
+            .get(id)
+            .map(|s| s.clone() as Arc<dyn Transfer>)
     }
 
     /// Ids of all sessions hosted here (any status).
@@ -311,8 +325,9 @@ impl SessionHost {
         Ok(())
     }
 
-    /// Stops serving a session here without deleting its checkpoints (after a handover or when
-    /// fenced) and forgets it.
+    /// Stops serving a session here without deleting its checkpoints (after a transfer or when
+    /// fenced) and forgets it. A session that moved away stops relaying inputs to its new holder:
+    /// later inputs through an old handle are answered with [`SessionError::Moved`].
     pub async fn release(&self, id: &SessionId) -> Result<Seq, SessionError> {
         let s = self.get(id).ok_or_else(|| SessionError::NotFound {
             session: id.clone(),
@@ -422,7 +437,7 @@ enum Route<H: SessionHandler> {
     Sent(Pending<H::Output>),
     Wait,
     Wake,
-    Forward(Arc<dyn Forwarder>),
+    Relay(Arc<dyn Relay>),
 }
 
 /// Bound on transparent retries inside [`SessionHandle::send`].
@@ -462,12 +477,11 @@ impl<H: SessionHandler> SessionHandle<H> {
     /// Decides where an input goes and, when the actor is running, casts it there (incrementing
     /// `queued`).
     ///
-    /// The cast happens while the status lock is held: a handover's [`freeze`](Self::freeze)
-    /// switches the status to `Frozen` under the same lock before it casts its final
-    /// `Checkpoint`, so every input cast to the actor is ahead of that checkpoint in the mailbox
-    /// and none can be processed (and acknowledged) after it. Casting after releasing the lock
-    /// let an input slip in behind the final checkpoint: acknowledged on the source, missing
-    /// on the target.
+    /// The cast happens while the status lock is held: [`Transfer::suspend`] switches the status
+    /// to `Suspended` under the same lock before it casts its final `Checkpoint`, so every input
+    /// cast to the actor is ahead of that checkpoint in the mailbox and none can be processed
+    /// (and acknowledged) after it. Casting after releasing the lock let an input slip in behind
+    /// the final checkpoint: acknowledged on the source, missing on the target.
     fn route(&self, seq: Seq, input: H::Input) -> Result<Route<H>, SessionError> {
         let sh = &self.shared;
         let mut g = lock(&sh.status);
@@ -486,9 +500,9 @@ impl<H: SessionHandler> SessionHandle<H> {
                 // A closed mailbox: the actor just died and its supervisor restarts it.
                 Ok(self.cast(&a, seq, input).map_or(Route::Wait, Route::Sent))
             }
-            Status::Starting | Status::Frozen(_) => Ok(Route::Wait),
-            Status::Moved(m) => match &m.forwarder {
-                Some(f) => Ok(Route::Forward(f.clone())),
+            Status::Starting | Status::Suspended(_) => Ok(Route::Wait),
+            Status::Moved(m, relay) => match relay {
+                Some(r) => Ok(Route::Relay(r.clone())),
                 None => Err(SessionError::Moved {
                     session: sh.id.clone(),
                     location: m.location.clone(),
@@ -515,7 +529,7 @@ impl<H: SessionHandler> SessionHandle<H> {
     pub fn submit(&self, seq: Seq, input: H::Input) -> Result<Pending<H::Output>, SessionError> {
         match self.route(seq, input)? {
             Route::Sent(p) => Ok(p),
-            Route::Wait | Route::Forward(_) => Err(SessionError::Restarting {
+            Route::Wait | Route::Relay(_) => Err(SessionError::Restarting {
                 session: self.shared.id.clone(),
             }),
             Route::Wake => {
@@ -569,13 +583,13 @@ impl<H: SessionHandler> SessionHandle<H> {
                     other => return other,
                 },
                 Route::Wait => wait_change(notified).await,
-                Route::Forward(f) => {
+                Route::Relay(r) => {
                     let json =
                         serde_json::to_value(&input).map_err(|e| SessionError::BadInput {
                             session: sh.id.clone(),
                             reason: e.to_string(),
                         })?;
-                    let reply = f.forward(&sh.id, seq, json).await?;
+                    let reply = r.relay(&sh.id, seq, json).await?;
                     return match reply {
                         Reply::Processed {
                             seq,
@@ -587,7 +601,7 @@ impl<H: SessionHandler> SessionHandle<H> {
                                 Ok(v) => Ok(serde_json::from_value(v).map_err(|e| {
                                     SessionError::BadInput {
                                         session: sh.id.clone(),
-                                        reason: format!("forwarded output: {e}"),
+                                        reason: format!("relayed output: {e}"),
                                     }
                                 })?),
                                 Err(e) => Err(e),
@@ -647,8 +661,10 @@ impl<H: SessionHandler> SessionHandle<H> {
         }
     }
 
-    /// Checkpoints and stops serving without deleting anything; returns the seq checkpointed.
+    /// Checkpoints and stops serving without deleting anything; returns the seq checkpointed. A
+    /// session that moved away stops relaying: later inputs get [`SessionError::Moved`].
     pub async fn release(&self) -> Result<Seq, SessionError> {
+        self.end_relay();
         match self.request(SessionMsg::Release).await {
             Err(SessionError::NotFound { .. }) => Ok(self.last_seq()),
             r => r?,
@@ -677,10 +693,8 @@ impl<H: SessionHandler> SessionHandle<H> {
         })
     }
 
-    /// Handover step "freeze": new inputs wait, queued inputs are processed, and a checkpoint
-    /// covering all of them is written. Returns the seq it covers. A hibernated session is woken
-    /// first.
-    pub async fn freeze(&self) -> Result<Seq, SessionError> {
+    /// See [`Transfer::suspend`].
+    async fn suspend(&self) -> Result<Seq, SessionError> {
         let wake = {
             let mut g = lock(&self.shared.status);
             if matches!(*g, Status::Hibernated) {
@@ -698,10 +712,10 @@ impl<H: SessionHandler> SessionHandle<H> {
             match &*g {
                 Status::Running(a) => {
                     let a = a.clone();
-                    *g = Status::Frozen(a.clone());
+                    *g = Status::Suspended(a.clone());
                     a
                 }
-                Status::Frozen(a) => a.clone(),
+                Status::Suspended(a) => a.clone(),
                 _ => {
                     drop(g);
                     return Err(self
@@ -728,37 +742,22 @@ impl<H: SessionHandler> SessionHandle<H> {
         }
     }
 
-    /// Handover abort: a frozen session serves again (same epoch). No-op unless frozen.
-    pub fn unfreeze(&self) {
+    /// See [`Transfer::resume`].
+    fn resume(&self) {
         let mut g = lock(&self.shared.status);
-        if let Status::Frozen(a) = &*g {
+        if let Status::Suspended(a) = &*g {
             *g = Status::Running(a.clone());
         }
         drop(g);
         self.shared.changed.notify_waiters();
     }
 
-    /// Handover completion on the source: the session now lives at `location` with `epoch`.
-    /// Inputs that reach this node are relayed through `forwarder` (if any) or answered with
-    /// [`SessionError::Moved`]. The local actor stops; its checkpoints stay (fenced by epoch).
-    pub async fn mark_moved(
-        &self,
-        location: String,
-        epoch: Epoch,
-        forwarder: Option<Arc<dyn Forwarder>>,
-    ) {
+    /// See [`Transfer::complete`].
+    async fn complete(&self, to: MovedTo, relay: Option<Arc<dyn Relay>>) {
         let actor = {
             let mut g = lock(&self.shared.status);
-            let prev = std::mem::replace(
-                &mut *g,
-                Status::Moved(MovedTo {
-                    location,
-                    epoch,
-                    forwarder,
-                }),
-            );
-            match prev {
-                Status::Running(a) | Status::Frozen(a) => Some(a),
+            match std::mem::replace(&mut *g, Status::Moved(to, relay)) {
+                Status::Running(a) | Status::Suspended(a) => Some(a),
                 _ => None,
             }
         };
@@ -771,14 +770,14 @@ impl<H: SessionHandler> SessionHandle<H> {
         }
     }
 
-    /// Stops relaying inputs to the new holder; later inputs get [`SessionError::Moved`].
-    pub fn stop_forwarding(&self) {
+    /// A moved session stops relaying; later inputs get [`SessionError::Moved`].
+    fn end_relay(&self) {
         let mut g = lock(&self.shared.status);
-        if let Status::Moved(m) = &mut *g {
-            m.forwarder = None;
+        if let Status::Moved(_, relay @ Some(_)) = &mut *g {
+            *relay = None;
+            drop(g);
+            self.shared.changed.notify_waiters();
         }
-        drop(g);
-        self.shared.changed.notify_waiters();
     }
 
     /// The checkpoint policy.
@@ -835,19 +834,6 @@ pub trait DynSession: Send + Sync + 'static {
     fn release(&self) -> BoxFuture<'_, Result<Seq, SessionError>>;
     /// Checkpoint policy.
     fn policy(&self) -> CheckpointPolicy;
-    /// Handover: freeze (see [`SessionHandle::freeze`]).
-    fn freeze(&self) -> BoxFuture<'_, Result<Seq, SessionError>>;
-    /// Handover abort: serve again.
-    fn unfreeze(&self);
-    /// Handover completion on the source (see [`SessionHandle::mark_moved`]).
-    fn mark_moved(
-        &self,
-        location: String,
-        epoch: Epoch,
-        forwarder: Option<Arc<dyn Forwarder>>,
-    ) -> BoxFuture<'_, ()>;
-    /// Stops relaying to the new holder.
-    fn stop_forwarding(&self);
 }
 
 impl<H: SessionHandler> DynSession for SessionHandle<H> {
@@ -899,24 +885,25 @@ impl<H: SessionHandler> DynSession for SessionHandle<H> {
     fn policy(&self) -> CheckpointPolicy {
         SessionHandle::policy(self)
     }
-    fn freeze(&self) -> BoxFuture<'_, Result<Seq, SessionError>> {
-        Box::pin(SessionHandle::freeze(self))
+}
+
+impl<H: SessionHandler> Transfer for SessionHandle<H> {
+    fn suspend(&self) -> BoxFuture<'_, Result<Seq, SessionError>> {
+        Box::pin(SessionHandle::suspend(self))
     }
-    fn unfreeze(&self) {
-        SessionHandle::unfreeze(self)
+    fn resume(&self) {
+        SessionHandle::resume(self)
     }
-    fn mark_moved(
-        &self,
-        location: String,
-        epoch: Epoch,
-        forwarder: Option<Arc<dyn Forwarder>>,
-    ) -> BoxFuture<'_, ()> {
-        Box::pin(SessionHandle::mark_moved(self, location, epoch, forwarder))
-    }
-    fn stop_forwarding(&self) {
-        SessionHandle::stop_forwarding(self)
+    fn complete(&self, to: MovedTo, relay: Option<Arc<dyn Relay>>) -> BoxFuture<'_, ()> {
+        Box::pin(SessionHandle::complete(self, to, relay))
     }
 }
+
+/// What the host keeps per session: the client-facing view and the transfer capability of one
+/// handle.
+trait Hosted: DynSession + Transfer {}
+
+impl<T: DynSession + Transfer> Hosted for T {}
 
 trait HandlerFactory: Send + Sync {
     fn start(

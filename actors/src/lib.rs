@@ -15,6 +15,24 @@
 //! Plane: inference/handler plane. Handler code runs on the runtime the host was created on,
 //! which the node keeps apart from its control-plane runtime.
 //!
+//! ## Writing a handler
+//! `use opengrid_actors::prelude::*;` brings what a handler author needs: [`SessionHandler`],
+//! [`SessionContext`], [`HandlerError`], the ids ([`SessionId`](opengrid_session::SessionId),
+//! [`Seq`](opengrid_session::Seq), [`Epoch`](opengrid_session::Epoch)) and
+//! [`Manifest`](opengrid_session::Manifest). `examples/handler-only/` is a crate to copy.
+//!
+//! ## Features
+//! - default: the handler SDK and the session host, pure Rust (no RocksDB, no ONNX Runtime, no
+//!   libp2p; `scripts/check-sdk-deps.sh` keeps it so). Checkpoints go through the
+//!   [`CheckpointStore`](opengrid_session::CheckpointStore) trait; the durable RocksDB store is
+//!   `opengrid-session`'s `rocksdb` feature, which the node turns on.
+//! - `inference`: `SessionContext::infer` and `has_inference`, the door to the node's
+//!   inference plane (`opengrid-runtime-gpu`, ONNX Runtime through `ort`).
+//!
+//! ## Moving sessions
+//! The node's mobility code moves a session through its [`Transfer`] capability
+//! ([`SessionHost::transfer`]); handlers never see it.
+//!
 //! ## Metrics
 //! OpenTelemetry histograms on the meter in [`HostConfig::meter`] (the node passes its own, so
 //! they appear on its `/metrics`); this crate depends on the OpenTelemetry API only. Buckets:
@@ -32,14 +50,52 @@ pub mod host;
 pub mod metrics;
 pub mod session;
 pub mod supervisor;
+pub mod transfer;
 pub mod usage;
+
+/// What a handler author needs, in one import: `use opengrid_actors::prelude::*;`.
+///
+/// ```
+/// use opengrid_actors::prelude::*;
+///
+/// struct Echo;
+///
+/// impl SessionHandler for Echo {
+///     type State = Vec<String>;
+///     type Input = String;
+///     type Output = usize;
+///
+///     fn id(&self) -> &str { "echo" }
+///
+///     fn init(&self, _session: &SessionId) -> Vec<String> { Vec::new() }
+///
+///     async fn handle(&self, seen: &mut Vec<String>, line: String, ctx: &SessionContext)
+///         -> Result<usize, HandlerError>
+///     {
+///         if line.is_empty() {
+///             return Err(HandlerError::new("bad_input", format!("empty line at {}", ctx.seq())));
+///         }
+///         seen.push(line);
+///         Ok(seen.len())
+///     }
+/// }
+/// # let s = Echo.encode_state(&vec!["a".to_string()]).unwrap();
+/// # assert_eq!(Echo.decode_state(&s).unwrap(), vec!["a".to_string()]);
+/// ```
+pub mod prelude {
+    pub use crate::error::SessionError;
+    pub use crate::handler::{HandlerError, Services, SessionContext, SessionHandler};
+    pub use crate::session::Reply;
+    pub use opengrid_session::{Epoch, Manifest, Seq, SessionId};
+}
 
 pub use error::SessionError;
 pub use faults::{FaultHooks, HookRule};
 pub use handler::{HandlerError, Services, SessionContext, SessionHandler, MAX_STATE_BYTES};
 pub use host::{DynSession, HostConfig, Pending, SessionHandle, SessionHost, SessionInfo};
-pub use session::{Forwarder, MovedTo, Reply, SessionStatus};
+pub use session::{Reply, SessionStatus};
 pub use supervisor::RestartIntensity;
+pub use transfer::{MovedTo, Relay, Transfer};
 pub use usage::{Usage, UsageCounters};
 
 /// Replaces the default panic hook with one that logs a single `tracing` error line (thread,

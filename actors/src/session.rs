@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::error::SessionError;
 use crate::handler::{HandlerError, SessionContext, SessionHandler};
 use crate::supervisor::RestartIntensity;
+use crate::transfer::{MovedTo, Relay};
 use crate::usage::UsageCounters;
 
 /// Journal length at which a periodic-policy session checkpoints early (bounds replay memory).
@@ -92,7 +93,7 @@ pub enum SessionMsg<H: SessionHandler> {
     Hibernate(oneshot::Sender<bool>),
     /// End the session for good (its checkpoints are deleted; the fence stays).
     Close(oneshot::Sender<()>),
-    /// Stop serving without deleting anything (host shutdown, handover source release).
+    /// Stop serving without deleting anything (host shutdown, release after a transfer).
     Release(oneshot::Sender<Result<Seq, SessionError>>),
 }
 
@@ -101,36 +102,15 @@ impl<H: SessionHandler> ractor::Message for SessionMsg<H> {}
 /// Where a session is, as its handle sees it.
 pub(crate) enum Status<H: SessionHandler> {
     Running(ActorRef<SessionMsg<H>>),
-    /// Handover in progress: the actor drains what is queued; new inputs wait.
-    Frozen(ActorRef<SessionMsg<H>>),
-    /// Handed over: inputs are forwarded to the new holder (X2-style) or redirected.
-    Moved(MovedTo),
+    /// Suspended by a [`Transfer`](crate::Transfer): the actor drains what is queued; new inputs
+    /// wait.
+    Suspended(ActorRef<SessionMsg<H>>),
+    /// Lives elsewhere now: inputs go through the relay to the new holder, or are redirected.
+    Moved(MovedTo, Option<Arc<dyn Relay>>),
     Starting,
     Hibernated,
     Stopped(String),
     Closed,
-}
-
-/// Where a handed-over session went.
-#[derive(Clone)]
-pub struct MovedTo {
-    /// Client-facing address of the new holder (for `moved` redirects).
-    pub location: String,
-    /// The new holder's epoch.
-    pub epoch: Epoch,
-    /// Relays inputs that reach the old holder to the new one during the transition.
-    pub forwarder: Option<Arc<dyn Forwarder>>,
-}
-
-/// Relays an input to a session's new holder and brings its answer back (X2 data forwarding).
-pub trait Forwarder: Send + Sync + 'static {
-    /// Sends `input` (JSON) with `seq` to the new holder of `session`.
-    fn forward(
-        &self,
-        session: &SessionId,
-        seq: Seq,
-        input: serde_json::Value,
-    ) -> BoxFuture<'static, Result<Reply<serde_json::Value>, SessionError>>;
 }
 
 /// Public view of a session's status.
@@ -139,7 +119,7 @@ pub trait Forwarder: Send + Sync + 'static {
 pub enum SessionStatus {
     /// Serving.
     Running,
-    /// Frozen for a handover: inputs wait.
+    /// Suspended while the session moves to another node: inputs wait.
     Frozen,
     /// Handed over to another node.
     Moved {
@@ -199,8 +179,8 @@ impl<H: SessionHandler> Shared<H> {
     pub fn status(&self) -> SessionStatus {
         match &*lock(&self.status) {
             Status::Running(_) => SessionStatus::Running,
-            Status::Frozen(_) => SessionStatus::Frozen,
-            Status::Moved(m) => SessionStatus::Moved {
+            Status::Suspended(_) => SessionStatus::Frozen,
+            Status::Moved(m, _) => SessionStatus::Moved {
                 location: m.location.clone(),
                 epoch: m.epoch,
             },
@@ -235,7 +215,7 @@ impl<H: SessionHandler> Shared<H> {
             Status::Closed => Some(SessionError::Closed {
                 session: self.id.clone(),
             }),
-            Status::Moved(m) if m.forwarder.is_none() => Some(SessionError::Moved {
+            Status::Moved(m, None) => Some(SessionError::Moved {
                 session: self.id.clone(),
                 location: m.location.clone(),
                 epoch: m.epoch,
@@ -666,7 +646,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                 if r.is_ok() {
                     {
                         let mut g = lock(&st.shared.status);
-                        if matches!(*g, Status::Running(_) | Status::Frozen(_)) {
+                        if matches!(*g, Status::Running(_) | Status::Suspended(_)) {
                             *g = Status::Hibernated;
                         }
                     }
@@ -744,7 +724,7 @@ impl<H: SessionHandler> Slot for Shared<H> {
 
     fn mark_starting(&self) {
         let mut g = lock(&self.status);
-        if matches!(*g, Status::Running(_) | Status::Frozen(_)) {
+        if matches!(*g, Status::Running(_) | Status::Suspended(_)) {
             *g = Status::Starting;
         }
     }
@@ -756,7 +736,7 @@ impl<H: SessionHandler> Slot for Shared<H> {
     fn is_closed_or_stopped(&self) -> bool {
         matches!(
             *lock(&self.status),
-            Status::Closed | Status::Stopped(_) | Status::Moved(_)
+            Status::Closed | Status::Stopped(_) | Status::Moved(..)
         )
     }
 }

@@ -609,13 +609,13 @@ async fn resume_from_store_after_host_restart() {
     host.shutdown().await;
 }
 
-/// Handover's freeze: no input is processed behind the final checkpoint. A pipelining sender
-/// keeps inputs racing each freeze; a second freeze right after the first is a barrier (it
+/// Transfer's suspend: no input is processed behind the final checkpoint. A pipelining sender
+/// keeps inputs racing each suspend; a second suspend right after the first is a barrier (it
 /// checkpoints whatever the mailbox still held), so it must cover the same seq, and the store's
 /// newest checkpoint must be that seq. Before the fix (casting after releasing the status lock)
 /// an input could slip in behind the final checkpoint and be acknowledged on the source only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn freeze_leaves_no_input_behind_the_final_checkpoint() {
+async fn suspend_leaves_no_input_behind_the_final_checkpoint() {
     let store = Arc::new(MemoryCheckpointStore::new());
     let host = host_with(store.clone(), 5).await;
     let s = host
@@ -627,6 +627,7 @@ async fn freeze_leaves_no_input_behind_the_final_checkpoint() {
         )
         .await
         .unwrap();
+    let transfer = host.transfer(&sid("freeze")).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let sender = {
@@ -646,7 +647,7 @@ async fn freeze_leaves_no_input_behind_the_final_checkpoint() {
                                 continue;
                             }
                         }
-                        // Frozen (or full): settle what is in flight, then try the seq again.
+                        // Suspended (or full): settle what is in flight, then try the seq again.
                         Err(_) if inflight.is_empty() => {
                             tokio::task::yield_now().await;
                             continue;
@@ -657,7 +658,7 @@ async fn freeze_leaves_no_input_behind_the_final_checkpoint() {
                 if let Some((q, p)) = inflight.pop_front() {
                     match p.wait().await {
                         Ok(_) => acked.store(q, Ordering::Release),
-                        // Refused behind a freeze: resend from there.
+                        // Refused behind a suspend: resend from there.
                         Err(_) => {
                             inflight.clear();
                             next = acked.load(Ordering::Acquire) + 1;
@@ -669,8 +670,8 @@ async fn freeze_leaves_no_input_behind_the_final_checkpoint() {
     };
     for round in 0..1000u32 {
         let before = acked.load(Ordering::Acquire);
-        let q1 = s.freeze().await.unwrap();
-        let q2 = s.freeze().await.unwrap();
+        let q1 = transfer.suspend().await.unwrap();
+        let q2 = transfer.suspend().await.unwrap();
         assert_eq!(
             q1, q2,
             "round {round}: an input was processed after the final checkpoint"
@@ -682,17 +683,14 @@ async fn freeze_leaves_no_input_behind_the_final_checkpoint() {
         );
         assert!(
             acked.load(Ordering::Acquire) <= q1.0,
-            "round {round}: acknowledged past the freeze"
+            "round {round}: acknowledged past the suspend"
         );
-        s.unfreeze();
-        // Let the sender make progress before the next freeze (spin: a sleep would make each
+        transfer.resume();
+        // Let the sender make progress before the next suspend (spin: a sleep would make each
         // round last milliseconds).
         let end = Instant::now() + Duration::from_secs(10);
         while acked.load(Ordering::Acquire) <= before {
-            assert!(
-                Instant::now() < end,
-                "round {round}: no input after unfreeze"
-            );
+            assert!(Instant::now() < end, "round {round}: no input after resume");
             tokio::task::yield_now().await;
         }
     }
@@ -839,5 +837,96 @@ async fn fault_hooks_slow_and_panic_the_real_handler_for_live_inputs_only() {
     assert!(panics >= 4, "{panics}");
     assert_eq!(hooks.injected_panics(), panics);
     hooks.set_panic(None);
+    host.shutdown().await;
+}
+
+/// A relay that answers every input itself and counts what it carried.
+struct CountingRelay {
+    carried: AtomicU64,
+}
+
+impl Relay for CountingRelay {
+    fn relay(
+        &self,
+        _session: &SessionId,
+        seq: Seq,
+        input: serde_json::Value,
+    ) -> futures::future::BoxFuture<'static, Result<Reply<serde_json::Value>, SessionError>> {
+        self.carried.fetch_add(1, Ordering::AcqRel);
+        Box::pin(async move {
+            Ok(Reply::Processed {
+                seq,
+                output: Ok(input),
+                durable: true,
+            })
+        })
+    }
+}
+
+/// Transfer's complete: the local actor stops, the status says where the session went, inputs
+/// that still arrive go through the relay; once the host releases the session, an old handle
+/// answers `Moved` instead of relaying. Resuming a completed transfer does not bring it back.
+#[tokio::test]
+async fn complete_relays_inputs_until_the_host_releases_the_session() {
+    let store = Arc::new(MemoryCheckpointStore::new());
+    let host = host_with(store.clone(), 5).await;
+    let id = sid("moving");
+    let s = host
+        .start(
+            Arc::new(Folder::default()),
+            id.clone(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    s.send(Seq(1), 1).await.unwrap();
+    let transfer = host.transfer(&id).unwrap();
+    assert_eq!(transfer.suspend().await.unwrap(), Seq(1));
+    assert_eq!(s.status(), SessionStatus::Frozen);
+    let relay = Arc::new(CountingRelay {
+        carried: AtomicU64::new(0),
+    });
+    let to = MovedTo {
+        location: "http://elsewhere:8080".into(),
+        epoch: Epoch(2),
+    };
+    transfer
+        .complete(to.clone(), Some(relay.clone() as Arc<dyn Relay>))
+        .await;
+    transfer.resume();
+    assert_eq!(
+        s.status(),
+        SessionStatus::Moved {
+            location: to.location.clone(),
+            epoch: to.epoch
+        }
+    );
+    let end = Instant::now() + Duration::from_secs(5);
+    while host.live_actors().await != 0 {
+        assert!(Instant::now() < end, "the local actor never stopped");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    match s.send(Seq(2), 7).await.unwrap() {
+        Reply::Processed { seq, output, .. } => {
+            assert_eq!((seq, output.unwrap()), (Seq(2), 7), "relayed answer");
+        }
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(relay.carried.load(Ordering::Acquire), 1);
+    let dynamic = host.get(&id).unwrap();
+    host.release(&id).await.unwrap();
+    assert!(host.get(&id).is_none() && host.transfer(&id).is_none());
+    match dynamic.send_json(Seq(3), serde_json::json!(3)).await {
+        Err(SessionError::Moved {
+            location, epoch, ..
+        }) => assert_eq!((location, epoch), (to.location, to.epoch)),
+        r => panic!("expected moved after release, got {r:?}"),
+    }
+    assert_eq!(
+        relay.carried.load(Ordering::Acquire),
+        1,
+        "no relay after release"
+    );
     host.shutdown().await;
 }

@@ -1,9 +1,13 @@
 //! Benches that need real processes on 127.0.0.1, each printing JSON
 //! (`{"name":…,"p50_us":…,"p99_us":…,"count":…,"lost":…,"duplicated":…}` plus its baseline).
 //!
-//! Until the cluster node binary can be driven, the processes are `opengrid-chaos
-//! replica-server` children (see [`crate::replica_server`]): real processes with their own
-//! RocksDB stores (fsync on) and migration servers, talking the node-to-node migration protocol.
+//! These are the layer benches: they measure the session and migration layers on their own, below
+//! the node. The processes are `opengrid-chaos replica-server` children (see
+//! [`crate::replica_server`]): real processes with their own RocksDB stores (fsync on) and
+//! migration servers, talking the node-to-node migration protocol, with no client API, RC,
+//! leases or directory in the path. Their figures are the floor under the same measurements on
+//! `opengrid` node processes ([`crate::bench_colony`]: `bench handover` by default, `bench
+//! failover`), which add the node's HTTP API, the RC's directory and the client's retries.
 //!
 //! - `checkpoint` (P11): zero-loss input acknowledgement with k = 2 replicas — every ack waits
 //!   for two replica processes' fsync'd writes and the local one — against one local fsync'd

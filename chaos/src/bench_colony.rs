@@ -61,8 +61,9 @@ pub struct ColonyArgs {
     /// executable).
     #[arg(long = "bin", value_name = "PATH")]
     pub bin: Option<PathBuf>,
-    /// `bench handover` against `opengrid-chaos replica-server` processes (the older harness)
-    /// instead of `opengrid` nodes.
+    /// `bench handover` between two `opengrid-chaos replica-server` processes (session host and
+    /// migration server only: the migration layer's own blackout, the floor under the node
+    /// figures) instead of `opengrid` nodes.
     #[arg(long)]
     pub replica_servers: bool,
     /// Time budget of each phase in seconds (placement, replication, each handover size, the

@@ -46,7 +46,8 @@ pub enum Cmd {
     Proxy(ProxyArgs),
     /// Benchmarks with real processes on 127.0.0.1 (JSON output).
     Bench(BenchArgs),
-    /// (internal) A replica/migration server process for the benches.
+    /// (internal) The session host + migration server process of the layer benches
+    /// (`bench checkpoint`, `bench handover --replica-servers`).
     #[command(hide = true)]
     ReplicaServer {
         /// RocksDB directory.

@@ -1,8 +1,11 @@
-//! `opengrid-chaos replica-server`: a stand-in node process for the benches that need real
-//! processes before the cluster node exists — a [`SessionHost`] over a RocksDB store (fsync on)
-//! wrapped in a [`ReplicatedStore`], a [`MigrationServer`] (replica writes, handover target
-//! steps, forwarding), and a JSON-lines control port the bench drives (start a session, send
-//! inputs, hand a session over, read its state, ping).
+//! `opengrid-chaos replica-server`: the process of the layer benches ([`crate::bench`]: `bench
+//! checkpoint` (P11) and `bench handover --replica-servers` (P2's floor)) — the session and
+//! migration layers of a node without the rest of it: a [`SessionHost`] over a RocksDB store
+//! (fsync on) wrapped in a [`ReplicatedStore`], a [`MigrationServer`] (replica writes, handover
+//! target steps, forwarding), and a JSON-lines control port the bench drives (start a session,
+//! send inputs, hand a session over, read its state, ping). No client API, RC, lease or
+//! directory: what it measures is the cost of those layers alone, which the `opengrid` node
+//! benches ([`crate::bench_colony`]) build on.
 //!
 //! Control protocol: one JSON object per line each way, over TCP on 127.0.0.1.
 //! Requests: [`Control`]; answers: [`ControlReply`]. Lines longer than

@@ -1,6 +1,7 @@
 //! Planned handover (make-before-break) from the source node's side, and failover restore.
 //!
-//! Steps (ARCHITECTURE.md, modelled on LTE X2 handover and live VM pre-copy):
+//! Steps (ARCHITECTURE.md, modelled on LTE X2 handover and live VM pre-copy), driven through the
+//! session's [`Transfer`] capability (`suspend` / `resume` / `complete`) from the host:
 //! 1. **prepare** — the target admits and reserves the session;
 //! 2. **pre-copy** — checkpoints are copied while the source keeps serving, repeated while the
 //!    session moves on (deltas for large state);
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
-use opengrid_actors::{DynSession, Forwarder, Reply, SessionError, SessionHost};
+use opengrid_actors::{DynSession, MovedTo, Relay, Reply, SessionError, SessionHost, Transfer};
 use opengrid_codec::{FrameError, Framed};
 use opengrid_session::{Checkpoint, CheckpointStore, Epoch, Seq, SessionId};
 use serde::Serialize;
@@ -136,14 +137,15 @@ impl Peer {
     }
 }
 
-/// Relays inputs that reach the old holder to the new one.
-pub struct PeerForwarder {
+/// Relays inputs that reach the old holder to the new one (X2 data forwarding), through the new
+/// holder's migration server.
+pub struct PeerRelay {
     /// The new holder's migration server.
     pub peer: Arc<Peer>,
 }
 
-impl Forwarder for PeerForwarder {
-    fn forward(
+impl Relay for PeerRelay {
+    fn relay(
         &self,
         session: &SessionId,
         seq: Seq,
@@ -226,9 +228,9 @@ pub async fn handover(
     opts: &HandoverOptions,
 ) -> Result<HandoverReport, HandoverError> {
     let t0 = Instant::now();
-    let s: Arc<dyn DynSession> = host
-        .get(session)
-        .ok_or_else(|| HandoverError::NotHere(session.clone()))?;
+    let not_here = || HandoverError::NotHere(session.clone());
+    let s: Arc<dyn DynSession> = host.get(session).ok_or_else(not_here)?;
+    let transfer: Arc<dyn Transfer> = host.transfer(session).ok_or_else(not_here)?;
     let policy = s.policy();
     if !policy.live_handover {
         return Err(HandoverError::NeverLive(session.clone()));
@@ -316,10 +318,10 @@ pub async fn handover(
     }
     // 3. freeze
     let t_freeze = Instant::now();
-    let final_seq = match s.freeze().await {
+    let final_seq = match transfer.suspend().await {
         Ok(q) => q,
         Err(e) => {
-            s.unfreeze();
+            transfer.resume();
             abort_target().await;
             return Err(abort("freeze", e.to_string()));
         }
@@ -327,7 +329,7 @@ pub async fn handover(
     let cp: Checkpoint = match store.get_latest(session) {
         Ok(Some(cp)) if cp.seq == final_seq => cp,
         other => {
-            s.unfreeze();
+            transfer.resume();
             abort_target().await;
             return Err(abort(
                 "freeze",
@@ -377,7 +379,7 @@ pub async fn handover(
         }
     };
     let Some(epoch) = activated else {
-        s.unfreeze();
+        transfer.resume();
         return Err(abort(
             "activate",
             format!(
@@ -388,14 +390,17 @@ pub async fn handover(
     };
     let blackout = t_freeze.elapsed();
     // 5. redirect + forward, release
-    s.mark_moved(
-        opts.location.clone(),
-        epoch,
-        Some(Arc::new(PeerForwarder {
-            peer: target.clone(),
-        })),
-    )
-    .await;
+    transfer
+        .complete(
+            MovedTo {
+                location: opts.location.clone(),
+                epoch,
+            },
+            Some(Arc::new(PeerRelay {
+                peer: target.clone(),
+            })),
+        )
+        .await;
     Ok(HandoverReport {
         session: session.clone(),
         epoch,

@@ -28,7 +28,7 @@ pub mod server;
 pub mod wire;
 
 pub use handover::{
-    handover, restore, HandoverError, HandoverOptions, HandoverReport, Peer, PeerForwarder,
+    handover, restore, HandoverError, HandoverOptions, HandoverReport, Peer, PeerRelay,
 };
 pub use replica::{ReplicatedStore, ReplicationConfig};
 pub use server::{AdmitIncoming, CapacityAdmission, MigrationServer};

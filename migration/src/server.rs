@@ -208,7 +208,7 @@ async fn handle(inner: &Inner, req: Request) -> Response {
                     St::Moved { .. } | St::Stopped { .. } | St::Closed
                 ) {
                     // A former incarnation (moved away, or fenced): it is coming back here.
-                    s.stop_forwarding();
+                    // Releasing it also ends its relaying to the holder it moved to.
                     let _ = inner.host.release(&session).await;
                 } else {
                     return Response::Refused {

@@ -12,6 +12,10 @@
 //! - [`CheckpointStore`] with a RocksDB and an in-memory implementation passing one
 //!   [conformance suite](store::conformance), including epoch fencing.
 //!
+//! Features: `rocksdb` (default) adds `RocksCheckpointStore`, the durable store, and compiles
+//! RocksDB (C++). Without it the crate is pure Rust: the store trait, its conformance suite and the
+//! in-memory store stay, which is all the handler SDK (`opengrid-actors`) needs.
+//!
 //! - [`Did`]: the printable identity of nodes and RCs (`did:mycel:z…`, an ed25519 key), and
 //!   [`keyfile`]: the one loader of ed25519 key files (created 0600 atomically, permissions checked
 //!   on load).
@@ -40,7 +44,8 @@ pub use manifest::{
 };
 pub use policy::{CheckpointMode, CheckpointPolicy};
 pub use store::{
-    CheckpointInfo, CheckpointStore, GatedStore, MemoryCheckpointStore, PutGate,
-    RocksCheckpointStore, RocksOptions, StoreError,
+    CheckpointInfo, CheckpointStore, GatedStore, MemoryCheckpointStore, PutGate, StoreError,
 };
+#[cfg(feature = "rocksdb")]
+pub use store::{RocksCheckpointStore, RocksOptions};
 pub use units::{ByteSize, HumanDuration};

@@ -3,7 +3,7 @@
 //! What every node earned, settled exactly. A serving node emits one compute receipt (CR) per
 //! session per usage window and signs it (ed25519); the routing coordinator (RC) that routed the
 //! session verifies and co-signs it; the RC's [`Batcher`](batcher::Batcher) proposes one batch
-//! per settlement interval to the Raft-replicated [`Ledger`](ledger::Ledger), which verifies both
+//! per settlement interval to the Raft-replicated [`Ledger`], which verifies both
 //! signatures against registered keys, applies every receipt exactly once and credits accounts by
 //! the node's split policy in integer micro-units (credits always sum to the fee; see [`split`]).
 //!
@@ -12,19 +12,20 @@
 //! TCP itself.
 //!
 //! - [`did`]: `did:mycel:z…` identifiers (ed25519 multicodec, base58btc).
-//! - [`receipt`]: [`Receipt`](receipt::Receipt), canonical bytes, node signature, RC co-signature.
+//! - [`receipt`]: [`Receipt`], canonical bytes, node signature, RC co-signature.
 //! - [`split`]: interchange / NodeCo / custom policies; the largest-remainder rule.
 //! - [`ledger`]: commands, rejection reasons, queries, the state machine.
 //! - [`batcher`]: RC-side co-signing, batching, periodic submission.
 //! - [`replica`]: run a replica ([`replica::start_replica`]), talk to the group
 //!   ([`replica::LedgerClient`]); the `opengrid-ledger` binary wraps these.
-//! - [`bench`]: receipts/s through a 3-replica ledger on 127.0.0.1 (P8).
+//!
+//! Benches live in `benches/` (P8 there and in `opengrid-chaos bench settlement`); the receipt
+//! generator they and the tests share is `testing`, behind the `testing` feature.
 //!
 //! Metrics: none yet beyond the ledger summary (`status`): settled receipts, batches, total fees
 //! and total credits (which must be equal).
 
 pub mod batcher;
-pub mod bench;
 pub mod cli;
 pub mod did;
 pub mod error;
@@ -33,6 +34,9 @@ pub mod ledger;
 pub mod receipt;
 pub mod replica;
 pub mod split;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
 
 pub use did::{Did, DidError};
 pub use error::SettlementError;

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use opengrid_settlement::bench::make_receipts;
 use opengrid_settlement::ledger::{NodeRegistration, RcRegistration};
 use opengrid_settlement::replica::ReplicaStatus;
+use opengrid_settlement::testing::make_receipts;
 use opengrid_settlement::{Account, Batch, Keypair, LedgerClient, LedgerResponse, SplitPolicy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_opengrid-ledger");

@@ -16,7 +16,7 @@
 //! store wrapper ([`faulty_store`]) sits under the replicating store the session host and the
 //! mobility layer use; the handler hooks are [`opengrid_actors::FaultHooks`].
 //!
-//! `opengrid-chaos run` (chaos/src/colony_run.rs) gives every node a control dir and drives the
+//! `opengrid-chaos run` (chaos/src/colony_run/faults.rs) gives every node a control dir and drives the
 //! `fail-disk`, `restore-disk`, `slow-handler` and `panic-handler` faults through these files.
 
 use std::collections::BTreeSet;

@@ -429,14 +429,14 @@ impl NodeCore {
         }
     }
 
-    /// After a handover: keep relaying for [`FORWARD_FOR`], then forget the session here.
+    /// After a handover: keep relaying for [`FORWARD_FOR`], then forget the session here (the
+    /// release ends the relaying).
     fn forget_later(self: &Arc<Self>, sid: SessionId) {
         let host = self.host.clone();
         self.handlers.spawn(async move {
             tokio::time::sleep(FORWARD_FOR).await;
             if let Some(s) = host.get(&sid) {
                 if matches!(s.status(), SessionStatus::Moved { .. }) {
-                    s.stop_forwarding();
                     let _ = host.release(&sid).await;
                 }
             }

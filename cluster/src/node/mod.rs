@@ -602,8 +602,8 @@ impl NodeCore {
             ) || old.epoch().0 < epoch
             {
                 // A former incarnation (moved away, fenced, or kept through a lease loss while
-                // a failover gave it a newer epoch): it is coming back here.
-                old.stop_forwarding();
+                // a failover gave it a newer epoch): it is coming back here. Releasing it also
+                // ends its relaying to the holder it moved to.
                 let _ = self.host.release(&sid).await;
             }
         }

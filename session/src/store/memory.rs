@@ -203,3 +203,14 @@ impl CheckpointStore for MemoryCheckpointStore {
         self.corruptions.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryCheckpointStore;
+    use crate::store::conformance;
+
+    #[test]
+    fn memory_store_conformance() {
+        conformance::run_all(MemoryCheckpointStore::new);
+    }
+}

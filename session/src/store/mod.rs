@@ -1,8 +1,10 @@
 //! [`CheckpointStore`]: where checkpoints live, free of any backend.
 //!
-//! Implementations: [`RocksCheckpointStore`](crate::RocksCheckpointStore) (durable) and
-//! [`MemoryCheckpointStore`](crate::MemoryCheckpointStore) (tests, benches, ephemeral sessions).
-//! Both pass the same [`conformance`] suite.
+//! Implementations: `RocksCheckpointStore` (durable; behind the `rocksdb` feature, on by default)
+//! and [`MemoryCheckpointStore`] (tests, benches, ephemeral
+//! sessions). Both pass the same [`conformance`] suite. The trait, the conformance suite and the
+//! in-memory store never depend on a backend, so crates that only need the trait (the handler
+//! SDK, `opengrid-actors`) build without RocksDB.
 //!
 //! Guarantees every implementation gives:
 //! - **Fencing.** A write whose epoch is older than the newest epoch stored (or fenced) for the
@@ -18,10 +20,12 @@
 pub mod conformance;
 mod gated;
 mod memory;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 
 pub use gated::{GatedStore, PutGate};
 pub use memory::MemoryCheckpointStore;
+#[cfg(feature = "rocksdb")]
 pub use rocks::{RocksCheckpointStore, RocksOptions};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
