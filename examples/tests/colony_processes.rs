@@ -332,7 +332,9 @@ async fn saturated_node_is_not_declared_dead() {
 
 #[test]
 fn demo_exits_zero_and_leaves_no_process() {
-    let out = Command::new(BIN).arg("demo").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_opengrid-colony-demo"))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
