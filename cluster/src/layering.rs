@@ -36,15 +36,32 @@ fn crossings_in(root: &Path, forbidden: &[&str]) -> Vec<String> {
                 continue;
             }
             for name in forbidden {
-                if code.contains(&format!("crate::{name}::"))
-                    || code.contains(&format!("crate::{name};"))
-                {
+                if names(code, name) {
                     found.push(format!("{}:{}: {}", f.display(), i + 1, code));
                 }
             }
         }
     }
     found
+}
+
+/// Whether a code line names `crate::<name>` as a path (`crate::rc::X`, `crate::rc;`) or inside a
+/// grouped import (`use crate::{common, rc::RcCore};`).
+fn names(code: &str, name: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let direct = format!("crate::{name}");
+    let path_hit = code.match_indices(&direct).any(|(at, _)| {
+        !code[at + direct.len()..]
+            .chars()
+            .next()
+            .is_some_and(is_ident)
+    });
+    let group_hit = code.find("crate::{").is_some_and(|at| {
+        code[at + "crate::{".len()..]
+            .split(|c: char| !is_ident(c))
+            .any(|word| word == name)
+    });
+    path_hit || group_hit
 }
 
 #[test]
@@ -76,10 +93,15 @@ fn the_check_sees_a_crossing() {
     std::fs::create_dir_all(dir.path().join("inner")).expect("mkdir");
     std::fs::write(
         dir.path().join("inner").join("a.rs"),
-        "// crate::rc::RcCore in a comment\nuse crate::rc::RcCore;\nuse crate::common::wire;\n",
+        "// crate::rc::RcCore in a comment\nuse crate::rc::RcCore;\nuse crate::common::wire;\n\
+         use crate::{common::spec, rc::admission};\nuse crate::rcx::Other;\n",
     )
     .expect("write");
     let hits = crossings_in(dir.path(), &["rc"]);
-    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits.len(), 2, "{hits:?}");
     assert!(hits[0].ends_with(":2: use crate::rc::RcCore;"), "{hits:?}");
+    assert!(
+        hits[1].contains(":4: use crate::{common::spec, rc::admission};"),
+        "{hits:?}"
+    );
 }
