@@ -1,6 +1,9 @@
 //! P7: inputs/s through a session actor (seq-numbered, deduplicated, bounded queue) vs raw ractor
-//! `cast` to an actor doing the same arithmetic, in the same run. P12: restart latency after a
-//! handler panic (panic → session serving again from its checkpoint).
+//! `cast` to an actor doing the same arithmetic, in the same run; the session actor is measured
+//! twice, on a host without instruments and on one whose meter is exported the way a node exports
+//! it (OpenTelemetry SDK + Prometheus registry: the per-input handler histogram is recorded for
+//! real). P12: restart latency after a handler panic (panic → session serving again from its
+//! checkpoint).
 //!
 //! Run: `cargo bench -p opengrid-actors --bench session_input`
 
@@ -61,6 +64,18 @@ impl Actor for RawSum {
 
 const WINDOW: usize = 512;
 
+/// One window of pipelined inputs (seqs after `seq`), then every reply.
+async fn submit_window(s: &SessionHandle<Sum>, seq: &mut u64) {
+    let mut pending = Vec::with_capacity(WINDOW);
+    for _ in 0..WINDOW {
+        *seq += 1;
+        pending.push(s.submit(Seq(*seq), 1).unwrap());
+    }
+    for p in pending {
+        p.wait().await.unwrap();
+    }
+}
+
 fn bench_input_path(c: &mut Criterion) {
     // Handler panics are part of this bench (P12); log them as one line, not a backtrace each.
     opengrid_actors::install_panic_hook();
@@ -91,25 +106,57 @@ fn bench_input_path(c: &mut Criterion) {
             policy,
         ))
         .unwrap();
+    // The node's export path: an SDK provider whose reader is a Prometheus registry.
+    let registry = prometheus::Registry::new();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(
+            opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let metered_host = rt.block_on(async {
+        use opentelemetry::metrics::MeterProvider as _;
+        SessionHost::new(
+            Arc::new(MemoryCheckpointStore::new()),
+            HostConfig {
+                queue_capacity: WINDOW * 2,
+                meter: Some(provider.meter("opengrid_actors")),
+                ..HostConfig::default()
+            },
+            Services::default(),
+        )
+        .await
+        .unwrap()
+    });
+    let metered = rt
+        .block_on(metered_host.start(
+            Arc::new(Sum),
+            SessionId::new("bench-metered").unwrap(),
+            Epoch(1),
+            policy,
+        ))
+        .unwrap();
     let (raw, _) = rt.block_on(Actor::spawn(None, RawSum, ())).unwrap();
 
     let mut g = c.benchmark_group("p7_input_path");
     g.throughput(Throughput::Elements(WINDOW as u64));
     let mut seq = 0u64;
     g.bench_function("session_actor_submit_window512", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let mut pending = Vec::with_capacity(WINDOW);
-                for _ in 0..WINDOW {
-                    seq += 1;
-                    pending.push(s.submit(Seq(seq), 1).unwrap());
-                }
-                for p in pending {
-                    p.wait().await.unwrap();
-                }
-            })
-        })
+        b.iter(|| rt.block_on(submit_window(&s, &mut seq)))
     });
+    let mut metered_seq = 0u64;
+    g.bench_function("session_actor_submit_window512_metered", |b| {
+        b.iter(|| rt.block_on(submit_window(&metered, &mut metered_seq)))
+    });
+    assert!(
+        registry
+            .gather()
+            .iter()
+            .any(|f| f.name() == "opengrid_actors_handler_seconds"),
+        "the metered host exported no handler histogram"
+    );
     g.bench_function("raw_ractor_cast_window512", |b| {
         b.iter(|| {
             rt.block_on(async {
