@@ -73,8 +73,31 @@ impl ApiError {
     }
 }
 
+/// How loudly an error answer is logged: a server-side failure (5xx) is the operator's business
+/// (`warn`); a client's mistake or a redirect (3xx/4xx) is the client's (`debug`), so a bad request
+/// never fills an operator's log at ERROR.
+pub(crate) fn log_level(status: StatusCode) -> tracing::Level {
+    if status.is_server_error() {
+        tracing::Level::WARN
+    } else {
+        tracing::Level::DEBUG
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let code = self.body.get("code").and_then(|c| c.as_str()).unwrap_or("");
+        let message = self
+            .body
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("");
+        let status = self.status.as_u16();
+        if log_level(self.status) == tracing::Level::WARN {
+            tracing::warn!(status, code, message, "request failed");
+        } else {
+            tracing::debug!(status, code, message, "request refused");
+        }
         let mut r = (self.status, Json(self.body.clone())).into_response();
         if self.status == StatusCode::TEMPORARY_REDIRECT {
             if let Some(loc) = self.body.get("url").and_then(|l| l.as_str()) {
@@ -208,4 +231,42 @@ pub(crate) fn handover_body(body: &[u8]) -> Result<HandoverBody, ApiError> {
             format!("handover body: {e}; expected {{\"target\": <node name or did>}} or nothing"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_mistakes_and_redirects_are_not_logged_as_failures() {
+        for s in [
+            StatusCode::TEMPORARY_REDIRECT,
+            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
+            StatusCode::CONFLICT,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::TOO_MANY_REQUESTS,
+        ] {
+            assert_eq!(log_level(s), tracing::Level::DEBUG, "{s}");
+        }
+        for s in [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            assert_eq!(log_level(s), tracing::Level::WARN, "{s}");
+        }
+    }
+
+    #[test]
+    fn an_error_answer_keeps_its_status_body_and_location() {
+        let r = ApiError::moved("http://127.0.0.1:7700".into(), "/sessions/s1/inputs", 3)
+            .into_response();
+        assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(
+            r.headers().get(header::LOCATION).unwrap(),
+            "http://127.0.0.1:7700/sessions/s1/inputs"
+        );
+        let r = ApiError::new(StatusCode::BAD_REQUEST, "bad_json", "x").into_response();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
 }

@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod receipts;
 pub mod runtime;
 pub mod spec;
+pub mod throttle;
 pub mod wire;

@@ -70,7 +70,7 @@ async fn node_metrics(State(core): State<Arc<NodeCore>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn node_create(State(core): State<Arc<NodeCore>>) -> Result<Response, ApiError> {
     match core.rc_api() {
         Some(rc) => Err(ApiError::moved(rc, "/sessions", 0)),
@@ -113,7 +113,7 @@ fn check_serving(core: &NodeCore) -> Result<(), ApiError> {
     }
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn node_info(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
@@ -148,7 +148,7 @@ async fn node_info(
     }
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn node_close(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
@@ -231,7 +231,7 @@ async fn run_input(core: &NodeCore, sid: &SessionId, body: &[u8]) -> Result<Valu
     Ok(out)
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn node_input(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
@@ -302,7 +302,7 @@ fn move_error(e: crate::node::mobility::MoveError) -> ApiError {
 }
 
 /// `POST /sessions/{id}/handover`: hand the session over live (make-before-break).
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn node_handover(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,

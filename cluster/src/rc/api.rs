@@ -76,7 +76,7 @@ async fn rc_status(State(core): State<Arc<RcCore>>) -> Json<Value> {
     Json(v)
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn rc_create(
     State(core): State<Arc<RcCore>>,
     Query(q): Query<HashMap<String, String>>,
@@ -140,7 +140,7 @@ async fn rc_create(
     }
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn rc_probe(
     State(core): State<Arc<RcCore>>,
     headers: HeaderMap,
@@ -159,7 +159,7 @@ async fn rc_probe(
     }))
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn rc_lookup(
     State(core): State<Arc<RcCore>>,
     Path(id): Path<String>,
@@ -198,7 +198,7 @@ async fn rc_redirect(
 }
 
 /// `POST /sessions/{id}/handover` at the RC: ask the holder to hand the session over.
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn rc_handover(
     State(core): State<Arc<RcCore>>,
     Path(id): Path<String>,

@@ -193,11 +193,15 @@ impl RcCore {
             out.push(id);
         }
         if out.len() < k {
-            tracing::warn!(
-                have = out.len(),
-                want = k,
-                "fewer eligible replica holders than k"
-            );
+            if let Some(suppressed) = self.replica_shortfall_log.allow(Instant::now()) {
+                tracing::warn!(
+                    have = out.len(),
+                    want = k,
+                    suppressed,
+                    "fewer eligible replica holders than k (logged at most every 30 s; `suppressed` \
+                     counts the repeats since the last line)"
+                );
+            }
         }
         out
     }

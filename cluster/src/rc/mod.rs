@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use crate::common::failure::{PhiConfig, PhiDetector};
 use crate::common::identity::{Identity, NodeId};
 use crate::common::metrics::Metrics;
+use crate::common::throttle::Throttle;
 use crate::common::wire::{self, pick, NodeMsg, RcLocal, RcMsg, ToNode, ToRc};
 use crate::rc::admission::{Colony, Decision, Rejection, Requirements};
 use crate::rc::config::RcConfig;
@@ -189,6 +190,9 @@ pub struct RcCore {
     federation: OnceLock<Arc<crate::rc::federation::Federation>>,
     /// Receipt co-signing and settlement, when `[settlement] ledger` is set.
     settlement: Option<Arc<crate::rc::settlement::Settler>>,
+    /// "Fewer eligible replica holders than k" holds on every repair tick while a holder is
+    /// missing: logged at most every 30 s.
+    pub(crate) replica_shortfall_log: Throttle,
 }
 
 impl std::fmt::Debug for RcCore {
@@ -227,6 +231,7 @@ impl RcCore {
             api: OnceLock::new(),
             federation: OnceLock::new(),
             settlement,
+            replica_shortfall_log: Throttle::new(Duration::from_secs(30)),
         }
     }
 

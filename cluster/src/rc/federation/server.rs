@@ -132,7 +132,7 @@ impl Federation {
 }
 
 /// `POST /federation/admission`: a remote RC asks this RC to place a session locally.
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 pub async fn admission_handler(
     State(core): State<Arc<RcCore>>,
     body: Result<Bytes, BytesRejection>,
