@@ -244,14 +244,26 @@ async fn wrong_colony_secret_cannot_join() {
     )
     .await
     .unwrap();
+    let client = Client::new(rc.api_url());
+    wait_members(&client, 1, Duration::from_secs(20)).await;
+    // Nothing has been refused yet: the RC's own readiness probe of its control port (a
+    // connection that closes before the handshake) is not a refused join.
+    let before = reqwest::get(format!("{}/metrics", rc.api_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !before.contains("opengrid_cluster_join_refused_total"),
+        "{before}"
+    );
     let bad = start_node(
         node_config(dir.path(), &rc, "bad", "DE", "a-wrong-secret!"),
         setup,
     )
     .await
     .unwrap();
-    let client = Client::new(rc.api_url());
-    wait_members(&client, 1, Duration::from_secs(20)).await;
     // Give the bad node several connection attempts (one per second), then check it is outside.
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
@@ -276,9 +288,66 @@ async fn wrong_colony_secret_cannot_join() {
         metrics.contains("opengrid_cluster_join_refused_total"),
         "{metrics}"
     );
+    // The bad node says why it is outside, in `/health` (and its log).
+    let why = wait_outside_reason(&bad.api_url(), "colony_secret").await;
+    assert!(why.contains(&rc.cluster_addr().to_string()), "{why}");
+    assert_eq!(good.core().outside_reason(), None);
     good.shutdown().await;
     bad.shutdown().await;
     rc.shutdown().await;
+}
+
+/// Waits (up to 10 s) until the node's `/health` names why it is outside, containing `needle`.
+async fn wait_outside_reason(api: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h: Value = reqwest::get(format!("{api}/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(r) = h["outside_reason"].as_str().filter(|r| r.contains(needle)) {
+            return r.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outside_reason with {needle:?}: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_rc_cluster_is_wrong_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let node = start_node(
+        NodeConfig {
+            name: "lost".into(),
+            data_dir: dir.path().join("lost"),
+            jurisdiction: "DE".into(),
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+            rc_cluster: dead.to_string(),
+            colony_secret: "some-colony-secret".into(),
+            handler_threads: 1,
+            fsync: false,
+            ..NodeConfig::default()
+        },
+        setup,
+    )
+    .await
+    .unwrap();
+    let why = wait_outside_reason(&node.api_url(), "cannot reach").await;
+    assert!(
+        why.contains("rc_cluster") && why.contains(&dead.to_string()),
+        "{why}"
+    );
+    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

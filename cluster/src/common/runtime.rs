@@ -114,7 +114,8 @@ pub(crate) async fn wait_listening(addr: SocketAddr, within: Duration) -> bool {
 }
 
 /// Tracks ractor_cluster sessions: flags the link as up when authenticated and ready, logs
-/// connections that closed before authenticating (wrong colony secret).
+/// connections that named themselves and closed before authenticating (wrong colony secret); a
+/// connection that closes without a word (a readiness probe, a scan) is only a debug line.
 pub(crate) struct LinkWatch {
     pub(crate) on_up: Box<dyn Fn(bool) + Send + Sync>,
     pub(crate) authenticated: Arc<Mutex<HashSet<u64>>>,
@@ -135,6 +136,10 @@ impl NodeEventSubscription for LinkWatch {
         if was_auth {
             tracing::info!(peer = %ses.peer_addr, "control-plane link closed");
             (self.on_up)(false);
+        } else if ses.peer_name.is_none() {
+            // Closed before the peer even named itself: a readiness probe (our own
+            // `wait_listening`), a load balancer's health check or a port scan; no join was tried.
+            tracing::debug!(peer = %ses.peer_addr, "control-plane connection closed before the handshake");
         } else {
             tracing::warn!(
                 peer = %ses.peer_addr,

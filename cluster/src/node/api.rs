@@ -56,6 +56,7 @@ async fn node_health(State(core): State<Arc<NodeCore>>) -> Json<Value> {
         "capacity": core.cfg.capacity,
         "free": (core.cfg.capacity as usize).saturating_sub(sessions),
         "join_refused": core.last_refusal(),
+        "outside_reason": core.outside_reason(),
         "draining": core.mobility().is_some_and(|m| m.draining()),
         "migration": core.spec.migration,
         "accelerator": core.spec.accelerator.to_string(),

@@ -29,6 +29,7 @@ pub mod api;
 pub mod config;
 pub mod faults;
 pub mod inference;
+pub mod join_watch;
 pub mod mobility;
 pub mod receipts;
 pub mod server;
@@ -111,6 +112,8 @@ pub struct NodeCore {
     trouble_sent: Mutex<Option<Instant>>,
     /// Fault hooks (`[faults] control_dir`, tests and chaos runs only).
     pub(crate) faults: std::sync::OnceLock<Arc<crate::node::faults::FaultControl>>,
+    /// Why the node is outside the colony, said in the log and `/health`.
+    pub(crate) join_watch: crate::node::join_watch::JoinWatch,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -161,6 +164,7 @@ impl NodeCore {
             manifests: Mutex::new(HashMap::new()),
             faults: std::sync::OnceLock::new(),
             trouble_sent: Mutex::new(None),
+            join_watch: Default::default(),
         }
     }
 
@@ -307,6 +311,50 @@ impl NodeCore {
     /// The last join refusal, if any.
     pub fn last_refusal(&self) -> Option<String> {
         lock(&self.last_refusal).clone()
+    }
+
+    /// Why this node is not a member now (`None` when it is).
+    pub fn outside_reason(&self) -> Option<String> {
+        if self.membership() == Membership::Member {
+            return None;
+        }
+        Some(crate::node::join_watch::outside_reason(&self.join_facts()))
+    }
+
+    pub(crate) fn join_facts(&self) -> crate::node::join_watch::JoinFacts {
+        crate::node::join_watch::JoinFacts {
+            rc: self.cfg.rc_cluster.clone(),
+            connect_error: self.join_watch.connect_error(),
+            link_up: self.link_up.load(Ordering::Acquire),
+            refusal: self.last_refusal(),
+        }
+    }
+
+    /// Logs why the node is outside, a few seconds after it left (or never joined) and then at a
+    /// bounded rate; and once when it joins again after that.
+    pub(crate) fn say_membership(&self, now: Instant) {
+        use crate::node::join_watch::Say;
+        match self
+            .join_watch
+            .observe(now, self.membership() == Membership::Member, || {
+                self.join_facts()
+            }) {
+            Say::Nothing => {}
+            Say::Outside {
+                reason,
+                outside_for,
+                repeats,
+            } => tracing::warn!(
+                outside_s = outside_for.as_secs(),
+                repeats,
+                "not a member of colony {:?}: {reason}",
+                self.cfg.colony
+            ),
+            Say::Joined { after } => tracing::info!(
+                after_ms = after.as_millis() as u64,
+                "joined the colony after being outside"
+            ),
+        }
     }
 
     /// Measured RTT to the RC.

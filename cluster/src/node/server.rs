@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opengrid_actors::{HostConfig, Services, SessionHost};
 use opengrid_session::{CheckpointStore, RocksCheckpointStore, RocksOptions};
@@ -319,10 +319,13 @@ async fn boot_node(
             tokio::spawn(async move {
                 loop {
                     if !c3.link_up.load(Ordering::Acquire) {
-                        if let Err(e) = ractor_cluster::client_connect(&s3, c3.cfg.rc_cluster.as_str()).await {
+                        let r = ractor_cluster::client_connect(&s3, c3.cfg.rc_cluster.as_str()).await;
+                        if let Err(e) = &r {
                             tracing::debug!(rc = %c3.cfg.rc_cluster, "cannot reach the RC: {e}");
                         }
+                        c3.join_watch.note_connect(r.map_err(|e| e.to_string()));
                     }
+                    c3.say_membership(Instant::now());
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = rx3.wait_for(|s| *s) => break,
