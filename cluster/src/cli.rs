@@ -76,12 +76,22 @@ pub enum Cmd {
     },
 }
 
-/// Initialises `tracing`: `RUST_LOG` overrides `default`; JSON lines when asked.
+/// Whether log lines on standard error may carry terminal colours: only on a terminal, and not
+/// when `NO_COLOR` is set (<https://no-color.org>). Logs redirected to a file or journald stay
+/// plain text.
+pub fn log_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Initialises `tracing`: `RUST_LOG` overrides `default`; JSON lines when asked; colours only on
+/// a terminal ([`log_colours`]).
 pub fn init_logging(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_colours())
         .with_writer(std::io::stderr);
     let _ = if json {
         b.json().try_init()
@@ -257,52 +267,98 @@ pub fn field(v: &Value, k: &str) -> String {
 
 /// Prints the RC's `/status` as `opengrid status` does.
 pub fn print_status(v: &Value) {
-    println!("colony {}  rc {}", field(v, "colony"), field(v, "rc"));
-    println!("  node     jur state  sessions   rtt_us    phi  api");
+    print!("{}", format_status(v));
+    print_canopy(v);
+}
+
+fn table(header: &[&str]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_header(header.to_vec());
+    t
+}
+
+/// Phi as a column: two decimals, or `>999` for a node long silent.
+fn phi_cell(m: &Value) -> String {
+    match m.get("phi").and_then(|p| p.as_f64()) {
+        Some(p) if p > 999.0 => ">999".into(),
+        Some(p) => format!("{p:.2}"),
+        None => "-".into(),
+    }
+}
+
+/// Milliseconds as a short age: `80ms`, `4.2s`, `3m10s`.
+fn age(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+/// The members and sessions of the RC's `/status` as aligned tables (columns sized to their
+/// longest cell, so long names and ids keep the layout).
+pub fn format_status(v: &Value) -> String {
+    let mut out = format!("colony {}  rc {}\n", field(v, "colony"), field(v, "rc"));
+    let mut t = table(&[
+        "node",
+        "jur",
+        "state",
+        "sessions",
+        "rtt_us",
+        "phi",
+        "last seen",
+        "api",
+    ]);
     for m in v
         .get("members")
         .and_then(|m| m.as_array())
         .into_iter()
         .flatten()
     {
-        println!(
-            "  {:<8} {:<3} {:<6} {:>4}/{:<3} {:>8} {:>6.2}  {}",
+        t.add_row(vec![
             field(m, "name"),
             field(m, "jurisdiction"),
             field(m, "state"),
-            field(m, "sessions"),
-            field(m, "capacity"),
+            format!("{}/{}", field(m, "sessions"), field(m, "capacity")),
             field(m, "rtt_us"),
-            m.get("phi").and_then(|p| p.as_f64()).unwrap_or(0.0),
+            phi_cell(m),
+            m.get("last_heartbeat_ms")
+                .and_then(|x| x.as_u64())
+                .map(|ms| format!("{} ago", age(ms)))
+                .unwrap_or_default(),
             field(m, "address"),
-        );
+        ]);
     }
+    out.push_str(&t.to_string());
+    out.push('\n');
     let sessions = v
         .get("sessions")
         .and_then(|m| m.as_array())
         .cloned()
         .unwrap_or_default();
-    println!("  {} sessions in the directory", sessions.len());
-    for e in sessions {
-        let replicas = e
-            .get("replicas")
-            .and_then(|r| r.as_array())
-            .map(|r| r.len())
-            .unwrap_or(0);
-        println!(
-            "    {:<20} on {:<8} epoch {:<3} {:<8} replicas {}{}",
-            field(&e, "session_id"),
-            field(&e, "node_name"),
-            field(&e, "epoch"),
-            field(&e, "state"),
-            replicas,
-            e.get("waiting")
-                .and_then(|w| w.as_str())
-                .map(|w| format!("  waiting: {w}"))
-                .unwrap_or_default()
-        );
+    out.push_str(&format!("{} sessions in the directory\n", sessions.len()));
+    if !sessions.is_empty() {
+        let mut t = table(&["session", "holder", "epoch", "state", "replicas", "waiting"]);
+        for e in &sessions {
+            let replicas = e
+                .get("replicas")
+                .and_then(|r| r.as_array())
+                .map(|r| r.len())
+                .unwrap_or(0);
+            t.add_row(vec![
+                field(e, "session_id"),
+                field(e, "node_name"),
+                field(e, "epoch"),
+                field(e, "state"),
+                replicas.to_string(),
+                field(e, "waiting"),
+            ]);
+        }
+        out.push_str(&t.to_string());
+        out.push('\n');
     }
-    print_canopy(v);
+    out
 }
 
 /// The canopy part of `/status`: this RC's zone and its peering table.
@@ -383,4 +439,51 @@ pub fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_columns_hold_long_names_and_dead_nodes() {
+        let v = json!({
+            "colony": "c1", "rc": "did:mycel:rc",
+            "members": [
+                {"name": "a", "jurisdiction": "DE", "state": "alive", "sessions": 3, "capacity": 100,
+                 "rtt_us": 120, "phi": 0.42, "last_heartbeat_ms": 80, "address": "http://127.0.0.1:1"},
+                {"name": "a-very-long-node-name-from-a-stranger", "jurisdiction": "FR", "state": "dead",
+                 "sessions": 0, "capacity": 100, "rtt_us": 130, "phi": 18_000.0,
+                 "last_heartbeat_ms": 190_000, "address": "http://127.0.0.1:2"},
+            ],
+            "sessions": [{"session_id": "s-1", "node_name": "a", "epoch": 2, "state": "active",
+                          "replicas": ["x", "y"]}],
+        });
+        let text = format_status(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        // Every member row starts its `state` column at the same offset as the header.
+        let header = lines
+            .iter()
+            .find(|l| l.contains("state") && l.contains("node"))
+            .unwrap();
+        let col = header.find("state").unwrap();
+        for name in ["alive", "dead"] {
+            let row = lines.iter().find(|l| l.contains(name)).unwrap();
+            assert_eq!(row.find(name), Some(col), "{text}");
+        }
+        assert!(
+            text.contains(">999") && text.contains("3m10s ago"),
+            "{text}"
+        );
+        assert!(text.contains("1 sessions in the directory"), "{text}");
+        assert!(text.contains("s-1"), "{text}");
+    }
+
+    #[test]
+    fn ages_read_well() {
+        assert_eq!(age(80), "80ms");
+        assert_eq!(age(4_200), "4.2s");
+        assert_eq!(age(190_000), "3m10s");
+    }
 }

@@ -351,6 +351,56 @@ async fn a_node_whose_rc_cluster_is_wrong_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_data_dir_or_port_are_refused_with_the_field_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let rc = start_rc(rc_config(dir.path(), "colony-secret-3"))
+        .await
+        .unwrap();
+    let first = start_node(
+        node_config(dir.path(), &rc, "a", "DE", "colony-secret-3"),
+        setup,
+    )
+    .await
+    .unwrap();
+    // Same data dir (same name here): refused before it touches the identity or the store.
+    let e = start_node(
+        node_config(dir.path(), &rc, "a", "DE", "colony-secret-3"),
+        setup,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("in use by another running opengrid process") && e.contains("data_dir"),
+        "{e}"
+    );
+    // Same client-API port: the error names the fields to change.
+    let mut nc = node_config(dir.path(), &rc, "b", "DE", "colony-secret-3");
+    nc.api_listen = first.api_addr();
+    let e = start_node(nc, setup).await.unwrap_err().to_string();
+    assert!(
+        e.contains("api_listen") && e.contains(&first.api_addr().to_string()),
+        "{e}"
+    );
+    // Same for the RC's data dir.
+    let e = start_rc(rc_config(dir.path(), "colony-secret-3"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in use"), "{e}");
+    // The lock goes with the process (here: the handle): the dir is usable again.
+    first.shutdown().await;
+    let again = start_node(
+        node_config(dir.path(), &rc, "a", "DE", "colony-secret-3"),
+        setup,
+    )
+    .await
+    .unwrap();
+    again.shutdown().await;
+    rc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_api_round_trip_and_malformed_requests() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "colony-secret-2";

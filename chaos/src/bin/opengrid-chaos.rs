@@ -6,13 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let opts = opengrid_chaos::Opts::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    opengrid_cluster::cli::init_logging(false, "warn");
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

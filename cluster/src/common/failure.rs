@@ -107,9 +107,12 @@ impl PhiDetector {
         let elapsed = now.saturating_duration_since(last).as_secs_f64() * 1000.0;
         // Logistic approximation of the normal CDF tail (Akka's PhiAccrualFailureDetector).
         let y = (elapsed - mean) / std;
-        let e = (-y * (1.5976 + 0.070566 * y * y)).exp();
+        let k = y * (1.5976 + 0.070566 * y * y);
+        let e = (-k).exp();
         if elapsed > mean {
-            -(e / (1.0 + e)).log10()
+            // -log10(e / (1 + e)), written so that a long silence (e underflows to 0) gives a
+            // large finite phi rather than infinity (which JSON cannot carry).
+            k / std::f64::consts::LN_10 + e.ln_1p() / std::f64::consts::LN_10
         } else {
             -(1.0 - 1.0 / (1.0 + e)).log10()
         }
@@ -170,6 +173,11 @@ mod tests {
         }
         let last = t0 + Duration::from_millis(9900);
         assert!(d.phi(last + Duration::from_millis(100)) < 1.0);
+        // A silence of an hour is a large, finite phi (JSON has no infinity), growing with time.
+        let hour = d.phi(last + Duration::from_secs(3600));
+        let day = d.phi(last + Duration::from_secs(86_400));
+        assert!(hour.is_finite() && day.is_finite(), "{hour} {day}");
+        assert!(day > hour && hour > 1e3, "{hour} {day}");
         assert!(!d.is_dead(last + Duration::from_millis(300)));
         // Killed node: dead well within the 1.5 s lease grace.
         let mut dead_at = None;

@@ -40,7 +40,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what}): {source}{}", bind_hint(source))]
     Bind {
         /// Address.
         addr: SocketAddr,
@@ -48,6 +48,17 @@ pub enum StartError {
         what: &'static str,
         /// Error.
         source: std::io::Error,
+    },
+    /// Another running process holds this data dir.
+    #[error(
+        "data_dir {path} is in use by another running opengrid process (it holds {lock}): give \
+         each node and RC on a host its own `data_dir` (e.g. `opengrid init node --name NAME`)"
+    )]
+    DataDirInUse {
+        /// The data dir.
+        path: String,
+        /// The lock file.
+        lock: String,
     },
     /// The checkpoint store could not be opened.
     #[error("checkpoint store at {path}: {reason}")]
@@ -72,6 +83,48 @@ pub enum StartError {
     /// declared accelerator.
     #[error("inference plane: {0}")]
     Inference(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        " (another process, perhaps a second node or RC on this host, has this port: give each \
+         its own `api_listen` / `cluster_listen` / `migration_listen`, or port 0 for any free port)"
+    } else {
+        ""
+    }
+}
+
+/// An exclusive lock on a data dir, held while the node or RC runs (released when dropped or
+/// when the process dies), so two processes never share an identity and checkpoint store.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// Creates `dir` if needed and takes its lock (`<dir>/opengrid.lock`).
+pub(crate) fn lock_data_dir(dir: &std::path::Path) -> Result<DataDirLock, StartError> {
+    let store = |reason: String| StartError::Store {
+        path: dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| store(format!("cannot create the data dir: {e}")))?;
+    let path = dir.join("opengrid.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| store(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::DataDirInUse {
+            path: dir.display().to_string(),
+            lock: path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(store(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
 }
 
 pub(crate) fn runtime(which: &'static str, threads: usize) -> Result<Runtime, StartError> {

@@ -111,7 +111,7 @@ impl Default for NodeConfig {
             version: CONFIG_VERSION,
             name: "node".into(),
             colony: "local".into(),
-            data_dir: std::env::temp_dir().join("opengrid-node"),
+            data_dir: crate::common::config::default_data_dir("node"),
             jurisdiction: "DE".into(),
             hardware: Hardware::default(),
             handlers: Vec::new(),

@@ -15,7 +15,9 @@ use tokio::sync::watch;
 
 use crate::common::identity::Identity;
 use crate::common::metrics::Metrics;
-use crate::common::runtime::{runtime, short, spawn_node_server, LinkWatch, StartError};
+use crate::common::runtime::{
+    lock_data_dir, runtime, short, spawn_node_server, DataDirLock, LinkWatch, StartError,
+};
 use crate::common::spec::NodeSpec;
 use crate::common::wire::NodeMsg;
 use crate::node::api;
@@ -34,6 +36,8 @@ pub struct NodeHandle {
     agent: ActorRef<NodeMsg>,
     control: Option<Runtime>,
     handlers: Option<Runtime>,
+    /// Held while the process runs, dropped last (see [`DataDirLock`]).
+    _data_dir: DataDirLock,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -119,6 +123,7 @@ pub async fn start_node_with(
     setup: HandlerSetup,
     services: crate::node::inference::ServiceSetup,
 ) -> Result<NodeHandle, StartError> {
+    let data_dir_lock = lock_data_dir(&cfg.data_dir)?;
     let identity = Identity::load_or_create(&cfg.data_dir)?;
     let handlers = runtime("handler", cfg.handler_threads)?;
     let control = match runtime("control", cfg.control_threads) {
@@ -138,6 +143,7 @@ pub async fn start_node_with(
             agent,
             control: Some(control),
             handlers: Some(handlers),
+            _data_dir: data_dir_lock,
         }),
         Err(e) => {
             control.shutdown_background();

@@ -71,7 +71,7 @@ impl Default for RcConfig {
         RcConfig {
             version: CONFIG_VERSION,
             colony: "local".into(),
-            data_dir: std::env::temp_dir().join("opengrid-rc"),
+            data_dir: crate::common::config::default_data_dir("rc"),
             api_listen: DEFAULT_RC_API.parse().expect("literal"),
             cluster_listen: DEFAULT_RC_CLUSTER.parse().expect("literal"),
             colony_secret: "opengrid-local-colony".into(),

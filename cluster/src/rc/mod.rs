@@ -92,7 +92,8 @@ pub struct MemberStatus {
     pub address: String,
     /// `alive` | `dead`.
     pub state: &'static str,
-    /// Sessions.
+    /// Sessions: as its last heartbeat said while alive; once dead, those the directory still
+    /// places on it (none once they failed over).
     pub sessions: u32,
     /// Capacity.
     pub capacity: u32,
@@ -669,6 +670,14 @@ impl RcCore {
     pub fn status(&self) -> ColonyStatus {
         let now = Instant::now();
         let st = lock(&self.state);
+        // What the directory still places on each node: a dead node's heartbeat count is stale,
+        // its directory count falls to 0 as its sessions fail over.
+        let mut placed: HashMap<NodeId, u32> = HashMap::new();
+        for e in st.directory.values() {
+            if e.state != DirState::Orphaned {
+                *placed.entry(e.node).or_default() += 1;
+            }
+        }
         let members = st
             .colony
             .nodes()
@@ -687,7 +696,11 @@ impl RcCore {
                     } else {
                         "dead"
                     },
-                    sessions: r.sessions,
+                    sessions: if r.alive {
+                        r.sessions
+                    } else {
+                        placed.get(&r.spec.id).copied().unwrap_or(0)
+                    },
                     capacity: r.spec.capacity,
                     rtt_us: r.rtt_us,
                     phi: m.map(|m| m.detector.phi(now)).unwrap_or(0.0),

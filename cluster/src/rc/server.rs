@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use crate::common::identity::Identity;
 use crate::common::runtime::{
-    concrete, runtime, short, spawn_node_server, wait_listening, LinkWatch, StartError,
+    concrete, lock_data_dir, runtime, short, spawn_node_server, wait_listening, DataDirLock,
+    LinkWatch, StartError,
 };
 use crate::common::wire::RcMsg;
 use crate::rc::api;
@@ -27,6 +28,8 @@ pub struct RcHandle {
     server: ActorRef<NodeServerMessage>,
     actor: ActorRef<RcMsg>,
     control: Option<Runtime>,
+    /// Held while the process runs, dropped last (see [`DataDirLock`]).
+    _data_dir: DataDirLock,
 }
 
 impl std::fmt::Debug for RcHandle {
@@ -81,6 +84,7 @@ impl Drop for RcHandle {
 
 /// Starts an RC: control runtime, `NodeServer` (colony secret as cookie), RC actor, client API.
 pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
+    let data_dir_lock = lock_data_dir(&cfg.data_dir)?;
     let identity = Identity::load_or_create(&cfg.data_dir)?;
     let control = runtime("control", cfg.control_threads)?;
     let cluster = concrete(cfg.cluster_listen)?;
@@ -153,5 +157,6 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
         server,
         actor,
         control: Some(control),
+        _data_dir: data_dir_lock,
     })
 }

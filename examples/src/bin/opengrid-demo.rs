@@ -19,12 +19,7 @@ use opengrid_session::{
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    opengrid_cluster::cli::init_logging(false, "warn");
     opengrid_actors::install_panic_hook();
     let dir = tempfile_dir()?;
     println!("OpenGrid local demo — checkpoint store: {}", dir.display());
