@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/env.sh
+scripts/install-deps.sh build
 source scripts/env.sh
 og_setup
 og_log "building (first build compiles RocksDB: ~15-25 min on 2 cores)"

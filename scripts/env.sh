@@ -1,15 +1,13 @@
-# Sourced by scripts/demo.sh and scripts/test.sh: installs what the build needs, idempotently, and
-# exports the environment. Safe to source many times.
+# Sourced by scripts/demo.sh, scripts/test.sh and .ci/run: sets up the Rust components and the
+# Python venv (user-level, idempotent) and exports the environment. Safe to source many times.
+# System packages: scripts/install-deps.sh.
 #
 #   CARGO_TARGET_DIR  persistent build dir outside the clone (default: ~/.cache/opengrid-target),
 #                     so later runs and CI build incrementally.
-#   OPENGRID_SKIP_APT=1   skip the apt step (machines where system packages are managed elsewhere).
-#   OPENGRID_BENCH_DEPS=1 also install what the benches compare against (Debian's etcd-server and
-#                         etcd-client for `opengrid-chaos bench settlement`); off for tests.
+#   OPENGRID_SKIP_APT=1   skip the system-package check (machines where packages are managed
+#                         elsewhere). Packages are installed by scripts/install-deps.sh only.
 
 og_log() { printf '\033[1m[opengrid]\033[0m %s\n' "$*" >&2; }
-
-og_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 
 og_setup() {
   local root
@@ -18,28 +16,12 @@ og_setup() {
   export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
   mkdir -p "$CARGO_TARGET_DIR"
 
-  # 1. System packages: libclang for rocksdb's bindgen, a C++ compiler for RocksDB itself,
-  #    python3-venv for the ONNX Runtime wheel.
-  if [ "${OPENGRID_SKIP_APT:-0}" != 1 ]; then
-    local missing=""
-    for p in libclang-dev clang g++ python3-venv; do
-      dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
-    done
-    if [ -n "$missing" ]; then
-      og_log "installing system packages:$missing"
-      og_root apt-get update -qq >&2
-      # shellcheck disable=SC2086
-      DEBIAN_FRONTEND=noninteractive og_root apt-get install -y -qq $missing >&2
-    fi
-  fi
-
-  # 1b. Optional bench baselines (never for the test command): etcd 3-member cluster for P8.
-  if [ "${OPENGRID_SKIP_APT:-0}" != 1 ] && [ "${OPENGRID_BENCH_DEPS:-0}" = 1 ] \
-    && ! command -v etcd >/dev/null; then
-    og_log "installing bench baselines: etcd-server etcd-client"
-    og_root apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive og_root apt-get install -y -qq etcd-server etcd-client >&2 \
-      || og_log "etcd install failed; bench settlement will report etcd as skipped"
+  # 1. System packages are installed by scripts/install-deps.sh (test.sh and demo.sh call it);
+  #    here only a check, so a build never installs anything behind the caller's back.
+  if [ "${OPENGRID_SKIP_APT:-0}" != 1 ] && command -v dpkg >/dev/null \
+    && ! dpkg -s libclang-dev >/dev/null 2>&1; then
+    og_log "libclang-dev is missing (RocksDB's bindgen needs it): run scripts/install-deps.sh"
+    return 1
   fi
 
   # 2. Rust: the machine's toolchain plus rustfmt and clippy.

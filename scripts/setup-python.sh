@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the Python side of the inference plane, idempotently:
-#   1. a virtualenv at ${OPENGRID_VENV:-$HOME/.cache/opengrid-venv} with pinned onnxruntime, onnx, numpy;
+#   1. a virtualenv at ${OPENGRID_VENV:-$HOME/.cache/opengrid-venv} with pinned onnxruntime, onnx,
+#      numpy, and selenium (the dashboard's browser test);
 #   2. the small ONNX test/demo models and their numpy reference outputs in
 #      ${OPENGRID_MODELS:-$HOME/.cache/opengrid-models} (regenerated only when missing or when
 #      scripts/gen_models.py changed);
@@ -29,13 +30,16 @@ python="${PYTHON:-python3}"
 ORT_VERSION="1.22.1"
 ONNX_VERSION="1.18.0"
 NUMPY_VERSION="2.2.6"
+# The dashboard's browser test drives Debian's chromium through its chromedriver (no browser
+# download: the driver path is given explicitly, so Selenium Manager never runs).
+SELENIUM_VERSION="4.53.0"
 
 case "$flavour" in
   cpu) ort_pkg="onnxruntime==${ORT_VERSION}" ;;
   gpu) ort_pkg="onnxruntime-gpu==${ORT_VERSION}" ;;
   *) log "OPENGRID_ORT_FLAVOUR must be 'cpu' or 'gpu', got '$flavour'"; exit 2 ;;
 esac
-requirements="${ort_pkg} onnx==${ONNX_VERSION} numpy==${NUMPY_VERSION}"
+requirements="${ort_pkg} onnx==${ONNX_VERSION} numpy==${NUMPY_VERSION} selenium==${SELENIUM_VERSION}"
 
 # 1. venv + pinned packages (re-installed only when the pin set changes).
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -89,3 +93,4 @@ fi
 
 printf 'export ORT_DYLIB_PATH=%q\n' "$dylib"
 printf 'export OPENGRID_MODELS=%q\n' "$models"
+printf 'export OPENGRID_VENV=%q\n' "$venv"

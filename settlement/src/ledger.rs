@@ -280,7 +280,12 @@ pub enum LedgerQuery {
     Receipt(ReceiptId),
     Batch(BatchId),
     Summary,
+    /// The largest balances, largest first (at most [`MAX_TOP_BALANCES`]), for dashboards.
+    TopBalances(u16),
 }
+
+/// The most balances one [`LedgerQuery::TopBalances`] returns.
+pub const MAX_TOP_BALANCES: u16 = 100;
 
 /// Ledger-wide totals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,6 +310,8 @@ pub enum QueryAnswer {
     Batch(Option<BatchRecord>),
     Summary(LedgerSummary),
     Malformed(String),
+    /// Accounts and balances (µ), largest first.
+    Balances(Vec<(Account, u64)>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -387,12 +394,26 @@ impl Ledger {
             LedgerQuery::Receipt(id) => QueryAnswer::Receipt(self.receipt_status(id)),
             LedgerQuery::Batch(id) => QueryAnswer::Batch(self.state.batches.get(id).cloned()),
             LedgerQuery::Summary => QueryAnswer::Summary(self.summary()),
+            LedgerQuery::TopBalances(n) => QueryAnswer::Balances(self.top_balances(*n)),
         }
     }
 
     /// An account's balance in micro-units.
     pub fn balance(&self, a: &Account) -> u64 {
         self.state.balances.get(a).copied().unwrap_or(0)
+    }
+
+    /// The `n` largest balances (capped at [`MAX_TOP_BALANCES`]), largest first, ties by name.
+    pub fn top_balances(&self, n: u16) -> Vec<(Account, u64)> {
+        let mut all: Vec<(Account, u64)> = self
+            .state
+            .balances
+            .iter()
+            .map(|(a, b)| (a.clone(), *b))
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(usize::from(n.min(MAX_TOP_BALANCES)));
+        all
     }
 
     /// All balances.

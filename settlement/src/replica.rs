@@ -140,6 +140,14 @@ impl LedgerClient {
         }
     }
 
+    /// The `n` largest balances, largest first (linearizable; at most 100).
+    pub async fn top_balances(&self, n: u16) -> Result<Vec<(Account, u64)>, SettlementError> {
+        match self.query(&LedgerQuery::TopBalances(n)).await? {
+            QueryAnswer::Balances(b) => Ok(b),
+            other => Err(SettlementError::UnexpectedAnswer(format!("{other:?}"))),
+        }
+    }
+
     /// A receipt's status (linearizable).
     pub async fn receipt_status(&self, id: ReceiptId) -> Result<ReceiptStatus, SettlementError> {
         match self.query(&LedgerQuery::Receipt(id)).await? {

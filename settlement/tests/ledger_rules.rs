@@ -126,6 +126,12 @@ fn valid_receipts_settle_exactly_with_interchange_split() {
     assert_eq!(w.ledger.balance(&acct("node-op")), 750_001);
     assert_eq!(w.ledger.balance(&acct("rc-op")), 150_000);
     assert_eq!(w.ledger.balance(&acct("protocol")), 100_000);
+    // The dashboard's view: largest first, capped.
+    assert_eq!(
+        w.ledger.top_balances(2),
+        vec![(acct("node-op"), 750_001), (acct("rc-op"), 150_000)]
+    );
+    assert_eq!(w.ledger.top_balances(u16::MAX).len(), 3);
     let s = w.ledger.summary();
     assert_eq!(s.total_credits_micros, u128::from(s.total_fees_micros));
     assert!(matches!(

@@ -12,3 +12,4 @@ pub mod runtime;
 pub mod spec;
 pub mod throttle;
 pub mod wire;
+pub mod ui;

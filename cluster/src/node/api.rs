@@ -27,7 +27,9 @@ pub fn node_router(core: Arc<NodeCore>) -> Router {
     Router::new()
         .route("/health", get(node_health))
         .route("/metrics", get(node_metrics))
-        .route("/sessions", post(node_create))
+        .route("/sessions", post(node_create).get(node_list))
+        .route("/ui", get(|| async { crate::common::ui::asset("node.html") }))
+        .route("/ui/{file}", get(node_ui_file))
         .route("/sessions/{id}", get(node_info).delete(node_close))
         .route("/sessions/{id}/inputs", post(node_input))
         .route("/sessions/{id}/ws", get(node_ws))
@@ -63,6 +65,38 @@ async fn node_health(State(core): State<Arc<NodeCore>>) -> Json<Value> {
         "inference": crate::node::inference::health_of(core.host.services()),
         "receipts": core.receipts.counters(),
     }))
+}
+
+/// Most sessions one `GET /sessions` lists (the total is always given).
+const LIST_LIMIT: usize = 1000;
+
+/// `GET /sessions`: the sessions this node holds (the node dashboard's table), sorted by id,
+/// at most [`LIST_LIMIT`].
+async fn node_list(State(core): State<Arc<NodeCore>>) -> Json<Value> {
+    let mut ids = core.host.session_ids();
+    ids.sort();
+    let total = ids.len();
+    let sessions: Vec<Value> = ids
+        .iter()
+        .take(LIST_LIMIT)
+        .filter_map(|id| {
+            let s = core.host.get(id)?;
+            let mut v = serde_json::to_value(s.info()).ok()?;
+            if let (Value::Object(m), Some(mob)) = (&mut v, core.mobility()) {
+                let r: Vec<String> = mob.store.replicas(id).iter().map(|a| a.to_string()).collect();
+                m.insert("replicas".into(), json!(r));
+            }
+            Some(v)
+        })
+        .collect();
+    Json(json!({"total": total, "sessions": sessions, "serving": core.may_serve()}))
+}
+
+async fn node_ui_file(Path(name): Path<String>) -> Response {
+    match name.as_str() {
+        "rc.html" | "node.html" | "rc.js" => StatusCode::NOT_FOUND.into_response(),
+        n => crate::common::ui::asset(n),
+    }
 }
 
 async fn node_metrics(State(core): State<Arc<NodeCore>>) -> Response {

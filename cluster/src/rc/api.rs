@@ -38,6 +38,7 @@ pub fn rc_router(core: Arc<RcCore>) -> Router {
         .route("/sessions/{id}/inputs", post(rc_redirect))
         .route("/sessions/{id}/ws", get(rc_redirect))
         .route("/sessions/{id}/handover", post(rc_handover))
+        .merge(crate::rc::ui::routes())
         .fallback(|| async { not_found_route() })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(metrics, count_status))

@@ -27,6 +27,7 @@ use opentelemetry::KeyValue;
 
 use crate::common::identity::NodeId;
 use crate::common::wire::{HandoverTarget, Held, NodeMsg, ToNode};
+use crate::rc::events::ColonyEvent;
 use crate::rc::admission::Requirements;
 use crate::rc::{node_ref, DirState, RcCore, RcState};
 
@@ -309,7 +310,7 @@ impl RcCore {
         if e.epoch.0 >= epoch {
             return;
         }
-        let (old, memory, handler) = (e.node, e.memory, e.handler.clone());
+        let (old, memory, handler, from) = (e.node, e.memory, e.handler.clone(), e.node_name.clone());
         let replicas = match st.mob.plans.remove(&sid) {
             Some((t, r, _)) if t == node => r,
             _ => Vec::new(),
@@ -333,6 +334,14 @@ impl RcCore {
             e.replicas = replicas;
         }
         tracing::info!(session = %sid, to = %name, epoch, "directory switched (handover)");
+        self.events.publish(ColonyEvent::SessionMoved {
+            session: sid.to_string(),
+            from,
+            to: name.clone(),
+            epoch,
+            how: "handover",
+            took_ms: None,
+        });
         let manifest = st
             .directory
             .get(&sid)
@@ -572,6 +581,7 @@ impl RcCore {
             .map(|m| m.name.clone())
             .unwrap_or_default();
         tracing::info!(%node, %name, "node draining: no new placements");
+        self.events.publish(ColonyEvent::NodeDraining { name });
     }
 
     /// A never-live session was checkpointed and stopped on `node`: restart it elsewhere.
@@ -857,6 +867,11 @@ async fn restore(core: &Arc<RcCore>, sid: &SessionId) {
                 else {
                     return;
                 };
+                let from = st
+                    .directory
+                    .get(sid)
+                    .map(|e| e.node_name.clone())
+                    .unwrap_or_default();
                 st.colony.note_placing(&target, &req.handler, memory);
                 if let Some(e) = st.directory.get_mut(sid) {
                     e.node = target;
@@ -868,7 +883,7 @@ async fn restore(core: &Arc<RcCore>, sid: &SessionId) {
                     e.waiting = None;
                 }
                 st.mob.next_try.remove(sid);
-                (target, name, epoch, m, replica_addrs, restore_from, memory)
+                (target, name, epoch, m, replica_addrs, restore_from, memory, from)
             }
             (None, why) => {
                 let why = why.unwrap_or_default();
@@ -878,6 +893,10 @@ async fn restore(core: &Arc<RcCore>, sid: &SessionId) {
                     .is_some_and(|e| e.waiting.as_deref() != Some(why.as_str()));
                 if changed {
                     tracing::warn!(session = %sid, reason = %why, "session waits for an eligible node");
+                    core.events.publish(ColonyEvent::SessionWaiting {
+                        session: sid.to_string(),
+                        reason: why.clone(),
+                    });
                 }
                 if let Some(e) = st.directory.get_mut(sid) {
                     e.waiting = Some(why);
@@ -890,7 +909,7 @@ async fn restore(core: &Arc<RcCore>, sid: &SessionId) {
             }
         }
     };
-    let (target, name, epoch, m, replicas, restore_from, memory) = plan;
+    let (target, name, epoch, m, replicas, restore_from, memory, from) = plan;
     let r = core
         .order_start(&target, sid, epoch, &m, replicas, restore_from)
         .await;
@@ -907,6 +926,14 @@ async fn restore(core: &Arc<RcCore>, sid: &SessionId) {
                 .failovers
                 .add(1, &[KeyValue::new("outcome", "restored")]);
             tracing::info!(session = %sid, to = %name, %epoch, took_ms = t0.elapsed().as_millis() as u64, "session restored");
+            core.events.publish(ColonyEvent::SessionMoved {
+                session: sid.to_string(),
+                from,
+                to: name.clone(),
+                epoch: epoch.0,
+                how: "failover",
+                took_ms: Some(t0.elapsed().as_millis() as u64),
+            });
         }
         Err(reason) => {
             st.colony.note_closed(&target, memory);

@@ -13,10 +13,12 @@
 pub mod admission;
 pub mod api;
 pub mod config;
+pub mod events;
 pub mod federation;
 pub mod mobility;
 pub mod server;
 pub mod settlement;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +38,7 @@ use crate::common::throttle::Throttle;
 use crate::common::wire::{self, pick, NodeMsg, RcLocal, RcMsg, ToNode, ToRc};
 use crate::rc::admission::{Colony, Decision, Rejection, Requirements};
 use crate::rc::config::RcConfig;
+use crate::rc::events::ColonyEvent;
 
 /// Where a session lives, per the directory.
 #[derive(Clone, Debug, Serialize)]
@@ -62,9 +65,21 @@ pub struct DirEntry {
     /// jurisdiction).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
-    /// The manifest (failover and handover placement need it).
-    #[serde(skip)]
+    /// The manifest (failover and handover placement need it); shown as its loss bound,
+    /// `acceptable_loss` (`"0s"`: zero loss).
+    #[serde(
+        rename = "acceptable_loss",
+        serialize_with = "serialize_loss",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub manifest: Option<Arc<Manifest>>,
+}
+
+fn serialize_loss<S: serde::Serializer>(m: &Option<Arc<Manifest>>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => s.serialize_str(&m.migration.acceptable_loss.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 /// Directory state of a session.
@@ -194,6 +209,8 @@ pub struct RcCore {
     /// "Fewer eligible replica holders than k" holds on every repair tick while a holder is
     /// missing: logged at most every 30 s.
     pub(crate) replica_shortfall_log: Throttle,
+    /// The live event feed (`GET /ui/events`).
+    pub events: crate::rc::events::EventFeed,
 }
 
 impl std::fmt::Debug for RcCore {
@@ -233,6 +250,7 @@ impl RcCore {
             federation: OnceLock::new(),
             settlement,
             replica_shortfall_log: Throttle::new(Duration::from_secs(30)),
+            events: Default::default(),
         }
     }
 
@@ -318,6 +336,10 @@ impl RcCore {
                 if matches {
                     if let Some(e) = st.directory.remove(&sid) {
                         st.colony.note_closed(&node, e.memory);
+                        self.events.publish(ColonyEvent::SessionClosed {
+                            session: sid.to_string(),
+                            node: e.node_name,
+                        });
                     }
                 }
                 self.metrics.sessions.record(st.directory.len() as u64, &[]);
@@ -421,6 +443,10 @@ impl RcCore {
                 },
             );
             tracing::info!(node = %id, name = %spec.name, jurisdiction = %spec.jurisdiction, api = %spec.api, "node joined");
+            self.events.publish(ColonyEvent::NodeJoined {
+                name: spec.name.clone(),
+                jurisdiction: spec.jurisdiction.clone(),
+            });
             st.colony.upsert(spec);
             let alive = st.members.values().filter(|m| m.alive).count();
             self.metrics.members.record(alive as u64, &[]);
@@ -486,12 +512,20 @@ impl RcCore {
             tracing::warn!(node = %id, %name, phi, silent_ms = silent.as_millis() as u64, "node declared dead");
             st.colony.set_alive(id, false);
             self.metrics.declared_dead.add(1, &[]);
+            self.events.publish(ColonyEvent::NodeDead {
+                name: name.clone(),
+                silent_ms: silent.as_millis() as u64,
+            });
         }
         for id in expired {
             for e in st.directory.values_mut() {
                 if e.node == id && e.state != DirState::Orphaned {
                     tracing::warn!(session = %e.session_id, node = %id, "lease grace over: session may be placed again");
                     e.state = DirState::Orphaned;
+                    self.events.publish(ColonyEvent::SessionOrphaned {
+                        session: e.session_id.to_string(),
+                        node: e.node_name.clone(),
+                    });
                 }
             }
         }
@@ -598,6 +632,11 @@ impl RcCore {
                     .placements
                     .add(1, &[KeyValue::new("outcome", "placed")]);
                 tracing::info!(session = %sid, node = %node, %name, %epoch, "session placed");
+                self.events.publish(ColonyEvent::SessionPlaced {
+                    session: sid.to_string(),
+                    node: name.clone(),
+                    epoch: epoch.0,
+                });
                 Ok(Placement {
                     session_id: sid,
                     node,

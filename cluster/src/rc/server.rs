@@ -57,6 +57,7 @@ impl RcHandle {
     }
     /// Stops the RC and waits for its control threads.
     pub async fn shutdown(mut self) {
+        self.core.events.close();
         let _ = self.stop.send(true);
         self.actor.stop(None);
         self.server.stop(None);
@@ -67,6 +68,7 @@ impl RcHandle {
         }
     }
     fn stop_now(&mut self) {
+        self.core.events.close();
         let _ = self.stop.send(true);
         self.actor.stop(None);
         self.server.stop(None);

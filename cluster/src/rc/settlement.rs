@@ -204,6 +204,51 @@ impl Settler {
         ));
     }
 
+    /// The ledger as the dashboard shows it: this RC's settlement counters, each replica's Raft
+    /// state and totals (its own, possibly lagging, view) and the largest balances. Every ledger
+    /// call is bounded by `within`; a replica that does not answer is shown with its error.
+    pub async fn ledger_view(&self, within: Duration) -> serde_json::Value {
+        use serde_json::json;
+        let client = LedgerClient::with_timeout(self.cfg.ledger.clone(), within);
+        let mut replicas = Vec::new();
+        for addr in &self.cfg.ledger {
+            let r = tokio::time::timeout(within, client.replica_status(addr)).await;
+            replicas.push(match r {
+                Ok(Ok(st)) => json!({
+                    "addr": addr,
+                    "id": st.raft.id,
+                    "state": st.raft.state,
+                    "term": st.raft.current_term,
+                    "leader": st.raft.current_leader,
+                    "last_log_index": st.raft.last_log_index,
+                    "voters": st.raft.voters,
+                    "receipts_settled": st.ledger.receipts_settled,
+                    "batches": st.ledger.batches,
+                    "accounts": st.ledger.accounts,
+                    "total_fees_micros": st.ledger.total_fees_micros,
+                    "state_hash": st.ledger.state_hash.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>(),
+                }),
+                Ok(Err(e)) => json!({"addr": addr, "error": e.to_string()}),
+                Err(_) => json!({"addr": addr, "error": format!("no answer within {within:?}")}),
+            });
+        }
+        let balances = match tokio::time::timeout(within, client.top_balances(20)).await {
+            Ok(Ok(b)) => json!(b
+                .into_iter()
+                .map(|(a, micros)| json!({"account": a.0, "micros": micros}))
+                .collect::<Vec<_>>()),
+            Ok(Err(e)) => json!({"error": e.to_string()}),
+            Err(_) => json!({"error": format!("no answer within {within:?}")}),
+        };
+        json!({
+            "enabled": true,
+            "settler": self.status(),
+            "interval_ms": self.cfg.interval.0.as_millis() as u64,
+            "replicas": replicas,
+            "balances": balances,
+        })
+    }
+
     /// Status for operators and tests.
     pub fn status(&self) -> SettlerStatus {
         let c = &self.counters;
