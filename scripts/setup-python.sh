@@ -32,7 +32,7 @@ ONNX_VERSION="1.18.0"
 NUMPY_VERSION="2.2.6"
 # The dashboard's browser test drives Debian's chromium through its chromedriver (no browser
 # download: the driver path is given explicitly, so Selenium Manager never runs).
-SELENIUM_VERSION="4.53.0"
+SELENIUM_VERSION="4.50.0"
 
 case "$flavour" in
   cpu) ort_pkg="onnxruntime==${ORT_VERSION}" ;;

@@ -24,10 +24,17 @@ RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast "${args[@]}"
 # The handler-only example builds on the SDK alone (its own workspace and Cargo.lock; ADR 0012).
 og_log "testing examples/handler-only (opengrid-actors without default features)"
 (cd examples/handler-only && cargo test --locked)
+bin_dir="${CARGO_TARGET_DIR:-target}/debug"
+# The dashboard in a real browser (Debian's headless chromium + chromedriver, selenium from the
+# venv) against a real colony; screenshots and process logs in artifacts/dashboard/.
+# OPENGRID_SKIP_BROWSER=1 skips it.
+if [ "${OPENGRID_SKIP_BROWSER:-0}" != "1" ]; then
+  og_log "browser test of the dashboard (tests/browser/dashboard.py)"
+  "$OPENGRID_VENV/bin/python" tests/browser/dashboard.py --bin "$bin_dir/opengrid"
+fi
 # The chaos short suite against real `opengrid` processes (fixed seeds, well under 5 min).
 # OPENGRID_SKIP_CHAOS=1 skips it (e.g. while iterating on one crate).
 if [ "${OPENGRID_SKIP_CHAOS:-0}" != "1" ]; then
   og_log "running the chaos short suite (opengrid-chaos suite --short)"
-  bin_dir="${CARGO_TARGET_DIR:-target}/debug"
   "$bin_dir/opengrid-chaos" suite --short --bin "$bin_dir/opengrid"
 fi
