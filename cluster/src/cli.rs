@@ -202,7 +202,7 @@ async fn run(
             Ok(())
         }
         Cmd::Status { rc, json } => {
-            let v = Client::new(rc)
+            let v = Client::new(rc.clone())
                 .get("/status")
                 .await
                 .context("query the RC")?;
@@ -210,6 +210,7 @@ async fn run(
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_status(&v);
+                println!("dashboard: {}/ui", rc.trim_end_matches('/'));
             }
             Ok(())
         }

@@ -11,5 +11,5 @@ pub mod receipts;
 pub mod runtime;
 pub mod spec;
 pub mod throttle;
-pub mod wire;
 pub mod ui;
+pub mod wire;

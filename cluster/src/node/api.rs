@@ -28,7 +28,10 @@ pub fn node_router(core: Arc<NodeCore>) -> Router {
         .route("/health", get(node_health))
         .route("/metrics", get(node_metrics))
         .route("/sessions", post(node_create).get(node_list))
-        .route("/ui", get(|| async { crate::common::ui::asset("node.html") }))
+        .route(
+            "/ui",
+            get(|| async { crate::common::ui::asset("node.html") }),
+        )
         .route("/ui/{file}", get(node_ui_file))
         .route("/sessions/{id}", get(node_info).delete(node_close))
         .route("/sessions/{id}/inputs", post(node_input))
@@ -83,7 +86,12 @@ async fn node_list(State(core): State<Arc<NodeCore>>) -> Json<Value> {
             let s = core.host.get(id)?;
             let mut v = serde_json::to_value(s.info()).ok()?;
             if let (Value::Object(m), Some(mob)) = (&mut v, core.mobility()) {
-                let r: Vec<String> = mob.store.replicas(id).iter().map(|a| a.to_string()).collect();
+                let r: Vec<String> = mob
+                    .store
+                    .replicas(id)
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
                 m.insert("replicas".into(), json!(r));
             }
             Some(v)

@@ -245,13 +245,19 @@ mod tests {
             f.publish(joined(i));
         }
         let mut s = f.subscribe(None, 3).unwrap();
-        assert_eq!(s.backlog.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            s.backlog.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         f.publish(joined(5));
         let live = s.live.try_recv().unwrap();
         assert_eq!(live.id, 6);
         // A reconnect with Last-Event-ID 4 gets 5 and 6, no gap.
         let r = f.subscribe(Some(4), 100).unwrap();
-        assert_eq!(r.backlog.iter().map(|e| e.id).collect::<Vec<_>>(), vec![5, 6]);
+        assert_eq!(
+            r.backlog.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![5, 6]
+        );
         assert!(!r.gap);
         assert_eq!(f.last_id(), 6);
     }
@@ -271,7 +277,9 @@ mod tests {
     #[test]
     fn subscribers_are_bounded_and_slots_come_back() {
         let f = EventFeed::default();
-        let subs: Vec<_> = (0..MAX_SUBSCRIBERS).map(|_| f.subscribe(None, 0).unwrap()).collect();
+        let subs: Vec<_> = (0..MAX_SUBSCRIBERS)
+            .map(|_| f.subscribe(None, 0).unwrap())
+            .collect();
         let e = f.subscribe(None, 0).unwrap_err();
         assert_eq!(e.open, MAX_SUBSCRIBERS);
         drop(subs);

@@ -27,8 +27,8 @@ use opentelemetry::KeyValue;
 
 use crate::common::identity::NodeId;
 use crate::common::wire::{HandoverTarget, Held, NodeMsg, ToNode};
-use crate::rc::events::ColonyEvent;
 use crate::rc::admission::Requirements;
+use crate::rc::events::ColonyEvent;
 use crate::rc::{node_ref, DirState, RcCore, RcState};
 
 /// What a holding report's entry leads to.
@@ -310,7 +310,8 @@ impl RcCore {
         if e.epoch.0 >= epoch {
             return;
         }
-        let (old, memory, handler, from) = (e.node, e.memory, e.handler.clone(), e.node_name.clone());
+        let (old, memory, handler, from) =
+            (e.node, e.memory, e.handler.clone(), e.node_name.clone());
         let replicas = match st.mob.plans.remove(&sid) {
             Some((t, r, _)) if t == node => r,
             _ => Vec::new(),
@@ -883,7 +884,16 @@ async fn restore(core: &Arc<RcCore>, sid: &SessionId) {
                     e.waiting = None;
                 }
                 st.mob.next_try.remove(sid);
-                (target, name, epoch, m, replica_addrs, restore_from, memory, from)
+                (
+                    target,
+                    name,
+                    epoch,
+                    m,
+                    replica_addrs,
+                    restore_from,
+                    memory,
+                    from,
+                )
             }
             (None, why) => {
                 let why = why.unwrap_or_default();

@@ -75,7 +75,10 @@ pub struct DirEntry {
     pub manifest: Option<Arc<Manifest>>,
 }
 
-fn serialize_loss<S: serde::Serializer>(m: &Option<Arc<Manifest>>, s: S) -> Result<S::Ok, S::Error> {
+fn serialize_loss<S: serde::Serializer>(
+    m: &Option<Arc<Manifest>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match m {
         Some(m) => s.serialize_str(&m.migration.acceptable_loss.to_string()),
         None => s.serialize_none(),

@@ -139,7 +139,7 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
             if !wait_listening(cluster, Duration::from_secs(5)).await {
                 return Err(StartError::Spawn(format!("control plane not listening on {cluster}")));
             }
-            tracing::info!(rc = %c2.id(), api = %api, cluster = %cluster, colony = %c2.cfg.colony, "RC started");
+            tracing::info!(rc = %c2.id(), api = %api, cluster = %cluster, colony = %c2.cfg.colony, dashboard = %format!("http://{api}/ui"), "RC started");
             Ok::<_, StartError>((api, server, actor))
         })
         .await

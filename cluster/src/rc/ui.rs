@@ -90,13 +90,14 @@ async fn events(State(core): State<Arc<RcCore>>, headers: HeaderMap) -> Result<R
                 })?,
         ),
     };
-    let sub = core
-        .events
-        .subscribe(after, INITIAL_BACKLOG)
-        .map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", e.to_string())
-                .with("retryable", json!(true))
-        })?;
+    let sub = core.events.subscribe(after, INITIAL_BACKLOG).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            e.to_string(),
+        )
+        .with("retryable", json!(true))
+    })?;
     let state = Stream {
         backlog: sub.backlog.iter().cloned().collect(),
         gap: sub.gap,
