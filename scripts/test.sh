@@ -11,6 +11,8 @@ og_log "building workspace (first build compiles RocksDB: ~15-25 min on 2 cores;
 cargo build --workspace --all-targets
 # The handler SDK (opengrid-actors) must build without RocksDB, ort and libp2p (ADR 0012).
 scripts/check-sdk-deps.sh
+# Operator packaging: systemd units verified, config samples = `opengrid init` output (ADR 0019).
+scripts/check-packaging.sh "${CARGO_TARGET_DIR:-target}/debug/opengrid"
 args=()
 for a in "$@"; do
   case "$a" in
@@ -31,6 +33,13 @@ bin_dir="${CARGO_TARGET_DIR:-target}/debug"
 if [ "${OPENGRID_SKIP_BROWSER:-0}" != "1" ]; then
   og_log "browser test of the dashboard (tests/browser/dashboard.py)"
   "$OPENGRID_VENV/bin/python" tests/browser/dashboard.py --bin "$bin_dir/opengrid"
+fi
+# The operator tarball (debug build: CI builds one profile) and the README quick start run
+# verbatim from it: RC + 3 nodes, a session, an input. OPENGRID_SKIP_PACKAGING=1 skips it.
+if [ "${OPENGRID_SKIP_PACKAGING:-0}" != "1" ]; then
+  og_log "packaging the debug build and running the operator quick start from the tarball"
+  tarball="$(scripts/release.sh --profile debug | tail -n 1)"
+  scripts/operator-smoke.sh "$tarball"
 fi
 # The chaos short suite against real `opengrid` processes (fixed seeds, well under 5 min).
 # OPENGRID_SKIP_CHAOS=1 skips it (e.g. while iterating on one crate).

@@ -1,4 +1,5 @@
-//! The `opengrid` command line: `node`, `rc`, `status`, `drain`, `id`, `ledger`.
+//! The `opengrid` command line: `node`, `rc`, `status`, `drain`, `id`, `ledger`, and for
+//! packaging `init` (commented configs, [`crate::init`]), `completions` and `man`.
 //!
 //! The binary itself lives at the top of the workspace (it links the handlers it serves; see
 //! `docs/adr/0003-binary-location.md`) and is one call: [`main_with`]`(setup)`.
@@ -74,6 +75,82 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: opengrid_settlement::cli::LedgerCmd,
     },
+    /// Write a commented config with every field at its default (`init node --name b ...`).
+    Init {
+        #[command(subcommand)]
+        kind: crate::init::InitCmd,
+    },
+    /// Print a shell completion script: `opengrid completions bash > /etc/bash_completion.d/opengrid`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into `--dir`.
+    Man {
+        /// Write `opengrid.1` and `opengrid-<command>.1` pages into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The clap command of `opengrid` (for completions and man pages).
+pub fn command() -> clap::Command {
+    <Opts as clap::CommandFactory>::command()
+}
+
+/// The completion script of `opengrid` for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut cmd = command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "opengrid", &mut out);
+    out
+}
+
+/// The man page (roff) of `cmd`.
+pub fn man_page(cmd: clap::Command) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd).render(&mut out)?;
+    Ok(out)
+}
+
+/// Every man page of `opengrid`: `(file name, roff)` for the command and each subcommand,
+/// nested ones included (`opengrid-ledger-replica.1`).
+pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    fn walk(cmd: &clap::Command, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub, out)?;
+        }
+        // After `build`, a subcommand's display name is `opengrid-ledger-replica`.
+        let man = clap_mangen::Man::new(cmd.clone());
+        let mut page = Vec::new();
+        man.render(&mut page)?;
+        out.push((man.get_filename(), page));
+        Ok(())
+    }
+    let mut cmd = command();
+    cmd.build();
+    let mut out = Vec::new();
+    walk(&cmd, &mut out)?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// `opengrid man`: the top page on standard output, or every page into `dir`.
+fn run_man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::Write;
+    match dir {
+        None => {
+            std::io::stdout().write_all(&man_page(command())?)?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            for (name, page) in man_pages()? {
+                let path = dir.join(&name);
+                std::fs::write(&path, page).with_context(|| format!("write {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether log lines on standard error may carry terminal colours: only on a terminal, and not
@@ -112,7 +189,14 @@ pub fn main_with_services(
     services: crate::node::inference::ServiceSetup,
 ) -> ExitCode {
     let opts = Opts::parse();
-    let quiet = matches!(opts.cmd, Cmd::Status { .. } | Cmd::Id { .. });
+    let quiet = matches!(
+        opts.cmd,
+        Cmd::Status { .. }
+            | Cmd::Id { .. }
+            | Cmd::Init { .. }
+            | Cmd::Completions { .. }
+            | Cmd::Man { .. }
+    );
     init_logging(
         opts.log_json,
         if quiet {
@@ -254,6 +338,13 @@ async fn run(
             Ok(())
         }
         Cmd::Ledger { cmd } => opengrid_settlement::cli::run(cmd).await,
+        Cmd::Init { kind } => Ok(crate::init::run(&kind)?),
+        Cmd::Completions { shell } => {
+            use std::io::Write;
+            std::io::stdout().write_all(&completions(shell))?;
+            Ok(())
+        }
+        Cmd::Man { dir } => run_man(dir.as_deref()),
     }
 }
 
@@ -486,5 +577,76 @@ mod tests {
         assert_eq!(age(80), "80ms");
         assert_eq!(age(4_200), "4.2s");
         assert_eq!(age(190_000), "3m10s");
+    }
+
+    const SUBCOMMANDS: &[&str] = &[
+        "node",
+        "rc",
+        "status",
+        "drain",
+        "id",
+        "ledger",
+        "init",
+        "completions",
+        "man",
+    ];
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn completions_name_every_subcommand_in_every_shell() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+            clap_complete::Shell::Elvish,
+            clap_complete::Shell::PowerShell,
+        ] {
+            let text = String::from_utf8(completions(shell)).unwrap();
+            for sub in SUBCOMMANDS {
+                assert!(text.contains(sub), "{shell}: no `{sub}`");
+            }
+            // Nested: `opengrid ledger replica --config`, `opengrid init node --name`.
+            assert!(text.contains("replica"), "{shell}");
+            assert!(text.contains("--name"), "{shell}");
+        }
+    }
+
+    #[test]
+    fn the_man_page_names_every_subcommand() {
+        let top = String::from_utf8(man_page(command()).unwrap()).unwrap();
+        assert!(
+            top.starts_with(".ie") || top.contains(".TH opengrid"),
+            "{top}"
+        );
+        for sub in SUBCOMMANDS {
+            assert!(top.contains(sub), "no `{sub}` in the man page");
+        }
+        let pages = man_pages().unwrap();
+        let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+        for want in [
+            "opengrid.1",
+            "opengrid-node.1",
+            "opengrid-init-node.1",
+            "opengrid-ledger-replica.1",
+            "opengrid-man.1",
+        ] {
+            assert!(names.contains(&want), "{want} not in {names:?}");
+        }
+        let replica = &pages
+            .iter()
+            .find(|(n, _)| n == "opengrid-ledger-replica.1")
+            .unwrap()
+            .1;
+        let replica = String::from_utf8_lossy(replica);
+        assert!(
+            replica.contains("opengrid\\-ledger\\-replica")
+                || replica.contains("opengrid-ledger-replica"),
+            "{replica}"
+        );
+        assert!(replica.contains("config"), "{replica}");
     }
 }

@@ -16,7 +16,8 @@
 //!   `rc::server::start_rc`.
 //!
 //! Above both: [`client`] (a Rust client that follows `moved` and replays unacknowledged inputs)
-//! and [`cli`] (the `opengrid` command line: `node`, `rc`, `status`, `id`, `ledger`).
+//! and [`cli`] (the `opengrid` command line: `node`, `rc`, `status`, `id`, `ledger`, `init`,
+//! `completions`, `man`), with [`init`] (the commented config templates of `opengrid init`).
 //!
 //! Planes: everything here is the **control plane** and runs on its own runtime
 //! (`og-control-*` threads); session handlers run on the node's handler runtime
@@ -25,6 +26,7 @@
 pub mod cli;
 pub mod client;
 pub mod common;
+pub mod init;
 pub mod node;
 pub mod rc;
 

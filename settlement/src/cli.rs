@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use opengrid_consensus::{NodeId, RaftNodeConfig};
+use opengrid_consensus::NodeId;
 
+use crate::config::LedgerConfig;
 use crate::keys::Keypair;
 use crate::ledger::{BatchId, NodeRegistration, RcRegistration};
 use crate::receipt::ReceiptId;
-use crate::replica::{run_replica, LedgerClient, ReplicaOptions};
+use crate::replica::{run_replica, LedgerClient};
 use crate::split::{Account, SplitPolicy};
 
 /// Settlement ledger: run a replica, query balances and status, register nodes and RCs.
@@ -25,21 +26,30 @@ pub struct Opts {
 #[derive(Debug, Subcommand)]
 pub enum LedgerCmd {
     /// Run a ledger replica until SIGINT/SIGTERM (or stdin EOF with --exit-on-stdin-eof).
+    ///
+    /// Fields come from `--config` (defaults without it); each flag given overrides the file.
     Replica {
+        /// Replica config (TOML; `opengrid init ledger` writes one). Flags override its fields.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Raft id of this replica (unique in the group).
         #[arg(long, env = "OPENGRID_LEDGER_ID")]
-        id: NodeId,
+        id: Option<NodeId>,
         /// Listen address, host:port.
         #[arg(long, env = "OPENGRID_LEDGER_ADDR")]
-        addr: String,
+        addr: Option<String>,
+        /// Raft log, ledger state and snapshots.
         #[arg(long, env = "OPENGRID_LEDGER_DATA_DIR")]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
         /// Initial voters: `1=host:port,2=host:port,3=host:port` (empty: join later as learner).
-        #[arg(long, env = "OPENGRID_LEDGER_PEERS", default_value = "")]
-        peers: String,
-        #[arg(long, default_value_t = 1_000)]
-        snapshot_every: u64,
-        #[arg(long, default_value = "protocol")]
-        protocol_account: String,
+        #[arg(long, env = "OPENGRID_LEDGER_PEERS")]
+        peers: Option<String>,
+        /// Snapshot every this many applied entries (default 1000).
+        #[arg(long)]
+        snapshot_every: Option<u64>,
+        /// Account credited with the protocol share (default `protocol`).
+        #[arg(long)]
+        protocol_account: Option<String>,
         /// Exit when standard input closes (lets a parent process own the replica's lifetime).
         #[arg(long)]
         exit_on_stdin_eof: bool,
@@ -153,6 +163,7 @@ async fn shutdown_signal(exit_on_stdin_eof: bool) {
 pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
     match cmd {
         LedgerCmd::Replica {
+            config,
             id,
             addr,
             data_dir,
@@ -161,12 +172,26 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             protocol_account,
             exit_on_stdin_eof,
         } => {
-            let opts = ReplicaOptions {
-                peers: RaftNodeConfig::parse_peers(&peers)?,
-                protocol_account: Account::new(protocol_account)?,
-                snapshot_every,
-                ..ReplicaOptions::new(id, addr, data_dir)
-            };
+            let mut cfg = LedgerConfig::load(config.as_deref())?;
+            if let Some(id) = id {
+                cfg.id = id;
+            }
+            if let Some(addr) = addr {
+                cfg.addr = addr;
+            }
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(p) = peers {
+                cfg.set_peers_flag(&p);
+            }
+            if let Some(n) = snapshot_every {
+                cfg.snapshot_every = n;
+            }
+            if let Some(a) = protocol_account {
+                cfg.protocol_account = a;
+            }
+            let opts = cfg.replica_options()?;
             run_replica(opts, shutdown_signal(exit_on_stdin_eof)).await?;
         }
         LedgerCmd::Balance { account, addr } => {

@@ -27,6 +27,7 @@
 
 pub mod batcher;
 pub mod cli;
+pub mod config;
 pub mod did;
 pub mod error;
 pub mod keys;
@@ -38,6 +39,7 @@ pub mod split;
 #[doc(hidden)]
 pub mod testing;
 
+pub use config::{LedgerConfig, LedgerConfigError};
 pub use did::{Did, DidError};
 pub use error::SettlementError;
 pub use keys::Keypair;
