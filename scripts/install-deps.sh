@@ -5,7 +5,8 @@
 #
 #   scripts/install-deps.sh [build] [test] [bench]    (default: build)
 #     build  libclang-dev clang g++ (RocksDB and its bindgen), python3-venv (ONNX Runtime venv)
-#     test   chromium chromium-driver (the dashboard's browser test)
+#     test   chromium chromium-driver (the dashboard's browser test), curl jq (the operator
+#            quick start, run verbatim from the tarball)
 #     bench  etcd-server etcd-client (the settlement bench's baseline)
 #
 # Idempotent: installs only what is missing, and says what and why. As root it runs apt-get
@@ -30,7 +31,7 @@ wanted=()
 for s in "${sets[@]}"; do
   case "$s" in
     build) wanted+=(libclang-dev clang g++ python3-venv) ;;
-    test) wanted+=(chromium chromium-driver) ;;
+    test) wanted+=(chromium chromium-driver curl jq) ;;
     bench) wanted+=(etcd-server etcd-client) ;;
     *) log "unknown package set '$s' (build, test, bench)"; exit 2 ;;
   esac

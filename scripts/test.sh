@@ -3,8 +3,8 @@
 # workspace once (debug profile only), runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/env.sh
 scripts/install-deps.sh build test
+# shellcheck source=scripts/env.sh
 source scripts/env.sh
 og_setup
 og_log "building workspace (first build compiles RocksDB: ~15-25 min on 2 cores; later builds are incremental)"

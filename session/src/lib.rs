@@ -24,6 +24,7 @@
 
 pub mod checkpoint;
 pub mod did;
+pub mod dirs;
 pub mod ids;
 pub mod jurisdiction;
 pub mod keyfile;

@@ -76,7 +76,7 @@ impl Default for LedgerConfig {
             version: LEDGER_CONFIG_VERSION,
             id: 1,
             addr: "127.0.0.1:7801".into(),
-            data_dir: std::env::temp_dir().join("opengrid-ledger"),
+            data_dir: opengrid_session::dirs::default_data_dir("ledger"),
             peers: Vec::new(),
             snapshot_every: 1_000,
             protocol_account: Account::protocol().0,
