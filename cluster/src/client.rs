@@ -95,6 +95,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
+            .pool_idle_timeout(crate::common::serve::CLIENT_POOL_IDLE)
             .build()
             .unwrap_or_default();
         Client {

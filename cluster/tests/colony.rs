@@ -400,6 +400,79 @@ async fn two_nodes_on_one_data_dir_or_port_are_refused_with_the_field_to_change(
     rc.shutdown().await;
 }
 
+/// Reads until EOF or error; `true` when the peer closed the connection within `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slow_and_excess_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = rc_config(dir.path(), "colony-secret-4");
+    cfg.max_connections = 8;
+    cfg.header_timeout = HumanDuration::from_millis(400);
+    let rc = start_rc(cfg).await.unwrap();
+    let addr = rc.api_addr();
+    // Eight connections that send nothing, and one that sends half a request head (slowloris).
+    let mut idle = Vec::new();
+    for _ in 0..7 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Wait until the server holds all eight, then one more is closed on arrival.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut refused = false;
+    while !refused && Instant::now() < deadline {
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        refused = closed_within(&mut extra, Duration::from_millis(100)).await;
+    }
+    assert!(refused, "a ninth connection was kept open");
+    // The idle and the slow ones are closed after the header timeout (not kept forever).
+    for s in idle.iter_mut().chain(std::iter::once(&mut slow)) {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "an idle connection was kept open"
+        );
+    }
+    // Then the server answers again, and counted the refusal.
+    let client = Client::new(rc.api_url());
+    let metrics = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match reqwest::get(format!("{}/metrics", rc.api_url())).await {
+                Ok(r) => break r.text().await.unwrap(),
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "RC does not answer after the idle connections closed: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    assert!(
+        sample(&metrics, "opengrid_cluster_connections_refused_total").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(client.get("/health").await.unwrap()["status"], "ok");
+    rc.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_api_round_trip_and_malformed_requests() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@
 //! | `opengrid_cluster_admission_seconds` | histogram | time to decide one admission |
 //! | `opengrid_cluster_nodes_declared_dead_total` | counter | nodes declared dead by the RC |
 //! | `opengrid_cluster_join_refused_total{reason}` | counter | joins refused (bad signature, stale, wrong colony) |
+//! | `opengrid_cluster_connections_refused_total` | counter | client-API connections closed on arrival: `max_connections` were open |
 //! | `opengrid_cluster_lease_lost_total` | counter | times this node lost its lease and stopped serving |
 //! | `opengrid_cluster_replica_suspects_total` | counter | nodes taken out of replica sets because a primary's replica writes to them kept failing (rc) |
 //! | `opengrid_cluster_sessions_adopted_total` | counter | sessions the RC took into its directory from a holder's report (restarted RC, lost activation) |
@@ -52,6 +53,8 @@ pub struct Metrics {
     pub declared_dead: Counter<u64>,
     /// Joins refused.
     pub join_refused: Counter<u64>,
+    /// Client-API connections refused at the connection cap.
+    pub connections_refused: Counter<u64>,
     /// Leases lost.
     pub lease_lost: Counter<u64>,
     /// Sessions adopted from holding reports.
@@ -149,6 +152,12 @@ impl Metrics {
             join_refused: m
                 .u64_counter("opengrid_cluster_join_refused")
                 .with_description("join requests refused")
+                .build(),
+            connections_refused: m
+                .u64_counter("opengrid_cluster_connections_refused")
+                .with_description(
+                    "client-API connections closed on arrival: max_connections were open",
+                )
                 .build(),
             lease_lost: m
                 .u64_counter("opengrid_cluster_lease_lost")

@@ -86,6 +86,11 @@ pub struct NodeConfig {
     pub session_queue: usize,
     /// Largest request body accepted by the client API.
     pub max_body: ByteSize,
+    /// Open client-API connections at most; more are closed as they arrive.
+    pub max_connections: usize,
+    /// A client-API request head (or, on an idle connection, its first byte) must arrive within
+    /// this; slower or idle connections are closed.
+    pub header_timeout: HumanDuration,
     /// Sync (fsync) checkpoint writes.
     pub fsync: bool,
     /// Migration server (checkpoint replicas, handover target, X2 forwarding) listen address;
@@ -128,6 +133,8 @@ impl Default for NodeConfig {
             handler_threads: 2,
             session_queue: 1024,
             max_body: ByteSize(1 << 20),
+            max_connections: 1024,
+            header_timeout: HumanDuration::from_secs(30),
             fsync: true,
             migration_listen: "127.0.0.1:0".parse().expect("literal"),
             drain_timeout: HumanDuration::from_secs(60),
@@ -209,6 +216,12 @@ impl NodeConfig {
         }
         if self.max_body.0 < 1024 {
             return Err(invalid("max_body", "must be at least 1KiB"));
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return Err(invalid("max_connections", "must be 1..=1000000"));
+        }
+        if self.header_timeout.0 < std::time::Duration::from_millis(100) {
+            return Err(invalid("header_timeout", "must be at least 100ms"));
         }
         if self.rc_cluster.trim().is_empty() {
             return Err(invalid("rc_cluster", "must be host:port of the RC"));
@@ -293,5 +306,15 @@ mod tests {
             NodeConfig::from_toml_with_env("", &env),
             Err(ConfigError::UnknownEnv { .. })
         ));
+    }
+}
+
+impl NodeConfig {
+    /// The client-API connection limits.
+    pub fn serve_limits(&self) -> crate::common::serve::ServeLimits {
+        crate::common::serve::ServeLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout.0,
+        }
     }
 }

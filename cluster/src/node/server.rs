@@ -340,16 +340,10 @@ async fn boot_node(
             });
             let router = api::node_router(core.clone());
             let mut rx = stop_rx;
-            tokio::spawn(async move {
-                let r = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!("node client API stopped: {e}");
-                }
-            });
+            let (limits, refused) = (core.cfg.serve_limits(), core.metrics.connections_refused.clone());
+            tokio::spawn(crate::common::serve::serve(listener, router, limits, refused, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }));
             tracing::info!(node = %core.id(), name = %core.cfg.name, api = %api, jurisdiction = %core.cfg.jurisdiction, rc = %core.cfg.rc_cluster, "node started");
             Ok::<_, StartError>((core, api, stop, server, agent))
         })

@@ -54,6 +54,11 @@ pub struct RcConfig {
     pub place_timeout: HumanDuration,
     /// Largest request body accepted by the client API.
     pub max_body: ByteSize,
+    /// Open client-API connections at most; more are closed as they arrive.
+    pub max_connections: usize,
+    /// A client-API request head (or, on an idle connection, its first byte) must arrive within
+    /// this; slower or idle connections are closed.
+    pub header_timeout: HumanDuration,
     /// Accepted clock skew of signed join requests.
     pub join_max_skew: HumanDuration,
     /// Checkpoint replicas per session (k), chosen among nodes the manifest allows.
@@ -84,6 +89,8 @@ impl Default for RcConfig {
             control_threads: 1,
             place_timeout: HumanDuration::from_secs(5),
             max_body: ByteSize(1 << 20),
+            max_connections: 1024,
+            header_timeout: HumanDuration::from_secs(30),
             join_max_skew: HumanDuration::from_secs(60),
             replicas: 2,
             failover_parallelism: 64,
@@ -151,6 +158,12 @@ impl RcConfig {
         if self.max_body.0 < 1024 {
             return Err(invalid("max_body", "must be at least 1KiB"));
         }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return Err(invalid("max_connections", "must be 1..=1000000"));
+        }
+        if self.header_timeout.0 < std::time::Duration::from_millis(100) {
+            return Err(invalid("header_timeout", "must be at least 100ms"));
+        }
         if self.replicas > 16 {
             return Err(invalid("replicas", "must be 0..=16"));
         }
@@ -207,6 +220,16 @@ mod tests {
                 assert_eq!(config, "rc");
             }
             other => panic!("{other:?}"),
+        }
+    }
+}
+
+impl RcConfig {
+    /// The client-API connection limits.
+    pub fn serve_limits(&self) -> crate::common::serve::ServeLimits {
+        crate::common::serve::ServeLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout.0,
         }
     }
 }

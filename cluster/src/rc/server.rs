@@ -126,16 +126,10 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
                 .map_err(|e| StartError::Spawn(format!("RC actor: {e}")))?;
             let router = api::rc_router(c2.clone());
             let mut rx = stop_rx;
-            tokio::spawn(async move {
-                let r = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!("RC client API stopped: {e}");
-                }
-            });
+            let (limits, refused) = (c2.cfg.serve_limits(), c2.metrics.connections_refused.clone());
+            tokio::spawn(crate::common::serve::serve(listener, router, limits, refused, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }));
             if !wait_listening(cluster, Duration::from_secs(5)).await {
                 return Err(StartError::Spawn(format!("control plane not listening on {cluster}")));
             }

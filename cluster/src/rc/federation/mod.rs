@@ -262,6 +262,7 @@ pub async fn start(
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(c.remote_timeout.0)
+        .pool_idle_timeout(crate::common::serve::CLIENT_POOL_IDLE)
         .build()
         .map_err(|e| FederationError::Http(e.to_string()))?;
     let fed = Arc::new(Federation {
