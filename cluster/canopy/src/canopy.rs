@@ -175,6 +175,22 @@ pub enum PeerEvent {
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
+    /// Bounds on connections, so a flood of dials cannot exhaust the RC (see [`LIMITS`]).
+    limits: libp2p::connection_limits::Behaviour,
+}
+
+/// Connection bounds of a canopy endpoint: (pending incoming, established incoming, per peer).
+/// A canopy peers with tens of RCs; these leave room for that and refuse floods.
+pub const LIMITS: (u32, u32, u32) = (64, 512, 4);
+
+fn connection_limits() -> libp2p::connection_limits::Behaviour {
+    let (pending, incoming, per_peer) = LIMITS;
+    libp2p::connection_limits::Behaviour::new(
+        libp2p::connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(pending))
+            .with_max_established_incoming(Some(incoming))
+            .with_max_established_per_peer(Some(per_peer)),
+    )
 }
 
 enum Command {
@@ -330,6 +346,7 @@ impl Canopy {
             Behaviour {
                 gossipsub,
                 identify,
+                limits: connection_limits(),
             },
             peer_id,
             libp2p::swarm::Config::with_tokio_executor()
