@@ -89,6 +89,7 @@ pub const NODE: Template = Template {
         ("cluster_listen", "Control-plane listen address host:port (to the RC); port 0 picks a free one."),
         ("migration_listen", "Migration listen address host:port (replicas, handover, forwarding); port 0 = free."),
         ("rc_cluster", "The RC's control-plane address host:port (the RC's `cluster_listen`)."),
+        ("rc_id", "The RC's identity (did:mycel:..., `opengrid id --data-dir <rc data dir>`); join acks from any other RC are refused. Empty: the first RC whose signed ack answers."),
         ("colony_secret", "Colony secret, 8..=256 bytes, same on RC and nodes; set OPENGRID_COLONY_SECRET instead."),
         ("heartbeat_period", "Heartbeat period to the RC, 5ms..=60s."),
         ("lease", "Lease asked of the RC, at least 3 heartbeat periods; serving stops when it runs out."),

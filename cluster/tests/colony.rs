@@ -400,6 +400,117 @@ async fn two_nodes_on_one_data_dir_or_port_are_refused_with_the_field_to_change(
     rc.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_control_messages_are_refused_and_a_dead_node_stays_dead() {
+    use opengrid_cluster::common::identity::Identity;
+    use opengrid_cluster::common::seal::{Seal, Sealed};
+    use opengrid_cluster::common::wire::{self, RcMsg, ToRc};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "colony-secret-5";
+    let rc = start_rc(rc_config(dir.path(), secret)).await.unwrap();
+    let victim = start_node(node_config(dir.path(), &rc, "victim", "DE", secret), setup)
+        .await
+        .unwrap();
+    let client = Client::new(rc.api_url());
+    wait_members(&client, 1, Duration::from_secs(20)).await;
+    let victim_id = victim.core().id();
+    // Someone holding the colony secret (here: in the same process) reaches the RC actor.
+    let rc_actor = || {
+        let cells = ractor::pg::get_scoped_members(
+            &wire::PG_SCOPE.to_string(),
+            &wire::pg_rc("local", secret),
+        );
+        ractor::ActorRef::<RcMsg>::from(cells.into_iter().next().expect("the RC actor"))
+    };
+    let heartbeat = |seq| ToRc::Heartbeat {
+        node: victim_id,
+        seq,
+        sessions: 0,
+        rtt_us: 1,
+        warm: vec![],
+    };
+    // Unsealed, MAC-sealed with a made-up tag, and a stranger's join sent in the victim's name.
+    rc_actor()
+        .cast(RcMsg::wire(Sealed {
+            from: victim_id,
+            seal: Seal::None,
+            msg: heartbeat(1),
+        }))
+        .unwrap();
+    rc_actor()
+        .cast(RcMsg::wire(Sealed {
+            from: victim_id,
+            seal: Seal::Mac {
+                ctr: u64::MAX,
+                tag: [7; 32],
+            },
+            msg: heartbeat(2),
+        }))
+        .unwrap();
+    let stranger = Identity::generate();
+    rc_actor()
+        .cast(RcMsg::wire(Sealed {
+            from: stranger.id(),
+            seal: Seal::Mac {
+                ctr: 1,
+                tag: [7; 32],
+            },
+            msg: heartbeat(3),
+        }))
+        .unwrap();
+    let refused = |m: &str, reason: &str| {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("opengrid_cluster_control_refused_total")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = reqwest::get(format!("{}/metrics", rc.api_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if refused(&m, "not_allowed") >= 1.0
+            && refused(&m, "bad_mac") >= 1.0
+            && refused(&m, "no_link") >= 1.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forged messages not all refused: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The victim dies; forged heartbeats in its name (every 50 ms) do not keep it alive.
+    victim.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seq = 10;
+    loop {
+        seq += 1;
+        let _ = rc_actor().cast(RcMsg::wire(Sealed {
+            from: victim_id,
+            seal: Seal::None,
+            msg: heartbeat(seq),
+        }));
+        let st = client.get("/status").await.unwrap();
+        if st["members"][0]["state"] == "dead" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a dead node kept alive by forged heartbeats: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rc.shutdown().await;
+}
+
 /// Reads until EOF or error; `true` when the peer closed the connection within `within`.
 async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
     use tokio::io::AsyncReadExt;

@@ -9,6 +9,7 @@
 //! | `opengrid_cluster_admission_seconds` | histogram | time to decide one admission |
 //! | `opengrid_cluster_nodes_declared_dead_total` | counter | nodes declared dead by the RC |
 //! | `opengrid_cluster_join_refused_total{reason}` | counter | joins refused (bad signature, stale, wrong colony) |
+//! | `opengrid_cluster_control_refused_total{reason}` | counter | control messages refused: bad MAC, replay, no link, wrong claimed sender, bad signature |
 //! | `opengrid_cluster_connections_refused_total` | counter | client-API connections closed on arrival: `max_connections` were open |
 //! | `opengrid_cluster_lease_lost_total` | counter | times this node lost its lease and stopped serving |
 //! | `opengrid_cluster_replica_suspects_total` | counter | nodes taken out of replica sets because a primary's replica writes to them kept failing (rc) |
@@ -55,6 +56,8 @@ pub struct Metrics {
     pub join_refused: Counter<u64>,
     /// Client-API connections refused at the connection cap.
     pub connections_refused: Counter<u64>,
+    /// Control messages refused by their seal.
+    pub control_refused: Counter<u64>,
     /// Leases lost.
     pub lease_lost: Counter<u64>,
     /// Sessions adopted from holding reports.
@@ -152,6 +155,12 @@ impl Metrics {
             join_refused: m
                 .u64_counter("opengrid_cluster_join_refused")
                 .with_description("join requests refused")
+                .build(),
+            control_refused: m
+                .u64_counter("opengrid_cluster_control_refused")
+                .with_description(
+                    "control messages refused: bad MAC, replay, no link, wrong sender",
+                )
                 .build(),
             connections_refused: m
                 .u64_counter("opengrid_cluster_connections_refused")

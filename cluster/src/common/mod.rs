@@ -9,6 +9,7 @@ pub mod identity;
 pub mod metrics;
 pub mod receipts;
 pub mod runtime;
+pub mod seal;
 pub mod serve;
 pub mod spec;
 pub mod throttle;

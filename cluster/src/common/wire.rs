@@ -10,6 +10,7 @@ use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::common::identity::{Identity, IdentityError, NodeId};
+use crate::common::seal::Sealed;
 use crate::common::spec::NodeSpec;
 
 /// Largest control-plane message decoded.
@@ -56,6 +57,9 @@ pub struct JoinBody {
     pub unix_ms: u64,
     /// Random nonce.
     pub nonce: u64,
+    /// The node's ephemeral X25519 public key for this join's control link
+    /// ([`crate::common::seal`]).
+    pub kx: [u8; 32],
 }
 
 /// A join request: body + ed25519 signature by the node's identity key.
@@ -140,6 +144,27 @@ pub fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+impl ToRc {
+    /// The sender a message claims (every message but a join names it; a join's signer is its
+    /// `spec.id`, checked by [`JoinRequest::verify`]).
+    pub fn claimed_sender(&self) -> Option<NodeId> {
+        match self {
+            ToRc::Join(_) => None,
+            ToRc::Heartbeat { node, .. }
+            | ToRc::Started { node, .. }
+            | ToRc::Closed { node, .. }
+            | ToRc::Receipts { node, .. }
+            | ToRc::Lookup { node, .. }
+            | ToRc::Activated { node, .. }
+            | ToRc::PlanHandover { node, .. }
+            | ToRc::Draining { node }
+            | ToRc::Holding { node, .. }
+            | ToRc::ReplicaTrouble { node, .. }
+            | ToRc::Released { node, .. } => Some(*node),
+        }
+    }
 }
 
 /// Node → RC.
@@ -316,6 +341,10 @@ pub enum ToNode {
         rc_api: String,
         /// The RC's id.
         rc: NodeId,
+        /// The join's nonce (an ack answers one join).
+        nonce: u64,
+        /// The RC's ephemeral X25519 public key (when accepted): with the join's, the link key.
+        kx: Option<[u8; 32]>,
     },
     /// Lease grant answering heartbeat `seq`.
     Lease {
@@ -433,17 +462,17 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
 
 macro_rules! wire_message {
     ($msg:ident, $wire:ty, $local:ty) => {
-        /// Actor message: a network message or a local-only one.
+        /// Actor message: a network message (sealed, [`crate::common::seal`]) or a local-only one.
         pub enum $msg {
             /// Crossed (or may cross) the network.
-            Wire(Box<$wire>),
+            Wire(Box<Sealed<$wire>>),
             /// Never leaves the process.
             Local($local),
         }
 
         impl $msg {
-            /// Wraps a network message.
-            pub fn wire(w: $wire) -> Self {
+            /// Wraps a sealed network message.
+            pub fn wire(w: Sealed<$wire>) -> Self {
                 $msg::Wire(Box::new(w))
             }
         }
@@ -518,6 +547,7 @@ mod tests {
             },
             unix_ms: 1_000_000,
             nonce: 7,
+            kx: [9; 32],
         }
     }
 

@@ -72,6 +72,9 @@ pub struct NodeConfig {
     pub cluster_listen: SocketAddr,
     /// The RC's control-plane address.
     pub rc_cluster: String,
+    /// The RC's identity (`did:mycel:…`, `opengrid id --data-dir <rc data dir>`): the node
+    /// accepts join acks only from it. Empty: the first RC whose signed ack answers a join.
+    pub rc_id: String,
     /// The colony secret (ractor_cluster cookie). Keep it out of the file: `OPENGRID_COLONY_SECRET`.
     pub colony_secret: String,
     /// Heartbeat period to the RC.
@@ -126,6 +129,7 @@ impl Default for NodeConfig {
             api_listen: "127.0.0.1:7700".parse().expect("literal"),
             cluster_listen: "127.0.0.1:0".parse().expect("literal"),
             rc_cluster: DEFAULT_RC_CLUSTER.into(),
+            rc_id: String::new(),
             colony_secret: "opengrid-local-colony".into(),
             heartbeat_period: HumanDuration::from_millis(100),
             lease: HumanDuration::from_secs(1),
@@ -222,6 +226,11 @@ impl NodeConfig {
         }
         if self.header_timeout.0 < std::time::Duration::from_millis(100) {
             return Err(invalid("header_timeout", "must be at least 100ms"));
+        }
+        if !self.rc_id.is_empty() {
+            if let Err(e) = crate::common::identity::NodeId::parse(&self.rc_id) {
+                return Err(invalid("rc_id", format!("not a did:mycel identity: {e}")));
+            }
         }
         if self.rc_cluster.trim().is_empty() {
             return Err(invalid("rc_cluster", "must be host:port of the RC"));

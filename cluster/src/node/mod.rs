@@ -48,6 +48,7 @@ use tokio::sync::oneshot;
 use crate::common::failure::Lease;
 use crate::common::identity::{Identity, NodeId};
 use crate::common::metrics::Metrics;
+use crate::common::seal::{Seal, SealError, Sealed};
 use crate::common::spec::NodeSpec;
 use crate::common::wire::pick;
 use crate::common::wire::{self, JoinBody, JoinRequest, NodeLocal, NodeMsg, RcMsg, ToNode, ToRc};
@@ -59,6 +60,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Where a looked-up session lives: `(api, epoch)`.
 type LookupReply = oneshot::Sender<Option<(String, u64)>>;
+
+/// A signed message from the RC (join ack, eviction) older or newer than this is refused.
+pub const SIGNED_MAX_SKEW_MS: u64 = 30_000;
 
 /// Membership state of this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +118,12 @@ pub struct NodeCore {
     pub(crate) faults: std::sync::OnceLock<Arc<crate::node::faults::FaultControl>>,
     /// Why the node is outside the colony, said in the log and `/health`.
     pub(crate) join_watch: crate::node::join_watch::JoinWatch,
+    /// The control link with the RC (set by an accepted join ack).
+    link: Mutex<Option<crate::common::seal::Link>>,
+    /// The pending join's nonce and key offer.
+    offer: Mutex<Option<(u64, crate::common::seal::KeyOffer)>>,
+    /// The RC this node trusts (`rc_id`), if configured.
+    rc_pin: Option<NodeId>,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -138,6 +148,8 @@ impl NodeCore {
             cfg.receipts.window.0,
             spec.price_micros_per_input,
         );
+        // Validated by the config (empty: not pinned).
+        let rc_pin = NodeId::parse(&cfg.rc_id).ok();
         NodeCore {
             cfg,
             identity,
@@ -165,6 +177,9 @@ impl NodeCore {
             faults: std::sync::OnceLock::new(),
             trouble_sent: Mutex::new(None),
             join_watch: Default::default(),
+            link: Mutex::new(None),
+            offer: Mutex::new(None),
+            rc_pin,
         }
     }
 
@@ -367,14 +382,93 @@ impl NodeCore {
         self.send_rc(m)
     }
 
+    /// Sends to the RC: a join unsealed (it is signed), everything else MAC-sealed on the
+    /// control link ([`crate::common::seal`]); nothing but a join is sent without a link.
     fn send_rc(&self, m: ToRc) -> bool {
         let group = wire::pg_rc(&self.cfg.colony, &self.cfg.colony_secret);
-        match pick::<RcMsg>(ractor::pg::get_scoped_members(
+        let Some(r) = pick::<RcMsg>(ractor::pg::get_scoped_members(
             &wire::PG_SCOPE.to_string(),
             &group,
-        )) {
-            Some(r) => r.cast(RcMsg::wire(m)).is_ok(),
+        )) else {
+            return false;
+        };
+        if matches!(m, ToRc::Join(_)) {
+            let s = Sealed {
+                from: self.id(),
+                seal: Seal::None,
+                msg: m,
+            };
+            return r.cast(RcMsg::wire(s)).is_ok();
+        }
+        // Sealed and sent under the lock: counters go out in order.
+        let mut link = lock(&self.link);
+        match link.as_mut() {
+            Some(l) => r.cast(RcMsg::wire(l.seal(self.id(), m))).is_ok(),
             None => false,
+        }
+    }
+
+    /// Handles one sealed message from the RC: a MAC-sealed one on the control link, or a signed
+    /// join ack (for the pending join; it sets up the link) or eviction; anything else is refused
+    /// and counted (`opengrid_cluster_control_refused_total{reason}`).
+    pub fn on_sealed(self: &Arc<Self>, s: Sealed<ToNode>) {
+        let checked = match &s.seal {
+            Seal::Mac { .. } => match lock(&self.link).as_mut() {
+                Some(l) => l.open(&s),
+                None => Err(SealError::NoLink(s.from.did())),
+            },
+            Seal::Sig { .. } => self.check_signed(&s),
+            Seal::None => Err(SealError::NotAllowed("unsealed message from the RC")),
+        };
+        if let Err(e) = checked {
+            self.metrics
+                .control_refused
+                .add(1, &[opentelemetry::KeyValue::new("reason", e.reason())]);
+            tracing::debug!(from = %s.from, error = %e, "control message refused");
+            return;
+        }
+        self.on_message(s.msg);
+    }
+
+    fn check_signed(&self, s: &Sealed<ToNode>) -> Result<(), SealError> {
+        crate::common::seal::verify_signed(s, &self.id(), wire::unix_ms(), SIGNED_MAX_SKEW_MS)?;
+        if let Some(pin) = &self.rc_pin {
+            if *pin != s.from {
+                return Err(SealError::UntrustedRc {
+                    got: s.from.did(),
+                    want: pin.did(),
+                });
+            }
+        }
+        match &s.msg {
+            ToNode::JoinAck {
+                nonce, kx, refused, ..
+            } => {
+                let mut offer = lock(&self.offer);
+                let Some((pending, o)) = offer.as_ref() else {
+                    return Err(SealError::NotAllowed("a join ack without a pending join"));
+                };
+                if pending != nonce {
+                    return Err(SealError::NotAllowed("a join ack for another join"));
+                }
+                if refused.is_none() {
+                    let Some(kx) = kx else {
+                        return Err(SealError::NotAllowed("an accepting join ack without a key"));
+                    };
+                    let key = o.link_key(kx, &self.id(), &s.from, &o.public, kx, *nonce)?;
+                    *lock(&self.link) = Some(crate::common::seal::Link::new(key, s.from));
+                    *offer = None;
+                }
+                Ok(())
+            }
+            ToNode::Evicted { .. } => match lock(&self.link).as_ref() {
+                // An eviction from the RC we are linked to (it lost our link: it restarted).
+                Some(l) if l.peer == s.from => Ok(()),
+                _ => Err(SealError::NoLink(s.from.did())),
+            },
+            _ => Err(SealError::NotAllowed(
+                "only a join ack or an eviction may come signed",
+            )),
         }
     }
 
@@ -474,12 +568,15 @@ impl NodeCore {
     }
 
     fn send_join(&self, now: Instant) {
+        let offer = crate::common::seal::KeyOffer::new();
         let body = JoinBody {
             colony: self.cfg.colony.clone(),
             spec: self.spec.clone(),
             unix_ms: wire::unix_ms(),
             nonce: rand::random(),
+            kx: offer.public,
         };
+        *lock(&self.offer) = Some((body.nonce, offer));
         let req = JoinRequest::sign(&self.identity, &body);
         if self.send_rc(ToRc::Join(req)) {
             *lock(&self.membership) = Membership::Joining;
@@ -516,6 +613,7 @@ impl NodeCore {
                 refused,
                 rc_api,
                 rc,
+                ..
             } => match refused {
                 None => {
                     tracing::info!(rc = %rc, rc_api = %rc_api, "joined colony");
@@ -738,7 +836,7 @@ impl Actor for NodeAgent {
         _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            NodeMsg::Wire(w) => self.core.on_message(*w),
+            NodeMsg::Wire(w) => self.core.on_sealed(*w),
             NodeMsg::Local(NodeLocal::Tick) => self.core.tick(),
         }
         Ok(())

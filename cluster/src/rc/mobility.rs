@@ -26,10 +26,10 @@ use opengrid_session::{jurisdiction, Epoch, Manifest, SessionId};
 use opentelemetry::KeyValue;
 
 use crate::common::identity::NodeId;
-use crate::common::wire::{HandoverTarget, Held, NodeMsg, ToNode};
+use crate::common::wire::{HandoverTarget, Held, ToNode};
 use crate::rc::admission::Requirements;
 use crate::rc::events::ColonyEvent;
-use crate::rc::{node_ref, DirState, RcCore, RcState};
+use crate::rc::{DirState, RcCore, RcState};
 
 /// What a holding report's entry leads to.
 enum Verdict {
@@ -219,9 +219,7 @@ impl RcCore {
         if let Err(why) = &plan {
             tracing::info!(%session, %why, "no handover target");
         }
-        if let Some(r) = node_ref(&node) {
-            let _ = r.cast(NodeMsg::wire(ToNode::HandoverPlan { req, plan }));
-        }
+        let _ = self.send_node(&node, ToNode::HandoverPlan { req, plan });
     }
 
     fn plan_handover(
@@ -348,11 +346,14 @@ impl RcCore {
             .get(&sid)
             .and_then(|e| e.manifest.as_ref().map(|m| m.to_json_string()));
         drop(st);
-        if let (Some(manifest), Some(r)) = (manifest, node_ref(&node)) {
-            let _ = r.cast(NodeMsg::wire(ToNode::Manifest {
-                session: sid.to_string(),
-                manifest,
-            }));
+        if let Some(manifest) = manifest {
+            let _ = self.send_node(
+                &node,
+                ToNode::Manifest {
+                    session: sid.to_string(),
+                    manifest,
+                },
+            );
         }
     }
 
@@ -415,22 +416,24 @@ impl RcCore {
         // Former holders of what was adopted at a newer epoch stop at once (not at their next
         // report): e.g. a restarted RC that adopted a stale copy from the first report.
         for (old, session, epoch) in elsewhere {
-            if let Some(r) = node_ref(&old) {
-                let _ = r.cast(NodeMsg::wire(ToNode::HoldingAck {
+            let _ = self.send_node(
+                &old,
+                ToNode::HoldingAck {
                     report: 0,
                     drop: vec![(session, epoch)],
-                }));
-            }
+                },
+            );
         }
         if !rejoin && drop.is_empty() {
             return;
         }
-        if let Some(r) = node_ref(&node) {
-            let _ = r.cast(NodeMsg::wire(ToNode::HoldingAck {
+        let _ = self.send_node(
+            &node,
+            ToNode::HoldingAck {
                 report: if rejoin { report } else { 0 },
                 drop,
-            }));
-        }
+            },
+        );
     }
 
     /// [`Self::reconcile_all`] without the drops for other nodes.
@@ -617,13 +620,16 @@ impl RcCore {
         if e.state != DirState::Active {
             return Err(format!("{sid} is {:?}, not active", e.state));
         }
-        let r = node_ref(&e.node).ok_or("holder not reachable")?;
-        r.cast(NodeMsg::wire(ToNode::Handover {
-            session: sid.to_string(),
-            target,
-        }))
-        .map_err(|e| e.to_string())?;
-        Ok(e.node_name.clone())
+        let (holder, name) = (e.node, e.node_name.clone());
+        drop(st);
+        self.send_node(
+            &holder,
+            ToNode::Handover {
+                session: sid.to_string(),
+                target,
+            },
+        )?;
+        Ok(name)
     }
 }
 
@@ -745,21 +751,23 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
         }
     }
     for (holder, sid, addrs) in repairs {
-        if let Some(r) = node_ref(&holder) {
-            let _ = r.cast(NodeMsg::wire(ToNode::Replicas {
+        let _ = core.send_node(
+            &holder,
+            ToNode::Replicas {
                 session: sid.to_string(),
                 replicas: addrs,
-            }));
-        }
+            },
+        );
     }
     for (node, sid) in rebalance {
         tracing::info!(%node, session = %sid, "rebalancing: node over 90% of its capacity");
-        if let Some(r) = node_ref(&node) {
-            let _ = r.cast(NodeMsg::wire(ToNode::Handover {
+        let _ = core.send_node(
+            &node,
+            ToNode::Handover {
                 session: sid.to_string(),
                 target: None,
-            }));
-        }
+            },
+        );
     }
     for sid in todo {
         let c = core.clone();

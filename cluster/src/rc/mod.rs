@@ -214,6 +214,10 @@ pub struct RcCore {
     pub(crate) replica_shortfall_log: Throttle,
     /// The live event feed (`GET /ui/events`).
     pub events: crate::rc::events::EventFeed,
+    /// Control links with joined nodes ([`crate::common::seal`]).
+    links: Mutex<HashMap<NodeId, crate::common::seal::Link>>,
+    /// Refused control messages, logged at most every 10 s.
+    refused_log: Throttle,
 }
 
 impl std::fmt::Debug for RcCore {
@@ -254,6 +258,8 @@ impl RcCore {
             settlement,
             replica_shortfall_log: Throttle::new(Duration::from_secs(30)),
             events: Default::default(),
+            links: Mutex::new(HashMap::new()),
+            refused_log: Throttle::new(Duration::from_secs(10)),
         }
     }
 
@@ -307,7 +313,73 @@ impl RcCore {
         }
     }
 
-    /// Handles one control-plane message.
+    /// Sends `msg` to a node: MAC-sealed on its control link, or — for a join ack or an
+    /// eviction of a node without a link — signed by this RC's identity.
+    pub(crate) fn send_node(&self, node: &NodeId, msg: ToNode) -> Result<(), String> {
+        let r = node_ref(node).ok_or_else(|| "node agent not reachable".to_string())?;
+        let mut links = lock(&self.links);
+        let sealed = match (links.get_mut(node), &msg) {
+            (_, ToNode::JoinAck { .. }) | (None, ToNode::Evicted { .. }) => {
+                crate::common::seal::sign(&self.identity, node, wire::unix_ms(), msg)
+            }
+            (Some(link), _) => link.seal(self.id(), msg),
+            (None, _) => return Err(format!("no control link with {node}")),
+        };
+        // Sent under the lock: counters go out in order.
+        r.cast(NodeMsg::wire(sealed)).map_err(|e| e.to_string())
+    }
+
+    /// Handles one sealed control-plane message: checks its seal and that its claimed sender is
+    /// the authenticated one, then [`Self::on_message`]. Refusals are counted
+    /// (`opengrid_cluster_control_refused_total{reason}`); a node without a link is told to join.
+    pub fn on_sealed(&self, s: crate::common::seal::Sealed<ToRc>) {
+        use crate::common::seal::{Seal, SealError};
+        let checked = match (&s.seal, &s.msg) {
+            (Seal::None, ToRc::Join(j)) => match wire::decode::<wire::JoinBody>(&j.body) {
+                Ok(b) if b.spec.id == s.from => Ok(()),
+                Ok(b) => Err(SealError::WrongSender {
+                    authenticated: b.spec.id.did(),
+                    claimed: s.from.did(),
+                }),
+                // Undecodable: `on_join` refuses and counts it.
+                Err(_) => Ok(()),
+            },
+            (Seal::Mac { .. }, _) => match lock(&self.links).get_mut(&s.from) {
+                Some(link) => link.open(&s),
+                None => Err(SealError::NoLink(s.from.did())),
+            },
+            _ => Err(SealError::NotAllowed("only a join may be unsealed")),
+        }
+        .and_then(|()| match s.msg.claimed_sender() {
+            Some(c) if c != s.from => Err(SealError::WrongSender {
+                authenticated: s.from.did(),
+                claimed: c.did(),
+            }),
+            _ => Ok(()),
+        });
+        if let Err(e) = checked {
+            self.metrics
+                .control_refused
+                .add(1, &[KeyValue::new("reason", e.reason())]);
+            if let Some(repeats) = self.refused_log.allow(Instant::now()) {
+                tracing::warn!(from = %s.from, error = %e, repeats, "control message refused");
+            }
+            // A heartbeat from a node we have no link with (this RC restarted): tell it to join
+            // again, signed, so that it does not wait for its lease to run out.
+            if matches!(e, SealError::NoLink(_)) && matches!(s.msg, ToRc::Heartbeat { .. }) {
+                let _ = self.send_node(
+                    &s.from,
+                    ToNode::Evicted {
+                        reason: "no control link with this RC: join again".into(),
+                    },
+                );
+            }
+            return;
+        }
+        self.on_message(s.msg);
+    }
+
+    /// Handles one control-plane message (already authenticated: [`Self::on_sealed`]).
     pub fn on_message(&self, msg: ToRc) {
         match msg {
             ToRc::Join(req) => self.on_join(req),
@@ -355,9 +427,7 @@ impl RcCore {
                         refused: Vec::new(),
                     },
                 };
-                if let Some(r) = node_ref(&node) {
-                    let _ = r.cast(NodeMsg::wire(ack));
-                }
+                let _ = self.send_node(&node, ack);
             }
             ToRc::Activated {
                 node,
@@ -393,9 +463,7 @@ impl RcCore {
                         .filter(|e| e.state != DirState::Orphaned)
                         .map(|e| (e.address.clone(), e.epoch.0))
                 });
-                if let Some(r) = node_ref(&node) {
-                    let _ = r.cast(NodeMsg::wire(ToNode::LookupReply { req, location }));
-                }
+                let _ = self.send_node(&node, ToNode::LookupReply { req, location });
             }
         }
     }
@@ -412,21 +480,45 @@ impl RcCore {
                 self.metrics
                     .join_refused
                     .add(1, &[KeyValue::new("reason", join_reason(&e))]);
-                // Tell the claimed node, if we can find it (the claim is unverified: a refusal only).
+                // Tell the claimed node, if we can find it (the claim is unverified: a refusal
+                // only, signed by the RC, so nobody else can forge one).
                 if let Ok(b) = wire::decode::<wire::JoinBody>(&req.body) {
-                    if let Some(r) = node_ref(&b.spec.id) {
-                        let _ = r.cast(NodeMsg::wire(ToNode::JoinAck {
+                    let _ = self.send_node(
+                        &b.spec.id,
+                        ToNode::JoinAck {
                             refused: Some(e.to_string()),
                             rc_api: self.api(),
                             rc: self.id(),
-                        }));
-                    }
+                            nonce: b.nonce,
+                            kx: None,
+                        },
+                    );
                 }
                 return;
             }
         };
         let spec = body.spec;
         let id = spec.id;
+        // The control link with this node: the key from the join's and our X25519 halves.
+        let offer = crate::common::seal::KeyOffer::new();
+        let key = match offer.link_key(
+            &body.kx,
+            &id,
+            &self.id(),
+            &body.kx,
+            &offer.public,
+            body.nonce,
+        ) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(node = %id, error = %e, "join refused");
+                self.metrics
+                    .join_refused
+                    .add(1, &[KeyValue::new("reason", "key_exchange")]);
+                return;
+            }
+        };
+        lock(&self.links).insert(id, crate::common::seal::Link::new(key, id));
         {
             let mut st = lock(&self.state);
             // What the directory places on a (re)joining node is settled by its holding report
@@ -454,15 +546,15 @@ impl RcCore {
             let alive = st.members.values().filter(|m| m.alive).count();
             self.metrics.members.record(alive as u64, &[]);
         }
-        match node_ref(&id) {
-            Some(r) => {
-                let _ = r.cast(NodeMsg::wire(ToNode::JoinAck {
-                    refused: None,
-                    rc_api: self.api(),
-                    rc: self.id(),
-                }));
-            }
-            None => tracing::warn!(node = %id, "joined node has no reachable agent yet"),
+        let ack = ToNode::JoinAck {
+            refused: None,
+            rc_api: self.api(),
+            rc: self.id(),
+            nonce: body.nonce,
+            kx: Some(offer.public),
+        };
+        if let Err(e) = self.send_node(&id, ack) {
+            tracing::warn!(node = %id, error = %e, "joined node has no reachable agent yet");
         }
     }
 
@@ -489,9 +581,7 @@ impl RcCore {
                 },
             }
         };
-        if let Some(r) = node_ref(&node) {
-            let _ = r.cast(NodeMsg::wire(reply));
-        }
+        let _ = self.send_node(&node, reply);
     }
 
     /// Failure-detector tick: declares silent nodes dead and orphans their sessions once the lease
@@ -676,18 +766,20 @@ impl RcCore {
         replicas: Vec<String>,
         restore_from: Vec<String>,
     ) -> Result<(), String> {
-        let target = node_ref(node).ok_or_else(|| "node agent not reachable".to_string())?;
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(req, tx);
-        let sent = target.cast(NodeMsg::wire(ToNode::Start {
-            req,
-            session: sid.to_string(),
-            epoch: epoch.0,
-            manifest: m.to_json_string(),
-            replicas,
-            restore_from,
-        }));
+        let sent = self.send_node(
+            node,
+            ToNode::Start {
+                req,
+                session: sid.to_string(),
+                epoch: epoch.0,
+                manifest: m.to_json_string(),
+                replicas,
+                restore_from,
+            },
+        );
         if let Err(e) = sent {
             lock(&self.pending).remove(&req);
             return Err(format!("cannot send placement order: {e}"));
@@ -813,7 +905,7 @@ impl Actor for RcActor {
         _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RcMsg::Wire(w) => self.core.on_message(*w),
+            RcMsg::Wire(w) => self.core.on_sealed(*w),
             RcMsg::Local(RcLocal::Tick) => {
                 self.core.tick(Instant::now());
                 crate::rc::mobility::tick(&self.core, Instant::now());

@@ -50,6 +50,7 @@ fn join(core: &RcCore, nodes: &[(&str, u16)]) -> Vec<NodeId> {
             spec: spec(&id, name, *port),
             unix_ms: crate::common::wire::unix_ms(),
             nonce: rand::random(),
+            kx: crate::common::seal::KeyOffer::new().public,
         };
         core.on_message(crate::common::wire::ToRc::Join(JoinRequest::sign(
             &id, &body,
