@@ -249,7 +249,7 @@ impl Link {
             return Err(SealError::NoLink(s.from.did()));
         }
         let want = tag(&self.key, &s.from, *ctr, &encode(&s.msg));
-        if !bool::from(constant_time_eq(&want, got)) {
+        if !constant_time_eq(&want, got) {
             return Err(SealError::BadMac(s.from.did()));
         }
         if *ctr <= self.seen {

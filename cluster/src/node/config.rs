@@ -246,6 +246,16 @@ impl NodeConfig {
     }
 }
 
+impl NodeConfig {
+    /// The client-API connection limits.
+    pub fn serve_limits(&self) -> crate::common::serve::ServeLimits {
+        crate::common::serve::ServeLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout.0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,15 +325,5 @@ mod tests {
             NodeConfig::from_toml_with_env("", &env),
             Err(ConfigError::UnknownEnv { .. })
         ));
-    }
-}
-
-impl NodeConfig {
-    /// The client-API connection limits.
-    pub fn serve_limits(&self) -> crate::common::serve::ServeLimits {
-        crate::common::serve::ServeLimits {
-            max_connections: self.max_connections,
-            header_timeout: self.header_timeout.0,
-        }
     }
 }

@@ -178,6 +178,16 @@ impl RcConfig {
     }
 }
 
+impl RcConfig {
+    /// The client-API connection limits.
+    pub fn serve_limits(&self) -> crate::common::serve::ServeLimits {
+        crate::common::serve::ServeLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout.0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,16 +230,6 @@ mod tests {
                 assert_eq!(config, "rc");
             }
             other => panic!("{other:?}"),
-        }
-    }
-}
-
-impl RcConfig {
-    /// The client-API connection limits.
-    pub fn serve_limits(&self) -> crate::common::serve::ServeLimits {
-        crate::common::serve::ServeLimits {
-            max_connections: self.max_connections,
-            header_timeout: self.header_timeout.0,
         }
     }
 }
