@@ -63,6 +63,9 @@ pub struct RcConfig {
     pub join_max_skew: HumanDuration,
     /// Checkpoint replicas per session (k), chosen among nodes the manifest allows.
     pub replicas: usize,
+    /// Colony floor of `migration.min_copies`: every session's manifest is raised to at least
+    /// this many copies beyond the holder (0: the manifest decides). At most `replicas`.
+    pub min_copies: u32,
     /// Sessions restored at once after a node is declared dead.
     pub failover_parallelism: usize,
     /// Canopy and federation (`[canopy]`, see [`crate::rc::federation::CanopySection`]); off by default.
@@ -93,6 +96,7 @@ impl Default for RcConfig {
             header_timeout: HumanDuration::from_secs(30),
             join_max_skew: HumanDuration::from_secs(60),
             replicas: 2,
+            min_copies: 0,
             failover_parallelism: 64,
             canopy: crate::rc::federation::CanopySection::default(),
             settlement: crate::rc::settlement::SettlementSection::default(),
@@ -166,6 +170,15 @@ impl RcConfig {
         }
         if self.replicas > 16 {
             return Err(invalid("replicas", "must be 0..=16"));
+        }
+        if self.min_copies as usize > self.replicas {
+            return Err(invalid(
+                "min_copies",
+                format!(
+                    "{} exceeds replicas = {}: no session could ever be acknowledged",
+                    self.min_copies, self.replicas
+                ),
+            ));
         }
         if self.failover_parallelism == 0 || self.failover_parallelism > 4096 {
             return Err(invalid("failover_parallelism", "must be 1..=4096"));
