@@ -967,7 +967,7 @@ impl Actor for RcActor {
     async fn pre_start(&self, myself: ActorRef<RcMsg>, _: ()) -> Result<(), ActorProcessingErr> {
         ractor::pg::join_scoped(
             wire::PG_SCOPE.to_string(),
-            wire::pg_rc(&self.core.cfg.colony, &self.core.cfg.colony_secret),
+            wire::pg_rc(&self.core.cfg.colony, self.core.cfg.secret()),
             vec![myself.get_cell()],
         );
         if let Some(s) = self.core.settlement() {
