@@ -1042,7 +1042,10 @@ async fn a_store_without_fsync_never_answers_durable() {
     let host = host_with(store, 3).await;
     for (name, policy) in [
         ("sync", CheckpointPolicy::synchronous()),
-        ("periodic", CheckpointPolicy::periodic(Duration::from_millis(1))),
+        (
+            "periodic",
+            CheckpointPolicy::periodic(Duration::from_millis(1)),
+        ),
     ] {
         let s = host
             .start(Arc::new(Folder::default()), sid(name), Epoch(1), policy)

@@ -481,12 +481,11 @@ pub fn render_cmd(cmd: &InitCmd) -> Result<String, InitError> {
             let mut c = RcConfig::default();
             let flags = set.apply(&mut c);
             let text = render(&RC, &command_line("rc", &flags), &c)?;
-            let back = RcConfig::from_toml_with_env(&text, &secret_from_env(c.dev)).map(|b| {
-                RcConfig {
+            let back =
+                RcConfig::from_toml_with_env(&text, &secret_from_env(c.dev)).map(|b| RcConfig {
                     colony_secret: c.colony_secret.clone(),
                     ..b
-                }
-            });
+                });
             check_loads(RC.kind, &c, back)?;
             Ok(text)
         }

@@ -84,7 +84,10 @@ async fn wait_status(client: &Client, what: &str, ok: impl Fn(&Value) -> bool) -
         if ok(&v) {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -151,11 +154,17 @@ async fn with_one_of_three_nodes_dead_zero_loss_inputs_get_only_the_copies_they_
 
     let http = reqwest::Client::new();
     // min_copies 2: only one other node is alive, so every input is refused with the reason.
-    let two = client.create(&zero_loss(2), Some("two-copies")).await.unwrap();
+    let two = client
+        .create(&zero_loss(2), Some("two-copies"))
+        .await
+        .unwrap();
     let (code, body) = input(&http, &two.address, &two.id, 1, 5).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["code"], "too_few_copies", "{body}");
-    assert_eq!((body["have"].as_u64(), body["need"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (body["have"].as_u64(), body["need"].as_u64()),
+        (Some(1), Some(2))
+    );
     let msg = body["message"].as_str().unwrap_or_default();
     assert!(msg.contains("1 of 2 copies required"), "{msg}");
     // Refused again: the refused input was not applied.
@@ -163,7 +172,10 @@ async fn with_one_of_three_nodes_dead_zero_loss_inputs_get_only_the_copies_they_
     assert_eq!((code, body["code"].as_str()), (503, Some("too_few_copies")));
 
     // min_copies 1: acknowledged, durable, with the one copy it got.
-    let one = client.create(&zero_loss(1), Some("one-copy")).await.unwrap();
+    let one = client
+        .create(&zero_loss(1), Some("one-copy"))
+        .await
+        .unwrap();
     let (code, body) = input(&http, &one.address, &one.id, 1, 7).await;
     assert_eq!(code, 200, "{body}");
     let d = Durability::of(&body).unwrap();
@@ -198,7 +210,10 @@ async fn with_one_of_three_nodes_dead_zero_loss_inputs_get_only_the_copies_they_
             );
             break;
         }
-        assert!(Instant::now() < deadline, "no below-min-copies gauge:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no below-min-copies gauge:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -248,7 +263,10 @@ async fn a_node_without_fsync_never_answers_durable() {
         );
     }
     wait_status(&client, "2 alive members", |v| alive(v) == 2).await;
-    let mut s = client.create(&zero_loss(1), Some("no-fsync")).await.unwrap();
+    let mut s = client
+        .create(&zero_loss(1), Some("no-fsync"))
+        .await
+        .unwrap();
     for i in 1..=3 {
         let r = s.send(json!(i)).await.unwrap();
         let d = Durability::of(&r).unwrap();

@@ -285,11 +285,12 @@ async fn paused_node_stops_serving_before_the_rc_places_again() {
             assert_eq!(v["copies"], 1, "{v}");
             break;
         }
-        assert_eq!((s, v["code"].as_str()), (503, Some("too_few_copies")), "{v}");
-        assert!(
-            Instant::now() < deadline,
-            "replica set never repaired: {v}"
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (503, Some("too_few_copies")),
+            "{v}"
         );
+        assert!(Instant::now() < deadline, "replica set never repaired: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("paused node: session re-placeable after {orphaned_after:?}");

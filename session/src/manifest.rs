@@ -708,7 +708,10 @@ proof = "receipt"
         let m = Manifest::from_toml_str(GOOD).unwrap();
         assert_eq!(m.session.handler, "tutor");
         assert_eq!(m.placement.memory, ByteSize(256 << 20));
-        assert_eq!(m.migration.min_copies, 1, "one copy beyond the holder by default");
+        assert_eq!(
+            m.migration.min_copies, 1,
+            "one copy beyond the holder by default"
+        );
         let none = Manifest::from_toml_str(&GOOD.replace(
             "max_blackout = \"50ms\"",
             "max_blackout = \"50ms\"\nmin_copies = 0",
@@ -765,11 +768,17 @@ proof = "receipt"
             ),
             (
                 "migration.min_copies",
-                GOOD.replace("max_blackout = \"50ms\"", "max_blackout = \"50ms\"\nmin_copies = 17"),
+                GOOD.replace(
+                    "max_blackout = \"50ms\"",
+                    "max_blackout = \"50ms\"\nmin_copies = 17",
+                ),
             ),
             (
                 "migration.min_copies",
-                GOOD.replace("max_blackout = \"50ms\"", "max_blackout = \"50ms\"\nmin_copies = -1"),
+                GOOD.replace(
+                    "max_blackout = \"50ms\"",
+                    "max_blackout = \"50ms\"\nmin_copies = -1",
+                ),
             ),
             (
                 "placement.jurisdictions",

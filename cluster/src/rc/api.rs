@@ -132,7 +132,7 @@ async fn rc_create(
         )
         .with("location", json!(address))
         .with("epoch", json!(epoch.0))),
-        Err(e @ PlaceError::CopiesUnreachable { .. }) => Err(ApiError::new(
+        Err(e @ PlaceError::CopiesUnreachable(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "min_copies_unreachable",
             e.to_string(),

@@ -213,7 +213,10 @@ mod tests {
         };
         dev.validate().unwrap();
         assert_eq!(dev.secret(), crate::common::config::DEV_COLONY_SECRET);
-        assert_eq!(RcConfig::from_toml_with_env("dev = true", &[]).unwrap(), dev);
+        assert_eq!(
+            RcConfig::from_toml_with_env("dev = true", &[]).unwrap(),
+            dev
+        );
         let env = vec![(
             "OPENGRID_COLONY_SECRET".to_string(),
             "a-colony-secret".to_string(),

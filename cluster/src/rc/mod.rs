@@ -189,13 +189,8 @@ pub enum PlaceError {
         epoch: Epoch,
     },
     /// A zero-loss session needs more copies beyond its holder than the colony keeps.
-    #[error("migration.min_copies = {need} but this colony keeps {replicas} replicas per session (RC `replicas`): no input could ever be acknowledged")]
-    CopiesUnreachable {
-        /// Copies required (manifest, raised to the colony floor).
-        need: u32,
-        /// The colony's k.
-        replicas: usize,
-    },
+    #[error(transparent)]
+    CopiesUnreachable(#[from] CopiesUnreachable),
     /// The chosen node failed to start it or did not answer in time.
     #[error("node {node} could not start the session: {reason}")]
     NodeFailed {
@@ -204,6 +199,16 @@ pub enum PlaceError {
         /// Why.
         reason: String,
     },
+}
+
+/// A zero-loss manifest needs more copies beyond its holder than the colony keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("migration.min_copies = {need} but this colony keeps {replicas} replicas per session (RC `replicas`): no input could ever be acknowledged")]
+pub struct CopiesUnreachable {
+    /// Copies required (manifest, raised to the colony floor).
+    pub need: u32,
+    /// The colony's k.
+    pub replicas: usize,
 }
 
 /// A successful placement.
@@ -668,13 +673,13 @@ impl RcCore {
     /// `m` as this colony enforces it: `migration.min_copies` raised to the RC's floor
     /// (`min_copies`). A zero-loss session that needs more copies than the colony keeps
     /// (`replicas`) is refused: none of its inputs could ever be acknowledged.
-    pub fn colony_policy(&self, m: &Manifest) -> Result<Manifest, PlaceError> {
+    pub fn colony_policy(&self, m: &Manifest) -> Result<Manifest, CopiesUnreachable> {
         let mut m = m.clone();
         m.migration.min_copies = m.migration.min_copies.max(self.cfg.min_copies);
         if m.migration.acceptable_loss.is_zero()
             && m.migration.min_copies as usize > self.cfg.replicas
         {
-            return Err(PlaceError::CopiesUnreachable {
+            return Err(CopiesUnreachable {
                 need: m.migration.min_copies,
                 replicas: self.cfg.replicas,
             });
@@ -892,8 +897,7 @@ impl RcCore {
             .directory
             .values()
             .map(|e| {
-                let (min_copies, alive_replicas, below_min_copies, below_k) =
-                    self.coverage(&st, e);
+                let (min_copies, alive_replicas, below_min_copies, below_k) = self.coverage(&st, e);
                 SessionView {
                     entry: e.clone(),
                     min_copies,
