@@ -80,6 +80,39 @@ pub enum SessionError {
         /// The store's error.
         reason: String,
     },
+    /// A zero-loss input's checkpoint could not reach the copies beyond the holder the session
+    /// requires (`migration.min_copies`): the input was not acknowledged (nothing was written on
+    /// the holder either) and the session is back at its last acknowledged state. Retry later:
+    /// the RC repairs replica sets when nodes return.
+    #[error("session {session}: {have} of {need} copies required: {reason}; input {seq} not acknowledged, retry")]
+    TooFewCopies {
+        /// The session.
+        session: SessionId,
+        /// The unacknowledged input.
+        seq: Seq,
+        /// Copies beyond the holder the checkpoint reached (or could reach).
+        have: u32,
+        /// Copies beyond the holder required.
+        need: u32,
+        /// Why (e.g. "replica holders down").
+        reason: String,
+    },
+    /// A bounded-loss session's checkpoints have failed for longer than its loss bound: it
+    /// refuses new inputs (acknowledging them could lose more than the bound) until a checkpoint
+    /// succeeds again. Retry later.
+    #[error("session {session}: no checkpoint for {behind_ms} ms, past the loss bound of {bound_ms} ms ({reason}); input {seq} refused until a checkpoint succeeds, retry")]
+    CheckpointsBehind {
+        /// The session.
+        session: SessionId,
+        /// The refused input.
+        seq: Seq,
+        /// How long the oldest acknowledged but not checkpointed input has waited, ms.
+        behind_ms: u64,
+        /// The loss bound, ms.
+        bound_ms: u64,
+        /// The last checkpoint failure.
+        reason: String,
+    },
     /// The handler panicked on this input; the session restarted from its last checkpoint and
     /// the input was not applied. Resending it is safe (it may panic again: after too many
     /// restarts the session stops).
@@ -130,6 +163,8 @@ impl SessionError {
             self,
             SessionError::Backpressure { .. }
                 | SessionError::NotDurable { .. }
+                | SessionError::TooFewCopies { .. }
+                | SessionError::CheckpointsBehind { .. }
                 | SessionError::Restarting { .. }
                 | SessionError::HandlerPanicked { .. }
         )

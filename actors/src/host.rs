@@ -595,6 +595,8 @@ impl<H: SessionHandler> SessionHandle<H> {
                             seq,
                             output,
                             durable,
+                            copies,
+                            not_durable,
                         } => Ok(Reply::Processed {
                             seq,
                             output: match output {
@@ -607,6 +609,8 @@ impl<H: SessionHandler> SessionHandle<H> {
                                 Err(e) => Err(e),
                             },
                             durable,
+                            copies,
+                            not_durable,
                         }),
                         Reply::Duplicate { seq, last } => Ok(Reply::Duplicate { seq, last }),
                     };

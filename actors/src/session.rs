@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use opengrid_session::{
-    Checkpoint, CheckpointMode, CheckpointPolicy, CheckpointStore, Epoch, Seq, SessionId,
-    StoreError,
+    Checkpoint, CheckpointMode, CheckpointPolicy, CheckpointStore, Epoch, PutOutcome, Seq,
+    SessionId, StoreError,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
@@ -35,8 +35,17 @@ pub enum Reply<O> {
         seq: Seq,
         /// Handler output or handler error.
         output: Result<O, HandlerError>,
-        /// Whether the state including this input is durable (always true for zero-loss sessions).
+        /// Whether the state including this input is durable: checkpointed, synced on the holder,
+        /// and on at least the session's `min_copies` copies beyond it. Always true for an
+        /// acknowledged zero-loss input unless the holder does not sync (`fsync = false`).
         durable: bool,
+        /// Copies beyond the holder's own of the checkpoint that covers this input (0 when it
+        /// is not checkpointed yet).
+        #[serde(default)]
+        copies: u32,
+        /// Why `durable` is false, when it is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_durable: Option<String>,
     },
     /// The seq was already processed; nothing happened.
     Duplicate {
@@ -62,10 +71,14 @@ impl<O> Reply<O> {
                 seq,
                 output,
                 durable,
+                copies,
+                not_durable,
             } => Reply::Processed {
                 seq,
                 output: output.map(f),
                 durable,
+                copies,
+                not_durable,
             },
             Reply::Duplicate { seq, last } => Reply::Duplicate { seq, last },
         }
@@ -252,8 +265,9 @@ impl<H: SessionHandler> Shared<H> {
         SessionContext::new(self.ctx_base.clone(), self.epoch(), seq)
     }
 
-    /// Writes a checkpoint of `state` at `seq`.
-    fn write_checkpoint(&self, state: &H::State, seq: Seq) -> Result<(), SessionError> {
+    /// Writes a checkpoint of `state` at `seq`; a zero-loss session's write must reach its
+    /// `min_copies` copies beyond the holder.
+    fn write_checkpoint(&self, state: &H::State, seq: Seq) -> Result<PutOutcome, SessionError> {
         let started = Instant::now();
         let bytes = self
             .handler
@@ -271,15 +285,29 @@ impl<H: SessionHandler> Shared<H> {
             self.handler.version(),
             bytes,
         );
-        match self.store.put(&cp) {
-            Ok(()) => {
+        let min_copies = if self.policy.is_synchronous() {
+            self.policy.min_copies
+        } else {
+            0
+        };
+        match self.store.put_counted(&cp, min_copies) {
+            Ok(outcome) => {
                 self.metrics.observe_checkpoint(started.elapsed());
                 self.usage.checkpoints.fetch_add(1, Ordering::Relaxed);
                 self.usage
                     .checkpoint_bytes
                     .fetch_add(cp.state.len() as u64, Ordering::Relaxed);
-                Ok(())
+                Ok(outcome)
             }
+            Err(StoreError::TooFewCopies {
+                have, need, reason, ..
+            }) => Err(SessionError::TooFewCopies {
+                session: self.id.clone(),
+                seq,
+                have,
+                need,
+                reason,
+            }),
             Err(StoreError::StaleEpoch { current, .. }) => Err(SessionError::Fenced {
                 session: self.id.clone(),
                 ours: self.epoch(),
@@ -333,6 +361,30 @@ pub(crate) fn checkpoint_due(max_interval: Duration) -> Duration {
     max_interval / 2
 }
 
+/// Whether an input covered by a checkpoint with `outcome` counts as durable under `policy`,
+/// and if not, why.
+fn durability(policy: &CheckpointPolicy, outcome: PutOutcome) -> (bool, Option<String>) {
+    if !outcome.synced {
+        (
+            false,
+            Some(
+                "this node writes checkpoints without fsync (fsync = false): a power failure can lose them"
+                    .into(),
+            ),
+        )
+    } else if outcome.copies < policy.min_copies {
+        (
+            false,
+            Some(format!(
+                "{} of {} copies beyond the holder",
+                outcome.copies, policy.min_copies
+            )),
+        )
+    } else {
+        (true, None)
+    }
+}
+
 /// The session actor. Generic over the handler; one incarnation per (re)start.
 pub(crate) struct SessionActor<H>(PhantomData<fn() -> H>);
 
@@ -350,6 +402,10 @@ pub(crate) struct ActorState<H: SessionHandler> {
     dirty_since: Option<Instant>,
     last_activity: Instant,
     timer: Option<tokio::task::JoinHandle<()>>,
+    /// What the newest successful checkpoint reached.
+    last_outcome: PutOutcome,
+    /// Why the newest checkpoint attempt failed (cleared by a successful one).
+    last_failure: Option<String>,
 }
 
 /// Whether a handler call is a client's input or the replay of a journaled one after a restart.
@@ -419,7 +475,16 @@ impl<H: SessionHandler> ActorState<H> {
         if self.checkpointed_seq == self.last_seq && self.dirty_since.is_none() {
             return Ok(self.last_seq);
         }
-        self.shared.write_checkpoint(&self.state, self.last_seq)?;
+        match self.shared.write_checkpoint(&self.state, self.last_seq) {
+            Ok(outcome) => {
+                self.last_outcome = outcome;
+                self.last_failure = None;
+            }
+            Err(e) => {
+                self.last_failure = Some(e.to_string());
+                return Err(e);
+            }
+        }
         self.checkpointed_seq = self.last_seq;
         self.dirty_since = None;
         lock(&self.shared.journal).retain(|(s, _)| *s > self.last_seq);
@@ -468,6 +533,11 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
             dirty_since,
             last_activity: Instant::now(),
             timer,
+            last_outcome: PutOutcome {
+                copies: 0,
+                synced: true,
+            },
+            last_failure: None,
         })
     }
 
@@ -509,6 +579,33 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                     }));
                     return Ok(());
                 }
+                // A bounded-loss session whose checkpoints have failed for longer than its loss
+                // bound acknowledges nothing more until one succeeds: try once now.
+                if let (CheckpointMode::Periodic { max_interval }, Some(since)) =
+                    (sh.policy.mode, st.dirty_since)
+                {
+                    if since.elapsed() >= max_interval {
+                        match st.checkpoint() {
+                            Ok(_) => {}
+                            Err(e @ SessionError::Fenced { .. }) => {
+                                let _ = reply.send(Err(e.clone()));
+                                sh.stop_with(e.to_string());
+                                myself.stop(Some("fenced".into()));
+                                return Ok(());
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(SessionError::CheckpointsBehind {
+                                    session: sh.id.clone(),
+                                    seq,
+                                    behind_ms: since.elapsed().as_millis() as u64,
+                                    bound_ms: max_interval.as_millis() as u64,
+                                    reason: e.to_string(),
+                                }));
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
                 let journaled = match sh.policy.mode {
                     CheckpointMode::Periodic { .. } => Some(input.clone()),
                     CheckpointMode::Synchronous => None,
@@ -532,10 +629,13 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                 match sh.policy.mode {
                     CheckpointMode::Synchronous => match st.checkpoint() {
                         Ok(_) => {
+                            let (durable, not_durable) = durability(&sh.policy, st.last_outcome);
                             let _ = reply.send(Ok(Reply::Processed {
                                 seq,
                                 output,
-                                durable: true,
+                                durable,
+                                copies: st.last_outcome.copies,
+                                not_durable,
                             }));
                         }
                         Err(e @ SessionError::Fenced { .. }) => {
@@ -572,10 +672,10 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                             j.len()
                         };
                         let since = *st.dirty_since.get_or_insert_with(Instant::now);
-                        let mut durable = false;
+                        let mut covered = None;
                         if since.elapsed() >= checkpoint_due(max_interval) || len >= MAX_JOURNAL {
                             match st.checkpoint() {
-                                Ok(_) => durable = true,
+                                Ok(_) => covered = Some(st.last_outcome),
                                 Err(e @ SessionError::Fenced { .. }) => {
                                     let _ = reply.send(Err(e.clone()));
                                     sh.stop_with(e.to_string());
@@ -587,10 +687,25 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                                 }
                             }
                         }
+                        let (durable, copies, not_durable) = match covered {
+                            Some(o) => {
+                                let (d, why) = durability(&sh.policy, o);
+                                (d, o.copies, why)
+                            }
+                            None => (
+                                false,
+                                0,
+                                Some(format!(
+                                    "not checkpointed yet: bounded-loss session, checkpoints within {max_interval:?}"
+                                )),
+                            ),
+                        };
                         let _ = reply.send(Ok(Reply::Processed {
                             seq,
                             output,
                             durable,
+                            copies,
+                            not_durable,
                         }));
                     }
                 }

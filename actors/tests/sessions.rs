@@ -735,7 +735,9 @@ async fn a_disk_failing_longer_than_the_restart_intensity_does_not_stop_a_zero_l
         Reply::Processed {
             seq: Seq(1),
             output: Ok(reference),
-            durable: true
+            durable: true,
+            copies: 0,
+            not_durable: None,
         }
     );
     fail.store(true, Ordering::SeqCst);
@@ -858,6 +860,8 @@ impl Relay for CountingRelay {
                 seq,
                 output: Ok(input),
                 durable: true,
+                copies: 0,
+                not_durable: None,
             })
         })
     }
@@ -929,4 +933,177 @@ async fn complete_relays_inputs_until_the_host_releases_the_session() {
         "no relay after release"
     );
     host.shutdown().await;
+}
+
+/// A gated in-memory store whose gate is a switch: every put fails while it is on.
+fn switchable_disk() -> (Arc<GatedStore>, Arc<std::sync::atomic::AtomicBool>) {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = fail.clone();
+    let store = Arc::new(GatedStore::new(
+        Arc::new(MemoryCheckpointStore::new()),
+        move |_| {
+            if gate.load(Ordering::SeqCst) {
+                Err(StoreError::Backend("injected I/O error".into()))
+            } else {
+                Ok(())
+            }
+        },
+    ));
+    (store, fail)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_loss_stops_acknowledging_while_checkpoints_fail_past_its_bound_and_resumes() {
+    let (store, fail) = switchable_disk();
+    let host = host_with(store.clone(), 3).await;
+    let bound = Duration::from_millis(200);
+    let s = host
+        .start(
+            Arc::new(Folder::default()),
+            sid("bounded"),
+            Epoch(1),
+            CheckpointPolicy::periodic(bound),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.send(Seq(1), 1).await.unwrap(),
+        Reply::Processed { .. }
+    ));
+    fail.store(true, Ordering::SeqCst);
+    // Inputs are acknowledged (within the bound) until the oldest unchecked one is older than
+    // the bound; then every input is refused with the reason.
+    let failing_since = Instant::now();
+    let mut seq = 2u64;
+    let refusal = loop {
+        assert!(
+            failing_since.elapsed() < Duration::from_secs(10),
+            "no refusal while checkpoints failed for 10 s"
+        );
+        match s.send(Seq(seq), seq).await {
+            Ok(Reply::Processed { durable, .. }) => {
+                assert!(!durable, "nothing is durable while the disk fails");
+                seq += 1;
+            }
+            Err(e @ SessionError::CheckpointsBehind { .. }) => break e,
+            other => panic!("unexpected {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let SessionError::CheckpointsBehind {
+        seq: refused,
+        behind_ms,
+        bound_ms,
+        ref reason,
+        ..
+    } = refusal
+    else {
+        unreachable!()
+    };
+    assert_eq!(refused, Seq(seq));
+    assert_eq!(bound_ms, 200);
+    assert!(behind_ms >= 200, "refused after {behind_ms} ms");
+    assert!(reason.contains("injected I/O error"), "{reason}");
+    assert!(refusal.is_retryable());
+    // Still failing: still refused, and the refused input was not applied.
+    assert!(matches!(
+        s.send(Seq(seq), seq).await,
+        Err(SessionError::CheckpointsBehind { .. })
+    ));
+    // The disk recovers: the same input is acknowledged (its checkpoint attempt succeeds first).
+    fail.store(false, Ordering::SeqCst);
+    match s.send(Seq(seq), seq).await.unwrap() {
+        Reply::Processed { seq: got, .. } => assert_eq!(got, Seq(seq)),
+        other => panic!("{other:?}"),
+    }
+    let stored = store.get_latest(&sid("bounded")).unwrap().unwrap();
+    assert!(
+        stored.seq >= Seq(seq - 1),
+        "the recovery checkpoint covers every acknowledged input ({} < {})",
+        stored.seq,
+        seq - 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_fsync_never_answers_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        RocksCheckpointStore::open(
+            dir.path(),
+            RocksOptions {
+                sync: false,
+                ..RocksOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    assert!(!store.syncs_writes());
+    let host = host_with(store, 3).await;
+    for (name, policy) in [
+        ("sync", CheckpointPolicy::synchronous()),
+        (
+            "periodic",
+            CheckpointPolicy::periodic(Duration::from_millis(1)),
+        ),
+    ] {
+        let s = host
+            .start(Arc::new(Folder::default()), sid(name), Epoch(1), policy)
+            .await
+            .unwrap();
+        for seq in 1..=5u64 {
+            // a periodic session with a 1 ms bound checkpoints on (almost) every input
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            match s.send(Seq(seq), seq).await.unwrap() {
+                Reply::Processed {
+                    durable,
+                    not_durable,
+                    ..
+                } => {
+                    assert!(!durable, "{name}: seq {seq} answered durable without fsync");
+                    assert!(not_durable.is_some(), "{name}: no reason given");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        match s.send(Seq(6), 6).await.unwrap() {
+            Reply::Processed { not_durable, .. } if name == "sync" => {
+                let why = not_durable.unwrap();
+                assert!(why.contains("fsync = false"), "{why}");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_loss_with_min_copies_on_a_store_without_replicas_is_refused_not_acknowledged() {
+    let store = Arc::new(MemoryCheckpointStore::new());
+    let host = host_with(store.clone(), 3).await;
+    let policy = CheckpointPolicy {
+        min_copies: 1,
+        ..CheckpointPolicy::synchronous()
+    };
+    let s = host
+        .start(Arc::new(Folder::default()), sid("copies"), Epoch(1), policy)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        match s.send(Seq(1), 1).await {
+            Err(e @ SessionError::TooFewCopies { .. }) => {
+                let SessionError::TooFewCopies { have, need, .. } = &e else {
+                    unreachable!()
+                };
+                assert_eq!((*have, *need), (0, 1));
+                assert!(e.to_string().contains("0 of 1 copies required"), "{e}");
+                assert!(e.is_retryable());
+            }
+            other => panic!("an input below min_copies must be refused: {other:?}"),
+        }
+    }
+    // Nothing beyond the initial state was written.
+    assert_eq!(
+        store.get_latest(&sid("copies")).unwrap().unwrap().seq,
+        Seq(0)
+    );
 }

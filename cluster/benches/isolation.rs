@@ -103,6 +103,7 @@ fn main() {
             data_dir: dir.path().join("rc"),
             api_listen: "127.0.0.1:0".parse().unwrap(),
             cluster_listen: "127.0.0.1:0".parse().unwrap(),
+            dev: true,
             ..RcConfig::default()
         })
         .await
@@ -115,6 +116,7 @@ fn main() {
                 rc_cluster: rc.cluster_addr().to_string(),
                 handler_threads,
                 fsync: false,
+                dev: true,
                 ..NodeConfig::default()
             },
             setup,

@@ -57,6 +57,33 @@ pub struct Placement {
     pub epoch: u64,
 }
 
+/// The durability part of a `processed` reply (`{kind, seq, output|error, durable, copies,
+/// not_durable?}`): read it with [`Durability::of`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Durability {
+    /// The input's seq.
+    pub seq: u64,
+    /// Whether the state including the input is durable (synced and on at least the session's
+    /// `min_copies` copies beyond the holder).
+    pub durable: bool,
+    /// Copies beyond the holder's own of the checkpoint covering the input.
+    #[serde(default)]
+    pub copies: u32,
+    /// Why `durable` is false, when it is.
+    #[serde(default)]
+    pub not_durable: Option<String>,
+}
+
+impl Durability {
+    /// Reads it from a reply of [`Session::send`]; `None` for a reply that is not `processed`.
+    pub fn of(reply: &Value) -> Option<Self> {
+        if reply.get("kind").and_then(Value::as_str) != Some("processed") {
+            return None;
+        }
+        serde_json::from_value(reply.clone()).ok()
+    }
+}
+
 /// A client of one colony.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -215,7 +242,8 @@ impl Session {
         self.unacked.len()
     }
 
-    /// Sends one input; returns the reply (`{kind, seq, output|error, durable}`).
+    /// Sends one input; returns the reply (`{kind, seq, output|error, durable, copies,
+    /// not_durable?}`; [`Durability::of`] reads the durability fields).
     pub async fn send(&mut self, input: Value) -> Result<Value, ClientError> {
         let mut seq = self.next_seq;
         self.next_seq += 1;

@@ -77,6 +77,7 @@ pub const NODE: Template = Template {
     ],
     fields: &[
         ("version", "Config format version; this build reads 1."),
+        ("dev", "Development colony (true/false): public dev secret, [faults] hooks; never in production."),
         ("name", "Node name shown in logs and `opengrid status`; unique in the colony."),
         ("colony", "Colony to join; must equal the RC's `colony` (identifier: a-z 0-9 _ -)."),
         ("data_dir", "Identity key (identity.key) and RocksDB checkpoints; created if missing."),
@@ -90,7 +91,7 @@ pub const NODE: Template = Template {
         ("migration_listen", "Migration listen address host:port (replicas, handover, forwarding); port 0 = free."),
         ("rc_cluster", "The RC's control-plane address host:port (the RC's `cluster_listen`)."),
         ("rc_id", "The RC's identity (did:mycel:..., `opengrid id --data-dir <rc data dir>`); join acks from any other RC are refused. Empty: the first RC whose signed ack answers."),
-        ("colony_secret", "Colony secret, 8..=256 bytes, same on RC and nodes; set OPENGRID_COLONY_SECRET instead."),
+        ("colony_secret", "Colony secret, 8..=256 bytes, same on RC and nodes; set OPENGRID_COLONY_SECRET instead (\"\" = unset: refused unless dev = true)."),
         ("heartbeat_period", "Heartbeat period to the RC, 5ms..=60s."),
         ("lease", "Lease asked of the RC, at least 3 heartbeat periods; serving stops when it runs out."),
         ("control_threads", "Worker threads of the control-plane runtime, 1..=64."),
@@ -131,11 +132,12 @@ pub const RC: Template = Template {
     ],
     fields: &[
         ("version", "Config format version; this build reads 1."),
+        ("dev", "Development colony (true/false): allows the public dev secret; never in production."),
         ("colony", "Colony name; nodes join with the same `colony` (identifier: a-z 0-9 _ -)."),
         ("data_dir", "Where the RC's identity key (identity.key) lives; created if missing."),
         ("api_listen", "Client API (HTTP) listen address host:port: sessions, status, health, metrics."),
         ("cluster_listen", "Control-plane listen address host:port; nodes' `rc_cluster` points here."),
-        ("colony_secret", "Colony secret, 8..=256 bytes, same on RC and nodes; set OPENGRID_COLONY_SECRET instead."),
+        ("colony_secret", "Colony secret, 8..=256 bytes, same on RC and nodes; set OPENGRID_COLONY_SECRET instead (\"\" = unset: refused unless dev = true)."),
         ("heartbeat_period", "Expected node heartbeat period (seeds the failure detector), 5ms..=60s."),
         ("lease", "Lease granted per heartbeat, at least 3 heartbeat periods."),
         ("lease_grace", "A silent node's sessions move only after lease x lease_grace, 1.1..=10."),
@@ -149,6 +151,7 @@ pub const RC: Template = Template {
         ("header_timeout", "A client-API request head (or an idle connection's first byte) must arrive within this (>= 100ms); slower or idle connections are closed."),
         ("join_max_skew", "Accepted clock skew of signed node join requests."),
         ("replicas", "Checkpoint replicas per session (k), 0..=16, inside the manifest's jurisdictions."),
+        ("min_copies", "Colony floor of a manifest's migration.min_copies (copies before a zero-loss ack), <= replicas."),
         ("failover_parallelism", "Sessions restored at once after a node is declared dead, 1..=4096."),
         ("canopy", "Canopy gossip and federation with other colonies; off by default."),
         ("canopy.enabled", "Run the canopy swarm and route refused sessions to other colonies (true/false)."),
@@ -267,6 +270,9 @@ pub struct RcInit {
     /// `cluster_listen`, host:port.
     #[arg(long)]
     pub cluster_addr: Option<SocketAddr>,
+    /// `dev = true`: a development colony (the public development secret is accepted).
+    #[arg(long)]
+    pub dev: bool,
 }
 
 /// Fields `opengrid init node` sets instead of their defaults: enough for several nodes on one
@@ -297,6 +303,9 @@ pub struct NodeInit {
     /// `rc_cluster`: the RC's control-plane address, host:port.
     #[arg(long)]
     pub rc_cluster: Option<String>,
+    /// `dev = true`: a development node (public development secret, `[faults]` hooks allowed).
+    #[arg(long)]
+    pub dev: bool,
 }
 
 /// Fields `opengrid init ledger` sets instead of their defaults.
@@ -350,6 +359,10 @@ impl RcInit {
         push_path(&mut f, "--data-dir", &self.data_dir);
         push(&mut f, "--api-addr", &self.api_addr);
         push(&mut f, "--cluster-addr", &self.cluster_addr);
+        if self.dev {
+            c.dev = true;
+            f.push(("--dev", String::new()));
+        }
         f
     }
 }
@@ -389,6 +402,10 @@ impl NodeInit {
         push(&mut f, "--cluster-addr", &self.cluster_addr);
         push(&mut f, "--migration-addr", &self.migration_addr);
         push(&mut f, "--rc-cluster", &self.rc_cluster);
+        if self.dev {
+            c.dev = true;
+            f.push(("--dev", String::new()));
+        }
         f
     }
 }
@@ -433,10 +450,27 @@ fn command_line(kind: &str, flags: &Flags) -> String {
     for (flag, v) in flags {
         s.push(' ');
         s.push_str(flag);
-        s.push(' ');
-        s.push_str(&shell_word(v));
+        // A switch (`--dev`) has no value.
+        if !v.is_empty() {
+            s.push(' ');
+            s.push_str(&shell_word(v));
+        }
     }
     s
+}
+
+/// The environment a written node or RC config is checked with: the file leaves
+/// `colony_secret` unset (operators set `OPENGRID_COLONY_SECRET`), so outside dev mode the check
+/// supplies a stand-in secret the way the environment will.
+fn secret_from_env(dev: bool) -> Vec<(String, String)> {
+    if dev {
+        Vec::new()
+    } else {
+        vec![(
+            "OPENGRID_COLONY_SECRET".to_string(),
+            "stand-in-colony-secret".to_string(),
+        )]
+    }
 }
 
 /// The config `cmd` describes, rendered as commented TOML, checked to load back into exactly
@@ -447,14 +481,25 @@ pub fn render_cmd(cmd: &InitCmd) -> Result<String, InitError> {
             let mut c = RcConfig::default();
             let flags = set.apply(&mut c);
             let text = render(&RC, &command_line("rc", &flags), &c)?;
-            check_loads(RC.kind, &c, RcConfig::from_toml_with_env(&text, &[]))?;
+            let back =
+                RcConfig::from_toml_with_env(&text, &secret_from_env(c.dev)).map(|b| RcConfig {
+                    colony_secret: c.colony_secret.clone(),
+                    ..b
+                });
+            check_loads(RC.kind, &c, back)?;
             Ok(text)
         }
         InitCmd::Node { set, .. } => {
             let mut c = NodeConfig::default();
             let flags = set.apply(&mut c);
             let text = render(&NODE, &command_line("node", &flags), &c)?;
-            check_loads(NODE.kind, &c, NodeConfig::from_toml_with_env(&text, &[]))?;
+            let back = NodeConfig::from_toml_with_env(&text, &secret_from_env(c.dev)).map(|b| {
+                NodeConfig {
+                    colony_secret: c.colony_secret.clone(),
+                    ..b
+                }
+            });
+            check_loads(NODE.kind, &c, back)?;
             Ok(text)
         }
         InitCmd::Ledger { set, .. } => {
@@ -681,16 +726,31 @@ mod tests {
 
     #[test]
     fn each_template_parses_with_the_real_loader_into_exactly_the_defaults() {
+        // The secret comes from the environment (the file leaves it unset).
+        let env = secret_from_env(false);
         let text = render_cmd(&node()).unwrap();
         assert_eq!(
-            NodeConfig::from_toml_with_env(&text, &[]).unwrap(),
-            NodeConfig::default()
+            NodeConfig::from_toml_with_env(&text, &env).unwrap(),
+            NodeConfig {
+                colony_secret: "stand-in-colony-secret".into(),
+                ..NodeConfig::default()
+            }
         );
         let text = render_cmd(&rc()).unwrap();
         assert_eq!(
-            RcConfig::from_toml_with_env(&text, &[]).unwrap(),
-            RcConfig::default()
+            RcConfig::from_toml_with_env(&text, &env).unwrap(),
+            RcConfig {
+                colony_secret: "stand-in-colony-secret".into(),
+                ..RcConfig::default()
+            }
         );
+        // Without one, the written config is refused naming the field.
+        match RcConfig::from_toml_with_env(&text, &[]) {
+            Err(crate::common::config::ConfigError::Invalid { field, .. }) => {
+                assert_eq!(field, "colony_secret")
+            }
+            other => panic!("{other:?}"),
+        }
         let text = render_cmd(&ledger()).unwrap();
         assert_eq!(
             LedgerConfig::from_toml(&text).unwrap(),
@@ -794,7 +854,7 @@ mod tests {
             panic!("not init")
         };
         let text = render_cmd(&kind).unwrap();
-        let c = NodeConfig::from_toml_with_env(&text, &[]).unwrap();
+        let c = NodeConfig::from_toml_with_env(&text, &secret_from_env(false)).unwrap();
         assert_eq!(c.name, "b");
         assert_eq!(c.api_listen.port(), 7701);
         assert_eq!(c.data_dir, PathBuf::from("/srv/og b"));
@@ -804,6 +864,50 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn dev_flag_writes_a_development_config_that_loads_without_a_secret() {
+        for (kind, cmd) in [
+            (
+                "node",
+                InitCmd::Node {
+                    set: NodeInit {
+                        dev: true,
+                        ..NodeInit::default()
+                    },
+                    out: InitOut::default(),
+                },
+            ),
+            (
+                "rc",
+                InitCmd::Rc {
+                    set: RcInit {
+                        dev: true,
+                        ..RcInit::default()
+                    },
+                    out: InitOut::default(),
+                },
+            ),
+        ] {
+            let text = render_cmd(&cmd).unwrap();
+            assert!(
+                text.contains(&format!("`opengrid init {kind} --dev`")),
+                "{text}"
+            );
+            assert!(text.contains("\ndev = true\n"), "{text}");
+            let secret = match kind {
+                "node" => NodeConfig::from_toml_with_env(&text, &[])
+                    .unwrap()
+                    .secret()
+                    .to_string(),
+                _ => RcConfig::from_toml_with_env(&text, &[])
+                    .unwrap()
+                    .secret()
+                    .to_string(),
+            };
+            assert_eq!(secret, crate::common::config::DEV_COLONY_SECRET);
+        }
     }
 
     #[test]

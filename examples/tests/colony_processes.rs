@@ -275,9 +275,24 @@ async fn paused_node_stops_serving_before_the_rc_places_again() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The new holder continues from the replicated checkpoint: input 1 is already in it.
-    let (s, v) = c.input(&new_api, "paused-1", 2, "score").await;
-    assert_eq!(s, 200, "{v}");
+    // The new holder continues from the replicated checkpoint: input 1 is already in it. Until
+    // the RC has repaired its replica set with the node that came back (the only other DE
+    // node), its zero-loss inputs are refused: never acknowledged from the holder's disk alone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = c.input(&new_api, "paused-1", 2, "score").await;
+        if s == 200 {
+            assert_eq!(v["copies"], 1, "{v}");
+            break;
+        }
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (503, Some("too_few_copies")),
+            "{v}"
+        );
+        assert!(Instant::now() < deadline, "replica set never repaired: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     eprintln!("paused node: session re-placeable after {orphaned_after:?}");
 }
 

@@ -16,7 +16,12 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_opengrid");
 const SECRET: &str = "mobility-test-secret";
 
-const ZERO_LOSS: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\n";
+/// Zero loss, acknowledged with as many copies as the replica set has, possibly none: most tests
+/// place sessions on a lone node first and add the others later (`min_copies = 0` opts into the
+/// holder's disk alone until then; `wait_replicated` checks the replicas themselves).
+const ZERO_LOSS: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\nmin_copies = 0\n";
+/// Zero loss with the default `min_copies` (1): never acknowledged without a replica.
+const ZERO_LOSS_REPLICATED: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\n";
 
 struct Proc {
     name: String,
@@ -322,7 +327,7 @@ async fn a_thousand_handovers_under_input_lose_nothing() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut loops = Vec::new();
     for _ in 0..4 {
-        let mut s = client.create(ZERO_LOSS, None).await.unwrap();
+        let mut s = client.create(ZERO_LOSS_REPLICATED, None).await.unwrap();
         ids.push(s.id.clone());
         let stop = stop.clone();
         loops.push(tokio::spawn(async move {
@@ -448,7 +453,8 @@ async fn killing_the_target_at_any_step_leaves_the_source_serving() {
 
 const NEVER_LIVE: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"never-live\"\nacceptable_loss = \"10s\"\n";
 const BOUNDED: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"2s\"\n";
-const FR_ONLY: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"FR\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\n";
+/// The only FR node holds it: no replica is possible, so it opts into the holder's disk alone.
+const FR_ONLY: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"FR\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\nmin_copies = 0\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_node_with_a_hundred_sessions_fails_over_within_bounds() {

@@ -4,7 +4,10 @@
 //! Order matters for zero-loss sessions: replicas first (in parallel), then the local store.
 //! If fewer than k replicas acknowledge, nothing is written locally and the put fails, so the
 //! session answers `NotDurable`, restarts from its last durable checkpoint, and never acknowledges
-//! an input that is not on k replicas. Replicas enforce epoch fencing with their own stores: a
+//! an input that is not on k replicas. [`CheckpointStore::put_counted`] adds a floor: a session
+//! whose replica set (or whose acknowledging replicas) number fewer than its `min_copies` is
+//! refused with [`StoreError::TooFewCopies`] ("1 of 2 copies required: …") — never acknowledged
+//! from the holder's disk alone — and a successful write says how many copies it reached. Replicas enforce epoch fencing with their own stores: a
 //! holder whose epoch was superseded gets `StaleEpoch` back and stops.
 
 use std::collections::HashMap;
@@ -14,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use opengrid_session::{
-    Checkpoint, CheckpointInfo, CheckpointStore, Epoch, Seq, SessionId, StoreError,
+    Checkpoint, CheckpointInfo, CheckpointStore, Epoch, PutOutcome, Seq, SessionId, StoreError,
 };
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 
@@ -204,10 +207,29 @@ impl ReplicatedStore {
 
 impl CheckpointStore for ReplicatedStore {
     fn put(&self, cp: &Checkpoint) -> Result<(), StoreError> {
+        self.put_counted(cp, 0).map(|_| ())
+    }
+    /// Replicas first (every member of the session's set must acknowledge, and at least
+    /// `min_copies` of them), then the local store. A set smaller than `min_copies` is refused
+    /// before anything is sent, so nothing is written anywhere.
+    fn put_counted(&self, cp: &Checkpoint, min_copies: u32) -> Result<PutOutcome, StoreError> {
         let peers = self.replicas(&cp.session_id);
+        let min = min_copies as usize;
+        if peers.len() < min {
+            return Err(StoreError::TooFewCopies {
+                session: cp.session_id.clone(),
+                have: peers.len() as u32,
+                need: min_copies,
+                reason: if peers.is_empty() {
+                    "no replica holder assigned: replica holders down or none eligible".into()
+                } else {
+                    "replica holders down or not eligible: the replica set is smaller".into()
+                },
+            });
+        }
+        let mut acks = 0usize;
         if !peers.is_empty() {
-            let need = self.cfg.k.min(peers.len());
-            let mut acks = 0;
+            let need = self.cfg.k.min(peers.len()).max(min);
             let mut errors = Vec::new();
             let started = Instant::now();
             let answers = self.replicate(cp, &peers);
@@ -231,6 +253,14 @@ impl CheckpointStore for ReplicatedStore {
                     Err(e) => errors.push(format!("{p}: {e}")),
                 }
             }
+            if acks < min {
+                return Err(StoreError::TooFewCopies {
+                    session: cp.session_id.clone(),
+                    have: acks as u32,
+                    need: min_copies,
+                    reason: format!("replica holders down ({})", errors.join("; ")),
+                });
+            }
             if acks < need {
                 return Err(StoreError::Backend(format!(
                     "replication: {acks} of {need} replicas acknowledged ({})",
@@ -238,7 +268,14 @@ impl CheckpointStore for ReplicatedStore {
                 )));
             }
         }
-        self.local.put(cp)
+        self.local.put(cp)?;
+        Ok(PutOutcome {
+            copies: acks as u32,
+            synced: self.local.syncs_writes(),
+        })
+    }
+    fn syncs_writes(&self) -> bool {
+        self.local.syncs_writes()
     }
     fn get_latest(&self, s: &SessionId) -> Result<Option<Checkpoint>, StoreError> {
         self.local.get_latest(s)
@@ -288,6 +325,77 @@ mod tests {
             }
         });
         (addr, t)
+    }
+
+    fn store() -> ReplicatedStore {
+        ReplicatedStore::new(
+            Arc::new(MemoryCheckpointStore::new()),
+            ReplicationConfig {
+                k: usize::MAX,
+                timeout: Duration::from_millis(500),
+                meter: None,
+            },
+        )
+    }
+
+    fn too_few(r: Result<PutOutcome, StoreError>) -> (u32, u32, String) {
+        match r {
+            Err(StoreError::TooFewCopies {
+                have, need, reason, ..
+            }) => (have, need, reason),
+            other => panic!("expected TooFewCopies, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fewer_replica_holders_than_min_copies_is_refused_and_nothing_is_written() {
+        let store = store();
+        let id = SessionId::new("m").unwrap();
+        let cp = |seq| Checkpoint::new(id.clone(), Epoch(1), Seq(seq), "h", 1, vec![seq as u8]);
+        // No replica holder at all: never durable from the local disk alone.
+        let (have, need, why) = too_few(store.put_counted(&cp(1), 1));
+        assert_eq!((have, need), (0, 1));
+        assert!(why.contains("no replica holder"), "{why}");
+        assert!(store.local().get_latest(&id).unwrap().is_none());
+        // One holder, two required: refused before anything is sent (the replica would panic
+        // on an unexpected frame only if it accepted; it is never even connected to).
+        let (replica, t) = acking_replica(1);
+        store.set_replicas(&id, vec![replica]);
+        let (have, need, _) = too_few(store.put_counted(&cp(1), 2));
+        assert_eq!((have, need), (1, 2));
+        assert!(store.local().get_latest(&id).unwrap().is_none());
+        // One holder, one required: acknowledged with copies = 1.
+        let out = store.put_counted(&cp(1), 1).unwrap();
+        assert_eq!(
+            out,
+            PutOutcome {
+                copies: 1,
+                synced: true
+            }
+        );
+        assert_eq!(store.local().get_latest(&id).unwrap().unwrap().seq, Seq(1));
+        t.join().unwrap();
+        // min_copies 0 with no holder: the holder's disk alone, copies = 0.
+        let lone = SessionId::new("lone").unwrap();
+        let cp0 = Checkpoint::new(lone.clone(), Epoch(1), Seq(1), "h", 1, vec![1]);
+        assert_eq!(store.put_counted(&cp0, 0).unwrap().copies, 0);
+    }
+
+    #[test]
+    fn a_replica_holder_that_is_down_leaves_the_write_below_min_copies() {
+        let store = store();
+        let id = SessionId::new("d").unwrap();
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        store.set_replicas(&id, vec![dead]);
+        let cp = Checkpoint::new(id.clone(), Epoch(1), Seq(1), "h", 1, vec![1]);
+        let (have, need, why) = too_few(store.put_counted(&cp, 1));
+        assert_eq!((have, need), (0, 1));
+        assert!(why.contains("replica holders down"), "{why}");
+        assert!(store.local().get_latest(&id).unwrap().is_none());
+        assert_eq!(store.troubled_peers(1), vec![dead]);
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub use manifest::{
 };
 pub use policy::{CheckpointMode, CheckpointPolicy};
 pub use store::{
-    CheckpointInfo, CheckpointStore, GatedStore, MemoryCheckpointStore, PutGate, StoreError,
+    CheckpointInfo, CheckpointStore, GatedStore, MemoryCheckpointStore, PutGate, PutOutcome,
+    StoreError,
 };
 #[cfg(feature = "rocksdb")]
 pub use store::{RocksCheckpointStore, RocksOptions};

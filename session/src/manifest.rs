@@ -184,6 +184,19 @@ pub struct MigrationSection {
     /// Longest acceptable freeze during a live handover (required unless `never-live`).
     #[serde(default)]
     pub max_blackout: Option<HumanDuration>,
+    /// Copies of every checkpoint beyond the holder's own that a zero-loss input needs before
+    /// it is acknowledged (default 1; `0` = the holder's disk alone; at most
+    /// [`MAX_MIN_COPIES`]). Below it, inputs are refused with the reason, never acknowledged
+    /// from fewer copies. The colony may raise it (RC `min_copies`).
+    #[serde(default = "default_min_copies")]
+    pub min_copies: u32,
+}
+
+/// Largest `migration.min_copies` (the RC's `replicas` is at most 16 too).
+pub const MAX_MIN_COPIES: u32 = 16;
+
+fn default_min_copies() -> u32 {
+    1
 }
 
 /// Migration cost class.
@@ -528,6 +541,15 @@ impl Manifest {
                 ),
             );
         }
+        if m.min_copies > MAX_MIN_COPIES {
+            bad(
+                "migration.min_copies",
+                format!(
+                    "{} is more than {MAX_MIN_COPIES} copies beyond the holder",
+                    m.min_copies
+                ),
+            );
+        }
         errs.extend(self.unsupported());
         if errs.is_empty() {
             Ok(())
@@ -686,6 +708,16 @@ proof = "receipt"
         let m = Manifest::from_toml_str(GOOD).unwrap();
         assert_eq!(m.session.handler, "tutor");
         assert_eq!(m.placement.memory, ByteSize(256 << 20));
+        assert_eq!(
+            m.migration.min_copies, 1,
+            "one copy beyond the holder by default"
+        );
+        let none = Manifest::from_toml_str(&GOOD.replace(
+            "max_blackout = \"50ms\"",
+            "max_blackout = \"50ms\"\nmin_copies = 0",
+        ))
+        .unwrap();
+        assert_eq!(none.migration.min_copies, 0);
         let j = m.to_json_string();
         assert_eq!(Manifest::from_json_str(&j).unwrap(), m);
         assert_eq!(Manifest::from_toml_str(&m.to_toml_string()).unwrap(), m);
@@ -733,6 +765,20 @@ proof = "receipt"
             (
                 "placement.jurisdictions[1]",
                 GOOD.replace("\"FR\"", "\"XX\""),
+            ),
+            (
+                "migration.min_copies",
+                GOOD.replace(
+                    "max_blackout = \"50ms\"",
+                    "max_blackout = \"50ms\"\nmin_copies = 17",
+                ),
+            ),
+            (
+                "migration.min_copies",
+                GOOD.replace(
+                    "max_blackout = \"50ms\"",
+                    "max_blackout = \"50ms\"\nmin_copies = -1",
+                ),
             ),
             (
                 "placement.jurisdictions",

@@ -31,6 +31,12 @@ pub struct CheckpointPolicy {
     pub max_blackout: Option<Duration>,
     /// Hibernate after this much idle time.
     pub idle_timeout: Duration,
+    /// Copies beyond the holder's own every checkpoint of a zero-loss session must reach before
+    /// an input is acknowledged (manifest `migration.min_copies`, possibly raised by the colony).
+    /// Bounded-loss sessions replicate best-effort and report the copies they reached. `0` in
+    /// the test constructors: a bare local store keeps no copies.
+    #[serde(default)]
+    pub min_copies: u32,
 }
 
 impl CheckpointPolicy {
@@ -48,6 +54,7 @@ impl CheckpointPolicy {
             live_handover: m.migration.cost != MigrationCost::NeverLive,
             max_blackout: m.migration.max_blackout.map(|d| d.0),
             idle_timeout: m.session.idle_timeout.0,
+            min_copies: m.migration.min_copies,
         }
     }
 
@@ -58,6 +65,7 @@ impl CheckpointPolicy {
             live_handover: true,
             max_blackout: Some(Duration::from_millis(50)),
             idle_timeout: Duration::from_secs(300),
+            min_copies: 0,
         }
     }
 
@@ -104,6 +112,7 @@ mod tests {
         assert!(p.live_handover);
         assert_eq!(p.max_blackout, Some(Duration::from_millis(20)));
         assert_eq!(p.loss_bound(), Duration::ZERO);
+        assert_eq!(p.min_copies, 1, "one copy beyond the holder by default");
     }
 
     #[test]

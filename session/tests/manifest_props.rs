@@ -54,6 +54,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                         cost,
                         acceptable_loss: HumanDuration::from_millis(loss),
                         max_blackout: (cost != MigrationCost::NeverLive).then_some(blackout),
+                        min_copies: 1,
                     },
                     scaling: Default::default(),
                     verification: Default::default(),

@@ -260,7 +260,8 @@ struct NodePorts {
 }
 
 /// A node's config: its `rc_cluster` is its proxy, its `[faults] control_dir` the harness's
-/// levers; with ledger replicas it prices inputs and sends receipts every 500 ms.
+/// levers (allowed only with `dev = true`, which it sets); with ledger replicas it prices inputs
+/// and sends receipts every 500 ms.
 fn node_config(
     sc: &Scenario,
     n: &NodeSpec,
@@ -277,7 +278,7 @@ fn node_config(
         migration,
     } = listen;
     format!(
-        "version = 1\nname = \"{}\"\ncolony = \"{colony}\"\ndata_dir = {data_dir:?}\njurisdiction = \"{}\"\napi_listen = \"127.0.0.1:{api}\"\ncluster_listen = \"127.0.0.1:{cluster}\"\nmigration_listen = \"127.0.0.1:{migration}\"\nrc_cluster = \"{rc_link}\"\ncolony_secret = \"{SECRET}\"\nfsync = false\ncapacity = {}\nprice_micros_per_input = {PRICE_MICROS}\n[hardware]\nmemory = \"128GiB\"\n[faults]\ncontrol_dir = {control:?}\n{}",
+        "version = 1\ndev = true\nname = \"{}\"\ncolony = \"{colony}\"\ndata_dir = {data_dir:?}\njurisdiction = \"{}\"\napi_listen = \"127.0.0.1:{api}\"\ncluster_listen = \"127.0.0.1:{cluster}\"\nmigration_listen = \"127.0.0.1:{migration}\"\nrc_cluster = \"{rc_link}\"\ncolony_secret = \"{SECRET}\"\nfsync = false\ncapacity = {}\nprice_micros_per_input = {PRICE_MICROS}\n[hardware]\nmemory = \"128GiB\"\n[faults]\ncontrol_dir = {control:?}\n{}",
         n.name,
         n.jurisdiction,
         n.max_sessions,

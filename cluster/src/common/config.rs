@@ -172,7 +172,41 @@ pub(crate) fn check_version(v: u32) -> Result<(), ConfigError> {
     Ok(())
 }
 
-pub(crate) fn check_secret(s: &str) -> Result<(), ConfigError> {
+/// The public development colony secret: used by a `dev = true` config that sets none, and
+/// refused in any config without `dev = true` (everyone knows it).
+pub const DEV_COLONY_SECRET: &str = "opengrid-local-colony";
+
+/// The secret a config runs with: its own, or with `dev = true` and none set, the public
+/// development secret.
+pub(crate) fn effective_secret(s: &str, dev: bool) -> &str {
+    if s.is_empty() && dev {
+        DEV_COLONY_SECRET
+    } else {
+        s
+    }
+}
+
+/// The colony secret rules: set (8..=256 bytes), and not the public development secret unless
+/// `dev = true`.
+pub(crate) fn check_secret(s: &str, dev: bool) -> Result<(), ConfigError> {
+    if s.is_empty() && !dev {
+        return Err(invalid(
+            "colony_secret",
+            "not set: give the RC and every node the same secret of 8..=256 bytes \
+             (OPENGRID_COLONY_SECRET=...), or set dev = true on a development colony to use the \
+             public development secret",
+        ));
+    }
+    if s == DEV_COLONY_SECRET && !dev {
+        return Err(invalid(
+            "colony_secret",
+            format!(
+                "{DEV_COLONY_SECRET:?} is the public development secret: choose your own \
+                 (OPENGRID_COLONY_SECRET=...), or set dev = true on a development colony"
+            ),
+        ));
+    }
+    let s = effective_secret(s, dev);
     if s.len() < 8 || s.len() > 256 {
         return Err(invalid("colony_secret", "must be 8..=256 bytes"));
     }

@@ -136,6 +136,8 @@ pub fn session_error_status(e: &SessionError) -> StatusCode {
         SessionError::Moved { .. } => StatusCode::TEMPORARY_REDIRECT,
         SessionError::Stopped { .. } | SessionError::Closed { .. } => StatusCode::GONE,
         SessionError::NotDurable { .. }
+        | SessionError::TooFewCopies { .. }
+        | SessionError::CheckpointsBehind { .. }
         | SessionError::HandlerPanicked { .. }
         | SessionError::Restarting { .. }
         | SessionError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

@@ -23,6 +23,8 @@
 //! | `opengrid_cluster_fenced_total` | counter | sessions dropped because a newer epoch holds them |
 //! | `opengrid_cluster_sessions` | gauge | sessions hosted (node) / in the directory (rc) |
 //! | `opengrid_cluster_members` | gauge | alive colony members (rc) |
+//! | `opengrid_cluster_sessions_below_k` | gauge | active sessions whose alive replica holders are fewer than the colony's k (`replicas`) (rc) |
+//! | `opengrid_cluster_sessions_below_min_copies` | gauge | active sessions whose alive replica holders are fewer than their `min_copies`: zero-loss inputs are refused until the set is repaired (rc) |
 //!
 //! Lower crates create their instruments on a meter of the same provider ([`Metrics::meter`]),
 //! so one `/metrics` carries them too: the node's inference pool (`opengrid_runtime_gpu_*`, see
@@ -72,6 +74,10 @@ pub struct Metrics {
     pub sessions: Gauge<u64>,
     /// Alive members.
     pub members: Gauge<u64>,
+    /// Active sessions with fewer alive replica holders than k (rc).
+    pub sessions_below_k: Gauge<u64>,
+    /// Active sessions with fewer alive replica holders than their `min_copies` (rc).
+    pub sessions_below_min_copies: Gauge<u64>,
     /// Handovers driven from this node, by outcome (`completed`, `aborted`).
     pub handovers: Counter<u64>,
     /// Sessions that arrived here by handover.
@@ -196,6 +202,17 @@ impl Metrics {
             members: m
                 .u64_gauge("opengrid_cluster_members")
                 .with_description("alive colony members")
+                .build(),
+            sessions_below_k: m
+                .u64_gauge("opengrid_cluster_sessions_below_k")
+                .with_description("active sessions with fewer alive replica holders than k")
+                .build(),
+            sessions_below_min_copies: m
+                .u64_gauge("opengrid_cluster_sessions_below_min_copies")
+                .with_description(
+                    "active sessions with fewer alive replica holders than their min_copies \
+                     (zero-loss inputs refused until repaired)",
+                )
                 .build(),
             handovers: m
                 .u64_counter("opengrid_cluster_handovers")

@@ -227,10 +227,20 @@ fn reply_json(r: Reply<Value>) -> Value {
             seq,
             output,
             durable,
-        } => match output {
-            Ok(v) => json!({"kind": "processed", "seq": seq, "output": v, "durable": durable}),
-            Err(e) => json!({"kind": "processed", "seq": seq, "error": e, "durable": durable}),
-        },
+            copies,
+            not_durable,
+        } => {
+            let mut v = match output {
+                Ok(v) => json!({"kind": "processed", "seq": seq, "output": v}),
+                Err(e) => json!({"kind": "processed", "seq": seq, "error": e}),
+            };
+            v["durable"] = json!(durable);
+            v["copies"] = json!(copies);
+            if let Some(why) = not_durable {
+                v["not_durable"] = json!(why);
+            }
+            v
+        }
         Reply::Duplicate { seq, last } => json!({"kind": "duplicate", "seq": seq, "last": last}),
     }
 }

@@ -48,6 +48,9 @@ const SHAPE: ConfigShape = ConfigShape {
 pub struct NodeConfig {
     /// Must be [`CONFIG_VERSION`].
     pub version: u32,
+    /// Development mode (default off): the only way to run with the public development colony
+    /// secret (used when `colony_secret` is empty) and the `[faults]` test hooks. Never in production.
+    pub dev: bool,
     /// Human-readable node name (logs, status).
     pub name: String,
     /// Colony to join (must match the RC's `colony`).
@@ -117,6 +120,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             version: CONFIG_VERSION,
+            dev: false,
             name: "node".into(),
             colony: "local".into(),
             data_dir: crate::common::config::default_data_dir("node"),
@@ -130,7 +134,7 @@ impl Default for NodeConfig {
             cluster_listen: "127.0.0.1:0".parse().expect("literal"),
             rc_cluster: DEFAULT_RC_CLUSTER.into(),
             rc_id: String::new(),
-            colony_secret: "opengrid-local-colony".into(),
+            colony_secret: String::new(),
             heartbeat_period: HumanDuration::from_millis(100),
             lease: HumanDuration::from_secs(1),
             control_threads: 1,
@@ -165,6 +169,12 @@ impl NodeConfig {
         Ok(c)
     }
 
+    /// The colony secret this config runs with: `colony_secret`, or with `dev = true` and none
+    /// set, the public development secret.
+    pub fn secret(&self) -> &str {
+        crate::common::config::effective_secret(&self.colony_secret, self.dev)
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_version(self.version)?;
@@ -197,7 +207,7 @@ impl NodeConfig {
                 ));
             }
         }
-        check_secret(&self.colony_secret)?;
+        check_secret(&self.colony_secret, self.dev)?;
         check_period("heartbeat_period", self.heartbeat_period.0)?;
         if self.lease.0 < self.heartbeat_period.0 * 3 {
             return Err(invalid(
@@ -241,6 +251,13 @@ impl NodeConfig {
         if self.drain_timeout.0 < Duration::from_millis(100) {
             return Err(invalid("drain_timeout", "must be at least 100ms"));
         }
+        if self.faults.enabled() && !self.dev {
+            return Err(invalid(
+                "faults.control_dir",
+                "the fault hooks (failing disk, slow or panicking handlers, ignore-lease) are a \
+                 test and chaos-harness hook: allowed only with dev = true",
+            ));
+        }
         self.inference.validate()?;
         Ok(())
     }
@@ -260,11 +277,61 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
+    /// A colony secret from the environment, as operators set it.
+    fn secret_env() -> Vec<(String, String)> {
+        vec![(
+            "OPENGRID_COLONY_SECRET".to_string(),
+            "a-colony-secret".to_string(),
+        )]
+    }
+
     #[test]
-    fn defaults_validate() {
-        NodeConfig::default().validate().unwrap();
-        let n = NodeConfig::from_toml_with_env("", &[]).unwrap();
-        assert_eq!(n, NodeConfig::default());
+    fn defaults_validate_once_a_secret_or_dev_is_set() {
+        let n = NodeConfig::from_toml_with_env("", &secret_env()).unwrap();
+        assert_eq!(
+            n,
+            NodeConfig {
+                colony_secret: "a-colony-secret".into(),
+                ..NodeConfig::default()
+            }
+        );
+        let d = NodeConfig::from_toml_with_env("dev = true", &[]).unwrap();
+        assert_eq!(d.secret(), crate::common::config::DEV_COLONY_SECRET);
+    }
+
+    #[test]
+    fn without_dev_the_default_secret_and_fault_hooks_are_refused_naming_the_field() {
+        for (toml, field, says) in [
+            ("", "colony_secret", "not set"),
+            (
+                "colony_secret = \"opengrid-local-colony\"",
+                "colony_secret",
+                "public development secret",
+            ),
+            (
+                "colony_secret = \"x-secret-1\"\n[faults]\ncontrol_dir = \"/tmp/f\"",
+                "faults.control_dir",
+                "dev = true",
+            ),
+        ] {
+            match NodeConfig::from_toml_with_env(toml, &[]) {
+                Err(ConfigError::Invalid { field: f, reason }) => {
+                    assert_eq!(f, field, "{toml}");
+                    assert!(reason.contains(says), "{toml}: {reason}");
+                }
+                other => panic!("{toml}: {other:?}"),
+            }
+        }
+        // The same with dev = true: accepted.
+        let c = NodeConfig::from_toml_with_env(
+            "dev = true\ncolony_secret = \"opengrid-local-colony\"\n[faults]\ncontrol_dir = \"/tmp/f\"",
+            &[],
+        )
+        .unwrap();
+        assert!(c.faults.enabled());
+        // And from the environment (OPENGRID_DEV), as the chaos harness may set it.
+        let env = vec![("OPENGRID_DEV".to_string(), "true".to_string())];
+        assert!(NodeConfig::from_toml_with_env("", &env).unwrap().dev);
     }
 
     #[test]
@@ -281,6 +348,7 @@ mod tests {
             ("OPENGRID_HEARTBEAT_PERIOD".to_string(), "50ms".to_string()),
             ("OPENGRID_HANDLERS".to_string(), "[\"tutor\"]".to_string()),
         ];
+        let env = [env, secret_env()].concat();
         let c =
             NodeConfig::from_toml_with_env("jurisdiction = \"DE\"\ncapacity = 7", &env).unwrap();
         assert_eq!(c.jurisdiction, "FR");
@@ -300,7 +368,7 @@ mod tests {
             ("lease = \"100ms\"", "lease"),
             ("[hardware]\ncpu_cores = 0", "hardware.cpu_cores"),
         ] {
-            match NodeConfig::from_toml_with_env(toml, &[]) {
+            match NodeConfig::from_toml_with_env(&format!("dev = true\n{toml}"), &[]) {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{toml}"),
                 other => panic!("{toml}: {other:?}"),
             }

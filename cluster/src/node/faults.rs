@@ -1,5 +1,5 @@
-//! Fault hooks of a node — **a test and chaos-harness hook, off by default; never set it in
-//! production.**
+//! Fault hooks of a node — **a test and chaos-harness hook, off by default, and refused by a
+//! config without `dev = true` (ADR 0022); never set it in production.**
 //!
 //! With `[faults] control_dir = "/some/dir"` in the node config (`OPENGRID_FAULTS_CONTROL_DIR`),
 //! a background thread looks at that directory every [`POLL`] and applies what it finds:

@@ -555,7 +555,7 @@ mod tests {
     }
 
     fn field_of(toml: &str) -> String {
-        match NodeConfig::from_toml_with_env(toml, &[]) {
+        match NodeConfig::from_toml_with_env(&format!("dev = true\n{toml}"), &[]) {
             Err(ConfigError::Invalid { field, .. }) => field,
             other => panic!("{toml}: {other:?}"),
         }
@@ -563,7 +563,7 @@ mod tests {
 
     #[test]
     fn absent_section_means_no_inference() {
-        let c = NodeConfig::from_toml_with_env("", &[]).unwrap();
+        let c = NodeConfig::from_toml_with_env("dev = true", &[]).unwrap();
         assert!(!c.inference.enabled());
         assert!(NodeInference::start(&c.inference, &noop_meter())
             .unwrap()
@@ -615,7 +615,7 @@ mod tests {
             ),
             ("OPENGRID_INFERENCE_DEVICE".to_string(), "cpu".to_string()),
         ];
-        let c = NodeConfig::from_toml_with_env("", &env).unwrap();
+        let c = NodeConfig::from_toml_with_env("dev = true", &env).unwrap();
         assert!(c.inference.enabled());
         assert_eq!(c.inference.models_dir, PathBuf::from("/m"));
         assert_eq!(c.inference.threads, 3);

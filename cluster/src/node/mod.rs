@@ -385,7 +385,7 @@ impl NodeCore {
     /// Sends to the RC: a join unsealed (it is signed), everything else MAC-sealed on the
     /// control link ([`crate::common::seal`]); nothing but a join is sent without a link.
     fn send_rc(&self, m: ToRc) -> bool {
-        let group = wire::pg_rc(&self.cfg.colony, &self.cfg.colony_secret);
+        let group = wire::pg_rc(&self.cfg.colony, self.cfg.secret());
         let Some(r) = pick::<RcMsg>(ractor::pg::get_scoped_members(
             &wire::PG_SCOPE.to_string(),
             &group,

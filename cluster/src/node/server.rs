@@ -315,7 +315,7 @@ async fn boot_node(
                 metrics: core.metrics.clone(),
                 role: "node",
             };
-            let server = spawn_node_server(cluster_listen, cfg.colony_secret.clone(), name, watch).await?;
+            let server = spawn_node_server(cluster_listen, cfg.secret().to_string(), name, watch).await?;
             let (agent, _) = Actor::spawn(None, NodeAgent { core: core.clone() }, ())
                 .await
                 .map_err(|e| StartError::Spawn(format!("node agent: {e}")))?;

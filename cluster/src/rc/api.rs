@@ -132,6 +132,11 @@ async fn rc_create(
         )
         .with("location", json!(address))
         .with("epoch", json!(epoch.0))),
+        Err(e @ PlaceError::CopiesUnreachable(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "min_copies_unreachable",
+            e.to_string(),
+        )),
         Err(e @ PlaceError::NodeFailed { .. }) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "placement_failed",

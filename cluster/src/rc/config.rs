@@ -25,6 +25,9 @@ const SHAPE: ConfigShape = ConfigShape {
 pub struct RcConfig {
     /// Must be [`CONFIG_VERSION`].
     pub version: u32,
+    /// Development mode (default off): the only way to run with the public development colony
+    /// secret (used when `colony_secret` is empty). Never in production.
+    pub dev: bool,
     /// Colony name.
     pub colony: String,
     /// Where the identity key lives.
@@ -63,6 +66,9 @@ pub struct RcConfig {
     pub join_max_skew: HumanDuration,
     /// Checkpoint replicas per session (k), chosen among nodes the manifest allows.
     pub replicas: usize,
+    /// Colony floor of `migration.min_copies`: every session's manifest is raised to at least
+    /// this many copies beyond the holder (0: the manifest decides). At most `replicas`.
+    pub min_copies: u32,
     /// Sessions restored at once after a node is declared dead.
     pub failover_parallelism: usize,
     /// Canopy and federation (`[canopy]`, see [`crate::rc::federation::CanopySection`]); off by default.
@@ -75,11 +81,12 @@ impl Default for RcConfig {
     fn default() -> Self {
         RcConfig {
             version: CONFIG_VERSION,
+            dev: false,
             colony: "local".into(),
             data_dir: crate::common::config::default_data_dir("rc"),
             api_listen: DEFAULT_RC_API.parse().expect("literal"),
             cluster_listen: DEFAULT_RC_CLUSTER.parse().expect("literal"),
-            colony_secret: "opengrid-local-colony".into(),
+            colony_secret: String::new(),
             heartbeat_period: HumanDuration::from_millis(100),
             lease: HumanDuration::from_secs(1),
             lease_grace: 1.5,
@@ -93,6 +100,7 @@ impl Default for RcConfig {
             header_timeout: HumanDuration::from_secs(30),
             join_max_skew: HumanDuration::from_secs(60),
             replicas: 2,
+            min_copies: 0,
             failover_parallelism: 64,
             canopy: crate::rc::federation::CanopySection::default(),
             settlement: crate::rc::settlement::SettlementSection::default(),
@@ -120,13 +128,19 @@ impl RcConfig {
         self.lease.0.mul_f64(self.lease_grace)
     }
 
+    /// The colony secret this config runs with: `colony_secret`, or with `dev = true` and none
+    /// set, the public development secret.
+    pub fn secret(&self) -> &str {
+        crate::common::config::effective_secret(&self.colony_secret, self.dev)
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_version(self.version)?;
         if !opengrid_session::manifest::is_ident(&self.colony) {
             return Err(invalid("colony", "must be an identifier"));
         }
-        check_secret(&self.colony_secret)?;
+        check_secret(&self.colony_secret, self.dev)?;
         check_period("heartbeat_period", self.heartbeat_period.0)?;
         if self.lease.0 < self.heartbeat_period.0 * 3 {
             return Err(invalid("lease", "must be at least 3 heartbeat periods"));
@@ -167,6 +181,15 @@ impl RcConfig {
         if self.replicas > 16 {
             return Err(invalid("replicas", "must be 0..=16"));
         }
+        if self.min_copies as usize > self.replicas {
+            return Err(invalid(
+                "min_copies",
+                format!(
+                    "{} exceeds replicas = {}: no session could ever be acknowledged",
+                    self.min_copies, self.replicas
+                ),
+            ));
+        }
         if self.failover_parallelism == 0 || self.failover_parallelism > 4096 {
             return Err(invalid("failover_parallelism", "must be 1..=4096"));
         }
@@ -193,19 +216,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_validate() {
-        RcConfig::default().validate().unwrap();
+    fn defaults_validate_once_a_secret_or_dev_is_set() {
+        let dev = RcConfig {
+            dev: true,
+            ..RcConfig::default()
+        };
+        dev.validate().unwrap();
+        assert_eq!(dev.secret(), crate::common::config::DEV_COLONY_SECRET);
         assert_eq!(
-            RcConfig::from_toml_with_env("", &[]).unwrap(),
-            RcConfig::default()
+            RcConfig::from_toml_with_env("dev = true", &[]).unwrap(),
+            dev
+        );
+        let env = vec![(
+            "OPENGRID_COLONY_SECRET".to_string(),
+            "a-colony-secret".to_string(),
+        )];
+        assert_eq!(
+            RcConfig::from_toml_with_env("", &env).unwrap().secret(),
+            "a-colony-secret"
         );
     }
 
     #[test]
+    fn without_dev_the_default_secret_is_refused_naming_the_field() {
+        for toml in ["", "colony_secret = \"opengrid-local-colony\""] {
+            match RcConfig::from_toml_with_env(toml, &[]) {
+                Err(ConfigError::Invalid { field, reason }) => {
+                    assert_eq!(field, "colony_secret", "{toml}");
+                    assert!(reason.contains("dev = true"), "{reason}");
+                }
+                other => panic!("{toml}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn validate_names_the_field() {
-        match RcConfig::from_toml_with_env("phi_threshold = 0.5", &[]) {
-            Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "phi_threshold"),
-            other => panic!("{other:?}"),
+        for (toml, field) in [
+            ("phi_threshold = 0.5", "phi_threshold"),
+            ("replicas = 1\nmin_copies = 2", "min_copies"),
+        ] {
+            match RcConfig::from_toml_with_env(&format!("dev = true\n{toml}"), &[]) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{toml}"),
+                other => panic!("{toml}: {other:?}"),
+            }
         }
     }
 
@@ -216,7 +270,7 @@ mod tests {
             "/etc/opengrid/treaties.toml".to_string(),
         )];
         // The override reaches the field: validation then reads the (missing) file and names it.
-        match RcConfig::from_toml_with_env("", &env) {
+        match RcConfig::from_toml_with_env("dev = true", &env) {
             Err(ConfigError::Invalid { field, reason }) => {
                 assert_eq!(field, "canopy.treaties_file");
                 assert!(reason.contains("/etc/opengrid/treaties.toml"), "{reason}");

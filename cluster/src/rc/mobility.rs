@@ -677,6 +677,16 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
             .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(250))
         {
             st.mob.last_repair = Some(now);
+            let (mut below_k, mut below_min) = (0u64, 0u64);
+            for e in st.directory.values() {
+                let (_, _, min, k) = core.coverage(&st, e);
+                below_min += u64::from(min);
+                below_k += u64::from(k);
+            }
+            core.metrics.sessions_below_k.record(below_k, &[]);
+            core.metrics
+                .sessions_below_min_copies
+                .record(below_min, &[]);
             let broken: Vec<SessionId> = st
                 .directory
                 .values()

@@ -123,6 +123,24 @@ pub struct MemberStatus {
     pub last_heartbeat_ms: u64,
 }
 
+/// A directory entry as `/status` shows it, with its replica coverage.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionView {
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: DirEntry,
+    /// Copies beyond the holder the session requires (manifest `migration.min_copies`, raised to
+    /// the colony floor).
+    pub min_copies: u32,
+    /// Alive replica holders in its set.
+    pub alive_replicas: usize,
+    /// Fewer alive replica holders than `min_copies`: a zero-loss session refuses inputs (and a
+    /// bounded-loss one answers `durable: false`) until the RC repairs its set.
+    pub below_min_copies: bool,
+    /// Fewer alive replica holders than the colony's k (`replicas`).
+    pub below_k: bool,
+}
+
 /// Colony status.
 #[derive(Clone, Debug, Serialize)]
 pub struct ColonyStatus {
@@ -133,7 +151,7 @@ pub struct ColonyStatus {
     /// Members.
     pub members: Vec<MemberStatus>,
     /// Directory.
-    pub sessions: Vec<DirEntry>,
+    pub sessions: Vec<SessionView>,
 }
 
 pub(crate) struct Member {
@@ -170,6 +188,9 @@ pub enum PlaceError {
         /// Epoch.
         epoch: Epoch,
     },
+    /// A zero-loss session needs more copies beyond its holder than the colony keeps.
+    #[error(transparent)]
+    CopiesUnreachable(#[from] CopiesUnreachable),
     /// The chosen node failed to start it or did not answer in time.
     #[error("node {node} could not start the session: {reason}")]
     NodeFailed {
@@ -178,6 +199,16 @@ pub enum PlaceError {
         /// Why.
         reason: String,
     },
+}
+
+/// A zero-loss manifest needs more copies beyond its holder than the colony keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("migration.min_copies = {need} but this colony keeps {replicas} replicas per session (RC `replicas`): no input could ever be acknowledged")]
+pub struct CopiesUnreachable {
+    /// Copies required (manifest, raised to the colony floor).
+    pub need: u32,
+    /// The colony's k.
+    pub replicas: usize,
 }
 
 /// A successful placement.
@@ -639,12 +670,30 @@ impl RcCore {
         d
     }
 
+    /// `m` as this colony enforces it: `migration.min_copies` raised to the RC's floor
+    /// (`min_copies`). A zero-loss session that needs more copies than the colony keeps
+    /// (`replicas`) is refused: none of its inputs could ever be acknowledged.
+    pub fn colony_policy(&self, m: &Manifest) -> Result<Manifest, CopiesUnreachable> {
+        let mut m = m.clone();
+        m.migration.min_copies = m.migration.min_copies.max(self.cfg.min_copies);
+        if m.migration.acceptable_loss.is_zero()
+            && m.migration.min_copies as usize > self.cfg.replicas
+        {
+            return Err(CopiesUnreachable {
+                need: m.migration.min_copies,
+                replicas: self.cfg.replicas,
+            });
+        }
+        Ok(m)
+    }
+
     /// Admits and places a session, waiting for the node to start it.
     pub async fn place(
         &self,
         m: &Manifest,
         session: Option<SessionId>,
     ) -> Result<Placement, PlaceError> {
+        let m = &self.colony_policy(m)?;
         let req = Requirements::from_manifest(m);
         let sid = session.unwrap_or_else(SessionId::random);
         let (node, name, api, epoch, replica_addrs) = {
@@ -844,14 +893,49 @@ impl RcCore {
                 }
             })
             .collect();
-        let mut sessions: Vec<_> = st.directory.values().cloned().collect();
-        sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        let mut sessions: Vec<SessionView> = st
+            .directory
+            .values()
+            .map(|e| {
+                let (min_copies, alive_replicas, below_min_copies, below_k) = self.coverage(&st, e);
+                SessionView {
+                    entry: e.clone(),
+                    min_copies,
+                    alive_replicas,
+                    below_min_copies,
+                    below_k,
+                }
+            })
+            .collect();
+        sessions.sort_by(|a, b| a.entry.session_id.cmp(&b.entry.session_id));
         ColonyStatus {
             colony: self.cfg.colony.clone(),
             rc: self.id(),
             members,
             sessions,
         }
+    }
+
+    /// Replica coverage of an entry: `(min_copies, alive replica holders, below min_copies,
+    /// below k)`. Only active sessions count as below.
+    pub(crate) fn coverage(&self, st: &RcState, e: &DirEntry) -> (u32, usize, bool, bool) {
+        let min = e
+            .manifest
+            .as_ref()
+            .map(|m| m.migration.min_copies.max(self.cfg.min_copies))
+            .unwrap_or(self.cfg.min_copies);
+        let alive = e
+            .replicas
+            .iter()
+            .filter(|r| st.members.get(r).is_some_and(|m| m.alive))
+            .count();
+        let active = e.state == DirState::Active;
+        (
+            min,
+            alive,
+            active && alive < min as usize,
+            active && alive < self.cfg.replicas,
+        )
     }
 
     /// Number of alive members.
@@ -887,7 +971,7 @@ impl Actor for RcActor {
     async fn pre_start(&self, myself: ActorRef<RcMsg>, _: ()) -> Result<(), ActorProcessingErr> {
         ractor::pg::join_scoped(
             wire::PG_SCOPE.to_string(),
-            wire::pg_rc(&self.core.cfg.colony, &self.core.cfg.colony_secret),
+            wire::pg_rc(&self.core.cfg.colony, self.core.cfg.secret()),
             vec![myself.get_cell()],
         );
         if let Some(s) = self.core.settlement() {

@@ -120,7 +120,7 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
                 metrics: c2.metrics.clone(),
                 role: "rc",
             };
-            let server = spawn_node_server(cluster, cfg.colony_secret.clone(), name, watch).await?;
+            let server = spawn_node_server(cluster, cfg.secret().to_string(), name, watch).await?;
             let (actor, _) = Actor::spawn(None, RcActor { core: c2.clone() }, ())
                 .await
                 .map_err(|e| StartError::Spawn(format!("RC actor: {e}")))?;

@@ -58,6 +58,9 @@ impl CheckpointStore for GatedStore {
     fn corruptions_detected(&self) -> u64 {
         self.inner.corruptions_detected()
     }
+    fn syncs_writes(&self) -> bool {
+        self.inner.syncs_writes()
+    }
 }
 
 #[cfg(test)]

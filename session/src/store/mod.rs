@@ -108,6 +108,29 @@ pub enum StoreError {
     /// but the write did not happen.
     #[error("checkpoint store backend error: {0}")]
     Backend(String),
+    /// Fewer copies beyond the holder than the session requires (`migration.min_copies`):
+    /// nothing was written locally, so the input this checkpoint covers is not acknowledged.
+    #[error("{have} of {need} copies required for session {session}: {reason}")]
+    TooFewCopies {
+        /// The session.
+        session: SessionId,
+        /// Copies beyond the holder the write reached (or could reach).
+        have: u32,
+        /// Copies beyond the holder the session requires.
+        need: u32,
+        /// Why (e.g. "replica holders down").
+        reason: String,
+    },
+}
+
+/// What a counted write ([`CheckpointStore::put_counted`]) reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// Copies beyond the holder's own that acknowledged the checkpoint.
+    pub copies: u32,
+    /// Whether the holder's own copy was synced to disk before the write returned
+    /// ([`CheckpointStore::syncs_writes`]).
+    pub synced: bool,
 }
 
 impl StoreError {
@@ -151,6 +174,35 @@ pub trait CheckpointStore: Send + Sync + 'static {
 
     /// How many corrupt entries reads have skipped or reported since open.
     fn corruptions_detected(&self) -> u64;
+
+    /// Whether a successful `put` is on stable storage when it returns (RocksDB with `sync`).
+    /// A store that does not sync (RocksDB with `fsync = false`) returns `false`, and the session
+    /// runtime then never calls an input durable. The default (`true`) suits stores whose writes
+    /// are complete when `put` returns (the in-memory store used by tests and single-process
+    /// examples, wrappers that delegate this method).
+    fn syncs_writes(&self) -> bool {
+        true
+    }
+
+    /// Stores `cp` like [`put`](Self::put), but only if it reaches at least `min_copies` copies
+    /// beyond the holder's own, and says how many it reached. A store that keeps no copies beyond
+    /// the holder (this default) refuses any `min_copies` above 0 with
+    /// [`StoreError::TooFewCopies`] before writing anything; the replicating store overrides it.
+    fn put_counted(&self, cp: &Checkpoint, min_copies: u32) -> Result<PutOutcome, StoreError> {
+        if min_copies > 0 {
+            return Err(StoreError::TooFewCopies {
+                session: cp.session_id.clone(),
+                have: 0,
+                need: min_copies,
+                reason: "this store keeps no copies beyond the holder".into(),
+            });
+        }
+        self.put(cp)?;
+        Ok(PutOutcome {
+            copies: 0,
+            synced: self.syncs_writes(),
+        })
+    }
 }
 
 /// The fencing check shared by all implementations: `(fence_epoch, newest_seq_in_that_epoch)`.
@@ -209,5 +261,11 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for std::sync::Arc<T> {
     }
     fn corruptions_detected(&self) -> u64 {
         (**self).corruptions_detected()
+    }
+    fn syncs_writes(&self) -> bool {
+        (**self).syncs_writes()
+    }
+    fn put_counted(&self, cp: &Checkpoint, min_copies: u32) -> Result<PutOutcome, StoreError> {
+        (**self).put_counted(cp, min_copies)
     }
 }

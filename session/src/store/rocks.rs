@@ -404,4 +404,7 @@ impl CheckpointStore for RocksCheckpointStore {
     fn corruptions_detected(&self) -> u64 {
         self.corruptions.load(Ordering::Relaxed)
     }
+    fn syncs_writes(&self) -> bool {
+        self.opts.sync
+    }
 }

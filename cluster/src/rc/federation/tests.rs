@@ -176,7 +176,7 @@ data_classes = ["*"]
             "5".to_string(),
         ),
     ];
-    let c = RcConfig::from_toml_with_env(toml, &env).unwrap();
+    let c = RcConfig::from_toml_with_env(&format!("dev = true\n{toml}"), &env).unwrap();
     assert!(c.canopy.enabled);
     assert_eq!(c.canopy.region, "eu-west");
     assert_eq!(c.canopy.expiry_intervals, 5);
@@ -184,7 +184,7 @@ data_classes = ["*"]
     assert_eq!(c.canopy.treaties().unwrap().list()[0].name, "fr-de");
     // Defaults: canopy off, still valid.
     assert!(
-        !RcConfig::from_toml_with_env("", &[])
+        !RcConfig::from_toml_with_env("dev = true", &[])
             .unwrap()
             .canopy
             .enabled
@@ -192,7 +192,7 @@ data_classes = ["*"]
     // Unknown fields are refused; bad values name the dotted field.
     let e = RcConfig::from_toml_with_env("[canopy]\nzoen = \"FR\"", &[]).unwrap_err();
     assert!(e.to_string().contains("zoen"), "{e}");
-    match RcConfig::from_toml_with_env("[canopy]\nzone = \"XX\"", &[]) {
+    match RcConfig::from_toml_with_env("dev = true\n[canopy]\nzone = \"XX\"", &[]) {
         Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "canopy.zone"),
         other => panic!("{other:?}"),
     }
