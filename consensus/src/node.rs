@@ -401,7 +401,8 @@ impl<A: Application> Inner<A> {
     /// Whether `sender` may send Raft RPCs here: a member of the current (possibly joint)
     /// membership, or anyone while this replica has no membership yet (a fresh learner).
     fn is_member(&self, sender: Option<NodeId>) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let membership = m.membership_config.membership();
         if membership.nodes().next().is_none() {
             return true;
@@ -410,12 +411,16 @@ impl<A: Application> Inner<A> {
     }
 
     fn refuse_non_member(&self, kind: &str, sender: Option<NodeId>) -> RpcResponse {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            kind,
-            ?sender,
-            "refused a raft rpc from a sender outside the membership"
-        );
+        let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        // Logged at the 1st, 2nd, 4th, 8th… refusal: a flood cannot fill the disk with logs.
+        if total.is_power_of_two() {
+            tracing::warn!(
+                kind,
+                ?sender,
+                refused_total = total,
+                "refused a raft rpc from a sender outside the membership"
+            );
+        }
         RpcResponse::Client(Err(WireError::NotAMember { sender }))
     }
 
