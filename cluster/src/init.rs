@@ -173,6 +173,7 @@ pub const RC: Template = Template {
         ("settlement.ledger", "Ledger replica addresses host:port; [] = no settlement (nodes keep receipts)."),
         ("settlement.interval", "One batch proposal per interval (more than 0)."),
         ("settlement.max_per_batch", "Most receipts per batch; more are proposed in several parts."),
+        ("settlement.max_pending", "Most co-signed receipts queued for the next interval; beyond it nodes keep theirs and resend later."),
     ],
     unset: &[("canopy.treaties_file", "\"/etc/opengrid/treaties.toml\"")],
 };
@@ -191,6 +192,9 @@ pub const LEDGER: Template = Template {
         ("peers", "Initial voters, each \"ID=HOST:PORT\", this replica included; [] = join later as learner."),
         ("snapshot_every", "Snapshot every this many applied entries (at least 1)."),
         ("protocol_account", "Account credited with the protocol share of every fee (printable, no spaces)."),
+        ("operator", "Ledger operator's DID (`opengrid ledger keygen --key-file operator.key` prints it); its key authorizes registrations and membership changes. \"\" = none: all of them are refused."),
+        ("max_fee_micros", "Largest fee one receipt may carry, micro-units (the same on every replica)."),
+        ("max_rejections", "Rejected receipts kept in the ledger's rejection log, oldest dropped first (the same on every replica)."),
     ],
     unset: &[],
 };
@@ -824,6 +828,9 @@ mod tests {
                 ("peers", "p"),
                 ("snapshot_every", "s"),
                 ("protocol_account", "p"),
+                ("operator", "o"),
+                ("max_fee_micros", "m"),
+                ("max_rejections", "r"),
                 ("gone", "g"),
             ],
             unset: &[],

@@ -65,7 +65,7 @@ mod tests {
         .unwrap();
         // Only the node itself may hand in its receipts.
         let ToNode::ReceiptsAck { accepted, refused } =
-            settler.on_receipts(&Identity::generate().id(), again.clone())
+            settler.on_receipts(&Identity::generate().id(), Some(7), again.clone())
         else {
             panic!()
         };
@@ -75,14 +75,14 @@ mod tests {
         let mut bad = again[0].clone();
         bad.receipt.fee_micros += 1;
         let ToNode::ReceiptsAck { accepted, refused } =
-            settler.on_receipts(&node.id(), vec![bad, again[0].clone()])
+            settler.on_receipts(&node.id(), Some(7), vec![bad, again[0].clone()])
         else {
             panic!()
         };
         assert_eq!(accepted, vec![again[0].receipt.receipt_id]);
         assert_eq!(refused.len(), 1);
         // A resend after a lost ack is acknowledged again but queued once.
-        settler.on_receipts(&node.id(), again.clone());
+        settler.on_receipts(&node.id(), Some(7), again.clone());
         assert_eq!(settler.status().pending, 1);
         let batch = settler.cut_now();
         batch[0].receipts[0]

@@ -36,6 +36,12 @@ pub enum ConsensusError {
     Config(String),
     #[error("remote replica failed the request: {0}")]
     Remote(String),
+    /// An admin request was refused by the authorizer (here or at the replica that served it).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A Raft RPC from a sender outside the group's membership was refused.
+    #[error("refused: sender {0:?} is not a member of the group")]
+    NotAMember(Option<NodeId>),
 }
 
 impl ConsensusError {

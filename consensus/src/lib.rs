@@ -19,6 +19,8 @@
 //!   read (`read` linearizable, `local_read`), membership (`initialize`, `add_learner`,
 //!   `change_membership`, `remove_node`), `metrics`, `status`, `shutdown`.
 //! - [`Client`]: for processes that are not replicas; follows leader redirects.
+//! - [`auth`]: the admin-request authorization hook ([`AdminAuthorizer`]) and the refusal of Raft
+//!   RPCs whose sender is not a member.
 //!
 //! A replica restarted on its data dir restores the last snapshot, re-applies committed log
 //! entries after it, and catches up from the leader (log entries, or a snapshot when the leader
@@ -27,6 +29,7 @@
 //! Metrics: none of its own yet; openraft's [`RaftMetrics`] are exposed via [`RaftNode::metrics`].
 
 pub mod application;
+pub mod auth;
 pub mod error;
 pub mod network;
 pub mod node;
@@ -34,6 +37,7 @@ pub mod store;
 pub mod types;
 
 pub use application::{Application, KvApplication, RestoreError};
+pub use auth::{AdminAuthorizer, AdminRequest};
 pub use error::ConsensusError;
 pub use network::{NodeStatus, WireError};
 pub use node::{Client, RaftNode, RaftNodeConfig};

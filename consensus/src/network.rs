@@ -65,10 +65,18 @@ pub enum RpcRequest {
     LocalRead { query: Vec<u8> },
     /// Client: this replica's status.
     Status,
-    /// Admin: add a learner (forwarded to the leader).
-    AddLearner { id: NodeId, addr: String },
-    /// Admin: set the voter set (forwarded to the leader).
-    ChangeMembership { voters: BTreeSet<NodeId> },
+    /// Admin: add a learner (forwarded to the leader). `auth`: the caller's authorization,
+    /// checked by the replica's [`AdminAuthorizer`](crate::auth::AdminAuthorizer) when it has one.
+    AddLearner {
+        id: NodeId,
+        addr: String,
+        auth: Vec<u8>,
+    },
+    /// Admin: set the voter set (forwarded to the leader); `auth` as for `AddLearner`.
+    ChangeMembership {
+        voters: BTreeSet<NodeId>,
+        auth: Vec<u8>,
+    },
 }
 
 /// A response on the wire.
@@ -96,6 +104,12 @@ pub enum WireError {
     /// The request failed on the replica.
     #[error("{0}")]
     Failed(String),
+    /// An admin request was refused by the replica's authorizer (the reason says why).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A Raft RPC whose sender is not a member of the group was refused.
+    #[error("refused: sender {sender:?} is not a member of this group")]
+    NotAMember { sender: Option<NodeId> },
 }
 
 /// A replica's view of itself, for operators and tests.

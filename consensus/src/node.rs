@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::application::Application;
+use crate::auth::{AdminAuthorizer, AdminRequest};
 use crate::error::ConsensusError;
 use crate::network::{
     server_codec, Connection, NodeStatus, RpcRequest, RpcResponse, TcpNetworkFactory, WireError,
@@ -46,6 +48,9 @@ pub struct RaftNodeConfig {
     pub max_frame_bytes: usize,
     /// How long a client request waits for a reply from another replica.
     pub request_timeout: Duration,
+    /// Checks every admin request (add learner, change membership) before it is served; `None`
+    /// serves them unchecked (plain groups; the settlement ledger always sets one).
+    pub admin_authorizer: Option<Arc<dyn AdminAuthorizer>>,
 }
 
 impl RaftNodeConfig {
@@ -63,6 +68,7 @@ impl RaftNodeConfig {
             snapshot_every: 5_000,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             request_timeout: Duration::from_secs(10),
+            admin_authorizer: None,
         }
     }
 
@@ -123,6 +129,9 @@ struct Inner<A> {
     sm: StateMachineStore<A>,
     max_frame: usize,
     request_timeout: Duration,
+    authorizer: Option<Arc<dyn AdminAuthorizer>>,
+    /// Requests refused: Raft RPCs from non-members and unauthorized admin requests.
+    refused: AtomicU64,
 }
 
 /// One running replica of a Raft group whose state machine is the application `A`.
@@ -162,6 +171,8 @@ impl<A: Application> RaftNode<A> {
             sm,
             max_frame: config.max_frame_bytes,
             request_timeout: config.request_timeout,
+            authorizer: config.admin_authorizer.clone(),
+            refused: AtomicU64::new(0),
         });
         let (stop, stop_rx) = watch::channel(false);
         let server = tokio::spawn(serve(listener, inner.clone(), stop_rx));
@@ -240,21 +251,47 @@ impl<A: Application> RaftNode<A> {
         self.inner.status()
     }
 
-    /// Add a learner (forwarded to the leader); returns once it is caught up.
+    /// Add a learner (forwarded to the leader); returns once it is caught up. Without
+    /// authorization: refused when this replica (or the leader) has an admin authorizer.
     pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), ConsensusError> {
+        self.add_learner_with_auth(id, addr, Vec::new()).await
+    }
+
+    /// [`RaftNode::add_learner`] carrying `auth` for the replicas' admin authorizer.
+    pub async fn add_learner_with_auth(
+        &self,
+        id: NodeId,
+        addr: String,
+        auth: Vec<u8>,
+    ) -> Result<(), ConsensusError> {
         self.inner
-            .admin(RpcRequest::AddLearner { id, addr }, true)
+            .admin(RpcRequest::AddLearner { id, addr, auth }, true)
             .await
             .map(|_| ())
     }
 
     /// Make exactly `voters` the voting members (learners among them are promoted, voters not
-    /// among them are removed).
+    /// among them are removed). Without authorization, like [`RaftNode::add_learner`].
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), ConsensusError> {
+        self.change_membership_with_auth(voters, Vec::new()).await
+    }
+
+    /// [`RaftNode::change_membership`] carrying `auth` for the replicas' admin authorizer.
+    pub async fn change_membership_with_auth(
+        &self,
+        voters: BTreeSet<NodeId>,
+        auth: Vec<u8>,
+    ) -> Result<(), ConsensusError> {
         self.inner
-            .admin(RpcRequest::ChangeMembership { voters }, true)
+            .admin(RpcRequest::ChangeMembership { voters, auth }, true)
             .await
             .map(|_| ())
+    }
+
+    /// Requests this replica refused so far: Raft RPCs from senders outside the membership and
+    /// admin requests its authorizer refused.
+    pub fn refused_requests(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
     }
 
     /// Remove `id` from the voters and from the cluster.
@@ -349,10 +386,69 @@ impl<A: Application> Inner<A> {
                 leader_addr,
             }),
             RpcResponse::Client(Err(WireError::Failed(m))) => Err(ConsensusError::Remote(m)),
+            RpcResponse::Client(Err(WireError::Unauthorized(m))) => {
+                Err(ConsensusError::Unauthorized(m))
+            }
+            RpcResponse::Client(Err(WireError::NotAMember { sender })) => {
+                Err(ConsensusError::NotAMember(sender))
+            }
             other => Err(ConsensusError::Protocol(format!(
                 "unexpected response {other:?}"
             ))),
         }
+    }
+
+    /// Whether `sender` may send Raft RPCs here: a member of the current (possibly joint)
+    /// membership, or anyone while this replica has no membership yet (a fresh learner).
+    fn is_member(&self, sender: Option<NodeId>) -> bool {
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
+        let membership = m.membership_config.membership();
+        if membership.nodes().next().is_none() {
+            return true;
+        }
+        sender.is_some_and(|id| membership.get_node(&id).is_some())
+    }
+
+    fn refuse_non_member(&self, kind: &str, sender: Option<NodeId>) -> RpcResponse {
+        let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        // Logged at the 1st, 2nd, 4th, 8th… refusal: a flood cannot fill the disk with logs.
+        if total.is_power_of_two() {
+            tracing::warn!(
+                kind,
+                ?sender,
+                refused_total = total,
+                "refused a raft rpc from a sender outside the membership"
+            );
+        }
+        RpcResponse::Client(Err(WireError::NotAMember { sender }))
+    }
+
+    fn authorize(&self, req: &RpcRequest) -> Result<(), ConsensusError> {
+        let Some(authorizer) = &self.authorizer else {
+            return Ok(());
+        };
+        let (admin, auth) = match req {
+            RpcRequest::AddLearner { id, addr, auth } => (
+                AdminRequest::AddLearner {
+                    id: *id,
+                    addr: addr.clone(),
+                },
+                auth,
+            ),
+            RpcRequest::ChangeMembership { voters, auth } => (
+                AdminRequest::ChangeMembership {
+                    voters: voters.clone(),
+                },
+                auth,
+            ),
+            _ => return Ok(()),
+        };
+        authorizer.authorize(&admin, auth).map_err(|reason| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(request = ?admin, %reason, "refused an admin request");
+            ConsensusError::Unauthorized(reason)
+        })
     }
 
     async fn write(&self, command: Vec<u8>, forward: bool) -> Result<Vec<u8>, ConsensusError> {
@@ -439,15 +535,16 @@ impl<A: Application> Inner<A> {
         // A membership change is two log entries (joint, then uniform); a new change proposed
         // while the previous one's second entry is uncommitted is refused as `InProgress`. That
         // is transient: retry for a bounded time (100 × 20 ms) instead of failing the operator.
+        self.authorize(&req)?;
         let mut attempts = 0u32;
         let res = loop {
             let r = match &req {
-                RpcRequest::AddLearner { id, addr } => self
+                RpcRequest::AddLearner { id, addr, .. } => self
                     .raft
                     .add_learner(*id, BasicNode::new(addr.clone()), true)
                     .await
                     .map(|_| ()),
-                RpcRequest::ChangeMembership { voters } => self
+                RpcRequest::ChangeMembership { voters, .. } => self
                     .raft
                     .change_membership(voters.clone(), false)
                     .await
@@ -481,13 +578,6 @@ impl<A: Application> Inner<A> {
                         leader_addr: addr,
                     });
                 }
-                let req = match req {
-                    RpcRequest::AddLearner { id, addr } => RpcRequest::AddLearner { id, addr },
-                    RpcRequest::ChangeMembership { voters } => {
-                        RpcRequest::ChangeMembership { voters }
-                    }
-                    other => other,
-                };
                 self.forward_admin(f.leader_id, addr, req).await
             }
             Err(e) => Err(ConsensusError::Raft(e.to_string())),
@@ -515,15 +605,31 @@ impl<A: Application> Inner<A> {
                     leader_id,
                     leader_addr,
                 },
+                ConsensusError::Unauthorized(m) => WireError::Unauthorized(m),
+                ConsensusError::NotAMember(sender) => WireError::NotAMember { sender },
                 other => WireError::Failed(other.to_string()),
             }))
         };
         match req {
             RpcRequest::AppendEntries(r) => {
+                let sender = r.vote.leader_id().voted_for();
+                if !self.is_member(sender) {
+                    return self.refuse_non_member("append_entries", sender);
+                }
                 RpcResponse::AppendEntries(self.raft.append_entries(r).await)
             }
-            RpcRequest::Vote(r) => RpcResponse::Vote(self.raft.vote(r).await),
+            RpcRequest::Vote(r) => {
+                let sender = r.vote.leader_id().voted_for();
+                if !self.is_member(sender) {
+                    return self.refuse_non_member("vote", sender);
+                }
+                RpcResponse::Vote(self.raft.vote(r).await)
+            }
             RpcRequest::InstallSnapshot(r) => {
+                let sender = r.vote.leader_id().voted_for();
+                if !self.is_member(sender) {
+                    return self.refuse_non_member("install_snapshot", sender);
+                }
                 RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
             RpcRequest::ClientWrite { command, forward } => {
@@ -644,23 +750,52 @@ impl Client {
         .await
     }
 
-    /// Add a learner to the cluster.
+    /// Add a learner to the cluster (no authorization attached).
     pub async fn add_learner(&mut self, id: NodeId, addr: String) -> Result<(), ConsensusError> {
+        self.add_learner_with(id, addr, |_| Vec::new()).await
+    }
+
+    /// Add a learner; `authorize` makes the authorization bytes for each attempt (so a
+    /// one-time nonce is fresh on every retry).
+    pub async fn add_learner_with(
+        &mut self,
+        id: NodeId,
+        addr: String,
+        authorize: impl Fn(&AdminRequest) -> Vec<u8>,
+    ) -> Result<(), ConsensusError> {
+        let req = AdminRequest::AddLearner {
+            id,
+            addr: addr.clone(),
+        };
         self.retrying(|| RpcRequest::AddLearner {
             id,
             addr: addr.clone(),
+            auth: authorize(&req),
         })
         .await
         .map(|_| ())
     }
 
-    /// Set the voters.
+    /// Set the voters (no authorization attached).
     pub async fn change_membership(
         &mut self,
         voters: BTreeSet<NodeId>,
     ) -> Result<(), ConsensusError> {
+        self.change_membership_with(voters, |_| Vec::new()).await
+    }
+
+    /// Set the voters; `authorize` as for [`Client::add_learner_with`].
+    pub async fn change_membership_with(
+        &mut self,
+        voters: BTreeSet<NodeId>,
+        authorize: impl Fn(&AdminRequest) -> Vec<u8>,
+    ) -> Result<(), ConsensusError> {
+        let req = AdminRequest::ChangeMembership {
+            voters: voters.clone(),
+        };
         self.retrying(|| RpcRequest::ChangeMembership {
             voters: voters.clone(),
+            auth: authorize(&req),
         })
         .await
         .map(|_| ())
@@ -728,6 +863,12 @@ impl Client {
                 Ok(RpcResponse::Client(Err(WireError::Failed(m)))) => {
                     // Raft-level failures during elections/membership changes are transient.
                     last_err = ConsensusError::Remote(m);
+                }
+                Ok(RpcResponse::Client(Err(WireError::Unauthorized(m)))) => {
+                    return Err(ConsensusError::Unauthorized(m));
+                }
+                Ok(RpcResponse::Client(Err(WireError::NotAMember { sender }))) => {
+                    return Err(ConsensusError::NotAMember(sender));
                 }
                 Ok(other) => {
                     return Err(ConsensusError::Protocol(format!(

@@ -65,17 +65,26 @@ struct BenchReport {
 fn ledger_apply(c: &mut Criterion) {
     let node = Keypair::from_seed([1; 32]);
     let rc = Keypair::from_seed([2; 32]);
-    let mut base = Ledger::default();
-    base.execute(LedgerCommand::RegisterNode(NodeRegistration::new(
-        &node,
-        SplitPolicy::Interchange,
-        Account::new("op").unwrap(),
-        vec![],
-    )));
-    base.execute(LedgerCommand::RegisterRc(RcRegistration::new(
-        &rc,
-        Account::new("rc").unwrap(),
-    )));
+    let operator = Keypair::from_seed([3; 32]);
+    let mut base = Ledger::with_rules(
+        Account::protocol(),
+        opengrid_settlement::LedgerRules {
+            operator: Some(operator.did()),
+            ..Default::default()
+        },
+    );
+    base.execute(LedgerCommand::RegisterNode(
+        NodeRegistration::new(
+            &node,
+            SplitPolicy::Interchange,
+            Account::new("op").unwrap(),
+            vec![],
+        )
+        .authorize(&operator),
+    ));
+    base.execute(LedgerCommand::RegisterRc(
+        RcRegistration::new(&rc, Account::new("rc").unwrap()).authorize(&operator),
+    ));
     let receipts = make_receipts(&node, &rc, 1_000, 0);
     let batch = Batch {
         rc: rc.did(),
@@ -102,10 +111,15 @@ criterion_group!(benches, ledger_apply);
 /// each receipt with two ed25519 verifies (node signature + RC co-signature) on every replica.
 async fn bench_settlement(opts: BenchOptions) -> Result<BenchReport, SettlementError> {
     let tmp = tempfile_dir(&opts)?;
+    let bench_operator = Keypair::from_seed([13; 32]);
     let mut replicas = Vec::new();
     for id in 1..=opts.replicas {
         let ro = ReplicaOptions {
             snapshot_every: 50,
+            rules: opengrid_settlement::LedgerRules {
+                operator: Some(bench_operator.did()),
+                ..Default::default()
+            },
             ..ReplicaOptions::new(id, "127.0.0.1:0", tmp.join(format!("r{id}")))
         };
         replicas.push(start_replica(ro).await?);
@@ -121,15 +135,18 @@ async fn bench_settlement(opts: BenchOptions) -> Result<BenchReport, SettlementE
     let node = Keypair::from_seed([11; 32]);
     let rc = Keypair::from_seed([12; 32]);
     client
-        .register_node(NodeRegistration::new(
-            &node,
-            SplitPolicy::Interchange,
-            Account::new("node-op")?,
-            vec![],
-        ))
+        .register_node(
+            NodeRegistration::new(
+                &node,
+                SplitPolicy::Interchange,
+                Account::new("node-op")?,
+                vec![],
+            )
+            .authorize(&bench_operator),
+        )
         .await?;
     client
-        .register_rc(RcRegistration::new(&rc, Account::new("rc-op")?))
+        .register_rc(RcRegistration::new(&rc, Account::new("rc-op")?).authorize(&bench_operator))
         .await?;
 
     let receipts = make_receipts(&node, &rc, opts.receipts, 0);

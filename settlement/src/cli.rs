@@ -9,7 +9,7 @@ use opengrid_consensus::NodeId;
 
 use crate::config::LedgerConfig;
 use crate::keys::Keypair;
-use crate::ledger::{BatchId, NodeRegistration, RcRegistration};
+use crate::ledger::{BatchId, LedgerResponse, NodeRegistration, RcRegistration};
 use crate::receipt::ReceiptId;
 use crate::replica::{run_replica, LedgerClient};
 use crate::split::{Account, SplitPolicy};
@@ -50,6 +50,10 @@ pub enum LedgerCmd {
         /// Account credited with the protocol share (default `protocol`).
         #[arg(long)]
         protocol_account: Option<String>,
+        /// The ledger operator's DID (`opengrid ledger keygen` prints it): its key authorizes
+        /// registrations and membership changes. Without one, all of them are refused.
+        #[arg(long, env = "OPENGRID_LEDGER_OPERATOR")]
+        operator: Option<String>,
         /// Exit when standard input closes (lets a parent process own the replica's lifetime).
         #[arg(long)]
         exit_on_stdin_eof: bool,
@@ -85,10 +89,14 @@ pub enum LedgerCmd {
         #[arg(long)]
         key_file: PathBuf,
     },
-    /// Register a node's key and split policy (signed with the node's key).
+    /// Register a node's key and split policy (signed with the node's key, authorized by the
+    /// ledger operator's key).
     RegisterNode {
         #[arg(long)]
         key_file: PathBuf,
+        /// The ledger operator's key file (must exist; `keygen` creates one).
+        #[arg(long)]
+        operator_key_file: PathBuf,
         /// interchange | nodeco | custom:NODE_OP,ROUTING_OP,PROTOCOL,OWNERS (basis points)
         #[arg(long, default_value = "interchange")]
         policy: String,
@@ -100,12 +108,41 @@ pub enum LedgerCmd {
         #[arg(long, value_delimiter = ',')]
         addr: Vec<String>,
     },
-    /// Register an RC's key and routing operator account (signed with the RC's key).
+    /// Register an RC's key and routing operator account (signed with the RC's key, authorized
+    /// by the ledger operator's key).
     RegisterRc {
         #[arg(long)]
         key_file: PathBuf,
+        /// The ledger operator's key file (must exist).
+        #[arg(long)]
+        operator_key_file: PathBuf,
         #[arg(long)]
         operator: String,
+        #[arg(long, value_delimiter = ',')]
+        addr: Vec<String>,
+    },
+    /// Add a replica to the group as a learner (authorized by the ledger operator's key).
+    AddLearner {
+        /// Raft id of the new replica.
+        #[arg(long)]
+        id: NodeId,
+        /// Its address, host:port.
+        #[arg(long)]
+        learner_addr: String,
+        /// The ledger operator's key file (must exist).
+        #[arg(long)]
+        operator_key_file: PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        addr: Vec<String>,
+    },
+    /// Make exactly these replicas the voters (authorized by the ledger operator's key).
+    ChangeMembership {
+        /// Raft ids, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        voters: Vec<NodeId>,
+        /// The ledger operator's key file (must exist).
+        #[arg(long)]
+        operator_key_file: PathBuf,
         #[arg(long, value_delimiter = ',')]
         addr: Vec<String>,
     },
@@ -159,6 +196,15 @@ async fn shutdown_signal(exit_on_stdin_eof: bool) {
     }
 }
 
+/// Prints a registration answer; a refused registration is an error (non-zero exit) naming why.
+fn registered(resp: LedgerResponse) -> anyhow::Result<()> {
+    print_json(&resp)?;
+    match resp {
+        LedgerResponse::RegistrationRejected(e) => anyhow::bail!("registration refused: {e}"),
+        _ => Ok(()),
+    }
+}
+
 /// Run one ledger subcommand.
 pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
     match cmd {
@@ -170,6 +216,7 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             peers,
             snapshot_every,
             protocol_account,
+            operator,
             exit_on_stdin_eof,
         } => {
             let mut cfg = LedgerConfig::load(config.as_deref())?;
@@ -190,6 +237,9 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             }
             if let Some(a) = protocol_account {
                 cfg.protocol_account = a;
+            }
+            if let Some(o) = operator {
+                cfg.operator = o;
             }
             let opts = cfg.replica_options()?;
             run_replica(opts, shutdown_signal(exit_on_stdin_eof)).await?;
@@ -222,6 +272,7 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
         }
         LedgerCmd::RegisterNode {
             key_file,
+            operator_key_file,
             policy,
             operator,
             owners,
@@ -243,17 +294,45 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
                     ))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let reg = NodeRegistration::new(&key, policy, Account::new(operator)?, owners);
-            print_json(&client(addr)?.register_node(reg).await?)?;
+            let ledger_op = Keypair::load(&operator_key_file)?;
+            let reg = NodeRegistration::new(&key, policy, Account::new(operator)?, owners)
+                .authorize(&ledger_op);
+            registered(client(addr)?.register_node(reg).await?)?;
         }
         LedgerCmd::RegisterRc {
             key_file,
+            operator_key_file,
             operator,
             addr,
         } => {
             let key = Keypair::load_or_create(&key_file)?;
-            let reg = RcRegistration::new(&key, Account::new(operator)?);
-            print_json(&client(addr)?.register_rc(reg).await?)?;
+            let ledger_op = Keypair::load(&operator_key_file)?;
+            let reg = RcRegistration::new(&key, Account::new(operator)?).authorize(&ledger_op);
+            registered(client(addr)?.register_rc(reg).await?)?;
+        }
+        LedgerCmd::AddLearner {
+            id,
+            learner_addr,
+            operator_key_file,
+            addr,
+        } => {
+            let ledger_op = Keypair::load(&operator_key_file)?;
+            client(addr)?
+                .add_learner(id, learner_addr.clone(), &ledger_op)
+                .await?;
+            print_json(&serde_json::json!({ "learner_added": id, "addr": learner_addr }))?;
+        }
+        LedgerCmd::ChangeMembership {
+            voters,
+            operator_key_file,
+            addr,
+        } => {
+            let ledger_op = Keypair::load(&operator_key_file)?;
+            let voters: std::collections::BTreeSet<NodeId> = voters.into_iter().collect();
+            client(addr)?
+                .change_membership(voters.clone(), &ledger_op)
+                .await?;
+            print_json(&serde_json::json!({ "voters": voters }))?;
         }
     }
     Ok(())

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use opengrid_consensus::{NodeId, RaftNodeConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::did::Did;
+use crate::ledger::{LedgerRules, DEFAULT_MAX_FEE_MICROS, DEFAULT_MAX_REJECTIONS};
 use crate::replica::ReplicaOptions;
 use crate::split::Account;
 
@@ -68,6 +70,14 @@ pub struct LedgerConfig {
     pub snapshot_every: u64,
     /// Account credited with the protocol share of every settled fee.
     pub protocol_account: String,
+    /// The ledger operator's DID (`did:mycel:z…`, printed by `opengrid ledger keygen`): its key
+    /// authorizes node/RC registrations and membership changes. Empty: none is configured and
+    /// every registration and membership change is refused.
+    pub operator: String,
+    /// Largest fee one receipt may carry, micro-units (same on every replica).
+    pub max_fee_micros: u64,
+    /// Rejections kept in the ledger's rejection log (same on every replica).
+    pub max_rejections: usize,
 }
 
 impl Default for LedgerConfig {
@@ -80,6 +90,9 @@ impl Default for LedgerConfig {
             peers: Vec::new(),
             snapshot_every: 1_000,
             protocol_account: Account::protocol().0,
+            operator: String::new(),
+            max_fee_micros: DEFAULT_MAX_FEE_MICROS,
+            max_rejections: DEFAULT_MAX_REJECTIONS,
         }
     }
 }
@@ -171,9 +184,33 @@ impl LedgerConfig {
         }
         let protocol_account = Account::new(self.protocol_account.clone())
             .map_err(|e| invalid("protocol_account", e.to_string()))?;
+        let operator = if self.operator.trim().is_empty() {
+            None
+        } else {
+            Some(self.operator.trim().parse::<Did>().map_err(|e| {
+                invalid(
+                    "operator",
+                    format!(
+                        "{:?} is not a did:mycel DID ({e}); `opengrid ledger keygen --key-file operator.key` prints one",
+                        self.operator
+                    ),
+                )
+            })?)
+        };
+        if self.max_fee_micros == 0 {
+            return Err(invalid("max_fee_micros", "must be at least 1"));
+        }
+        if self.max_rejections == 0 {
+            return Err(invalid("max_rejections", "must be at least 1"));
+        }
         Ok(ReplicaOptions {
             peers,
             protocol_account,
+            rules: LedgerRules {
+                operator,
+                max_fee_micros: self.max_fee_micros,
+                max_rejections: self.max_rejections,
+            },
             snapshot_every: self.snapshot_every,
             ..ReplicaOptions::new(self.id, self.addr.clone(), self.data_dir.clone())
         })
@@ -217,6 +254,15 @@ mod tests {
         assert_eq!(o.peers[&3], "127.0.0.1:7803");
         assert_eq!(o.snapshot_every, 50);
         assert_eq!(o.protocol_account.0, "treasury");
+        assert_eq!(o.rules.operator, None);
+        let op = crate::keys::Keypair::from_seed([3; 32]).did();
+        let c = LedgerConfig::from_toml(&format!(
+            "operator = \"{op}\"\nmax_fee_micros = 5\nmax_rejections = 7"
+        ))
+        .unwrap();
+        let o = c.replica_options().unwrap();
+        assert_eq!(o.rules.operator, Some(op));
+        assert_eq!((o.rules.max_fee_micros, o.rules.max_rejections), (5, 7));
     }
 
     #[test]
@@ -236,6 +282,9 @@ mod tests {
             ("peers = [\"one\"]", "peers"),
             ("snapshot_every = 0", "snapshot_every"),
             ("protocol_account = \"has space\"", "protocol_account"),
+            ("operator = \"did:web:nope\"", "operator"),
+            ("max_fee_micros = 0", "max_fee_micros"),
+            ("max_rejections = 0", "max_rejections"),
         ] {
             match LedgerConfig::from_toml(text) {
                 Err(LedgerConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),

@@ -43,6 +43,14 @@ impl Keypair {
         Ok(Self { signing })
     }
 
+    /// Loads an existing key file (refused when absent, insecure or corrupt): for keys that
+    /// must not be created by accident, such as the ledger operator's.
+    pub fn load(path: &Path) -> Result<Self, SettlementError> {
+        Ok(Self {
+            signing: keyfile::load(path)?,
+        })
+    }
+
     /// The public key.
     pub fn verifying_key(&self) -> VerifyingKey {
         self.signing.verifying_key()

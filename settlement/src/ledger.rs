@@ -2,11 +2,21 @@
 //! `opengrid_consensus::Application`).
 //!
 //! Commands ([`LedgerCommand`]): register a node (key, split policy, operator, owners), register
-//! an RC, submit a batch of co-signed receipts. Every receipt of a batch is checked on its own;
+//! an RC — both signed by the registered key *and* authorized by the ledger operator's key
+//! ([`crate::operator`]) — and submit a batch of co-signed receipts. Every receipt of a batch is checked on its own;
 //! valid ones are applied exactly once, invalid ones are rejected with a [`RejectReason`] and
 //! change nothing. A batch is identified by the blake3 of its contents ([`Batch::id`]); submitting
 //! the same batch again (a retry after a leader change) returns the recorded outcome and changes
 //! nothing.
+//!
+//! Amount rules ([`LedgerRules`]): a fee above the per-receipt cap is refused; a receipt whose
+//! usage window starts before the end of the last window billed for the same (node, session) is
+//! refused whatever its receipt id (a window is billed once); a fee that would overflow a
+//! balance or the total is refused alone and changes nothing. The rejection log keeps the last
+//! [`LedgerRules::max_rejections`] rejections (counts of all are kept), and a batch record keeps
+//! at most [`MAX_STORED_BATCH_REJECTIONS`] of its rejections. Status answers are O(1): totals
+//! are kept as the state changes and the state hash is a hash chain over the state-changing
+//! commands (kept in the snapshot).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,14 +26,46 @@ use serde::{Deserialize, Serialize};
 
 use crate::did::Did;
 use crate::keys::Keypair;
+use crate::operator::{OperatorAuth, OperatorAuthError};
 use crate::receipt::{ReceiptId, Sig, SignedReceipt, Signer, VerifyError, MAX_SESSION_ID_LEN};
 use crate::split::{self, Account, PolicyError, SplitPolicy};
 
 const DOMAIN_BATCH: &[u8] = b"opengrid/settlement-batch/v1\0";
 const DOMAIN_REGISTER_NODE: &[u8] = b"opengrid/register-node/v1\0";
 const DOMAIN_REGISTER_RC: &[u8] = b"opengrid/register-rc/v1\0";
+const DOMAIN_STATE_CHAIN: &[u8] = b"opengrid/ledger-state-chain/v1\0";
 /// Most receipts in one batch command (bigger settlement intervals are cut into several batches).
 pub const MAX_RECEIPTS_PER_BATCH: usize = 100_000;
+/// Default cap on one receipt's fee: 10^12 µ (one million units).
+pub const DEFAULT_MAX_FEE_MICROS: u64 = 1_000_000_000_000;
+/// Default length of the rejection log.
+pub const DEFAULT_MAX_REJECTIONS: usize = 10_000;
+/// Most rejections a stored batch record lists (its `rejected_total` counts all).
+pub const MAX_STORED_BATCH_REJECTIONS: usize = 64;
+
+/// The ledger's configured rules. They are configuration, not replicated state: every replica
+/// of a group must run with the same rules (as with the protocol account), or their states
+/// diverge (visible as different state hashes in `status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRules {
+    /// The ledger operator, whose key authorizes registrations. `None`: every registration is
+    /// refused ([`OperatorAuthError::NotConfigured`]).
+    pub operator: Option<Did>,
+    /// Largest fee one receipt may carry, micro-units.
+    pub max_fee_micros: u64,
+    /// Rejections kept in the log (oldest dropped first; counts are kept for all).
+    pub max_rejections: usize,
+}
+
+impl Default for LedgerRules {
+    fn default() -> Self {
+        Self {
+            operator: None,
+            max_fee_micros: DEFAULT_MAX_FEE_MICROS,
+            max_rejections: DEFAULT_MAX_REJECTIONS,
+        }
+    }
+}
 
 /// A batch id: blake3 of the batch's canonical contents.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -93,6 +135,8 @@ pub struct NodeRegistration {
     pub operator: Account,
     pub owners: Vec<(Account, u64)>,
     pub signature: Sig,
+    /// The ledger operator's authorization of this registration ([`NodeRegistration::authorize`]).
+    pub operator_auth: Option<OperatorAuth>,
 }
 
 impl NodeRegistration {
@@ -124,7 +168,28 @@ impl NodeRegistration {
             operator,
             owners,
             signature,
+            operator_auth: None,
         }
+    }
+
+    /// What the ledger operator signs: the registration's signed message and the node's
+    /// signature.
+    pub fn operator_body(&self) -> Vec<u8> {
+        let mut b = Self::message(
+            &self.did,
+            &self.pubkey,
+            &self.policy,
+            &self.operator,
+            &self.owners,
+        );
+        b.extend_from_slice(&self.signature.0);
+        b
+    }
+
+    /// This registration, authorized by the ledger operator's key.
+    pub fn authorize(mut self, ledger_operator: &Keypair) -> Self {
+        self.operator_auth = Some(OperatorAuth::sign(ledger_operator, &self.operator_body()));
+        self
     }
 }
 
@@ -136,6 +201,8 @@ pub struct RcRegistration {
     /// The routing operator's account (credited the routing share).
     pub operator: Account,
     pub signature: Sig,
+    /// The ledger operator's authorization of this registration ([`RcRegistration::authorize`]).
+    pub operator_auth: Option<OperatorAuth>,
 }
 
 impl RcRegistration {
@@ -154,7 +221,22 @@ impl RcRegistration {
             pubkey,
             operator,
             signature,
+            operator_auth: None,
         }
+    }
+
+    /// What the ledger operator signs: the registration's signed message and the RC's
+    /// signature.
+    pub fn operator_body(&self) -> Vec<u8> {
+        let mut b = Self::message(&self.did, &self.pubkey, &self.operator);
+        b.extend_from_slice(&self.signature.0);
+        b
+    }
+
+    /// This registration, authorized by the ledger operator's key.
+    pub fn authorize(mut self, ledger_operator: &Keypair) -> Self {
+        self.operator_auth = Some(OperatorAuth::sign(ledger_operator, &self.operator_body()));
+        self
     }
 }
 
@@ -175,6 +257,9 @@ pub enum RegistrationError {
     BadSignature,
     #[error("invalid policy: {0}")]
     Policy(#[from] PolicyError),
+    /// Not authorized by the ledger operator (missing, forged or replayed authorization).
+    #[error("not authorized by the ledger operator: {0}")]
+    Operator(OperatorAuthError),
 }
 
 /// Why one receipt was not counted.
@@ -200,6 +285,15 @@ pub enum RejectReason {
     InvalidWindow,
     #[error("fee would overflow a balance or the ledger total")]
     FeeOverflow,
+    #[error("fee {fee_micros} µ is over the per-receipt cap of {cap_micros} µ")]
+    FeeOverCap { fee_micros: u64, cap_micros: u64 },
+    #[error("session {session_id}: window {start_ms}..{end_ms} ms was already billed (billed until {billed_until_ms} ms)")]
+    WindowAlreadyBilled {
+        session_id: String,
+        start_ms: u64,
+        end_ms: u64,
+        billed_until_ms: u64,
+    },
     #[error("malformed receipt: {0}")]
     Malformed(String),
 }
@@ -237,7 +331,10 @@ pub struct BatchRecord {
     pub receipts: u32,
     pub settled: u32,
     pub fees_settled_micros: u64,
+    /// The first [`MAX_STORED_BATCH_REJECTIONS`] rejections.
     pub rejected: Vec<Rejection>,
+    /// How many receipts of the batch were rejected (all of them, listed or not).
+    pub rejected_total: u32,
 }
 
 /// The answer to one command.
@@ -299,6 +396,10 @@ pub struct LedgerSummary {
     pub total_fees_micros: u64,
     /// Σ balances; always equals `total_fees_micros`.
     pub total_credits_micros: u128,
+    /// Receipts rejected so far (all of them).
+    pub rejections_total: u64,
+    /// Rejections still in the log (the most recent ones).
+    pub rejections_kept: u64,
     pub state_hash: [u8; 32],
 }
 
@@ -327,6 +428,22 @@ struct SettledRef {
     index: u32,
 }
 
+/// The last window billed for one (node, session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Billed {
+    start_ms: u64,
+    end_ms: u64,
+}
+
+/// The compact key of a (node, session) pair: blake3 of the node's key and the session id.
+fn billed_key(node: &Did, session_id: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"opengrid/ledger-billed/v1\0");
+    h.update(&node.public_key_bytes());
+    h.update(session_id.as_bytes());
+    *h.finalize().as_bytes()
+}
+
 /// The complete replicated state (serialized as the snapshot; BTreeMaps keep it canonical).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 struct LedgerState {
@@ -336,9 +453,21 @@ struct LedgerState {
     balances: BTreeMap<Account, u64>,
     settled: BTreeMap<ReceiptId, SettledRef>,
     used_nonces: BTreeSet<([u8; 32], u64)>,
-    rejections: BTreeMap<ReceiptId, RejectReason>,
+    /// The rejection log: receipt → (sequence number, latest reason).
+    rejections: BTreeMap<ReceiptId, (u64, RejectReason)>,
+    /// The log's order: sequence number → receipt (oldest first).
+    rejection_order: BTreeMap<u64, ReceiptId>,
+    rejection_seq: u64,
+    rejections_total: u64,
     batches: BTreeMap<BatchId, BatchRecord>,
     total_fees: u64,
+    total_credits: u128,
+    /// Last window billed per (node, session), keyed by [`billed_key`].
+    billed: BTreeMap<[u8; 32], Billed>,
+    /// Operator-authorization nonces already used by registrations.
+    operator_nonces: BTreeSet<[u8; 16]>,
+    /// Hash chain over the state-changing commands (the state hash).
+    chain: [u8; 32],
 }
 
 /// The ledger state machine.
@@ -346,6 +475,7 @@ struct LedgerState {
 pub struct Ledger {
     state: LedgerState,
     protocol: Account,
+    rules: LedgerRules,
     verify_threads: usize,
 }
 
@@ -356,8 +486,14 @@ impl Default for Ledger {
 }
 
 impl Ledger {
-    /// An empty ledger crediting the protocol share to `protocol`.
+    /// An empty ledger crediting the protocol share to `protocol`, with the default rules and no
+    /// operator (registrations are refused until one is configured: see [`Ledger::with_rules`]).
     pub fn new(protocol: Account) -> Self {
+        Self::with_rules(protocol, LedgerRules::default())
+    }
+
+    /// An empty ledger with these rules.
+    pub fn with_rules(protocol: Account, rules: LedgerRules) -> Self {
         let verify_threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -368,13 +504,23 @@ impl Ledger {
                 ..Default::default()
             },
             protocol,
+            rules,
             verify_threads,
         }
     }
 
+    /// The rules this ledger applies.
+    pub fn rules(&self) -> &LedgerRules {
+        &self.rules
+    }
+
     /// Apply a typed command.
     pub fn execute(&mut self, cmd: LedgerCommand) -> LedgerResponse {
-        match cmd {
+        let registration = match &cmd {
+            LedgerCommand::SubmitBatch(_) => None,
+            other => Some(codec::encode(other).unwrap_or_default()),
+        };
+        let resp = match cmd {
             LedgerCommand::RegisterNode(r) => match self.register_node(r) {
                 Ok(did) => LedgerResponse::Registered(did),
                 Err(e) => LedgerResponse::RegistrationRejected(e),
@@ -384,7 +530,26 @@ impl Ledger {
                 Err(e) => LedgerResponse::RegistrationRejected(e),
             },
             LedgerCommand::SubmitBatch(b) => self.submit_batch(b),
+        };
+        let changed = matches!(
+            resp,
+            LedgerResponse::Registered(_)
+                | LedgerResponse::Batch {
+                    replayed: false,
+                    ..
+                }
+        );
+        if changed {
+            let mut h = blake3::Hasher::new();
+            h.update(DOMAIN_STATE_CHAIN);
+            h.update(&self.state.chain);
+            if let Some(r) = &registration {
+                h.update(r);
+            }
+            h.update(&codec::encode(&resp).unwrap_or_default());
+            self.state.chain = *h.finalize().as_bytes();
         }
+        resp
     }
 
     /// Answer a typed query.
@@ -429,7 +594,7 @@ impl Ledger {
                 index: s.index,
             },
             None => ReceiptStatus::NotSettled {
-                last_rejection: self.state.rejections.get(id).cloned(),
+                last_rejection: self.state.rejections.get(id).map(|(_, r)| r.clone()),
             },
         }
     }
@@ -439,7 +604,7 @@ impl Ledger {
         self.state.batches.get(id)
     }
 
-    /// Totals and the state hash.
+    /// Totals and the state hash, in O(1) (kept as the state changes; no scan).
     pub fn summary(&self) -> LedgerSummary {
         LedgerSummary {
             nodes: self.state.nodes.len() as u64,
@@ -448,9 +613,34 @@ impl Ledger {
             receipts_settled: self.state.settled.len() as u64,
             batches: self.state.batches.len() as u64,
             total_fees_micros: self.state.total_fees,
-            total_credits_micros: self.state.balances.values().map(|b| u128::from(*b)).sum(),
+            total_credits_micros: self.state.total_credits,
+            rejections_total: self.state.rejections_total,
+            rejections_kept: self.state.rejections.len() as u64,
             state_hash: self.state_hash(),
         }
+    }
+
+    /// Checks the operator's authorization of a registration whose signed body is `body`, and
+    /// consumes its nonce (call only when everything else about the registration is valid).
+    fn check_operator(
+        &self,
+        auth: Option<&OperatorAuth>,
+        body: &[u8],
+    ) -> Result<[u8; 16], RegistrationError> {
+        let operator = self
+            .rules
+            .operator
+            .as_ref()
+            .ok_or(RegistrationError::Operator(
+                OperatorAuthError::NotConfigured,
+            ))?;
+        let auth = auth.ok_or(RegistrationError::Operator(OperatorAuthError::Missing))?;
+        auth.verify(operator, body)
+            .map_err(RegistrationError::Operator)?;
+        if self.state.operator_nonces.contains(&auth.nonce) {
+            return Err(RegistrationError::Operator(OperatorAuthError::Replayed));
+        }
+        Ok(auth.nonce)
     }
 
     fn register_node(&mut self, r: NodeRegistration) -> Result<Did, RegistrationError> {
@@ -462,7 +652,9 @@ impl Ledger {
             .verifying_key()
             .verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&r.signature.0))
             .map_err(|_| RegistrationError::BadSignature)?;
+        let nonce = self.check_operator(r.operator_auth.as_ref(), &r.operator_body())?;
         r.policy.validate(&r.operator, &r.owners)?;
+        self.state.operator_nonces.insert(nonce);
         tracing::info!(node = %r.did, policy = ?r.policy, "node registered");
         self.state.nodes.insert(
             r.did.clone(),
@@ -484,7 +676,9 @@ impl Ledger {
             .verifying_key()
             .verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&r.signature.0))
             .map_err(|_| RegistrationError::BadSignature)?;
+        let nonce = self.check_operator(r.operator_auth.as_ref(), &r.operator_body())?;
         Account::new(r.operator.0.clone()).map_err(RegistrationError::Policy)?;
+        self.state.operator_nonces.insert(nonce);
         tracing::info!(rc = %r.did, "rc registered");
         self.state.rcs.insert(r.did.clone(), r.operator);
         Ok(r.did)
@@ -539,6 +733,7 @@ impl Ledger {
             settled: 0,
             fees_settled_micros: 0,
             rejected: Vec::new(),
+            rejected_total: 0,
         };
         for (i, (r, sig)) in batch.receipts.iter().zip(sigs).enumerate() {
             let index = i as u32;
@@ -548,22 +743,24 @@ impl Ledger {
                     record.fees_settled_micros = record
                         .fees_settled_micros
                         .saturating_add(r.receipt.fee_micros);
-                    self.state.rejections.remove(&r.receipt.receipt_id);
+                    self.forget_rejection(&r.receipt.receipt_id);
                 }
                 Err(reason) => {
                     tracing::debug!(receipt = %r.receipt.receipt_id, %reason, "receipt rejected");
+                    self.state.rejections_total += 1;
+                    record.rejected_total = record.rejected_total.saturating_add(1);
                     if self.state.settled.contains_key(&r.receipt.receipt_id) {
                         // Keep a settled receipt's status; the rejection is in the batch record.
                     } else {
-                        self.state
-                            .rejections
-                            .insert(r.receipt.receipt_id, reason.clone());
+                        self.log_rejection(r.receipt.receipt_id, reason.clone());
                     }
-                    record.rejected.push(Rejection {
-                        index,
-                        receipt_id: r.receipt.receipt_id,
-                        reason,
-                    });
+                    if record.rejected.len() < MAX_STORED_BATCH_REJECTIONS {
+                        record.rejected.push(Rejection {
+                            index,
+                            receipt_id: r.receipt.receipt_id,
+                            reason,
+                        });
+                    }
                 }
             }
         }
@@ -573,6 +770,29 @@ impl Ledger {
             batch_id,
             replayed: false,
             record,
+        }
+    }
+
+    /// Records a rejection in the bounded log (the oldest entry leaves when it is full).
+    fn log_rejection(&mut self, id: ReceiptId, reason: RejectReason) {
+        let st = &mut self.state;
+        let seq = st.rejection_seq;
+        st.rejection_seq += 1;
+        if let Some((old_seq, _)) = st.rejections.insert(id, (seq, reason)) {
+            st.rejection_order.remove(&old_seq);
+        }
+        st.rejection_order.insert(seq, id);
+        while st.rejections.len() > self.rules.max_rejections {
+            let Some((_, oldest)) = st.rejection_order.pop_first() else {
+                break;
+            };
+            st.rejections.remove(&oldest);
+        }
+    }
+
+    fn forget_rejection(&mut self, id: &ReceiptId) {
+        if let Some((seq, _)) = self.state.rejections.remove(id) {
+            self.state.rejection_order.remove(&seq);
         }
     }
 
@@ -617,6 +837,24 @@ impl Ledger {
         if self.state.used_nonces.contains(&nonce_key) {
             return Err(RejectReason::ReplayedNonce { nonce: r.nonce });
         }
+        if r.fee_micros > self.rules.max_fee_micros {
+            return Err(RejectReason::FeeOverCap {
+                fee_micros: r.fee_micros,
+                cap_micros: self.rules.max_fee_micros,
+            });
+        }
+        let billed_key = billed_key(&r.node, &r.session_id);
+        if let Some(b) = self.state.billed.get(&billed_key) {
+            let same = (b.start_ms, b.end_ms) == (r.window.start_ms, r.window.end_ms);
+            if r.window.start_ms < b.end_ms || same {
+                return Err(RejectReason::WindowAlreadyBilled {
+                    session_id: r.session_id.clone(),
+                    start_ms: r.window.start_ms,
+                    end_ms: r.window.end_ms,
+                    billed_until_ms: b.end_ms,
+                });
+            }
+        }
         let weights = split::weights(
             &node.policy,
             &node.operator,
@@ -636,10 +874,23 @@ impl Ledger {
                 .checked_add(*c)
                 .ok_or(RejectReason::FeeOverflow)?;
         }
+        let credits_total = self
+            .state
+            .total_credits
+            .checked_add(u128::from(r.fee_micros))
+            .ok_or(RejectReason::FeeOverflow)?;
         for (acct, c) in credits {
             *self.state.balances.entry(acct).or_default() += c;
         }
         self.state.total_fees = total;
+        self.state.total_credits = credits_total;
+        self.state.billed.insert(
+            billed_key,
+            Billed {
+                start_ms: r.window.start_ms,
+                end_ms: r.window.end_ms,
+            },
+        );
         self.state.used_nonces.insert(nonce_key);
         self.state
             .settled
@@ -679,7 +930,9 @@ impl Application for Ledger {
         Ok(())
     }
 
+    /// The hash chain over every state-changing command applied (O(1); replicas that applied
+    /// the same commands agree, and a snapshot carries it).
     fn state_hash(&self) -> [u8; 32] {
-        *blake3::hash(&self.snapshot()).as_bytes()
+        self.state.chain
     }
 }

@@ -15,6 +15,8 @@
 //! - [`receipt`]: [`Receipt`], canonical bytes, node signature, RC co-signature.
 //! - [`split`]: interchange / NodeCo / custom policies; the largest-remainder rule.
 //! - [`ledger`]: commands, rejection reasons, queries, the state machine.
+//! - [`operator`]: the ledger operator's key, which authorizes registrations and membership
+//!   changes.
 //! - [`batcher`]: RC-side co-signing, batching, periodic submission.
 //! - [`replica`]: run a replica ([`replica::start_replica`]), talk to the group
 //!   ([`replica::LedgerClient`]); the `opengrid-ledger` binary wraps these.
@@ -32,6 +34,7 @@ pub mod did;
 pub mod error;
 pub mod keys;
 pub mod ledger;
+pub mod operator;
 pub mod receipt;
 pub mod replica;
 pub mod split;
@@ -43,7 +46,10 @@ pub use config::{LedgerConfig, LedgerConfigError};
 pub use did::{Did, DidError};
 pub use error::SettlementError;
 pub use keys::Keypair;
-pub use ledger::{Batch, BatchId, Ledger, LedgerCommand, LedgerResponse, RejectReason};
+pub use ledger::{
+    Batch, BatchId, Ledger, LedgerCommand, LedgerResponse, LedgerRules, RejectReason,
+};
+pub use operator::{OperatorAuth, OperatorAuthError};
 pub use receipt::{Receipt, ReceiptId, SignedReceipt, Usage, UsageWindow};
 pub use replica::{start_replica, LedgerClient, ReplicaOptions};
 pub use split::{Account, Bps, SplitPolicy};

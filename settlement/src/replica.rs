@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::batcher::BatchSink;
 use crate::error::SettlementError;
+use crate::keys::Keypair;
 use crate::ledger::{
-    Batch, BatchId, BatchRecord, Ledger, LedgerCommand, LedgerQuery, LedgerResponse, LedgerSummary,
-    NodeRegistration, QueryAnswer, RcRegistration, ReceiptStatus,
+    Batch, BatchId, BatchRecord, Ledger, LedgerCommand, LedgerQuery, LedgerResponse, LedgerRules,
+    LedgerSummary, NodeRegistration, QueryAnswer, RcRegistration, ReceiptStatus,
 };
+use crate::operator::{admin_auth, OperatorAdminAuthorizer};
 use crate::receipt::ReceiptId;
 use crate::split::Account;
 
@@ -28,6 +30,9 @@ pub struct ReplicaOptions {
     pub peers: BTreeMap<NodeId, String>,
     /// Account credited with the protocol share.
     pub protocol_account: Account,
+    /// The ledger's rules: operator DID (authorizes registrations and membership changes), fee
+    /// cap, rejection log length. Must be the same on every replica.
+    pub rules: LedgerRules,
     /// Snapshot every this many applied entries.
     pub snapshot_every: u64,
 }
@@ -41,6 +46,7 @@ impl ReplicaOptions {
             data_dir: data_dir.into(),
             peers: BTreeMap::new(),
             protocol_account: Account::protocol(),
+            rules: LedgerRules::default(),
             snapshot_every: 1_000,
         }
     }
@@ -49,12 +55,24 @@ impl ReplicaOptions {
 /// A running ledger replica.
 pub type LedgerReplica = RaftNode<Ledger>;
 
-/// Start a ledger replica (opens or creates its data dir, joins/initializes the group).
+/// Start a ledger replica (opens or creates its data dir, joins/initializes the group). Admin
+/// requests (add learner, change membership) are served only when signed by the configured
+/// operator ([`OperatorAdminAuthorizer`]); without an operator they are all refused.
 pub async fn start_replica(opts: ReplicaOptions) -> Result<LedgerReplica, SettlementError> {
     let mut cfg = RaftNodeConfig::new(opts.id, opts.addr, opts.data_dir);
     cfg.peers = opts.peers;
     cfg.snapshot_every = opts.snapshot_every;
-    Ok(RaftNode::start(cfg, Ledger::new(opts.protocol_account)).await?)
+    match &opts.rules.operator {
+        Some(op) => tracing::info!(operator = %op, "ledger operator configured"),
+        None => tracing::warn!(
+            "no ledger operator configured: every registration and membership change is refused \
+             (set `operator` in the ledger config or --operator)"
+        ),
+    }
+    cfg.admin_authorizer = Some(std::sync::Arc::new(OperatorAdminAuthorizer::new(
+        opts.rules.operator.clone(),
+    )));
+    Ok(RaftNode::start(cfg, Ledger::with_rules(opts.protocol_account, opts.rules)).await?)
 }
 
 /// Run a replica until `shutdown` resolves, then stop it cleanly.
@@ -117,6 +135,36 @@ impl LedgerClient {
         reg: RcRegistration,
     ) -> Result<LedgerResponse, SettlementError> {
         self.command(&LedgerCommand::RegisterRc(reg)).await
+    }
+
+    /// Add replica `id` at `addr` as a learner, authorized by the ledger operator's key (each
+    /// attempt signed afresh).
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        addr: String,
+        operator: &Keypair,
+    ) -> Result<(), SettlementError> {
+        Ok(self
+            .client
+            .lock()
+            .await
+            .add_learner_with(id, addr, |req| admin_auth(operator, req))
+            .await?)
+    }
+
+    /// Make exactly `voters` the voting replicas, authorized by the ledger operator's key.
+    pub async fn change_membership(
+        &self,
+        voters: std::collections::BTreeSet<NodeId>,
+        operator: &Keypair,
+    ) -> Result<(), SettlementError> {
+        Ok(self
+            .client
+            .lock()
+            .await
+            .change_membership_with(voters, |req| admin_auth(operator, req))
+            .await?)
     }
 
     /// Submit a batch (idempotent).

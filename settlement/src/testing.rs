@@ -20,7 +20,9 @@ pub fn make_receipts(
             id[8..].copy_from_slice(&node.verifying_key().to_bytes()[..8]);
             Receipt {
                 receipt_id: ReceiptId(id),
-                session_id: format!("bench-session-{}", nonce % 1_000),
+                // One session per receipt: the ledger bills a session's window once, and batches
+                // of generated receipts may be applied in any order.
+                session_id: format!("bench-session-{nonce}"),
                 node: node.did(),
                 rc: rc.did(),
                 window: UsageWindow {

@@ -10,8 +10,9 @@ use opengrid_settlement::ledger::{
     ReceiptStatus, RegistrationError,
 };
 use opengrid_settlement::receipt::{Sig, Signer, VerifyError};
+use opengrid_settlement::OperatorAuthError;
 use opengrid_settlement::{
-    Account, Batch, Keypair, Ledger, LedgerResponse, Receipt, ReceiptId, RejectReason,
+    Account, Batch, Keypair, Ledger, LedgerResponse, LedgerRules, Receipt, ReceiptId, RejectReason,
     SignedReceipt, SplitPolicy, Usage, UsageWindow,
 };
 
@@ -21,25 +22,41 @@ struct World {
     rc: Keypair,
 }
 
+/// The ledger operator of every test world.
+fn operator() -> Keypair {
+    Keypair::from_seed([9; 32])
+}
+
+fn ledger_with(rules: LedgerRules) -> Ledger {
+    Ledger::with_rules(
+        Account::protocol(),
+        LedgerRules {
+            operator: Some(operator().did()),
+            ..rules
+        },
+    )
+}
+
 fn acct(s: &str) -> Account {
     Account::new(s).unwrap()
 }
 
 fn world() -> World {
-    let mut ledger = Ledger::default();
+    world_with(LedgerRules::default())
+}
+
+fn world_with(rules: LedgerRules) -> World {
+    let mut ledger = ledger_with(rules);
     let node = Keypair::from_seed([1; 32]);
     let rc = Keypair::from_seed([2; 32]);
-    let r = ledger.execute(LedgerCommand::RegisterNode(NodeRegistration::new(
-        &node,
-        SplitPolicy::Interchange,
-        acct("node-op"),
-        vec![],
-    )));
+    let r = ledger.execute(LedgerCommand::RegisterNode(
+        NodeRegistration::new(&node, SplitPolicy::Interchange, acct("node-op"), vec![])
+            .authorize(&operator()),
+    ));
     assert_eq!(r, LedgerResponse::Registered(node.did()));
-    let r = ledger.execute(LedgerCommand::RegisterRc(RcRegistration::new(
-        &rc,
-        acct("rc-op"),
-    )));
+    let r = ledger.execute(LedgerCommand::RegisterRc(
+        RcRegistration::new(&rc, acct("rc-op")).authorize(&operator()),
+    ));
     assert_eq!(r, LedgerResponse::Registered(rc.did()));
     World { ledger, node, rc }
 }
@@ -148,7 +165,8 @@ fn nodeco_owners_are_paid_pro_rata() {
         SplitPolicy::NodeCo,
         acct("node-op"),
         vec![(acct("alice"), 3), (acct("bob"), 1)],
-    );
+    )
+    .authorize(&operator());
     assert_eq!(
         w.ledger.execute(LedgerCommand::RegisterNode(reg)),
         LedgerResponse::Registered(w.node.did())
@@ -312,7 +330,11 @@ fn reject_window_in_the_future() {
 
 #[test]
 fn reject_fee_overflow() {
-    let mut w = world();
+    // No fee cap here: the overflow check itself is under test.
+    let mut w = world_with(LedgerRules {
+        max_fee_micros: u64::MAX,
+        ..LedgerRules::default()
+    });
     let big = u64::MAX - 10;
     w.submit(batch(&w, vec![signed(&w, receipt(&w, 1, big))]));
     assert_eq!(w.ledger.summary().total_fees_micros, big);
@@ -342,7 +364,8 @@ fn registration_requires_proof_of_possession_and_valid_policy() {
         w.ledger.execute(LedgerCommand::RegisterNode(reg)),
         LedgerResponse::RegistrationRejected(RegistrationError::DidKeyMismatch)
     );
-    let reg = NodeRegistration::new(&other, SplitPolicy::NodeCo, acct("x"), vec![]);
+    let reg = NodeRegistration::new(&other, SplitPolicy::NodeCo, acct("x"), vec![])
+        .authorize(&operator());
     assert!(matches!(
         w.ledger.execute(LedgerCommand::RegisterNode(reg)),
         LedgerResponse::RegistrationRejected(RegistrationError::Policy(_))
@@ -368,7 +391,7 @@ fn malformed_commands_and_queries_do_not_panic_or_change_state() {
 fn snapshot_restore_reproduces_state_hash() {
     let mut w = world();
     w.submit(batch(&w, vec![signed(&w, receipt(&w, 1, 100))]));
-    let mut other = Ledger::default();
+    let mut other = ledger_with(LedgerRules::default());
     other.restore(&w.ledger.snapshot()).unwrap();
     assert_eq!(other.state_hash(), w.ledger.state_hash());
     assert!(other.restore(b"not a snapshot").is_err());
@@ -407,4 +430,219 @@ fn batcher_verifies_before_co_signing_and_cuts_batches() {
         ledger.execute(LedgerCommand::SubmitBatch(batch));
     }
     assert_eq!(ledger.summary().receipts_settled, 5);
+}
+
+// ---- Amount and authorization rules (trust boundary) ----
+
+#[test]
+fn the_same_window_billed_again_under_a_new_id_is_refused() {
+    let mut w = world();
+    let first = receipt(&w, 1, 500);
+    w.submit(batch(&w, vec![signed(&w, first.clone())]));
+    // Same node, session and window; new receipt id and nonce.
+    let mut again = first.clone();
+    again.receipt_id = ReceiptId([0xee; 16]);
+    again.nonce = 1_000;
+    let reason = RejectReason::WindowAlreadyBilled {
+        session_id: first.session_id.clone(),
+        start_ms: 1_000,
+        end_ms: 2_000,
+        billed_until_ms: 2_000,
+    };
+    w.assert_rejected(signed(&w, again.clone()), reason);
+    // An overlapping window is refused too.
+    let mut overlap = again.clone();
+    overlap.receipt_id = ReceiptId([0xef; 16]);
+    overlap.nonce = 1_001;
+    overlap.window = UsageWindow {
+        start_ms: 1_500,
+        end_ms: 2_500,
+    };
+    let rec = w.submit(batch(&w, vec![signed(&w, overlap)]));
+    assert!(matches!(
+        rec.rejected[0].reason,
+        RejectReason::WindowAlreadyBilled { .. }
+    ));
+    // The next window of the session settles.
+    let mut next = again;
+    next.receipt_id = ReceiptId([0xf0; 16]);
+    next.nonce = 1_002;
+    next.window = UsageWindow {
+        start_ms: 2_000,
+        end_ms: 3_000,
+    };
+    let rec = w.submit(batch(&w, vec![signed(&w, next)]));
+    assert_eq!(rec.settled, 1, "{rec:?}");
+    assert_eq!(w.ledger.summary().total_fees_micros, 1_000);
+}
+
+#[test]
+fn a_fee_over_the_cap_is_refused_and_honest_receipts_still_settle() {
+    let mut w = world();
+    w.submit(batch(&w, vec![signed(&w, receipt(&w, 1, 1_000))]));
+    let total = w.ledger.summary().total_fees_micros;
+    // The attack of the issue: a fee of u64::MAX - total would fill the ledger's total.
+    let cap = opengrid_settlement::ledger::DEFAULT_MAX_FEE_MICROS;
+    w.assert_rejected(
+        signed(&w, receipt(&w, 2, u64::MAX - total)),
+        RejectReason::FeeOverCap {
+            fee_micros: u64::MAX - total,
+            cap_micros: cap,
+        },
+    );
+    w.assert_rejected(
+        signed(&w, receipt(&w, 3, cap + 1)),
+        RejectReason::FeeOverCap {
+            fee_micros: cap + 1,
+            cap_micros: cap,
+        },
+    );
+    let rec = w.submit(batch(&w, vec![signed(&w, receipt(&w, 4, cap))]));
+    assert_eq!(rec.settled, 1, "a fee at the cap settles");
+    let rec = w.submit(batch(&w, vec![signed(&w, receipt(&w, 5, 700))]));
+    assert_eq!(rec.settled, 1, "an honest receipt after the attack settles");
+    let s = w.ledger.summary();
+    assert_eq!(s.total_fees_micros, 1_000 + cap + 700);
+    assert_eq!(s.total_credits_micros, u128::from(s.total_fees_micros));
+}
+
+#[test]
+fn an_overflowing_fee_is_refused_alone_and_does_not_poison_later_receipts() {
+    // No cap (u64::MAX): the overflow check itself must hold.
+    let mut w = world_with(LedgerRules {
+        max_fee_micros: u64::MAX,
+        ..LedgerRules::default()
+    });
+    w.submit(batch(&w, vec![signed(&w, receipt(&w, 1, 1_000))]));
+    w.assert_rejected(
+        signed(&w, receipt(&w, 2, u64::MAX)),
+        RejectReason::FeeOverflow,
+    );
+    let rec = w.submit(batch(
+        &w,
+        vec![
+            signed(&w, receipt(&w, 3, u64::MAX - 999)),
+            signed(&w, receipt(&w, 4, 250)),
+        ],
+    ));
+    assert_eq!(rec.settled, 1, "{rec:?}");
+    assert_eq!(rec.rejected[0].reason, RejectReason::FeeOverflow);
+    let s = w.ledger.summary();
+    assert_eq!(s.total_fees_micros, 1_250);
+    assert_eq!(s.total_credits_micros, 1_250);
+    let sum: u128 = w.ledger.balances().values().map(|b| u128::from(*b)).sum();
+    assert_eq!(sum, 1_250);
+}
+
+#[test]
+fn registrations_need_the_ledger_operators_signature_once() {
+    let mut w = world();
+    let node = Keypair::from_seed([31; 32]);
+    let reg = || NodeRegistration::new(&node, SplitPolicy::Interchange, acct("n-op"), vec![]);
+    let refused = |e| LedgerResponse::RegistrationRejected(RegistrationError::Operator(e));
+    let hash = w.ledger.state_hash();
+    // Self-registration (the attack of the issue): no operator signature.
+    assert_eq!(
+        w.ledger.execute(LedgerCommand::RegisterNode(reg())),
+        refused(OperatorAuthError::Missing)
+    );
+    // Signed by someone else.
+    let stranger = Keypair::from_seed([32; 32]);
+    assert_eq!(
+        w.ledger
+            .execute(LedgerCommand::RegisterNode(reg().authorize(&stranger))),
+        refused(OperatorAuthError::ForgedSignature {
+            operator: operator().did().to_string()
+        })
+    );
+    // The operator's signature over another registration does not carry over.
+    let mut moved = reg().authorize(&operator());
+    moved.operator = acct("thief");
+    let moved = NodeRegistration {
+        signature: NodeRegistration::new(&node, SplitPolicy::Interchange, acct("thief"), vec![])
+            .signature,
+        ..moved
+    };
+    assert!(matches!(
+        w.ledger.execute(LedgerCommand::RegisterNode(moved)),
+        LedgerResponse::RegistrationRejected(RegistrationError::Operator(
+            OperatorAuthError::ForgedSignature { .. }
+        ))
+    ));
+    let rc = Keypair::from_seed([33; 32]);
+    assert_eq!(
+        w.ledger
+            .execute(LedgerCommand::RegisterRc(RcRegistration::new(
+                &rc,
+                acct("r-op")
+            ))),
+        refused(OperatorAuthError::Missing)
+    );
+    assert_eq!(
+        w.ledger.state_hash(),
+        hash,
+        "a refused registration changed state"
+    );
+    assert_eq!(w.ledger.summary().nodes, 1);
+    // Authorized: registered; the same authorization replayed later is refused.
+    let good = reg().authorize(&operator());
+    assert_eq!(
+        w.ledger.execute(LedgerCommand::RegisterNode(good.clone())),
+        LedgerResponse::Registered(node.did())
+    );
+    assert_eq!(
+        w.ledger.execute(LedgerCommand::RegisterNode(good)),
+        refused(OperatorAuthError::Replayed)
+    );
+    // A ledger with no operator configured refuses every registration.
+    let mut closed = Ledger::default();
+    assert_eq!(
+        closed.execute(LedgerCommand::RegisterNode(reg().authorize(&operator()))),
+        refused(OperatorAuthError::NotConfigured)
+    );
+}
+
+#[test]
+fn the_rejection_log_is_bounded_and_counts_everything() {
+    let mut w = world_with(LedgerRules {
+        max_rejections: 5,
+        ..LedgerRules::default()
+    });
+    let forged = |w: &World, n: u64| {
+        let mut r = signed(w, receipt(w, n, 10));
+        r.rc_sig = None;
+        r
+    };
+    for n in 1..=20u64 {
+        w.submit(batch(&w, vec![forged(&w, n)]));
+    }
+    let s = w.ledger.summary();
+    assert_eq!((s.rejections_total, s.rejections_kept), (20, 5));
+    // The oldest rejections left the log; the newest are there.
+    assert_eq!(
+        w.ledger.receipt_status(&ReceiptId([1; 16])),
+        ReceiptStatus::NotSettled {
+            last_rejection: None
+        }
+    );
+    assert_eq!(
+        w.ledger.receipt_status(&ReceiptId([20; 16])),
+        ReceiptStatus::NotSettled {
+            last_rejection: Some(RejectReason::MissingCoSignature)
+        }
+    );
+    // A big all-bad batch stores a bounded list in its record but counts every rejection.
+    let many: Vec<SignedReceipt> = (100..300u64).map(|n| forged(&w, n)).collect();
+    let rec = w.submit(batch(&w, many));
+    assert_eq!(rec.rejected_total, 200);
+    assert_eq!(
+        rec.rejected.len(),
+        opengrid_settlement::ledger::MAX_STORED_BATCH_REJECTIONS
+    );
+    assert_eq!(w.ledger.summary().rejections_kept, 5);
+    assert_eq!(w.ledger.summary().rejections_total, 220);
+    // A receipt that settles after a rejection leaves the log.
+    let ok = signed(&w, receipt(&w, 299, 10));
+    assert_eq!(w.submit(batch(&w, vec![ok])).settled, 1);
+    assert_eq!(w.ledger.summary().rejections_kept, 4);
 }

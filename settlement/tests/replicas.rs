@@ -14,6 +14,11 @@ use opengrid_settlement::{Account, Batch, Keypair, LedgerClient, LedgerResponse,
 
 const BIN: &str = env!("CARGO_BIN_EXE_opengrid-ledger");
 
+/// The test group's ledger operator (its DID is given to every replica).
+fn operator() -> Keypair {
+    Keypair::from_seed([77; 32])
+}
+
 struct Cluster {
     dir: tempfile::TempDir,
     addrs: BTreeMap<u64, String>,
@@ -67,6 +72,8 @@ impl Cluster {
                 "--snapshot-every",
                 "20",
                 "--exit-on-stdin-eof",
+                "--operator",
+                &operator().did().to_string(),
             ])
             .env(
                 "RUST_LOG",
@@ -186,19 +193,25 @@ async fn leader_killed_mid_batch_applies_once_then_restarted_replica_catches_up(
     let node = Keypair::from_seed([21; 32]);
     let rc = Keypair::from_seed([22; 32]);
     let r = client
-        .register_node(NodeRegistration::new(
-            &node,
-            SplitPolicy::Interchange,
-            Account::new("node-op").unwrap(),
-            vec![],
-        ))
+        .register_node(
+            NodeRegistration::new(
+                &node,
+                SplitPolicy::Interchange,
+                Account::new("node-op").unwrap(),
+                vec![],
+            )
+            .authorize(&operator()),
+        )
         .await
         .unwrap();
     assert_eq!(r, LedgerResponse::Registered(node.did()));
-    client
-        .register_rc(RcRegistration::new(&rc, Account::new("rc-op").unwrap()))
+    let r = client
+        .register_rc(
+            RcRegistration::new(&rc, Account::new("rc-op").unwrap()).authorize(&operator()),
+        )
         .await
         .unwrap();
+    assert_eq!(r, LedgerResponse::Registered(rc.did()));
 
     // Some history first (more entries than the snapshot interval).
     let small = make_receipts(&node, &rc, 250, 0);

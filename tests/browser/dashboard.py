@@ -103,8 +103,13 @@ class Colony:
         return p
 
     def start(self):
+        # The ledger operator's key authorizes registrations; the replica is told its DID.
+        self.operator_key = self.work / "ledger-operator.key"
+        operator = subprocess.run([str(self.bin), "ledger", "keygen", "--key-file", str(self.operator_key)],
+                                  check=True, capture_output=True, text=True, timeout=60).stdout.strip()
         self.spawn("ledger", ["ledger", "replica", "--id", "1", "--addr", self.ledger,
-                              "--data-dir", str(self.work / "ledger"), "--peers", f"1={self.ledger}"])
+                              "--data-dir", str(self.work / "ledger"), "--peers", f"1={self.ledger}",
+                              "--operator", operator])
         rc = self.config("rc", f"""
 version = 1
 colony = "browser"
@@ -138,12 +143,13 @@ window = "1s"
         wait_for("3 alive members", lambda: self.alive() == 3, 60)
         # The ledger knows the RC's and nodes' keys (created at their first start).
         addr = ["--addr", self.ledger]
+        op = ["--operator-key-file", str(self.operator_key)]
         run = lambda *a: subprocess.run([str(self.bin), "ledger", *a], check=True, capture_output=True, timeout=60)
         wait_for("the ledger replica", lambda: run("status", *addr).returncode == 0, 60, every=0.5)
-        run("register-rc", "--key-file", str(self.work / "rc" / "identity.key"), "--operator", "rc-op", *addr)
+        run("register-rc", "--key-file", str(self.work / "rc" / "identity.key"), "--operator", "rc-op", *addr, *op)
         for name in self.nodes:
             run("register-node", "--key-file", str(self.work / name / "identity.key"),
-                "--operator", f"{name}-op", *addr)
+                "--operator", f"{name}-op", *addr, *op)
 
     def status(self):
         return http("GET", f"http://{self.rc_api}/status")[1]

@@ -57,6 +57,8 @@ impl LedgerGroup {
                         dir.display().to_string(),
                         "--peers".into(),
                         peers.clone(),
+                        "--operator".into(),
+                        super::receipts::bench_operator().did().to_string(),
                     ])
                     .env(
                         "RUST_LOG",

@@ -18,6 +18,11 @@ use super::SettlementArgs;
 use crate::bench::{summarize, BenchError};
 use crate::report::Progress;
 
+/// The bench's ledger operator (a fixed key: the bench's replicas are configured with its DID).
+pub(super) fn bench_operator() -> Keypair {
+    Keypair::from_seed([40; 32])
+}
+
 /// The node and the RC whose receipts the bench settles, both registered with the ledger.
 pub(super) struct Parties {
     node: Keypair,
@@ -30,22 +35,25 @@ impl Parties {
         let node = Keypair::from_seed([41; 32]);
         let rc = Keypair::from_seed([42; 32]);
         let reg = client
-            .register_node(NodeRegistration::new(
-                &node,
-                SplitPolicy::Interchange,
-                Account::new("bench-node-op").map_err(failed)?,
-                vec![],
-            ))
+            .register_node(
+                NodeRegistration::new(
+                    &node,
+                    SplitPolicy::Interchange,
+                    Account::new("bench-node-op").map_err(failed)?,
+                    vec![],
+                )
+                .authorize(&bench_operator()),
+            )
             .await
             .map_err(failed)?;
         if !matches!(reg, LedgerResponse::Registered(_)) {
             return Err(failed(format!("node registration: {reg:?}")));
         }
         let reg = client
-            .register_rc(RcRegistration::new(
-                &rc,
-                Account::new("bench-rc-op").map_err(failed)?,
-            ))
+            .register_rc(
+                RcRegistration::new(&rc, Account::new("bench-rc-op").map_err(failed)?)
+                    .authorize(&bench_operator()),
+            )
             .await
             .map_err(failed)?;
         if !matches!(reg, LedgerResponse::Registered(_)) {

@@ -24,6 +24,10 @@ pub(super) fn spawn_ledgers(
         .enumerate()
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect();
+    let operator = opengrid_settlement::Keypair::load_or_create(&operator_key(launcher)?)
+        .map_err(|e| format!("ledger operator key: {e}"))?
+        .did()
+        .to_string();
     for (i, (name, addr)) in ledgers.iter().enumerate() {
         let dir = launcher.data_dir(name).map_err(|e| e.to_string())?;
         launcher
@@ -40,6 +44,8 @@ pub(super) fn spawn_ledgers(
                         dir.display().to_string(),
                         "--peers".into(),
                         peers.join(","),
+                        "--operator".into(),
+                        operator.clone(),
                     ])
                     .env(
                         "RUST_LOG",
@@ -52,8 +58,16 @@ pub(super) fn spawn_ledgers(
     Ok(())
 }
 
+/// The ledger operator's key file of a run (created by [`spawn_ledgers`] in the run's data root).
+fn operator_key(launcher: &Launcher) -> Result<std::path::PathBuf, String> {
+    let dir = launcher
+        .data_dir("ledger-operator")
+        .map_err(|e| e.to_string())?;
+    Ok(dir.join("operator.key"))
+}
+
 /// Registers the RC's and every node's key (interchange split, operator `<name>-op`) with the
-/// operator command, as an operator would.
+/// operator command, authorized by the run's ledger operator key, as an operator would.
 pub(super) async fn register_keys(
     sc: &Scenario,
     launcher: &Launcher,
@@ -62,6 +76,7 @@ pub(super) async fn register_keys(
 ) -> Result<(), String> {
     use opengrid_cluster::common::identity::KEY_FILE;
     let addr = ledgers.values().cloned().collect::<Vec<_>>().join(",");
+    let op_key = operator_key(launcher)?.display().to_string();
     let rc = &sc.cluster.rc[0].name;
     let key = |name: &str| -> Result<String, String> {
         Ok(launcher
@@ -80,6 +95,8 @@ pub(super) async fn register_keys(
         format!("{rc}-op"),
         "--addr".into(),
         addr.clone(),
+        "--operator-key-file".into(),
+        op_key.clone(),
     ]];
     for n in &sc.cluster.node {
         cmds.push(vec![
@@ -93,6 +110,8 @@ pub(super) async fn register_keys(
             "interchange".into(),
             "--operator".into(),
             format!("{}-op", n.name),
+            "--operator-key-file".into(),
+            op_key.clone(),
         ]);
     }
     for args in cmds {

@@ -9,10 +9,12 @@
 //!   `price_micros_per_input`), signs it with the node's ed25519 identity and sends it to its RC
 //!   over the control plane ([`ToRc::Receipts`]). Receipts stay queued on the node until the RC
 //!   acknowledges them ([`ToNode::ReceiptsAck`]); unacknowledged ones are re-sent every heartbeat
-//!   tick (the ledger applies each receipt id and node nonce at most once, so a resend never
-//!   double-counts). Nonces are `max(previous + 1, unix µs)`, unique across restarts.
+//!   tick, oldest first (the ledger applies each receipt id and node nonce at most once, so a
+//!   resend never double-counts). An acknowledgement that neither accepts nor refuses a receipt
+//!   (the RC's queue is full) leaves it queued here for a later resend. Nonces are `max(previous + 1, unix µs)`, unique across restarts.
 //! - **RC** ([`Settler`]): checks that the sender is the receipt's node and that the receipt names
-//!   this RC, verifies the node signature, co-signs, and queues the receipt in a
+//!   this RC, that the fee is the usage's inputs × the node's declared price and that the window
+//!   is the session's next unbilled one, verifies the node signature, co-signs, and queues the receipt in a
 //!   [`opengrid_settlement::batcher::Batcher`]. Every settlement interval (`[settlement] interval`,
 //!   hourly by default, seconds in tests) the queued receipts are cut into batches and proposed to
 //!   the ledger replicas (`[settlement] ledger`) with [`LedgerClient`]. A batch whose submission
@@ -216,7 +218,14 @@ impl ReceiptEmitter {
                 }
             }
         }
-        let pending: Vec<SignedReceipt> = st.unacked.values().cloned().collect();
+        // In the order they were cut, so every session's windows reach the RC in order (the RC
+        // co-signs only a session's next unbilled window).
+        let pending: Vec<SignedReceipt> = st
+            .order
+            .iter()
+            .filter_map(|id| st.unacked.get(id))
+            .cloned()
+            .collect();
         drop(st);
         pending
             .chunks(MAX_RECEIPTS_PER_MESSAGE)
@@ -227,7 +236,8 @@ impl ReceiptEmitter {
             .collect()
     }
 
-    /// The RC's acknowledgement: accepted receipts are done, refused ones are dropped (logged).
+    /// The RC's acknowledgement: accepted receipts are done, refused ones are dropped (logged);
+    /// receipts in neither list (the RC's queue was full) stay and are resent at the next tick.
     pub fn on_ack(&self, accepted: &[ReceiptId], refused: &[(ReceiptId, String)]) {
         let mut st = lock(&self.state);
         for id in accepted {

@@ -434,6 +434,9 @@ impl RcCore {
                 let Ok(sid) = SessionId::new(session) else {
                     return;
                 };
+                if let Some(s) = &self.settlement {
+                    s.session_closed(&node, sid.as_str());
+                }
                 let mut st = lock(&self.state);
                 let matches = st
                     .directory
@@ -452,7 +455,13 @@ impl RcCore {
             }
             ToRc::Receipts { node, receipts } => {
                 let ack = match &self.settlement {
-                    Some(s) => s.on_receipts(&node, receipts),
+                    Some(s) => {
+                        let price = lock(&self.state)
+                            .colony
+                            .get(&node)
+                            .map(|r| r.spec.price_micros_per_input);
+                        s.on_receipts(&node, price, receipts)
+                    }
                     None => ToNode::ReceiptsAck {
                         accepted: Vec::new(),
                         refused: Vec::new(),

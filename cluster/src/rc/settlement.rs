@@ -1,8 +1,20 @@
 //! Compute receipts, the RC side: co-signing, batching and settling on the ledger.
 //!
 //! See [`crate::node::receipts`] for the node side and the whole flow.
+//!
+//! Before co-signing, the RC checks the amount and the window of every receipt:
+//! - the fee must equal the usage's inputs × the node's declared `price_micros_per_input` (from
+//!   its join spec), exactly as the node computes it;
+//! - the window must be the next unbilled one of that session on that node: it starts no earlier
+//!   than the end of the last window this RC co-signed for it (the last window of each session
+//!   is tracked, bounded: closed sessions are forgotten, and at most [`MAX_TRACKED_SESSIONS`]
+//!   sessions, least recently billed evicted first, none older than [`SESSION_TRACK_TTL`]).
+//!
+//! Refusals are counted and answered with the reason. The queue of co-signed receipts is bounded
+//! (`[settlement] max_pending`): beyond it new receipts are neither accepted nor refused, which
+//! the node reads as "retry later" (they stay unacknowledged there and are resent).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +33,12 @@ use opengrid_session::HumanDuration;
 
 /// Receipt ids an RC remembers to drop resends it already queued.
 const RECENT_IDS: usize = 200_000;
+/// Most sessions whose last billed window an RC tracks.
+pub const MAX_TRACKED_SESSIONS: usize = 100_000;
+/// A session not billed for this long is forgotten.
+pub const SESSION_TRACK_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How far past the RC's clock a receipt's window may end.
+pub const MAX_WINDOW_SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// `[settlement]` section of the RC config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +51,9 @@ pub struct SettlementSection {
     pub interval: HumanDuration,
     /// Most receipts per batch; an interval with more is proposed as several parts.
     pub max_per_batch: usize,
+    /// Most co-signed receipts waiting for the next interval; beyond it new receipts are left
+    /// unacknowledged (the node resends them later).
+    pub max_pending: usize,
 }
 
 impl Default for SettlementSection {
@@ -41,6 +62,7 @@ impl Default for SettlementSection {
             ledger: Vec::new(),
             interval: HumanDuration::from_secs(3600),
             max_per_batch: 10_000,
+            max_pending: 100_000,
         }
     }
 }
@@ -56,6 +78,9 @@ impl SettlementSection {
                 "settlement.max_per_batch",
                 format!("must be between 1 and {MAX_RECEIPTS_PER_BATCH}"),
             ));
+        }
+        if self.max_pending == 0 {
+            return Err(("settlement.max_pending", "must be at least 1".into()));
         }
         if let Some(a) = self.ledger.iter().find(|a| !a.contains(':')) {
             return Err(("settlement.ledger", format!("{a:?} is not host:port")));
@@ -73,8 +98,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct SettlerCounters {
     /// Receipts co-signed and queued.
     pub co_signed: AtomicU64,
-    /// Receipts refused (bad signature, wrong RC, wrong sender).
+    /// Receipts refused (bad signature, wrong RC, wrong sender, wrong fee, window billed).
     pub refused: AtomicU64,
+    /// Of those, refused for a fee that is not inputs × the node's price.
+    pub refused_fee: AtomicU64,
+    /// Of those, refused for a window that is not the session's next unbilled one.
+    pub refused_window: AtomicU64,
+    /// Receipts left unacknowledged for the node to resend (queue full, node price unknown).
+    pub deferred: AtomicU64,
     /// Batches the ledger answered (applied or replayed).
     pub batches: AtomicU64,
     /// Receipts the ledger settled.
@@ -92,6 +123,12 @@ pub struct SettlerStatus {
     pub co_signed: u64,
     /// Receipts refused.
     pub refused: u64,
+    /// Of those, for a wrong fee.
+    pub refused_fee: u64,
+    /// Of those, for a window already billed.
+    pub refused_window: u64,
+    /// Receipts left for the node to resend (queue full or node price unknown).
+    pub deferred: u64,
     /// Receipts waiting for the next settlement interval.
     pub pending: u64,
     /// Batches answered by the ledger.
@@ -126,11 +163,11 @@ impl BatchSink for LedgerSink {
                     .fetch_add(u64::from(record.settled), Ordering::Relaxed);
                 self.counters
                     .rejected
-                    .fetch_add(record.rejected.len() as u64, Ordering::Relaxed);
+                    .fetch_add(u64::from(record.rejected_total), Ordering::Relaxed);
                 self.counters
                     .fees_settled_micros
                     .fetch_add(record.fees_settled_micros, Ordering::Relaxed);
-                tracing::info!(%batch_id, replayed, settled = record.settled, rejected = record.rejected.len(), fees = record.fees_settled_micros, "batch settled");
+                tracing::info!(%batch_id, replayed, settled = record.settled, rejected = record.rejected_total, fees = record.fees_settled_micros, "batch settled");
                 for r in record.rejected.iter().take(8) {
                     tracing::warn!(rejection = ?r, "ledger rejected a receipt");
                 }
@@ -141,10 +178,93 @@ impl BatchSink for LedgerSink {
     }
 }
 
-/// RC side: verifies, co-signs and batches receipts, and proposes one batch per interval.
+/// The last window co-signed for one (node, session).
+#[derive(Debug, Clone, Copy)]
+struct BilledWindow {
+    start_ms: u64,
+    end_ms: u64,
+    touched: std::time::Instant,
+    generation: u64,
+}
+
+/// Last co-signed window per (node, session), bounded (see the module doc).
+#[derive(Debug, Default)]
+struct BillingTracker {
+    last: HashMap<(NodeId, String), BilledWindow>,
+    /// (key, generation) in billing order; stale generations are skipped on eviction.
+    order: VecDeque<((NodeId, String), u64)>,
+    generation: u64,
+}
+
+impl BillingTracker {
+    /// Why `(start, end)` is not the next unbilled window of `key`, if it is not.
+    fn check(&self, key: &(NodeId, String), start_ms: u64, end_ms: u64) -> Result<(), String> {
+        match self.last.get(key) {
+            Some(b) if start_ms < b.end_ms || (start_ms, end_ms) == (b.start_ms, b.end_ms) => {
+                Err(format!(
+                    "window {start_ms}..{end_ms} ms of session {} was already billed (billed until {} ms)",
+                    key.1, b.end_ms
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn record(
+        &mut self,
+        key: (NodeId, String),
+        start_ms: u64,
+        end_ms: u64,
+        now: std::time::Instant,
+    ) {
+        self.generation += 1;
+        let generation = self.generation;
+        self.last.insert(
+            key.clone(),
+            BilledWindow {
+                start_ms,
+                end_ms,
+                touched: now,
+                generation,
+            },
+        );
+        self.order.push_back((key, generation));
+        self.evict(now);
+    }
+
+    fn forget(&mut self, key: &(NodeId, String)) {
+        self.last.remove(key);
+    }
+
+    /// Drops entries beyond the cap or the TTL, least recently billed first; every step pops
+    /// one queue element, so it ends.
+    fn evict(&mut self, now: std::time::Instant) {
+        while let Some((key, generation)) = self.order.front().cloned() {
+            let live = self.last.get(&key).filter(|b| b.generation == generation);
+            let Some(b) = live else {
+                self.order.pop_front();
+                continue;
+            };
+            let expired = now.saturating_duration_since(b.touched) > SESSION_TRACK_TTL;
+            if !expired && self.last.len() <= MAX_TRACKED_SESSIONS {
+                break;
+            }
+            self.order.pop_front();
+            self.last.remove(&key);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.last.len()
+    }
+}
+
+/// RC side: checks amounts and windows, verifies, co-signs and batches receipts, and proposes
+/// one batch per interval.
 pub struct Settler {
     rc: Did,
     batcher: Arc<Mutex<Batcher>>,
+    billing: Mutex<BillingTracker>,
     recent: Mutex<(HashSet<ReceiptId>, VecDeque<ReceiptId>)>,
     counters: Arc<SettlerCounters>,
     cfg: SettlementSection,
@@ -167,6 +287,7 @@ impl Settler {
         Some(Arc::new(Settler {
             rc: key.did(),
             batcher: Arc::new(Mutex::new(Batcher::new(key, cfg.max_per_batch))),
+            billing: Mutex::new(BillingTracker::default()),
             recent: Mutex::new((HashSet::new(), VecDeque::new())),
             counters: Arc::new(SettlerCounters::default()),
             cfg: cfg.clone(),
@@ -255,6 +376,9 @@ impl Settler {
         SettlerStatus {
             co_signed: c.co_signed.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
+            refused_fee: c.refused_fee.load(Ordering::Relaxed),
+            refused_window: c.refused_window.load(Ordering::Relaxed),
+            deferred: c.deferred.load(Ordering::Relaxed),
             pending: lock(&self.batcher).pending() as u64,
             batches: c.batches.load(Ordering::Relaxed),
             settled: c.settled.load(Ordering::Relaxed),
@@ -263,12 +387,27 @@ impl Settler {
         }
     }
 
-    /// Handles [`ToRc::Receipts`] from `from`; returns the acknowledgement to send back.
-    pub fn on_receipts(&self, from: &NodeId, receipts: Vec<SignedReceipt>) -> ToNode {
+    /// Handles [`ToRc::Receipts`] from `from`, whose declared price per input is `price`
+    /// (`None`: the node has not joined this RC); returns the acknowledgement to send back.
+    /// Receipts in neither list of the acknowledgement are deferred: the node resends them.
+    pub fn on_receipts(
+        &self,
+        from: &NodeId,
+        price: Option<u64>,
+        receipts: Vec<SignedReceipt>,
+    ) -> ToNode {
         let sender = did(from);
         let mut accepted = Vec::new();
         let mut refused = Vec::new();
-        for r in receipts.into_iter().take(MAX_RECEIPTS_PER_MESSAGE) {
+        let (mut refused_fee, mut refused_window, mut deferred) = (0u64, 0u64, 0u64);
+        let now_ms = crate::common::wire::unix_ms();
+        let mut receipts: Vec<SignedReceipt> = receipts
+            .into_iter()
+            .take(MAX_RECEIPTS_PER_MESSAGE)
+            .collect();
+        // A session's windows in order, whatever order the node sent them in.
+        receipts.sort_by_key(|r| (r.receipt.window.start_ms, r.receipt.window.end_ms));
+        for r in receipts {
             let id = r.receipt.receipt_id;
             if r.receipt.node != sender {
                 refused.push((id, format!("sent by {sender}, not by its node")));
@@ -279,24 +418,87 @@ impl Settler {
                 accepted.push(id);
                 continue;
             }
+            let Some(price) = price else {
+                deferred += 1;
+                continue;
+            };
+            if lock(&self.batcher).pending() >= self.cfg.max_pending {
+                deferred += 1;
+                continue;
+            }
+            let rc = &r.receipt;
+            let expected = rc.usage.inputs.checked_mul(price);
+            if expected != Some(rc.fee_micros) {
+                refused_fee += 1;
+                refused.push((
+                    id,
+                    match expected {
+                        Some(fee) => format!(
+                            "fee {} µ is not {} inputs × {price} µ = {fee} µ",
+                            rc.fee_micros, rc.usage.inputs
+                        ),
+                        None => format!(
+                            "{} inputs × {price} µ overflows; fee {} µ refused",
+                            rc.usage.inputs, rc.fee_micros
+                        ),
+                    },
+                ));
+                continue;
+            }
+            if rc.window.start_ms > rc.window.end_ms
+                || rc.window.end_ms > now_ms.saturating_add(MAX_WINDOW_SKEW_MS)
+            {
+                refused_window += 1;
+                refused.push((
+                    id,
+                    format!(
+                        "window {}..{} ms is invalid or ends in the future",
+                        rc.window.start_ms, rc.window.end_ms
+                    ),
+                ));
+                continue;
+            }
+            let key = (*from, rc.session_id.clone());
+            let (start_ms, end_ms) = (rc.window.start_ms, rc.window.end_ms);
+            if let Err(why) = lock(&self.billing).check(&key, start_ms, end_ms) {
+                refused_window += 1;
+                refused.push((id, why));
+                continue;
+            }
             match lock(&self.batcher).add(r) {
                 Ok(()) => {
                     self.remember(id);
+                    lock(&self.billing).record(key, start_ms, end_ms, std::time::Instant::now());
                     accepted.push(id);
                 }
                 Err(e) => refused.push((id, e.to_string())),
             }
         }
-        self.counters
-            .co_signed
+        let c = &self.counters;
+        c.co_signed
             .fetch_add(accepted.len() as u64, Ordering::Relaxed);
-        self.counters
-            .refused
-            .fetch_add(refused.len() as u64, Ordering::Relaxed);
+        c.refused.fetch_add(refused.len() as u64, Ordering::Relaxed);
+        c.refused_fee.fetch_add(refused_fee, Ordering::Relaxed);
+        c.refused_window
+            .fetch_add(refused_window, Ordering::Relaxed);
+        c.deferred.fetch_add(deferred, Ordering::Relaxed);
         if !refused.is_empty() {
             tracing::warn!(node = %from, refused = refused.len(), first = %refused[0].1, "receipts refused");
         }
+        if deferred > 0 {
+            tracing::info!(node = %from, deferred, "receipts deferred (queue full or node price unknown); the node resends them");
+        }
         ToNode::ReceiptsAck { accepted, refused }
+    }
+
+    /// A session closed on `node`: its billing window is no longer tracked.
+    pub fn session_closed(&self, node: &NodeId, session: &str) {
+        lock(&self.billing).forget(&(*node, session.to_string()));
+    }
+
+    /// Sessions whose last billed window is tracked (bounded by [`MAX_TRACKED_SESSIONS`]).
+    pub fn tracked_sessions(&self) -> usize {
+        lock(&self.billing).len()
     }
 
     fn remember(&self, id: ReceiptId) {
@@ -312,6 +514,10 @@ impl Settler {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "settlement_tests.rs"]
+mod tests;
 
 #[cfg(test)]
 impl Settler {

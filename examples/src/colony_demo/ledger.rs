@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use opengrid_settlement::{Account, LedgerClient};
+use opengrid_settlement::{Account, Keypair, LedgerClient};
 
 use opengrid_cluster::client::Session;
 
@@ -109,6 +109,14 @@ impl DemoLedger {
             .enumerate()
             .map(|(i, a)| format!("{}={a}", i + 1))
             .collect();
+        // The ledger operator's key (created in the demo's data dir) authorizes registrations and
+        // membership changes; the replicas know its DID.
+        let operator_key = self.root.join("ledger-operator.key");
+        let operator = Keypair::load_or_create(&operator_key)?.did().to_string();
+        println!(
+            "  ledger operator {operator} (key {})",
+            operator_key.display()
+        );
         let before = children.pids().len();
         for (i, addr) in self.addrs.iter().enumerate() {
             let id = (i + 1).to_string();
@@ -127,6 +135,8 @@ impl DemoLedger {
                     &dir.display().to_string(),
                     "--peers",
                     &peers.join(","),
+                    "--operator",
+                    &operator,
                 ],
                 &self.root.join(format!("ledger-{id}.log")),
             )?;
@@ -152,6 +162,8 @@ impl DemoLedger {
                 "rc-op",
                 "--addr",
                 &addr,
+                "--operator-key-file",
+                &operator_key.display().to_string(),
             ]
             .iter()
             .map(|s| s.to_string())
@@ -169,6 +181,8 @@ impl DemoLedger {
                 &key.display().to_string(),
                 "--addr",
                 &addr,
+                "--operator-key-file",
+                &operator_key.display().to_string(),
             ]
             .iter()
             .map(|s| s.to_string())
