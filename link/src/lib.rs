@@ -42,6 +42,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use tokio_rustls::{client::TlsStream as ClientStream, server::TlsStream as ServerStream};
 
+/// A blocking server link (an accepted [`std::net::TcpStream`] under TLS).
+pub type BlockingServerStream = StreamOwned<rustls::ServerConnection, StdTcpStream>;
+
 /// A blocking client link (a [`std::net::TcpStream`] under TLS): read and write it as the
 /// stream itself.
 pub type BlockingStream = StreamOwned<ClientConnection, StdTcpStream>;
@@ -499,6 +502,25 @@ impl Link {
             .map_err(LinkError::Handshake)?;
         let did = peer_did(tls.get_ref().1.peer_certificates())?;
         Ok((tls, did))
+    }
+
+    /// As [`accept`](Self::accept) on a blocking socket; its read/write timeouts bound the
+    /// handshake (set them before).
+    pub fn accept_blocking(
+        &self,
+        mut io: StdTcpStream,
+    ) -> Result<(BlockingServerStream, Did), LinkError> {
+        let mut conn =
+            rustls::ServerConnection::new(self.server.clone()).map_err(LinkError::Config)?;
+        let deadline = std::time::Instant::now() + self.handshake_timeout;
+        while conn.is_handshaking() {
+            if std::time::Instant::now() >= deadline {
+                return Err(LinkError::Timeout(self.handshake_timeout));
+            }
+            conn.complete_io(&mut io).map_err(LinkError::Handshake)?;
+        }
+        let did = peer_did(conn.peer_certificates())?;
+        Ok((StreamOwned::new(conn, io), did))
     }
 
     /// Client side: the handshake on a connection to a server that must be `expect` (or any

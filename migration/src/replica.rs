@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+
+use opengrid_link::{BlockingStream, Link};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -55,7 +57,9 @@ pub struct ReplicatedStore {
     cfg: ReplicationConfig,
     /// Replica set per session (chosen by the RC within the session's allowed jurisdictions).
     sets: RwLock<HashMap<SessionId, Vec<SocketAddr>>>,
-    conns: Mutex<HashMap<SocketAddr, TcpStream>>,
+    /// Authenticated links to the replica holders (kept open: one handshake per connection).
+    link: Link,
+    conns: Mutex<HashMap<SocketAddr, BlockingStream>>,
     /// Consecutive failed replica writes per peer (reset by a successful one).
     failures: Mutex<HashMap<SocketAddr, u32>>,
     /// One replication round: send to every replica of the set, read every answer.
@@ -63,8 +67,8 @@ pub struct ReplicatedStore {
 }
 
 impl ReplicatedStore {
-    /// Wraps `local`.
-    pub fn new(local: Arc<dyn CheckpointStore>, cfg: ReplicationConfig) -> Self {
+    /// Wraps `local`; replicas are reached over `link` (each must prove a DID its policy allows).
+    pub fn new(local: Arc<dyn CheckpointStore>, cfg: ReplicationConfig, link: Link) -> Self {
         let meter = cfg.meter.clone().unwrap_or_else(|| {
             opentelemetry::metrics::NoopMeterProvider::new().meter("opengrid_migration")
         });
@@ -80,6 +84,7 @@ impl ReplicatedStore {
             local,
             cfg,
             sets: RwLock::new(HashMap::new()),
+            link,
             conns: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             replication_seconds,
@@ -142,12 +147,18 @@ impl ReplicatedStore {
             .unwrap_or_default()
     }
 
-    fn connect(&self, peer: SocketAddr) -> std::io::Result<TcpStream> {
-        let s = TcpStream::connect_timeout(&peer, self.cfg.timeout)?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(self.cfg.timeout))?;
-        s.set_write_timeout(Some(self.cfg.timeout))?;
-        Ok(s)
+    fn connect(&self, peer: SocketAddr) -> Result<BlockingStream, String> {
+        let s = TcpStream::connect_timeout(&peer, self.cfg.timeout).map_err(|e| e.to_string())?;
+        let setup = || -> std::io::Result<()> {
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(self.cfg.timeout))?;
+            s.set_write_timeout(Some(self.cfg.timeout))
+        };
+        setup().map_err(|e| e.to_string())?;
+        self.link
+            .connect_blocking(s, None)
+            .map(|(tls, _)| tls)
+            .map_err(|e| format!("link: {e}"))
     }
 
     /// Sends one frame to every peer, then reads every answer (writes overlap across peers).
@@ -162,14 +173,14 @@ impl ReplicatedStore {
             Ok(f) => f,
             Err(e) => return peers.iter().map(|p| (*p, Err(e.to_string()))).collect(),
         };
-        let mut streams: Vec<(SocketAddr, Result<TcpStream, String>)> = {
+        let mut streams: Vec<(SocketAddr, Result<BlockingStream, String>)> = {
             let mut pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
             peers
                 .iter()
                 .map(|p| {
                     let s = match pool.remove(p) {
                         Some(s) => Ok(s),
-                        None => self.connect(*p).map_err(|e| e.to_string()),
+                        None => self.connect(*p),
                     };
                     (*p, s)
                 })
@@ -177,7 +188,7 @@ impl ReplicatedStore {
         };
         for (_, s) in streams.iter_mut() {
             if let Ok(st) = s {
-                if let Err(e) = st.write_all(frame.as_bytes()) {
+                if let Err(e) = st.write_all(frame.as_bytes()).and_then(|()| st.flush()) {
                     *s = Err(e.to_string());
                 }
             }
@@ -273,18 +284,36 @@ mod tests {
     use opentelemetry_sdk::metrics::SdkMeterProvider;
     use prometheus::{Encoder, Registry, TextEncoder};
 
-    /// A replica that acknowledges `n` replica writes on one connection.
-    fn acking_replica(n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    /// Links of a holder and a replica that allow each other.
+    pub(crate) fn link_pair() -> (Link, Link) {
+        use opengrid_link::{AllowList, LinkIdentity};
+        let a =
+            LinkIdentity::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(&rand::random()))
+                .unwrap();
+        let b =
+            LinkIdentity::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(&rand::random()))
+                .unwrap();
+        let la = Link::new(&a, Arc::new(AllowList::new([b.did().clone()]))).unwrap();
+        let lb = Link::new(&b, Arc::new(AllowList::new([a.did().clone()]))).unwrap();
+        (la, lb)
+    }
+
+    /// A replica that acknowledges `n` replica writes on one (authenticated) connection.
+    fn acking_replica(link: Link, n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let t = std::thread::spawn(move || {
-            let (mut sock, _) = listener.accept().unwrap();
+            let (sock, _) = listener.accept().unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let (mut sock, _) = link.accept_blocking(sock).unwrap();
             let mut codec = crate::wire::server_codec();
             for _ in 0..n {
                 let req = codec.read_blocking(&mut sock).unwrap();
                 assert!(matches!(req, Request::Replicate { .. }));
                 let ok = codec.encode_frame(&Response::Ok).unwrap();
                 sock.write_all(ok.as_bytes()).unwrap();
+                sock.flush().unwrap();
             }
         });
         (addr, t)
@@ -303,6 +332,7 @@ mod tests {
                     .unwrap(),
             )
             .build();
+        let (holder, replica) = link_pair();
         let store = ReplicatedStore::new(
             Arc::new(MemoryCheckpointStore::new()),
             ReplicationConfig {
@@ -310,12 +340,13 @@ mod tests {
                 meter: Some(provider.meter("opengrid_migration")),
                 ..ReplicationConfig::default()
             },
+            holder,
         );
         let id = SessionId::new("r").unwrap();
         // a session without replicas is stored locally only: no replication round
         let cp = |seq| Checkpoint::new(id.clone(), Epoch(1), Seq(seq), "h", 1, vec![1, 2, 3]);
         store.put(&cp(1)).unwrap();
-        let (replica, t) = acking_replica(2);
+        let (replica, t) = acking_replica(replica, 2);
         store.set_replicas(&id, vec![replica]);
         store.put(&cp(2)).unwrap();
         store.put(&cp(3)).unwrap();

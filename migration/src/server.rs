@@ -1,4 +1,9 @@
 //! The migration server of a node: replica writes, handover target steps, X2 forwarding.
+//!
+//! Every connection is a mutually authenticated TLS 1.3 link ([`opengrid_link`]): the peer
+//! proves the key of its `did:mycel` and must be allowed by the server's [`Link`] policy (the
+//! node's colony members) before a single frame is read; the peer's DID is known to every
+//! request's handling.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,8 +13,9 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use opengrid_actors::SessionHost;
 use opengrid_codec::FrameError;
+use opengrid_link::{Link, ServerStream};
 use opengrid_session::{
-    Checkpoint, CheckpointPolicy, CheckpointStore, Epoch, SessionId, StoreError,
+    Checkpoint, CheckpointPolicy, CheckpointStore, Did, Epoch, SessionId, StoreError,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -86,12 +92,14 @@ pub struct MigrationServer {
 
 impl MigrationServer {
     /// Binds `addr` and serves on the current tokio runtime. `local` is the node's own store
-    /// (replica writes and pre-copies land there, never re-replicated).
+    /// (replica writes and pre-copies land there, never re-replicated). Connections are served
+    /// over `link` (only the peers its policy allows get past the handshake).
     pub async fn bind(
         addr: SocketAddr,
         host: SessionHost,
         local: Arc<dyn CheckpointStore>,
         admit: Arc<dyn AdmitIncoming>,
+        link: Link,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -112,9 +120,17 @@ impl MigrationServer {
                     Ok((sock, peer)) => {
                         let _ = sock.set_nodelay(true);
                         let i = i2.clone();
+                        let link = link.clone();
                         let h = tokio::spawn(async move {
-                            if let Err(e) = serve(i, sock).await {
-                                tracing::debug!(%peer, error = %e, "migration connection closed");
+                            let (tls, did) = match link.accept(sock).await {
+                                Ok(x) => x,
+                                Err(e) => {
+                                    tracing::debug!(%peer, error = %e, "migration link refused");
+                                    return;
+                                }
+                            };
+                            if let Err(e) = serve(i, tls, &did).await {
+                                tracing::debug!(%peer, %did, error = %e, "migration connection closed");
                             }
                         });
                         let mut c = lock(&c2);
@@ -149,7 +165,11 @@ impl MigrationServer {
     }
 }
 
-async fn serve(inner: Arc<Inner>, sock: TcpStream) -> Result<(), FrameError> {
+async fn serve(
+    inner: Arc<Inner>,
+    sock: ServerStream<TcpStream>,
+    peer: &Did,
+) -> Result<(), FrameError> {
     let mut conn = server_codec().framed(sock);
     while let Some(req) = conn.next().await {
         let req = match req {
@@ -164,7 +184,7 @@ async fn serve(inner: Arc<Inner>, sock: TcpStream) -> Result<(), FrameError> {
                 return Err(e);
             }
         };
-        let resp = handle(&inner, req).await;
+        let resp = handle(&inner, req, peer).await;
         conn.send(&resp).await?;
     }
     Ok(())
@@ -184,8 +204,8 @@ fn put_tolerant(local: &dyn CheckpointStore, cp: &Checkpoint) -> Response {
     }
 }
 
-#[tracing::instrument(skip_all, fields(req = req_name(&req)))]
-async fn handle(inner: &Inner, req: Request) -> Response {
+#[tracing::instrument(skip_all, fields(req = req_name(&req), peer = %peer))]
+async fn handle(inner: &Inner, req: Request, peer: &Did) -> Response {
     match req {
         Request::Ping => Response::Pong,
         Request::Replicate { checkpoint } => match Checkpoint::decode(&checkpoint) {

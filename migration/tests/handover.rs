@@ -50,6 +50,28 @@ fn fold(h: u64, seq: u64, v: u64) -> u64 {
     (h ^ v.wrapping_add(seq << 32)).wrapping_mul(0x100_0000_01b3)
 }
 
+/// The DIDs allowed on this test colony's links (every node's, and the test driver's).
+fn colony() -> &'static Arc<opengrid_link::AllowList> {
+    static C: std::sync::OnceLock<Arc<opengrid_link::AllowList>> = std::sync::OnceLock::new();
+    C.get_or_init(|| Arc::new(opengrid_link::AllowList::new([])))
+}
+
+/// A fresh identity admitted to the test colony, and its links.
+fn member_link() -> opengrid_link::Link {
+    let id = opengrid_link::LinkIdentity::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(
+        &rand::random(),
+    ))
+    .unwrap();
+    colony().insert(id.did().clone());
+    opengrid_link::Link::new(&id, colony().clone()).unwrap()
+}
+
+/// The test driver's link (it plays the source of handovers it drives from outside a node).
+fn driver_link() -> &'static opengrid_link::Link {
+    static L: std::sync::OnceLock<opengrid_link::Link> = std::sync::OnceLock::new();
+    L.get_or_init(member_link)
+}
+
 struct Node {
     host: SessionHost,
     local: Arc<dyn CheckpointStore>,
@@ -70,9 +92,11 @@ async fn node(handlers: bool) -> Node {
         )
         .unwrap(),
     );
+    let link = member_link();
     let store = Arc::new(ReplicatedStore::new(
         local.clone(),
         ReplicationConfig::default(),
+        link.clone(),
     ));
     let host = SessionHost::new(
         store.clone() as Arc<dyn CheckpointStore>,
@@ -93,6 +117,7 @@ async fn node(handlers: bool) -> Node {
         host.clone(),
         local.clone(),
         admit,
+        link,
     )
     .await
     .unwrap();
@@ -110,7 +135,7 @@ fn sid(s: &str) -> SessionId {
 }
 
 fn peer(a: SocketAddr) -> Arc<Peer> {
-    Peer::new(a, Duration::from_secs(5))
+    Peer::new(a, driver_link().clone(), Duration::from_secs(5))
 }
 
 /// A client that keeps its unacknowledged input and follows `moved` to the other node.
@@ -402,4 +427,111 @@ async fn replication_below_k_is_not_acknowledged() {
         "a session whose checkpoint cannot reach k replicas must not start"
     );
     a.host.shutdown().await;
+}
+
+/// A link of a key that is not a colony member (its own policy would accept the colony).
+fn stranger_link() -> opengrid_link::Link {
+    let id = opengrid_link::LinkIdentity::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(
+        &rand::random(),
+    ))
+    .unwrap();
+    opengrid_link::Link::new(&id, colony().clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_plain_tcp_get_nothing_from_the_migration_port() {
+    use opengrid_migration::wire::{Request, Response};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = node(true).await;
+    let b = node(true).await;
+    let id = sid("victim");
+    a.store.set_replicas(&id, vec![b.server.addr()]);
+    let s = a
+        .host
+        .start_dyn(
+            "folder",
+            id.clone(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    for q in 1..=3 {
+        s.send_json(Seq(q), serde_json::json!(q)).await.unwrap();
+    }
+    let before = b.local.get_latest(&id).unwrap().unwrap();
+    assert_eq!((before.epoch, before.seq), (Epoch(1), Seq(3)));
+
+    // A stranger's key: refused at the handshake, whatever it asks.
+    let stranger = Peer::new(b.server.addr(), stranger_link(), Duration::from_secs(5));
+    let mut poison = before.clone();
+    poison.epoch = Epoch(u64::MAX);
+    let attacks = [
+        Request::Latest {
+            session: id.clone(),
+        },
+        Request::Replicate {
+            checkpoint: poison.encode(),
+        },
+        Request::Prepare {
+            session: id.clone(),
+            handler: "folder".into(),
+            policy: CheckpointPolicy::synchronous(),
+            epoch: Epoch(u64::MAX),
+            replicas: vec![],
+        },
+        Request::Activate {
+            session: id.clone(),
+            checkpoint: poison.encode(),
+            epoch: Epoch(u64::MAX),
+        },
+        Request::Forward {
+            session: id.clone(),
+            seq: Seq(4),
+            input: "4".into(),
+        },
+    ];
+    for req in &attacks {
+        let r = stranger.call(req).await;
+        assert!(r.is_err(), "a stranger got {r:?} for {req:?}");
+    }
+    // Plain TCP: a well-formed frame gets no answer frame (the server wants a TLS handshake).
+    let mut plain = tokio::net::TcpStream::connect(b.server.addr())
+        .await
+        .unwrap();
+    let frame = opengrid_migration::wire::client_codec()
+        .encode_frame(&Request::Latest {
+            session: id.clone(),
+        })
+        .unwrap();
+    plain.write_all(frame.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
+    let answer = opengrid_migration::wire::client_codec()
+        .read_blocking(&mut std::io::Cursor::new(got.clone()));
+    assert!(
+        !matches!(answer, Ok(Response::Checkpoint { .. })),
+        "plain TCP read a checkpoint"
+    );
+    // Nothing changed: same checkpoint on the replica, the session serves and replicates.
+    let after = b.local.get_latest(&id).unwrap().unwrap();
+    assert_eq!((after.epoch, after.seq), (Epoch(1), Seq(3)));
+    assert_eq!(b.local.current_epoch(&id).unwrap(), Some(Epoch(1)));
+    assert!(b.host.get(&id).is_none());
+    s.send_json(Seq(4), serde_json::json!(4)).await.unwrap();
+    assert_eq!(b.local.get_latest(&id).unwrap().unwrap().seq, Seq(4));
+    // A member gets an answer on the same port.
+    let member = peer(b.server.addr());
+    assert!(matches!(
+        member
+            .call(&Request::Latest {
+                session: id.clone()
+            })
+            .await,
+        Ok(Response::Checkpoint {
+            checkpoint: Some(_)
+        })
+    ));
+    a.host.shutdown().await;
+    b.host.shutdown().await;
 }

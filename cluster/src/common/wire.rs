@@ -425,6 +425,12 @@ pub enum ToNode {
         /// `(api base URL, epoch)` of the holder, if placed.
         location: Option<(String, u64)>,
     },
+    /// The colony's nodes (sent after every join, to every member): the only peers a node's
+    /// migration links admit (ADR 0023).
+    Members {
+        /// Every member node.
+        nodes: Vec<NodeId>,
+    },
 }
 
 /// Where a handover goes, as chosen by the RC.

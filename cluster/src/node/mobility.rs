@@ -35,9 +35,11 @@ use serde::Serialize;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
+use crate::common::identity::{Identity, NodeId};
 use crate::common::wire::{HandoverTarget, ToRc};
 use crate::node::config::NodeConfig;
 use crate::node::NodeCore;
+use opengrid_link::{AllowList, Link, LinkIdentity};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -167,6 +169,11 @@ pub struct NodeMobility {
     /// The node's own RocksDB store (replicas of other nodes' sessions land here too).
     pub local: Arc<dyn CheckpointStore>,
     server: MigrationServer,
+    /// This node's authenticated links to other nodes' migration servers (ADR 0023).
+    link: Link,
+    /// Who may be on the other side of those links: the colony's nodes, as the RC last listed
+    /// them ([`crate::common::wire::ToNode::Members`]).
+    members: Arc<AllowList>,
     incoming: Arc<Incoming>,
     runtime: Mutex<Option<Runtime>>,
     draining: Arc<AtomicBool>,
@@ -181,11 +188,24 @@ impl std::fmt::Debug for NodeMobility {
     }
 }
 
+/// The node's migration links for `identity`: they admit exactly the DIDs in the returned
+/// allow-list, empty until the RC lists the colony's members.
+pub fn links(identity: &Identity) -> Result<(Link, Arc<AllowList>), opengrid_link::LinkError> {
+    let members = Arc::new(AllowList::new([]));
+    let link = Link::new(
+        &LinkIdentity::from_signing_key(&identity.signing_key())?,
+        members.clone(),
+    )?;
+    Ok((link, members))
+}
+
 /// Builds the replicated store around a node's local store (every replica in a session's set
-/// must acknowledge: the RC sizes the set), its instruments on `meter`.
+/// must acknowledge: the RC sizes the set), its instruments on `meter`, its replicas reached
+/// over `link`.
 pub fn replicated(
     local: Arc<dyn CheckpointStore>,
     meter: opentelemetry::metrics::Meter,
+    link: Link,
 ) -> Arc<ReplicatedStore> {
     Arc::new(ReplicatedStore::new(
         local,
@@ -194,16 +214,19 @@ pub fn replicated(
             timeout: Duration::from_secs(2),
             meter: Some(meter),
         },
+        link,
     ))
 }
 
 impl NodeMobility {
-    /// Starts the `og-migrate` runtime and the migration server.
+    /// Starts the `og-migrate` runtime and the migration server (over `link`, which admits the
+    /// DIDs in `members`: see [`links`]).
     pub fn start(
         cfg: &NodeConfig,
         host: SessionHost,
         local: Arc<dyn CheckpointStore>,
         store: Arc<ReplicatedStore>,
+        (link, members): (Link, Arc<AllowList>),
     ) -> std::io::Result<Arc<Self>> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -218,11 +241,16 @@ impl NodeMobility {
             draining: draining.clone(),
             core: OnceLock::new(),
         });
-        let (addr, l2, i2) = (cfg.migration_listen, local.clone(), incoming.clone());
+        let (addr, l2, i2, link2) = (
+            cfg.migration_listen,
+            local.clone(),
+            incoming.clone(),
+            link.clone(),
+        );
         let server = std::thread::scope(|s| {
             s.spawn(|| {
                 rt.block_on(async move {
-                    MigrationServer::bind(addr, host, l2, i2 as Arc<dyn AdmitIncoming>).await
+                    MigrationServer::bind(addr, host, l2, i2 as Arc<dyn AdmitIncoming>, link2).await
                 })
             })
             .join()
@@ -241,6 +269,8 @@ impl NodeMobility {
             store,
             local,
             server,
+            link,
+            members,
             incoming,
             runtime: Mutex::new(Some(rt)),
             draining,
@@ -253,6 +283,13 @@ impl NodeMobility {
     /// Ties the mobility to its node (RC notifications, lease checks).
     pub fn attach(&self, core: &Arc<NodeCore>) {
         let _ = self.incoming.core.set(Arc::downgrade(core));
+    }
+
+    /// The colony's nodes as the RC lists them: the only DIDs admitted on migration links
+    /// (new handshakes; open links stay).
+    pub fn set_members(&self, nodes: &[NodeId]) {
+        self.members.replace(nodes.iter().map(|n| n.did_value()));
+        tracing::debug!(members = nodes.len(), "migration link members updated");
     }
 
     /// The migration server's address.
@@ -291,7 +328,7 @@ impl NodeMobility {
             if let Ok(Some(cp)) = self.local.get_latest(sid) {
                 let frame = cp.encode();
                 let writes = fresh.iter().map(|a| {
-                    let peer = Peer::new(*a, Duration::from_secs(2));
+                    let peer = Peer::new(*a, self.link.clone(), Duration::from_secs(2));
                     let req = Request::Replicate {
                         checkpoint: frame.clone(),
                     };
@@ -386,7 +423,7 @@ impl NodeCore {
         let peer_addr: SocketAddr = plan.migration.parse().map_err(|e| {
             MoveError::NoTarget(format!("bad migration address {:?}: {e}", plan.migration))
         })?;
-        let peer = Peer::new(peer_addr, Duration::from_secs(5));
+        let peer = Peer::new(peer_addr, mob.link.clone(), Duration::from_secs(5));
         let opts = HandoverOptions {
             location: plan.api.clone(),
             target_replicas: addrs(&plan.replicas),
@@ -587,7 +624,7 @@ impl NodeCore {
         let mut newest: Option<Checkpoint> = mob.local.get_latest(sid).ok().flatten();
         let mut reached = 0usize;
         let fetches = holders.iter().map(|a| {
-            let peer = Peer::new(*a, Duration::from_secs(2));
+            let peer = Peer::new(*a, mob.link.clone(), Duration::from_secs(2));
             let sid = sid.clone();
             async move {
                 let r = peer.call(&Request::Latest { session: sid }).await;
@@ -642,7 +679,7 @@ impl NodeCore {
         }
         let frame = bumped.encode();
         let writes = fence_set.iter().map(|a| {
-            let peer = Peer::new(*a, Duration::from_secs(2));
+            let peer = Peer::new(*a, mob.link.clone(), Duration::from_secs(2));
             let req = Request::Replicate {
                 checkpoint: frame.clone(),
             };

@@ -701,6 +701,11 @@ impl NodeCore {
                 }
             }
             ToNode::HoldingAck { report, drop } => self.on_holding_ack(report, drop),
+            ToNode::Members { nodes } => {
+                if let Some(m) = self.mobility() {
+                    m.set_members(&nodes);
+                }
+            }
             ToNode::Manifest { session, manifest } => {
                 if let Ok(sid) = SessionId::new(session) {
                     if self.host.get(&sid).is_some() {
