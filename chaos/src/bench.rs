@@ -329,6 +329,7 @@ pub async fn checkpoint(
         let r = peer
             .call(&Request::Latest {
                 session: id.clone(),
+                grant: None,
             })
             .await
             .map_err(failed)?;

@@ -291,9 +291,19 @@ impl ReplicaServer {
             host: host.clone(),
             max_sessions: 100_000,
         });
-        let server =
-            MigrationServer::bind(migration, host.clone(), local.clone(), admit, link.clone())
-                .await?;
+        let server = MigrationServer::bind(
+            migration,
+            host.clone(),
+            local.clone(),
+            admit,
+            // The layer benches run no RC: the fleet's link policy is the only check.
+            opengrid_migration::Security {
+                link: link.clone(),
+                grants: opengrid_migration::GrantPolicy::LinkOnly,
+                meter: None,
+            },
+        )
+        .await?;
         let listener = TcpListener::bind(control).await?;
         let control = listener.local_addr()?;
         let ctx = Arc::new(Ctx {

@@ -834,9 +834,11 @@ async fn strangers_get_nothing_from_the_migration_ports() {
     let attacks = [
         Request::Latest {
             session: sid.clone(),
+            grant: None,
         },
         Request::Replicate {
             checkpoint: forged.encode(),
+            grant: None,
         },
         Request::Prepare {
             session: sid.clone(),
@@ -844,6 +846,7 @@ async fn strangers_get_nothing_from_the_migration_ports() {
             policy: CheckpointPolicy::synchronous(),
             epoch: Epoch(u64::MAX),
             replicas: vec![],
+            grant: None,
         },
         Request::Activate {
             session: sid.clone(),
@@ -884,6 +887,32 @@ async fn strangers_get_nothing_from_the_migration_ports() {
             !matches!(answer, Ok(Response::Checkpoint { .. })),
             "plain TCP read a checkpoint from {port}"
         );
+    }
+    // A colony member the RC did not designate (a fourth node, its own key): admitted on the
+    // link, refused every session request for want of a grant naming it.
+    c.node("n4", "FR", "", &[]);
+    c.wait_alive(4).await;
+    let n4_key = opengrid_session::keyfile::load(&c.data_dir("n4").join("identity.key")).unwrap();
+    let member = opengrid_link::Link::new(
+        &opengrid_link::LinkIdentity::from_signing_key(&n4_key).unwrap(),
+        std::sync::Arc::new(|_: &opengrid_session::Did| true),
+    )
+    .unwrap();
+    for port in &ports {
+        let peer = opengrid_migration::Peer::new(*port, member.clone(), Duration::from_secs(5));
+        // The link admits it once the RC has listed n4 to the replicas.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while peer.call(&Request::Ping).await.is_err() {
+            assert!(Instant::now() < deadline, "{port} never admitted n4's link");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for req in &attacks {
+            let r = peer.call(req).await;
+            assert!(
+                matches!(r, Ok(Response::Unauthorized { .. })),
+                "a member without a grant got {r:?} from {port} for {req:?}"
+            );
+        }
     }
     // Untouched: same epoch, inputs still acknowledged in order, and an honest handover works.
     assert_eq!(c.entry(&s.id).await["epoch"].as_u64(), Some(epoch));

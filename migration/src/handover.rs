@@ -206,6 +206,8 @@ pub struct HandoverOptions {
     pub step_timeout: Duration,
     /// Replica set of the session on the target (its migration servers).
     pub target_replicas: Vec<SocketAddr>,
+    /// The RC's grant of the new epoch to the target (presented in `Prepare`).
+    pub grant: Option<crate::grant::SignedGrant>,
 }
 
 impl Default for HandoverOptions {
@@ -216,6 +218,7 @@ impl Default for HandoverOptions {
             default_max_blackout: Duration::from_millis(500),
             step_timeout: Duration::from_secs(5),
             target_replicas: Vec::new(),
+            grant: None,
         }
     }
 }
@@ -224,6 +227,7 @@ fn refusal(r: Result<Response, FrameError>) -> String {
     match r {
         Ok(Response::Refused { reason }) => reason,
         Ok(Response::Fenced { current }) => format!("fenced by {current}"),
+        Ok(Response::Unauthorized { reason }) => format!("unauthorized: {reason}"),
         Ok(other) => format!("unexpected answer {other:?}"),
         Err(e) => e.to_string(),
     }
@@ -261,6 +265,7 @@ pub async fn handover(
                 policy,
                 epoch: new_epoch,
                 replicas: opts.target_replicas.clone(),
+                grant: opts.grant.clone(),
             },
             opts.step_timeout,
         )

@@ -20,6 +20,7 @@ use opengrid_session::{
 };
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 
+use crate::grant::SignedGrant;
 use crate::wire::{client_codec, Request, Response};
 
 /// Bucket bounds of `opengrid_migration_replication_seconds` (50 µs … 10 s): a loopback round
@@ -28,6 +29,9 @@ pub const REPLICATION_BUCKETS: [f64; 17] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Most idle replication connections kept per replica holder.
+pub const IDLE_PER_PEER: usize = 16;
 
 /// Replication settings.
 #[derive(Clone, Debug)]
@@ -57,9 +61,14 @@ pub struct ReplicatedStore {
     cfg: ReplicationConfig,
     /// Replica set per session (chosen by the RC within the session's allowed jurisdictions).
     sets: RwLock<HashMap<SessionId, Vec<SocketAddr>>>,
+    /// The RC's grant per session, sent with its replica writes.
+    grants: RwLock<HashMap<SessionId, SignedGrant>>,
     /// Authenticated links to the replica holders (kept open: one handshake per connection).
     link: Link,
-    conns: Mutex<HashMap<SocketAddr, BlockingStream>>,
+    /// Idle connections per replica holder (at most [`IDLE_PER_PEER`] each): sessions
+    /// replicating at once each take one, so connections (and their handshakes) are reused
+    /// rather than replaced.
+    conns: Mutex<HashMap<SocketAddr, Vec<BlockingStream>>>,
     /// Consecutive failed replica writes per peer (reset by a successful one).
     failures: Mutex<HashMap<SocketAddr, u32>>,
     /// One replication round: send to every replica of the set, read every answer.
@@ -84,6 +93,7 @@ impl ReplicatedStore {
             local,
             cfg,
             sets: RwLock::new(HashMap::new()),
+            grants: RwLock::new(HashMap::new()),
             link,
             conns: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -137,6 +147,24 @@ impl ReplicatedStore {
             .insert(session.clone(), peers);
     }
 
+    /// Sets the RC's grant for `session` (sent with every replica write; replicas of a node
+    /// that checks grants refuse writes without one).
+    pub fn set_grant(&self, session: &SessionId, grant: SignedGrant) {
+        self.grants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.clone(), grant);
+    }
+
+    /// The grant of `session`, if any.
+    pub fn grant(&self, session: &SessionId) -> Option<SignedGrant> {
+        self.grants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+            .cloned()
+    }
+
     /// The replica set of `session`.
     pub fn replicas(&self, session: &SessionId) -> Vec<SocketAddr> {
         self.sets
@@ -169,23 +197,24 @@ impl ReplicatedStore {
     ) -> Vec<(SocketAddr, Result<Response, String>)> {
         let frame = match client_codec().encode_frame(&Request::Replicate {
             checkpoint: cp.encode(),
+            grant: self.grant(&cp.session_id),
         }) {
             Ok(f) => f,
             Err(e) => return peers.iter().map(|p| (*p, Err(e.to_string()))).collect(),
         };
-        let mut streams: Vec<(SocketAddr, Result<BlockingStream, String>)> = {
+        let idle: Vec<Option<BlockingStream>> = {
             let mut pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
             peers
                 .iter()
-                .map(|p| {
-                    let s = match pool.remove(p) {
-                        Some(s) => Ok(s),
-                        None => self.connect(*p),
-                    };
-                    (*p, s)
-                })
+                .map(|p| pool.get_mut(p).and_then(Vec::pop))
                 .collect()
         };
+        // New connections (and their handshakes) are made outside the pool's lock.
+        let mut streams: Vec<(SocketAddr, Result<BlockingStream, String>)> = peers
+            .iter()
+            .zip(idle)
+            .map(|(p, s)| (*p, s.map_or_else(|| self.connect(*p), Ok)))
+            .collect();
         for (_, s) in streams.iter_mut() {
             if let Ok(st) = s {
                 if let Err(e) = st.write_all(frame.as_bytes()).and_then(|()| st.flush()) {
@@ -198,10 +227,11 @@ impl ReplicatedStore {
             match s {
                 Ok(mut st) => match client_codec().read_blocking(&mut st) {
                     Ok(r) => {
-                        self.conns
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(p, st);
+                        let mut pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                        let idle = pool.entry(p).or_default();
+                        if idle.len() < IDLE_PER_PEER {
+                            idle.push(st);
+                        }
                         out.push((p, Ok(r)));
                     }
                     Err(e) => out.push((p, Err(e.to_string()))),
@@ -237,6 +267,9 @@ impl CheckpointStore for ReplicatedStore {
                             attempted: cp.epoch,
                             current,
                         })
+                    }
+                    Ok(Response::Unauthorized { reason }) => {
+                        errors.push(format!("{p}: unauthorized: {reason}"))
                     }
                     Ok(other) => errors.push(format!("{p}: {other:?}")),
                     Err(e) => errors.push(format!("{p}: {e}")),

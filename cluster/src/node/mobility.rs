@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use opengrid_actors::{SessionHost, SessionStatus};
 use opengrid_migration::wire::{Request, Response};
 use opengrid_migration::{
-    AdmitIncoming, HandoverError, HandoverOptions, HandoverReport, MigrationServer, Peer,
-    ReplicatedStore, ReplicationConfig,
+    AdmitIncoming, GrantPolicy, HandoverError, HandoverOptions, HandoverReport, MigrationServer,
+    Peer, RcKey, ReplicatedStore, ReplicationConfig, Security,
 };
 use opengrid_session::{Checkpoint, CheckpointStore, Epoch, SessionId};
 use serde::Serialize;
@@ -44,6 +44,9 @@ use opengrid_link::{AllowList, Link, LinkIdentity};
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Most idle migration clients kept per peer address.
+pub const IDLE_PEERS: usize = 8;
 
 /// How long the old holder keeps relaying inputs (X2) after a handover before it forgets the
 /// session; later clients are redirected through the RC directory.
@@ -146,8 +149,16 @@ impl AdmitIncoming for Incoming {
         }
     }
 
-    fn activating(&self, session: &SessionId, replicas: &[SocketAddr]) {
+    fn activating(
+        &self,
+        session: &SessionId,
+        replicas: &[SocketAddr],
+        grant: Option<&opengrid_migration::SignedGrant>,
+    ) {
         self.store.set_replicas(session, replicas.to_vec());
+        if let Some(g) = grant {
+            self.store.set_grant(session, g.clone());
+        }
     }
 
     fn activated(&self, session: &SessionId, epoch: Epoch) {
@@ -174,6 +185,11 @@ pub struct NodeMobility {
     /// Who may be on the other side of those links: the colony's nodes, as the RC last listed
     /// them ([`crate::common::wire::ToNode::Members`]).
     members: Arc<AllowList>,
+    /// The RC whose grants the migration server requires (known from the join).
+    rc: RcKey,
+    /// Idle migration clients per peer address: reused, so a TLS handshake is paid per
+    /// connection, not per seed, restore or handover.
+    peers: Mutex<HashMap<SocketAddr, Vec<Arc<Peer>>>>,
     incoming: Arc<Incoming>,
     runtime: Mutex<Option<Runtime>>,
     draining: Arc<AtomicBool>,
@@ -220,13 +236,15 @@ pub fn replicated(
 
 impl NodeMobility {
     /// Starts the `og-migrate` runtime and the migration server (over `link`, which admits the
-    /// DIDs in `members`: see [`links`]).
+    /// DIDs in `members`: see [`links`]; session requests need the RC's grants, refusals counted
+    /// on `meter`).
     pub fn start(
         cfg: &NodeConfig,
         host: SessionHost,
         local: Arc<dyn CheckpointStore>,
         store: Arc<ReplicatedStore>,
         (link, members): (Link, Arc<AllowList>),
+        meter: opentelemetry::metrics::Meter,
     ) -> std::io::Result<Arc<Self>> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -241,16 +259,18 @@ impl NodeMobility {
             draining: draining.clone(),
             core: OnceLock::new(),
         });
-        let (addr, l2, i2, link2) = (
-            cfg.migration_listen,
-            local.clone(),
-            incoming.clone(),
-            link.clone(),
-        );
+        let rc = RcKey::new();
+        let security = Security {
+            link: link.clone(),
+            grants: GrantPolicy::RcSigned(rc.clone()),
+            meter: Some(meter),
+        };
+        let (addr, l2, i2) = (cfg.migration_listen, local.clone(), incoming.clone());
         let server = std::thread::scope(|s| {
             s.spawn(|| {
                 rt.block_on(async move {
-                    MigrationServer::bind(addr, host, l2, i2 as Arc<dyn AdmitIncoming>, link2).await
+                    MigrationServer::bind(addr, host, l2, i2 as Arc<dyn AdmitIncoming>, security)
+                        .await
                 })
             })
             .join()
@@ -271,6 +291,8 @@ impl NodeMobility {
             server,
             link,
             members,
+            rc,
+            peers: Mutex::new(HashMap::new()),
             incoming,
             runtime: Mutex::new(Some(rt)),
             draining,
@@ -290,6 +312,45 @@ impl NodeMobility {
     pub fn set_members(&self, nodes: &[NodeId]) {
         self.members.replace(nodes.iter().map(|n| n.did_value()));
         tracing::debug!(members = nodes.len(), "migration link members updated");
+    }
+
+    /// A client of the migration server at `addr`: an idle one from the pool, or a new one.
+    /// Give it back with [`give_back`](Self::give_back) after use.
+    fn checkout(&self, addr: SocketAddr) -> Arc<Peer> {
+        lock(&self.peers)
+            .get_mut(&addr)
+            .and_then(Vec::pop)
+            .unwrap_or_else(|| Peer::new(addr, self.link.clone(), Duration::from_secs(5)))
+    }
+
+    /// Returns a client to the pool (at most [`IDLE_PEERS`] idle ones per address are kept).
+    fn give_back(&self, peer: Arc<Peer>) {
+        let mut pool = lock(&self.peers);
+        let idle = pool.entry(peer.addr()).or_default();
+        if idle.len() < IDLE_PEERS {
+            idle.push(peer);
+        }
+    }
+
+    /// One request to the migration server at `addr` within `budget`, on a pooled client.
+    async fn call(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        budget: Duration,
+    ) -> Result<Response, String> {
+        let peer = self.checkout(addr);
+        let r = peer
+            .call_within(req, budget)
+            .await
+            .map_err(|e| e.to_string());
+        self.give_back(peer);
+        r
+    }
+
+    /// The RC whose grants this node's migration server accepts.
+    pub fn set_rc(&self, rc: &NodeId) {
+        self.rc.set(rc.did_value());
     }
 
     /// The migration server's address.
@@ -328,11 +389,11 @@ impl NodeMobility {
             if let Ok(Some(cp)) = self.local.get_latest(sid) {
                 let frame = cp.encode();
                 let writes = fresh.iter().map(|a| {
-                    let peer = Peer::new(*a, self.link.clone(), Duration::from_secs(2));
                     let req = Request::Replicate {
                         checkpoint: frame.clone(),
+                        grant: self.store.grant(sid),
                     };
-                    async move { (*a, peer.call(&req).await) }
+                    async move { (*a, self.call(*a, &req, Duration::from_secs(2)).await) }
                 });
                 for (a, r) in futures::future::join_all(writes).await {
                     if !matches!(r, Ok(Response::Ok)) {
@@ -423,10 +484,11 @@ impl NodeCore {
         let peer_addr: SocketAddr = plan.migration.parse().map_err(|e| {
             MoveError::NoTarget(format!("bad migration address {:?}: {e}", plan.migration))
         })?;
-        let peer = Peer::new(peer_addr, mob.link.clone(), Duration::from_secs(5));
+        let peer = mob.checkout(peer_addr);
         let opts = HandoverOptions {
             location: plan.api.clone(),
             target_replicas: addrs(&plan.replicas),
+            grant: plan.grant.clone(),
             ..HandoverOptions::default()
         };
         let (host, store, sid2) = (
@@ -435,13 +497,17 @@ impl NodeCore {
             sid.clone(),
         );
         let started = Instant::now();
-        let r =
-            self.handlers
-                .spawn(async move {
-                    opengrid_migration::handover(&host, &store, &sid2, &peer, &opts).await
-                })
-                .await
-                .map_err(|e| MoveError::NoTarget(format!("handover task failed: {e}")))?;
+        let (mob2, peer2) = (mob.clone(), peer.clone());
+        let r = self
+            .handlers
+            .spawn(async move {
+                let r = opengrid_migration::handover(&host, &store, &sid2, &peer2, &opts).await;
+                // Back to the pool (the relay of a completed handover shares it).
+                mob2.give_back(peer2);
+                r
+            })
+            .await
+            .map_err(|e| MoveError::NoTarget(format!("handover task failed: {e}")))?;
         match r {
             Ok(report) => {
                 self.metrics
@@ -624,12 +690,12 @@ impl NodeCore {
         let mut newest: Option<Checkpoint> = mob.local.get_latest(sid).ok().flatten();
         let mut reached = 0usize;
         let fetches = holders.iter().map(|a| {
-            let peer = Peer::new(*a, mob.link.clone(), Duration::from_secs(2));
-            let sid = sid.clone();
-            async move {
-                let r = peer.call(&Request::Latest { session: sid }).await;
-                (*a, r)
-            }
+            let req = Request::Latest {
+                session: sid.clone(),
+                grant: mob.store.grant(sid),
+            };
+            let mob = &mob;
+            async move { (*a, mob.call(*a, &req, Duration::from_secs(2)).await) }
         });
         for (a, r) in futures::future::join_all(fetches).await {
             match r {
@@ -679,11 +745,12 @@ impl NodeCore {
         }
         let frame = bumped.encode();
         let writes = fence_set.iter().map(|a| {
-            let peer = Peer::new(*a, mob.link.clone(), Duration::from_secs(2));
             let req = Request::Replicate {
                 checkpoint: frame.clone(),
+                grant: mob.store.grant(sid),
             };
-            async move { (*a, peer.call(&req).await) }
+            let mob = &mob;
+            async move { (*a, mob.call(*a, &req, Duration::from_secs(2)).await) }
         });
         let mut acks = 0;
         for (a, r) in futures::future::join_all(writes).await {

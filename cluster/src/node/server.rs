@@ -241,13 +241,19 @@ async fn boot_node(
         .await
         .map_err(|e| StartError::Spawn(e.to_string()))??;
     let (host, local, replicated) = host;
-    let mobility =
-        crate::node::mobility::NodeMobility::start(&cfg, host.clone(), local, replicated, links)
-            .map_err(|source| StartError::Bind {
-                addr: cfg.migration_listen,
-                what: "migration server",
-                source,
-            })?;
+    let mobility = crate::node::mobility::NodeMobility::start(
+        &cfg,
+        host.clone(),
+        local,
+        replicated,
+        links,
+        metrics.meter("opengrid_migration"),
+    )
+    .map_err(|source| StartError::Bind {
+        addr: cfg.migration_listen,
+        what: "migration server",
+        source,
+    })?;
     setup(&host);
     let registered = host.handler_ids();
     let served = if cfg.handlers.is_empty() {

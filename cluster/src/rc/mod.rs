@@ -793,6 +793,15 @@ impl RcCore {
         replicas: Vec<String>,
         restore_from: Vec<String>,
     ) -> Result<(), String> {
+        let grant = {
+            let st = lock(&self.state);
+            let (r, f) = (
+                crate::rc::mobility::dids_of_addrs(&st, &replicas),
+                crate::rc::mobility::dids_of_addrs(&st, &restore_from),
+            );
+            drop(st);
+            self.sign_grant(sid, epoch, node, r, f)
+        };
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(req, tx);
@@ -805,6 +814,7 @@ impl RcCore {
                 manifest: m.to_json_string(),
                 replicas,
                 restore_from,
+                grant,
             },
         );
         if let Err(e) = sent {

@@ -168,7 +168,12 @@ async fn main() -> anyhow::Result<()> {
         host_b.clone(),
         store_b.clone(),
         admit,
-        link_b,
+        // One host, no RC: the two links admitting each other are the only check.
+        opengrid_migration::Security {
+            link: link_b,
+            grants: opengrid_migration::GrantPolicy::LinkOnly,
+            meter: None,
+        },
     )
     .await?;
     let s3 = &sessions[2];
