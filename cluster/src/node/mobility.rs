@@ -45,8 +45,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Most idle migration clients kept per peer address.
-pub const IDLE_PEERS: usize = 8;
+/// The migration clients of one peer address and the index of the next to use.
+type PeerSet = (Vec<Arc<Peer>>, usize);
+
+/// Migration clients (connections) a node keeps per peer address.
+pub const PEERS_PER_ADDR: usize = 4;
 
 /// How long the old holder keeps relaying inputs (X2) after a handover before it forgets the
 /// session; later clients are redirected through the RC directory.
@@ -187,9 +190,9 @@ pub struct NodeMobility {
     members: Arc<AllowList>,
     /// The RC whose grants the migration server requires (known from the join).
     rc: RcKey,
-    /// Idle migration clients per peer address: reused, so a TLS handshake is paid per
-    /// connection, not per seed, restore or handover.
-    peers: Mutex<HashMap<SocketAddr, Vec<Arc<Peer>>>>,
+    /// Migration clients per peer address (and the next to use): reused, so a TLS handshake is
+    /// paid per connection, not per seed, restore or handover.
+    peers: Mutex<HashMap<SocketAddr, PeerSet>>,
     incoming: Arc<Incoming>,
     runtime: Mutex<Option<Runtime>>,
     draining: Arc<AtomicBool>,
@@ -314,22 +317,20 @@ impl NodeMobility {
         tracing::debug!(members = nodes.len(), "migration link members updated");
     }
 
-    /// A client of the migration server at `addr`: an idle one from the pool, or a new one.
-    /// Give it back with [`give_back`](Self::give_back) after use.
-    fn checkout(&self, addr: SocketAddr) -> Arc<Peer> {
-        lock(&self.peers)
-            .get_mut(&addr)
-            .and_then(Vec::pop)
-            .unwrap_or_else(|| Peer::new(addr, self.link.clone(), Duration::from_secs(5)))
-    }
-
-    /// Returns a client to the pool (at most [`IDLE_PEERS`] idle ones per address are kept).
-    fn give_back(&self, peer: Arc<Peer>) {
+    /// A client of the migration server at `addr`: one of at most [`PEERS_PER_ADDR`] kept per
+    /// address, used in turn (each serves one request at a time). Bounding them bounds the TLS
+    /// handshakes a burst of seeds, restores or handovers costs (a colony join repairs the
+    /// replica sets of every session at once).
+    fn peer_for(&self, addr: SocketAddr) -> Arc<Peer> {
         let mut pool = lock(&self.peers);
-        let idle = pool.entry(peer.addr()).or_default();
-        if idle.len() < IDLE_PEERS {
-            idle.push(peer);
+        let (peers, next) = pool.entry(addr).or_default();
+        if peers.len() < PEERS_PER_ADDR {
+            let p = Peer::new(addr, self.link.clone(), Duration::from_secs(5));
+            peers.push(p.clone());
+            return p;
         }
+        *next = next.wrapping_add(1);
+        peers[*next % peers.len()].clone()
     }
 
     /// One request to the migration server at `addr` within `budget`, on a pooled client.
@@ -339,13 +340,10 @@ impl NodeMobility {
         req: &Request,
         budget: Duration,
     ) -> Result<Response, String> {
-        let peer = self.checkout(addr);
-        let r = peer
+        self.peer_for(addr)
             .call_within(req, budget)
             .await
-            .map_err(|e| e.to_string());
-        self.give_back(peer);
-        r
+            .map_err(|e| e.to_string())
     }
 
     /// The RC whose grants this node's migration server accepts.
@@ -484,7 +482,9 @@ impl NodeCore {
         let peer_addr: SocketAddr = plan.migration.parse().map_err(|e| {
             MoveError::NoTarget(format!("bad migration address {:?}: {e}", plan.migration))
         })?;
-        let peer = mob.checkout(peer_addr);
+        // Its own connection: the activation's blackout budget never waits behind another
+        // session's request (the handshake is paid at `prepare`, before the freeze).
+        let peer = Peer::new(peer_addr, mob.link.clone(), Duration::from_secs(5));
         let opts = HandoverOptions {
             location: plan.api.clone(),
             target_replicas: addrs(&plan.replicas),
@@ -497,17 +497,13 @@ impl NodeCore {
             sid.clone(),
         );
         let started = Instant::now();
-        let (mob2, peer2) = (mob.clone(), peer.clone());
-        let r = self
-            .handlers
-            .spawn(async move {
-                let r = opengrid_migration::handover(&host, &store, &sid2, &peer2, &opts).await;
-                // Back to the pool (the relay of a completed handover shares it).
-                mob2.give_back(peer2);
-                r
-            })
-            .await
-            .map_err(|e| MoveError::NoTarget(format!("handover task failed: {e}")))?;
+        let r =
+            self.handlers
+                .spawn(async move {
+                    opengrid_migration::handover(&host, &store, &sid2, &peer, &opts).await
+                })
+                .await
+                .map_err(|e| MoveError::NoTarget(format!("handover task failed: {e}")))?;
         match r {
             Ok(report) => {
                 self.metrics
