@@ -100,6 +100,8 @@ pub struct ReplicaFleet {
     pub launcher: Launcher,
     /// (migration, control) addresses, in start order.
     pub addrs: Vec<(SocketAddr, SocketAddr)>,
+    /// The bench's own migration links (admitted by every replica server, admitting them).
+    pub link: opengrid_link::Link,
 }
 
 impl ReplicaFleet {
@@ -107,6 +109,7 @@ impl ReplicaFleet {
     pub async fn start(exe: &Path, n: usize) -> Result<ReplicaFleet, BenchError> {
         let mut launcher = Launcher::new()?;
         let mut addrs = Vec::new();
+        let mut dids = Vec::new();
         for i in 0..n {
             let name = format!("replica-{i}");
             let dir = launcher.data_dir(&name)?;
@@ -123,9 +126,50 @@ impl ReplicaFleet {
                 ready.display().to_string(),
             ]))?;
             addrs.push(wait_ready(&mut launcher, &name, &ready).await?);
+            dids.push(ready_did(&ready)?);
         }
-        Ok(ReplicaFleet { launcher, addrs })
+        // The fleet and the bench admit each other on their migration links, nobody else.
+        let me = opengrid_link::LinkIdentity::from_signing_key(
+            &ed25519_dalek::SigningKey::from_bytes(&rand::random()),
+        )
+        .map_err(failed)?;
+        let link = opengrid_link::Link::new(
+            &me,
+            Arc::new(opengrid_link::AllowList::new(dids.iter().cloned())),
+        )
+        .map_err(failed)?;
+        let allow: Vec<String> = dids
+            .iter()
+            .chain([me.did()])
+            .map(|d| d.to_string())
+            .collect();
+        for (_, control) in &addrs {
+            let r = ControlClient::connect(*control)
+                .await?
+                .call(&Control::Allow {
+                    dids: allow.clone(),
+                })
+                .await?;
+            if !r.ok {
+                return Err(failed(format!("allow on {control}: {:?}", r.error)));
+            }
+        }
+        Ok(ReplicaFleet {
+            launcher,
+            addrs,
+            link,
+        })
     }
+}
+
+/// The `did=` line of a ready file.
+fn ready_did(ready: &Path) -> Result<opengrid_session::Did, BenchError> {
+    let text = std::fs::read_to_string(ready)?;
+    let did = text
+        .lines()
+        .find_map(|l| l.strip_prefix("did="))
+        .ok_or_else(|| failed(format!("{}: no did= line", ready.display())))?;
+    opengrid_session::Did::parse(did).map_err(failed)
 }
 
 async fn wait_ready(
@@ -221,6 +265,7 @@ pub async fn checkpoint(
             timeout: Duration::from_secs(5),
             ..ReplicationConfig::default()
         },
+        fleet.link.clone(),
     ));
     let host = SessionHost::new(
         store.clone() as Arc<dyn CheckpointStore>,
@@ -280,10 +325,11 @@ pub async fn checkpoint(
     let mut lost = 0u64;
     let mut duplicated = 0u64;
     for p in &peers {
-        let peer = Peer::new(*p, Duration::from_secs(5));
+        let peer = Peer::new(*p, fleet.link.clone(), Duration::from_secs(5));
         let r = peer
             .call(&Request::Latest {
                 session: id.clone(),
+                grant: None,
             })
             .await
             .map_err(failed)?;

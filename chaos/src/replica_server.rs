@@ -145,6 +145,12 @@ pub enum Control {
         /// Target migration address.
         target: SocketAddr,
     },
+    /// The DIDs admitted on this server's migration links (replaces the set; the harness sends
+    /// every fleet member's and its own once all are up).
+    Allow {
+        /// `did:mycel:` ids.
+        dids: Vec<String>,
+    },
     /// Stops the (moved) session here.
     Release {
         /// Session id.
@@ -220,12 +226,17 @@ pub enum ReplicaServerError {
     /// Socket or file.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The migration links (identity certificate, TLS configuration).
+    #[error("migration link: {0}")]
+    Link(#[from] opengrid_link::LinkError),
 }
 
 /// A running replica server (in this process).
 pub struct ReplicaServer {
     /// Migration address.
     pub migration: SocketAddr,
+    /// The DID its migration links prove (a fresh key per process).
+    pub did: opengrid_session::Did,
     /// Control address.
     pub control: SocketAddr,
     host: SessionHost,
@@ -239,6 +250,8 @@ struct Ctx {
     local: Arc<dyn CheckpointStore>,
     fold: Arc<Fold>,
     migration: SocketAddr,
+    link: opengrid_link::Link,
+    members: Arc<opengrid_link::AllowList>,
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
 }
 
@@ -256,9 +269,15 @@ impl ReplicaServer {
                 retain: 2,
             },
         )?);
+        let identity = opengrid_link::LinkIdentity::from_signing_key(
+            &ed25519_dalek::SigningKey::from_bytes(&rand::random()),
+        )?;
+        let members = Arc::new(opengrid_link::AllowList::new([]));
+        let link = opengrid_link::Link::new(&identity, members.clone())?;
         let store = Arc::new(ReplicatedStore::new(
             local.clone(),
             ReplicationConfig::default(),
+            link.clone(),
         ));
         let host = SessionHost::new(
             store.clone() as Arc<dyn CheckpointStore>,
@@ -272,7 +291,19 @@ impl ReplicaServer {
             host: host.clone(),
             max_sessions: 100_000,
         });
-        let server = MigrationServer::bind(migration, host.clone(), local.clone(), admit).await?;
+        let server = MigrationServer::bind(
+            migration,
+            host.clone(),
+            local.clone(),
+            admit,
+            // The layer benches run no RC: the fleet's link policy is the only check.
+            opengrid_migration::Security {
+                link: link.clone(),
+                grants: opengrid_migration::GrantPolicy::LinkOnly,
+                meter: None,
+            },
+        )
+        .await?;
         let listener = TcpListener::bind(control).await?;
         let control = listener.local_addr()?;
         let ctx = Arc::new(Ctx {
@@ -281,6 +312,8 @@ impl ReplicaServer {
             local,
             fold,
             migration: server.addr(),
+            link,
+            members,
             peers: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(async move {
@@ -291,6 +324,7 @@ impl ReplicaServer {
         });
         Ok(ReplicaServer {
             migration: server.addr(),
+            did: identity.did().clone(),
             control,
             host,
             server,
@@ -350,6 +384,17 @@ async fn handle(ctx: &Ctx, c: Control) -> ControlReply {
     };
     match c {
         Control::Ping => ok,
+        Control::Allow { dids } => {
+            let mut parsed = Vec::with_capacity(dids.len());
+            for d in &dids {
+                match opengrid_session::Did::parse(d) {
+                    Ok(d) => parsed.push(d),
+                    Err(e) => return err(format!("{d:?}: {e}")),
+                }
+            }
+            ctx.members.replace(parsed);
+            ok
+        }
         Control::Start {
             session,
             state_bytes,
@@ -427,7 +472,7 @@ async fn handle(ctx: &Ctx, c: Control) -> ControlReply {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(target)
-                .or_insert_with(|| Peer::new(target, Duration::from_secs(5)))
+                .or_insert_with(|| Peer::new(target, ctx.link.clone(), Duration::from_secs(5)))
                 .clone();
             let store = ctx.store.clone() as Arc<dyn CheckpointStore>;
             let opts = HandoverOptions {
@@ -483,7 +528,7 @@ async fn handle(ctx: &Ctx, c: Control) -> ControlReply {
     }
 }
 
-/// Runs a replica server until killed; writes `migration=<addr>\ncontrol=<addr>\n` to
+/// Runs a replica server until killed; writes `migration=<addr>\ncontrol=<addr>\ndid=<did>\n` to
 /// `ready_file` (atomically) once both ports listen.
 pub async fn serve_forever(
     dir: PathBuf,
@@ -493,7 +538,10 @@ pub async fn serve_forever(
 ) -> Result<(), ReplicaServerError> {
     std::fs::create_dir_all(&dir)?;
     let s = ReplicaServer::start(&dir, migration, control).await?;
-    let text = format!("migration={}\ncontrol={}\n", s.migration, s.control);
+    let text = format!(
+        "migration={}\ncontrol={}\ndid={}\n",
+        s.migration, s.control, s.did
+    );
     match ready_file {
         Some(f) => {
             let tmp = f.with_extension("tmp");

@@ -785,3 +785,150 @@ async fn an_overloaded_node_is_rebalanced_by_the_rc() {
         assert_eq!(*acked, 2);
     }
 }
+
+/// The migration ports of a running colony, attacked from outside it: plain TCP and TLS with a
+/// key that is not a member (the attacker's own policy accepts anyone) get nothing answered —
+/// no read (`Latest`), no epoch poisoning (`Replicate` at `u64::MAX`), no `Prepare`/`Activate`,
+/// no `Forward` — and the session keeps serving, replicating and moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_get_nothing_from_the_migration_ports() {
+    use opengrid_migration::wire::{Request, Response};
+    use opengrid_session::{Checkpoint, CheckpointPolicy, Epoch, Seq, SessionId};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = Colony::start();
+    for (n, j) in [("n1", "DE"), ("n2", "DE"), ("n3", "FR")] {
+        c.node(n, j, "", &[]);
+    }
+    c.wait_alive(3).await;
+    let mut s = c.client().create(ZERO_LOSS, None).await.unwrap();
+    let mut acked = 0;
+    for _ in 0..5 {
+        acked = step(&mut s, acked).await.unwrap();
+    }
+    wait_replicated(&c, std::slice::from_ref(&s.id)).await;
+    // The replicas' migration ports, as the holder reports them.
+    let holder = c.entry(&s.id).await["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let info: Value = c
+        .http
+        .get(format!("{holder}/sessions/{}", s.id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ports: Vec<std::net::SocketAddr> = info["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .collect();
+    assert_eq!(ports.len(), 2, "replica ports in {info}");
+    let epoch = c.entry(&s.id).await["epoch"].as_u64().unwrap();
+    let sid = SessionId::new(s.id.clone()).unwrap();
+    let forged = Checkpoint::new(
+        sid.clone(),
+        Epoch(u64::MAX),
+        Seq(1_000),
+        "counter",
+        1,
+        vec![0; 16],
+    );
+    let attacks = [
+        Request::Latest {
+            session: sid.clone(),
+            grant: None,
+        },
+        Request::Replicate {
+            checkpoint: forged.encode(),
+            grant: None,
+        },
+        Request::Prepare {
+            session: sid.clone(),
+            handler: "counter".into(),
+            policy: CheckpointPolicy::synchronous(),
+            epoch: Epoch(u64::MAX),
+            replicas: vec![],
+            grant: None,
+        },
+        Request::Activate {
+            session: sid.clone(),
+            checkpoint: forged.encode(),
+            epoch: Epoch(u64::MAX),
+        },
+        Request::Forward {
+            session: sid.clone(),
+            seq: Seq(1_000),
+            input: "1000".into(),
+        },
+    ];
+    let stranger = opengrid_link::Link::new(
+        &opengrid_link::LinkIdentity::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(
+            &rand::random(),
+        ))
+        .unwrap(),
+        std::sync::Arc::new(|_: &opengrid_session::Did| true),
+    )
+    .unwrap();
+    for port in &ports {
+        let peer = opengrid_migration::Peer::new(*port, stranger.clone(), Duration::from_secs(5));
+        for req in &attacks {
+            let r = peer.call(req).await;
+            assert!(r.is_err(), "a stranger got {r:?} from {port} for {req:?}");
+        }
+        // Plain TCP with a well-formed frame: no answer frame comes back.
+        let mut plain = tokio::net::TcpStream::connect(port).await.unwrap();
+        let frame = opengrid_migration::wire::client_codec()
+            .encode_frame(&attacks[0])
+            .unwrap();
+        plain.write_all(frame.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
+        let answer =
+            opengrid_migration::wire::client_codec().read_blocking(&mut std::io::Cursor::new(got));
+        assert!(
+            !matches!(answer, Ok(Response::Checkpoint { .. })),
+            "plain TCP read a checkpoint from {port}"
+        );
+    }
+    // A colony member the RC did not designate (a fourth node, its own key): admitted on the
+    // link, refused every session request for want of a grant naming it.
+    c.node("n4", "FR", "", &[]);
+    c.wait_alive(4).await;
+    let n4_key = opengrid_session::keyfile::load(&c.data_dir("n4").join("identity.key")).unwrap();
+    let member = opengrid_link::Link::new(
+        &opengrid_link::LinkIdentity::from_signing_key(&n4_key).unwrap(),
+        std::sync::Arc::new(|_: &opengrid_session::Did| true),
+    )
+    .unwrap();
+    for port in &ports {
+        let peer = opengrid_migration::Peer::new(*port, member.clone(), Duration::from_secs(5));
+        // The link admits it once the RC has listed n4 to the replicas.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while peer.call(&Request::Ping).await.is_err() {
+            assert!(Instant::now() < deadline, "{port} never admitted n4's link");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for req in &attacks {
+            let r = peer.call(req).await;
+            assert!(
+                matches!(r, Ok(Response::Unauthorized { .. })),
+                "a member without a grant got {r:?} from {port} for {req:?}"
+            );
+        }
+    }
+    // Untouched: same epoch, inputs still acknowledged in order, and an honest handover works.
+    assert_eq!(c.entry(&s.id).await["epoch"].as_u64(), Some(epoch));
+    for _ in 0..5 {
+        acked = step(&mut s, acked).await.unwrap();
+    }
+    let (status, r) = c.handover(&s.id, None).await;
+    assert_eq!(status, 200, "honest handover after the attacks: {r}");
+    for _ in 0..5 {
+        acked = step(&mut s, acked).await.unwrap();
+    }
+    assert_eq!(acked, 15);
+}

@@ -25,6 +25,7 @@ use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use opengrid_actors::{DynSession, MovedTo, Relay, Reply, SessionError, SessionHost, Transfer};
 use opengrid_codec::{FrameError, Framed};
+use opengrid_link::{ClientStream, Link};
 use opengrid_session::{Checkpoint, CheckpointStore, Epoch, Seq, SessionId};
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -72,18 +73,22 @@ pub struct HandoverReport {
     pub final_seq: Seq,
 }
 
-/// A connection to a peer's migration server (one in-flight request at a time; reconnects).
+/// A connection to a peer's migration server (one in-flight request at a time; reconnects),
+/// over an authenticated link: the server must prove a DID the [`Link`] policy allows.
 pub struct Peer {
     addr: SocketAddr,
-    conn: Mutex<Option<Framed<TcpStream, ClientCodec>>>,
+    link: Link,
+    conn: Mutex<Option<Framed<ClientStream<TcpStream>, ClientCodec>>>,
     timeout: Duration,
 }
 
 impl Peer {
-    /// A peer at `addr` (connects lazily).
-    pub fn new(addr: SocketAddr, timeout: Duration) -> Arc<Self> {
+    /// A peer at `addr`, reached over `link` (connects lazily; the connection is kept, so the
+    /// handshake is paid once per connection, not per request).
+    pub fn new(addr: SocketAddr, link: Link, timeout: Duration) -> Arc<Self> {
         Arc::new(Peer {
             addr,
+            link,
             conn: Mutex::new(None),
             timeout,
         })
@@ -116,7 +121,13 @@ impl Peer {
                 None => {
                     let s = TcpStream::connect(self.addr).await?;
                     s.set_nodelay(true)?;
-                    client_codec().framed(s)
+                    let (tls, _did) = self.link.connect(s, None).await.map_err(|e| {
+                        FrameError::Io(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("migration link to {}: {e}", self.addr),
+                        ))
+                    })?;
+                    client_codec().framed(tls)
                 }
             };
             conn.send(req).await?;
@@ -195,6 +206,8 @@ pub struct HandoverOptions {
     pub step_timeout: Duration,
     /// Replica set of the session on the target (its migration servers).
     pub target_replicas: Vec<SocketAddr>,
+    /// The RC's grant of the new epoch to the target (presented in `Prepare`).
+    pub grant: Option<crate::grant::SignedGrant>,
 }
 
 impl Default for HandoverOptions {
@@ -205,6 +218,7 @@ impl Default for HandoverOptions {
             default_max_blackout: Duration::from_millis(500),
             step_timeout: Duration::from_secs(5),
             target_replicas: Vec::new(),
+            grant: None,
         }
     }
 }
@@ -213,6 +227,7 @@ fn refusal(r: Result<Response, FrameError>) -> String {
     match r {
         Ok(Response::Refused { reason }) => reason,
         Ok(Response::Fenced { current }) => format!("fenced by {current}"),
+        Ok(Response::Unauthorized { reason }) => format!("unauthorized: {reason}"),
         Ok(other) => format!("unexpected answer {other:?}"),
         Err(e) => e.to_string(),
     }
@@ -250,6 +265,7 @@ pub async fn handover(
                 policy,
                 epoch: new_epoch,
                 replicas: opts.target_replicas.clone(),
+                grant: opts.grant.clone(),
             },
             opts.step_timeout,
         )

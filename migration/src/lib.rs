@@ -20,15 +20,18 @@
 //! | name | kind | meaning |
 //! |---|---|---|
 //! | `opengrid_migration_replication_seconds` | histogram ([`replica::REPLICATION_BUCKETS`]) | one checkpoint's replication round to its replica set (every answer read, failures included) |
+//! | `opengrid_migration_refused_total{reason}` | counter | requests refused by the migration server's authorization ([`grant`]): `no_rc`, `no_grant`, `bad_signature`, `wrong_session`, `wrong_epoch`, `not_holder`, `not_designated`, `not_source` |
 
 pub mod fault;
+pub mod grant;
 pub mod handover;
 pub mod replica;
 pub mod server;
 pub mod wire;
 
+pub use grant::{Grant, GrantError, GrantPolicy, RcKey, SignedGrant};
 pub use handover::{
     handover, restore, HandoverError, HandoverOptions, HandoverReport, Peer, PeerRelay,
 };
 pub use replica::{ReplicatedStore, ReplicationConfig};
-pub use server::{AdmitIncoming, CapacityAdmission, MigrationServer};
+pub use server::{AdmitIncoming, CapacityAdmission, MigrationServer, Security};

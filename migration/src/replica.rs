@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+
+use opengrid_link::{BlockingStream, Link};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,7 @@ use opengrid_session::{
 };
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 
+use crate::grant::SignedGrant;
 use crate::wire::{client_codec, Request, Response};
 
 /// Bucket bounds of `opengrid_migration_replication_seconds` (50 µs … 10 s): a loopback round
@@ -29,6 +32,9 @@ pub const REPLICATION_BUCKETS: [f64; 17] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Most idle replication connections kept per replica holder.
+pub const IDLE_PER_PEER: usize = 16;
 
 /// Replication settings.
 #[derive(Clone, Debug)]
@@ -58,7 +64,14 @@ pub struct ReplicatedStore {
     cfg: ReplicationConfig,
     /// Replica set per session (chosen by the RC within the session's allowed jurisdictions).
     sets: RwLock<HashMap<SessionId, Vec<SocketAddr>>>,
-    conns: Mutex<HashMap<SocketAddr, TcpStream>>,
+    /// The RC's grant per session, sent with its replica writes.
+    grants: RwLock<HashMap<SessionId, SignedGrant>>,
+    /// Authenticated links to the replica holders (kept open: one handshake per connection).
+    link: Link,
+    /// Idle connections per replica holder (at most [`IDLE_PER_PEER`] each): sessions
+    /// replicating at once each take one, so connections (and their handshakes) are reused
+    /// rather than replaced.
+    conns: Mutex<HashMap<SocketAddr, Vec<BlockingStream>>>,
     /// Consecutive failed replica writes per peer (reset by a successful one).
     failures: Mutex<HashMap<SocketAddr, u32>>,
     /// One replication round: send to every replica of the set, read every answer.
@@ -66,8 +79,8 @@ pub struct ReplicatedStore {
 }
 
 impl ReplicatedStore {
-    /// Wraps `local`.
-    pub fn new(local: Arc<dyn CheckpointStore>, cfg: ReplicationConfig) -> Self {
+    /// Wraps `local`; replicas are reached over `link` (each must prove a DID its policy allows).
+    pub fn new(local: Arc<dyn CheckpointStore>, cfg: ReplicationConfig, link: Link) -> Self {
         let meter = cfg.meter.clone().unwrap_or_else(|| {
             opentelemetry::metrics::NoopMeterProvider::new().meter("opengrid_migration")
         });
@@ -83,6 +96,8 @@ impl ReplicatedStore {
             local,
             cfg,
             sets: RwLock::new(HashMap::new()),
+            grants: RwLock::new(HashMap::new()),
+            link,
             conns: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             replication_seconds,
@@ -135,6 +150,24 @@ impl ReplicatedStore {
             .insert(session.clone(), peers);
     }
 
+    /// Sets the RC's grant for `session` (sent with every replica write; replicas of a node
+    /// that checks grants refuse writes without one).
+    pub fn set_grant(&self, session: &SessionId, grant: SignedGrant) {
+        self.grants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.clone(), grant);
+    }
+
+    /// The grant of `session`, if any.
+    pub fn grant(&self, session: &SessionId) -> Option<SignedGrant> {
+        self.grants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+            .cloned()
+    }
+
     /// The replica set of `session`.
     pub fn replicas(&self, session: &SessionId) -> Vec<SocketAddr> {
         self.sets
@@ -145,12 +178,18 @@ impl ReplicatedStore {
             .unwrap_or_default()
     }
 
-    fn connect(&self, peer: SocketAddr) -> std::io::Result<TcpStream> {
-        let s = TcpStream::connect_timeout(&peer, self.cfg.timeout)?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(self.cfg.timeout))?;
-        s.set_write_timeout(Some(self.cfg.timeout))?;
-        Ok(s)
+    fn connect(&self, peer: SocketAddr) -> Result<BlockingStream, String> {
+        let s = TcpStream::connect_timeout(&peer, self.cfg.timeout).map_err(|e| e.to_string())?;
+        let setup = || -> std::io::Result<()> {
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(self.cfg.timeout))?;
+            s.set_write_timeout(Some(self.cfg.timeout))
+        };
+        setup().map_err(|e| e.to_string())?;
+        self.link
+            .connect_blocking(s, None)
+            .map(|(tls, _)| tls)
+            .map_err(|e| format!("link: {e}"))
     }
 
     /// Sends one frame to every peer, then reads every answer (writes overlap across peers).
@@ -161,26 +200,27 @@ impl ReplicatedStore {
     ) -> Vec<(SocketAddr, Result<Response, String>)> {
         let frame = match client_codec().encode_frame(&Request::Replicate {
             checkpoint: cp.encode(),
+            grant: self.grant(&cp.session_id),
         }) {
             Ok(f) => f,
             Err(e) => return peers.iter().map(|p| (*p, Err(e.to_string()))).collect(),
         };
-        let mut streams: Vec<(SocketAddr, Result<TcpStream, String>)> = {
+        let idle: Vec<Option<BlockingStream>> = {
             let mut pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
             peers
                 .iter()
-                .map(|p| {
-                    let s = match pool.remove(p) {
-                        Some(s) => Ok(s),
-                        None => self.connect(*p).map_err(|e| e.to_string()),
-                    };
-                    (*p, s)
-                })
+                .map(|p| pool.get_mut(p).and_then(Vec::pop))
                 .collect()
         };
+        // New connections (and their handshakes) are made outside the pool's lock.
+        let mut streams: Vec<(SocketAddr, Result<BlockingStream, String>)> = peers
+            .iter()
+            .zip(idle)
+            .map(|(p, s)| (*p, s.map_or_else(|| self.connect(*p), Ok)))
+            .collect();
         for (_, s) in streams.iter_mut() {
             if let Ok(st) = s {
-                if let Err(e) = st.write_all(frame.as_bytes()) {
+                if let Err(e) = st.write_all(frame.as_bytes()).and_then(|()| st.flush()) {
                     *s = Err(e.to_string());
                 }
             }
@@ -190,10 +230,11 @@ impl ReplicatedStore {
             match s {
                 Ok(mut st) => match client_codec().read_blocking(&mut st) {
                     Ok(r) => {
-                        self.conns
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(p, st);
+                        let mut pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                        let idle = pool.entry(p).or_default();
+                        if idle.len() < IDLE_PER_PEER {
+                            idle.push(st);
+                        }
                         out.push((p, Ok(r)));
                     }
                     Err(e) => out.push((p, Err(e.to_string()))),
@@ -248,6 +289,9 @@ impl CheckpointStore for ReplicatedStore {
                             attempted: cp.epoch,
                             current,
                         })
+                    }
+                    Ok(Response::Unauthorized { reason }) => {
+                        errors.push(format!("{p}: unauthorized: {reason}"))
                     }
                     Ok(other) => errors.push(format!("{p}: {other:?}")),
                     Err(e) => errors.push(format!("{p}: {e}")),
@@ -310,18 +354,36 @@ mod tests {
     use opentelemetry_sdk::metrics::SdkMeterProvider;
     use prometheus::{Encoder, Registry, TextEncoder};
 
-    /// A replica that acknowledges `n` replica writes on one connection.
-    fn acking_replica(n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    /// Links of a holder and a replica that allow each other.
+    pub(crate) fn link_pair() -> (Link, Link) {
+        use opengrid_link::{AllowList, LinkIdentity};
+        let a =
+            LinkIdentity::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(&rand::random()))
+                .unwrap();
+        let b =
+            LinkIdentity::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(&rand::random()))
+                .unwrap();
+        let la = Link::new(&a, Arc::new(AllowList::new([b.did().clone()]))).unwrap();
+        let lb = Link::new(&b, Arc::new(AllowList::new([a.did().clone()]))).unwrap();
+        (la, lb)
+    }
+
+    /// A replica that acknowledges `n` replica writes on one (authenticated) connection.
+    fn acking_replica(link: Link, n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let t = std::thread::spawn(move || {
-            let (mut sock, _) = listener.accept().unwrap();
+            let (sock, _) = listener.accept().unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let (mut sock, _) = link.accept_blocking(sock).unwrap();
             let mut codec = crate::wire::server_codec();
             for _ in 0..n {
                 let req = codec.read_blocking(&mut sock).unwrap();
                 assert!(matches!(req, Request::Replicate { .. }));
                 let ok = codec.encode_frame(&Response::Ok).unwrap();
                 sock.write_all(ok.as_bytes()).unwrap();
+                sock.flush().unwrap();
             }
         });
         (addr, t)
@@ -411,6 +473,7 @@ mod tests {
                     .unwrap(),
             )
             .build();
+        let (holder, replica) = link_pair();
         let store = ReplicatedStore::new(
             Arc::new(MemoryCheckpointStore::new()),
             ReplicationConfig {
@@ -418,12 +481,13 @@ mod tests {
                 meter: Some(provider.meter("opengrid_migration")),
                 ..ReplicationConfig::default()
             },
+            holder,
         );
         let id = SessionId::new("r").unwrap();
         // a session without replicas is stored locally only: no replication round
         let cp = |seq| Checkpoint::new(id.clone(), Epoch(1), Seq(seq), "h", 1, vec![1, 2, 3]);
         store.put(&cp(1)).unwrap();
-        let (replica, t) = acking_replica(2);
+        let (replica, t) = acking_replica(replica, 2);
         store.set_replicas(&id, vec![replica]);
         store.put(&cp(2)).unwrap();
         store.put(&cp(3)).unwrap();

@@ -1,4 +1,12 @@
 //! The migration server of a node: replica writes, handover target steps, X2 forwarding.
+//!
+//! Every connection is a mutually authenticated TLS 1.3 link ([`opengrid_link`]): the peer
+//! proves the key of its `did:mycel` and must be allowed by the server's [`Link`] policy (the
+//! node's colony members) before a single frame is read; the peer's DID is known to every
+//! request's handling. Session requests are then authorized by RC-signed grants
+//! ([`crate::grant`], [`GrantPolicy`]); a refusal answers [`Response::Unauthorized`], is counted
+//! in `opengrid_migration_refused_total{reason}` and logged (warn, at most once a second per
+//! reason).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,12 +16,27 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use opengrid_actors::SessionHost;
 use opengrid_codec::FrameError;
+use opengrid_link::{Link, ServerStream};
 use opengrid_session::{
-    Checkpoint, CheckpointPolicy, CheckpointStore, Epoch, SessionId, StoreError,
+    Checkpoint, CheckpointPolicy, CheckpointStore, Did, Epoch, SessionId, StoreError,
 };
+use opentelemetry::metrics::{Counter, Meter, MeterProvider as _};
+use opentelemetry::KeyValue;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::grant::{Grant, GrantPolicy, SignedGrant};
 use crate::wire::{server_codec, Request, Response};
+
+/// How a migration server authenticates and authorizes its peers.
+#[derive(Clone, Debug)]
+pub struct Security {
+    /// The links connections are served over (who may connect at all).
+    pub link: Link,
+    /// Which session requests an admitted peer may make.
+    pub grants: GrantPolicy,
+    /// Meter of `opengrid_migration_refused_total` (`None`: not exported).
+    pub meter: Option<Meter>,
+}
 
 /// How long a prepared (reserved) handover waits for activation before it is dropped.
 pub const RESERVATION_TTL: Duration = Duration::from_secs(30);
@@ -23,6 +46,9 @@ struct Prepared {
     policy: CheckpointPolicy,
     epoch: Epoch,
     replicas: Vec<SocketAddr>,
+    /// The peer that prepared: only it may transfer, activate or abort.
+    source: Did,
+    grant: Option<SignedGrant>,
     at: Instant,
 }
 
@@ -32,8 +58,15 @@ pub trait AdmitIncoming: Send + Sync + 'static {
     fn admit(&self, session: &SessionId, handler: &str) -> Result<(), String>;
 
     /// Called right before an incoming session starts here with the replica set the source
-    /// passed on (the node points its replicated store at them).
-    fn activating(&self, _session: &SessionId, _replicas: &[SocketAddr]) {}
+    /// passed on and the RC's grant for the new epoch (the node points its replicated store at
+    /// them).
+    fn activating(
+        &self,
+        _session: &SessionId,
+        _replicas: &[SocketAddr],
+        _grant: Option<&SignedGrant>,
+    ) {
+    }
 
     /// Called once an incoming session is active here with `epoch` (the node tells its RC).
     fn activated(&self, _session: &SessionId, _epoch: Epoch) {}
@@ -60,6 +93,17 @@ impl AdmitIncoming for CapacityAdmission {
 }
 
 struct Inner {
+    me: Did,
+    grants: GrantPolicy,
+    refused: Counter<u64>,
+    /// Last warn per refusal reason (the log is throttled to one a second per reason).
+    refusal_logged: Mutex<HashMap<&'static str, Instant>>,
+    /// The peer that last prepared a handover of each session here: only it may transfer,
+    /// activate or abort (kept after activation, so that its late abort or retried activation
+    /// gets the truthful answer).
+    handover_source: Mutex<HashMap<SessionId, Did>>,
+    /// The peer each session was activated from (the old holder relaying X2 inputs).
+    activated_from: Mutex<HashMap<SessionId, Did>>,
     host: SessionHost,
     local: Arc<dyn CheckpointStore>,
     admit: Arc<dyn AdmitIncoming>,
@@ -86,16 +130,36 @@ pub struct MigrationServer {
 
 impl MigrationServer {
     /// Binds `addr` and serves on the current tokio runtime. `local` is the node's own store
-    /// (replica writes and pre-copies land there, never re-replicated).
+    /// (replica writes and pre-copies land there, never re-replicated). Connections are served
+    /// over `link` (only the peers its policy allows get past the handshake).
     pub async fn bind(
         addr: SocketAddr,
         host: SessionHost,
         local: Arc<dyn CheckpointStore>,
         admit: Arc<dyn AdmitIncoming>,
+        security: Security,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let Security {
+            link,
+            grants,
+            meter,
+        } = security;
+        let meter = meter.unwrap_or_else(|| {
+            opentelemetry::metrics::NoopMeterProvider::new().meter("opengrid_migration")
+        });
+        let refused = meter
+            .u64_counter("opengrid_migration_refused")
+            .with_description("migration requests refused by grant authorization, by reason")
+            .build();
         let inner = Arc::new(Inner {
+            me: link.did().clone(),
+            grants,
+            refused,
+            refusal_logged: Mutex::new(HashMap::new()),
+            handover_source: Mutex::new(HashMap::new()),
+            activated_from: Mutex::new(HashMap::new()),
             host,
             local,
             admit,
@@ -112,9 +176,17 @@ impl MigrationServer {
                     Ok((sock, peer)) => {
                         let _ = sock.set_nodelay(true);
                         let i = i2.clone();
+                        let link = link.clone();
                         let h = tokio::spawn(async move {
-                            if let Err(e) = serve(i, sock).await {
-                                tracing::debug!(%peer, error = %e, "migration connection closed");
+                            let (tls, did) = match link.accept(sock).await {
+                                Ok(x) => x,
+                                Err(e) => {
+                                    tracing::debug!(%peer, error = %e, "migration link refused");
+                                    return;
+                                }
+                            };
+                            if let Err(e) = serve(i, tls, &did).await {
+                                tracing::debug!(%peer, %did, error = %e, "migration connection closed");
                             }
                         });
                         let mut c = lock(&c2);
@@ -149,7 +221,11 @@ impl MigrationServer {
     }
 }
 
-async fn serve(inner: Arc<Inner>, sock: TcpStream) -> Result<(), FrameError> {
+async fn serve(
+    inner: Arc<Inner>,
+    sock: ServerStream<TcpStream>,
+    peer: &Did,
+) -> Result<(), FrameError> {
     let mut conn = server_codec().framed(sock);
     while let Some(req) = conn.next().await {
         let req = match req {
@@ -164,10 +240,193 @@ async fn serve(inner: Arc<Inner>, sock: TcpStream) -> Result<(), FrameError> {
                 return Err(e);
             }
         };
-        let resp = handle(&inner, req).await;
+        let resp = handle(&inner, req, peer).await;
         conn.send(&resp).await?;
     }
     Ok(())
+}
+
+/// A refused request: the metric label and the text for the peer.
+struct Refusal {
+    reason: &'static str,
+    detail: String,
+}
+
+fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+impl Inner {
+    /// The verified grant of a request, when the policy asks for one (`None` under
+    /// [`GrantPolicy::LinkOnly`]).
+    fn grant<'g>(&self, grant: &'g Option<SignedGrant>) -> Result<Option<&'g Grant>, Refusal> {
+        let GrantPolicy::RcSigned(rc) = &self.grants else {
+            return Ok(None);
+        };
+        let rc = rc
+            .get()
+            .ok_or_else(|| refuse("no_rc", "this node does not know its RC yet"))?;
+        let g = grant
+            .as_ref()
+            .ok_or_else(|| refuse("no_grant", "a grant from the RC is required"))?;
+        g.verify(&rc)
+            .map(Some)
+            .map_err(|e| refuse("bad_signature", e.to_string()))
+    }
+
+    /// A holder's request (replicate, latest): `peer` is the grant's holder, this node is one
+    /// of its replicas or sources, for `session` at `epoch` (when the request names one).
+    fn check_holder(
+        &self,
+        peer: &Did,
+        grant: &Option<SignedGrant>,
+        session: &SessionId,
+        epoch: Option<Epoch>,
+    ) -> Result<(), Refusal> {
+        let Some(g) = self.grant(grant)? else {
+            return Ok(());
+        };
+        if g.session != *session {
+            return Err(refuse(
+                "wrong_session",
+                format!("the grant is for {}, not {session}", g.session),
+            ));
+        }
+        if let Some(e) = epoch {
+            if g.epoch != e {
+                return Err(refuse(
+                    "wrong_epoch",
+                    format!("the grant is for epoch {}, not {e}", g.epoch),
+                ));
+            }
+        }
+        if g.holder != *peer {
+            return Err(refuse(
+                "not_holder",
+                format!("{peer} is not the holder of {session} at {}", g.epoch),
+            ));
+        }
+        if !g.designates(&self.me) {
+            return Err(refuse(
+                "not_designated",
+                format!("this node is not designated for {session} at {}", g.epoch),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A handover's first step: this node is the grant's holder-to-be, `peer` its source.
+    fn check_prepare(
+        &self,
+        peer: &Did,
+        grant: &Option<SignedGrant>,
+        session: &SessionId,
+        epoch: Epoch,
+    ) -> Result<(), Refusal> {
+        let Some(g) = self.grant(grant)? else {
+            return Ok(());
+        };
+        if g.session != *session {
+            return Err(refuse(
+                "wrong_session",
+                format!("the grant is for {}, not {session}", g.session),
+            ));
+        }
+        if g.epoch != epoch {
+            return Err(refuse(
+                "wrong_epoch",
+                format!("the grant is for epoch {}, not {epoch}", g.epoch),
+            ));
+        }
+        if g.holder != self.me {
+            return Err(refuse(
+                "not_designated",
+                format!("this node is not the target of {session} at {epoch}"),
+            ));
+        }
+        if !g.sources.contains(peer) {
+            return Err(refuse(
+                "not_source",
+                format!("{peer} is not the holder handing {session} over"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Transfer / activate / abort: only the peer that prepared.
+    fn check_preparer(&self, peer: &Did, session: &SessionId) -> Result<(), Refusal> {
+        match lock(&self.handover_source).get(session) {
+            Some(src) if src == peer => Ok(()),
+            Some(_) => Err(refuse(
+                "not_source",
+                format!("{session} was prepared by another peer"),
+            )),
+            None => Err(refuse(
+                "not_source",
+                format!("no handover of {session} was prepared by {peer}"),
+            )),
+        }
+    }
+
+    /// Forward: only the peer the session was activated from.
+    fn check_forwarder(&self, peer: &Did, session: &SessionId) -> Result<(), Refusal> {
+        match lock(&self.activated_from).get(session) {
+            Some(src) if src == peer => Ok(()),
+            _ => Err(refuse(
+                "not_source",
+                format!("{peer} did not hand {session} over to this node"),
+            )),
+        }
+    }
+
+    /// Counts and (throttled) logs a refusal; the answer to send.
+    fn refused(&self, peer: &Did, req: &'static str, r: Refusal) -> Response {
+        self.refused.add(1, &[KeyValue::new("reason", r.reason)]);
+        let now = Instant::now();
+        let log = {
+            let mut l = lock(&self.refusal_logged);
+            match l.get(r.reason) {
+                Some(t) if now.saturating_duration_since(*t) < Duration::from_secs(1) => false,
+                _ => {
+                    l.insert(r.reason, now);
+                    true
+                }
+            }
+        };
+        if log {
+            tracing::warn!(%peer, req, reason = r.reason, detail = %r.detail, "migration request refused (further ones this second are only counted)");
+        } else {
+            tracing::debug!(%peer, req, reason = r.reason, detail = %r.detail, "migration request refused");
+        }
+        Response::Unauthorized { reason: r.detail }
+    }
+}
+
+/// Authorizes `req` from `peer`; `Err` is the answer to send instead of handling it.
+fn authorize(inner: &Inner, peer: &Did, req: &Request) -> Result<(), Response> {
+    let r = match req {
+        Request::Ping => Ok(()),
+        Request::Replicate { checkpoint, grant } => match Checkpoint::decode(checkpoint) {
+            Ok(cp) => inner.check_holder(peer, grant, &cp.session_id, Some(cp.epoch)),
+            // Undecodable: handled (refused) as before, nothing is written.
+            Err(_) => Ok(()),
+        },
+        Request::Latest { session, grant } => inner.check_holder(peer, grant, session, None),
+        Request::Prepare {
+            session,
+            epoch,
+            grant,
+            ..
+        } => inner.check_prepare(peer, grant, session, *epoch),
+        Request::Transfer { session, .. }
+        | Request::Activate { session, .. }
+        | Request::Abort { session, .. } => inner.check_preparer(peer, session),
+        Request::Forward { session, .. } => inner.check_forwarder(peer, session),
+    };
+    r.map_err(|refusal| inner.refused(peer, req_name(req), refusal))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,11 +443,14 @@ fn put_tolerant(local: &dyn CheckpointStore, cp: &Checkpoint) -> Response {
     }
 }
 
-#[tracing::instrument(skip_all, fields(req = req_name(&req)))]
-async fn handle(inner: &Inner, req: Request) -> Response {
+#[tracing::instrument(skip_all, fields(req = req_name(&req), peer = %peer))]
+async fn handle(inner: &Inner, req: Request, peer: &Did) -> Response {
+    if let Err(refused) = authorize(inner, peer, &req) {
+        return refused;
+    }
     match req {
         Request::Ping => Response::Pong,
-        Request::Replicate { checkpoint } => match Checkpoint::decode(&checkpoint) {
+        Request::Replicate { checkpoint, .. } => match Checkpoint::decode(&checkpoint) {
             Ok(cp) => put_tolerant(&*inner.local, &cp),
             Err(e) => Response::Refused {
                 reason: format!("replica: {e}"),
@@ -200,6 +462,7 @@ async fn handle(inner: &Inner, req: Request) -> Response {
             policy,
             epoch,
             replicas,
+            grant,
         } => {
             if let Some(s) = inner.host.get(&session) {
                 use opengrid_actors::SessionStatus as St;
@@ -224,6 +487,7 @@ async fn handle(inner: &Inner, req: Request) -> Response {
             if let Err(reason) = inner.admit.admit(&session, &handler) {
                 return Response::Refused { reason };
             }
+            lock(&inner.handover_source).insert(session.clone(), peer.clone());
             let mut p = lock(&inner.prepared);
             p.retain(|_, v| v.at.elapsed() < RESERVATION_TTL);
             p.insert(
@@ -233,6 +497,8 @@ async fn handle(inner: &Inner, req: Request) -> Response {
                     policy,
                     epoch,
                     replicas,
+                    source: peer.clone(),
+                    grant,
                     at: Instant::now(),
                 },
             );
@@ -303,7 +569,9 @@ async fn handle(inner: &Inner, req: Request) -> Response {
                 }
                 d.committing.insert(session.clone(), epoch);
             }
-            inner.admit.activating(&session, &prep.replicas);
+            inner
+                .admit
+                .activating(&session, &prep.replicas, prep.grant.as_ref());
             // The state under the new epoch, written before serving: the new replica set (and
             // this node) hold it and refuse the old epoch from now on.
             let bumped = Checkpoint::new(
@@ -335,6 +603,7 @@ async fn handle(inner: &Inner, req: Request) -> Response {
             let resp = match r {
                 Ok(_) => {
                     lock(&inner.activated).insert(session.clone(), epoch);
+                    lock(&inner.activated_from).insert(session.clone(), prep.source.clone());
                     inner.admit.activated(&session, epoch);
                     Response::Activated { epoch }
                 }
@@ -394,7 +663,7 @@ async fn handle(inner: &Inner, req: Request) -> Response {
                     .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
             }
         }
-        Request::Latest { session } => match inner.local.get_latest(&session) {
+        Request::Latest { session, .. } => match inner.local.get_latest(&session) {
             Ok(cp) => Response::Checkpoint {
                 checkpoint: cp.map(|c| c.encode()),
             },

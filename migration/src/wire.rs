@@ -11,8 +11,10 @@ use opengrid_codec::FrameCodec;
 use opengrid_session::{CheckpointPolicy, Epoch, Seq, SessionId};
 use serde::{Deserialize, Serialize};
 
-/// Protocol version carried in every frame.
-pub const WIRE_VERSION: u8 = 1;
+use crate::grant::SignedGrant;
+
+/// Protocol version carried in every frame (2: RC-signed grants, `Unauthorized`).
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame accepted (a 1 MiB state plus envelope fits many times over).
 pub const MAX_FRAME: usize = 64 << 20;
 
@@ -23,6 +25,9 @@ pub enum Request {
     Replicate {
         /// Encoded [`opengrid_session::Checkpoint`].
         checkpoint: Vec<u8>,
+        /// The RC's grant for the checkpoint's session and epoch, naming the sender as holder
+        /// and the receiver as a replica or source ([`crate::grant`]).
+        grant: Option<SignedGrant>,
     },
     /// Handover step 1: admit and reserve a session that will arrive with `epoch`.
     Prepare {
@@ -36,6 +41,8 @@ pub enum Request {
         epoch: Epoch,
         /// Replica set the session will use on the target (chosen by the RC).
         replicas: Vec<std::net::SocketAddr>,
+        /// The RC's grant for `epoch`, naming the receiver as holder and the sender as source.
+        grant: Option<SignedGrant>,
     },
     /// Handover step 2: pre-copy (possibly repeated).
     Transfer {
@@ -73,6 +80,8 @@ pub enum Request {
     Latest {
         /// The session.
         session: SessionId,
+        /// The RC's grant naming the sender as holder and the receiver as a replica or source.
+        grant: Option<SignedGrant>,
     },
     /// Liveness.
     Ping,
@@ -117,6 +126,11 @@ pub enum Response {
     },
     /// Liveness.
     Pong,
+    /// The peer may not do this on this session (no or a wrong grant, not the designated peer).
+    Unauthorized {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The client side of the protocol: sends [`Request`]s, receives [`Response`]s.

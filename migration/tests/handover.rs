@@ -50,15 +50,71 @@ fn fold(h: u64, seq: u64, v: u64) -> u64 {
     (h ^ v.wrapping_add(seq << 32)).wrapping_mul(0x100_0000_01b3)
 }
 
+/// The DIDs allowed on this test colony's links (every node's, and the test driver's).
+fn colony() -> &'static Arc<opengrid_link::AllowList> {
+    static C: std::sync::OnceLock<Arc<opengrid_link::AllowList>> = std::sync::OnceLock::new();
+    C.get_or_init(|| Arc::new(opengrid_link::AllowList::new([])))
+}
+
+/// A fresh identity admitted to the test colony, and its links.
+fn member_link() -> opengrid_link::Link {
+    let id = opengrid_link::LinkIdentity::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(
+        &rand::random(),
+    ))
+    .unwrap();
+    colony().insert(id.did().clone());
+    opengrid_link::Link::new(&id, colony().clone()).unwrap()
+}
+
+/// The test driver's link (it plays the source of handovers it drives from outside a node).
+fn driver_link() -> &'static opengrid_link::Link {
+    static L: std::sync::OnceLock<opengrid_link::Link> = std::sync::OnceLock::new();
+    L.get_or_init(member_link)
+}
+
 struct Node {
     host: SessionHost,
     local: Arc<dyn CheckpointStore>,
     store: Arc<ReplicatedStore>,
     server: MigrationServer,
+    did: Did,
+    link: opengrid_link::Link,
     _dir: tempfile::TempDir,
 }
 
 async fn node(handlers: bool) -> Node {
+    node_with(handlers, GrantPolicy::LinkOnly, None).await
+}
+
+/// An admission that also points the replicated store at the incoming session's replicas and
+/// grant (what a node does).
+struct Granted {
+    cap: CapacityAdmission,
+    store: Arc<ReplicatedStore>,
+}
+
+impl AdmitIncoming for Granted {
+    fn admit(&self, session: &SessionId, handler: &str) -> Result<(), String> {
+        self.cap.admit(session, handler)
+    }
+    fn activating(
+        &self,
+        session: &SessionId,
+        replicas: &[SocketAddr],
+        grant: Option<&SignedGrant>,
+    ) {
+        self.store.set_replicas(session, replicas.to_vec());
+        if let Some(g) = grant {
+            self.store.set_grant(session, g.clone());
+        }
+    }
+}
+
+async fn node_with(
+    handlers: bool,
+    grants: GrantPolicy,
+    meter: Option<opentelemetry::metrics::Meter>,
+) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let local: Arc<dyn CheckpointStore> = Arc::new(
         RocksCheckpointStore::open(
@@ -70,9 +126,11 @@ async fn node(handlers: bool) -> Node {
         )
         .unwrap(),
     );
+    let link = member_link();
     let store = Arc::new(ReplicatedStore::new(
         local.clone(),
         ReplicationConfig::default(),
+        link.clone(),
     ));
     let host = SessionHost::new(
         store.clone() as Arc<dyn CheckpointStore>,
@@ -84,15 +142,24 @@ async fn node(handlers: bool) -> Node {
     if handlers {
         host.register(Arc::new(Folder { pad: 0 }));
     }
-    let admit = Arc::new(CapacityAdmission {
-        host: host.clone(),
-        max_sessions: 10_000,
+    let admit = Arc::new(Granted {
+        cap: CapacityAdmission {
+            host: host.clone(),
+            max_sessions: 10_000,
+        },
+        store: store.clone(),
     });
+    let did = link.did().clone();
     let server = MigrationServer::bind(
         "127.0.0.1:0".parse().unwrap(),
         host.clone(),
         local.clone(),
         admit,
+        Security {
+            link: link.clone(),
+            grants,
+            meter,
+        },
     )
     .await
     .unwrap();
@@ -101,6 +168,8 @@ async fn node(handlers: bool) -> Node {
         local,
         store,
         server,
+        did,
+        link,
         _dir: dir,
     }
 }
@@ -110,7 +179,7 @@ fn sid(s: &str) -> SessionId {
 }
 
 fn peer(a: SocketAddr) -> Arc<Peer> {
-    Peer::new(a, Duration::from_secs(5))
+    Peer::new(a, driver_link().clone(), Duration::from_secs(5))
 }
 
 /// A client that keeps its unacknowledged input and follows `moved` to the other node.
@@ -402,4 +471,372 @@ async fn replication_below_k_is_not_acknowledged() {
         "a session whose checkpoint cannot reach k replicas must not start"
     );
     a.host.shutdown().await;
+}
+
+/// A link of a key that is not a colony member (its own policy would accept the colony).
+fn stranger_link() -> opengrid_link::Link {
+    let id = opengrid_link::LinkIdentity::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(
+        &rand::random(),
+    ))
+    .unwrap();
+    opengrid_link::Link::new(&id, colony().clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_plain_tcp_get_nothing_from_the_migration_port() {
+    use opengrid_migration::wire::{Request, Response};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = node(true).await;
+    let b = node(true).await;
+    let id = sid("victim");
+    a.store.set_replicas(&id, vec![b.server.addr()]);
+    let s = a
+        .host
+        .start_dyn(
+            "folder",
+            id.clone(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    for q in 1..=3 {
+        s.send_json(Seq(q), serde_json::json!(q)).await.unwrap();
+    }
+    let before = b.local.get_latest(&id).unwrap().unwrap();
+    assert_eq!((before.epoch, before.seq), (Epoch(1), Seq(3)));
+
+    // A stranger's key: refused at the handshake, whatever it asks.
+    let stranger = Peer::new(b.server.addr(), stranger_link(), Duration::from_secs(5));
+    let mut poison = before.clone();
+    poison.epoch = Epoch(u64::MAX);
+    let attacks = [
+        Request::Latest {
+            session: id.clone(),
+            grant: None,
+        },
+        Request::Replicate {
+            checkpoint: poison.encode(),
+            grant: None,
+        },
+        Request::Prepare {
+            session: id.clone(),
+            handler: "folder".into(),
+            policy: CheckpointPolicy::synchronous(),
+            epoch: Epoch(u64::MAX),
+            replicas: vec![],
+            grant: None,
+        },
+        Request::Activate {
+            session: id.clone(),
+            checkpoint: poison.encode(),
+            epoch: Epoch(u64::MAX),
+        },
+        Request::Forward {
+            session: id.clone(),
+            seq: Seq(4),
+            input: "4".into(),
+        },
+    ];
+    for req in &attacks {
+        let r = stranger.call(req).await;
+        assert!(r.is_err(), "a stranger got {r:?} for {req:?}");
+    }
+    // Plain TCP: a well-formed frame gets no answer frame (the server wants a TLS handshake).
+    let mut plain = tokio::net::TcpStream::connect(b.server.addr())
+        .await
+        .unwrap();
+    let frame = opengrid_migration::wire::client_codec()
+        .encode_frame(&Request::Latest {
+            session: id.clone(),
+            grant: None,
+        })
+        .unwrap();
+    plain.write_all(frame.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
+    let answer = opengrid_migration::wire::client_codec()
+        .read_blocking(&mut std::io::Cursor::new(got.clone()));
+    assert!(
+        !matches!(answer, Ok(Response::Checkpoint { .. })),
+        "plain TCP read a checkpoint"
+    );
+    // Nothing changed: same checkpoint on the replica, the session serves and replicates.
+    let after = b.local.get_latest(&id).unwrap().unwrap();
+    assert_eq!((after.epoch, after.seq), (Epoch(1), Seq(3)));
+    assert_eq!(b.local.current_epoch(&id).unwrap(), Some(Epoch(1)));
+    assert!(b.host.get(&id).is_none());
+    s.send_json(Seq(4), serde_json::json!(4)).await.unwrap();
+    assert_eq!(b.local.get_latest(&id).unwrap().unwrap().seq, Seq(4));
+    // A member gets an answer on the same port.
+    let member = peer(b.server.addr());
+    assert!(matches!(
+        member
+            .call(&Request::Latest {
+                session: id.clone(),
+                grant: None,
+            })
+            .await,
+        Ok(Response::Checkpoint {
+            checkpoint: Some(_)
+        })
+    ));
+    a.host.shutdown().await;
+    b.host.shutdown().await;
+}
+
+/// With RC-signed grants, a colony member that the RC did not designate can neither read,
+/// poison, prepare, activate nor forward a session; the designated holder replicates and hands
+/// over as before; every refusal is typed and counted by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_authorize_every_session_request() {
+    use ed25519_dalek::Signer;
+    use opengrid_migration::wire::{Request, Response};
+    use opentelemetry::metrics::MeterProvider as _;
+    let registry = prometheus::Registry::new();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(
+            opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .without_target_info()
+                .scope_info_enabled(false)
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let rc = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    let rc_key = RcKey::new();
+    rc_key.set(Did::from_public_key(&rc.verifying_key()));
+    let policy = || GrantPolicy::RcSigned(rc_key.clone());
+    let a = node_with(true, policy(), None).await;
+    let b = node_with(true, policy(), Some(provider.meter("opengrid_migration"))).await;
+    let c = node_with(true, policy(), None).await;
+    let sign = |g: Grant| SignedGrant::sign(g, |m| rc.sign(m).to_bytes()).unwrap();
+    let id = sid("granted");
+    let held = sign(Grant {
+        session: id.clone(),
+        epoch: Epoch(1),
+        holder: a.did.clone(),
+        replicas: vec![b.did.clone()],
+        sources: vec![],
+    });
+    // Without its grant the holder's replica write is refused: the session cannot start.
+    a.store.set_replicas(&id, vec![b.server.addr()]);
+    let e = a
+        .host
+        .start_dyn(
+            "folder",
+            id.clone(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await;
+    assert!(e.is_err(), "started without a grant");
+    a.store.set_grant(&id, held.clone());
+    let s = a
+        .host
+        .start_dyn(
+            "folder",
+            id.clone(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let mut reference = 0;
+    for q in 1..=3u64 {
+        reference = fold(reference, q, q);
+        s.send_json(Seq(q), serde_json::json!(q)).await.unwrap();
+    }
+    assert_eq!(b.local.get_latest(&id).unwrap().unwrap().seq, Seq(3));
+
+    // c is a colony member (its link is admitted) but not designated for the session.
+    let from_c = Peer::new(b.server.addr(), c.link.clone(), Duration::from_secs(5));
+    let at = |epoch| {
+        let cp = b.local.get_latest(&id).unwrap().unwrap();
+        Checkpoint::new(
+            id.clone(),
+            epoch,
+            cp.seq,
+            cp.handler_id.clone(),
+            cp.handler_version,
+            cp.state.clone(),
+        )
+    };
+    let poison = at(Epoch(u64::MAX));
+    let forged = SignedGrant::sign(
+        Grant {
+            epoch: Epoch(u64::MAX),
+            holder: c.did.clone(),
+            ..held.grant.clone()
+        },
+        |m| {
+            ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+                .sign(m)
+                .to_bytes()
+        },
+    )
+    .unwrap();
+    let to_b = sign(Grant {
+        session: id.clone(),
+        epoch: Epoch(2),
+        holder: b.did.clone(),
+        replicas: vec![],
+        sources: vec![a.did.clone()],
+    });
+    let unauthorized = |r: Result<Response, _>, what: &str| match r {
+        Ok(Response::Unauthorized { reason }) => reason,
+        other => panic!("{what}: expected Unauthorized, got {other:?}"),
+    };
+    let r = unauthorized(
+        from_c
+            .call(&Request::Latest {
+                session: id.clone(),
+                grant: None,
+            })
+            .await,
+        "latest without a grant",
+    );
+    assert!(r.contains("grant"), "{r}");
+    let r = unauthorized(
+        from_c
+            .call(&Request::Latest {
+                session: id.clone(),
+                grant: Some(held.clone()),
+            })
+            .await,
+        "latest with the holder's grant",
+    );
+    assert!(r.contains("not the holder"), "{r}");
+    let r = unauthorized(
+        from_c
+            .call(&Request::Replicate {
+                checkpoint: poison.encode(),
+                grant: Some(forged.clone()),
+            })
+            .await,
+        "replicate at u64::MAX with a forged grant",
+    );
+    assert!(r.contains("not signed by the RC"), "{r}");
+    let r = unauthorized(
+        from_c
+            .call(&Request::Replicate {
+                checkpoint: poison.encode(),
+                grant: Some(held.clone()),
+            })
+            .await,
+        "replicate at u64::MAX with the holder's grant",
+    );
+    assert!(r.contains("epoch"), "{r}");
+    let r = unauthorized(
+        from_c
+            .call(&Request::Prepare {
+                session: id.clone(),
+                handler: "folder".into(),
+                policy: CheckpointPolicy::synchronous(),
+                epoch: Epoch(2),
+                replicas: vec![],
+                grant: Some(to_b.clone()),
+            })
+            .await,
+        "prepare by a peer that is not the source",
+    );
+    assert!(r.contains("not the holder handing"), "{r}");
+    // Even the holder cannot jump the epoch past its grant.
+    let from_a = Peer::new(b.server.addr(), a.link.clone(), Duration::from_secs(5));
+    let jumped = at(Epoch(u64::MAX));
+    unauthorized(
+        from_a
+            .call(&Request::Replicate {
+                checkpoint: jumped.encode(),
+                grant: Some(held.clone()),
+            })
+            .await,
+        "the holder jumping its epoch",
+    );
+    // Nothing changed on b: same epoch, same checkpoint.
+    let kept = b.local.get_latest(&id).unwrap().unwrap();
+    assert_eq!((kept.epoch, kept.seq), (Epoch(1), Seq(3)));
+    assert_eq!(b.local.current_epoch(&id).unwrap(), Some(Epoch(1)));
+
+    // The holder prepares an honest handover to b; c cannot activate or forward into it.
+    let r = from_a
+        .call(&Request::Prepare {
+            session: id.clone(),
+            handler: "folder".into(),
+            policy: CheckpointPolicy::synchronous(),
+            epoch: Epoch(2),
+            replicas: vec![],
+            grant: Some(to_b.clone()),
+        })
+        .await;
+    assert!(matches!(r, Ok(Response::Ready)), "{r:?}");
+    unauthorized(
+        from_c
+            .call(&Request::Activate {
+                session: id.clone(),
+                checkpoint: poison.encode(),
+                epoch: Epoch(2),
+            })
+            .await,
+        "activate by a peer that did not prepare",
+    );
+    unauthorized(
+        from_c
+            .call(&Request::Forward {
+                session: id.clone(),
+                seq: Seq(4),
+                input: "4".into(),
+            })
+            .await,
+        "forward by a peer that did not hand the session over",
+    );
+    // (No abort here: an aborted epoch is refused activation for a while, by design.)
+
+    // The honest handover with the RC's grant completes; inputs keep their order.
+    let report = handover(
+        &a.host,
+        &(a.store.clone() as Arc<dyn CheckpointStore>),
+        &id,
+        &Peer::new(b.server.addr(), a.link.clone(), Duration::from_secs(5)),
+        &HandoverOptions {
+            grant: Some(to_b.clone()),
+            ..HandoverOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.epoch, Epoch(2));
+    let moved = b.host.get(&id).unwrap();
+    reference = fold(reference, 4, 4);
+    match moved.send_json(Seq(4), serde_json::json!(4)).await.unwrap() {
+        Reply::Processed { output, .. } => {
+            assert_eq!(output.unwrap(), serde_json::json!(reference))
+        }
+        r => panic!("{r:?}"),
+    }
+    // Refusals are counted by reason on b's meter.
+    use prometheus::Encoder as _;
+    let mut buf = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    for reason in [
+        "no_grant",
+        "not_holder",
+        "bad_signature",
+        "wrong_epoch",
+        "not_source",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "opengrid_migration_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} not counted:\n{text}"
+        );
+    }
+    a.host.shutdown().await;
+    b.host.shutdown().await;
+    c.host.shutdown().await;
 }

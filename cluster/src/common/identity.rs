@@ -88,6 +88,11 @@ impl NodeId {
             .map_err(|_| IdentityError::BadSignature(self.did()))
     }
 
+    /// The DID as the shared typed value ([`opengrid_session::Did`]).
+    pub fn did_value(&self) -> opengrid_session::Did {
+        opengrid_session::Did::from_public_key(&self.0)
+    }
+
     /// The raw public key.
     pub fn public_key(&self) -> [u8; 32] {
         self.0.to_bytes()

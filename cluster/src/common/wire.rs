@@ -373,6 +373,9 @@ pub enum ToNode {
         /// Failover: migration servers holding replicas of an earlier epoch; the node installs
         /// the newest checkpoint among them (and its own) before it starts the session.
         restore_from: Vec<String>,
+        /// The RC's grant: this node holds the session at `epoch`, writing to `replicas` and
+        /// restoring from `restore_from` (ADR 0023).
+        grant: Option<opengrid_migration::SignedGrant>,
     },
     /// The replica set of a hosted session changed (a replica holder died).
     Replicas {
@@ -380,6 +383,8 @@ pub enum ToNode {
         session: String,
         /// New replica set.
         replicas: Vec<String>,
+        /// The RC's grant for the new set.
+        grant: Option<opengrid_migration::SignedGrant>,
     },
     /// Answer to [`ToRc::PlanHandover`].
     HandoverPlan {
@@ -425,6 +430,12 @@ pub enum ToNode {
         /// `(api base URL, epoch)` of the holder, if placed.
         location: Option<(String, u64)>,
     },
+    /// The colony's nodes (sent after every join, to every member): the only peers a node's
+    /// migration links admit (ADR 0023).
+    Members {
+        /// Every member node.
+        nodes: Vec<NodeId>,
+    },
 }
 
 /// Where a handover goes, as chosen by the RC.
@@ -440,6 +451,8 @@ pub struct HandoverTarget {
     pub migration: String,
     /// Replica set the session will use there.
     pub replicas: Vec<String>,
+    /// The RC's grant of the next epoch to the target, the asking holder as its source.
+    pub grant: Option<opengrid_migration::SignedGrant>,
 }
 
 /// Encodes with bincode 2.

@@ -27,21 +27,29 @@ use std::time::{Duration, Instant};
 use opengrid_actors::{SessionHost, SessionStatus};
 use opengrid_migration::wire::{Request, Response};
 use opengrid_migration::{
-    AdmitIncoming, HandoverError, HandoverOptions, HandoverReport, MigrationServer, Peer,
-    ReplicatedStore, ReplicationConfig,
+    AdmitIncoming, GrantPolicy, HandoverError, HandoverOptions, HandoverReport, MigrationServer,
+    Peer, RcKey, ReplicatedStore, ReplicationConfig, Security,
 };
 use opengrid_session::{Checkpoint, CheckpointStore, Epoch, SessionId};
 use serde::Serialize;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
+use crate::common::identity::{Identity, NodeId};
 use crate::common::wire::{HandoverTarget, ToRc};
 use crate::node::config::NodeConfig;
 use crate::node::NodeCore;
+use opengrid_link::{AllowList, Link, LinkIdentity};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// The migration clients of one peer address and the index of the next to use.
+type PeerSet = (Vec<Arc<Peer>>, usize);
+
+/// Migration clients (connections) a node keeps per peer address.
+pub const PEERS_PER_ADDR: usize = 4;
 
 /// How long the old holder keeps relaying inputs (X2) after a handover before it forgets the
 /// session; later clients are redirected through the RC directory.
@@ -144,8 +152,16 @@ impl AdmitIncoming for Incoming {
         }
     }
 
-    fn activating(&self, session: &SessionId, replicas: &[SocketAddr]) {
+    fn activating(
+        &self,
+        session: &SessionId,
+        replicas: &[SocketAddr],
+        grant: Option<&opengrid_migration::SignedGrant>,
+    ) {
         self.store.set_replicas(session, replicas.to_vec());
+        if let Some(g) = grant {
+            self.store.set_grant(session, g.clone());
+        }
     }
 
     fn activated(&self, session: &SessionId, epoch: Epoch) {
@@ -167,6 +183,16 @@ pub struct NodeMobility {
     /// The node's own RocksDB store (replicas of other nodes' sessions land here too).
     pub local: Arc<dyn CheckpointStore>,
     server: MigrationServer,
+    /// This node's authenticated links to other nodes' migration servers (ADR 0023).
+    link: Link,
+    /// Who may be on the other side of those links: the colony's nodes, as the RC last listed
+    /// them ([`crate::common::wire::ToNode::Members`]).
+    members: Arc<AllowList>,
+    /// The RC whose grants the migration server requires (known from the join).
+    rc: RcKey,
+    /// Migration clients per peer address (and the next to use): reused, so a TLS handshake is
+    /// paid per connection, not per seed, restore or handover.
+    peers: Mutex<HashMap<SocketAddr, PeerSet>>,
     incoming: Arc<Incoming>,
     runtime: Mutex<Option<Runtime>>,
     draining: Arc<AtomicBool>,
@@ -181,11 +207,24 @@ impl std::fmt::Debug for NodeMobility {
     }
 }
 
+/// The node's migration links for `identity`: they admit exactly the DIDs in the returned
+/// allow-list, empty until the RC lists the colony's members.
+pub fn links(identity: &Identity) -> Result<(Link, Arc<AllowList>), opengrid_link::LinkError> {
+    let members = Arc::new(AllowList::new([]));
+    let link = Link::new(
+        &LinkIdentity::from_signing_key(&identity.signing_key())?,
+        members.clone(),
+    )?;
+    Ok((link, members))
+}
+
 /// Builds the replicated store around a node's local store (every replica in a session's set
-/// must acknowledge: the RC sizes the set), its instruments on `meter`.
+/// must acknowledge: the RC sizes the set), its instruments on `meter`, its replicas reached
+/// over `link`.
 pub fn replicated(
     local: Arc<dyn CheckpointStore>,
     meter: opentelemetry::metrics::Meter,
+    link: Link,
 ) -> Arc<ReplicatedStore> {
     Arc::new(ReplicatedStore::new(
         local,
@@ -194,16 +233,21 @@ pub fn replicated(
             timeout: Duration::from_secs(2),
             meter: Some(meter),
         },
+        link,
     ))
 }
 
 impl NodeMobility {
-    /// Starts the `og-migrate` runtime and the migration server.
+    /// Starts the `og-migrate` runtime and the migration server (over `link`, which admits the
+    /// DIDs in `members`: see [`links`]; session requests need the RC's grants, refusals counted
+    /// on `meter`).
     pub fn start(
         cfg: &NodeConfig,
         host: SessionHost,
         local: Arc<dyn CheckpointStore>,
         store: Arc<ReplicatedStore>,
+        (link, members): (Link, Arc<AllowList>),
+        meter: opentelemetry::metrics::Meter,
     ) -> std::io::Result<Arc<Self>> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -218,11 +262,18 @@ impl NodeMobility {
             draining: draining.clone(),
             core: OnceLock::new(),
         });
+        let rc = RcKey::new();
+        let security = Security {
+            link: link.clone(),
+            grants: GrantPolicy::RcSigned(rc.clone()),
+            meter: Some(meter),
+        };
         let (addr, l2, i2) = (cfg.migration_listen, local.clone(), incoming.clone());
         let server = std::thread::scope(|s| {
             s.spawn(|| {
                 rt.block_on(async move {
-                    MigrationServer::bind(addr, host, l2, i2 as Arc<dyn AdmitIncoming>).await
+                    MigrationServer::bind(addr, host, l2, i2 as Arc<dyn AdmitIncoming>, security)
+                        .await
                 })
             })
             .join()
@@ -241,6 +292,10 @@ impl NodeMobility {
             store,
             local,
             server,
+            link,
+            members,
+            rc,
+            peers: Mutex::new(HashMap::new()),
             incoming,
             runtime: Mutex::new(Some(rt)),
             draining,
@@ -253,6 +308,47 @@ impl NodeMobility {
     /// Ties the mobility to its node (RC notifications, lease checks).
     pub fn attach(&self, core: &Arc<NodeCore>) {
         let _ = self.incoming.core.set(Arc::downgrade(core));
+    }
+
+    /// The colony's nodes as the RC lists them: the only DIDs admitted on migration links
+    /// (new handshakes; open links stay).
+    pub fn set_members(&self, nodes: &[NodeId]) {
+        self.members.replace(nodes.iter().map(|n| n.did_value()));
+        tracing::debug!(members = nodes.len(), "migration link members updated");
+    }
+
+    /// A client of the migration server at `addr`: one of at most [`PEERS_PER_ADDR`] kept per
+    /// address, used in turn (each serves one request at a time). Bounding them bounds the TLS
+    /// handshakes a burst of seeds, restores or handovers costs (a colony join repairs the
+    /// replica sets of every session at once).
+    fn peer_for(&self, addr: SocketAddr) -> Arc<Peer> {
+        let mut pool = lock(&self.peers);
+        let (peers, next) = pool.entry(addr).or_default();
+        if peers.len() < PEERS_PER_ADDR {
+            let p = Peer::new(addr, self.link.clone(), Duration::from_secs(5));
+            peers.push(p.clone());
+            return p;
+        }
+        *next = next.wrapping_add(1);
+        peers[*next % peers.len()].clone()
+    }
+
+    /// One request to the migration server at `addr` within `budget`, on a pooled client.
+    async fn call(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        budget: Duration,
+    ) -> Result<Response, String> {
+        self.peer_for(addr)
+            .call_within(req, budget)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The RC whose grants this node's migration server accepts.
+    pub fn set_rc(&self, rc: &NodeId) {
+        self.rc.set(rc.did_value());
     }
 
     /// The migration server's address.
@@ -291,11 +387,11 @@ impl NodeMobility {
             if let Ok(Some(cp)) = self.local.get_latest(sid) {
                 let frame = cp.encode();
                 let writes = fresh.iter().map(|a| {
-                    let peer = Peer::new(*a, Duration::from_secs(2));
                     let req = Request::Replicate {
                         checkpoint: frame.clone(),
+                        grant: self.store.grant(sid),
                     };
-                    async move { (*a, peer.call(&req).await) }
+                    async move { (*a, self.call(*a, &req, Duration::from_secs(2)).await) }
                 });
                 for (a, r) in futures::future::join_all(writes).await {
                     if !matches!(r, Ok(Response::Ok)) {
@@ -386,10 +482,13 @@ impl NodeCore {
         let peer_addr: SocketAddr = plan.migration.parse().map_err(|e| {
             MoveError::NoTarget(format!("bad migration address {:?}: {e}", plan.migration))
         })?;
-        let peer = Peer::new(peer_addr, Duration::from_secs(5));
+        // Its own connection: the activation's blackout budget never waits behind another
+        // session's request (the handshake is paid at `prepare`, before the freeze).
+        let peer = Peer::new(peer_addr, mob.link.clone(), Duration::from_secs(5));
         let opts = HandoverOptions {
             location: plan.api.clone(),
             target_replicas: addrs(&plan.replicas),
+            grant: plan.grant.clone(),
             ..HandoverOptions::default()
         };
         let (host, store, sid2) = (
@@ -587,12 +686,12 @@ impl NodeCore {
         let mut newest: Option<Checkpoint> = mob.local.get_latest(sid).ok().flatten();
         let mut reached = 0usize;
         let fetches = holders.iter().map(|a| {
-            let peer = Peer::new(*a, Duration::from_secs(2));
-            let sid = sid.clone();
-            async move {
-                let r = peer.call(&Request::Latest { session: sid }).await;
-                (*a, r)
-            }
+            let req = Request::Latest {
+                session: sid.clone(),
+                grant: mob.store.grant(sid),
+            };
+            let mob = &mob;
+            async move { (*a, mob.call(*a, &req, Duration::from_secs(2)).await) }
         });
         for (a, r) in futures::future::join_all(fetches).await {
             match r {
@@ -642,11 +741,12 @@ impl NodeCore {
         }
         let frame = bumped.encode();
         let writes = fence_set.iter().map(|a| {
-            let peer = Peer::new(*a, Duration::from_secs(2));
             let req = Request::Replicate {
                 checkpoint: frame.clone(),
+                grant: mob.store.grant(sid),
             };
-            async move { (*a, peer.call(&req).await) }
+            let mob = &mob;
+            async move { (*a, mob.call(*a, &req, Duration::from_secs(2)).await) }
         });
         let mut acks = 0;
         for (a, r) in futures::future::join_all(writes).await {

@@ -183,6 +183,15 @@ impl NodeCore {
         }
     }
 
+    /// Keeps the RC's grant of `session` for its replica writes and restores.
+    fn set_grant(&self, session: &str, grant: Option<opengrid_migration::SignedGrant>) {
+        if let (Some(g), Some(m), Ok(sid)) =
+            (grant, self.mobility(), SessionId::new(session.to_string()))
+        {
+            m.store.set_grant(&sid, g);
+        }
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.identity.id()
@@ -618,6 +627,9 @@ impl NodeCore {
                 None => {
                     tracing::info!(rc = %rc, rc_api = %rc_api, "joined colony");
                     *lock(&self.rc_api) = Some(rc_api);
+                    if let Some(m) = self.mobility() {
+                        m.set_rc(&rc);
+                    }
                     self.receipts.set_rc(&rc);
                     *lock(&self.last_refusal) = None;
                     *lock(&self.membership) = Membership::Member;
@@ -663,7 +675,9 @@ impl NodeCore {
                 manifest,
                 replicas,
                 restore_from,
+                grant,
             } => {
+                self.set_grant(&session, grant);
                 let me = self.clone();
                 tokio::spawn(async move {
                     let error = me
@@ -680,7 +694,12 @@ impl NodeCore {
             ToNode::ReceiptsAck { accepted, refused } => {
                 self.receipts.on_ack(&accepted, &refused);
             }
-            ToNode::Replicas { session, replicas } => {
+            ToNode::Replicas {
+                session,
+                replicas,
+                grant,
+            } => {
+                self.set_grant(&session, grant);
                 if let (Some(m), Ok(sid)) = (self.mobility().cloned(), SessionId::new(session)) {
                     tokio::spawn(async move { m.change_replicas(&sid, &replicas).await });
                 }
@@ -701,6 +720,11 @@ impl NodeCore {
                 }
             }
             ToNode::HoldingAck { report, drop } => self.on_holding_ack(report, drop),
+            ToNode::Members { nodes } => {
+                if let Some(m) = self.mobility() {
+                    m.set_members(&nodes);
+                }
+            }
             ToNode::Manifest { session, manifest } => {
                 if let Ok(sid) = SessionId::new(session) {
                     if self.host.get(&sid).is_some() {

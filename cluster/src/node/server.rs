@@ -207,6 +207,9 @@ async fn boot_node(
     };
     let replication_meter = metrics.meter("opengrid_migration");
     let fsync = cfg.fsync;
+    let links = crate::node::mobility::links(&identity)
+        .map_err(|e| StartError::Spawn(format!("migration links: {e}")))?;
+    let link = links.0.clone();
     let host = handlers
         .spawn(async move {
             let store = RocksCheckpointStore::open(
@@ -224,7 +227,8 @@ async fn boot_node(
             if let Some(f) = faults {
                 local = Arc::new(crate::node::faults::faulty_store(local, f));
             }
-            let replicated = crate::node::mobility::replicated(local.clone(), replication_meter);
+            let replicated =
+                crate::node::mobility::replicated(local.clone(), replication_meter, link.clone());
             SessionHost::new(
                 replicated.clone() as Arc<dyn CheckpointStore>,
                 host_cfg,
@@ -237,14 +241,19 @@ async fn boot_node(
         .await
         .map_err(|e| StartError::Spawn(e.to_string()))??;
     let (host, local, replicated) = host;
-    let mobility =
-        crate::node::mobility::NodeMobility::start(&cfg, host.clone(), local, replicated).map_err(
-            |source| StartError::Bind {
-                addr: cfg.migration_listen,
-                what: "migration server",
-                source,
-            },
-        )?;
+    let mobility = crate::node::mobility::NodeMobility::start(
+        &cfg,
+        host.clone(),
+        local,
+        replicated,
+        links,
+        metrics.meter("opengrid_migration"),
+    )
+    .map_err(|source| StartError::Bind {
+        addr: cfg.migration_listen,
+        what: "migration server",
+        source,
+    })?;
     setup(&host);
     let registered = host.handler_ids();
     let served = if cfg.handlers.is_empty() {

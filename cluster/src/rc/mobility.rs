@@ -85,10 +85,41 @@ pub(crate) fn migration_addrs(st: &RcState, ids: &[NodeId]) -> Vec<String> {
         .collect()
 }
 
+/// The DIDs of the nodes whose migration servers are `addrs` (unknown ones skipped).
+pub(crate) fn dids_of_addrs(st: &RcState, addrs: &[String]) -> Vec<opengrid_session::Did> {
+    st.colony
+        .nodes()
+        .into_iter()
+        .filter(|r| addrs.contains(&r.spec.migration))
+        .map(|r| r.spec.id.did_value())
+        .collect()
+}
+
 /// Retry period of a waiting restore.
 const RETRY: Duration = Duration::from_millis(500);
 
 impl RcCore {
+    /// Signs the grant of `sid` at `epoch` to `holder` (ADR 0023, `opengrid_migration::grant`).
+    pub(crate) fn sign_grant(
+        &self,
+        sid: &SessionId,
+        epoch: Epoch,
+        holder: &NodeId,
+        replicas: Vec<opengrid_session::Did>,
+        sources: Vec<opengrid_session::Did>,
+    ) -> Option<opengrid_migration::SignedGrant> {
+        let grant = opengrid_migration::Grant {
+            session: sid.clone(),
+            epoch,
+            holder: holder.did_value(),
+            replicas,
+            sources,
+        };
+        opengrid_migration::SignedGrant::sign(grant, |m| self.identity().sign(m))
+            .inspect_err(|e| tracing::error!(session = %sid, error = %e, "cannot sign a grant"))
+            .ok()
+    }
+
     fn alive(st: &RcState, id: &NodeId) -> bool {
         st.members.get(id).is_some_and(|m| m.alive)
             && !st.mob.draining.contains(id)
@@ -230,12 +261,13 @@ impl RcCore {
     ) -> Result<HandoverTarget, String> {
         let sid = SessionId::new(session).map_err(|e| e.to_string())?;
         let mut st = lock(&self.state);
-        let (m, cur_replicas) = match st.directory.get(&sid) {
+        let (m, cur_replicas, epoch) = match st.directory.get(&sid) {
             Some(e) if e.node == node && e.state == DirState::Active => (
                 e.manifest
                     .clone()
                     .ok_or_else(|| format!("no manifest on record for {sid}"))?,
                 e.replicas.clone(),
+                e.epoch,
             ),
             Some(e) => {
                 return Err(format!(
@@ -282,12 +314,20 @@ impl RcCore {
         keep.push(node);
         let replicas = self.choose_replicas(&st, &m, &chosen, &keep);
         let rec = st.colony.get(&chosen).ok_or("target vanished")?;
+        let grant = self.sign_grant(
+            &sid,
+            epoch.next(),
+            &chosen,
+            replicas.iter().map(NodeId::did_value).collect(),
+            vec![node.did_value()],
+        );
         let plan = HandoverTarget {
             node: chosen,
             name: rec.spec.name.clone(),
             api: rec.spec.api.clone(),
             migration: rec.spec.migration.clone(),
             replicas: migration_addrs(&st, &replicas),
+            grant,
         };
         st.mob
             .plans
@@ -716,10 +756,19 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
                     continue;
                 }
                 let addrs = migration_addrs(&st, &set);
+                let grant = st.directory.get(&sid).and_then(|e| {
+                    core.sign_grant(
+                        &sid,
+                        e.epoch,
+                        &holder,
+                        set.iter().map(NodeId::did_value).collect(),
+                        vec![],
+                    )
+                });
                 if let Some(e) = st.directory.get_mut(&sid) {
                     e.replicas = set;
                 }
-                repairs.push((holder, sid, addrs));
+                repairs.push((holder, sid, addrs, grant));
             }
         }
         // Rebalancing: a node at ≥ 90 % of its capacity hands one session to a node under 50 %,
@@ -760,12 +809,13 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
             }
         }
     }
-    for (holder, sid, addrs) in repairs {
+    for (holder, sid, addrs, grant) in repairs {
         let _ = core.send_node(
             &holder,
             ToNode::Replicas {
                 session: sid.to_string(),
                 replicas: addrs,
+                grant,
             },
         );
     }

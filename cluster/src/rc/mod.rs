@@ -596,6 +596,33 @@ impl RcCore {
         if let Err(e) = self.send_node(&id, ack) {
             tracing::warn!(node = %id, error = %e, "joined node has no reachable agent yet");
         }
+        self.send_members();
+    }
+
+    /// Tells every live member who the colony's nodes are: the peers their migration links
+    /// admit (ADR 0023). Sent after every join, so a joining node and the nodes already there
+    /// admit each other before the RC places anything that makes them talk.
+    fn send_members(&self) {
+        let (nodes, alive): (Vec<NodeId>, Vec<NodeId>) = {
+            let st = lock(&self.state);
+            let mut nodes: Vec<NodeId> = st.members.keys().copied().collect();
+            nodes.sort();
+            let alive = st
+                .members
+                .iter()
+                .filter(|(_, m)| m.alive)
+                .map(|(id, _)| *id)
+                .collect();
+            (nodes, alive)
+        };
+        for id in alive {
+            let _ = self.send_node(
+                &id,
+                ToNode::Members {
+                    nodes: nodes.clone(),
+                },
+            );
+        }
     }
 
     fn on_heartbeat(&self, node: NodeId, seq: u64, sessions: u32, rtt_us: u64, warm: Vec<String>) {
@@ -824,6 +851,15 @@ impl RcCore {
         replicas: Vec<String>,
         restore_from: Vec<String>,
     ) -> Result<(), String> {
+        let grant = {
+            let st = lock(&self.state);
+            let (r, f) = (
+                crate::rc::mobility::dids_of_addrs(&st, &replicas),
+                crate::rc::mobility::dids_of_addrs(&st, &restore_from),
+            );
+            drop(st);
+            self.sign_grant(sid, epoch, node, r, f)
+        };
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(req, tx);
@@ -836,6 +872,7 @@ impl RcCore {
                 manifest: m.to_json_string(),
                 replicas,
                 restore_from,
+                grant,
             },
         );
         if let Err(e) = sent {

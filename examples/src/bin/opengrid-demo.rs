@@ -150,11 +150,30 @@ async fn main() -> anyhow::Result<()> {
         host: host_b.clone(),
         max_sessions: 100,
     });
+    // The two nodes' migration links: mutual TLS, each admitting only the other's DID.
+    let (link_a, link_b) = {
+        use opengrid_link::{AllowList, Link, LinkIdentity};
+        let key = || ed25519_dalek::SigningKey::from_bytes(&rand::random());
+        let (a, b) = (
+            LinkIdentity::from_signing_key(&key())?,
+            LinkIdentity::from_signing_key(&key())?,
+        );
+        (
+            Link::new(&a, Arc::new(AllowList::new([b.did().clone()])))?,
+            Link::new(&b, Arc::new(AllowList::new([a.did().clone()])))?,
+        )
+    };
     let server_b = MigrationServer::bind(
         "127.0.0.1:0".parse()?,
         host_b.clone(),
         store_b.clone(),
         admit,
+        // One host, no RC: the two links admitting each other are the only check.
+        opengrid_migration::Security {
+            link: link_b,
+            grants: opengrid_migration::GrantPolicy::LinkOnly,
+            meter: None,
+        },
     )
     .await?;
     let s3 = &sessions[2];
@@ -173,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
         &host,
         &(store.clone() as Arc<dyn CheckpointStore>),
         s3.id(),
-        &Peer::new(server_b.addr(), Duration::from_secs(5)),
+        &Peer::new(server_b.addr(), link_a, Duration::from_secs(5)),
         &HandoverOptions {
             location: format!("migration://{}", server_b.addr()),
             ..Default::default()

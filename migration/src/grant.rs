@@ -1,0 +1,169 @@
+//! RC-signed grants: who may act on a session's checkpoints, at which epoch.
+//!
+//! The RC signs a [`Grant`] each time it places, hands over or fails over a session, or changes
+//! its replica set: the session, its epoch, the **holder** (the node serving it with that epoch),
+//! the **replicas** it writes to, and the **sources** (the old holders a restore reads from and
+//! fences, or the current holder a handover comes from). The holder presents the grant in its
+//! `Replicate`, `Latest` and `Prepare` requests; the receiving node verifies the RC's signature
+//! (it knows the RC's DID from the join), that the authenticated link peer is the grant's holder
+//! (for `Prepare`: one of its sources), that itself is designated (a replica or source; for
+//! `Prepare`: the holder-to-be), and that the epoch is the grant's. `Transfer`, `Activate` and
+//! `Abort` are bound to the peer that prepared, `Forward` to the peer that activated.
+//!
+//! A grant does not expire by time: its epoch bounds its life. Once a newer epoch is written
+//! anywhere, replicas refuse the older one (fencing), so an old grant can no longer write; a
+//! replica set change at the same epoch gets a new grant, and the old one only names peers the
+//! same legitimate holder already wrote to.
+
+use std::sync::{Arc, RwLock};
+
+use opengrid_session::{Did, Epoch, SessionId};
+use serde::{Deserialize, Serialize};
+
+/// Domain separation of grant signatures.
+pub const GRANT_CONTEXT: &[u8] = b"opengrid-migration-grant-v1\0";
+
+/// What the RC allows for one session at one epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The session.
+    pub session: SessionId,
+    /// The epoch the holder serves it with.
+    pub epoch: Epoch,
+    /// The node serving (or, for a handover, about to serve) the session with `epoch`.
+    pub holder: Did,
+    /// Its replica set.
+    pub replicas: Vec<Did>,
+    /// Failover: the earlier holders it restores from (and fences); handover: the current
+    /// holder handing the session over.
+    pub sources: Vec<Did>,
+}
+
+impl Grant {
+    /// The bytes the RC signs: [`GRANT_CONTEXT`] ‖ bincode(grant).
+    pub fn signing_bytes(&self) -> Result<Vec<u8>, GrantError> {
+        let body = opengrid_codec::encode(self).map_err(|e| GrantError::Encode(e.to_string()))?;
+        let mut out = Vec::with_capacity(GRANT_CONTEXT.len() + body.len());
+        out.extend_from_slice(GRANT_CONTEXT);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Whether `did` is designated to receive the holder's writes and reads.
+    pub fn designates(&self, did: &Did) -> bool {
+        self.replicas.contains(did) || self.sources.contains(did)
+    }
+}
+
+/// A grant with the RC's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedGrant {
+    /// The grant.
+    pub grant: Grant,
+    /// ed25519 signature by the RC over [`Grant::signing_bytes`].
+    pub signature: Vec<u8>,
+}
+
+impl SignedGrant {
+    /// Signs `grant` with `sign` (the RC's identity key).
+    pub fn sign(grant: Grant, sign: impl FnOnce(&[u8]) -> [u8; 64]) -> Result<Self, GrantError> {
+        let signature = sign(&grant.signing_bytes()?).to_vec();
+        Ok(SignedGrant { grant, signature })
+    }
+
+    /// The grant, if `rc` signed it (strict ed25519 verification).
+    pub fn verify(&self, rc: &Did) -> Result<&Grant, GrantError> {
+        let sig: [u8; 64] = self
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| GrantError::BadSignature)?;
+        rc.verifying_key()
+            .verify_strict(
+                &self.grant.signing_bytes()?,
+                &ed25519_dalek::Signature::from_bytes(&sig),
+            )
+            .map_err(|_| GrantError::BadSignature)?;
+        Ok(&self.grant)
+    }
+}
+
+/// Why a grant could not be made or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// The grant could not be encoded.
+    #[error("encoding the grant: {0}")]
+    Encode(String),
+    /// The signature is not the RC's over this grant.
+    #[error("the grant is not signed by the RC")]
+    BadSignature,
+}
+
+/// Which session requests a migration server accepts from an authenticated peer.
+#[derive(Clone, Debug)]
+pub enum GrantPolicy {
+    /// Session requests need a grant signed by this RC ([`RcKey`]; until it is known, they are
+    /// refused). What nodes run.
+    RcSigned(RcKey),
+    /// No grants: every peer the link admits may act on every session. Only for harnesses
+    /// without an RC (the layer benches, the one-host demo, tests); never a node's default.
+    LinkOnly,
+}
+
+/// The RC's DID as a node learns it (from its join), shared with its migration server.
+#[derive(Clone, Debug, Default)]
+pub struct RcKey(Arc<RwLock<Option<Did>>>);
+
+impl RcKey {
+    /// Unknown yet.
+    pub fn new() -> Self {
+        RcKey::default()
+    }
+
+    /// The RC is `did` from now on.
+    pub fn set(&self, did: Did) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(did);
+    }
+
+    /// The RC's DID, if known.
+    pub fn get(&self) -> Option<Did> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    fn did(k: &SigningKey) -> Did {
+        Did::from_public_key(&k.verifying_key())
+    }
+
+    #[test]
+    fn a_grant_verifies_only_for_its_signer_and_contents() {
+        let rc = SigningKey::from_bytes(&[1; 32]);
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let g = Grant {
+            session: SessionId::new("s").unwrap(),
+            epoch: Epoch(3),
+            holder: did(&SigningKey::from_bytes(&[3; 32])),
+            replicas: vec![did(&SigningKey::from_bytes(&[4; 32]))],
+            sources: vec![],
+        };
+        let signed = SignedGrant::sign(g.clone(), |m| rc.sign(m).to_bytes()).unwrap();
+        assert_eq!(signed.verify(&did(&rc)).unwrap(), &g);
+        assert!(matches!(
+            signed.verify(&did(&other)),
+            Err(GrantError::BadSignature)
+        ));
+        // Any change of the contents breaks the signature (an epoch jump here).
+        let mut jumped = signed.clone();
+        jumped.grant.epoch = Epoch(u64::MAX);
+        assert!(jumped.verify(&did(&rc)).is_err());
+        let mut short = signed.clone();
+        short.signature.pop();
+        assert!(short.verify(&did(&rc)).is_err());
+        assert!(g.designates(&g.replicas[0]) && !g.designates(&g.holder));
+    }
+}
