@@ -389,15 +389,19 @@ mod tests {
         (addr, t)
     }
 
-    fn store() -> ReplicatedStore {
-        ReplicatedStore::new(
+    /// A store, and the link a replica of it accepts with.
+    fn store() -> (ReplicatedStore, Link) {
+        let (holder, replica) = link_pair();
+        let store = ReplicatedStore::new(
             Arc::new(MemoryCheckpointStore::new()),
             ReplicationConfig {
                 k: usize::MAX,
                 timeout: Duration::from_millis(500),
                 meter: None,
             },
-        )
+            holder,
+        );
+        (store, replica)
     }
 
     fn too_few(r: Result<PutOutcome, StoreError>) -> (u32, u32, String) {
@@ -411,7 +415,7 @@ mod tests {
 
     #[test]
     fn fewer_replica_holders_than_min_copies_is_refused_and_nothing_is_written() {
-        let store = store();
+        let (store, replica_link) = store();
         let id = SessionId::new("m").unwrap();
         let cp = |seq| Checkpoint::new(id.clone(), Epoch(1), Seq(seq), "h", 1, vec![seq as u8]);
         // No replica holder at all: never durable from the local disk alone.
@@ -421,7 +425,7 @@ mod tests {
         assert!(store.local().get_latest(&id).unwrap().is_none());
         // One holder, two required: refused before anything is sent (the replica would panic
         // on an unexpected frame only if it accepted; it is never even connected to).
-        let (replica, t) = acking_replica(1);
+        let (replica, t) = acking_replica(replica_link, 1);
         store.set_replicas(&id, vec![replica]);
         let (have, need, _) = too_few(store.put_counted(&cp(1), 2));
         assert_eq!((have, need), (1, 2));
@@ -445,7 +449,7 @@ mod tests {
 
     #[test]
     fn a_replica_holder_that_is_down_leaves_the_write_below_min_copies() {
-        let store = store();
+        let (store, _) = store();
         let id = SessionId::new("d").unwrap();
         let dead = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
