@@ -115,4 +115,93 @@ mod tests {
         };
         assert_eq!(s.validate().unwrap_err().0, "settlement.ledger");
     }
+
+    /// The RC's bounded queue (beyond `max_pending` receipts are deferred): the node keeps a
+    /// deferred receipt and resends it, and it is accepted once the queue has room.
+    #[test]
+    fn a_full_queue_defers_receipts_which_the_node_keeps_and_resends() {
+        const PRICE: u64 = 7;
+        let (node, rc) = (Identity::generate(), Identity::generate());
+        let settler = Settler::new(
+            &SettlementSection {
+                ledger: vec!["127.0.0.1:1".into()],
+                max_pending: 2,
+                ..Default::default()
+            },
+            &rc,
+        )
+        .unwrap();
+        let send = |rs: Vec<SignedReceipt>| match settler.on_receipts(&node.id(), Some(PRICE), rs) {
+            ToNode::ReceiptsAck { accepted, refused } => (accepted, refused),
+            other => panic!("unexpected {other:?}"),
+        };
+        let e = ReceiptEmitter::new(&node, Duration::from_millis(10), PRICE);
+        e.set_rc(&rc.id());
+        let sessions: Vec<_> = (0..3).map(|_| SessionId::random()).collect();
+        let usage = |inputs| opengrid_actors::Usage {
+            inputs,
+            bytes_in: 1,
+            handler_busy_us: 1,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        e.tick(
+            t0,
+            sessions
+                .iter()
+                .map(|s| (s.clone(), usage(0)))
+                .collect::<Vec<_>>(),
+        );
+        let msgs = e.tick(
+            t0 + Duration::from_millis(20),
+            sessions
+                .iter()
+                .map(|s| (s.clone(), usage(2)))
+                .collect::<Vec<_>>(),
+        );
+        let receipts: Vec<SignedReceipt> = msgs
+            .into_iter()
+            .flat_map(|m| match m {
+                ToRc::Receipts { receipts, .. } => receipts,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(receipts.len(), 3);
+        let (accepted, refused) = send(receipts);
+        assert_eq!(
+            (accepted.len(), refused.len()),
+            (2, 0),
+            "queue of 2: one deferred"
+        );
+        assert_eq!(settler.status().deferred, 1);
+        e.on_ack(&accepted, &refused);
+        let c = e.counters();
+        assert_eq!(
+            (c.acked, c.refused, c.unacked),
+            (2, 0, 1),
+            "the deferred receipt stays on the node"
+        );
+        // The next interval empties the queue; the node's resend is then accepted.
+        assert_eq!(
+            settler
+                .cut_now()
+                .iter()
+                .map(|b| b.receipts.len())
+                .sum::<usize>(),
+            2
+        );
+        let resend: Vec<SignedReceipt> = e
+            .tick(t0 + Duration::from_millis(25), Vec::new())
+            .into_iter()
+            .flat_map(|m| match m {
+                ToRc::Receipts { receipts, .. } => receipts,
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(resend.len(), 1);
+        let (accepted, refused) = send(resend);
+        assert_eq!((accepted.len(), refused.len()), (1, 0));
+        e.on_ack(&accepted, &refused);
+        assert_eq!(e.counters().unacked, 0);
+    }
 }

@@ -10,7 +10,6 @@ use super::*;
 use crate::common::identity::Identity;
 use crate::common::receipts::keypair;
 use crate::common::wire::ToRc;
-use crate::node::receipts::ReceiptEmitter;
 
 const PRICE: u64 = 7;
 
@@ -139,84 +138,6 @@ fn only_the_next_unbilled_window_of_a_session_is_co_signed() {
     assert_eq!(f.settler.tracked_sessions(), 2);
     f.settler.session_closed(&f.node.id(), "s");
     assert_eq!(f.settler.tracked_sessions(), 1);
-}
-
-#[test]
-fn a_full_queue_defers_receipts_which_the_node_keeps_and_resends() {
-    let f = fixture(2);
-    let e = ReceiptEmitter::new(&f.node, Duration::from_millis(10), PRICE);
-    // The emitter must name this settler's RC: build it from the same RC identity.
-    let rc_id = f.settler.rc.clone();
-    let rc_node_id: NodeId = rc_id.as_str().parse().unwrap();
-    e.set_rc(&rc_node_id);
-    let sessions: Vec<_> = (0..3)
-        .map(|_| opengrid_session::SessionId::random())
-        .collect();
-    let usage = |inputs| opengrid_actors::Usage {
-        inputs,
-        bytes_in: 1,
-        handler_busy_us: 1,
-        ..Default::default()
-    };
-    let t0 = Instant::now();
-    e.tick(
-        t0,
-        sessions
-            .iter()
-            .map(|s| (s.clone(), usage(0)))
-            .collect::<Vec<_>>(),
-    );
-    let msgs = e.tick(
-        t0 + Duration::from_millis(20),
-        sessions
-            .iter()
-            .map(|s| (s.clone(), usage(2)))
-            .collect::<Vec<_>>(),
-    );
-    let receipts: Vec<SignedReceipt> = msgs
-        .into_iter()
-        .flat_map(|m| match m {
-            ToRc::Receipts { receipts, .. } => receipts,
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect();
-    assert_eq!(receipts.len(), 3);
-    let (accepted, refused) = f.send(receipts);
-    assert_eq!(
-        (accepted.len(), refused.len()),
-        (2, 0),
-        "queue of 2: one deferred"
-    );
-    assert_eq!(f.settler.status().deferred, 1);
-    e.on_ack(&accepted, &refused);
-    let c = e.counters();
-    assert_eq!(
-        (c.acked, c.refused, c.unacked),
-        (2, 0, 1),
-        "the deferred receipt stays on the node"
-    );
-    // The next interval empties the queue; the node's resend is then accepted.
-    assert_eq!(
-        f.settler
-            .cut_now()
-            .iter()
-            .map(|b| b.receipts.len())
-            .sum::<usize>(),
-        2
-    );
-    let resend: Vec<SignedReceipt> = e
-        .tick(t0 + Duration::from_millis(25), Vec::new())
-        .into_iter()
-        .flat_map(|m| match m {
-            ToRc::Receipts { receipts, .. } => receipts,
-            _ => Vec::new(),
-        })
-        .collect();
-    assert_eq!(resend.len(), 1);
-    let (accepted, refused) = f.send(resend);
-    assert_eq!((accepted.len(), refused.len()), (1, 0));
-    e.on_ack(&accepted, &refused);
-    assert_eq!(e.counters().unacked, 0);
 }
 
 #[test]
