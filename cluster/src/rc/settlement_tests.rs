@@ -9,7 +9,6 @@ use opengrid_settlement::{Receipt, ReceiptId, SignedReceipt, Usage, UsageWindow}
 use super::*;
 use crate::common::identity::Identity;
 use crate::common::receipts::keypair;
-use crate::common::wire::ToRc;
 
 const PRICE: u64 = 7;
 
