@@ -33,6 +33,7 @@ from pathlib import Path
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +72,9 @@ def wait_for(what: str, check, timeout: float, every: float = 0.1):
             v = check()
             if v:
                 return v
-        except (OSError, urllib.error.URLError, ValueError) as e:
+        except (OSError, urllib.error.URLError, ValueError, StaleElementReferenceException) as e:
+            # The page re-renders its tables on every refresh: an element found a moment ago
+            # may be gone; look again.
             last = e
         time.sleep(every)
     raise Failure(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
@@ -275,9 +278,13 @@ def run(binary: Path, artifacts: Path) -> None:
 
         # Sessions page: one row per directory entry, with holder and replicas.
         browser.tab("sessions")
-        rows = wait_for(f"{SESSIONS} session rows", lambda: (r := browser.css("#sessions tbody tr[data-session]")) and len(r) == SESSIONS and r, 10)
-        for r in rows:
-            check(r.get_attribute("data-state") == "active", f"session row {r.get_attribute('data-session')} active")
+        snapshot = (
+            "return [...document.querySelectorAll('#sessions tbody tr[data-session]')]"
+            ".map(r => [r.dataset.session, r.dataset.holder, r.dataset.state]);"
+        )
+        wait_for(f"{SESSIONS} active session rows",
+                 lambda: (r := browser.d.execute_script(snapshot)) and len(r) == SESSIONS
+                 and all(state == "active" for _, _, state in r), 10)
         browser.shot("sessions")
 
         # Events, ledger (receipts settled on the replica), canopy (off here).
@@ -318,10 +325,14 @@ def run(binary: Path, artifacts: Path) -> None:
         colony.kill(victim)
 
         def failed_over():
-            rows = browser.css("#sessions tbody tr[data-session]")
+            # One snapshot of the table (the page may replace its rows between two reads).
+            rows = browser.d.execute_script(
+                "return [...document.querySelectorAll('#sessions tbody tr[data-session]')]"
+                ".map(r => [r.dataset.holder, r.dataset.state]);"
+            )
             if len(rows) != SESSIONS:
                 return False
-            return all(r.get_attribute("data-holder") != victim and r.get_attribute("data-state") == "active" for r in rows)
+            return all(holder != victim and state == "active" for holder, state in rows)
 
         wait_for(f"{victim}'s sessions on their new holders (sessions page)", failed_over, 20)
         browser.tab("colony")
