@@ -1,3 +1,7 @@
+//! Why one file of ~1,100 lines: it is one schema — the scenario format's types, their defaults
+//! and the validation that names each field — which whoever adds a field reads top to bottom; its
+//! tests are the `chaos/tests/scenario.rs` binary.
+//!
 //! Scenario files: versioned TOML describing a cluster, a workload, a fault schedule, the
 //! invariants to check and a seed.
 //!
@@ -38,10 +42,6 @@
 //!
 //! Parsing never panics; every error names the offending field (`fault[2].between`). The same
 //! seed always expands to the same [`ScheduledFault`] list.
-//!
-//! Why one file of ~1,100 lines: it is one schema — the scenario format's types, their defaults
-//! and the validation that names each field — which whoever adds a field reads top to bottom; its
-//! tests are the `chaos/tests/scenario.rs` binary.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

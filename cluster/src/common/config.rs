@@ -213,6 +213,24 @@ pub(crate) fn check_secret(s: &str, dev: bool) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The client-API connection limits of a node or RC config: 1..=1,000,000 connections, a
+/// header timeout of at least 100 ms; the one rule for both.
+pub(crate) fn serve_limits(
+    max_connections: usize,
+    header_timeout: Duration,
+) -> Result<crate::common::serve::ServeLimits, ConfigError> {
+    if max_connections == 0 || max_connections > 1_000_000 {
+        return Err(invalid("max_connections", "must be 1..=1000000"));
+    }
+    if header_timeout < Duration::from_millis(100) {
+        return Err(invalid("header_timeout", "must be at least 100ms"));
+    }
+    Ok(crate::common::serve::ServeLimits {
+        max_connections,
+        header_timeout,
+    })
+}
+
 pub(crate) fn check_period(field: &str, d: Duration) -> Result<(), ConfigError> {
     if d < Duration::from_millis(5) || d > Duration::from_secs(60) {
         return Err(invalid(field, format!("{d:?} must be in 5ms..=60s")));

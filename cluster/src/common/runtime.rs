@@ -76,6 +76,9 @@ pub enum StartError {
         /// What is registered.
         registered: Vec<String>,
     },
+    /// The config does not hold (a config built in code, not loaded and validated).
+    #[error(transparent)]
+    Config(#[from] crate::common::config::ConfigError),
     /// An actor failed to spawn, or a startup task died.
     #[error("startup failed: {0}")]
     Spawn(String),

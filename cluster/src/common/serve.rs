@@ -26,6 +26,11 @@ use tokio::task::JoinSet;
 /// connection the server is closing.
 pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(15);
 
+/// Default `max_connections` of a node or RC.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default `header_timeout` of a node or RC.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a stopping server waits for open connections to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

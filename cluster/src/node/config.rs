@@ -141,8 +141,8 @@ impl Default for NodeConfig {
             handler_threads: 2,
             session_queue: 1024,
             max_body: ByteSize(1 << 20),
-            max_connections: 1024,
-            header_timeout: HumanDuration::from_secs(30),
+            max_connections: crate::common::serve::DEFAULT_MAX_CONNECTIONS,
+            header_timeout: HumanDuration(crate::common::serve::DEFAULT_HEADER_TIMEOUT),
             fsync: true,
             migration_listen: "127.0.0.1:0".parse().expect("literal"),
             drain_timeout: HumanDuration::from_secs(60),
@@ -231,12 +231,7 @@ impl NodeConfig {
         if self.max_body.0 < 1024 {
             return Err(invalid("max_body", "must be at least 1KiB"));
         }
-        if self.max_connections == 0 || self.max_connections > 1_000_000 {
-            return Err(invalid("max_connections", "must be 1..=1000000"));
-        }
-        if self.header_timeout.0 < std::time::Duration::from_millis(100) {
-            return Err(invalid("header_timeout", "must be at least 100ms"));
-        }
+        crate::common::config::serve_limits(self.max_connections, self.header_timeout.0)?;
         if !self.rc_id.is_empty() {
             if let Err(e) = crate::common::identity::NodeId::parse(&self.rc_id) {
                 return Err(invalid("rc_id", format!("not a did:mycel identity: {e}")));
@@ -264,12 +259,9 @@ impl NodeConfig {
 }
 
 impl NodeConfig {
-    /// The client-API connection limits.
-    pub fn serve_limits(&self) -> crate::common::serve::ServeLimits {
-        crate::common::serve::ServeLimits {
-            max_connections: self.max_connections,
-            header_timeout: self.header_timeout.0,
-        }
+    /// The client-API connection limits (checked by `validate`).
+    pub fn serve_limits(&self) -> Result<crate::common::serve::ServeLimits, ConfigError> {
+        crate::common::config::serve_limits(self.max_connections, self.header_timeout.0)
     }
 }
 

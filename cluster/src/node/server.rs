@@ -349,7 +349,7 @@ async fn boot_node(
             });
             let router = api::node_router(core.clone());
             let mut rx = stop_rx;
-            let (limits, refused) = (core.cfg.serve_limits(), core.metrics.connections_refused.clone());
+            let (limits, refused) = (core.cfg.serve_limits()?, core.metrics.connections_refused.clone());
             tokio::spawn(crate::common::serve::serve(listener, router, limits, refused, async move {
                 let _ = rx.wait_for(|s| *s).await;
             }));

@@ -96,8 +96,8 @@ impl Default for RcConfig {
             control_threads: 1,
             place_timeout: HumanDuration::from_secs(5),
             max_body: ByteSize(1 << 20),
-            max_connections: 1024,
-            header_timeout: HumanDuration::from_secs(30),
+            max_connections: crate::common::serve::DEFAULT_MAX_CONNECTIONS,
+            header_timeout: HumanDuration(crate::common::serve::DEFAULT_HEADER_TIMEOUT),
             join_max_skew: HumanDuration::from_secs(60),
             replicas: 2,
             min_copies: 0,
@@ -172,12 +172,7 @@ impl RcConfig {
         if self.max_body.0 < 1024 {
             return Err(invalid("max_body", "must be at least 1KiB"));
         }
-        if self.max_connections == 0 || self.max_connections > 1_000_000 {
-            return Err(invalid("max_connections", "must be 1..=1000000"));
-        }
-        if self.header_timeout.0 < std::time::Duration::from_millis(100) {
-            return Err(invalid("header_timeout", "must be at least 100ms"));
-        }
+        crate::common::config::serve_limits(self.max_connections, self.header_timeout.0)?;
         if self.replicas > 16 {
             return Err(invalid("replicas", "must be 0..=16"));
         }
@@ -202,12 +197,9 @@ impl RcConfig {
 }
 
 impl RcConfig {
-    /// The client-API connection limits.
-    pub fn serve_limits(&self) -> crate::common::serve::ServeLimits {
-        crate::common::serve::ServeLimits {
-            max_connections: self.max_connections,
-            header_timeout: self.header_timeout.0,
-        }
+    /// The client-API connection limits (checked by `validate`).
+    pub fn serve_limits(&self) -> Result<crate::common::serve::ServeLimits, ConfigError> {
+        crate::common::config::serve_limits(self.max_connections, self.header_timeout.0)
     }
 }
 

@@ -126,7 +126,7 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
                 .map_err(|e| StartError::Spawn(format!("RC actor: {e}")))?;
             let router = api::rc_router(c2.clone());
             let mut rx = stop_rx;
-            let (limits, refused) = (c2.cfg.serve_limits(), c2.metrics.connections_refused.clone());
+            let (limits, refused) = (c2.cfg.serve_limits()?, c2.metrics.connections_refused.clone());
             tokio::spawn(crate::common::serve::serve(listener, router, limits, refused, async move {
                 let _ = rx.wait_for(|s| *s).await;
             }));

@@ -1,0 +1,387 @@
+//! The RC's control plane: sealed messages from nodes ([`crate::common::seal`]: checked, then
+//! dispatched), joins (signature, colony, link key, members list), heartbeats answered with
+//! leases, and the failure-detector tick that declares silent nodes dead and orphans their
+//! sessions once the lease grace has passed.
+
+use std::time::Instant;
+
+use opengrid_session::SessionId;
+use opentelemetry::KeyValue;
+
+use crate::common::failure::{PhiConfig, PhiDetector};
+use crate::common::identity::NodeId;
+use crate::common::wire::{self, NodeMsg, ToNode, ToRc};
+use crate::rc::events::ColonyEvent;
+use crate::rc::{lock, node_ref, DirState, Member, RcCore};
+
+impl RcCore {
+    fn phi_config(&self) -> PhiConfig {
+        PhiConfig {
+            threshold: self.cfg.phi_threshold,
+            window: 200,
+            min_std: self.cfg.phi_min_std.0,
+            acceptable_pause: self.cfg.acceptable_pause.0,
+            first_interval: self.cfg.heartbeat_period.0,
+        }
+    }
+
+    /// Sends `msg` to a node: MAC-sealed on its control link, or — for a join ack or an
+    /// eviction of a node without a link — signed by this RC's identity.
+    pub(crate) fn send_node(&self, node: &NodeId, msg: ToNode) -> Result<(), String> {
+        let r = node_ref(node).ok_or_else(|| "node agent not reachable".to_string())?;
+        let mut links = lock(&self.links);
+        let sealed = match (links.get_mut(node), &msg) {
+            (_, ToNode::JoinAck { .. }) | (None, ToNode::Evicted { .. }) => {
+                crate::common::seal::sign(&self.identity, node, wire::unix_ms(), msg)
+            }
+            (Some(link), _) => link.seal(self.id(), msg),
+            (None, _) => return Err(format!("no control link with {node}")),
+        };
+        // Sent under the lock: counters go out in order.
+        r.cast(NodeMsg::wire(sealed)).map_err(|e| e.to_string())
+    }
+
+    /// Handles one sealed control-plane message: checks its seal and that its claimed sender is
+    /// the authenticated one, then [`Self::on_message`]. Refusals are counted
+    /// (`opengrid_cluster_control_refused_total{reason}`); a node without a link is told to join.
+    pub fn on_sealed(&self, s: crate::common::seal::Sealed<ToRc>) {
+        use crate::common::seal::{Seal, SealError};
+        let checked = match (&s.seal, &s.msg) {
+            (Seal::None, ToRc::Join(j)) => match wire::decode::<wire::JoinBody>(&j.body) {
+                Ok(b) if b.spec.id == s.from => Ok(()),
+                Ok(b) => Err(SealError::WrongSender {
+                    authenticated: b.spec.id.did(),
+                    claimed: s.from.did(),
+                }),
+                // Undecodable: `on_join` refuses and counts it.
+                Err(_) => Ok(()),
+            },
+            (Seal::Mac { .. }, _) => match lock(&self.links).get_mut(&s.from) {
+                Some(link) => link.open(&s),
+                None => Err(SealError::NoLink(s.from.did())),
+            },
+            _ => Err(SealError::NotAllowed("only a join may be unsealed")),
+        }
+        .and_then(|()| match s.msg.claimed_sender() {
+            Some(c) if c != s.from => Err(SealError::WrongSender {
+                authenticated: s.from.did(),
+                claimed: c.did(),
+            }),
+            _ => Ok(()),
+        });
+        if let Err(e) = checked {
+            self.metrics
+                .control_refused
+                .add(1, &[KeyValue::new("reason", e.reason())]);
+            if let Some(repeats) = self.refused_log.allow(Instant::now()) {
+                tracing::warn!(from = %s.from, error = %e, repeats, "control message refused");
+            }
+            // A heartbeat from a node we have no link with (this RC restarted): tell it to join
+            // again, signed, so that it does not wait for its lease to run out.
+            if matches!(e, SealError::NoLink(_)) && matches!(s.msg, ToRc::Heartbeat { .. }) {
+                let _ = self.send_node(
+                    &s.from,
+                    ToNode::Evicted {
+                        reason: "no control link with this RC: join again".into(),
+                    },
+                );
+            }
+            return;
+        }
+        self.on_message(s.msg);
+    }
+
+    /// Handles one control-plane message (already authenticated: [`Self::on_sealed`]).
+    pub fn on_message(&self, msg: ToRc) {
+        match msg {
+            ToRc::Join(req) => self.on_join(req),
+            ToRc::Heartbeat {
+                node,
+                seq,
+                sessions,
+                rtt_us,
+                warm,
+            } => self.on_heartbeat(node, seq, sessions, rtt_us, warm),
+            ToRc::Started { req, error, .. } => {
+                if let Some(tx) = lock(&self.pending).remove(&req) {
+                    let _ = tx.send(error);
+                }
+            }
+            ToRc::Closed {
+                node,
+                session,
+                epoch,
+            } => {
+                let Ok(sid) = SessionId::new(session) else {
+                    return;
+                };
+                if let Some(s) = &self.settlement {
+                    s.session_closed(&node, sid.as_str());
+                }
+                let mut st = lock(&self.state);
+                let matches = st
+                    .directory
+                    .get(&sid)
+                    .is_some_and(|e| e.node == node && e.epoch.0 == epoch);
+                if matches {
+                    if let Some(e) = st.directory.remove(&sid) {
+                        st.colony.note_closed(&node, e.memory);
+                        self.events.publish(ColonyEvent::SessionClosed {
+                            session: sid.to_string(),
+                            node: e.node_name,
+                        });
+                    }
+                }
+                self.metrics.sessions.record(st.directory.len() as u64, &[]);
+            }
+            ToRc::Receipts { node, receipts } => {
+                let ack = match &self.settlement {
+                    Some(s) => {
+                        let price = lock(&self.state)
+                            .colony
+                            .get(&node)
+                            .map(|r| r.spec.price_micros_per_input);
+                        s.on_receipts(&node, price, receipts)
+                    }
+                    None => ToNode::ReceiptsAck {
+                        accepted: Vec::new(),
+                        refused: Vec::new(),
+                    },
+                };
+                let _ = self.send_node(&node, ack);
+            }
+            ToRc::Activated {
+                node,
+                session,
+                epoch,
+            } => self.on_activated(node, &session, epoch),
+            ToRc::PlanHandover {
+                node,
+                req,
+                session,
+                target,
+            } => self.on_plan_handover(node, req, &session, target),
+            ToRc::Draining { node } => self.on_draining(node),
+            ToRc::Released {
+                node,
+                session,
+                epoch,
+            } => self.on_released(node, &session, epoch),
+            ToRc::ReplicaTrouble { node, peers } => self.on_replica_trouble(node, &peers),
+            ToRc::Holding {
+                node,
+                report,
+                rejoin,
+                part,
+                parts,
+                sessions,
+            } => self.on_holding(node, report, rejoin, part, parts, sessions),
+            ToRc::Lookup { node, req, session } => {
+                let location = SessionId::new(session).ok().and_then(|sid| {
+                    let st = lock(&self.state);
+                    st.directory
+                        .get(&sid)
+                        .filter(|e| e.state != DirState::Orphaned)
+                        .map(|e| (e.address.clone(), e.epoch.0))
+                });
+                let _ = self.send_node(&node, ToNode::LookupReply { req, location });
+            }
+        }
+    }
+
+    fn on_join(&self, req: wire::JoinRequest) {
+        let body = match req.verify(
+            &self.cfg.colony,
+            wire::unix_ms(),
+            self.cfg.join_max_skew.0.as_millis() as u64,
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "join refused");
+                self.metrics
+                    .join_refused
+                    .add(1, &[KeyValue::new("reason", join_reason(&e))]);
+                // Tell the claimed node, if we can find it (the claim is unverified: a refusal
+                // only, signed by the RC, so nobody else can forge one).
+                if let Ok(b) = wire::decode::<wire::JoinBody>(&req.body) {
+                    let _ = self.send_node(
+                        &b.spec.id,
+                        ToNode::JoinAck {
+                            refused: Some(e.to_string()),
+                            rc_api: self.api(),
+                            rc: self.id(),
+                            nonce: b.nonce,
+                            kx: None,
+                        },
+                    );
+                }
+                return;
+            }
+        };
+        let spec = body.spec;
+        let id = spec.id;
+        // The control link with this node: the key from the join's and our X25519 halves.
+        let offer = crate::common::seal::KeyOffer::new();
+        let key = match offer.link_key(
+            &body.kx,
+            &id,
+            &self.id(),
+            &body.kx,
+            &offer.public,
+            body.nonce,
+        ) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(node = %id, error = %e, "join refused");
+                self.metrics
+                    .join_refused
+                    .add(1, &[KeyValue::new("reason", "key_exchange")]);
+                return;
+            }
+        };
+        lock(&self.links).insert(id, crate::common::seal::Link::new(key, id));
+        {
+            let mut st = lock(&self.state);
+            // What the directory places on a (re)joining node is settled by its holding report
+            // (`crate::node` "Reconciliation"): kept if it still holds it, orphaned (and
+            // restored from its replicas by the failover loop) if it came back without it.
+            st.mob.draining.remove(&id);
+            let mut detector = PhiDetector::new(self.phi_config());
+            let now = Instant::now();
+            detector.heartbeat(now);
+            st.members.insert(
+                id,
+                Member {
+                    name: spec.name.clone(),
+                    detector,
+                    last_recv: now,
+                    alive: true,
+                },
+            );
+            tracing::info!(node = %id, name = %spec.name, jurisdiction = %spec.jurisdiction, api = %spec.api, "node joined");
+            self.events.publish(ColonyEvent::NodeJoined {
+                name: spec.name.clone(),
+                jurisdiction: spec.jurisdiction.clone(),
+            });
+            st.colony.upsert(spec);
+            let alive = st.members.values().filter(|m| m.alive).count();
+            self.metrics.members.record(alive as u64, &[]);
+        }
+        let ack = ToNode::JoinAck {
+            refused: None,
+            rc_api: self.api(),
+            rc: self.id(),
+            nonce: body.nonce,
+            kx: Some(offer.public),
+        };
+        if let Err(e) = self.send_node(&id, ack) {
+            tracing::warn!(node = %id, error = %e, "joined node has no reachable agent yet");
+        }
+        self.send_members();
+    }
+
+    /// Tells every live member who the colony's nodes are: the peers their migration links
+    /// admit (ADR 0023). Sent after every join, so a joining node and the nodes already there
+    /// admit each other before the RC places anything that makes them talk.
+    fn send_members(&self) {
+        let (nodes, alive): (Vec<NodeId>, Vec<NodeId>) = {
+            let st = lock(&self.state);
+            let mut nodes: Vec<NodeId> = st.members.keys().copied().collect();
+            nodes.sort();
+            let alive = st
+                .members
+                .iter()
+                .filter(|(_, m)| m.alive)
+                .map(|(id, _)| *id)
+                .collect();
+            (nodes, alive)
+        };
+        for id in alive {
+            let _ = self.send_node(
+                &id,
+                ToNode::Members {
+                    nodes: nodes.clone(),
+                },
+            );
+        }
+    }
+
+    fn on_heartbeat(&self, node: NodeId, seq: u64, sessions: u32, rtt_us: u64, warm: Vec<String>) {
+        self.metrics.heartbeats.add(1, &[self.metrics.role()]);
+        let reply = {
+            let mut st = lock(&self.state);
+            match st.members.get_mut(&node) {
+                Some(m) if m.alive => {
+                    let now = Instant::now();
+                    m.detector.heartbeat(now);
+                    m.last_recv = now;
+                    st.colony.update_load(&node, sessions, rtt_us, warm);
+                    ToNode::Lease {
+                        seq,
+                        lease_ms: self.cfg.lease.0.as_millis() as u64,
+                    }
+                }
+                Some(_) => ToNode::Evicted {
+                    reason: "declared dead by the RC; join again".into(),
+                },
+                None => ToNode::Evicted {
+                    reason: "not a member; join first".into(),
+                },
+            }
+        };
+        let _ = self.send_node(&node, reply);
+    }
+
+    /// Failure-detector tick: declares silent nodes dead and orphans their sessions once the lease
+    /// grace has passed.
+    pub fn tick(&self, now: Instant) {
+        let replace_after = self.cfg.replace_after();
+        let mut st = lock(&self.state);
+        let mut newly_dead = Vec::new();
+        let mut expired = Vec::new();
+        for (id, m) in st.members.iter_mut() {
+            let silent = now.saturating_duration_since(m.last_recv);
+            if m.alive && (m.detector.is_dead(now) || silent >= replace_after) {
+                m.alive = false;
+                newly_dead.push((*id, m.name.clone(), m.detector.phi(now), silent));
+            }
+            if !m.alive && silent >= replace_after {
+                expired.push(*id);
+            }
+        }
+        for (id, name, phi, silent) in &newly_dead {
+            tracing::warn!(node = %id, %name, phi, silent_ms = silent.as_millis() as u64, "node declared dead");
+            st.colony.set_alive(id, false);
+            self.metrics.declared_dead.add(1, &[]);
+            self.events.publish(ColonyEvent::NodeDead {
+                name: name.clone(),
+                silent_ms: silent.as_millis() as u64,
+            });
+        }
+        for id in expired {
+            for e in st.directory.values_mut() {
+                if e.node == id && e.state != DirState::Orphaned {
+                    tracing::warn!(session = %e.session_id, node = %id, "lease grace over: session may be placed again");
+                    e.state = DirState::Orphaned;
+                    self.events.publish(ColonyEvent::SessionOrphaned {
+                        session: e.session_id.to_string(),
+                        node: e.node_name.clone(),
+                    });
+                }
+            }
+        }
+        if !newly_dead.is_empty() {
+            let alive = st.members.values().filter(|m| m.alive).count();
+            self.metrics.members.record(alive as u64, &[]);
+        }
+    }
+}
+
+fn join_reason(e: &wire::JoinError) -> &'static str {
+    match e {
+        wire::JoinError::Decode(_) => "decode",
+        wire::JoinError::Signature(_) => "signature",
+        wire::JoinError::WrongColony { .. } => "colony",
+        wire::JoinError::Stale { .. } => "stale",
+    }
+}
