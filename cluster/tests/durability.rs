@@ -7,49 +7,16 @@
 //! - a node with `fsync = false` never answers `durable: true`;
 //! - a manifest needing more copies than the colony keeps is refused at admission.
 
-use std::sync::Arc;
+mod support;
 use std::time::{Duration, Instant};
+use support::{rc_config, setup};
 
-use opengrid_actors::{HandlerError, SessionContext, SessionHandler, SessionHost};
 use opengrid_cluster::client::{Client, ClientError, Durability};
 use opengrid_cluster::node::config::NodeConfig;
-use opengrid_cluster::rc::config::RcConfig;
 use opengrid_cluster::{start_node, start_rc, RcHandle};
-use opengrid_session::SessionId;
 use serde_json::{json, Value};
 
-/// Adds integers.
-struct Adder;
-impl SessionHandler for Adder {
-    type State = i64;
-    type Input = i64;
-    type Output = i64;
-    fn id(&self) -> &str {
-        "adder"
-    }
-    fn init(&self, _: &SessionId) -> i64 {
-        0
-    }
-    async fn handle(&self, t: &mut i64, x: i64, _: &SessionContext) -> Result<i64, HandlerError> {
-        *t = t.saturating_add(x);
-        Ok(*t)
-    }
-}
-
-fn setup(host: &SessionHost) {
-    host.register(Arc::new(Adder));
-}
-
-fn rc_config(dir: &std::path::Path, secret: &str) -> RcConfig {
-    RcConfig {
-        data_dir: dir.join("rc"),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        cluster_listen: "127.0.0.1:0".parse().unwrap(),
-        colony_secret: secret.into(),
-        ..RcConfig::default()
-    }
-}
-
+/// A node in DE with `fsync` as given.
 fn node_config(
     dir: &std::path::Path,
     rc: &RcHandle,
@@ -58,15 +25,8 @@ fn node_config(
     fsync: bool,
 ) -> NodeConfig {
     NodeConfig {
-        name: name.into(),
-        data_dir: dir.join(name),
-        jurisdiction: "DE".into(),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        rc_cluster: rc.cluster_addr().to_string(),
-        colony_secret: secret.into(),
-        handler_threads: 1,
         fsync,
-        ..NodeConfig::default()
+        ..support::node_config(dir, rc, name, "DE", secret)
     }
 }
 

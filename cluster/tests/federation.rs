@@ -2,11 +2,11 @@
 //! summaries over real libp2p (TCP on 127.0.0.1), cross-colony routing by signed RC-to-RC admission
 //! requests over HTTP on 127.0.0.1. Every wait polls a condition with a deadline.
 
-use std::sync::Arc;
+mod support;
 use std::time::{Duration, Instant};
+use support::setup;
 
 use ed25519_dalek::SigningKey;
-use opengrid_actors::{HandlerError, SessionContext, SessionHandler, SessionHost};
 use opengrid_canopy::FederationTreaty;
 use opengrid_cluster::common::identity::Identity;
 use opengrid_cluster::node::config::NodeConfig;
@@ -16,56 +16,10 @@ use opengrid_cluster::rc::federation::{
     ANSWER_DOMAIN, REQUEST_DOMAIN,
 };
 use opengrid_cluster::{start_node, start_rc, NodeHandle, RcHandle};
-use opengrid_session::{Did, HumanDuration, Manifest, SessionId};
+use opengrid_session::{Did, HumanDuration, Manifest};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Echoes its input and counts turns.
-struct Echo;
-impl SessionHandler for Echo {
-    type State = u64;
-    type Input = Value;
-    type Output = Value;
-    fn id(&self) -> &str {
-        "echo"
-    }
-    fn init(&self, _: &SessionId) -> u64 {
-        0
-    }
-    async fn handle(
-        &self,
-        n: &mut u64,
-        input: Value,
-        _: &SessionContext,
-    ) -> Result<Value, HandlerError> {
-        *n += 1;
-        Ok(json!({"turn": *n, "echo": input}))
-    }
-}
-
-/// Adds integers.
-struct Adder;
-impl SessionHandler for Adder {
-    type State = i64;
-    type Input = i64;
-    type Output = i64;
-    fn id(&self) -> &str {
-        "adder"
-    }
-    fn init(&self, _: &SessionId) -> i64 {
-        0
-    }
-    async fn handle(&self, t: &mut i64, x: i64, _: &SessionContext) -> Result<i64, HandlerError> {
-        *t = t.saturating_add(x);
-        Ok(*t)
-    }
-}
-
-fn setup(host: &SessionHost) {
-    host.register(Arc::new(Echo));
-    host.register(Arc::new(Adder));
-}
 
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
