@@ -5,7 +5,7 @@
 //! never wait for the swarm: the task publishes the table into shared memory, so a cross-colony
 //! routing decision reads a snapshot and nothing in the hot path waits for gossip.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
@@ -182,6 +182,10 @@ struct Behaviour {
 /// Connection bounds of a canopy endpoint: (pending incoming, established incoming, per peer).
 /// A canopy peers with tens of RCs; these leave room for that and refuse floods.
 pub const LIMITS: (u32, u32, u32) = (64, 512, 4);
+
+/// The least time a connected peer gets to announce the topic before it is dropped (three publish
+/// intervals when those are longer).
+const SUBSCRIBE_GRACE_MIN: Duration = Duration::from_secs(2);
 
 fn connection_limits() -> libp2p::connection_limits::Behaviour {
     let (pending, incoming, per_peer) = LIMITS;
@@ -403,6 +407,7 @@ impl Canopy {
             last_seq: 0,
             provider: None,
             events: events.clone(),
+            unsubscribed_since: HashMap::new(),
             config,
         };
         tracing::info!(%did, %listen_addr, "canopy started");
@@ -524,6 +529,9 @@ struct Runner {
     last_seq: u64,
     provider: Option<SummaryProvider>,
     events: broadcast::Sender<PeerEvent>,
+    /// When each connected peer's first connection was established, until it has told us it is
+    /// subscribed to the topic (see [`Runner::drop_silent_peers`]).
+    unsubscribed_since: HashMap<PeerId, Instant>,
     config: CanopyConfig,
 }
 
@@ -642,7 +650,40 @@ impl Runner {
         }
     }
 
+    /// gossipsub tells a peer our subscriptions only on the *first* connection to it. A peer that
+    /// restarts with the same key (an RC restart) dials us again before we have noticed its old
+    /// connection close: for us that is a second connection to a known peer, so we never
+    /// re-announce, and the restarted peer believes nobody is subscribed (`NoPeers`) for good.
+    /// A peer that has been connected for a grace period without ever announcing the topic is
+    /// therefore disconnected; both sides forget it, and the redial is a first connection again.
+    fn drop_silent_peers(&mut self, now: Instant) {
+        let grace = (self.config.publish_interval * 3).max(SUBSCRIBE_GRACE_MIN);
+        let subscribed: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&self.topic.hash()))
+            .map(|(p, _)| *p)
+            .collect();
+        self.unsubscribed_since
+            .retain(|p, _| !subscribed.contains(p));
+        let silent: Vec<PeerId> = self
+            .unsubscribed_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= grace)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in silent {
+            self.unsubscribed_since.remove(&peer);
+            tracing::info!(%peer, ?grace, "canopy peer never announced the topic; reconnecting");
+            Counters::inc(&self.shared.counters.silent_disconnects);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     fn on_sweep(&mut self) {
+        self.drop_silent_peers(Instant::now());
         let gone = self
             .shared
             .table
@@ -736,12 +777,27 @@ impl Runner {
                 tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified canopy peer");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
                 self.update_connected();
+                if num_established.get() == 1 {
+                    self.unsubscribed_since.insert(peer_id, Instant::now());
+                }
                 tracing::debug!(peer = %peer_id, "canopy connection established");
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                num_established,
+                ..
+            } => {
                 self.update_connected();
+                if num_established == 0 {
+                    self.unsubscribed_since.remove(&peer_id);
+                }
                 tracing::debug!(peer = %peer_id, cause = ?cause, "canopy connection closed");
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {

@@ -42,6 +42,7 @@
 //! | `opengrid_canopy_rejected_unknown_key_total` | counter | RC not in the trusted set |
 //! | `opengrid_canopy_rejected_malformed_total` | counter | undecodable / oversized / out of range |
 //! | `opengrid_canopy_expired_total` | counter | peering entries of silent RCs removed |
+//! | `opengrid_canopy_silent_disconnects_total` | counter | peers dropped for never announcing the topic (restarted under the same key) |
 //! | `opengrid_canopy_wire_sent_bytes_total` | counter | bytes written on canopy TCP connections |
 //! | `opengrid_canopy_wire_received_bytes_total` | counter | bytes read on canopy TCP connections |
 //! | `opengrid_canopy_connected_peers` | gauge | connected canopy peers |

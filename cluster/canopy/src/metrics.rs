@@ -26,6 +26,7 @@ pub(crate) struct Counters {
     pub rejected_unknown_key: AtomicU64,
     pub rejected_malformed: AtomicU64,
     pub expired: AtomicU64,
+    pub silent_disconnects: AtomicU64,
     pub wire_bytes_sent: AtomicU64,
     pub wire_bytes_received: AtomicU64,
     pub connected_peers: AtomicU64,
@@ -47,6 +48,7 @@ impl Counters {
             rejected_unknown_key: g(&self.rejected_unknown_key),
             rejected_malformed: g(&self.rejected_malformed),
             expired: g(&self.expired),
+            silent_disconnects: g(&self.silent_disconnects),
             wire_bytes_sent: g(&self.wire_bytes_sent),
             wire_bytes_received: g(&self.wire_bytes_received),
             connected_peers: g(&self.connected_peers),
@@ -77,6 +79,10 @@ pub struct CanopyMetrics {
     pub rejected_malformed: u64,
     /// Peering entries removed because their RC went silent (`opengrid_canopy_expired_total`).
     pub expired: u64,
+    /// Peers disconnected because they stayed connected without announcing the topic (a peer
+    /// restarted under the same key; see `Runner::drop_silent_peers`)
+    /// (`opengrid_canopy_silent_disconnects_total`).
+    pub silent_disconnects: u64,
     /// Bytes written on canopy TCP connections, all protocols (noise, yamux, gossipsub, identify)
     /// (`opengrid_canopy_wire_sent_bytes_total`).
     pub wire_bytes_sent: u64,
@@ -90,7 +96,7 @@ pub struct CanopyMetrics {
 
 impl CanopyMetrics {
     /// Every metric with its exported name.
-    pub fn named(&self) -> [(&'static str, u64); 12] {
+    pub fn named(&self) -> [(&'static str, u64); 13] {
         [
             ("opengrid_canopy_published_total", self.published),
             ("opengrid_canopy_received_total", self.received),
@@ -112,6 +118,10 @@ impl CanopyMetrics {
                 self.rejected_malformed,
             ),
             ("opengrid_canopy_expired_total", self.expired),
+            (
+                "opengrid_canopy_silent_disconnects_total",
+                self.silent_disconnects,
+            ),
             (
                 "opengrid_canopy_wire_sent_bytes_total",
                 self.wire_bytes_sent,

@@ -633,6 +633,11 @@ impl NodeCore {
                     self.receipts.set_rc(&rc);
                     *lock(&self.last_refusal) = None;
                     *lock(&self.membership) = Membership::Member;
+                    if self.mobility().is_some_and(|m| m.draining()) {
+                        // A rejoin (the RC evicted us, or restarted) clears what the RC knew:
+                        // say again that nothing new may be placed here.
+                        self.send_to_rc(ToRc::Draining { node: self.id() });
+                    }
                     if !self.reconciled.load(Ordering::Acquire) {
                         // The report also tells the RC what this node no longer holds (it
                         // restarted empty): it is sent even when empty, until acknowledged.
@@ -755,6 +760,10 @@ impl NodeCore {
                 return Err("node holds no lease".into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if self.mobility().is_some_and(|m| m.draining()) {
+            // The RC may not have heard (or may have forgotten, across a rejoin) that we drain.
+            return Err("node is draining".into());
         }
         let sid = SessionId::new(session).map_err(|e| e.to_string())?;
         let m = Manifest::from_json_str(manifest).map_err(|e| e.to_string())?;
