@@ -15,3 +15,4 @@ pub mod spec;
 pub mod throttle;
 pub mod ui;
 pub mod wire;
+pub mod token;
