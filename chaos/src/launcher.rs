@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,10 +86,9 @@ pub fn find_binary(name: &str) -> Result<PathBuf, LaunchError> {
     })
 }
 
-/// An ephemeral port on 127.0.0.1 that was free a moment ago (bind to :0, read, release).
+/// A port on 127.0.0.1 that was free a moment ago ([`opengrid_cluster::common::serve::free_local_port`]).
 pub fn free_port() -> Result<u16, LaunchError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io("bind 127.0.0.1:0"))?;
-    Ok(l.local_addr().map_err(io("local_addr"))?.port())
+    opengrid_cluster::common::serve::free_local_port().map_err(io("bind a 127.0.0.1 port"))
 }
 
 /// An ephemeral 127.0.0.1 address (see [`free_port`]).

@@ -45,7 +45,7 @@ pub enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Show colony members, load and sessions.
+    /// Show colony members, load and sessions (needs an operator key or token).
     Status {
         /// RC client-API base URL.
         #[arg(long, default_value = "http://127.0.0.1:7600")]
@@ -53,6 +53,8 @@ pub enum Cmd {
         /// Raw JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        auth: OperatorAuth,
     },
     /// Drain a node for maintenance: hand every session off (live handover; never-live
     /// sessions restart elsewhere), then print the report. Stop the node afterwards.
@@ -62,6 +64,14 @@ pub enum Cmd {
         /// RC client-API base URL (to look a node name up).
         #[arg(long, default_value = "http://127.0.0.1:7600")]
         rc: String,
+        #[command(flatten)]
+        auth: OperatorAuth,
+    },
+    /// Mint a token: `token operator --key <data dir>` prints a short-lived operator token for
+    /// `Authorization: Bearer …` (curl, the dashboard's sign-in).
+    Token {
+        #[command(subcommand)]
+        kind: TokenCmd,
     },
     /// Print this data dir's identity (creating the key on first use).
     Id {
@@ -90,6 +100,70 @@ pub enum Cmd {
         /// Write `opengrid.1` and `opengrid-<command>.1` pages into this directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+/// How an operator command proves it is an operator (ADR 0026).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorAuth {
+    /// Data dir holding the operator's `identity.key` (an RC's or node's own data dir works on
+    /// its host; any other key must be listed in `operators`).
+    #[arg(long, env = "OPENGRID_OPERATOR_KEY_DIR")]
+    pub key: Option<PathBuf>,
+    /// An operator token instead of a key (`opengrid token operator`).
+    #[arg(long, env = "OPENGRID_TOKEN", hide_env_values = true, conflicts_with = "key")]
+    pub token: Option<String>,
+}
+
+impl OperatorAuth {
+    /// The token to send: the given one, or one minted from the key (valid 10 minutes).
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        match &self.key {
+            Some(dir) => {
+                let id = Identity::load_or_create(dir)
+                    .with_context(|| format!("operator key in {}", dir.display()))?;
+                Ok(Some(crate::common::token::mint_operator(
+                    &id,
+                    std::time::Duration::from_secs(600),
+                )?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn client(&self, rc: &str) -> anyhow::Result<Client> {
+        let c = Client::new(rc.to_string());
+        Ok(match self.token()? {
+            Some(t) => c.with_token(t),
+            None => c,
+        })
+    }
+}
+
+/// A 401 from an operator route: say how to give credentials.
+fn operator_hint(e: crate::client::ClientError) -> anyhow::Error {
+    match &e {
+        crate::client::ClientError::Api { status: 401, .. } => anyhow::anyhow!(
+            "{e} (operator routes need --key <operator data dir> or --token; see `opengrid token operator`)"
+        ),
+        _ => anyhow::Error::new(e),
+    }
+}
+
+/// Tokens `opengrid token` mints.
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// An operator token signed by the key in `--key` (valid for `--valid`).
+    Operator {
+        /// Data dir holding the operator's `identity.key`.
+        #[arg(long)]
+        key: PathBuf,
+        /// How long the token is valid (`10m`, `1h`).
+        #[arg(long, default_value = "10m")]
+        valid: humantime::Duration,
     },
 }
 
@@ -285,10 +359,12 @@ async fn run(
             rc.shutdown().await;
             Ok(())
         }
-        Cmd::Status { rc, json } => {
-            let v = Client::new(rc.clone())
+        Cmd::Status { rc, json, auth } => {
+            let v = auth
+                .client(&rc)?
                 .get("/status")
                 .await
+                .map_err(operator_hint)
                 .context("query the RC")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -298,13 +374,16 @@ async fn run(
             }
             Ok(())
         }
-        Cmd::Drain { node, rc } => {
+        Cmd::Drain { node, rc, auth } => {
+            let token = auth.token()?;
             let api = if node.starts_with("http://") || node.starts_with("https://") {
                 node
             } else {
-                let st = Client::new(rc)
+                let st = auth
+                    .client(&rc)?
                     .get("/status")
                     .await
+                    .map_err(operator_hint)
                     .context("query the RC")?;
                 st.get("members")
                     .and_then(|m| m.as_array())
@@ -319,17 +398,36 @@ async fn run(
                     .ok_or_else(|| anyhow::anyhow!("no member named {node:?} at the RC"))?
             };
             println!("draining {api} …");
-            let r = reqwest::Client::new()
-                .post(format!("{api}/drain"))
-                .send()
-                .await
-                .context("POST /drain")?;
+            let mut req = reqwest::Client::new().post(format!("{api}/drain"));
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.context("POST /drain")?;
+            let status = r.status();
             let v: Value = r.json().await.context("drain report")?;
+            if !status.is_success() {
+                anyhow::bail!(
+                    "{status}: {}{}",
+                    field(&v, "message"),
+                    if status.as_u16() == 401 { " (give --key <operator data dir> or --token)" } else { "" }
+                );
+            }
             println!("{}", serde_json::to_string_pretty(&v)?);
             let left = v.get("remaining").and_then(|x| x.as_u64()).unwrap_or(0);
             if left > 0 {
                 anyhow::bail!("{left} sessions could not leave the node");
             }
+            Ok(())
+        }
+        Cmd::Token {
+            kind: TokenCmd::Operator { key, valid },
+        } => {
+            let id = Identity::load_or_create(&key)
+                .with_context(|| format!("operator key in {}", key.display()))?;
+            println!(
+                "{}",
+                crate::common::token::mint_operator(&id, valid.into())?
+            );
             Ok(())
         }
         Cmd::Id { data_dir } => {

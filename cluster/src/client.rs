@@ -6,6 +6,10 @@
 //! - on a retryable error (429, 503: overloaded, restarting, node lost its lease) or a network
 //!   error, asks the RC where the session lives now and retries until a deadline;
 //! - never resends an acknowledged input; duplicates are harmless (the session drops them by seq).
+//!
+//! Authorization (ADR 0026): a [`Session`] sends its capability (returned by the placement) as a
+//! bearer token on every request; a client made [`Client::with_token`] (an operator token) sends
+//! that on its own requests (`/status`, lookups) and for sessions that have no capability.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -55,6 +59,9 @@ pub struct Placement {
     pub address: String,
     /// Epoch.
     pub epoch: u64,
+    /// The session's capability: the bearer token its requests need.
+    #[serde(default)]
+    pub capability: Option<String>,
 }
 
 /// The durability part of a `processed` reply (`{kind, seq, output|error, durable, copies,
@@ -89,8 +96,17 @@ impl Durability {
 pub struct Client {
     http: reqwest::Client,
     rc: String,
+    /// Operator token sent on the client's own requests (and for sessions without a capability).
+    token: Option<String>,
     /// How long one input may be retried.
     pub retry_for: Duration,
+}
+
+fn bearer(rb: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => rb.bearer_auth(t),
+        None => rb,
+    }
 }
 
 async fn answer(r: reqwest::Response) -> Result<Value, ClientError> {
@@ -128,13 +144,29 @@ impl Client {
         Client {
             http,
             rc: rc.into().trim_end_matches('/').to_string(),
+            token: None,
             retry_for: Duration::from_secs(10),
         }
     }
 
-    /// GET a JSON document from the RC (e.g. `/status`).
+    /// The same client sending `token` (an operator token, `opengrid token operator`).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// GET a JSON document from the RC (e.g. `/status`, which needs an operator token).
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        answer(self.http.get(format!("{}{path}", self.rc)).send().await?).await
+        self.get_as(path, self.token.as_deref()).await
+    }
+
+    async fn get_as(&self, path: &str, token: Option<&str>) -> Result<Value, ClientError> {
+        answer(
+            bearer(self.http.get(format!("{}{path}", self.rc)), token)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Places a session from a manifest (TOML or JSON text).
@@ -153,8 +185,7 @@ impl Client {
             "application/toml"
         };
         let body = answer(
-            self.http
-                .post(url)
+            bearer(self.http.post(url), self.token.as_deref())
                 .header("content-type", ct)
                 .body(manifest.to_string())
                 .send()
@@ -167,6 +198,7 @@ impl Client {
             client: self.clone(),
             id: p.session_id.clone(),
             address: p.address.clone(),
+            capability: p.capability.clone(),
             placement: p,
             next_seq: 1,
             unacked: VecDeque::new(),
@@ -176,18 +208,21 @@ impl Client {
     }
 
     /// A handle on an existing session, starting at the RC (the first input is answered `moved`
-    /// and followed); `next_seq` is the seq of the next input to send.
-    pub fn attach(&self, id: &str, next_seq: u64) -> Session {
+    /// and followed); `capability` is the session's (or `None` with an operator token);
+    /// `next_seq` is the seq of the next input to send.
+    pub fn attach(&self, id: &str, capability: Option<&str>, next_seq: u64) -> Session {
         Session {
             client: self.clone(),
             id: id.to_string(),
             address: self.rc.clone(),
+            capability: capability.map(str::to_string),
             placement: Placement {
                 session_id: id.to_string(),
                 node: String::new(),
                 node_name: String::new(),
                 address: self.rc.clone(),
                 epoch: 0,
+                capability: capability.map(str::to_string),
             },
             next_seq: next_seq.max(1),
             unacked: VecDeque::new(),
@@ -196,9 +231,13 @@ impl Client {
         }
     }
 
-    /// Where the RC says a session lives: `(address, epoch)`.
+    /// Where the RC says a session lives: `(address, epoch)` (with the client's operator token).
     pub async fn locate(&self, id: &str) -> Result<(String, u64), ClientError> {
-        let v = self.get(&format!("/sessions/{id}")).await?;
+        self.locate_as(id, self.token.as_deref()).await
+    }
+
+    async fn locate_as(&self, id: &str, token: Option<&str>) -> Result<(String, u64), ClientError> {
+        let v = self.get_as(&format!("/sessions/{id}"), token).await?;
         let addr = v
             .get("address")
             .and_then(|a| a.as_str())
@@ -225,6 +264,8 @@ pub struct Session {
     pub id: String,
     /// Current node API base URL.
     pub address: String,
+    /// The session's capability (bearer token of its requests).
+    pub capability: Option<String>,
     /// The placement answer.
     pub placement: Placement,
     next_seq: u64,
@@ -237,6 +278,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The token this session's requests carry: its capability, else the client's.
+    fn token(&self) -> Option<&str> {
+        self.capability.as_deref().or(self.client.token.as_deref())
+    }
+
     /// Inputs sent but not yet acknowledged.
     pub fn unacked(&self) -> usize {
         self.unacked.len()
@@ -255,10 +301,7 @@ impl Session {
             let pending: Vec<(u64, Value)> = self.unacked.iter().cloned().collect();
             for (s, v) in pending {
                 let url = format!("{}/sessions/{}/inputs", self.address, self.id);
-                let r = self
-                    .client
-                    .http
-                    .post(url)
+                let r = bearer(self.client.http.post(url), self.token())
                     .json(&serde_json::json!({"seq": s, "input": v}))
                     .send()
                     .await;
@@ -354,7 +397,7 @@ impl Session {
     }
 
     async fn relocate(&mut self) {
-        if let Ok((addr, _)) = self.client.locate(&self.id).await {
+        if let Ok((addr, _)) = self.client.locate_as(&self.id, self.token()).await {
             if !addr.is_empty() && addr != self.address {
                 self.address = addr;
                 self.moves += 1;
@@ -367,11 +410,12 @@ impl Session {
         let mut at = self.address.clone();
         for _ in 0..3 {
             let r = answer(
-                self.client
-                    .http
-                    .get(format!("{at}/sessions/{}", self.id))
-                    .send()
-                    .await?,
+                bearer(
+                    self.client.http.get(format!("{at}/sessions/{}", self.id)),
+                    self.token(),
+                )
+                .send()
+                .await?,
             )
             .await;
             match r {
@@ -390,11 +434,14 @@ impl Session {
     /// Closes the session.
     pub async fn close(self) -> Result<Value, ClientError> {
         answer(
-            self.client
-                .http
-                .delete(format!("{}/sessions/{}", self.address, self.id))
-                .send()
-                .await?,
+            bearer(
+                self.client
+                    .http
+                    .delete(format!("{}/sessions/{}", self.address, self.id)),
+                self.token(),
+            )
+            .send()
+            .await?,
         )
         .await
     }

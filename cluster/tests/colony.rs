@@ -74,7 +74,7 @@ async fn placement_respects_filters_on_five_nodes() {
         }
         nodes.push(start_node(c, setup).await.unwrap());
     }
-    let client = Client::new(rc.api_url());
+    let client = support::operator_client(&rc);
     wait_members(&client, 5, Duration::from_secs(20)).await;
     let name_of = |addr: &str| {
         nodes
@@ -167,7 +167,7 @@ async fn wrong_colony_secret_cannot_join() {
     )
     .await
     .unwrap();
-    let client = Client::new(rc.api_url());
+    let client = support::operator_client(&rc);
     wait_members(&client, 1, Duration::from_secs(20)).await;
     // Nothing has been refused yet: the RC's own readiness probe of its control port (a
     // connection that closes before the handshake) is not a refused join.
@@ -334,7 +334,7 @@ async fn forged_control_messages_are_refused_and_a_dead_node_stays_dead() {
     let victim = start_node(node_config(dir.path(), &rc, "victim", "DE", secret), setup)
         .await
         .unwrap();
-    let client = Client::new(rc.api_url());
+    let client = support::operator_client(&rc);
     wait_members(&client, 1, Duration::from_secs(20)).await;
     let victim_id = victim.core().id();
     // Someone holding the colony secret (here: in the same process) reaches the RC actor.
@@ -483,7 +483,7 @@ async fn idle_slow_and_excess_connections_are_closed() {
         );
     }
     // Then the server answers again, and counted the refusal.
-    let client = Client::new(rc.api_url());
+    let client = support::operator_client(&rc);
     let metrics = {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -518,7 +518,7 @@ async fn client_api_round_trip_and_malformed_requests() {
     nc.max_body = ByteSize(16 << 10);
     nc.lease = HumanDuration::from_secs(1);
     let node = start_node(nc, setup).await.unwrap();
-    let client = Client::new(rc.api_url());
+    let client = support::operator_client(&rc);
     wait_members(&client, 1, Duration::from_secs(20)).await;
 
     // Round trip through the client library.
@@ -569,8 +569,10 @@ async fn client_api_round_trip_and_malformed_requests() {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
+    let op = support::operator_token(&rc);
     let r = raw
         .post(format!("{}/sessions/round-trip-1/inputs", rc.api_url()))
+        .bearer_auth(s.capability.as_deref().expect("a capability"))
         .json(&json!({"seq": 4, "input": 1}))
         .send()
         .await
@@ -738,7 +740,8 @@ async fn client_api_round_trip_and_malformed_requests() {
                 "POST" => raw.post(url),
                 "DELETE" => raw.delete(url),
                 _ => raw.get(url),
-            };
+            }
+            .bearer_auth(&op);
             if let Some(b) = body {
                 req = req
                     .header("content-type", "application/octet-stream")
@@ -780,7 +783,7 @@ async fn client_api_round_trip_and_malformed_requests() {
         .unwrap();
     assert_eq!(h["serving"], true, "{h}");
     // A client that only knows the RC follows `moved` to the node.
-    let mut again = client.attach("round-trip-1", 5);
+    let mut again = client.attach("round-trip-1", None, 5);
     let r = again.send(json!("via the rc")).await.unwrap();
     assert_eq!(r["output"]["turn"], 5, "{r}");
     assert_eq!(again.moves, 1);
@@ -790,9 +793,11 @@ async fn client_api_round_trip_and_malformed_requests() {
     // WebSocket: replies per frame, errors as JSON frames, the socket stays open.
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
+    // A browser cannot give a WebSocket headers: the capability may come as `access_token`.
     let ws_url = format!(
-        "{}/sessions/round-trip-1/ws",
-        node.api_url().replace("http://", "ws://")
+        "{}/sessions/round-trip-1/ws?access_token={}",
+        node.api_url().replace("http://", "ws://"),
+        s.capability.as_deref().unwrap()
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
     ws.send(Message::text(r#"{"seq": 6, "input": "over ws"}"#))
@@ -819,7 +824,7 @@ async fn client_api_round_trip_and_malformed_requests() {
     };
     assert_eq!(dup["kind"], "duplicate", "{dup}");
     let _ = ws.close(None).await;
-    let mut s = client.attach("round-trip-1", 7);
+    let mut s = client.attach("round-trip-1", None, 7);
     s.address = node.api_url();
 
     s.close().await.unwrap();
@@ -831,6 +836,129 @@ async fn client_api_round_trip_and_malformed_requests() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    node.shutdown().await;
+    rc.shutdown().await;
+}
+
+/// The client APIs let in a session's capability for that session only, and an operator for
+/// everything (ADR 0026). Every refusal is a typed 401/403 and changes nothing: checked from
+/// outside with the rightful tokens afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_api_lets_in_capabilities_for_their_session_and_operators_for_everything() {
+    use opengrid_cluster::common::identity::Identity;
+    use opengrid_cluster::common::token;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "access-secret-1";
+    let rc = start_rc(rc_config(dir.path(), secret)).await.unwrap();
+    let node = start_node(node_config(dir.path(), &rc, "n1", "DE", secret), setup)
+        .await
+        .unwrap();
+    let op = support::operator_token(&rc);
+    wait_members(&support::operator_client(&rc), 1, Duration::from_secs(20)).await;
+    // Anyone may create a session; it comes with its capability.
+    let anon = Client::new(rc.api_url());
+    let mut a = anon
+        .create(&manifest("echo", &["DE"], "none", ""), None)
+        .await
+        .unwrap();
+    let b = anon
+        .create(&manifest("echo", &["DE"], "none", ""), None)
+        .await
+        .unwrap();
+    let (cap_a, cap_b) = (a.capability.clone().unwrap(), b.capability.clone().unwrap());
+    assert_eq!(a.send(json!("mine")).await.unwrap()["output"]["turn"], 1);
+    let stranger = Identity::generate();
+    let self_made_op = token::mint_operator(&stranger, Duration::from_secs(60)).unwrap();
+    let forged_cap = token::mint_session(&stranger, &a.id, Duration::from_secs(60)).unwrap();
+    // B's capability with its subject changed to A (the signature no longer matches).
+    let tampered = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let p: Vec<&str> = cap_b.split('.').collect();
+        let claims = String::from_utf8(b64.decode(p[1]).unwrap())
+            .unwrap()
+            .replace(&b.id, &a.id);
+        format!("{}.{}.{}", p[0], b64.encode(claims), p[2])
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (rcu, n) = (rc.api_url(), node.api_url());
+    let ida = a.id.clone();
+    let input = json!({"seq": 2, "input": "theirs"}).to_string();
+    // (method, url, body, token, status, code)
+    let cases: Vec<(&str, String, Option<String>, Option<&str>, u16, &str)> = vec![
+        ("GET", format!("{rcu}/status"), None, None, 401, "unauthenticated"),
+        ("GET", format!("{rcu}/status"), None, Some(&cap_a), 403, "forbidden"),
+        ("GET", format!("{rcu}/status"), None, Some(&self_made_op), 401, "invalid_token"),
+        ("GET", format!("{rcu}/status"), None, Some("not.a.token"), 401, "invalid_token"),
+        ("GET", format!("{rcu}/ui/events"), None, None, 401, "unauthenticated"),
+        ("GET", format!("{rcu}/ui/ledger"), None, Some(&cap_a), 403, "forbidden"),
+        ("GET", format!("{rcu}/sessions/{ida}"), None, None, 401, "unauthenticated"),
+        ("GET", format!("{rcu}/sessions/{ida}"), None, Some(&cap_b), 403, "forbidden"),
+        ("POST", format!("{rcu}/sessions/{ida}/inputs"), Some(input.clone()), Some(&forged_cap), 401, "invalid_token"),
+        ("POST", format!("{rcu}/sessions/{ida}/handover"), Some("{}".into()), Some(&cap_a), 403, "forbidden"),
+        // Re-creating a known id: no location for a stranger.
+        ("POST", format!("{rcu}/sessions?session_id={ida}"), Some(manifest("echo", &["DE"], "none", "")), None, 401, "unauthenticated"),
+        ("POST", format!("{rcu}/sessions?session_id={ida}"), Some(manifest("echo", &["DE"], "none", "")), Some(&cap_b), 403, "forbidden"),
+        ("POST", format!("{n}/sessions/{ida}/inputs"), Some(input.clone()), None, 401, "unauthenticated"),
+        ("POST", format!("{n}/sessions/{ida}/inputs"), Some(input.clone()), Some(&cap_b), 403, "forbidden"),
+        ("POST", format!("{n}/sessions/{ida}/inputs"), Some(input.clone()), Some(&tampered), 401, "invalid_token"),
+        ("POST", format!("{n}/sessions/{ida}/inputs"), Some(input.clone()), Some(&forged_cap), 401, "invalid_token"),
+        ("GET", format!("{n}/sessions/{ida}"), None, Some(&cap_b), 403, "forbidden"),
+        ("GET", format!("{n}/sessions/{ida}/ws"), None, None, 401, "unauthenticated"),
+        ("DELETE", format!("{n}/sessions/{ida}"), None, Some(&cap_b), 403, "forbidden"),
+        ("DELETE", format!("{n}/sessions/{ida}"), None, Some(&self_made_op), 401, "invalid_token"),
+        ("GET", format!("{n}/sessions"), None, None, 401, "unauthenticated"),
+        ("GET", format!("{n}/sessions"), None, Some(&cap_a), 403, "forbidden"),
+        ("POST", format!("{n}/sessions/{ida}/handover"), Some("{}".into()), Some(&cap_a), 403, "forbidden"),
+        ("POST", format!("{n}/drain"), None, None, 401, "unauthenticated"),
+        ("POST", format!("{n}/drain"), None, Some(&cap_a), 403, "forbidden"),
+        ("POST", format!("{n}/drain"), None, Some(&self_made_op), 401, "invalid_token"),
+    ];
+    for (method, url, body, tok, status, code) in &cases {
+        let mut req = match *method {
+            "POST" => http.post(url),
+            "DELETE" => http.delete(url),
+            _ => http.get(url),
+        };
+        if let Some(t) = tok {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/toml").body(b.clone());
+        }
+        let r = req.send().await.unwrap();
+        let got = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(got, *status, "{method} {url} with {tok:?}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["code"], *code, "{method} {url}: {text}");
+        assert!(!text.contains(&n) || url.starts_with(&n), "location leaked: {text}");
+    }
+    // Nothing changed: A holds exactly its own input, B none, the node is not draining, and the
+    // rightful tokens open what they should.
+    let info = a.info().await.unwrap();
+    assert_eq!(info["last_seq"], 1, "{info}");
+    assert_eq!(b.info().await.unwrap()["last_seq"], 0);
+    let h: Value = reqwest::get(format!("{n}/health")).await.unwrap().json().await.unwrap();
+    assert_eq!(h["draining"], false, "{h}");
+    for (url, tok) in [
+        (format!("{rcu}/status"), &op),
+        (format!("{n}/sessions"), &op),
+        (format!("{rcu}/sessions/{ida}"), &cap_a),
+        (format!("{rcu}/ui/events?access_token={op}"), &String::new()),
+    ] {
+        let mut req = http.get(&url);
+        if !tok.is_empty() {
+            req = req.bearer_auth(tok);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+    }
+    assert_eq!(a.send(json!("still mine")).await.unwrap()["output"]["turn"], 2);
+    a.close().await.unwrap();
     node.shutdown().await;
     rc.shutdown().await;
 }

@@ -66,10 +66,15 @@ fn session<'a>(v: &'a Value, id: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// A raw HTTP client and the operator token it sends.
+struct Http(reqwest::Client, String);
+
 /// One raw input (no client retries): `(HTTP status, body)`.
-async fn input(http: &reqwest::Client, address: &str, id: &str, seq: u64, x: i64) -> (u16, Value) {
+async fn input(http: &Http, address: &str, id: &str, seq: u64, x: i64) -> (u16, Value) {
     let r = http
+        .0
         .post(format!("{address}/sessions/{id}/inputs"))
+        .bearer_auth(&http.1)
         .json(&json!({"seq": seq, "input": x}))
         .send()
         .await
@@ -88,7 +93,7 @@ async fn with_one_of_three_nodes_dead_zero_loss_inputs_get_only_the_copies_they_
     let dir = tempfile::tempdir().unwrap();
     let secret = "durability-secret-copies";
     let rc = start_rc(rc_config(dir.path(), secret)).await.unwrap();
-    let client = Client::new(rc.api_url());
+    let client = support::operator_client(&rc);
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
         nodes.push(
@@ -112,7 +117,7 @@ async fn with_one_of_three_nodes_dead_zero_loss_inputs_get_only_the_copies_they_
         other => panic!("min_copies 3 > replicas 2 must be refused: {other:?}"),
     }
 
-    let http = reqwest::Client::new();
+    let http = Http(reqwest::Client::new(), support::operator_token(&rc));
     // min_copies 2: only one other node is alive, so every input is refused with the reason.
     let two = client
         .create(&zero_loss(2), Some("two-copies"))
@@ -213,7 +218,7 @@ async fn a_node_without_fsync_never_answers_durable() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "durability-secret-fsync";
     let rc = start_rc(rc_config(dir.path(), secret)).await.unwrap();
-    let client = Client::new(rc.api_url());
+    let client = support::operator_client(&rc);
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
         nodes.push(

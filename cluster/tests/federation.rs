@@ -197,6 +197,7 @@ impl Federation {
     async fn status(&self, m: &Member) -> Value {
         self.http
             .get(format!("{}/status", m.rc.api_url()))
+            .bearer_auth(support::operator_token(&m.rc))
             .send()
             .await
             .unwrap()

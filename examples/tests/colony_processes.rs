@@ -32,11 +32,7 @@ fn signal(pid: u32, sig: i32) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    opengrid_cluster::common::serve::free_local_port().unwrap()
 }
 
 fn spawn(dir: &Path, name: &str, role: &str, cfg: String) -> Proc {

@@ -57,11 +57,7 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    opengrid_cluster::common::serve::free_local_port().unwrap()
 }
 
 fn command(dir: &Path, name: &str, role: &str, cfg: &str) -> Command {

@@ -186,6 +186,20 @@ pub(crate) fn effective_secret(s: &str, dev: bool) -> &str {
     }
 }
 
+/// Operator keys: each a did:mycel, at most [`crate::common::token::MAX_OPERATORS`] - 2 (the
+/// process's own key and, on a node, its RC's are operators too).
+pub(crate) fn check_operators(dids: &[String]) -> Result<(), ConfigError> {
+    let most = crate::common::token::MAX_OPERATORS - 2;
+    if dids.len() > most {
+        return Err(invalid("operators", format!("{} keys, at most {most}", dids.len())));
+    }
+    for d in dids {
+        crate::common::identity::NodeId::parse(d)
+            .map_err(|e| invalid("operators", format!("{d:?}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// The colony secret rules: set (8..=256 bytes), and not the public development secret unless
 /// `dev = true`.
 pub(crate) fn check_secret(s: &str, dev: bool) -> Result<(), ConfigError> {

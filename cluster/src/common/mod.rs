@@ -2,6 +2,7 @@
 //! control-plane wire, the node declaration, failure detection, config rules, the client API's
 //! error type, metrics and start-up plumbing. Nothing here names either side.
 
+pub mod access;
 pub mod config;
 pub mod failure;
 pub mod http;

@@ -125,3 +125,22 @@ pub async fn serve(
         conns.abort_all();
     }
 }
+
+/// Ports [`free_local_port`] picks from: below Linux's default ephemeral range (32768..=60999),
+/// so no process binding port 0 (or dialling out) is handed the same port in the meantime.
+pub const PICKED_PORTS: std::ops::RangeInclusive<u16> = 20_000..=32_000;
+
+/// A 127.0.0.1 TCP port that was free a moment ago, for launchers that must write a port into a
+/// config before the process that listens on it starts (the demo, the chaos harness, tests).
+/// Random in [`PICKED_PORTS`], checked by binding it; after 200 taken ports, an ephemeral one.
+pub fn free_local_port() -> std::io::Result<u16> {
+    for _ in 0..200 {
+        let p = rand::random_range(PICKED_PORTS);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return Ok(p);
+        }
+    }
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+

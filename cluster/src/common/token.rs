@@ -2,10 +2,17 @@
 //! `jsonwebtoken` crate with a crypto provider on this workspace's ed25519-dalek (one crypto
 //! stack; no RSA or NIST curves compiled in). Only `EdDSA` tokens are accepted.
 //!
-//! **Join tokens** admit nodes to a colony: the colony operator (the RC's own identity, or a key
-//! listed in the RC's `[membership] operators`) signs `{iss: operator, aud: colony, sub: node DID
-//! or "*", jur: allowed jurisdictions, exp}`; a node presents it in its signed join
-//! (`join_token`). `opengrid token join` mints one.
+//! Three kinds, told apart by their audience and `kind` claim (a token of one kind is never
+//! accepted as another):
+//! - **Session capabilities** (`aud = opengrid/session`): the RC that placed a session signs
+//!   `{iss: RC, sub: session id, exp}` and returns it from `POST /sessions`; inputs, info,
+//!   streaming and close of that session need it (ADR 0026).
+//! - **Operator tokens** (`aud = opengrid/operator`): an operator key (the process's own, its RC's
+//!   on a node, or one listed in `operators`) signs `{iss: operator, sub: operator, exp}`, short
+//!   lived; status, listing, drain, handover and other people's sessions need one.
+//!   `opengrid token operator` mints one.
+//! - **Join tokens** (`aud = <colony>`): the colony operator signs `{iss, sub: node DID or "*",
+//!   jur: allowed jurisdictions, exp}`; a node presents it in its signed join.
 
 use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +42,9 @@ pub enum TokenError {
     /// Signed by nobody this RC accepts as an operator.
     #[error("token is not signed by a colony operator of this RC")]
     UnknownIssuer,
+    /// A capability of another session.
+    #[error("the capability is for session {0}, not this one")]
+    OtherSession(String),
     /// For another node.
     #[error("token is for node {0}, not this one")]
     OtherNode(String),
@@ -46,6 +56,28 @@ pub enum TokenError {
         /// Declared.
         declared: String,
     },
+}
+
+/// Audience of session capabilities.
+pub const SESSION_AUDIENCE: &str = "opengrid/session";
+/// Audience of operator tokens.
+pub const OPERATOR_AUDIENCE: &str = "opengrid/operator";
+
+/// What a session capability or an operator token says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// The signer's DID (the RC for a capability, the operator for an operator token).
+    pub iss: String,
+    /// [`SESSION_AUDIENCE`] or [`OPERATOR_AUDIENCE`].
+    pub aud: String,
+    /// The session id (capability) or the operator's DID (operator token).
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// `session` or `operator`.
+    pub kind: String,
 }
 
 /// What a join token says.
@@ -157,6 +189,107 @@ fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
+fn mint<C: Serialize>(signer: &Identity, claims: &C) -> Result<String, TokenError> {
+    provider();
+    jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &encoding_key(signer))
+        .map_err(|e| TokenError::Invalid(e.to_string()))
+}
+
+/// Decodes `token` as signed by one of `issuers` (tried in order, at most [`MAX_OPERATORS`]) for
+/// `audience`, with an expiry. The claims' `kind` is the caller's to check.
+fn decode_by_any<C: serde::de::DeserializeOwned>(
+    token: &str,
+    issuers: &[NodeId],
+    audience: &str,
+) -> Result<C, TokenError> {
+    provider();
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Invalid(format!(
+            "{} bytes, at most {MAX_TOKEN_BYTES}",
+            token.len()
+        )));
+    }
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_audience(&[audience]);
+    v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    v.leeway = 30;
+    let mut last = TokenError::UnknownIssuer;
+    for issuer in issuers.iter().take(MAX_OPERATORS) {
+        v.set_issuer(&[issuer.did()]);
+        match jsonwebtoken::decode::<C>(token, &decoding_key(issuer)?, &v) {
+            Ok(t) => return Ok(t.claims),
+            Err(e) => {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    // Not this issuer's signature: try the next one.
+                    K::InvalidSignature | K::InvalidIssuer => {}
+                    _ => last = TokenError::Invalid(e.to_string()),
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+fn access_claims(signer: &Identity, aud: &str, sub: String, kind: &str, valid: Duration) -> AccessClaims {
+    let iat = now_s();
+    AccessClaims {
+        iss: signer.id().did(),
+        aud: aud.into(),
+        sub,
+        exp: iat.saturating_add(valid.as_secs().max(1)),
+        iat,
+        kind: kind.into(),
+    }
+}
+
+/// Mints the capability of `session`, signed by the RC that placed it, valid for `valid`.
+pub fn mint_session(rc: &Identity, session: &str, valid: Duration) -> Result<String, TokenError> {
+    mint(rc, &access_claims(rc, SESSION_AUDIENCE, session.into(), "session", valid))
+}
+
+/// Checks a session capability: signed by one of `issuers` (RCs), for `session`, not expired.
+pub fn verify_session(
+    token: &str,
+    issuers: &[NodeId],
+    session: &str,
+) -> Result<AccessClaims, TokenError> {
+    let c: AccessClaims = decode_by_any(token, issuers, SESSION_AUDIENCE)?;
+    if c.kind != "session" {
+        return Err(TokenError::Invalid(format!("a {:?} token, not a session capability", c.kind)));
+    }
+    if c.sub != session {
+        return Err(TokenError::OtherSession(c.sub));
+    }
+    Ok(c)
+}
+
+/// Checks that `token` is a valid capability of some session (which one is not asked).
+pub fn verify_session_any(token: &str, issuers: &[NodeId]) -> Result<AccessClaims, TokenError> {
+    let c: AccessClaims = decode_by_any(token, issuers, SESSION_AUDIENCE)?;
+    if c.kind != "session" {
+        return Err(TokenError::Invalid(format!("a {:?} token, not a session capability", c.kind)));
+    }
+    Ok(c)
+}
+
+/// Mints an operator token signed by `operator`, valid for `valid` (keep it short: minutes).
+pub fn mint_operator(operator: &Identity, valid: Duration) -> Result<String, TokenError> {
+    mint(
+        operator,
+        &access_claims(operator, OPERATOR_AUDIENCE, operator.id().did(), "operator", valid),
+    )
+}
+
+/// Checks an operator token: signed by one of `operators`, not expired.
+pub fn verify_operator(token: &str, operators: &[NodeId]) -> Result<AccessClaims, TokenError> {
+    let c: AccessClaims = decode_by_any(token, operators, OPERATOR_AUDIENCE)?;
+    if c.kind != "operator" || c.sub != c.iss {
+        return Err(TokenError::Invalid(format!("a {:?} token, not an operator token", c.kind)));
+    }
+    Ok(c)
+}
+
 /// Mints a join token for `colony`, valid for `valid`, for one node (or any with `None`), allowing
 /// `jurisdictions` (empty: any).
 pub fn mint_join(
@@ -166,7 +299,6 @@ pub fn mint_join(
     jurisdictions: &[String],
     valid: Duration,
 ) -> Result<String, TokenError> {
-    provider();
     let iat = now_s();
     let claims = JoinClaims {
         iss: operator.id().did(),
@@ -177,12 +309,7 @@ pub fn mint_join(
         iat,
         kind: "join".into(),
     };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::EdDSA),
-        &claims,
-        &encoding_key(operator),
-    )
-    .map_err(|e| TokenError::Invalid(e.to_string()))
+    mint(operator, &claims)
 }
 
 /// Checks a join token: signed by one of `operators`, for `colony`, not expired, for `node` (or
@@ -194,48 +321,20 @@ pub fn verify_join(
     node: &NodeId,
     jurisdiction: &str,
 ) -> Result<JoinClaims, TokenError> {
-    provider();
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(TokenError::Invalid(format!(
-            "{} bytes, at most {MAX_TOKEN_BYTES}",
-            token.len()
-        )));
+    let c: JoinClaims = decode_by_any(token, operators, colony)?;
+    if c.kind != "join" {
+        return Err(TokenError::Invalid(format!("a {:?} token, not a join token", c.kind)));
     }
-    let mut v = Validation::new(Algorithm::EdDSA);
-    v.set_audience(&[colony]);
-    v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-    v.leeway = 30;
-    let mut last = TokenError::UnknownIssuer;
-    for op in operators.iter().take(MAX_OPERATORS) {
-        v.set_issuer(&[op.did()]);
-        match jsonwebtoken::decode::<JoinClaims>(token, &decoding_key(op)?, &v) {
-            Ok(t) => {
-                let c = t.claims;
-                if c.kind != "join" {
-                    return Err(TokenError::Invalid(format!("a {:?} token, not a join token", c.kind)));
-                }
-                if c.sub != "*" && c.sub != node.did() {
-                    return Err(TokenError::OtherNode(c.sub));
-                }
-                if !c.jur.is_empty() && !c.jur.iter().any(|j| j == jurisdiction) {
-                    return Err(TokenError::Jurisdiction {
-                        allowed: c.jur,
-                        declared: jurisdiction.to_string(),
-                    });
-                }
-                return Ok(c);
-            }
-            Err(e) => {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    // Not this operator's signature: try the next one.
-                    K::InvalidSignature | K::InvalidIssuer => {}
-                    _ => last = TokenError::Invalid(e.to_string()),
-                }
-            }
-        }
+    if c.sub != "*" && c.sub != node.did() {
+        return Err(TokenError::OtherNode(c.sub));
     }
-    Err(last)
+    if !c.jur.is_empty() && !c.jur.iter().any(|j| j == jurisdiction) {
+        return Err(TokenError::Jurisdiction {
+            allowed: c.jur,
+            declared: jurisdiction.to_string(),
+        });
+    }
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -277,6 +376,23 @@ mod tests {
         assert!(verify_join(&none, &ops, "eu", &node.id(), "DE").is_err());
         assert!(verify_join("not a token", &ops, "eu", &node.id(), "DE").is_err());
         assert!(verify_join(&"a".repeat(MAX_TOKEN_BYTES + 1), &ops, "eu", &node.id(), "DE").is_err());
+    }
+
+    #[test]
+    fn a_capability_opens_its_session_only_and_no_kind_passes_for_another() {
+        let (rc, other_rc, op) = (Identity::generate(), Identity::generate(), Identity::generate());
+        let cap = mint_session(&rc, "s1", Duration::from_secs(60)).unwrap();
+        assert_eq!(verify_session(&cap, &[rc.id()], "s1").unwrap().sub, "s1");
+        assert!(matches!(verify_session(&cap, &[rc.id()], "s2"), Err(TokenError::OtherSession(s)) if s == "s1"));
+        assert!(matches!(verify_session(&cap, &[other_rc.id()], "s1"), Err(TokenError::UnknownIssuer)));
+        // A capability is no operator token, an operator token no capability, a join token neither.
+        assert!(verify_operator(&cap, &[rc.id()]).is_err());
+        let ot = mint_operator(&op, Duration::from_secs(60)).unwrap();
+        assert_eq!(verify_operator(&ot, &[rc.id(), op.id()]).unwrap().iss, op.id().did());
+        assert!(verify_operator(&ot, &[rc.id()]).is_err());
+        assert!(verify_session(&ot, &[op.id()], &op.id().did()).is_err());
+        let join = mint_join(&op, OPERATOR_AUDIENCE, None, &[], Duration::from_secs(60)).unwrap();
+        assert!(verify_operator(&join, &[op.id()]).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
@@ -17,6 +18,7 @@ use opentelemetry::KeyValue;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::common::access::Bearer;
 use crate::common::http::{count_status, handover_body, not_found_route, parse_sid, ApiError};
 use crate::node::NodeCore;
 
@@ -75,7 +77,11 @@ const LIST_LIMIT: usize = 1000;
 
 /// `GET /sessions`: the sessions this node holds (the node dashboard's table), sorted by id,
 /// at most [`LIST_LIMIT`].
-async fn node_list(State(core): State<Arc<NodeCore>>) -> Json<Value> {
+async fn node_list(
+    State(core): State<Arc<NodeCore>>,
+    bearer: Bearer,
+) -> Result<Json<Value>, ApiError> {
+    core.access.operator(&bearer, "GET /sessions")?;
     let mut ids = core.host.session_ids();
     ids.sort();
     let total = ids.len();
@@ -97,7 +103,9 @@ async fn node_list(State(core): State<Arc<NodeCore>>) -> Json<Value> {
             Some(v)
         })
         .collect();
-    Json(json!({"total": total, "sessions": sessions, "serving": core.may_serve()}))
+    Ok(Json(
+        json!({"total": total, "sessions": sessions, "serving": core.may_serve()}),
+    ))
 }
 
 async fn node_ui_file(Path(name): Path<String>) -> Response {
@@ -160,8 +168,10 @@ fn check_serving(core: &NodeCore) -> Result<(), ApiError> {
 async fn node_info(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
+    bearer: Bearer,
 ) -> Result<Json<Value>, ApiError> {
     let sid = parse_sid(&id)?;
+    core.access.session(&bearer, sid.as_str())?;
     match core.host.get(&sid) {
         Some(s) if matches!(s.status(), opengrid_actors::SessionStatus::Moved { .. }) => {
             match s.status() {
@@ -195,8 +205,10 @@ async fn node_info(
 async fn node_close(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
+    bearer: Bearer,
 ) -> Result<Json<Value>, ApiError> {
     let sid = parse_sid(&id)?;
+    core.access.session(&bearer, sid.as_str())?;
     let Some(s) = core.host.get(&sid) else {
         return Err(elsewhere(&core, &sid, &format!("/sessions/{sid}")).await);
     };
@@ -288,19 +300,25 @@ async fn run_input(core: &NodeCore, sid: &SessionId, body: &[u8]) -> Result<Valu
 async fn node_input(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
+    bearer: Bearer,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let body = body?;
     let sid = parse_sid(&id)?;
+    core.access.session(&bearer, sid.as_str())?;
     run_input(&core, &sid, &body).await.map(Json)
 }
 
 async fn node_ws(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
-    ws: WebSocketUpgrade,
+    bearer: Bearer,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let sid = parse_sid(&id)?;
+    // Authorization first: a stranger learns nothing, not even whether the upgrade was well formed.
+    core.access.session(&bearer, sid.as_str())?;
+    let ws = ws.map_err(|e| ApiError::new(e.status(), "bad_upgrade", e.body_text()))?;
     if core.host.get(&sid).is_none() {
         return Err(elsewhere(&core, &sid, &format!("/sessions/{sid}/ws")).await);
     }
@@ -359,10 +377,12 @@ fn move_error(e: crate::node::mobility::MoveError) -> ApiError {
 async fn node_handover(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
+    bearer: Bearer,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let body = body?;
     let sid = parse_sid(&id)?;
+    core.access.operator(&bearer, "handover")?;
     let b = handover_body(&body)?;
     if core.host.get(&sid).is_none() {
         return Err(elsewhere(&core, &sid, &format!("/sessions/{sid}/handover")).await);
@@ -374,7 +394,11 @@ async fn node_handover(
 /// `POST /drain`: hand every session off, then report (the node keeps running, serving nothing;
 /// stop it afterwards).
 #[tracing::instrument(skip_all)]
-async fn node_drain(State(core): State<Arc<NodeCore>>) -> Json<Value> {
+async fn node_drain(
+    State(core): State<Arc<NodeCore>>,
+    bearer: Bearer,
+) -> Result<Json<Value>, ApiError> {
+    core.access.operator(&bearer, "POST /drain")?;
     let r = core.drain().await;
-    Json(serde_json::to_value(r).unwrap_or(Value::Null))
+    Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null)))
 }

@@ -80,6 +80,9 @@ pub struct NodeConfig {
     pub rc_id: String,
     /// The colony secret (ractor_cluster cookie). Keep it out of the file: `OPENGRID_COLONY_SECRET`.
     pub colony_secret: String,
+    /// Operator keys (DIDs) besides the node's own and its RC's: their tokens (`opengrid token
+    /// operator`) open the node's session list, drain, handover and every session (ADR 0026).
+    pub operators: Vec<String>,
     /// Heartbeat period to the RC.
     pub heartbeat_period: HumanDuration,
     /// Lease length asked of the RC; the node stops serving when its lease runs out.
@@ -135,6 +138,7 @@ impl Default for NodeConfig {
             rc_cluster: DEFAULT_RC_CLUSTER.into(),
             rc_id: String::new(),
             colony_secret: String::new(),
+            operators: Vec::new(),
             heartbeat_period: HumanDuration::from_millis(100),
             lease: HumanDuration::from_secs(1),
             control_threads: 1,
@@ -208,6 +212,7 @@ impl NodeConfig {
             }
         }
         check_secret(&self.colony_secret, self.dev)?;
+        crate::common::config::check_operators(&self.operators)?;
         check_period("heartbeat_period", self.heartbeat_period.0)?;
         if self.lease.0 < self.heartbeat_period.0 * 3 {
             return Err(invalid(

@@ -124,6 +124,8 @@ pub struct NodeCore {
     offer: Mutex<Option<(u64, crate::common::seal::KeyOffer)>>,
     /// The RC this node trusts (`rc_id`), if configured.
     rc_pin: Option<NodeId>,
+    /// Who may call what on the client API (its RC is trusted once joined).
+    pub access: crate::common::access::Access,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -150,6 +152,12 @@ impl NodeCore {
         );
         // Validated by the config (empty: not pinned).
         let rc_pin = NodeId::parse(&cfg.rc_id).ok();
+        let mut operators = vec![identity.id()];
+        operators.extend(crate::common::access::parse_operators(&cfg.operators));
+        let access = crate::common::access::Access::new(operators, vec![]);
+        if let Some(rc) = &rc_pin {
+            access.trust_rc(rc.clone());
+        }
         NodeCore {
             cfg,
             identity,
@@ -180,6 +188,7 @@ impl NodeCore {
             link: Mutex::new(None),
             offer: Mutex::new(None),
             rc_pin,
+            access,
         }
     }
 
@@ -626,6 +635,7 @@ impl NodeCore {
             } => match refused {
                 None => {
                     tracing::info!(rc = %rc, rc_api = %rc_api, "joined colony");
+                    self.access.trust_rc(rc.clone());
                     *lock(&self.rc_api) = Some(rc_api);
                     if let Some(m) = self.mobility() {
                         m.set_rc(&rc);

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use opengrid_actors::SessionError;
 use serde_json::{json, Value};
 
+use crate::common::access::Bearer;
 use crate::common::http::{
     count_status, handover_body, not_found_route, parse_manifest, parse_sid, ApiError,
 };
@@ -65,7 +66,11 @@ async fn rc_metrics(State(core): State<Arc<RcCore>>) -> Response {
         .into_response()
 }
 
-async fn rc_status(State(core): State<Arc<RcCore>>) -> Json<Value> {
+async fn rc_status(
+    State(core): State<Arc<RcCore>>,
+    bearer: Bearer,
+) -> Result<Json<Value>, ApiError> {
+    core.access.operator(&bearer, "GET /status")?;
     let mut v = serde_json::to_value(core.status()).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         let canopy = core
@@ -74,13 +79,14 @@ async fn rc_status(State(core): State<Arc<RcCore>>) -> Json<Value> {
             .unwrap_or_else(|| json!({"enabled": false}));
         m.insert("canopy".into(), canopy);
     }
-    Json(v)
+    Ok(Json(v))
 }
 
 #[tracing::instrument(skip_all)]
 async fn rc_create(
     State(core): State<Arc<RcCore>>,
     Query(q): Query<HashMap<String, String>>,
+    bearer: Bearer,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -90,6 +96,13 @@ async fn rc_create(
         Some(s) => Some(parse_sid(s)?),
         None => None,
     };
+    // A session id is not a key: re-creating a known session (to learn where it is, or to have
+    // an orphan restored) needs its capability.
+    if let Some(sid) = &sid {
+        if core.lookup(sid).is_some() {
+            core.access.session(&bearer, sid.as_str())?;
+        }
+    }
     match core.place(&m, sid.clone()).await {
         Ok(p) => Ok((
             StatusCode::CREATED,
@@ -169,8 +182,10 @@ async fn rc_probe(
 async fn rc_lookup(
     State(core): State<Arc<RcCore>>,
     Path(id): Path<String>,
+    bearer: Bearer,
 ) -> Result<Json<Value>, ApiError> {
     let sid = parse_sid(&id)?;
+    core.access.session(&bearer, sid.as_str())?;
     match core.lookup(&sid) {
         Some(e) => Ok(Json(serde_json::to_value(e).unwrap_or(Value::Null))),
         None => Err(ApiError::from(SessionError::NotFound { session: sid })),
@@ -180,12 +195,16 @@ async fn rc_lookup(
 async fn rc_redirect(
     State(core): State<Arc<RcCore>>,
     Path(id): Path<String>,
+    bearer: Bearer,
     req: Request,
 ) -> ApiError {
     let sid = match parse_sid(&id) {
         Ok(s) => s,
         Err(e) => return e,
     };
+    if let Err(e) = core.access.session(&bearer, sid.as_str()) {
+        return e;
+    }
     match core.lookup(&sid) {
         Some(e) if e.state != DirState::Orphaned => {
             let path = req.uri().path().to_string();
@@ -208,10 +227,12 @@ async fn rc_redirect(
 async fn rc_handover(
     State(core): State<Arc<RcCore>>,
     Path(id): Path<String>,
+    bearer: Bearer,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body?;
     let sid = parse_sid(&id)?;
+    core.access.operator(&bearer, "handover")?;
     let b = handover_body(&body)?;
     match core.request_handover(&sid, b.target) {
         Ok(holder) => Ok((

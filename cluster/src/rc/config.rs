@@ -38,6 +38,11 @@ pub struct RcConfig {
     pub cluster_listen: SocketAddr,
     /// The colony secret (ractor_cluster cookie). `OPENGRID_COLONY_SECRET`.
     pub colony_secret: String,
+    /// Operator keys (DIDs) besides the RC's own: their tokens (`opengrid token operator`) open
+    /// status, the dashboard's data, handover and every session (ADR 0026).
+    pub operators: Vec<String>,
+    /// How long a session capability returned by `POST /sessions` stays valid.
+    pub capability_ttl: HumanDuration,
     /// Expected heartbeat period of nodes (seeds the failure detector).
     pub heartbeat_period: HumanDuration,
     /// Lease granted per heartbeat.
@@ -87,6 +92,8 @@ impl Default for RcConfig {
             api_listen: DEFAULT_RC_API.parse().expect("literal"),
             cluster_listen: DEFAULT_RC_CLUSTER.parse().expect("literal"),
             colony_secret: String::new(),
+            operators: Vec::new(),
+            capability_ttl: HumanDuration::from_secs(30 * 24 * 3600),
             heartbeat_period: HumanDuration::from_millis(100),
             lease: HumanDuration::from_secs(1),
             lease_grace: 1.5,
@@ -141,6 +148,10 @@ impl RcConfig {
             return Err(invalid("colony", "must be an identifier"));
         }
         check_secret(&self.colony_secret, self.dev)?;
+        crate::common::config::check_operators(&self.operators)?;
+        if self.capability_ttl.0 < Duration::from_secs(60) {
+            return Err(invalid("capability_ttl", "must be at least 1 minute"));
+        }
         check_period("heartbeat_period", self.heartbeat_period.0)?;
         if self.lease.0 < self.heartbeat_period.0 * 3 {
             return Err(invalid("lease", "must be at least 3 heartbeat periods"));

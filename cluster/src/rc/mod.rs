@@ -227,6 +227,9 @@ pub struct Placement {
     pub address: String,
     /// Epoch.
     pub epoch: Epoch,
+    /// The session's capability (a token signed by this RC): inputs, info, streaming and close
+    /// need it (ADR 0026).
+    pub capability: Option<String>,
 }
 
 /// The RC's shared state.
@@ -252,6 +255,8 @@ pub struct RcCore {
     links: Mutex<HashMap<NodeId, crate::common::seal::Link>>,
     /// Refused control messages, logged at most every 10 s.
     refused_log: Throttle,
+    /// Who may call what on the client API.
+    pub access: crate::common::access::Access,
 }
 
 impl std::fmt::Debug for RcCore {
@@ -275,6 +280,9 @@ impl RcCore {
     /// A new RC core.
     pub fn new(cfg: RcConfig, identity: Identity) -> Self {
         let settlement = crate::rc::settlement::Settler::new(&cfg.settlement, &identity);
+        let mut operators = vec![identity.id()];
+        operators.extend(crate::common::access::parse_operators(&cfg.operators));
+        let access = crate::common::access::Access::new(operators, vec![identity.id()]);
         RcCore {
             cfg,
             identity,
@@ -294,7 +302,23 @@ impl RcCore {
             events: Default::default(),
             links: Mutex::new(HashMap::new()),
             refused_log: Throttle::new(Duration::from_secs(10)),
+            access,
         }
+    }
+
+    /// An operator token signed by this RC's own key, valid for `valid` (for an embedding
+    /// application or test acting as the colony's operator; `None`, logged, if signing failed).
+    pub fn operator_token(&self, valid: Duration) -> Option<String> {
+        crate::common::token::mint_operator(&self.identity, valid)
+            .inspect_err(|e| tracing::error!(error = %e, "operator token not minted"))
+            .ok()
+    }
+
+    /// A fresh capability of `session`, signed by this RC (`None`, logged, if signing failed).
+    pub fn capability(&self, session: &SessionId) -> Option<String> {
+        crate::common::token::mint_session(&self.identity, session.as_str(), self.cfg.capability_ttl.0)
+            .inspect_err(|e| tracing::error!(%session, error = %e, "capability not minted"))
+            .ok()
     }
 
     /// The RC's id.
@@ -457,12 +481,14 @@ impl RcCore {
                     node: name.clone(),
                     epoch: epoch.0,
                 });
+                let capability = self.capability(&sid);
                 Ok(Placement {
                     session_id: sid,
                     node,
                     node_name: name,
                     address: api,
                     epoch,
+                    capability,
                 })
             }
             Err(reason) => {

@@ -3,7 +3,10 @@
 //! ledger view (`GET /ui/ledger`). The page reads `/status` and `/health` like any client.
 //!
 //! The dashboard is read-only: it shows the colony and offers no actions (drain and handover stay
-//! with `opengrid drain` and the API until operator credentials exist).
+//! with `opengrid drain` and the API). Its data (`/status`, `/ui/events`, `/ui/ledger`) needs an
+//! operator token (ADR 0026): the page asks for one (`opengrid token operator`), keeps it in the
+//! tab's session storage, and sends it as a bearer header (`?access_token=` for the event stream,
+//! which a browser cannot give headers).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,6 +22,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::common::access::Bearer;
 use crate::common::http::ApiError;
 use crate::common::ui::asset;
 use crate::rc::events::{Stamped, Subscription};
@@ -47,11 +51,12 @@ async fn file(Path(name): Path<String>) -> Response {
     }
 }
 
-async fn ledger(State(core): State<Arc<RcCore>>) -> Json<Value> {
-    Json(match core.settlement() {
+async fn ledger(State(core): State<Arc<RcCore>>, bearer: Bearer) -> Result<Json<Value>, ApiError> {
+    core.access.operator(&bearer, "GET /ui/ledger")?;
+    Ok(Json(match core.settlement() {
         Some(s) => s.ledger_view(LEDGER_WITHIN).await,
         None => json!({"enabled": false}),
-    })
+    }))
 }
 
 fn sse_event(e: &Stamped) -> Event {
@@ -74,7 +79,12 @@ struct Stream {
 
 /// `GET /ui/events`: server-sent events, resuming after `Last-Event-ID` when the browser
 /// reconnects; `resync` when events were missed (reload `/status`).
-async fn events(State(core): State<Arc<RcCore>>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn events(
+    State(core): State<Arc<RcCore>>,
+    bearer: Bearer,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    core.access.operator(&bearer, "GET /ui/events")?;
     let after = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(

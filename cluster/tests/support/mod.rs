@@ -89,3 +89,16 @@ pub fn node_config(
         ..NodeConfig::default()
     }
 }
+
+/// A client of `rc` acting as the colony's operator (a token signed by the RC's own key), so it
+/// may read `/status` and reach any session (ADR 0026).
+pub fn operator_client(rc: &RcHandle) -> opengrid_cluster::client::Client {
+    opengrid_cluster::client::Client::new(rc.api_url()).with_token(operator_token(rc))
+}
+
+/// An operator token of `rc` (signed by its own key, valid an hour).
+pub fn operator_token(rc: &RcHandle) -> String {
+    rc.core()
+        .operator_token(std::time::Duration::from_secs(3600))
+        .expect("operator token")
+}

@@ -152,11 +152,9 @@ fn terminate(pid: u32) {
     }
 }
 
-/// A free 127.0.0.1 port.
+/// A free 127.0.0.1 port ([`opengrid_cluster::common::serve::free_local_port`]).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(opengrid_cluster::common::serve::free_local_port()?)
 }
 
 async fn wait_for<F: Fn(&Value) -> bool>(
@@ -222,7 +220,11 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
     let jp_cluster = free_port()?;
     let canopy_port = free_port()?;
     let jp_secret = format!("demo-jp-{:016x}", rand::random::<u64>());
-    let de_did = Identity::load_or_create(&root.join("rc"))?.id().did();
+    let de_rc = Identity::load_or_create(&root.join("rc"))?;
+    let de_did = de_rc.id().did();
+    // The demo's operator is the RC's own key: its token opens /status, handover and drain on the
+    // RC and on its nodes (ADR 0026).
+    let operator = opengrid_cluster::common::token::mint_operator(&de_rc, Duration::from_secs(3600))?;
     let jp_did = Identity::load_or_create(&root.join("rc-jp"))?.id().did();
     let rc_cfg = format!(
         "version = 1\ncolony = \"demo\"\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{rc_api}\"\ncluster_listen = \"127.0.0.1:{rc_cluster}\"\ncolony_secret = \"{secret}\"\n{}",
@@ -303,7 +305,7 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
             &root.join(format!("{name}.log")),
         )?;
     }
-    let client = Client::new(format!("http://127.0.0.1:{rc_api}"));
+    let client = Client::new(format!("http://127.0.0.1:{rc_api}")).with_token(operator.clone());
     let t = Instant::now();
     let status = wait_for(&client, "/status", Duration::from_secs(30), |v| {
         v.get("members")
@@ -385,6 +387,7 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
             "http://127.0.0.1:{rc_api}/sessions/{}/inputs",
             sessions[0].1.id
         ))
+        .bearer_auth(sessions[0].1.capability.clone().unwrap_or_default())
         .json(&json!({"seq": 99, "input": {"text": "hi"}}))
         .send()
         .await?;
@@ -410,6 +413,7 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
         let before = field(&s.info().await?, "last_seq");
         let r: Value = reqwest::Client::new()
             .post(format!("{from}/sessions/{}/handover", s.id))
+            .bearer_auth(&operator)
             .send()
             .await?
             .json()
@@ -516,7 +520,7 @@ async fn demo_route_across(client: &Client, rc_api: u16) -> anyhow::Result<Sessi
     );
     let id = field(&body, "session_id");
     // The session's home is now demo-jp's RC; the client follows its `moved` to the node.
-    let mut s = Client::new(field(&body, "rc_api")).attach(&id, 1);
+    let mut s = Client::new(field(&body, "rc_api")).attach(&id, body["capability"].as_str(), 1);
     let mut question = String::new();
     for turn in 0..2 {
         let text = if turn == 0 {

@@ -85,6 +85,9 @@ pub enum Outcome {
         address: String,
         /// Epoch.
         epoch: u64,
+        /// The session's capability, signed by the placing RC (ADR 0026).
+        #[serde(default)]
+        capability: Option<String>,
     },
     /// Not placed.
     Refused {

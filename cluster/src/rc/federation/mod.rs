@@ -137,6 +137,8 @@ pub struct RemotePlacement {
     pub address: String,
     /// Epoch.
     pub epoch: u64,
+    /// The session's capability, signed by the placing (remote) RC, whose nodes honour it.
+    pub capability: Option<String>,
     /// The colony that placed it.
     pub colony: String,
     /// Its region.

@@ -196,6 +196,7 @@ async fn place_for_remote(core: &RcCore, fed: &Federation, req: &AdmissionReques
             node_name: p.node_name,
             address: p.address,
             epoch: p.epoch.0,
+            capability: p.capability,
         },
         Err(PlaceError::Unsatisfiable { why }) => refuse(
             "unsatisfiable",

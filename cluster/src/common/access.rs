@@ -1,0 +1,225 @@
+//! Who may call what on the client APIs of the RC and the nodes (ADR 0026).
+//!
+//! A request proves its right with a bearer token ([`crate::common::token`]), in an
+//! `Authorization: Bearer …` header or, where a client cannot set headers (a browser's
+//! `EventSource` or WebSocket), an `access_token` query parameter:
+//! - a **session capability**, returned by `POST /sessions`, opens that one session: its inputs,
+//!   info, WebSocket, close, and re-creating it by id;
+//! - an **operator token** opens everything: status, listings, dashboard data, drain, handover,
+//!   and any session.
+//!
+//! | who | RC | node |
+//! |---|---|---|
+//! | anyone | `GET /health`, `GET /metrics`, `POST /sessions` (new id), `POST /admission/probe`, dashboard assets | `GET /health`, `GET /metrics`, dashboard assets |
+//! | holder of the session's capability | lookup, redirects, re-create by id | info, inputs, WebSocket, close |
+//! | operator | + `GET /status`, `/ui/events`, `/ui/ledger`, handover | + `GET /sessions`, handover, drain |
+//!
+//! Operators of an RC: its own key and its `operators`; of a node: its own key, its RC's, and
+//! its `operators`. Capabilities are honoured when signed by the RC (on a node: the RC it joined,
+//! or the pinned `rc_id`). A missing token is `401 unauthenticated`; a bad, expired or foreign one
+//! `401 invalid_token`; a valid one that does not open the resource `403 forbidden`.
+
+use std::sync::RwLock;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+
+use crate::common::http::ApiError;
+use crate::common::identity::NodeId;
+use crate::common::token::{self, TokenError};
+
+/// Name of the query parameter carrying a token.
+pub const QUERY_PARAM: &str = "access_token";
+
+/// The bearer token of a request, if it has one (header first, then `?access_token=`).
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let from_header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(|t| t.trim().to_string());
+        let from_query = || {
+            parts.uri.query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == QUERY_PARAM)
+                    .map(|(_, v)| v.into_owned())
+            })
+        };
+        Ok(Bearer(from_header.or_else(from_query)))
+    }
+}
+
+/// Who a request was let in as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// An operator (its DID).
+    Operator(String),
+    /// The holder of one session's capability (the session id).
+    Holder(String),
+}
+
+/// The keys one process honours.
+#[derive(Debug)]
+pub struct Access {
+    operators: RwLock<Vec<NodeId>>,
+    issuers: RwLock<Vec<NodeId>>,
+}
+
+fn unauthenticated(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        format!("{what} needs a bearer token (Authorization: Bearer …)"),
+    )
+}
+
+fn invalid(e: TokenError) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string())
+}
+
+fn push_unique(v: &RwLock<Vec<NodeId>>, id: NodeId) {
+    let mut v = v.write().unwrap_or_else(|p| p.into_inner());
+    if !v.contains(&id) {
+        v.push(id);
+    }
+}
+
+impl Access {
+    /// Operators `operators` (the process's own key first); capabilities signed by `issuers`.
+    pub fn new(operators: Vec<NodeId>, issuers: Vec<NodeId>) -> Self {
+        Access {
+            operators: RwLock::new(operators),
+            issuers: RwLock::new(issuers),
+        }
+    }
+
+    /// Also honours `rc`: its capabilities, and it as an operator (a node, once joined).
+    pub fn trust_rc(&self, rc: NodeId) {
+        push_unique(&self.issuers, rc.clone());
+        push_unique(&self.operators, rc);
+    }
+
+    fn operators(&self) -> Vec<NodeId> {
+        self.operators
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn issuers(&self) -> Vec<NodeId> {
+        self.issuers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Lets in an operator only; `what` names the resource in the error.
+    pub fn operator(&self, bearer: &Bearer, what: &str) -> Result<Caller, ApiError> {
+        let t = bearer.0.as_deref().ok_or_else(|| unauthenticated(what))?;
+        match token::verify_operator(t, &self.operators()) {
+            Ok(c) => Ok(Caller::Operator(c.iss)),
+            // A capability is a valid token, just not one that opens this.
+            Err(_) if token::verify_session_any(t, &self.issuers()).is_ok() => {
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("{what} is for operators; a session capability does not open it"),
+                ))
+            }
+            Err(e) => Err(invalid(e)),
+        }
+    }
+
+    /// Lets in the holder of `session`'s capability, or an operator.
+    pub fn session(&self, bearer: &Bearer, session: &str) -> Result<Caller, ApiError> {
+        let what = format!("session {session}");
+        let t = bearer.0.as_deref().ok_or_else(|| unauthenticated(&what))?;
+        match token::verify_session(t, &self.issuers(), session) {
+            Ok(_) => Ok(Caller::Holder(session.to_string())),
+            Err(TokenError::OtherSession(other)) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("the capability is for session {other}, not {session}"),
+            )),
+            Err(e) => match token::verify_operator(t, &self.operators()) {
+                Ok(c) => Ok(Caller::Operator(c.iss)),
+                Err(_) => Err(invalid(e)),
+            },
+        }
+    }
+}
+
+/// Parses configured operator DIDs (validated by the config).
+pub fn parse_operators(dids: &[String]) -> Vec<NodeId> {
+    dids.iter().filter_map(|d| NodeId::parse(d).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::common::identity::Identity;
+
+    fn bearer(t: &str) -> Bearer {
+        Bearer(Some(t.to_string()))
+    }
+
+    #[test]
+    fn capabilities_open_their_session_and_operators_open_everything() {
+        let (rc, op, stranger) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let a = Access::new(vec![rc.id(), op.id()], vec![rc.id()]);
+        let cap = token::mint_session(&rc, "s1", Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            a.session(&bearer(&cap), "s1").unwrap(),
+            Caller::Holder("s1".into())
+        );
+        let e = a.session(&bearer(&cap), "s2").unwrap_err();
+        assert_eq!((e.status, &e.body["code"]), (StatusCode::FORBIDDEN, &"forbidden".into()));
+        let e = a.operator(&bearer(&cap), "status").unwrap_err();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        let ot = token::mint_operator(&op, Duration::from_secs(60)).unwrap();
+        assert!(matches!(a.operator(&bearer(&ot), "status"), Ok(Caller::Operator(_))));
+        assert!(matches!(a.session(&bearer(&ot), "s9"), Ok(Caller::Operator(_))));
+        // A stranger's own tokens, and no token at all.
+        let forged = token::mint_session(&stranger, "s1", Duration::from_secs(60)).unwrap();
+        let e = a.session(&bearer(&forged), "s1").unwrap_err();
+        assert_eq!((e.status, &e.body["code"]), (StatusCode::UNAUTHORIZED, &"invalid_token".into()));
+        let self_made = token::mint_operator(&stranger, Duration::from_secs(60)).unwrap();
+        assert_eq!(a.operator(&bearer(&self_made), "status").unwrap_err().status, StatusCode::UNAUTHORIZED);
+        let e = a.operator(&Bearer(None), "status").unwrap_err();
+        assert_eq!((e.status, &e.body["code"]), (StatusCode::UNAUTHORIZED, &"unauthenticated".into()));
+        assert_eq!(a.session(&bearer("garbage"), "s1").unwrap_err().status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn a_node_honours_its_rc_once_it_trusts_it() {
+        let (node, rc) = (Identity::generate(), Identity::generate());
+        let a = Access::new(vec![node.id()], vec![]);
+        let cap = token::mint_session(&rc, "s1", Duration::from_secs(60)).unwrap();
+        let rc_op = token::mint_operator(&rc, Duration::from_secs(60)).unwrap();
+        assert!(a.session(&bearer(&cap), "s1").is_err());
+        assert!(a.operator(&bearer(&rc_op), "drain").is_err());
+        a.trust_rc(rc.id());
+        a.trust_rc(rc.id());
+        assert!(a.session(&bearer(&cap), "s1").is_ok());
+        assert!(a.operator(&bearer(&rc_op), "drain").is_ok());
+        let own = token::mint_operator(&node, Duration::from_secs(60)).unwrap();
+        assert!(a.operator(&bearer(&own), "drain").is_ok());
+    }
+}
