@@ -79,7 +79,7 @@ fi
 cat "$work/quickstart.out" >&2
 
 og="$root/bin/opengrid"
-status="$("$og" status --rc http://127.0.0.1:7600 --json)"
+status="$("$og" status --rc http://127.0.0.1:7600 --key "$root/colony/rc" --json)"
 alive="$(jq '[.members[] | select(.state == "alive")] | length' <<<"$status")"
 [ "$alive" = 3 ] || { say "expected 3 alive members, the RC reports $alive: $status"; exit 1; }
 session="$(jq -r .session_id "$root/colony/session.json")"
@@ -88,7 +88,8 @@ jq -e --arg s "$session" '[.sessions[] | select(.session_id == $s)] | length == 
   || { say "session $session is not in the RC's directory: $status"; exit 1; }
 grep -q '"output":5' "$work/quickstart.out" \
   || { say "the block's input got no answer with output 5"; exit 1; }
-reply="$(curl -sS --fail-with-body -X POST "$node/sessions/$session/inputs" \
+cap="$(jq -r .capability "$root/colony/session.json")"
+reply="$(curl -sS --fail-with-body -X POST "$node/sessions/$session/inputs" -H "authorization: Bearer $cap" \
   -H 'content-type: application/json' -d '{"seq": 2, "input": 7}')"
 [ "$(jq '.output' <<<"$reply")" = 12 ] \
   || { say "the second input should total 12: $reply"; exit 1; }

@@ -133,11 +133,12 @@ impl Colony {
         let mut c = Colony {
             rc_api: format!("http://127.0.0.1:{api}"),
             rc_cluster: cluster,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .map_err(failed)?,
+            // The bench acts as the colony's operator (the RC's own key).
+            http: opengrid_cluster::common::token::operator_http(
+                &launcher.data_dir("rc")?,
+                Duration::from_secs(30),
+            )
+            .map_err(failed)?,
             launcher,
             bin,
             fsync: !args.no_fsync,
@@ -194,6 +195,13 @@ impl Colony {
 
     fn client(&self) -> Client {
         let mut c = Client::new(self.rc_api.clone());
+        // As the colony's operator (the RC's own key): lookups of any session.
+        if let Some(t) = self.launcher.data_dir("rc").ok().and_then(|d| {
+            opengrid_cluster::common::token::operator_token_from_dir(&d, Duration::from_secs(3600))
+                .ok()
+        }) {
+            c = c.with_token(t);
+        }
         c.retry_for = Duration::from_secs(60);
         c
     }

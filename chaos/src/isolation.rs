@@ -137,6 +137,8 @@ struct Colony {
     launcher: Launcher,
     rc_api: String,
     node_api: String,
+    /// The operator's HTTP client.
+    http: reqwest::Client,
 }
 
 fn write(path: &Path, text: &str) -> Result<(), BenchError> {
@@ -157,11 +159,7 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
 }
 
 /// Starts the RC and the node, waits until the node is an alive member.
-async fn start_colony(
-    cfg: &IsolationConfig,
-    http: &reqwest::Client,
-    progress: &Progress,
-) -> Result<Colony, BenchError> {
+async fn start_colony(cfg: &IsolationConfig, progress: &Progress) -> Result<Colony, BenchError> {
     let bin = find_binary("opengrid")?;
     let models = env_dir("OPENGRID_MODELS")?;
     env_dir("ORT_DYLIB_PATH")?;
@@ -172,6 +170,14 @@ async fn start_colony(
         )));
     }
     let mut launcher = Launcher::new()?;
+    // The bench acts as the colony's operator (the RC's own key, made before it starts): its
+    // token opens /status and every session.
+    let http = opengrid_cluster::common::token::operator_http(
+        &launcher.data_dir("rc")?,
+        Duration::from_secs(30),
+    )
+    .map_err(failed)?;
+    let http = &http;
     let (rc_api, rc_cluster, node_api) = (free_port()?, free_port()?, free_port()?);
     let rc_cfg = launcher.root().join("rc.toml");
     write(
@@ -238,6 +244,7 @@ async fn start_colony(
         launcher,
         rc_api,
         node_api,
+        http: http.clone(),
     })
 }
 
@@ -330,8 +337,8 @@ pub async fn isolation(
     cfg: &IsolationConfig,
     progress: &Progress,
 ) -> Result<Vec<IsolationResult>, BenchError> {
-    let http = reqwest::Client::new();
-    let colony = start_colony(cfg, &http, progress).await?;
+    let colony = start_colony(cfg, progress).await?;
+    let http = colony.http.clone();
     let (rc, node) = (colony.rc_api.clone(), colony.node_api.clone());
     let health0 = get_json(&http, &format!("{node}/health"))
         .await
@@ -392,7 +399,7 @@ pub async fn isolation(
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(LoadCounters::default());
     let load_deadline = Instant::now() + cfg.max_load;
-    let load_http = reqwest::Client::new();
+    let load_http = http.clone();
     let mut load = Vec::new();
     for i in 0..cfg.sessions {
         let (http, node, mlp, stop, c) = (

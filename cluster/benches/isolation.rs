@@ -136,13 +136,15 @@ fn main() {
         let mut load = Vec::new();
         for i in 0..(2 * handler_threads) {
             let r = http.post(format!("{}/sessions?session_id=spin-{i}", rc.api_url())).header("content-type", "application/toml").body(MANIFEST).send().await.unwrap();
-            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+            assert_eq!(r.status(), 201);
+            let placed: serde_json::Value = r.json().await.unwrap();
+            let cap = placed["capability"].as_str().unwrap_or_default().to_string();
             let (http, base, stop) = (http.clone(), node.api_url(), stop.clone());
             load.push(tokio::spawn(async move {
                 let mut seq = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     seq += 1;
-                    let _ = http.post(format!("{base}/sessions/spin-{i}/inputs")).json(&json!({"seq": seq, "input": 20})).send().await;
+                    let _ = http.post(format!("{base}/sessions/spin-{i}/inputs")).bearer_auth(&cap).json(&json!({"seq": seq, "input": 20})).send().await;
                 }
                 seq
             }));

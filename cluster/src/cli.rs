@@ -111,7 +111,12 @@ pub struct OperatorAuth {
     #[arg(long, env = "OPENGRID_OPERATOR_KEY_DIR")]
     pub key: Option<PathBuf>,
     /// An operator token instead of a key (`opengrid token operator`).
-    #[arg(long, env = "OPENGRID_TOKEN", hide_env_values = true, conflicts_with = "key")]
+    #[arg(
+        long,
+        env = "OPENGRID_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "key"
+    )]
     pub token: Option<String>,
 }
 
@@ -122,14 +127,10 @@ impl OperatorAuth {
             return Ok(Some(t.clone()));
         }
         match &self.key {
-            Some(dir) => {
-                let id = Identity::load_or_create(dir)
-                    .with_context(|| format!("operator key in {}", dir.display()))?;
-                Ok(Some(crate::common::token::mint_operator(
-                    &id,
-                    std::time::Duration::from_secs(600),
-                )?))
-            }
+            Some(dir) => Ok(Some(crate::common::token::operator_token_from_dir(
+                dir,
+                std::time::Duration::from_secs(600),
+            )?)),
             None => Ok(None),
         }
     }
@@ -409,7 +410,11 @@ async fn run(
                 anyhow::bail!(
                     "{status}: {}{}",
                     field(&v, "message"),
-                    if status.as_u16() == 401 { " (give --key <operator data dir> or --token)" } else { "" }
+                    if status.as_u16() == 401 {
+                        " (give --key <operator data dir> or --token)"
+                    } else {
+                        ""
+                    }
                 );
             }
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -422,11 +427,9 @@ async fn run(
         Cmd::Token {
             kind: TokenCmd::Operator { key, valid },
         } => {
-            let id = Identity::load_or_create(&key)
-                .with_context(|| format!("operator key in {}", key.display()))?;
             println!(
                 "{}",
-                crate::common::token::mint_operator(&id, valid.into())?
+                crate::common::token::operator_token_from_dir(&key, valid.into())?
             );
             Ok(())
         }

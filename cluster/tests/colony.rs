@@ -888,34 +888,224 @@ async fn the_client_api_lets_in_capabilities_for_their_session_and_operators_for
     let ida = a.id.clone();
     let input = json!({"seq": 2, "input": "theirs"}).to_string();
     // (method, url, body, token, status, code)
-    let cases: Vec<(&str, String, Option<String>, Option<&str>, u16, &str)> = vec![
-        ("GET", format!("{rcu}/status"), None, None, 401, "unauthenticated"),
-        ("GET", format!("{rcu}/status"), None, Some(&cap_a), 403, "forbidden"),
-        ("GET", format!("{rcu}/status"), None, Some(&self_made_op), 401, "invalid_token"),
-        ("GET", format!("{rcu}/status"), None, Some("not.a.token"), 401, "invalid_token"),
-        ("GET", format!("{rcu}/ui/events"), None, None, 401, "unauthenticated"),
-        ("GET", format!("{rcu}/ui/ledger"), None, Some(&cap_a), 403, "forbidden"),
-        ("GET", format!("{rcu}/sessions/{ida}"), None, None, 401, "unauthenticated"),
-        ("GET", format!("{rcu}/sessions/{ida}"), None, Some(&cap_b), 403, "forbidden"),
-        ("POST", format!("{rcu}/sessions/{ida}/inputs"), Some(input.clone()), Some(&forged_cap), 401, "invalid_token"),
-        ("POST", format!("{rcu}/sessions/{ida}/handover"), Some("{}".into()), Some(&cap_a), 403, "forbidden"),
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<String>,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            format!("{rcu}/status"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            format!("{rcu}/status"),
+            None,
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        (
+            "GET",
+            format!("{rcu}/status"),
+            None,
+            Some(&self_made_op),
+            401,
+            "invalid_token",
+        ),
+        (
+            "GET",
+            format!("{rcu}/status"),
+            None,
+            Some("not.a.token"),
+            401,
+            "invalid_token",
+        ),
+        (
+            "GET",
+            format!("{rcu}/ui/events"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            format!("{rcu}/ui/ledger"),
+            None,
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        (
+            "GET",
+            format!("{rcu}/sessions/{ida}"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            format!("{rcu}/sessions/{ida}"),
+            None,
+            Some(&cap_b),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{rcu}/sessions/{ida}/inputs"),
+            Some(input.clone()),
+            Some(&forged_cap),
+            401,
+            "invalid_token",
+        ),
+        (
+            "POST",
+            format!("{rcu}/sessions/{ida}/handover"),
+            Some("{}".into()),
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
         // Re-creating a known id: no location for a stranger.
-        ("POST", format!("{rcu}/sessions?session_id={ida}"), Some(manifest("echo", &["DE"], "none", "")), None, 401, "unauthenticated"),
-        ("POST", format!("{rcu}/sessions?session_id={ida}"), Some(manifest("echo", &["DE"], "none", "")), Some(&cap_b), 403, "forbidden"),
-        ("POST", format!("{n}/sessions/{ida}/inputs"), Some(input.clone()), None, 401, "unauthenticated"),
-        ("POST", format!("{n}/sessions/{ida}/inputs"), Some(input.clone()), Some(&cap_b), 403, "forbidden"),
-        ("POST", format!("{n}/sessions/{ida}/inputs"), Some(input.clone()), Some(&tampered), 401, "invalid_token"),
-        ("POST", format!("{n}/sessions/{ida}/inputs"), Some(input.clone()), Some(&forged_cap), 401, "invalid_token"),
-        ("GET", format!("{n}/sessions/{ida}"), None, Some(&cap_b), 403, "forbidden"),
-        ("GET", format!("{n}/sessions/{ida}/ws"), None, None, 401, "unauthenticated"),
-        ("DELETE", format!("{n}/sessions/{ida}"), None, Some(&cap_b), 403, "forbidden"),
-        ("DELETE", format!("{n}/sessions/{ida}"), None, Some(&self_made_op), 401, "invalid_token"),
-        ("GET", format!("{n}/sessions"), None, None, 401, "unauthenticated"),
-        ("GET", format!("{n}/sessions"), None, Some(&cap_a), 403, "forbidden"),
-        ("POST", format!("{n}/sessions/{ida}/handover"), Some("{}".into()), Some(&cap_a), 403, "forbidden"),
-        ("POST", format!("{n}/drain"), None, None, 401, "unauthenticated"),
-        ("POST", format!("{n}/drain"), None, Some(&cap_a), 403, "forbidden"),
-        ("POST", format!("{n}/drain"), None, Some(&self_made_op), 401, "invalid_token"),
+        (
+            "POST",
+            format!("{rcu}/sessions?session_id={ida}"),
+            Some(manifest("echo", &["DE"], "none", "")),
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "POST",
+            format!("{rcu}/sessions?session_id={ida}"),
+            Some(manifest("echo", &["DE"], "none", "")),
+            Some(&cap_b),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/{ida}/inputs"),
+            Some(input.clone()),
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/{ida}/inputs"),
+            Some(input.clone()),
+            Some(&cap_b),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/{ida}/inputs"),
+            Some(input.clone()),
+            Some(&tampered),
+            401,
+            "invalid_token",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/{ida}/inputs"),
+            Some(input.clone()),
+            Some(&forged_cap),
+            401,
+            "invalid_token",
+        ),
+        (
+            "GET",
+            format!("{n}/sessions/{ida}"),
+            None,
+            Some(&cap_b),
+            403,
+            "forbidden",
+        ),
+        (
+            "GET",
+            format!("{n}/sessions/{ida}/ws"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "DELETE",
+            format!("{n}/sessions/{ida}"),
+            None,
+            Some(&cap_b),
+            403,
+            "forbidden",
+        ),
+        (
+            "DELETE",
+            format!("{n}/sessions/{ida}"),
+            None,
+            Some(&self_made_op),
+            401,
+            "invalid_token",
+        ),
+        (
+            "GET",
+            format!("{n}/sessions"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            format!("{n}/sessions"),
+            None,
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/{ida}/handover"),
+            Some("{}".into()),
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{n}/drain"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "POST",
+            format!("{n}/drain"),
+            None,
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{n}/drain"),
+            None,
+            Some(&self_made_op),
+            401,
+            "invalid_token",
+        ),
     ];
     for (method, url, body, tok, status, code) in &cases {
         let mut req = match *method {
@@ -927,7 +1117,9 @@ async fn the_client_api_lets_in_capabilities_for_their_session_and_operators_for
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/toml").body(b.clone());
+            req = req
+                .header("content-type", "application/toml")
+                .body(b.clone());
         }
         let r = req.send().await.unwrap();
         let got = r.status().as_u16();
@@ -935,14 +1127,22 @@ async fn the_client_api_lets_in_capabilities_for_their_session_and_operators_for
         assert_eq!(got, *status, "{method} {url} with {tok:?}: {text}");
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["code"], *code, "{method} {url}: {text}");
-        assert!(!text.contains(&n) || url.starts_with(&n), "location leaked: {text}");
+        assert!(
+            !text.contains(&n) || url.starts_with(&n),
+            "location leaked: {text}"
+        );
     }
     // Nothing changed: A holds exactly its own input, B none, the node is not draining, and the
     // rightful tokens open what they should.
     let info = a.info().await.unwrap();
     assert_eq!(info["last_seq"], 1, "{info}");
     assert_eq!(b.info().await.unwrap()["last_seq"], 0);
-    let h: Value = reqwest::get(format!("{n}/health")).await.unwrap().json().await.unwrap();
+    let h: Value = reqwest::get(format!("{n}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(h["draining"], false, "{h}");
     for (url, tok) in [
         (format!("{rcu}/status"), &op),
@@ -957,7 +1157,10 @@ async fn the_client_api_lets_in_capabilities_for_their_session_and_operators_for
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), 200, "{url}");
     }
-    assert_eq!(a.send(json!("still mine")).await.unwrap()["output"]["turn"], 2);
+    assert_eq!(
+        a.send(json!("still mine")).await.unwrap()["output"]["turn"],
+        2
+    );
     a.close().await.unwrap();
     node.shutdown().await;
     rc.shutdown().await;

@@ -23,9 +23,56 @@ export function fillTable(table, rows) {
   body.replaceChildren(...rows);
 }
 
-/** Fetches JSON; throws an Error naming the URL and status on failure. */
+// ---- operator sign-in (ADR 0026) --------------------------------------------------------------
+// The dashboard's data needs an operator token (`opengrid token operator --key <data dir>`). It is
+// given once, as `#token=…` in the URL or in the sign-in box, and kept in this tab's session
+// storage only; the URL fragment is removed at once (it never reaches a server or a log).
+const TOKEN_KEY = 'opengrid-operator-token';
+(function takeTokenFromFragment() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+})();
+
+/** The operator token of this tab, or ''. */
+export function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || '';
+}
+
+/** `url` with the token as `access_token` (for EventSource, which cannot send headers). */
+export function withToken(url) {
+  const t = token();
+  return t ? `${url}${url.includes('?') ? '&' : '?'}access_token=${encodeURIComponent(t)}` : url;
+}
+
+/** Shows the sign-in box (once): paste a token, kept for this tab. */
+export function signIn(why) {
+  if (document.getElementById('signin')) return;
+  const input = el('input', {type: 'password', id: 'signin-token', autocomplete: 'off',
+    placeholder: 'operator token', 'aria-label': 'operator token'});
+  const form = el('form', {id: 'signin', class: 'warn'},
+    el('p', {}, why, ' Paste an operator token (', el('code', {}, 'opengrid token operator --key <data dir>'), '):'),
+    input, el('button', {type: 'submit'}, 'Sign in'));
+  form.addEventListener('submit', e => {
+    e.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    location.reload();
+  });
+  document.querySelector('main').prepend(form);
+}
+
+/** Fetches JSON with the operator token; throws an Error naming the URL and status on failure
+ * (and asks to sign in on 401). */
 export async function getJson(url) {
-  const r = await fetch(url, {cache: 'no-store', headers: {accept: 'application/json'}});
+  const headers = {accept: 'application/json'};
+  if (token()) headers.authorization = `Bearer ${token()}`;
+  const r = await fetch(url, {cache: 'no-store', headers});
+  if (r.status === 401) {
+    signIn(token() ? 'The operator token was refused (expired, or not an operator of this process).'
+      : 'This dashboard needs an operator token.');
+  }
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
   return r.json();
 }

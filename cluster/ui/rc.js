@@ -1,6 +1,6 @@
 // The colony dashboard: /status (members, directory, canopy) polled and refreshed on every
 // live event from /ui/events (server-sent events), /ui/ledger while the ledger tab is open.
-import {el, fillTable, getJson, age, bytes, micros, short, phi, badge, updatedClock, showError} from './common.js';
+import {el, fillTable, getJson, withToken, age, bytes, micros, short, phi, badge, updatedClock, showError} from './common.js';
 
 const MAX_EVENTS = 300;
 const POLL_MS = 2000;
@@ -180,7 +180,7 @@ function soon() {
 
 function connect() {
   const live = document.getElementById('live');
-  const src = new EventSource('/ui/events');
+  const src = new EventSource(withToken('/ui/events'));
   src.onopen = () => { live.textContent = 'live'; live.className = 'badge on'; document.body.dataset.sse = 'open'; };
   src.onmessage = m => {
     let e;

@@ -64,6 +64,12 @@ struct Colony {
 impl Colony {
     fn start() -> Colony {
         let dir = tempfile::tempdir().unwrap();
+        // The test acts as the colony's operator (the RC's own key, made before it starts).
+        let http = opengrid_cluster::common::token::operator_http(
+            &dir.path().join("rc-data"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let api = free_port();
         let cluster = free_port();
         let rc = spawn(
@@ -80,10 +86,7 @@ impl Colony {
             rc_cluster: cluster,
             procs: vec![rc],
             dir,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
+            http,
         }
     }
 

@@ -91,6 +91,12 @@ struct Colony {
 impl Colony {
     fn start() -> Colony {
         let dir = tempfile::tempdir().unwrap();
+        // The test acts as the colony's operator (the RC's own key, made before it starts).
+        let http = opengrid_cluster::common::token::operator_http(
+            &dir.path().join("rc-data"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let (api, cluster) = (free_port(), free_port());
         let rc = spawn(
             dir.path(),
@@ -106,7 +112,7 @@ impl Colony {
             rc_cluster: cluster,
             procs: vec![rc],
             dir,
-            http: reqwest::Client::new(),
+            http,
         }
     }
 

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opengrid_cluster::client::{Client, ClientError, Session};
+use opengrid_cluster::common::token::{operator_http, operator_token_from_dir};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_opengrid");
@@ -72,16 +73,14 @@ impl Colony {
             "version = 1\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{api}\"\ncluster_listen = \"127.0.0.1:{cluster}\"\ncolony_secret = \"{SECRET}\"\nplace_timeout = \"10s\"\n",
             dir.path().join("rc-data")
         );
+        let http = operator_http(&dir.path().join("rc-data"), Duration::from_secs(30)).unwrap();
         let mut c = Colony {
             rc_api: format!("http://127.0.0.1:{api}"),
             rc_cluster: cluster,
             procs: Vec::new(),
             dir,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            // The test acts as the colony's operator (the RC's own key, made before it starts).
+            http,
         };
         c.spawn("rc", "rc", cfg, &[]);
         c
@@ -203,8 +202,13 @@ impl Colony {
         }
     }
 
+    fn operator_token(&self) -> String {
+        operator_token_from_dir(&self.dir.path().join("rc-data"), Duration::from_secs(3600))
+            .unwrap()
+    }
+
     fn client(&self) -> Client {
-        let mut c = Client::new(self.rc_api.clone());
+        let mut c = Client::new(self.rc_api.clone()).with_token(self.operator_token());
         c.retry_for = Duration::from_secs(60);
         c
     }

@@ -51,11 +51,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(method: str, url: str, body=None, timeout=10.0):
+def http(method: str, url: str, body=None, timeout=10.0, token=None):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("content-type", "application/json")
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read() or b"null")
@@ -126,6 +128,9 @@ interval = "1s"
 """)
         self.spawn("rc", ["rc", "--config", str(rc)])
         wait_for("the RC's /health", lambda: http("GET", f"http://{self.rc_api}/health")[0] == 200, 60)
+        # The test is the colony's operator: a token signed by the RC's own key (ADR 0026).
+        self.token = subprocess.run([str(self.bin), "token", "operator", "--key", str(self.work / "rc"), "--valid", "1h"],
+                                    check=True, capture_output=True, text=True, timeout=60).stdout.strip()
         for name, api in self.nodes.items():
             cfg = self.config(name, f"""
 version = 1
@@ -155,7 +160,7 @@ window = "1s"
                 "--operator", f"{name}-op", *addr, *op)
 
     def status(self):
-        return http("GET", f"http://{self.rc_api}/status")[1]
+        return http("GET", f"http://{self.rc_api}/status", token=self.token)[1]
 
     def alive(self) -> int:
         return sum(1 for m in self.status()["members"] if m["state"] == "alive")
@@ -184,22 +189,24 @@ MANIFEST = {
 }
 
 
-def place_sessions(c: Colony) -> dict[str, int]:
-    """Places zero-loss counter sessions and sends each a few inputs; returns id -> total."""
-    totals = {}
+def place_sessions(c: Colony) -> tuple[dict[str, int], dict[str, str]]:
+    """Places zero-loss counter sessions and sends each a few inputs; returns id -> total and
+    id -> capability."""
+    totals, caps = {}, {}
     for i in range(SESSIONS):
         sid = f"browser-{i}"
         code, p = http("POST", f"http://{c.rc_api}/sessions?session_id={sid}", MANIFEST)
         if code != 201:
             raise Failure(f"placing {sid}: HTTP {code} {p}")
+        caps[sid] = p["capability"]
         total = 0
         for seq in range(1, 4):
-            code, r = http("POST", f"{p['address']}/sessions/{sid}/inputs", {"seq": seq, "input": seq})
+            code, r = http("POST", f"{p['address']}/sessions/{sid}/inputs", {"seq": seq, "input": seq}, token=caps[sid])
             if code != 200:
                 raise Failure(f"input {seq} to {sid}: HTTP {code} {r}")
             total += seq
         totals[sid] = total
-    return totals
+    return totals, caps
 
 
 class Browser:
@@ -262,13 +269,13 @@ def run(binary: Path, artifacts: Path) -> None:
     try:
         print("starting a ledger replica, an RC and 3 nodes")
         colony.start()
-        totals = place_sessions(colony)
+        totals, caps = place_sessions(colony)
         print(f"placed {len(totals)} zero-loss sessions")
         browser = Browser(shots)
         ui = f"http://{colony.rc_api}/ui"
 
         # Colony page: three node cards, alive, in their jurisdiction; the session count.
-        browser.open(ui)
+        browser.open(f"{ui}#token={colony.token}")
         wait_for("3 alive node cards", lambda: len(browser.css('.node[data-state="alive"]')) == 3, 10)
         check(len(browser.css('.jurisdiction[data-jurisdiction="DE"] .node')) == 3, "nodes grouped under DE")
         wait_for("the placements in the live feed",
@@ -309,7 +316,7 @@ def run(binary: Path, artifacts: Path) -> None:
         for s in st["sessions"]:
             holders[s["node_name"]] = holders.get(s["node_name"], 0) + 1
         victim = max(holders, key=holders.get)
-        browser.open(f"http://{colony.nodes[victim]}/ui")
+        browser.open(f"http://{colony.nodes[victim]}/ui#token={colony.token}")
         wait_for(f"{holders[victim]} session rows on {victim}'s page",
                  lambda: len(browser.css("#sessions tbody tr[data-session]")) == holders[victim], 10)
         check(browser.d.find_element(By.TAG_NAME, "body").get_attribute("data-membership") == "member", "node view: member")
@@ -351,8 +358,8 @@ def run(binary: Path, artifacts: Path) -> None:
 
         # Nothing acknowledged was lost: every session answers with its total + 1.
         for sid, total in totals.items():
-            loc = http("GET", f"http://{colony.rc_api}/sessions/{sid}")[1]
-            code, r = http("POST", f"{loc['address']}/sessions/{sid}/inputs", {"seq": 4, "input": 1})
+            loc = http("GET", f"http://{colony.rc_api}/sessions/{sid}", token=caps[sid])[1]
+            code, r = http("POST", f"{loc['address']}/sessions/{sid}/inputs", {"seq": 4, "input": 1}, token=caps[sid])
             check(code == 200 and r.get("output") == total + 1, f"{sid} after failover: HTTP {code} {r}, expected {total + 1}")
         print(f"all {len(totals)} sessions kept their state through the failover")
     finally:

@@ -94,11 +94,12 @@ impl Colony {
         let mut colony = Colony {
             rc_name: rc.name.clone(),
             rc_api: format!("http://127.0.0.1:{rc_api_port}"),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| e.to_string())?,
+            // The harness acts as the colony's operator (the RC's own key).
+            http: opengrid_cluster::common::token::operator_http(
+                &launcher.data_dir(&rc.name).map_err(le)?,
+                Duration::from_secs(5),
+            )
+            .map_err(|e| e.to_string())?,
             fuzz_ports: ledgers
                 .iter()
                 .filter_map(|(name, addr)| {

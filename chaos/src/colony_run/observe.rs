@@ -158,11 +158,8 @@ async fn poll_loop(
     stop: Arc<AtomicBool>,
     t0: Instant,
 ) {
-    let probe = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap_or_default();
+    // The colony's operator client (its token opens every session), each probe bounded to 500 ms.
+    let probe = http.clone();
     // Bounded: at most one poll per period for a day.
     for _ in 0..(24 * 3600 * 1000 / POLL.as_millis() as u64) {
         if stop.load(Ordering::Acquire) {
@@ -230,7 +227,11 @@ async fn poll_loop(
         };
         for (node, api) in &targets {
             for id in &ids {
-                let r = probe.get(format!("{api}/sessions/{id}")).send().await;
+                let r = probe
+                    .get(format!("{api}/sessions/{id}"))
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .await;
                 let t = ms_since(t0);
                 let epoch = match r {
                     Ok(r) if r.status().as_u16() == 200 => Some(

@@ -106,7 +106,7 @@ impl Access {
 
     /// Also honours `rc`: its capabilities, and it as an operator (a node, once joined).
     pub fn trust_rc(&self, rc: NodeId) {
-        push_unique(&self.issuers, rc.clone());
+        push_unique(&self.issuers, rc);
         push_unique(&self.operators, rc);
     }
 
@@ -130,13 +130,11 @@ impl Access {
         match token::verify_operator(t, &self.operators()) {
             Ok(c) => Ok(Caller::Operator(c.iss)),
             // A capability is a valid token, just not one that opens this.
-            Err(_) if token::verify_session_any(t, &self.issuers()).is_ok() => {
-                Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    format!("{what} is for operators; a session capability does not open it"),
-                ))
-            }
+            Err(_) if token::verify_session_any(t, &self.issuers()).is_ok() => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("{what} is for operators; a session capability does not open it"),
+            )),
             Err(e) => Err(invalid(e)),
         }
     }
@@ -190,21 +188,44 @@ mod tests {
             Caller::Holder("s1".into())
         );
         let e = a.session(&bearer(&cap), "s2").unwrap_err();
-        assert_eq!((e.status, &e.body["code"]), (StatusCode::FORBIDDEN, &"forbidden".into()));
+        assert_eq!(
+            (e.status, &e.body["code"]),
+            (StatusCode::FORBIDDEN, &"forbidden".into())
+        );
         let e = a.operator(&bearer(&cap), "status").unwrap_err();
         assert_eq!(e.status, StatusCode::FORBIDDEN);
         let ot = token::mint_operator(&op, Duration::from_secs(60)).unwrap();
-        assert!(matches!(a.operator(&bearer(&ot), "status"), Ok(Caller::Operator(_))));
-        assert!(matches!(a.session(&bearer(&ot), "s9"), Ok(Caller::Operator(_))));
+        assert!(matches!(
+            a.operator(&bearer(&ot), "status"),
+            Ok(Caller::Operator(_))
+        ));
+        assert!(matches!(
+            a.session(&bearer(&ot), "s9"),
+            Ok(Caller::Operator(_))
+        ));
         // A stranger's own tokens, and no token at all.
         let forged = token::mint_session(&stranger, "s1", Duration::from_secs(60)).unwrap();
         let e = a.session(&bearer(&forged), "s1").unwrap_err();
-        assert_eq!((e.status, &e.body["code"]), (StatusCode::UNAUTHORIZED, &"invalid_token".into()));
+        assert_eq!(
+            (e.status, &e.body["code"]),
+            (StatusCode::UNAUTHORIZED, &"invalid_token".into())
+        );
         let self_made = token::mint_operator(&stranger, Duration::from_secs(60)).unwrap();
-        assert_eq!(a.operator(&bearer(&self_made), "status").unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            a.operator(&bearer(&self_made), "status")
+                .unwrap_err()
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
         let e = a.operator(&Bearer(None), "status").unwrap_err();
-        assert_eq!((e.status, &e.body["code"]), (StatusCode::UNAUTHORIZED, &"unauthenticated".into()));
-        assert_eq!(a.session(&bearer("garbage"), "s1").unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            (e.status, &e.body["code"]),
+            (StatusCode::UNAUTHORIZED, &"unauthenticated".into())
+        );
+        assert_eq!(
+            a.session(&bearer("garbage"), "s1").unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]

@@ -191,7 +191,10 @@ pub(crate) fn effective_secret(s: &str, dev: bool) -> &str {
 pub(crate) fn check_operators(dids: &[String]) -> Result<(), ConfigError> {
     let most = crate::common::token::MAX_OPERATORS - 2;
     if dids.len() > most {
-        return Err(invalid("operators", format!("{} keys, at most {most}", dids.len())));
+        return Err(invalid(
+            "operators",
+            format!("{} keys, at most {most}", dids.len()),
+        ));
     }
     for d in dids {
         crate::common::identity::NodeId::parse(d)

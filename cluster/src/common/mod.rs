@@ -14,6 +14,6 @@ pub mod seal;
 pub mod serve;
 pub mod spec;
 pub mod throttle;
+pub mod token;
 pub mod ui;
 pub mod wire;
-pub mod token;

@@ -140,7 +140,7 @@ pub fn free_local_port() -> std::io::Result<u16> {
             return Ok(p);
         }
     }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
-
-

@@ -191,8 +191,12 @@ fn now_s() -> u64 {
 
 fn mint<C: Serialize>(signer: &Identity, claims: &C) -> Result<String, TokenError> {
     provider();
-    jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &encoding_key(signer))
-        .map_err(|e| TokenError::Invalid(e.to_string()))
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        claims,
+        &encoding_key(signer),
+    )
+    .map_err(|e| TokenError::Invalid(e.to_string()))
 }
 
 /// Decodes `token` as signed by one of `issuers` (tried in order, at most [`MAX_OPERATORS`]) for
@@ -231,7 +235,13 @@ fn decode_by_any<C: serde::de::DeserializeOwned>(
     Err(last)
 }
 
-fn access_claims(signer: &Identity, aud: &str, sub: String, kind: &str, valid: Duration) -> AccessClaims {
+fn access_claims(
+    signer: &Identity,
+    aud: &str,
+    sub: String,
+    kind: &str,
+    valid: Duration,
+) -> AccessClaims {
     let iat = now_s();
     AccessClaims {
         iss: signer.id().did(),
@@ -245,7 +255,10 @@ fn access_claims(signer: &Identity, aud: &str, sub: String, kind: &str, valid: D
 
 /// Mints the capability of `session`, signed by the RC that placed it, valid for `valid`.
 pub fn mint_session(rc: &Identity, session: &str, valid: Duration) -> Result<String, TokenError> {
-    mint(rc, &access_claims(rc, SESSION_AUDIENCE, session.into(), "session", valid))
+    mint(
+        rc,
+        &access_claims(rc, SESSION_AUDIENCE, session.into(), "session", valid),
+    )
 }
 
 /// Checks a session capability: signed by one of `issuers` (RCs), for `session`, not expired.
@@ -256,7 +269,10 @@ pub fn verify_session(
 ) -> Result<AccessClaims, TokenError> {
     let c: AccessClaims = decode_by_any(token, issuers, SESSION_AUDIENCE)?;
     if c.kind != "session" {
-        return Err(TokenError::Invalid(format!("a {:?} token, not a session capability", c.kind)));
+        return Err(TokenError::Invalid(format!(
+            "a {:?} token, not a session capability",
+            c.kind
+        )));
     }
     if c.sub != session {
         return Err(TokenError::OtherSession(c.sub));
@@ -268,7 +284,10 @@ pub fn verify_session(
 pub fn verify_session_any(token: &str, issuers: &[NodeId]) -> Result<AccessClaims, TokenError> {
     let c: AccessClaims = decode_by_any(token, issuers, SESSION_AUDIENCE)?;
     if c.kind != "session" {
-        return Err(TokenError::Invalid(format!("a {:?} token, not a session capability", c.kind)));
+        return Err(TokenError::Invalid(format!(
+            "a {:?} token, not a session capability",
+            c.kind
+        )));
     }
     Ok(c)
 }
@@ -277,15 +296,56 @@ pub fn verify_session_any(token: &str, issuers: &[NodeId]) -> Result<AccessClaim
 pub fn mint_operator(operator: &Identity, valid: Duration) -> Result<String, TokenError> {
     mint(
         operator,
-        &access_claims(operator, OPERATOR_AUDIENCE, operator.id().did(), "operator", valid),
+        &access_claims(
+            operator,
+            OPERATOR_AUDIENCE,
+            operator.id().did(),
+            "operator",
+            valid,
+        ),
     )
+}
+
+/// An operator token signed by the key in data dir `dir` (created there on first use; its DID is
+/// then `opengrid id --data-dir <dir>`), valid for `valid`.
+pub fn operator_token_from_dir(
+    dir: &std::path::Path,
+    valid: Duration,
+) -> Result<String, TokenError> {
+    let id = Identity::load_or_create(dir)
+        .map_err(|e| TokenError::Invalid(format!("operator key in {}: {e}", dir.display())))?;
+    mint_operator(&id, valid)
+}
+
+/// An HTTP client (no automatic redirects, `timeout` per request) that sends an operator token
+/// minted from the key in `dir` on every request: for launchers and tests acting as the colony's
+/// operator (pass the RC's data dir before starting the RC).
+pub fn operator_http(
+    dir: &std::path::Path,
+    timeout: Duration,
+) -> Result<reqwest::Client, TokenError> {
+    let t = operator_token_from_dir(dir, Duration::from_secs(24 * 3600))?;
+    let mut h = reqwest::header::HeaderMap::new();
+    let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+        .map_err(|e| TokenError::Invalid(e.to_string()))?;
+    v.set_sensitive(true);
+    h.insert(reqwest::header::AUTHORIZATION, v);
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .default_headers(h)
+        .build()
+        .map_err(|e| TokenError::Invalid(e.to_string()))
 }
 
 /// Checks an operator token: signed by one of `operators`, not expired.
 pub fn verify_operator(token: &str, operators: &[NodeId]) -> Result<AccessClaims, TokenError> {
     let c: AccessClaims = decode_by_any(token, operators, OPERATOR_AUDIENCE)?;
     if c.kind != "operator" || c.sub != c.iss {
-        return Err(TokenError::Invalid(format!("a {:?} token, not an operator token", c.kind)));
+        return Err(TokenError::Invalid(format!(
+            "a {:?} token, not an operator token",
+            c.kind
+        )));
     }
     Ok(c)
 }
@@ -323,7 +383,10 @@ pub fn verify_join(
 ) -> Result<JoinClaims, TokenError> {
     let c: JoinClaims = decode_by_any(token, operators, colony)?;
     if c.kind != "join" {
-        return Err(TokenError::Invalid(format!("a {:?} token, not a join token", c.kind)));
+        return Err(TokenError::Invalid(format!(
+            "a {:?} token, not a join token",
+            c.kind
+        )));
     }
     if c.sub != "*" && c.sub != node.did() {
         return Err(TokenError::OtherNode(c.sub));
@@ -343,14 +406,34 @@ mod tests {
 
     #[test]
     fn a_join_token_admits_its_node_in_its_jurisdictions_only() {
-        let (op, node, other) = (Identity::generate(), Identity::generate(), Identity::generate());
+        let (op, node, other) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
         let ops = [op.id()];
-        let t = mint_join(&op, "eu", Some(&node.id()), &["DE".into()], Duration::from_secs(60)).unwrap();
+        let t = mint_join(
+            &op,
+            "eu",
+            Some(&node.id()),
+            &["DE".into()],
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let c = verify_join(&t, &ops, "eu", &node.id(), "DE").unwrap();
         assert_eq!((c.iss, c.sub), (op.id().did(), node.id().did()));
-        assert!(matches!(verify_join(&t, &ops, "eu", &other.id(), "DE"), Err(TokenError::OtherNode(_))));
-        assert!(matches!(verify_join(&t, &ops, "eu", &node.id(), "FR"), Err(TokenError::Jurisdiction { .. })));
-        assert!(matches!(verify_join(&t, &ops, "us", &node.id(), "DE"), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            verify_join(&t, &ops, "eu", &other.id(), "DE"),
+            Err(TokenError::OtherNode(_))
+        ));
+        assert!(matches!(
+            verify_join(&t, &ops, "eu", &node.id(), "FR"),
+            Err(TokenError::Jurisdiction { .. })
+        ));
+        assert!(matches!(
+            verify_join(&t, &ops, "us", &node.id(), "DE"),
+            Err(TokenError::Invalid(_))
+        ));
         // An open token: any node, any jurisdiction.
         let any = mint_join(&op, "eu", None, &[], Duration::from_secs(60)).unwrap();
         verify_join(&any, &ops, "eu", &other.id(), "FR").unwrap();
@@ -358,37 +441,76 @@ mod tests {
 
     #[test]
     fn forged_tampered_and_foreign_tokens_are_refused() {
-        let (op, stranger, node) = (Identity::generate(), Identity::generate(), Identity::generate());
+        let (op, stranger, node) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
         let ops = [op.id()];
         // Signed by a stranger (self-declared operator).
         let t = mint_join(&stranger, "eu", None, &[], Duration::from_secs(60)).unwrap();
-        assert!(matches!(verify_join(&t, &ops, "eu", &node.id(), "DE"), Err(TokenError::UnknownIssuer)));
+        assert!(matches!(
+            verify_join(&t, &ops, "eu", &node.id(), "DE"),
+            Err(TokenError::UnknownIssuer)
+        ));
         // Claims changed after signing.
-        let t = mint_join(&op, "eu", Some(&node.id()), &["DE".into()], Duration::from_secs(60)).unwrap();
+        let t = mint_join(
+            &op,
+            "eu",
+            Some(&node.id()),
+            &["DE".into()],
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let parts: Vec<&str> = t.split('.').collect();
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let claims = String::from_utf8(b64.decode(parts[1]).unwrap()).unwrap().replace("\"DE\"", "\"FR\"");
+        let claims = String::from_utf8(b64.decode(parts[1]).unwrap())
+            .unwrap()
+            .replace("\"DE\"", "\"FR\"");
         let forged = format!("{}.{}.{}", parts[0], b64.encode(claims), parts[2]);
         assert!(verify_join(&forged, &ops, "eu", &node.id(), "FR").is_err());
         // alg "none" and garbage.
-        let none = format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+        let none = format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            parts[1]
+        );
         assert!(verify_join(&none, &ops, "eu", &node.id(), "DE").is_err());
         assert!(verify_join("not a token", &ops, "eu", &node.id(), "DE").is_err());
-        assert!(verify_join(&"a".repeat(MAX_TOKEN_BYTES + 1), &ops, "eu", &node.id(), "DE").is_err());
+        assert!(verify_join(
+            &"a".repeat(MAX_TOKEN_BYTES + 1),
+            &ops,
+            "eu",
+            &node.id(),
+            "DE"
+        )
+        .is_err());
     }
 
     #[test]
     fn a_capability_opens_its_session_only_and_no_kind_passes_for_another() {
-        let (rc, other_rc, op) = (Identity::generate(), Identity::generate(), Identity::generate());
+        let (rc, other_rc, op) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
         let cap = mint_session(&rc, "s1", Duration::from_secs(60)).unwrap();
         assert_eq!(verify_session(&cap, &[rc.id()], "s1").unwrap().sub, "s1");
-        assert!(matches!(verify_session(&cap, &[rc.id()], "s2"), Err(TokenError::OtherSession(s)) if s == "s1"));
-        assert!(matches!(verify_session(&cap, &[other_rc.id()], "s1"), Err(TokenError::UnknownIssuer)));
+        assert!(
+            matches!(verify_session(&cap, &[rc.id()], "s2"), Err(TokenError::OtherSession(s)) if s == "s1")
+        );
+        assert!(matches!(
+            verify_session(&cap, &[other_rc.id()], "s1"),
+            Err(TokenError::UnknownIssuer)
+        ));
         // A capability is no operator token, an operator token no capability, a join token neither.
         assert!(verify_operator(&cap, &[rc.id()]).is_err());
         let ot = mint_operator(&op, Duration::from_secs(60)).unwrap();
-        assert_eq!(verify_operator(&ot, &[rc.id(), op.id()]).unwrap().iss, op.id().did());
+        assert_eq!(
+            verify_operator(&ot, &[rc.id(), op.id()]).unwrap().iss,
+            op.id().did()
+        );
         assert!(verify_operator(&ot, &[rc.id()]).is_err());
         assert!(verify_session(&ot, &[op.id()], &op.id().did()).is_err());
         let join = mint_join(&op, OPERATOR_AUDIENCE, None, &[], Duration::from_secs(60)).unwrap();
@@ -408,7 +530,8 @@ mod tests {
             iat: now_s() - 7200,
             kind: "join".into(),
         };
-        let t = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &encoding_key(&op)).unwrap();
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &encoding_key(&op))
+            .unwrap();
         let e = verify_join(&t, &[op.id()], "eu", &node.id(), "DE").unwrap_err();
         assert!(e.to_string().contains("xpired"), "{e}");
     }

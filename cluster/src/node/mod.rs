@@ -156,7 +156,7 @@ impl NodeCore {
         operators.extend(crate::common::access::parse_operators(&cfg.operators));
         let access = crate::common::access::Access::new(operators, vec![]);
         if let Some(rc) = &rc_pin {
-            access.trust_rc(rc.clone());
+            access.trust_rc(*rc);
         }
         NodeCore {
             cfg,
@@ -635,7 +635,7 @@ impl NodeCore {
             } => match refused {
                 None => {
                     tracing::info!(rc = %rc, rc_api = %rc_api, "joined colony");
-                    self.access.trust_rc(rc.clone());
+                    self.access.trust_rc(rc);
                     *lock(&self.rc_api) = Some(rc_api);
                     if let Some(m) = self.mobility() {
                         m.set_rc(&rc);

@@ -316,9 +316,13 @@ impl RcCore {
 
     /// A fresh capability of `session`, signed by this RC (`None`, logged, if signing failed).
     pub fn capability(&self, session: &SessionId) -> Option<String> {
-        crate::common::token::mint_session(&self.identity, session.as_str(), self.cfg.capability_ttl.0)
-            .inspect_err(|e| tracing::error!(%session, error = %e, "capability not minted"))
-            .ok()
+        crate::common::token::mint_session(
+            &self.identity,
+            session.as_str(),
+            self.cfg.capability_ttl.0,
+        )
+        .inspect_err(|e| tracing::error!(%session, error = %e, "capability not minted"))
+        .ok()
     }
 
     /// The RC's id.

@@ -224,7 +224,8 @@ async fn demo_body(root: &Path, exe: &Path, children: &mut Children) -> anyhow::
     let de_did = de_rc.id().did();
     // The demo's operator is the RC's own key: its token opens /status, handover and drain on the
     // RC and on its nodes (ADR 0026).
-    let operator = opengrid_cluster::common::token::mint_operator(&de_rc, Duration::from_secs(3600))?;
+    let operator =
+        opengrid_cluster::common::token::mint_operator(&de_rc, Duration::from_secs(3600))?;
     let jp_did = Identity::load_or_create(&root.join("rc-jp"))?.id().did();
     let rc_cfg = format!(
         "version = 1\ncolony = \"demo\"\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{rc_api}\"\ncluster_listen = \"127.0.0.1:{rc_cluster}\"\ncolony_secret = \"{secret}\"\n{}",

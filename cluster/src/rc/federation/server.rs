@@ -86,10 +86,12 @@ impl Federation {
         &self,
         req: &AdmissionRequest,
         m: &Manifest,
-    ) -> Result<Vec<String>, Outcome> {
-        let refuse = |code: &str, message: String| Outcome::Refused {
-            code: code.into(),
-            message,
+    ) -> Result<Vec<String>, Box<Outcome>> {
+        let refuse = |code: &str, message: String| {
+            Box::new(Outcome::Refused {
+                code: code.into(),
+                message,
+            })
         };
         if req.zones.is_empty() || req.zones.len() > 64 {
             return Err(refuse(
@@ -185,7 +187,7 @@ async fn place_for_remote(core: &RcCore, fed: &Federation, req: &AdmissionReques
     };
     let zones = match fed.admissible_zones(req, &m) {
         Ok(z) => z,
-        Err(o) => return o,
+        Err(o) => return *o,
     };
     // Narrowed, never widened: the local hard filter then keeps the session inside these zones.
     m.placement.jurisdictions = zones;
