@@ -50,6 +50,7 @@ fn colony(n: usize, seed: u64) -> Colony {
             },
             price_micros_per_input: rng.random_range(1..100),
             capacity: rng.random_range(10..1000),
+            max_session_memory: 0,
             api: String::new(),
             migration: String::new(),
         };

@@ -326,7 +326,7 @@ async fn two_nodes_on_one_data_dir_or_port_are_refused_with_the_field_to_change(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_control_messages_are_refused_and_a_dead_node_stays_dead() {
     use opengrid_cluster::common::identity::Identity;
-    use opengrid_cluster::common::seal::{Seal, Sealed};
+    use opengrid_cluster::common::seal::{Payload, Seal, Sealed};
     use opengrid_cluster::common::wire::{self, RcMsg, ToRc};
     let dir = tempfile::tempdir().unwrap();
     let secret = "colony-secret-5";
@@ -354,31 +354,25 @@ async fn forged_control_messages_are_refused_and_a_dead_node_stays_dead() {
     };
     // Unsealed, MAC-sealed with a made-up tag, and a stranger's join sent in the victim's name.
     rc_actor()
-        .cast(RcMsg::wire(Sealed {
-            from: victim_id,
-            seal: Seal::None,
-            msg: heartbeat(1),
-        }))
+        .cast(RcMsg::wire(Sealed::in_clear(
+            victim_id,
+            Seal::None,
+            heartbeat(1),
+        )))
         .unwrap();
     rc_actor()
-        .cast(RcMsg::wire(Sealed {
+        .cast(RcMsg::wire(Sealed::<ToRc> {
             from: victim_id,
-            seal: Seal::Mac {
-                ctr: u64::MAX,
-                tag: [7; 32],
-            },
-            msg: heartbeat(2),
+            seal: Seal::Aead { ctr: u64::MAX },
+            payload: Payload::Encrypted(vec![7; 64]),
         }))
         .unwrap();
     let stranger = Identity::generate();
     rc_actor()
-        .cast(RcMsg::wire(Sealed {
+        .cast(RcMsg::wire(Sealed::<ToRc> {
             from: stranger.id(),
-            seal: Seal::Mac {
-                ctr: 1,
-                tag: [7; 32],
-            },
-            msg: heartbeat(3),
+            seal: Seal::Aead { ctr: 1 },
+            payload: Payload::Encrypted(opengrid_cluster::common::wire::encode(&heartbeat(3))),
         }))
         .unwrap();
     let refused = |m: &str, reason: &str| {
@@ -416,11 +410,11 @@ async fn forged_control_messages_are_refused_and_a_dead_node_stays_dead() {
     let mut seq = 10;
     loop {
         seq += 1;
-        let _ = rc_actor().cast(RcMsg::wire(Sealed {
-            from: victim_id,
-            seal: Seal::None,
-            msg: heartbeat(seq),
-        }));
+        let _ = rc_actor().cast(RcMsg::wire(Sealed::in_clear(
+            victim_id,
+            Seal::None,
+            heartbeat(seq),
+        )));
         let st = client.get("/status").await.unwrap();
         if st["members"][0]["state"] == "dead" {
             break;
@@ -1162,6 +1156,104 @@ async fn the_client_api_lets_in_capabilities_for_their_session_and_operators_for
         2
     );
     a.close().await.unwrap();
+    node.shutdown().await;
+    rc.shutdown().await;
+}
+
+/// One client cannot take the colony: its live sessions and their reserved memory are capped
+/// (`client_max_sessions`, `client_max_memory`; operators are not limited), and no session may
+/// reserve more than a node's `max_session_share` of its memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_bound_what_one_client_and_one_session_may_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "quota-secret-1";
+    let mut rcc = rc_config(dir.path(), secret);
+    rcc.client_max_sessions = 2;
+    rcc.client_max_memory = ByteSize(192 << 20);
+    let rc = start_rc(rcc).await.unwrap();
+    let mut nc = node_config(dir.path(), &rc, "n1", "DE", secret);
+    nc.hardware.memory = ByteSize(1 << 30);
+    let node = start_node(nc, setup).await.unwrap();
+    let op = support::operator_client(&rc);
+    wait_members(&op, 1, Duration::from_secs(20)).await;
+    let anon = Client::new(rc.api_url());
+    let with_memory =
+        |mib: u64| manifest("echo", &["DE"], "none", &format!("memory = \"{mib}MiB\""));
+    // One session may reserve at most half of the 1 GiB node: refused at admission, with why
+    // (even for an operator, whom quotas do not limit).
+    match op.create(&with_memory(600), None).await {
+        Err(ClientError::Api { status, body, .. }) => {
+            assert_eq!(status, 422, "{body}");
+            assert_eq!(
+                body["why"][0]["filter"]["filter"], "reservation_cap",
+                "{body}"
+            );
+        }
+        other => panic!("a 600 MiB session on a 1 GiB node must be refused: {other:?}"),
+    }
+    // Memory quota: 128 + 128 MiB > 192 MiB.
+    let a = anon.create(&with_memory(128), None).await.unwrap();
+    match anon.create(&with_memory(128), None).await {
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+            ..
+        }) => {
+            assert_eq!(
+                (status, code.as_str()),
+                (429, "quota_exceeded"),
+                "{message}"
+            );
+            assert!(message.contains("client_max_memory"), "{message}");
+        }
+        other => panic!("over the memory quota: {other:?}"),
+    }
+    // Session quota: two live sessions at most.
+    let b = anon.create(&with_memory(16), None).await.unwrap();
+    match anon.create(&with_memory(16), None).await {
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+            ..
+        }) => {
+            assert_eq!(
+                (status, code.as_str()),
+                (429, "quota_exceeded"),
+                "{message}"
+            );
+            assert!(message.contains("2 live sessions"), "{message}");
+        }
+        other => panic!("over the session quota: {other:?}"),
+    }
+    // The operator is not limited; the client's own status shows in the directory.
+    let c = op.create(&with_memory(16), None).await.unwrap();
+    let st = op.get("/status").await.unwrap();
+    let clients: Vec<&Value> = st["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["client"])
+        .collect();
+    assert_eq!(
+        clients.iter().filter(|c| **c == "127.0.0.1").count(),
+        2,
+        "{st}"
+    );
+    // Closing gives the quota back.
+    a.close().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        match anon.create(&with_memory(16), None).await {
+            Ok(d) => break d,
+            Err(e) => assert!(Instant::now() < deadline, "quota not given back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for s in [b, c, d] {
+        s.close().await.unwrap();
+    }
     node.shutdown().await;
     rc.shutdown().await;
 }

@@ -290,6 +290,12 @@ async fn sessions_route_across_colonies_within_treaties() {
     let r: Value = f
         .http
         .post(format!("{}/sessions/{sid}/inputs", fr.node_api))
+        // The capability the remote RC signed, passed through by this one: its node honours it.
+        .bearer_auth(
+            body["capability"]
+                .as_str()
+                .expect("a capability from the remote RC"),
+        )
         .json(&json!({"seq": 1, "input": {"hello": "fr"}}))
         .send()
         .await

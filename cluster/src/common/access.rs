@@ -60,6 +60,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
     }
 }
 
+/// The address a request came from (set per connection by [`crate::common::serve::serve`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
 /// Who a request was let in as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -137,6 +154,14 @@ impl Access {
             )),
             Err(e) => Err(invalid(e)),
         }
+    }
+
+    /// Whether `bearer` is a valid operator token here (for limits operators are exempt from).
+    pub fn is_operator(&self, bearer: &Bearer) -> bool {
+        bearer
+            .0
+            .as_deref()
+            .is_some_and(|t| token::verify_operator(t, &self.operators()).is_ok())
     }
 
     /// Lets in the holder of `session`'s capability, or an operator.

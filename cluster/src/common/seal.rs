@@ -1,7 +1,8 @@
-//! Control-plane message authentication: after a join, every message between a node and the RC
-//! carries a MAC under a key only those two hold, so a message's claimed sender is the peer that
-//! holds the key — a colony-secret holder cannot heartbeat for a dead node, adopt another node's
-//! sessions, or forge a lease, a start order or an eviction.
+//! Control-plane message protection: after a join, every message between a node and the RC is
+//! encrypted and authenticated (ChaCha20-Poly1305) under a key only those two hold, so a message's
+//! claimed sender is the peer that holds the key — a colony-secret holder cannot heartbeat for a
+//! dead node, adopt another node's sessions, or forge a lease, a start order or an eviction — and
+//! nobody on the wire reads loads, session ids or manifests.
 //!
 //! # The link key
 //! The node's signed join ([`crate::common::wire::JoinRequest`]) carries a fresh X25519 public
@@ -12,20 +13,29 @@
 //! signed ack answers its join (the key exchange still keeps a passive observer out).
 //!
 //! # Sealed messages
-//! [`Seal::Mac`]: a counter and `blake3::keyed_hash(key, MAC_DOMAIN ‖ sender ‖ counter ‖ message)`;
-//! the receiver checks the tag and that the counter is above the last one it accepted (no replay).
+//! [`Seal::Aead`]: a counter, and the message encrypted with ChaCha20-Poly1305 under the sender's
+//! direction key (`blake3::derive_key(DIRECTION_CONTEXT, link key ‖ sender)`, so the two
+//! directions never share a key and nonce), nonce = the counter, associated data = sender ‖
+//! counter. The receiver decrypts (which authenticates) and checks that the counter is above the
+//! last one it accepted (no replay).
 //! [`Seal::Sig`]: an ed25519 signature by the sender's identity over the recipient, the time and the
 //! message — for the few RC → node messages sent without a link (the join ack, an eviction of a
-//! node the RC has no link to). [`Seal::None`]: only a join request, which is signed itself.
+//! node the RC has no link to); these travel in the clear ([`Payload::Clear`]): they hold only
+//! public keys, a nonce and a refusal reason. [`Seal::None`]: only a join request, which is signed
+//! itself.
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload as AeadPayload};
+use chacha20poly1305::ChaCha20Poly1305;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::common::identity::{Identity, NodeId};
-use crate::common::wire::encode;
+use crate::common::wire::{decode, encode};
 
 const KEY_CONTEXT: &str = "opengrid 2026-12 control-plane link key v1";
-const MAC_DOMAIN: &[u8] = b"opengrid-control-mac-v1\0";
+const DIRECTION_CONTEXT: &str = "opengrid 2026-12 control-plane direction key v1";
+const AAD_DOMAIN: &[u8] = b"opengrid-control-aead-v1\0";
 const SIG_DOMAIN: &[u8] = b"opengrid-control-sig-v1\0";
 
 /// How a control message is authenticated.
@@ -33,12 +43,11 @@ const SIG_DOMAIN: &[u8] = b"opengrid-control-sig-v1\0";
 pub enum Seal {
     /// Unauthenticated: accepted only for a (self-signed) join request.
     None,
-    /// MAC under the link key, with a per-direction counter.
-    Mac {
+    /// Encrypted and authenticated under the sender's direction key, with a per-direction
+    /// counter (also the nonce).
+    Aead {
         /// Strictly increasing per link and direction.
         ctr: u64,
-        /// `blake3::keyed_hash(key, MAC_DOMAIN ‖ sender ‖ ctr ‖ message)`.
-        tag: [u8; 32],
     },
     /// ed25519 signature by the sender's identity over the recipient, `unix_ms` and the message.
     Sig {
@@ -49,6 +58,15 @@ pub enum Seal {
     },
 }
 
+/// A control message's body: in the clear (a join, a signed message) or encrypted on a link.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Payload<T> {
+    /// The message itself.
+    Clear(T),
+    /// ChaCha20-Poly1305 ciphertext (with its tag) of the encoded message.
+    Encrypted(Vec<u8>),
+}
+
 /// A control message with its sender and seal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sealed<T> {
@@ -57,7 +75,26 @@ pub struct Sealed<T> {
     /// Its authentication.
     pub seal: Seal,
     /// The message.
-    pub msg: T,
+    pub payload: Payload<T>,
+}
+
+impl<T> Sealed<T> {
+    /// The message, when it travels in the clear.
+    pub fn clear(&self) -> Option<&T> {
+        match &self.payload {
+            Payload::Clear(m) => Some(m),
+            Payload::Encrypted(_) => None,
+        }
+    }
+
+    /// A message in the clear with `seal`.
+    pub fn in_clear(from: NodeId, seal: Seal, msg: T) -> Self {
+        Sealed {
+            from,
+            seal,
+            payload: Payload::Clear(msg),
+        }
+    }
 }
 
 /// Why a sealed message was refused.
@@ -66,9 +103,17 @@ pub enum SealError {
     /// No link with the sender (it never joined, or the link was replaced).
     #[error("no control link with {0}")]
     NoLink(String),
-    /// The MAC does not verify.
-    #[error("bad MAC from {0}")]
+    /// The message does not decrypt under the link key (forged, altered, or another key).
+    #[error("a message from {0} does not authenticate under its link key")]
     BadMac(String),
+    /// It decrypted but is not a message of this kind.
+    #[error("undecodable message from {from}: {why}")]
+    Malformed {
+        /// Sender.
+        from: String,
+        /// Why.
+        why: String,
+    },
     /// A counter at or below the last accepted one.
     #[error("replayed message from {from}: counter {ctr} <= {last}")]
     Replay {
@@ -122,6 +167,7 @@ impl SealError {
         match self {
             SealError::NoLink(_) => "no_link",
             SealError::BadMac(_) => "bad_mac",
+            SealError::Malformed { .. } => "malformed",
             SealError::Replay { .. } => "replay",
             SealError::BadSignature(_) => "bad_signature",
             SealError::Stale { .. } => "stale",
@@ -206,13 +252,23 @@ impl std::fmt::Debug for Link {
     }
 }
 
-fn tag(key: &[u8; 32], from: &NodeId, ctr: u64, body: &[u8]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_keyed(key);
-    h.update(MAC_DOMAIN);
-    h.update(&from.public_key());
-    h.update(&ctr.to_le_bytes());
-    h.update(body);
-    *h.finalize().as_bytes()
+fn direction_key(key: &[u8; 32], sender: &NodeId) -> ChaCha20Poly1305 {
+    let mut material = key.to_vec();
+    material.extend_from_slice(&sender.public_key());
+    ChaCha20Poly1305::new(&blake3::derive_key(DIRECTION_CONTEXT, &material).into())
+}
+
+fn nonce(ctr: u64) -> chacha20poly1305::Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&ctr.to_be_bytes());
+    n.into()
+}
+
+fn aad(from: &NodeId, ctr: u64) -> Vec<u8> {
+    let mut a = AAD_DOMAIN.to_vec();
+    a.extend_from_slice(&from.public_key());
+    a.extend_from_slice(&ctr.to_le_bytes());
+    a
 }
 
 impl Link {
@@ -226,32 +282,48 @@ impl Link {
         }
     }
 
-    /// Seals `msg` from `me` with the next counter.
+    /// Encrypts `msg` from `me` with the next counter.
     pub fn seal<T: Serialize>(&mut self, me: NodeId, msg: T) -> Sealed<T> {
         self.sent += 1;
-        let t = tag(&self.key, &me, self.sent, &encode(&msg));
+        let ctr = self.sent;
+        let plain = encode(&msg);
+        let ct = direction_key(&self.key, &me)
+            .encrypt(
+                &nonce(ctr),
+                AeadPayload {
+                    msg: &plain,
+                    aad: &aad(&me, ctr),
+                },
+            )
+            // ChaCha20-Poly1305 fails only past 256 GiB in one message; a control message is
+            // bounded by the transport's frame limit far below that. An empty body then fails to
+            // authenticate at the peer, which counts it.
+            .unwrap_or_default();
         Sealed {
             from: me,
-            seal: Seal::Mac {
-                ctr: self.sent,
-                tag: t,
-            },
-            msg,
+            seal: Seal::Aead { ctr },
+            payload: Payload::Encrypted(ct),
         }
     }
 
-    /// Checks a MAC-sealed message from the peer (tag, counter above the last accepted).
-    pub fn open<T: Serialize>(&mut self, s: &Sealed<T>) -> Result<(), SealError> {
-        let Seal::Mac { ctr, tag: got } = &s.seal else {
-            return Err(SealError::NotAllowed("not a MAC-sealed message"));
+    /// Decrypts a message from the peer (which authenticates it) and checks its counter is above
+    /// the last accepted one.
+    pub fn open<T: DeserializeOwned>(&mut self, s: Sealed<T>) -> Result<T, SealError> {
+        let (Seal::Aead { ctr }, Payload::Encrypted(ct)) = (&s.seal, &s.payload) else {
+            return Err(SealError::NotAllowed("not an encrypted link message"));
         };
         if s.from != self.peer {
             return Err(SealError::NoLink(s.from.did()));
         }
-        let want = tag(&self.key, &s.from, *ctr, &encode(&s.msg));
-        if !constant_time_eq(&want, got) {
-            return Err(SealError::BadMac(s.from.did()));
-        }
+        let plain = direction_key(&self.key, &s.from)
+            .decrypt(
+                &nonce(*ctr),
+                AeadPayload {
+                    msg: ct,
+                    aad: &aad(&s.from, *ctr),
+                },
+            )
+            .map_err(|_| SealError::BadMac(s.from.did()))?;
         if *ctr <= self.seen {
             return Err(SealError::Replay {
                 from: s.from.did(),
@@ -259,14 +331,13 @@ impl Link {
                 last: self.seen,
             });
         }
+        let msg = decode(&plain).map_err(|why| SealError::Malformed {
+            from: s.from.did(),
+            why,
+        })?;
         self.seen = *ctr;
-        Ok(())
+        Ok(msg)
     }
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    // blake3's Hash comparison is constant-time.
-    blake3::Hash::from_bytes(*a) == blake3::Hash::from_bytes(*b)
 }
 
 fn signed_bytes<T: Serialize>(to: &NodeId, unix_ms: u64, msg: &T) -> Vec<u8> {
@@ -280,11 +351,7 @@ fn signed_bytes<T: Serialize>(to: &NodeId, unix_ms: u64, msg: &T) -> Vec<u8> {
 /// Signs `msg` from `me` for the recipient `to` (no link needed).
 pub fn sign<T: Serialize>(me: &Identity, to: &NodeId, unix_ms: u64, msg: T) -> Sealed<T> {
     let sig = me.sign(&signed_bytes(to, unix_ms, &msg)).to_vec();
-    Sealed {
-        from: me.id(),
-        seal: Seal::Sig { unix_ms, sig },
-        msg,
-    }
+    Sealed::in_clear(me.id(), Seal::Sig { unix_ms, sig }, msg)
 }
 
 /// Checks a signed message addressed to `me`, signed within `max_skew_ms` of `now_ms`.
@@ -294,11 +361,11 @@ pub fn verify_signed<T: Serialize>(
     now_ms: u64,
     max_skew_ms: u64,
 ) -> Result<(), SealError> {
-    let Seal::Sig { unix_ms, sig } = &s.seal else {
+    let (Seal::Sig { unix_ms, sig }, Some(msg)) = (&s.seal, s.clear()) else {
         return Err(SealError::NotAllowed("not a signed message"));
     };
     s.from
-        .verify(&signed_bytes(me, *unix_ms, &s.msg), sig)
+        .verify(&signed_bytes(me, *unix_ms, msg), sig)
         .map_err(|_| SealError::BadSignature(s.from.did()))?;
     let skew = now_ms.abs_diff(*unix_ms);
     if skew > max_skew_ms {
@@ -334,19 +401,34 @@ mod tests {
         let (node, _rc, mut at_node, mut at_rc) = linked();
         let m1 = at_node.seal(node.id(), "heartbeat 1".to_string());
         let m2 = at_node.seal(node.id(), "heartbeat 2".to_string());
-        at_rc.open(&m1).unwrap();
-        at_rc.open(&m2).unwrap();
+        // Nothing of the message is on the wire in the clear.
+        let wire = encode(&m1);
+        assert!(
+            !wire.windows(9).any(|w| w == b"heartbeat"),
+            "plaintext on the wire"
+        );
+        assert_eq!(at_rc.open(m1.clone()).unwrap(), "heartbeat 1");
+        assert_eq!(at_rc.open(m2.clone()).unwrap(), "heartbeat 2");
         // Replay, and an older one after a newer one.
-        assert!(matches!(at_rc.open(&m2), Err(SealError::Replay { .. })));
-        assert!(matches!(at_rc.open(&m1), Err(SealError::Replay { .. })));
+        assert!(matches!(at_rc.open(m2), Err(SealError::Replay { .. })));
+        assert!(matches!(at_rc.open(m1), Err(SealError::Replay { .. })));
+        // The other direction has its own key and counter: the RC's first message opens too.
+        let back = at_rc.seal(_rc.id(), "lease".to_string());
+        assert_eq!(at_node.open(back).unwrap(), "lease");
     }
 
     #[test]
     fn tampering_or_another_sender_fails() {
         let (node, _rc, mut at_node, mut at_rc) = linked();
         let mut m = at_node.seal(node.id(), "heartbeat".to_string());
-        m.msg = "heartbeat for someone else".into();
-        assert!(matches!(at_rc.open(&m), Err(SealError::BadMac(_))));
+        if let Payload::Encrypted(ct) = &mut m.payload {
+            ct[0] ^= 1;
+        }
+        assert!(matches!(at_rc.open(m), Err(SealError::BadMac(_))));
+        // The counter is authenticated too: the same ciphertext under another counter fails.
+        let mut m = at_node.seal(node.id(), "heartbeat".to_string());
+        m.seal = Seal::Aead { ctr: 99 };
+        assert!(matches!(at_rc.open(m), Err(SealError::BadMac(_))));
         // A stranger with its own key, claiming to be the node.
         let stranger = Identity::generate();
         let (x, y) = (KeyOffer::new(), KeyOffer::new());
@@ -361,19 +443,20 @@ mod tests {
             )
             .unwrap();
         let mut forged = Link::new(k, stranger.id()).seal(node.id(), "heartbeat".to_string());
-        assert!(matches!(at_rc.open(&forged), Err(SealError::BadMac(_))));
-        forged.from = stranger.id();
-        assert!(matches!(at_rc.open(&forged), Err(SealError::NoLink(_))));
-        // An unsealed or signed message is not accepted on a link.
-        let unsealed = Sealed {
-            from: node.id(),
-            seal: Seal::None,
-            msg: "x".to_string(),
-        };
         assert!(matches!(
-            at_rc.open(&unsealed),
+            at_rc.open(forged.clone()),
+            Err(SealError::BadMac(_))
+        ));
+        forged.from = stranger.id();
+        assert!(matches!(at_rc.open(forged), Err(SealError::NoLink(_))));
+        // A clear message (unsealed, or claiming a link seal) is not accepted on a link.
+        let unsealed = Sealed::in_clear(node.id(), Seal::None, "x".to_string());
+        assert!(matches!(
+            at_rc.open(unsealed),
             Err(SealError::NotAllowed(_))
         ));
+        let clear = Sealed::in_clear(node.id(), Seal::Aead { ctr: 5 }, "x".to_string());
+        assert!(matches!(at_rc.open(clear), Err(SealError::NotAllowed(_))));
     }
 
     #[test]
@@ -396,7 +479,7 @@ mod tests {
             Err(SealError::Stale { .. })
         ));
         let mut t = s.clone();
-        t.msg = "welcome".into();
+        t.payload = Payload::Clear("welcome".into());
         assert!(matches!(
             verify_signed(&t, &node.id(), now, 5_000),
             Err(SealError::BadSignature(_))

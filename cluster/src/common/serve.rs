@@ -89,7 +89,15 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(router.clone());
+        // Handlers see the peer's address (`ConnectInfo`): per-client quotas.
+        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
             .with_upgrades();

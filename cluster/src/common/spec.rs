@@ -29,6 +29,9 @@ pub struct NodeSpec {
     pub price_micros_per_input: u64,
     /// Most sessions at once.
     pub capacity: u32,
+    /// Most memory one session may reserve here, bytes (the node's `max_session_share` of its
+    /// memory; 0: no cap).
+    pub max_session_memory: u64,
     /// Client API base URL, e.g. `http://127.0.0.1:7700`.
     pub api: String,
     /// Migration server (`host:port`): checkpoint replicas, handover target, X2 forwarding.

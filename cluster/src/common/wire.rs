@@ -555,6 +555,7 @@ mod tests {
                 capabilities: vec![],
                 price_micros_per_input: 1,
                 capacity: 10,
+                max_session_memory: 0,
                 api: "http://127.0.0.1:1".into(),
                 migration: "127.0.0.1:2".into(),
             },

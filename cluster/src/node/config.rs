@@ -69,6 +69,9 @@ pub struct NodeConfig {
     pub price_micros_per_input: u64,
     /// Most sessions hosted at once.
     pub capacity: u32,
+    /// The largest share (0..=1) of this node's memory one session may reserve, so that one
+    /// manifest cannot take the whole node.
+    pub max_session_share: f64,
     /// Client API (HTTP/WebSocket) listen address; port 0 picks a free one.
     pub api_listen: SocketAddr,
     /// Control-plane (ractor_cluster) listen address of this node; port 0 picks a free one.
@@ -133,6 +136,7 @@ impl Default for NodeConfig {
             capabilities: Vec::new(),
             price_micros_per_input: 10,
             capacity: 1000,
+            max_session_share: 0.5,
             api_listen: "127.0.0.1:7700".parse().expect("literal"),
             cluster_listen: "127.0.0.1:0".parse().expect("literal"),
             rc_cluster: DEFAULT_RC_CLUSTER.into(),
@@ -213,6 +217,12 @@ impl NodeConfig {
         }
         check_secret(&self.colony_secret, self.dev)?;
         crate::common::config::check_operators(&self.operators)?;
+        if !(self.max_session_share > 0.0 && self.max_session_share <= 1.0) {
+            return Err(invalid(
+                "max_session_share",
+                format!("{} must be in (0, 1]", self.max_session_share),
+            ));
+        }
         check_period("heartbeat_period", self.heartbeat_period.0)?;
         if self.lease.0 < self.heartbeat_period.0 * 3 {
             return Err(invalid(

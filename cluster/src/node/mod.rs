@@ -411,11 +411,7 @@ impl NodeCore {
             return false;
         };
         if matches!(m, ToRc::Join(_)) {
-            let s = Sealed {
-                from: self.id(),
-                seal: Seal::None,
-                msg: m,
-            };
+            let s = Sealed::in_clear(self.id(), Seal::None, m);
             return r.cast(RcMsg::wire(s)).is_ok();
         }
         // Sealed and sent under the lock: counters go out in order.
@@ -430,22 +426,32 @@ impl NodeCore {
     /// join ack (for the pending join; it sets up the link) or eviction; anything else is refused
     /// and counted (`opengrid_cluster_control_refused_total{reason}`).
     pub fn on_sealed(self: &Arc<Self>, s: Sealed<ToNode>) {
+        let from = s.from;
         let checked = match &s.seal {
-            Seal::Mac { .. } => match lock(&self.link).as_mut() {
-                Some(l) => l.open(&s),
-                None => Err(SealError::NoLink(s.from.did())),
+            Seal::Aead { .. } => match lock(&self.link).as_mut() {
+                Some(l) => l.open(s),
+                None => Err(SealError::NoLink(from.did())),
             },
-            Seal::Sig { .. } => self.check_signed(&s),
+            Seal::Sig { .. } => {
+                let checked = self.check_signed(&s);
+                checked.and(match s.payload {
+                    crate::common::seal::Payload::Clear(m) => Ok(m),
+                    crate::common::seal::Payload::Encrypted(_) => Err(SealError::NotAllowed(
+                        "a signed message must be in the clear",
+                    )),
+                })
+            }
             Seal::None => Err(SealError::NotAllowed("unsealed message from the RC")),
         };
-        if let Err(e) = checked {
-            self.metrics
-                .control_refused
-                .add(1, &[opentelemetry::KeyValue::new("reason", e.reason())]);
-            tracing::debug!(from = %s.from, error = %e, "control message refused");
-            return;
+        match checked {
+            Ok(msg) => self.on_message(msg),
+            Err(e) => {
+                self.metrics
+                    .control_refused
+                    .add(1, &[opentelemetry::KeyValue::new("reason", e.reason())]);
+                tracing::debug!(%from, error = %e, "control message refused");
+            }
         }
-        self.on_message(s.msg);
     }
 
     fn check_signed(&self, s: &Sealed<ToNode>) -> Result<(), SealError> {
@@ -458,7 +464,9 @@ impl NodeCore {
                 });
             }
         }
-        match &s.msg {
+        match s.clear().ok_or(SealError::NotAllowed(
+            "a signed message must be in the clear",
+        ))? {
             ToNode::JoinAck {
                 nonce, kx, refused, ..
             } => {

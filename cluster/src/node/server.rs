@@ -296,6 +296,7 @@ async fn boot_node(
                 capabilities: cfg.capabilities.clone(),
                 price_micros_per_input: cfg.price_micros_per_input,
                 capacity: cfg.capacity,
+                max_session_memory: (cfg.hardware.memory.0 as f64 * cfg.max_session_share) as u64,
                 api: format!("http://{api}"),
                 migration: mobility.addr().to_string(),
             };

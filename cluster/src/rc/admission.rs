@@ -100,6 +100,13 @@ pub enum Rejection {
         /// Required bytes.
         required: u64,
     },
+    /// The session would reserve more than the node lets one session reserve.
+    ReservationCap {
+        /// Required bytes.
+        required: u64,
+        /// The node's cap, bytes.
+        cap: u64,
+    },
     /// The handler is not served there.
     Handler {
         /// The handler.
@@ -139,6 +146,10 @@ impl fmt::Display for Rejection {
             Rejection::Memory { free, required } => {
                 write!(f, "free memory {free} B < required {required} B")
             }
+            Rejection::ReservationCap { required, cap } => write!(
+                f,
+                "reserves {required} B, more than one session may reserve here ({cap} B)"
+            ),
             Rejection::Handler { handler } => write!(f, "does not serve handler {handler:?}"),
             Rejection::Capability { missing } => write!(f, "lacks capability {missing:?}"),
             Rejection::Latency { rtt_us, ceiling_us } => {
@@ -266,6 +277,12 @@ impl NodeRecord {
             return Some(Rejection::Memory {
                 free: self.free_memory(),
                 required: req.memory,
+            });
+        }
+        if self.spec.max_session_memory > 0 && req.memory > self.spec.max_session_memory {
+            return Some(Rejection::ReservationCap {
+                required: req.memory,
+                cap: self.spec.max_session_memory,
             });
         }
         if let Some(c) = req.latency_ceiling_us {
@@ -632,6 +649,7 @@ mod tests {
             capabilities: vec![],
             price_micros_per_input: 10,
             capacity: cap,
+            max_session_memory: 0,
             api: "http://127.0.0.1:1".into(),
             migration: "127.0.0.1:1".into(),
         }

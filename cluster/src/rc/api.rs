@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use opengrid_actors::SessionError;
 use serde_json::{json, Value};
 
-use crate::common::access::Bearer;
+use crate::common::access::{Bearer, ClientAddr};
 use crate::common::http::{
     count_status, handover_body, not_found_route, parse_manifest, parse_sid, ApiError,
 };
@@ -87,6 +87,7 @@ async fn rc_create(
     State(core): State<Arc<RcCore>>,
     Query(q): Query<HashMap<String, String>>,
     bearer: Bearer,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -103,7 +104,12 @@ async fn rc_create(
             core.access.session(&bearer, sid.as_str())?;
         }
     }
-    match core.place(&m, sid.clone()).await {
+    // Quotas are per client address; operators are not limited.
+    let owner = match core.access.is_operator(&bearer) {
+        true => None,
+        false => Some(addr.map_or_else(|| "unknown".to_string(), |a| a.to_string())),
+    };
+    match core.place(&m, sid.clone(), owner).await {
         Ok(p) => Ok((
             StatusCode::CREATED,
             Json(serde_json::to_value(p).unwrap_or(Value::Null)),
@@ -148,6 +154,11 @@ async fn rc_create(
         Err(e @ PlaceError::CopiesUnreachable(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "min_copies_unreachable",
+            e.to_string(),
+        )),
+        Err(e @ PlaceError::Quota { .. }) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
             e.to_string(),
         )),
         Err(e @ PlaceError::NodeFailed { .. }) => Err(ApiError::new(

@@ -43,6 +43,11 @@ pub struct RcConfig {
     pub operators: Vec<String>,
     /// How long a session capability returned by `POST /sessions` stays valid.
     pub capability_ttl: HumanDuration,
+    /// Live sessions one client (by address; a peer colony by its RC) may hold; operators are
+    /// not limited.
+    pub client_max_sessions: usize,
+    /// Memory the live sessions of one client may reserve in all (`placement.memory` of each).
+    pub client_max_memory: ByteSize,
     /// Expected heartbeat period of nodes (seeds the failure detector).
     pub heartbeat_period: HumanDuration,
     /// Lease granted per heartbeat.
@@ -94,6 +99,8 @@ impl Default for RcConfig {
             colony_secret: String::new(),
             operators: Vec::new(),
             capability_ttl: HumanDuration::from_secs(30 * 24 * 3600),
+            client_max_sessions: 10_000,
+            client_max_memory: ByteSize(1 << 40),
             heartbeat_period: HumanDuration::from_millis(100),
             lease: HumanDuration::from_secs(1),
             lease_grace: 1.5,
@@ -149,6 +156,9 @@ impl RcConfig {
         }
         check_secret(&self.colony_secret, self.dev)?;
         crate::common::config::check_operators(&self.operators)?;
+        if self.client_max_sessions == 0 {
+            return Err(invalid("client_max_sessions", "must be at least 1"));
+        }
         if self.capability_ttl.0 < Duration::from_secs(60) {
             return Err(invalid("capability_ttl", "must be at least 1 minute"));
         }

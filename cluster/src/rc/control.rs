@@ -45,50 +45,58 @@ impl RcCore {
     /// the authenticated one, then [`Self::on_message`]. Refusals are counted
     /// (`opengrid_cluster_control_refused_total{reason}`); a node without a link is told to join.
     pub fn on_sealed(&self, s: crate::common::seal::Sealed<ToRc>) {
+        use crate::common::seal::Payload;
         use crate::common::seal::{Seal, SealError};
-        let checked = match (&s.seal, &s.msg) {
-            (Seal::None, ToRc::Join(j)) => match wire::decode::<wire::JoinBody>(&j.body) {
-                Ok(b) if b.spec.id == s.from => Ok(()),
-                Ok(b) => Err(SealError::WrongSender {
-                    authenticated: b.spec.id.did(),
-                    claimed: s.from.did(),
+        let from = s.from;
+        let checked = match (&s.seal, s.payload) {
+            (Seal::None, Payload::Clear(ToRc::Join(j))) => {
+                match wire::decode::<wire::JoinBody>(&j.body) {
+                    Ok(b) if b.spec.id != from => Err(SealError::WrongSender {
+                        authenticated: b.spec.id.did(),
+                        claimed: from.did(),
+                    }),
+                    // Undecodable: `on_join` refuses and counts it.
+                    _ => Ok(ToRc::Join(j)),
+                }
+            }
+            (Seal::Aead { ctr }, payload) => match lock(&self.links).get_mut(&from) {
+                Some(link) => link.open(crate::common::seal::Sealed {
+                    from,
+                    seal: Seal::Aead { ctr: *ctr },
+                    payload,
                 }),
-                // Undecodable: `on_join` refuses and counts it.
-                Err(_) => Ok(()),
-            },
-            (Seal::Mac { .. }, _) => match lock(&self.links).get_mut(&s.from) {
-                Some(link) => link.open(&s),
-                None => Err(SealError::NoLink(s.from.did())),
+                None => Err(SealError::NoLink(from.did())),
             },
             _ => Err(SealError::NotAllowed("only a join may be unsealed")),
         }
-        .and_then(|()| match s.msg.claimed_sender() {
-            Some(c) if c != s.from => Err(SealError::WrongSender {
-                authenticated: s.from.did(),
+        .and_then(|msg| match msg.claimed_sender() {
+            Some(c) if c != from => Err(SealError::WrongSender {
+                authenticated: from.did(),
                 claimed: c.did(),
             }),
-            _ => Ok(()),
+            _ => Ok(msg),
         });
-        if let Err(e) = checked {
-            self.metrics
-                .control_refused
-                .add(1, &[KeyValue::new("reason", e.reason())]);
-            if let Some(repeats) = self.refused_log.allow(Instant::now()) {
-                tracing::warn!(from = %s.from, error = %e, repeats, "control message refused");
+        match checked {
+            Ok(msg) => self.on_message(msg),
+            Err(e) => {
+                self.metrics
+                    .control_refused
+                    .add(1, &[KeyValue::new("reason", e.reason())]);
+                if let Some(repeats) = self.refused_log.allow(Instant::now()) {
+                    tracing::warn!(%from, error = %e, repeats, "control message refused");
+                }
+                // A link message from a node we have no link with (this RC restarted): tell it
+                // to join again, signed, so that it does not wait for its lease to run out.
+                if matches!(e, SealError::NoLink(_)) {
+                    let _ = self.send_node(
+                        &from,
+                        ToNode::Evicted {
+                            reason: "no control link with this RC: join again".into(),
+                        },
+                    );
+                }
             }
-            // A heartbeat from a node we have no link with (this RC restarted): tell it to join
-            // again, signed, so that it does not wait for its lease to run out.
-            if matches!(e, SealError::NoLink(_)) && matches!(s.msg, ToRc::Heartbeat { .. }) {
-                let _ = self.send_node(
-                    &s.from,
-                    ToNode::Evicted {
-                        reason: "no control link with this RC: join again".into(),
-                    },
-                );
-            }
-            return;
         }
-        self.on_message(s.msg);
     }
 
     /// Handles one control-plane message (already authenticated: [`Self::on_sealed`]).
@@ -126,6 +134,7 @@ impl RcCore {
                 if matches {
                     if let Some(e) = st.directory.remove(&sid) {
                         st.colony.note_closed(&node, e.memory);
+                        crate::rc::release(&mut st.usage, e.owner.as_deref(), e.memory);
                         self.events.publish(ColonyEvent::SessionClosed {
                             session: sid.to_string(),
                             node: e.node_name,

@@ -590,6 +590,7 @@ impl RcCore {
                                 memory,
                                 state: DirState::Active,
                                 replicas,
+                                owner: None,
                                 waiting: None,
                                 manifest,
                             },

@@ -68,6 +68,10 @@ pub struct DirEntry {
     /// jurisdiction).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// Who created it (the client's address; `None` for an operator, a peer RC's placement or a
+    /// session learnt from a node's report): what its quota is charged to.
+    #[serde(rename = "client", skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The manifest (failover and handover placement need it); shown as its loss bound,
     /// `acceptable_loss` (`"0s"`: zero loss).
     #[serde(
@@ -168,6 +172,8 @@ pub(crate) struct RcState {
     pub(crate) colony: Colony,
     pub(crate) members: HashMap<NodeId, Member>,
     pub(crate) directory: HashMap<SessionId, DirEntry>,
+    /// Per client (directory `owner`): live sessions and memory they reserve (quotas).
+    pub(crate) usage: HashMap<String, (u32, u64)>,
     /// Session mobility bookkeeping (failover, handover plans, drains).
     pub(crate) mob: crate::rc::mobility::MobilityState,
 }
@@ -194,6 +200,15 @@ pub enum PlaceError {
     /// A zero-loss session needs more copies beyond its holder than the colony keeps.
     #[error(transparent)]
     CopiesUnreachable(#[from] CopiesUnreachable),
+    /// The client already holds its quota of sessions or reserved memory (`client_max_sessions`,
+    /// `client_max_memory`).
+    #[error("quota exceeded for client {client}: {what}")]
+    Quota {
+        /// The client (its address).
+        client: String,
+        /// Which limit, with the numbers.
+        what: String,
+    },
     /// The chosen node failed to start it or did not answer in time.
     #[error("node {node} could not start the session: {reason}")]
     NodeFailed {
@@ -212,6 +227,28 @@ pub struct CopiesUnreachable {
     pub need: u32,
     /// The colony's k.
     pub replicas: usize,
+}
+
+/// Charges a new session of `memory` bytes to `owner`'s quota usage.
+pub(crate) fn charge(usage: &mut HashMap<String, (u32, u64)>, owner: Option<&str>, memory: u64) {
+    if let Some(o) = owner {
+        let u = usage.entry(o.to_string()).or_default();
+        u.0 = u.0.saturating_add(1);
+        u.1 = u.1.saturating_add(memory);
+    }
+}
+
+/// Gives a closed session's share of `owner`'s quota back.
+pub(crate) fn release(usage: &mut HashMap<String, (u32, u64)>, owner: Option<&str>, memory: u64) {
+    if let Some(o) = owner {
+        if let Some(u) = usage.get_mut(o) {
+            u.0 = u.0.saturating_sub(1);
+            u.1 = u.1.saturating_sub(memory);
+            if u.0 == 0 {
+                usage.remove(o);
+            }
+        }
+    }
 }
 
 /// A successful placement.
@@ -291,6 +328,7 @@ impl RcCore {
                 colony: Colony::new(),
                 members: HashMap::new(),
                 directory: HashMap::new(),
+                usage: HashMap::new(),
                 mob: Default::default(),
             }),
             pending: Mutex::new(HashMap::new()),
@@ -398,6 +436,7 @@ impl RcCore {
         &self,
         m: &Manifest,
         session: Option<SessionId>,
+        owner: Option<String>,
     ) -> Result<Placement, PlaceError> {
         let m = &self.colony_policy(m)?;
         let req = Requirements::from_manifest(m);
@@ -405,6 +444,31 @@ impl RcCore {
         let (node, name, api, epoch, replica_addrs) = {
             let mut st = lock(&self.state);
             let epoch = Epoch(1);
+            if let Some(o) = &owner {
+                let (n, mem) = st.usage.get(o).copied().unwrap_or_default();
+                let what = if n as usize >= self.cfg.client_max_sessions {
+                    Some(format!(
+                        "{n} live sessions, at most {}",
+                        self.cfg.client_max_sessions
+                    ))
+                } else if mem.saturating_add(req.memory) > self.cfg.client_max_memory.0 {
+                    Some(format!(
+                        "{mem} B reserved + {} B asked > {} B (client_max_memory)",
+                        req.memory, self.cfg.client_max_memory.0
+                    ))
+                } else {
+                    None
+                };
+                if let Some(what) = what {
+                    self.metrics
+                        .placements
+                        .add(1, &[KeyValue::new("outcome", "quota")]);
+                    return Err(PlaceError::Quota {
+                        client: o.clone(),
+                        what,
+                    });
+                }
+            }
             if let Some(e) = st.directory.get(&sid) {
                 // An orphaned session is restored from its replicas by the failover loop, never
                 // placed again empty.
@@ -457,12 +521,14 @@ impl RcCore {
                     epoch,
                     handler: req.handler.clone(),
                     memory: req.memory,
+                    owner: owner.clone(),
                     state: DirState::Starting,
                     replicas,
                     waiting: None,
                     manifest: Some(Arc::new(m.clone())),
                 },
             );
+            charge(&mut st.usage, owner.as_deref(), req.memory);
             (node, name, api, epoch, replica_addrs)
         };
         let result = self
@@ -501,7 +567,9 @@ impl RcCore {
                     .get(&sid)
                     .is_some_and(|e| e.node == node && e.epoch == epoch)
                 {
-                    st.directory.remove(&sid);
+                    if let Some(e) = st.directory.remove(&sid) {
+                        release(&mut st.usage, e.owner.as_deref(), e.memory);
+                    }
                 }
                 st.colony.note_closed(&node, req.memory);
                 st.colony.note_failed(&node);

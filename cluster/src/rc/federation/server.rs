@@ -191,7 +191,11 @@ async fn place_for_remote(core: &RcCore, fed: &Federation, req: &AdmissionReques
     };
     // Narrowed, never widened: the local hard filter then keeps the session inside these zones.
     m.placement.jurisdictions = zones;
-    match core.place(&m, sid).await {
+    // Charged to the asking colony's RC: its own clients' quotas are its business.
+    match core
+        .place(&m, sid, Some(format!("rc:{}", req.from_colony)))
+        .await
+    {
         Ok(p) => Outcome::Placed {
             session_id: p.session_id.to_string(),
             node: p.node.to_string(),
@@ -212,6 +216,7 @@ async fn place_for_remote(core: &RcCore, fed: &Federation, req: &AdmissionReques
             },
         ),
         Err(e @ PlaceError::AlreadyPlaced { .. }) => refuse("already_placed", e.to_string()),
+        Err(e @ PlaceError::Quota { .. }) => refuse("quota_exceeded", e.to_string()),
         Err(e) => refuse("placement_failed", e.to_string()),
     }
 }

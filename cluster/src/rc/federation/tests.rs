@@ -66,6 +66,7 @@ fn spec(name: &str, j: &str, acc: AcceleratorClass, cap: u32, price: u64) -> Nod
         capabilities: vec!["vision".into()],
         price_micros_per_input: price,
         capacity: cap,
+        max_session_memory: 0,
         api: format!("http://{name}"),
         migration: "127.0.0.1:1".into(),
     }

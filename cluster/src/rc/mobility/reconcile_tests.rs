@@ -34,6 +34,7 @@ fn spec(id: &Identity, name: &str, port: u16) -> NodeSpec {
         capabilities: vec![],
         price_micros_per_input: 10,
         capacity: 100,
+        max_session_memory: 0,
         api: format!("http://127.0.0.1:{port}"),
         migration: format!("127.0.0.1:{}", port + 1),
     }
@@ -91,6 +92,7 @@ fn place(core: &RcCore, sid: &str, node: NodeId, epoch: u64, state: DirState) {
             memory: 0,
             state,
             replicas: vec![],
+            owner: None,
             waiting: None,
             manifest: None,
         },
