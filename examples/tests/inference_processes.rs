@@ -521,3 +521,14 @@ fn a_taken_migration_port_is_a_typed_start_error_not_a_panic() {
         &["migration server", &addr],
     );
 }
+
+/// A migration test hook in a production process's environment is refused at start, naming
+/// `dev` (it would let a handover stall on purpose).
+#[test]
+fn a_test_hook_in_the_environment_needs_dev() {
+    assert_start_fails(
+        "",
+        &[("OPENGRID_FAULT_HANDOVER_PAUSE", Some("transfer:1000"))],
+        &["dev", "OPENGRID_FAULT_HANDOVER_PAUSE", "dev = true"],
+    );
+}

@@ -401,7 +401,13 @@ async fn killing_the_target_at_any_step_leaves_the_source_serving() {
         let pause = format!("{step_name}:4000");
         let env = [("OPENGRID_FAULT_HANDOVER_PAUSE", pause.as_str())];
         // The source starts alone so the session lands there; then the target and a third node.
-        c.node("src", "DE", "", if on_target { &[] } else { &env });
+        // The hook is a development-only one: the paused node runs with dev = true.
+        c.node(
+            "src",
+            "DE",
+            if on_target { "" } else { "dev = true" },
+            if on_target { &[] } else { &env },
+        );
         c.wait_alive(1).await;
         let client = c.client();
         let mut s = client.create(ZERO_LOSS, None).await.unwrap();
@@ -409,7 +415,12 @@ async fn killing_the_target_at_any_step_leaves_the_source_serving() {
         for _ in 0..5 {
             acked = step(&mut s, acked).await.unwrap();
         }
-        c.node("dst", "DE", "", if on_target { &env } else { &[] });
+        c.node(
+            "dst",
+            "DE",
+            if on_target { "dev = true" } else { "" },
+            if on_target { &env } else { &[] },
+        );
         c.node("third", "DE", "", &[]);
         c.wait_alive(3).await;
         let id = s.id.clone();
@@ -786,6 +797,322 @@ async fn an_overloaded_node_is_rebalanced_by_the_rc() {
         *acked = step(s, *acked).await.unwrap();
         assert_eq!(*acked, 2);
     }
+}
+
+/// The client APIs of a running colony, attacked from outside: no token, a stranger's self-made
+/// operator token and capabilities, another session's capability, a tampered one. A session's
+/// capability opens that session only, an operator token everything (ADR 0026); every refusal is
+/// a typed 401/403, leaks no location, and changes nothing — checked from outside with the
+/// rightful tokens afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_get_nothing_from_the_client_apis() {
+    use opengrid_cluster::common::identity::Identity;
+    use opengrid_cluster::common::token;
+    let mut c = Colony::start();
+    c.node("n1", "DE", "", &[]);
+    c.wait_alive(1).await;
+    let op = c.operator_token();
+    // Anyone may create a session; it comes with its capability.
+    let anon = Client::new(c.rc_api.clone());
+    let mut a = anon.create(ZERO_LOSS, None).await.unwrap();
+    let b = anon.create(ZERO_LOSS, None).await.unwrap();
+    let (cap_a, cap_b) = (a.capability.clone().unwrap(), b.capability.clone().unwrap());
+    assert_eq!(step(&mut a, 0).await.unwrap(), 1);
+    let stranger = Identity::generate();
+    let self_made_op = token::mint_operator(&stranger, Duration::from_secs(60)).unwrap();
+    let forged_cap = token::mint_session(&stranger, &a.id, Duration::from_secs(60)).unwrap();
+    // B's capability with its subject changed to A (the signature no longer matches).
+    let tampered = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let p: Vec<&str> = cap_b.split('.').collect();
+        let claims = String::from_utf8(b64.decode(p[1]).unwrap())
+            .unwrap()
+            .replace(&b.id, &a.id);
+        format!("{}.{}.{}", p[0], b64.encode(claims), p[2])
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (rcu, n) = (c.rc_api.clone(), a.address.clone());
+    let create_again = ZERO_LOSS.to_string();
+    let ida = a.id.clone();
+    let input = json!({"seq": 2, "input": "theirs"}).to_string();
+    // (method, url, body, token, status, code)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<String>,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            format!("{rcu}/status"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            format!("{rcu}/status"),
+            None,
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        (
+            "GET",
+            format!("{rcu}/status"),
+            None,
+            Some(&self_made_op),
+            401,
+            "invalid_token",
+        ),
+        (
+            "GET",
+            format!("{rcu}/status"),
+            None,
+            Some("not.a.token"),
+            401,
+            "invalid_token",
+        ),
+        (
+            "GET",
+            format!("{rcu}/ui/events"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            format!("{rcu}/ui/ledger"),
+            None,
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        (
+            "GET",
+            format!("{rcu}/sessions/{ida}"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            format!("{rcu}/sessions/{ida}"),
+            None,
+            Some(&cap_b),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{rcu}/sessions/{ida}/inputs"),
+            Some(input.clone()),
+            Some(&forged_cap),
+            401,
+            "invalid_token",
+        ),
+        (
+            "POST",
+            format!("{rcu}/sessions/{ida}/handover"),
+            Some("{}".into()),
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        // Re-creating a known id: no location for a stranger.
+        (
+            "POST",
+            format!("{rcu}/sessions?session_id={ida}"),
+            Some(create_again.clone()),
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "POST",
+            format!("{rcu}/sessions?session_id={ida}"),
+            Some(create_again.clone()),
+            Some(&cap_b),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/{ida}/inputs"),
+            Some(input.clone()),
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/{ida}/inputs"),
+            Some(input.clone()),
+            Some(&cap_b),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/{ida}/inputs"),
+            Some(input.clone()),
+            Some(&tampered),
+            401,
+            "invalid_token",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/{ida}/inputs"),
+            Some(input.clone()),
+            Some(&forged_cap),
+            401,
+            "invalid_token",
+        ),
+        (
+            "GET",
+            format!("{n}/sessions/{ida}"),
+            None,
+            Some(&cap_b),
+            403,
+            "forbidden",
+        ),
+        (
+            "GET",
+            format!("{n}/sessions/{ida}/ws"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "DELETE",
+            format!("{n}/sessions/{ida}"),
+            None,
+            Some(&cap_b),
+            403,
+            "forbidden",
+        ),
+        (
+            "DELETE",
+            format!("{n}/sessions/{ida}"),
+            None,
+            Some(&self_made_op),
+            401,
+            "invalid_token",
+        ),
+        (
+            "GET",
+            format!("{n}/sessions"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            format!("{n}/sessions"),
+            None,
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{n}/sessions/{ida}/handover"),
+            Some("{}".into()),
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{n}/drain"),
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "POST",
+            format!("{n}/drain"),
+            None,
+            Some(&cap_a),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("{n}/drain"),
+            None,
+            Some(&self_made_op),
+            401,
+            "invalid_token",
+        ),
+    ];
+    for (method, url, body, tok, status, code) in &cases {
+        let mut req = match *method {
+            "POST" => http.post(url),
+            "DELETE" => http.delete(url),
+            _ => http.get(url),
+        };
+        if let Some(t) = tok {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/toml")
+                .body(b.clone());
+        }
+        let r = req.send().await.unwrap();
+        let got = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(got, *status, "{method} {url} with {tok:?}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["code"], *code, "{method} {url}: {text}");
+        assert!(
+            !text.contains(&n) || url.starts_with(&n),
+            "location leaked: {text}"
+        );
+    }
+    // Nothing changed: A holds exactly its own input, B none, the node is not draining, and the
+    // rightful tokens open what they should.
+    let info = a.info().await.unwrap();
+    assert_eq!(info["last_seq"], 1, "{info}");
+    assert_eq!(b.info().await.unwrap()["last_seq"], 0);
+    let st = c.status().await;
+    assert_eq!(sessions(&st).len(), 2, "{st}");
+    let h: Value = reqwest::get(format!("{n}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["draining"], false, "{h}");
+    for (url, tok) in [
+        (format!("{rcu}/status"), &op),
+        (format!("{n}/sessions"), &op),
+        (format!("{rcu}/sessions/{ida}"), &cap_a),
+        (format!("{rcu}/ui/events?access_token={op}"), &String::new()),
+    ] {
+        let mut req = http.get(&url);
+        if !tok.is_empty() {
+            req = req.bearer_auth(tok);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+    }
+    assert_eq!(step(&mut a, 1).await.unwrap(), 2);
+    a.close().await.unwrap();
 }
 
 /// The migration ports of a running colony, attacked from outside it: plain TCP and TLS with a

@@ -5,16 +5,31 @@
 //! side: `transfer`, `activate`) or the handover driver (source side: `freeze`, after the final
 //! checkpoint and before activation) for `<ms>` milliseconds and logs
 //! `fault hook: handover paused at <step>` first, so a test can wait for that line. Unset (the
-//! default, and in production) it costs one atomic load.
+//! default, and in production) it costs one atomic load. The hook is read only after the process
+//! [`allow`]s it: the node does for `dev = true` configs, and refuses to start with the variable
+//! set otherwise.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The variable read.
 pub const PAUSE_VAR: &str = "OPENGRID_FAULT_HANDOVER_PAUSE";
 
+static ALLOWED: AtomicBool = AtomicBool::new(false);
+
+/// Lets this process's handovers pause as [`PAUSE_VAR`] says (a development or test process
+/// only); without it the variable is ignored.
+pub fn allow() {
+    ALLOWED.store(true, Ordering::Release);
+}
+
 fn table() -> &'static HashMap<String, Duration> {
+    static EMPTY: OnceLock<HashMap<String, Duration>> = OnceLock::new();
+    if !ALLOWED.load(Ordering::Acquire) {
+        return EMPTY.get_or_init(HashMap::new);
+    }
     static T: OnceLock<HashMap<String, Duration>> = OnceLock::new();
     T.get_or_init(|| {
         std::env::var(PAUSE_VAR)

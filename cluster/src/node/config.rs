@@ -165,15 +165,30 @@ impl Default for NodeConfig {
 impl NodeConfig {
     /// Reads a TOML file (if given), applies `OPENGRID_*` overrides, validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let c: NodeConfig = load_with_env(path, &NodeConfig::default(), &env_map(), SHAPE)?;
+        let env = env_map();
+        let c: NodeConfig = load_with_env(path, &NodeConfig::default(), &env, SHAPE)?;
         c.validate()?;
+        c.check_env_hooks(&env)?;
         Ok(c)
+    }
+
+    /// Test hooks set in the environment (`OPENGRID_FAULT_HANDOVER_PAUSE`) need `dev = true`.
+    pub(crate) fn check_env_hooks(&self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        let var = opengrid_migration::fault::PAUSE_VAR;
+        if !self.dev && env.iter().any(|(k, v)| k == var && !v.is_empty()) {
+            return Err(invalid(
+                "dev",
+                format!("{var} (a migration test hook) is set: allowed only with dev = true"),
+            ));
+        }
+        Ok(())
     }
 
     /// Parses TOML text with the given environment overrides, validates.
     pub fn from_toml_with_env(text: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
         let c: NodeConfig = parse_with_env(text, &NodeConfig::default(), env, SHAPE)?;
         c.validate()?;
+        c.check_env_hooks(env)?;
         Ok(c)
     }
 

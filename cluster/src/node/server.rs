@@ -123,6 +123,15 @@ pub async fn start_node_with(
     setup: HandlerSetup,
     services: crate::node::inference::ServiceSetup,
 ) -> Result<NodeHandle, StartError> {
+    cfg.validate()?;
+    // The migration test hook runs only in a development process (ADR 0022).
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k == opengrid_migration::fault::PAUSE_VAR)
+        .collect();
+    cfg.check_env_hooks(&env)?;
+    if cfg.dev {
+        opengrid_migration::fault::allow();
+    }
     let data_dir_lock = lock_data_dir(&cfg.data_dir)?;
     let identity = Identity::load_or_create(&cfg.data_dir)?;
     let handlers = runtime("handler", cfg.handler_threads)?;
