@@ -166,6 +166,26 @@ pub enum TokenCmd {
         #[arg(long, default_value = "10m")]
         valid: humantime::Duration,
     },
+    /// A join token for a colony that admits by token (`require_join_token`), signed by the key
+    /// in `--key` (the RC's own, or one of its `operators`): give it to the node as
+    /// `OPENGRID_JOIN_TOKEN`.
+    Join {
+        /// Data dir holding the colony operator's `identity.key`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The colony.
+        #[arg(long)]
+        colony: String,
+        /// Only this node (its did:mycel, `opengrid id`); without it, any node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Jurisdictions the node may declare (repeat; none: any).
+        #[arg(long = "jurisdiction")]
+        jurisdictions: Vec<String>,
+        /// How long the token may be used to join.
+        #[arg(long, default_value = "24h")]
+        valid: humantime::Duration,
+    },
 }
 
 /// The clap command of `opengrid` (for completions and man pages).
@@ -430,6 +450,35 @@ async fn run(
             println!(
                 "{}",
                 crate::common::token::operator_token_from_dir(&key, valid.into())?
+            );
+            Ok(())
+        }
+        Cmd::Token {
+            kind:
+                TokenCmd::Join {
+                    key,
+                    colony,
+                    node,
+                    jurisdictions,
+                    valid,
+                },
+        } => {
+            let id = Identity::load_or_create(&key)
+                .with_context(|| format!("operator key in {}", key.display()))?;
+            let node = node
+                .as_deref()
+                .map(crate::common::identity::NodeId::parse)
+                .transpose()
+                .context("--node")?;
+            println!(
+                "{}",
+                crate::common::token::mint_join(
+                    &id,
+                    &colony,
+                    node.as_ref(),
+                    &jurisdictions,
+                    valid.into()
+                )?
             );
             Ok(())
         }

@@ -931,3 +931,121 @@ async fn quotas_bound_what_one_client_and_one_session_may_take() {
     node.shutdown().await;
     rc.shutdown().await;
 }
+
+/// Colony membership by policy (ADR 0027): a colony that admits by join token refuses a node
+/// with none, with one for another node, for another jurisdiction or signed by a stranger — each
+/// told why — and admits the node whose token the colony operator signed; a `members` allowlist
+/// refuses every other key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_the_membership_policy_admits_join() {
+    use opengrid_cluster::common::identity::Identity;
+    use opengrid_cluster::common::token::mint_join;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "membership-secret-1";
+    let mut rcc = rc_config(dir.path(), secret);
+    rcc.require_join_token = true;
+    let rc = start_rc(rcc).await.unwrap();
+    // The colony operator is the RC's own key here.
+    let op = Identity::load_or_create(&dir.path().join("rc")).unwrap();
+    let stranger = Identity::generate();
+    let day = Duration::from_secs(86_400);
+    // The node's key exists before it starts, so a token can name it.
+    let good = Identity::load_or_create(&dir.path().join("good")).unwrap();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("no-token", String::new(), "join token"),
+        (
+            "other-node",
+            mint_join(&op, "local", Some(&stranger.id()), &[], day).unwrap(),
+            "is for node",
+        ),
+        (
+            "other-zone",
+            mint_join(&op, "local", None, &["FR".into()], day).unwrap(),
+            "jurisdictions",
+        ),
+        (
+            "stranger-signed",
+            mint_join(&stranger, "local", None, &[], day).unwrap(),
+            "not signed by a colony operator",
+        ),
+        (
+            "other-colony",
+            mint_join(&op, "elsewhere", None, &[], day).unwrap(),
+            "token refused",
+        ),
+    ];
+    let http = reqwest::Client::new();
+    let mut refused = Vec::new();
+    for (name, token, why) in &cases {
+        let mut nc = node_config(dir.path(), &rc, name, "DE", secret);
+        nc.join_token = token.clone();
+        let node = start_node(nc, setup).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let h: Value = http
+                .get(format!("{}/health", node.api_url()))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let r = h["join_refused"].as_str().unwrap_or_default().to_string();
+            if r.contains(why) {
+                assert!(r.contains("not admitted"), "{name}: {r}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: expected a refusal with {why:?}: {h}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        refused.push(node);
+    }
+    let op_client = support::operator_client(&rc);
+    let st = op_client.get("/status").await.unwrap();
+    assert_eq!(st["members"].as_array().unwrap().len(), 0, "{st}");
+    // The right token, for this node and DE: admitted.
+    let mut nc = node_config(dir.path(), &rc, "good", "DE", secret);
+    nc.join_token = mint_join(&op, "local", Some(&good.id()), &["DE".into()], day).unwrap();
+    let ok = start_node(nc, setup).await.unwrap();
+    wait_members(&op_client, 1, Duration::from_secs(20)).await;
+    let m = rc.core().metrics.render();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("opengrid_cluster_join_refused_total") && l.contains("reason=\"policy\"")),
+        "policy refusals counted: {m}"
+    );
+    for n in refused {
+        n.shutdown().await;
+    }
+    ok.shutdown().await;
+    rc.shutdown().await;
+
+    // An allowlist: only the listed key joins.
+    let dir = tempfile::tempdir().unwrap();
+    let listed = Identity::load_or_create(&dir.path().join("listed")).unwrap();
+    let mut rcc = rc_config(dir.path(), secret);
+    rcc.members = vec![listed.id().did()];
+    let rc = start_rc(rcc).await.unwrap();
+    let other = start_node(node_config(dir.path(), &rc, "unlisted", "DE", secret), setup)
+        .await
+        .unwrap();
+    let listed = start_node(node_config(dir.path(), &rc, "listed", "DE", secret), setup)
+        .await
+        .unwrap();
+    let op_client = support::operator_client(&rc);
+    wait_members(&op_client, 1, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !other
+        .core()
+        .last_refusal()
+        .is_some_and(|r| r.contains("is not in this colony's members"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", other.core().last_refusal());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = op_client.get("/status").await.unwrap();
+    assert_eq!(st["members"][0]["name"], "listed", "{st}");
+    other.shutdown().await;
+    listed.shutdown().await;
+    rc.shutdown().await;
+}

@@ -18,8 +18,14 @@
 //! its `operators`. Capabilities are honoured when signed by the RC (on a node: the RC it joined,
 //! or the pinned `rc_id`). A missing token is `401 unauthenticated`; a bad, expired or foreign one
 //! `401 invalid_token`; a valid one that does not open the resource `403 forbidden`.
+//!
+//! A token that verified is remembered by its blake3 hash until it expires ([`VERIFIED_CACHE`]
+//! entries at most, forgotten all at once when full or when the trusted keys change), so a
+//! session's inputs pay one signature check, not one per input.
 
-use std::sync::RwLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -86,11 +92,33 @@ pub enum Caller {
     Holder(String),
 }
 
+/// Most verified tokens remembered.
+pub const VERIFIED_CACHE: usize = 16_384;
+
+/// What a verified token is, remembered until `exp`.
+#[derive(Clone, Debug)]
+struct Verified {
+    /// `Some(session)` for a capability, `None` for an operator token.
+    session: Option<String>,
+    /// The signer.
+    iss: String,
+    /// Expiry, seconds since the Unix epoch.
+    exp: u64,
+}
+
 /// The keys one process honours.
 #[derive(Debug)]
 pub struct Access {
     operators: RwLock<Vec<NodeId>>,
     issuers: RwLock<Vec<NodeId>>,
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn unauthenticated(what: &str) -> ApiError {
@@ -118,6 +146,7 @@ impl Access {
         Access {
             operators: RwLock::new(operators),
             issuers: RwLock::new(issuers),
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -125,6 +154,54 @@ impl Access {
     pub fn trust_rc(&self, rc: NodeId) {
         push_unique(&self.issuers, rc);
         push_unique(&self.operators, rc);
+        self.cache().clear();
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Verified>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A remembered verification of `token`, if it has not expired.
+    fn remembered(&self, token: &str) -> Option<Verified> {
+        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        let mut c = self.cache();
+        match c.get(&key) {
+            Some(v) if v.exp > now_s() => Some(v.clone()),
+            Some(_) => {
+                c.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&self, token: &str, v: Verified) {
+        let mut c = self.cache();
+        if c.len() >= VERIFIED_CACHE {
+            c.clear();
+        }
+        c.insert(*blake3::hash(token.as_bytes()).as_bytes(), v);
+    }
+
+    fn verify_operator(&self, t: &str) -> Result<String, TokenError> {
+        if let Some(v) = self.remembered(t).filter(|v| v.session.is_none()) {
+            return Ok(v.iss);
+        }
+        let c = token::verify_operator(t, &self.operators())?;
+        self.remember(
+            t,
+            Verified {
+                session: None,
+                iss: c.iss.clone(),
+                exp: c.exp,
+            },
+        );
+        Ok(c.iss)
+    }
+
+    /// The operator keys (join tokens are signed by one of them).
+    pub fn operator_keys(&self) -> Vec<NodeId> {
+        self.operators()
     }
 
     fn operators(&self) -> Vec<NodeId> {
@@ -144,8 +221,8 @@ impl Access {
     /// Lets in an operator only; `what` names the resource in the error.
     pub fn operator(&self, bearer: &Bearer, what: &str) -> Result<Caller, ApiError> {
         let t = bearer.0.as_deref().ok_or_else(|| unauthenticated(what))?;
-        match token::verify_operator(t, &self.operators()) {
-            Ok(c) => Ok(Caller::Operator(c.iss)),
+        match self.verify_operator(t) {
+            Ok(iss) => Ok(Caller::Operator(iss)),
             // A capability is a valid token, just not one that opens this.
             Err(_) if token::verify_session_any(t, &self.issuers()).is_ok() => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -161,22 +238,42 @@ impl Access {
         bearer
             .0
             .as_deref()
-            .is_some_and(|t| token::verify_operator(t, &self.operators()).is_ok())
+            .is_some_and(|t| self.verify_operator(t).is_ok())
     }
 
     /// Lets in the holder of `session`'s capability, or an operator.
     pub fn session(&self, bearer: &Bearer, session: &str) -> Result<Caller, ApiError> {
         let what = format!("session {session}");
         let t = bearer.0.as_deref().ok_or_else(|| unauthenticated(&what))?;
-        match token::verify_session(t, &self.issuers(), session) {
-            Ok(_) => Ok(Caller::Holder(session.to_string())),
-            Err(TokenError::OtherSession(other)) => Err(ApiError::new(
+        let forbidden = |other: &str| {
+            ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!("the capability is for session {other}, not {session}"),
-            )),
-            Err(e) => match token::verify_operator(t, &self.operators()) {
-                Ok(c) => Ok(Caller::Operator(c.iss)),
+            )
+        };
+        if let Some(v) = self.remembered(t) {
+            return match v.session {
+                Some(s) if s == session => Ok(Caller::Holder(s)),
+                Some(other) => Err(forbidden(&other)),
+                None => Ok(Caller::Operator(v.iss)),
+            };
+        }
+        match token::verify_session(t, &self.issuers(), session) {
+            Ok(c) => {
+                self.remember(
+                    t,
+                    Verified {
+                        session: Some(c.sub.clone()),
+                        iss: c.iss,
+                        exp: c.exp,
+                    },
+                );
+                Ok(Caller::Holder(session.to_string()))
+            }
+            Err(TokenError::OtherSession(other)) => Err(forbidden(&other)),
+            Err(e) => match self.verify_operator(t) {
+                Ok(iss) => Ok(Caller::Operator(iss)),
                 Err(_) => Err(invalid(e)),
             },
         }
@@ -251,6 +348,26 @@ mod tests {
             a.session(&bearer("garbage"), "s1").unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn a_remembered_token_answers_as_the_first_check_did() {
+        let (rc, op) = (Identity::generate(), Identity::generate());
+        let a = Access::new(vec![rc.id(), op.id()], vec![rc.id()]);
+        let cap = token::mint_session(&rc, "s1", Duration::from_secs(60)).unwrap();
+        let ot = token::mint_operator(&op, Duration::from_secs(60)).unwrap();
+        for _ in 0..2 {
+            assert_eq!(a.session(&bearer(&cap), "s1").unwrap(), Caller::Holder("s1".into()));
+            assert_eq!(a.session(&bearer(&cap), "s2").unwrap_err().status, StatusCode::FORBIDDEN);
+            assert_eq!(a.operator(&bearer(&cap), "status").unwrap_err().status, StatusCode::FORBIDDEN);
+            assert!(matches!(a.session(&bearer(&ot), "s9"), Ok(Caller::Operator(_))));
+            assert!(a.is_operator(&bearer(&ot)));
+        }
+        assert_eq!(a.cache().len(), 2);
+        // Expired entries are not answered from memory.
+        a.cache().values_mut().for_each(|v| v.exp = 0);
+        assert!(a.remembered(&cap).is_none());
+        assert!(a.session(&bearer(&cap), "s1").is_ok(), "verified again while valid");
     }
 
     #[test]

@@ -189,16 +189,17 @@ pub(crate) fn effective_secret(s: &str, dev: bool) -> &str {
 /// Operator keys: each a did:mycel, at most [`crate::common::token::MAX_OPERATORS`] - 2 (the
 /// process's own key and, on a node, its RC's are operators too).
 pub(crate) fn check_operators(dids: &[String]) -> Result<(), ConfigError> {
-    let most = crate::common::token::MAX_OPERATORS - 2;
+    check_dids("operators", dids, crate::common::token::MAX_OPERATORS - 2)
+}
+
+/// A list of did:mycel in config field `field`, at most `most`.
+pub(crate) fn check_dids(field: &str, dids: &[String], most: usize) -> Result<(), ConfigError> {
     if dids.len() > most {
-        return Err(invalid(
-            "operators",
-            format!("{} keys, at most {most}", dids.len()),
-        ));
+        return Err(invalid(field, format!("{} keys, at most {most}", dids.len())));
     }
     for d in dids {
         crate::common::identity::NodeId::parse(d)
-            .map_err(|e| invalid("operators", format!("{d:?}: {e}")))?;
+            .map_err(|e| invalid(field, format!("{d:?}: {e}")))?;
     }
     Ok(())
 }

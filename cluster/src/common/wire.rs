@@ -60,6 +60,9 @@ pub struct JoinBody {
     /// The node's ephemeral X25519 public key for this join's control link
     /// ([`crate::common::seal`]).
     pub kx: [u8; 32],
+    /// A join token signed by a colony operator (`opengrid token join`), when the colony admits
+    /// by token (ADR 0027).
+    pub join_token: Option<String>,
 }
 
 /// A join request: body + ed25519 signature by the node's identity key.
@@ -96,6 +99,10 @@ pub enum JoinError {
         /// Limit.
         limit_ms: u64,
     },
+    /// The colony's membership policy does not admit this node (not in `members`, no or a bad
+    /// join token).
+    #[error("not admitted to the colony: {0}")]
+    NotAdmitted(String),
 }
 
 impl JoinRequest {
@@ -562,6 +569,7 @@ mod tests {
             unix_ms: 1_000_000,
             nonce: 7,
             kx: [9; 32],
+            join_token: None,
         }
     }
 

@@ -86,6 +86,9 @@ pub struct NodeConfig {
     /// Operator keys (DIDs) besides the node's own and its RC's: their tokens (`opengrid token
     /// operator`) open the node's session list, drain, handover and every session (ADR 0026).
     pub operators: Vec<String>,
+    /// A join token from the colony operator (`opengrid token join`), for a colony that admits
+    /// by token. Keep it out of the file: `OPENGRID_JOIN_TOKEN`.
+    pub join_token: String,
     /// Heartbeat period to the RC.
     pub heartbeat_period: HumanDuration,
     /// Lease length asked of the RC; the node stops serving when its lease runs out.
@@ -143,6 +146,7 @@ impl Default for NodeConfig {
             rc_id: String::new(),
             colony_secret: String::new(),
             operators: Vec::new(),
+            join_token: String::new(),
             heartbeat_period: HumanDuration::from_millis(100),
             lease: HumanDuration::from_secs(1),
             control_threads: 1,

@@ -601,6 +601,7 @@ impl NodeCore {
             unix_ms: wire::unix_ms(),
             nonce: rand::random(),
             kx: offer.public,
+            join_token: Some(self.cfg.join_token.clone()).filter(|t| !t.is_empty()),
         };
         *lock(&self.offer) = Some((body.nonce, offer));
         let req = JoinRequest::sign(&self.identity, &body);

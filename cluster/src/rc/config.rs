@@ -43,6 +43,13 @@ pub struct RcConfig {
     pub operators: Vec<String>,
     /// How long a session capability returned by `POST /sessions` stays valid.
     pub capability_ttl: HumanDuration,
+    /// Colony membership: the only node DIDs that may join (empty: any node the rest of the
+    /// policy admits).
+    pub members: Vec<String>,
+    /// Colony membership: a node must present a join token signed by this RC's key or one of
+    /// `operators` (`opengrid token join`), for this colony, its DID (or any) and its
+    /// jurisdiction (ADR 0027).
+    pub require_join_token: bool,
     /// Live sessions one client (by address; a peer colony by its RC) may hold; operators are
     /// not limited.
     pub client_max_sessions: usize,
@@ -99,6 +106,8 @@ impl Default for RcConfig {
             colony_secret: String::new(),
             operators: Vec::new(),
             capability_ttl: HumanDuration::from_secs(30 * 24 * 3600),
+            members: Vec::new(),
+            require_join_token: false,
             client_max_sessions: 10_000,
             client_max_memory: ByteSize(1 << 40),
             heartbeat_period: HumanDuration::from_millis(100),
@@ -156,6 +165,7 @@ impl RcConfig {
         }
         check_secret(&self.colony_secret, self.dev)?;
         crate::common::config::check_operators(&self.operators)?;
+        crate::common::config::check_dids("members", &self.members, usize::MAX)?;
         if self.client_max_sessions == 0 {
             return Err(invalid("client_max_sessions", "must be at least 1"));
         }

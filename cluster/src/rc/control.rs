@@ -198,12 +198,43 @@ impl RcCore {
         }
     }
 
+    /// The colony's membership policy (ADR 0027): `members` allowlist, join tokens.
+    fn admit(&self, body: wire::JoinBody) -> Result<wire::JoinBody, wire::JoinError> {
+        let id = body.spec.id;
+        if !self.cfg.members.is_empty() && !self.cfg.members.contains(&id.did()) {
+            return Err(wire::JoinError::NotAdmitted(format!(
+                "{id} is not in this colony's members"
+            )));
+        }
+        if self.cfg.require_join_token {
+            let Some(t) = &body.join_token else {
+                return Err(wire::JoinError::NotAdmitted(
+                    "this colony admits nodes by join token: set join_token \
+                     (OPENGRID_JOIN_TOKEN) to one from `opengrid token join`"
+                        .into(),
+                ));
+            };
+            crate::common::token::verify_join(
+                t,
+                &self.access.operator_keys(),
+                &self.cfg.colony,
+                &id,
+                &body.spec.jurisdiction,
+            )
+            .map_err(|e| wire::JoinError::NotAdmitted(e.to_string()))?;
+        }
+        Ok(body)
+    }
+
     fn on_join(&self, req: wire::JoinRequest) {
-        let body = match req.verify(
-            &self.cfg.colony,
-            wire::unix_ms(),
-            self.cfg.join_max_skew.0.as_millis() as u64,
-        ) {
+        let body = match req
+            .verify(
+                &self.cfg.colony,
+                wire::unix_ms(),
+                self.cfg.join_max_skew.0.as_millis() as u64,
+            )
+            .and_then(|b| self.admit(b))
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "join refused");
@@ -392,5 +423,6 @@ fn join_reason(e: &wire::JoinError) -> &'static str {
         wire::JoinError::Signature(_) => "signature",
         wire::JoinError::WrongColony { .. } => "colony",
         wire::JoinError::Stale { .. } => "stale",
+        wire::JoinError::NotAdmitted(_) => "policy",
     }
 }

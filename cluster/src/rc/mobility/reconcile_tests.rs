@@ -52,6 +52,7 @@ fn join(core: &RcCore, nodes: &[(&str, u16)]) -> Vec<NodeId> {
             unix_ms: crate::common::wire::unix_ms(),
             nonce: rand::random(),
             kx: crate::common::seal::KeyOffer::new().public,
+            join_token: None,
         };
         core.on_message(crate::common::wire::ToRc::Join(JoinRequest::sign(
             &id, &body,
