@@ -145,6 +145,16 @@ pub struct NodeStatus {
     pub state_hash: [u8; 32],
 }
 
+/// Links for a process that connects as `key` to any authenticated replica (which replica it
+/// must be is named per connection, [`Connection::new`]); replicas accept the same from anyone
+/// and decide per request.
+pub fn client_link(key: &ed25519_dalek::SigningKey) -> Result<Link, ConsensusError> {
+    Ok(Link::new(
+        &opengrid_link::LinkIdentity::from_signing_key(key)?,
+        std::sync::Arc::new(|_: &Did| true),
+    )?)
+}
+
 /// An open link to a replica, framed.
 type Stream = Framed<ClientStream<TcpStream>, ClientCodec>;
 

@@ -885,8 +885,7 @@ impl Client {
     /// A client that may contact any of `addrs` (`DID@HOST:PORT` or `HOST:PORT`), connecting
     /// with the identity `key`.
     pub fn new(addrs: Vec<String>, key: &SigningKey) -> Result<Self, ConsensusError> {
-        let link = Link::new(&LinkIdentity::from_signing_key(key)?, Arc::new(|_: &Did| true))?;
-        Self::with_link(addrs, link)
+        Self::with_link(addrs, crate::network::client_link(key)?)
     }
 
     /// As [`Client::new`] over an existing link (its policy decides which replicas are

@@ -51,5 +51,5 @@ pub use ledger::{
 };
 pub use operator::{OperatorAuth, OperatorAuthError};
 pub use receipt::{Receipt, ReceiptId, SignedReceipt, Usage, UsageWindow};
-pub use replica::{start_replica, LedgerClient, ReplicaOptions};
+pub use replica::{peer_entry, start_replica, LedgerClient, ReplicaOptions};
 pub use split::{Account, Bps, SplitPolicy};

@@ -94,6 +94,19 @@ pub async fn start_replica(opts: ReplicaOptions) -> Result<LedgerReplica, Settle
     Ok(RaftNode::start(cfg, Ledger::with_rules(opts.protocol_account, opts.rules)).await?)
 }
 
+/// For harnesses that start replica processes: loads (or creates) the key a replica with data dir
+/// `data_dir` will use by default (`<data_dir>/identity.key`) and returns its `--peers` entry,
+/// `ID=DID@ADDR`.
+pub fn peer_entry(
+    id: NodeId,
+    addr: &str,
+    data_dir: &std::path::Path,
+) -> Result<String, SettlementError> {
+    std::fs::create_dir_all(data_dir)?;
+    let key = Keypair::load_or_create(&data_dir.join("identity.key"))?;
+    Ok(format!("{id}={}", Node::new(addr, key.did())))
+}
+
 /// Run a replica until `shutdown` resolves, then stop it cleanly.
 pub async fn run_replica(
     opts: ReplicaOptions,
