@@ -331,8 +331,13 @@ mod tests {
         );
         // …and this learner under its own.
         let wrong_me = members(&[(1, 1), (4, 8)]);
-        assert!(check.check(&empty, Some(1), &did(1), Some(&wrong_me)).is_err());
-        assert_eq!(check.check(&empty, Some(1), &did(1), Some(&declared)), Ok(()));
+        assert!(check
+            .check(&empty, Some(1), &did(1), Some(&wrong_me))
+            .is_err());
+        assert_eq!(
+            check.check(&empty, Some(1), &did(1), Some(&declared)),
+            Ok(())
+        );
         // The first DID heard for an id is pinned while the learner has no membership.
         assert_eq!(check.check(&empty, Some(1), &did(1), None), Ok(()));
         assert!(matches!(

@@ -47,7 +47,10 @@ pub enum ConsensusError {
     NotAMember(Option<NodeId>),
     /// A Raft RPC claiming member `sender` came over a link authenticated as another DID.
     #[error("refused: the link is authenticated as {peer}, which is not member {sender:?}")]
-    PeerMismatch { sender: Option<NodeId>, peer: String },
+    PeerMismatch {
+        sender: Option<NodeId>,
+        peer: String,
+    },
 }
 
 impl ConsensusError {

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use opengrid_codec::{Frame, FrameCodec, FrameError, Framed};
+use opengrid_link::{ClientStream, Link};
+use opengrid_session::Did;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -24,8 +26,6 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use opengrid_link::{ClientStream, Link};
-use opengrid_session::Did;
 use tokio::net::TcpStream;
 
 use crate::error::ConsensusError;
@@ -124,7 +124,10 @@ pub enum WireError {
     /// A Raft RPC claiming to come from member `sender` arrived over a link authenticated as
     /// another DID (`peer`), and was refused.
     #[error("refused: the link is authenticated as {peer}, which is not member {sender:?}")]
-    PeerMismatch { sender: Option<NodeId>, peer: String },
+    PeerMismatch {
+        sender: Option<NodeId>,
+        peer: String,
+    },
 }
 
 /// A replica's view of itself, for operators and tests.

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use futures::{SinkExt, StreamExt};
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{EntryPayload, Membership, SnapshotPolicy};
 use opengrid_link::{Link, LinkIdentity, ServerStream};
 use opengrid_session::Did;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{EntryPayload, Membership, SnapshotPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -515,7 +515,7 @@ impl<A: Application> Inner<A> {
         sender: Option<NodeId>,
         peer: &Did,
         carried: Option<&Membership<NodeId, Node>>,
-    ) -> Result<(), RpcResponse> {
+    ) -> Result<(), WireError> {
         let refusal = {
             let rx = self.raft.metrics();
             let m = rx.borrow();
@@ -526,10 +526,9 @@ impl<A: Application> Inner<A> {
             return Ok(());
         };
         let (reason, answer) = match &refusal {
-            SenderRefused::NotAMember => (
-                RefusalReason::NotAMember,
-                WireError::NotAMember { sender },
-            ),
+            SenderRefused::NotAMember => {
+                (RefusalReason::NotAMember, WireError::NotAMember { sender })
+            }
             SenderRefused::PeerMismatch { .. } => (
                 RefusalReason::PeerMismatch,
                 WireError::PeerMismatch {
@@ -550,7 +549,7 @@ impl<A: Application> Inner<A> {
                 "refused a raft rpc"
             );
         }
-        Err(RpcResponse::Client(Err(answer)))
+        Err(answer)
     }
 
     fn authorize(&self, req: &RpcRequest) -> Result<(), ConsensusError> {
@@ -749,25 +748,23 @@ impl<A: Application> Inner<A> {
                     EntryPayload::Membership(m) => Some(m),
                     _ => None,
                 });
-                if let Err(refused) = self.check_sender("append_entries", sender, peer, carried) {
-                    return refused;
+                if let Err(e) = self.check_sender("append_entries", sender, peer, carried) {
+                    return RpcResponse::Client(Err(e));
                 }
                 RpcResponse::AppendEntries(self.raft.append_entries(r).await)
             }
             RpcRequest::Vote(r) => {
                 let sender = r.vote.leader_id().voted_for();
-                if let Err(refused) = self.check_sender("vote", sender, peer, None) {
-                    return refused;
+                if let Err(e) = self.check_sender("vote", sender, peer, None) {
+                    return RpcResponse::Client(Err(e));
                 }
                 RpcResponse::Vote(self.raft.vote(r).await)
             }
             RpcRequest::InstallSnapshot(r) => {
                 let sender = r.vote.leader_id().voted_for();
                 let carried = r.meta.last_membership.membership();
-                if let Err(refused) =
-                    self.check_sender("install_snapshot", sender, peer, Some(carried))
-                {
-                    return refused;
+                if let Err(e) = self.check_sender("install_snapshot", sender, peer, Some(carried)) {
+                    return RpcResponse::Client(Err(e));
                 }
                 RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
             }

@@ -96,12 +96,9 @@ async fn strangers_cannot_change_or_feed_the_group() {
         .collect();
 
     // Admin requests without (or with a wrong) authorization: refused at once, typed.
-    let mut client = Client::new(
-        members.values().map(|n| n.to_string()).collect(),
-        &key(60),
-    )
-    .unwrap()
-    .with_timeout(Duration::from_secs(10));
+    let mut client = Client::new(members.values().map(|n| n.to_string()).collect(), &key(60))
+        .unwrap()
+        .with_timeout(Duration::from_secs(10));
     let client_did = client.did().clone();
     let e = client
         .add_learner(99, "127.0.0.1:9".into(), client_did)
@@ -183,9 +180,11 @@ async fn strangers_cannot_change_or_feed_the_group() {
             got.extend_from_slice(&buf[..n]);
         }
         assert!(got.len() < 16, "plain TCP got an answer: {got:?}");
-        eventually("the plain connection counted", Duration::from_secs(10), || {
-            nodes[&1].refusals().get(RefusalReason::Handshake) >= 1
-        })
+        eventually(
+            "the plain connection counted",
+            Duration::from_secs(10),
+            || nodes[&1].refusals().get(RefusalReason::Handshake) >= 1,
+        )
         .await;
     }
 

@@ -197,10 +197,7 @@ impl LedgerConfig {
                 ));
             }
         }
-        Ok(ReplicaOptions {
-            key,
-            ..checked
-        })
+        Ok(ReplicaOptions { key, ..checked })
     }
 
     /// Every check but the key's; the options carry a placeholder key.
@@ -314,7 +311,10 @@ mod tests {
         };
         c.set_peers_flag("1=127.0.0.1:7801,2=127.0.0.1:7802");
         match c.validate() {
-            Err(LedgerConfigError::Invalid { field: "peers", reason }) => {
+            Err(LedgerConfigError::Invalid {
+                field: "peers",
+                reason,
+            }) => {
                 assert!(reason.contains("peer 2"), "{reason}")
             }
             other => panic!("{other:?}"),

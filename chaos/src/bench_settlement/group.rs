@@ -85,8 +85,10 @@ impl LedgerGroup {
 
     /// Raft status of every replica that answers.
     async fn statuses(&self) -> BTreeMap<u64, NodeStatus> {
-        let Ok(c) = Client::new(vec![], opengrid_settlement::Keypair::generate().signing_key())
-        else {
+        let Ok(c) = Client::new(
+            vec![],
+            opengrid_settlement::Keypair::generate().signing_key(),
+        ) else {
             return BTreeMap::new();
         };
         let c = c.with_timeout(Duration::from_secs(30));

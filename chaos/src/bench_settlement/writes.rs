@@ -90,7 +90,12 @@ pub(super) async fn raft_writes(
                 first_error: Some(format!("link: {e}")),
                 ..WriterOut::default()
             };
-            return collect("opengrid-raft", vec![out], start.elapsed().as_secs_f64(), total);
+            return collect(
+                "opengrid-raft",
+                vec![out],
+                start.elapsed().as_secs_f64(),
+                total,
+            );
         }
     };
     let leader = Node {
