@@ -12,6 +12,9 @@ pub enum ConsensusError {
     Codec(#[from] opengrid_codec::CodecError),
     #[error("frame: {0}")]
     Frame(#[from] opengrid_codec::FrameError),
+    /// The link to a replica could not be made (refused handshake, unexpected DID, timeout).
+    #[error("link: {0}")]
+    Link(#[from] opengrid_link::LinkError),
     #[error("connection closed by peer")]
     ConnectionClosed,
     #[error("protocol violation: {0}")]
@@ -42,6 +45,12 @@ pub enum ConsensusError {
     /// A Raft RPC from a sender outside the group's membership was refused.
     #[error("refused: sender {0:?} is not a member of the group")]
     NotAMember(Option<NodeId>),
+    /// A Raft RPC claiming member `sender` came over a link authenticated as another DID.
+    #[error("refused: the link is authenticated as {peer}, which is not member {sender:?}")]
+    PeerMismatch {
+        sender: Option<NodeId>,
+        peer: String,
+    },
 }
 
 impl ConsensusError {
@@ -49,6 +58,11 @@ impl ConsensusError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Frame(e) => e.is_connection_loss(),
+            // A replica restarting or a connection cut mid-handshake (a refused certificate looks
+            // the same from here); an unexpected DID is not transient.
+            Self::Link(
+                opengrid_link::LinkError::Timeout(_) | opengrid_link::LinkError::Handshake(_),
+            ) => true,
             Self::Io(_) | Self::ConnectionClosed | Self::Timeout(_) | Self::NotLeader { .. } => {
                 true
             }

@@ -1,17 +1,21 @@
-//! Raft transport over TCP: [`RpcRequest`]/[`RpcResponse`] in the shared frame format of
-//! [`opengrid_codec::frame`] (4-byte big-endian length, [`RAFT_WIRE_VERSION`], bincode 2 body)
-//! with a size limit.
+//! Raft transport over authenticated links: [`RpcRequest`]/[`RpcResponse`] in the shared frame
+//! format of [`opengrid_codec::frame`] (4-byte big-endian length, [`RAFT_WIRE_VERSION`], bincode 2
+//! body) with a size limit, inside mutual TLS 1.3 ([`opengrid_link`]): each side proves its
+//! did:mycel key in the handshake, and a client names the DID it expects the replica to have.
 //!
 //! A connection carries one request at a time (request, then response). Peers keep one
-//! connection per target and reconnect after any error. Oversized or undecodable frames close the
-//! connection; they never panic. See `docs/adr/0006-raft-transport.md` and
-//! `docs/adr/0011-one-framing-codec.md`.
+//! connection per target and reconnect after any error or after [`CLIENT_MAX_IDLE`] unused (well
+//! before a replica's idle timeout closes it). Oversized or undecodable frames close the
+//! connection; they never panic. See `docs/adr/0006-raft-transport.md`,
+//! `docs/adr/0011-one-framing-codec.md` and `docs/adr/0025-ledger-links.md`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use opengrid_codec::{Frame, FrameCodec, FrameError, Framed};
+use opengrid_link::{ClientStream, Link};
+use opengrid_session::Did;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -30,8 +34,13 @@ use crate::types::{LogId, Node, NodeId, TypeConfig};
 /// Default upper bound on one frame (request or response), in bytes.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
-/// Version byte of the Raft transport's frames.
-pub const RAFT_WIRE_VERSION: u8 = 1;
+/// Version byte of the Raft transport's frames (2: members carry their DID, links are TLS).
+pub const RAFT_WIRE_VERSION: u8 = 2;
+
+/// A client connection unused for this long is reopened before its next request, so that it
+/// never sends on a connection a replica is closing for idleness (the replicas' default
+/// `idle_timeout` is 60 s).
+pub const CLIENT_MAX_IDLE: Duration = Duration::from_secs(15);
 
 /// A client's side of the transport: sends requests, receives responses.
 pub type ClientCodec = FrameCodec<RpcRequest, RpcResponse>;
@@ -70,6 +79,8 @@ pub enum RpcRequest {
     AddLearner {
         id: NodeId,
         addr: String,
+        /// The DID the learner must prove on its links.
+        did: Did,
         auth: Vec<u8>,
     },
     /// Admin: set the voter set (forwarded to the leader); `auth` as for `AddLearner`.
@@ -110,6 +121,13 @@ pub enum WireError {
     /// A Raft RPC whose sender is not a member of the group was refused.
     #[error("refused: sender {sender:?} is not a member of this group")]
     NotAMember { sender: Option<NodeId> },
+    /// A Raft RPC claiming to come from member `sender` arrived over a link authenticated as
+    /// another DID (`peer`), and was refused.
+    #[error("refused: the link is authenticated as {peer}, which is not member {sender:?}")]
+    PeerMismatch {
+        sender: Option<NodeId>,
+        peer: String,
+    },
 }
 
 /// A replica's view of itself, for operators and tests.
@@ -130,11 +148,21 @@ pub struct NodeStatus {
     pub state_hash: [u8; 32],
 }
 
+/// Links for a process that connects as `key` to any authenticated replica (which replica it
+/// must be is named per connection, [`Connection::new`]); replicas accept the same from anyone
+/// and decide per request.
+pub fn client_link(key: &ed25519_dalek::SigningKey) -> Result<Link, ConsensusError> {
+    Ok(Link::new(
+        &opengrid_link::LinkIdentity::from_signing_key(key)?,
+        std::sync::Arc::new(|_: &Did| true),
+    )?)
+}
+
+/// An open link to a replica, framed.
+type Stream = Framed<ClientStream<TcpStream>, ClientCodec>;
+
 /// One request/response exchange on an open connection.
-async fn call(
-    conn: &mut Framed<TcpStream, ClientCodec>,
-    req: Frame<RpcRequest>,
-) -> Result<RpcResponse, ConsensusError> {
+async fn call(conn: &mut Stream, req: Frame<RpcRequest>) -> Result<RpcResponse, ConsensusError> {
     conn.send(req).await?;
     Ok(conn
         .next()
@@ -142,19 +170,25 @@ async fn call(
         .ok_or(ConsensusError::ConnectionClosed)??)
 }
 
-/// A connection to one address, opened lazily and reopened after errors.
+/// A link to one replica, opened lazily (TCP, then the TLS handshake with this process's
+/// identity) and reopened after errors.
 pub struct Connection {
     addr: String,
-    stream: Option<Framed<TcpStream, ClientCodec>>,
+    expect: Option<Did>,
+    link: Link,
+    stream: Option<(Stream, tokio::time::Instant)>,
     codec: ClientCodec,
     connect_timeout: Duration,
 }
 
 impl Connection {
-    /// A connection to `addr` (not opened yet).
-    pub fn new(addr: impl Into<String>, max_frame: usize) -> Self {
+    /// A connection to `node` (not opened yet) over `link`: the replica must prove `node.did`
+    /// (any DID when `None`, for clients given bare addresses).
+    pub fn new(link: Link, node: &Node, max_frame: usize) -> Self {
         Self {
-            addr: addr.into(),
+            addr: node.addr.clone(),
+            expect: node.did.clone(),
+            link,
             stream: None,
             codec: client_codec(max_frame),
             connect_timeout: Duration::from_secs(2),
@@ -181,6 +215,19 @@ impl Connection {
         self.request_frame(frame, timeout).await
     }
 
+    async fn open(&self) -> Result<Stream, ConsensusError> {
+        let connect = async {
+            let s = TcpStream::connect(&self.addr).await?;
+            s.set_nodelay(true)?;
+            let (tls, _) = self.link.connect(s, self.expect.as_ref()).await?;
+            Ok::<_, ConsensusError>(tls)
+        };
+        let tls = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| ConsensusError::Timeout(format!("connect to {}", self.addr)))??;
+        Ok(self.codec.clone().framed(tls))
+    }
+
     /// Send an already encoded request and wait up to `timeout` for the response.
     pub async fn request_frame(
         &mut self,
@@ -193,20 +240,15 @@ impl Connection {
         // stream with it, so the next request never reads the abandoned request's late response
         // as its own. (Reusing the stream here paired a stale `Success` with a newer
         // AppendEntries, and the leader believed the follower held entries it never received.)
+        let now = tokio::time::Instant::now();
         let mut stream = match self.stream.take() {
-            Some(s) => s,
-            None => {
-                let s = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
-                    .await
-                    .map_err(|_| ConsensusError::Timeout(format!("connect to {}", self.addr)))??;
-                s.set_nodelay(true)?;
-                self.codec.clone().framed(s)
-            }
+            Some((s, used)) if now.duration_since(used) < CLIENT_MAX_IDLE => s,
+            _ => self.open().await?,
         };
         let res = tokio::time::timeout(timeout, call(&mut stream, frame)).await;
         match res {
             Ok(Ok(resp)) => {
-                self.stream = Some(stream);
+                self.stream = Some((stream, tokio::time::Instant::now()));
                 Ok(resp)
             }
             Ok(Err(e)) => Err(e),
@@ -215,26 +257,28 @@ impl Connection {
     }
 }
 
-/// Creates one [`PeerClient`] per replication target.
+/// Creates one [`PeerClient`] per replication target, each a link that must reach the target's
+/// DID.
 #[derive(Clone)]
-pub struct TcpNetworkFactory {
+pub struct LinkNetworkFactory {
+    link: Link,
     max_frame: usize,
 }
 
-impl TcpNetworkFactory {
-    /// A factory whose connections refuse frames above `max_frame` bytes.
-    pub fn new(max_frame: usize) -> Self {
-        Self { max_frame }
+impl LinkNetworkFactory {
+    /// A factory whose connections go over `link` and refuse frames above `max_frame` bytes.
+    pub fn new(link: Link, max_frame: usize) -> Self {
+        Self { link, max_frame }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for TcpNetworkFactory {
+impl RaftNetworkFactory<TypeConfig> for LinkNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
         PeerClient {
             target,
-            conn: Connection::new(node.addr.clone(), self.max_frame),
+            conn: Connection::new(self.link.clone(), node, self.max_frame),
         }
     }
 }
@@ -258,6 +302,11 @@ impl PeerClient {
         option: &RPCOption,
         entries: u64,
     ) -> Result<RpcResponse, RpcErr<E>> {
+        if self.conn.expect.is_none() {
+            // Members are always declared with a DID; never talk Raft to an unpinned peer.
+            let e = ConsensusError::Config(format!("member {} has no DID", self.target));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
         let frame = self
             .conn
             .encode(&req)
@@ -275,6 +324,7 @@ impl PeerClient {
             Ok(r) => Ok(r),
             Err(
                 e @ (ConsensusError::Io(_)
+                | ConsensusError::Link(_)
                 | ConsensusError::Frame(FrameError::Io(_) | FrameError::Truncated { .. })),
             ) if self.conn.stream.is_none() => {
                 tracing::debug!(target = self.target, addr = self.conn.addr(), error = %e, "peer unreachable");
@@ -344,7 +394,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opengrid_link::LinkIdentity;
+    use std::sync::Arc;
     use tokio::net::TcpListener;
+
+    pub(crate) fn link(seed: u8) -> Link {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        Link::new(
+            &LinkIdentity::from_signing_key(&key).unwrap(),
+            Arc::new(|_: &Did| true),
+        )
+        .unwrap()
+    }
 
     /// openraft drops an RPC future when its own timeout fires; the late response to that request
     /// must never be read as the response to the next one on the same `Connection`.
@@ -352,12 +413,18 @@ mod tests {
     async fn abandoned_request_never_answers_the_next_one() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let server_link = link(1);
+        let server_did = server_link.did().clone();
         let server = tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
+                let server_link = server_link.clone();
                 tokio::spawn(async move {
+                    let Ok((s, _)) = server_link.accept(s).await else {
+                        return;
+                    };
                     let mut s = server_codec(1 << 20).framed(s);
                     while let Some(Ok(req)) = s.next().await {
                         let RpcRequest::LocalRead { query } = req else {
@@ -374,7 +441,7 @@ mod tests {
                 });
             }
         });
-        let mut conn = Connection::new(addr, 1 << 20);
+        let mut conn = Connection::new(link(2), &Node::new(addr, server_did), 1 << 20);
         let read = |n: u8| RpcRequest::LocalRead { query: vec![n] };
         // Warm the connection up, then abandon a request mid-flight (future dropped).
         let r = conn

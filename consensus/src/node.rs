@@ -1,43 +1,64 @@
 //! A running Raft replica ([`RaftNode`]): storage + transport + RPC server, and a [`Client`] for
 //! processes that are not replicas (CLIs, RCs proposing batches).
+//!
+//! The RPC server accepts only authenticated links (`opengrid-link`): every connection starts
+//! with a mutual TLS 1.3 handshake in which the peer proves its did:mycel key. Client requests
+//! (propose, read, status, admin) are served to any authenticated peer (their payloads carry
+//! their own signatures where it matters); Raft RPCs only to the member whose id they claim
+//! ([`crate::auth`]). The server holds at most `max_connections` connections, gives a handshake
+//! `handshake_timeout` and closes a connection that sends no request for `idle_timeout`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ed25519_dalek::SigningKey;
 use futures::{SinkExt, StreamExt};
+use opengrid_link::{Link, LinkIdentity, ServerStream};
+use opengrid_session::Did;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, SnapshotPolicy};
+use openraft::{EntryPayload, Membership, SnapshotPolicy};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::application::Application;
-use crate::auth::{AdminAuthorizer, AdminRequest};
+use crate::auth::{
+    AdminAuthorizer, AdminRequest, RaftSenderCheck, RefusalReason, Refusals, SenderRefused,
+};
 use crate::error::ConsensusError;
 use crate::network::{
-    server_codec, Connection, NodeStatus, RpcRequest, RpcResponse, TcpNetworkFactory, WireError,
+    server_codec, Connection, LinkNetworkFactory, NodeStatus, RpcRequest, RpcResponse, WireError,
     DEFAULT_MAX_FRAME_BYTES,
 };
 use crate::store::{open_db, LogStore, StateMachineStore};
-use crate::types::{Command, NodeId, Raft, RaftMetrics};
+use crate::types::{Command, Node, NodeId, Raft, RaftMetrics};
+
+/// Default `max_connections` of a replica's RPC server.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default `idle_timeout`: a connection that sends no request for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `handshake_timeout` of the TLS handshake on an accepted connection.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to run one replica.
 #[derive(Debug, Clone)]
 pub struct RaftNodeConfig {
     /// Stable node id (persisted implicitly: reuse it with the same `data_dir`).
     pub id: NodeId,
+    /// This replica's identity key: its links prove its DID, which is its DID as a member.
+    pub key: SigningKey,
     /// `host:port` to listen on and to advertise to peers (port 0 picks a free port).
     pub addr: String,
     /// RocksDB directory for log, vote and snapshots.
     pub data_dir: PathBuf,
-    /// Initial voters (id → address), this node included or not. When non-empty and this node is
-    /// among them, a fresh node initializes the cluster with exactly these voters (idempotent on
-    /// every member). Empty: join later as a learner.
-    pub peers: BTreeMap<NodeId, String>,
+    /// Initial voters (id → address and DID), this node included or not. When non-empty and this
+    /// node is among them, a fresh node initializes the cluster with exactly these voters
+    /// (idempotent on every member). Every other voter needs its DID; this node's own entry may
+    /// leave it out (it is this node's key's). Empty: join later as a learner.
+    pub peers: BTreeMap<NodeId, Node>,
     /// Leader heartbeat interval.
     pub heartbeat: Duration,
     /// Election timeout range; a follower that hears nothing for a random time in it campaigns.
@@ -51,13 +72,27 @@ pub struct RaftNodeConfig {
     /// Checks every admin request (add learner, change membership) before it is served; `None`
     /// serves them unchecked (plain groups; the settlement ledger always sets one).
     pub admin_authorizer: Option<Arc<dyn AdminAuthorizer>>,
+    /// Open connections at most on the RPC server; more are closed as they arrive (and counted,
+    /// `too_many_connections`).
+    pub max_connections: usize,
+    /// Longest wait for the TLS handshake of an accepted connection.
+    pub handshake_timeout: Duration,
+    /// A connection that sends no request for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl RaftNodeConfig {
-    /// Defaults that suit a laptop or a 2-core CI box.
-    pub fn new(id: NodeId, addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+    /// Defaults that suit a laptop or a 2-core CI box, for the replica `id` whose identity is
+    /// `key`.
+    pub fn new(
+        id: NodeId,
+        key: SigningKey,
+        addr: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             id,
+            key,
             addr: addr.into(),
             data_dir: data_dir.into(),
             peers: BTreeMap::new(),
@@ -69,29 +104,61 @@ impl RaftNodeConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             request_timeout: Duration::from_secs(10),
             admin_authorizer: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 
-    /// Parse `1=127.0.0.1:5001,2=127.0.0.1:5002` into a peer map.
-    pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, ConsensusError> {
+    /// This replica's DID (its key's).
+    pub fn did(&self) -> Did {
+        Did::from_public_key(&self.key.verifying_key())
+    }
+
+    /// Parse `1=did:mycel:z…@127.0.0.1:5001,2=did:mycel:z…@127.0.0.1:5002` into a peer map (a
+    /// replica's own entry may be `ID=HOST:PORT`; see [`RaftNodeConfig::peers`]).
+    pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, Node>, ConsensusError> {
         let mut out = BTreeMap::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (id, addr) = part.split_once('=').ok_or_else(|| {
-                ConsensusError::Config(format!("peer `{part}`: expected `ID=HOST:PORT`"))
+                ConsensusError::Config(format!("peer `{part}`: expected `ID=DID@HOST:PORT`"))
             })?;
             let id: NodeId = id.trim().parse().map_err(|_| {
                 ConsensusError::Config(format!("peer `{part}`: id `{id}` is not an integer"))
             })?;
-            if addr.trim().is_empty() {
-                return Err(ConsensusError::Config(format!(
-                    "peer `{part}`: empty address"
-                )));
-            }
-            if out.insert(id, addr.trim().to_string()).is_some() {
+            let node = Node::parse(addr)
+                .map_err(|e| ConsensusError::Config(format!("peer `{part}`: {e}")))?;
+            if out.insert(id, node).is_some() {
                 return Err(ConsensusError::Config(format!("peer id {id} listed twice")));
             }
         }
         Ok(out)
+    }
+
+    /// The initial voters with this replica's own DID filled in; every voter must have one.
+    fn initial_members(
+        &self,
+        local_addr: SocketAddr,
+    ) -> Result<BTreeMap<NodeId, Node>, ConsensusError> {
+        let me = self.did();
+        let mut members = self.peers.clone();
+        for (id, node) in members.iter_mut() {
+            if *id == self.id {
+                if node.did.as_ref().is_some_and(|d| *d != me) {
+                    return Err(ConsensusError::Config(format!(
+                        "peer {id} is this replica, whose key is {me}, not {}",
+                        node
+                    )));
+                }
+                *node = Node::new(local_addr.to_string(), me.clone());
+            } else if node.did.is_none() {
+                return Err(ConsensusError::Config(format!(
+                    "peer {id} ({}) has no DID: write it as `{id}=DID@{}`",
+                    node.addr, node.addr
+                )));
+            }
+        }
+        Ok(members)
     }
 
     fn raft_config(&self) -> Result<openraft::Config, ConsensusError> {
@@ -130,8 +197,14 @@ struct Inner<A> {
     max_frame: usize,
     request_timeout: Duration,
     authorizer: Option<Arc<dyn AdminAuthorizer>>,
-    /// Requests refused: Raft RPCs from non-members and unauthorized admin requests.
-    refused: AtomicU64,
+    /// This replica's links (server and client side).
+    link: Link,
+    /// Who may send Raft RPCs here.
+    senders: RaftSenderCheck,
+    /// Refused requests and connections, by reason.
+    refusals: Refusals,
+    max_connections: usize,
+    idle_timeout: Duration,
 }
 
 /// One running replica of a Raft group whose state machine is the application `A`.
@@ -154,12 +227,22 @@ impl<A: Application> RaftNode<A> {
         })?;
         let log = LogStore::new(db.clone());
         let sm = StateMachineStore::open(db, app)?;
+        let identity = LinkIdentity::from_signing_key(&config.key)?;
+        // Any authenticated peer may connect (clients included); what it may ask is decided per
+        // request from its DID.
+        let link = Link::new(&identity, Arc::new(|_: &Did| true))?
+            .with_handshake_timeout(config.handshake_timeout);
         let listener = TcpListener::bind(&config.addr).await?;
         let local_addr = listener.local_addr()?;
+        let members = if config.peers.contains_key(&config.id) {
+            Some(config.initial_members(local_addr)?)
+        } else {
+            None
+        };
         let raft = Raft::new(
             config.id,
             raft_config,
-            TcpNetworkFactory::new(config.max_frame_bytes),
+            LinkNetworkFactory::new(link.clone(), config.max_frame_bytes),
             log,
             sm.clone(),
         )
@@ -172,7 +255,11 @@ impl<A: Application> RaftNode<A> {
             max_frame: config.max_frame_bytes,
             request_timeout: config.request_timeout,
             authorizer: config.admin_authorizer.clone(),
-            refused: AtomicU64::new(0),
+            senders: RaftSenderCheck::new(config.id, identity.did().clone()),
+            link,
+            refusals: Refusals::default(),
+            max_connections: config.max_connections.max(1),
+            idle_timeout: config.idle_timeout,
         });
         let (stop, stop_rx) = watch::channel(false);
         let server = tokio::spawn(serve(listener, inner.clone(), stop_rx));
@@ -182,11 +269,9 @@ impl<A: Application> RaftNode<A> {
             stop,
             server,
         };
-        tracing::info!(id = config.id, addr = %local_addr, "raft replica started");
+        tracing::info!(id = config.id, addr = %local_addr, did = %identity.did(), "raft replica started");
 
-        if config.peers.contains_key(&config.id) {
-            let mut members = config.peers.clone();
-            members.insert(config.id, local_addr.to_string());
+        if let Some(members) = members {
             node.initialize(members).await?;
         }
         Ok(node)
@@ -195,6 +280,11 @@ impl<A: Application> RaftNode<A> {
     /// This replica's id.
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// This replica's DID (what its links prove).
+    pub fn did(&self) -> &Did {
+        self.inner.link.did()
     }
 
     /// The address the RPC server is bound to.
@@ -208,15 +298,11 @@ impl<A: Application> RaftNode<A> {
     }
 
     /// Initialize a fresh cluster with these voters. A no-op when this node already has state.
-    pub async fn initialize(
-        &self,
-        members: BTreeMap<NodeId, String>,
-    ) -> Result<(), ConsensusError> {
-        let nodes: BTreeMap<NodeId, BasicNode> = members
-            .into_iter()
-            .map(|(id, addr)| (id, BasicNode::new(addr)))
-            .collect();
-        match self.inner.raft.initialize(nodes).await {
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Node>) -> Result<(), ConsensusError> {
+        if let Some((id, _)) = members.iter().find(|(_, n)| n.did.is_none()) {
+            return Err(ConsensusError::Config(format!("member {id} has no DID")));
+        }
+        match self.inner.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(ConsensusError::Raft(e.to_string())),
@@ -251,10 +337,16 @@ impl<A: Application> RaftNode<A> {
         self.inner.status()
     }
 
-    /// Add a learner (forwarded to the leader); returns once it is caught up. Without
-    /// authorization: refused when this replica (or the leader) has an admin authorizer.
-    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), ConsensusError> {
-        self.add_learner_with_auth(id, addr, Vec::new()).await
+    /// Add a learner at `addr` that proves `did` (forwarded to the leader); returns once it is
+    /// caught up. Without authorization: refused when this replica (or the leader) has an admin
+    /// authorizer.
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        addr: String,
+        did: Did,
+    ) -> Result<(), ConsensusError> {
+        self.add_learner_with_auth(id, addr, did, Vec::new()).await
     }
 
     /// [`RaftNode::add_learner`] carrying `auth` for the replicas' admin authorizer.
@@ -262,10 +354,19 @@ impl<A: Application> RaftNode<A> {
         &self,
         id: NodeId,
         addr: String,
+        did: Did,
         auth: Vec<u8>,
     ) -> Result<(), ConsensusError> {
         self.inner
-            .admin(RpcRequest::AddLearner { id, addr, auth }, true)
+            .admin(
+                RpcRequest::AddLearner {
+                    id,
+                    addr,
+                    did,
+                    auth,
+                },
+                true,
+            )
             .await
             .map(|_| ())
     }
@@ -288,10 +389,15 @@ impl<A: Application> RaftNode<A> {
             .map(|_| ())
     }
 
-    /// Requests this replica refused so far: Raft RPCs from senders outside the membership and
-    /// admin requests its authorizer refused.
+    /// Requests this replica refused so far: Raft RPCs from senders outside the membership or
+    /// over a link of another DID, and admin requests its authorizer refused.
     pub fn refused_requests(&self) -> u64 {
-        self.inner.refused.load(Ordering::Relaxed)
+        self.inner.refusals.requests()
+    }
+
+    /// What this replica refused, by reason (`opengrid_consensus_refused_total{reason}`).
+    pub fn refusals(&self) -> &Refusals {
+        &self.inner.refusals
     }
 
     /// Remove `id` from the voters and from the cluster.
@@ -350,32 +456,32 @@ impl<A: Application> Inner<A> {
             voters: membership.voter_ids().collect(),
             nodes: membership
                 .nodes()
-                .map(|(id, n)| (*id, n.addr.clone()))
+                .map(|(id, n)| (*id, n.to_string()))
                 .collect(),
             state_hash,
         }
     }
 
-    fn leader_addr(&self, leader: Option<NodeId>) -> Option<String> {
+    fn leader_node(&self, leader: Option<NodeId>) -> Option<Node> {
         let leader = leader?;
         let m = self.raft.metrics().borrow().clone();
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
+        m.membership_config.membership().get_node(&leader).cloned()
     }
 
+    /// Hands `req` to the leader, over a link that must reach the leader's DID.
     async fn forward(
         &self,
         leader_id: Option<NodeId>,
-        leader_addr: Option<String>,
+        leader: Option<Node>,
         req: RpcRequest,
     ) -> Result<Vec<u8>, ConsensusError> {
-        let addr = leader_addr.clone().ok_or(ConsensusError::NotLeader {
-            leader_id,
-            leader_addr: None,
-        })?;
-        let mut conn = Connection::new(addr, self.max_frame);
+        let Some(node) = leader.filter(|n| n.did.is_some()) else {
+            return Err(ConsensusError::NotLeader {
+                leader_id,
+                leader_addr: None,
+            });
+        };
+        let mut conn = Connection::new(self.link.clone(), &node, self.max_frame);
         match conn.request(&req, self.request_timeout).await? {
             RpcResponse::Client(Ok(bytes)) => Ok(bytes),
             RpcResponse::Client(Err(WireError::ForwardToLeader {
@@ -392,36 +498,58 @@ impl<A: Application> Inner<A> {
             RpcResponse::Client(Err(WireError::NotAMember { sender })) => {
                 Err(ConsensusError::NotAMember(sender))
             }
+            RpcResponse::Client(Err(WireError::PeerMismatch { sender, peer })) => {
+                Err(ConsensusError::PeerMismatch { sender, peer })
+            }
             other => Err(ConsensusError::Protocol(format!(
                 "unexpected response {other:?}"
             ))),
         }
     }
 
-    /// Whether `sender` may send Raft RPCs here: a member of the current (possibly joint)
-    /// membership, or anyone while this replica has no membership yet (a fresh learner).
-    fn is_member(&self, sender: Option<NodeId>) -> bool {
-        let rx = self.raft.metrics();
-        let m = rx.borrow();
-        let membership = m.membership_config.membership();
-        if membership.nodes().next().is_none() {
-            return true;
-        }
-        sender.is_some_and(|id| membership.get_node(&id).is_some())
-    }
-
-    fn refuse_non_member(&self, kind: &str, sender: Option<NodeId>) -> RpcResponse {
-        let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Serves a Raft RPC only when `peer` is the member the request claims to come from (see
+    /// [`crate::auth`]).
+    fn check_sender(
+        &self,
+        kind: &'static str,
+        sender: Option<NodeId>,
+        peer: &Did,
+        carried: Option<&Membership<NodeId, Node>>,
+    ) -> Result<(), WireError> {
+        let refusal = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow();
+            self.senders
+                .check(m.membership_config.membership(), sender, peer, carried)
+        };
+        let Err(refusal) = refusal else {
+            return Ok(());
+        };
+        let (reason, answer) = match &refusal {
+            SenderRefused::NotAMember => {
+                (RefusalReason::NotAMember, WireError::NotAMember { sender })
+            }
+            SenderRefused::PeerMismatch { .. } => (
+                RefusalReason::PeerMismatch,
+                WireError::PeerMismatch {
+                    sender,
+                    peer: peer.to_string(),
+                },
+            ),
+        };
+        let total = self.refusals.count(reason);
         // Logged at the 1st, 2nd, 4th, 8th… refusal: a flood cannot fill the disk with logs.
         if total.is_power_of_two() {
             tracing::warn!(
                 kind,
                 ?sender,
+                %peer,
+                reason = reason.label(),
                 refused_total = total,
-                "refused a raft rpc from a sender outside the membership"
+                "refused a raft rpc"
             );
         }
-        RpcResponse::Client(Err(WireError::NotAMember { sender }))
+        Err(answer)
     }
 
     fn authorize(&self, req: &RpcRequest) -> Result<(), ConsensusError> {
@@ -429,10 +557,16 @@ impl<A: Application> Inner<A> {
             return Ok(());
         };
         let (admin, auth) = match req {
-            RpcRequest::AddLearner { id, addr, auth } => (
+            RpcRequest::AddLearner {
+                id,
+                addr,
+                did,
+                auth,
+            } => (
                 AdminRequest::AddLearner {
                     id: *id,
                     addr: addr.clone(),
+                    did: did.clone(),
                 },
                 auth,
             ),
@@ -445,7 +579,7 @@ impl<A: Application> Inner<A> {
             _ => return Ok(()),
         };
         authorizer.authorize(&admin, auth).map_err(|reason| {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+            self.refusals.count(RefusalReason::Unauthorized);
             tracing::warn!(request = ?admin, %reason, "refused an admin request");
             ConsensusError::Unauthorized(reason)
         })
@@ -456,11 +590,11 @@ impl<A: Application> Inner<A> {
         if forward && leader.is_some() && leader != Some(self.id) {
             // Known follower: hand the command to the leader, which will not forward it again,
             // so a stale hint costs the caller one retry, never a loop.
-            let addr = self.leader_addr(leader);
+            let node = self.leader_node(leader);
             return self
                 .forward(
                     leader,
-                    addr,
+                    node,
                     RpcRequest::ClientWrite {
                         command,
                         forward: false,
@@ -474,15 +608,12 @@ impl<A: Application> Inner<A> {
         match self.raft.client_write(Command(command)).await {
             Ok(r) => Ok(r.data.0),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let addr = f
-                    .leader_node
-                    .map(|n| n.addr)
-                    .or_else(|| self.leader_addr(f.leader_id));
+                let node = f.leader_node.or_else(|| self.leader_node(f.leader_id));
                 match spare {
-                    Some(command) if addr.is_some() => {
+                    Some(command) if node.is_some() => {
                         self.forward(
                             f.leader_id,
-                            addr,
+                            node,
                             RpcRequest::ClientWrite {
                                 command,
                                 forward: false,
@@ -492,7 +623,7 @@ impl<A: Application> Inner<A> {
                     }
                     _ => Err(ConsensusError::NotLeader {
                         leader_id: f.leader_id,
-                        leader_addr: addr,
+                        leader_addr: node.map(|n| n.addr),
                     }),
                 }
             }
@@ -505,20 +636,19 @@ impl<A: Application> Inner<A> {
             Ok(_) => Ok(self.sm.query(&query)),
             Err(e) => match e.forward_to_leader() {
                 Some(f) => {
-                    let addr = f
+                    let node = f
                         .leader_node
-                        .as_ref()
-                        .map(|n| n.addr.clone())
-                        .or_else(|| self.leader_addr(f.leader_id));
+                        .clone()
+                        .or_else(|| self.leader_node(f.leader_id));
                     if !forward {
                         return Err(ConsensusError::NotLeader {
                             leader_id: f.leader_id,
-                            leader_addr: addr,
+                            leader_addr: node.map(|n| n.addr),
                         });
                     }
                     self.forward(
                         f.leader_id,
-                        addr,
+                        node,
                         RpcRequest::Read {
                             query,
                             forward: false,
@@ -539,9 +669,9 @@ impl<A: Application> Inner<A> {
         let mut attempts = 0u32;
         let res = loop {
             let r = match &req {
-                RpcRequest::AddLearner { id, addr, .. } => self
+                RpcRequest::AddLearner { id, addr, did, .. } => self
                     .raft
-                    .add_learner(*id, BasicNode::new(addr.clone()), true)
+                    .add_learner(*id, Node::new(addr.clone(), did.clone()), true)
                     .await
                     .map(|_| ()),
                 RpcRequest::ChangeMembership { voters, .. } => self
@@ -568,17 +698,14 @@ impl<A: Application> Inner<A> {
         match res {
             Ok(()) => Ok(Vec::new()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let addr = f
-                    .leader_node
-                    .map(|n| n.addr)
-                    .or_else(|| self.leader_addr(f.leader_id));
+                let node = f.leader_node.or_else(|| self.leader_node(f.leader_id));
                 if !forward {
                     return Err(ConsensusError::NotLeader {
                         leader_id: f.leader_id,
-                        leader_addr: addr,
+                        leader_addr: node.map(|n| n.addr),
                     });
                 }
-                self.forward_admin(f.leader_id, addr, req).await
+                self.forward_admin(f.leader_id, node, req).await
             }
             Err(e) => Err(ConsensusError::Raft(e.to_string())),
         }
@@ -587,15 +714,16 @@ impl<A: Application> Inner<A> {
     async fn forward_admin(
         &self,
         leader_id: Option<NodeId>,
-        addr: Option<String>,
+        leader: Option<Node>,
         req: RpcRequest,
     ) -> Result<Vec<u8>, ConsensusError> {
         // Admin requests carry no forward flag: the receiving leader serves them itself through
         // `dispatch`, which never forwards admin requests a second time.
-        self.forward(leader_id, addr, req).await
+        self.forward(leader_id, leader, req).await
     }
 
-    async fn dispatch(&self, req: RpcRequest) -> RpcResponse {
+    /// Serves one request from the authenticated `peer`.
+    async fn dispatch(&self, req: RpcRequest, peer: &Did) -> RpcResponse {
         let client = |r: Result<Vec<u8>, ConsensusError>| {
             RpcResponse::Client(r.map_err(|e| match e {
                 ConsensusError::NotLeader {
@@ -607,28 +735,36 @@ impl<A: Application> Inner<A> {
                 },
                 ConsensusError::Unauthorized(m) => WireError::Unauthorized(m),
                 ConsensusError::NotAMember(sender) => WireError::NotAMember { sender },
+                ConsensusError::PeerMismatch { sender, peer } => {
+                    WireError::PeerMismatch { sender, peer }
+                }
                 other => WireError::Failed(other.to_string()),
             }))
         };
         match req {
             RpcRequest::AppendEntries(r) => {
                 let sender = r.vote.leader_id().voted_for();
-                if !self.is_member(sender) {
-                    return self.refuse_non_member("append_entries", sender);
+                let carried = r.entries.iter().rev().find_map(|e| match &e.payload {
+                    EntryPayload::Membership(m) => Some(m),
+                    _ => None,
+                });
+                if let Err(e) = self.check_sender("append_entries", sender, peer, carried) {
+                    return RpcResponse::Client(Err(e));
                 }
                 RpcResponse::AppendEntries(self.raft.append_entries(r).await)
             }
             RpcRequest::Vote(r) => {
                 let sender = r.vote.leader_id().voted_for();
-                if !self.is_member(sender) {
-                    return self.refuse_non_member("vote", sender);
+                if let Err(e) = self.check_sender("vote", sender, peer, None) {
+                    return RpcResponse::Client(Err(e));
                 }
                 RpcResponse::Vote(self.raft.vote(r).await)
             }
             RpcRequest::InstallSnapshot(r) => {
                 let sender = r.vote.leader_id().voted_for();
-                if !self.is_member(sender) {
-                    return self.refuse_non_member("install_snapshot", sender);
+                let carried = r.meta.last_membership.membership();
+                if let Err(e) = self.check_sender("install_snapshot", sender, peer, Some(carried)) {
+                    return RpcResponse::Client(Err(e));
                 }
                 RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
@@ -656,6 +792,7 @@ async fn serve<A: Application>(
     // does not need them ordered across connections (a late AppendEntries of the current leader
     // only re-asserts entries the follower already has, one of an older term is refused by the
     // vote check). See docs/adr/0006-raft-transport.md.
+    let slots = Arc::new(Semaphore::new(inner.max_connections));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -663,11 +800,20 @@ async fn serve<A: Application>(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        let total = inner.refusals.count(RefusalReason::TooManyConnections);
+                        if total.is_power_of_two() {
+                            tracing::warn!(%peer, max = inner.max_connections, refused_total = total, "connection refused: too many open connections");
+                        }
+                        drop(stream);
+                        continue;
+                    };
                     let inner = inner.clone();
                     conns.spawn(async move {
                         if let Err(e) = handle_connection(stream, inner).await {
                             tracing::debug!(%peer, error = %e, "connection closed with error");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -686,12 +832,31 @@ async fn handle_connection<A: Application>(
     inner: Arc<Inner<A>>,
 ) -> Result<(), ConsensusError> {
     stream.set_nodelay(true)?;
-    let mut conn = server_codec(inner.max_frame).framed(stream);
-    while let Some(req) = conn.next().await {
-        let resp = inner.dispatch(req?).await;
+    // The handshake is bounded by the link's handshake timeout; plain TCP or a broken client
+    // gets no frame answered.
+    let (tls, peer): (ServerStream<TcpStream>, Did) = match inner.link.accept(stream).await {
+        Ok(x) => x,
+        Err(e) => {
+            inner.refusals.count(RefusalReason::Handshake);
+            return Err(e.into());
+        }
+    };
+    let mut conn = server_codec(inner.max_frame).framed(tls);
+    loop {
+        let next = match tokio::time::timeout(inner.idle_timeout, conn.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                inner.refusals.count(RefusalReason::Idle);
+                tracing::debug!(%peer, "closing an idle connection");
+                return Ok(());
+            }
+        };
+        let Some(req) = next else {
+            return Ok(());
+        };
+        let resp = inner.dispatch(req?, &peer).await;
         conn.send(&resp).await?;
     }
-    Ok(())
 }
 
 /// A client of a Raft group for processes that are not replicas. Follows leader redirects and
@@ -699,8 +864,14 @@ async fn handle_connection<A: Application>(
 ///
 /// Writes are at-least-once: a write whose reply was lost may be retried and applied again, so
 /// commands sent through it must be idempotent (settlement batches carry a content id).
+///
+/// Every connection is a link proving the client's own key. A replica address written
+/// `DID@HOST:PORT` must prove that DID; a bare `HOST:PORT` accepts whichever authenticated
+/// replica answers there (encrypted, but not pinned: give DIDs where a man in the middle
+/// matters). Leader redirects to a listed address keep that address's DID.
 pub struct Client {
-    addrs: Vec<String>,
+    replicas: Vec<Node>,
+    link: Link,
     leader_hint: Option<String>,
     max_frame: usize,
     timeout: Duration,
@@ -708,15 +879,50 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client that may contact any of `addrs`.
-    pub fn new(addrs: Vec<String>) -> Self {
-        Self {
-            addrs,
+    /// A client that may contact any of `addrs` (`DID@HOST:PORT` or `HOST:PORT`), connecting
+    /// with the identity `key`.
+    pub fn new(addrs: Vec<String>, key: &SigningKey) -> Result<Self, ConsensusError> {
+        Self::with_link(addrs, crate::network::client_link(key)?)
+    }
+
+    /// As [`Client::new`] over an existing link (its policy decides which replicas are
+    /// acceptable).
+    pub fn with_link(addrs: Vec<String>, link: Link) -> Result<Self, ConsensusError> {
+        let replicas = addrs
+            .iter()
+            .map(|a| {
+                Node::parse(a)
+                    .map_err(|e| ConsensusError::Config(format!("replica address `{a}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            replicas,
+            link,
             leader_hint: None,
             max_frame: DEFAULT_MAX_FRAME_BYTES,
             attempt_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(20),
+        })
+    }
+
+    /// The DID this client proves.
+    pub fn did(&self) -> &Did {
+        self.link.did()
+    }
+
+    /// `addr` as a replica to reach: its DID when given, or when `addr` is a listed replica's.
+    fn replica(&self, addr: &str) -> Result<Node, ConsensusError> {
+        let node = Node::parse(addr)
+            .map_err(|e| ConsensusError::Config(format!("replica address `{addr}`: {e}")))?;
+        if node.did.is_some() {
+            return Ok(node);
         }
+        Ok(self
+            .replicas
+            .iter()
+            .find(|r| r.addr == node.addr)
+            .cloned()
+            .unwrap_or(node))
     }
 
     /// Longest wait for one replica's answer before trying the next (default 10 s). Writes
@@ -750,9 +956,14 @@ impl Client {
         .await
     }
 
-    /// Add a learner to the cluster (no authorization attached).
-    pub async fn add_learner(&mut self, id: NodeId, addr: String) -> Result<(), ConsensusError> {
-        self.add_learner_with(id, addr, |_| Vec::new()).await
+    /// Add a learner at `addr` proving `did` to the cluster (no authorization attached).
+    pub async fn add_learner(
+        &mut self,
+        id: NodeId,
+        addr: String,
+        did: Did,
+    ) -> Result<(), ConsensusError> {
+        self.add_learner_with(id, addr, did, |_| Vec::new()).await
     }
 
     /// Add a learner; `authorize` makes the authorization bytes for each attempt (so a
@@ -761,15 +972,18 @@ impl Client {
         &mut self,
         id: NodeId,
         addr: String,
+        did: Did,
         authorize: impl Fn(&AdminRequest) -> Vec<u8>,
     ) -> Result<(), ConsensusError> {
         let req = AdminRequest::AddLearner {
             id,
             addr: addr.clone(),
+            did: did.clone(),
         };
         self.retrying(|| RpcRequest::AddLearner {
             id,
             addr: addr.clone(),
+            did: did.clone(),
             auth: authorize(&req),
         })
         .await
@@ -803,7 +1017,7 @@ impl Client {
 
     /// One replica's status.
     pub async fn status(&self, addr: &str) -> Result<NodeStatus, ConsensusError> {
-        let mut conn = Connection::new(addr, self.max_frame);
+        let mut conn = Connection::new(self.link.clone(), &self.replica(addr)?, self.max_frame);
         match conn.request(&RpcRequest::Status, self.timeout).await? {
             RpcResponse::Status(s) => Ok(s),
             other => Err(ConsensusError::Protocol(format!(
@@ -814,7 +1028,7 @@ impl Client {
 
     /// Query one replica's local state.
     pub async fn local_read(&self, addr: &str, query: Vec<u8>) -> Result<Vec<u8>, ConsensusError> {
-        let mut conn = Connection::new(addr, self.max_frame);
+        let mut conn = Connection::new(self.link.clone(), &self.replica(addr)?, self.max_frame);
         match conn
             .request(&RpcRequest::LocalRead { query }, self.timeout)
             .await?
@@ -832,19 +1046,20 @@ impl Client {
         let mut attempt = 0usize;
         let mut last_err = ConsensusError::Timeout("no replica answered".into());
         while Instant::now() < deadline {
-            let addr = match self.leader_hint.take() {
-                Some(a) => a,
-                None if self.addrs.is_empty() => {
+            let node = match self.leader_hint.take() {
+                Some(a) => self.replica(&a)?,
+                None if self.replicas.is_empty() => {
                     return Err(ConsensusError::Config("client has no addresses".into()))
                 }
-                None => self.addrs[attempt % self.addrs.len()].clone(),
+                None => self.replicas[attempt % self.replicas.len()].clone(),
             };
+            let addr = node.addr.clone();
             attempt += 1;
             // Bound each attempt so one stuck replica cannot use up the whole deadline.
             let remaining = deadline
                 .saturating_duration_since(Instant::now())
                 .min(self.attempt_timeout);
-            let mut conn = Connection::new(addr.clone(), self.max_frame);
+            let mut conn = Connection::new(self.link.clone(), &node, self.max_frame);
             match conn.request(&make(), remaining).await {
                 Ok(RpcResponse::Client(Ok(bytes))) => {
                     self.leader_hint = Some(addr);
@@ -870,6 +1085,9 @@ impl Client {
                 Ok(RpcResponse::Client(Err(WireError::NotAMember { sender }))) => {
                     return Err(ConsensusError::NotAMember(sender));
                 }
+                Ok(RpcResponse::Client(Err(WireError::PeerMismatch { sender, peer }))) => {
+                    return Err(ConsensusError::PeerMismatch { sender, peer });
+                }
                 Ok(other) => {
                     return Err(ConsensusError::Protocol(format!(
                         "unexpected response {other:?}"
@@ -879,7 +1097,7 @@ impl Client {
                 Err(e) => return Err(e),
             }
             // Back off a little between rounds over all replicas (elections take ~1 s).
-            if attempt.is_multiple_of(self.addrs.len().max(1)) {
+            if attempt.is_multiple_of(self.replicas.len().max(1)) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

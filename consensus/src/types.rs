@@ -6,13 +6,64 @@
 use std::fmt;
 use std::io::Cursor;
 
+use opengrid_session::Did;
 use serde::{Deserialize, Serialize};
 
 /// Raft node id. Stable across restarts; chosen by the operator.
 pub type NodeId = u64;
 
-/// What the cluster knows about a member: its RPC address (`host:port`).
-pub type Node = openraft::BasicNode;
+/// What the cluster knows about a member: its RPC address (`host:port`) and its identity, the
+/// `did:mycel` whose key it must prove on every link (ADR 0025). Replicated in the membership
+/// entries of the log and in snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// `host:port` of its RPC server.
+    pub addr: String,
+    /// Its identity. `None` only in `Default` (which openraft requires): a member without a DID
+    /// can be neither reached nor heard, since every link needs one.
+    pub did: Option<Did>,
+}
+
+impl Node {
+    /// A member at `addr` proving `did`.
+    pub fn new(addr: impl Into<String>, did: Did) -> Self {
+        Node {
+            addr: addr.into(),
+            did: Some(did),
+        }
+    }
+
+    /// Parses `DID@HOST:PORT` (the DID pinned) or `HOST:PORT` (no DID: the peer's identity is
+    /// not checked beyond the link's handshake, for clients only).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        match s.rsplit_once('@') {
+            Some((did, addr)) => {
+                let did = did
+                    .parse::<Did>()
+                    .map_err(|e| format!("`{did}` is not a did:mycel DID ({e})"))?;
+                if addr.is_empty() {
+                    return Err(format!("`{s}`: empty address"));
+                }
+                Ok(Node::new(addr, did))
+            }
+            None if s.is_empty() => Err("empty address".into()),
+            None => Ok(Node {
+                addr: s.to_string(),
+                did: None,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.did {
+            Some(d) => write!(f, "{d}@{}", self.addr),
+            None => f.write_str(&self.addr),
+        }
+    }
+}
 
 /// An opaque, application-defined command carried in a Raft log entry.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,8 +93,8 @@ impl fmt::Debug for Response {
 }
 
 openraft::declare_raft_types!(
-    /// OpenGrid's Raft type configuration: opaque byte commands, `u64` node ids, address-only
-    /// nodes, in-memory snapshot buffers.
+    /// OpenGrid's Raft type configuration: opaque byte commands, `u64` node ids, nodes named by
+    /// address and DID, in-memory snapshot buffers.
     pub TypeConfig:
         D = Command,
         R = Response,

@@ -1,17 +1,21 @@
-//! Who may change the group, against three in-process replicas over real TCP on 127.0.0.1:
-//! admin requests (add learner, change membership) without the authorizer's consent are refused
-//! with `Unauthorized` and change nothing; Raft RPCs (AppendEntries, InstallSnapshot, Vote) from
-//! an id outside the membership are refused with `NotAMember`, even with a higher term, and do
-//! not move any replica's term; an authorized change is served.
+//! Who may change the group, against three in-process replicas over real authenticated links
+//! (TLS over TCP) on 127.0.0.1: plain TCP gets no frame answered; admin requests (add learner,
+//! change membership) without the authorizer's consent are refused with `Unauthorized` and change
+//! nothing; Raft RPCs (AppendEntries, InstallSnapshot, Vote) from an id outside the membership
+//! are refused with `NotAMember`, and those claiming a member's id over a link authenticated as
+//! another DID (a stranger's key, or another member's) with `PeerMismatch`, even with a higher
+//! term, counted by reason, and move no replica's term, log, membership or data; an authorized
+//! change is served and the honest group keeps replicating.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opengrid_consensus::network::{Connection, RpcRequest, RpcResponse};
+use ed25519_dalek::SigningKey;
+use opengrid_consensus::network::{client_link, Connection, RpcRequest, RpcResponse};
 use opengrid_consensus::{
-    AdminAuthorizer, AdminRequest, Client, ConsensusError, KvApplication, NodeId, RaftNode,
-    RaftNodeConfig, WireError,
+    AdminAuthorizer, AdminRequest, Client, ConsensusError, KvApplication, Node, NodeId, RaftNode,
+    RaftNodeConfig, RefusalReason, WireError,
 };
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{CommittedLeaderId, LogId, SnapshotMeta, StoredMembership, Vote};
@@ -49,18 +53,23 @@ async fn strangers_cannot_change_or_feed_the_group() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: BTreeMap<NodeId, RaftNode<KvApplication>> = BTreeMap::new();
     for id in 1..=3 {
-        let mut c = RaftNodeConfig::new(id, "127.0.0.1:0", dir.path().join(format!("n{id}")));
+        let mut c = RaftNodeConfig::new(
+            id,
+            key(id as u8),
+            "127.0.0.1:0",
+            dir.path().join(format!("n{id}")),
+        );
         c.admin_authorizer = Some(Arc::new(Token));
         nodes.insert(
             id,
             RaftNode::start(c, KvApplication::default()).await.unwrap(),
         );
     }
-    let addrs: BTreeMap<NodeId, String> = nodes
+    let members: BTreeMap<NodeId, Node> = nodes
         .iter()
-        .map(|(id, n)| (*id, n.local_addr().to_string()))
+        .map(|(id, n)| (*id, Node::new(n.local_addr().to_string(), n.did().clone())))
         .collect();
-    nodes[&1].initialize(addrs.clone()).await.unwrap();
+    nodes[&1].initialize(members.clone()).await.unwrap();
     nodes[&1]
         .wait_for_leader(Duration::from_secs(10))
         .await
@@ -81,12 +90,18 @@ async fn strangers_cannot_change_or_feed_the_group() {
     .await;
     let voters = BTreeSet::from([1, 2, 3]);
     let term_before: Vec<u64> = nodes.values().map(|n| n.status().current_term).collect();
+    let logs_before: Vec<_> = nodes
+        .values()
+        .map(|n| (n.status().last_log_index, n.status().state_hash))
+        .collect();
 
     // Admin requests without (or with a wrong) authorization: refused at once, typed.
-    let mut client =
-        Client::new(addrs.values().cloned().collect()).with_timeout(Duration::from_secs(10));
+    let mut client = Client::new(members.values().map(|n| n.to_string()).collect(), &key(60))
+        .unwrap()
+        .with_timeout(Duration::from_secs(10));
+    let client_did = client.did().clone();
     let e = client
-        .add_learner(99, "127.0.0.1:9".into())
+        .add_learner(99, "127.0.0.1:9".into(), client_did)
         .await
         .unwrap_err();
     assert!(
@@ -107,33 +122,10 @@ async fn strangers_cannot_change_or_feed_the_group() {
 
     // Raw Raft RPCs from id 99 (not a member), with a far higher term.
     let vote = Vote::new_committed(term_before.iter().max().unwrap() + 100, 99);
-    let evil_log = LogId::new(CommittedLeaderId::new(vote.leader_id().term, 99), 1_000);
-    for (id, addr) in &addrs {
-        let mut conn = Connection::new(addr.clone(), 1 << 20);
-        let requests = vec![
-            RpcRequest::AppendEntries(AppendEntriesRequest {
-                vote,
-                prev_log_id: None,
-                entries: vec![],
-                leader_commit: Some(evil_log),
-            }),
-            RpcRequest::InstallSnapshot(InstallSnapshotRequest {
-                vote,
-                meta: SnapshotMeta {
-                    last_log_id: Some(evil_log),
-                    last_membership: StoredMembership::default(),
-                    snapshot_id: "rewrite-balances".into(),
-                },
-                offset: 0,
-                data: b"attacker state".to_vec(),
-                done: true,
-            }),
-            RpcRequest::Vote(VoteRequest {
-                vote: Vote::new(vote.leader_id().term, 99),
-                last_log_id: Some(evil_log),
-            }),
-        ];
-        for req in requests {
+    let stranger = client_link(&key(99)).unwrap();
+    for (id, member) in &members {
+        let mut conn = Connection::new(stranger.clone(), member, 1 << 20);
+        for req in evil_rpcs(99, vote.leader_id().term) {
             let kind = format!("{req:?}").chars().take(20).collect::<String>();
             match conn.request(&req, Duration::from_secs(5)).await.unwrap() {
                 RpcResponse::Client(Err(WireError::NotAMember { sender: Some(99) })) => {}
@@ -144,7 +136,65 @@ async fn strangers_cannot_change_or_feed_the_group() {
     let refused: u64 = nodes.values().map(|n| n.refused_requests()).sum();
     assert!(refused >= 9 + 3, "refused {refused}");
 
-    // Nothing moved: same voters, terms not raised by the stranger, data intact.
+    // Impersonation: well-formed Raft RPCs claiming member 1 (and member 3 towards member 1),
+    // over links that prove a stranger's key, or member 2's own key. Refused as PeerMismatch.
+    let member2 = client_link(&key(2)).unwrap();
+    for (id, target) in &members {
+        let claimed = if *id == 1 { 3 } else { 1 };
+        for (who, link) in [("stranger", &stranger), ("member 2", &member2)] {
+            let mut conn = Connection::new(link.clone(), target, 1 << 20);
+            for req in evil_rpcs(claimed, vote.leader_id().term) {
+                let kind = format!("{req:?}").chars().take(20).collect::<String>();
+                match conn.request(&req, Duration::from_secs(5)).await.unwrap() {
+                    RpcResponse::Client(Err(WireError::PeerMismatch {
+                        sender: Some(s),
+                        peer,
+                    })) if s == claimed && peer == link.did().to_string() => {}
+                    other => panic!(
+                        "replica {id}: {kind}… from {who} claiming member {claimed} answered \
+                         {other:?}"
+                    ),
+                }
+            }
+        }
+    }
+    let mismatches: u64 = nodes
+        .values()
+        .map(|n| n.refusals().get(RefusalReason::PeerMismatch))
+        .sum();
+    assert_eq!(mismatches, 3 * 2 * 3, "peer_mismatch refusals");
+    assert!(nodes[&1]
+        .refusals()
+        .by_reason()
+        .contains(&("peer_mismatch", 6)));
+
+    // Plain TCP gets no frame answered (at most a TLS alert), and is counted.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&members[&1].addr)
+            .await
+            .unwrap();
+        s.write_all(&[0, 0, 0, 2, 2, 0]).await.unwrap();
+        let (mut buf, mut got) = ([0u8; 64], Vec::new());
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.len() < 16, "plain TCP got an answer: {got:?}");
+        eventually(
+            "the plain connection counted",
+            Duration::from_secs(10),
+            || nodes[&1].refusals().get(RefusalReason::Handshake) >= 1,
+        )
+        .await;
+    }
+
+    // Nothing moved: same log and state, same voters, terms not raised by the stranger, data
+    // intact.
+    let logs_after: Vec<_> = nodes
+        .values()
+        .map(|n| (n.status().last_log_index, n.status().state_hash))
+        .collect();
+    assert_eq!(logs_after, logs_before, "a refused rpc moved a log");
     for n in nodes.values() {
         let s = n.status();
         assert_eq!(
@@ -169,7 +219,47 @@ async fn strangers_cannot_change_or_feed_the_group() {
         .client_write(KvApplication::set_command(b"k2", b"v2"))
         .await
         .unwrap();
+    eventually("every replica applied k2", Duration::from_secs(10), || {
+        nodes
+            .values()
+            .all(|n| KvApplication::decode_answer(&n.local_read(b"k2")) == Some(b"v2".to_vec()))
+    })
+    .await;
     for (_, n) in nodes {
         n.shutdown().await.unwrap();
     }
+}
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+/// Well-formed AppendEntries, InstallSnapshot and Vote claiming to come from `sender`, with
+/// term `term`, that would overwrite the log and the state if they were served.
+fn evil_rpcs(sender: NodeId, term: u64) -> Vec<RpcRequest> {
+    let vote = Vote::new_committed(term, sender);
+    let evil_log = LogId::new(CommittedLeaderId::new(term, sender), 1_000);
+    vec![
+        RpcRequest::AppendEntries(AppendEntriesRequest {
+            vote,
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: Some(evil_log),
+        }),
+        RpcRequest::InstallSnapshot(InstallSnapshotRequest {
+            vote,
+            meta: SnapshotMeta {
+                last_log_id: Some(evil_log),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "rewrite-balances".into(),
+            },
+            offset: 0,
+            data: b"attacker state".to_vec(),
+            done: true,
+        }),
+        RpcRequest::Vote(VoteRequest {
+            vote: Vote::new(term, sender),
+            last_log_id: Some(evil_log),
+        }),
+    ]
 }

@@ -1,13 +1,19 @@
-//! Three in-process replicas over real TCP on 127.0.0.1 with RocksDB storage: replication,
-//! forwarding, leader loss, restart from disk, snapshot install, membership changes.
+//! Three in-process replicas over real authenticated links (TLS over TCP) on 127.0.0.1 with
+//! RocksDB storage: replication, forwarding, leader loss, restart from disk, snapshot install,
+//! membership changes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use opengrid_consensus::{Client, KvApplication, NodeId, RaftNode, RaftNodeConfig};
+use ed25519_dalek::SigningKey;
+use opengrid_consensus::{Client, KvApplication, Node, NodeId, RaftNode, RaftNodeConfig};
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
 
 fn config(id: NodeId, addr: &str, dir: &std::path::Path) -> RaftNodeConfig {
-    let mut c = RaftNodeConfig::new(id, addr, dir.join(format!("n{id}")));
+    let mut c = RaftNodeConfig::new(id, key(id as u8), addr, dir.join(format!("n{id}")));
     c.snapshot_every = 10;
     c
 }
@@ -40,11 +46,11 @@ async fn replicate_fail_over_restart_and_change_membership() {
         .unwrap();
         nodes.insert(id, n);
     }
-    let addrs: BTreeMap<NodeId, String> = nodes
+    let members: BTreeMap<NodeId, Node> = nodes
         .iter()
-        .map(|(id, n)| (*id, n.local_addr().to_string()))
+        .map(|(id, n)| (*id, Node::new(n.local_addr().to_string(), n.did().clone())))
         .collect();
-    nodes[&1].initialize(addrs.clone()).await.unwrap();
+    nodes[&1].initialize(members).await.unwrap();
     let leader = nodes[&1]
         .wait_for_leader(Duration::from_secs(10))
         .await
@@ -75,7 +81,7 @@ async fn replicate_fail_over_restart_and_change_membership() {
 
     // Lose the leader; the others elect a new one and keep accepting writes.
     let old_leader = leader;
-    let old_addr = addrs[&old_leader].clone();
+    let old_addr = nodes[&old_leader].local_addr().to_string();
     nodes.remove(&old_leader).unwrap().shutdown().await.unwrap();
     let survivor = *nodes.keys().next().unwrap();
     eventually("new leader elected", Duration::from_secs(15), || {
@@ -85,7 +91,14 @@ async fn replicate_fail_over_restart_and_change_membership() {
             .is_some_and(|l| l != old_leader)
     })
     .await;
-    let mut client = Client::new(nodes.values().map(|n| n.local_addr().to_string()).collect());
+    let mut client = Client::new(
+        nodes
+            .values()
+            .map(|n| Node::new(n.local_addr().to_string(), n.did().clone()).to_string())
+            .collect(),
+        &key(77),
+    )
+    .unwrap();
     for i in 25..40 {
         client
             .write(KvApplication::set_command(
@@ -124,9 +137,12 @@ async fn replicate_fail_over_restart_and_change_membership() {
     )
     .await
     .unwrap();
-    let n4_addr = n4.local_addr().to_string();
+    let (n4_addr, n4_did) = (n4.local_addr().to_string(), n4.did().clone());
     nodes.insert(4, n4);
-    nodes[&survivor].add_learner(4, n4_addr).await.unwrap();
+    nodes[&survivor]
+        .add_learner(4, n4_addr, n4_did)
+        .await
+        .unwrap();
     eventually("learner has the data", Duration::from_secs(20), || {
         get(&nodes[&4], "k39").is_some()
     })
@@ -172,17 +188,30 @@ async fn oversized_and_garbage_frames_are_refused_without_panic() {
         .await
         .unwrap();
     s.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
-    let mut buf = [0u8; 1];
-    assert_eq!(s.read(&mut buf).await.unwrap(), 0);
-    // Garbage payload: closed as well.
-    let mut s = tokio::net::TcpStream::connect(node.local_addr())
-        .await
-        .unwrap();
-    s.write_all(&4u32.to_be_bytes()).await.unwrap();
-    s.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
-    assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+    // Plain TCP never gets past the handshake: at most a TLS alert, then the connection closes.
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while let Ok(n @ 1..) = s.read(&mut buf).await {
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.len() < 16, "plain TCP got an answer: {got:?}");
+    // Over an authenticated link: an oversized length prefix and a garbage payload close it.
+    let link = opengrid_consensus::network::client_link(&key(50)).unwrap();
+    for bytes in [
+        (1u32 << 30).to_be_bytes().to_vec(),
+        [&4u32.to_be_bytes()[..], &[0xff; 4]].concat(),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(node.local_addr())
+            .await
+            .unwrap();
+        let (mut tls, did) = link.connect(tcp, Some(node.did())).await.unwrap();
+        assert_eq!(&did, node.did());
+        tls.write_all(&bytes).await.unwrap();
+        tls.flush().await.unwrap();
+        assert!(matches!(tls.read(&mut buf).await, Ok(0) | Err(_)));
+    }
     // The node still serves.
-    let client = Client::new(vec![node.local_addr().to_string()]);
+    let client = Client::new(vec![node.local_addr().to_string()], &key(51)).unwrap();
     assert_eq!(
         client
             .status(&node.local_addr().to_string())

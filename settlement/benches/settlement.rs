@@ -120,17 +120,30 @@ async fn bench_settlement(opts: BenchOptions) -> Result<BenchReport, SettlementE
                 operator: Some(bench_operator.did()),
                 ..Default::default()
             },
-            ..ReplicaOptions::new(id, "127.0.0.1:0", tmp.join(format!("r{id}")))
+            ..ReplicaOptions::new(
+                id,
+                Keypair::from_seed([id as u8; 32]),
+                "127.0.0.1:0",
+                tmp.join(format!("r{id}")),
+            )
         };
         replicas.push(start_replica(ro).await?);
     }
-    let addrs: BTreeMap<u64, String> = replicas
+    let members: BTreeMap<u64, opengrid_consensus::Node> = replicas
         .iter()
-        .map(|r| (r.id(), r.local_addr().to_string()))
+        .map(|r| {
+            (
+                r.id(),
+                opengrid_consensus::Node::new(r.local_addr().to_string(), r.did().clone()),
+            )
+        })
         .collect();
-    replicas[0].initialize(addrs.clone()).await?;
+    replicas[0].initialize(members.clone()).await?;
     replicas[0].wait_for_leader(Duration::from_secs(20)).await?;
-    let client = LedgerClient::new(addrs.values().cloned().collect());
+    let client = LedgerClient::new(
+        members.values().map(|n| n.to_string()).collect(),
+        &bench_operator,
+    )?;
 
     let node = Keypair::from_seed([11; 32]);
     let rc = Keypair::from_seed([12; 32]);
@@ -178,7 +191,7 @@ async fn bench_settlement(opts: BenchOptions) -> Result<BenchReport, SettlementE
     let seconds = start.elapsed().as_secs_f64();
 
     let summary = client
-        .replica_status(&addrs[&replicas[0].id()])
+        .replica_status(&members[&replicas[0].id()].to_string())
         .await?
         .ledger;
     let duplicated = u64::from(summary.total_fees_micros > expected_fees);

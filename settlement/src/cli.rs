@@ -1,5 +1,10 @@
 //! The `opengrid-ledger` command line (clap). The main `opengrid` binary can embed [`LedgerCmd`]
 //! as its `ledger` subcommand and call [`run`].
+//!
+//! Every command reaches the replicas over authenticated links: registrations and membership
+//! changes connect with the operator's key, read-only commands with a throwaway key (replicas
+//! serve client requests to any authenticated peer). `--addr` takes `DID@HOST:PORT` to pin a
+//! replica's identity, or `HOST:PORT`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,7 +46,12 @@ pub enum LedgerCmd {
         /// Raft log, ledger state and snapshots.
         #[arg(long, env = "OPENGRID_LEDGER_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// Initial voters: `1=host:port,2=host:port,3=host:port` (empty: join later as learner).
+        /// The replica's identity key file (created when absent; default
+        /// `<data-dir>/identity.key`): its DID is the replica's identity in the group.
+        #[arg(long, env = "OPENGRID_LEDGER_KEY_FILE")]
+        key_file: Option<PathBuf>,
+        /// Initial voters: `1=DID@host:port,2=DID@host:port,3=DID@host:port` (this replica's own
+        /// entry may leave its DID out; empty: join later as learner).
         #[arg(long, env = "OPENGRID_LEDGER_PEERS")]
         peers: Option<String>,
         /// Snapshot every this many applied entries (default 1000).
@@ -129,6 +139,9 @@ pub enum LedgerCmd {
         /// Its address, host:port.
         #[arg(long)]
         learner_addr: String,
+        /// Its DID (`keygen --key-file` on its key file prints it): the key it must prove.
+        #[arg(long)]
+        learner_did: String,
         /// The ledger operator's key file (must exist).
         #[arg(long)]
         operator_key_file: PathBuf,
@@ -148,12 +161,25 @@ pub enum LedgerCmd {
     },
 }
 
-fn client(addr: Vec<String>) -> anyhow::Result<LedgerClient> {
+/// A client connecting as `key`, or as a throwaway key for read-only commands.
+fn client(addr: Vec<String>, key: Option<&Keypair>) -> anyhow::Result<LedgerClient> {
     anyhow::ensure!(
         !addr.is_empty(),
         "--addr: give at least one replica address"
     );
-    Ok(LedgerClient::with_timeout(addr, Duration::from_secs(15)))
+    let throwaway;
+    let key = match key {
+        Some(k) => k,
+        None => {
+            throwaway = Keypair::generate();
+            &throwaway
+        }
+    };
+    Ok(LedgerClient::with_timeout(
+        addr,
+        Duration::from_secs(15),
+        key,
+    )?)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -213,6 +239,7 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             id,
             addr,
             data_dir,
+            key_file,
             peers,
             snapshot_every,
             protocol_account,
@@ -228,6 +255,9 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             }
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
+            }
+            if let Some(k) = key_file {
+                cfg.key_file = k;
             }
             if let Some(p) = peers {
                 cfg.set_peers_flag(&p);
@@ -245,11 +275,11 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             run_replica(opts, shutdown_signal(exit_on_stdin_eof)).await?;
         }
         LedgerCmd::Balance { account, addr } => {
-            let b = client(addr)?.balance(&Account::new(account)?).await?;
+            let b = client(addr, None)?.balance(&Account::new(account)?).await?;
             println!("{b}");
         }
         LedgerCmd::Status { addr } => {
-            let c = client(addr.clone())?;
+            let c = client(addr.clone(), None)?;
             for a in &addr {
                 match c.replica_status(a).await {
                     Ok(s) => print_json(&s)?,
@@ -261,11 +291,11 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
         }
         LedgerCmd::Receipt { id, addr } => {
             let id = ReceiptId(crate::ledger::parse_hex::<16>(&id).map_err(anyhow::Error::msg)?);
-            print_json(&client(addr)?.receipt_status(id).await?)?;
+            print_json(&client(addr, None)?.receipt_status(id).await?)?;
         }
         LedgerCmd::Batch { id, addr } => {
             let id: BatchId = id.parse().map_err(anyhow::Error::msg)?;
-            print_json(&client(addr)?.batch_status(id).await?)?;
+            print_json(&client(addr, None)?.batch_status(id).await?)?;
         }
         LedgerCmd::Keygen { key_file } => {
             println!("{}", Keypair::load_or_create(&key_file)?.did());
@@ -297,7 +327,7 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             let ledger_op = Keypair::load(&operator_key_file)?;
             let reg = NodeRegistration::new(&key, policy, Account::new(operator)?, owners)
                 .authorize(&ledger_op);
-            registered(client(addr)?.register_node(reg).await?)?;
+            registered(client(addr, Some(&ledger_op))?.register_node(reg).await?)?;
         }
         LedgerCmd::RegisterRc {
             key_file,
@@ -308,17 +338,21 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             let key = Keypair::load_or_create(&key_file)?;
             let ledger_op = Keypair::load(&operator_key_file)?;
             let reg = RcRegistration::new(&key, Account::new(operator)?).authorize(&ledger_op);
-            registered(client(addr)?.register_rc(reg).await?)?;
+            registered(client(addr, Some(&ledger_op))?.register_rc(reg).await?)?;
         }
         LedgerCmd::AddLearner {
             id,
             learner_addr,
+            learner_did,
             operator_key_file,
             addr,
         } => {
             let ledger_op = Keypair::load(&operator_key_file)?;
-            client(addr)?
-                .add_learner(id, learner_addr.clone(), &ledger_op)
+            let did: crate::did::Did = learner_did
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--learner-did `{learner_did}`: {e}"))?;
+            client(addr, Some(&ledger_op))?
+                .add_learner(id, learner_addr.clone(), did, &ledger_op)
                 .await?;
             print_json(&serde_json::json!({ "learner_added": id, "addr": learner_addr }))?;
         }
@@ -329,7 +363,7 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
         } => {
             let ledger_op = Keypair::load(&operator_key_file)?;
             let voters: std::collections::BTreeSet<NodeId> = voters.into_iter().collect();
-            client(addr)?
+            client(addr, Some(&ledger_op))?
                 .change_membership(voters.clone(), &ledger_op)
                 .await?;
             print_json(&serde_json::json!({ "voters": voters }))?;

@@ -11,6 +11,7 @@ use opengrid_consensus::{NodeId, RaftNodeConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::did::Did;
+use crate::keys::Keypair;
 use crate::ledger::{LedgerRules, DEFAULT_MAX_FEE_MICROS, DEFAULT_MAX_REJECTIONS};
 use crate::replica::ReplicaOptions;
 use crate::split::Account;
@@ -64,7 +65,12 @@ pub struct LedgerConfig {
     pub addr: String,
     /// Where the Raft log, the ledger state and snapshots live.
     pub data_dir: PathBuf,
-    /// Initial voters, each `ID=HOST:PORT`; empty: join later as a learner.
+    /// The replica's identity key file (created 0600 when absent): its DID is the replica's
+    /// identity in the group, proved on every link. Empty: `<data_dir>/identity.key`.
+    pub key_file: PathBuf,
+    /// Initial voters, each `ID=DID@HOST:PORT` (`opengrid ledger keygen --key-file` prints a
+    /// replica's DID); this replica's own entry may be `ID=HOST:PORT`. Empty: join later as a
+    /// learner.
     pub peers: Vec<String>,
     /// Snapshot every this many applied entries.
     pub snapshot_every: u64,
@@ -87,6 +93,7 @@ impl Default for LedgerConfig {
             id: 1,
             addr: "127.0.0.1:7801".into(),
             data_dir: opengrid_session::dirs::default_data_dir("ledger"),
+            key_file: PathBuf::new(),
             peers: Vec::new(),
             snapshot_every: 1_000,
             protocol_account: Account::protocol().0,
@@ -152,13 +159,49 @@ impl LedgerConfig {
             .collect();
     }
 
-    /// Checks every field; the error names the first bad one.
-    pub fn validate(&self) -> Result<(), LedgerConfigError> {
-        self.replica_options().map(|_| ())
+    /// The identity key file: `key_file`, or `<data_dir>/identity.key` when it is empty.
+    pub fn key_file(&self) -> PathBuf {
+        if self.key_file.as_os_str().is_empty() {
+            self.data_dir.join("identity.key")
+        } else {
+            self.key_file.clone()
+        }
     }
 
-    /// The validated options of the replica this config describes.
+    /// Checks every field; the error names the first bad one. Reads no file (the key file is
+    /// loaded by [`LedgerConfig::replica_options`]).
+    pub fn validate(&self) -> Result<(), LedgerConfigError> {
+        self.checked().map(|_| ())
+    }
+
+    /// The validated options of the replica this config describes, with its identity key loaded
+    /// from [`LedgerConfig::key_file`] (created when absent).
     pub fn replica_options(&self) -> Result<ReplicaOptions, LedgerConfigError> {
+        let checked = self.checked()?;
+        let path = self.key_file();
+        let key = Keypair::load_or_create(&path).map_err(|e| {
+            invalid(
+                "key_file",
+                format!("cannot load or create {}: {e}", path.display()),
+            )
+        })?;
+        if let Some(own) = checked.peers.get(&self.id).and_then(|n| n.did.as_ref()) {
+            if *own != key.did() {
+                return Err(invalid(
+                    "peers",
+                    format!(
+                        "this replica's entry names {own}, but its key ({}) is {}",
+                        path.display(),
+                        key.did()
+                    ),
+                ));
+            }
+        }
+        Ok(ReplicaOptions { key, ..checked })
+    }
+
+    /// Every check but the key's; the options carry a placeholder key.
+    fn checked(&self) -> Result<ReplicaOptions, LedgerConfigError> {
         if self.version != LEDGER_CONFIG_VERSION {
             return Err(invalid(
                 "version",
@@ -179,6 +222,19 @@ impl LedgerConfig {
         }
         let peers = RaftNodeConfig::parse_peers(&self.peers_flag())
             .map_err(|e| invalid("peers", e.to_string()))?;
+        if let Some((id, node)) = peers
+            .iter()
+            .find(|(id, n)| **id != self.id && n.did.is_none())
+        {
+            return Err(invalid(
+                "peers",
+                format!(
+                    "peer {id} ({}) has no DID: write `{id}=DID@{}` (`opengrid ledger keygen \
+                     --key-file` on its key file prints its DID)",
+                    node.addr, node.addr
+                ),
+            ));
+        }
         if self.snapshot_every == 0 {
             return Err(invalid("snapshot_every", "must be at least 1"));
         }
@@ -212,7 +268,12 @@ impl LedgerConfig {
                 max_rejections: self.max_rejections,
             },
             snapshot_every: self.snapshot_every,
-            ..ReplicaOptions::new(self.id, self.addr.clone(), self.data_dir.clone())
+            ..ReplicaOptions::new(
+                self.id,
+                Keypair::from_seed([0; 32]),
+                self.addr.clone(),
+                self.data_dir.clone(),
+            )
         })
     }
 }
@@ -227,37 +288,85 @@ mod tests {
             LedgerConfig::from_toml("").unwrap(),
             LedgerConfig::default()
         );
-        let o = LedgerConfig::default().replica_options().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let c = LedgerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..LedgerConfig::default()
+        };
+        let o = c.replica_options().unwrap();
         assert_eq!(o.snapshot_every, 1_000);
         assert_eq!(o.protocol_account, Account::protocol());
+        // The identity key was created in the data dir and is loaded again next time.
+        assert_eq!(c.key_file(), dir.path().join("identity.key"));
+        assert_eq!(c.replica_options().unwrap().key.did(), o.key.did());
+    }
+
+    #[test]
+    fn peers_other_than_this_replica_need_their_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = crate::keys::Keypair::from_seed([5; 32]).did();
+        let mut c = LedgerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..LedgerConfig::default()
+        };
+        c.set_peers_flag("1=127.0.0.1:7801,2=127.0.0.1:7802");
+        match c.validate() {
+            Err(LedgerConfigError::Invalid {
+                field: "peers",
+                reason,
+            }) => {
+                assert!(reason.contains("peer 2"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        c.set_peers_flag(&format!("1=127.0.0.1:7801,2={other}@127.0.0.1:7802"));
+        let o = c.replica_options().unwrap();
+        assert_eq!(o.peers[&2].did, Some(other.clone()));
+        // This replica's own entry must name its own key when it names one.
+        c.set_peers_flag(&format!("1={other}@127.0.0.1:7801"));
+        assert!(matches!(
+            c.replica_options(),
+            Err(LedgerConfigError::Invalid { field: "peers", .. })
+        ));
     }
 
     #[test]
     fn a_full_file_becomes_replica_options() {
-        let c = LedgerConfig::from_toml(
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("r2.key");
+        let (d1, d3) = (
+            crate::keys::Keypair::from_seed([1; 32]).did(),
+            crate::keys::Keypair::from_seed([3; 32]).did(),
+        );
+        let c = LedgerConfig::from_toml(&format!(
             r#"
             version = 1
             id = 2
             addr = "127.0.0.1:7802"
             data_dir = "/var/lib/opengrid/ledger-2"
-            peers = ["1=127.0.0.1:7801", "2=127.0.0.1:7802", "3=127.0.0.1:7803"]
+            key_file = "{}"
+            peers = ["1={d1}@127.0.0.1:7801", "2=127.0.0.1:7802", "3={d3}@127.0.0.1:7803"]
             snapshot_every = 50
             protocol_account = "treasury"
             "#,
-        )
+            key_file.display()
+        ))
         .unwrap();
         let o = c.replica_options().unwrap();
+        assert_eq!(o.key.did(), Keypair::load(&key_file).unwrap().did());
         assert_eq!(o.id, 2);
         assert_eq!(o.addr, "127.0.0.1:7802");
         assert_eq!(o.data_dir, PathBuf::from("/var/lib/opengrid/ledger-2"));
         assert_eq!(o.peers.len(), 3);
-        assert_eq!(o.peers[&3], "127.0.0.1:7803");
+        assert_eq!(o.peers[&3].addr, "127.0.0.1:7803");
+        assert_eq!(o.peers[&3].did, Some(d3));
         assert_eq!(o.snapshot_every, 50);
         assert_eq!(o.protocol_account.0, "treasury");
         assert_eq!(o.rules.operator, None);
         let op = crate::keys::Keypair::from_seed([3; 32]).did();
         let c = LedgerConfig::from_toml(&format!(
-            "operator = \"{op}\"\nmax_fee_micros = 5\nmax_rejections = 7"
+            "operator = \"{op}\"\nmax_fee_micros = 5\nmax_rejections = 7\nkey_file = \"{}\"",
+            key_file.display()
         ))
         .unwrap();
         let o = c.replica_options().unwrap();

@@ -61,6 +61,11 @@ impl Keypair {
         Did::from_public_key(&self.verifying_key())
     }
 
+    /// The ed25519 signing key (for the links this identity connects with).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
     /// Sign `msg`.
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.signing.sign(msg).to_bytes()

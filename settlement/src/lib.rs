@@ -19,7 +19,9 @@
 //!   changes.
 //! - [`batcher`]: RC-side co-signing, batching, periodic submission.
 //! - [`replica`]: run a replica ([`replica::start_replica`]), talk to the group
-//!   ([`replica::LedgerClient`]); the `opengrid-ledger` binary wraps these.
+//!   ([`replica::LedgerClient`]); the `opengrid-ledger` binary wraps these. A replica's identity
+//!   in the group is its key file's DID, proved on every link of its port (mutual TLS 1.3,
+//!   `opengrid-link`, ADR 0025); clients connect with their own key.
 //!
 //! Benches live in `benches/` (P8 there and in `opengrid-chaos bench settlement`); the receipt
 //! generator they and the tests share is `testing`, behind the `testing` feature.
@@ -51,5 +53,5 @@ pub use ledger::{
 };
 pub use operator::{OperatorAuth, OperatorAuthError};
 pub use receipt::{Receipt, ReceiptId, SignedReceipt, Usage, UsageWindow};
-pub use replica::{start_replica, LedgerClient, ReplicaOptions};
+pub use replica::{peer_entry, start_replica, LedgerClient, ReplicaOptions};
 pub use split::{Account, Bps, SplitPolicy};

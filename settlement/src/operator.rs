@@ -232,6 +232,7 @@ mod tests {
         let other = AdminRequest::AddLearner {
             id: 9,
             addr: "127.0.0.1:1".into(),
+            did: Keypair::from_seed([9; 32]).did(),
         };
         assert!(matches!(
             auth.check(&req(), &admin_auth(&op, &other)),

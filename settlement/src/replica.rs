@@ -1,14 +1,20 @@
 //! Running ledger replicas (consensus `RaftNode` + [`Ledger`]) and talking to them.
+//!
+//! A replica's Raft identity is its key: the links of its port (Raft RPCs and client requests,
+//! mutual TLS 1.3, `opengrid-link`) prove the DID of [`ReplicaOptions::key`], and the group knows
+//! each member by id, address and that DID. [`LedgerClient`]s connect with their own key (an RC's
+//! or a node's identity, the operator's, or a throwaway one for read-only tools).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use opengrid_codec::{self as codec, MAX_DECODE_BYTES};
-use opengrid_consensus::{Client, NodeId, NodeStatus, RaftNode, RaftNodeConfig};
+use opengrid_consensus::{Client, Node, NodeId, NodeStatus, RaftNode, RaftNodeConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::batcher::BatchSink;
+use crate::did::Did;
 use crate::error::SettlementError;
 use crate::keys::Keypair;
 use crate::ledger::{
@@ -23,11 +29,13 @@ use crate::split::Account;
 #[derive(Debug, Clone)]
 pub struct ReplicaOptions {
     pub id: NodeId,
+    /// The replica's identity key: its DID is its identity as a group member.
+    pub key: Keypair,
     /// Listen (and advertised) address, `host:port`.
     pub addr: String,
     pub data_dir: PathBuf,
-    /// Initial voters (`id → addr`); see [`RaftNodeConfig::peers`].
-    pub peers: BTreeMap<NodeId, String>,
+    /// Initial voters (`id → addr and DID`); see [`RaftNodeConfig::peers`].
+    pub peers: BTreeMap<NodeId, Node>,
     /// Account credited with the protocol share.
     pub protocol_account: Account,
     /// The ledger's rules: operator DID (authorizes registrations and membership changes), fee
@@ -39,9 +47,15 @@ pub struct ReplicaOptions {
 
 impl ReplicaOptions {
     /// Options with defaults for everything but identity and placement.
-    pub fn new(id: NodeId, addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        id: NodeId,
+        key: Keypair,
+        addr: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             id,
+            key,
             addr: addr.into(),
             data_dir: data_dir.into(),
             peers: BTreeMap::new(),
@@ -59,7 +73,12 @@ pub type LedgerReplica = RaftNode<Ledger>;
 /// requests (add learner, change membership) are served only when signed by the configured
 /// operator ([`OperatorAdminAuthorizer`]); without an operator they are all refused.
 pub async fn start_replica(opts: ReplicaOptions) -> Result<LedgerReplica, SettlementError> {
-    let mut cfg = RaftNodeConfig::new(opts.id, opts.addr, opts.data_dir);
+    let mut cfg = RaftNodeConfig::new(
+        opts.id,
+        opts.key.signing_key().clone(),
+        opts.addr,
+        opts.data_dir,
+    );
     cfg.peers = opts.peers;
     cfg.snapshot_every = opts.snapshot_every;
     match &opts.rules.operator {
@@ -73,6 +92,19 @@ pub async fn start_replica(opts: ReplicaOptions) -> Result<LedgerReplica, Settle
         opts.rules.operator.clone(),
     )));
     Ok(RaftNode::start(cfg, Ledger::with_rules(opts.protocol_account, opts.rules)).await?)
+}
+
+/// For harnesses that start replica processes: loads (or creates) the key a replica with data dir
+/// `data_dir` will use by default (`<data_dir>/identity.key`) and returns its `--peers` entry,
+/// `ID=DID@ADDR`.
+pub fn peer_entry(
+    id: NodeId,
+    addr: &str,
+    data_dir: &std::path::Path,
+) -> Result<String, SettlementError> {
+    std::fs::create_dir_all(data_dir)?;
+    let key = Keypair::load_or_create(&data_dir.join("identity.key"))?;
+    Ok(format!("{id}={}", Node::new(addr, key.did())))
 }
 
 /// Run a replica until `shutdown` resolves, then stop it cleanly.
@@ -94,24 +126,31 @@ pub struct ReplicaStatus {
 }
 
 /// A client of the ledger group (for RCs, operators and the CLI). Follows leader redirects;
-/// resubmitting a batch is safe (batch ids make it idempotent).
+/// resubmitting a batch is safe (batch ids make it idempotent). Connects with `key` (its links
+/// prove that DID); replica addresses are `DID@HOST:PORT` (pinned) or `HOST:PORT`.
 pub struct LedgerClient {
     client: tokio::sync::Mutex<Client>,
 }
 
 impl LedgerClient {
-    /// A client that may contact any of `addrs`.
-    pub fn new(addrs: Vec<String>) -> Self {
-        Self {
-            client: tokio::sync::Mutex::new(Client::new(addrs)),
-        }
+    /// A client that may contact any of `addrs`, connecting as `key`.
+    pub fn new(addrs: Vec<String>, key: &Keypair) -> Result<Self, SettlementError> {
+        Ok(Self {
+            client: tokio::sync::Mutex::new(Client::new(addrs, key.signing_key())?),
+        })
     }
 
     /// A client with an overall per-operation deadline.
-    pub fn with_timeout(addrs: Vec<String>, timeout: Duration) -> Self {
-        Self {
-            client: tokio::sync::Mutex::new(Client::new(addrs).with_timeout(timeout)),
-        }
+    pub fn with_timeout(
+        addrs: Vec<String>,
+        timeout: Duration,
+        key: &Keypair,
+    ) -> Result<Self, SettlementError> {
+        Ok(Self {
+            client: tokio::sync::Mutex::new(
+                Client::new(addrs, key.signing_key())?.with_timeout(timeout),
+            ),
+        })
     }
 
     /// Replicate a command and return the ledger's response.
@@ -137,19 +176,20 @@ impl LedgerClient {
         self.command(&LedgerCommand::RegisterRc(reg)).await
     }
 
-    /// Add replica `id` at `addr` as a learner, authorized by the ledger operator's key (each
-    /// attempt signed afresh).
+    /// Add replica `id` at `addr`, whose key is `did`, as a learner, authorized by the ledger
+    /// operator's key (each attempt signed afresh).
     pub async fn add_learner(
         &self,
         id: NodeId,
         addr: String,
+        did: Did,
         operator: &Keypair,
     ) -> Result<(), SettlementError> {
         Ok(self
             .client
             .lock()
             .await
-            .add_learner_with(id, addr, |req| admin_auth(operator, req))
+            .add_learner_with(id, addr, did, |req| admin_auth(operator, req))
             .await?)
     }
 

@@ -44,7 +44,14 @@ impl Group {
             .map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap().to_string()))
             .collect();
         drop(listeners);
-        let peers: Vec<String> = addrs.iter().map(|(i, a)| format!("{i}={a}")).collect();
+        // Every replica's key lives in its data dir (made here first, so that peers name DIDs).
+        let peers: Vec<String> = addrs
+            .iter()
+            .map(|(i, a)| {
+                opengrid_settlement::peer_entry(*i, a, &dir.path().join(format!("data-{i}")))
+                    .unwrap()
+            })
+            .collect();
         let mut children = Vec::new();
         for (id, addr) in &addrs {
             let log = std::fs::File::create(dir.path().join(format!("replica-{id}.log"))).unwrap();
@@ -152,7 +159,8 @@ async fn submit(client: &LedgerClient, b: &Batch) -> (u32, Vec<RejectReason>) {
 async fn ledger_attacks_are_refused_and_balances_stay_intact() {
     let operator = Keypair::from_seed([90; 32]);
     let group = Group::start(&operator);
-    let client = LedgerClient::with_timeout(group.addr_list(), Duration::from_secs(60));
+    let client =
+        LedgerClient::with_timeout(group.addr_list(), Duration::from_secs(60), &operator).unwrap();
     let node = Keypair::from_seed([91; 32]);
     let rc = Keypair::from_seed([92; 32]);
     let node_reg = || {
@@ -254,9 +262,14 @@ async fn ledger_attacks_are_refused_and_balances_stay_intact() {
     );
 
     // Membership changes without the operator's key: refused, typed, nothing changes.
-    let mut raw =
-        opengrid_consensus::Client::new(group.addr_list()).with_timeout(Duration::from_secs(30));
-    let e = raw.add_learner(99, "127.0.0.1:9".into()).await.unwrap_err();
+    let stranger = Keypair::from_seed([94; 32]);
+    let mut raw = opengrid_consensus::Client::new(group.addr_list(), stranger.signing_key())
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    let e = raw
+        .add_learner(99, "127.0.0.1:9".into(), stranger.did())
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, ConsensusError::Unauthorized(ref m) if m.contains("missing the ledger operator's signature")),
         "{e}"
@@ -266,7 +279,6 @@ async fn ledger_attacks_are_refused_and_balances_stay_intact() {
         .await
         .unwrap_err();
     assert!(matches!(e, ConsensusError::Unauthorized(_)), "{e}");
-    let stranger = Keypair::from_seed([94; 32]);
     let e = client
         .change_membership(BTreeSet::from([1, 2]), &stranger)
         .await

@@ -50,7 +50,15 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        let peers: Vec<String> = self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect();
+        // Every replica's key lives in its data dir (made here first, so that peers name DIDs).
+        let peers: Vec<String> = self
+            .addrs
+            .iter()
+            .map(|(i, a)| {
+                opengrid_settlement::peer_entry(*i, a, &self.dir.path().join(format!("data-{i}")))
+                    .unwrap()
+            })
+            .collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -98,7 +106,9 @@ impl Cluster {
         LedgerClient::with_timeout(
             self.addrs.values().cloned().collect(),
             Duration::from_secs(60),
+            &Keypair::generate(),
         )
+        .unwrap()
     }
 
     fn logs(&self) -> String {
@@ -247,7 +257,8 @@ async fn leader_killed_mid_batch_applies_once_then_restarted_replica_catches_up(
             )
             .collect();
         tokio::spawn(async move {
-            LedgerClient::with_timeout(addrs, Duration::from_secs(90))
+            LedgerClient::with_timeout(addrs, Duration::from_secs(90), &Keypair::generate())
+                .unwrap()
                 .submit_batch(&big)
                 .await
         })

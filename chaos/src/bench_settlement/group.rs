@@ -36,14 +36,22 @@ impl LedgerGroup {
             .map(|(i, l)| Ok((i as u64 + 1, l.local_addr()?.to_string())))
             .collect::<Result<_, std::io::Error>>()?;
         drop(listeners);
-        let peers = addrs
-            .iter()
-            .map(|(i, a)| format!("{i}={a}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        // Each replica's identity key is made in its data dir first, so that every peer entry
+        // names its DID.
+        let mut dirs = BTreeMap::new();
+        let mut peers = Vec::new();
+        for (id, addr) in &addrs {
+            let dir = launcher.data_dir(&format!("ledger-{id}"))?;
+            peers.push(
+                opengrid_settlement::peer_entry(*id, addr, &dir)
+                    .map_err(|e| BenchError::Failed(format!("replica {id} key: {e}")))?,
+            );
+            dirs.insert(*id, dir);
+        }
+        let peers = peers.join(",");
         for (id, addr) in &addrs {
             let name = format!("ledger-{id}");
-            let dir = launcher.data_dir(&name)?;
+            let dir = &dirs[id];
             launcher.spawn(
                 ProcSpec::new(&name, exe)
                     .args([
@@ -77,7 +85,13 @@ impl LedgerGroup {
 
     /// Raft status of every replica that answers.
     async fn statuses(&self) -> BTreeMap<u64, NodeStatus> {
-        let c = Client::new(vec![]).with_timeout(Duration::from_secs(30));
+        let Ok(c) = Client::new(
+            vec![],
+            opengrid_settlement::Keypair::generate().signing_key(),
+        ) else {
+            return BTreeMap::new();
+        };
+        let c = c.with_timeout(Duration::from_secs(30));
         let mut out = BTreeMap::new();
         for (id, a) in &self.addrs {
             if let Ok(s) = c.status(a).await {
@@ -171,7 +185,12 @@ pub(super) async fn final_check(
     tally: &Tally,
     verify: VerifyCalibration,
 ) -> Result<Check, BenchError> {
-    let client = LedgerClient::with_timeout(addrs.to_vec(), Duration::from_secs(60));
+    let client = LedgerClient::with_timeout(
+        addrs.to_vec(),
+        Duration::from_secs(60),
+        &opengrid_settlement::Keypair::generate(),
+    )
+    .map_err(|e| BenchError::Failed(e.to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut st: BTreeMap<u64, ReplicaStatus> = BTreeMap::new();

@@ -270,7 +270,12 @@ async fn ledger_phases(
     // Phase 2: receipts.
     let leader = group.wait_leader(Duration::from_secs(30)).await?;
     let addrs = group.addrs_leader_first(&leader);
-    let client = LedgerClient::with_timeout(addrs.clone(), Duration::from_secs(30));
+    let client = LedgerClient::with_timeout(
+        addrs.clone(),
+        Duration::from_secs(30),
+        &opengrid_settlement::Keypair::generate(),
+    )
+    .map_err(|e| BenchError::Failed(e.to_string()))?;
     let parties = Parties::register(&client).await?;
     let verify = parties.calibrate(3);
     progress.line(format!(

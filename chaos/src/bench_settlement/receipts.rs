@@ -286,7 +286,9 @@ async fn submit_parts(
         let (next, done, batches, addrs) =
             (next.clone(), done.clone(), batches.clone(), addrs.clone());
         tasks.spawn(async move {
-            let client = LedgerClient::with_timeout(addrs, Duration::from_secs(120));
+            let client =
+                LedgerClient::with_timeout(addrs, Duration::from_secs(120), &Keypair::generate())
+                    .map_err(failed)?;
             let mut lat = Vec::new();
             let (mut settled, mut rejected, mut first_rejection) = (0u64, 0u64, None);
             let (mut submitted, mut fees_submitted, mut fees_settled) = (0u64, 0u64, 0u64);

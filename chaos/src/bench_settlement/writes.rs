@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opengrid_consensus::network::{Connection, RpcRequest, RpcResponse, DEFAULT_MAX_FRAME_BYTES};
+use opengrid_consensus::network::{
+    client_link, Connection, RpcRequest, RpcResponse, DEFAULT_MAX_FRAME_BYTES,
+};
+use opengrid_consensus::Node;
 
 use super::report::WriteStats;
 use crate::bench::{summarize, Summary};
@@ -79,13 +82,33 @@ pub(super) async fn raft_writes(
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + budget;
     let start = Instant::now();
+    let link = match client_link(opengrid_settlement::Keypair::generate().signing_key()) {
+        Ok(l) => l,
+        Err(e) => {
+            let out = WriterOut {
+                errors: 1,
+                first_error: Some(format!("link: {e}")),
+                ..WriterOut::default()
+            };
+            return collect(
+                "opengrid-raft",
+                vec![out],
+                start.elapsed().as_secs_f64(),
+                total,
+            );
+        }
+    };
+    let leader = Node {
+        addr: leader.to_string(),
+        did: None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let next = next.clone();
-        let leader = leader.to_string();
+        let (link, leader) = (link.clone(), leader.clone());
         tasks.spawn(async move {
             let mut out = WriterOut::default();
-            let mut conn = Connection::new(leader, DEFAULT_MAX_FRAME_BYTES);
+            let mut conn = Connection::new(link, &leader, DEFAULT_MAX_FRAME_BYTES);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total || Instant::now() >= deadline {

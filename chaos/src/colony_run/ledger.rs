@@ -19,11 +19,17 @@ pub(super) fn spawn_ledgers(
     bin: &Path,
     ledgers: &BTreeMap<String, String>,
 ) -> Result<(), String> {
+    // Each replica's identity key is made in its data dir first, so that every peer entry names
+    // its DID.
     let peers: Vec<String> = ledgers
-        .values()
+        .iter()
         .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
+        .map(|(i, (name, a))| {
+            let dir = launcher.data_dir(name).map_err(|e| e.to_string())?;
+            opengrid_settlement::peer_entry(i as u64 + 1, a, &dir)
+                .map_err(|e| format!("ledger replica {name} key: {e}"))
+        })
+        .collect::<Result<_, String>>()?;
     let operator = opengrid_settlement::Keypair::load_or_create(&operator_key(launcher)?)
         .map_err(|e| format!("ledger operator key: {e}"))?
         .did()
@@ -145,7 +151,9 @@ pub(super) async fn replica_totals(name: &str, addr: &str) -> Result<ReplicaTota
     let client = opengrid_settlement::LedgerClient::with_timeout(
         vec![addr.to_string()],
         Duration::from_secs(2),
-    );
+        &opengrid_settlement::Keypair::generate(),
+    )
+    .map_err(|e| e.to_string())?;
     let s = client
         .replica_status(addr)
         .await

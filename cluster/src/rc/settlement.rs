@@ -22,7 +22,7 @@ use std::time::Duration;
 use opengrid_settlement::batcher::{run_batcher, BatchSink, Batcher, SystemClock};
 use opengrid_settlement::ledger::MAX_RECEIPTS_PER_BATCH;
 use opengrid_settlement::{
-    Batch, Did, LedgerClient, LedgerResponse, ReceiptId, SettlementError, SignedReceipt,
+    Batch, Did, Keypair, LedgerClient, LedgerResponse, ReceiptId, SettlementError, SignedReceipt,
 };
 use serde::{Deserialize, Serialize};
 
@@ -263,6 +263,8 @@ impl BillingTracker {
 /// one batch per interval.
 pub struct Settler {
     rc: Did,
+    /// The RC's identity, which its ledger links prove.
+    key: Keypair,
     batcher: Arc<Mutex<Batcher>>,
     billing: Mutex<BillingTracker>,
     recent: Mutex<(HashSet<ReceiptId>, VecDeque<ReceiptId>)>,
@@ -286,6 +288,7 @@ impl Settler {
         let key = keypair(identity);
         Some(Arc::new(Settler {
             rc: key.did(),
+            key: key.clone(),
             batcher: Arc::new(Mutex::new(Batcher::new(key, cfg.max_per_batch))),
             billing: Mutex::new(BillingTracker::default()),
             recent: Mutex::new((HashSet::new(), VecDeque::new())),
@@ -302,17 +305,26 @@ impl Settler {
         if started.is_some() {
             return;
         }
+        // The RC connects to the ledger with its own identity key.
+        let client = match LedgerClient::with_timeout(
+            self.cfg.ledger.clone(),
+            // One attempt round per interval at most, never more than 30 s.
+            self.cfg
+                .interval
+                .0
+                .clamp(Duration::from_secs(2), Duration::from_secs(30)),
+            &self.key,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, ledger = ?self.cfg.ledger, "settlement not started: bad ledger client");
+                return;
+            }
+        };
         let (tx, rx) = tokio::sync::watch::channel(false);
         *started = Some(tx);
         let sink = LedgerSink {
-            client: LedgerClient::with_timeout(
-                self.cfg.ledger.clone(),
-                // One attempt round per interval at most, never more than 30 s.
-                self.cfg
-                    .interval
-                    .0
-                    .clamp(Duration::from_secs(2), Duration::from_secs(30)),
-            ),
+            client,
             counters: self.counters.clone(),
         };
         tracing::info!(ledger = ?self.cfg.ledger, interval = ?self.cfg.interval.0, "settlement started");
@@ -330,7 +342,10 @@ impl Settler {
     /// call is bounded by `within`; a replica that does not answer is shown with its error.
     pub async fn ledger_view(&self, within: Duration) -> serde_json::Value {
         use serde_json::json;
-        let client = LedgerClient::with_timeout(self.cfg.ledger.clone(), within);
+        let client = match LedgerClient::with_timeout(self.cfg.ledger.clone(), within, &self.key) {
+            Ok(c) => c,
+            Err(e) => return json!({"error": e.to_string()}),
+        };
         let mut replicas = Vec::new();
         for addr in &self.cfg.ledger {
             let r = tokio::time::timeout(within, client.replica_status(addr)).await;

@@ -103,12 +103,17 @@ impl DemoLedger {
     /// the operator command (run after the nodes created their identity keys).
     pub async fn start(&self, exe: &Path, children: &mut Children) -> anyhow::Result<()> {
         println!("\n== Settlement ledger: 3 Raft replicas, keys and split policies registered");
+        // Each replica's identity key is made in its data dir first, so that every peer entry
+        // names its DID (`ID=DID@HOST:PORT`).
         let peers: Vec<String> = self
             .addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect();
+            .map(|(i, a)| {
+                let dir = self.root.join(format!("ledger-{}", i + 1));
+                opengrid_settlement::peer_entry(i as u64 + 1, a, &dir)
+            })
+            .collect::<Result<_, _>>()?;
         // The ledger operator's key (created in the demo's data dir) authorizes registrations and
         // membership changes; the replicas know its DID.
         let operator_key = self.root.join("ledger-operator.key");
@@ -227,7 +232,11 @@ impl DemoLedger {
                 .unwrap_or(0);
             expected += inputs * price;
         }
-        let client = LedgerClient::with_timeout(self.addrs.clone(), Duration::from_secs(10));
+        let client = LedgerClient::with_timeout(
+            self.addrs.clone(),
+            Duration::from_secs(10),
+            &Keypair::generate(),
+        )?;
         let t = Instant::now();
         let deadline = t + Duration::from_secs(60);
         let summary = loop {
