@@ -995,7 +995,10 @@ async fn only_nodes_the_membership_policy_admits_join() {
                 assert!(r.contains("not admitted"), "{name}: {r}");
                 break;
             }
-            assert!(Instant::now() < deadline, "{name}: expected a refusal with {why:?}: {h}");
+            assert!(
+                Instant::now() < deadline,
+                "{name}: expected a refusal with {why:?}: {h}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         refused.push(node);
@@ -1011,7 +1014,8 @@ async fn only_nodes_the_membership_policy_admits_join() {
     let m = rc.core().metrics.render();
     assert!(
         m.lines()
-            .any(|l| l.starts_with("opengrid_cluster_join_refused_total") && l.contains("reason=\"policy\"")),
+            .any(|l| l.starts_with("opengrid_cluster_join_refused_total")
+                && l.contains("reason=\"policy\"")),
         "policy refusals counted: {m}"
     );
     for n in refused {
@@ -1026,9 +1030,12 @@ async fn only_nodes_the_membership_policy_admits_join() {
     let mut rcc = rc_config(dir.path(), secret);
     rcc.members = vec![listed.id().did()];
     let rc = start_rc(rcc).await.unwrap();
-    let other = start_node(node_config(dir.path(), &rc, "unlisted", "DE", secret), setup)
-        .await
-        .unwrap();
+    let other = start_node(
+        node_config(dir.path(), &rc, "unlisted", "DE", secret),
+        setup,
+    )
+    .await
+    .unwrap();
     let listed = start_node(node_config(dir.path(), &rc, "listed", "DE", secret), setup)
         .await
         .unwrap();
@@ -1040,7 +1047,11 @@ async fn only_nodes_the_membership_policy_admits_join() {
         .last_refusal()
         .is_some_and(|r| r.contains("is not in this colony's members"))
     {
-        assert!(Instant::now() < deadline, "{:?}", other.core().last_refusal());
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            other.core().last_refusal()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let st = op_client.get("/status").await.unwrap();

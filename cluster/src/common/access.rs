@@ -357,17 +357,32 @@ mod tests {
         let cap = token::mint_session(&rc, "s1", Duration::from_secs(60)).unwrap();
         let ot = token::mint_operator(&op, Duration::from_secs(60)).unwrap();
         for _ in 0..2 {
-            assert_eq!(a.session(&bearer(&cap), "s1").unwrap(), Caller::Holder("s1".into()));
-            assert_eq!(a.session(&bearer(&cap), "s2").unwrap_err().status, StatusCode::FORBIDDEN);
-            assert_eq!(a.operator(&bearer(&cap), "status").unwrap_err().status, StatusCode::FORBIDDEN);
-            assert!(matches!(a.session(&bearer(&ot), "s9"), Ok(Caller::Operator(_))));
+            assert_eq!(
+                a.session(&bearer(&cap), "s1").unwrap(),
+                Caller::Holder("s1".into())
+            );
+            assert_eq!(
+                a.session(&bearer(&cap), "s2").unwrap_err().status,
+                StatusCode::FORBIDDEN
+            );
+            assert_eq!(
+                a.operator(&bearer(&cap), "status").unwrap_err().status,
+                StatusCode::FORBIDDEN
+            );
+            assert!(matches!(
+                a.session(&bearer(&ot), "s9"),
+                Ok(Caller::Operator(_))
+            ));
             assert!(a.is_operator(&bearer(&ot)));
         }
         assert_eq!(a.cache().len(), 2);
         // Expired entries are not answered from memory.
         a.cache().values_mut().for_each(|v| v.exp = 0);
         assert!(a.remembered(&cap).is_none());
-        assert!(a.session(&bearer(&cap), "s1").is_ok(), "verified again while valid");
+        assert!(
+            a.session(&bearer(&cap), "s1").is_ok(),
+            "verified again while valid"
+        );
     }
 
     #[test]

@@ -195,7 +195,10 @@ pub(crate) fn check_operators(dids: &[String]) -> Result<(), ConfigError> {
 /// A list of did:mycel in config field `field`, at most `most`.
 pub(crate) fn check_dids(field: &str, dids: &[String], most: usize) -> Result<(), ConfigError> {
     if dids.len() > most {
-        return Err(invalid(field, format!("{} keys, at most {most}", dids.len())));
+        return Err(invalid(
+            field,
+            format!("{} keys, at most {most}", dids.len()),
+        ));
     }
     for d in dids {
         crate::common::identity::NodeId::parse(d)
