@@ -12,6 +12,13 @@
 //!   (`/drain`, `…/handover`, `DELETE`), so a fuzzed colony is expected to keep every session and
 //!   every acknowledged input: "no state corrupted" is then checked by the run's invariants.
 //!
+//! - on HTTP ports, also **hostile but well-formed** requests ([`Hostile`]) at the run's real
+//!   sessions: inputs at stale and far-future seqs, info, close, re-create by id, handover, drain
+//!   and status — with no token, a capability or operator token a stranger signed, or a token
+//!   for another session. Every one must be refused (401/403); any 2xx is counted
+//!   (`hostile_accepted`) and makes the run fail its `no-stranger-accepted` invariant. These *do*
+//!   name the state-changing routes: refusing them is what is being tested.
+//!
 //! Connections are paced ([`Pace`]) so the fuzzer tests the decoders, not the machine's CPU.
 
 use std::net::SocketAddr;
@@ -103,6 +110,103 @@ pub struct PortStats {
     pub http_4xx: u64,
     /// See `http_2xx`.
     pub http_5xx: u64,
+    /// Hostile well-formed requests sent ([`Hostile`]).
+    pub hostile: u64,
+    /// Hostile requests answered 2xx: each is a stranger let in.
+    pub hostile_accepted: u64,
+    /// The first few accepted hostile requests (their request line and token kind).
+    pub hostile_accepted_requests: Vec<String>,
+}
+
+/// Well-formed requests from a stranger at the run's real sessions: the tokens are minted once
+/// per port task with a key nobody trusts (and, for the other-session case, for another id).
+pub struct Hostile {
+    ids: Vec<String>,
+    /// `(kind, token)`: `none`, `stranger-capability` (per id, same index), `stranger-operator`,
+    /// `garbage`.
+    stranger_op: String,
+    stranger_caps: Vec<String>,
+}
+
+impl Hostile {
+    /// Tokens for `ids` (at most 16 are targeted), signed by a fresh key.
+    pub fn new(ids: &[String]) -> Self {
+        use opengrid_cluster::common::identity::Identity;
+        use opengrid_cluster::common::token;
+        let ids: Vec<String> = ids.iter().take(16).cloned().collect();
+        let stranger = Identity::generate();
+        let day = Duration::from_secs(86_400);
+        Hostile {
+            stranger_caps: ids
+                .iter()
+                .map(|id| token::mint_session(&stranger, id, day).unwrap_or_default())
+                .collect(),
+            stranger_op: token::mint_operator(&stranger, day).unwrap_or_default(),
+            ids,
+        }
+    }
+
+    /// One hostile request, and a label for the report.
+    pub fn request(&self, rng: &mut StdRng) -> Option<(Vec<u8>, String)> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        let i = rng.random_range(0..self.ids.len());
+        let id = &self.ids[i];
+        let (token_kind, token) = match rng.random_range(0..4) {
+            0 => ("none", None),
+            1 => ("stranger-capability", Some(self.stranger_caps[i].clone())),
+            2 => ("stranger-operator", Some(self.stranger_op.clone())),
+            // A stranger's capability for another session (the one next to it).
+            _ => (
+                "stranger-capability-other-session",
+                Some(self.stranger_caps[(i + 1) % self.stranger_caps.len()].clone()),
+            ),
+        };
+        let seq = if rng.random_bool(0.5) {
+            1
+        } else {
+            1u64 << rng.random_range(20..63)
+        };
+        let input = format!("{{\"seq\": {seq}, \"input\": 1}}");
+        let manifest = "version = 1\n[session]\nhandler = \"counter\"\n";
+        let (method, path, ct, body) = match rng.random_range(0..7) {
+            0 => (
+                "POST",
+                format!("/sessions/{id}/inputs"),
+                "application/json",
+                input,
+            ),
+            1 => ("GET", format!("/sessions/{id}"), "", String::new()),
+            2 => ("DELETE", format!("/sessions/{id}"), "", String::new()),
+            3 => (
+                "POST",
+                format!("/sessions?session_id={id}"),
+                "application/toml",
+                manifest.to_string(),
+            ),
+            4 => (
+                "POST",
+                format!("/sessions/{id}/handover"),
+                "application/json",
+                "{}".into(),
+            ),
+            5 => ("POST", "/drain".to_string(), "", String::new()),
+            _ => ("GET", "/status".to_string(), "", String::new()),
+        };
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if !ct.is_empty() {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let label = format!("{method} {path} ({token_kind})");
+        let mut v = head.into_bytes();
+        v.extend(body.into_bytes());
+        Some((v, label))
+    }
 }
 
 /// Picks one malformed payload for a port of `kind`.
@@ -278,15 +382,18 @@ fn http_payload(rng: &mut StdRng, k: u32) -> Vec<u8> {
     }
 }
 
-/// Fuzzes `port` until `stop` or `until`; returns what it did.
+/// Fuzzes `port` until `stop` or `until`; returns what it did. On HTTP ports one connection in
+/// four carries a hostile well-formed request at one of `sessions` (the run's real ones).
 pub async fn fuzz_port(
     port: Port,
     seed: u64,
     until: Instant,
     stop: Arc<AtomicBool>,
     pace: Pace,
+    sessions: Vec<String>,
 ) -> PortStats {
     let mut rng = StdRng::seed_from_u64(seed);
+    let hostile = (port.kind == PortKind::Http).then(|| Hostile::new(&sessions));
     let mut st = PortStats {
         process: port.process.clone(),
         kind: port.kind.as_str().into(),
@@ -295,7 +402,17 @@ pub async fn fuzz_port(
     };
     let sent = AtomicU64::new(0);
     while Instant::now() < until && !stop.load(Ordering::Acquire) {
-        let p = payload(&mut rng, port.kind);
+        let h = match &hostile {
+            Some(h) if rng.random_range(0..4) == 0 => h.request(&mut rng),
+            _ => None,
+        };
+        let (p, label) = match h {
+            Some((p, label)) => {
+                st.hostile += 1;
+                (p, Some(label))
+            }
+            None => (payload(&mut rng, port.kind), None),
+        };
         st.connections += 1;
         let conn = tokio::time::timeout(pace.io_timeout, TcpStream::connect(port.addr)).await;
         let mut s = match conn {
@@ -320,6 +437,12 @@ pub async fn fuzz_port(
                         b'5' => st.http_5xx += 1,
                         _ => {}
                     }
+                    if let (Some(l), b'2') = (&label, buf[9]) {
+                        st.hostile_accepted += 1;
+                        if st.hostile_accepted_requests.len() < 8 {
+                            st.hostile_accepted_requests.push(l.clone());
+                        }
+                    }
                 }
             }
         }
@@ -333,6 +456,29 @@ pub async fn fuzz_port(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_requests_are_well_formed_and_carry_no_trusted_token() {
+        let ids: Vec<String> = (0..3).map(|i| format!("s-{i}")).collect();
+        let h = Hostile::new(&ids);
+        let mut r = StdRng::seed_from_u64(9);
+        let mut kinds = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let (req, label) = h.request(&mut r).unwrap();
+            let text = String::from_utf8(req).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(len, body.len(), "{head}");
+            kinds.insert(label.split_whitespace().next().unwrap().to_string());
+        }
+        assert_eq!(kinds.len(), 3, "GET, POST and DELETE: {kinds:?}");
+        assert!(Hostile::new(&[]).request(&mut r).is_none());
+    }
 
     #[test]
     fn payloads_are_seeded_and_never_name_state_changing_routes() {
@@ -398,11 +544,50 @@ mod tests {
                 gap: Duration::from_millis(5),
                 io_timeout: Duration::from_millis(200),
             },
+            Vec::new(),
         )
         .await;
         assert!(st.connections >= 3, "{st:?}");
         assert_eq!(st.connect_failures, 0, "{st:?}");
         assert!(st.http_4xx >= 1, "{st:?}");
         assert!(st.bytes_sent > 0);
+    }
+
+    /// A server that lets everyone in: the hostile requests are counted as accepted (what makes
+    /// a run fail `no-stranger-accepted`).
+    #[tokio::test]
+    async fn a_server_that_accepts_strangers_is_caught() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 4096];
+                    let _ = s.read(&mut b).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        let st = fuzz_port(
+            Port {
+                process: "p".into(),
+                kind: PortKind::Http,
+                addr,
+            },
+            7,
+            Instant::now() + Duration::from_millis(600),
+            Arc::new(AtomicBool::new(false)),
+            Pace {
+                gap: Duration::from_millis(2),
+                io_timeout: Duration::from_millis(200),
+            },
+            vec!["s-victim".into()],
+        )
+        .await;
+        assert!(st.hostile >= 1, "{st:?}");
+        assert_eq!(st.hostile_accepted, st.hostile, "{st:?}");
+        assert!(!st.hostile_accepted_requests.is_empty());
     }
 }

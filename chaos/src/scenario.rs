@@ -335,6 +335,9 @@ pub enum Invariant {
     Health,
     /// No healthy node declared dead (P4).
     NoFalseDowning,
+    /// No hostile well-formed request of the fuzzer (a stranger's or another session's token)
+    /// accepted by a client API.
+    NoStrangerAccepted,
 }
 
 /// `[invariants]`

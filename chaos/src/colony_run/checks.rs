@@ -92,6 +92,23 @@ impl Run<'_> {
             events.len()
         ));
         report.notes.push(log_evidence(self.launcher));
+        if checks.contains(&Invariant::NoStrangerAccepted) {
+            for st in applied.fuzz_stats.iter().filter(|s| s.hostile_accepted > 0) {
+                violations.push(Violation {
+                    invariant: Invariant::NoStrangerAccepted,
+                    subject: st.process.clone(),
+                    detail: format!(
+                        "{} of {} hostile request(s) answered 2xx on {} ({}): {:?}",
+                        st.hostile_accepted,
+                        st.hostile,
+                        st.addr,
+                        st.kind,
+                        st.hostile_accepted_requests
+                    ),
+                    t_ms: None,
+                });
+            }
+        }
         if checks.contains(&Invariant::NoFalseDowning) {
             let touched: BTreeSet<String> = report
                 .schedule

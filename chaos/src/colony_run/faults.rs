@@ -43,6 +43,8 @@ pub(super) struct Applied {
     pub deaths: BTreeMap<String, u64>,
     fuzz_stop: Arc<AtomicBool>,
     fuzzers: Vec<tokio::task::JoinHandle<PortStats>>,
+    /// What each fuzzer did (after [`Applied::stop_fuzzers`]).
+    pub fuzz_stats: Vec<PortStats>,
 }
 
 impl Applied {
@@ -52,10 +54,11 @@ impl Applied {
         for f in self.fuzzers.drain(..) {
             if let Ok(st) = f.await {
                 notes.push(format!(
-                    "fuzzed {} {} ({}): {} connection(s), {} byte(s), {} refused at connect, {} answered (HTTP 2xx {}, 4xx {}, 5xx {})",
+                    "fuzzed {} {} ({}): {} connection(s), {} byte(s), {} refused at connect, {} answered (HTTP 2xx {}, 4xx {}, 5xx {}); {} hostile well-formed request(s), {} accepted",
                     st.process, st.kind, st.addr, st.connections, st.bytes_sent, st.connect_failures,
-                    st.answered, st.http_2xx, st.http_4xx, st.http_5xx
+                    st.answered, st.http_2xx, st.http_4xx, st.http_5xx, st.hostile, st.hostile_accepted
                 ));
+                self.fuzz_stats.push(st);
             }
         }
     }
@@ -112,6 +115,7 @@ impl Run<'_> {
             deaths: BTreeMap::new(),
             fuzz_stop: Arc::new(AtomicBool::new(false)),
             fuzzers: Vec::new(),
+            fuzz_stats: Vec::new(),
         };
         let mut events: Vec<(ScheduledFault, bool)> = Vec::new();
         for f in schedule {
@@ -160,6 +164,7 @@ impl Run<'_> {
             start_fuzz(
                 f,
                 &self.colony.fuzz_ports,
+                &self.allowed.keys().cloned().collect::<Vec<_>>(),
                 self.seed,
                 &applied.fuzz_stop,
                 &mut applied.fuzzers,
@@ -300,6 +305,7 @@ impl Run<'_> {
 fn start_fuzz(
     f: &ScheduledFault,
     ports: &[FuzzPort],
+    sessions: &[String],
     seed: u64,
     stop: &Arc<AtomicBool>,
     fuzzers: &mut Vec<tokio::task::JoinHandle<PortStats>>,
@@ -322,6 +328,7 @@ fn start_fuzz(
             until,
             stop.clone(),
             Pace::default(),
+            sessions.to_vec(),
         )));
     }
     Ok(())

@@ -73,6 +73,11 @@ pub enum ConfigError {
 /// any other `OPENGRID_*` variable that is not a field of its config.
 pub const OTHER_VARS: &[(&str, &str)] = &[
     ("OPENGRID_LOG_JSON", "`opengrid --log-json`"),
+    (
+        "OPENGRID_OPERATOR_KEY_DIR",
+        "`opengrid status|drain --key` (the operator's data dir)",
+    ),
+    ("OPENGRID_TOKEN", "`opengrid status|drain --token`"),
     ("OPENGRID_OTLP_ENDPOINT", "OTLP metrics export (opt-in)"),
     (
         "OPENGRID_MODELS",
@@ -426,6 +431,7 @@ mod tests {
             &env(&[
                 ("OPENGRID_CAPACITY", "3"),
                 ("OPENGRID_LOG_JSON", "1"),
+                ("OPENGRID_OPERATOR_KEY_DIR", "/var/lib/opengrid/rc"),
                 ("OPENGRID_MODELS", "/m"),
                 ("OPENGRID_CHAOS_BREAK", "dedupe"),
                 ("OPENGRID_TEST_SEED", "7"),
