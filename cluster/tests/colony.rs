@@ -834,6 +834,26 @@ async fn client_api_round_trip_and_malformed_requests() {
     rc.shutdown().await;
 }
 
+/// A create refused `429 quota_exceeded`, saying `why`.
+fn over_quota(r: Result<opengrid_cluster::client::Session, ClientError>, why: &str) {
+    match r {
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+            ..
+        }) => {
+            assert_eq!(
+                (status, code.as_str()),
+                (429, "quota_exceeded"),
+                "{message}"
+            );
+            assert!(message.contains(why), "{message}");
+        }
+        other => panic!("expected quota_exceeded ({why}): {other:?}"),
+    }
+}
+
 /// One client cannot take the colony: its live sessions and their reserved memory are capped
 /// (`client_max_sessions`, `client_max_memory`; operators are not limited), and no session may
 /// reserve more than a node's `max_session_share` of its memory.
@@ -867,40 +887,13 @@ async fn quotas_bound_what_one_client_and_one_session_may_take() {
     }
     // Memory quota: 128 + 128 MiB > 192 MiB.
     let a = anon.create(&with_memory(128), None).await.unwrap();
-    match anon.create(&with_memory(128), None).await {
-        Err(ClientError::Api {
-            status,
-            code,
-            message,
-            ..
-        }) => {
-            assert_eq!(
-                (status, code.as_str()),
-                (429, "quota_exceeded"),
-                "{message}"
-            );
-            assert!(message.contains("client_max_memory"), "{message}");
-        }
-        other => panic!("over the memory quota: {other:?}"),
-    }
+    over_quota(
+        anon.create(&with_memory(128), None).await,
+        "client_max_memory",
+    );
     // Session quota: two live sessions at most.
     let b = anon.create(&with_memory(16), None).await.unwrap();
-    match anon.create(&with_memory(16), None).await {
-        Err(ClientError::Api {
-            status,
-            code,
-            message,
-            ..
-        }) => {
-            assert_eq!(
-                (status, code.as_str()),
-                (429, "quota_exceeded"),
-                "{message}"
-            );
-            assert!(message.contains("2 live sessions"), "{message}");
-        }
-        other => panic!("over the session quota: {other:?}"),
-    }
+    over_quota(anon.create(&with_memory(16), None).await, "2 live sessions");
     // The operator is not limited; the client's own status shows in the directory.
     let c = op.create(&with_memory(16), None).await.unwrap();
     let st = op.get("/status").await.unwrap();
