@@ -38,6 +38,7 @@
 
 pub mod application;
 pub mod auth;
+pub mod client;
 pub mod error;
 pub mod network;
 pub mod node;
@@ -46,7 +47,8 @@ pub mod types;
 
 pub use application::{Application, KvApplication, RestoreError};
 pub use auth::{AdminAuthorizer, AdminRequest, RefusalReason, Refusals};
+pub use client::Client;
 pub use error::ConsensusError;
 pub use network::{NodeStatus, WireError};
-pub use node::{Client, RaftNode, RaftNodeConfig};
+pub use node::{RaftNode, RaftNodeConfig};
 pub use types::{Command, LogId, Node, NodeId, RaftMetrics, Response, TypeConfig};

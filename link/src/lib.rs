@@ -537,11 +537,13 @@ impl Link {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let connector = tokio_rustls::TlsConnector::from(self.client.clone());
-        let tls =
-            tokio::time::timeout(self.handshake_timeout, connector.connect(server_name(), io))
-                .await
-                .map_err(|_| LinkError::Timeout(self.handshake_timeout))?
-                .map_err(LinkError::Handshake)?;
+        let tls = tokio::time::timeout(
+            self.handshake_timeout,
+            connector.connect(server_name()?, io),
+        )
+        .await
+        .map_err(|_| LinkError::Timeout(self.handshake_timeout))?
+        .map_err(LinkError::Handshake)?;
         let did = peer_did(tls.get_ref().1.peer_certificates())?;
         expected(expect, did).map(|did| (tls, did))
     }
@@ -553,8 +555,8 @@ impl Link {
         mut io: StdTcpStream,
         expect: Option<&Did>,
     ) -> Result<(BlockingStream, Did), LinkError> {
-        let mut conn =
-            ClientConnection::new(self.client.clone(), server_name()).map_err(LinkError::Config)?;
+        let mut conn = ClientConnection::new(self.client.clone(), server_name()?)
+            .map_err(LinkError::Config)?;
         let deadline = std::time::Instant::now() + self.handshake_timeout;
         while conn.is_handshaking() {
             if std::time::Instant::now() >= deadline {
@@ -567,12 +569,10 @@ impl Link {
     }
 }
 
-fn server_name() -> ServerName<'static> {
-    ServerName::DnsName(
-        rustls::pki_types::DnsName::try_from(SERVER_NAME)
-            .expect("a constant, valid DNS name")
-            .to_owned(),
-    )
+/// The name every link connects under (identities are checked by DID, not by name).
+fn server_name() -> Result<ServerName<'static>, LinkError> {
+    ServerName::try_from(SERVER_NAME)
+        .map_err(|e| LinkError::Config(rustls::Error::General(format!("{SERVER_NAME:?}: {e}"))))
 }
 
 fn peer_did(certs: Option<&[CertificateDer<'static>]>) -> Result<Did, LinkError> {
