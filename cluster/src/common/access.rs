@@ -25,7 +25,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -33,7 +32,7 @@ use axum::http::{header, StatusCode};
 
 use crate::common::http::ApiError;
 use crate::common::identity::NodeId;
-use crate::common::token::{self, TokenError};
+use crate::common::token::{self, now_s, TokenError};
 
 /// Name of the query parameter carrying a token.
 pub const QUERY_PARAM: &str = "access_token";
@@ -112,13 +111,6 @@ pub struct Access {
     operators: RwLock<Vec<NodeId>>,
     issuers: RwLock<Vec<NodeId>>,
     verified: Mutex<HashMap<[u8; 32], Verified>>,
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn unauthenticated(what: &str) -> ApiError {

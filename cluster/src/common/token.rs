@@ -182,7 +182,8 @@ fn decoding_key(id: &NodeId) -> Result<DecodingKey, TokenError> {
     DecodingKey::from_ed_components(&x).map_err(|e| TokenError::Invalid(e.to_string()))
 }
 
-fn now_s() -> u64 {
+/// Seconds since the Unix epoch (token clocks).
+pub(crate) fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
