@@ -88,6 +88,49 @@ impl SignedGrant {
     }
 }
 
+/// Grants already verified, by signature: a holder presents the same grant with every replica
+/// write, so each replica pays the ed25519 verification once per grant, not once per
+/// checkpoint. A hit needs the same signature, the same grant and the same RC; anything else is
+/// verified afresh. Bounded: when full it starts over.
+#[derive(Default)]
+pub struct VerifiedGrants {
+    seen: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (Did, Grant)>>,
+}
+
+/// Most grants [`VerifiedGrants`] remembers.
+pub const VERIFIED_GRANTS_CAP: usize = 8192;
+
+impl VerifiedGrants {
+    /// As [`SignedGrant::verify`], from the cache when this exact grant was verified before.
+    pub fn verify<'g>(&self, sg: &'g SignedGrant, rc: &Did) -> Result<&'g Grant, GrantError> {
+        {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((who, g)) = seen.get(&sg.signature) {
+                if who == rc && *g == sg.grant {
+                    return Ok(&sg.grant);
+                }
+            }
+        }
+        sg.verify(rc)?;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= VERIFIED_GRANTS_CAP {
+            seen.clear();
+        }
+        seen.insert(sg.signature.clone(), (rc.clone(), sg.grant.clone()));
+        Ok(&sg.grant)
+    }
+
+    /// How many grants are remembered.
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Why a grant could not be made or checked.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
@@ -165,5 +208,40 @@ mod tests {
         short.signature.pop();
         assert!(short.verify(&did(&rc)).is_err());
         assert!(g.designates(&g.replicas[0]) && !g.designates(&g.holder));
+    }
+
+    #[test]
+    fn the_verified_grant_cache_answers_only_for_the_same_grant_and_signer() {
+        let rc = SigningKey::from_bytes(&[1; 32]);
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let g = Grant {
+            session: SessionId::new("s").unwrap(),
+            epoch: Epoch(3),
+            holder: did(&SigningKey::from_bytes(&[3; 32])),
+            replicas: vec![did(&SigningKey::from_bytes(&[4; 32]))],
+            sources: vec![],
+        };
+        let signed = SignedGrant::sign(g.clone(), |m| rc.sign(m).to_bytes()).unwrap();
+        let cache = VerifiedGrants::default();
+        assert_eq!(cache.verify(&signed, &did(&rc)).unwrap(), &g);
+        assert_eq!(cache.len(), 1);
+        // A hit for the same grant and signer.
+        assert_eq!(cache.verify(&signed, &did(&rc)).unwrap(), &g);
+        // The cached signature with other contents, or for another signer, is verified afresh
+        // (and refused), never answered from the cache.
+        let mut jumped = signed.clone();
+        jumped.grant.epoch = Epoch(u64::MAX);
+        assert!(matches!(
+            cache.verify(&jumped, &did(&rc)),
+            Err(GrantError::BadSignature)
+        ));
+        let mut other_holder = signed.clone();
+        other_holder.grant.holder = did(&other);
+        assert!(cache.verify(&other_holder, &did(&rc)).is_err());
+        assert!(matches!(
+            cache.verify(&signed, &did(&other)),
+            Err(GrantError::BadSignature)
+        ));
+        assert_eq!(cache.len(), 1, "refused grants are not remembered");
     }
 }

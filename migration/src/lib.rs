@@ -29,7 +29,7 @@ pub mod replica;
 pub mod server;
 pub mod wire;
 
-pub use grant::{Grant, GrantError, GrantPolicy, RcKey, SignedGrant};
+pub use grant::{Grant, GrantError, GrantPolicy, RcKey, SignedGrant, VerifiedGrants};
 pub use handover::{
     handover, restore, HandoverError, HandoverOptions, HandoverReport, Peer, PeerRelay,
 };

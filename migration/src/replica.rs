@@ -178,6 +178,41 @@ impl ReplicatedStore {
             .unwrap_or_default()
     }
 
+    /// Opens a link to each of `peers` that has no idle one (blocking: call it off the async
+    /// runtime). A session about to start here replicates to them at once, so its first write
+    /// (inside a handover's blackout) need not pay a TCP and TLS handshake. Failures are left
+    /// to that write, which reports them.
+    pub fn warm(&self, peers: &[SocketAddr]) {
+        for p in peers {
+            let has_idle = {
+                let pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                pool.get(p).is_some_and(|v| !v.is_empty())
+            };
+            if has_idle {
+                continue;
+            }
+            match self.connect(*p) {
+                Ok(st) => {
+                    let mut pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                    let idle = pool.entry(*p).or_default();
+                    if idle.len() < IDLE_PER_PEER {
+                        idle.push(st);
+                    }
+                }
+                Err(e) => tracing::debug!(peer = %p, error = %e, "warming a replica link failed"),
+            }
+        }
+    }
+
+    /// Idle links kept open to `peer`.
+    pub fn idle_links(&self, peer: SocketAddr) -> usize {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .map_or(0, Vec::len)
+    }
+
     fn connect(&self, peer: SocketAddr) -> Result<BlockingStream, String> {
         let s = TcpStream::connect_timeout(&peer, self.cfg.timeout).map_err(|e| e.to_string())?;
         let setup = || -> std::io::Result<()> {

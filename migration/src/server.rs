@@ -24,7 +24,7 @@ use opentelemetry::metrics::{Counter, Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::grant::{Grant, GrantPolicy, SignedGrant};
+use crate::grant::{Grant, GrantPolicy, SignedGrant, VerifiedGrants};
 use crate::wire::{server_codec, Request, Response};
 
 /// How a migration server authenticates and authorizes its peers.
@@ -56,6 +56,11 @@ struct Prepared {
 pub trait AdmitIncoming: Send + Sync + 'static {
     /// `Err(reason)` to refuse.
     fn admit(&self, session: &SessionId, handler: &str) -> Result<(), String>;
+
+    /// Called when a handover to this node is prepared, with the replica set the session will
+    /// write to once it is active here: the node opens its links to them now, so the
+    /// activation (inside the blackout) finds them open.
+    fn prepared(&self, _session: &SessionId, _replicas: &[SocketAddr]) {}
 
     /// Called right before an incoming session starts here with the replica set the source
     /// passed on and the RC's grant for the new epoch (the node points its replicated store at
@@ -95,6 +100,8 @@ impl AdmitIncoming for CapacityAdmission {
 struct Inner {
     me: Did,
     grants: GrantPolicy,
+    /// Grants verified before (each replica write carries its session's grant).
+    verified: VerifiedGrants,
     refused: Counter<u64>,
     /// Last warn per refusal reason (the log is throttled to one a second per reason).
     refusal_logged: Mutex<HashMap<&'static str, Instant>>,
@@ -166,6 +173,7 @@ impl MigrationServer {
             prepared: Mutex::new(HashMap::new()),
             activated: Mutex::new(HashMap::new()),
             decisions: Mutex::new(Decisions::default()),
+            verified: VerifiedGrants::default(),
         });
         let i2 = inner;
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
@@ -272,7 +280,8 @@ impl Inner {
         let g = grant
             .as_ref()
             .ok_or_else(|| refuse("no_grant", "a grant from the RC is required"))?;
-        g.verify(&rc)
+        self.verified
+            .verify(g, &rc)
             .map(Some)
             .map_err(|e| refuse("bad_signature", e.to_string()))
     }
@@ -488,6 +497,7 @@ async fn handle(inner: &Inner, req: Request, peer: &Did) -> Response {
                 return Response::Refused { reason };
             }
             lock(&inner.handover_source).insert(session.clone(), peer.clone());
+            inner.admit.prepared(&session, &replicas);
             let mut p = lock(&inner.prepared);
             p.retain(|_, v| v.at.elapsed() < RESERVATION_TTL);
             p.insert(

@@ -97,6 +97,11 @@ impl AdmitIncoming for Granted {
     fn admit(&self, session: &SessionId, handler: &str) -> Result<(), String> {
         self.cap.admit(session, handler)
     }
+    fn prepared(&self, _session: &SessionId, replicas: &[SocketAddr]) {
+        let store = self.store.clone();
+        let peers = replicas.to_vec();
+        tokio::task::spawn_blocking(move || store.warm(&peers));
+    }
     fn activating(
         &self,
         session: &SessionId,
@@ -470,6 +475,37 @@ async fn replication_below_k_is_not_acknowledged() {
         e.is_err(),
         "a session whose checkpoint cannot reach k replicas must not start"
     );
+    a.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warming_opens_one_link_per_replica_and_tolerates_dead_ones() {
+    let a = node(true).await;
+    let b = node(true).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (to_b, store) = (b.server.addr(), a.store.clone());
+    assert_eq!(store.idle_links(to_b), 0);
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || {
+        s.warm(&[to_b, dead]);
+        s.warm(&[to_b]);
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.idle_links(to_b), 1, "one link, not one per warm-up");
+    assert_eq!(store.idle_links(dead), 0);
+    // The warmed link is the one the first replica write uses (no second handshake).
+    let id = sid("warm");
+    store.set_replicas(&id, vec![to_b]);
+    a.host
+        .start_dyn("folder", id.clone(), Epoch(1), CheckpointPolicy::synchronous())
+        .await
+        .unwrap();
+    assert_eq!(store.idle_links(to_b), 1);
+    assert!(b.local.get_latest(&id).unwrap().is_some());
     a.host.shutdown().await;
 }
 

@@ -152,6 +152,12 @@ impl AdmitIncoming for Incoming {
         }
     }
 
+    fn prepared(&self, _session: &SessionId, replicas: &[SocketAddr]) {
+        let store = self.store.clone();
+        let peers = replicas.to_vec();
+        tokio::task::spawn_blocking(move || store.warm(&peers));
+    }
+
     fn activating(
         &self,
         session: &SessionId,
