@@ -106,7 +106,7 @@ pub struct ReplicaFleet {
 
 impl ReplicaFleet {
     /// Starts `n` replica servers from `exe` (normally `std::env::current_exe()`).
-    pub async fn start(exe: &Path, n: usize) -> Result<ReplicaFleet, BenchError> {
+    pub async fn start(exe: &Path, n: usize, plaintext: bool) -> Result<ReplicaFleet, BenchError> {
         let mut launcher = Launcher::new()?;
         let mut addrs = Vec::new();
         let mut dids = Vec::new();
@@ -114,17 +114,23 @@ impl ReplicaFleet {
             let name = format!("replica-{i}");
             let dir = launcher.data_dir(&name)?;
             let ready = launcher.root().join(&name).join("ready");
-            launcher.spawn(ProcSpec::new(&name, exe).args([
-                "replica-server".to_string(),
-                "--dir".into(),
-                dir.display().to_string(),
-                "--addr".into(),
-                "127.0.0.1:0".into(),
-                "--control".into(),
-                "127.0.0.1:0".into(),
-                "--ready-file".into(),
-                ready.display().to_string(),
-            ]))?;
+            launcher.spawn(
+                ProcSpec::new(&name, exe).args(
+                    [
+                        "replica-server".to_string(),
+                        "--dir".into(),
+                        dir.display().to_string(),
+                        "--addr".into(),
+                        "127.0.0.1:0".into(),
+                        "--control".into(),
+                        "127.0.0.1:0".into(),
+                        "--ready-file".into(),
+                        ready.display().to_string(),
+                    ]
+                    .into_iter()
+                    .chain(plaintext.then(|| "--plaintext-links".to_string())),
+                ),
+            )?;
             addrs.push(wait_ready(&mut launcher, &name, &ready).await?);
             dids.push(ready_did(&ready)?);
         }
@@ -133,11 +139,12 @@ impl ReplicaFleet {
             &ed25519_dalek::SigningKey::from_bytes(&rand::random()),
         )
         .map_err(failed)?;
-        let link = opengrid_link::Link::new(
-            &me,
-            Arc::new(opengrid_link::AllowList::new(dids.iter().cloned())),
-        )
-        .map_err(failed)?;
+        let allowed = Arc::new(opengrid_link::AllowList::new(dids.iter().cloned()));
+        let link = if plaintext {
+            opengrid_link::Link::plaintext_for_measurement(me.did().clone(), allowed)
+        } else {
+            opengrid_link::Link::new(&me, allowed).map_err(failed)?
+        };
         let allow: Vec<String> = dids
             .iter()
             .chain([me.did()])
@@ -212,6 +219,8 @@ async fn wait_ready(
 pub struct CheckpointResult {
     /// Bench name.
     pub name: &'static str,
+    /// Migration links: `tls` or `plaintext` (security off, measurement only).
+    pub links: &'static str,
     /// Ack latency median, µs.
     pub p50_us: u64,
     /// Ack latency p99, µs.
@@ -234,15 +243,24 @@ pub struct CheckpointResult {
     pub max_us: u64,
 }
 
+fn links_name(plaintext: bool) -> &'static str {
+    if plaintext {
+        "plaintext"
+    } else {
+        "tls"
+    }
+}
+
 /// `bench checkpoint`: zero-loss ack latency with k = 2 replica processes vs one local fsync.
 pub async fn checkpoint(
     exe: &Path,
     count: usize,
     state_bytes: usize,
+    plaintext: bool,
     progress: &Progress,
 ) -> Result<CheckpointResult, BenchError> {
     let count = count.clamp(1, 1_000_000);
-    let fleet = ReplicaFleet::start(exe, 2).await?;
+    let fleet = ReplicaFleet::start(exe, 2, plaintext).await?;
     progress.line(format!(
         "replica servers up: {:?}",
         fleet.addrs.iter().map(|a| a.0).collect::<Vec<_>>()
@@ -384,6 +402,7 @@ pub async fn checkpoint(
     drop(fleet);
     Ok(CheckpointResult {
         name: "checkpoint_zero_loss_k2",
+        links: links_name(plaintext),
         p50_us: a.p50_us,
         p99_us: a.p99_us,
         count: a.count,
@@ -402,6 +421,8 @@ pub async fn checkpoint(
 pub struct HandoverResult {
     /// Bench name (`handover_blackout_<size>`).
     pub name: String,
+    /// Migration links: `tls` or `plaintext` (security off, measurement only).
+    pub links: &'static str,
     /// Blackout median, µs.
     pub p50_us: u64,
     /// Blackout p99, µs.
@@ -464,10 +485,11 @@ pub async fn handover(
     exe: &Path,
     count: usize,
     sizes: &[usize],
+    plaintext: bool,
     progress: &Progress,
 ) -> Result<Vec<HandoverResult>, BenchError> {
     let count = count.clamp(1, 100_000);
-    let fleet = ReplicaFleet::start(exe, 2).await?;
+    let fleet = ReplicaFleet::start(exe, 2, plaintext).await?;
     let mig = [fleet.addrs[0].0, fleet.addrs[1].0];
     let ctl = [fleet.addrs[0].1, fleet.addrs[1].1];
     let connect2 = || async {
@@ -580,6 +602,7 @@ pub async fn handover(
         }
         let b = summarize(blackouts);
         out.push(HandoverResult {
+            links: links_name(plaintext),
             name: format!("handover_blackout_{}", size_name(size)),
             p50_us: b.p50_us,
             p99_us: b.p99_us,

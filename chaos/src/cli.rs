@@ -62,6 +62,9 @@ pub enum Cmd {
         /// Where to write the bound addresses once listening.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Plain-TCP migration links (`bench … --links plaintext`: measurement only).
+        #[arg(long)]
+        plaintext_links: bool,
     },
     /// (internal) A settlement ledger replica and its tools (`opengrid ledger …`), for
     /// `bench settlement`.
@@ -197,12 +200,39 @@ pub struct BenchArgs {
     /// State size in bytes (checkpoint).
     #[arg(long, default_value_t = 1024)]
     pub state_bytes: usize,
+    /// Migration links of the layer benches (`checkpoint`, `handover --replica-servers`):
+    /// `tls` (the product's), `plaintext` (security off: measurement only) or `both` (off
+    /// then on, in the same run, for the ratio).
+    #[arg(long, value_enum, default_value = "tls")]
+    pub links: LinksArg,
     /// Settlement bench knobs (`--count` sets its receipts phase).
     #[command(flatten)]
     pub settlement: crate::bench_settlement::SettlementArgs,
     /// Colony bench knobs (`failover`, `handover`): `--bin`, budget, fsync.
     #[command(flatten)]
     pub colony: crate::bench_colony::ColonyArgs,
+}
+
+/// Which links the layer benches use.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LinksArg {
+    /// Mutual TLS with did:mycel certificates (the product).
+    Tls,
+    /// Plain TCP, claimed DIDs (security off, measurement only).
+    Plaintext,
+    /// Plaintext, then TLS, in one run.
+    Both,
+}
+
+impl LinksArg {
+    /// The runs, in order: `true` = plaintext.
+    pub fn runs(self) -> &'static [bool] {
+        match self {
+            LinksArg::Tls => &[false],
+            LinksArg::Plaintext => &[true],
+            LinksArg::Both => &[true, false],
+        }
+    }
 }
 
 /// Bench names.
@@ -292,8 +322,10 @@ pub async fn run(opts: Opts) -> Result<i32, ChaosError> {
             addr,
             control,
             ready_file,
+            plaintext_links,
         } => {
-            crate::replica_server::serve_forever(dir, addr, control, ready_file).await?;
+            crate::replica_server::serve_forever(dir, addr, control, ready_file, plaintext_links)
+                .await?;
             Ok(EXIT_PASS)
         }
         Cmd::Ledger { cmd } => {
@@ -410,14 +442,22 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
     let exe = bench::self_exe()?;
     match a.kind {
         BenchKind::Checkpoint => {
-            let r =
-                bench::checkpoint(&exe, a.count.unwrap_or(2000), a.state_bytes, progress).await?;
-            println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            Ok(if r.lost == 0 && r.duplicated == 0 {
-                EXIT_PASS
-            } else {
-                crate::report::EXIT_VIOLATION
-            })
+            let mut code = EXIT_PASS;
+            for &plaintext in a.links.runs() {
+                let r = bench::checkpoint(
+                    &exe,
+                    a.count.unwrap_or(2000),
+                    a.state_bytes,
+                    plaintext,
+                    progress,
+                )
+                .await?;
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                if r.lost != 0 || r.duplicated != 0 {
+                    code = crate::report::EXIT_VIOLATION;
+                }
+            }
+            Ok(code)
         }
         BenchKind::Handover if !a.colony.replica_servers => {
             let rs = crate::bench_colony::handover(
@@ -449,18 +489,21 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
             )
         }
         BenchKind::Handover => {
-            let rs = bench::handover(
-                &exe,
-                a.count.unwrap_or(200),
-                &[4 << 10, 64 << 10, 1 << 20],
-                progress,
-            )
-            .await?;
             let mut code = EXIT_PASS;
-            for r in rs {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                if r.lost != 0 || r.duplicated != 0 {
-                    code = crate::report::EXIT_VIOLATION;
+            for &plaintext in a.links.runs() {
+                let rs = bench::handover(
+                    &exe,
+                    a.count.unwrap_or(200),
+                    &[4 << 10, 64 << 10, 1 << 20],
+                    plaintext,
+                    progress,
+                )
+                .await?;
+                for r in rs {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    if r.lost != 0 || r.duplicated != 0 {
+                        code = crate::report::EXIT_VIOLATION;
+                    }
                 }
             }
             Ok(code)

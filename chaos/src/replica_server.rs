@@ -261,6 +261,7 @@ impl ReplicaServer {
         dir: &Path,
         migration: SocketAddr,
         control: SocketAddr,
+        plaintext_links: bool,
     ) -> Result<ReplicaServer, ReplicaServerError> {
         let local: Arc<dyn CheckpointStore> = Arc::new(RocksCheckpointStore::open(
             dir,
@@ -273,7 +274,12 @@ impl ReplicaServer {
             &ed25519_dalek::SigningKey::from_bytes(&rand::random()),
         )?;
         let members = Arc::new(opengrid_link::AllowList::new([]));
-        let link = opengrid_link::Link::new(&identity, members.clone())?;
+        // `bench … --links plaintext|both` measures the links' cost: plain TCP, claimed DIDs.
+        let link = if plaintext_links {
+            opengrid_link::Link::plaintext_for_measurement(identity.did().clone(), members.clone())
+        } else {
+            opengrid_link::Link::new(&identity, members.clone())?
+        };
         let store = Arc::new(ReplicatedStore::new(
             local.clone(),
             ReplicationConfig::default(),
@@ -535,9 +541,10 @@ pub async fn serve_forever(
     migration: SocketAddr,
     control: SocketAddr,
     ready_file: Option<PathBuf>,
+    plaintext_links: bool,
 ) -> Result<(), ReplicaServerError> {
     std::fs::create_dir_all(&dir)?;
-    let s = ReplicaServer::start(&dir, migration, control).await?;
+    let s = ReplicaServer::start(&dir, migration, control, plaintext_links).await?;
     let text = format!(
         "migration={}\ncontrol={}\ndid={}\n",
         s.migration, s.control, s.did

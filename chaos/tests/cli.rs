@@ -69,15 +69,33 @@ fn run_without_the_node_binary_reports_an_error_with_schedule_and_reproduce_line
 
 #[test]
 fn bench_checkpoint_and_handover_run_with_real_replica_processes() {
-    let (code, out, err) = chaos(&["bench", "checkpoint", "--json", "--count", "40", "-q"]);
+    // Security off, then on, in one run (the ratio BENCHMARKS.md records).
+    let (code, out, err) = chaos(&[
+        "bench",
+        "checkpoint",
+        "--json",
+        "--count",
+        "40",
+        "--links",
+        "both",
+        "-q",
+    ]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(j["name"], "checkpoint_zero_loss_k2");
-    assert_eq!(j["count"], 40);
-    assert_eq!(j["lost"], 0);
-    assert_eq!(j["duplicated"], 0);
-    assert!(j["p99_us"].as_u64().unwrap() >= j["p50_us"].as_u64().unwrap());
-    assert!(j["baseline_local_fsync_p50_us"].as_u64().unwrap() > 0);
+    let runs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "{out}");
+    assert_eq!(runs[0]["links"], "plaintext");
+    assert_eq!(runs[1]["links"], "tls");
+    for j in &runs {
+        assert_eq!(j["name"], "checkpoint_zero_loss_k2");
+        assert_eq!(j["count"], 40);
+        assert_eq!(j["lost"], 0);
+        assert_eq!(j["duplicated"], 0);
+        assert!(j["p99_us"].as_u64().unwrap() >= j["p50_us"].as_u64().unwrap());
+        assert!(j["baseline_local_fsync_p50_us"].as_u64().unwrap() > 0);
+    }
     // The two-replica-server harness (`--replica-servers`): 3 inputs race each handover. The
     // default `bench handover` runs `opengrid` node processes (chaos/tests/bench_colony.rs).
     let (code, out, err) = chaos(&[
@@ -87,6 +105,8 @@ fn bench_checkpoint_and_handover_run_with_real_replica_processes() {
         "--json",
         "--count",
         "4",
+        "--links",
+        "plaintext",
         "-q",
     ]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -100,6 +120,7 @@ fn bench_checkpoint_and_handover_run_with_real_replica_processes() {
         assert_eq!(l["lost"], 0);
         assert_eq!(l["duplicated"], 0);
         assert_eq!(l["inputs"], 12);
+        assert_eq!(l["links"], "plaintext");
     }
     assert_eq!(lines[2]["name"], "handover_blackout_1MiB");
 }

@@ -40,14 +40,10 @@ use rustls::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use tokio_rustls::{client::TlsStream as ClientStream, server::TlsStream as ServerStream};
+mod plain;
+mod stream;
 
-/// A blocking server link (an accepted [`std::net::TcpStream`] under TLS).
-pub type BlockingServerStream = StreamOwned<rustls::ServerConnection, StdTcpStream>;
-
-/// A blocking client link (a [`std::net::TcpStream`] under TLS): read and write it as the
-/// stream itself.
-pub type BlockingStream = StreamOwned<ClientConnection, StdTcpStream>;
+pub use stream::{BlockingServerStream, BlockingStream, ClientStream, ServerStream};
 
 /// Longest a handshake may take by default ([`Link::with_handshake_timeout`]).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -428,9 +424,19 @@ impl ClientCertVerifier for PeerVerifier {
 #[derive(Clone)]
 pub struct Link {
     did: Did,
-    server: Arc<ServerConfig>,
-    client: Arc<ClientConfig>,
+    mode: Mode,
     handshake_timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Mode {
+    /// Mutual TLS 1.3 with did:mycel certificates (every production link).
+    Tls {
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    },
+    /// Plain TCP with a claimed DID ([`Link::plaintext_for_measurement`]).
+    Plain { authorizer: Arc<dyn Authorizer> },
 }
 
 impl fmt::Debug for Link {
@@ -473,10 +479,33 @@ impl Link {
         client.enable_sni = false;
         Ok(Link {
             did: identity.did.clone(),
-            server: Arc::new(server),
-            client: Arc::new(client),
+            mode: Mode::Tls {
+                server: Arc::new(server),
+                client: Arc::new(client),
+            },
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         })
+    }
+
+    /// **Measurement only: no security.** Links in plain TCP: no encryption, no integrity,
+    /// and the peer's DID is only what it *claims* in a hello (then checked against
+    /// `authorizer`, so a misconfigured peer is still told apart, but anyone can claim any
+    /// DID). It exists so that benchmarks can measure the cost of [`Link::new`]'s links in the
+    /// same run (`opengrid-chaos bench … --links both`); processes refuse it outside `dev`
+    /// configurations. A plaintext side and a TLS side never connect (the hello is not a TLS
+    /// record, and a TLS ClientHello is not a hello).
+    pub fn plaintext_for_measurement(did: Did, authorizer: Arc<dyn Authorizer>) -> Self {
+        Link {
+            did,
+            mode: Mode::Plain { authorizer },
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// Whether these links are encrypted and authenticated (everything but
+    /// [`Link::plaintext_for_measurement`]).
+    pub fn is_secure(&self) -> bool {
+        matches!(self.mode, Mode::Tls { .. })
     }
 
     /// The same links with another handshake time limit.
@@ -495,13 +524,26 @@ impl Link {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.server.clone());
+        let server = match &self.mode {
+            Mode::Tls { server, .. } => server,
+            Mode::Plain { authorizer } => {
+                let mut io = io;
+                let did = tokio::time::timeout(
+                    self.handshake_timeout,
+                    plain::accept(&mut io, &self.did, &**authorizer),
+                )
+                .await
+                .map_err(|_| LinkError::Timeout(self.handshake_timeout))??;
+                return Ok((ServerStream::Plain(io), did));
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
         let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(io))
             .await
             .map_err(|_| LinkError::Timeout(self.handshake_timeout))?
             .map_err(LinkError::Handshake)?;
         let did = peer_did(tls.get_ref().1.peer_certificates())?;
-        Ok((tls, did))
+        Ok((ServerStream::Tls(Box::new(tls)), did))
     }
 
     /// As [`accept`](Self::accept) on a blocking socket; its read/write timeouts bound the
@@ -510,8 +552,14 @@ impl Link {
         &self,
         mut io: StdTcpStream,
     ) -> Result<(BlockingServerStream, Did), LinkError> {
-        let mut conn =
-            rustls::ServerConnection::new(self.server.clone()).map_err(LinkError::Config)?;
+        let server = match &self.mode {
+            Mode::Tls { server, .. } => server,
+            Mode::Plain { authorizer } => {
+                let did = plain::accept_blocking(&mut io, &self.did, &**authorizer)?;
+                return Ok((BlockingServerStream::Plain(io), did));
+            }
+        };
+        let mut conn = rustls::ServerConnection::new(server.clone()).map_err(LinkError::Config)?;
         let deadline = std::time::Instant::now() + self.handshake_timeout;
         while conn.is_handshaking() {
             if std::time::Instant::now() >= deadline {
@@ -520,7 +568,10 @@ impl Link {
             conn.complete_io(&mut io).map_err(LinkError::Handshake)?;
         }
         let did = peer_did(conn.peer_certificates())?;
-        Ok((StreamOwned::new(conn, io), did))
+        Ok((
+            BlockingServerStream::Tls(Box::new(StreamOwned::new(conn, io))),
+            did,
+        ))
     }
 
     /// Client side: the handshake on a connection to a server that must be `expect` (or any
@@ -536,7 +587,20 @@ impl Link {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let connector = tokio_rustls::TlsConnector::from(self.client.clone());
+        let client = match &self.mode {
+            Mode::Tls { client, .. } => client,
+            Mode::Plain { authorizer } => {
+                let mut io = io;
+                let did = tokio::time::timeout(
+                    self.handshake_timeout,
+                    plain::connect(&mut io, &self.did, &**authorizer),
+                )
+                .await
+                .map_err(|_| LinkError::Timeout(self.handshake_timeout))??;
+                return expected(expect, did).map(|did| (ClientStream::Plain(io), did));
+            }
+        };
+        let connector = tokio_rustls::TlsConnector::from(client.clone());
         let tls = tokio::time::timeout(
             self.handshake_timeout,
             connector.connect(server_name()?, io),
@@ -545,7 +609,7 @@ impl Link {
         .map_err(|_| LinkError::Timeout(self.handshake_timeout))?
         .map_err(LinkError::Handshake)?;
         let did = peer_did(tls.get_ref().1.peer_certificates())?;
-        expected(expect, did).map(|did| (tls, did))
+        expected(expect, did).map(|did| (ClientStream::Tls(Box::new(tls)), did))
     }
 
     /// As [`connect`](Self::connect) on a blocking socket; its read/write timeouts bound the
@@ -555,8 +619,15 @@ impl Link {
         mut io: StdTcpStream,
         expect: Option<&Did>,
     ) -> Result<(BlockingStream, Did), LinkError> {
-        let mut conn = ClientConnection::new(self.client.clone(), server_name()?)
-            .map_err(LinkError::Config)?;
+        let client = match &self.mode {
+            Mode::Tls { client, .. } => client,
+            Mode::Plain { authorizer } => {
+                let did = plain::connect_blocking(&mut io, &self.did, &**authorizer)?;
+                return expected(expect, did).map(|did| (BlockingStream::Plain(io), did));
+            }
+        };
+        let mut conn =
+            ClientConnection::new(client.clone(), server_name()?).map_err(LinkError::Config)?;
         let deadline = std::time::Instant::now() + self.handshake_timeout;
         while conn.is_handshaking() {
             if std::time::Instant::now() >= deadline {
@@ -565,7 +636,12 @@ impl Link {
             conn.complete_io(&mut io).map_err(LinkError::Handshake)?;
         }
         let did = peer_did(conn.peer_certificates())?;
-        expected(expect, did).map(|did| (StreamOwned::new(conn, io), did))
+        expected(expect, did).map(|did| {
+            (
+                BlockingStream::Tls(Box::new(StreamOwned::new(conn, io))),
+                did,
+            )
+        })
     }
 }
 

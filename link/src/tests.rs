@@ -176,10 +176,15 @@ async fn a_copied_certificate_without_its_key_is_refused() {
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(Impostor(impostor)));
     cfg.enable_sni = false;
+    let Mode::Tls { server, .. } = link(&a, &[]).mode else {
+        unreachable!("Link::new makes TLS links")
+    };
     let client = Link {
         did: a.did().clone(),
-        server: link(&a, &[]).server,
-        client: Arc::new(cfg),
+        mode: Mode::Tls {
+            server,
+            client: Arc::new(cfg),
+        },
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
     };
     let (addr, server) = serve_one(link(&b, &[&a])).await;
@@ -224,4 +229,73 @@ fn allow_list_changes_apply_to_new_handshakes() {
     assert!(!list.allows(a.did()) && list.allows(b.did()));
     list.remove(b.did());
     assert!(!list.allows(b.did()));
+}
+
+fn plain(me: &LinkIdentity, allowed: &[&LinkIdentity]) -> Link {
+    Link::plaintext_for_measurement(
+        me.did().clone(),
+        Arc::new(AllowList::new(allowed.iter().map(|i| i.did().clone()))),
+    )
+}
+
+#[tokio::test]
+async fn plaintext_links_carry_data_and_check_the_claimed_did_against_the_policy() {
+    let (a, b, c) = (identity(1), identity(2), identity(3));
+    assert!(!plain(&a, &[]).is_secure() && link(&a, &[]).is_secure());
+    let (addr, server) = serve_one(plain(&b, &[&a])).await;
+    let got = exchange(&plain(&a, &[&b]), addr, Some(b.did()))
+        .await
+        .unwrap();
+    assert_eq!(&got, b.did());
+    assert_eq!(&server.await.unwrap().unwrap(), a.did());
+    // A claim the server's policy does not allow is refused.
+    let (addr, server) = serve_one(plain(&b, &[&a])).await;
+    assert!(exchange(&plain(&c, &[&b]), addr, None).await.is_err());
+    assert!(matches!(
+        server.await.unwrap(),
+        Err(LinkError::Handshake(e)) if e.to_string().contains("not allowed")
+    ));
+    // The client's expectation is checked too.
+    let (addr, _server) = serve_one(plain(&b, &[&a])).await;
+    assert!(matches!(
+        exchange(&plain(&a, &[&b]), addr, Some(c.did())).await,
+        Err(LinkError::UnexpectedPeer { .. })
+    ));
+}
+
+#[tokio::test]
+async fn plaintext_and_tls_sides_never_link() {
+    let (a, b) = (identity(1), identity(2));
+    // TLS client to a plaintext server: the server sees a ClientHello, not a hello.
+    let (addr, server) = serve_one(plain(&b, &[&a])).await;
+    assert!(exchange(&link(&a, &[&b]), addr, None).await.is_err());
+    assert!(server.await.unwrap().is_err());
+    // Plaintext client to a TLS server: the server's handshake fails.
+    let (addr, server) = serve_one(link(&b, &[&a])).await;
+    assert!(exchange(&plain(&a, &[&b]), addr, None).await.is_err());
+    assert!(server.await.unwrap().is_err());
+}
+
+#[test]
+fn blocking_plaintext_links_carry_data() {
+    let (a, b) = (identity(1), identity(2));
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = plain(&b, &[&a]);
+    let t = std::thread::spawn(move || {
+        let (sock, _) = l.accept().unwrap();
+        let (mut s, did) = server.accept_blocking(sock).unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+        did
+    });
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    let (mut s, did) = plain(&a, &[&b]).connect_blocking(sock, None).unwrap();
+    assert_eq!(&did, b.did());
+    s.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    assert_eq!(&t.join().unwrap(), a.did());
 }

@@ -501,7 +501,12 @@ async fn warming_opens_one_link_per_replica_and_tolerates_dead_ones() {
     let id = sid("warm");
     store.set_replicas(&id, vec![to_b]);
     a.host
-        .start_dyn("folder", id.clone(), Epoch(1), CheckpointPolicy::synchronous())
+        .start_dyn(
+            "folder",
+            id.clone(),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
         .await
         .unwrap();
     assert_eq!(store.idle_links(to_b), 1);
