@@ -241,6 +241,9 @@ pub struct CheckpointResult {
     pub state_bytes: usize,
     /// Worst ack, µs.
     pub max_us: u64,
+    /// Every ack latency, µs (to pool interleaved runs; not printed).
+    #[serde(skip)]
+    pub samples: Vec<u64>,
 }
 
 fn links_name(plaintext: bool) -> &'static str {
@@ -397,7 +400,7 @@ pub async fn checkpoint(
             base.push(t.elapsed().as_micros() as u64);
         }
     }
-    let a = summarize(samples);
+    let a = summarize(samples.clone());
     let b = summarize(base);
     drop(fleet);
     Ok(CheckpointResult {
@@ -413,6 +416,7 @@ pub async fn checkpoint(
         k: 2,
         state_bytes,
         max_us: a.max_us,
+        samples,
     })
 }
 
@@ -443,6 +447,9 @@ pub struct HandoverResult {
     pub rtt_p50_us: u64,
     /// Loopback RTT p99, µs.
     pub rtt_p99_us: u64,
+    /// Every blackout, µs (to pool interleaved runs; not printed).
+    #[serde(skip)]
+    pub samples: Vec<u64>,
 }
 
 /// Sends one input, following `moved` between the two servers; bounded retries.
@@ -600,8 +607,9 @@ pub async fn handover(
                 "{session}: final state differs from the reference"
             )));
         }
-        let b = summarize(blackouts);
+        let b = summarize(blackouts.clone());
         out.push(HandoverResult {
+            samples: blackouts,
             links: links_name(plaintext),
             name: format!("handover_blackout_{}", size_name(size)),
             p50_us: b.p50_us,
@@ -618,6 +626,42 @@ pub async fn handover(
     }
     drop(fleet);
     Ok(out)
+}
+
+/// Pools runs of one bench made in interleaved rounds (`--links both`): samples, counts and
+/// violations add up, percentiles are over every sample, the floor is the worst run's.
+pub fn pool_handover(runs: Vec<HandoverResult>) -> Option<HandoverResult> {
+    let mut it = runs.into_iter();
+    let mut acc = it.next()?;
+    for r in it {
+        acc.samples.extend(r.samples);
+        acc.lost += r.lost;
+        acc.duplicated += r.duplicated;
+        acc.inputs += r.inputs;
+        acc.rtt_p50_us = acc.rtt_p50_us.max(r.rtt_p50_us);
+        acc.rtt_p99_us = acc.rtt_p99_us.max(r.rtt_p99_us);
+    }
+    let b = summarize(acc.samples.clone());
+    (acc.p50_us, acc.p99_us, acc.max_us, acc.count) = (b.p50_us, b.p99_us, b.max_us, b.count);
+    Some(acc)
+}
+
+/// As [`pool_handover`] for `bench checkpoint` runs (the fsync baseline: the worst run's).
+pub fn pool_checkpoint(runs: Vec<CheckpointResult>) -> Option<CheckpointResult> {
+    let mut it = runs.into_iter();
+    let mut acc = it.next()?;
+    for r in it {
+        acc.samples.extend(r.samples);
+        acc.lost += r.lost;
+        acc.duplicated += r.duplicated;
+        acc.baseline_local_fsync_p50_us =
+            acc.baseline_local_fsync_p50_us.max(r.baseline_local_fsync_p50_us);
+        acc.baseline_local_fsync_p99_us =
+            acc.baseline_local_fsync_p99_us.max(r.baseline_local_fsync_p99_us);
+    }
+    let a = summarize(acc.samples.clone());
+    (acc.p50_us, acc.p99_us, acc.max_us, acc.count) = (a.p50_us, a.p99_us, a.max_us, a.count);
+    Some(acc)
 }
 
 fn size_name(n: usize) -> String {

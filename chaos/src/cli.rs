@@ -224,13 +224,22 @@ pub enum LinksArg {
     Both,
 }
 
+/// Rounds of `--links both`: off and on alternate this many times, each round a share of
+/// `--count`, so that load changing during the run hits both alike; samples are pooled.
+pub const LINK_ROUNDS: usize = 4;
+
 impl LinksArg {
-    /// The runs, in order: `true` = plaintext.
-    pub fn runs(self) -> &'static [bool] {
+    /// The runs, in order (`true` = plaintext), and how many rounds they are split into.
+    pub fn runs(self) -> (Vec<bool>, usize) {
         match self {
-            LinksArg::Tls => &[false],
-            LinksArg::Plaintext => &[true],
-            LinksArg::Both => &[true, false],
+            LinksArg::Tls => (vec![false], 1),
+            LinksArg::Plaintext => (vec![true], 1),
+            LinksArg::Both => (
+                std::iter::repeat_n([true, false], LINK_ROUNDS)
+                    .flatten()
+                    .collect(),
+                LINK_ROUNDS,
+            ),
         }
     }
 }
@@ -443,18 +452,19 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
     match a.kind {
         BenchKind::Checkpoint => {
             let mut code = EXIT_PASS;
-            for &plaintext in a.links.runs() {
-                let r = bench::checkpoint(
-                    &exe,
-                    a.count.unwrap_or(2000),
-                    a.state_bytes,
-                    plaintext,
-                    progress,
-                )
-                .await?;
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                if r.lost != 0 || r.duplicated != 0 {
-                    code = crate::report::EXIT_VIOLATION;
+            let (runs, rounds) = a.links.runs();
+            let each = a.count.unwrap_or(2000).div_ceil(rounds);
+            let mut done: Vec<bench::CheckpointResult> = Vec::new();
+            for plaintext in runs {
+                done.push(bench::checkpoint(&exe, each, a.state_bytes, plaintext, progress).await?);
+            }
+            for links in ["plaintext", "tls"] {
+                let mine = done.iter().filter(|r| r.links == links).cloned().collect();
+                if let Some(r) = bench::pool_checkpoint(mine) {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    if r.lost != 0 || r.duplicated != 0 {
+                        code = crate::report::EXIT_VIOLATION;
+                    }
                 }
             }
             Ok(code)
@@ -490,19 +500,34 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
         }
         BenchKind::Handover => {
             let mut code = EXIT_PASS;
-            for &plaintext in a.links.runs() {
-                let rs = bench::handover(
-                    &exe,
-                    a.count.unwrap_or(200),
-                    &[4 << 10, 64 << 10, 1 << 20],
-                    plaintext,
-                    progress,
-                )
-                .await?;
-                for r in rs {
-                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                    if r.lost != 0 || r.duplicated != 0 {
-                        code = crate::report::EXIT_VIOLATION;
+            let (runs, rounds) = a.links.runs();
+            let each = a.count.unwrap_or(200).div_ceil(rounds);
+            let mut done: Vec<bench::HandoverResult> = Vec::new();
+            for plaintext in runs {
+                done.extend(
+                    bench::handover(
+                        &exe,
+                        each,
+                        &[4 << 10, 64 << 10, 1 << 20],
+                        plaintext,
+                        progress,
+                    )
+                    .await?,
+                );
+            }
+            for links in ["plaintext", "tls"] {
+                for size in ["4KiB", "64KiB", "1MiB"] {
+                    let name = format!("handover_blackout_{size}");
+                    let mine = done
+                        .iter()
+                        .filter(|r| r.links == links && r.name == name)
+                        .cloned()
+                        .collect();
+                    if let Some(r) = bench::pool_handover(mine) {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                        if r.lost != 0 || r.duplicated != 0 {
+                            code = crate::report::EXIT_VIOLATION;
+                        }
                     }
                 }
             }
