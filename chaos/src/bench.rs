@@ -654,10 +654,12 @@ pub fn pool_checkpoint(runs: Vec<CheckpointResult>) -> Option<CheckpointResult> 
         acc.samples.extend(r.samples);
         acc.lost += r.lost;
         acc.duplicated += r.duplicated;
-        acc.baseline_local_fsync_p50_us =
-            acc.baseline_local_fsync_p50_us.max(r.baseline_local_fsync_p50_us);
-        acc.baseline_local_fsync_p99_us =
-            acc.baseline_local_fsync_p99_us.max(r.baseline_local_fsync_p99_us);
+        acc.baseline_local_fsync_p50_us = acc
+            .baseline_local_fsync_p50_us
+            .max(r.baseline_local_fsync_p50_us);
+        acc.baseline_local_fsync_p99_us = acc
+            .baseline_local_fsync_p99_us
+            .max(r.baseline_local_fsync_p99_us);
     }
     let a = summarize(acc.samples.clone());
     (acc.p50_us, acc.p99_us, acc.max_us, acc.count) = (a.p50_us, a.p99_us, a.max_us, a.count);

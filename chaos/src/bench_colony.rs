@@ -76,7 +76,54 @@ pub struct ColonyArgs {
     /// Keep the colony directory (configs, logs, data) after the run and print its path.
     #[arg(long)]
     pub keep: bool,
+    /// Security of the colony (`handover`, `api`): `on` (the product), `off` (dev configs with
+    /// `security_off_for_measurement`: plain migration links, no grants, open client API, no
+    /// quotas or capabilities; measurement only) or `both` (off and on alternating in
+    /// [`SECURITY_ROUNDS`] rounds of one run, samples pooled: the cost of security).
+    #[arg(long, value_enum, default_value = "on")]
+    pub security: SecurityArg,
 }
+
+/// Rounds of `--security both`.
+pub const SECURITY_ROUNDS: usize = 2;
+
+/// `--security` of the colony benches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecurityArg {
+    /// The product: everything authenticated, encrypted and authorized.
+    On,
+    /// Off, for measurement only.
+    Off,
+    /// Off then on, alternating, in one run.
+    Both,
+}
+
+impl SecurityArg {
+    /// The runs (`true` = security off) and how many rounds `--count` is split into.
+    pub fn runs(self) -> (Vec<bool>, usize) {
+        match self {
+            SecurityArg::On => (vec![false], 1),
+            SecurityArg::Off => (vec![true], 1),
+            SecurityArg::Both => (
+                std::iter::repeat_n([true, false], SECURITY_ROUNDS)
+                    .flatten()
+                    .collect(),
+                SECURITY_ROUNDS,
+            ),
+        }
+    }
+}
+
+fn security_name(off: bool) -> &'static str {
+    if off {
+        "off"
+    } else {
+        "on"
+    }
+}
+
+/// The config lines that turn a colony process's security off (benchmarks only).
+const SECURITY_OFF: &str = "dev = true\nsecurity_off_for_measurement = true\n";
 
 impl Default for ColonyArgs {
     fn default() -> Self {
@@ -86,6 +133,7 @@ impl Default for ColonyArgs {
             budget_s: 300,
             no_fsync: false,
             keep: false,
+            security: SecurityArg::On,
         }
     }
 }
@@ -123,10 +171,20 @@ struct Colony {
     http: reqwest::Client,
     fsync: bool,
     keep: bool,
+    /// Security off (`security_off_for_measurement` in every config).
+    security_off: bool,
 }
 
 impl Colony {
     async fn start(args: &ColonyArgs, progress: &Progress) -> Result<Colony, BenchError> {
+        Self::start_with(args, false, progress).await
+    }
+
+    async fn start_with(
+        args: &ColonyArgs,
+        security_off: bool,
+        progress: &Progress,
+    ) -> Result<Colony, BenchError> {
         let bin = opengrid_bin(args.bin.as_deref())?;
         let launcher = Launcher::new()?;
         let (api, cluster) = (free_port()?, free_port()?);
@@ -143,9 +201,11 @@ impl Colony {
             bin,
             fsync: !args.no_fsync,
             keep: args.keep,
+            security_off,
         };
         let cfg = format!(
-            "version = 1\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{api}\"\ncluster_listen = \"127.0.0.1:{cluster}\"\ncolony_secret = \"{SECRET}\"\nplace_timeout = \"10s\"\n",
+            "version = 1\n{}data_dir = {:?}\napi_listen = \"127.0.0.1:{api}\"\ncluster_listen = \"127.0.0.1:{cluster}\"\ncolony_secret = \"{SECRET}\"\nplace_timeout = \"10s\"\n",
+            if security_off { SECURITY_OFF } else { "" },
             c.launcher.data_dir("rc")?
         );
         c.spawn("rc", "rc", &cfg)?;
@@ -173,7 +233,8 @@ impl Colony {
 
     fn node(&mut self, name: &str, extra: &str) -> Result<(), BenchError> {
         let cfg = format!(
-            "version = 1\nname = \"{name}\"\ndata_dir = {:?}\njurisdiction = \"DE\"\napi_listen = \"127.0.0.1:0\"\nrc_cluster = \"127.0.0.1:{}\"\ncolony_secret = \"{SECRET}\"\nfsync = {}\n{extra}\n",
+            "version = 1\n{}name = \"{name}\"\ndata_dir = {:?}\njurisdiction = \"DE\"\napi_listen = \"127.0.0.1:0\"\nrc_cluster = \"127.0.0.1:{}\"\ncolony_secret = \"{SECRET}\"\nfsync = {}\n{extra}\n",
+            if self.security_off { SECURITY_OFF } else { "" },
             self.launcher.data_dir(name)?,
             self.rc_cluster,
             self.fsync
@@ -602,6 +663,8 @@ pub async fn failover(
 pub struct ColonyHandoverResult {
     /// `handover_blackout_<size>`.
     pub name: String,
+    /// `on`, or `off` (`--security off|both`: measurement only).
+    pub security: &'static str,
     /// Blackout (freeze → target active, the node's figure) median, µs.
     pub p50_us: u64,
     /// Blackout p99, µs.
@@ -654,6 +717,31 @@ pub struct ColonyHandoverResult {
     pub fsync: bool,
     /// Seconds this size took.
     pub elapsed_s: f64,
+    /// Every blackout, µs (to pool rounds; not printed).
+    #[serde(skip)]
+    pub samples: Vec<u64>,
+}
+
+/// Pools rounds of one size and security (`--security both`): blackout percentiles over every
+/// sample; counts and violations add up; the rest is the first round's.
+pub fn pool_colony_handover(runs: Vec<ColonyHandoverResult>) -> Option<ColonyHandoverResult> {
+    let mut it = runs.into_iter();
+    let mut acc = it.next()?;
+    for r in it {
+        acc.samples.extend(r.samples);
+        acc.requested += r.requested;
+        acc.aborted += r.aborted;
+        acc.lost += r.lost;
+        acc.duplicated += r.duplicated;
+        acc.client_errors += r.client_errors;
+        acc.inputs += r.inputs;
+        acc.met &= r.met;
+        acc.elapsed_s += r.elapsed_s;
+    }
+    let b = summarize(acc.samples.clone());
+    (acc.p50_us, acc.p99_us, acc.max_us, acc.count) = (b.p50_us, b.p99_us, b.max_us, b.count);
+    acc.met &= acc.target_p99_us.is_none_or(|t| acc.p99_us <= t);
+    Some(acc)
 }
 
 /// 64-byte ping-pong over loopback TCP, `n` round trips, µs.
@@ -752,11 +840,12 @@ pub async fn handover(
     args: &ColonyArgs,
     count: usize,
     sizes: &[usize],
+    security_off: bool,
     progress: &Progress,
 ) -> Result<Vec<ColonyHandoverResult>, BenchError> {
     let count = count.clamp(1, 100_000);
     let budget = Duration::from_secs(args.budget_s.clamp(10, 3600));
-    let mut c = Colony::start(args, progress).await?;
+    let mut c = Colony::start_with(args, security_off, progress).await?;
     let names = ["a", "b", "c"];
     for name in names {
         c.node(name, "capacity = 64\n[hardware]\nmemory = \"128GiB\"")?;
@@ -885,7 +974,7 @@ pub async fn handover(
                 aborted[0]
             ));
         }
-        let b = summarize(blackouts);
+        let b = summarize(blackouts.clone());
         let tot = summarize(totals);
         let inp = summarize(il.latencies);
         bytes.sort_unstable();
@@ -895,6 +984,8 @@ pub async fn handover(
             .map(|(_, t)| *t);
         let clean = il.lost == 0 && il.duplicated == 0 && il.errors == 0 && b.count == count;
         let r = ColonyHandoverResult {
+            security: security_name(security_off),
+            samples: blackouts,
             name: format!("handover_blackout_{}", size_name(size)),
             p50_us: b.p50_us,
             p99_us: b.p99_us,
@@ -931,6 +1022,177 @@ pub async fn handover(
         c.check_alive()?;
     }
     Ok(out)
+}
+
+const COUNTER_BOUNDED: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"30s\"\nmax_blackout = \"2s\"\n";
+
+/// Sessions sending inputs at once in `bench api`.
+pub const API_CLIENTS: usize = 8;
+
+/// Result of `bench api` (one security setting).
+#[derive(Clone, Debug, Serialize)]
+pub struct ApiResult {
+    /// `client_api`.
+    pub name: &'static str,
+    /// `on`, or `off` (measurement only).
+    pub security: &'static str,
+    /// `POST /sessions` by a client without credentials (admission, placement, the node's
+    /// start, the capability when on), median µs.
+    pub admission_p50_us: u64,
+    /// Its p99, µs.
+    pub admission_p99_us: u64,
+    /// Sessions admitted (each closed again).
+    pub admissions: usize,
+    /// Inputs acknowledged by [`API_CLIENTS`] sessions sending at once (each input one HTTP
+    /// request to its node, with its capability when on).
+    pub inputs: u64,
+    /// Their throughput, inputs/s.
+    pub inputs_per_s: f64,
+    /// One input's round trip, median µs.
+    pub input_p50_us: u64,
+    /// Its p99, µs.
+    pub input_p99_us: u64,
+    /// Acknowledged inputs missing from the sessions' totals.
+    pub lost: u64,
+    /// Inputs counted twice.
+    pub duplicated: u64,
+    /// Every admission and input latency, µs (to pool rounds; not printed).
+    #[serde(skip)]
+    pub samples: (Vec<u64>, Vec<u64>),
+    /// Seconds of the input phase (to pool rounds; not printed).
+    #[serde(skip)]
+    pub input_s: f64,
+}
+
+/// `bench api`: the client API end to end on an RC and one node, as a client without
+/// credentials uses it: `count` admissions (`POST /sessions` to the RC, then close), then
+/// [`API_CLIENTS`] bounded-loss counter sessions each sending `count` inputs at once.
+pub async fn api(
+    args: &ColonyArgs,
+    count: usize,
+    security_off: bool,
+    progress: &Progress,
+) -> Result<ApiResult, BenchError> {
+    let count = count.clamp(1, 100_000);
+    let budget = Duration::from_secs(args.budget_s.clamp(10, 3600));
+    let mut c = Colony::start_with(args, security_off, progress).await?;
+    c.node("a", "capacity = 1024\n[hardware]\nmemory = \"128GiB\"")?;
+    c.wait_alive(1).await?;
+    let mut client = Client::new(c.rc_api.clone());
+    client.retry_for = Duration::from_secs(30);
+    let deadline = Instant::now() + budget;
+    let mut admissions = Vec::with_capacity(count);
+    for i in 0..count {
+        if Instant::now() > deadline {
+            return Err(failed(format!(
+                "admission {i}/{count}: over the {budget:?} budget"
+            )));
+        }
+        let t = Instant::now();
+        let s = client
+            .create(COUNTER_BOUNDED, None)
+            .await
+            .map_err(|e| failed(format!("admission {i}: {e}; logs in {}", c.logs())))?;
+        admissions.push(t.elapsed().as_micros() as u64);
+        s.close()
+            .await
+            .map_err(|e| failed(format!("closing admission {i}: {e}")))?;
+        if (i + 1) % 200 == 0 {
+            progress.line(format!(
+                "api ({}): {}/{count} admissions",
+                security_name(security_off),
+                i + 1
+            ));
+        }
+    }
+    let mut sessions = Vec::with_capacity(API_CLIENTS);
+    for _ in 0..API_CLIENTS {
+        sessions.push(
+            client
+                .create(COUNTER_BOUNDED, None)
+                .await
+                .map_err(|e| failed(format!("placing an input session: {e}")))?,
+        );
+    }
+    let t0 = Instant::now();
+    let runs = stream::iter(sessions.into_iter().map(|mut s| async move {
+        let mut lat = Vec::with_capacity(count);
+        let (mut acked, mut lost, mut dup) = (0i64, 0u64, 0u64);
+        for _ in 0..count {
+            if Instant::now() > deadline {
+                return Err(failed("the input phase ran over its budget"));
+            }
+            let t = Instant::now();
+            let total = send_one(&mut s, acked)
+                .await
+                .map_err(|e| failed(format!("input to {}: {e}", s.id)))?;
+            lat.push(t.elapsed().as_micros() as u64);
+            let want = acked + 1;
+            lost += (want - total).max(0) as u64;
+            dup += (total - want).max(0) as u64;
+            acked = total;
+        }
+        Ok::<_, BenchError>((lat, lost, dup))
+    }))
+    .buffer_unordered(API_CLIENTS)
+    .collect::<Vec<_>>()
+    .await;
+    let input_s = t0.elapsed().as_secs_f64();
+    let (mut lat, mut lost, mut duplicated) = (Vec::new(), 0, 0);
+    for r in runs {
+        let (l, lo, du) = r?;
+        lat.extend(l);
+        lost += lo;
+        duplicated += du;
+    }
+    c.check_alive()?;
+    let a = summarize(admissions.clone());
+    let i = summarize(lat.clone());
+    let r = ApiResult {
+        name: "client_api",
+        security: security_name(security_off),
+        admission_p50_us: a.p50_us,
+        admission_p99_us: a.p99_us,
+        admissions: a.count,
+        inputs: i.count as u64,
+        inputs_per_s: (i.count as f64 / input_s.max(1e-9) * 10.0).round() / 10.0,
+        input_p50_us: i.p50_us,
+        input_p99_us: i.p99_us,
+        lost,
+        duplicated,
+        samples: (admissions, lat),
+        input_s,
+    };
+    progress.line(format!(
+        "api ({}): admission p50 {} µs p99 {} µs; {} inputs at {}/s, p50 {} µs p99 {} µs",
+        r.security,
+        r.admission_p50_us,
+        r.admission_p99_us,
+        r.inputs,
+        r.inputs_per_s,
+        r.input_p50_us,
+        r.input_p99_us
+    ));
+    Ok(r)
+}
+
+/// Pools rounds of `bench api` with one security setting.
+pub fn pool_api(runs: Vec<ApiResult>) -> Option<ApiResult> {
+    let mut it = runs.into_iter();
+    let mut acc = it.next()?;
+    for r in it {
+        acc.samples.0.extend(r.samples.0);
+        acc.samples.1.extend(r.samples.1);
+        acc.lost += r.lost;
+        acc.duplicated += r.duplicated;
+        acc.input_s += r.input_s;
+    }
+    let a = summarize(acc.samples.0.clone());
+    let i = summarize(acc.samples.1.clone());
+    (acc.admission_p50_us, acc.admission_p99_us, acc.admissions) = (a.p50_us, a.p99_us, a.count);
+    (acc.input_p50_us, acc.input_p99_us, acc.inputs) = (i.p50_us, i.p99_us, i.count as u64);
+    acc.inputs_per_s = (i.count as f64 / acc.input_s.max(1e-9) * 10.0).round() / 10.0;
+    Some(acc)
 }
 
 #[cfg(test)]

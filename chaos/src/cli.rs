@@ -257,6 +257,9 @@ pub enum BenchKind {
     Isolation,
     /// P8: settlement throughput.
     Settlement,
+    /// The client API end to end (admission, input throughput), `--security both` for the
+    /// cost of security.
+    Api,
 }
 
 /// Errors of the command line.
@@ -470,18 +473,59 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
             Ok(code)
         }
         BenchKind::Handover if !a.colony.replica_servers => {
-            let rs = crate::bench_colony::handover(
-                &a.colony,
-                a.count.unwrap_or(1000),
-                &[4 << 10, 64 << 10, 1 << 20],
-                progress,
-            )
-            .await?;
+            let (runs, rounds) = a.colony.security.runs();
+            let each = a.count.unwrap_or(1000).div_ceil(rounds);
+            let mut done = Vec::new();
+            for off in runs {
+                done.extend(
+                    crate::bench_colony::handover(
+                        &a.colony,
+                        each,
+                        &[4 << 10, 64 << 10, 1 << 20],
+                        off,
+                        progress,
+                    )
+                    .await?,
+                );
+            }
             let mut code = EXIT_PASS;
-            for r in rs {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                if r.lost != 0 || r.duplicated != 0 || r.client_errors != 0 {
-                    code = crate::report::EXIT_VIOLATION;
+            for security in ["off", "on"] {
+                for size in ["4KiB", "64KiB", "1MiB"] {
+                    let name = format!("handover_blackout_{size}");
+                    let mine = done
+                        .iter()
+                        .filter(|r| r.security == security && r.name == name)
+                        .cloned()
+                        .collect();
+                    if let Some(r) = crate::bench_colony::pool_colony_handover(mine) {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                        if r.lost != 0 || r.duplicated != 0 || r.client_errors != 0 {
+                            code = crate::report::EXIT_VIOLATION;
+                        }
+                    }
+                }
+            }
+            Ok(code)
+        }
+        BenchKind::Api => {
+            let (runs, rounds) = a.colony.security.runs();
+            let each = a.count.unwrap_or(1000).div_ceil(rounds);
+            let mut done = Vec::new();
+            for off in runs {
+                done.push(crate::bench_colony::api(&a.colony, each, off, progress).await?);
+            }
+            let mut code = EXIT_PASS;
+            for security in ["off", "on"] {
+                let mine = done
+                    .iter()
+                    .filter(|r| r.security == security)
+                    .cloned()
+                    .collect();
+                if let Some(r) = crate::bench_colony::pool_api(mine) {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    if r.lost != 0 || r.duplicated != 0 {
+                        code = crate::report::EXIT_VIOLATION;
+                    }
                 }
             }
             Ok(code)

@@ -76,3 +76,52 @@ fn a_missing_opengrid_binary_names_the_flag() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--bin"), "{err}");
 }
+
+/// `bench api --security both`: the same colony with security off (dev configs, measurement
+/// only) and on, alternating; a client without credentials gets its sessions in both (on: with
+/// the capability the RC returns), nothing lost.
+#[test]
+fn bench_api_measures_the_client_api_with_security_off_and_on() {
+    let bin = common::opengrid_bin();
+    let (status, out, err) = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
+            .args([
+                "bench",
+                "api",
+                "--json",
+                "--count",
+                "6",
+                "--security",
+                "both",
+            ])
+            .args(["--budget-s", "40"])
+            .arg("--bin")
+            .arg(&bin),
+        Duration::from_secs(90),
+        "bench api",
+    );
+    assert!(
+        status.success(),
+        "exit {status}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let runs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(runs.len(), 2, "{out}");
+    assert_eq!(runs[0]["security"], "off");
+    assert_eq!(runs[1]["security"], "on");
+    for v in &runs {
+        assert_eq!(v["name"], "client_api", "{v}");
+        assert_eq!(v["admissions"], 6, "{v}");
+        assert_eq!(v["inputs"], 6 * 8, "{v}");
+        assert_eq!(v["lost"], 0, "{v}");
+        assert_eq!(v["duplicated"], 0, "{v}");
+        assert!(v["inputs_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    // Both settings ran (progress on stderr).
+    assert!(
+        err.contains("api (off)") && err.contains("api (on)"),
+        "{err}"
+    );
+}

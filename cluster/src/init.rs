@@ -78,6 +78,7 @@ pub const NODE: Template = Template {
     fields: &[
         ("version", "Config format version; this build reads 1."),
         ("dev", "Development colony (true/false): public dev secret, [faults] hooks; never in production."),
+        ("security_off_for_measurement", "Benchmarks only, needs dev: plain migration links, no grants, open client API."),
         ("name", "Node name shown in logs and `opengrid status`; unique in the colony."),
         ("colony", "Colony to join; must equal the RC's `colony` (identifier: a-z 0-9 _ -)."),
         ("data_dir", "Identity key (identity.key) and RocksDB checkpoints; created if missing."),
@@ -136,6 +137,7 @@ pub const RC: Template = Template {
     fields: &[
         ("version", "Config format version; this build reads 1."),
         ("dev", "Development colony (true/false): allows the public dev secret; never in production."),
+        ("security_off_for_measurement", "Benchmarks only, needs dev: open client API, no quotas, no capabilities."),
         ("colony", "Colony name; nodes join with the same `colony` (identifier: a-z 0-9 _ -)."),
         ("data_dir", "Where the RC's identity key (identity.key) lives; created if missing."),
         ("api_listen", "Client API (HTTP) listen address host:port: sessions, status, health, metrics."),

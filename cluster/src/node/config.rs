@@ -51,6 +51,10 @@ pub struct NodeConfig {
     /// Development mode (default off): the only way to run with the public development colony
     /// secret (used when `colony_secret` is empty) and the `[faults]` test hooks. Never in production.
     pub dev: bool,
+    /// Benchmarks only (default off; needs `dev = true`): security off, so that a bench can
+    /// measure its cost against the same build in the same run. Migration links in plain TCP
+    /// with claimed DIDs, RC grants not checked, the client API open to anyone (no tokens).
+    pub security_off_for_measurement: bool,
     /// Human-readable node name (logs, status).
     pub name: String,
     /// Colony to join (must match the RC's `colony`).
@@ -130,6 +134,7 @@ impl Default for NodeConfig {
         NodeConfig {
             version: CONFIG_VERSION,
             dev: false,
+            security_off_for_measurement: false,
             name: "node".into(),
             colony: "local".into(),
             data_dir: crate::common::config::default_data_dir("node"),
@@ -280,6 +285,13 @@ impl NodeConfig {
         if self.drain_timeout.0 < Duration::from_millis(100) {
             return Err(invalid("drain_timeout", "must be at least 100ms"));
         }
+        if self.security_off_for_measurement && !self.dev {
+            return Err(invalid(
+                "security_off_for_measurement",
+                "turns authentication, encryption and authorization off for benchmarks: \
+                 allowed only with dev = true",
+            ));
+        }
         if self.faults.enabled() && !self.dev {
             return Err(invalid(
                 "faults.control_dir",
@@ -339,6 +351,11 @@ mod tests {
                 "faults.control_dir",
                 "dev = true",
             ),
+            (
+                "colony_secret = \"x-secret-1\"\nsecurity_off_for_measurement = true",
+                "security_off_for_measurement",
+                "dev = true",
+            ),
         ] {
             match NodeConfig::from_toml_with_env(toml, &[]) {
                 Err(ConfigError::Invalid { field: f, reason }) => {
@@ -350,11 +367,11 @@ mod tests {
         }
         // The same with dev = true: accepted.
         let c = NodeConfig::from_toml_with_env(
-            "dev = true\ncolony_secret = \"opengrid-local-colony\"\n[faults]\ncontrol_dir = \"/tmp/f\"",
+            "dev = true\ncolony_secret = \"opengrid-local-colony\"\nsecurity_off_for_measurement = true\n[faults]\ncontrol_dir = \"/tmp/f\"",
             &[],
         )
         .unwrap();
-        assert!(c.faults.enabled());
+        assert!(c.faults.enabled() && c.security_off_for_measurement);
         // And from the environment (OPENGRID_DEV), as the chaos harness may set it.
         let env = vec![("OPENGRID_DEV".to_string(), "true".to_string())];
         assert!(NodeConfig::from_toml_with_env("", &env).unwrap().dev);

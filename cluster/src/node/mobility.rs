@@ -215,12 +215,23 @@ impl std::fmt::Debug for NodeMobility {
 
 /// The node's migration links for `identity`: they admit exactly the DIDs in the returned
 /// allow-list, empty until the RC lists the colony's members.
-pub fn links(identity: &Identity) -> Result<(Link, Arc<AllowList>), opengrid_link::LinkError> {
+/// With `security_off` (a dev config's `security_off_for_measurement`) they are plain TCP.
+pub fn links(
+    identity: &Identity,
+    security_off: bool,
+) -> Result<(Link, Arc<AllowList>), opengrid_link::LinkError> {
     let members = Arc::new(AllowList::new([]));
-    let link = Link::new(
-        &LinkIdentity::from_signing_key(&identity.signing_key())?,
-        members.clone(),
-    )?;
+    let link = if security_off {
+        Link::plaintext_for_measurement(
+            opengrid_session::Did::from_public_key(&identity.signing_key().verifying_key()),
+            members.clone(),
+        )
+    } else {
+        Link::new(
+            &LinkIdentity::from_signing_key(&identity.signing_key())?,
+            members.clone(),
+        )?
+    };
     Ok((link, members))
 }
 
@@ -271,7 +282,11 @@ impl NodeMobility {
         let rc = RcKey::new();
         let security = Security {
             link: link.clone(),
-            grants: GrantPolicy::RcSigned(rc.clone()),
+            grants: if cfg.security_off_for_measurement {
+                GrantPolicy::LinkOnly
+            } else {
+                GrantPolicy::RcSigned(rc.clone())
+            },
             meter: Some(meter),
         };
         let (addr, l2, i2) = (cfg.migration_listen, local.clone(), incoming.clone());

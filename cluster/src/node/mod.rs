@@ -154,7 +154,11 @@ impl NodeCore {
         let rc_pin = NodeId::parse(&cfg.rc_id).ok();
         let mut operators = vec![identity.id()];
         operators.extend(crate::common::access::parse_operators(&cfg.operators));
-        let access = crate::common::access::Access::new(operators, vec![]);
+        let mut access = crate::common::access::Access::new(operators, vec![]);
+        if cfg.security_off_for_measurement {
+            tracing::warn!("SECURITY OFF (security_off_for_measurement): open client API, plain migration links; benchmarks only");
+            access = access.open_for_measurement();
+        }
         if let Some(rc) = &rc_pin {
             access.trust_rc(*rc);
         }

@@ -216,7 +216,7 @@ async fn boot_node(
     };
     let replication_meter = metrics.meter("opengrid_migration");
     let fsync = cfg.fsync;
-    let links = crate::node::mobility::links(&identity)
+    let links = crate::node::mobility::links(&identity, cfg.security_off_for_measurement)
         .map_err(|e| StartError::Spawn(format!("migration links: {e}")))?;
     let link = links.0.clone();
     let host = handlers

@@ -28,6 +28,10 @@ pub struct RcConfig {
     /// Development mode (default off): the only way to run with the public development colony
     /// secret (used when `colony_secret` is empty). Never in production.
     pub dev: bool,
+    /// Benchmarks only (default off; needs `dev = true`): security off, so that a bench can
+    /// measure its cost against the same build in the same run. The client API open to anyone (no
+    /// tokens, no quotas), no capabilities minted.
+    pub security_off_for_measurement: bool,
     /// Colony name.
     pub colony: String,
     /// Where the identity key lives.
@@ -99,6 +103,7 @@ impl Default for RcConfig {
         RcConfig {
             version: CONFIG_VERSION,
             dev: false,
+            security_off_for_measurement: false,
             colony: "local".into(),
             data_dir: crate::common::config::default_data_dir("rc"),
             api_listen: DEFAULT_RC_API.parse().expect("literal"),
@@ -164,6 +169,13 @@ impl RcConfig {
             return Err(invalid("colony", "must be an identifier"));
         }
         check_secret(&self.colony_secret, self.dev)?;
+        if self.security_off_for_measurement && !self.dev {
+            return Err(invalid(
+                "security_off_for_measurement",
+                "turns client authorization and quotas off for benchmarks: allowed only with \
+                 dev = true",
+            ));
+        }
         crate::common::config::check_operators(&self.operators)?;
         crate::common::config::check_dids("members", &self.members, usize::MAX)?;
         if self.client_max_sessions == 0 {
@@ -271,6 +283,24 @@ mod tests {
                 other => panic!("{toml}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn security_off_needs_dev() {
+        match RcConfig::from_toml_with_env(
+            "colony_secret = \"x-secret-1\"\nsecurity_off_for_measurement = true",
+            &[],
+        ) {
+            Err(ConfigError::Invalid { field, reason }) => {
+                assert_eq!(field, "security_off_for_measurement");
+                assert!(reason.contains("dev = true"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let c =
+            RcConfig::from_toml_with_env("dev = true\nsecurity_off_for_measurement = true", &[])
+                .unwrap();
+        assert!(c.security_off_for_measurement);
     }
 
     #[test]
