@@ -675,6 +675,11 @@ pub struct ColonyHandoverResult {
     pub count: usize,
     /// Handovers asked for.
     pub requested: usize,
+    /// The source's part of the blackout (freeze → final checkpoint written and replicated),
+    /// median µs; the rest is the target's activation.
+    pub freeze_p50_us: u64,
+    /// Its p99, µs.
+    pub freeze_p99_us: u64,
     /// Handovers refused or aborted (the source kept serving; retried).
     pub aborted: usize,
     /// Whole handover (pre-copy included) median, µs.
@@ -897,6 +902,7 @@ pub async fn handover(
             budget + Duration::from_secs(60),
         ));
         let (mut blackouts, mut totals, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut freezes = Vec::new();
         let mut aborted = Vec::new();
         let deadline = Instant::now() + budget;
         let mut attempts = 0usize;
@@ -919,6 +925,7 @@ pub async fn handover(
             };
             if status == 200 {
                 blackouts.push((body["blackout_ms"].as_f64().unwrap_or(0.0) * 1e3) as u64);
+                freezes.push((body["freeze_ms"].as_f64().unwrap_or(0.0) * 1e3) as u64);
                 totals.push((body["total_ms"].as_f64().unwrap_or(0.0) * 1e3) as u64);
                 bytes.push(body["state_bytes"].as_u64().unwrap_or(0));
                 holder = body["to"].as_str().unwrap_or(target).to_string();
@@ -976,6 +983,7 @@ pub async fn handover(
         }
         let b = summarize(blackouts.clone());
         let tot = summarize(totals);
+        let fr = summarize(freezes);
         let inp = summarize(il.latencies);
         bytes.sort_unstable();
         let target = HANDOVER_TARGETS
@@ -993,6 +1001,8 @@ pub async fn handover(
             count: b.count,
             requested: count,
             aborted: aborted.len(),
+            freeze_p50_us: fr.p50_us,
+            freeze_p99_us: fr.p99_us,
             total_p50_us: tot.p50_us,
             total_p99_us: tot.p99_us,
             lost: il.lost,

@@ -63,6 +63,9 @@ pub struct HandoverReport {
     pub epoch: Epoch,
     /// Freeze → target active.
     pub blackout: Duration,
+    /// Its first part, on the source: freeze → final checkpoint written (and replicated). The
+    /// rest is the activation on the target.
+    pub freeze: Duration,
     /// Trigger → source released.
     pub total: Duration,
     /// Pre-copy rounds.
@@ -357,6 +360,7 @@ pub async fn handover(
         }
     };
     let state_bytes = cp.state.len();
+    let freeze = t_freeze.elapsed();
     crate::fault::pause("freeze").await;
     // 4. activate within the blackout budget
     let budget = policy
@@ -421,6 +425,7 @@ pub async fn handover(
         session: session.clone(),
         epoch,
         blackout,
+        freeze,
         total: t0.elapsed(),
         precopy_rounds: rounds,
         state_bytes,

@@ -178,28 +178,62 @@ impl ReplicatedStore {
             .unwrap_or_default()
     }
 
-    /// Opens a link to each of `peers` that has no idle one (blocking: call it off the async
-    /// runtime). A session about to start here replicates to them at once, so its first write
-    /// (inside a handover's blackout) need not pay a TCP and TLS handshake. Failures are left
-    /// to that write, which reports them.
-    pub fn warm(&self, peers: &[SocketAddr]) {
+    /// Readies `peers` for `session`'s first write (blocking: call it off the async runtime):
+    /// opens a link to each that has none idle, and presents `grant` ([`Request::Present`]) so
+    /// each replica has verified it. A session about to start here (a handover target)
+    /// replicates to them at once, inside the blackout: that write then pays neither a TCP and
+    /// TLS handshake nor a signature check. Failures are left to that write, which reports them.
+    pub fn warm(&self, session: &SessionId, peers: &[SocketAddr], grant: Option<&SignedGrant>) {
+        let frame = grant.and_then(|g| {
+            client_codec()
+                .encode_frame(&Request::Present {
+                    session: session.clone(),
+                    grant: Some(g.clone()),
+                })
+                .ok()
+        });
         for p in peers {
-            let has_idle = {
-                let pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-                pool.get(p).is_some_and(|v| !v.is_empty())
+            let idle = {
+                let mut pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                pool.get_mut(p).and_then(Vec::pop)
             };
-            if has_idle {
-                continue;
-            }
-            match self.connect(*p) {
-                Ok(st) => {
-                    let mut pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-                    let idle = pool.entry(*p).or_default();
-                    if idle.len() < IDLE_PER_PEER {
-                        idle.push(st);
+            let st = match idle {
+                Some(st) => st,
+                None => match self.connect(*p) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        tracing::debug!(peer = %p, error = %e, "warming a replica link failed");
+                        continue;
+                    }
+                },
+            };
+            let mut st = st;
+            if let Some(f) = &frame {
+                let shown = st
+                    .write_all(f.as_bytes())
+                    .and_then(|()| st.flush())
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        client_codec()
+                            .read_blocking(&mut st)
+                            .map_err(|e| e.to_string())
+                    });
+                match shown {
+                    Ok(Response::Ok) => {}
+                    Ok(other) => {
+                        // Refused (stale grant, not designated): the write will say so.
+                        tracing::debug!(peer = %p, answer = ?other, "grant not accepted ahead");
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %p, error = %e, "presenting the grant failed");
+                        continue;
                     }
                 }
-                Err(e) => tracing::debug!(peer = %p, error = %e, "warming a replica link failed"),
+            }
+            let mut pool = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            let idle = pool.entry(*p).or_default();
+            if idle.len() < IDLE_PER_PEER {
+                idle.push(st);
             }
         }
     }

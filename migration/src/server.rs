@@ -60,7 +60,13 @@ pub trait AdmitIncoming: Send + Sync + 'static {
     /// Called when a handover to this node is prepared, with the replica set the session will
     /// write to once it is active here: the node opens its links to them now, so the
     /// activation (inside the blackout) finds them open.
-    fn prepared(&self, _session: &SessionId, _replicas: &[SocketAddr]) {}
+    fn prepared(
+        &self,
+        _session: &SessionId,
+        _replicas: &[SocketAddr],
+        _grant: Option<&SignedGrant>,
+    ) {
+    }
 
     /// Called right before an incoming session starts here with the replica set the source
     /// passed on and the RC's grant for the new epoch (the node points its replicated store at
@@ -423,7 +429,9 @@ fn authorize(inner: &Inner, peer: &Did, req: &Request) -> Result<(), Response> {
             // Undecodable: handled (refused) as before, nothing is written.
             Err(_) => Ok(()),
         },
-        Request::Latest { session, grant } => inner.check_holder(peer, grant, session, None),
+        Request::Latest { session, grant } | Request::Present { session, grant } => {
+            inner.check_holder(peer, grant, session, None)
+        }
         Request::Prepare {
             session,
             epoch,
@@ -459,6 +467,8 @@ async fn handle(inner: &Inner, req: Request, peer: &Did) -> Response {
     }
     match req {
         Request::Ping => Response::Pong,
+        // Checked (and the grant remembered) by `authorize`.
+        Request::Present { .. } => Response::Ok,
         Request::Replicate { checkpoint, .. } => match Checkpoint::decode(&checkpoint) {
             Ok(cp) => put_tolerant(&*inner.local, &cp),
             Err(e) => Response::Refused {
@@ -497,7 +507,7 @@ async fn handle(inner: &Inner, req: Request, peer: &Did) -> Response {
                 return Response::Refused { reason };
             }
             lock(&inner.handover_source).insert(session.clone(), peer.clone());
-            inner.admit.prepared(&session, &replicas);
+            inner.admit.prepared(&session, &replicas, grant.as_ref());
             let mut p = lock(&inner.prepared);
             p.retain(|_, v| v.at.elapsed() < RESERVATION_TTL);
             p.insert(
@@ -694,5 +704,6 @@ fn req_name(r: &Request) -> &'static str {
         Request::Forward { .. } => "forward",
         Request::Latest { .. } => "latest",
         Request::Ping => "ping",
+        Request::Present { .. } => "present",
     }
 }

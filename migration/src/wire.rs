@@ -85,6 +85,15 @@ pub enum Request {
     },
     /// Liveness.
     Ping,
+    /// A holder-to-be shows a replica its grant ahead of the first write (a handover target,
+    /// at `Prepare`): the replica checks it as it would a `Replicate`'s and remembers it, so
+    /// the first write of the new epoch — inside the blackout — finds it verified.
+    Present {
+        /// The session.
+        session: SessionId,
+        /// The RC's grant naming the sender as holder and the receiver as a replica or source.
+        grant: Option<SignedGrant>,
+    },
 }
 
 /// The answer to a [`Request`].

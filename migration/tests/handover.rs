@@ -97,10 +97,10 @@ impl AdmitIncoming for Granted {
     fn admit(&self, session: &SessionId, handler: &str) -> Result<(), String> {
         self.cap.admit(session, handler)
     }
-    fn prepared(&self, _session: &SessionId, replicas: &[SocketAddr]) {
-        let store = self.store.clone();
-        let peers = replicas.to_vec();
-        tokio::task::spawn_blocking(move || store.warm(&peers));
+    fn prepared(&self, session: &SessionId, replicas: &[SocketAddr], grant: Option<&SignedGrant>) {
+        let (store, peers) = (self.store.clone(), replicas.to_vec());
+        let (session, grant) = (session.clone(), grant.cloned());
+        tokio::task::spawn_blocking(move || store.warm(&session, &peers, grant.as_ref()));
     }
     fn activating(
         &self,
@@ -489,9 +489,10 @@ async fn warming_opens_one_link_per_replica_and_tolerates_dead_ones() {
     let (to_b, store) = (b.server.addr(), a.store.clone());
     assert_eq!(store.idle_links(to_b), 0);
     let s = store.clone();
+    let w = sid("warm");
     tokio::task::spawn_blocking(move || {
-        s.warm(&[to_b, dead]);
-        s.warm(&[to_b]);
+        s.warm(&w, &[to_b, dead], None);
+        s.warm(&w, &[to_b], None);
     })
     .await
     .unwrap();
@@ -749,6 +750,38 @@ async fn grants_authorize_every_session_request() {
         "latest with the holder's grant",
     );
     assert!(r.contains("not the holder"), "{r}");
+    // Presenting a grant ahead of a write is checked like the write: c may not show a's grant,
+    // nor a forged one; a shows its own and b accepts it.
+    let r = unauthorized(
+        from_c
+            .call(&Request::Present {
+                session: id.clone(),
+                grant: Some(held.clone()),
+            })
+            .await,
+        "present another holder's grant",
+    );
+    assert!(r.contains("not the holder"), "{r}");
+    let r = unauthorized(
+        from_c
+            .call(&Request::Present {
+                session: id.clone(),
+                grant: Some(forged.clone()),
+            })
+            .await,
+        "present a forged grant",
+    );
+    assert!(r.contains("signed"), "{r}");
+    let from_a = Peer::new(b.server.addr(), a.link.clone(), Duration::from_secs(5));
+    assert!(matches!(
+        from_a
+            .call(&Request::Present {
+                session: id.clone(),
+                grant: Some(held.clone()),
+            })
+            .await,
+        Ok(Response::Ok)
+    ));
     let r = unauthorized(
         from_c
             .call(&Request::Replicate {

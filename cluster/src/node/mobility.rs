@@ -88,6 +88,8 @@ pub struct MoveReport {
     pub epoch: Epoch,
     /// Freeze → target active, ms.
     pub blackout_ms: f64,
+    /// Of which freeze → final checkpoint written on the source, ms (the rest: activation).
+    pub freeze_ms: f64,
     /// Whole handover, ms.
     pub total_ms: f64,
     /// Pre-copy rounds.
@@ -104,6 +106,7 @@ impl MoveReport {
             address: t.api.clone(),
             epoch: r.epoch,
             blackout_ms: r.blackout.as_secs_f64() * 1e3,
+            freeze_ms: r.freeze.as_secs_f64() * 1e3,
             total_ms: r.total.as_secs_f64() * 1e3,
             precopy_rounds: r.precopy_rounds,
             state_bytes: r.state_bytes,
@@ -152,10 +155,15 @@ impl AdmitIncoming for Incoming {
         }
     }
 
-    fn prepared(&self, _session: &SessionId, replicas: &[SocketAddr]) {
-        let store = self.store.clone();
-        let peers = replicas.to_vec();
-        tokio::task::spawn_blocking(move || store.warm(&peers));
+    fn prepared(
+        &self,
+        session: &SessionId,
+        replicas: &[SocketAddr],
+        grant: Option<&opengrid_migration::SignedGrant>,
+    ) {
+        let (store, peers) = (self.store.clone(), replicas.to_vec());
+        let (session, grant) = (session.clone(), grant.cloned());
+        tokio::task::spawn_blocking(move || store.warm(&session, &peers, grant.as_ref()));
     }
 
     fn activating(
