@@ -85,7 +85,7 @@ pub struct ColonyArgs {
 }
 
 /// Rounds of `--security both`.
-pub const SECURITY_ROUNDS: usize = 2;
+pub const SECURITY_ROUNDS: usize = 4;
 
 /// `--security` of the colony benches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
