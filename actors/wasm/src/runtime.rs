@@ -323,8 +323,8 @@ impl Runtime {
                 (c, false)
             }
         };
-        check_exports(&inner.engine, &component)?;
         check_imports(&inner.engine, &component)?;
+        check_exports(&inner.engine, &component)?;
         let instance_pre = inner.linker.instantiate_pre(&component).map_err(|e| {
             PackageError::UnsupportedImport {
                 name: format!("{e:#}"),
