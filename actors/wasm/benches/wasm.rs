@@ -38,7 +38,12 @@ impl SessionHandler for NativeCounter {
         0
     }
 
-    async fn handle(&self, total: &mut u64, input: Value, _: &SessionContext) -> Result<Value, HandlerError> {
+    async fn handle(
+        &self,
+        total: &mut u64,
+        input: Value,
+        _: &SessionContext,
+    ) -> Result<Value, HandlerError> {
         *total += input
             .as_u64()
             .ok_or_else(|| HandlerError::new("bad_input", "a number"))?;
@@ -66,22 +71,41 @@ fn setup() -> Setup {
         .unwrap();
     let cache = tempfile::tempdir().unwrap();
     let wasm = common::runtime(cache.path());
-    let rs = wasm.load_bytes(&common::package("counter-rs").to_bytes(), None).unwrap();
-    let py = wasm.load_bytes(&common::package("counter-py").to_bytes(), None).unwrap();
+    let rs = wasm
+        .load_bytes(&common::package("counter-rs").to_bytes(), None)
+        .unwrap();
+    let py = wasm
+        .load_bytes(&common::package("counter-py").to_bytes(), None)
+        .unwrap();
     let (native, wasm_rs, wasm_py) = rt.block_on(async {
         let host = common::host(common::memory_store()).await;
         let policy = CheckpointPolicy::periodic(Duration::from_secs(60));
         let sid = |s: &str| SessionId::new(s).unwrap();
         (
-            host.start(Arc::new(NativeCounter), sid("native"), Epoch(1), policy.clone())
-                .await
-                .unwrap(),
-            host.start(Arc::new(WasmHandler::new(rs.clone())), sid("wasm-rs"), Epoch(1), policy.clone())
-                .await
-                .unwrap(),
-            host.start(Arc::new(WasmHandler::new(py.clone())), sid("wasm-py"), Epoch(1), policy)
-                .await
-                .unwrap(),
+            host.start(
+                Arc::new(NativeCounter),
+                sid("native"),
+                Epoch(1),
+                policy.clone(),
+            )
+            .await
+            .unwrap(),
+            host.start(
+                Arc::new(WasmHandler::new(rs.clone())),
+                sid("wasm-rs"),
+                Epoch(1),
+                policy.clone(),
+            )
+            .await
+            .unwrap(),
+            host.start(
+                Arc::new(WasmHandler::new(py.clone())),
+                sid("wasm-py"),
+                Epoch(1),
+                policy,
+            )
+            .await
+            .unwrap(),
         )
     });
     Setup {
@@ -112,7 +136,11 @@ fn sample(rt: &tokio::runtime::Runtime, mut f: impl FnMut(u64) -> Duration) -> (
     }
     let _ = rt;
     let per_s = SAMPLES as f64 / started.elapsed().as_secs_f64();
-    (per_s, h.value_at_quantile(0.5) / 1000, h.value_at_quantile(0.99) / 1000)
+    (
+        per_s,
+        h.value_at_quantile(0.5) / 1000,
+        h.value_at_quantile(0.99) / 1000,
+    )
 }
 
 fn benches(c: &mut Criterion) {
@@ -159,9 +187,15 @@ fn benches(c: &mut Criterion) {
     }
 
     let mut g = c.benchmark_group("session_input");
-    g.bench_function("native", |b| b.iter(|| s.rt.block_on(one(&s.native, next(0)))));
-    g.bench_function("wasm-rs", |b| b.iter(|| s.rt.block_on(one(&s.wasm_rs, next(1)))));
-    g.bench_function("wasm-py", |b| b.iter(|| s.rt.block_on(one(&s.wasm_py, next(2)))));
+    g.bench_function("native", |b| {
+        b.iter(|| s.rt.block_on(one(&s.native, next(0))))
+    });
+    g.bench_function("wasm-rs", |b| {
+        b.iter(|| s.rt.block_on(one(&s.wasm_rs, next(1))))
+    });
+    g.bench_function("wasm-py", |b| {
+        b.iter(|| s.rt.block_on(one(&s.wasm_py, next(2))))
+    });
     g.finish();
     let mut g = c.benchmark_group("instantiate");
     g.bench_function("rs", |b| b.iter(|| s.rt.block_on(s.rs.probe()).unwrap()));

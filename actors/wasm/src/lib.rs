@@ -13,7 +13,8 @@
 //! componentize-py against the same WIT; `scripts/build-agents.sh` builds the examples.
 //!
 //! # Metrics
-//! On [`RuntimeConfig::meter`]:
+//! On [`RuntimeConfig::meter`] (counters named without the suffix; the Prometheus exporter adds
+//! `_total`, so these are the exported names):
 //! - `opengrid_wasm_faults_total{kind}`: agent calls that faulted; `kind` is `trap`, `deadline`,
 //!   `memory` or `instantiate`.
 //! - `opengrid_wasm_compiles_total`: components compiled (compile-cache misses).

@@ -224,15 +224,15 @@ impl Runtime {
         };
         let metrics = Metrics {
             faults: meter
-                .u64_counter("opengrid_wasm_faults_total")
+                .u64_counter("opengrid_wasm_faults")
                 .with_description("agent calls that trapped, ran past their deadline or hit their memory cap, by kind")
                 .build(),
             compiles: meter
-                .u64_counter("opengrid_wasm_compiles_total")
+                .u64_counter("opengrid_wasm_compiles")
                 .with_description("components compiled by Cranelift (cache misses)")
                 .build(),
             cache_hits: meter
-                .u64_counter("opengrid_wasm_cache_hits_total")
+                .u64_counter("opengrid_wasm_cache_hits")
                 .with_description("components loaded from the on-disk compile cache")
                 .build(),
         };

@@ -90,9 +90,23 @@ async fn python_counter_answers_and_survives_restore() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_faults_are_contained_and_state_survives() {
     let cache = tempfile::tempdir().unwrap();
+    // The node's export path: an SDK provider whose reader is a Prometheus registry.
+    let registry = prometheus::Registry::new();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(
+            opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .build()
+                .unwrap(),
+        )
+        .build();
     let rt = opengrid_wasm::Runtime::new(opengrid_wasm::RuntimeConfig {
         max_memory_bytes: 32 << 20,
         deadline: Duration::from_millis(300),
+        meter: Some(opentelemetry::metrics::MeterProvider::meter(
+            &provider,
+            "opengrid_wasm",
+        )),
         ..runtime_config(cache.path())
     })
     .unwrap();
@@ -139,6 +153,19 @@ async fn hostile_faults_are_contained_and_state_survives() {
         (1, 1, 1),
         "{stats:?}"
     );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    for kind in ["deadline", "memory", "trap"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("opengrid_wasm_faults_total{")
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .unwrap_or_else(|| panic!("no opengrid_wasm_faults_total{{kind={kind}}} in:\n{text}"));
+        assert!(line.ends_with(" 1"), "{line}");
+    }
     host.shutdown().await;
 }
 
@@ -206,5 +233,69 @@ async fn other_sessions_answer_while_a_hostile_one_spins() {
     // with 400 ms latencies.
     assert!(latencies.len() > 50, "only {} answers", latencies.len());
     assert!(p99 < Duration::from_millis(100), "p99 {p99:?}");
+    host.shutdown().await;
+}
+
+/// The host imports as a guest sees them: session id and seq, assets listed in the package (and
+/// only those), and inference (absent from this build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_imports_answer_within_the_package() {
+    let cache = tempfile::tempdir().unwrap();
+    let assets = tempfile::tempdir().unwrap();
+    let hello = blake3::hash(b"hello").to_hex().to_string();
+    std::fs::write(assets.path().join(&hello), b"hello").unwrap();
+    let unlisted = blake3::hash(b"secret").to_hex().to_string();
+    std::fs::write(assets.path().join(&unlisted), b"secret").unwrap();
+    let model = blake3::hash(b"model").to_hex().to_string();
+    let toml = format!(
+        "{}\n[[assets]]\nname = \"greeting\"\nhash = \"{hello}\"\n[[models]]\nname = \"m\"\nhash = \"{model}\"\n",
+        agent_toml("hostile-rs")
+    );
+    let signed = opengrid_wasm::Package::build(
+        opengrid_wasm::PackageSource::Parts {
+            agent_toml: &toml,
+            component: component("hostile-rs"),
+        },
+        &developer_key(),
+    )
+    .unwrap();
+    let rt = opengrid_wasm::Runtime::new(opengrid_wasm::RuntimeConfig {
+        assets_dir: Some(assets.path().to_path_buf()),
+        ..runtime_config(cache.path())
+    })
+    .unwrap();
+    let handler = Arc::new(WasmHandler::new(
+        rt.load_bytes(&signed.to_bytes(), None).unwrap(),
+    ));
+    let host = host(memory_store()).await;
+    let s = host
+        .start(
+            handler,
+            sid("imports"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        send(&s, 1, json!("whoami")).await.unwrap(),
+        json!({"session": "imports", "seq": 1})
+    );
+    assert_eq!(
+        send(&s, 2, json!({"asset": hello})).await.unwrap(),
+        json!("hello")
+    );
+    let e = send(&s, 3, json!({"asset": unlisted})).await.unwrap_err();
+    assert_eq!(e.code, "asset");
+    assert!(e.message.contains("not one of the package's assets"), "{e}");
+    let e = send(&s, 4, json!({"infer": "unknown"})).await.unwrap_err();
+    assert_eq!(e.code, "inference");
+    assert!(e.message.contains("not one of the package's models"), "{e}");
+    let e = send(&s, 5, json!({"infer": "m"})).await.unwrap_err();
+    assert_eq!(e.code, "inference");
+    #[cfg(not(feature = "inference"))]
+    assert!(e.message.contains("without inference"), "{e}");
+    #[cfg(feature = "inference")]
+    assert!(e.message.contains("no inference pool"), "{e}");
     host.shutdown().await;
 }
