@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use opentelemetry::metrics::{Counter, Meter, MeterProvider as _};
@@ -146,7 +146,9 @@ pub(crate) struct RuntimeInner {
     pub(crate) engine: Engine,
     linker: Linker<CallState>,
     config: RuntimeConfig,
-    loaded: Mutex<HashMap<String, Arc<LoadedAgent>>>,
+    /// Loaded agents by hash, while something (a registered handler) holds them: a `LoadedAgent`
+    /// holds its runtime, so a strong map would keep both alive forever.
+    loaded: Mutex<HashMap<String, Weak<LoadedAgent>>>,
     compiles: AtomicU64,
     cache_hits: AtomicU64,
     instances: AtomicU64,
@@ -294,8 +296,8 @@ impl Runtime {
     /// the host interface and WASI; only then is it cached.
     pub fn load(&self, package: &VerifiedPackage) -> Result<Arc<LoadedAgent>, PackageError> {
         let hash = package.hash().to_string();
-        if let Some(a) = lock(&self.inner.loaded).get(&hash) {
-            return Ok(a.clone());
+        if let Some(a) = lock(&self.inner.loaded).get(&hash).and_then(Weak::upgrade) {
+            return Ok(a);
         }
         let inner = &self.inner;
         let component_bytes = package.component();
@@ -355,7 +357,9 @@ impl Runtime {
                 assets_dir: inner.config.assets_dir.clone(),
             }),
         });
-        lock(&inner.loaded).insert(hash, agent.clone());
+        let mut loaded = lock(&inner.loaded);
+        loaded.retain(|_, a| a.strong_count() > 0);
+        loaded.insert(hash, Arc::downgrade(&agent));
         Ok(agent)
     }
 

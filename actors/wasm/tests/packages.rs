@@ -195,7 +195,11 @@ async fn compile_cache_is_hit_on_the_second_load() {
     b.probe().await.unwrap();
     assert_eq!((second.stats().compiles, second.stats().cache_hits), (0, 1));
 
-    // A damaged entry is not trusted: recompiled and rewritten.
+    // A damaged entry is not trusted: recompiled and rewritten. (Loaded components map their
+    // entry, so entries are only ever replaced by a new file, never rewritten in place: the
+    // damage is a new file too.)
+    drop((a, b, first, second));
+    std::fs::remove_file(cache.path().join(&entry)).unwrap();
     std::fs::write(cache.path().join(&entry), b"not a compiled component").unwrap();
     let third = runtime(cache.path());
     let c = third.load_bytes(&signed.to_bytes(), None).unwrap();
