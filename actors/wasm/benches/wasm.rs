@@ -82,19 +82,14 @@ fn setup() -> Setup {
         let policy = CheckpointPolicy::periodic(Duration::from_secs(60));
         let sid = |s: &str| SessionId::new(s).unwrap();
         (
-            host.start(
-                Arc::new(NativeCounter),
-                sid("native"),
-                Epoch(1),
-                policy.clone(),
-            )
-            .await
-            .unwrap(),
+            host.start(Arc::new(NativeCounter), sid("native"), Epoch(1), policy)
+                .await
+                .unwrap(),
             host.start(
                 Arc::new(WasmHandler::new(rs.clone())),
                 sid("wasm-rs"),
                 Epoch(1),
-                policy.clone(),
+                policy,
             )
             .await
             .unwrap(),

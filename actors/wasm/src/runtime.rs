@@ -315,7 +315,7 @@ impl Runtime {
             });
         }
         let path = inner.config.cache_dir.join(format!("{hash}.cwasm"));
-        let (component, from_cache) = match self.from_cache(&path) {
+        let (component, from_cache) = match self.load_cached(&path) {
             Some(c) => (c, true),
             None => {
                 let started = std::time::Instant::now();
@@ -365,7 +365,7 @@ impl Runtime {
 
     /// A cached compilation, if there is a usable one. A file that does not load (written by
     /// another wasmtime version or configuration, truncated) is ignored and recompiled over.
-    fn from_cache(&self, path: &Path) -> Option<Component> {
+    fn load_cached(&self, path: &Path) -> Option<Component> {
         match wasmtime::Engine::detect_precompiled_file(path) {
             Ok(Some(wasmtime::Precompiled::Component)) => {}
             Ok(_) => return None,

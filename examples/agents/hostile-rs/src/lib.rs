@@ -41,7 +41,10 @@ impl Agent for Hostile {
             }
             _ if input.get("infer").is_some() => {
                 let model = input["infer"].as_str().unwrap_or_default();
-                let t = Tensor { shape: vec![1, 2], data: vec![1.0, 2.0] };
+                let t = Tensor {
+                    shape: vec![1, 2],
+                    data: vec![1.0, 2.0],
+                };
                 let out = ctx.infer(model, &t)?;
                 Ok(serde_json::json!({ "shape": out.shape, "data": out.data }))
             }
