@@ -210,3 +210,30 @@ async fn compile_cache_is_hit_on_the_second_load() {
     fourth.load_bytes(&signed.to_bytes(), None).unwrap();
     assert_eq!(fourth.stats().cache_hits, 1);
 }
+
+/// A package directory gives the same signed bytes as its parts; a component path leaving the
+/// directory is refused, naming the field.
+#[test]
+fn package_directory_builds_the_same_package_as_its_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent.toml"), agent_toml("counter-rs")).unwrap();
+    std::fs::write(dir.path().join("agent.wasm"), component("counter-rs")).unwrap();
+    let from_dir = Package::build(PackageSource::Dir(dir.path()), &developer_key()).unwrap();
+    assert_eq!(from_dir.to_bytes(), package("counter-rs").to_bytes());
+    let verified = from_dir.verify(Some(&from_dir.hash())).unwrap();
+    assert_eq!(verified.meta().skills, vec!["count".to_string()]);
+    assert_eq!(
+        verified.meta().manifest["session"]["handler"],
+        "counter-rs@0.1.0"
+    );
+
+    let escaping = format!(
+        "component = \"../agent.wasm\"\n{}",
+        agent_toml("counter-rs")
+    );
+    std::fs::write(dir.path().join("agent.toml"), escaping).unwrap();
+    match Package::build(PackageSource::Dir(dir.path()), &developer_key()) {
+        Err(PackageError::InvalidManifest { field, .. }) => assert_eq!(field, "component"),
+        other => panic!("{other:?}"),
+    }
+}
