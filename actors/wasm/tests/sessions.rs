@@ -299,3 +299,56 @@ async fn host_imports_answer_within_the_package() {
     assert!(e.message.contains("no inference pool"), "{e}");
     host.shutdown().await;
 }
+
+/// With the pool full (one instance, held by a spinning input), another session's input is
+/// refused with `agent_instantiate` instead of waiting or crashing; once the spinner hits its
+/// deadline the slot is free and that session answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_refuses_instead_of_crashing() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = opengrid_wasm::Runtime::new(opengrid_wasm::RuntimeConfig {
+        max_instances: 1,
+        deadline: Duration::from_millis(500),
+        ..runtime_config(cache.path())
+    })
+    .unwrap();
+    let handler = Arc::new(WasmHandler::new(
+        rt.load_bytes(&package("hostile-rs").to_bytes(), None)
+            .unwrap(),
+    ));
+    let host = host(memory_store()).await;
+    let spinner = host
+        .start(
+            handler.clone(),
+            sid("hog"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let other = host
+        .start(
+            handler,
+            sid("starved"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let before = rt.stats().instances;
+    let spinning = tokio::spawn(async move { send(&spinner, 1, json!("loop")).await });
+    // Wait (with a deadline) until the spinner holds the pool's only instance.
+    let until = Instant::now() + Duration::from_secs(10);
+    while rt.stats().instances == before {
+        assert!(Instant::now() < until, "the spinner never got its instance");
+        tokio::task::yield_now().await;
+    }
+    let e = send(&other, 1, json!("hi")).await.unwrap_err();
+    assert_eq!(e.code, "agent_instantiate", "{e}");
+    assert_eq!(spinning.await.unwrap().unwrap_err().code, "agent_deadline");
+    assert_eq!(
+        send(&other, 2, json!("hi")).await.unwrap(),
+        json!({"echo": "hi", "echoed": 1})
+    );
+    host.shutdown().await;
+}
