@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up the Python side of the inference plane, idempotently:
 #   1. a virtualenv at ${OPENGRID_VENV:-$HOME/.cache/opengrid-venv} with pinned onnxruntime, onnx,
-#      numpy, and selenium (the dashboard's browser test);
+#      numpy, selenium (the dashboard's browser test) and componentize-py (Python agent packages,
+#      scripts/build-agents.sh, ADR 0028);
 #   2. the small ONNX test/demo models and their numpy reference outputs in
 #      ${OPENGRID_MODELS:-$HOME/.cache/opengrid-models} (regenerated only when missing or when
 #      scripts/gen_models.py changed);
@@ -33,13 +34,16 @@ NUMPY_VERSION="2.2.6"
 # The dashboard's browser test drives Debian's chromium through its chromedriver (no browser
 # download: the driver path is given explicitly, so Selenium Manager never runs).
 SELENIUM_VERSION="4.50.0"
+# Python agents become components with componentize-py (its 0.25 line targets the component model
+# wasmtime 48 runs; ADR 0028).
+COMPONENTIZE_PY_VERSION="0.25.0"
 
 case "$flavour" in
   cpu) ort_pkg="onnxruntime==${ORT_VERSION}" ;;
   gpu) ort_pkg="onnxruntime-gpu==${ORT_VERSION}" ;;
   *) log "OPENGRID_ORT_FLAVOUR must be 'cpu' or 'gpu', got '$flavour'"; exit 2 ;;
 esac
-requirements="${ort_pkg} onnx==${ONNX_VERSION} numpy==${NUMPY_VERSION} selenium==${SELENIUM_VERSION}"
+requirements="${ort_pkg} onnx==${ONNX_VERSION} numpy==${NUMPY_VERSION} selenium==${SELENIUM_VERSION} componentize-py==${COMPONENTIZE_PY_VERSION}"
 
 # 1. venv + pinned packages (re-installed only when the pin set changes).
 if [[ ! -x "$venv/bin/python" ]]; then

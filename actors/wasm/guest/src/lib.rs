@@ -1,0 +1,179 @@
+//! The Rust SDK of OpenGrid agent packages: implement [`Agent`] and call [`export!`], build with
+//! `cargo build --release --target wasm32-wasip2`, and the `.wasm` is a component that exports
+//! `opengrid:agent/guest@0.1.0` (ADR 0028).
+//!
+//! ```ignore
+//! use opengrid_agent::{export, Agent, Ctx, Error, Value};
+//! struct Counter;
+//! impl Agent for Counter {
+//!     type State = u64;
+//!     fn init(_session: &str) -> u64 { 0 }
+//!     fn handle(total: &mut u64, input: Value, _ctx: &Ctx) -> Result<Value, Error> {
+//!         *total += input.as_u64().ok_or(Error::new("bad_input", "a number"))?;
+//!         Ok((*total).into())
+//!     }
+//! }
+//! export!(Counter);
+//! ```
+//!
+//! The state crosses the boundary as JSON bytes (the format Python agents use too), so a node can
+//! show it and a package may move between languages without a state migration.
+
+use std::marker::PhantomData;
+
+pub use serde_json::{self, Value};
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "agent",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_agent",
+        default_bindings_module: "opengrid_agent::bindings",
+    });
+}
+
+use bindings::exports::opengrid::agent::guest::{Guest, Handled};
+use bindings::opengrid::agent::host;
+use bindings::opengrid::agent::types;
+
+/// An error for one input: the client gets `code` and `message`, the session's state stays as it
+/// was before the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// Machine-readable, e.g. `bad_input`.
+    pub code: String,
+    /// Human-readable.
+    pub message: String,
+}
+
+impl Error {
+    /// A new error.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Error {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Severity of a [`Ctx::log`] line.
+pub use types::Level;
+
+/// A dense f32 tensor, row-major (the inference plane's currency).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Dimensions.
+    pub shape: Vec<u64>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// What the node offers during one call: logging, inference, the package's assets, and where
+/// the call is (session, seq).
+pub struct Ctx {
+    _private: (),
+}
+
+impl Ctx {
+    /// A log line in the node's log, attributed to this session.
+    pub fn log(&self, level: Level, message: &str) {
+        host::log(level, message);
+    }
+
+    /// Runs `model` (one of the package's `models`) on `input` in the node's inference plane.
+    /// Errors come back with code `inference`.
+    pub fn infer(&self, model: &str, input: &Tensor) -> Result<Tensor, Error> {
+        let t = types::Tensor {
+            shape: input.shape.clone(),
+            data: input.data.clone(),
+        };
+        host::infer(model, &t)
+            .map(|t| Tensor {
+                shape: t.shape,
+                data: t.data,
+            })
+            .map_err(|m| Error::new("inference", m))
+    }
+
+    /// The bytes of one of the package's assets, by blake3 hash (hex). Errors: code `asset`.
+    pub fn read_asset(&self, hash: &str) -> Result<Vec<u8>, Error> {
+        host::read_asset(hash).map_err(|m| Error::new("asset", m))
+    }
+
+    /// The session being served.
+    pub fn session_id(&self) -> String {
+        host::session_id()
+    }
+
+    /// Sequence number of the input being processed (0 in `init`).
+    pub fn seq(&self) -> u64 {
+        host::seq()
+    }
+}
+
+/// An agent: the code of one kind of session.
+///
+/// The node guarantees: one input at a time per session; each input sees the state the previous
+/// successful input left (a failed, trapped or timed-out input leaves it unchanged); after a
+/// restart, inputs since the last checkpoint are replayed. The agent guarantees: `handle` is a
+/// deterministic function of (state, input, answers from [`Ctx`]).
+pub trait Agent {
+    /// The session's state, stored as JSON between inputs.
+    type State: serde::Serialize + serde::de::DeserializeOwned;
+
+    /// The state of a brand-new session (called once per session).
+    fn init(session: &str) -> Self::State;
+
+    /// Processes one input and returns the answer; on `Err` the state changes are discarded.
+    fn handle(state: &mut Self::State, input: Value, ctx: &Ctx) -> Result<Value, Error>;
+}
+
+/// Adapts an [`Agent`] to the generated `Guest` trait; named by [`export!`].
+#[doc(hidden)]
+pub struct Adapter<A>(PhantomData<A>);
+
+fn to_wit(e: Error) -> types::AgentError {
+    types::AgentError {
+        code: e.code,
+        message: e.message,
+    }
+}
+
+impl<A: Agent> Guest for Adapter<A> {
+    fn init(session: String) -> Result<Vec<u8>, types::AgentError> {
+        serde_json::to_vec(&A::init(&session))
+            .map_err(|e| to_wit(Error::new("state_encode", e.to_string())))
+    }
+
+    fn handle(state: Vec<u8>, input: String) -> Result<Handled, types::AgentError> {
+        let mut st: A::State = serde_json::from_slice(&state)
+            .map_err(|e| to_wit(Error::new("state_decode", e.to_string())))?;
+        let input: Value = serde_json::from_str(&input)
+            .map_err(|e| to_wit(Error::new("bad_input", format!("input is not JSON: {e}"))))?;
+        let output = A::handle(&mut st, input, &Ctx { _private: () }).map_err(to_wit)?;
+        Ok(Handled {
+            state: serde_json::to_vec(&st)
+                .map_err(|e| to_wit(Error::new("state_encode", e.to_string())))?,
+            output: output.to_string(),
+        })
+    }
+}
+
+/// Exports an [`Agent`] as the package's component: `export!(MyAgent);` once, at the crate root.
+#[macro_export]
+macro_rules! export {
+    ($agent:ty) => {
+        type __OpengridAgentExport = $crate::Adapter<$agent>;
+        $crate::bindings::__export_agent!(__OpengridAgentExport with_types_in $crate::bindings);
+    };
+}

@@ -1,0 +1,35 @@
+//! WebAssembly agent packages (ADR 0028): an agent is a signed package (`agent.toml` + one
+//! component built against `wit/agent.wit`, world `opengrid:agent/agent@0.1.0`) that a node runs as
+//! an ordinary session handler. It sits on the session plane beside native handlers: the session
+//! actors, checkpoints and handover see a [`WasmHandler`] like any other `SessionHandler`; its
+//! `infer` import goes to the inference plane (feature `inference`).
+//!
+//! - [`package`]: the canonical package format, its blake3 content hash and ed25519 signature.
+//! - [`runtime`]: one wasmtime engine per node (pooling allocator, epoch deadlines, memory caps,
+//!   a compile cache on disk per package hash).
+//! - [`handler`]: [`WasmHandler`], one fresh instance per input; faults never touch the state.
+//!
+//! Guests: the Rust SDK is `actors/wasm/guest` (crate `opengrid-agent`); Python agents build with
+//! componentize-py against the same WIT; `scripts/build-agents.sh` builds the examples.
+//!
+//! # Metrics
+//! On [`RuntimeConfig::meter`] (counters named without the suffix; the Prometheus exporter adds
+//! `_total`, so these are the exported names):
+//! - `opengrid_wasm_faults_total{kind}`: agent calls that faulted; `kind` is `trap`, `deadline`,
+//!   `memory` or `instantiate`.
+//! - `opengrid_wasm_compiles_total`: components compiled (compile-cache misses).
+//! - `opengrid_wasm_cache_hits_total`: components loaded from the compile cache.
+
+pub mod error;
+pub mod handler;
+mod host;
+pub mod package;
+pub mod runtime;
+
+pub use error::{PackageError, RuntimeError};
+pub use handler::WasmHandler;
+pub use package::{
+    AgentMeta, Blob, Package, PackageLimits, PackageSource, SignedPackage, VerifiedPackage,
+    GUEST_EXPORT, INTERFACE_VERSION,
+};
+pub use runtime::{Fault, LoadedAgent, Runtime, RuntimeConfig, RuntimeStats};
