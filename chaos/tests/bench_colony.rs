@@ -113,8 +113,8 @@ fn bench_api_measures_the_client_api_with_security_off_and_on() {
     assert_eq!(runs[1]["security"], "on");
     for v in &runs {
         assert_eq!(v["name"], "client_api", "{v}");
-        assert_eq!(v["admissions"], 6, "{v}");
-        assert_eq!(v["inputs"], 6 * 8, "{v}");
+        assert_eq!(v["admissions"], 8, "{v}");
+        assert_eq!(v["inputs"], 8 * 8, "{v}");
         assert_eq!(v["lost"], 0, "{v}");
         assert_eq!(v["duplicated"], 0, "{v}");
         assert!(v["inputs_per_s"].as_f64().unwrap() > 0.0, "{v}");
