@@ -9,6 +9,10 @@ source scripts/env.sh
 og_setup
 og_log "building workspace (first build compiles RocksDB: ~15-25 min on 2 cores; later builds are incremental)"
 cargo build --workspace --all-targets
+# The example agents as WebAssembly components (Rust via the guest SDK, Python via
+# componentize-py; ADR 0028): the wasm runtime's tests and the agent process tests load them.
+og_log "building the example agents (scripts/build-agents.sh)"
+scripts/build-agents.sh >/dev/null
 # The handler SDK (opengrid-actors) must build without RocksDB, ort and libp2p (ADR 0012).
 scripts/check-sdk-deps.sh
 # Operator packaging: systemd units verified, config samples = `opengrid init` output (ADR 0019).
