@@ -169,6 +169,28 @@ impl Client {
         .await
     }
 
+    /// POST `body` (raw bytes, e.g. a signed agent package) to the RC; waits up to `timeout`
+    /// (a push compile-checks the package at the RC: seconds for a Python agent).
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        answer(
+            bearer(
+                self.http.post(format!("{}{path}", self.rc)),
+                self.token.as_deref(),
+            )
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await?,
+        )
+        .await
+    }
+
     /// Places a session from a manifest (TOML or JSON text).
     pub async fn create(
         &self,

@@ -122,6 +122,8 @@ pub struct NodeConfig {
     pub handover_parallelism: usize,
     /// The inference plane (`[inference]`, see [`crate::node::inference`]); absent = none.
     pub inference: crate::node::inference::InferenceConfig,
+    /// Pushed agent packages (ADR 0030): `[agents]`.
+    pub agents: crate::node::agents::AgentsSection,
     /// Compute receipts (`[receipts]`, see [`crate::node::receipts`]).
     pub receipts: crate::node::receipts::ReceiptSection,
     /// Fault hooks (`[faults]`, see [`crate::node::faults`]): a test and chaos-harness hook, off by
@@ -165,6 +167,7 @@ impl Default for NodeConfig {
             drain_timeout: HumanDuration::from_secs(60),
             handover_parallelism: 8,
             inference: crate::node::inference::InferenceConfig::default(),
+            agents: crate::node::agents::AgentsSection::default(),
             receipts: crate::node::receipts::ReceiptSection::default(),
             faults: crate::node::faults::FaultSection::default(),
         }

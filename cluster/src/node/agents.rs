@@ -1,0 +1,263 @@
+//! Pushed agent packages on a node (ADR 0030): the node-wide wasm runtime, the package cache
+//! (`<data_dir>/agents/<hash>.ogap`, compiled components in `<data_dir>/agents/cache`) and the
+//! fetch of a package from the RC by hash when a session names an agent the node has not run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opengrid_actors::SessionHost;
+use opengrid_session::ByteSize;
+use opengrid_session::HumanDuration;
+use opengrid_wasm::{Runtime, RuntimeConfig, WasmHandler};
+use serde::{Deserialize, Serialize};
+
+/// `[agents]` of `node.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsSection {
+    /// Run pushed agent packages (the node then serves handler `wasm` in its join).
+    pub enabled: bool,
+    /// Agent inputs running at once (wasm instance pool size).
+    pub max_instances: u32,
+    /// Linear memory of one agent instance.
+    pub max_memory: ByteSize,
+    /// Longest run of one input before it is interrupted.
+    pub deadline: HumanDuration,
+    /// Longest fetch of a package from the RC.
+    pub fetch_timeout: HumanDuration,
+}
+
+impl Default for AgentsSection {
+    fn default() -> Self {
+        AgentsSection {
+            enabled: true,
+            max_instances: 64,
+            max_memory: ByteSize(256 << 20),
+            deadline: HumanDuration::from_secs(2),
+            fetch_timeout: HumanDuration::from_secs(60),
+        }
+    }
+}
+
+/// Why a node could not make an agent runnable.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentFetchError {
+    /// The node has not joined an RC yet.
+    #[error("agent {handler}: no RC to fetch package {hash} from (not joined)")]
+    NoRc {
+        /// `name@version`.
+        handler: String,
+        /// Package hash.
+        hash: String,
+    },
+    /// The RC did not deliver the package.
+    #[error("agent {handler}: fetching package {hash} from {url}: {reason}")]
+    Fetch {
+        /// `name@version`.
+        handler: String,
+        /// Package hash.
+        hash: String,
+        /// URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The package is not what was asked for, or does not verify or load.
+    #[error("agent {handler}: package {hash} refused: {source}")]
+    Package {
+        /// `name@version`.
+        handler: String,
+        /// Package hash.
+        hash: String,
+        /// Why.
+        source: opengrid_wasm::PackageError,
+    },
+    /// The package is another agent than the manifest names.
+    #[error("package {hash} is {found}, not {handler}")]
+    WrongAgent {
+        /// `name@version` asked for.
+        handler: String,
+        /// Package hash.
+        hash: String,
+        /// `name@version` in the package.
+        found: String,
+    },
+    /// The package cache.
+    #[error("agent package cache {path}: {reason}")]
+    Cache {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The node's agent runtime and package cache.
+pub struct NodeAgents {
+    runtime: Runtime,
+    dir: PathBuf,
+    http: reqwest::Client,
+    /// One fetch-and-load at a time (two sessions of a new agent fetch it once).
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for NodeAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeAgents({})", self.dir.display())
+    }
+}
+
+impl NodeAgents {
+    /// The runtime and cache under `<data_dir>/agents`.
+    pub fn start(data_dir: &Path, s: &AgentsSection) -> Result<NodeAgents, String> {
+        let dir = data_dir.join("agents");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let config = RuntimeConfig {
+            max_instances: s.max_instances,
+            max_memory_bytes: s.max_memory.0.min(usize::MAX as u64) as usize,
+            deadline: s.deadline.0,
+            ..RuntimeConfig::new(dir.join("cache"))
+        };
+        let runtime = Runtime::new(config).map_err(|e| e.to_string())?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(s.fetch_timeout.0)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(NodeAgents {
+            runtime,
+            dir,
+            http,
+            loading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Makes `handler` (`name@version`, package `hash`) runnable on `host`: from memory, the
+    /// package cache, or fetched from the RC at `rc_api` with `token` (the node's own), verified
+    /// against `hash`, cached, loaded (compiled once per hash) and registered.
+    pub async fn ensure(
+        &self,
+        host: &SessionHost,
+        handler: &str,
+        hash: &str,
+        rc_api: Option<String>,
+        token: Option<String>,
+    ) -> Result<(), AgentFetchError> {
+        if host.handler_ids().iter().any(|h| h == handler) {
+            return Ok(());
+        }
+        let _one = self.loading.lock().await;
+        if host.handler_ids().iter().any(|h| h == handler) {
+            return Ok(());
+        }
+        let refused = |source| AgentFetchError::Package {
+            handler: handler.to_string(),
+            hash: hash.to_string(),
+            source,
+        };
+        if !crate::node::agents::is_hash(hash) {
+            return Err(refused(opengrid_wasm::PackageError::Malformed(format!(
+                "{hash:?} is not a package hash"
+            ))));
+        }
+        let path = self.dir.join(format!("{hash}.ogap"));
+        let (bytes, fetched) = match tokio::fs::read(&path).await {
+            Ok(b) => (b, false),
+            Err(_) => (self.fetch(handler, hash, rc_api, token).await?, true),
+        };
+        let runtime = self.runtime.clone();
+        let (h, started) = (hash.to_string(), std::time::Instant::now());
+        let loaded = tokio::task::spawn_blocking(move || {
+            let agent = runtime.load_bytes(&bytes, Some(&h))?;
+            Ok::<_, opengrid_wasm::PackageError>((agent, bytes))
+        })
+        .await
+        .map_err(|e| refused(opengrid_wasm::PackageError::Compile(e.to_string())))?
+        .map_err(refused)?;
+        let (agent, bytes) = loaded;
+        if agent.id() != handler {
+            return Err(AgentFetchError::WrongAgent {
+                handler: handler.to_string(),
+                hash: hash.to_string(),
+                found: agent.id().to_string(),
+            });
+        }
+        if fetched {
+            write_atomic(&path, &bytes).map_err(|reason| AgentFetchError::Cache {
+                path: path.clone(),
+                reason,
+            })?;
+        }
+        host.register(Arc::new(WasmHandler::new(agent)));
+        tracing::info!(%handler, %hash, fetched, took_ms = started.elapsed().as_millis() as u64, "agent loaded");
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        handler: &str,
+        hash: &str,
+        rc_api: Option<String>,
+        token: Option<String>,
+    ) -> Result<Vec<u8>, AgentFetchError> {
+        let rc = rc_api.ok_or_else(|| AgentFetchError::NoRc {
+            handler: handler.to_string(),
+            hash: hash.to_string(),
+        })?;
+        let url = format!("{rc}/agents/by-hash/{hash}");
+        let fail = |reason: String| AgentFetchError::Fetch {
+            handler: handler.to_string(),
+            hash: hash.to_string(),
+            url: url.clone(),
+            reason,
+        };
+        let mut req = self.http.get(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req.send().await.map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(fail(format!("{status}: {}", truncate(&body, 300))));
+        }
+        let limit = self.runtime.config().limits.max_package_bytes;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(fail(format!("over the package limit of {limit} bytes")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        tracing::info!(%handler, %hash, bytes = bytes.len(), "agent package fetched from the RC");
+        Ok(bytes)
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Whether `h` looks like a package hash (64 lowercase hex digits).
+pub fn is_hash(h: &str) -> bool {
+    h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| e.to_string())?;
+    tmp.write_all(bytes).map_err(|e| e.to_string())?;
+    tmp.as_file().sync_all().map_err(|e| e.to_string())?;
+    tmp.persist(path).map_err(|e| e.error.to_string())?;
+    Ok(())
+}
+
+/// How long a node's own fetch token is valid.
+pub const FETCH_TOKEN_TTL: Duration = Duration::from_secs(300);
