@@ -473,7 +473,9 @@ impl Manifest {
                     format!("{agent:?} is not an agent: use a package name (1-64 chars of a-z 0-9 -) optionally pinned with @version (e.g. \"counter@0.1.0\")"),
                 );
             }
-            if !s.handler.is_empty() && !(s.package.is_some() && s.handler == *agent) {
+            // A resolved manifest (from the RC) has handler == agent and the package hash.
+            let resolved = s.package.is_some() && s.handler == *agent;
+            if !s.handler.is_empty() && !resolved {
                 bad(
                     "session.handler",
                     "give either `handler` (compiled in) or `agent` (a pushed package), not both"
@@ -878,6 +880,67 @@ proof = "receipt"
             assert!(
                 msg.contains(field),
                 "expected error naming {field:?}, got: {msg}"
+            );
+        }
+    }
+
+    /// A session may name a pushed agent instead of a handler (ADR 0030); the RC's resolved form
+    /// (handler = agent = name@version, package = hash) round-trips; mixes and bad refs are
+    /// refused naming the field.
+    #[test]
+    fn sessions_name_an_agent_or_a_handler() {
+        let agent = GOOD.replace("handler = \"tutor\"", "agent = \"counter\"");
+        let m = Manifest::from_toml_str(&agent).unwrap();
+        assert_eq!(m.session.agent.as_deref(), Some("counter"));
+        assert_eq!(m.session.handler, "");
+        let pinned = GOOD.replace("handler = \"tutor\"", "agent = \"counter@0.1.0-rc.1\"");
+        assert!(Manifest::from_toml_str(&pinned).is_ok());
+        let mut resolved = m.clone();
+        resolved.session.handler = "counter@0.1.0".into();
+        resolved.session.agent = Some("counter@0.1.0".into());
+        resolved.session.package = Some("ab".repeat(32));
+        let back = Manifest::from_json_str(&resolved.to_json_string()).unwrap();
+        assert_eq!(back, resolved);
+        let bad = [
+            (
+                "session.handler",
+                GOOD.replace(
+                    "handler = \"tutor\"",
+                    "handler = \"tutor\"\nagent = \"counter\"",
+                ),
+            ),
+            (
+                "session.agent",
+                GOOD.replace("handler = \"tutor\"", "agent = \"Counter\""),
+            ),
+            (
+                "session.agent",
+                GOOD.replace("handler = \"tutor\"", "agent = \"counter@\""),
+            ),
+            (
+                "session.package",
+                GOOD.replace(
+                    "handler = \"tutor\"",
+                    "agent = \"counter\"\npackage = \"xyz\"",
+                ),
+            ),
+            (
+                "session.package",
+                GOOD.replace(
+                    "handler = \"tutor\"",
+                    "handler = \"tutor\"\npackage = \"{}\"",
+                )
+                .replace("{}", &"ab".repeat(32)),
+            ),
+            ("session.handler", GOOD.replace("handler = \"tutor\"", "")),
+        ];
+        for (field, text) in bad {
+            let Err(ManifestError::Invalid(errs)) = Manifest::from_toml_str(&text) else {
+                panic!("{field}: expected a validation error for {text}");
+            };
+            assert!(
+                errs.iter().any(|e| e.field == field),
+                "{field}: got {errs:?}"
             );
         }
     }

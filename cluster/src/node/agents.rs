@@ -96,7 +96,10 @@ pub enum AgentFetchError {
 
 /// The node's agent runtime and package cache.
 pub struct NodeAgents {
-    runtime: Runtime,
+    /// Built on the first agent (its instance pool reserves address space and it runs an epoch
+    /// ticker thread: nodes that never run an agent do not pay for it).
+    runtime: std::sync::Mutex<Option<Runtime>>,
+    config: RuntimeConfig,
     dir: PathBuf,
     http: reqwest::Client,
     /// One fetch-and-load at a time (two sessions of a new agent fetch it once).
@@ -120,14 +123,14 @@ impl NodeAgents {
             deadline: s.deadline.0,
             ..RuntimeConfig::new(dir.join("cache"))
         };
-        let runtime = Runtime::new(config).map_err(|e| e.to_string())?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(s.fetch_timeout.0)
             .build()
             .map_err(|e| e.to_string())?;
         Ok(NodeAgents {
-            runtime,
+            runtime: std::sync::Mutex::new(None),
+            config,
             dir,
             http,
             loading: tokio::sync::Mutex::new(()),
@@ -167,7 +170,10 @@ impl NodeAgents {
             Ok(b) => (b, false),
             Err(_) => (self.fetch(handler, hash, rc_api, token).await?, true),
         };
-        let runtime = self.runtime.clone();
+        let runtime = self.runtime().map_err(|e| AgentFetchError::Cache {
+            path: self.config.cache_dir.clone(),
+            reason: e.to_string(),
+        })?;
         let (h, started) = (hash.to_string(), std::time::Instant::now());
         let loaded = tokio::task::spawn_blocking(move || {
             let agent = runtime.load_bytes(&bytes, Some(&h))?;
@@ -193,6 +199,17 @@ impl NodeAgents {
         host.register(Arc::new(WasmHandler::new(agent)));
         tracing::info!(%handler, %hash, fetched, took_ms = started.elapsed().as_millis() as u64, "agent loaded");
         Ok(())
+    }
+
+    /// The runtime, built on first use.
+    fn runtime(&self) -> Result<Runtime, opengrid_wasm::RuntimeError> {
+        let mut r = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rt) = r.as_ref() {
+            return Ok(rt.clone());
+        }
+        let rt = Runtime::new(self.config.clone())?;
+        *r = Some(rt.clone());
+        Ok(rt)
     }
 
     async fn fetch(
@@ -223,7 +240,7 @@ impl NodeAgents {
             let body = resp.text().await.unwrap_or_default();
             return Err(fail(format!("{status}: {}", truncate(&body, 300))));
         }
-        let limit = self.runtime.config().limits.max_package_bytes;
+        let limit = self.config.limits.max_package_bytes;
         let mut bytes = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
             if (bytes.len() + chunk.len()) as u64 > limit {
