@@ -149,6 +149,18 @@ impl Client {
         }
     }
 
+    /// The same client with `timeout` per request instead of 10 s (creating a session of an
+    /// agent a node has not run yet waits for its fetch and compile: seconds for Python).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .pool_idle_timeout(crate::common::serve::CLIENT_POOL_IDLE)
+            .build()
+            .unwrap_or_default();
+        self
+    }
+
     /// The same client sending `token` (an operator token, `opengrid token operator`).
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());

@@ -202,7 +202,9 @@ impl Colony {
 
     fn client(&self) -> Client {
         let t = operator_token_from_dir(&self.rc_data(), Duration::from_secs(3600)).unwrap();
-        let mut c = Client::new(self.rc_api.clone()).with_token(t);
+        let mut c = Client::new(self.rc_api.clone())
+            .with_token(t)
+            .with_timeout(Duration::from_secs(150));
         c.retry_for = Duration::from_secs(120);
         c
     }
@@ -375,6 +377,47 @@ async fn pushed_agents_run_fail_over_and_survive_an_rc_restart() {
     }
     let e = c.entry(&rs.id).await;
     assert_eq!(e["handler"], "wasm", "{e}");
+
+    // A live handover keeps the state: the replica holders prefetched the package, so once
+    // it is loaded there the target admits the session (until then it refuses and the
+    // session stays where it is).
+    let from = e["node_name"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let holder = c.entry(&rs.id).await["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let r = c
+            .http
+            .post(format!("{holder}/sessions/{}/handover", rs.id))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or_default(),
+        );
+        if status == 200 {
+            eprintln!("handover: {body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no handover within 60s: {status} {body}; logs in {}",
+            c.dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for _ in 0..3 {
+        rs_acked = step(&mut rs, rs_acked).await.unwrap();
+    }
+    let e = c.entry(&rs.id).await;
+    assert_ne!(
+        e["node_name"].as_str(),
+        Some(from.as_str()),
+        "handed over: {e}"
+    );
 
     // kill -9 of the Rust session's holder: failover restores it elsewhere, state kept.
     let holder = e["node_name"].as_str().unwrap().to_string();

@@ -757,6 +757,25 @@ impl NodeCore {
                     m.set_members(&nodes);
                 }
             }
+            ToNode::Prefetch { handler, hash } => {
+                let Some(agents) = self.agents.get().cloned() else {
+                    return;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let token = crate::common::token::mint_operator(
+                        &me.identity,
+                        crate::node::agents::FETCH_TOKEN_TTL,
+                    )
+                    .ok();
+                    if let Err(e) = agents
+                        .ensure(&me.host, &handler, &hash, me.rc_api(), token)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "agent prefetch failed");
+                    }
+                });
+            }
             ToNode::Manifest { session, manifest } => {
                 if let Ok(sid) = SessionId::new(session) {
                     if self.host.get(&sid).is_some() {

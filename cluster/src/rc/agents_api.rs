@@ -82,7 +82,7 @@ fn registry(core: &RcCore) -> Result<&Arc<Registry>, ApiError> {
     })
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn push(
     State(core): State<Arc<RcCore>>,
     bearer: Bearer,
@@ -109,7 +109,7 @@ async fn push(
     Ok((status, Json(json!(pushed))).into_response())
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn list(State(core): State<Arc<RcCore>>, bearer: Bearer) -> Result<Json<Value>, ApiError> {
     core.access.operator(&bearer, "GET /agents")?;
     let agents: Vec<Value> = registry(&core)?
@@ -128,7 +128,7 @@ async fn list(State(core): State<Arc<RcCore>>, bearer: Bearer) -> Result<Json<Va
     Ok(Json(json!({ "agents": agents })))
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn show(
     State(core): State<Arc<RcCore>>,
     Path(name): Path<String>,
@@ -143,7 +143,7 @@ async fn show(
     ))
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn versions(
     State(core): State<Arc<RcCore>>,
     Path(name): Path<String>,
@@ -155,7 +155,7 @@ async fn versions(
     Ok(Json(json!({"name": name, "versions": versions})))
 }
 
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn retire(
     State(core): State<Arc<RcCore>>,
     Path((name, version)): Path<(String, String)>,
@@ -168,7 +168,7 @@ async fn retire(
 
 /// Package bytes by hash: for operators, and for member nodes with a token signed by their own
 /// key (`token::mint_operator` with the node's identity; it opens nothing else at the RC).
-#[tracing::instrument(skip_all, err(Debug))]
+#[tracing::instrument(skip_all)]
 async fn by_hash(
     State(core): State<Arc<RcCore>>,
     Path(hash): Path<String>,

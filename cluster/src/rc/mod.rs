@@ -489,6 +489,23 @@ impl RcCore {
         Ok(m)
     }
 
+    /// Asks `nodes` to fetch and load `m`'s agent package ahead of need (their likely failover
+    /// and handover targets); nothing for a compiled-in handler.
+    pub(crate) fn prefetch(&self, m: &Manifest, nodes: &[NodeId]) {
+        let Some(hash) = &m.session.package else {
+            return;
+        };
+        for n in nodes {
+            let order = ToNode::Prefetch {
+                handler: m.session.handler.clone(),
+                hash: hash.clone(),
+            };
+            if let Err(e) = self.send_node(n, order) {
+                tracing::debug!(node = %n, error = %e, "prefetch order not sent");
+            }
+        }
+    }
+
     /// Admits and places a session, waiting for the node to start it.
     pub async fn place(
         &self,
@@ -499,6 +516,7 @@ impl RcCore {
         let m = &self.colony_policy(&self.resolve_agent(m)?)?;
         let req = Requirements::from_manifest(m);
         let sid = session.unwrap_or_else(SessionId::random);
+        let prefetch_to: Vec<NodeId>;
         let (node, name, api, epoch, replica_addrs) = {
             let mut st = lock(&self.state);
             let epoch = Epoch(1);
@@ -568,6 +586,7 @@ impl RcCore {
             let (name, api) = rec.unwrap_or_default();
             let replicas = self.choose_replicas(&st, m, &node, &[]);
             let replica_addrs = crate::rc::mobility::migration_addrs(&st, &replicas);
+            prefetch_to = replicas.clone();
             st.colony.note_placing(&node, &req.handler, req.memory);
             st.directory.insert(
                 sid.clone(),
@@ -592,6 +611,10 @@ impl RcCore {
         let result = self
             .order_start(&node, &sid, epoch, m, replica_addrs, Vec::new())
             .await;
+        // After the holder's start (which it does not slow down), outside the state lock.
+        if result.is_ok() {
+            self.prefetch(m, &prefetch_to);
+        }
         let mut st = lock(&self.state);
         st.colony.note_start_answered(&node);
         match result {
