@@ -432,3 +432,83 @@ fn parse(v: &str) -> Option<Vec<u64>> {
     let core = v.split(['-', '+']).next()?;
     core.split('.').map(|p| p.parse().ok()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(version: &str, retired: bool) -> AgentVersion {
+        AgentVersion {
+            version: version.into(),
+            hash: format!("{version:0>64}"),
+            skills: vec![],
+            description: String::new(),
+            signer: String::new(),
+            size: 0,
+            pushed_at: 0,
+            retired,
+        }
+    }
+
+    #[test]
+    fn the_latest_version_is_the_highest_not_retired() {
+        let vs = [v("0.9.0", false), v("0.10.0", false), v("1.0.0", true)];
+        assert_eq!(latest(&vs).map(|v| v.version.as_str()), Some("0.10.0"));
+        assert!(latest(&[v("1.0.0", true)]).is_none());
+    }
+
+    #[tokio::test]
+    async fn refused_pushes_store_nothing_and_the_index_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path(), vec![]).unwrap();
+        // Not a package at all, then a signed package around bytes that are no component.
+        assert!(matches!(
+            reg.push(b"hello".to_vec()).await,
+            Err(RegistryError::Package(PackageError::Malformed(_)))
+        ));
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let junk = opengrid_wasm::Package::build(
+            opengrid_wasm::PackageSource::Parts {
+                agent_toml:
+                    "name = \"junk\"\nversion = \"0.1.0\"\ninterface = \"opengrid:agent@0.1.0\"\n",
+                component: b"\0asm\x0d\0\x01\0".to_vec(),
+            },
+            &key,
+        )
+        .unwrap();
+        let e = reg.push(junk.to_bytes()).await.unwrap_err();
+        assert!(matches!(e, RegistryError::Package(_)), "{e}");
+        // A publisher list refuses other signers before anything is compiled.
+        let strict = Registry::open(
+            &dir.path().join("strict"),
+            vec!["did:mycel:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK".into()],
+        )
+        .unwrap();
+        assert!(matches!(
+            strict.push(junk.to_bytes()).await,
+            Err(RegistryError::Publisher { .. })
+        ));
+        let stored: Vec<_> = std::fs::read_dir(dir.path().join("agents"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".ogap"))
+            .collect();
+        assert!(stored.is_empty());
+        assert!(matches!(
+            reg.resolve("junk"),
+            Err(RegistryError::UnknownAgent(_))
+        ));
+        // An index written by an earlier run is read back.
+        reg.index()
+            .agents
+            .insert("a".into(), vec![v("0.1.0", false)]);
+        reg.save_index().unwrap();
+        drop(reg);
+        let again = Registry::open(dir.path(), vec![]).unwrap();
+        assert_eq!(again.resolve("a").unwrap().handler, "a@0.1.0");
+        assert!(matches!(
+            again.read(&"0".repeat(63)).await,
+            Err(RegistryError::BadRef(_))
+        ));
+    }
+}
