@@ -366,6 +366,38 @@ async fn pushed_agents_run_fail_over_and_survive_an_rc_restart() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
+    // Package bytes by hash: a member node's own token opens them, a stranger's does not.
+    let by_hash = format!("{}/agents/by-hash/{rs_hash}", c.rc_api);
+    let node_token =
+        operator_token_from_dir(&c.dir.path().join("n2-data"), Duration::from_secs(60)).unwrap();
+    let r = reqwest::Client::new()
+        .get(&by_hash)
+        .bearer_auth(node_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let fetched = r.bytes().await.unwrap();
+    let limits = opengrid_wasm::PackageLimits::default();
+    let pkg = opengrid_wasm::SignedPackage::from_bytes(&fetched, &limits).unwrap();
+    assert_eq!(pkg.hash(), rs_hash, "the package asked for");
+    let stranger =
+        operator_token_from_dir(&c.dir.path().join("stranger"), Duration::from_secs(60)).unwrap();
+    let r = reqwest::Client::new()
+        .get(&by_hash)
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a stranger fetches nothing");
+    let r = reqwest::Client::new()
+        .get(format!("{}/agents", c.rc_api))
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "a stranger lists nothing");
+
     // Sessions by agent name: the nodes fetch the packages.
     let client = c.client();
     let mut rs = client.create(&manifest("counter-rs"), None).await.unwrap();
