@@ -113,14 +113,19 @@ impl std::fmt::Debug for NodeAgents {
 }
 
 impl NodeAgents {
-    /// The runtime and cache under `<data_dir>/agents`.
-    pub fn start(data_dir: &Path, s: &AgentsSection) -> Result<NodeAgents, String> {
+    /// The runtime and cache under `<data_dir>/agents`; `opengrid_wasm_*` metrics on `meter`.
+    pub fn start(
+        data_dir: &Path,
+        s: &AgentsSection,
+        meter: Option<opentelemetry::metrics::Meter>,
+    ) -> Result<NodeAgents, String> {
         let dir = data_dir.join("agents");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let config = RuntimeConfig {
             max_instances: s.max_instances,
             max_memory_bytes: s.max_memory.0.min(usize::MAX as u64) as usize,
             deadline: s.deadline.0,
+            meter,
             ..RuntimeConfig::new(dir.join("cache"))
         };
         let http = reqwest::Client::builder()

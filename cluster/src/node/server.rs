@@ -280,7 +280,11 @@ async fn boot_node(
     };
     let mut served = served;
     let agents = if cfg.agents.enabled {
-        let a = crate::node::agents::NodeAgents::start(&cfg.data_dir, &cfg.agents)
+        let a = crate::node::agents::NodeAgents::start(
+            &cfg.data_dir,
+            &cfg.agents,
+            Some(metrics.meter("opengrid_wasm")),
+        )
             .map_err(|e| StartError::Spawn(format!("agents: {e}")))?;
         if !served
             .iter()
