@@ -220,6 +220,38 @@ impl Colony {
             .unwrap_or(Value::Null)
     }
 
+    /// `POST {holder}/sessions/{id}/handover` until the target admits it (it refuses until it
+    /// has loaded the agent, prefetched as a replica holder), with a deadline.
+    async fn handover(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let holder = self.entry(id).await["address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let r = self
+                .http
+                .post(format!("{holder}/sessions/{id}/handover"))
+                .send()
+                .await
+                .unwrap();
+            let (status, body) = (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            );
+            if status == 200 {
+                eprintln!("handover of {id}: {body}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no handover of {id} within 120s: {status} {body}; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The stored package files of the registry.
     fn stored(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.rc_data().join("agents"))
@@ -414,33 +446,7 @@ async fn pushed_agents_run_fail_over_and_survive_an_rc_restart() {
     // it is loaded there the target admits the session (until then it refuses and the
     // session stays where it is).
     let from = e["node_name"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let holder = c.entry(&rs.id).await["address"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let r = c
-            .http
-            .post(format!("{holder}/sessions/{}/handover", rs.id))
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = (
-            r.status().as_u16(),
-            r.json::<Value>().await.unwrap_or_default(),
-        );
-        if status == 200 {
-            eprintln!("handover: {body}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no handover within 60s: {status} {body}; logs in {}",
-            c.dir.path().display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.handover(&rs.id).await;
     for _ in 0..3 {
         rs_acked = step(&mut rs, rs_acked).await.unwrap();
     }
@@ -450,6 +456,13 @@ async fn pushed_agents_run_fail_over_and_survive_an_rc_restart() {
         Some(from.as_str()),
         "handed over: {e}"
     );
+    // The Python one too (an 18 MB package the replica holders compiled).
+    let py_from = c.entry(&py.id).await["node_name"].clone();
+    c.handover(&py.id).await;
+    for _ in 0..2 {
+        py_acked = step(&mut py, py_acked).await.unwrap();
+    }
+    assert_ne!(c.entry(&py.id).await["node_name"], py_from);
 
     // kill -9 of the Rust session's holder: failover restores it elsewhere, state kept.
     let holder = e["node_name"].as_str().unwrap().to_string();

@@ -285,7 +285,7 @@ async fn boot_node(
             &cfg.agents,
             Some(metrics.meter("opengrid_wasm")),
         )
-            .map_err(|e| StartError::Spawn(format!("agents: {e}")))?;
+        .map_err(|e| StartError::Spawn(format!("agents: {e}")))?;
         if !served
             .iter()
             .any(|h| h == crate::common::spec::WASM_HANDLER)
