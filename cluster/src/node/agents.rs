@@ -171,22 +171,42 @@ impl NodeAgents {
             ))));
         }
         let path = self.dir.join(format!("{hash}.ogap"));
-        let (bytes, fetched) = match tokio::fs::read(&path).await {
-            Ok(b) => (b, false),
-            Err(_) => (self.fetch(handler, hash, rc_api, token).await?, true),
-        };
         let runtime = self.runtime().map_err(|e| AgentFetchError::Cache {
             path: self.config.cache_dir.clone(),
             reason: e.to_string(),
         })?;
-        let (h, started) = (hash.to_string(), std::time::Instant::now());
-        let loaded = tokio::task::spawn_blocking(move || {
-            let agent = runtime.load_bytes(&bytes, Some(&h))?;
-            Ok::<_, opengrid_wasm::PackageError>((agent, bytes))
-        })
-        .await
-        .map_err(|e| refused(opengrid_wasm::PackageError::Compile(e.to_string())))?
-        .map_err(refused)?;
+        let started = std::time::Instant::now();
+        let load = |bytes: Vec<u8>| {
+            let (runtime, h) = (runtime.clone(), hash.to_string());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let agent = runtime.load_bytes(&bytes, Some(&h))?;
+                    Ok::<_, opengrid_wasm::PackageError>((agent, bytes))
+                })
+                .await
+                .map_err(|e| opengrid_wasm::PackageError::Compile(e.to_string()))?
+            }
+        };
+        // The local copy first; one that does not verify (damaged) is fetched again.
+        let cached = match tokio::fs::read(&path).await {
+            Ok(b) => match load(b).await {
+                Ok(loaded) => Some(loaded),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cached agent package refused: fetching it again");
+                    let _ = tokio::fs::remove_file(&path).await;
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        let fetched = cached.is_none();
+        let loaded = match cached {
+            Some(l) => l,
+            None => {
+                let bytes = self.fetch(handler, hash, rc_api, token).await?;
+                load(bytes).await.map_err(refused)?
+            }
+        };
         let (agent, bytes) = loaded;
         if agent.id() != handler {
             return Err(AgentFetchError::WrongAgent {
@@ -283,3 +303,39 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// How long a node's own fetch token is valid.
 pub const FETCH_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_damaged_cached_package_is_dropped_and_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let agents = NodeAgents::start(dir.path(), &AgentsSection::default(), None).unwrap();
+        let store = Arc::new(opengrid_session::MemoryCheckpointStore::new());
+        let host = SessionHost::new(
+            store,
+            opengrid_actors::HostConfig::default(),
+            opengrid_actors::Services::default(),
+        )
+        .await
+        .unwrap();
+        let hash = "ab".repeat(32);
+        let cached = dir.path().join("agents").join(format!("{hash}.ogap"));
+        std::fs::write(&cached, b"OGAP damaged").unwrap();
+        // Not joined: the fetch has nowhere to go, and the damaged copy is gone.
+        let e = agents
+            .ensure(&host, "counter@0.1.0", &hash, None, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AgentFetchError::NoRc { .. }), "{e}");
+        assert!(!cached.exists());
+        assert!(!host.handler_ids().iter().any(|h| h == "counter@0.1.0"));
+        // A malformed hash is refused before any I/O.
+        let e = agents
+            .ensure(&host, "counter@0.1.0", "../../etc/passwd", None, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AgentFetchError::Package { .. }), "{e}");
+    }
+}
