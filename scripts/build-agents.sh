@@ -55,6 +55,13 @@ else
   printf '%s' "$stamp_now" >"$stamp"
 fi
 
+# 4. Each pushable example gets its component as agent.wasm beside its agent.toml (gitignored),
+#    so `opengrid agent push examples/agents/<agent>` finds it (ADR 0030).
+for agent in counter-rs counter-py; do
+  cp -f "$out/$agent.wasm" "$root/examples/agents/$agent/agent.wasm.tmp"
+  mv -f "$root/examples/agents/$agent/agent.wasm.tmp" "$root/examples/agents/$agent/agent.wasm"
+done
+
 for agent in counter-rs hostile-rs counter-py; do
   printf '%s\n' "$out/$agent.wasm"
 done

@@ -73,6 +73,12 @@ pub enum Cmd {
         #[command(subcommand)]
         kind: TokenCmd,
     },
+    /// Agent packages: `agent keygen`, `agent push <dir>`, `agent list|show|versions|retire`
+    /// (ADR 0030).
+    Agent {
+        #[command(subcommand)]
+        cmd: crate::agent_cli::AgentCmd,
+    },
     /// Print this data dir's identity (creating the key on first use).
     Id {
         /// Data dir holding `identity.key`.
@@ -395,6 +401,7 @@ async fn run(
             }
             Ok(())
         }
+        Cmd::Agent { cmd } => crate::agent_cli::run(cmd).await,
         Cmd::Drain { node, rc, auth } => {
             let token = auth.token()?;
             let api = if node.starts_with("http://") || node.starts_with("https://") {

@@ -149,6 +149,18 @@ impl Client {
         }
     }
 
+    /// The same client with `timeout` per request instead of 10 s (creating a session of an
+    /// agent a node has not run yet waits for its fetch and compile: seconds for Python).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .pool_idle_timeout(crate::common::serve::CLIENT_POOL_IDLE)
+            .build()
+            .unwrap_or_default();
+        self
+    }
+
     /// The same client sending `token` (an operator token, `opengrid token operator`).
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
@@ -165,6 +177,28 @@ impl Client {
             bearer(self.http.get(format!("{}{path}", self.rc)), token)
                 .send()
                 .await?,
+        )
+        .await
+    }
+
+    /// POST `body` (raw bytes, e.g. a signed agent package) to the RC; waits up to `timeout`
+    /// (a push compile-checks the package at the RC: seconds for a Python agent).
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        answer(
+            bearer(
+                self.http.post(format!("{}{path}", self.rc)),
+                self.token.as_deref(),
+            )
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await?,
         )
         .await
     }

@@ -23,6 +23,7 @@
 //! (`og-control-*` threads); session handlers run on the node's handler runtime
 //! (`og-handler-*`). Session traffic goes client → node directly; the RC never proxies it.
 
+pub mod agent_cli;
 pub mod cli;
 pub mod client;
 pub mod common;

@@ -68,8 +68,20 @@ pub struct Manifest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSection {
-    /// Handler (agent) id that serves the session, e.g. `"tutor"`.
+    /// Handler (agent) id that serves the session, e.g. `"tutor"`: a handler compiled into the
+    /// node. Empty when `agent` names a pushed agent package instead (the RC then sets it to
+    /// the agent's `name@version`).
+    #[serde(default)]
     pub handler: String,
+    /// A pushed agent package (ADR 0030): `"counter"` (the latest version not retired, chosen
+    /// when the session is created) or `"counter@0.1.0"` (pinned). Exactly one of `handler` and
+    /// `agent` is given by a client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The package hash (blake3 hex) the agent resolved to: set by the RC, which overwrites what a
+    /// client puts here; a node fetches and verifies the package by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
     /// Continuity model. Only `interactive` is supported yet (the runtime serves every session
     /// turn by turn); `stream` and `batch` are refused.
     pub continuity: Continuity,
@@ -454,7 +466,37 @@ impl Manifest {
             );
         }
         let s = &self.session;
-        if !is_ident(&s.handler) {
+        if let Some(agent) = &s.agent {
+            if !is_agent_ref(agent) {
+                bad(
+                    "session.agent",
+                    format!("{agent:?} is not an agent: use a package name (1-64 chars of a-z 0-9 -) optionally pinned with @version (e.g. \"counter@0.1.0\")"),
+                );
+            }
+            // A resolved manifest (from the RC) has handler == agent and the package hash.
+            let resolved = s.package.is_some() && s.handler == *agent;
+            if !s.handler.is_empty() && !resolved {
+                bad(
+                    "session.handler",
+                    "give either `handler` (compiled in) or `agent` (a pushed package), not both"
+                        .into(),
+                );
+            }
+        }
+        if let Some(p) = &s.package {
+            if s.agent.is_none()
+                || p.len() != 64
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                bad(
+                    "session.package",
+                    "set by the RC: the blake3 hash (64 lowercase hex digits) of the package `agent` resolved to".into(),
+                );
+            }
+        }
+        if s.agent.is_none() && !is_ident(&s.handler) {
             bad(
                 "session.handler",
                 format!(
@@ -668,6 +710,27 @@ fn cost_name(c: MigrationCost) -> &'static str {
     }
 }
 
+/// Whether `s` names an agent package: `name` or `name@version` (name: 1-64 chars of a-z 0-9 -;
+/// version: 1-64 chars of a-z 0-9 . + -).
+pub fn is_agent_ref(s: &str) -> bool {
+    let (name, version) = match s.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (s, None),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let version_ok = version.is_none_or(|v| {
+        !v.is_empty()
+            && v.len() <= 64
+            && v.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+    });
+    name_ok && version_ok
+}
+
 /// Lowercase identifier: 1-64 chars of `a-z 0-9 _ -`.
 pub fn is_ident(s: &str) -> bool {
     !s.is_empty()
@@ -817,6 +880,67 @@ proof = "receipt"
             assert!(
                 msg.contains(field),
                 "expected error naming {field:?}, got: {msg}"
+            );
+        }
+    }
+
+    /// A session may name a pushed agent instead of a handler (ADR 0030); the RC's resolved form
+    /// (handler = agent = name@version, package = hash) round-trips; mixes and bad refs are
+    /// refused naming the field.
+    #[test]
+    fn sessions_name_an_agent_or_a_handler() {
+        let agent = GOOD.replace("handler = \"tutor\"", "agent = \"counter\"");
+        let m = Manifest::from_toml_str(&agent).unwrap();
+        assert_eq!(m.session.agent.as_deref(), Some("counter"));
+        assert_eq!(m.session.handler, "");
+        let pinned = GOOD.replace("handler = \"tutor\"", "agent = \"counter@0.1.0-rc.1\"");
+        assert!(Manifest::from_toml_str(&pinned).is_ok());
+        let mut resolved = m.clone();
+        resolved.session.handler = "counter@0.1.0".into();
+        resolved.session.agent = Some("counter@0.1.0".into());
+        resolved.session.package = Some("ab".repeat(32));
+        let back = Manifest::from_json_str(&resolved.to_json_string()).unwrap();
+        assert_eq!(back, resolved);
+        let bad = [
+            (
+                "session.handler",
+                GOOD.replace(
+                    "handler = \"tutor\"",
+                    "handler = \"tutor\"\nagent = \"counter\"",
+                ),
+            ),
+            (
+                "session.agent",
+                GOOD.replace("handler = \"tutor\"", "agent = \"Counter\""),
+            ),
+            (
+                "session.agent",
+                GOOD.replace("handler = \"tutor\"", "agent = \"counter@\""),
+            ),
+            (
+                "session.package",
+                GOOD.replace(
+                    "handler = \"tutor\"",
+                    "agent = \"counter\"\npackage = \"xyz\"",
+                ),
+            ),
+            (
+                "session.package",
+                GOOD.replace(
+                    "handler = \"tutor\"",
+                    "handler = \"tutor\"\npackage = \"{}\"",
+                )
+                .replace("{}", &"ab".repeat(32)),
+            ),
+            ("session.handler", GOOD.replace("handler = \"tutor\"", "")),
+        ];
+        for (field, text) in bad {
+            let Err(ManifestError::Invalid(errs)) = Manifest::from_toml_str(&text) else {
+                panic!("{field}: expected a validation error for {text}");
+            };
+            assert!(
+                errs.iter().any(|e| e.field == field),
+                "{field}: got {errs:?}"
             );
         }
     }

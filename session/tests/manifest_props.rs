@@ -38,6 +38,8 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     version: MANIFEST_VERSION,
                     session: opengrid_session::manifest::SessionSection {
                         handler,
+                        agent: None,
+                        package: None,
                         continuity: Continuity::Interactive,
                         expected_duration: HumanDuration::from_secs(30 * 60),
                         state_footprint: ByteSize(64 * 1024),

@@ -12,7 +12,8 @@
 //! |---|---|---|
 //! | anyone | `GET /health`, `GET /metrics`, `POST /sessions` (new id), `POST /admission/probe`, dashboard assets | `GET /health`, `GET /metrics`, dashboard assets |
 //! | holder of the session's capability | lookup, redirects, re-create by id | info, inputs, WebSocket, close |
-//! | operator | + `GET /status`, `/ui/events`, `/ui/ledger`, handover | + `GET /sessions`, handover, drain |
+//! | operator | + `GET /status`, `/ui/events`, `/ui/ledger`, handover, the agent registry (`/agents…`, ADR 0030) | + `GET /sessions`, handover, drain |
+//! | member node (token signed by its own key) | `GET /agents/by-hash/{hash}` only | — |
 //!
 //! Operators of an RC: its own key and its `operators`; of a node: its own key, its RC's, and
 //! its `operators`. Capabilities are honoured when signed by the RC (on a node: the RC it joined,

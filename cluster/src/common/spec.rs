@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::identity::NodeId;
 
+/// The handler a node lists in [`NodeSpec::handlers`] when it runs pushed agent packages
+/// (ADR 0030): sessions naming an `agent` are admitted on such nodes, which fetch the package.
+pub const WASM_HANDLER: &str = "wasm";
+
 /// What a node declares when it joins.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeSpec {

@@ -422,6 +422,14 @@ pub enum ToNode {
         /// Sessions to drop.
         drop: Vec<(String, u64)>,
     },
+    /// Fetch and load a pushed agent package ahead of need (ADR 0030): sent to the replica
+    /// holders of an agent session, its likely failover and handover targets. Not answered.
+    Prefetch {
+        /// `name@version`.
+        handler: String,
+        /// Package hash.
+        hash: String,
+    },
     /// The manifest of a session that became active here by a handover (so that the node can
     /// report it to a restarted RC).
     Manifest {

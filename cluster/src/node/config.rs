@@ -122,6 +122,8 @@ pub struct NodeConfig {
     pub handover_parallelism: usize,
     /// The inference plane (`[inference]`, see [`crate::node::inference`]); absent = none.
     pub inference: crate::node::inference::InferenceConfig,
+    /// Pushed agent packages (ADR 0030): `[agents]`.
+    pub agents: crate::node::agents::AgentsSection,
     /// Compute receipts (`[receipts]`, see [`crate::node::receipts`]).
     pub receipts: crate::node::receipts::ReceiptSection,
     /// Fault hooks (`[faults]`, see [`crate::node::faults`]): a test and chaos-harness hook, off by
@@ -165,6 +167,7 @@ impl Default for NodeConfig {
             drain_timeout: HumanDuration::from_secs(60),
             handover_parallelism: 8,
             inference: crate::node::inference::InferenceConfig::default(),
+            agents: crate::node::agents::AgentsSection::default(),
             receipts: crate::node::receipts::ReceiptSection::default(),
             faults: crate::node::faults::FaultSection::default(),
         }
@@ -210,6 +213,19 @@ impl NodeConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_version(self.version)?;
+        let a = &self.agents;
+        if a.max_instances == 0 || a.max_instances > 10_000 {
+            return Err(invalid("agents.max_instances", "must be in 1..=10000"));
+        }
+        if a.max_memory.0 < (1 << 20) || a.max_memory.0 > (4 << 30) {
+            return Err(invalid("agents.max_memory", "must be in 1MiB..=4GiB"));
+        }
+        if a.deadline.0 < Duration::from_millis(10) {
+            return Err(invalid("agents.deadline", "must be at least 10ms"));
+        }
+        if a.fetch_timeout.0 < Duration::from_secs(1) {
+            return Err(invalid("agents.fetch_timeout", "must be at least 1s"));
+        }
         if !opengrid_session::manifest::is_ident(&self.colony) {
             return Err(invalid("colony", "must be an identifier"));
         }

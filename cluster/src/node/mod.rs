@@ -25,6 +25,7 @@
 //! [`REPORT_EVERY`] heartbeats, so a lost [`ToRc::Activated`] or any other directory drift is
 //! repaired within a second.
 
+pub mod agents;
 pub mod api;
 pub mod config;
 pub mod faults;
@@ -126,6 +127,8 @@ pub struct NodeCore {
     rc_pin: Option<NodeId>,
     /// Who may call what on the client API (its RC is trusted once joined).
     pub access: crate::common::access::Access,
+    /// Pushed agent packages (`[agents] enabled`; set once at start).
+    pub(crate) agents: std::sync::OnceLock<Arc<crate::node::agents::NodeAgents>>,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -193,6 +196,7 @@ impl NodeCore {
             offer: Mutex::new(None),
             rc_pin,
             access,
+            agents: std::sync::OnceLock::new(),
         }
     }
 
@@ -753,6 +757,25 @@ impl NodeCore {
                     m.set_members(&nodes);
                 }
             }
+            ToNode::Prefetch { handler, hash } => {
+                let Some(agents) = self.agents.get().cloned() else {
+                    return;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let token = crate::common::token::mint_operator(
+                        &me.identity,
+                        crate::node::agents::FETCH_TOKEN_TTL,
+                    )
+                    .ok();
+                    if let Err(e) = agents
+                        .ensure(&me.host, &handler, &hash, me.rc_api(), token)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "agent prefetch failed");
+                    }
+                });
+            }
             ToNode::Manifest { session, manifest } => {
                 if let Ok(sid) = SessionId::new(session) {
                     if self.host.get(&sid).is_some() {
@@ -790,8 +813,28 @@ impl NodeCore {
         }
         let sid = SessionId::new(session).map_err(|e| e.to_string())?;
         let m = Manifest::from_json_str(manifest).map_err(|e| e.to_string())?;
-        if !self.spec.handlers.contains(&m.session.handler) {
-            return Err(format!("handler {:?} not served here", m.session.handler));
+        match (&m.session.package, self.agents.get()) {
+            (Some(hash), Some(agents)) => {
+                let token = crate::common::token::mint_operator(
+                    &self.identity,
+                    crate::node::agents::FETCH_TOKEN_TTL,
+                )
+                .ok();
+                agents
+                    .ensure(&self.host, &m.session.handler, hash, self.rc_api(), token)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            (Some(_), None) => {
+                return Err(format!(
+                    "agent {:?}: this node does not run agent packages ([agents] enabled = false)",
+                    m.session.handler
+                ))
+            }
+            (None, _) if !self.spec.handlers.contains(&m.session.handler) => {
+                return Err(format!("handler {:?} not served here", m.session.handler));
+            }
+            (None, _) => {}
         }
         if self.host.len() >= self.cfg.capacity as usize {
             return Err(format!("node full ({} sessions)", self.host.len()));

@@ -278,6 +278,24 @@ async fn boot_node(
         }
         cfg.handlers.clone()
     };
+    let mut served = served;
+    let agents = if cfg.agents.enabled {
+        let a = crate::node::agents::NodeAgents::start(
+            &cfg.data_dir,
+            &cfg.agents,
+            Some(metrics.meter("opengrid_wasm")),
+        )
+        .map_err(|e| StartError::Spawn(format!("agents: {e}")))?;
+        if !served
+            .iter()
+            .any(|h| h == crate::common::spec::WASM_HANDLER)
+        {
+            served.push(crate::common::spec::WASM_HANDLER.to_string());
+        }
+        Some(Arc::new(a))
+    } else {
+        None
+    };
     let handler_handle = handlers.handle().clone();
     let cluster_listen = cfg.cluster_listen;
     control
@@ -320,6 +338,9 @@ async fn boot_node(
             ));
             mobility.attach(&core);
             let _ = core.mobility.set(mobility);
+            if let Some(a) = agents {
+                let _ = core.agents.set(a);
+            }
             if let Some(f) = fault_control {
                 let _ = core.faults.set(f);
             }

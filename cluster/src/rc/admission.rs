@@ -60,7 +60,11 @@ impl Requirements {
         caps.sort();
         caps.dedup();
         Requirements {
-            handler: m.session.handler.clone(),
+            // A pushed agent runs on any node that runs agent packages (it fetches the package).
+            handler: match m.session.agent {
+                Some(_) => crate::common::spec::WASM_HANDLER.to_string(),
+                None => m.session.handler.clone(),
+            },
             jurisdictions: m.placement.jurisdictions.clone(),
             accelerator: m.placement.accelerator,
             memory: m.placement.memory.0,

@@ -42,6 +42,7 @@ pub fn rc_router(core: Arc<RcCore>) -> Router {
         .merge(crate::rc::ui::routes())
         .fallback(|| async { not_found_route() })
         .layer(DefaultBodyLimit::max(limit))
+        .merge(crate::rc::agents_api::routes(&core))
         .layer(axum::middleware::from_fn_with_state(metrics, count_status))
         .with_state(core)
 }
@@ -161,6 +162,7 @@ async fn rc_create(
             "quota_exceeded",
             e.to_string(),
         )),
+        Err(PlaceError::Agent(e)) => Err(ApiError::from(e)),
         Err(e @ PlaceError::NodeFailed { .. }) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "placement_failed",

@@ -45,6 +45,9 @@ pub struct RcConfig {
     /// Operator keys (DIDs) besides the RC's own: their tokens (`opengrid token operator`) open
     /// status, the dashboard's data, handover and every session (ADR 0026).
     pub operators: Vec<String>,
+    /// Developer keys (`did:mycel:…`) whose signed agent packages may be pushed (ADR 0030).
+    /// Empty: any package with a valid signature (pushing still needs an operator token).
+    pub agent_publishers: Vec<String>,
     /// How long a session capability returned by `POST /sessions` stays valid.
     pub capability_ttl: HumanDuration,
     /// Colony membership: the only node DIDs that may join (empty: any node the rest of the
@@ -110,6 +113,7 @@ impl Default for RcConfig {
             cluster_listen: DEFAULT_RC_CLUSTER.parse().expect("literal"),
             colony_secret: String::new(),
             operators: Vec::new(),
+            agent_publishers: Vec::new(),
             capability_ttl: HumanDuration::from_secs(30 * 24 * 3600),
             members: Vec::new(),
             require_join_token: false,
@@ -177,6 +181,7 @@ impl RcConfig {
             ));
         }
         crate::common::config::check_operators(&self.operators)?;
+        crate::common::config::check_dids("agent_publishers", &self.agent_publishers, 1024)?;
         crate::common::config::check_dids("members", &self.members, usize::MAX)?;
         if self.client_max_sessions == 0 {
             return Err(invalid("client_max_sessions", "must be at least 1"));

@@ -679,6 +679,7 @@ impl RcCore {
 pub fn tick(core: &Arc<RcCore>, now: Instant) {
     let mut todo = Vec::new();
     let mut repairs = Vec::new();
+    let mut prefetches = Vec::new();
     let mut rebalance = Vec::new();
     {
         let mut st = lock(&core.state);
@@ -766,6 +767,7 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
                         vec![],
                     )
                 });
+                prefetches.push((m.clone(), set.clone()));
                 if let Some(e) = st.directory.get_mut(&sid) {
                     e.replicas = set;
                 }
@@ -809,6 +811,10 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
                 }
             }
         }
+    }
+    // New replica holders of agent sessions fetch the package ahead of a failover.
+    for (m, nodes) in prefetches {
+        core.prefetch(&m, &nodes);
     }
     for (holder, sid, addrs, grant) in repairs {
         let _ = core.send_node(

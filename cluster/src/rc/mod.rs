@@ -13,6 +13,8 @@
 //! The RC never names the node's code ([`crate::node`]): both speak [`crate::common::wire`].
 
 pub mod admission;
+pub mod agents;
+pub mod agents_api;
 pub mod api;
 pub mod config;
 pub mod control;
@@ -209,6 +211,9 @@ pub enum PlaceError {
         /// Which limit, with the numbers.
         what: String,
     },
+    /// The manifest's `agent` does not resolve in the registry.
+    #[error(transparent)]
+    Agent(#[from] crate::rc::agents::RegistryError),
     /// The chosen node failed to start it or did not answer in time.
     #[error("node {node} could not start the session: {reason}")]
     NodeFailed {
@@ -294,6 +299,8 @@ pub struct RcCore {
     refused_log: Throttle,
     /// Who may call what on the client API.
     pub access: crate::common::access::Access,
+    /// The colony's agent registry (set once at start, ADR 0030).
+    agents: OnceLock<Arc<crate::rc::agents::Registry>>,
 }
 
 impl std::fmt::Debug for RcCore {
@@ -345,6 +352,7 @@ impl RcCore {
             links: Mutex::new(HashMap::new()),
             refused_log: Throttle::new(Duration::from_secs(10)),
             access,
+            agents: OnceLock::new(),
         }
     }
 
@@ -395,6 +403,27 @@ impl RcCore {
         self.federation.get()
     }
 
+    /// The agent registry, once opened at start.
+    pub fn agents(&self) -> Option<&Arc<crate::rc::agents::Registry>> {
+        self.agents.get()
+    }
+
+    /// Attaches the agent registry (once, at start).
+    pub fn set_agents(&self, r: Arc<crate::rc::agents::Registry>) {
+        let _ = self.agents.set(r);
+    }
+
+    /// The alive colony members (nodes fetch agent packages with tokens signed by
+    /// their own key).
+    pub fn member_ids(&self) -> Vec<NodeId> {
+        lock(&self.state)
+            .members
+            .iter()
+            .filter(|(_, m)| m.alive)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Attaches the federation (once, at start).
     pub(crate) fn set_federation(&self, f: Arc<crate::rc::federation::Federation>) {
         let _ = self.federation.set(f);
@@ -438,6 +467,45 @@ impl RcCore {
         Ok(m)
     }
 
+    /// `m` with its `agent` resolved (ADR 0030): `handler` and `agent` set to the concrete
+    /// `name@version` (the latest not retired, unless pinned) and `package` to its hash.
+    pub fn resolve_agent(
+        &self,
+        m: &Manifest,
+    ) -> Result<Manifest, crate::rc::agents::RegistryError> {
+        let Some(agent) = &m.session.agent else {
+            return Ok(m.clone());
+        };
+        let reg = self.agents().ok_or_else(|| {
+            crate::rc::agents::RegistryError::UnknownAgent(format!(
+                "{agent} (this RC has no registry)"
+            ))
+        })?;
+        let r = reg.resolve(agent)?;
+        let mut m = m.clone();
+        m.session.handler = r.handler.clone();
+        m.session.agent = Some(r.handler);
+        m.session.package = Some(r.hash);
+        Ok(m)
+    }
+
+    /// Asks `nodes` to fetch and load `m`'s agent package ahead of need (their likely failover
+    /// and handover targets); nothing for a compiled-in handler.
+    pub(crate) fn prefetch(&self, m: &Manifest, nodes: &[NodeId]) {
+        let Some(hash) = &m.session.package else {
+            return;
+        };
+        for n in nodes {
+            let order = ToNode::Prefetch {
+                handler: m.session.handler.clone(),
+                hash: hash.clone(),
+            };
+            if let Err(e) = self.send_node(n, order) {
+                tracing::debug!(node = %n, error = %e, "prefetch order not sent");
+            }
+        }
+    }
+
     /// Admits and places a session, waiting for the node to start it.
     pub async fn place(
         &self,
@@ -445,9 +513,10 @@ impl RcCore {
         session: Option<SessionId>,
         owner: Option<String>,
     ) -> Result<Placement, PlaceError> {
-        let m = &self.colony_policy(m)?;
+        let m = &self.colony_policy(&self.resolve_agent(m)?)?;
         let req = Requirements::from_manifest(m);
         let sid = session.unwrap_or_else(SessionId::random);
+        let prefetch_to: Vec<NodeId>;
         let (node, name, api, epoch, replica_addrs) = {
             let mut st = lock(&self.state);
             let epoch = Epoch(1);
@@ -517,6 +586,7 @@ impl RcCore {
             let (name, api) = rec.unwrap_or_default();
             let replicas = self.choose_replicas(&st, m, &node, &[]);
             let replica_addrs = crate::rc::mobility::migration_addrs(&st, &replicas);
+            prefetch_to = replicas.clone();
             st.colony.note_placing(&node, &req.handler, req.memory);
             st.directory.insert(
                 sid.clone(),
@@ -541,6 +611,10 @@ impl RcCore {
         let result = self
             .order_start(&node, &sid, epoch, m, replica_addrs, Vec::new())
             .await;
+        // After the holder's start (which it does not slow down), outside the state lock.
+        if result.is_ok() {
+            self.prefetch(m, &prefetch_to);
+        }
         let mut st = lock(&self.state);
         st.colony.note_start_answered(&node);
         match result {

@@ -1,0 +1,200 @@
+//! The RC's agent registry routes (ADR 0030), served at `/agents…` like the rest of the RC's
+//! (unversioned) API and also at `/v1/agents…`:
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /agents` (signed package bytes) | operator | verify, compile-check, store → `{name, version, hash, signer, created}` |
+//! | `GET /agents` | operator | `[{name, latest, skills, description}]` |
+//! | `GET /agents/{name}` | operator | the latest version and every version |
+//! | `GET /agents/{name}/versions` | operator | the versions |
+//! | `POST /agents/{name}/{version}/retire` | operator | not chosen for new sessions any more |
+//! | `GET /agents/by-hash/{hash}` | operator, or a member node (token signed by its key) | the package bytes |
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::common::access::Bearer;
+use crate::common::http::ApiError;
+use crate::rc::agents::{Registry, RegistryError};
+use crate::rc::RcCore;
+
+/// The registry's routes (under `/agents` and `/v1/agents`), with the push body limit (the
+/// package size limit plus the format's overhead).
+pub fn routes(core: &RcCore) -> Router<Arc<RcCore>> {
+    let limit = core
+        .agents()
+        .map(|r| r.max_package_bytes())
+        .unwrap_or(96 << 20)
+        .saturating_add(64 << 10)
+        .min(usize::MAX as u64) as usize;
+    let r = || {
+        Router::new()
+            .route("/", get(list).post(push))
+            .route("/by-hash/{hash}", get(by_hash))
+            .route("/{name}", get(show))
+            .route("/{name}/versions", get(versions))
+            .route("/{name}/{version}/retire", post(retire))
+            .layer(DefaultBodyLimit::max(limit))
+    };
+    Router::new().nest("/agents", r()).nest("/v1/agents", r())
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let (status, code) = match &e {
+            RegistryError::Package(opengrid_wasm::PackageError::Oversized { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "package_too_large")
+            }
+            RegistryError::Package(opengrid_wasm::PackageError::BadSignature { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "bad_signature")
+            }
+            RegistryError::Package(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_package"),
+            RegistryError::Publisher { .. } => (StatusCode::FORBIDDEN, "publisher_not_allowed"),
+            RegistryError::VersionExists { .. } => (StatusCode::CONFLICT, "version_exists"),
+            RegistryError::UnknownAgent(_) | RegistryError::UnknownHash(_) => {
+                (StatusCode::NOT_FOUND, "unknown_agent")
+            }
+            RegistryError::AllRetired(_) => (StatusCode::UNPROCESSABLE_ENTITY, "agent_retired"),
+            RegistryError::BadRef(_) => (StatusCode::BAD_REQUEST, "bad_agent"),
+            RegistryError::Io { .. } | RegistryError::Index { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "registry_io")
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+fn registry(core: &RcCore) -> Result<&Arc<Registry>, ApiError> {
+    core.agents().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_registry",
+            "this RC has no agent registry (not started by start_rc)",
+        )
+    })
+}
+
+#[tracing::instrument(skip_all)]
+async fn push(
+    State(core): State<Arc<RcCore>>,
+    bearer: Bearer,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    core.access.operator(&bearer, "POST /agents")?;
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "package_too_large",
+                format!("the package is over this RC's limit: {}", r.body_text()),
+            )
+        } else {
+            ApiError::from(r)
+        }
+    })?;
+    let pushed = registry(&core)?.push(body.to_vec()).await?;
+    let status = if pushed.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(pushed))).into_response())
+}
+
+#[tracing::instrument(skip_all)]
+async fn list(State(core): State<Arc<RcCore>>, bearer: Bearer) -> Result<Json<Value>, ApiError> {
+    core.access.operator(&bearer, "GET /agents")?;
+    let agents: Vec<Value> = registry(&core)?
+        .list()
+        .into_iter()
+        .map(|(name, latest)| {
+            json!({
+                "name": name,
+                "latest": latest.as_ref().map(|v| v.version.clone()),
+                "hash": latest.as_ref().map(|v| v.hash.clone()),
+                "skills": latest.as_ref().map(|v| v.skills.clone()).unwrap_or_default(),
+                "description": latest.map(|v| v.description).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "agents": agents })))
+}
+
+#[tracing::instrument(skip_all)]
+async fn show(
+    State(core): State<Arc<RcCore>>,
+    Path(name): Path<String>,
+    bearer: Bearer,
+) -> Result<Json<Value>, ApiError> {
+    core.access.operator(&bearer, "GET /agents/{name}")?;
+    let reg = registry(&core)?;
+    let versions = reg.versions(&name)?;
+    let latest = reg.resolve(&name).ok().map(|r| r.handler);
+    Ok(Json(
+        json!({"name": name, "latest": latest, "versions": versions}),
+    ))
+}
+
+#[tracing::instrument(skip_all)]
+async fn versions(
+    State(core): State<Arc<RcCore>>,
+    Path(name): Path<String>,
+    bearer: Bearer,
+) -> Result<Json<Value>, ApiError> {
+    core.access
+        .operator(&bearer, "GET /agents/{name}/versions")?;
+    let versions = registry(&core)?.versions(&name)?;
+    Ok(Json(json!({"name": name, "versions": versions})))
+}
+
+#[tracing::instrument(skip_all)]
+async fn retire(
+    State(core): State<Arc<RcCore>>,
+    Path((name, version)): Path<(String, String)>,
+    bearer: Bearer,
+) -> Result<Json<Value>, ApiError> {
+    core.access.operator(&bearer, "retire an agent")?;
+    let v = registry(&core)?.retire(&name, &version).await?;
+    Ok(Json(json!({"name": name, "version": v})))
+}
+
+/// Package bytes by hash: for operators, and for member nodes with a token signed by their own
+/// key (`token::mint_operator` with the node's identity; it opens nothing else at the RC).
+#[tracing::instrument(skip_all)]
+async fn by_hash(
+    State(core): State<Arc<RcCore>>,
+    Path(hash): Path<String>,
+    bearer: Bearer,
+) -> Result<Response, ApiError> {
+    if core
+        .access
+        .operator(&bearer, "GET /agents/by-hash")
+        .is_err()
+    {
+        let t = bearer.0.as_deref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "fetching a package needs an operator token or a member node's token",
+            )
+        })?;
+        // A member node's own token: an operator-format token signed by an alive member's key.
+        crate::common::token::verify_operator(t, &core.member_ids()).map_err(|e| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("fetching a package needs an operator token or a member node's token: {e}"),
+            )
+        })?;
+    }
+    let bytes = registry(&core)?.read(&hash).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}

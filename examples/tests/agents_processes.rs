@@ -1,0 +1,536 @@
+//! Pushed agent packages with real processes (ADR 0030): the `opengrid` binary as one RC and
+//! three nodes on 127.0.0.1 that have never seen the packages. The example counters (Rust and
+//! Python) are pushed with `opengrid agent push`, sessions are created by agent name, the nodes
+//! fetch the packages from the RC, and the sessions keep their state through a kill -9 of their
+//! holder. Bad packages are refused at push with nothing stored; list, versions and retire behave;
+//! an RC restart keeps the registry.
+//!
+//! Every input is `1`: the answer to the n-th acknowledged input must be n.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use opengrid_cluster::client::{Client, ClientError, Session};
+use opengrid_cluster::common::token::{operator_http, operator_token_from_dir};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_opengrid");
+const SECRET: &str = "agents-test-secret";
+
+/// A zero-loss session of `agent` (acknowledged once a replica holds it).
+fn manifest(agent: &str) -> String {
+    format!("version = 1\n[session]\nagent = \"{agent}\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\n")
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    opengrid_cluster::common::serve::free_local_port().unwrap()
+}
+
+/// The example agents' directories, their components built (scripts/build-agents.sh) if missing.
+fn agent_dirs() -> (PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rs = root.join("examples/agents/counter-rs");
+    let py = root.join("examples/agents/counter-py");
+    if !rs.join("agent.wasm").is_file() || !py.join("agent.wasm").is_file() {
+        let script = root.join("scripts/build-agents.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            status.success(),
+            "{} failed; run it by hand",
+            script.display()
+        );
+    }
+    (rs, py)
+}
+
+struct Colony {
+    dir: tempfile::TempDir,
+    rc_api: String,
+    rc_cluster: u16,
+    rc_cfg: String,
+    procs: Vec<Proc>,
+    http: reqwest::Client,
+}
+
+impl Colony {
+    fn start() -> Colony {
+        let keep = std::env::var_os("OPENGRID_TEST_KEEP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("og-agents-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .unwrap();
+        if keep {
+            eprintln!("colony dir: {}", dir.path().display());
+        }
+        let (api, cluster) = (free_port(), free_port());
+        // The first session of an agent on a node fetches and compiles it (seconds for Python).
+        let rc_cfg = format!(
+            "version = 1\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{api}\"\ncluster_listen = \"127.0.0.1:{cluster}\"\ncolony_secret = \"{SECRET}\"\nplace_timeout = \"120s\"\n",
+            dir.path().join("rc-data")
+        );
+        let http = operator_http(&dir.path().join("rc-data"), Duration::from_secs(300)).unwrap();
+        let mut c = Colony {
+            rc_api: format!("http://127.0.0.1:{api}"),
+            rc_cluster: cluster,
+            rc_cfg: rc_cfg.clone(),
+            procs: Vec::new(),
+            dir,
+            http,
+        };
+        c.spawn("rc", "rc", rc_cfg);
+        c
+    }
+
+    fn spawn(&mut self, name: &str, role: &str, cfg: String) {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, cfg).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args([role, "--config", path.to_str().unwrap()])
+            .env("RUST_LOG", "info,ractor_cluster=warn,ractor=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.retain(|p| p.name != name);
+        self.procs.push(Proc {
+            name: name.into(),
+            child,
+        });
+    }
+
+    fn node(&mut self, name: &str, jurisdiction: &str) {
+        let cfg = format!(
+            "version = 1\nname = \"{name}\"\ndata_dir = {:?}\njurisdiction = \"{jurisdiction}\"\napi_listen = \"127.0.0.1:0\"\nrc_cluster = \"127.0.0.1:{}\"\ncolony_secret = \"{SECRET}\"\nfsync = false\n",
+            self.dir.path().join(format!("{name}-data")),
+            self.rc_cluster
+        );
+        self.spawn(name, "node", cfg);
+    }
+
+    fn kill9(&mut self, name: &str) {
+        let p = self.procs.iter_mut().find(|p| p.name == name).unwrap();
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+
+    fn rc_data(&self) -> PathBuf {
+        self.dir.path().join("rc-data")
+    }
+
+    /// `opengrid agent ARGS --rc … --key <rc data dir>` (the test is the colony's operator).
+    fn agent_cli(&self, args: &[&str]) -> Output {
+        let out = Command::new(BIN)
+            .arg("agent")
+            .args(args)
+            .args([
+                "--rc",
+                &self.rc_api,
+                "--key",
+                self.rc_data().to_str().unwrap(),
+            ])
+            .env_remove("OPENGRID_TOKEN")
+            .output()
+            .unwrap();
+        eprintln!(
+            "opengrid agent {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        match self.http.get(format!("{}{path}", self.rc_api)).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
+    async fn wait(&self, what: &str, within: Duration, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.get("/status").await;
+            if cond(&st) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}; logs in {}\nlast status: {st}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_alive(&self, n: usize) {
+        self.wait(
+            &format!("{n} members alive"),
+            Duration::from_secs(60),
+            |st| {
+                st["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == n)
+            },
+        )
+        .await;
+    }
+
+    fn client(&self) -> Client {
+        let t = operator_token_from_dir(&self.rc_data(), Duration::from_secs(3600)).unwrap();
+        let mut c = Client::new(self.rc_api.clone())
+            .with_token(t)
+            .with_timeout(Duration::from_secs(150));
+        c.retry_for = Duration::from_secs(120);
+        c
+    }
+
+    async fn entry(&self, id: &str) -> Value {
+        let st = self.get("/status").await;
+        st["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["session_id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// `POST {holder}/sessions/{id}/handover` until the target admits it (it refuses until it
+    /// has loaded the agent, prefetched as a replica holder), with a deadline.
+    async fn handover(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let holder = self.entry(id).await["address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let r = self
+                .http
+                .post(format!("{holder}/sessions/{id}/handover"))
+                .send()
+                .await
+                .unwrap();
+            let (status, body) = (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            );
+            if status == 200 {
+                eprintln!("handover of {id}: {body}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no handover of {id} within 120s: {status} {body}; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The stored package files of the registry.
+    fn stored(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.rc_data().join("agents"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".ogap"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Sends `1` and checks the total: returns the new acknowledged count.
+async fn step(s: &mut Session, acked: u64) -> Result<u64, ClientError> {
+    let r = s.send(json!(1)).await?;
+    match r["kind"].as_str() {
+        Some("processed") => {
+            let total = r["output"].as_i64().unwrap_or(-1);
+            assert_eq!(
+                total,
+                acked as i64 + 1,
+                "session {}: answer {r} after {acked} acknowledged inputs",
+                s.id
+            );
+            Ok(acked + 1)
+        }
+        Some("duplicate") => Ok(acked + 1),
+        _ => panic!("unexpected reply {r}"),
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushed_agents_run_fail_over_and_survive_an_rc_restart() {
+    let (rs_dir, py_dir) = agent_dirs();
+    let mut c = Colony::start();
+    for (n, j) in [("n1", "DE"), ("n2", "DE"), ("n3", "FR")] {
+        c.node(n, j);
+    }
+    c.wait_alive(3).await;
+
+    // A developer key, then push both counters.
+    let key = c.dir.path().join("dev.key");
+    let out = Command::new(BIN)
+        .args(["agent", "keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen: {}", stderr(&out));
+    let dev_did = stdout(&out).trim().to_string();
+    assert!(dev_did.starts_with("did:mycel:"), "{dev_did}");
+    let key_s = key.to_str().unwrap();
+    let push = |dir: &Path| c.agent_cli(&["push", dir.to_str().unwrap(), "--developer-key", key_s]);
+    let out = push(&rs_dir);
+    assert!(out.status.success(), "push counter-rs: {}", stderr(&out));
+    let line = stdout(&out);
+    let rs_hash = line
+        .trim()
+        .strip_prefix("counter-rs@0.1.0 ")
+        .unwrap_or_else(|| panic!("push prints name@version hash: {line}"))
+        .to_string();
+    assert_eq!(rs_hash.len(), 64, "{line}");
+    let again = push(&rs_dir);
+    assert!(again.status.success() && stdout(&again).contains("already pushed"));
+    let out = push(&py_dir);
+    assert!(out.status.success(), "push counter-py: {}", stderr(&out));
+    assert_eq!(c.stored().len(), 2, "two packages stored");
+
+    // Bad packages are refused at push, nothing stored.
+    let dev = opengrid_session::keyfile::load(&key).unwrap();
+    let good = opengrid_wasm::Package::build(opengrid_wasm::PackageSource::Dir(&rs_dir), &dev)
+        .unwrap()
+        .to_bytes();
+    let mut tampered = good.clone();
+    let at = tampered.len() - 100;
+    tampered[at] ^= 0x55;
+    let r = c
+        .http
+        .post(format!("{}/agents", c.rc_api))
+        .body(tampered)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("bad_signature")),
+        "{body}"
+    );
+    // Not an agent: a package around bytes that are no component.
+    let junk_dir = c.dir.path().join("junk");
+    std::fs::create_dir_all(&junk_dir).unwrap();
+    std::fs::write(
+        junk_dir.join("agent.toml"),
+        "name = \"junk\"\nversion = \"0.1.0\"\ninterface = \"opengrid:agent@0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(junk_dir.join("agent.wasm"), b"\0asm but not really").unwrap();
+    let out = push(&junk_dir);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("bad_package"),
+        "a clear refusal: {}",
+        stderr(&out)
+    );
+    // Same name and version, other contents: 409.
+    let toml = std::fs::read_to_string(rs_dir.join("agent.toml"))
+        .unwrap()
+        .replace("adds each input", "sums each input");
+    let other = opengrid_wasm::Package::build(
+        opengrid_wasm::PackageSource::Parts {
+            agent_toml: &toml,
+            component: std::fs::read(rs_dir.join("agent.wasm")).unwrap(),
+        },
+        &dev,
+    )
+    .unwrap()
+    .to_bytes();
+    let r = c
+        .http
+        .post(format!("{}/v1/agents", c.rc_api))
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    assert_eq!(c.stored().len(), 2, "nothing stored for refused pushes");
+    // Without an operator token: 401.
+    let r = reqwest::Client::new()
+        .post(format!("{}/agents", c.rc_api))
+        .body(good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // Package bytes by hash: a member node's own token opens them, a stranger's does not.
+    let by_hash = format!("{}/agents/by-hash/{rs_hash}", c.rc_api);
+    let node_token =
+        operator_token_from_dir(&c.dir.path().join("n2-data"), Duration::from_secs(60)).unwrap();
+    let r = reqwest::Client::new()
+        .get(&by_hash)
+        .bearer_auth(node_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let fetched = r.bytes().await.unwrap();
+    let limits = opengrid_wasm::PackageLimits::default();
+    let pkg = opengrid_wasm::SignedPackage::from_bytes(&fetched, &limits).unwrap();
+    assert_eq!(pkg.hash(), rs_hash, "the package asked for");
+    let stranger =
+        operator_token_from_dir(&c.dir.path().join("stranger"), Duration::from_secs(60)).unwrap();
+    let r = reqwest::Client::new()
+        .get(&by_hash)
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a stranger fetches nothing");
+    let r = reqwest::Client::new()
+        .get(format!("{}/agents", c.rc_api))
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "a stranger lists nothing");
+
+    // Sessions by agent name: the nodes fetch the packages.
+    let client = c.client();
+    let mut rs = client.create(&manifest("counter-rs"), None).await.unwrap();
+    let mut py = client.create(&manifest("counter-py"), None).await.unwrap();
+    let (mut rs_acked, mut py_acked) = (0, 0);
+    for _ in 0..5 {
+        rs_acked = step(&mut rs, rs_acked).await.unwrap();
+        py_acked = step(&mut py, py_acked).await.unwrap();
+    }
+    let e = c.entry(&rs.id).await;
+    assert_eq!(e["handler"], "wasm", "{e}");
+
+    // A live handover keeps the state: the replica holders prefetched the package, so once
+    // it is loaded there the target admits the session (until then it refuses and the
+    // session stays where it is).
+    let from = e["node_name"].as_str().unwrap().to_string();
+    c.handover(&rs.id).await;
+    for _ in 0..3 {
+        rs_acked = step(&mut rs, rs_acked).await.unwrap();
+    }
+    let e = c.entry(&rs.id).await;
+    assert_ne!(
+        e["node_name"].as_str(),
+        Some(from.as_str()),
+        "handed over: {e}"
+    );
+    // The Python one too (an 18 MB package the replica holders compiled).
+    let py_from = c.entry(&py.id).await["node_name"].clone();
+    c.handover(&py.id).await;
+    for _ in 0..2 {
+        py_acked = step(&mut py, py_acked).await.unwrap();
+    }
+    assert_ne!(c.entry(&py.id).await["node_name"], py_from);
+
+    // kill -9 of the Rust session's holder: failover restores it elsewhere, state kept.
+    let holder = e["node_name"].as_str().unwrap().to_string();
+    c.kill9(&holder);
+    let t0 = Instant::now();
+    for _ in 0..3 {
+        rs_acked = step(&mut rs, rs_acked).await.unwrap();
+    }
+    eprintln!("failover of {} from {holder}: {:?}", rs.id, t0.elapsed());
+    let e = c.entry(&rs.id).await;
+    assert_ne!(e["node_name"].as_str(), Some(holder.as_str()), "{e}");
+    for _ in 0..2 {
+        py_acked = step(&mut py, py_acked).await.unwrap();
+    }
+
+    // list / versions / retire.
+    let out = c.agent_cli(&["list"]);
+    let listed = stdout(&out);
+    assert!(listed.contains("counter-rs\t0.1.0\tcount"), "{listed}");
+    assert!(listed.contains("counter-py\t0.1.0\tcount"), "{listed}");
+    let out = c.agent_cli(&["retire", "counter-py", "0.1.0"]);
+    assert!(out.status.success());
+    let out = c.agent_cli(&["versions", "counter-py"]);
+    assert!(stdout(&out).contains("retired"), "{}", stdout(&out));
+    let refused = client.create(&manifest("counter-py"), None).await;
+    assert!(
+        matches!(&refused, Err(ClientError::Api { code, .. }) if code == "agent_retired"),
+        "{:?}",
+        refused.err()
+    );
+    // The live session keeps its version.
+    py_acked = step(&mut py, py_acked).await.unwrap();
+    let unknown = client.create(&manifest("nobody"), None).await;
+    assert!(
+        matches!(&unknown, Err(ClientError::Api { status: 404, .. })),
+        "{:?}",
+        unknown.err()
+    );
+
+    // The registry survives an RC restart.
+    c.kill9("rc");
+    let cfg = c.rc_cfg.clone();
+    c.spawn("rc", "rc", cfg);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let v = loop {
+        let v = c.get("/agents").await;
+        if v["agents"].is_array() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "RC not back: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let names: Vec<(&str, &Value)> = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), &a["latest"]))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("counter-py", &Value::Null),
+            ("counter-rs", &json!("0.1.0"))
+        ],
+        "{v}"
+    );
+    let show = c.get("/agents/counter-rs").await;
+    assert_eq!(show["versions"][0]["hash"], json!(rs_hash), "{show}");
+    assert_eq!(show["versions"][0]["signer"], json!(dev_did), "{show}");
+    let _ = (rs_acked, py_acked);
+}
