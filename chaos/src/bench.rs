@@ -628,19 +628,47 @@ pub async fn handover(
     Ok(out)
 }
 
-/// Pools runs of one bench made in interleaved rounds (`--links both`): samples, counts and
-/// violations add up, percentiles are over every sample, the floor is the worst run's.
-pub fn pool_handover(runs: Vec<HandoverResult>) -> Option<HandoverResult> {
+/// Rounds of an off-vs-on comparison (`--links both`, `--security both`): off and on alternate
+/// this many times within one run, each round a share of `--count`, so that load drifting
+/// during the run hits both alike; samples are pooled per setting.
+pub const OFF_ON_ROUNDS: usize = 4;
+
+/// The runs of an off-vs-on bench (`true` = security off) and how many rounds `--count` is
+/// split into: only off, only on, or both alternating ([`OFF_ON_ROUNDS`]).
+pub fn off_on_runs(off: bool, on: bool) -> (Vec<bool>, usize) {
+    match (off, on) {
+        (true, true) => (
+            std::iter::repeat_n([true, false], OFF_ON_ROUNDS)
+                .flatten()
+                .collect(),
+            OFF_ON_ROUNDS,
+        ),
+        (true, false) => (vec![true], 1),
+        _ => (vec![false], 1),
+    }
+}
+
+/// Folds the later runs of one setting into the first (`merge`); `None` for no runs.
+pub fn fold_runs<T>(runs: Vec<T>, mut merge: impl FnMut(&mut T, T)) -> Option<T> {
     let mut it = runs.into_iter();
     let mut acc = it.next()?;
     for r in it {
+        merge(&mut acc, r);
+    }
+    Some(acc)
+}
+
+/// Pools runs of one bench made in interleaved rounds (`--links both`): samples, counts and
+/// violations add up, percentiles are over every sample, the floor is the worst run's.
+pub fn pool_handover(runs: Vec<HandoverResult>) -> Option<HandoverResult> {
+    let mut acc = fold_runs(runs, |acc, r| {
         acc.samples.extend(r.samples);
         acc.lost += r.lost;
         acc.duplicated += r.duplicated;
         acc.inputs += r.inputs;
         acc.rtt_p50_us = acc.rtt_p50_us.max(r.rtt_p50_us);
         acc.rtt_p99_us = acc.rtt_p99_us.max(r.rtt_p99_us);
-    }
+    })?;
     let b = summarize(acc.samples.clone());
     (acc.p50_us, acc.p99_us, acc.max_us, acc.count) = (b.p50_us, b.p99_us, b.max_us, b.count);
     Some(acc)
@@ -648,9 +676,7 @@ pub fn pool_handover(runs: Vec<HandoverResult>) -> Option<HandoverResult> {
 
 /// As [`pool_handover`] for `bench checkpoint` runs (the fsync baseline: the worst run's).
 pub fn pool_checkpoint(runs: Vec<CheckpointResult>) -> Option<CheckpointResult> {
-    let mut it = runs.into_iter();
-    let mut acc = it.next()?;
-    for r in it {
+    let mut acc = fold_runs(runs, |acc, r| {
         acc.samples.extend(r.samples);
         acc.lost += r.lost;
         acc.duplicated += r.duplicated;
@@ -660,7 +686,7 @@ pub fn pool_checkpoint(runs: Vec<CheckpointResult>) -> Option<CheckpointResult> 
         acc.baseline_local_fsync_p99_us = acc
             .baseline_local_fsync_p99_us
             .max(r.baseline_local_fsync_p99_us);
-    }
+    })?;
     let a = summarize(acc.samples.clone());
     (acc.p50_us, acc.p99_us, acc.max_us, acc.count) = (a.p50_us, a.p99_us, a.max_us, a.count);
     Some(acc)

@@ -79,13 +79,10 @@ pub struct ColonyArgs {
     /// Security of the colony (`handover`, `api`): `on` (the product), `off` (dev configs with
     /// `security_off_for_measurement`: plain migration links, no grants, open client API, no
     /// quotas or capabilities; measurement only) or `both` (off and on alternating in
-    /// [`SECURITY_ROUNDS`] rounds of one run, samples pooled: the cost of security).
+    /// [`crate::bench::OFF_ON_ROUNDS`] rounds of one run, samples pooled: the cost of security).
     #[arg(long, value_enum, default_value = "on")]
     pub security: SecurityArg,
 }
-
-/// Rounds of `--security both`.
-pub const SECURITY_ROUNDS: usize = 4;
 
 /// `--security` of the colony benches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -101,16 +98,7 @@ pub enum SecurityArg {
 impl SecurityArg {
     /// The runs (`true` = security off) and how many rounds `--count` is split into.
     pub fn runs(self) -> (Vec<bool>, usize) {
-        match self {
-            SecurityArg::On => (vec![false], 1),
-            SecurityArg::Off => (vec![true], 1),
-            SecurityArg::Both => (
-                std::iter::repeat_n([true, false], SECURITY_ROUNDS)
-                    .flatten()
-                    .collect(),
-                SECURITY_ROUNDS,
-            ),
-        }
+        crate::bench::off_on_runs(self != SecurityArg::On, self != SecurityArg::Off)
     }
 }
 
@@ -730,9 +718,7 @@ pub struct ColonyHandoverResult {
 /// Pools rounds of one size and security (`--security both`): blackout percentiles over every
 /// sample; counts and violations add up; the rest is the first round's.
 pub fn pool_colony_handover(runs: Vec<ColonyHandoverResult>) -> Option<ColonyHandoverResult> {
-    let mut it = runs.into_iter();
-    let mut acc = it.next()?;
-    for r in it {
+    let mut acc = crate::bench::fold_runs(runs, |acc, r| {
         acc.samples.extend(r.samples);
         acc.requested += r.requested;
         acc.aborted += r.aborted;
@@ -742,7 +728,7 @@ pub fn pool_colony_handover(runs: Vec<ColonyHandoverResult>) -> Option<ColonyHan
         acc.inputs += r.inputs;
         acc.met &= r.met;
         acc.elapsed_s += r.elapsed_s;
-    }
+    })?;
     let b = summarize(acc.samples.clone());
     (acc.p50_us, acc.p99_us, acc.max_us, acc.count) = (b.p50_us, b.p99_us, b.max_us, b.count);
     acc.met &= acc.target_p99_us.is_none_or(|t| acc.p99_us <= t);
@@ -1188,15 +1174,13 @@ pub async fn api(
 
 /// Pools rounds of `bench api` with one security setting.
 pub fn pool_api(runs: Vec<ApiResult>) -> Option<ApiResult> {
-    let mut it = runs.into_iter();
-    let mut acc = it.next()?;
-    for r in it {
+    let mut acc = crate::bench::fold_runs(runs, |acc, r| {
         acc.samples.0.extend(r.samples.0);
         acc.samples.1.extend(r.samples.1);
         acc.lost += r.lost;
         acc.duplicated += r.duplicated;
         acc.input_s += r.input_s;
-    }
+    })?;
     let a = summarize(acc.samples.0.clone());
     let i = summarize(acc.samples.1.clone());
     (acc.admission_p50_us, acc.admission_p99_us, acc.admissions) = (a.p50_us, a.p99_us, a.count);

@@ -224,23 +224,10 @@ pub enum LinksArg {
     Both,
 }
 
-/// Rounds of `--links both`: off and on alternate this many times, each round a share of
-/// `--count`, so that load changing during the run hits both alike; samples are pooled.
-pub const LINK_ROUNDS: usize = 4;
-
 impl LinksArg {
     /// The runs, in order (`true` = plaintext), and how many rounds they are split into.
     pub fn runs(self) -> (Vec<bool>, usize) {
-        match self {
-            LinksArg::Tls => (vec![false], 1),
-            LinksArg::Plaintext => (vec![true], 1),
-            LinksArg::Both => (
-                std::iter::repeat_n([true, false], LINK_ROUNDS)
-                    .flatten()
-                    .collect(),
-                LINK_ROUNDS,
-            ),
-        }
+        bench::off_on_runs(self != LinksArg::Tls, self != LinksArg::Plaintext)
     }
 }
 
