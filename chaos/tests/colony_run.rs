@@ -106,6 +106,9 @@ fn run_scenario(scenario: &str, break_mode: Option<&str>) -> (i32, String, Strin
         .arg("--json")
         .arg("--bin")
         .arg(common::opengrid_bin())
+        // A failing run keeps its colony directory for the operator to read: here it lands in
+        // (and goes with) this test's temporary directory.
+        .env("TMPDIR", dir.path())
         .env_remove("OPENGRID_CHAOS_BREAK");
     if let Some(b) = break_mode {
         cmd.env("OPENGRID_CHAOS_BREAK", b);

@@ -109,6 +109,8 @@ fn harness_with_children(dir: &Path) -> (std::process::Child, Vec<u32>) {
     let child = Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
         .args(["spawn-children", "--n", "3", "--pid-file"])
         .arg(&pid_file)
+        // A harness killed with -9 cannot remove its directory: it goes with this test's.
+        .env("TMPDIR", dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
