@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::Value;
 
-use crate::cli::{field, OperatorAuth};
+use crate::cli::{field, operator_hint, OperatorAuth};
 
 /// How long a push may take (the RC compile-checks the package).
 const PUSH_TIMEOUT: Duration = Duration::from_secs(300);
@@ -85,23 +85,6 @@ pub enum AgentCmd {
     },
 }
 
-fn client(rc: &str, auth: &OperatorAuth) -> anyhow::Result<crate::client::Client> {
-    let c = crate::client::Client::new(rc.to_string());
-    Ok(match auth.token()? {
-        Some(t) => c.with_token(t),
-        None => c,
-    })
-}
-
-fn api_error(e: crate::client::ClientError) -> anyhow::Error {
-    match &e {
-        crate::client::ClientError::Api { status: 401, .. } => anyhow::anyhow!(
-            "{e} (the registry needs an operator: --key <operator data dir> or --token)"
-        ),
-        _ => anyhow::Error::new(e),
-    }
-}
-
 /// Runs one `opengrid agent` command.
 pub async fn run(cmd: AgentCmd) -> anyhow::Result<()> {
     match cmd {
@@ -123,10 +106,11 @@ pub async fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             let package =
                 opengrid_wasm::Package::build(opengrid_wasm::PackageSource::Dir(&dir), &key)
                     .with_context(|| format!("build the package from {}", dir.display()))?;
-            let v = client(&rc, &auth)?
+            let v = auth
+                .client(&rc)?
                 .post_bytes("/agents", package.to_bytes(), PUSH_TIMEOUT)
                 .await
-                .map_err(api_error)
+                .map_err(operator_hint)
                 .context("push")?;
             println!(
                 "{}@{} {}{}",
@@ -142,10 +126,11 @@ pub async fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             Ok(())
         }
         AgentCmd::List { rc, json, auth } => {
-            let v = client(&rc, &auth)?
+            let v = auth
+                .client(&rc)?
                 .get("/agents")
                 .await
-                .map_err(api_error)?;
+                .map_err(operator_hint)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -167,10 +152,11 @@ pub async fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             Ok(())
         }
         AgentCmd::Show { name, rc, auth } => {
-            let v = client(&rc, &auth)?
+            let v = auth
+                .client(&rc)?
                 .get(&format!("/agents/{name}"))
                 .await
-                .map_err(api_error)?;
+                .map_err(operator_hint)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
@@ -180,10 +166,11 @@ pub async fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             json,
             auth,
         } => {
-            let v = client(&rc, &auth)?
+            let v = auth
+                .client(&rc)?
                 .get(&format!("/agents/{name}/versions"))
                 .await
-                .map_err(api_error)?;
+                .map_err(operator_hint)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -208,14 +195,14 @@ pub async fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             rc,
             auth,
         } => {
-            client(&rc, &auth)?
+            auth.client(&rc)?
                 .post_bytes(
                     &format!("/agents/{name}/{version}/retire"),
                     Vec::new(),
                     Duration::from_secs(30),
                 )
                 .await
-                .map_err(api_error)?;
+                .map_err(operator_hint)?;
             println!("{name}@{version} retired");
             Ok(())
         }

@@ -141,7 +141,7 @@ impl OperatorAuth {
         }
     }
 
-    fn client(&self, rc: &str) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self, rc: &str) -> anyhow::Result<Client> {
         let c = Client::new(rc.to_string());
         Ok(match self.token()? {
             Some(t) => c.with_token(t),
@@ -151,7 +151,7 @@ impl OperatorAuth {
 }
 
 /// A 401 from an operator route: say how to give credentials.
-fn operator_hint(e: crate::client::ClientError) -> anyhow::Error {
+pub(crate) fn operator_hint(e: crate::client::ClientError) -> anyhow::Error {
     match &e {
         crate::client::ClientError::Api { status: 401, .. } => anyhow::anyhow!(
             "{e} (operator routes need --key <operator data dir> or --token; see `opengrid token operator`)"
