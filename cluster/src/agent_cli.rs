@@ -103,11 +103,36 @@ pub async fn run(cmd: AgentCmd) -> anyhow::Result<()> {
         } => {
             let key = opengrid_session::keyfile::load(&developer_key)
                 .with_context(|| format!("developer key {}", developer_key.display()))?;
-            let package =
-                opengrid_wasm::Package::build(opengrid_wasm::PackageSource::Dir(&dir), &key)
-                    .with_context(|| format!("build the package from {}", dir.display()))?;
-            let v = auth
-                .client(&rc)?
+            let package = opengrid_wasm::Package::from_dir(&dir)
+                .with_context(|| format!("build the package from {}", dir.display()))?;
+            let client = auth.client(&rc)?;
+            // Models and assets first: the RC refuses a package whose blobs it lacks.
+            for (hash, path) in &package.files {
+                let bytes = tokio::fs::read(path)
+                    .await
+                    .with_context(|| format!("read {}", path.display()))?;
+                let v = client
+                    .send_bytes(
+                        reqwest::Method::PUT,
+                        &format!("/blobs/{hash}"),
+                        bytes,
+                        PUSH_TIMEOUT,
+                    )
+                    .await
+                    .map_err(operator_hint)
+                    .with_context(|| format!("upload {}", path.display()))?;
+                eprintln!(
+                    "{} {hash}{}",
+                    path.display(),
+                    if v.get("created") == Some(&Value::Bool(false)) {
+                        " (already uploaded)"
+                    } else {
+                        " uploaded"
+                    }
+                );
+            }
+            let package = package.sign(&key);
+            let v = client
                 .post_bytes("/agents", package.to_bytes(), PUSH_TIMEOUT)
                 .await
                 .map_err(operator_hint)

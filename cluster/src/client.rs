@@ -189,9 +189,21 @@ impl Client {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Value, ClientError> {
+        self.send_bytes(reqwest::Method::POST, path, body, timeout)
+            .await
+    }
+
+    /// Sends `body` (`application/octet-stream`) with `method` to `path`; the JSON answer.
+    pub async fn send_bytes(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         answer(
             bearer(
-                self.http.post(format!("{}{path}", self.rc)),
+                self.http.request(method, format!("{}{path}", self.rc)),
                 self.token.as_deref(),
             )
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")

@@ -534,3 +534,211 @@ async fn pushed_agents_run_fail_over_and_survive_an_rc_restart() {
     assert_eq!(show["versions"][0]["signer"], json!(dev_did), "{show}");
     let _ = (rs_acked, py_acked);
 }
+
+/// The asset plane (ADR 0031) with real processes: a package with an asset file is pushed (the
+/// CLI uploads the asset first; a package naming a blob the RC lacks is refused), the package's
+/// `[scaling] warm_nodes` puts it on both nodes before any session, and a node that joins later
+/// and never held it takes a live handover: it fetches package and asset at `Prepare` from the
+/// nodes that hold them (range requests, verified), not from the RC. Blobs are served to member
+/// nodes and operators only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn assets_are_prepositioned_and_a_cold_node_fetches_from_holders() {
+    let (rs_dir, _) = agent_dirs();
+    let mut c = Colony::start();
+    for n in ["n1", "n2"] {
+        c.node(n, "DE");
+    }
+    c.wait_alive(2).await;
+
+    // counter-rs with an asset file and two warm nodes in its default manifest.
+    let pkg = c.dir.path().join("counter-assets");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::copy(rs_dir.join("agent.wasm"), pkg.join("agent.wasm")).unwrap();
+    let notes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(pkg.join("notes.bin"), &notes).unwrap();
+    let asset_hash = blake3::hash(&notes).to_hex().to_string();
+    let toml = std::fs::read_to_string(rs_dir.join("agent.toml")).unwrap();
+    std::fs::write(
+        pkg.join("agent.toml"),
+        format!("{toml}\n[[assets]]\nname = \"notes\"\nfile = \"notes.bin\"\n\n[manifest.scaling]\nwarm_nodes = 2\n"),
+    )
+    .unwrap();
+    let key = c.dir.path().join("dev.key");
+    let out = Command::new(BIN)
+        .args(["agent", "keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen: {}", stderr(&out));
+
+    // A package naming a blob the RC does not hold: refused, nothing stored.
+    let ghost = c.dir.path().join("ghost");
+    std::fs::create_dir_all(&ghost).unwrap();
+    std::fs::copy(rs_dir.join("agent.wasm"), ghost.join("agent.wasm")).unwrap();
+    std::fs::write(
+        ghost.join("agent.toml"),
+        format!(
+            "{}\n[[assets]]\nname = \"x\"\nhash = \"{}\"\n",
+            toml.replace("version = \"0.1.0\"", "version = \"0.0.9\""),
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let out = c.agent_cli(&[
+        "push",
+        ghost.to_str().unwrap(),
+        "--developer-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing_blobs"), "{}", stderr(&out));
+    assert!(c.stored().is_empty(), "nothing stored: {:?}", c.stored());
+
+    let out = c.agent_cli(&[
+        "push",
+        pkg.to_str().unwrap(),
+        "--developer-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "push: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&asset_hash),
+        "the asset was uploaded: {}",
+        stderr(&out)
+    );
+    let pkg_hash = stdout(&out).trim().rsplit(' ').next().unwrap().to_string();
+    assert!(c.rc_data().join("blobs").join(&asset_hash).is_file());
+
+    // Pre-positioned on both nodes before any session: package and asset.
+    let root = c.dir.path().to_path_buf();
+    let held = |node: &str, h: &str| root.join(format!("{node}-data/blobs/{h}")).is_file();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !["n1", "n2"]
+        .iter()
+        .all(|n| held(n, &pkg_hash) && held(n, &asset_hash))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not pre-positioned within 120 s; logs in {}",
+            c.dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The RC learns who holds it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = c.get(&format!("/blobs/{asset_hash}/holders")).await;
+        if v["holders"].as_array().is_some_and(|h| h.len() == 2) {
+            assert_eq!(v["rc"], json!(true), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "holders not reported: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Blobs are for members and operators.
+    let n1_api = c.get("/status").await["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "n1")
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("{n1_api}/blobs/{asset_hash}");
+    let anon = reqwest::get(&url).await.unwrap();
+    assert_eq!(anon.status().as_u16(), 401);
+    let stranger = opengrid_cluster::common::identity::Identity::generate();
+    let t =
+        opengrid_cluster::common::token::mint_operator(&stranger, Duration::from_secs(60)).unwrap();
+    let r = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a stranger's own token opens nothing"
+    );
+    let r = c
+        .http
+        .get(&url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(&r.bytes().await.unwrap()[..], &notes[10..20]);
+
+    // A session, then a node that never held the package joins and takes it over live.
+    let client = c.client();
+    let mut s = client.create(&manifest("counter-rs"), None).await.unwrap();
+    let mut acked = 0;
+    for _ in 0..3 {
+        acked = step(&mut s, acked).await.unwrap();
+    }
+    c.node("n3", "DE");
+    c.wait_alive(3).await;
+    assert!(!held("n3", &pkg_hash));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let holder = c.entry(&s.id).await["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let r = c
+            .http
+            .post(format!("{holder}/sessions/{}/handover", s.id))
+            .json(&json!({"target": "n3"}))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = (r.status().as_u16(), r.text().await.unwrap_or_default());
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no handover to n3: {status} {body}; logs in {}",
+            c.dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(c.entry(&s.id).await["node_name"], json!("n3"));
+    for _ in 0..3 {
+        acked = step(&mut s, acked).await.unwrap();
+    }
+    assert!(held("n3", &pkg_hash) && held("n3", &asset_hash));
+    // n3 fetched from its peers: every byte from the holders, none from the RC.
+    let n3_api = c.entry(&s.id).await["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let metrics = c
+        .http
+        .get(format!("{n3_api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let fetched = |source: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("opengrid_blobs_fetched_bytes")
+                    && l.contains(&format!("source=\"{source}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    assert!(
+        fetched("peer") >= notes.len() as u64,
+        "fetched from peers: {}\n{metrics}",
+        fetched("peer")
+    );
+    assert_eq!(fetched("rc"), 0, "nothing from the RC");
+}

@@ -54,6 +54,17 @@ struct Prepared {
 
 /// Admission rule the node applies to incoming handovers (capacity, handler served).
 pub trait AdmitIncoming: Send + Sync + 'static {
+    /// Called at `Prepare`, before [`admit`](Self::admit): a chance to make `handler` runnable
+    /// here (e.g. fetch and load a pushed agent the node has not run) before the handover's
+    /// freeze. Bounded by the implementation; `admit` decides afterwards. Default: nothing.
+    fn ready<'a>(
+        &'a self,
+        _session: &'a SessionId,
+        _handler: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async {})
+    }
+
     /// `Err(reason)` to refuse.
     fn admit(&self, session: &SessionId, handler: &str) -> Result<(), String>;
 
@@ -503,6 +514,7 @@ async fn handle(inner: &Inner, req: Request, peer: &Did) -> Response {
                     return Response::Fenced { current: cur };
                 }
             }
+            inner.admit.ready(&session, &handler).await;
             if let Err(reason) = inner.admit.admit(&session, &handler) {
                 return Response::Refused { reason };
             }

@@ -7,7 +7,7 @@
 //!
 //! Every field is either obeyed by the runtime or refused: fields that parse but that nothing acts
 //! on yet (`session.continuity` other than `interactive`, `session.expected_duration`,
-//! `session.state_footprint`, `[scaling]`, `[verification]`) accept only their default, and any
+//! `session.state_footprint`, `scaling.warm_up`, `[verification]`) accept only their default, and any
 //! other value is a [`FieldErrorKind::NotSupportedYet`] error naming the field.
 //!
 //! ```
@@ -223,13 +223,19 @@ pub enum MigrationCost {
     NeverLive,
 }
 
-/// `[scaling]`. Not supported yet: only the defaults are accepted.
+/// `[scaling]`: how many nodes keep a pushed agent warm (its package and models fetched and
+/// compiled) ahead of demand (ADR 0031). `warm_up` is not supported yet (default only).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScalingSection {
-    /// Peak-to-average demand factor expected (≥ 1).
+    /// Peak-to-average demand factor expected (1..=100): the RC keeps the agent warm on
+    /// `spike_factor` × the nodes hosting its sessions (at least `warm_nodes`).
     #[serde(default = "default_spike")]
     pub spike_factor: f64,
+    /// Nodes that hold the agent warm before its first session (0..=1000; placement and the
+    /// manifest's jurisdictions apply).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub warm_nodes: u32,
     /// Time to warm a new instance (models loaded, caches filled).
     #[serde(default)]
     pub warm_up: HumanDuration,
@@ -239,10 +245,15 @@ fn default_spike() -> f64 {
     1.0
 }
 
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
 impl Default for ScalingSection {
     fn default() -> Self {
         Self {
             spike_factor: 1.0,
+            warm_nodes: 0,
             warm_up: HumanDuration::ZERO,
         }
     }
@@ -592,6 +603,19 @@ impl Manifest {
                 ),
             );
         }
+        let sc = &self.scaling;
+        if !(1.0..=100.0).contains(&sc.spike_factor) {
+            bad(
+                "scaling.spike_factor",
+                format!("{} is not in 1..=100", sc.spike_factor),
+            );
+        }
+        if sc.warm_nodes > 1000 {
+            bad(
+                "scaling.warm_nodes",
+                format!("{} is over 1000", sc.warm_nodes),
+            );
+        }
         errs.extend(self.unsupported());
         if errs.is_empty() {
             Ok(())
@@ -642,16 +666,6 @@ impl Manifest {
             );
         }
         let sc = &self.scaling;
-        if sc.spike_factor != default_spike() {
-            refuse(
-                "scaling.spike_factor",
-                format!(
-                    "{} is not used for capacity planning; remove it (default {})",
-                    sc.spike_factor,
-                    default_spike()
-                ),
-            );
-        }
         if !sc.warm_up.is_zero() {
             refuse(
                 "scaling.warm_up",
@@ -965,10 +979,6 @@ proof = "receipt"
             (
                 "session.state_footprint",
                 GOOD.replace("idle_timeout", "state_footprint = \"1MiB\"\nidle_timeout"),
-            ),
-            (
-                "scaling.spike_factor",
-                GOOD.replace("spike_factor = 1.0", "spike_factor = 3.0"),
             ),
             (
                 "scaling.warm_up",

@@ -109,9 +109,22 @@ struct AgentToml {
     #[serde(default)]
     manifest: Option<toml::Table>,
     #[serde(default)]
-    models: Vec<Blob>,
+    models: Vec<BlobToml>,
     #[serde(default)]
-    assets: Vec<Blob>,
+    assets: Vec<BlobToml>,
+}
+
+/// A model or asset as `agent.toml` writes it: a name and its hash, or a file in the package
+/// directory (hashed when the package is built; uploaded to the RC by `opengrid agent push`),
+/// or both (then they must agree).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlobToml {
+    name: String,
+    #[serde(default)]
+    hash: Option<String>,
+    #[serde(default)]
+    file: Option<String>,
 }
 
 fn default_component() -> String {
@@ -149,6 +162,8 @@ pub struct Package {
     pub meta: AgentMeta,
     /// The component's bytes.
     pub component: Vec<u8>,
+    /// Model and asset files named in `agent.toml` (hash, path): what a push uploads first.
+    pub files: Vec<(String, std::path::PathBuf)>,
 }
 
 /// Where [`Package::build`] takes a package from.
@@ -201,15 +216,19 @@ impl Package {
             limits.max_component_bytes,
             "component",
         )?;
-        Self::from_toml(parsed, component)
+        Self::from_toml(parsed, component, Some(dir))
     }
 
     /// A package from the text of `agent.toml` and the component's bytes.
     pub fn from_parts(agent_toml: &str, component: Vec<u8>) -> Result<Package, PackageError> {
-        Self::from_toml(parse_toml(agent_toml)?, component)
+        Self::from_toml(parse_toml(agent_toml)?, component, None)
     }
 
-    fn from_toml(t: AgentToml, component: Vec<u8>) -> Result<Package, PackageError> {
+    fn from_toml(
+        t: AgentToml,
+        component: Vec<u8>,
+        dir: Option<&Path>,
+    ) -> Result<Package, PackageError> {
         let version =
             semver::Version::parse(&t.version).map_err(|e| PackageError::InvalidManifest {
                 field: "version".into(),
@@ -224,6 +243,9 @@ impl Package {
             }
             None => serde_json::Value::Object(Default::default()),
         };
+        let mut files = Vec::new();
+        let models = resolve_blobs("models", t.models, dir, &mut files)?;
+        let assets = resolve_blobs("assets", t.assets, dir, &mut files)?;
         let meta = AgentMeta {
             name: t.name,
             version,
@@ -232,11 +254,15 @@ impl Package {
             skills: t.skills,
             persona: t.persona,
             manifest,
-            models: t.models,
-            assets: t.assets,
+            models,
+            assets,
         };
         validate(&meta, component.len() as u64, &PackageLimits::default())?;
-        Ok(Package { meta, component })
+        Ok(Package {
+            meta,
+            component,
+            files,
+        })
     }
 
     /// The canonical body bytes and their hash.
@@ -444,6 +470,59 @@ fn parse_toml(text: &str) -> Result<AgentToml, PackageError> {
             .unwrap_or_else(|| "agent.toml".into()),
         reason: e.message().to_string(),
     })
+}
+
+/// `agent.toml`'s models or assets as the package records them (name, hash): a `file` is hashed
+/// (streaming) and remembered in `files` for the push to upload.
+fn resolve_blobs(
+    list: &str,
+    entries: Vec<BlobToml>,
+    dir: Option<&Path>,
+    files: &mut Vec<(String, std::path::PathBuf)>,
+) -> Result<Vec<Blob>, PackageError> {
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, e) in entries.into_iter().enumerate() {
+        let invalid = |field: &str, reason: String| PackageError::InvalidManifest {
+            field: format!("{list}[{i}].{field}"),
+            reason,
+        };
+        let hash = match (&e.file, e.hash) {
+            (None, Some(h)) => h,
+            (None, None) => return Err(invalid("hash", "give `hash` or `file`".into())),
+            (Some(f), declared) => {
+                let Some(dir) = dir else {
+                    return Err(invalid("file", "a file needs the package directory".into()));
+                };
+                if f.contains("..") || Path::new(f).is_absolute() {
+                    return Err(invalid(
+                        "file",
+                        "a path inside the package directory".into(),
+                    ));
+                }
+                let path = dir.join(f);
+                let mut h = blake3::Hasher::new();
+                std::fs::File::open(&path)
+                    .and_then(|f| h.update_reader(f).map(drop))
+                    .map_err(|source| PackageError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let actual = h.finalize().to_hex().to_string();
+                if let Some(d) = declared {
+                    if d != actual {
+                        return Err(invalid(
+                            "hash",
+                            format!("{d} does not match {f}, which hashes to {actual}"),
+                        ));
+                    }
+                }
+                files.push((actual.clone(), path));
+                actual
+            }
+        };
+        out.push(Blob { name: e.name, hash });
+    }
+    Ok(out)
 }
 
 fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, PackageError> {

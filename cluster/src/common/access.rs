@@ -90,6 +90,9 @@ pub enum Caller {
     Operator(String),
     /// The holder of one session's capability (the session id).
     Holder(String),
+    /// A member node of the colony, with a token signed by its own key (its DID): let in only
+    /// where nodes serve each other (blobs).
+    Member(String),
 }
 
 /// Most verified tokens remembered.
@@ -254,6 +257,34 @@ impl Access {
                 .0
                 .as_deref()
                 .is_some_and(|t| self.verify_operator(t).is_ok())
+    }
+
+    /// Lets in an operator, or a member node of the colony (`members`) presenting an
+    /// operator-format token signed by its own key (`token::mint_operator` with the node's
+    /// identity). Member tokens are verified every time (never cached with operator tokens: they
+    /// open nothing else).
+    pub fn operator_or_member(
+        &self,
+        bearer: &Bearer,
+        members: &[NodeId],
+        what: &str,
+    ) -> Result<Caller, ApiError> {
+        if self.open {
+            return Ok(Caller::Operator(OPEN_CALLER.into()));
+        }
+        let t = bearer.0.as_deref().ok_or_else(|| unauthenticated(what))?;
+        if let Ok(iss) = self.verify_operator(t) {
+            return Ok(Caller::Operator(iss));
+        }
+        token::verify_operator(t, members)
+            .map(|c| Caller::Member(c.iss))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("{what} needs an operator token or a member node's token: {e}"),
+                )
+            })
     }
 
     /// Lets in the holder of `session`'s capability, or an operator.

@@ -3,6 +3,7 @@
 //! error type, metrics and start-up plumbing. Nothing here names either side.
 
 pub mod access;
+pub mod blobs;
 pub mod config;
 pub mod failure;
 pub mod http;

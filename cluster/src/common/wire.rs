@@ -169,7 +169,8 @@ impl ToRc {
             | ToRc::Draining { node }
             | ToRc::Holding { node, .. }
             | ToRc::ReplicaTrouble { node, .. }
-            | ToRc::Released { node, .. } => Some(*node),
+            | ToRc::Released { node, .. }
+            | ToRc::Blobs { node, .. } => Some(*node),
         }
     }
 }
@@ -292,7 +293,19 @@ pub enum ToRc {
         /// Epoch it had here.
         epoch: u64,
     },
+    /// The blobs (packages, models, assets) this node holds, whole, when the set changed and
+    /// after every (re)join (ADR 0031): the RC names holders to fetching nodes and places agent
+    /// sessions on warm nodes first. At most [`MAX_BLOBS_REPORTED`] hashes.
+    Blobs {
+        /// Sender.
+        node: NodeId,
+        /// Hashes held (64 hex digits each).
+        have: Vec<String>,
+    },
 }
+
+/// Most blob hashes in one [`ToRc::Blobs`] report (about 280 KiB).
+pub const MAX_BLOBS_REPORTED: usize = 4096;
 
 /// Most bytes of sessions in one [`ToRc::Holding`] part (well below [`MAX_WIRE_BYTES`]).
 pub const HOLDING_PART_BYTES: usize = 256 * 1024;

@@ -1,8 +1,10 @@
-//! Pushed agent packages on a node (ADR 0030): the node-wide wasm runtime, the package cache
-//! (`<data_dir>/agents/<hash>.ogap`, compiled components in `<data_dir>/agents/cache`) and the
-//! fetch of a package from the RC by hash when a session names an agent the node has not run.
+//! Pushed agent packages on a node (ADR 0030, 0031): the node-wide wasm runtime (compiled
+//! components cached in `<data_dir>/agents/cache`), and the node's blob store
+//! (`<data_dir>/blobs`, [`crate::common::blobs`]) that holds packages, models and assets by hash.
+//! When a session names an agent the node has not loaded, the package and then its models and
+//! assets are fetched by hash from the nodes that hold them (the RC names them) or from the RC,
+//! chunked, resumable and verified.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,9 @@ use std::time::Duration;
 use opengrid_actors::SessionHost;
 use opengrid_session::ByteSize;
 use opengrid_session::HumanDuration;
-use opengrid_wasm::{Runtime, RuntimeConfig, WasmHandler};
+use opengrid_wasm::{Runtime, RuntimeConfig, SignedPackage, WasmHandler};
+
+use crate::common::blobs::{BlobStore, Source};
 use serde::{Deserialize, Serialize};
 
 /// `[agents]` of `node.toml`.
@@ -25,8 +29,11 @@ pub struct AgentsSection {
     pub max_memory: ByteSize,
     /// Longest run of one input before it is interrupted.
     pub deadline: HumanDuration,
-    /// Longest fetch of a package from the RC.
+    /// Longest single request of a fetch (one chunk of a package, model or asset).
     pub fetch_timeout: HumanDuration,
+    /// Bound of the blob store (packages, models, assets); least recently used blobs that no
+    /// loaded agent reads at run time are evicted beyond it.
+    pub blob_cache: ByteSize,
 }
 
 impl Default for AgentsSection {
@@ -37,6 +44,7 @@ impl Default for AgentsSection {
             max_memory: ByteSize(256 << 20),
             deadline: HumanDuration::from_secs(2),
             fetch_timeout: HumanDuration::from_secs(60),
+            blob_cache: ByteSize(8 << 30),
         }
     }
 }
@@ -84,6 +92,18 @@ pub enum AgentFetchError {
         /// `name@version` in the package.
         found: String,
     },
+    /// A model or asset of the package could not be made available.
+    #[error("agent {handler}: {what} {hash}: {source}")]
+    Blob {
+        /// `name@version`.
+        handler: String,
+        /// `model "name"` or `asset "name"`.
+        what: String,
+        /// Its hash.
+        hash: String,
+        /// Why.
+        source: crate::common::blobs::BlobError,
+    },
     /// The package cache.
     #[error("agent package cache {path}: {reason}")]
     Cache {
@@ -101,9 +121,23 @@ pub struct NodeAgents {
     runtime: std::sync::Mutex<Option<Runtime>>,
     config: RuntimeConfig,
     dir: PathBuf,
+    blobs: BlobStore,
     http: reqwest::Client,
+    /// The node's inference plane, where fetched models are registered.
+    inference: Option<Arc<crate::node::inference::NodeInference>>,
     /// One fetch-and-load at a time (two sessions of a new agent fetch it once).
     loading: tokio::sync::Mutex<()>,
+}
+
+/// Where and as whom a node fetches: the RC's API and the node's own token.
+#[derive(Clone, Debug, Default)]
+pub struct FetchFrom {
+    /// The RC's client API (`None` before the node joined).
+    pub rc_api: Option<String>,
+    /// An operator-format token signed by the node's own key.
+    pub token: Option<String>,
+    /// The node's own DID (never a source of its own fetches).
+    pub me: String,
 }
 
 impl std::fmt::Debug for NodeAgents {
@@ -113,18 +147,28 @@ impl std::fmt::Debug for NodeAgents {
 }
 
 impl NodeAgents {
-    /// The runtime and cache under `<data_dir>/agents`; `opengrid_wasm_*` metrics on `meter`.
+    /// The runtime and cache under `<data_dir>/agents`, the blob store in `<data_dir>/blobs`;
+    /// `opengrid_wasm_*` and `opengrid_blobs_*` metrics on `meter`.
     pub fn start(
         data_dir: &Path,
         s: &AgentsSection,
         meter: Option<opentelemetry::metrics::Meter>,
+        inference: Option<Arc<crate::node::inference::NodeInference>>,
     ) -> Result<NodeAgents, String> {
         let dir = data_dir.join("agents");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let blobs = BlobStore::open(
+            data_dir.join("blobs"),
+            s.blob_cache.0,
+            meter.as_ref(),
+            s.fetch_timeout.0,
+        )
+        .map_err(|e| e.to_string())?;
         let config = RuntimeConfig {
             max_instances: s.max_instances,
             max_memory_bytes: s.max_memory.0.min(usize::MAX as u64) as usize,
             deadline: s.deadline.0,
+            assets_dir: Some(blobs.dir().to_path_buf()),
             meter,
             ..RuntimeConfig::new(dir.join("cache"))
         };
@@ -137,21 +181,29 @@ impl NodeAgents {
             runtime: std::sync::Mutex::new(None),
             config,
             dir,
+            blobs,
             http,
+            inference,
             loading: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Makes `handler` (`name@version`, package `hash`) runnable on `host`: from memory, the
-    /// package cache, or fetched from the RC at `rc_api` with `token` (the node's own), verified
-    /// against `hash`, cached, loaded (compiled once per hash) and registered.
+    /// The node's blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Makes `handler` (`name@version`, package `hash`) runnable on `host`: the package from
+    /// the blob store or fetched by hash (from holders the RC names, then the RC), verified
+    /// against `hash` and its signature, loaded (compiled once per hash) and checked to be the
+    /// `name@version` asked for; then its models and assets fetched the same way (assets pinned:
+    /// the agent reads them while it runs; models registered with the inference plane).
     pub async fn ensure(
         &self,
         host: &SessionHost,
         handler: &str,
         hash: &str,
-        rc_api: Option<String>,
-        token: Option<String>,
+        from: &FetchFrom,
     ) -> Result<(), AgentFetchError> {
         if host.handler_ids().iter().any(|h| h == handler) {
             return Ok(());
@@ -165,65 +217,247 @@ impl NodeAgents {
             hash: hash.to_string(),
             source,
         };
-        if !crate::node::agents::is_hash(hash) {
+        if !crate::common::blobs::is_hash(hash) {
             return Err(refused(opengrid_wasm::PackageError::Malformed(format!(
                 "{hash:?} is not a package hash"
             ))));
         }
-        let path = self.dir.join(format!("{hash}.ogap"));
         let runtime = self.runtime().map_err(|e| AgentFetchError::Cache {
             path: self.config.cache_dir.clone(),
             reason: e.to_string(),
         })?;
         let started = std::time::Instant::now();
-        let load = |bytes: Vec<u8>| {
-            let (runtime, h) = (runtime.clone(), hash.to_string());
+        let limits = self.config.limits;
+        let verify = |bytes: Vec<u8>| {
+            let h = hash.to_string();
             async move {
                 tokio::task::spawn_blocking(move || {
-                    let agent = runtime.load_bytes(&bytes, Some(&h))?;
-                    Ok::<_, opengrid_wasm::PackageError>((agent, bytes))
+                    SignedPackage::from_bytes(&bytes, &limits)?.verify_with(Some(&h), &limits)
                 })
                 .await
                 .map_err(|e| opengrid_wasm::PackageError::Compile(e.to_string()))?
             }
         };
         // The local copy first; one that does not verify (damaged) is fetched again.
-        let cached = match tokio::fs::read(&path).await {
-            Ok(b) => match load(b).await {
-                Ok(loaded) => Some(loaded),
+        let cached = match self.blobs.read_unverified(hash) {
+            Ok(Some(b)) => match verify(b).await {
+                Ok(p) => Some(p),
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cached agent package refused: fetching it again");
-                    let _ = tokio::fs::remove_file(&path).await;
+                    tracing::warn!(%hash, error = %e, "stored agent package refused: fetching it again");
+                    self.blobs.remove(hash);
                     None
                 }
             },
-            Err(_) => None,
+            _ => None,
         };
         let fetched = cached.is_none();
-        let loaded = match cached {
-            Some(l) => l,
+        let package = match cached {
+            Some(p) => p,
             None => {
-                let bytes = self.fetch(handler, hash, rc_api, token).await?;
-                load(bytes).await.map_err(refused)?
+                // A package is named by the hash of its signed body, not of its bytes.
+                let h = hash.to_string();
+                let is_package = move |p: &Path| -> Result<(), String> {
+                    let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
+                    SignedPackage::from_bytes(&bytes, &limits)
+                        .and_then(|s| s.verify_with(Some(&h), &limits))
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                };
+                let path = self
+                    .fetch_blob(hash, limits.max_package_bytes, from, &is_package)
+                    .await
+                    .map_err(|e| match e {
+                        FetchBlobError::NoRc => AgentFetchError::NoRc {
+                            handler: handler.to_string(),
+                            hash: hash.to_string(),
+                        },
+                        FetchBlobError::Blob(source) => AgentFetchError::Fetch {
+                            handler: handler.to_string(),
+                            hash: hash.to_string(),
+                            url: from.rc_api.clone().unwrap_or_default(),
+                            reason: source.to_string(),
+                        },
+                    })?;
+                let bytes = tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| AgentFetchError::Cache {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                match verify(bytes).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.blobs.remove(hash);
+                        return Err(refused(e));
+                    }
+                }
             }
         };
-        let (agent, bytes) = loaded;
-        if agent.id() != handler {
+        let meta = package.meta().clone();
+        let found = format!("{}@{}", meta.name, meta.version);
+        if found != handler {
             return Err(AgentFetchError::WrongAgent {
                 handler: handler.to_string(),
                 hash: hash.to_string(),
-                found: agent.id().to_string(),
+                found,
             });
         }
-        if fetched {
-            write_atomic(&path, &bytes).map_err(|reason| AgentFetchError::Cache {
-                path: path.clone(),
-                reason,
-            })?;
+        // Models and assets by hash, before the agent can run.
+        let blob_limit = self.blobs.stats().max_bytes;
+        for (what, list) in [("model", &meta.models), ("asset", &meta.assets)] {
+            for b in list {
+                let fail = |source| AgentFetchError::Blob {
+                    handler: handler.to_string(),
+                    what: format!("{what} {:?}", b.name),
+                    hash: b.hash.clone(),
+                    source,
+                };
+                let by_bytes = |p: &Path| crate::common::blobs::verify_file(p, &b.hash);
+                let path = match self.fetch_blob(&b.hash, blob_limit, from, &by_bytes).await {
+                    Ok(p) => p,
+                    Err(FetchBlobError::Blob(e)) => return Err(fail(e)),
+                    Err(FetchBlobError::NoRc) => {
+                        return Err(AgentFetchError::NoRc {
+                            handler: handler.to_string(),
+                            hash: b.hash.clone(),
+                        })
+                    }
+                };
+                if what == "asset" {
+                    self.blobs.pin(&b.hash);
+                } else if let Some(inf) = self.inference.clone() {
+                    let id = b.hash.clone();
+                    let registered = tokio::task::spawn_blocking(move || {
+                        let id: opengrid_runtime_gpu::ModelId =
+                            id.parse().map_err(|e| format!("{e}"))?;
+                        inf.runtime()
+                            .register_model(&path, &id)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                    if let Err(reason) = registered {
+                        tracing::warn!(%handler, model = %b.name, %reason, "model not registered with the inference plane");
+                    }
+                }
+            }
         }
+        let agent = {
+            let runtime = runtime.clone();
+            tokio::task::spawn_blocking(move || runtime.load(&package))
+                .await
+                .map_err(|e| refused(opengrid_wasm::PackageError::Compile(e.to_string())))?
+                .map_err(refused)?
+        };
         host.register(Arc::new(WasmHandler::new(agent)));
         tracing::info!(%handler, %hash, fetched, took_ms = started.elapsed().as_millis() as u64, "agent loaded");
         Ok(())
+    }
+
+    /// [`ensure`](Self::ensure) for `handler` (`name@version`) by name: the RC resolves it to
+    /// its package hash (a handover target that has not run the agent).
+    pub async fn ensure_by_id(
+        &self,
+        host: &SessionHost,
+        handler: &str,
+        from: &FetchFrom,
+    ) -> Result<(), AgentFetchError> {
+        if host.handler_ids().iter().any(|h| h == handler) {
+            return Ok(());
+        }
+        let (name, version) = handler.split_once('@').unwrap_or((handler, ""));
+        let rc = from.rc_api.clone().ok_or_else(|| AgentFetchError::NoRc {
+            handler: handler.to_string(),
+            hash: String::new(),
+        })?;
+        let url = format!("{rc}/agents/{name}/{version}");
+        let fail = |reason: String| AgentFetchError::Fetch {
+            handler: handler.to_string(),
+            hash: String::new(),
+            url: url.clone(),
+            reason,
+        };
+        let mut req = self.http.get(&url).timeout(Duration::from_secs(5));
+        if let Some(t) = &from.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(fail(format!(
+                "{status}: {}",
+                body.chars().take(300).collect::<String>()
+            )));
+        }
+        let v: serde_json::Value = resp.json().await.map_err(|e| fail(e.to_string()))?;
+        let hash = v["hash"]
+            .as_str()
+            .ok_or_else(|| fail(format!("no hash in {v}")))?
+            .to_string();
+        self.ensure(host, handler, &hash, from).await
+    }
+
+    /// The blob from the store, or fetched from the nodes the RC says hold it (a few, in random
+    /// order) and then the RC itself.
+    async fn fetch_blob(
+        &self,
+        hash: &str,
+        limit: u64,
+        from: &FetchFrom,
+        verify: &(dyn Fn(&Path) -> Result<(), String> + Sync),
+    ) -> Result<PathBuf, FetchBlobError> {
+        if let Some(p) = self.blobs.path(hash) {
+            return Ok(p);
+        }
+        let rc = from.rc_api.clone().ok_or(FetchBlobError::NoRc)?;
+        let mut sources = self.holders(&rc, hash, from).await;
+        sources.push(Source {
+            url: rc,
+            token: from.token.clone(),
+            kind: "rc",
+        });
+        self.blobs
+            .fetch_verified(hash, &sources, limit, verify)
+            .await
+            .map_err(FetchBlobError::Blob)
+    }
+
+    /// Other nodes holding `hash`, as the RC knows them (none when it does not answer).
+    async fn holders(&self, rc: &str, hash: &str, from: &FetchFrom) -> Vec<Source> {
+        use rand::seq::SliceRandom;
+        let url = format!("{rc}/blobs/{hash}/holders");
+        let mut req = self.http.get(&url).timeout(Duration::from_secs(5));
+        if let Some(t) = &from.token {
+            req = req.bearer_auth(t);
+        }
+        let v: serde_json::Value = match req.send().await {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+            Ok(r) => {
+                tracing::debug!(%url, status = %r.status(), "no holders from the RC");
+                return Vec::new();
+            }
+            Err(e) => {
+                tracing::debug!(%url, error = %e, "no holders from the RC");
+                return Vec::new();
+            }
+        };
+        let mut peers: Vec<Source> = v["holders"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|h| h["node"].as_str() != Some(from.me.as_str()))
+            .filter_map(|h| h["api"].as_str())
+            .map(|api| Source {
+                url: api.to_string(),
+                token: from.token.clone(),
+                kind: "peer",
+            })
+            .collect();
+        peers.shuffle(&mut rand::rng());
+        peers.truncate(MAX_PEER_SOURCES);
+        peers
     }
 
     /// The runtime, built on first use.
@@ -236,70 +470,18 @@ impl NodeAgents {
         *r = Some(rt.clone());
         Ok(rt)
     }
-
-    async fn fetch(
-        &self,
-        handler: &str,
-        hash: &str,
-        rc_api: Option<String>,
-        token: Option<String>,
-    ) -> Result<Vec<u8>, AgentFetchError> {
-        let rc = rc_api.ok_or_else(|| AgentFetchError::NoRc {
-            handler: handler.to_string(),
-            hash: hash.to_string(),
-        })?;
-        let url = format!("{rc}/agents/by-hash/{hash}");
-        let fail = |reason: String| AgentFetchError::Fetch {
-            handler: handler.to_string(),
-            hash: hash.to_string(),
-            url: url.clone(),
-            reason,
-        };
-        let mut req = self.http.get(&url);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let mut resp = req.send().await.map_err(|e| fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(fail(format!("{status}: {}", truncate(&body, 300))));
-        }
-        let limit = self.config.limits.max_package_bytes;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
-            if (bytes.len() + chunk.len()) as u64 > limit {
-                return Err(fail(format!("over the package limit of {limit} bytes")));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        tracing::info!(%handler, %hash, bytes = bytes.len(), "agent package fetched from the RC");
-        Ok(bytes)
-    }
 }
 
-fn truncate(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
+/// Why a blob could not be fetched.
+enum FetchBlobError {
+    /// Not joined: no RC to ask.
+    NoRc,
+    /// Every source failed.
+    Blob(crate::common::blobs::BlobError),
 }
 
-/// Whether `h` looks like a package hash (64 lowercase hex digits).
-pub fn is_hash(h: &str) -> bool {
-    h.len() == 64
-        && h.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| e.to_string())?;
-    tmp.write_all(bytes).map_err(|e| e.to_string())?;
-    tmp.as_file().sync_all().map_err(|e| e.to_string())?;
-    tmp.persist(path).map_err(|e| e.error.to_string())?;
-    Ok(())
-}
+/// Most other nodes tried for one blob before the RC.
+const MAX_PEER_SOURCES: usize = 3;
 
 /// How long a node's own fetch token is valid.
 pub const FETCH_TOKEN_TTL: Duration = Duration::from_secs(300);
@@ -311,7 +493,7 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_cached_package_is_dropped_and_fetched_again() {
         let dir = tempfile::tempdir().unwrap();
-        let agents = NodeAgents::start(dir.path(), &AgentsSection::default(), None).unwrap();
+        let agents = NodeAgents::start(dir.path(), &AgentsSection::default(), None, None).unwrap();
         let store = Arc::new(opengrid_session::MemoryCheckpointStore::new());
         let host = SessionHost::new(
             store,
@@ -320,12 +502,13 @@ mod tests {
         )
         .await
         .unwrap();
-        let hash = "ab".repeat(32);
-        let cached = dir.path().join("agents").join(format!("{hash}.ogap"));
-        std::fs::write(&cached, b"OGAP damaged").unwrap();
+        let damaged = b"OGAP damaged";
+        let hash = agents.blobs().put(damaged).unwrap();
+        let cached = dir.path().join("blobs").join(&hash);
+        assert!(cached.exists());
         // Not joined: the fetch has nowhere to go, and the damaged copy is gone.
         let e = agents
-            .ensure(&host, "counter@0.1.0", &hash, None, None)
+            .ensure(&host, "counter@0.1.0", &hash, &FetchFrom::default())
             .await
             .unwrap_err();
         assert!(matches!(e, AgentFetchError::NoRc { .. }), "{e}");
@@ -333,7 +516,12 @@ mod tests {
         assert!(!host.handler_ids().iter().any(|h| h == "counter@0.1.0"));
         // A malformed hash is refused before any I/O.
         let e = agents
-            .ensure(&host, "counter@0.1.0", "../../etc/passwd", None, None)
+            .ensure(
+                &host,
+                "counter@0.1.0",
+                "../../etc/passwd",
+                &FetchFrom::default(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, AgentFetchError::Package { .. }), "{e}");

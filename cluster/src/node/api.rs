@@ -40,6 +40,8 @@ pub fn node_router(core: Arc<NodeCore>) -> Router {
         .route("/sessions/{id}/ws", get(node_ws))
         .route("/sessions/{id}/handover", post(node_handover))
         .route("/drain", post(node_drain))
+        .route("/blobs/{hash}", get(node_blob).head(node_blob))
+        .route("/v1/blobs/{hash}", get(node_blob).head(node_blob))
         .fallback(|| async { not_found_route() })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(metrics, count_status))
@@ -401,4 +403,25 @@ async fn node_drain(
     core.access.operator(&bearer, "POST /drain")?;
     let r = core.drain().await;
     Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null)))
+}
+
+/// A blob this node holds (package, model, asset), with ranges: for the colony's other nodes
+/// (a token signed by their own key) and operators (ADR 0031).
+#[tracing::instrument(skip_all)]
+async fn node_blob(
+    State(core): State<Arc<NodeCore>>,
+    axum::extract::Path(hash): axum::extract::Path<String>,
+    bearer: Bearer,
+    req: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    core.access
+        .operator_or_member(&bearer, &core.members(), "GET /blobs/{hash}")?;
+    let Some(agents) = core.agents.get() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "this node keeps no blobs ([agents] enabled = false)",
+        ));
+    };
+    Ok(crate::common::blobs::serve_blob(agents.blobs(), &hash, req).await)
 }

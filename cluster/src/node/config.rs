@@ -226,6 +226,9 @@ impl NodeConfig {
         if a.fetch_timeout.0 < Duration::from_secs(1) {
             return Err(invalid("agents.fetch_timeout", "must be at least 1s"));
         }
+        if a.blob_cache.0 < (64 << 20) {
+            return Err(invalid("agents.blob_cache", "must be at least 64MiB"));
+        }
         if !opengrid_session::manifest::is_ident(&self.colony) {
             return Err(invalid("colony", "must be an identifier"));
         }

@@ -129,6 +129,10 @@ pub struct DrainReport {
     pub took_ms: u64,
 }
 
+/// Longest an incoming handover's `Prepare` waits for a pushed agent to load here (the source's
+/// request timeout is 5 s).
+const AGENT_LOAD_AT_PREPARE: Duration = Duration::from_secs(3);
+
 /// Incoming handovers: admission by handler and capacity, replica set and RC notification.
 struct Incoming {
     host: SessionHost,
@@ -139,6 +143,43 @@ struct Incoming {
 }
 
 impl AdmitIncoming for Incoming {
+    fn ready<'a>(
+        &'a self,
+        session: &'a SessionId,
+        handler: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if self.host.handler_ids().iter().any(|h| h == handler) || !handler.contains('@') {
+                return;
+            }
+            let Some(core) = self.core.get().and_then(Weak::upgrade) else {
+                return;
+            };
+            let Some(agents) = core.agents.get().cloned() else {
+                return;
+            };
+            // A pushed agent this node has not loaded: fetch and load it now, before the freeze.
+            // A slow load (a large package, a compile) goes on in the background and this
+            // handover is refused; a retry finds the agent loaded.
+            let (host, handler_id, from) =
+                (self.host.clone(), handler.to_string(), core.fetch_from());
+            let load =
+                tokio::spawn(async move { agents.ensure_by_id(&host, &handler_id, &from).await });
+            match tokio::time::timeout(AGENT_LOAD_AT_PREPARE, load).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(%session, %handler, error = %e, "agent not loaded for an incoming handover")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%session, %handler, error = %e, "agent load task failed")
+                }
+                Err(_) => {
+                    tracing::info!(%session, %handler, "agent still loading: this handover is refused, a retry will find it")
+                }
+            }
+        })
+    }
+
     fn admit(&self, _session: &SessionId, handler: &str) -> Result<(), String> {
         if self.draining.load(Ordering::Acquire) {
             return Err("node is draining".into());

@@ -129,6 +129,10 @@ pub struct NodeCore {
     pub access: crate::common::access::Access,
     /// Pushed agent packages (`[agents] enabled`; set once at start).
     pub(crate) agents: std::sync::OnceLock<Arc<crate::node::agents::NodeAgents>>,
+    /// The colony's member nodes ([`ToNode::Members`]).
+    members: Mutex<Vec<NodeId>>,
+    /// The blob-store generation last reported to the RC ([`ToRc::Blobs`]); 0 after a (re)join.
+    blobs_reported: AtomicU64,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -197,6 +201,8 @@ impl NodeCore {
             rc_pin,
             access,
             agents: std::sync::OnceLock::new(),
+            members: Mutex::new(Vec::new()),
+            blobs_reported: AtomicU64::new(0),
         }
     }
 
@@ -347,6 +353,24 @@ impl NodeCore {
     /// The RC's client API, once joined.
     pub fn rc_api(&self) -> Option<String> {
         lock(&self.rc_api).clone()
+    }
+
+    /// Where and as whom this node fetches blobs: its RC, its own short-lived token.
+    pub(crate) fn fetch_from(&self) -> crate::node::agents::FetchFrom {
+        crate::node::agents::FetchFrom {
+            rc_api: self.rc_api(),
+            token: crate::common::token::mint_operator(
+                &self.identity,
+                crate::node::agents::FETCH_TOKEN_TTL,
+            )
+            .ok(),
+            me: self.identity.id().did(),
+        }
+    }
+
+    /// The colony's member nodes, as the RC last said (peers whose own tokens open `/blobs`).
+    pub fn members(&self) -> Vec<NodeId> {
+        lock(&self.members).clone()
     }
 
     /// The last join refusal, if any.
@@ -506,6 +530,26 @@ impl NodeCore {
         }
     }
 
+    /// Tells the RC which blobs this node holds when that changed since the last report (and
+    /// after every (re)join): the RC names holders to fetching nodes and prefers warm nodes.
+    fn report_blobs(&self) {
+        let Some(agents) = self.agents.get() else {
+            return;
+        };
+        let generation = agents.blobs().generation();
+        if self.blobs_reported.load(Ordering::Acquire) == generation {
+            return;
+        }
+        let mut have = agents.blobs().list();
+        have.truncate(wire::MAX_BLOBS_REPORTED);
+        if self.send_rc(ToRc::Blobs {
+            node: self.id(),
+            have,
+        }) {
+            self.blobs_reported.store(generation, Ordering::Release);
+        }
+    }
+
     /// Periodic work: join when outside, heartbeat when a member, enforce the lease.
     pub fn tick(self: &Arc<Self>) {
         let now = Instant::now();
@@ -567,6 +611,7 @@ impl NodeCore {
                     self.send_rc(m);
                 }
                 self.report_replica_trouble(now);
+                self.report_blobs();
             }
         }
         // Lease watchdog: a member whose lease ran out stops serving before the RC may re-place.
@@ -633,6 +678,7 @@ impl NodeCore {
         *lock(&self.membership) = Membership::Outside;
         self.reconciled.store(false, Ordering::Release);
         self.pending_report.store(0, Ordering::Release);
+        self.blobs_reported.store(0, Ordering::Release);
         tracing::warn!(
             reason,
             sessions = self.host.len(),
@@ -660,6 +706,8 @@ impl NodeCore {
                     self.receipts.set_rc(&rc);
                     *lock(&self.last_refusal) = None;
                     *lock(&self.membership) = Membership::Member;
+                    // A (re)joined RC may know nothing of our blobs: report them again.
+                    self.blobs_reported.store(0, Ordering::Release);
                     if self.mobility().is_some_and(|m| m.draining()) {
                         // A rejoin (the RC evicted us, or restarted) clears what the RC knew:
                         // say again that nothing new may be placed here.
@@ -753,6 +801,7 @@ impl NodeCore {
             }
             ToNode::HoldingAck { report, drop } => self.on_holding_ack(report, drop),
             ToNode::Members { nodes } => {
+                *lock(&self.members) = nodes.clone();
                 if let Some(m) = self.mobility() {
                     m.set_members(&nodes);
                 }
@@ -763,13 +812,8 @@ impl NodeCore {
                 };
                 let me = self.clone();
                 tokio::spawn(async move {
-                    let token = crate::common::token::mint_operator(
-                        &me.identity,
-                        crate::node::agents::FETCH_TOKEN_TTL,
-                    )
-                    .ok();
                     if let Err(e) = agents
-                        .ensure(&me.host, &handler, &hash, me.rc_api(), token)
+                        .ensure(&me.host, &handler, &hash, &me.fetch_from())
                         .await
                     {
                         tracing::warn!(error = %e, "agent prefetch failed");
@@ -815,13 +859,8 @@ impl NodeCore {
         let m = Manifest::from_json_str(manifest).map_err(|e| e.to_string())?;
         match (&m.session.package, self.agents.get()) {
             (Some(hash), Some(agents)) => {
-                let token = crate::common::token::mint_operator(
-                    &self.identity,
-                    crate::node::agents::FETCH_TOKEN_TTL,
-                )
-                .ok();
                 agents
-                    .ensure(&self.host, &m.session.handler, hash, self.rc_api(), token)
+                    .ensure(&self.host, &m.session.handler, hash, &self.fetch_from())
                     .await
                     .map_err(|e| e.to_string())?;
             }

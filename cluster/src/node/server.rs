@@ -284,6 +284,7 @@ async fn boot_node(
             &cfg.data_dir,
             &cfg.agents,
             Some(metrics.meter("opengrid_wasm")),
+            inference.clone(),
         )
         .map_err(|e| StartError::Spawn(format!("agents: {e}")))?;
         if !served

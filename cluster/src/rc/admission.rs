@@ -30,6 +30,10 @@ use serde::{Deserialize, Serialize};
 use crate::common::identity::NodeId;
 pub use crate::common::spec::NodeSpec;
 
+/// What a node that must fetch and compile a session's agent first costs in score terms (as
+/// much as 10 % more load): [`Colony::admit_preferring`].
+pub const COLD_PENALTY: u64 = 100_000;
+
 /// What the placement needs, derived from a manifest.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Requirements {
@@ -582,6 +586,45 @@ impl Colony {
         }
     }
 
+    /// [`admit`](Self::admit), preferring `warm` nodes (they hold the session's agent package
+    /// already): the best warm node that passes every filter wins unless the overall best beats
+    /// it by more than [`COLD_PENALTY`] (a cold node fetches and compiles the agent first).
+    pub fn admit_preferring(&self, req: &Requirements, warm: &[NodeId]) -> Decision {
+        let d = self.admit(req);
+        let Decision::Placed { node, score } = &d else {
+            return d;
+        };
+        if warm.is_empty() || warm.contains(node) {
+            return d;
+        }
+        let best_warm = warm
+            .iter()
+            .filter_map(|id| self.get(id))
+            .filter(|r| r.check(req).is_none())
+            .map(|r| (r.score(&req.handler), r.key, r.spec.id))
+            .min_by_key(|(s, k, _)| (*s, *k));
+        match best_warm {
+            Some((s, _, id)) if s < score.saturating_add(COLD_PENALTY) => {
+                Decision::Placed { node: id, score: s }
+            }
+            _ => d,
+        }
+    }
+
+    /// Up to `n` nodes that pass `req`'s filters, best score first, skipping `except` (where to
+    /// pre-position an agent package).
+    pub fn best_nodes(&self, req: &Requirements, n: usize, except: &[NodeId]) -> Vec<NodeId> {
+        let mut v: Vec<(u64, [u8; 32], NodeId)> = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter(|r| !except.contains(&r.spec.id) && r.check(req).is_none())
+            .map(|r| (r.score(&req.handler), r.key, r.spec.id))
+            .collect();
+        v.sort_by_key(|(s, k, _)| (*s, *k));
+        v.into_iter().take(n).map(|(_, _, id)| id).collect()
+    }
+
     /// Picks the node by scanning every node (baseline and test oracle). Same answer as
     /// [`Colony::admit`].
     pub fn admit_naive(&self, req: &Requirements) -> Decision {
@@ -668,6 +711,43 @@ mod tests {
             latency_ceiling_us: None,
             capabilities: vec![],
         }
+    }
+
+    /// A node holding the agent's package wins over a cold one unless the cold one is better by
+    /// more than the cold penalty; `best_nodes` ranks the eligible ones and skips the listed.
+    #[test]
+    fn warm_nodes_are_preferred_within_the_cold_penalty() {
+        let mut c = Colony::new();
+        let (a, b, x) = (
+            spec("DE", AcceleratorClass::None, &["wasm"], 100),
+            spec("DE", AcceleratorClass::None, &["wasm"], 100),
+            spec("US", AcceleratorClass::None, &["wasm"], 100),
+        );
+        for s in [&a, &b, &x] {
+            c.upsert(s.clone());
+        }
+        let r = req("wasm", &["DE"], AcceleratorClass::None);
+        // b is warm and carries 5 % more load than a: still chosen.
+        c.update_load(&b.id, 5, 500, vec![]);
+        c.update_load(&a.id, 0, 500, vec![]);
+        let Decision::Placed { node, .. } = c.admit_preferring(&r, &[b.id]) else {
+            panic!("not placed")
+        };
+        assert_eq!(node, b.id);
+        // 30 % more load outweighs being warm.
+        c.update_load(&b.id, 30, 500, vec![]);
+        let Decision::Placed { node, .. } = c.admit_preferring(&r, &[b.id]) else {
+            panic!("not placed")
+        };
+        assert_eq!(node, a.id);
+        // A warm node outside the manifest's jurisdictions is never chosen.
+        let Decision::Placed { node, .. } = c.admit_preferring(&r, &[x.id]) else {
+            panic!("not placed")
+        };
+        assert_ne!(node, x.id);
+        assert_eq!(c.best_nodes(&r, 5, &[]), vec![a.id, b.id]);
+        assert_eq!(c.best_nodes(&r, 5, &[a.id]), vec![b.id]);
+        assert!(c.best_nodes(&r, 0, &[]).is_empty());
     }
 
     /// Two sessions placed back to back on two equal nodes land on different nodes, even when a

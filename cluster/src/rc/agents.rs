@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use opengrid_wasm::{PackageError, PackageLimits, Runtime, RuntimeConfig, SignedPackage};
+
+use crate::common::blobs::BlobStore;
 use serde::{Deserialize, Serialize};
 
 /// One version of an agent, as the index keeps it.
@@ -61,6 +63,9 @@ pub struct Pushed {
     pub signer: String,
     /// `false` when the same package was pushed before (idempotent).
     pub created: bool,
+    /// The package's default manifest (pre-positioning reads its `[scaling]`).
+    #[serde(skip)]
+    pub default_manifest: serde_json::Value,
 }
 
 /// An agent resolved for a new session.
@@ -118,6 +123,13 @@ pub enum RegistryError {
         /// The error.
         source: std::io::Error,
     },
+    /// Models or assets the package names are not on this RC: upload them first
+    /// (`opengrid agent push` does, from the files `agent.toml` names).
+    #[error("the package names blobs this RC does not hold: {}; upload them first (PUT /blobs/{{hash}}; `opengrid agent push` uploads the files agent.toml names)", .0.join(", "))]
+    MissingBlobs(Vec<String>),
+    /// A blob upload was refused.
+    #[error(transparent)]
+    Blob(#[from] crate::common::blobs::BlobError),
     /// The index file does not parse.
     #[error("agent registry index {path} is damaged: {reason}")]
     Index {
@@ -137,6 +149,9 @@ pub struct Registry {
     publishers: Vec<String>,
     limits: PackageLimits,
     runtime: Runtime,
+    /// Models and assets uploaded for packages (`<data_dir>/blobs`), all pinned: the RC is the
+    /// colony's source of last resort and never evicts.
+    blobs: BlobStore,
 }
 
 impl std::fmt::Debug for Registry {
@@ -172,12 +187,10 @@ fn now_s() -> u64 {
         .unwrap_or_default()
 }
 
-/// Whether `h` looks like a package hash (64 lowercase hex digits).
-pub fn is_hash(h: &str) -> bool {
-    h.len() == 64
-        && h.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+pub use crate::common::blobs::is_hash;
+
+/// Largest model or asset uploaded to the RC.
+pub const MAX_BLOB_BYTES: u64 = 8 << 30;
 
 impl Registry {
     /// Opens (or creates) the registry under `<data_dir>/agents`, with a compile-check runtime
@@ -216,8 +229,18 @@ impl Registry {
             path: dir.join("cache"),
             source: std::io::Error::other(e.to_string()),
         })?;
-        tracing::info!(dir = %dir.display(), agents = index.agents.len(), "agent registry opened");
+        let blobs = BlobStore::open(
+            data_dir.join("blobs"),
+            u64::MAX,
+            None,
+            std::time::Duration::from_secs(60),
+        )?;
+        for h in blobs.list() {
+            blobs.pin(&h);
+        }
+        tracing::info!(dir = %dir.display(), agents = index.agents.len(), blobs = blobs.stats().count, "agent registry opened");
         Ok(Registry {
+            blobs,
             dir,
             index: Mutex::new(index),
             write: tokio::sync::Mutex::new(()),
@@ -259,6 +282,16 @@ impl Registry {
             meta.version.to_string(),
             verified.hash().to_string(),
         );
+        let missing = crate::common::blobs::missing(
+            &self.blobs,
+            meta.models
+                .iter()
+                .chain(&meta.assets)
+                .map(|b| b.hash.as_str()),
+        );
+        if !missing.is_empty() {
+            return Err(RegistryError::MissingBlobs(missing));
+        }
         let _w = self.write.lock().await;
         if let Some(v) = self.find(&name, &version) {
             if v.hash == hash {
@@ -268,6 +301,7 @@ impl Registry {
                     hash,
                     signer,
                     created: false,
+                    default_manifest: meta.manifest.clone(),
                 });
             }
             return Err(RegistryError::VersionExists {
@@ -314,6 +348,7 @@ impl Registry {
             hash,
             signer,
             created: true,
+            default_manifest: meta.manifest,
         })
     }
 
@@ -396,6 +431,36 @@ impl Registry {
             handler: format!("{name}@{}", v.version),
             hash: v.hash.clone(),
         })
+    }
+
+    /// The file of a blob this RC serves: a registered package, or an uploaded model or asset.
+    pub fn blob_path(&self, hash: &str) -> Option<PathBuf> {
+        if !is_hash(hash) {
+            return None;
+        }
+        let known = self
+            .index()
+            .agents
+            .values()
+            .any(|vs| vs.iter().any(|v| v.hash == hash));
+        if known {
+            return Some(self.package_path(hash));
+        }
+        self.blobs.path(hash)
+    }
+
+    /// Stores an uploaded model or asset (verified against `hash`); `true` when new.
+    pub async fn put_blob<S, E>(&self, hash: &str, body: S) -> Result<bool, RegistryError>
+    where
+        S: futures::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let created = self.blobs.put_stream(hash, body, MAX_BLOB_BYTES).await?;
+        if created {
+            self.blobs.pin(hash);
+            tracing::info!(%hash, "blob uploaded");
+        }
+        Ok(created)
     }
 
     /// The stored bytes of the package with `hash`.

@@ -9,6 +9,10 @@
 //! | `GET /agents/{name}/versions` | operator | the versions |
 //! | `POST /agents/{name}/{version}/retire` | operator | not chosen for new sessions any more |
 //! | `GET /agents/by-hash/{hash}` | operator, or a member node (token signed by its key) | the package bytes |
+//! | `GET /agents/{name}/{version}` | operator or member node | `{handler, hash}` |
+//! | `GET`/`HEAD /blobs/{hash}` | operator or member node | a package, model or asset (ranges) |
+//! | `PUT /blobs/{hash}` (bytes) | operator | upload a model or asset, verified against the hash |
+//! | `GET /blobs/{hash}/holders` | operator or member node | member nodes holding it |
 
 use std::sync::Arc;
 
@@ -41,10 +45,21 @@ pub fn routes(core: &RcCore) -> Router<Arc<RcCore>> {
             .route("/by-hash/{hash}", get(by_hash))
             .route("/{name}", get(show))
             .route("/{name}/versions", get(versions))
+            .route("/{name}/{version}", get(resolve))
             .route("/{name}/{version}/retire", post(retire))
             .layer(DefaultBodyLimit::max(limit))
     };
-    Router::new().nest("/agents", r()).nest("/v1/agents", r())
+    let b = || {
+        Router::new()
+            .route("/{hash}", get(blob_get).head(blob_get).put(blob_put))
+            .route("/{hash}/holders", get(blob_holders))
+            .layer(DefaultBodyLimit::disable())
+    };
+    Router::new()
+        .nest("/agents", r())
+        .nest("/v1/agents", r())
+        .nest("/blobs", b())
+        .nest("/v1/blobs", b())
 }
 
 impl From<RegistryError> for ApiError {
@@ -64,6 +79,8 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::AllRetired(_) => (StatusCode::UNPROCESSABLE_ENTITY, "agent_retired"),
             RegistryError::BadRef(_) => (StatusCode::BAD_REQUEST, "bad_agent"),
+            RegistryError::MissingBlobs(_) => (StatusCode::UNPROCESSABLE_ENTITY, "missing_blobs"),
+            RegistryError::Blob(b) => b.status(),
             RegistryError::Io { .. } | RegistryError::Index { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "registry_io")
             }
@@ -101,6 +118,11 @@ async fn push(
         }
     })?;
     let pushed = registry(&core)?.push(body.to_vec()).await?;
+    core.keep_warm_pushed(
+        &format!("{}@{}", pushed.name, pushed.version),
+        &pushed.hash,
+        &pushed.default_manifest,
+    );
     let status = if pushed.created {
         StatusCode::CREATED
     } else {
@@ -166,6 +188,13 @@ async fn retire(
     Ok(Json(json!({"name": name, "version": v})))
 }
 
+/// Lets in an operator, or a member node with a token signed by its own key.
+fn operator_or_member(core: &RcCore, bearer: &Bearer, what: &str) -> Result<(), ApiError> {
+    core.access
+        .operator_or_member(bearer, &core.member_ids(), what)
+        .map(drop)
+}
+
 /// Package bytes by hash: for operators, and for member nodes with a token signed by their own
 /// key (`token::mint_operator` with the node's identity; it opens nothing else at the RC).
 #[tracing::instrument(skip_all)]
@@ -174,27 +203,73 @@ async fn by_hash(
     Path(hash): Path<String>,
     bearer: Bearer,
 ) -> Result<Response, ApiError> {
-    if core
-        .access
-        .operator(&bearer, "GET /agents/by-hash")
-        .is_err()
-    {
-        let t = bearer.0.as_deref().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "fetching a package needs an operator token or a member node's token",
-            )
-        })?;
-        // A member node's own token: an operator-format token signed by an alive member's key.
-        crate::common::token::verify_operator(t, &core.member_ids()).map_err(|e| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("fetching a package needs an operator token or a member node's token: {e}"),
-            )
-        })?;
-    }
+    operator_or_member(&core, &bearer, "GET /agents/by-hash")?;
     let bytes = registry(&core)?.read(&hash).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// `name@version` resolved to its package hash (a handover target that has not loaded the
+/// agent fetches it by this hash before it admits the session).
+#[tracing::instrument(skip_all)]
+async fn resolve(
+    State(core): State<Arc<RcCore>>,
+    Path((name, version)): Path<(String, String)>,
+    bearer: Bearer,
+) -> Result<Json<Value>, ApiError> {
+    operator_or_member(&core, &bearer, "GET /agents/{name}/{version}")?;
+    let r = registry(&core)?.resolve(&format!("{name}@{version}"))?;
+    Ok(Json(json!({"handler": r.handler, "hash": r.hash})))
+}
+
+/// A package, model or asset by hash, with ranges (ADR 0031).
+#[tracing::instrument(skip_all)]
+async fn blob_get(
+    State(core): State<Arc<RcCore>>,
+    Path(hash): Path<String>,
+    bearer: Bearer,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    operator_or_member(&core, &bearer, "GET /blobs/{hash}")?;
+    let path = registry(&core)?.blob_path(&hash);
+    Ok(crate::common::blobs::serve_file(path, &hash, req).await)
+}
+
+/// Uploads a model or asset (the body), verified against the hash in the path.
+#[tracing::instrument(skip_all)]
+async fn blob_put(
+    State(core): State<Arc<RcCore>>,
+    Path(hash): Path<String>,
+    bearer: Bearer,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    core.access.operator(&bearer, "PUT /blobs/{hash}")?;
+    let created = registry(&core)?
+        .put_blob(&hash, body.into_data_stream())
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({"hash": hash, "created": created}))).into_response())
+}
+
+/// The member nodes that hold a blob (fetching nodes try them before the RC).
+#[tracing::instrument(skip_all)]
+async fn blob_holders(
+    State(core): State<Arc<RcCore>>,
+    Path(hash): Path<String>,
+    bearer: Bearer,
+) -> Result<Json<Value>, ApiError> {
+    operator_or_member(&core, &bearer, "GET /blobs/{hash}/holders")?;
+    if !crate::common::blobs::is_hash(&hash) {
+        return Err(crate::common::blobs::BlobError::BadHash(hash).into());
+    }
+    let holders: Vec<Value> = core
+        .blob_holders(&hash)
+        .into_iter()
+        .map(|(id, api)| json!({"node": id.did(), "api": api}))
+        .collect();
+    let rc = core.agents().and_then(|r| r.blob_path(&hash)).is_some();
+    Ok(Json(json!({"hash": hash, "holders": holders, "rc": rc})))
 }

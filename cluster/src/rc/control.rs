@@ -177,6 +177,16 @@ impl RcCore {
                 epoch,
             } => self.on_released(node, &session, epoch),
             ToRc::ReplicaTrouble { node, peers } => self.on_replica_trouble(node, &peers),
+            ToRc::Blobs { node, have } => {
+                let mut st = lock(&self.state);
+                if let Some(m) = st.members.get_mut(&node) {
+                    m.blobs = have
+                        .into_iter()
+                        .take(crate::common::wire::MAX_BLOBS_REPORTED)
+                        .filter(|h| crate::common::blobs::is_hash(h))
+                        .collect();
+                }
+            }
             ToRc::Holding {
                 node,
                 report,
@@ -296,6 +306,7 @@ impl RcCore {
                     detector,
                     last_recv: now,
                     alive: true,
+                    blobs: Default::default(),
                 },
             );
             tracing::info!(node = %id, name = %spec.name, jurisdiction = %spec.jurisdiction, api = %spec.api, "node joined");

@@ -24,6 +24,7 @@ pub mod mobility;
 pub mod server;
 pub mod settlement;
 pub mod ui;
+pub mod warm;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -168,6 +169,8 @@ pub(crate) struct Member {
     detector: PhiDetector,
     pub(crate) last_recv: Instant,
     pub(crate) alive: bool,
+    /// Blobs the node last reported holding ([`ToRc::Blobs`]; ADR 0031).
+    pub(crate) blobs: std::collections::HashSet<String>,
 }
 
 pub(crate) struct RcState {
@@ -293,6 +296,8 @@ pub struct RcCore {
     pub(crate) replica_shortfall_log: Throttle,
     /// The live event feed (`GET /ui/events`).
     pub events: crate::rc::events::EventFeed,
+    /// Agent packages ordered onto nodes ahead of demand and not reported held yet.
+    pub(crate) warming: crate::rc::warm::Warming,
     /// Control links with joined nodes ([`crate::common::seal`]).
     links: Mutex<HashMap<NodeId, crate::common::seal::Link>>,
     /// Refused control messages, logged at most every 10 s.
@@ -309,7 +314,7 @@ impl std::fmt::Debug for RcCore {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -349,6 +354,7 @@ impl RcCore {
             settlement,
             replica_shortfall_log: Throttle::new(Duration::from_secs(30)),
             events: Default::default(),
+            warming: Default::default(),
             links: Mutex::new(HashMap::new()),
             refused_log: Throttle::new(Duration::from_secs(10)),
             access,
@@ -415,6 +421,16 @@ impl RcCore {
 
     /// The alive colony members (nodes fetch agent packages with tokens signed by
     /// their own key).
+    /// Alive members holding blob `hash`: (node, its client API).
+    pub fn blob_holders(&self, hash: &str) -> Vec<(NodeId, String)> {
+        let st = lock(&self.state);
+        st.members
+            .iter()
+            .filter(|(_, m)| m.alive && m.blobs.contains(hash))
+            .filter_map(|(id, _)| Some((*id, st.colony.get(id)?.spec.api.clone())))
+            .collect()
+    }
+
     pub fn member_ids(&self) -> Vec<NodeId> {
         lock(&self.state)
             .members
@@ -555,7 +571,8 @@ impl RcCore {
                 });
             }
             let t = Instant::now();
-            let decision = st.colony.admit(&req);
+            let warm = crate::rc::warm::holders(&st, m.session.package.as_deref());
+            let decision = st.colony.admit_preferring(&req, &warm);
             self.metrics
                 .admission_seconds
                 .record(t.elapsed().as_secs_f64(), &[]);
@@ -614,6 +631,7 @@ impl RcCore {
         // After the holder's start (which it does not slow down), outside the state lock.
         if result.is_ok() {
             self.prefetch(m, &prefetch_to);
+            self.keep_warm(m);
         }
         let mut st = lock(&self.state);
         st.colony.note_start_answered(&node);
