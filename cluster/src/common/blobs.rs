@@ -1167,7 +1167,7 @@ mod tests {
         }
         // Nobody has it.
         match me
-            .fetch(&blake3::hash(b"x").to_hex().to_string(), &[src(&u)], 10)
+            .fetch(blake3::hash(b"x").to_hex().as_str(), &[src(&u)], 10)
             .await
         {
             Err(BlobError::Fetch { tried, .. }) => assert!(tried[0].contains("404"), "{tried:?}"),

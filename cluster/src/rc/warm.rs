@@ -64,7 +64,7 @@ impl RcCore {
                 .colony
                 .nodes()
                 .iter()
-                .filter(|r| r.alive && r.warm.iter().any(|h| *h == m.session.handler))
+                .filter(|r| r.alive && r.warm.contains(&m.session.handler))
                 .count();
             let want = wanted(m.scaling.warm_nodes, m.scaling.spike_factor, hosting);
             let mut w = self.warming.0.lock().unwrap_or_else(|p| p.into_inner());
