@@ -69,6 +69,11 @@ fn did_of(dir: &std::path::Path) -> Did {
 /// Boots `<tag>_de` (DE, serves only `adder`), `<tag>_fr` (FR, `echo`) and `<tag>_us` (US,
 /// `echo`); every RC trusts the other two; fr and us bootstrap from de's canopy address.
 async fn boot(tag: &str) -> Federation {
+    boot_with(tag, |_, _| {}).await
+}
+
+/// [`boot`], with `tweak(short, config)` applied to each node's config.
+async fn boot_with(tag: &str, tweak: impl Fn(&str, &mut NodeConfig)) -> Federation {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let colonies = [
@@ -128,6 +133,8 @@ async fn boot(tag: &str) -> Federation {
             fsync: false,
             ..NodeConfig::default()
         };
+        let mut node_cfg = node_cfg;
+        tweak(short, &mut node_cfg);
         let node = start_node(node_cfg, setup).await.expect("node starts");
         members.push(Member {
             short,
@@ -489,4 +496,99 @@ fn rand_seed() -> [u8; 32] {
         *b = (i as u8).wrapping_mul(31).wrapping_add(7);
     }
     s
+}
+
+/// A pushed agent follows a session routed to another colony (ADR 0031): colony-de has the agent
+/// in its registry but no node that runs agents, so the session is routed to colony-fr, whose RC
+/// imports the package from colony-de's RC through the federation (a token signed by its own key,
+/// honoured because colony-fr is in colony-de's peering table), registers it as imported, and its
+/// node fetches it and answers. A stranger's token reads no blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_agent_follows_a_routed_session_to_another_colony() {
+    let f = boot_with("agents", |short, cfg| {
+        cfg.agents.enabled = short != "de";
+    })
+    .await;
+    let (de, fr) = (f.member("de"), f.member("fr"));
+    // Push counter-rs to colony-de.
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agents/counter-rs");
+    if !dir.join("agent.wasm").is_file() {
+        let script = dir.join("../../../scripts/build-agents.sh");
+        assert!(std::process::Command::new("bash")
+            .arg(&script)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    let package = opengrid_wasm::Package::from_dir(&dir).unwrap().sign(&key);
+    let hash = package.hash();
+    let r = f
+        .http
+        .post(format!("{}/agents", de.rc.api_url()))
+        .bearer_auth(support::operator_token(&de.rc))
+        .timeout(Duration::from_secs(120))
+        .body(package.to_bytes())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    // A stranger reads no blob of colony-de.
+    let stranger = Identity::generate();
+    let t =
+        opengrid_cluster::common::token::mint_operator(&stranger, Duration::from_secs(60)).unwrap();
+    let r = f
+        .http
+        .get(format!("{}/blobs/{hash}", de.rc.api_url()))
+        .bearer_auth(t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+
+    let m = "version = 1\n[session]\nagent = \"counter-rs\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"5s\"\nmax_blackout = \"100ms\"\n";
+    let r = f
+        .http
+        .post(format!("{}/sessions", de.rc.api_url()))
+        .header("content-type", "application/toml")
+        .timeout(Duration::from_secs(120))
+        .body(m)
+        .send()
+        .await
+        .unwrap();
+    let (code, body): (u16, Value) = (r.status().as_u16(), r.json().await.unwrap());
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["routed"], true, "{body}");
+    assert_eq!(body["colony"], json!(fr.colony), "{body}");
+    let sid = body["session_id"].as_str().unwrap().to_string();
+    for seq in 1..=3u64 {
+        let r: Value = f
+            .http
+            .post(format!("{}/sessions/{sid}/inputs", fr.node_api))
+            .bearer_auth(body["capability"].as_str().unwrap())
+            .timeout(Duration::from_secs(60))
+            .json(&json!({"seq": seq, "input": 2}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["output"], json!(2 * seq), "{r}");
+    }
+    // colony-fr's registry lists it as imported from colony-de.
+    let v: Value = f
+        .http
+        .get(format!("{}/agents/counter-rs", fr.rc.api_url()))
+        .bearer_auth(support::operator_token(&fr.rc))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["versions"][0]["hash"], json!(hash), "{v}");
+    assert_eq!(v["versions"][0]["imported_from"], json!(de.colony), "{v}");
+    f.shutdown().await;
 }

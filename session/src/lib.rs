@@ -41,7 +41,7 @@ pub use ids::{Epoch, Seq, SessionId, SessionIdError};
 pub use keyfile::KeyFileError;
 pub use manifest::{
     AcceleratorClass, Continuity, FieldError, FieldErrorKind, Manifest, ManifestError,
-    MigrationCost, ProofKind, MANIFEST_VERSION,
+    MigrationCost, ProofKind, AGENT_HANDLER, MANIFEST_VERSION,
 };
 pub use policy::{CheckpointMode, CheckpointPolicy};
 pub use store::{

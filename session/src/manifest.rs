@@ -223,6 +223,21 @@ pub enum MigrationCost {
     NeverLive,
 }
 
+/// The handler a node serves when it runs pushed agent packages (ADR 0030): a session that
+/// names an `agent` is admitted, here and in other colonies, on nodes serving it.
+pub const AGENT_HANDLER: &str = "wasm";
+
+impl Manifest {
+    /// The handler a node must serve to host this session: [`AGENT_HANDLER`] for a pushed
+    /// agent (the node fetches its package), else `session.handler`.
+    pub fn required_handler(&self) -> &str {
+        match self.session.agent {
+            Some(_) => AGENT_HANDLER,
+            None => &self.session.handler,
+        }
+    }
+}
+
 /// `[scaling]`: how many nodes keep a pushed agent warm (its package and models fetched and
 /// compiled) ahead of demand (ADR 0031). `warm_up` is not supported yet (default only).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

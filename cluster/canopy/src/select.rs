@@ -178,7 +178,7 @@ pub fn candidates(
     if found.is_empty() {
         refused.sort_by(|a, b| a.colony_id.cmp(&b.colony_id));
         return Err(NoCandidate {
-            handler: manifest.session.handler.clone(),
+            handler: manifest.required_handler().to_string(),
             colonies: refused,
         });
     }
@@ -241,10 +241,10 @@ fn check(
             memory,
         });
     }
-    let handler = &manifest.session.handler;
+    let handler = manifest.required_handler();
     if s.handlers.get(handler).copied().unwrap_or(0) == 0 {
         return Err(ColonyReason::Handler {
-            handler: handler.clone(),
+            handler: handler.to_string(),
         });
     }
     if let Some(missing) = p.capabilities.iter().find(|c| {

@@ -8,7 +8,7 @@ use crate::common::identity::NodeId;
 
 /// The handler a node lists in [`NodeSpec::handlers`] when it runs pushed agent packages
 /// (ADR 0030): sessions naming an `agent` are admitted on such nodes, which fetch the package.
-pub const WASM_HANDLER: &str = "wasm";
+pub const WASM_HANDLER: &str = opengrid_session::AGENT_HANDLER;
 
 /// What a node declares when it joins.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

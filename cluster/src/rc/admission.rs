@@ -65,10 +65,7 @@ impl Requirements {
         caps.dedup();
         Requirements {
             // A pushed agent runs on any node that runs agent packages (it fetches the package).
-            handler: match m.session.agent {
-                Some(_) => crate::common::spec::WASM_HANDLER.to_string(),
-                None => m.session.handler.clone(),
-            },
+            handler: m.required_handler().to_string(),
             jurisdictions: m.placement.jurisdictions.clone(),
             accelerator: m.placement.accelerator,
             memory: m.placement.memory.0,

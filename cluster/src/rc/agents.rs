@@ -36,6 +36,10 @@ pub struct AgentVersion {
     pub pushed_at: u64,
     /// Retired versions are not chosen for new sessions; live sessions keep them.
     pub retired: bool,
+    /// The colony it was imported from for a session routed here (ADR 0031), if it was not
+    /// pushed to this colony.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 /// The index file's shape.
@@ -270,6 +274,16 @@ impl Registry {
 
     /// Verifies, compile-checks and stores a package; idempotent for the same bytes.
     pub async fn push(&self, bytes: Vec<u8>) -> Result<Pushed, RegistryError> {
+        self.push_from(bytes, None).await
+    }
+
+    /// [`push`](Self::push), recording the colony a package was imported from (`None`: pushed
+    /// here). The same checks apply: this colony's `agent_publishers` decide whose code runs.
+    pub async fn push_from(
+        &self,
+        bytes: Vec<u8>,
+        imported_from: Option<String>,
+    ) -> Result<Pushed, RegistryError> {
         let limits = self.limits;
         let verified = SignedPackage::from_bytes(&bytes, &limits)?.verify_with(None, &limits)?;
         let signer = verified.signer().to_string();
@@ -328,6 +342,7 @@ impl Registry {
             size: bytes.len() as u64,
             pushed_at: now_s(),
             retired: false,
+            imported_from,
         };
         self.index()
             .agents
@@ -433,6 +448,24 @@ impl Registry {
         })
     }
 
+    /// Whether a package with `hash` is registered here.
+    pub fn knows(&self, hash: &str) -> bool {
+        self.index()
+            .agents
+            .values()
+            .any(|vs| vs.iter().any(|v| v.hash == hash))
+    }
+
+    /// The RC's blob store (uploaded models and assets).
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The package limits pushes are held to.
+    pub fn limits(&self) -> PackageLimits {
+        self.limits
+    }
+
     /// The file of a blob this RC serves: a registered package, or an uploaded model or asset.
     pub fn blob_path(&self, hash: &str) -> Option<PathBuf> {
         if !is_hash(hash) {
@@ -512,6 +545,7 @@ mod tests {
             size: 0,
             pushed_at: 0,
             retired,
+            imported_from: None,
         }
     }
 

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 
 use crate::common::access::Bearer;
 use crate::common::http::ApiError;
+use crate::common::identity::NodeId;
 use crate::rc::agents::{Registry, RegistryError};
 use crate::rc::RcCore;
 
@@ -229,7 +230,19 @@ async fn blob_get(
     bearer: Bearer,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    operator_or_member(&core, &bearer, "GET /blobs/{hash}")?;
+    // Member nodes, and the RCs of the peering table (a colony a session was routed to imports
+    // the agent it runs through the federation).
+    let mut readers = core.member_ids();
+    if let Some(fed) = core.federation() {
+        readers.extend(
+            fed.canopy()
+                .peering_table()
+                .into_iter()
+                .filter_map(|e| NodeId::parse(&e.summary.rc_did.to_string()).ok()),
+        );
+    }
+    core.access
+        .operator_or_member(&bearer, &readers, "GET /blobs/{hash}")?;
     let path = registry(&core)?.blob_path(&hash);
     Ok(crate::common::blobs::serve_file(path, &hash, req).await)
 }

@@ -117,6 +117,8 @@ async fn rc_create(
         )
             .into_response()),
         Err(PlaceError::Unsatisfiable { why }) if core.federation().is_some() => {
+            // Routed resolved: the other colony runs the version resolved here (and imports it).
+            let m = core.resolve_agent(&m).unwrap_or(m);
             crate::rc::federation::route_refused(&core, &m, sid.as_ref(), q.get("data_class"), &why)
                 .await
         }

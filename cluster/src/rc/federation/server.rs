@@ -172,6 +172,80 @@ pub async fn admission_handler(
     Ok(Json(fed.answer(&req.request_id, outcome)))
 }
 
+/// Imports the agent package `hash` (and its models and assets) from the asking colony's RC
+/// through the authenticated federation (ADR 0031): fetched by hash from its `/blobs`, presenting
+/// a token signed by this RC's key (the asking RC lets peers in its peering table read blobs),
+/// verified, and registered here under the same checks as a push (this colony's
+/// `agent_publishers`, compile check), marked as imported from that colony.
+async fn import_agent(
+    core: &RcCore,
+    fed: &Federation,
+    req: &AdmissionRequest,
+    hash: &str,
+) -> Result<(), String> {
+    let reg = core
+        .agents()
+        .ok_or("this RC has no agent registry")?
+        .clone();
+    if reg.knows(hash) {
+        return Ok(());
+    }
+    let api = fed
+        .canopy
+        .peering_table()
+        .into_iter()
+        .find(|e| e.summary.rc_did == req.from_rc)
+        .map(|e| e.summary.rc_client_api)
+        .ok_or_else(|| format!("{} is not in the peering table", req.from_rc))?;
+    let token = crate::common::token::mint_operator(core.identity(), Duration::from_secs(300))
+        .map_err(|e| e.to_string())?;
+    let src = [crate::common::blobs::Source {
+        url: api.clone(),
+        token: Some(token),
+        kind: "federation",
+    }];
+    let limits = reg.limits();
+    let h = hash.to_string();
+    let is_package = move |p: &std::path::Path| -> Result<(), String> {
+        let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
+        opengrid_wasm::SignedPackage::from_bytes(&bytes, &limits)
+            .and_then(|s| s.verify_with(Some(&h), &limits))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let blobs = reg.blobs();
+    let path = blobs
+        .fetch_verified(hash, &src, limits.max_package_bytes, &is_package)
+        .await
+        .map_err(|e| format!("package {hash} from colony {}: {e}", req.from_colony))?;
+    let bytes = tokio::fs::read(&path).await.map_err(|e| e.to_string())?;
+    let meta = opengrid_wasm::SignedPackage::from_bytes(&bytes, &limits)
+        .and_then(|s| s.verify_with(Some(hash), &limits))
+        .map_err(|e| e.to_string())?
+        .meta()
+        .clone();
+    for b in meta.models.iter().chain(&meta.assets) {
+        blobs
+            .fetch(&b.hash, &src, crate::rc::agents::MAX_BLOB_BYTES)
+            .await
+            .map_err(|e| {
+                format!(
+                    "{:?} of package {hash} from colony {}: {e}",
+                    b.name, req.from_colony
+                )
+            })?;
+        blobs.pin(&b.hash);
+    }
+    let pushed = reg
+        .push_from(bytes, Some(req.from_colony.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Registered (stored with the registry's packages): the fetched copy is not needed twice.
+    blobs.remove(hash);
+    tracing::info!(agent = %format!("{}@{}", pushed.name, pushed.version), %hash, from = %req.from_colony, "agent package imported through the federation");
+    Ok(())
+}
+
 async fn place_for_remote(core: &RcCore, fed: &Federation, req: &AdmissionRequest) -> Outcome {
     let refuse = |code: &str, message: String| Outcome::Refused {
         code: code.into(),
@@ -191,6 +265,12 @@ async fn place_for_remote(core: &RcCore, fed: &Federation, req: &AdmissionReques
     };
     // Narrowed, never widened: the local hard filter then keeps the session inside these zones.
     m.placement.jurisdictions = zones;
+    // A pushed agent this colony does not have: imported from the asking colony first.
+    if let Some(hash) = m.session.package.clone() {
+        if let Err(e) = import_agent(core, fed, req, &hash).await {
+            return refuse("agent_unavailable", e);
+        }
+    }
     // Charged to the asking colony's RC: its own clients' quotas are its business.
     match core
         .place(&m, sid, Some(format!("rc:{}", req.from_colony)))
