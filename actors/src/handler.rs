@@ -46,6 +46,8 @@ pub(crate) struct ContextBase {
     /// The node's inference pool, attributed to this session, when the host has one.
     #[cfg(feature = "inference")]
     pub inference: Option<InferenceHandle>,
+    /// The effect journal of the input being handled (ADR 0032).
+    pub effects: crate::effects::Effects,
 }
 
 /// What the runtime tells a handler about the input being processed, plus node services.
@@ -74,6 +76,62 @@ impl SessionContext {
     /// Sequence number of the input being processed (0 in `init`).
     pub fn seq(&self) -> Seq {
         self.seq
+    }
+
+    /// Runs a side effect **at most once per input**, durably (ADR 0032): the first time, `effect`
+    /// runs and its result (success or error) is recorded — for a zero-loss session written to the
+    /// session's replicas — before it is returned; when the input is handled again (a restart after
+    /// a panic, a failover or node restart before the input was acknowledged) the recorded result
+    /// is returned and `effect` does not run. Effects of one input must start in the same order
+    /// each time and one after another (not concurrently); `name` is checked on replay.
+    ///
+    /// An effect cut off by a crash while it ran is run again on the retry: give the outside
+    /// world the key of [`SessionContext::run_keyed`] so it can deduplicate.
+    pub async fn run<T, F>(&self, name: &str, effect: F) -> Result<T, HandlerError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, HandlerError>>,
+    {
+        self.run_keyed(name, |_| effect).await
+    }
+
+    /// [`run`](Self::run), handing `effect` its idempotency key: `session:seq:index`, the same
+    /// every time this effect of this input runs (on any node, in any epoch).
+    pub async fn run_keyed<T, F, Fut>(&self, name: &str, effect: F) -> Result<T, HandlerError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<T, HandlerError>>,
+    {
+        use crate::effects::{decode_result, encode_result, Next};
+        match self.base.effects.next(name)? {
+            Next::Replay(bytes) => decode_result(&bytes)?,
+            Next::Run { index } => {
+                let key = format!("{}:{}:{index}", self.base.session_id, self.seq.0);
+                let r = effect(key).await;
+                let bytes = encode_result(&r)?;
+                self.base.effects.record(index, name, bytes)?;
+                r
+            }
+        }
+    }
+
+    /// Wall-clock time, milliseconds since the Unix epoch, journaled: the same value when the
+    /// input is handled again.
+    pub async fn now_ms(&self) -> Result<u64, HandlerError> {
+        self.run("now", async {
+            Ok(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default())
+        })
+        .await
+    }
+
+    /// A random number, journaled: the same value when the input is handled again.
+    pub async fn random_u64(&self) -> Result<u64, HandlerError> {
+        self.run("random", async { Ok(rand::random::<u64>()) })
+            .await
     }
 
     /// A node service registered on the host (e.g. a tokenizer, a model catalogue), by type.

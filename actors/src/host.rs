@@ -173,6 +173,7 @@ impl SessionHost {
                 .services
                 .get::<InferenceHandle>()
                 .map(|h| h.for_caller(CallerId::new(id.as_str()))),
+            effects: Default::default(),
         });
         let shared = Arc::new(Shared {
             id: id.clone(),
@@ -187,6 +188,8 @@ impl SessionHost {
             status: Mutex::new(Status::Starting),
             changed: Default::default(),
             journal: Mutex::new(Vec::new()),
+            inflight: Mutex::new(None),
+            last_cp: Mutex::new(None),
             restarts: Mutex::new(Default::default()),
             intensity: self.inner.config.restart,
             last_seq: AtomicU64::new(0),
@@ -195,6 +198,11 @@ impl SessionHost {
             faults: self.inner.config.faults.clone(),
             metrics: self.inner.metrics.clone(),
         });
+        {
+            let sink: std::sync::Weak<dyn crate::effects::JournalSink> =
+                Arc::downgrade(&(shared.clone() as Arc<dyn crate::effects::JournalSink>));
+            shared.ctx_base.effects.set_sink(sink);
+        }
         let store_err = |e: StoreError| match e {
             StoreError::StaleEpoch { current, .. } => SessionError::Fenced {
                 session: id.clone(),

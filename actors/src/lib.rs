@@ -43,6 +43,7 @@
 //! | `opengrid_actors_checkpoint_seconds` | histogram | one checkpoint write: encode the state, put it in the store (replicas included when the store replicates) |
 //! | `opengrid_actors_handler_seconds` | histogram | one live handler call, input to output, awaits (e.g. inference) included; replays are not counted |
 
+pub mod effects;
 pub mod error;
 pub mod faults;
 pub mod handler;

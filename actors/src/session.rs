@@ -167,8 +167,14 @@ pub(crate) struct Shared<H: SessionHandler> {
     pub capacity: usize,
     pub status: Mutex<Status<H>>,
     pub changed: Notify,
-    /// Inputs processed since the last checkpoint (periodic policy), replayed after a restart.
-    pub journal: Mutex<Vec<(Seq, H::Input)>>,
+    /// Inputs processed since the last checkpoint (periodic policy), with the results of their
+    /// effects, replayed after a restart.
+    pub journal: Mutex<Vec<(Seq, H::Input, Vec<crate::effects::Entry>)>>,
+    /// The effects an input that panicked had run, for the incarnation that retries it.
+    pub inflight: Mutex<Option<crate::effects::Journal>>,
+    /// The newest checkpoint written or loaded: the base an in-flight input's effect journal is
+    /// stored with (ADR 0032).
+    pub last_cp: Mutex<Option<Arc<Checkpoint>>>,
     pub restarts: Mutex<VecDeque<Instant>>,
     pub intensity: RestartIntensity,
     pub last_seq: AtomicU64,
@@ -285,6 +291,16 @@ impl<H: SessionHandler> Shared<H> {
             self.handler.version(),
             bytes,
         );
+        self.put_with_copies(cp, started, seq)
+    }
+
+    /// Writes `cp` with the copies the policy asks for.
+    fn put_with_copies(
+        &self,
+        cp: Checkpoint,
+        started: Instant,
+        seq: Seq,
+    ) -> Result<PutOutcome, SessionError> {
         let min_copies = if self.policy.is_synchronous() {
             self.policy.min_copies
         } else {
@@ -297,6 +313,7 @@ impl<H: SessionHandler> Shared<H> {
                 self.usage
                     .checkpoint_bytes
                     .fetch_add(cp.state.len() as u64, Ordering::Relaxed);
+                *lock(&self.last_cp) = Some(Arc::new(cp));
                 Ok(outcome)
             }
             Err(StoreError::TooFewCopies {
@@ -321,8 +338,9 @@ impl<H: SessionHandler> Shared<H> {
         }
     }
 
-    /// Loads the newest checkpoint (or `None`), checking handler identity and fencing.
-    pub fn load(&self) -> Result<Option<(Seq, H::State)>, String> {
+    /// Loads the newest checkpoint (or `None`), checking handler identity and fencing; with the
+    /// effect journal of the input after it, if it holds one.
+    pub fn load(&self) -> Result<Option<(Seq, H::State, Option<crate::effects::Journal>)>, String> {
         let cp = self
             .store
             .get_latest(&self.id)
@@ -348,7 +366,42 @@ impl<H: SessionHandler> Shared<H> {
             .handler
             .decode_state(&cp.state)
             .map_err(|e| format!("checkpoint state unreadable: {e}"))?;
-        Ok(Some((cp.seq, state)))
+        let journal =
+            crate::effects::Journal::decode(&cp.journal).filter(|j| j.seq == cp.seq.next());
+        let seq = cp.seq;
+        *lock(&self.last_cp) = Some(Arc::new(cp));
+        Ok(Some((seq, state, journal)))
+    }
+}
+
+impl<H: SessionHandler> crate::effects::JournalSink for Shared<H> {
+    fn persist(&self, journal: &crate::effects::Journal) -> Result<bool, String> {
+        let Some(base) = lock(&self.last_cp).clone() else {
+            return Ok(false);
+        };
+        if base.seq.next() != journal.seq {
+            // Inputs since the stored state are not durable themselves (bounded-loss session
+            // between checkpoints): the journal stays in memory with them.
+            return Ok(false);
+        }
+        let cp = Checkpoint::new(
+            self.id.clone(),
+            self.epoch(),
+            base.seq,
+            self.handler.id(),
+            self.handler.version(),
+            base.state.clone(),
+        )
+        .with_journal(journal.encode());
+        let min_copies = if self.policy.is_synchronous() {
+            self.policy.min_copies
+        } else {
+            0
+        };
+        self.store
+            .put_counted(&cp, min_copies)
+            .map(|_| true)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -406,6 +459,9 @@ pub(crate) struct ActorState<H: SessionHandler> {
     last_outcome: PutOutcome,
     /// Why the newest checkpoint attempt failed (cleared by a successful one).
     last_failure: Option<String>,
+    /// Effects the next input already ran (from a checkpoint's journal, or an input that
+    /// panicked): replayed when that input is retried.
+    pending: Option<crate::effects::Journal>,
 }
 
 /// Whether a handler call is a client's input or the replay of a journaled one after a restart.
@@ -487,7 +543,7 @@ impl<H: SessionHandler> ActorState<H> {
         }
         self.checkpointed_seq = self.last_seq;
         self.dirty_since = None;
-        lock(&self.shared.journal).retain(|(s, _)| *s > self.last_seq);
+        lock(&self.shared.journal).retain(|(s, _, _)| *s > self.last_seq);
         Ok(self.last_seq)
     }
 }
@@ -502,26 +558,34 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
         myself: ActorRef<Self::Msg>,
         shared: Arc<Shared<H>>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (mut last_seq, mut state) = match shared.load()? {
+        let (mut last_seq, mut state, stored) = match shared.load()? {
             Some(x) => x,
             None => return Err(format!("no checkpoint found for session {}", shared.id).into()),
         };
         let checkpointed_seq = last_seq;
-        // Replay inputs processed after the checkpoint (at-least-once at the handler).
-        let journal: Vec<(Seq, H::Input)> = lock(&shared.journal)
+        // Replay inputs processed after the checkpoint (at-least-once at the handler), with the
+        // results their effects recorded (the effects are not run again).
+        let journal: Vec<(Seq, H::Input, Vec<crate::effects::Entry>)> = lock(&shared.journal)
             .iter()
-            .filter(|(s, _)| *s > last_seq)
+            .filter(|(s, _, _)| *s > last_seq)
             .cloned()
             .collect();
-        for (seq, input) in journal {
+        for (seq, input, effects) in journal {
             if seq != last_seq.next() {
                 return Err(
                     format!("journal gap: expected {} got {}", last_seq.next(), seq).into(),
                 );
             }
+            shared.ctx_base.effects.begin(seq, effects);
             let _ = run_handler(&shared, &mut state, seq, input, Call::Replay).await?;
+            shared.ctx_base.effects.finish();
             last_seq = seq;
         }
+        // The effects of the input after these: from one that panicked here, else stored.
+        let pending = lock(&shared.inflight)
+            .take()
+            .or(stored)
+            .filter(|j| j.seq == last_seq.next());
         shared.last_seq.store(last_seq.0, Ordering::Release);
         let dirty_since = (last_seq > checkpointed_seq).then(Instant::now);
         let timer = Some(myself.send_interval(shared.tick, || SessionMsg::Tick));
@@ -538,6 +602,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                 synced: true,
             },
             last_failure: None,
+            pending,
         })
     }
 
@@ -610,9 +675,23 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                     CheckpointMode::Periodic { .. } => Some(input.clone()),
                     CheckpointMode::Synchronous => None,
                 };
-                let output = match run_handler(&sh, &mut st.state, seq, input, Call::Live).await {
+                let recorded = match st.pending.take() {
+                    Some(j) if j.seq == seq => j.entries,
+                    other => {
+                        st.pending = other;
+                        Vec::new()
+                    }
+                };
+                sh.ctx_base.effects.begin(seq, recorded);
+                let ran = run_handler(&sh, &mut st.state, seq, input, Call::Live).await;
+                let effects = sh.ctx_base.effects.finish();
+                let output = match ran {
                     Ok(o) => o,
                     Err(reason) => {
+                        // The incarnation that retries this input replays its effects.
+                        if !effects.is_empty() {
+                            *lock(&sh.inflight) = Some(crate::effects::Journal::new(seq, effects));
+                        }
                         // The state may be half-updated: answer, then fail so the supervisor
                         // restarts from the last checkpoint (plus journal replay).
                         let _ = reply.send(Err(SessionError::HandlerPanicked {
@@ -651,11 +730,13 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                             // while (every retry refused) does not stop the session for good.
                             let _ = reply.send(Err(e.clone()));
                             match sh.load() {
-                                Ok(Some((seq, state))) => {
+                                Ok(Some((seq, state, stored))) => {
                                     st.state = state;
                                     st.last_seq = seq;
                                     st.checkpointed_seq = seq;
                                     st.dirty_since = None;
+                                    // The input's effects, if stored: its retry replays them.
+                                    st.pending = stored;
                                     sh.last_seq.store(seq.0, Ordering::Release);
                                 }
                                 // Unreadable too: restart (counted) from whatever can be read.
@@ -667,7 +748,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                         let len = {
                             let mut j = lock(&sh.journal);
                             if let Some(i) = journaled {
-                                j.push((seq, i));
+                                j.push((seq, i, effects));
                             }
                             j.len()
                         };

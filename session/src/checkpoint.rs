@@ -1,9 +1,11 @@
 //! The [`Checkpoint`] envelope and its byte format.
 //!
 //! ```text
-//! byte 0      format version (currently 1)
-//! bytes 1..   bincode 2 (standard config, varint) of CheckpointBody
+//! byte 0      format version: 1 (no journal) or 2 (with the effect journal, ADR 0032)
+//! bytes 1..   bincode 2 (standard config, varint) of the fields below (v1 without `journal`)
 //! ```
+//! A checkpoint without a journal is written in format 1, byte for byte as before, so builds
+//! that read only format 1 still read every session that records no effects.
 //! The body carries a blake3 hash over a domain-separated encoding of every other field, so a
 //! flipped bit anywhere (state, seq, epoch, ids) is detected. Decoding is bounded by
 //! [`MAX_CHECKPOINT_BYTES`] and never panics on arbitrary input.
@@ -12,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{Epoch, Seq, SessionId};
 
-/// The envelope format this build writes.
+/// The envelope format of a checkpoint without an effect journal.
 pub const CHECKPOINT_FORMAT_VERSION: u8 = 1;
+/// The envelope format of a checkpoint carrying an effect journal.
+pub const CHECKPOINT_FORMAT_JOURNAL: u8 = 2;
 
 /// Largest encoded checkpoint accepted (state plus header): 1 GiB + 64 KiB.
 pub const MAX_CHECKPOINT_BYTES: usize = (1 << 30) + (64 << 10);
@@ -36,8 +40,26 @@ pub struct Checkpoint {
     /// Opaque handler state.
     #[serde(with = "serde_bytes_vec")]
     pub state: Vec<u8>,
-    /// blake3 over every field above.
+    /// blake3 over every other field.
     pub hash: [u8; 32],
+    /// The runtime's effect journal for the input after `seq` (opaque here; empty when none):
+    /// results of effects that input already ran, so a retry after a crash, failover or
+    /// handover replays them instead of running them again (ADR 0032).
+    #[serde(with = "serde_bytes_vec", default)]
+    pub journal: Vec<u8>,
+}
+
+/// Format 1: a checkpoint without the journal field.
+#[derive(Serialize, Deserialize)]
+struct CheckpointV1 {
+    session_id: SessionId,
+    epoch: Epoch,
+    seq: Seq,
+    handler_id: String,
+    handler_version: u32,
+    #[serde(with = "serde_bytes_vec")]
+    state: Vec<u8>,
+    hash: [u8; 32],
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -145,9 +167,17 @@ impl Checkpoint {
             handler_version,
             state,
             hash: [0; 32],
+            journal: Vec::new(),
         };
         cp.hash = cp.compute_hash();
         cp
+    }
+
+    /// [`Checkpoint::new`] with an effect journal (see [`Checkpoint::journal`]).
+    pub fn with_journal(mut self, journal: Vec<u8>) -> Self {
+        self.journal = journal;
+        self.hash = self.compute_hash();
+        self
     }
 
     /// The hash the content should have.
@@ -164,6 +194,12 @@ impl Checkpoint {
         h.update(&self.handler_version.to_le_bytes());
         h.update(&(self.state.len() as u64).to_le_bytes());
         h.update(&self.state);
+        // Absent in format 1: an empty journal hashes as format 1 did.
+        if !self.journal.is_empty() {
+            h.update(b"journal\0");
+            h.update(&(self.journal.len() as u64).to_le_bytes());
+            h.update(&self.journal);
+        }
         *h.finalize().as_bytes()
     }
 
@@ -180,13 +216,29 @@ impl Checkpoint {
         }
     }
 
-    /// Encodes as `version byte ‖ bincode body`.
+    /// Encodes as `version byte ‖ bincode body` (format 1 without a journal, 2 with one).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.state.len() + 96);
-        out.push(CHECKPOINT_FORMAT_VERSION);
+        let mut out = Vec::with_capacity(self.state.len() + self.journal.len() + 96);
         // Encoding into a Vec cannot fail for these types except by exceeding the limit, which
         // `Checkpoint::new` callers cannot reach without a >1 GiB state; report it as empty body.
-        if let Err(e) = bincode::serde::encode_into_std_write(self, &mut out, config()) {
+        let r = if self.journal.is_empty() {
+            out.push(CHECKPOINT_FORMAT_VERSION);
+            let v1 = CheckpointV1 {
+                session_id: self.session_id.clone(),
+                epoch: self.epoch,
+                seq: self.seq,
+                handler_id: self.handler_id.clone(),
+                handler_version: self.handler_version,
+                state: Vec::new(),
+                hash: self.hash,
+            };
+            // The state is written in place of v1's empty one without a copy: same layout.
+            encode_v1_borrowed(&v1, &self.state, &mut out)
+        } else {
+            out.push(CHECKPOINT_FORMAT_JOURNAL);
+            bincode::serde::encode_into_std_write(self, &mut out, config()).map(drop)
+        };
+        if let Err(e) = r {
             tracing::error!(error = %e, "checkpoint encoding failed");
         }
         out
@@ -198,16 +250,78 @@ impl Checkpoint {
         if bytes.len() > MAX_CHECKPOINT_BYTES {
             return Err(CheckpointError::TooLarge { len: bytes.len() });
         }
-        if version != CHECKPOINT_FORMAT_VERSION {
-            return Err(CheckpointError::UnsupportedVersion(version));
-        }
-        let (cp, used): (Checkpoint, usize) = bincode::serde::decode_from_slice(body, config())
-            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        let (cp, used): (Checkpoint, usize) = match version {
+            CHECKPOINT_FORMAT_VERSION => {
+                let (v1, used): (CheckpointV1, usize) =
+                    bincode::serde::decode_from_slice(body, config())
+                        .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+                let cp = Checkpoint {
+                    session_id: v1.session_id,
+                    epoch: v1.epoch,
+                    seq: v1.seq,
+                    handler_id: v1.handler_id,
+                    handler_version: v1.handler_version,
+                    state: v1.state,
+                    hash: v1.hash,
+                    journal: Vec::new(),
+                };
+                (cp, used)
+            }
+            CHECKPOINT_FORMAT_JOURNAL => {
+                let (cp, used): (Checkpoint, usize) =
+                    bincode::serde::decode_from_slice(body, config())
+                        .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+                if cp.journal.is_empty() {
+                    // Format 2 always carries a journal; without one it would be written as 1.
+                    return Err(CheckpointError::Malformed(
+                        "format 2 with an empty journal".into(),
+                    ));
+                }
+                (cp, used)
+            }
+            v => return Err(CheckpointError::UnsupportedVersion(v)),
+        };
         if used != body.len() {
             return Err(CheckpointError::TrailingBytes(body.len() - used));
         }
         cp.verify()?;
         Ok(cp)
+    }
+}
+
+/// Writes `v1` with `state` as its state field, without copying the state into `v1`.
+fn encode_v1_borrowed(
+    v1: &CheckpointV1,
+    state: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), bincode::error::EncodeError> {
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        session_id: &'a SessionId,
+        epoch: Epoch,
+        seq: Seq,
+        handler_id: &'a str,
+        handler_version: u32,
+        #[serde(with = "serde_bytes_slice")]
+        state: &'a [u8],
+        hash: [u8; 32],
+    }
+    let b = Borrowed {
+        session_id: &v1.session_id,
+        epoch: v1.epoch,
+        seq: v1.seq,
+        handler_id: &v1.handler_id,
+        handler_version: v1.handler_version,
+        state,
+        hash: v1.hash,
+    };
+    bincode::serde::encode_into_std_write(&b, out, config()).map(drop)
+}
+
+mod serde_bytes_slice {
+    use serde::Serializer;
+    pub fn serialize<S: Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
     }
 }
 
@@ -258,6 +372,44 @@ mod tests {
             Checkpoint::decode(&extra),
             Err(CheckpointError::TrailingBytes(1))
         );
+    }
+
+    #[test]
+    fn a_journal_goes_in_format_2_and_an_empty_one_keeps_format_1() {
+        let plain = sample(b"st".to_vec());
+        let with = sample(b"st".to_vec()).with_journal(b"effects".to_vec());
+        assert_eq!(plain.encode()[0], CHECKPOINT_FORMAT_VERSION);
+        assert_eq!(with.encode()[0], CHECKPOINT_FORMAT_JOURNAL);
+        assert_eq!(Checkpoint::decode(&with.encode()).unwrap(), with);
+        assert_ne!(plain.hash, with.hash, "the journal is hashed");
+        // Dropping the journal from a format-2 body is detected.
+        let mut forged = with.clone();
+        forged.journal.clear();
+        assert!(forged.verify().is_err());
+        for i in 0..with.encode().len() {
+            let mut b = with.encode();
+            b[i] ^= 0x40;
+            assert!(Checkpoint::decode(&b).is_err(), "flip at {i} undetected");
+        }
+    }
+
+    /// Bytes of format 1 as the build before the journal wrote them still decode.
+    #[test]
+    fn format_1_bytes_are_unchanged() {
+        let cp = sample(b"hello".to_vec());
+        let v1 = CheckpointV1 {
+            session_id: cp.session_id.clone(),
+            epoch: cp.epoch,
+            seq: cp.seq,
+            handler_id: cp.handler_id.clone(),
+            handler_version: cp.handler_version,
+            state: cp.state.clone(),
+            hash: cp.hash,
+        };
+        let mut old = vec![1u8];
+        bincode::serde::encode_into_std_write(&v1, &mut old, config()).unwrap();
+        assert_eq!(cp.encode(), old);
+        assert_eq!(Checkpoint::decode(&old).unwrap(), cp);
     }
 
     #[test]

@@ -127,6 +127,19 @@ pub fn idempotent_rewrite_and_conflict<S: CheckpointStore>(s: &S) {
         Err(StoreError::Conflict { .. })
     ));
     assert_eq!(s.list(&sid("a")).unwrap().len(), 1);
+    // The same state with a (longer) effect journal replaces it: the journal of the next input.
+    let j1 = cp("a", 1, 1, b"same").with_journal(b"one effect".to_vec());
+    s.put(&j1).unwrap();
+    assert_eq!(s.get_latest(&sid("a")).unwrap(), Some(j1));
+    let j2 = cp("a", 1, 1, b"same").with_journal(b"two effects".to_vec());
+    s.put(&j2).unwrap();
+    assert_eq!(s.get_latest(&sid("a")).unwrap(), Some(j2.clone()));
+    // Other state at the same point is still a conflict, journal or not.
+    assert!(matches!(
+        s.put(&cp("a", 1, 1, b"other").with_journal(b"x".to_vec())),
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(s.list(&sid("a")).unwrap().len(), 1);
 }
 
 /// `list` is oldest first and history is pruned to the retention, keeping at least two.

@@ -98,7 +98,7 @@ impl CheckpointStore for MemoryCheckpointStore {
             if *existing == bytes {
                 return Ok(());
             }
-            if Checkpoint::decode(existing).is_ok() {
+            if !super::journal_update(existing, cp) {
                 return Err(StoreError::Conflict {
                     session: cp.session_id.clone(),
                     epoch: cp.epoch,

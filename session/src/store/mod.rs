@@ -206,6 +206,20 @@ pub trait CheckpointStore: Send + Sync + 'static {
 }
 
 /// The fencing check shared by all implementations: `(fence_epoch, newest_seq_in_that_epoch)`.
+/// Whether `new` may replace the valid checkpoint `existing` stored at the same (epoch, seq): only
+/// when they differ in the effect journal alone (ADR 0032: the journal of the input after `seq`
+/// grows while that input runs; the state at `seq` never changes).
+pub(crate) fn journal_update(existing: &[u8], new: &Checkpoint) -> bool {
+    match Checkpoint::decode(existing) {
+        Ok(old) => {
+            old.handler_id == new.handler_id
+                && old.handler_version == new.handler_version
+                && old.state == new.state
+        }
+        Err(_) => true,
+    }
+}
+
 pub(crate) fn check_fence(
     cp: &Checkpoint,
     fence: Option<(Epoch, Option<Seq>)>,
