@@ -116,6 +116,36 @@ impl SessionContext {
         }
     }
 
+    /// Sends an HTTP request through the node as a journaled effect (ADR 0032): at most once per
+    /// input as far as the recorded result goes, with an `Idempotency-Key` header
+    /// (`session:seq:index`) that stays the same if a crash cuts the request off and the retry
+    /// sends it again, so the remote side can deduplicate. The node sends only to hosts the
+    /// session's manifest lists in `[egress] hosts`; refusals and transport failures come back as
+    /// a [`HandlerError`] with code `fetch` (and are recorded like any result).
+    pub async fn fetch(
+        &self,
+        req: crate::egress::HttpRequest,
+    ) -> Result<crate::egress::HttpResponse, HandlerError> {
+        let egress = self
+            .service::<crate::egress::EgressService>()
+            .map(|e| e.0.clone())
+            .ok_or_else(|| HandlerError::new("fetch", "this node offers no egress"))?;
+        let name = format!("fetch {} {}", req.method, req.url);
+        let session = self.base.session_id.clone();
+        self.run_keyed(&name, |key| async move {
+            let mut req = req;
+            req.headers
+                .retain(|(k, _)| !k.eq_ignore_ascii_case(crate::egress::IDEMPOTENCY_HEADER));
+            req.headers
+                .push((crate::egress::IDEMPOTENCY_HEADER.to_string(), key));
+            egress
+                .send(&session, req)
+                .await
+                .map_err(|e| HandlerError::new("fetch", e))
+        })
+        .await
+    }
+
     /// Wall-clock time, milliseconds since the Unix epoch, journaled: the same value when the
     /// input is handled again.
     pub async fn now_ms(&self) -> Result<u64, HandlerError> {

@@ -44,6 +44,7 @@
 //! | `opengrid_actors_handler_seconds` | histogram | one live handler call, input to output, awaits (e.g. inference) included; replays are not counted |
 
 pub mod effects;
+pub mod egress;
 pub mod error;
 pub mod faults;
 pub mod handler;
@@ -90,6 +91,7 @@ pub mod prelude {
     pub use opengrid_session::{Epoch, Manifest, Seq, SessionId};
 }
 
+pub use egress::{Egress, EgressService, HttpRequest, HttpResponse};
 pub use error::SessionError;
 pub use faults::{FaultHooks, HookRule};
 pub use handler::{HandlerError, Services, SessionContext, SessionHandler, MAX_STATE_BYTES};

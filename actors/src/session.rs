@@ -398,10 +398,13 @@ impl<H: SessionHandler> crate::effects::JournalSink for Shared<H> {
         } else {
             0
         };
-        self.store
+        let r = self
+            .store
             .put_counted(&cp, min_copies)
             .map(|_| true)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        tracing::debug!(session = %self.id, seq = %journal.seq, effects = journal.entries.len(), ok = r.is_ok(), "effect journal written");
+        r
     }
 }
 
@@ -586,6 +589,9 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
             .take()
             .or(stored)
             .filter(|j| j.seq == last_seq.next());
+        if let Some(j) = &pending {
+            tracing::info!(session = %shared.id, seq = %j.seq, effects = j.entries.len(), "effects recorded for the next input: its retry replays them");
+        }
         shared.last_seq.store(last_seq.0, Ordering::Release);
         let dirty_since = (last_seq > checkpointed_seq).then(Instant::now);
         let timer = Some(myself.send_interval(shared.tick, || SessionMsg::Tick));

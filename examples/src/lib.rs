@@ -7,6 +7,8 @@
 //!   ([`intent::IntentClassifier`], registered by [`node_services`]).
 //! - [`scorer::Scorer`]: scores batches of feature vectors with a model named by its hash
 //!   (`ctx.infer`); the load of the isolation bench.
+//! - [`assistant::Assistant`]: a chat assistant calling an OpenAI-compatible endpoint through
+//!   journaled effects (`ctx.fetch`), so a turn is not billed twice across a crash.
 //! - [`blob::Blob`]: a counter carrying a padding blob of configurable size (the state of
 //!   `opengrid-chaos bench handover`).
 //!
@@ -14,6 +16,7 @@
 //! a crash, restart from checkpoint, hibernation and wake-up; `opengrid-colony-demo`
 //! ([`colony_demo`]) runs a local grid of real `opengrid` processes.
 
+pub mod assistant;
 pub mod blob;
 pub mod colony_demo;
 pub mod counter;
@@ -27,12 +30,14 @@ use std::sync::Arc;
 use opengrid_actors::{Services, SessionHost};
 use opengrid_cluster::node::inference::NodeInference;
 
-/// Registers every example handler on a node's host (`tutor`, `counter`, `scorer`, `blob`).
+/// Registers every example handler on a node's host (`tutor`, `counter`, `scorer`, `blob`,
+/// `assistant`).
 pub fn register_handlers(host: &SessionHost) {
     host.register(Arc::new(tutor::Tutor));
     host.register(Arc::new(counter::Counter));
     host.register(Arc::new(scorer::Scorer));
     host.register(Arc::new(blob::Blob));
+    host.register(Arc::new(assistant::Assistant::from_env()));
 }
 
 /// Services the example handlers need from a node's inference plane: when the node serves the

@@ -606,14 +606,7 @@ async fn handle(inner: &Inner, req: Request, peer: &Did) -> Response {
                 .activating(&session, &prep.replicas, prep.grant.as_ref());
             // The state under the new epoch, written before serving: the new replica set (and
             // this node) hold it and refuse the old epoch from now on.
-            let bumped = Checkpoint::new(
-                session.clone(),
-                epoch,
-                cp.seq,
-                cp.handler_id.clone(),
-                cp.handler_version,
-                cp.state.clone(),
-            );
+            let bumped = cp.restamped(epoch);
             let store = inner.host.store().clone();
             let wrote = tokio::task::spawn_blocking(move || store.put(&bumped)).await;
             let r = match wrote {

@@ -173,6 +173,27 @@ impl Checkpoint {
         cp
     }
 
+    /// The same content under `epoch` (a failover or handover writes the state under the new
+    /// holder's epoch), effect journal included.
+    pub fn restamped(&self, epoch: Epoch) -> Checkpoint {
+        Checkpoint::new(
+            self.session_id.clone(),
+            epoch,
+            self.seq,
+            self.handler_id.clone(),
+            self.handler_version,
+            self.state.clone(),
+        )
+        .with_journal(self.journal.clone())
+    }
+
+    /// Whether this checkpoint is newer than `other` of the same session: a later (epoch, seq),
+    /// or the same one with a longer effect journal (the journal of the input after `seq` only
+    /// grows while that input runs; copies of it on different replicas may lag).
+    pub fn supersedes(&self, other: &Checkpoint) -> bool {
+        (self.epoch, self.seq, self.journal.len()) > (other.epoch, other.seq, other.journal.len())
+    }
+
     /// [`Checkpoint::new`] with an effect journal (see [`Checkpoint::journal`]).
     pub fn with_journal(mut self, journal: Vec<u8>) -> Self {
         self.journal = journal;

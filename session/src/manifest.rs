@@ -62,6 +62,35 @@ pub struct Manifest {
     /// What must be proven about the session's work.
     #[serde(default)]
     pub verification: VerificationSection,
+    /// Where the session's handler may send HTTP requests (`SessionContext::fetch`).
+    #[serde(default, skip_serializing_if = "EgressSection::is_empty")]
+    pub egress: EgressSection,
+}
+
+/// `[egress]`: the hosts a session's effects may reach through the node (ADR 0032). Nothing by
+/// default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSection {
+    /// `host` (any port) or `host:port`, e.g. `"api.openai.com"`, `"127.0.0.1:8080"`; at most 64.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+impl EgressSection {
+    fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// Whether a request to `host` on `port` is allowed.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        self.hosts.iter().any(|h| match h.rsplit_once(':') {
+            Some((hh, p)) if !hh.is_empty() && p.parse::<u16>().is_ok() => {
+                hh.eq_ignore_ascii_case(host) && p.parse::<u16>() == Ok(port)
+            }
+            _ => h.eq_ignore_ascii_case(host),
+        })
+    }
 }
 
 /// `[session]`
@@ -617,6 +646,30 @@ impl Manifest {
                     m.min_copies
                 ),
             );
+        }
+        if self.egress.hosts.len() > 64 {
+            bad(
+                "egress.hosts",
+                format!("{} hosts, at most 64", self.egress.hosts.len()),
+            );
+        }
+        for (i, h) in self.egress.hosts.iter().enumerate() {
+            let (host, port) = match h.rsplit_once(':') {
+                Some((hh, p)) if p.chars().all(|c| c.is_ascii_digit()) => (hh, Some(p)),
+                _ => (h.as_str(), None),
+            };
+            let host_ok = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !host_ok || !port_ok {
+                bad(
+                    &format!("egress.hosts[{i}]"),
+                    format!("{h:?} is not a host or host:port (no scheme, no path)"),
+                );
+            }
         }
         let sc = &self.scaling;
         if !(1.0..=100.0).contains(&sc.spike_factor) {

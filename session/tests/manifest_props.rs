@@ -60,6 +60,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     },
                     scaling: Default::default(),
                     verification: Default::default(),
+                    egress: Default::default(),
                 }
             },
         )

@@ -768,10 +768,7 @@ impl NodeCore {
                 Ok(Response::Checkpoint { checkpoint }) => {
                     reached += 1;
                     if let Some(cp) = checkpoint.and_then(|b| Checkpoint::decode(&b).ok()) {
-                        if newest
-                            .as_ref()
-                            .is_none_or(|n| (cp.epoch, cp.seq) > (n.epoch, n.seq))
-                        {
+                        if newest.as_ref().is_none_or(|n| cp.supersedes(n)) {
                             newest = Some(cp);
                         }
                     }
@@ -794,14 +791,7 @@ impl NodeCore {
                 cp.epoch
             ));
         }
-        let bumped = Checkpoint::new(
-            sid.clone(),
-            epoch,
-            cp.seq,
-            cp.handler_id.clone(),
-            cp.handler_version,
-            cp.state.clone(),
-        );
+        let bumped = cp.restamped(epoch);
         // Fence the earlier epoch on every holder we can reach (new replicas + old holders).
         let mut fence_set: Vec<SocketAddr> = replica_addrs.clone();
         for h in holders {

@@ -28,6 +28,7 @@
 pub mod agents;
 pub mod api;
 pub mod config;
+pub mod egress;
 pub mod faults;
 pub mod inference;
 pub mod join_watch;
@@ -366,6 +367,11 @@ impl NodeCore {
             .ok(),
             me: self.identity.id().did(),
         }
+    }
+
+    /// The manifest (JSON) this node holds for `session`, if any.
+    pub fn manifest_of(&self, session: &SessionId) -> Option<String> {
+        lock(&self.manifests).get(session).cloned()
     }
 
     /// The colony's member nodes, as the RC last said (peers whose own tokens open `/blobs`).

@@ -197,6 +197,12 @@ async fn boot_node(
         ),
         None => (Services::default(), cfg.hardware.accelerator),
     };
+    // Handlers' outbound HTTP (`ctx.fetch`), to the hosts each session's manifest allows.
+    let egress = Arc::new(
+        crate::node::egress::NodeEgress::new(std::time::Duration::from_secs(30))
+            .map_err(|e| StartError::Spawn(format!("egress: {e}")))?,
+    );
+    let services = services.with(opengrid_actors::EgressService(egress.clone()));
     let store_path = cfg.data_dir.join("checkpoints");
     // Test/chaos hook, off unless `[faults] control_dir` is set (crate::node::faults).
     let faults = if cfg.faults.enabled() {
@@ -338,6 +344,7 @@ async fn boot_node(
                 metrics,
             ));
             mobility.attach(&core);
+            egress.attach(Arc::downgrade(&core));
             let _ = core.mobility.set(mobility);
             if let Some(a) = agents {
                 let _ = core.agents.set(a);

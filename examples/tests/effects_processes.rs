@@ -1,0 +1,149 @@
+//! Durable effects with real processes (ADR 0032): the `assistant` example calls a local
+//! OpenAI-compatible endpoint (this test's HTTP server, which answers deterministically and counts
+//! requests per `Idempotency-Key`) through `ctx.fetch`. The holder is killed with -9 after the
+//! model answered and before the reply: after failover the client's retry is answered from the
+//! journal and the endpoint saw exactly one request for that turn. The same across a live handover
+//! taken while a turn is in progress. Egress outside the manifest's `[egress] hosts` is refused.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Colony;
+use serde_json::{json, Value};
+
+/// The model endpoint: `POST /v1/chat/completions` answers `echo: <last user message>` and counts
+/// requests per idempotency key.
+async fn model_server() -> (String, Arc<Mutex<HashMap<String, u32>>>) {
+    let counts: Arc<Mutex<HashMap<String, u32>>> = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(
+                |axum::extract::State(c): axum::extract::State<Arc<Mutex<HashMap<String, u32>>>>,
+                 headers: axum::http::HeaderMap,
+                 axum::Json(body): axum::Json<Value>| async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_string();
+                    *c.lock().unwrap().entry(key).or_default() += 1;
+                    let last = body["messages"]
+                        .as_array()
+                        .and_then(|m| m.last())
+                        .and_then(|m| m["content"].as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    axum::Json(json!({
+                        "choices": [{"message": {"role": "assistant", "content": format!("echo: {last}")}}]
+                    }))
+                },
+            ),
+        )
+        .with_state(counts.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("127.0.0.1:{}", addr.port()), counts)
+}
+
+fn manifest(egress: &str) -> String {
+    format!("version = 1\n[session]\nhandler = \"assistant\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\n[egress]\nhosts = [\"{egress}\"]\n")
+}
+
+async fn wait_count(counts: &Mutex<HashMap<String, u32>>, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counts.lock().unwrap().get(key).copied().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the model never saw {key}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_effect_is_not_repeated_across_kill_9_and_handover() {
+    let (host, counts) = model_server().await;
+    let url = format!("http://{host}/v1");
+    let mut c = Colony::start();
+    for n in ["n1", "n2", "n3"] {
+        c.node_env(n, "DE", &[("ASSISTANT_MODEL_URL", url.as_str())]);
+    }
+    c.wait_alive(3).await;
+    let client = c.client();
+    let mut s = client.create(&manifest(&host), None).await.unwrap();
+    let id = s.id.clone();
+    let r = s.send(json!({"user": "hello"})).await.unwrap();
+    assert_eq!(r["output"]["answer"], "echo: hello", "{r}");
+    let seen = counts.lock().unwrap().clone();
+    assert_eq!(seen.get(&format!("{id}:1:0")), Some(&1), "{seen:?}");
+
+    // Turn 2: the model answers, the turn then takes 3 s; kill -9 the holder in between.
+    let holder = c.entry(&id).await["node_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let turn = tokio::spawn(async move {
+        let r = s
+            .send(json!({"user": "are you there", "think_ms": 3000}))
+            .await;
+        (s, r)
+    });
+    wait_count(&counts, &format!("{id}:2:0")).await;
+    c.kill9(&holder);
+    let (mut s, r) = turn.await.unwrap();
+    let r = r.unwrap();
+    assert_eq!(r["kind"], "processed", "{r}");
+    assert_eq!(r["output"]["answer"], "echo: are you there", "{r}");
+    let e = c.entry(&id).await;
+    assert_ne!(
+        e["node_name"].as_str(),
+        Some(holder.as_str()),
+        "failed over: {e}"
+    );
+    let seen = counts.lock().unwrap().clone();
+    assert_eq!(
+        seen.get(&format!("{id}:2:0")),
+        Some(&1),
+        "the model saw the turn once: {seen:?}"
+    );
+
+    // Turn 3: a live handover while the turn is in progress (after the model answered).
+    let turn = tokio::spawn(async move {
+        let r = s.send(json!({"user": "still?", "think_ms": 1500})).await;
+        (s, r)
+    });
+    wait_count(&counts, &format!("{id}:3:0")).await;
+    let from = c.entry(&id).await["node_name"].clone();
+    c.handover(&id).await;
+    let (mut s, r) = turn.await.unwrap();
+    let r = r.unwrap();
+    assert_eq!(r["output"]["answer"], "echo: still?", "{r}");
+    assert_ne!(c.entry(&id).await["node_name"], from, "handed over");
+    let seen = counts.lock().unwrap().clone();
+    assert_eq!(seen.get(&format!("{id}:3:0")), Some(&1), "{seen:?}");
+    let r = s.send(json!({"user": "bye"})).await.unwrap();
+    assert_eq!(
+        r["output"]["turn"], 4,
+        "the transcript kept every turn: {r}"
+    );
+
+    // Egress is only to the manifest's hosts: a session allowing another host cannot reach it.
+    let mut other = client.create(&manifest("127.0.0.1:1"), None).await.unwrap();
+    let r = other.send(json!({"user": "hi"})).await.unwrap();
+    assert_eq!(r["error"]["code"], "fetch", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not among"),
+        "{r}"
+    );
+    let seen = counts.lock().unwrap().clone();
+    assert_eq!(
+        seen.values().sum::<u32>(),
+        4,
+        "one request per turn: {seen:?}"
+    );
+}
