@@ -161,10 +161,17 @@ impl Fault {
 /// What a guest call returns when it does not fault.
 pub(crate) type GuestResult<T> = Result<T, crate::host::opengrid::agent::types::AgentError>;
 
+/// Counts read by [`Runtime::stats`] and by the observable instruments at export time (nothing
+/// is recorded on the meter per input).
+#[derive(Default)]
+struct Counts {
+    instances: AtomicU64,
+    warm_hits: AtomicU64,
+    warm_evictions: AtomicU64,
+}
+
 struct Metrics {
     faults: Counter<u64>,
-    instances: Counter<u64>,
-    warm_evictions: Counter<u64>,
     compiles: Counter<u64>,
     cache_hits: Counter<u64>,
 }
@@ -178,9 +185,9 @@ pub(crate) struct RuntimeInner {
     loaded: Mutex<HashMap<String, Weak<LoadedAgent>>>,
     compiles: AtomicU64,
     cache_hits: AtomicU64,
-    instances: AtomicU64,
-    warm_hits: AtomicU64,
-    warm_evictions: AtomicU64,
+    counts: Arc<Counts>,
+    /// Serial numbers of loaded agents (the warm set's keys).
+    next_agent: AtomicU64,
     /// Warm instances by (agent, session); see [`crate::warm`].
     warm: Mutex<WarmSet<Instance>>,
     /// Faults by kind: trap, deadline, memory, instantiate.
@@ -260,14 +267,6 @@ impl Runtime {
                 .u64_counter("opengrid_wasm_faults")
                 .with_description("agent calls that trapped, ran past their deadline or hit their memory cap, by kind")
                 .build(),
-            instances: meter
-                .u64_counter("opengrid_wasm_instances")
-                .with_description("instances a call ran in: warm=\"true\" reused a session's warm instance, warm=\"false\" instantiated a new one")
-                .build(),
-            warm_evictions: meter
-                .u64_counter("opengrid_wasm_warm_evictions")
-                .with_description("warm instances given up for another (LRU bound, pool pressure)")
-                .build(),
             compiles: meter
                 .u64_counter("opengrid_wasm_compiles")
                 .with_description("components compiled by Cranelift (cache misses)")
@@ -277,6 +276,25 @@ impl Runtime {
                 .with_description("components loaded from the on-disk compile cache")
                 .build(),
         };
+        let counts = Arc::new(Counts::default());
+        {
+            let c = counts.clone();
+            let (warm, fresh) = ([KeyValue::new("warm", "true")], [KeyValue::new("warm", "false")]);
+            meter
+                .u64_observable_counter("opengrid_wasm_instances")
+                .with_description("instances calls ran in: warm=\"true\" a session's warm instance reused, warm=\"false\" a new one instantiated")
+                .with_callback(move |o| {
+                    o.observe(c.warm_hits.load(Ordering::Relaxed), &warm);
+                    o.observe(c.instances.load(Ordering::Relaxed), &fresh);
+                })
+                .build();
+            let c = counts.clone();
+            meter
+                .u64_observable_counter("opengrid_wasm_warm_evictions")
+                .with_description("warm instances given up for another (LRU bound, pool pressure)")
+                .with_callback(move |o| o.observe(c.warm_evictions.load(Ordering::Relaxed), &[]))
+                .build();
+        }
         tracing::info!(
             cache = %config.cache_dir.display(),
             max_instances = n,
@@ -289,15 +307,14 @@ impl Runtime {
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 warm,
-                warm_hits: AtomicU64::new(0),
-                warm_evictions: AtomicU64::new(0),
+                counts,
+                next_agent: AtomicU64::new(0),
                 engine,
                 linker,
                 config,
                 loaded: Mutex::new(HashMap::new()),
                 compiles: AtomicU64::new(0),
                 cache_hits: AtomicU64::new(0),
-                instances: AtomicU64::new(0),
                 faults: Default::default(),
                 metrics,
                 ticker_stop,
@@ -315,9 +332,9 @@ impl Runtime {
         RuntimeStats {
             compiles: self.inner.compiles.load(Ordering::Relaxed),
             cache_hits: self.inner.cache_hits.load(Ordering::Relaxed),
-            instances: self.inner.instances.load(Ordering::Relaxed),
-            warm_hits: self.inner.warm_hits.load(Ordering::Relaxed),
-            warm_evictions: self.inner.warm_evictions.load(Ordering::Relaxed),
+            instances: self.inner.counts.instances.load(Ordering::Relaxed),
+            warm_hits: self.inner.counts.warm_hits.load(Ordering::Relaxed),
+            warm_evictions: self.inner.counts.warm_evictions.load(Ordering::Relaxed),
             warm: lock(&self.inner.warm).len() as u64,
             traps: self.inner.faults[0].load(Ordering::Relaxed),
             deadlines: self.inner.faults[1].load(Ordering::Relaxed),
@@ -394,7 +411,8 @@ impl Runtime {
         let meta = package.meta();
         let agent = Arc::new(LoadedAgent {
             runtime: self.clone(),
-            hash: Arc::from(hash.as_str()),
+            hash: hash.clone(),
+            serial: inner.next_agent.fetch_add(1, Ordering::Relaxed),
             id: format!("{}@{}", meta.name, meta.version),
             pre,
             view: Arc::new(PackageView {
@@ -520,7 +538,9 @@ fn write_cache(path: &Path, component: &Component) -> Result<(), PackageError> {
 /// A loaded, validated component ready to instantiate (one `InstancePre`, shared by sessions).
 pub struct LoadedAgent {
     runtime: Runtime,
-    hash: Arc<str>,
+    hash: String,
+    /// Unique in its runtime: the warm set's key.
+    serial: u64,
     id: String,
     pre: AgentPre<CallState>,
     view: Arc<PackageView>,
@@ -538,7 +558,7 @@ impl std::fmt::Debug for LoadedAgent {
 impl Drop for LoadedAgent {
     /// Its warm instances go with it (they would only ever be evicted otherwise).
     fn drop(&mut self) {
-        let gone = lock(&self.runtime.inner.warm).remove_agent(&self.hash);
+        let gone = lock(&self.runtime.inner.warm).remove_agent(self.serial);
         drop(gone);
     }
 }
@@ -651,11 +671,7 @@ impl LoadedAgent {
             r => r,
         };
         let bindings = result.map_err(|e| classify(&store, e, &self.runtime, true))?;
-        inner.instances.fetch_add(1, Ordering::Relaxed);
-        inner
-            .metrics
-            .instances
-            .add(1, &[KeyValue::new("warm", "false")]);
+        inner.counts.instances.fetch_add(1, Ordering::Relaxed);
         Ok(Instance {
             store,
             bindings,
@@ -668,19 +684,16 @@ impl LoadedAgent {
         let inner = &self.runtime.inner;
         let key = (!call.session_id.is_empty() && inner.config.warm_capacity() > 0).then(|| {
             WarmKey {
-                hash: self.hash.clone(),
+                agent: self.serial,
                 session: call.session_id.clone(),
             }
         });
         let warm = key.as_ref().and_then(|k| lock(&inner.warm).take(k));
         match warm {
             Some(mut instance) => {
+                instance.key = key;
                 instance.prepare(call);
-                inner.warm_hits.fetch_add(1, Ordering::Relaxed);
-                inner
-                    .metrics
-                    .instances
-                    .add(1, &[KeyValue::new("warm", "true")]);
+                inner.counts.warm_hits.fetch_add(1, Ordering::Relaxed);
                 Ok(instance)
             }
             None => self.instantiate(call, key).await,
@@ -690,7 +703,7 @@ impl LoadedAgent {
     /// Keeps an instance warm for its session's next input. Only for an instance whose last call
     /// returned normally and whose answer was accepted: after a fault or a guest error, drop it.
     pub(crate) fn keep_warm(&self, mut instance: Instance) {
-        let Some(key) = instance.key.clone() else {
+        let Some(key) = instance.key.take() else {
             return;
         };
         // The session's context (and what it holds) is not kept alive by an idle instance.
@@ -700,8 +713,7 @@ impl LoadedAgent {
         // A capacity of 0 hands the instance itself back; that is not an eviction.
         if inner.config.warm_capacity() > 0 && !gone.is_empty() {
             let n = gone.len() as u64;
-            inner.warm_evictions.fetch_add(n, Ordering::Relaxed);
-            inner.metrics.warm_evictions.add(n, &[]);
+            inner.counts.warm_evictions.fetch_add(n, Ordering::Relaxed);
         }
         drop(gone);
     }
@@ -788,8 +800,7 @@ impl Runtime {
             return false;
         };
         drop(instance);
-        inner.warm_evictions.fetch_add(1, Ordering::Relaxed);
-        inner.metrics.warm_evictions.add(1, &[]);
+        inner.counts.warm_evictions.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("pool exhausted: a warm instance gave way");
         true
     }

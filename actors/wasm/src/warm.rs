@@ -7,24 +7,25 @@
 //! is held across the guest call) and *put* back only after a call that returned normally; after a
 //! fault or a guest error the caller drops it, so the next input starts from a fresh instance.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 
-/// Which warm instance: the agent's package hash and the session it serves.
+/// Which warm instance: the loaded agent (its serial number in the runtime) and the session it
+/// serves.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct WarmKey {
-    pub hash: Arc<str>,
+    pub agent: u64,
     pub session: String,
 }
 
 /// A bounded LRU map of warm instances. Generic over the instance so its order logic is tested
-/// without wasmtime. Taking and putting are O(log n).
+/// without wasmtime. Taking and putting back an instance (the path of every input) are one hash
+/// map operation each; only giving one up for another looks for the least recently used entry,
+/// a scan of at most the capacity, and that happens when an input is about to instantiate anyway.
 pub(crate) struct WarmSet<V> {
     capacity: usize,
     /// Use counter: a larger stamp is more recent.
     clock: u64,
     by_key: HashMap<WarmKey, (u64, V)>,
-    by_use: BTreeMap<u64, WarmKey>,
 }
 
 impl<V> WarmSet<V> {
@@ -33,7 +34,6 @@ impl<V> WarmSet<V> {
             capacity,
             clock: 0,
             by_key: HashMap::new(),
-            by_use: BTreeMap::new(),
         }
     }
 
@@ -43,9 +43,7 @@ impl<V> WarmSet<V> {
 
     /// Takes the warm instance of `key` out of the set, if there is one.
     pub fn take(&mut self, key: &WarmKey) -> Option<V> {
-        let (stamp, v) = self.by_key.remove(key)?;
-        self.by_use.remove(&stamp);
-        Some(v)
+        self.by_key.remove(key).map(|(_, v)| v)
     }
 
     /// Puts an instance (back) as the most recently used. Returns what has to go: an older
@@ -67,23 +65,26 @@ impl<V> WarmSet<V> {
             }
         }
         self.clock += 1;
-        self.by_use.insert(self.clock, key.clone());
         self.by_key.insert(key, (self.clock, v));
         out
     }
 
     /// Takes the least recently used instance out (pool pressure).
     pub fn pop_lru(&mut self) -> Option<V> {
-        let (_, key) = self.by_use.pop_first()?;
-        self.by_key.remove(&key).map(|(_, v)| v)
+        let key = self
+            .by_key
+            .iter()
+            .min_by_key(|(_, (stamp, _))| *stamp)
+            .map(|(k, _)| k.clone())?;
+        self.take(&key)
     }
 
     /// Takes every instance of one agent out (its package was unloaded).
-    pub fn remove_agent(&mut self, hash: &str) -> Vec<V> {
+    pub fn remove_agent(&mut self, agent: u64) -> Vec<V> {
         let keys: Vec<WarmKey> = self
             .by_key
             .keys()
-            .filter(|k| &*k.hash == hash)
+            .filter(|k| k.agent == agent)
             .cloned()
             .collect();
         keys.iter().filter_map(|k| self.take(k)).collect()
@@ -96,7 +97,7 @@ mod tests {
 
     fn key(session: &str) -> WarmKey {
         WarmKey {
-            hash: Arc::from("h"),
+            agent: 1,
             session: session.into(),
         }
     }
@@ -140,13 +141,13 @@ mod tests {
         set.put(key("a"), 1);
         set.put(
             WarmKey {
-                hash: Arc::from("other"),
+                agent: 2,
                 session: "a".into(),
             },
             2,
         );
         set.put(key("b"), 3);
-        let mut gone = set.remove_agent("h");
+        let mut gone = set.remove_agent(1);
         gone.sort();
         assert_eq!(gone, vec![1, 3]);
         assert_eq!(set.len(), 1);
