@@ -103,6 +103,7 @@ pub fn pool_colony_handover(runs: Vec<ColonyHandoverResult>) -> Option<ColonyHan
     let b = summarize(acc.samples.clone());
     (acc.p50_us, acc.p99_us, acc.max_us, acc.count) = (b.p50_us, b.p99_us, b.max_us, b.count);
     acc.met &= acc.target_p99_us.is_none_or(|t| acc.p99_us <= t);
+    acc.elapsed_s = (acc.elapsed_s * 10.0).round() / 10.0;
     Some(acc)
 }
 
