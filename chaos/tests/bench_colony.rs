@@ -138,7 +138,8 @@ fn agents_out(bin: &std::path::Path) -> std::path::PathBuf {
         .iter()
         .all(|a| out.join(format!("{a}.wasm")).is_file())
     {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-agents.sh");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-agents.sh");
         let target = out.parent().and_then(|d| d.parent()).unwrap();
         let status = Command::new("bash")
             .arg(&script)
@@ -146,7 +147,11 @@ fn agents_out(bin: &std::path::Path) -> std::path::PathBuf {
             .stdout(std::process::Stdio::null())
             .status()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(status.success(), "{} failed; run it by hand", script.display());
+        assert!(
+            status.success(),
+            "{} failed; run it by hand",
+            script.display()
+        );
     }
     out
 }
@@ -159,7 +164,15 @@ fn bench_agents_pushes_new_versions_and_answers_cold() {
     let out_dir = agents_out(&bin);
     let (status, out, err) = common::run_with_deadline(
         Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
-            .args(["bench", "agents", "--json", "--count", "2", "--budget-s", "60"])
+            .args([
+                "bench",
+                "agents",
+                "--json",
+                "--count",
+                "2",
+                "--budget-s",
+                "60",
+            ])
             .arg("--bin")
             .arg(&bin)
             .arg("--component")
@@ -176,8 +189,17 @@ fn bench_agents_pushes_new_versions_and_answers_cold() {
         serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
     assert_eq!(v["name"], "agent_push_first_answer", "{v}");
     assert_eq!(v["count"], 2, "{v}");
-    assert!(v["component_bytes"].as_u64().unwrap() > 3 << 19, "about 2 MiB: {v}");
-    for field in ["p50_us", "push_p50_us", "create_p50_us", "first_input_p50_us", "warm_p50_us"] {
+    assert!(
+        v["component_bytes"].as_u64().unwrap() > 3 << 19,
+        "about 2 MiB: {v}"
+    );
+    for field in [
+        "p50_us",
+        "push_p50_us",
+        "create_p50_us",
+        "first_input_p50_us",
+        "warm_p50_us",
+    ] {
         assert!(v[field].as_u64().unwrap() > 0, "{field}: {v}");
     }
     assert!(v["p50_us"].as_u64() <= v["p99_us"].as_u64(), "{v}");
@@ -193,7 +215,15 @@ fn bench_handover_compares_a_wasm_session_with_a_native_one() {
     let out_dir = agents_out(&bin);
     let (status, out, err) = common::run_with_deadline(
         Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
-            .args(["bench", "handover", "--handler", "both", "--json", "--count", "8"])
+            .args([
+                "bench",
+                "handover",
+                "--handler",
+                "both",
+                "--json",
+                "--count",
+                "8",
+            ])
             .args(["--budget-s", "60"])
             .arg("--bin")
             .arg(&bin)

@@ -179,7 +179,9 @@ fn benches(c: &mut Criterion) {
         t.elapsed()
     };
     let native = sample(&s.rt, |_| timed(0));
-    let wasm: Vec<_> = (1..=s.wasm.len()).map(|i| sample(&s.rt, |_| timed(i))).collect();
+    let wasm: Vec<_> = (1..=s.wasm.len())
+        .map(|i| sample(&s.rt, |_| timed(i)))
+        .collect();
     let inst = |a: &Arc<LoadedAgent>| {
         sample(&s.rt, |_| {
             let t = Instant::now();

@@ -83,7 +83,10 @@ impl RuntimeConfig {
             return bad("max_instances", "between 1 and 10000");
         }
         if self.warm_instances.is_some_and(|w| w > self.max_instances) {
-            return bad("warm_instances", "at most max_instances (a warm instance holds a pool slot)");
+            return bad(
+                "warm_instances",
+                "at most max_instances (a warm instance holds a pool slot)",
+            );
         }
         if self.max_memory_bytes < (1 << 20) || self.max_memory_bytes > (4 << 30) {
             return bad("max_memory_bytes", "between 1 MiB and 4 GiB");
@@ -279,7 +282,10 @@ impl Runtime {
         let counts = Arc::new(Counts::default());
         {
             let c = counts.clone();
-            let (warm, fresh) = ([KeyValue::new("warm", "true")], [KeyValue::new("warm", "false")]);
+            let (warm, fresh) = (
+                [KeyValue::new("warm", "true")],
+                [KeyValue::new("warm", "false")],
+            );
             meter
                 .u64_observable_counter("opengrid_wasm_instances")
                 .with_description("instances calls ran in: warm=\"true\" a session's warm instance reused, warm=\"false\" a new one instantiated")
@@ -682,12 +688,11 @@ impl LoadedAgent {
     /// The session's warm instance readied for `call`, or a new one.
     async fn checkout(&self, call: CallInfo) -> Result<Instance, Fault> {
         let inner = &self.runtime.inner;
-        let key = (!call.session_id.is_empty() && inner.config.warm_capacity() > 0).then(|| {
-            WarmKey {
+        let key =
+            (!call.session_id.is_empty() && inner.config.warm_capacity() > 0).then(|| WarmKey {
                 agent: self.serial,
                 session: call.session_id.clone(),
-            }
-        });
+            });
         let warm = key.as_ref().and_then(|k| lock(&inner.warm).take(k));
         match warm {
             Some(mut instance) => {

@@ -394,7 +394,11 @@ async fn a_session_reuses_its_warm_instance() {
         ..runtime_config(cache.path())
     })
     .unwrap();
-    assert_eq!(rt.config().warm_capacity(), 8, "half of the pool by default");
+    assert_eq!(
+        rt.config().warm_capacity(),
+        8,
+        "half of the pool by default"
+    );
     let handler = Arc::new(WasmHandler::new(
         rt.load_bytes(&package("counter-rs").to_bytes(), None)
             .unwrap(),
@@ -540,10 +544,7 @@ async fn the_warm_set_stays_within_its_bound() {
     }
     // The last session used is warm: its next input reuses the instance.
     let before = rt.stats();
-    assert_eq!(
-        send(&sessions[4], 4, json!(5)).await.unwrap(),
-        json!(20)
-    );
+    assert_eq!(send(&sessions[4], 4, json!(5)).await.unwrap(), json!(20));
     let after = rt.stats();
     assert_eq!(after.warm_hits, before.warm_hits + 1, "{after:?}");
     assert_eq!(after.instances, before.instances, "{after:?}");

@@ -199,8 +199,7 @@ pub async fn agents(
     let budget = Duration::from_secs(args.budget_s.clamp(10, 3600));
     let mut c = Colony::start(args, progress).await?;
     let path = agent_component(args.component.as_deref(), &c.bin, "primes-rs")?;
-    let component =
-        std::fs::read(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    let component = std::fs::read(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
     progress.line(format!(
         "agent component {} ({} bytes)",
         path.display(),
@@ -211,10 +210,7 @@ pub async fn agents(
         c.node(name, "capacity = 64\n[hardware]\nmemory = \"128GiB\"")?;
     }
     let st = c.wait_alive(names.len()).await?;
-    let nodes: Vec<String> = names
-        .iter()
-        .filter_map(|n| member_api(&st, n))
-        .collect();
+    let nodes: Vec<String> = names.iter().filter_map(|n| member_api(&st, n)).collect();
     let client = c.client();
     let key = developer_key();
     let (mut totals, mut builds, mut pushes, mut creates, mut firsts, mut warms) = (
@@ -249,7 +245,12 @@ pub async fn agents(
         let mut s = client
             .create(&agent_manifest(&agent), None)
             .await
-            .map_err(|e| failed(format!("creating a {agent} session: {e}; logs in {}", c.logs())))?;
+            .map_err(|e| {
+                failed(format!(
+                    "creating a {agent} session: {e}; logs in {}",
+                    c.logs()
+                ))
+            })?;
         creates.push(us(t));
         let t = Instant::now();
         first_answer(&mut s).await?;
@@ -338,15 +339,11 @@ mod tests {
 
     #[test]
     fn a_missing_component_names_the_flag_and_the_script() {
-        let e = agent_component(
-            Some(Path::new("/nonexistent/x.wasm")),
-            Path::new("/x"),
-            "x",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("--component"), "{e}");
-        let e = agent_component(None, Path::new("/nonexistent/release/opengrid"), "nope")
+        let e = agent_component(Some(Path::new("/nonexistent/x.wasm")), Path::new("/x"), "x")
             .unwrap_err();
+        assert!(e.to_string().contains("--component"), "{e}");
+        let e =
+            agent_component(None, Path::new("/nonexistent/release/opengrid"), "nope").unwrap_err();
         assert!(e.to_string().contains("build-agents.sh"), "{e}");
     }
 

@@ -286,7 +286,11 @@ async fn measure(
 }
 
 /// The floor of a run: loopback TCP and HTTP `/health` round trips to `node_api`.
-async fn floor(c: &Colony, node_api: &str, progress: &Progress) -> Result<(Summary, Summary), BenchError> {
+async fn floor(
+    c: &Colony,
+    node_api: &str,
+    progress: &Progress,
+) -> Result<(Summary, Summary), BenchError> {
     let rtt = tokio::task::spawn_blocking(|| tcp_rtt(2000))
         .await
         .map_err(failed)??;
@@ -487,8 +491,7 @@ pub async fn handover_handlers(
     let security_off = args.security == SecurityArg::Off;
     let mut c = Colony::start_with(args, security_off, progress).await?;
     let path = super::agents::agent_component(args.component.as_deref(), &c.bin, "counter-rs")?;
-    let component =
-        std::fs::read(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    let component = std::fs::read(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
     let names = ["a", "b", "c"];
     for name in names {
         c.node(name, "capacity = 64\n[hardware]\nmemory = \"128GiB\"")?;
@@ -497,7 +500,12 @@ pub async fn handover_handlers(
     let node_a = member_api(&st, "a").ok_or_else(|| failed("node a missing from the status"))?;
     let key = super::agents::developer_key();
     let pushed = c
-        .push_agent(super::agents::package("counter-rs", "0.1.0", &component, &key)?)
+        .push_agent(super::agents::package(
+            "counter-rs",
+            "0.1.0",
+            &component,
+            &key,
+        )?)
         .await?;
     progress.line(format!("pushed counter-rs: {pushed}"));
     let (rtt, http_rtt) = floor(&c, &node_a, progress).await?;
