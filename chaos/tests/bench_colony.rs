@@ -171,13 +171,13 @@ fn bench_agents_pushes_new_versions_and_answers_cold() {
                 "--count",
                 "2",
                 "--budget-s",
-                "60",
+                "100",
             ])
             .arg("--bin")
             .arg(&bin)
             .arg("--component")
             .arg(out_dir.join("primes-rs.wasm")),
-        Duration::from_secs(120),
+        Duration::from_secs(240),
         "bench agents",
     );
     assert!(
