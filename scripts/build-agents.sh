@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the example agent packages' components (ADR 0028), idempotently:
-#   counter-rs, hostile-rs  Rust agents (actors/wasm/guest SDK), cargo --release --target wasm32-wasip2
+#   counter-rs, hostile-rs, primes-rs
+#                           Rust agents (actors/wasm/guest SDK), cargo --release --target wasm32-wasip2
 #                           in $CARGO_TARGET_DIR/agents (their own workspaces, excluded from the node's);
 #   counter-py              examples/agents/counter-py/app.py through componentize-py (from the venv
 #                           scripts/setup-python.sh manages; this script runs it, which is idempotent).
-# The components are copied to $CARGO_TARGET_DIR/agents/out/{counter-rs,hostile-rs,counter-py}.wasm;
+# The components are copied to $CARGO_TARGET_DIR/agents/out/{counter-rs,hostile-rs,primes-rs,counter-py}.wasm;
 # their paths are printed on stdout, one a line (everything else goes to stderr).
 #
 # Environment:
@@ -27,7 +28,7 @@ if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx w
 fi
 
 # 2. Rust agents (cargo is incremental: a no-op when nothing changed).
-for agent in counter-rs hostile-rs; do
+for agent in counter-rs hostile-rs primes-rs; do
   log "building $agent"
   (cd "$root/examples/agents/$agent" \
     && CARGO_TARGET_DIR="$target" cargo build --quiet --release --locked --target wasm32-wasip2 >&2)
@@ -57,11 +58,11 @@ fi
 
 # 4. Each pushable example gets its component as agent.wasm beside its agent.toml (gitignored),
 #    so `opengrid agent push examples/agents/<agent>` finds it (ADR 0030).
-for agent in counter-rs counter-py; do
+for agent in counter-rs primes-rs counter-py; do
   cp -f "$out/$agent.wasm" "$root/examples/agents/$agent/agent.wasm.tmp"
   mv -f "$root/examples/agents/$agent/agent.wasm.tmp" "$root/examples/agents/$agent/agent.wasm"
 done
 
-for agent in counter-rs hostile-rs counter-py; do
+for agent in counter-rs hostile-rs primes-rs counter-py; do
   printf '%s\n' "$out/$agent.wasm"
 done

@@ -247,6 +247,8 @@ pub enum BenchKind {
     /// The client API end to end (admission, input throughput), `--security both` for the
     /// cost of security.
     Api,
+    /// Agent packages: push → first answer of a ~2 MiB component on cold nodes.
+    Agents,
 }
 
 /// Errors of the command line.
@@ -458,6 +460,51 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
                 }
             }
             Ok(code)
+        }
+        BenchKind::Handover if !a.colony.replica_servers && a.colony.handler.is_some() => {
+            let (runs, rounds) = a
+                .colony
+                .handler
+                .unwrap_or(crate::bench_colony::HandlerArg::Both)
+                .runs();
+            let each = a.count.unwrap_or(200).div_ceil(rounds);
+            let done =
+                crate::bench_colony::handover_handlers(&a.colony, each, &runs, progress).await?;
+            let pool = |handler: &str| {
+                crate::bench_colony::pool_colony_handover(
+                    done.iter()
+                        .filter(|r| r.handler == handler)
+                        .cloned()
+                        .collect(),
+                )
+            };
+            let native = pool("native");
+            let mut wasm = pool("wasm");
+            if let (Some(n), Some(w)) = (&native, &mut wasm) {
+                crate::bench_colony::compare_handlers(n, w);
+                progress.line(format!(
+                    "wasm vs native blackout: p50 {} vs {} µs ({}x), p99 {} vs {} µs ({}x)",
+                    w.p50_us,
+                    n.p50_us,
+                    w.ratio_p50.unwrap_or(0.0),
+                    w.p99_us,
+                    n.p99_us,
+                    w.ratio_p99.unwrap_or(0.0)
+                ));
+            }
+            let mut code = EXIT_PASS;
+            for r in native.iter().chain(wasm.iter()) {
+                println!("{}", serde_json::to_string(r).unwrap_or_default());
+                if r.lost != 0 || r.duplicated != 0 || r.client_errors != 0 {
+                    code = crate::report::EXIT_VIOLATION;
+                }
+            }
+            Ok(code)
+        }
+        BenchKind::Agents => {
+            let r = crate::bench_colony::agents(&a.colony, a.count.unwrap_or(10), progress).await?;
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            Ok(EXIT_PASS)
         }
         BenchKind::Handover if !a.colony.replica_servers => {
             let (runs, rounds) = a.colony.security.runs();

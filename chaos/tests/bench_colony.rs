@@ -125,3 +125,132 @@ fn bench_api_measures_the_client_api_with_security_off_and_on() {
         "{err}"
     );
 }
+
+/// The example components (`scripts/build-agents.sh`) in `<target>/agents/out`, built if missing.
+fn agents_out(bin: &std::path::Path) -> std::path::PathBuf {
+    let out = bin
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("the binary lives in <target>/<profile>")
+        .join("agents")
+        .join("out");
+    if !["primes-rs", "counter-rs"]
+        .iter()
+        .all(|a| out.join(format!("{a}.wasm")).is_file())
+    {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-agents.sh");
+        let target = out.parent().and_then(|d| d.parent()).unwrap();
+        let status = Command::new("bash")
+            .arg(&script)
+            .env("CARGO_TARGET_DIR", target)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            status.success(),
+            "{} failed; run it by hand",
+            script.display()
+        );
+    }
+    out
+}
+
+/// `bench agents`: two fresh versions of the ~2 MiB primes agent, each pushed and answered on
+/// nodes that never saw it, with the warm baseline; every phase measured.
+#[test]
+fn bench_agents_pushes_new_versions_and_answers_cold() {
+    let bin = common::opengrid_bin();
+    let out_dir = agents_out(&bin);
+    let (status, out, err) = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
+            .args([
+                "bench",
+                "agents",
+                "--json",
+                "--count",
+                "2",
+                "--budget-s",
+                "100",
+            ])
+            .arg("--bin")
+            .arg(&bin)
+            .arg("--component")
+            .arg(out_dir.join("primes-rs.wasm")),
+        Duration::from_secs(240),
+        "bench agents",
+    );
+    assert!(
+        status.success(),
+        "exit {status}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let line = out.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
+    assert_eq!(v["name"], "agent_push_first_answer", "{v}");
+    assert_eq!(v["count"], 2, "{v}");
+    assert!(
+        v["component_bytes"].as_u64().unwrap() > 3 << 19,
+        "about 2 MiB: {v}"
+    );
+    for field in [
+        "p50_us",
+        "push_p50_us",
+        "create_p50_us",
+        "first_input_p50_us",
+        "warm_p50_us",
+    ] {
+        assert!(v[field].as_u64().unwrap() > 0, "{field}: {v}");
+    }
+    assert!(v["p50_us"].as_u64() <= v["p99_us"].as_u64(), "{v}");
+    assert!(err.contains("primes-rs@1.0.1: first answer"), "{err}");
+}
+
+/// `bench handover --handler both`: native and wasm counter sessions handed over in one colony,
+/// alternating; both answer every input exactly once, the wasm result carries the native
+/// baseline and the ratios.
+#[test]
+fn bench_handover_compares_a_wasm_session_with_a_native_one() {
+    let bin = common::opengrid_bin();
+    let out_dir = agents_out(&bin);
+    let (status, out, err) = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
+            .args([
+                "bench",
+                "handover",
+                "--handler",
+                "both",
+                "--json",
+                "--count",
+                "8",
+            ])
+            .args(["--budget-s", "60"])
+            .arg("--bin")
+            .arg(&bin)
+            .arg("--component")
+            .arg(out_dir.join("counter-rs.wasm")),
+        Duration::from_secs(240),
+        "bench handover --handler both",
+    );
+    assert!(
+        status.success(),
+        "exit {status}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let runs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(runs.len(), 2, "{out}");
+    assert_eq!(runs[0]["name"], "handover_blackout_counter_native");
+    assert_eq!(runs[1]["name"], "handover_blackout_counter_wasm");
+    for v in &runs {
+        assert_eq!(v["count"], 8, "{v}");
+        assert_eq!(v["lost"], 0, "{v}");
+        assert_eq!(v["duplicated"], 0, "{v}");
+        assert_eq!(v["client_errors"], 0, "{v}");
+        assert!(v["p50_us"].as_u64().unwrap() > 0, "{v}");
+    }
+    assert_eq!(runs[1]["baseline_p50_us"], runs[0]["p50_us"], "{}", runs[1]);
+    assert!(runs[1]["ratio_p50"].as_f64().unwrap() > 0.0, "{}", runs[1]);
+    assert!(err.contains("wasm vs native blackout"), "{err}");
+}

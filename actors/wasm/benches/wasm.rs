@@ -1,12 +1,19 @@
 //! WASM agents against native handlers, on the same `SessionHost` path:
 //! - `session_input/{native,wasm-rs,wasm-py}`: one counter input through a session (JSON in,
-//!   JSON out, synchronous-free periodic checkpoints), a fresh instance per WASM input;
+//!   JSON out, periodic checkpoints), each WASM session in its warm instance (the default);
+//! - `session_input/{wasm-rs,wasm-py}-fresh`: the same on a runtime without warm instances
+//!   (`warm_instances = Some(0)`): a fresh instance per input, as before warm instances;
 //! - `instantiate/{rs,py}`: warm instantiation (`InstancePre` → instance) from the pool.
+//!
+//! The sessions run on a current-thread tokio runtime driven by the bench thread, so an input's
+//! time is the CPU cost of the session path and the handler, not thread wake-ups: on a
+//! multi-thread runtime the caller parks and is woken per input, and that latency (tens of µs on
+//! a loaded VM, varying with how the handler yields) dominated and blurred the WASM/native ratio.
 //!
 //! Besides criterion's estimates it prints inputs/s, the WASM/native ratio and p50/p99 from
 //! hdrhistogram over a fixed number of samples.
 //!
-//! `cargo bench -p opengrid-wasm --bench wasm -- --quick`
+//! `cargo bench --workspace --bench wasm -- --quick`
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -59,49 +66,59 @@ struct Setup {
     rs: Arc<LoadedAgent>,
     py: Arc<LoadedAgent>,
     native: SessionHandle<NativeCounter>,
-    wasm_rs: SessionHandle<WasmHandler>,
-    wasm_py: SessionHandle<WasmHandler>,
+    /// Sessions by name: `wasm-rs`, `wasm-py` (warm instances), `wasm-rs-fresh`, `wasm-py-fresh`.
+    wasm: Vec<(&'static str, SessionHandle<WasmHandler>)>,
 }
 
 fn setup() -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let wasm = common::runtime(cache.path());
-    let rs = wasm
-        .load_bytes(&common::package("counter-rs").to_bytes(), None)
+    let load = |warm: Option<u32>| {
+        let wasm = opengrid_wasm::Runtime::new(opengrid_wasm::RuntimeConfig {
+            warm_instances: warm,
+            ..common::runtime_config(cache.path())
+        })
         .unwrap();
-    let py = wasm
-        .load_bytes(&common::package("counter-py").to_bytes(), None)
-        .unwrap();
-    let (native, wasm_rs, wasm_py) = rt.block_on(async {
+        let rs = wasm
+            .load_bytes(&common::package("counter-rs").to_bytes(), None)
+            .unwrap();
+        let py = wasm
+            .load_bytes(&common::package("counter-py").to_bytes(), None)
+            .unwrap();
+        (rs, py)
+    };
+    let (rs, py) = load(None);
+    let (rs_fresh, py_fresh) = load(Some(0));
+    let (native, wasm) = rt.block_on(async {
         let host = common::host(common::memory_store()).await;
         let policy = CheckpointPolicy::periodic(Duration::from_secs(60));
         let sid = |s: &str| SessionId::new(s).unwrap();
-        (
-            host.start(Arc::new(NativeCounter), sid("native"), Epoch(1), policy)
+        let native = host
+            .start(Arc::new(NativeCounter), sid("native"), Epoch(1), policy)
+            .await
+            .unwrap();
+        let mut wasm = Vec::new();
+        for (name, agent) in [
+            ("wasm-rs", &rs),
+            ("wasm-py", &py),
+            ("wasm-rs-fresh", &rs_fresh),
+            ("wasm-py-fresh", &py_fresh),
+        ] {
+            let s = host
+                .start(
+                    Arc::new(WasmHandler::new(agent.clone())),
+                    sid(name),
+                    Epoch(1),
+                    policy,
+                )
                 .await
-                .unwrap(),
-            host.start(
-                Arc::new(WasmHandler::new(rs.clone())),
-                sid("wasm-rs"),
-                Epoch(1),
-                policy,
-            )
-            .await
-            .unwrap(),
-            host.start(
-                Arc::new(WasmHandler::new(py.clone())),
-                sid("wasm-py"),
-                Epoch(1),
-                policy,
-            )
-            .await
-            .unwrap(),
-        )
+                .unwrap();
+            wasm.push((name, s));
+        }
+        (native, wasm)
     });
     Setup {
         rt,
@@ -109,8 +126,7 @@ fn setup() -> Setup {
         rs,
         py,
         native,
-        wasm_rs,
-        wasm_py,
+        wasm,
     }
 }
 
@@ -140,28 +156,32 @@ fn sample(rt: &tokio::runtime::Runtime, mut f: impl FnMut(u64) -> Duration) -> (
 
 fn benches(c: &mut Criterion) {
     let s = setup();
-    let seqs = [Cell::new(0u64), Cell::new(0u64), Cell::new(0u64)];
+    // Next seq per session: native first, then `s.wasm` in order.
+    let seqs: Vec<Cell<u64>> = (0..=s.wasm.len()).map(|_| Cell::new(0)).collect();
     let next = |i: usize| {
         seqs[i].set(seqs[i].get() + 1);
         seqs[i].get()
     };
-
-    // Fixed-sample summary first (inputs/s, ratio, percentiles).
-    let timed = |i: usize| {
+    let input = |i: usize| {
         let seq = next(i);
-        let t = Instant::now();
         s.rt.block_on(async {
             match i {
                 0 => one(&s.native, seq).await,
-                1 => one(&s.wasm_rs, seq).await,
-                _ => one(&s.wasm_py, seq).await,
+                i => one(&s.wasm[i - 1].1, seq).await,
             }
-        });
+        })
+    };
+
+    // Fixed-sample summary first (inputs/s, ratio, percentiles).
+    let timed = |i: usize| {
+        let t = Instant::now();
+        input(i);
         t.elapsed()
     };
     let native = sample(&s.rt, |_| timed(0));
-    let rs = sample(&s.rt, |_| timed(1));
-    let py = sample(&s.rt, |_| timed(2));
+    let wasm: Vec<_> = (1..=s.wasm.len())
+        .map(|i| sample(&s.rt, |_| timed(i)))
+        .collect();
     let inst = |a: &Arc<LoadedAgent>| {
         sample(&s.rt, |_| {
             let t = Instant::now();
@@ -171,10 +191,11 @@ fn benches(c: &mut Criterion) {
     };
     let (inst_rs, inst_py) = (inst(&s.rs), inst(&s.py));
     eprintln!("\n== opengrid-wasm summary ({SAMPLES} samples each) ==");
-    for (name, (per_s, p50, p99)) in [("native", native), ("wasm-rs", rs), ("wasm-py", py)] {
+    let rows = std::iter::once(("native", native)).chain(s.wasm.iter().map(|(n, _)| *n).zip(wasm));
+    for (name, (per_s, p50, p99)) in rows {
         eprintln!(
-            "session input {name:8}: {per_s:9.0} inputs/s  p50 {p50:6} µs  p99 {p99:6} µs  ({:.3}x native)",
-            per_s / native.0
+            "session input {name:13}: {per_s:9.0} inputs/s  p50 {p50:6} µs  p99 {p99:6} µs  ({:.2}x native cost)",
+            native.0 / per_s
         );
     }
     for (name, (per_s, p50, p99)) in [("rs", inst_rs), ("py", inst_py)] {
@@ -182,15 +203,10 @@ fn benches(c: &mut Criterion) {
     }
 
     let mut g = c.benchmark_group("session_input");
-    g.bench_function("native", |b| {
-        b.iter(|| s.rt.block_on(one(&s.native, next(0))))
-    });
-    g.bench_function("wasm-rs", |b| {
-        b.iter(|| s.rt.block_on(one(&s.wasm_rs, next(1))))
-    });
-    g.bench_function("wasm-py", |b| {
-        b.iter(|| s.rt.block_on(one(&s.wasm_py, next(2))))
-    });
+    g.bench_function("native", |b| b.iter(|| input(0)));
+    for (i, (name, _)) in s.wasm.iter().enumerate() {
+        g.bench_function(*name, |b| b.iter(|| input(i + 1)));
+    }
     g.finish();
     let mut g = c.benchmark_group("instantiate");
     g.bench_function("rs", |b| b.iter(|| s.rt.block_on(s.rs.probe()).unwrap()));

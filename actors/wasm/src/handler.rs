@@ -7,7 +7,7 @@ use opengrid_actors::{HandlerError, SessionContext, SessionHandler, MAX_STATE_BY
 use opengrid_session::SessionId;
 
 use crate::host::CallInfo;
-use crate::runtime::{Fault, LoadedAgent};
+use crate::runtime::{Fault, Handled, LoadedAgent};
 
 /// Largest JSON answer accepted from a guest.
 pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
@@ -15,9 +15,14 @@ pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 /// A session handler running one agent package. State is the guest's opaque bytes (JSON for the
 /// Rust SDK and Python agents), checkpointed as is.
 ///
-/// Each input runs in a fresh instance from the pool: the state is passed in and the new state
-/// comes out, so a trap, a deadline or the memory cap discards the input's changes and the session
-/// answers the next input from the state it had. Faults come back as [`HandlerError`]s with codes
+/// The state is passed in and the new state comes out of every call, so a trap, a deadline or the
+/// memory cap discards the input's changes and the session answers the next input from the state
+/// it had. A session's inputs run in its *warm instance* when the runtime kept one (bounded by
+/// `RuntimeConfig::warm_instances`, least recently used first out): it is taken out for the call
+/// and kept only when the call returned normally and its answer was accepted; after a fault, a
+/// guest error or a refused answer it is dropped and the next input starts in a fresh instance.
+/// What a guest keeps in its own memory between calls is therefore a cache at best: the state
+/// passed in is the truth (see `wit/agent.wit`). Faults come back as [`HandlerError`]s with codes
 /// `agent_trap`, `agent_deadline`, `agent_memory` (`agent_instantiate` when the pool is
 /// exhausted); a guest's own `agent-error` comes back with the guest's code.
 ///
@@ -42,11 +47,14 @@ impl WasmHandler {
     /// The guest's `init`, faults and guest errors as a `HandlerError`.
     async fn init_state(&self, call: CallInfo) -> Result<Vec<u8>, HandlerError> {
         match self.agent.call_init(call).await {
-            Ok(Ok(state)) if state.is_empty() => Err(HandlerError::new(
+            Ok(Ok((state, _))) if state.is_empty() => Err(HandlerError::new(
                 "agent_init",
                 "the agent's init returned an empty state",
             )),
-            Ok(Ok(state)) => Ok(state),
+            Ok(Ok((state, instance))) => {
+                self.agent.keep_warm(instance);
+                Ok(state)
+            }
             Ok(Err(e)) => Err(HandlerError::new(e.code, e.message)),
             Err(fault) => Err(fault_error(&fault)),
         }
@@ -119,7 +127,11 @@ impl SessionHandler for WasmHandler {
             }
         };
         match result {
-            Ok(Ok((new_state, output))) => {
+            Ok(Ok(Handled {
+                state: new_state,
+                output,
+                instance,
+            })) => {
                 if new_state.len() > MAX_STATE_BYTES {
                     return Err(HandlerError::new(
                         "agent_state",
@@ -145,6 +157,7 @@ impl SessionHandler for WasmHandler {
                     )
                 })?;
                 *state = new_state;
+                self.agent.keep_warm(instance);
                 Ok(value)
             }
             Ok(Err(e)) => Err(HandlerError::new(e.code, e.message)),

@@ -7,7 +7,8 @@
 //! - [`package`]: the canonical package format, its blake3 content hash and ed25519 signature.
 //! - [`runtime`]: one wasmtime engine per node (pooling allocator, epoch deadlines, memory caps,
 //!   a compile cache on disk per package hash).
-//! - [`handler`]: [`WasmHandler`], one fresh instance per input; faults never touch the state.
+//! - [`handler`]: [`WasmHandler`], the state passed in and out of every input, run in the
+//!   session's warm instance when there is one; faults never touch the state and drop the instance.
 //!
 //! Guests: the Rust SDK is `actors/wasm/guest` (crate `opengrid-agent`); Python agents build with
 //! componentize-py against the same WIT; `scripts/build-agents.sh` builds the examples.
@@ -17,6 +18,10 @@
 //! `_total`, so these are the exported names):
 //! - `opengrid_wasm_faults_total{kind}`: agent calls that faulted; `kind` is `trap`, `deadline`,
 //!   `memory` or `instantiate`.
+//! - `opengrid_wasm_instances_total{warm}`: instances a call ran in; `warm="true"`: the session's
+//!   warm instance was reused, `warm="false"`: a new one was instantiated (also probes).
+//! - `opengrid_wasm_warm_evictions_total`: warm instances given up for another (LRU bound, pool
+//!   pressure).
 //! - `opengrid_wasm_compiles_total`: components compiled (compile-cache misses).
 //! - `opengrid_wasm_cache_hits_total`: components loaded from the compile cache.
 
@@ -25,6 +30,7 @@ pub mod handler;
 mod host;
 pub mod package;
 pub mod runtime;
+mod warm;
 
 pub use error::{PackageError, RuntimeError};
 pub use handler::WasmHandler;

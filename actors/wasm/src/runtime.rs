@@ -1,7 +1,8 @@
 //! [`Runtime`]: one wasmtime engine per node. Pooling allocator (bounded instances and memories),
 //! epoch interruption driven by a ticker thread (per-input deadlines), a memory cap per instance,
 //! components compiled once per package hash and cached on disk, an `InstancePre` per loaded
-//! component for fast instantiation (ADR 0028).
+//! component for fast instantiation, and a bounded set of warm instances, one per session, reused
+//! between its inputs (ADR 0028).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,21 +14,27 @@ use opentelemetry::metrics::{Counter, Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig,
+    Store, UpdateDeadline,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::error::{PackageError, RuntimeError};
 use crate::host::{Agent, AgentPre, CallInfo, CallState, HostData, MemoryCap, PackageView};
 use crate::package::{PackageLimits, SignedPackage, VerifiedPackage, GUEST_EXPORT};
+use crate::warm::{WarmKey, WarmSet};
 
 /// Settings of a node's wasm runtime (later: per package, from its manifest, within these bounds).
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Where compiled components are cached (`<dir>/<hash>.cwasm`); only this runtime writes it.
     pub cache_dir: PathBuf,
-    /// Instances alive at once (one per input being processed): the pool's size.
+    /// Instances alive at once (inputs being processed plus warm instances): the pool's size.
     pub max_instances: u32,
+    /// Warm instances kept between inputs, one per session, least recently used first out; each
+    /// holds a pool slot. `None`: half of `max_instances`; `Some(0)`: a fresh instance per input.
+    /// At most `max_instances`; when the pool runs dry the least recently used one gives way.
+    pub warm_instances: Option<u32>,
     /// Linear memory of one instance, all its memories together, bytes.
     pub max_memory_bytes: usize,
     /// Longest run of one input (or `init`) before it is interrupted.
@@ -48,6 +55,7 @@ impl RuntimeConfig {
         RuntimeConfig {
             cache_dir: cache_dir.into(),
             max_instances: 64,
+            warm_instances: None,
             max_memory_bytes: 256 << 20,
             deadline: Duration::from_secs(2),
             epoch_tick: Duration::from_millis(10),
@@ -55,6 +63,13 @@ impl RuntimeConfig {
             assets_dir: None,
             meter: None,
         }
+    }
+
+    /// How many warm instances the runtime keeps: `warm_instances`, or half of `max_instances`.
+    pub fn warm_capacity(&self) -> u32 {
+        self.warm_instances
+            .unwrap_or(self.max_instances / 2)
+            .min(self.max_instances)
     }
 
     fn validate(&self) -> Result<(), RuntimeError> {
@@ -66,6 +81,12 @@ impl RuntimeConfig {
         };
         if self.max_instances == 0 || self.max_instances > 10_000 {
             return bad("max_instances", "between 1 and 10000");
+        }
+        if self.warm_instances.is_some_and(|w| w > self.max_instances) {
+            return bad(
+                "warm_instances",
+                "at most max_instances (a warm instance holds a pool slot)",
+            );
         }
         if self.max_memory_bytes < (1 << 20) || self.max_memory_bytes > (4 << 30) {
             return bad("max_memory_bytes", "between 1 MiB and 4 GiB");
@@ -94,8 +115,15 @@ pub struct RuntimeStats {
     pub compiles: u64,
     /// Components loaded from the disk cache.
     pub cache_hits: u64,
-    /// Instances created.
+    /// Instances created (a cold start of a call, or a probe).
     pub instances: u64,
+    /// Calls served by a session's warm instance instead of a new one.
+    pub warm_hits: u64,
+    /// Warm instances given up for another (LRU bound, pool pressure, a racing call of the same
+    /// session); instances dropped after a fault or a guest error are not counted here.
+    pub warm_evictions: u64,
+    /// Warm instances kept now.
+    pub warm: u64,
     /// Calls that trapped.
     pub traps: u64,
     /// Calls that ran past their deadline.
@@ -136,6 +164,15 @@ impl Fault {
 /// What a guest call returns when it does not fault.
 pub(crate) type GuestResult<T> = Result<T, crate::host::opengrid::agent::types::AgentError>;
 
+/// Counts read by [`Runtime::stats`] and by the observable instruments at export time (nothing
+/// is recorded on the meter per input).
+#[derive(Default)]
+struct Counts {
+    instances: AtomicU64,
+    warm_hits: AtomicU64,
+    warm_evictions: AtomicU64,
+}
+
 struct Metrics {
     faults: Counter<u64>,
     compiles: Counter<u64>,
@@ -151,7 +188,11 @@ pub(crate) struct RuntimeInner {
     loaded: Mutex<HashMap<String, Weak<LoadedAgent>>>,
     compiles: AtomicU64,
     cache_hits: AtomicU64,
-    instances: AtomicU64,
+    counts: Arc<Counts>,
+    /// Serial numbers of loaded agents (the warm set's keys).
+    next_agent: AtomicU64,
+    /// Warm instances by (agent, session); see [`crate::warm`].
+    warm: Mutex<WarmSet<Instance>>,
     /// Faults by kind: trap, deadline, memory, instantiate.
     faults: [AtomicU64; 4],
     metrics: Metrics,
@@ -238,22 +279,48 @@ impl Runtime {
                 .with_description("components loaded from the on-disk compile cache")
                 .build(),
         };
+        let counts = Arc::new(Counts::default());
+        {
+            let c = counts.clone();
+            let (warm, fresh) = (
+                [KeyValue::new("warm", "true")],
+                [KeyValue::new("warm", "false")],
+            );
+            meter
+                .u64_observable_counter("opengrid_wasm_instances")
+                .with_description("instances calls ran in: warm=\"true\" a session's warm instance reused, warm=\"false\" a new one instantiated")
+                .with_callback(move |o| {
+                    o.observe(c.warm_hits.load(Ordering::Relaxed), &warm);
+                    o.observe(c.instances.load(Ordering::Relaxed), &fresh);
+                })
+                .build();
+            let c = counts.clone();
+            meter
+                .u64_observable_counter("opengrid_wasm_warm_evictions")
+                .with_description("warm instances given up for another (LRU bound, pool pressure)")
+                .with_callback(move |o| o.observe(c.warm_evictions.load(Ordering::Relaxed), &[]))
+                .build();
+        }
         tracing::info!(
             cache = %config.cache_dir.display(),
             max_instances = n,
+            warm_instances = config.warm_capacity(),
             max_memory_bytes = config.max_memory_bytes,
             deadline = ?config.deadline,
             "wasm runtime started"
         );
+        let warm = Mutex::new(WarmSet::new(config.warm_capacity() as usize));
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
+                warm,
+                counts,
+                next_agent: AtomicU64::new(0),
                 engine,
                 linker,
                 config,
                 loaded: Mutex::new(HashMap::new()),
                 compiles: AtomicU64::new(0),
                 cache_hits: AtomicU64::new(0),
-                instances: AtomicU64::new(0),
                 faults: Default::default(),
                 metrics,
                 ticker_stop,
@@ -271,7 +338,10 @@ impl Runtime {
         RuntimeStats {
             compiles: self.inner.compiles.load(Ordering::Relaxed),
             cache_hits: self.inner.cache_hits.load(Ordering::Relaxed),
-            instances: self.inner.instances.load(Ordering::Relaxed),
+            instances: self.inner.counts.instances.load(Ordering::Relaxed),
+            warm_hits: self.inner.counts.warm_hits.load(Ordering::Relaxed),
+            warm_evictions: self.inner.counts.warm_evictions.load(Ordering::Relaxed),
+            warm: lock(&self.inner.warm).len() as u64,
             traps: self.inner.faults[0].load(Ordering::Relaxed),
             deadlines: self.inner.faults[1].load(Ordering::Relaxed),
             memory_faults: self.inner.faults[2].load(Ordering::Relaxed),
@@ -348,6 +418,7 @@ impl Runtime {
         let agent = Arc::new(LoadedAgent {
             runtime: self.clone(),
             hash: hash.clone(),
+            serial: inner.next_agent.fetch_add(1, Ordering::Relaxed),
             id: format!("{}@{}", meta.name, meta.version),
             pre,
             view: Arc::new(PackageView {
@@ -474,6 +545,8 @@ fn write_cache(path: &Path, component: &Component) -> Result<(), PackageError> {
 pub struct LoadedAgent {
     runtime: Runtime,
     hash: String,
+    /// Unique in its runtime: the warm set's key.
+    serial: u64,
     id: String,
     pre: AgentPre<CallState>,
     view: Arc<PackageView>,
@@ -486,6 +559,43 @@ impl std::fmt::Debug for LoadedAgent {
             .field("hash", &self.hash)
             .finish()
     }
+}
+
+impl Drop for LoadedAgent {
+    /// Its warm instances go with it (they would only ever be evicted otherwise).
+    fn drop(&mut self) {
+        let gone = lock(&self.runtime.inner.warm).remove_agent(self.serial);
+        drop(gone);
+    }
+}
+
+/// An instance and its store, ready for one call. After a call that returned normally the caller
+/// may hand it back with [`LoadedAgent::keep_warm`]; dropping it frees its pool slot.
+pub(crate) struct Instance {
+    store: Store<CallState>,
+    bindings: Agent,
+    /// Where it is kept warm; `None` for a probe.
+    key: Option<WarmKey>,
+}
+
+impl Instance {
+    /// Readies a warm instance for the next call: its call info, a fresh deadline, the flags of
+    /// the last call cleared. Memory already grown stays counted against the cap.
+    fn prepare(&mut self, call: CallInfo) {
+        let s = self.store.data_mut();
+        s.call = call;
+        s.ticks = 0;
+        s.deadline_hit = false;
+        s.memory.hit = false;
+        self.store.set_epoch_deadline(1);
+    }
+}
+
+/// What the guest's `handle` returned, with the instance it ran in.
+pub(crate) struct Handled {
+    pub state: Vec<u8>,
+    pub output: String,
+    pub instance: Instance,
 }
 
 impl LoadedAgent {
@@ -550,55 +660,117 @@ impl LoadedAgent {
         store
     }
 
-    async fn instantiate(&self, store: &mut Store<CallState>) -> Result<Agent, Fault> {
-        let agent = self
-            .pre
-            .instantiate_async(&mut *store)
-            .await
-            .map_err(|e| classify(store, e, &self.runtime, true))?;
-        self.runtime.inner.instances.fetch_add(1, Ordering::Relaxed);
-        Ok(agent)
+    /// A new instance from the pool. When the pool is exhausted and warm instances hold slots,
+    /// the least recently used one gives way and instantiation is retried once: every component
+    /// fits the per-component limits, so one freed slot is enough for any agent.
+    async fn instantiate(&self, call: CallInfo, key: Option<WarmKey>) -> Result<Instance, Fault> {
+        let inner = &self.runtime.inner;
+        let mut store = self.store(call);
+        let first = self.pre.instantiate_async(&mut store).await;
+        let result = match first {
+            Err(e) if e.is::<PoolConcurrencyLimitError>() && self.runtime.evict_lru() => {
+                // A failed instantiation may leave parts of the instance in its store: start over
+                // in a new one so those slots are freed now.
+                store = self.store(store.into_data().call);
+                self.pre.instantiate_async(&mut store).await
+            }
+            r => r,
+        };
+        let bindings = result.map_err(|e| classify(&store, e, &self.runtime, true))?;
+        inner.counts.instances.fetch_add(1, Ordering::Relaxed);
+        Ok(Instance {
+            store,
+            bindings,
+            key,
+        })
+    }
+
+    /// The session's warm instance readied for `call`, or a new one.
+    async fn checkout(&self, call: CallInfo) -> Result<Instance, Fault> {
+        let inner = &self.runtime.inner;
+        let key =
+            (!call.session_id.is_empty() && inner.config.warm_capacity() > 0).then(|| WarmKey {
+                agent: self.serial,
+                session: call.session_id.clone(),
+            });
+        let warm = key.as_ref().and_then(|k| lock(&inner.warm).take(k));
+        match warm {
+            Some(mut instance) => {
+                instance.key = key;
+                instance.prepare(call);
+                inner.counts.warm_hits.fetch_add(1, Ordering::Relaxed);
+                Ok(instance)
+            }
+            None => self.instantiate(call, key).await,
+        }
+    }
+
+    /// Keeps an instance warm for its session's next input. Only for an instance whose last call
+    /// returned normally and whose answer was accepted: after a fault or a guest error, drop it.
+    pub(crate) fn keep_warm(&self, mut instance: Instance) {
+        let Some(key) = instance.key.take() else {
+            return;
+        };
+        // The session's context (and what it holds) is not kept alive by an idle instance.
+        instance.store.data_mut().call.ctx = None;
+        let inner = &self.runtime.inner;
+        let gone = lock(&inner.warm).put(key, instance);
+        // A capacity of 0 hands the instance itself back; that is not an eviction.
+        if inner.config.warm_capacity() > 0 && !gone.is_empty() {
+            let n = gone.len() as u64;
+            inner.counts.warm_evictions.fetch_add(n, Ordering::Relaxed);
+        }
+        drop(gone);
     }
 
     /// Instantiates once and drops the instance: a health check at load, and what the benchmark
     /// of warm instantiation measures.
     pub async fn probe(&self) -> Result<(), Fault> {
-        let mut store = self.store(CallInfo {
+        let call = CallInfo {
             session_id: String::new(),
             seq: 0,
             ctx: None,
-        });
-        self.instantiate(&mut store).await.map(drop)
+        };
+        self.instantiate(call, None).await.map(drop)
     }
 
-    /// Runs the guest's `init` in a fresh instance.
-    pub(crate) async fn call_init(&self, call: CallInfo) -> Result<GuestResult<Vec<u8>>, Fault> {
+    /// Runs the guest's `init` in the session's instance (a new one unless it has a warm one).
+    /// On success the instance comes back with the state, for [`keep_warm`](Self::keep_warm).
+    pub(crate) async fn call_init(
+        &self,
+        call: CallInfo,
+    ) -> Result<GuestResult<(Vec<u8>, Instance)>, Fault> {
         let session = call.session_id.clone();
-        let mut store = self.store(call);
-        let agent = self.instantiate(&mut store).await?;
-        agent
+        let mut instance = self.checkout(call).await?;
+        let r = instance
+            .bindings
             .opengrid_agent_guest()
-            .call_init(&mut store, &session)
+            .call_init(&mut instance.store, &session)
             .await
-            .map_err(|e| classify(&store, e, &self.runtime, false))
+            .map_err(|e| classify(&instance.store, e, &self.runtime, false))?;
+        Ok(r.map(|state| (state, instance)))
     }
 
-    /// Runs the guest's `handle` in a fresh instance: the state goes in and comes out, so a fault
-    /// leaves the caller's copy untouched.
+    /// Runs the guest's `handle` in the session's instance: the state goes in and comes out, so a
+    /// fault leaves the caller's copy untouched, and the instance it faulted in is dropped here.
     pub(crate) async fn call_handle(
         &self,
         call: CallInfo,
         state: &[u8],
         input: &str,
-    ) -> Result<GuestResult<(Vec<u8>, String)>, Fault> {
-        let mut store = self.store(call);
-        let agent = self.instantiate(&mut store).await?;
-        let r = agent
+    ) -> Result<GuestResult<Handled>, Fault> {
+        let mut instance = self.checkout(call).await?;
+        let r = instance
+            .bindings
             .opengrid_agent_guest()
-            .call_handle(&mut store, state, input)
+            .call_handle(&mut instance.store, state, input)
             .await
-            .map_err(|e| classify(&store, e, &self.runtime, false))?;
-        Ok(r.map(|h| (h.state, h.output)))
+            .map_err(|e| classify(&instance.store, e, &self.runtime, false))?;
+        Ok(r.map(|h| Handled {
+            state: h.state,
+            output: h.output,
+            instance,
+        }))
     }
 }
 
@@ -626,6 +798,18 @@ fn classify(
 }
 
 impl Runtime {
+    /// Drops the least recently used warm instance, freeing its pool slot; false if none.
+    fn evict_lru(&self) -> bool {
+        let inner = &self.inner;
+        let Some(instance) = lock(&inner.warm).pop_lru() else {
+            return false;
+        };
+        drop(instance);
+        inner.counts.warm_evictions.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("pool exhausted: a warm instance gave way");
+        true
+    }
+
     pub(crate) fn record_fault(&self, fault: &Fault) {
         let i = match fault {
             Fault::Trap(_) => 0,

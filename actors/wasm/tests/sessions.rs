@@ -352,3 +352,248 @@ async fn a_full_pool_refuses_instead_of_crashing() {
     );
     host.shutdown().await;
 }
+
+/// A Prometheus registry behind an SDK meter provider, as the node exports metrics.
+fn prometheus_meter() -> (
+    prometheus::Registry,
+    opentelemetry_sdk::metrics::SdkMeterProvider,
+    opentelemetry::metrics::Meter,
+) {
+    let registry = prometheus::Registry::new();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(
+            opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "opengrid_wasm");
+    (registry, provider, meter)
+}
+
+/// The value of the exported sample of `name` that carries `label`.
+fn sample_value(registry: &prometheus::Registry, name: &str, label: &str) -> u64 {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .unwrap_or_else(|| panic!("no {name}{{{label}}} in:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// One session's inputs run in one instance: `init` instantiates it, every input after reuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reuses_its_warm_instance() {
+    let cache = tempfile::tempdir().unwrap();
+    let (registry, _provider, meter) = prometheus_meter();
+    let rt = opengrid_wasm::Runtime::new(opengrid_wasm::RuntimeConfig {
+        meter: Some(meter),
+        ..runtime_config(cache.path())
+    })
+    .unwrap();
+    assert_eq!(
+        rt.config().warm_capacity(),
+        8,
+        "half of the pool by default"
+    );
+    let handler = Arc::new(WasmHandler::new(
+        rt.load_bytes(&package("counter-rs").to_bytes(), None)
+            .unwrap(),
+    ));
+    let host = host(memory_store()).await;
+    let s = host
+        .start(
+            handler,
+            sid("warm"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let n = 20u64;
+    for seq in 1..=n {
+        assert_eq!(send(&s, seq, json!(1)).await.unwrap(), json!(seq));
+    }
+    let stats = rt.stats();
+    assert_eq!(
+        (stats.instances, stats.warm_hits, stats.warm),
+        (1, n, 1),
+        "{stats:?}"
+    );
+    assert_eq!(
+        sample_value(&registry, "opengrid_wasm_instances_total", "warm=\"true\""),
+        n
+    );
+    assert_eq!(
+        sample_value(&registry, "opengrid_wasm_instances_total", "warm=\"false\""),
+        1
+    );
+    host.shutdown().await;
+}
+
+/// After a trap, a deadline, a memory fault or a guest error the instance is dropped: the next
+/// input instantiates a fresh one and sees the state of before the failed input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_fault_the_next_input_starts_fresh_from_the_state() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = opengrid_wasm::Runtime::new(opengrid_wasm::RuntimeConfig {
+        max_memory_bytes: 32 << 20,
+        deadline: Duration::from_millis(300),
+        ..runtime_config(cache.path())
+    })
+    .unwrap();
+    let handler = Arc::new(WasmHandler::new(
+        rt.load_bytes(&package("hostile-rs").to_bytes(), None)
+            .unwrap(),
+    ));
+    let host = host(memory_store()).await;
+    let s = host
+        .start(
+            handler,
+            sid("faulty"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        send(&s, 1, json!("hi")).await.unwrap(),
+        json!({"echo": "hi", "echoed": 1})
+    );
+    assert_eq!(rt.stats().instances, 1);
+    let unknown_asset = blake3::hash(b"nowhere").to_hex().to_string();
+    let (mut seq, mut echoed) = (1, 1);
+    for (input, code) in [
+        (json!("trap"), "agent_trap"),
+        (json!("loop"), "agent_deadline"),
+        (json!("bomb"), "agent_memory"),
+        (json!({ "asset": unknown_asset }), "asset"),
+    ] {
+        let before = rt.stats();
+        seq += 1;
+        let e = send(&s, seq, input.clone()).await.unwrap_err();
+        assert_eq!(e.code, code, "{input}: {e}");
+        let after_fault = rt.stats();
+        assert_eq!(after_fault.warm, 0, "{input}: the instance is dropped");
+        assert_eq!(
+            after_fault.warm_hits,
+            before.warm_hits + 1,
+            "{input} ran in the warm instance"
+        );
+        seq += 1;
+        echoed += 1;
+        assert_eq!(
+            send(&s, seq, json!("again")).await.unwrap(),
+            json!({"echo": "again", "echoed": echoed}),
+            "state of before {input}"
+        );
+        let after = rt.stats();
+        assert_eq!(
+            after.instances,
+            before.instances + 1,
+            "a fresh instance after {input}"
+        );
+        assert_eq!(after.warm, 1);
+    }
+    host.shutdown().await;
+}
+
+/// More sessions than warm slots: the set stays within its bound, the least recently used
+/// instances give way, and every session keeps answering from its own state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_set_stays_within_its_bound() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = opengrid_wasm::Runtime::new(opengrid_wasm::RuntimeConfig {
+        max_instances: 8,
+        warm_instances: Some(2),
+        ..runtime_config(cache.path())
+    })
+    .unwrap();
+    let handler = Arc::new(WasmHandler::new(
+        rt.load_bytes(&package("counter-rs").to_bytes(), None)
+            .unwrap(),
+    ));
+    let host = host(memory_store()).await;
+    let mut sessions = Vec::new();
+    for i in 0..5 {
+        sessions.push(
+            host.start(
+                handler.clone(),
+                sid(&format!("lru-{i}")),
+                Epoch(1),
+                CheckpointPolicy::synchronous(),
+            )
+            .await
+            .unwrap(),
+        );
+        assert!(rt.stats().warm <= 2, "{:?}", rt.stats());
+    }
+    for round in 1..=3u64 {
+        for (i, s) in sessions.iter().enumerate() {
+            let add = i as u64 + 1;
+            assert_eq!(
+                send(s, round, json!(add)).await.unwrap(),
+                json!(add * round),
+                "session {i}, round {round}"
+            );
+            assert!(rt.stats().warm <= 2, "{:?}", rt.stats());
+        }
+    }
+    // The last session used is warm: its next input reuses the instance.
+    let before = rt.stats();
+    assert_eq!(send(&sessions[4], 4, json!(5)).await.unwrap(), json!(20));
+    let after = rt.stats();
+    assert_eq!(after.warm_hits, before.warm_hits + 1, "{after:?}");
+    assert_eq!(after.instances, before.instances, "{after:?}");
+    assert_eq!(after.warm, 2);
+    assert!(after.warm_evictions >= 3, "{after:?}");
+    host.shutdown().await;
+}
+
+/// Warm instances filling the whole pool do not lock out new sessions: when instantiation finds
+/// the pool exhausted the least recently used warm instance gives way, so sessions far beyond
+/// the pool's size all answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_beyond_the_pool_size_answer() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = opengrid_wasm::Runtime::new(opengrid_wasm::RuntimeConfig {
+        max_instances: 3,
+        warm_instances: Some(3),
+        ..runtime_config(cache.path())
+    })
+    .unwrap();
+    let handler = Arc::new(WasmHandler::new(
+        rt.load_bytes(&package("counter-rs").to_bytes(), None)
+            .unwrap(),
+    ));
+    let host = host(memory_store()).await;
+    let mut sessions = Vec::new();
+    for i in 0..10 {
+        sessions.push(
+            host.start(
+                handler.clone(),
+                sid(&format!("crowd-{i}")),
+                Epoch(1),
+                CheckpointPolicy::synchronous(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for round in 1..=2u64 {
+        for (i, s) in sessions.iter().enumerate() {
+            assert_eq!(
+                send(s, round, json!(1)).await.unwrap(),
+                json!(round),
+                "session {i}, round {round}"
+            );
+        }
+    }
+    let stats = rt.stats();
+    assert_eq!(stats.warm, 3, "{stats:?}");
+    assert!(stats.warm_evictions >= 10, "{stats:?}");
+    host.shutdown().await;
+}

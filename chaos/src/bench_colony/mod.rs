@@ -18,7 +18,12 @@
 //!   answer (the n-th acknowledged input must answer n). Blackout = the node's own freeze →
 //!   target-active figure (`blackout_ms` of the handover report); the client-side input latency
 //!   is reported beside it. The floor: loopback TCP round trip (64 B ping-pong) and an HTTP
-//!   `GET /health` round trip to a node, both measured in the same run.
+//!   `GET /health` round trip to a node, both measured in the same run. With `--handler
+//!   native|wasm|both`: a counter session run by the compiled-in handler or by the `counter-rs`
+//!   agent package, both in one colony (`both`: alternating rounds), the wasm/native ratio.
+//! - `bench agents`: push → first answer of a new version of a ~2 MiB agent component on nodes
+//!   that have never seen it, broken down (push, create with fetch + compile, first input), with a
+//!   same-run warm baseline (see `agents.rs`).
 //!
 //! The `opengrid` binary: `--bin <path>`, else `$OPENGRID_BIN_DIR`, else next to this executable
 //! (`cargo build --release -p opengrid-examples -p opengrid-chaos` puts both in the same target
@@ -27,7 +32,7 @@
 //! Every wait is bounded in time and every loop in count.
 //!
 //! Layout: the colony harness and what the benches share here; one module per bench
-//! (`failover`, `handover`, `api`).
+//! (`failover`, `handover`, `api`, `agents`).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -85,6 +90,16 @@ pub struct ColonyArgs {
     /// [`crate::bench::OFF_ON_ROUNDS`] rounds of one run, samples pooled: the cost of security).
     #[arg(long, value_enum, default_value = "on")]
     pub security: SecurityArg,
+    /// `bench handover`: the blackout of a counter session run natively, as a WebAssembly agent
+    /// (`counter-rs`, pushed by the bench), or both alternating in one colony (instead of the
+    /// blob sizes).
+    #[arg(long, value_enum)]
+    pub handler: Option<HandlerArg>,
+    /// The agent component of `bench agents` (`primes-rs`) or `bench handover --handler`
+    /// (`counter-rs`) (default: `agents/out/<name>.wasm` of the target directory, as
+    /// scripts/build-agents.sh builds it).
+    #[arg(long, value_name = "PATH")]
+    pub component: Option<PathBuf>,
 }
 
 /// `--security` of the colony benches.
@@ -125,6 +140,8 @@ impl Default for ColonyArgs {
             no_fsync: false,
             keep: false,
             security: SecurityArg::On,
+            handler: None,
+            component: None,
         }
     }
 }
@@ -413,13 +430,19 @@ fn size_name(n: usize) -> String {
     }
 }
 
+mod agents;
 mod api;
 mod failover;
 mod handover;
 
+pub use agents::{agents, AgentsResult, AGENT_COLD_TARGET_P99_US};
+
 pub use api::{api, pool_api, ApiResult, API_CLIENTS};
 pub use failover::{failover, FailoverResult};
-pub use handover::{handover, pool_colony_handover, ColonyHandoverResult};
+pub use handover::{
+    compare_handlers, handover, handover_handlers, pool_colony_handover, ColonyHandoverResult,
+    HandlerArg,
+};
 
 #[cfg(test)]
 mod tests {

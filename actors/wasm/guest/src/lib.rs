@@ -127,6 +127,14 @@ impl Ctx {
 /// successful input left (a failed, trapped or timed-out input leaves it unchanged); after a
 /// restart, inputs since the last checkpoint are replayed. The agent guarantees: `handle` is a
 /// deterministic function of (state, input, answers from [`Ctx`]).
+///
+/// **Everything the session must remember goes in `State`.** The node may run a session's
+/// inputs one after another in the same instance (a warm instance: statics, `thread_local!`s and
+/// the heap survive between its inputs) or each in a fresh one, and switches without notice: after
+/// any failed input (trap, deadline, memory cap, or an `Err` from `handle`), a restart, a handover
+/// or failover, and when the node needs the slot for another session. Memory outside `State` is
+/// therefore at best a cache of something derived from `State` or from the package (a parsed
+/// table, a compiled regex) and must never change an answer.
 pub trait Agent {
     /// The session's state, stored as JSON between inputs.
     type State: serde::Serialize + serde::de::DeserializeOwned;
