@@ -123,6 +123,7 @@ pub const NODE: Template = Template {
         ("agents", "Pushed agent packages (ADR 0030, 0031): fetched by hash from holders or the RC into <data_dir>/blobs, compiled under <data_dir>/agents."),
         ("agents.enabled", "Run pushed agents (true/false); the node then serves handler \"wasm\"."),
         ("agents.max_instances", "Agent inputs running at once (wasm instance pool), 1..=10000."),
+        ("agents.warm_instances", "Instances kept warm between inputs, one per recently active session (0 = fresh per input), at most max_instances."),
         ("agents.max_memory", "Linear memory of one agent instance, 1MiB..=4GiB."),
         ("agents.deadline", "Longest run of one agent input before it is interrupted."),
         ("agents.fetch_timeout", "Longest single request of a blob fetch (one chunk of a package, model or asset)."),

@@ -25,6 +25,9 @@ pub struct AgentsSection {
     pub enabled: bool,
     /// Agent inputs running at once (wasm instance pool size).
     pub max_instances: u32,
+    /// Instances kept warm between inputs, one per recently active session (0 = a fresh
+    /// instance per input); at most `max_instances`.
+    pub warm_instances: u32,
     /// Linear memory of one agent instance.
     pub max_memory: ByteSize,
     /// Longest run of one input before it is interrupted.
@@ -41,6 +44,7 @@ impl Default for AgentsSection {
         AgentsSection {
             enabled: true,
             max_instances: 64,
+            warm_instances: 32,
             max_memory: ByteSize(256 << 20),
             deadline: HumanDuration::from_secs(2),
             fetch_timeout: HumanDuration::from_secs(60),
@@ -166,6 +170,7 @@ impl NodeAgents {
         .map_err(|e| e.to_string())?;
         let config = RuntimeConfig {
             max_instances: s.max_instances,
+            warm_instances: Some(s.warm_instances),
             max_memory_bytes: s.max_memory.0.min(usize::MAX as u64) as usize,
             deadline: s.deadline.0,
             assets_dir: Some(blobs.dir().to_path_buf()),

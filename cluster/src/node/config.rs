@@ -217,6 +217,12 @@ impl NodeConfig {
         if a.max_instances == 0 || a.max_instances > 10_000 {
             return Err(invalid("agents.max_instances", "must be in 1..=10000"));
         }
+        if a.warm_instances > a.max_instances {
+            return Err(invalid(
+                "agents.warm_instances",
+                "must be at most agents.max_instances",
+            ));
+        }
         if a.max_memory.0 < (1 << 20) || a.max_memory.0 > (4 << 30) {
             return Err(invalid("agents.max_memory", "must be in 1MiB..=4GiB"));
         }
