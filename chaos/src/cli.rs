@@ -245,7 +245,8 @@ pub enum BenchKind {
     /// P8: settlement throughput.
     Settlement,
     /// The client API end to end (admission, input throughput), `--security both` for the
-    /// cost of security.
+    /// cost of security; `--handler both`: inputs/s of native vs WebAssembly counter sessions
+    /// (P13).
     Api,
     /// Agent packages: push → first answer of a ~2 MiB component on cold nodes.
     Agents,
@@ -537,6 +538,53 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
                             code = crate::report::EXIT_VIOLATION;
                         }
                     }
+                }
+            }
+            Ok(code)
+        }
+        BenchKind::Api if a.colony.handler.is_some() => {
+            if a.colony.security == crate::bench_colony::SecurityArg::Both {
+                return Err(ChaosError::Bench(bench::BenchError::Failed(
+                    "bench api: --handler takes --security on or off, not both".into(),
+                )));
+            }
+            let (runs, rounds) = a
+                .colony
+                .handler
+                .unwrap_or(crate::bench_colony::HandlerArg::Both)
+                .runs();
+            let each = a.count.unwrap_or(1000).div_ceil(rounds);
+            let done = crate::bench_colony::api_handlers(&a.colony, each, &runs, progress).await?;
+            let pool = |handler: &str| {
+                crate::bench_colony::pool_api(
+                    done.iter()
+                        .filter(|r| r.handler == handler)
+                        .cloned()
+                        .collect(),
+                )
+            };
+            let native = pool("native");
+            let mut wasm = pool("wasm");
+            if let (Some(n), Some(w)) = (&native, &mut wasm) {
+                crate::bench_colony::compare_api_handlers(n, w);
+                progress.line(format!(
+                    "wasm vs native inputs: {} vs {}/s (cost {}x), p50 {} vs {} µs ({}x), p99 {} vs {} µs ({}x)",
+                    w.inputs_per_s,
+                    n.inputs_per_s,
+                    w.cost_ratio.unwrap_or(0.0),
+                    w.input_p50_us,
+                    n.input_p50_us,
+                    w.ratio_p50.unwrap_or(0.0),
+                    w.input_p99_us,
+                    n.input_p99_us,
+                    w.ratio_p99.unwrap_or(0.0)
+                ));
+            }
+            let mut code = EXIT_PASS;
+            for r in native.iter().chain(wasm.iter()) {
+                println!("{}", serde_json::to_string(r).unwrap_or_default());
+                if r.lost != 0 || r.duplicated != 0 {
+                    code = crate::report::EXIT_VIOLATION;
                 }
             }
             Ok(code)

@@ -254,3 +254,62 @@ fn bench_handover_compares_a_wasm_session_with_a_native_one() {
     assert!(runs[1]["ratio_p50"].as_f64().unwrap() > 0.0, "{}", runs[1]);
     assert!(err.contains("wasm vs native blackout"), "{err}");
 }
+
+/// `bench api --handler both` (P13): counter sessions run by the native handler and by the
+/// `counter-rs` agent in one colony, alternating; every input answered exactly once through the
+/// client API, the wasm result carries the native baseline and the cost ratio.
+#[test]
+fn bench_api_compares_wasm_sessions_with_native_ones() {
+    let bin = common::opengrid_bin();
+    let out_dir = agents_out(&bin);
+    let (status, out, err) = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_opengrid-chaos"))
+            .args([
+                "bench",
+                "api",
+                "--handler",
+                "both",
+                "--json",
+                "--count",
+                "8",
+            ])
+            .args(["--budget-s", "60"])
+            .arg("--bin")
+            .arg(&bin)
+            .arg("--component")
+            .arg(out_dir.join("counter-rs.wasm")),
+        Duration::from_secs(240),
+        "bench api --handler both",
+    );
+    assert!(
+        status.success(),
+        "exit {status}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let runs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(runs.len(), 2, "{out}");
+    assert_eq!(runs[0]["handler"], "native");
+    assert_eq!(runs[1]["handler"], "wasm");
+    for v in &runs {
+        assert_eq!(v["name"], "client_api", "{v}");
+        assert_eq!(v["security"], "on", "{v}");
+        assert_eq!(v["admissions"], 0, "{v}");
+        // 8 inputs per session, split over the alternating rounds, every session.
+        let rounds = 4;
+        assert_eq!(v["inputs"], 8 * 8usize.div_ceil(rounds) * rounds, "{v}");
+        assert_eq!(v["lost"], 0, "{v}");
+        assert_eq!(v["duplicated"], 0, "{v}");
+        assert!(v["inputs_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["input_p50_us"].as_u64().unwrap() > 0, "{v}");
+    }
+    assert_eq!(
+        runs[1]["baseline_inputs_per_s"], runs[0]["inputs_per_s"],
+        "{}",
+        runs[1]
+    );
+    assert!(runs[1]["cost_ratio"].as_f64().unwrap() > 0.0, "{}", runs[1]);
+    assert!(err.contains("api (on, native)") && err.contains("api (on, wasm)"), "{err}");
+    assert!(err.contains("wasm vs native inputs"), "{err}");
+}

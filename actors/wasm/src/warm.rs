@@ -55,17 +55,18 @@ impl<V> WarmSet<V> {
             return vec![v];
         }
         let mut out = Vec::new();
-        if let Some(old) = self.take(&key) {
+        // One hash operation on the path of every input: insert, then trim. The entry just put
+        // has the newest stamp, so it is never the one trimmed (capacity ≥ 1).
+        self.clock += 1;
+        if let Some((_, old)) = self.by_key.insert(key, (self.clock, v)) {
             out.push(old);
         }
-        while self.by_key.len() >= self.capacity {
+        while self.by_key.len() > self.capacity {
             match self.pop_lru() {
                 Some(v) => out.push(v),
                 None => break,
             }
         }
-        self.clock += 1;
-        self.by_key.insert(key, (self.clock, v));
         out
     }
 

@@ -1,8 +1,23 @@
-//! `bench api`: the client API end to end (admission, input throughput), security on and off.
+//! `bench api`: the client API end to end (admission, input throughput), security on and off;
+//! with `--handler`, the input throughput of counter sessions run by the native handler vs the
+//! `counter-rs` WebAssembly agent in one colony (P13).
 
 use super::*;
 
-const COUNTER_BOUNDED: &str = "version = 1\n[session]\nhandler = \"counter\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"30s\"\nmax_blackout = \"2s\"\n";
+/// A bounded-loss counter session: run by the native `counter` handler, or (`wasm`) by the
+/// `counter-rs` agent. The two manifests differ in that one line only.
+fn counter_bounded(wasm: bool) -> String {
+    let runner = if wasm {
+        "agent = \"counter-rs\""
+    } else {
+        "handler = \"counter\""
+    };
+    format!("version = 1\n[session]\n{runner}\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"30s\"\nmax_blackout = \"2s\"\n")
+}
+
+/// Unrecorded inputs each session gets before `--handler` measures it (its instance warm, its
+/// connection open).
+const HANDLER_WARMUP: usize = 20;
 
 /// Sessions sending inputs at once in `bench api`.
 pub const API_CLIENTS: usize = 8;
@@ -14,6 +29,9 @@ pub struct ApiResult {
     pub name: &'static str,
     /// `on`, or `off` (measurement only).
     pub security: &'static str,
+    /// Who runs the input sessions: `native` (the compiled-in `counter`) or `wasm` (the
+    /// `counter-rs` agent, `--handler`).
+    pub handler: &'static str,
     /// `POST /sessions` by a client without credentials (admission, placement, the node's
     /// start, the capability when on), median µs.
     pub admission_p50_us: u64,
@@ -34,6 +52,24 @@ pub struct ApiResult {
     pub lost: u64,
     /// Inputs counted twice.
     pub duplicated: u64,
+    /// `--handler both`, the wasm result: the native inputs/s of the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_inputs_per_s: Option<f64>,
+    /// Its input latency, median µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_input_p50_us: Option<u64>,
+    /// Its p99, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_input_p99_us: Option<u64>,
+    /// Cost of an input, wasm over native: native inputs/s ÷ wasm inputs/s (P13: ≤ 1.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_ratio: Option<f64>,
+    /// Wasm over native input latency at the median.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_p50: Option<f64>,
+    /// Wasm over native input latency at p99.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_p99: Option<f64>,
     /// Every admission and input latency, µs (to pool rounds; not printed).
     #[serde(skip)]
     pub samples: (Vec<u64>, Vec<u64>),
@@ -68,7 +104,7 @@ pub async fn api(
         }
         let t = Instant::now();
         let s = client
-            .create(COUNTER_BOUNDED, None)
+            .create(&counter_bounded(false), None)
             .await
             .map_err(|e| failed(format!("admission {i}: {e}; logs in {}", c.logs())))?;
         admissions.push(t.elapsed().as_micros() as u64);
@@ -87,15 +123,69 @@ pub async fn api(
     for _ in 0..API_CLIENTS {
         sessions.push(
             client
-                .create(COUNTER_BOUNDED, None)
+                .create(&counter_bounded(false), None)
                 .await
                 .map_err(|e| failed(format!("placing an input session: {e}")))?,
         );
     }
-    let t0 = Instant::now();
+    let inputs = input_phase(sessions, count, 0, deadline).await?;
+    c.check_alive()?;
+    let r = result(security_name(security_off), "native", admissions, inputs);
+    progress.line(format!(
+        "api ({}): admission p50 {} µs p99 {} µs; {} inputs at {}/s, p50 {} µs p99 {} µs",
+        r.security,
+        r.admission_p50_us,
+        r.admission_p99_us,
+        r.inputs,
+        r.inputs_per_s,
+        r.input_p50_us,
+        r.input_p99_us
+    ));
+    Ok(r)
+}
+
+/// What the input phase saw: every latency (µs), lost and duplicated inputs, its seconds.
+struct Inputs {
+    latencies: Vec<u64>,
+    lost: u64,
+    duplicated: u64,
+    seconds: f64,
+}
+
+/// The sessions send at once, each `warmup` unrecorded inputs and then `count` timed ones, one
+/// HTTP request per input; every answer is checked against the session's running total.
+async fn input_phase(
+    sessions: Vec<Session>,
+    count: usize,
+    warmup: usize,
+    deadline: Instant,
+) -> Result<Inputs, BenchError> {
+    let mut warm = Vec::with_capacity(sessions.len());
     let runs = stream::iter(sessions.into_iter().map(|mut s| async move {
+        let mut acked = 0i64;
+        for _ in 0..warmup {
+            acked = send_one(&mut s, acked)
+                .await
+                .map_err(|e| failed(format!("warm-up input to {}: {e}", s.id)))?;
+        }
+        if acked != warmup as i64 {
+            return Err(failed(format!(
+                "{}: {acked} after {warmup} warm-up inputs",
+                s.id
+            )));
+        }
+        Ok::<_, BenchError>((s, acked))
+    }))
+    .buffer_unordered(API_CLIENTS)
+    .collect::<Vec<_>>()
+    .await;
+    for r in runs {
+        warm.push(r?);
+    }
+    let t0 = Instant::now();
+    let runs = stream::iter(warm.into_iter().map(|(mut s, mut acked)| async move {
         let mut lat = Vec::with_capacity(count);
-        let (mut acked, mut lost, mut dup) = (0i64, 0u64, 0u64);
+        let (mut lost, mut dup) = (0u64, 0u64);
         for _ in 0..count {
             if Instant::now() > deadline {
                 return Err(failed("the input phase ran over its budget"));
@@ -110,51 +200,150 @@ pub async fn api(
             dup += (total - want).max(0) as u64;
             acked = total;
         }
-        Ok::<_, BenchError>((lat, lost, dup))
+        Ok::<_, BenchError>((lat, lost, dup, s))
     }))
     .buffer_unordered(API_CLIENTS)
     .collect::<Vec<_>>()
     .await;
-    let input_s = t0.elapsed().as_secs_f64();
-    let (mut lat, mut lost, mut duplicated) = (Vec::new(), 0, 0);
+    let seconds = t0.elapsed().as_secs_f64();
+    let mut out = Inputs {
+        latencies: Vec::new(),
+        lost: 0,
+        duplicated: 0,
+        seconds,
+    };
+    let mut done = Vec::with_capacity(runs.len());
     for r in runs {
-        let (l, lo, du) = r?;
-        lat.extend(l);
-        lost += lo;
-        duplicated += du;
+        let (l, lo, du, s) = r?;
+        out.latencies.extend(l);
+        out.lost += lo;
+        out.duplicated += du;
+        done.push(s);
     }
-    c.check_alive()?;
+    // Closed after the clock stopped: the next round's sessions have the node to themselves.
+    for s in done {
+        let id = s.id.clone();
+        s.close()
+            .await
+            .map_err(|e| failed(format!("closing {id}: {e}")))?;
+    }
+    Ok(out)
+}
+
+fn result(
+    security: &'static str,
+    handler: &'static str,
+    admissions: Vec<u64>,
+    inputs: Inputs,
+) -> ApiResult {
     let a = summarize(admissions.clone());
-    let i = summarize(lat.clone());
-    let r = ApiResult {
+    let i = summarize(inputs.latencies.clone());
+    ApiResult {
         name: "client_api",
-        security: security_name(security_off),
+        security,
+        handler,
         admission_p50_us: a.p50_us,
         admission_p99_us: a.p99_us,
         admissions: a.count,
         inputs: i.count as u64,
-        inputs_per_s: (i.count as f64 / input_s.max(1e-9) * 10.0).round() / 10.0,
+        inputs_per_s: (i.count as f64 / inputs.seconds.max(1e-9) * 10.0).round() / 10.0,
         input_p50_us: i.p50_us,
         input_p99_us: i.p99_us,
-        lost,
-        duplicated,
-        samples: (admissions, lat),
-        input_s,
-    };
-    progress.line(format!(
-        "api ({}): admission p50 {} µs p99 {} µs; {} inputs at {}/s, p50 {} µs p99 {} µs",
-        r.security,
-        r.admission_p50_us,
-        r.admission_p99_us,
-        r.inputs,
-        r.inputs_per_s,
-        r.input_p50_us,
-        r.input_p99_us
-    ));
-    Ok(r)
+        lost: inputs.lost,
+        duplicated: inputs.duplicated,
+        baseline_inputs_per_s: None,
+        baseline_input_p50_us: None,
+        baseline_input_p99_us: None,
+        cost_ratio: None,
+        ratio_p50: None,
+        ratio_p99: None,
+        samples: (admissions, inputs.latencies),
+        input_s: inputs.seconds,
+    }
 }
 
-/// Pools rounds of `bench api` with one security setting.
+/// `bench api --handler …` (P13): one colony (RC + one node, security per `--security on|off`);
+/// `counter-rs` pushed once; for each run (`true` = wasm) [`API_CLIENTS`] new bounded-loss
+/// counter sessions of that kind (manifests identical but for `handler`/`agent`) each send
+/// [`HANDLER_WARMUP`] unrecorded inputs, then `count` timed ones at once, one HTTP request per
+/// input, as a client without credentials; then they are closed. No admissions are measured.
+pub async fn api_handlers(
+    args: &ColonyArgs,
+    count: usize,
+    runs: &[bool],
+    progress: &Progress,
+) -> Result<Vec<ApiResult>, BenchError> {
+    let count = count.clamp(1, 100_000);
+    let budget = Duration::from_secs(args.budget_s.clamp(10, 3600));
+    let security_off = args.security == SecurityArg::Off;
+    let mut c = Colony::start_with(args, security_off, progress).await?;
+    let path = super::agents::agent_component(args.component.as_deref(), &c.bin, "counter-rs")?;
+    let component = std::fs::read(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    c.node("a", "capacity = 1024\n[hardware]\nmemory = \"128GiB\"")?;
+    c.wait_alive(1).await?;
+    let key = super::agents::developer_key();
+    let pushed = c
+        .push_agent(super::agents::package(
+            "counter-rs",
+            "0.1.0",
+            &component,
+            &key,
+        )?)
+        .await?;
+    progress.line(format!("pushed counter-rs: {pushed}"));
+    let mut client = Client::new(c.rc_api.clone());
+    client.retry_for = Duration::from_secs(30);
+    let mut out = Vec::new();
+    for &wasm in runs {
+        let handler = if wasm { "wasm" } else { "native" };
+        let deadline = Instant::now() + budget;
+        let mut sessions = Vec::with_capacity(API_CLIENTS);
+        for _ in 0..API_CLIENTS {
+            sessions.push(
+                client
+                    .create(&counter_bounded(wasm), None)
+                    .await
+                    .map_err(|e| {
+                        failed(format!(
+                            "placing a {handler} counter session: {e}; logs in {}",
+                            c.logs()
+                        ))
+                    })?,
+            );
+        }
+        let inputs = input_phase(sessions, count, HANDLER_WARMUP, deadline).await?;
+        c.check_alive()?;
+        let r = result(security_name(security_off), handler, Vec::new(), inputs);
+        progress.line(format!(
+            "api ({}, {handler}): {} inputs at {}/s, p50 {} µs p99 {} µs; lost {}, duplicated {}",
+            r.security,
+            r.inputs,
+            r.inputs_per_s,
+            r.input_p50_us,
+            r.input_p99_us,
+            r.lost,
+            r.duplicated
+        ));
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Sets the wasm result's baseline (the native one of the same run) and ratios.
+pub fn compare_api_handlers(native: &ApiResult, wasm: &mut ApiResult) {
+    wasm.baseline_inputs_per_s = Some(native.inputs_per_s);
+    wasm.baseline_input_p50_us = Some(native.input_p50_us);
+    wasm.baseline_input_p99_us = Some(native.input_p99_us);
+    wasm.cost_ratio = Some(if wasm.inputs_per_s > 0.0 {
+        (native.inputs_per_s / wasm.inputs_per_s * 100.0).round() / 100.0
+    } else {
+        0.0
+    });
+    wasm.ratio_p50 = Some(super::agents::ratio(wasm.input_p50_us, native.input_p50_us));
+    wasm.ratio_p99 = Some(super::agents::ratio(wasm.input_p99_us, native.input_p99_us));
+}
+
+/// Pools rounds of `bench api` with one security setting (or one handler).
 pub fn pool_api(runs: Vec<ApiResult>) -> Option<ApiResult> {
     let mut acc = crate::bench::fold_runs(runs, |acc, r| {
         acc.samples.0.extend(r.samples.0);

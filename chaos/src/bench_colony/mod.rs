@@ -90,12 +90,13 @@ pub struct ColonyArgs {
     /// [`crate::bench::OFF_ON_ROUNDS`] rounds of one run, samples pooled: the cost of security).
     #[arg(long, value_enum, default_value = "on")]
     pub security: SecurityArg,
-    /// `bench handover`: the blackout of a counter session run natively, as a WebAssembly agent
-    /// (`counter-rs`, pushed by the bench), or both alternating in one colony (instead of the
-    /// blob sizes).
+    /// Counter sessions run natively, as a WebAssembly agent (`counter-rs`, pushed by the bench),
+    /// or both alternating in one colony: `bench handover` measures their blackout (instead of
+    /// the blob sizes), `bench api` their inputs/s through the client API (P13; instead of the
+    /// admissions and security settings).
     #[arg(long, value_enum)]
     pub handler: Option<HandlerArg>,
-    /// The agent component of `bench agents` (`primes-rs`) or `bench handover --handler`
+    /// The agent component of `bench agents` (`primes-rs`) or `bench handover|api --handler`
     /// (`counter-rs`) (default: `agents/out/<name>.wasm` of the target directory, as
     /// scripts/build-agents.sh builds it).
     #[arg(long, value_name = "PATH")]
@@ -437,7 +438,7 @@ mod handover;
 
 pub use agents::{agents, AgentsResult, AGENT_COLD_TARGET_P99_US};
 
-pub use api::{api, pool_api, ApiResult, API_CLIENTS};
+pub use api::{api, api_handlers, compare_api_handlers, pool_api, ApiResult, API_CLIENTS};
 pub use failover::{failover, FailoverResult};
 pub use handover::{
     compare_handlers, handover, handover_handlers, pool_colony_handover, ColonyHandoverResult,
