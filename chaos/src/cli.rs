@@ -568,10 +568,13 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
             if let (Some(n), Some(w)) = (&native, &mut wasm) {
                 crate::bench_colony::compare_api_handlers(n, w);
                 progress.line(format!(
-                    "wasm vs native inputs: {} vs {}/s (cost {}x), p50 {} vs {} µs ({}x), p99 {} vs {} µs ({}x)",
+                    "wasm vs native inputs: {} vs {}/s (cost {}x), node CPU {:?} vs {:?} µs per input ({:?}x), p50 {} vs {} µs ({}x), p99 {} vs {} µs ({}x)",
                     w.inputs_per_s,
                     n.inputs_per_s,
                     w.cost_ratio.unwrap_or(0.0),
+                    w.node_cpu_us_per_input,
+                    n.node_cpu_us_per_input,
+                    w.cpu_ratio,
                     w.input_p50_us,
                     n.input_p50_us,
                     w.ratio_p50.unwrap_or(0.0),

@@ -303,7 +303,14 @@ fn bench_api_compares_wasm_sessions_with_native_ones() {
         assert_eq!(v["duplicated"], 0, "{v}");
         assert!(v["inputs_per_s"].as_f64().unwrap() > 0.0, "{v}");
         assert!(v["input_p50_us"].as_u64().unwrap() > 0, "{v}");
+        // The node's CPU over the timed inputs (Linux /proc); 0 possible at tick resolution.
+        assert!(v["node_cpu_us_per_input"].as_f64().unwrap() >= 0.0, "{v}");
     }
+    assert_eq!(
+        runs[1]["baseline_node_cpu_us_per_input"], runs[0]["node_cpu_us_per_input"],
+        "{}",
+        runs[1]
+    );
     assert_eq!(
         runs[1]["baseline_inputs_per_s"], runs[0]["inputs_per_s"],
         "{}",

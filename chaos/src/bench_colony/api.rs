@@ -52,6 +52,17 @@ pub struct ApiResult {
     pub lost: u64,
     /// Inputs counted twice.
     pub duplicated: u64,
+    /// `--handler`: CPU time (user + system) of the node process during the timed inputs,
+    /// divided by the inputs, µs: what one input costs the node (the client's CPU and the other
+    /// load of the machine excluded, which inputs/s is not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_cpu_us_per_input: Option<f64>,
+    /// `--handler both`, the wasm result: the native node CPU per input of the same run, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_node_cpu_us_per_input: Option<f64>,
+    /// Wasm over native node CPU per input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ratio: Option<f64>,
     /// `--handler both`, the wasm result: the native inputs/s of the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_inputs_per_s: Option<f64>,
@@ -76,6 +87,22 @@ pub struct ApiResult {
     /// Seconds of the input phase (to pool rounds; not printed).
     #[serde(skip)]
     pub input_s: f64,
+    /// The node's CPU seconds in the input phase, when measured (to pool rounds; not printed).
+    #[serde(skip)]
+    pub node_cpu_s: Option<f64>,
+}
+
+/// CPU time (user + system) of process `pid` so far, seconds; `None` where `/proc` cannot say.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')': state is
+    // field 3, utime 14 and stime 15 (clock ticks).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
 }
 
 /// `bench api`: the client API end to end on an RC and one node, as a client without
@@ -128,7 +155,7 @@ pub async fn api(
                 .map_err(|e| failed(format!("placing an input session: {e}")))?,
         );
     }
-    let inputs = input_phase(sessions, count, 0, deadline).await?;
+    let inputs = input_phase(sessions, count, 0, deadline, None).await?;
     c.check_alive()?;
     let r = result(security_name(security_off), "native", admissions, inputs);
     progress.line(format!(
@@ -150,6 +177,8 @@ struct Inputs {
     lost: u64,
     duplicated: u64,
     seconds: f64,
+    /// CPU seconds of the measured process during the timed inputs.
+    cpu_s: Option<f64>,
 }
 
 /// The sessions send at once, each `warmup` unrecorded inputs and then `count` timed ones, one
@@ -159,6 +188,7 @@ async fn input_phase(
     count: usize,
     warmup: usize,
     deadline: Instant,
+    cpu_of: Option<u32>,
 ) -> Result<Inputs, BenchError> {
     let mut warm = Vec::with_capacity(sessions.len());
     let runs = stream::iter(sessions.into_iter().map(|mut s| async move {
@@ -182,6 +212,7 @@ async fn input_phase(
     for r in runs {
         warm.push(r?);
     }
+    let cpu0 = cpu_of.and_then(cpu_seconds);
     let t0 = Instant::now();
     let runs = stream::iter(warm.into_iter().map(|(mut s, mut acked)| async move {
         let mut lat = Vec::with_capacity(count);
@@ -206,11 +237,16 @@ async fn input_phase(
     .collect::<Vec<_>>()
     .await;
     let seconds = t0.elapsed().as_secs_f64();
+    let cpu_s = match (cpu0, cpu_of.and_then(cpu_seconds)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
     let mut out = Inputs {
         latencies: Vec::new(),
         lost: 0,
         duplicated: 0,
         seconds,
+        cpu_s,
     };
     let mut done = Vec::with_capacity(runs.len());
     for r in runs {
@@ -251,6 +287,9 @@ fn result(
         input_p99_us: i.p99_us,
         lost: inputs.lost,
         duplicated: inputs.duplicated,
+        node_cpu_us_per_input: inputs.cpu_s.map(|s| per_input_us(s, i.count)),
+        baseline_node_cpu_us_per_input: None,
+        cpu_ratio: None,
         baseline_inputs_per_s: None,
         baseline_input_p50_us: None,
         baseline_input_p99_us: None,
@@ -259,7 +298,13 @@ fn result(
         ratio_p99: None,
         samples: (admissions, inputs.latencies),
         input_s: inputs.seconds,
+        node_cpu_s: inputs.cpu_s,
     }
+}
+
+/// CPU seconds per input, µs, to 0.1 µs.
+fn per_input_us(cpu_s: f64, inputs: usize) -> f64 {
+    (cpu_s * 1e6 / inputs.max(1) as f64 * 10.0).round() / 10.0
 }
 
 /// `bench api --handler …` (P13): one colony (RC + one node, security per `--security on|off`);
@@ -311,16 +356,18 @@ pub async fn api_handlers(
                     })?,
             );
         }
-        let inputs = input_phase(sessions, count, HANDLER_WARMUP, deadline).await?;
+        let pid = c.launcher.pid("a")?;
+        let inputs = input_phase(sessions, count, HANDLER_WARMUP, deadline, pid).await?;
         c.check_alive()?;
         let r = result(security_name(security_off), handler, Vec::new(), inputs);
         progress.line(format!(
-            "api ({}, {handler}): {} inputs at {}/s, p50 {} µs p99 {} µs; lost {}, duplicated {}",
+            "api ({}, {handler}): {} inputs at {}/s, p50 {} µs p99 {} µs, node CPU {:?} µs per input; lost {}, duplicated {}",
             r.security,
             r.inputs,
             r.inputs_per_s,
             r.input_p50_us,
             r.input_p99_us,
+            r.node_cpu_us_per_input,
             r.lost,
             r.duplicated
         ));
@@ -339,6 +386,14 @@ pub fn compare_api_handlers(native: &ApiResult, wasm: &mut ApiResult) {
     } else {
         0.0
     });
+    if let (Some(w), Some(n)) = (wasm.node_cpu_us_per_input, native.node_cpu_us_per_input) {
+        wasm.baseline_node_cpu_us_per_input = Some(n);
+        wasm.cpu_ratio = Some(if n > 0.0 {
+            (w / n * 100.0).round() / 100.0
+        } else {
+            0.0
+        });
+    }
     wasm.ratio_p50 = Some(super::agents::ratio(wasm.input_p50_us, native.input_p50_us));
     wasm.ratio_p99 = Some(super::agents::ratio(wasm.input_p99_us, native.input_p99_us));
 }
@@ -351,11 +406,16 @@ pub fn pool_api(runs: Vec<ApiResult>) -> Option<ApiResult> {
         acc.lost += r.lost;
         acc.duplicated += r.duplicated;
         acc.input_s += r.input_s;
+        acc.node_cpu_s = match (acc.node_cpu_s, r.node_cpu_s) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
     })?;
     let a = summarize(acc.samples.0.clone());
     let i = summarize(acc.samples.1.clone());
     (acc.admission_p50_us, acc.admission_p99_us, acc.admissions) = (a.p50_us, a.p99_us, a.count);
     (acc.input_p50_us, acc.input_p99_us, acc.inputs) = (i.p50_us, i.p99_us, i.count as u64);
     acc.inputs_per_s = (i.count as f64 / acc.input_s.max(1e-9) * 10.0).round() / 10.0;
+    acc.node_cpu_us_per_input = acc.node_cpu_s.map(|s| per_input_us(s, i.count));
     Some(acc)
 }
