@@ -317,6 +317,9 @@ fn bench_api_compares_wasm_sessions_with_native_ones() {
         runs[1]
     );
     assert!(runs[1]["cost_ratio"].as_f64().unwrap() > 0.0, "{}", runs[1]);
-    assert!(err.contains("api (on, native)") && err.contains("api (on, wasm)"), "{err}");
+    assert!(
+        err.contains("api (on, native)") && err.contains("api (on, wasm)"),
+        "{err}"
+    );
     assert!(err.contains("wasm vs native inputs"), "{err}");
 }

@@ -419,3 +419,49 @@ pub fn pool_api(runs: Vec<ApiResult>) -> Option<ApiResult> {
     acc.node_cpu_us_per_input = acc.node_cpu_s.map(|s| per_input_us(s, i.count));
     Some(acc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_differ_only_in_who_runs_the_session() {
+        let (n, w) = (counter_bounded(false), counter_bounded(true));
+        let diff: Vec<(&str, &str)> = n.lines().zip(w.lines()).filter(|(a, b)| a != b).collect();
+        assert_eq!(
+            diff,
+            vec![("handler = \"counter\"", "agent = \"counter-rs\"")]
+        );
+        assert_eq!(n.lines().count(), w.lines().count());
+    }
+
+    #[test]
+    fn this_process_has_cpu_time() {
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_seconds(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn the_wasm_result_carries_the_native_baseline() {
+        let inputs = |per_s: f64, cpu: f64| Inputs {
+            latencies: vec![100, 200],
+            lost: 0,
+            duplicated: 0,
+            seconds: 2.0 / per_s,
+            cpu_s: Some(cpu),
+        };
+        let native = result("on", "native", Vec::new(), inputs(1000.0, 0.0001));
+        let mut wasm = result("on", "wasm", Vec::new(), inputs(500.0, 0.00015));
+        compare_api_handlers(&native, &mut wasm);
+        assert_eq!(wasm.baseline_inputs_per_s, Some(1000.0));
+        assert_eq!(wasm.cost_ratio, Some(2.0));
+        assert_eq!(native.node_cpu_us_per_input, Some(50.0));
+        assert_eq!(wasm.node_cpu_us_per_input, Some(75.0));
+        assert_eq!(wasm.cpu_ratio, Some(1.5));
+        assert_eq!(wasm.ratio_p50, Some(1.0));
+    }
+}
