@@ -465,6 +465,8 @@ pub(crate) struct ActorState<H: SessionHandler> {
     /// Effects the next input already ran (from a checkpoint's journal, or an input that
     /// panicked): replayed when that input is retried.
     pending: Option<crate::effects::Journal>,
+    /// Whether `pending` was read from a checkpoint (else: kept in memory after a panic).
+    pending_durable: bool,
 }
 
 /// Whether a handler call is a client's input or the replay of a journaled one after a restart.
@@ -579,16 +581,15 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                     format!("journal gap: expected {} got {}", last_seq.next(), seq).into(),
                 );
             }
-            shared.ctx_base.effects.begin(seq, effects);
+            shared.ctx_base.effects.begin(seq, effects, true);
             let _ = run_handler(&shared, &mut state, seq, input, Call::Replay).await?;
             shared.ctx_base.effects.finish();
             last_seq = seq;
         }
         // The effects of the input after these: from one that panicked here, else stored.
-        let pending = lock(&shared.inflight)
-            .take()
-            .or(stored)
-            .filter(|j| j.seq == last_seq.next());
+        let inflight = lock(&shared.inflight).take();
+        let pending_durable = inflight.is_none();
+        let pending = inflight.or(stored).filter(|j| j.seq == last_seq.next());
         if let Some(j) = &pending {
             tracing::info!(session = %shared.id, seq = %j.seq, effects = j.entries.len(), "effects recorded for the next input: its retry replays them");
         }
@@ -609,6 +610,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
             },
             last_failure: None,
             pending,
+            pending_durable,
         })
     }
 
@@ -681,14 +683,14 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                     CheckpointMode::Periodic { .. } => Some(input.clone()),
                     CheckpointMode::Synchronous => None,
                 };
-                let recorded = match st.pending.take() {
-                    Some(j) if j.seq == seq => j.entries,
+                let (recorded, durable) = match st.pending.take() {
+                    Some(j) if j.seq == seq => (j.entries, st.pending_durable),
                     other => {
                         st.pending = other;
-                        Vec::new()
+                        (Vec::new(), true)
                     }
                 };
-                sh.ctx_base.effects.begin(seq, recorded);
+                sh.ctx_base.effects.begin(seq, recorded, durable);
                 let ran = run_handler(&sh, &mut st.state, seq, input, Call::Live).await;
                 let effects = sh.ctx_base.effects.finish();
                 let output = match ran {
@@ -743,6 +745,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                                     st.dirty_since = None;
                                     // The input's effects, if stored: its retry replays them.
                                     st.pending = stored;
+                                    st.pending_durable = true;
                                     sh.last_seq.store(seq.0, Ordering::Release);
                                 }
                                 // Unreadable too: restart (counted) from whatever can be read.
