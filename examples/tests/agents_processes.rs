@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout, step, Colony, BIN};
+use common::{stderr, stdout, step, Colony};
 use opengrid_cluster::client::ClientError;
 use opengrid_cluster::common::token::operator_token_from_dir;
 use serde_json::{json, Value};
@@ -184,6 +184,11 @@ async fn pushed_agents_run_fail_over_and_survive_an_rc_restart() {
     }
     let e = c.entry(&rs.id).await;
     assert_eq!(e["handler"], "wasm", "{e}");
+    assert_eq!(
+        e["agent"], "counter-rs@0.1.0",
+        "/status names the agent: {e}"
+    );
+    assert_eq!(e["package"], json!(rs_hash), "{e}");
 
     // A live handover keeps the state: the replica holders prefetched the package, so once
     // it is loaded there the target admits the session (until then it refuses and the
@@ -345,6 +350,27 @@ async fn assets_are_prepositioned_and_a_cold_node_fetches_from_holders() {
     );
     let pkg_hash = stdout(&out).trim().rsplit(' ').next().unwrap().to_string();
     assert!(c.rc_data().join("blobs").join(&asset_hash).is_file());
+    // The RC counts pushes by result and reports its registry and blobs.
+    let m = c
+        .http
+        .get(format!("{}/metrics", c.rc_api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "opengrid_agent_pushes_total{result=\"created\"",
+        "opengrid_agent_pushes_total{result=\"missing_blobs\"",
+        "opengrid_agents ",
+        "opengrid_rc_blobs_bytes ",
+    ] {
+        assert!(
+            m.lines().any(|l| l.starts_with(line)),
+            "{line} in the RC's /metrics:\n{m}"
+        );
+    }
 
     // Pre-positioned on both nodes before any session: package and asset.
     let root = c.dir.path().to_path_buf();
