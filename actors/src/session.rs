@@ -154,6 +154,22 @@ pub enum SessionStatus {
     Closed,
 }
 
+/// An input processed since the last checkpoint, with its effects' results (replayed after a
+/// restart).
+pub(crate) type Journaled<H> = (
+    Seq,
+    <H as SessionHandler>::Input,
+    Vec<crate::effects::Entry>,
+);
+
+/// What [`Shared::load`] finds: the checkpoint's seq and state, and the effect journal of the
+/// input after it.
+pub(crate) type Loaded<H> = (
+    Seq,
+    <H as SessionHandler>::State,
+    Option<crate::effects::Journal>,
+);
+
 /// State shared between a session's handle, its actor incarnations and the supervisor.
 pub(crate) struct Shared<H: SessionHandler> {
     pub id: SessionId,
@@ -169,7 +185,7 @@ pub(crate) struct Shared<H: SessionHandler> {
     pub changed: Notify,
     /// Inputs processed since the last checkpoint (periodic policy), with the results of their
     /// effects, replayed after a restart.
-    pub journal: Mutex<Vec<(Seq, H::Input, Vec<crate::effects::Entry>)>>,
+    pub journal: Mutex<Vec<Journaled<H>>>,
     /// The effects an input that panicked had run, for the incarnation that retries it.
     pub inflight: Mutex<Option<crate::effects::Journal>>,
     /// The newest checkpoint written or loaded: the base an in-flight input's effect journal is
@@ -340,7 +356,7 @@ impl<H: SessionHandler> Shared<H> {
 
     /// Loads the newest checkpoint (or `None`), checking handler identity and fencing; with the
     /// effect journal of the input after it, if it holds one.
-    pub fn load(&self) -> Result<Option<(Seq, H::State, Option<crate::effects::Journal>)>, String> {
+    pub fn load(&self) -> Result<Option<Loaded<H>>, String> {
         let cp = self
             .store
             .get_latest(&self.id)
@@ -570,7 +586,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
         let checkpointed_seq = last_seq;
         // Replay inputs processed after the checkpoint (at-least-once at the handler), with the
         // results their effects recorded (the effects are not run again).
-        let journal: Vec<(Seq, H::Input, Vec<crate::effects::Entry>)> = lock(&shared.journal)
+        let journal: Vec<Journaled<H>> = lock(&shared.journal)
             .iter()
             .filter(|(s, _, _)| *s > last_seq)
             .cloned()
