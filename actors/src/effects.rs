@@ -4,10 +4,16 @@
 //! A handler runs an effect with [`SessionContext::run`](crate::SessionContext::run) (or the
 //! built-ins [`now_ms`](crate::SessionContext::now_ms), [`random_u64`](crate::SessionContext::random_u64)).
 //! Effects of one input are numbered in the order they start. For each one the runtime either
-//! returns the recorded result (a replay) or runs it, records the result, and — when the session
-//! holds a durable base for this input (always for zero-loss sessions) — writes the journal with
-//! the checkpoint of the state the input started from, to the session's replicas, *before* the
-//! handler continues. So:
+//! returns the recorded result (a replay) or runs it and records the result.
+//!
+//! **Durable before observable.** A recorded result is written — the journal with the checkpoint
+//! of the state the input started from, to the session's replicas under its policy — before
+//! anything that may depend on it leaves the session: before the input's next effect starts, and
+//! at the latest [`PERSIST_GRACE`] after the effect while the handler keeps running. An input
+//! whose handler returns within the grace needs no journal write at all: its own checkpoint (a
+//! zero-loss session writes it before the reply) covers the state the result produced. A crash
+//! inside that window loses a result nothing outside has seen; the retry runs the effect again,
+//! with the same idempotency key. So:
 //!
 //! - a handler **panic** restarts the session; inputs replayed from the in-memory journal replay
 //!   their effects too;
@@ -29,6 +35,9 @@ use opengrid_session::Seq;
 use serde::{Deserialize, Serialize};
 
 use crate::handler::HandlerError;
+
+/// How long a recorded result may stay in memory only while the handler keeps computing.
+pub const PERSIST_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Most effects one input may run (bounds the journal).
 pub const MAX_EFFECTS_PER_INPUT: usize = 4096;
@@ -108,6 +117,8 @@ struct Current {
     /// Next effect's index.
     cursor: usize,
     active: bool,
+    /// Entries not written yet.
+    unpersisted: bool,
 }
 
 /// One session's effect bookkeeping (in the context every input shares).
@@ -115,6 +126,8 @@ struct Current {
 pub(crate) struct Effects {
     current: Mutex<Current>,
     sink: OnceLock<Weak<dyn JournalSink>>,
+    /// One journal write at a time.
+    io: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -134,14 +147,50 @@ impl Effects {
         let _ = self.sink.set(sink);
     }
 
-    /// An input starts: `recorded` are the results of its effects known from before.
-    pub(crate) fn begin(&self, seq: Seq, recorded: Vec<Entry>) {
+    /// An input starts: `recorded` are the results of its effects known from before
+    /// (`durable`: read from a checkpoint; else kept in memory only, e.g. after a panic).
+    pub(crate) fn begin(&self, seq: Seq, recorded: Vec<Entry>, durable: bool) {
         *lock(&self.current) = Current {
             seq,
+            unpersisted: !durable && !recorded.is_empty(),
             entries: recorded,
             cursor: 0,
             active: true,
         };
+    }
+
+    /// Writes the journal of the input being handled if results in it are not written yet
+    /// (`seq`: only if that input is still the one being handled).
+    pub(crate) fn flush(&self, seq: Option<Seq>) -> Result<(), HandlerError> {
+        let _one = lock(&self.io);
+        let (journal, count) = {
+            let c = lock(&self.current);
+            if !c.active || !c.unpersisted || seq.is_some_and(|s| s != c.seq) {
+                return Ok(());
+            }
+            (
+                Journal {
+                    format: JOURNAL_FORMAT,
+                    seq: c.seq,
+                    entries: c.entries.clone(),
+                },
+                c.entries.len(),
+            )
+        };
+        let Some(sink) = self.sink.get().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        sink.persist(&journal).map_err(|reason| {
+            HandlerError::new(
+                "effect_not_durable",
+                format!("the results of this input's effects could not be made durable: {reason}"),
+            )
+        })?;
+        let mut c = lock(&self.current);
+        if c.active && c.seq == journal.seq && c.entries.len() == count {
+            c.unpersisted = false;
+        }
+        Ok(())
     }
 
     /// The input ended: what its effects recorded (for the in-memory replay journal).
@@ -181,14 +230,14 @@ impl Effects {
         }
     }
 
-    /// Records the result of effect `index` and persists the journal (before the handler sees
-    /// the result).
+    /// Records the result of effect `index` (written by [`flush`](Self::flush): before the next
+    /// effect, or after the grace); the input it belongs to.
     pub(crate) fn record(
         &self,
         index: usize,
         name: &str,
         result: Vec<u8>,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Seq, HandlerError> {
         if result.len() > MAX_EFFECT_RESULT_BYTES {
             return Err(HandlerError::new(
                 "effect_result_too_large",
@@ -198,34 +247,20 @@ impl Effects {
                 ),
             ));
         }
-        let journal = {
-            let mut c = lock(&self.current);
-            if !c.active || c.entries.len() != index {
-                // Effects ran concurrently and finished out of order: not replayable.
-                return Err(HandlerError::new(
-                    "nondeterministic",
-                    format!("effect {name:?} (number {index}) finished out of order: run effects one after another"),
-                ));
-            }
-            c.entries.push(Entry {
-                name: name.to_string(),
-                result,
-            });
-            Journal {
-                format: JOURNAL_FORMAT,
-                seq: c.seq,
-                entries: c.entries.clone(),
-            }
-        };
-        let Some(sink) = self.sink.get().and_then(Weak::upgrade) else {
-            return Ok(());
-        };
-        sink.persist(&journal).map(drop).map_err(|reason| {
-            HandlerError::new(
-                "effect_not_durable",
-                format!("effect {name:?} ran but its result could not be made durable: {reason}"),
-            )
-        })
+        let mut c = lock(&self.current);
+        if !c.active || c.entries.len() != index {
+            // Effects ran concurrently and finished out of order: not replayable.
+            return Err(HandlerError::new(
+                "nondeterministic",
+                format!("effect {name:?} (number {index}) finished out of order: run effects one after another"),
+            ));
+        }
+        c.entries.push(Entry {
+            name: name.to_string(),
+            result,
+        });
+        c.unpersisted = true;
+        Ok(c.seq)
     }
 }
 
@@ -281,6 +316,7 @@ mod tests {
                 name: "a".into(),
                 result: vec![1],
             }],
+            true,
         );
         assert!(matches!(e.next("a"), Ok(Next::Replay(r)) if r == vec![1]));
         let Ok(Next::Run { index: 1 }) = e.next("b") else {
@@ -289,13 +325,13 @@ mod tests {
         e.record(1, "b", vec![2]).unwrap();
         let done = e.finish();
         assert_eq!(done.len(), 2);
-        e.begin(Seq(3), done);
+        e.begin(Seq(3), done, true);
         match e.next("z") {
             Err(err) => assert_eq!(err.code, "nondeterministic"),
             Ok(_) => panic!("a renamed effect replays"),
         }
         // Out of order completion is refused.
-        e.begin(Seq(4), vec![]);
+        e.begin(Seq(4), vec![], true);
         let (Ok(Next::Run { index: i0 }), Ok(Next::Run { index: i1 })) = (e.next("p"), e.next("q"))
         else {
             panic!()

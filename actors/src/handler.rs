@@ -78,11 +78,13 @@ impl SessionContext {
         self.seq
     }
 
-    /// Runs a side effect **at most once per input**, durably (ADR 0032): the first time, `effect`
-    /// runs and its result (success or error) is recorded — for a zero-loss session written to the
-    /// session's replicas — before it is returned; when the input is handled again (a restart after
-    /// a panic, a failover or node restart before the input was acknowledged) the recorded result
-    /// is returned and `effect` does not run. Effects of one input must start in the same order
+    /// Runs a side effect **at most once per input** as far as anything outside the session can
+    /// tell (ADR 0032): the first time, `effect` runs and its result (success or error) is
+    /// recorded; it is made durable (for a zero-loss session: on the session's replicas) before
+    /// the input's next effect starts or its reply leaves, and within
+    /// [`PERSIST_GRACE`](crate::effects::PERSIST_GRACE) while the handler keeps running. When the
+    /// input is handled again (a restart after a panic, a failover or node restart before the
+    /// input was acknowledged) the recorded result is returned and `effect` does not run. Effects of one input must start in the same order
     /// each time and one after another (not concurrently); `name` is checked on replay.
     ///
     /// An effect cut off by a crash while it ran is run again on the retry: give the outside
@@ -107,10 +109,24 @@ impl SessionContext {
         match self.base.effects.next(name)? {
             Next::Replay(bytes) => decode_result(&bytes)?,
             Next::Run { index } => {
+                // Results of earlier effects may be what this one sends: durable first.
+                self.base.effects.flush(None)?;
                 let key = format!("{}:{}:{index}", self.base.session_id, self.seq.0);
                 let r = effect(key).await;
                 let bytes = encode_result(&r)?;
-                self.base.effects.record(index, name, bytes)?;
+                let seq = self.base.effects.record(index, name, bytes)?;
+                // Durable within the grace while the handler keeps running (a reply or the
+                // next effect comes first otherwise).
+                let base = self.base.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(crate::effects::PERSIST_GRACE).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Err(e) = base.effects.flush(Some(seq)) {
+                            tracing::warn!(session = %base.session_id, error = %e, "effect journal not written");
+                        }
+                    })
+                    .await;
+                });
                 r
             }
         }

@@ -154,6 +154,22 @@ pub enum SessionStatus {
     Closed,
 }
 
+/// An input processed since the last checkpoint, with its effects' results (replayed after a
+/// restart).
+pub(crate) type Journaled<H> = (
+    Seq,
+    <H as SessionHandler>::Input,
+    Vec<crate::effects::Entry>,
+);
+
+/// What [`Shared::load`] finds: the checkpoint's seq and state, and the effect journal of the
+/// input after it.
+pub(crate) type Loaded<H> = (
+    Seq,
+    <H as SessionHandler>::State,
+    Option<crate::effects::Journal>,
+);
+
 /// State shared between a session's handle, its actor incarnations and the supervisor.
 pub(crate) struct Shared<H: SessionHandler> {
     pub id: SessionId,
@@ -169,7 +185,7 @@ pub(crate) struct Shared<H: SessionHandler> {
     pub changed: Notify,
     /// Inputs processed since the last checkpoint (periodic policy), with the results of their
     /// effects, replayed after a restart.
-    pub journal: Mutex<Vec<(Seq, H::Input, Vec<crate::effects::Entry>)>>,
+    pub journal: Mutex<Vec<Journaled<H>>>,
     /// The effects an input that panicked had run, for the incarnation that retries it.
     pub inflight: Mutex<Option<crate::effects::Journal>>,
     /// The newest checkpoint written or loaded: the base an in-flight input's effect journal is
@@ -340,7 +356,7 @@ impl<H: SessionHandler> Shared<H> {
 
     /// Loads the newest checkpoint (or `None`), checking handler identity and fencing; with the
     /// effect journal of the input after it, if it holds one.
-    pub fn load(&self) -> Result<Option<(Seq, H::State, Option<crate::effects::Journal>)>, String> {
+    pub fn load(&self) -> Result<Option<Loaded<H>>, String> {
         let cp = self
             .store
             .get_latest(&self.id)
@@ -465,6 +481,8 @@ pub(crate) struct ActorState<H: SessionHandler> {
     /// Effects the next input already ran (from a checkpoint's journal, or an input that
     /// panicked): replayed when that input is retried.
     pending: Option<crate::effects::Journal>,
+    /// Whether `pending` was read from a checkpoint (else: kept in memory after a panic).
+    pending_durable: bool,
 }
 
 /// Whether a handler call is a client's input or the replay of a journaled one after a restart.
@@ -568,7 +586,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
         let checkpointed_seq = last_seq;
         // Replay inputs processed after the checkpoint (at-least-once at the handler), with the
         // results their effects recorded (the effects are not run again).
-        let journal: Vec<(Seq, H::Input, Vec<crate::effects::Entry>)> = lock(&shared.journal)
+        let journal: Vec<Journaled<H>> = lock(&shared.journal)
             .iter()
             .filter(|(s, _, _)| *s > last_seq)
             .cloned()
@@ -579,16 +597,15 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                     format!("journal gap: expected {} got {}", last_seq.next(), seq).into(),
                 );
             }
-            shared.ctx_base.effects.begin(seq, effects);
+            shared.ctx_base.effects.begin(seq, effects, true);
             let _ = run_handler(&shared, &mut state, seq, input, Call::Replay).await?;
             shared.ctx_base.effects.finish();
             last_seq = seq;
         }
         // The effects of the input after these: from one that panicked here, else stored.
-        let pending = lock(&shared.inflight)
-            .take()
-            .or(stored)
-            .filter(|j| j.seq == last_seq.next());
+        let inflight = lock(&shared.inflight).take();
+        let pending_durable = inflight.is_none();
+        let pending = inflight.or(stored).filter(|j| j.seq == last_seq.next());
         if let Some(j) = &pending {
             tracing::info!(session = %shared.id, seq = %j.seq, effects = j.entries.len(), "effects recorded for the next input: its retry replays them");
         }
@@ -609,6 +626,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
             },
             last_failure: None,
             pending,
+            pending_durable,
         })
     }
 
@@ -681,14 +699,14 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                     CheckpointMode::Periodic { .. } => Some(input.clone()),
                     CheckpointMode::Synchronous => None,
                 };
-                let recorded = match st.pending.take() {
-                    Some(j) if j.seq == seq => j.entries,
+                let (recorded, durable) = match st.pending.take() {
+                    Some(j) if j.seq == seq => (j.entries, st.pending_durable),
                     other => {
                         st.pending = other;
-                        Vec::new()
+                        (Vec::new(), true)
                     }
                 };
-                sh.ctx_base.effects.begin(seq, recorded);
+                sh.ctx_base.effects.begin(seq, recorded, durable);
                 let ran = run_handler(&sh, &mut st.state, seq, input, Call::Live).await;
                 let effects = sh.ctx_base.effects.finish();
                 let output = match ran {
@@ -743,6 +761,7 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                                     st.dirty_since = None;
                                     // The input's effects, if stored: its retry replays them.
                                     st.pending = stored;
+                                    st.pending_durable = true;
                                     sh.last_seq.store(seq.0, Ordering::Release);
                                 }
                                 // Unreadable too: restart (counted) from whatever can be read.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout, step, Colony, BIN};
+use common::{stderr, stdout, step, Colony};
 use opengrid_cluster::client::ClientError;
 use opengrid_cluster::common::token::operator_token_from_dir;
 use serde_json::{json, Value};
@@ -54,14 +54,7 @@ async fn pushed_agents_run_fail_over_and_survive_an_rc_restart() {
     c.wait_alive(3).await;
 
     // A developer key, then push both counters.
-    let key = c.dir.path().join("dev.key");
-    let out = Command::new(BIN)
-        .args(["agent", "keygen", "--out", key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "keygen: {}", stderr(&out));
-    let dev_did = stdout(&out).trim().to_string();
-    assert!(dev_did.starts_with("did:mycel:"), "{dev_did}");
+    let (key, dev_did) = c.developer_key();
     let key_s = key.to_str().unwrap();
     let push = |dir: &Path| c.agent_cli(&["push", dir.to_str().unwrap(), "--developer-key", key_s]);
     let out = push(&rs_dir);
@@ -191,6 +184,11 @@ async fn pushed_agents_run_fail_over_and_survive_an_rc_restart() {
     }
     let e = c.entry(&rs.id).await;
     assert_eq!(e["handler"], "wasm", "{e}");
+    assert_eq!(
+        e["agent"], "counter-rs@0.1.0",
+        "/status names the agent: {e}"
+    );
+    assert_eq!(e["package"], json!(rs_hash), "{e}");
 
     // A live handover keeps the state: the replica holders prefetched the package, so once
     // it is loaded there the target admits the session (until then it refuses and the
@@ -313,12 +311,7 @@ async fn assets_are_prepositioned_and_a_cold_node_fetches_from_holders() {
         format!("{toml}\n[[assets]]\nname = \"notes\"\nfile = \"notes.bin\"\n\n[manifest.scaling]\nwarm_nodes = 2\n"),
     )
     .unwrap();
-    let key = c.dir.path().join("dev.key");
-    let out = Command::new(BIN)
-        .args(["agent", "keygen", "--out", key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "keygen: {}", stderr(&out));
+    let (key, _) = c.developer_key();
 
     // A package naming a blob the RC does not hold: refused, nothing stored.
     let ghost = c.dir.path().join("ghost");
@@ -357,6 +350,27 @@ async fn assets_are_prepositioned_and_a_cold_node_fetches_from_holders() {
     );
     let pkg_hash = stdout(&out).trim().rsplit(' ').next().unwrap().to_string();
     assert!(c.rc_data().join("blobs").join(&asset_hash).is_file());
+    // The RC counts pushes by result and reports its registry and blobs.
+    let m = c
+        .http
+        .get(format!("{}/metrics", c.rc_api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "opengrid_agent_pushes_total{result=\"created\"",
+        "opengrid_agent_pushes_total{result=\"missing_blobs\"",
+        "opengrid_agents ",
+        "opengrid_rc_blobs_bytes ",
+    ] {
+        assert!(
+            m.lines().any(|l| l.starts_with(line)),
+            "{line} in the RC's /metrics:\n{m}"
+        );
+    }
 
     // Pre-positioned on both nodes before any session: package and asset.
     let root = c.dir.path().to_path_buf();
@@ -432,30 +446,7 @@ async fn assets_are_prepositioned_and_a_cold_node_fetches_from_holders() {
     c.node("n3", "DE");
     c.wait_alive(3).await;
     assert!(!held("n3", &pkg_hash));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let holder = c.entry(&s.id).await["address"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let r = c
-            .http
-            .post(format!("{holder}/sessions/{}/handover", s.id))
-            .json(&json!({"target": "n3"}))
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = (r.status().as_u16(), r.text().await.unwrap_or_default());
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no handover to n3: {status} {body}; logs in {}",
-            c.dir.path().display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.handover_to(&s.id, Some("n3")).await;
     assert_eq!(c.entry(&s.id).await["node_name"], json!("n3"));
     for _ in 0..3 {
         acked = step(&mut s, acked).await.unwrap();

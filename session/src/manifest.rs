@@ -65,6 +65,28 @@ pub struct Manifest {
     /// Where the session's handler may send HTTP requests (`SessionContext::fetch`).
     #[serde(default, skip_serializing_if = "EgressSection::is_empty")]
     pub egress: EgressSection,
+    /// Limits of a pushed agent's sandbox (only with `session.agent`).
+    #[serde(default, skip_serializing_if = "AgentSection::is_default")]
+    pub agent: AgentSection,
+}
+
+/// `[agent]`: the sandbox of a pushed agent (ADR 0028), within the node's `[agents]` bounds (a
+/// node gives at most its own `max_memory` and `deadline`). Only for sessions naming an `agent`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Linear memory of the agent's instance (1MiB..=4GiB); default: the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<ByteSize>,
+    /// Longest run of one input before it is interrupted (10ms..=10m); default: the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_deadline: Option<HumanDuration>,
+}
+
+impl AgentSection {
+    fn is_default(&self) -> bool {
+        *self == AgentSection::default()
+    }
 }
 
 /// `[egress]`: the hosts a session's effects may reach through the node (ADR 0032). Nothing by
@@ -647,6 +669,25 @@ impl Manifest {
                 ),
             );
         }
+        let a = &self.agent;
+        if !a.is_default() && self.session.agent.is_none() {
+            bad(
+                "agent",
+                "only for a session naming a pushed agent (session.agent)".into(),
+            );
+        }
+        if let Some(m) = a.max_memory {
+            if m.0 < (1 << 20) || m.0 > (4 << 30) {
+                bad("agent.max_memory", format!("{m} is not in 1MiB..=4GiB"));
+            }
+        }
+        if let Some(d) = a.input_deadline {
+            if d.0 < std::time::Duration::from_millis(10)
+                || d.0 > std::time::Duration::from_secs(600)
+            {
+                bad("agent.input_deadline", format!("{d} is not in 10ms..=10m"));
+            }
+        }
         if self.egress.hosts.len() > 64 {
             bad(
                 "egress.hosts",
@@ -847,6 +888,46 @@ warm_up = "0s"
 [verification]
 proof = "receipt"
 "#;
+
+    #[test]
+    fn agent_limits_and_egress_are_checked() {
+        let agent = GOOD.replace("handler = \"tutor\"", "agent = \"counter\"");
+        let ok = format!("{agent}\n[agent]\nmax_memory = \"32MiB\"\ninput_deadline = \"500ms\"\n[egress]\nhosts = [\"api.example.com\", \"127.0.0.1:8080\"]\n");
+        let m = Manifest::from_toml_str(&ok).unwrap();
+        assert_eq!(m.agent.max_memory, Some(ByteSize(32 << 20)));
+        assert!(m.egress.allows("api.example.com", 443));
+        assert!(m.egress.allows("127.0.0.1", 8080));
+        assert!(!m.egress.allows("127.0.0.1", 8081));
+        assert!(!m.egress.allows("evil.example.com", 443));
+        // Round trip through JSON (what the RC sends nodes).
+        let back = Manifest::from_json_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+        for (field, text) in [
+            (
+                "agent",
+                format!("{GOOD}\n[agent]\ninput_deadline = \"1s\"\n"),
+            ),
+            (
+                "agent.max_memory",
+                format!("{agent}\n[agent]\nmax_memory = \"5GiB\"\n"),
+            ),
+            (
+                "agent.input_deadline",
+                format!("{agent}\n[agent]\ninput_deadline = \"1ms\"\n"),
+            ),
+            (
+                "egress.hosts[0]",
+                format!("{GOOD}\n[egress]\nhosts = [\"http://x.com/path\"]\n"),
+            ),
+            (
+                "egress.hosts[1]",
+                format!("{GOOD}\n[egress]\nhosts = [\"ok.com\", \"a.com:99999\"]\n"),
+            ),
+        ] {
+            let e = Manifest::from_toml_str(&text).unwrap_err();
+            assert!(e.fields().contains(&field.to_string()), "{field}: {e}");
+        }
+    }
 
     #[test]
     fn good_manifest_parses() {

@@ -61,6 +61,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     scaling: Default::default(),
                     verification: Default::default(),
                     egress: Default::default(),
+                    agent: Default::default(),
                 }
             },
         )

@@ -81,6 +81,7 @@ impl SessionHandler for WasmHandler {
             session_id: session.as_str().to_string(),
             seq: 0,
             ctx: None,
+            limits: Default::default(),
         };
         match futures::executor::block_on(self.init_state(call)) {
             Ok(state) => state,
@@ -97,10 +98,16 @@ impl SessionHandler for WasmHandler {
         input: serde_json::Value,
         ctx: &SessionContext,
     ) -> Result<serde_json::Value, HandlerError> {
+        // The session's own `[agent]` limits, when the node offers them.
+        let limits = ctx
+            .service::<crate::limits::LimitsService>()
+            .map(|l| l.0.limits(ctx.session_id().as_str()))
+            .unwrap_or_default();
         let call = || CallInfo {
             session_id: ctx.session_id().as_str().to_string(),
             seq: ctx.seq().0,
             ctx: Some(ctx.clone()),
+            limits,
         };
         let initial;
         let current: &[u8] = if state.is_empty() {
@@ -111,7 +118,8 @@ impl SessionHandler for WasmHandler {
         };
         let input = input.to_string();
         // The epoch deadline interrupts guest code; this bounds host calls (inference) as well.
-        let deadline = self.agent.runtime().config().deadline;
+        let cfg = self.agent.runtime().config();
+        let deadline = limits.within(cfg.max_memory_bytes, cfg.deadline).1;
         let outer = deadline * 2 + Duration::from_secs(1);
         let result = match tokio::time::timeout(
             outer,

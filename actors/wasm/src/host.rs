@@ -29,6 +29,8 @@ pub(crate) struct CallInfo {
     pub seq: u64,
     /// The session's context: inference goes through it. `None` in `init` (no inference there).
     pub ctx: Option<SessionContext>,
+    /// What the session's manifest asks of the sandbox (within the runtime's bounds).
+    pub limits: crate::limits::AgentLimits,
 }
 
 /// The package's declarations the imports check against.

@@ -28,6 +28,7 @@
 pub mod error;
 pub mod handler;
 mod host;
+pub mod limits;
 pub mod package;
 pub mod runtime;
 mod warm;

@@ -581,9 +581,12 @@ pub(crate) struct Instance {
 impl Instance {
     /// Readies a warm instance for the next call: its call info, a fresh deadline, the flags of
     /// the last call cleared. Memory already grown stays counted against the cap.
-    fn prepare(&mut self, call: CallInfo) {
+    fn prepare(&mut self, call: CallInfo, cfg: &RuntimeConfig) {
+        let (memory, deadline_ticks) = effective(&call.limits, cfg);
         let s = self.store.data_mut();
         s.call = call;
+        s.memory.limit = memory;
+        s.deadline_ticks = deadline_ticks;
         s.ticks = 0;
         s.deadline_hit = false;
         s.memory.hit = false;
@@ -624,15 +627,14 @@ impl LoadedAgent {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let deadline_ticks =
-            (cfg.deadline.as_nanos() / cfg.epoch_tick.as_nanos().max(1)).max(1) as u64;
+        let (memory_limit, deadline_ticks) = effective(&call.limits, cfg);
         let mut store = Store::new(
             &inner.engine,
             CallState {
                 wasi,
                 table: ResourceTable::new(),
                 memory: MemoryCap {
-                    limit: cfg.max_memory_bytes,
+                    limit: memory_limit,
                     used: 0,
                     hit: false,
                     max_table_elements: TABLE_ELEMENTS,
@@ -697,7 +699,7 @@ impl LoadedAgent {
         match warm {
             Some(mut instance) => {
                 instance.key = key;
-                instance.prepare(call);
+                instance.prepare(call, &inner.config);
                 inner.counts.warm_hits.fetch_add(1, Ordering::Relaxed);
                 Ok(instance)
             }
@@ -730,6 +732,7 @@ impl LoadedAgent {
             session_id: String::new(),
             seq: 0,
             ctx: None,
+            limits: Default::default(),
         };
         self.instantiate(call, None).await.map(drop)
     }
@@ -774,6 +777,14 @@ impl LoadedAgent {
     }
 }
 
+/// The memory cap and the deadline in epoch ticks of a call: the session's limits within the
+/// runtime's bounds.
+fn effective(limits: &crate::limits::AgentLimits, cfg: &RuntimeConfig) -> (usize, u64) {
+    let (memory, deadline) = limits.within(cfg.max_memory_bytes, cfg.deadline);
+    let ticks = (deadline.as_nanos() / cfg.epoch_tick.as_nanos().max(1)).max(1) as u64;
+    (memory, ticks)
+}
+
 /// Names a failed call: the deadline and memory flags the store set win over the trap they
 /// caused; otherwise a failed instantiation (pool exhausted) or a trap.
 fn classify(
@@ -785,9 +796,9 @@ fn classify(
     let s = store.data();
     let cfg = &runtime.inner.config;
     let fault = if s.deadline_hit {
-        Fault::Deadline(cfg.deadline)
+        Fault::Deadline(cfg.epoch_tick * s.deadline_ticks.min(u32::MAX as u64) as u32)
     } else if s.memory.hit {
-        Fault::Memory(cfg.max_memory_bytes)
+        Fault::Memory(s.memory.limit)
     } else if instantiating {
         Fault::Instantiate(format!("{e:#}"))
     } else {

@@ -597,3 +597,70 @@ async fn sessions_beyond_the_pool_size_answer() {
     assert!(stats.warm_evictions >= 10, "{stats:?}");
     host.shutdown().await;
 }
+
+/// A session's `[agent]` limits (here from a node-style `LimitsService`) tighten the runtime's:
+/// its loop is cut at its own 100 ms deadline and its memory bomb at its own 8 MiB, while another
+/// session of the same agent keeps the runtime's bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_s_own_limits_tighten_the_runtime_s() {
+    use opengrid_wasm::limits::{AgentLimits, LimitsService, LimitsSource};
+    struct Tight;
+    impl LimitsSource for Tight {
+        fn limits(&self, session: &str) -> AgentLimits {
+            match session {
+                "tight" => AgentLimits {
+                    max_memory_bytes: Some(8 << 20),
+                    deadline: Some(Duration::from_millis(100)),
+                },
+                // Asking for more than the node allows gets the node's bound.
+                _ => AgentLimits {
+                    max_memory_bytes: Some(1 << 30),
+                    deadline: Some(Duration::from_secs(60)),
+                },
+            }
+        }
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let rt = opengrid_wasm::Runtime::new(opengrid_wasm::RuntimeConfig {
+        max_memory_bytes: 32 << 20,
+        deadline: Duration::from_millis(600),
+        ..runtime_config(cache.path())
+    })
+    .unwrap();
+    let handler = Arc::new(WasmHandler::new(
+        rt.load_bytes(&package("hostile-rs").to_bytes(), None)
+            .unwrap(),
+    ));
+    use opengrid_actors::{HostConfig, Services, SessionHost};
+    let services = Services::default().with(LimitsService(Arc::new(Tight)));
+    let host = SessionHost::new(memory_store(), HostConfig::default(), services)
+        .await
+        .unwrap();
+    let start = |id: &'static str| {
+        let (host, handler) = (host.clone(), handler.clone());
+        async move {
+            host.start(handler, sid(id), Epoch(1), CheckpointPolicy::synchronous())
+                .await
+                .unwrap()
+        }
+    };
+    let (tight, loose) = (start("tight").await, start("loose").await);
+    let timed = |s: SessionHandle<WasmHandler>, seq, input: &'static str| async move {
+        let t = Instant::now();
+        let e = send(&s, seq, json!(input)).await.unwrap_err();
+        (e, t.elapsed())
+    };
+    let (e, took) = timed(tight.clone(), 1, "loop").await;
+    assert_eq!(e.code, "agent_deadline", "{e}");
+    assert!(e.message.contains("100ms"), "{e}");
+    let (e, took_loose) = timed(loose.clone(), 1, "loop").await;
+    assert_eq!(e.code, "agent_deadline", "{e}");
+    assert!(e.message.contains("600ms"), "the node's bound wins: {e}");
+    eprintln!("loop cut after {took:?} (own 100 ms) and {took_loose:?} (node's 600 ms)");
+    let (e, _) = timed(tight, 2, "bomb").await;
+    assert_eq!(e.code, "agent_memory", "{e}");
+    assert!(e.message.contains(&(8u64 << 20).to_string()), "{e}");
+    let (e, _) = timed(loose, 2, "bomb").await;
+    assert!(e.message.contains(&(32u64 << 20).to_string()), "{e}");
+    host.shutdown().await;
+}

@@ -488,6 +488,30 @@ enum FetchBlobError {
 /// Most other nodes tried for one blob before the RC.
 const MAX_PEER_SOURCES: usize = 3;
 
+/// The sessions' `[agent]` limits, as the node keeps them from their manifests: the
+/// [`opengrid_wasm::limits::LimitsSource`] agent handlers read per input.
+#[derive(Default)]
+pub struct NodeLimits {
+    core: std::sync::OnceLock<std::sync::Weak<crate::node::NodeCore>>,
+}
+
+impl NodeLimits {
+    /// Attaches the node, once.
+    pub(crate) fn attach(&self, core: std::sync::Weak<crate::node::NodeCore>) {
+        let _ = self.core.set(core);
+    }
+}
+
+impl opengrid_wasm::limits::LimitsSource for NodeLimits {
+    fn limits(&self, session: &str) -> opengrid_wasm::limits::AgentLimits {
+        self.core
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .map(|c| c.agent_limits(session))
+            .unwrap_or_default()
+    }
+}
+
 /// How long a node's own fetch token is valid.
 pub const FETCH_TOKEN_TTL: Duration = Duration::from_secs(300);
 

@@ -132,6 +132,8 @@ pub struct NodeCore {
     pub(crate) agents: std::sync::OnceLock<Arc<crate::node::agents::NodeAgents>>,
     /// The colony's member nodes ([`ToNode::Members`]).
     members: Mutex<Vec<NodeId>>,
+    /// The `[agent]` sandbox limits of hosted sessions' manifests (read per agent input).
+    agent_limits: std::sync::RwLock<HashMap<SessionId, opengrid_wasm::limits::AgentLimits>>,
     /// The blob-store generation last reported to the RC ([`ToRc::Blobs`]); 0 after a (re)join.
     blobs_reported: AtomicU64,
 }
@@ -203,6 +205,7 @@ impl NodeCore {
             access,
             agents: std::sync::OnceLock::new(),
             members: Mutex::new(Vec::new()),
+            agent_limits: Default::default(),
             blobs_reported: AtomicU64::new(0),
         }
     }
@@ -244,6 +247,10 @@ impl NodeCore {
         let ids = self.host.session_ids();
         let present: std::collections::HashSet<&SessionId> = ids.iter().collect();
         manifests.retain(|id, _| present.contains(id));
+        self.agent_limits
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| present.contains(id));
         for id in ids {
             let Some(s) = self.host.get(&id) else {
                 continue;
@@ -330,6 +337,10 @@ impl NodeCore {
                 me.metrics.fenced.add(1, &[]);
                 let _ = me.host.release(&sid).await;
                 lock(&me.manifests).remove(&sid);
+                me.agent_limits
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&sid);
             }
             if completes
                 && me
@@ -372,6 +383,33 @@ impl NodeCore {
     /// The manifest (JSON) this node holds for `session`, if any.
     pub fn manifest_of(&self, session: &SessionId) -> Option<String> {
         lock(&self.manifests).get(session).cloned()
+    }
+
+    /// Keeps `session`'s manifest (JSON) and what the node reads of it per input.
+    fn keep_manifest(&self, session: SessionId, manifest: String) {
+        match Manifest::from_json_str(&manifest) {
+            Ok(m) if m.session.agent.is_some() => {
+                self.agent_limits
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(session.clone(), opengrid_wasm::limits::AgentLimits::of(&m));
+            }
+            _ => {}
+        }
+        lock(&self.manifests).insert(session, manifest);
+    }
+
+    /// The `[agent]` limits of `session`'s manifest (default when none or unknown).
+    pub fn agent_limits(&self, session: &str) -> opengrid_wasm::limits::AgentLimits {
+        let Ok(sid) = SessionId::new(session) else {
+            return Default::default();
+        };
+        self.agent_limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&sid)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The colony's member nodes, as the RC last said (peers whose own tokens open `/blobs`).
@@ -829,7 +867,7 @@ impl NodeCore {
             ToNode::Manifest { session, manifest } => {
                 if let Ok(sid) = SessionId::new(session) {
                     if self.host.get(&sid).is_some() {
-                        lock(&self.manifests).insert(sid, manifest);
+                        self.keep_manifest(sid, manifest);
                     }
                 }
             }
@@ -899,7 +937,7 @@ impl NodeCore {
         }
         self.prepare_start(&sid, Epoch(epoch), replicas, restore_from)
             .await?;
-        lock(&self.manifests).insert(sid.clone(), manifest.to_string());
+        self.keep_manifest(sid.clone(), manifest.to_string());
         let host = self.host.clone();
         let handler = m.session.handler.clone();
         let policy = m.checkpoint_policy();

@@ -202,7 +202,10 @@ async fn boot_node(
         crate::node::egress::NodeEgress::new(std::time::Duration::from_secs(30))
             .map_err(|e| StartError::Spawn(format!("egress: {e}")))?,
     );
-    let services = services.with(opengrid_actors::EgressService(egress.clone()));
+    let limits = Arc::new(crate::node::agents::NodeLimits::default());
+    let services = services
+        .with(opengrid_actors::EgressService(egress.clone()))
+        .with(opengrid_wasm::limits::LimitsService(limits.clone()));
     let store_path = cfg.data_dir.join("checkpoints");
     // Test/chaos hook, off unless `[faults] control_dir` is set (crate::node::faults).
     let faults = if cfg.faults.enabled() {
@@ -345,6 +348,7 @@ async fn boot_node(
             ));
             mobility.attach(&core);
             egress.attach(Arc::downgrade(&core));
+            limits.attach(Arc::downgrade(&core));
             let _ = core.mobility.set(mobility);
             if let Some(a) = agents {
                 let _ = core.agents.set(a);

@@ -144,6 +144,39 @@ pub enum RegistryError {
     },
 }
 
+impl RegistryError {
+    /// The HTTP status and error code of this refusal.
+    pub fn status(&self) -> (axum::http::StatusCode, &'static str) {
+        use axum::http::StatusCode;
+        match self {
+            RegistryError::Package(PackageError::Oversized { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "package_too_large")
+            }
+            RegistryError::Package(PackageError::BadSignature { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "bad_signature")
+            }
+            RegistryError::Package(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_package"),
+            RegistryError::Publisher { .. } => (StatusCode::FORBIDDEN, "publisher_not_allowed"),
+            RegistryError::VersionExists { .. } => (StatusCode::CONFLICT, "version_exists"),
+            RegistryError::UnknownAgent(_) | RegistryError::UnknownHash(_) => {
+                (StatusCode::NOT_FOUND, "unknown_agent")
+            }
+            RegistryError::AllRetired(_) => (StatusCode::UNPROCESSABLE_ENTITY, "agent_retired"),
+            RegistryError::BadRef(_) => (StatusCode::BAD_REQUEST, "bad_agent"),
+            RegistryError::MissingBlobs(_) => (StatusCode::UNPROCESSABLE_ENTITY, "missing_blobs"),
+            RegistryError::Blob(b) => b.status(),
+            RegistryError::Io { .. } | RegistryError::Index { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "registry_io")
+            }
+        }
+    }
+
+    /// The error code ([`status`](Self::status)'s second half).
+    pub fn code(&self) -> &'static str {
+        self.status().1
+    }
+}
+
 /// The registry.
 pub struct Registry {
     dir: PathBuf,
@@ -156,6 +189,8 @@ pub struct Registry {
     /// Models and assets uploaded for packages (`<data_dir>/blobs`), all pinned: the RC is the
     /// colony's source of last resort and never evicts.
     blobs: BlobStore,
+    /// `opengrid_agent_pushes{result}`, once instrumented.
+    pushes: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -244,6 +279,7 @@ impl Registry {
         }
         tracing::info!(dir = %dir.display(), agents = index.agents.len(), blobs = blobs.stats().count, "agent registry opened");
         Ok(Registry {
+            pushes: std::sync::OnceLock::new(),
             blobs,
             dir,
             index: Mutex::new(index),
@@ -252,6 +288,58 @@ impl Registry {
             limits: PackageLimits::default(),
             runtime,
         })
+    }
+
+    /// Exports the registry's metrics on `meter`: `opengrid_agents` (agents),
+    /// `opengrid_agent_versions` (versions, retired ones too), `opengrid_agent_package_bytes`,
+    /// `opengrid_agent_pushes{result}` (`created`, `unchanged`, or the refusal's code) and the
+    /// RC's blob store (`opengrid_rc_blobs_bytes`, `opengrid_rc_blobs`).
+    pub fn instrument(self: &std::sync::Arc<Self>, meter: &opentelemetry::metrics::Meter) {
+        let _ = self.pushes.set(
+            meter
+                .u64_counter("opengrid_agent_pushes")
+                .with_description("agent package pushes (and imports), by result")
+                .build(),
+        );
+        let gauge = |name: &'static str, what: &'static str, f: fn(&Registry) -> u64| {
+            let r = std::sync::Arc::downgrade(self);
+            let _ = meter
+                .u64_observable_gauge(name)
+                .with_description(what)
+                .with_callback(move |o| {
+                    if let Some(r) = r.upgrade() {
+                        o.observe(f(&r), &[]);
+                    }
+                })
+                .build();
+        };
+        gauge("opengrid_agents", "agents in the colony's registry", |r| {
+            r.index().agents.len() as u64
+        });
+        gauge(
+            "opengrid_agent_versions",
+            "agent versions in the registry, retired ones included",
+            |r| r.index().agents.values().map(|v| v.len() as u64).sum(),
+        );
+        gauge(
+            "opengrid_agent_package_bytes",
+            "bytes of the registry's packages",
+            |r| r.index().agents.values().flatten().map(|v| v.size).sum(),
+        );
+        gauge(
+            "opengrid_rc_blobs_bytes",
+            "bytes of uploaded models and assets",
+            |r| r.blobs.stats().bytes,
+        );
+        gauge("opengrid_rc_blobs", "uploaded models and assets", |r| {
+            r.blobs.stats().count
+        });
+    }
+
+    fn count_push(&self, result: &'static str) {
+        if let Some(c) = self.pushes.get() {
+            c.add(1, &[opentelemetry::KeyValue::new("result", result)]);
+        }
     }
 
     /// The largest package accepted, bytes (the push endpoint's body limit).
@@ -280,6 +368,20 @@ impl Registry {
     /// [`push`](Self::push), recording the colony a package was imported from (`None`: pushed
     /// here). The same checks apply: this colony's `agent_publishers` decide whose code runs.
     pub async fn push_from(
+        &self,
+        bytes: Vec<u8>,
+        imported_from: Option<String>,
+    ) -> Result<Pushed, RegistryError> {
+        let r = self.push_checked(bytes, imported_from).await;
+        self.count_push(match &r {
+            Ok(p) if p.created => "created",
+            Ok(_) => "unchanged",
+            Err(e) => e.code(),
+        });
+        r
+    }
+
+    async fn push_checked(
         &self,
         bytes: Vec<u8>,
         imported_from: Option<String>,

@@ -65,27 +65,7 @@ pub fn routes(core: &RcCore) -> Router<Arc<RcCore>> {
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
-        let (status, code) = match &e {
-            RegistryError::Package(opengrid_wasm::PackageError::Oversized { .. }) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "package_too_large")
-            }
-            RegistryError::Package(opengrid_wasm::PackageError::BadSignature { .. }) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "bad_signature")
-            }
-            RegistryError::Package(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_package"),
-            RegistryError::Publisher { .. } => (StatusCode::FORBIDDEN, "publisher_not_allowed"),
-            RegistryError::VersionExists { .. } => (StatusCode::CONFLICT, "version_exists"),
-            RegistryError::UnknownAgent(_) | RegistryError::UnknownHash(_) => {
-                (StatusCode::NOT_FOUND, "unknown_agent")
-            }
-            RegistryError::AllRetired(_) => (StatusCode::UNPROCESSABLE_ENTITY, "agent_retired"),
-            RegistryError::BadRef(_) => (StatusCode::BAD_REQUEST, "bad_agent"),
-            RegistryError::MissingBlobs(_) => (StatusCode::UNPROCESSABLE_ENTITY, "missing_blobs"),
-            RegistryError::Blob(b) => b.status(),
-            RegistryError::Io { .. } | RegistryError::Index { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "registry_io")
-            }
-        };
+        let (status, code) = e.status();
         ApiError::new(status, code, e.to_string())
     }
 }

@@ -149,6 +149,13 @@ pub struct SessionView {
     pub below_min_copies: bool,
     /// Fewer alive replica holders than the colony's k (`replicas`).
     pub below_k: bool,
+    /// For a pushed agent's session (`handler` is then `wasm`, what admission matched): the
+    /// agent it runs, `name@version`, and its package hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The agent's package hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
 }
 
 /// Colony status.
@@ -783,12 +790,15 @@ impl RcCore {
             .values()
             .map(|e| {
                 let (min_copies, alive_replicas, below_min_copies, below_k) = self.coverage(&st, e);
+                let m = e.manifest.as_deref();
                 SessionView {
                     entry: e.clone(),
                     min_copies,
                     alive_replicas,
                     below_min_copies,
                     below_k,
+                    agent: m.and_then(|m| m.session.agent.clone()),
+                    package: m.and_then(|m| m.session.package.clone()),
                 }
             })
             .collect();

@@ -95,7 +95,9 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
     let core = Arc::new(RcCore::new(cfg.clone(), identity));
     let registry = crate::rc::agents::Registry::open(&cfg.data_dir, cfg.agent_publishers.clone())
         .map_err(|e| StartError::Spawn(format!("agent registry: {e}")))?;
-    core.set_agents(Arc::new(registry));
+    let registry = Arc::new(registry);
+    registry.instrument(&core.metrics.meter("opengrid_agents"));
+    core.set_agents(registry);
     let c2 = core.clone();
     let started = control
         .spawn(async move {

@@ -205,18 +205,22 @@ impl Colony {
     /// `POST {holder}/sessions/{id}/handover` until the target admits it (it refuses until it
     /// has loaded the agent, prefetched as a replica holder), with a deadline.
     pub async fn handover(&self, id: &str) {
+        self.handover_to(id, None).await
+    }
+
+    /// [`handover`](Self::handover) to the node named `target` (any the RC picks: `None`).
+    pub async fn handover_to(&self, id: &str, target: Option<&str>) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let holder = self.entry(id).await["address"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let r = self
-                .http
-                .post(format!("{holder}/sessions/{id}/handover"))
-                .send()
-                .await
-                .unwrap();
+            let mut req = self.http.post(format!("{holder}/sessions/{id}/handover"));
+            if let Some(t) = target {
+                req = req.json(&json!({ "target": t }));
+            }
+            let r = req.send().await.unwrap();
             let (status, body) = (
                 r.status().as_u16(),
                 r.json::<Value>().await.unwrap_or_default(),
@@ -227,11 +231,24 @@ impl Colony {
             }
             assert!(
                 Instant::now() < deadline,
-                "no handover of {id} within 120s: {status} {body}; logs in {}",
+                "no handover of {id} to {target:?} within 120s: {status} {body}; logs in {}",
                 self.dir.path().display()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// `opengrid agent keygen --out <dir>/dev.key`: the developer key's path and DID.
+    pub fn developer_key(&self) -> (PathBuf, String) {
+        let key = self.dir.path().join("dev.key");
+        let out = Command::new(BIN)
+            .args(["agent", "keygen", "--out", key.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "keygen: {}", stderr(&out));
+        let did = stdout(&out).trim().to_string();
+        assert!(did.starts_with("did:mycel:"), "{did}");
+        (key, did)
     }
 
     /// The stored package files of the registry.
