@@ -447,7 +447,16 @@ async fn assets_are_prepositioned_and_a_cold_node_fetches_from_holders() {
     c.wait_alive(3).await;
     assert!(!held("n3", &pkg_hash));
     c.handover_to(&s.id, Some("n3")).await;
-    assert_eq!(c.entry(&s.id).await["node_name"], json!("n3"));
+    // The directory follows the activation (a control message after the handover's answer).
+    let id = s.id.clone();
+    c.wait("the directory names n3", Duration::from_secs(30), |st| {
+        st["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["session_id"] == id.as_str() && e["node_name"] == "n3")
+    })
+    .await;
     for _ in 0..3 {
         acked = step(&mut s, acked).await.unwrap();
     }

@@ -15,7 +15,12 @@ use opengrid_session::HumanDuration;
 use opengrid_wasm::{Runtime, RuntimeConfig, SignedPackage, WasmHandler};
 
 use crate::common::blobs::{BlobStore, Source};
+use crate::common::identity::NodeId;
+use crate::common::wire::{self, ToRc};
+use crate::node::lock;
+use opengrid_session::{Manifest, SessionId};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 
 /// `[agents]` of `node.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -509,6 +514,81 @@ impl opengrid_wasm::limits::LimitsSource for NodeLimits {
             .and_then(std::sync::Weak::upgrade)
             .map(|c| c.agent_limits(session))
             .unwrap_or_default()
+    }
+}
+
+/// What the node keeps per session for its agents and blobs: where it fetches from, the
+/// manifests it holds, their `[agent]` limits, the colony's members, the blob inventory report.
+impl crate::node::NodeCore {
+    /// Where and as whom this node fetches blobs: its RC, its own short-lived token.
+    pub(crate) fn fetch_from(&self) -> crate::node::agents::FetchFrom {
+        crate::node::agents::FetchFrom {
+            rc_api: self.rc_api(),
+            token: crate::common::token::mint_operator(
+                &self.identity,
+                crate::node::agents::FETCH_TOKEN_TTL,
+            )
+            .ok(),
+            me: self.identity.id().did(),
+        }
+    }
+
+    /// The manifest (JSON) this node holds for `session`, if any.
+    pub fn manifest_of(&self, session: &SessionId) -> Option<String> {
+        lock(&self.manifests).get(session).cloned()
+    }
+
+    /// Keeps `session`'s manifest (JSON) and what the node reads of it per input.
+    pub(super) fn keep_manifest(&self, session: SessionId, manifest: String) {
+        match Manifest::from_json_str(&manifest) {
+            Ok(m) if m.session.agent.is_some() => {
+                self.agent_limits
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(session.clone(), opengrid_wasm::limits::AgentLimits::of(&m));
+            }
+            _ => {}
+        }
+        lock(&self.manifests).insert(session, manifest);
+        self.manifest_arrived.notify_waiters();
+    }
+
+    /// The `[agent]` limits of `session`'s manifest (default when none or unknown).
+    pub fn agent_limits(&self, session: &str) -> opengrid_wasm::limits::AgentLimits {
+        let Ok(sid) = SessionId::new(session) else {
+            return Default::default();
+        };
+        self.agent_limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&sid)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The colony's member nodes, as the RC last said (peers whose own tokens open `/blobs`).
+    pub fn members(&self) -> Vec<NodeId> {
+        lock(&self.members).clone()
+    }
+
+    /// Tells the RC which blobs this node holds when that changed since the last report (and
+    /// after every (re)join): the RC names holders to fetching nodes and prefers warm nodes.
+    pub(super) fn report_blobs(&self) {
+        let Some(agents) = self.agents.get() else {
+            return;
+        };
+        let generation = agents.blobs().generation();
+        if self.blobs_reported.load(Ordering::Acquire) == generation {
+            return;
+        }
+        let mut have = agents.blobs().list();
+        have.truncate(wire::MAX_BLOBS_REPORTED);
+        if self.send_rc(ToRc::Blobs {
+            node: self.id(),
+            have,
+        }) {
+            self.blobs_reported.store(generation, Ordering::Release);
+        }
     }
 }
 

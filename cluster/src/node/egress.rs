@@ -50,16 +50,16 @@ impl NodeEgress {
                 .get()
                 .and_then(Weak::upgrade)
                 .ok_or("the node is stopping")?;
+            // Registered before the check, so an arrival in between is not missed.
+            let arrived = core.manifest_arrived.notified();
             if let Some(text) = core.manifest_of(session) {
                 return Manifest::from_json_str(&text).map_err(|e| e.to_string());
             }
-            drop(core);
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
                 return Err(format!(
                     "this node does not know session {session}'s manifest (its [egress] hosts)"
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -6,7 +6,10 @@
 //! - [`config`]: `node.toml`; [`server`]: `start_node` (runtimes, stores, listeners);
 //! - [`api`]: the node's client API router; [`mobility`]: handover, drain, failover restores and
 //!   checkpoint replication (migration server); [`receipts`]: signing usage receipts;
-//! - [`inference`]: the ONNX Runtime model pool wired into handlers; [`faults`]: test hooks.
+//! - [`inference`]: the ONNX Runtime model pool wired into handlers; [`faults`]: test hooks;
+//! - [`agents`]: pushed agent packages, the blob store and what the node keeps per session for
+//!   them (manifests, `[agent]` limits, blob reports); [`egress`]: sessions' outbound HTTP;
+//! - `reconcile`: the holding report after a (re)join and its ack (below).
 //!
 //! The node never names the RC's code ([`crate::rc`]): both speak [`crate::common::wire`].
 //!
@@ -34,6 +37,7 @@ pub mod inference;
 pub mod join_watch;
 pub mod mobility;
 pub mod receipts;
+mod reconcile;
 pub mod server;
 
 use std::collections::HashMap;
@@ -56,7 +60,7 @@ use crate::common::wire::pick;
 use crate::common::wire::{self, JoinBody, JoinRequest, NodeLocal, NodeMsg, RcMsg, ToNode, ToRc};
 use crate::node::config::NodeConfig;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -132,6 +136,8 @@ pub struct NodeCore {
     pub(crate) agents: std::sync::OnceLock<Arc<crate::node::agents::NodeAgents>>,
     /// The colony's member nodes ([`ToNode::Members`]).
     members: Mutex<Vec<NodeId>>,
+    /// Signalled when a session's manifest arrives (a fetch right after a handover waits for it).
+    pub(crate) manifest_arrived: tokio::sync::Notify,
     /// The `[agent]` sandbox limits of hosted sessions' manifests (read per agent input).
     agent_limits: std::sync::RwLock<HashMap<SessionId, opengrid_wasm::limits::AgentLimits>>,
     /// The blob-store generation last reported to the RC ([`ToRc::Blobs`]); 0 after a (re)join.
@@ -205,6 +211,7 @@ impl NodeCore {
             access,
             agents: std::sync::OnceLock::new(),
             members: Mutex::new(Vec::new()),
+            manifest_arrived: tokio::sync::Notify::new(),
             agent_limits: Default::default(),
             blobs_reported: AtomicU64::new(0),
         }
@@ -238,122 +245,6 @@ impl NodeCore {
             || self.faults.get().is_some_and(|f| f.ignores_lease())
     }
 
-    /// Sessions this node holds (running, starting, hibernated or frozen for a handover; not
-    /// moved, stopped or closed), for the holding report.
-    fn held(&self, with_manifests: bool) -> Vec<wire::Held> {
-        use opengrid_actors::SessionStatus as St;
-        let mut manifests = lock(&self.manifests);
-        let mut out = Vec::new();
-        let ids = self.host.session_ids();
-        let present: std::collections::HashSet<&SessionId> = ids.iter().collect();
-        manifests.retain(|id, _| present.contains(id));
-        self.agent_limits
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|id, _| present.contains(id));
-        for id in ids {
-            let Some(s) = self.host.get(&id) else {
-                continue;
-            };
-            if matches!(
-                s.status(),
-                St::Moved { .. } | St::Stopped { .. } | St::Closed
-            ) {
-                continue;
-            }
-            let replicas = self
-                .mobility()
-                .map(|m| {
-                    m.store
-                        .replicas(&id)
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(wire::Held {
-                session: id.to_string(),
-                epoch: s.epoch().0,
-                handler: s.handler_id().to_string(),
-                manifest: if with_manifests {
-                    manifests.get(&id).cloned()
-                } else {
-                    None
-                },
-                replicas,
-            });
-        }
-        out
-    }
-
-    /// Sends the holding report (`rejoin`: the one the node waits for before serving).
-    fn send_holding(&self, rejoin: bool) {
-        let report = self.next_req.fetch_add(1, Ordering::Relaxed);
-        if rejoin {
-            self.pending_report.store(report, Ordering::Release);
-        }
-        // The periodic report only repairs drift of sessions the RC knows (it has their
-        // manifests): it leaves the manifests out.
-        let parts = wire::holding_parts(self.held(rejoin));
-        let n = parts.len() as u32;
-        if n > wire::MAX_HOLDING_PARTS {
-            tracing::error!(parts = n, "holding report too large to send");
-            return;
-        }
-        for (i, sessions) in parts.into_iter().enumerate() {
-            self.send_rc(ToRc::Holding {
-                node: self.id(),
-                report,
-                rejoin,
-                part: i as u32,
-                parts: n,
-                sessions,
-            });
-        }
-    }
-
-    /// Handles the RC's answer to a holding report: releases what the RC places elsewhere,
-    /// then (for the rejoin report) starts serving.
-    fn on_holding_ack(self: &Arc<Self>, report: u64, drop: Vec<(String, u64)>) {
-        let completes = report != 0 && self.pending_report.load(Ordering::Acquire) == report;
-        let me = self.clone();
-        self.handlers.spawn(async move {
-            use opengrid_actors::SessionStatus as St;
-            for (session, epoch) in drop {
-                let Ok(sid) = SessionId::new(session) else {
-                    continue;
-                };
-                let Some(s) = me.host.get(&sid) else {
-                    continue;
-                };
-                // A moved or closed copy is gone already; a frozen one is mid-handover (it
-                // becomes `moved`, or serves on and is named again by a later report).
-                if s.epoch().0 != epoch
-                    || matches!(s.status(), St::Moved { .. } | St::Closed | St::Frozen)
-                {
-                    continue;
-                }
-                tracing::warn!(session = %sid, epoch, "the RC places this session elsewhere (a newer epoch): dropped here");
-                me.metrics.fenced.add(1, &[]);
-                let _ = me.host.release(&sid).await;
-                lock(&me.manifests).remove(&sid);
-                me.agent_limits
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&sid);
-            }
-            if completes
-                && me
-                    .pending_report
-                    .compare_exchange(report, 0, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                && !me.reconciled.swap(true, Ordering::AcqRel)
-            {
-                tracing::info!(sessions = me.host.len(), "reconciled with the RC: serving");
-            }
-        });
-    }
-
     /// Time left on the lease.
     pub fn lease_left(&self) -> Duration {
         lock(&self.lease)
@@ -365,56 +256,6 @@ impl NodeCore {
     /// The RC's client API, once joined.
     pub fn rc_api(&self) -> Option<String> {
         lock(&self.rc_api).clone()
-    }
-
-    /// Where and as whom this node fetches blobs: its RC, its own short-lived token.
-    pub(crate) fn fetch_from(&self) -> crate::node::agents::FetchFrom {
-        crate::node::agents::FetchFrom {
-            rc_api: self.rc_api(),
-            token: crate::common::token::mint_operator(
-                &self.identity,
-                crate::node::agents::FETCH_TOKEN_TTL,
-            )
-            .ok(),
-            me: self.identity.id().did(),
-        }
-    }
-
-    /// The manifest (JSON) this node holds for `session`, if any.
-    pub fn manifest_of(&self, session: &SessionId) -> Option<String> {
-        lock(&self.manifests).get(session).cloned()
-    }
-
-    /// Keeps `session`'s manifest (JSON) and what the node reads of it per input.
-    fn keep_manifest(&self, session: SessionId, manifest: String) {
-        match Manifest::from_json_str(&manifest) {
-            Ok(m) if m.session.agent.is_some() => {
-                self.agent_limits
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(session.clone(), opengrid_wasm::limits::AgentLimits::of(&m));
-            }
-            _ => {}
-        }
-        lock(&self.manifests).insert(session, manifest);
-    }
-
-    /// The `[agent]` limits of `session`'s manifest (default when none or unknown).
-    pub fn agent_limits(&self, session: &str) -> opengrid_wasm::limits::AgentLimits {
-        let Ok(sid) = SessionId::new(session) else {
-            return Default::default();
-        };
-        self.agent_limits
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&sid)
-            .copied()
-            .unwrap_or_default()
-    }
-
-    /// The colony's member nodes, as the RC last said (peers whose own tokens open `/blobs`).
-    pub fn members(&self) -> Vec<NodeId> {
-        lock(&self.members).clone()
     }
 
     /// The last join refusal, if any.
@@ -571,26 +412,6 @@ impl NodeCore {
             _ => Err(SealError::NotAllowed(
                 "only a join ack or an eviction may come signed",
             )),
-        }
-    }
-
-    /// Tells the RC which blobs this node holds when that changed since the last report (and
-    /// after every (re)join): the RC names holders to fetching nodes and prefers warm nodes.
-    fn report_blobs(&self) {
-        let Some(agents) = self.agents.get() else {
-            return;
-        };
-        let generation = agents.blobs().generation();
-        if self.blobs_reported.load(Ordering::Acquire) == generation {
-            return;
-        }
-        let mut have = agents.blobs().list();
-        have.truncate(wire::MAX_BLOBS_REPORTED);
-        if self.send_rc(ToRc::Blobs {
-            node: self.id(),
-            have,
-        }) {
-            self.blobs_reported.store(generation, Ordering::Release);
         }
     }
 
