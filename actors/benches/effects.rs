@@ -8,6 +8,10 @@
 //! - `zero_loss/effect_then_compute`: the effect, then 5 ms more of handler time (the journal is
 //!   written within the grace, in parallel with the handler).
 //!
+//! - `stream/{first_chunk,whole_reply}`: a zero-loss input whose handler streams 32 chunks, each
+//!   after 250 µs of work (a token generator): time to the first chunk a reader sees vs time to
+//!   the reply (ADR 0033).
+//!
 //! Besides criterion's estimates it prints p50/p99 per variant and the ratios from fixed samples.
 //!
 //! `cargo bench --workspace --bench effects -- --quick`
@@ -25,7 +29,12 @@ enum Kind {
     Plain,
     Journaled,
     ComputeAfter,
+    Stream,
 }
+
+/// Chunks of the streamed reply, and the work before each.
+const CHUNKS: u64 = 32;
+const CHUNK_WORK: Duration = Duration::from_micros(250);
 
 struct H(Kind);
 
@@ -38,6 +47,7 @@ impl SessionHandler for H {
             Kind::Plain => "plain",
             Kind::Journaled => "journaled",
             Kind::ComputeAfter => "compute-after",
+            Kind::Stream => "stream",
         }
     }
     fn init(&self, _: &SessionId) -> u64 {
@@ -51,6 +61,17 @@ impl SessionHandler for H {
                 let g = ctx.run("add", async { Ok(v) }).await?;
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 g
+            }
+            Kind::Stream => {
+                for i in 0..CHUNKS {
+                    let t = Instant::now();
+                    while t.elapsed() < CHUNK_WORK {
+                        std::hint::spin_loop();
+                    }
+                    ctx.emit(&format!("token{i} ")).await?;
+                    tokio::task::yield_now().await;
+                }
+                v
             }
         };
         *s = s.wrapping_add(got);
@@ -88,6 +109,22 @@ impl Sessions {
             next: std::cell::Cell::new(0),
             s,
         }
+    }
+
+    /// One streamed input: (time to the first chunk, time to the reply).
+    fn streamed(&self, rt: &tokio::runtime::Runtime) -> (Duration, Duration) {
+        let seq = self.next.get() + 1;
+        self.next.set(seq);
+        rt.block_on(async {
+            let t = Instant::now();
+            let s = self.s.clone();
+            let reply = tokio::spawn(async move { s.send(Seq(seq), 1).await });
+            let first = self.s.stream(Seq(seq), 0, Duration::from_secs(5)).await;
+            let t_first = t.elapsed();
+            assert!(first.is_some_and(|r| !r.chunks.is_empty()));
+            reply.await.unwrap().unwrap();
+            (t_first, t.elapsed())
+        })
     }
 
     fn one(&self, rt: &tokio::runtime::Runtime) {
@@ -143,6 +180,7 @@ fn effects(c: &mut Criterion) {
     let none = Sessions::new(&rt, &rocks, Kind::Plain, zl);
     let one = Sessions::new(&rt, &rocks, Kind::Journaled, zl);
     let after = Sessions::new(&rt, &rocks, Kind::ComputeAfter, zl);
+    let stream = Sessions::new(&rt, &rocks, Kind::Stream, zl);
 
     let (p_plain, j_plain) = (
         sample(SAMPLES, || plain.one(&rt)),
@@ -151,6 +189,16 @@ fn effects(c: &mut Criterion) {
     let zn = sample(SAMPLES, || none.one(&rt));
     let zo = sample(SAMPLES, || one.one(&rt));
     let za = sample(200, || after.one(&rt));
+    let (mut hf, mut hw) = (
+        Histogram::<u64>::new(3).unwrap(),
+        Histogram::<u64>::new(3).unwrap(),
+    );
+    for _ in 0..500 {
+        let (f, w) = stream.streamed(&rt);
+        hf.record(f.as_nanos() as u64).unwrap();
+        hw.record(w.as_nanos() as u64).unwrap();
+    }
+    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
     eprintln!("\n== P14 effects ({SAMPLES} samples; effect_then_compute 200) ==");
     eprintln!(
         "run overhead: plain p50 {:.1} / p99 {:.1} µs, journaled p50 {:.1} / p99 {:.1} µs: +{:.1} µs p50, +{:.1} µs p99",
@@ -165,6 +213,11 @@ fn effects(c: &mut Criterion) {
         za.0, za.1, 5000.0 + zn.0
     );
 
+    eprintln!(
+        "streamed reply ({CHUNKS} chunks, {CHUNK_WORK:?} of work each, zero-loss): first chunk p50 {:.0} / p99 {:.0} µs, whole reply p50 {:.0} / p99 {:.0} µs: first chunk at {:.3}x of the reply (p50)",
+        q(&hf, 0.5), q(&hf, 0.99), q(&hw, 0.5), q(&hw, 0.99), q(&hf, 0.5) / q(&hw, 0.5)
+    );
+
     let mut g = c.benchmark_group("run_overhead");
     g.bench_function("plain", |b| b.iter(|| plain.one(&rt)));
     g.bench_function("journaled", |b| b.iter(|| journaled.one(&rt)));
@@ -172,6 +225,9 @@ fn effects(c: &mut Criterion) {
     let mut g = c.benchmark_group("zero_loss");
     g.bench_function("none", |b| b.iter(|| none.one(&rt)));
     g.bench_function("one_effect", |b| b.iter(|| one.one(&rt)));
+    g.finish();
+    let mut g = c.benchmark_group("stream");
+    g.bench_function("first_chunk_and_reply", |b| b.iter(|| stream.streamed(&rt)));
     g.finish();
 }
 

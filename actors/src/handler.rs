@@ -488,8 +488,13 @@ impl Services {
 /// - **Restart with replay.** If `handle` panics, the session restarts from its last checkpoint
 ///   and inputs processed since that checkpoint are replayed through `handle` (at-least-once at
 ///   the handler, exactly-once as seen by the state), then the input that panicked is retried by
-///   the caller. Handlers must therefore be deterministic functions of (state, input) and must not
-///   perform external side effects they cannot repeat.
+///   the caller. Handlers must therefore be deterministic functions of (state, input, recorded
+///   effects): side effects go through [`SessionContext::run`] and the built-ins (`fetch`,
+///   `now_ms`, `random_u64`, `call`, `schedule`), whose results are recorded and replayed
+///   instead of repeated (ADRs 0032, 0033).
+/// - **Inputs from three sources.** The client's (numbered by the client), the session's own
+///   timers ([`SessionContext::schedule`]) and other sessions' calls; [`SessionContext::source`]
+///   tells which. Each is handled once per source identity.
 /// - **Durability per manifest.** With zero acceptable loss, an input is acknowledged only after
 ///   the state that includes it is durable; otherwise checkpoints are taken at most the loss
 ///   bound apart.

@@ -88,6 +88,8 @@ pub struct StreamDone {
     pub seq: Seq,
     /// Its chunks, in order.
     pub chunks: Vec<String>,
+    /// The handler's answer: `{"output": …}` or `{"error": …}`, JSON.
+    pub answer: String,
 }
 
 /// The runtime's part of a session's checkpoint.
@@ -138,10 +140,15 @@ impl Sys {
     }
 
     /// Keeps a completed stream (bounded by count and bytes; the newest always stays).
-    pub fn keep_stream(&mut self, seq: Seq, chunks: Vec<String>) {
+    pub fn keep_stream(&mut self, seq: Seq, chunks: Vec<String>, answer: String) {
         self.streams.retain(|s| s.seq != seq);
-        self.streams.push_back(StreamDone { seq, chunks });
-        let size = |s: &StreamDone| s.chunks.iter().map(|c| c.len() + 8).sum::<usize>();
+        self.streams.push_back(StreamDone {
+            seq,
+            chunks,
+            answer,
+        });
+        let size =
+            |s: &StreamDone| s.answer.len() + s.chunks.iter().map(|c| c.len() + 8).sum::<usize>();
         let mut total: usize = self.streams.iter().map(size).sum();
         while self.streams.len() > 1
             && (self.streams.len() > MAX_STREAMS_KEPT || total > MAX_STREAM_BYTES)
@@ -246,7 +253,7 @@ mod tests {
             input: "{}".into(),
         });
         s2.remember_call("k".into(), "1".into());
-        s2.keep_stream(Seq(4), vec!["a".into(), "b".into()]);
+        s2.keep_stream(Seq(4), vec!["a".into(), "b".into()], "{}".into());
         let p = Pending {
             source: Source::Timer("x".into()),
             step: Seq(6),
@@ -280,7 +287,7 @@ mod tests {
             Some("1")
         );
         for i in 0..40u64 {
-            s.keep_stream(Seq(i), vec!["x".repeat(100_000)]);
+            s.keep_stream(Seq(i), vec!["x".repeat(100_000)], "{}".into());
         }
         assert!(s.streams.len() <= MAX_STREAMS_KEPT);
         assert_eq!(s.streams.back().unwrap().seq, Seq(39));

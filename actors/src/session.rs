@@ -686,7 +686,14 @@ impl<H: SessionHandler> ActorState<H> {
         match source {
             Source::Client(seq) => {
                 self.sys.client_seq = *seq;
-                self.shared.ctx_base.streams.finish(*seq, &mut self.sys);
+                let answer = match output {
+                    Ok(o) => serde_json::json!({ "output": o }),
+                    Err(e) => serde_json::json!({ "error": e }),
+                };
+                self.shared
+                    .ctx_base
+                    .streams
+                    .finish(*seq, answer.to_string(), &mut self.sys);
                 self.shared.last_seq.store(seq.0, Ordering::Release);
             }
             Source::Timer(id) => self.sys.timers.retain(|t| &t.id != id),
@@ -965,9 +972,13 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
         // The effects of the input after these: from one that panicked here, else stored.
         let inflight = lock(&shared.inflight).take();
         st.pending_durable = inflight.is_none();
-        st.pending = inflight
-            .or(stored)
-            .filter(|j| j.step == st.last_seq.next() || !matches!(j.source, Source::Client(_)));
+        // Kept while its input is still to come (it is found by its source, whatever step the
+        // input lands on).
+        st.pending = inflight.or(stored).filter(|j| match &j.source {
+            Source::Client(s) => *s > st.sys.client_seq,
+            Source::Timer(id) => st.sys.timers.iter().any(|t| &t.id == id),
+            Source::Call { key, .. } => st.sys.call_answer(key).is_none(),
+        });
         if let Some(j) = &st.pending {
             tracing::info!(session = %shared.id, source = ?j.source, effects = j.entries.len(), "effects recorded for the next input: its retry replays them");
         }

@@ -28,6 +28,8 @@ pub const MAX_CHUNKS: usize = 65_536;
 struct Live {
     chunks: Vec<String>,
     done: bool,
+    /// The handler's answer (JSON of `Result<output, HandlerError>`), once done.
+    answer: Option<String>,
 }
 
 /// What a reader gets.
@@ -37,6 +39,9 @@ pub struct StreamRead {
     pub chunks: Vec<String>,
     /// Whether the input completed (no more chunks).
     pub done: bool,
+    /// Once done: the handler's answer, `{"output": …}` or `{"error": {code, message}}` (`None`
+    /// when the input emitted no chunk and was handled before this holder had it).
+    pub answer: Option<serde_json::Value>,
 }
 
 /// The streams of one session's recent client inputs.
@@ -91,13 +96,14 @@ impl StreamTable {
 
     /// Input `seq` completed: its stream ends (kept in `sys` if it had chunks; a reader of an
     /// input that emitted nothing learns it is done).
-    pub(crate) fn finish(&self, seq: Seq, sys: &mut Sys) {
+    pub(crate) fn finish(&self, seq: Seq, answer: String, sys: &mut Sys) {
         let mut g = lock(&self.inner);
         let l = g.entry(seq).or_default();
         l.done = true;
         if !l.chunks.is_empty() {
-            sys.keep_stream(seq, l.chunks.clone());
+            sys.keep_stream(seq, l.chunks.clone(), answer.clone());
         }
+        l.answer = Some(answer);
         while g.len() > 2 * MAX_STREAMS_KEPT {
             let Some(first) = g.keys().next().copied() else {
                 break;
@@ -117,6 +123,7 @@ impl StreamTable {
                 Live {
                     chunks: s.chunks.clone(),
                     done: true,
+                    answer: Some(s.answer.clone()),
                 },
             );
         }
@@ -134,6 +141,10 @@ impl StreamTable {
                 .map(<[String]>::to_vec)
                 .unwrap_or_default(),
             done: l.done,
+            answer: l
+                .answer
+                .as_deref()
+                .and_then(|a| serde_json::from_str(a).ok()),
         })
     }
 
@@ -178,11 +189,12 @@ mod tests {
             t.read(Seq(1), 1),
             Some(StreamRead {
                 chunks: vec!["b".into()],
-                done: false
+                done: false,
+                answer: None,
             })
         );
         let mut sys = Sys::default();
-        t.finish(Seq(1), &mut sys);
+        t.finish(Seq(1), r#"{"output":3}"#.into(), &mut sys);
         assert_eq!(sys.streams[0].chunks, vec!["a", "b"]);
         let other = StreamTable::default();
         other.load(&sys);
@@ -191,6 +203,7 @@ mod tests {
             .await
             .unwrap();
         assert!(r.done && r.chunks.is_empty());
+        assert_eq!(r.answer, Some(serde_json::json!({"output": 3})));
         assert!(other.read(Seq(9), 0).is_none());
         assert!(t.put(Seq(2), 0, &"x".repeat(MAX_CHUNK_BYTES + 1)).is_err());
     }

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use eventsource_stream::Eventsource;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -337,14 +338,24 @@ impl Session {
     /// Sends one input; returns the reply (`{kind, seq, output|error, durable, copies,
     /// not_durable?}`; [`Durability::of`] reads the durability fields).
     pub async fn send(&mut self, input: Value) -> Result<Value, ClientError> {
-        let mut seq = self.next_seq;
+        let seq = self.next_seq;
         self.next_seq += 1;
         self.unacked.push_back((seq, input));
+        self.drive(seq).await
+    }
+
+    /// Delivers the unacknowledged inputs up to `seq` in order; the reply to `seq`.
+    async fn drive(&mut self, mut seq: u64) -> Result<Value, ClientError> {
         let deadline = Instant::now() + self.client.retry_for;
         let mut last_err = String::new();
         'outer: while Instant::now() < deadline {
-            // Replay everything unacknowledged, oldest first; the last one is `seq`.
-            let pending: Vec<(u64, Value)> = self.unacked.iter().cloned().collect();
+            // Replay everything unacknowledged, oldest first, up to `seq`.
+            let pending: Vec<(u64, Value)> = self
+                .unacked
+                .iter()
+                .filter(|(u, _)| *u <= seq)
+                .cloned()
+                .collect();
             for (s, v) in pending {
                 let url = format!("{}/sessions/{}/inputs", self.address, self.id);
                 let r = bearer(self.client.http.post(url), self.token())
@@ -436,6 +447,169 @@ impl Session {
                         self.unacked.retain(|(u, _)| *u != s);
                         return Err(e);
                     }
+                }
+            }
+        }
+        Err(ClientError::Timeout(self.client.retry_for, last_err))
+    }
+
+    /// Sends one input and streams its reply (ADR 0033): `on_chunk(offset, chunk)` is called
+    /// once per chunk, in order, then the reply is returned (as [`send`](Self::send) returns it,
+    /// plus `chunks`, the stream's length). Across a handover, a failover or a cut connection the
+    /// client sends the input again (the session drops the duplicate) from the chunk it reached,
+    /// on wherever the session lives now: no chunk is lost or given twice. Older inputs not yet
+    /// acknowledged are delivered first.
+    pub async fn send_streaming(
+        &mut self,
+        input: Value,
+        mut on_chunk: impl FnMut(u64, &str),
+    ) -> Result<Value, ClientError> {
+        use futures::StreamExt;
+        if let Some(&(last, _)) = self.unacked.back() {
+            // Older inputs first, the usual way (their replies were already given up on).
+            let pending = self.unacked.len();
+            if pending > 0 {
+                let _ = self.drive(last).await?;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unacked.push_back((seq, input.clone()));
+        let deadline = Instant::now() + self.client.retry_for;
+        let mut from: u64 = 0;
+        let mut last_err = String::new();
+        while Instant::now() < deadline {
+            let url = format!("{}/sessions/{}/inputs", self.address, self.id);
+            let sent = bearer(self.client.http.post(url), self.token())
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+                .timeout(self.client.retry_for)
+                .json(&serde_json::json!({"seq": seq, "input": input, "from": from}))
+                .send()
+                .await;
+            let r = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    last_err = e.to_string();
+                    self.relocate().await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if !r.status().is_success() {
+                match answer(r).await {
+                    Err(ClientError::Api {
+                        status: 307, body, ..
+                    }) => {
+                        if let Some(loc) = body.get("location").and_then(|l| l.as_str()) {
+                            self.address = loc.trim_end_matches('/').to_string();
+                            self.moves += 1;
+                        }
+                    }
+                    Err(ClientError::Api {
+                        status, message, ..
+                    }) if status == 429 || status == 503 => {
+                        last_err = format!("{status}: {message}");
+                        self.relocate().await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) if stale_holder(&e) => {
+                        last_err = e.to_string();
+                        self.relocate().await;
+                    }
+                    Err(e) => {
+                        self.unacked.retain(|(u, _)| *u != seq);
+                        return Err(e);
+                    }
+                    Ok(v) => last_err = format!("unexpected answer {v}"),
+                }
+                continue;
+            }
+            let mut events = r.bytes_stream().eventsource();
+            let mut follow: Option<String> = None;
+            while let Some(ev) = events.next().await {
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        last_err = format!("stream cut: {e}");
+                        break;
+                    }
+                };
+                let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                match ev.event.as_str() {
+                    "chunk" => {
+                        let offset = data.get("offset").and_then(Value::as_u64);
+                        let chunk = data.get("chunk").and_then(Value::as_str);
+                        match (offset, chunk) {
+                            (Some(o), Some(c)) if o == from => {
+                                on_chunk(o, c);
+                                from += 1;
+                            }
+                            // Sent again after a resume: already given.
+                            (Some(o), Some(_)) if o < from => {}
+                            _ => {
+                                last_err = format!("chunk out of order: {data}");
+                                break;
+                            }
+                        }
+                    }
+                    "reply" => {
+                        let chunks = data.get("chunks").and_then(Value::as_u64).unwrap_or(from);
+                        let complete = data
+                            .get("complete")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(true);
+                        let kind = data.get("kind").and_then(Value::as_str);
+                        // A duplicate whose stream no node keeps any more (it emitted nothing,
+                        // or it is older than the streams kept): as `send` answers it.
+                        let finished = kind == Some("duplicate") && data.get("moved_to").is_none();
+                        if finished || kind == Some("processed") && complete && chunks <= from {
+                            self.unacked.retain(|(u, _)| *u != seq);
+                            return Ok(data);
+                        }
+                        // Answered elsewhere (relayed after a handover) or a duplicate whose
+                        // stream this node lacks: resume where the session lives now.
+                        follow = data
+                            .get("moved_to")
+                            .and_then(Value::as_str)
+                            .map(|l| l.trim_end_matches('/').to_string());
+                        last_err = format!("incomplete stream: {data}");
+                        break;
+                    }
+                    "error" => {
+                        let status = data.get("status").and_then(Value::as_u64).unwrap_or(0);
+                        let code = data.get("code").and_then(Value::as_str).unwrap_or("");
+                        if status == 307 {
+                            follow = data
+                                .get("location")
+                                .and_then(Value::as_str)
+                                .map(|l| l.trim_end_matches('/').to_string());
+                        } else if !(status == 429 || status >= 500 || code == "fenced") {
+                            self.unacked.retain(|(u, _)| *u != seq);
+                            return Err(ClientError::Api {
+                                status: status as u16,
+                                code: code.to_string(),
+                                message: data
+                                    .get("message")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("")
+                                    .to_string(),
+                                body: data,
+                            });
+                        }
+                        last_err = format!("stream error: {data}");
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            match follow {
+                Some(loc) if loc != self.address => {
+                    self.address = loc;
+                    self.moves += 1;
+                }
+                _ => {
+                    self.relocate().await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }

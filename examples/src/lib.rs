@@ -22,6 +22,7 @@ pub mod colony_demo;
 pub mod counter;
 pub mod intent;
 pub mod scorer;
+pub mod tool;
 pub mod tutor;
 
 use std::path::PathBuf;
@@ -31,13 +32,14 @@ use opengrid_actors::{Services, SessionHost};
 use opengrid_cluster::node::inference::NodeInference;
 
 /// Registers every example handler on a node's host (`tutor`, `counter`, `scorer`, `blob`,
-/// `assistant`).
+/// `assistant`, `tool`).
 pub fn register_handlers(host: &SessionHost) {
     host.register(Arc::new(tutor::Tutor));
     host.register(Arc::new(counter::Counter));
     host.register(Arc::new(scorer::Scorer));
     host.register(Arc::new(blob::Blob));
     host.register(Arc::new(assistant::Assistant::from_env()));
+    host.register(Arc::new(tool::Tool));
 }
 
 /// Services the example handlers need from a node's inference plane: when the node serves the

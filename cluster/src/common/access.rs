@@ -287,6 +287,18 @@ impl Access {
             })
     }
 
+    /// The session a capability is for (checked against the issuers, not yet against any
+    /// session): how a session-to-session call names its callee (ADR 0033). With security off
+    /// for a benchmark, a bare session id names itself.
+    pub fn capability_session(&self, token: &str) -> Result<String, String> {
+        if self.open && !token.contains('.') {
+            return Ok(token.to_string());
+        }
+        token::verify_session_any(token, &self.issuers())
+            .map(|c| c.sub)
+            .map_err(|e| e.to_string())
+    }
+
     /// Lets in the holder of `session`'s capability, or an operator.
     pub fn session(&self, bearer: &Bearer, session: &str) -> Result<Caller, ApiError> {
         if self.open {

@@ -38,6 +38,11 @@ pub fn node_router(core: Arc<NodeCore>) -> Router {
         .route("/sessions/{id}", get(node_info).delete(node_close))
         .route("/sessions/{id}/inputs", post(node_input))
         .route("/sessions/{id}/ws", get(node_ws))
+        .route("/sessions/{id}/calls", post(super::calls::node_call))
+        .route(
+            "/sessions/{id}/inputs/{seq}/stream",
+            get(super::streaming::node_stream),
+        )
         .route("/sessions/{id}/handover", post(node_handover))
         .route("/drain", post(node_drain))
         .route("/blobs/{hash}", get(node_blob).head(node_blob))
@@ -136,7 +141,7 @@ async fn node_create(State(core): State<Arc<NodeCore>>) -> Result<Response, ApiE
 }
 
 /// Resolves a session not hosted here: `moved` if the RC knows a holder, else 404.
-async fn elsewhere(core: &NodeCore, sid: &SessionId, path: &str) -> ApiError {
+pub(super) async fn elsewhere(core: &NodeCore, sid: &SessionId, path: &str) -> ApiError {
     match core.lookup(sid).await {
         Some((addr, epoch)) if addr != core.spec.api => ApiError::moved(addr, path, epoch),
         // The directory says here but the host has not got it (yet): a handover or restore is
@@ -153,7 +158,7 @@ async fn elsewhere(core: &NodeCore, sid: &SessionId, path: &str) -> ApiError {
     }
 }
 
-fn check_serving(core: &NodeCore) -> Result<(), ApiError> {
+pub(super) fn check_serving(core: &NodeCore) -> Result<(), ApiError> {
     if core.may_serve() {
         Ok(())
     } else {
@@ -233,6 +238,10 @@ async fn node_close(
 struct InputBody {
     seq: u64,
     input: Value,
+    /// A streamed input's first chunk wanted (a resume: ADR 0033); ignored otherwise.
+    #[serde(default)]
+    #[allow(dead_code)]
+    from: u64,
 }
 
 fn reply_json(r: Reply<Value>) -> Value {
@@ -259,8 +268,13 @@ fn reply_json(r: Reply<Value>) -> Value {
     }
 }
 
-/// One input: decode, check, send to the session, record wire bytes.
-async fn run_input(core: &NodeCore, sid: &SessionId, body: &[u8]) -> Result<Value, ApiError> {
+/// The seq of an input body (checked as [`run_input`] checks it).
+pub(super) fn input_seq(body: &[u8]) -> Result<u64, ApiError> {
+    let input: InputBody = parse_input(body)?;
+    Ok(input.seq)
+}
+
+fn parse_input(body: &[u8]) -> Result<InputBody, ApiError> {
     let input: InputBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -275,6 +289,16 @@ async fn run_input(core: &NodeCore, sid: &SessionId, body: &[u8]) -> Result<Valu
             "seq starts at 1",
         ));
     }
+    Ok(input)
+}
+
+/// One input: decode, check, send to the session, record wire bytes.
+pub(super) async fn run_input(
+    core: &NodeCore,
+    sid: &SessionId,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let input = parse_input(body)?;
     let Some(s) = core.host.get(sid) else {
         return Err(elsewhere(core, sid, &format!("/sessions/{sid}/inputs")).await);
     };
@@ -303,12 +327,18 @@ async fn node_input(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
     bearer: Bearer,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let body = body?;
     let sid = parse_sid(&id)?;
     core.access.session(&bearer, sid.as_str())?;
-    run_input(&core, &sid, &body).await.map(Json)
+    if super::streaming::wants_stream(&headers) {
+        return super::streaming::input_stream(core, sid, body.to_vec()).await;
+    }
+    run_input(&core, &sid, &body)
+        .await
+        .map(|v| Json(v).into_response())
 }
 
 async fn node_ws(
@@ -332,6 +362,7 @@ async fn node_ws(
 }
 
 async fn ws_loop(core: Arc<NodeCore>, sid: SessionId, mut socket: WebSocket) {
+    use super::streaming::{pump_input, pump_resume, Frame};
     while let Some(Ok(msg)) = socket.recv().await {
         let bytes: Vec<u8> = match msg {
             Message::Text(t) => t.as_str().as_bytes().to_vec(),
@@ -339,15 +370,67 @@ async fn ws_loop(core: Arc<NodeCore>, sid: SessionId, mut socket: WebSocket) {
             Message::Close(_) => break,
             _ => continue,
         };
+        // Streamed (`"stream": true`) and resumed (`"resume": seq, "from": k`) inputs answer
+        // with chunk frames, then the reply (ADR 0033).
+        let head: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let streamed = head
+            .as_ref()
+            .is_some_and(|v| v.get("stream").and_then(Value::as_bool) == Some(true));
+        let resume = head
+            .as_ref()
+            .and_then(|v| v.get("resume").and_then(Value::as_u64));
+        if streamed || resume.is_some() {
+            let Some(s) = core.host.get(&sid) else {
+                let e = elsewhere(&core, &sid, &format!("/sessions/{sid}/ws")).await;
+                let _ = socket
+                    .send(Message::Text(ws_error(e).to_string().into()))
+                    .await;
+                continue;
+            };
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(256);
+            let pump = async {
+                match resume {
+                    Some(seq) => {
+                        let from = head
+                            .as_ref()
+                            .and_then(|v| v.get("from").and_then(Value::as_u64))
+                            .unwrap_or(0)
+                            .min(opengrid_actors::stream::MAX_CHUNKS as u64);
+                        pump_resume(s, seq, from as usize, tx).await
+                    }
+                    None => match input_seq(&bytes)
+                        .and_then(|seq| Ok((seq, super::streaming::stream_from(&bytes)?)))
+                    {
+                        Ok((seq, from)) => {
+                            pump_input(s, seq, from, run_input(&core, &sid, &bytes), tx).await
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Frame::Error(ws_error(e))).await;
+                        }
+                    },
+                }
+            };
+            let forward = async {
+                while let Some(f) = rx.recv().await {
+                    if socket
+                        .send(Message::Text(f.ws_json().to_string().into()))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                true
+            };
+            let ((), open) = tokio::join!(pump, forward);
+            if !open {
+                break;
+            }
+            continue;
+        }
         let out = match run_input(&core, &sid, &bytes).await {
             Ok(v) => v,
-            Err(e) => {
-                let mut b = e.body;
-                if let Value::Object(m) = &mut b {
-                    m.insert("status".into(), json!(e.status.as_u16()));
-                }
-                b
-            }
+            Err(e) => ws_error(e),
         };
         if socket
             .send(Message::Text(out.to_string().into()))
@@ -357,6 +440,15 @@ async fn ws_loop(core: Arc<NodeCore>, sid: SessionId, mut socket: WebSocket) {
             break;
         }
     }
+}
+
+/// An error as a WebSocket frame: its body with the HTTP status.
+pub(super) fn ws_error(e: ApiError) -> Value {
+    let mut b = e.body;
+    if let Value::Object(m) = &mut b {
+        m.insert("status".into(), json!(e.status.as_u16()));
+    }
+    b
 }
 
 fn move_error(e: crate::node::mobility::MoveError) -> ApiError {

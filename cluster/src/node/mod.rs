@@ -30,6 +30,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod calls;
 pub mod config;
 pub mod egress;
 pub mod faults;
@@ -39,6 +40,7 @@ pub mod mobility;
 pub mod receipts;
 mod reconcile;
 pub mod server;
+pub mod streaming;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -203,8 +203,14 @@ async fn boot_node(
             .map_err(|e| StartError::Spawn(format!("egress: {e}")))?,
     );
     let limits = Arc::new(crate::node::agents::NodeLimits::default());
+    // Handlers' calls to other sessions (`ctx.call`), through the directory.
+    let calls = Arc::new(
+        crate::node::calls::NodeCalls::new(std::time::Duration::from_secs(30))
+            .map_err(|e| StartError::Spawn(format!("calls: {e}")))?,
+    );
     let services = services
         .with(opengrid_actors::EgressService(egress.clone()))
+        .with(opengrid_actors::CallService(calls.clone()))
         .with(opengrid_wasm::limits::LimitsService(limits.clone()));
     let store_path = cfg.data_dir.join("checkpoints");
     // Test/chaos hook, off unless `[faults] control_dir` is set (crate::node::faults).
@@ -348,6 +354,7 @@ async fn boot_node(
             ));
             mobility.attach(&core);
             egress.attach(Arc::downgrade(&core));
+            calls.attach(Arc::downgrade(&core));
             limits.attach(Arc::downgrade(&core));
             let _ = core.mobility.set(mobility);
             if let Some(a) = agents {
