@@ -25,6 +25,7 @@
 //! - `opengrid_wasm_compiles_total`: components compiled (compile-cache misses).
 //! - `opengrid_wasm_cache_hits_total`: components loaded from the compile cache.
 
+pub mod effects;
 pub mod error;
 pub mod handler;
 mod host;
@@ -36,7 +37,7 @@ mod warm;
 pub use error::{PackageError, RuntimeError};
 pub use handler::WasmHandler;
 pub use package::{
-    AgentMeta, Blob, Package, PackageLimits, PackageSource, SignedPackage, VerifiedPackage,
-    GUEST_EXPORT, INTERFACE_VERSION,
+    AgentMeta, Blob, InterfaceVersion, Package, PackageLimits, PackageSource, SignedPackage,
+    VerifiedPackage, GUEST_EXPORT, INTERFACE_VERSION,
 };
 pub use runtime::{Fault, LoadedAgent, Runtime, RuntimeConfig, RuntimeStats};

@@ -1,0 +1,86 @@
+//! Runs the durable-effect imports on demand, for the runtime's effect tests (ADR 0033). An input
+//! is `{"steps": [...], "propagate": false}`; each step is
+//!
+//! - `"now"`, `"random"`: `ctx.now_ms()`, `ctx.random_u64()`;
+//! - `{"fetch": {"url": "…", "method": "POST", "headers": [["k", "v"]], "body": "…",
+//!   "body_len": n}}`: `ctx.fetch`; the body is `body`, else `body_len` bytes of `x`, else the JSON
+//!   of the results so far (so the remote side sees what the agent saw before the request);
+//! - `"trap"`: panics (a trap: the input fails, the state stays);
+//! - `"state"`: the state.
+//!
+//! The answer is `{"results": [{"ok": …} | {"err": {"code", "message"}}], "inputs": n}`; a fetch's
+//! `ok` is `{"status", "body"}` (the body as text). With `"propagate": true` the first error is
+//! returned as the agent's own. `init` calls `now-ms`, which the node refuses there, and keeps the
+//! answer in the state (`init_now`).
+use opengrid_agent::serde_json::{json, Value};
+use opengrid_agent::{export, Agent, Ctx, Error, HttpRequest};
+
+struct Effects;
+
+fn fetch_request(spec: &Value, results: &[Value]) -> HttpRequest {
+    let body = match (spec["body"].as_str(), spec["body_len"].as_u64()) {
+        (Some(b), _) => b.as_bytes().to_vec(),
+        (None, Some(n)) => vec![b'x'; n as usize],
+        (None, None) => Value::from(results.to_vec()).to_string().into_bytes(),
+    };
+    let headers = spec["headers"]
+        .as_array()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    let s = |i: usize| h[i].as_str().unwrap_or_default().to_string();
+                    (s(0), s(1))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    HttpRequest {
+        method: spec["method"].as_str().unwrap_or("POST").to_string(),
+        url: spec["url"].as_str().unwrap_or_default().to_string(),
+        headers,
+        body,
+    }
+}
+
+impl Agent for Effects {
+    /// `{"inputs": n, "init_now": "…"}`.
+    type State = Value;
+
+    fn init(_session: &str) -> Value {
+        // Effects belong to an input: the node refuses this one.
+        let init_now = match opengrid_agent::bindings::api::effects::now_ms() {
+            Ok(t) => format!("ok: {t}"),
+            Err(e) => format!("{}: {}", e.code, e.message),
+        };
+        json!({"inputs": 0, "init_now": init_now})
+    }
+
+    fn handle(state: &mut Value, input: Value, ctx: &Ctx) -> Result<Value, Error> {
+        let steps = input["steps"]
+            .as_array()
+            .ok_or_else(|| Error::new("bad_input", "expected {\"steps\": [...]}"))?;
+        let mut results: Vec<Value> = Vec::new();
+        for step in steps {
+            let r: Result<Value, Error> = match (step.as_str(), step.get("fetch")) {
+                (Some("now"), _) => ctx.now_ms().map(Value::from),
+                (Some("random"), _) => ctx.random_u64().map(Value::from),
+                (Some("trap"), _) => panic!("trap step"),
+                (Some("state"), _) => Ok(state.clone()),
+                (_, Some(spec)) => ctx
+                    .fetch(&fetch_request(spec, &results))
+                    .map(|r| json!({"status": r.status, "body": r.text()})),
+                _ => Err(Error::new("bad_input", format!("unknown step {step}"))),
+            };
+            match r {
+                Ok(v) => results.push(json!({"ok": v})),
+                Err(e) if input["propagate"] == true => return Err(e),
+                Err(e) => results.push(json!({"err": {"code": e.code, "message": e.message}})),
+            }
+        }
+        let inputs = state["inputs"].as_u64().unwrap_or(0) + 1;
+        state["inputs"] = inputs.into();
+        Ok(json!({"results": results, "inputs": inputs}))
+    }
+}
+
+export!(Effects);
