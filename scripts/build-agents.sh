@@ -4,7 +4,7 @@
 #                           Rust agents (actors/wasm/guest SDK), cargo --release --target wasm32-wasip2
 #                           in $CARGO_TARGET_DIR/agents (their own workspaces, excluded from the node's);
 #                           effects-rs and assistant-rs speak opengrid:agent@0.2.0 (SDK feature
-#                           `effects`), the others 0.1.0 (ADR 0033);
+#                           `effects`), the others 0.1.0 (ADR 0034);
 #   counter-py, effects-py  examples/agents/<agent>/app.py through componentize-py (from the venv
 #                           scripts/setup-python.sh manages; this script runs it, which is idempotent),
 #                           against the world of the version the agent's agent.toml declares:

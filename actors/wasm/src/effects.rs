@@ -1,4 +1,4 @@
-//! The `effects` imports of `opengrid:agent@0.2.0` (ADR 0033): each one is the session's
+//! The `effects` imports of `opengrid:agent@0.2.0` (ADR 0034): each one is the session's
 //! [`SessionContext`] method of the same name, which journals it (ADR 0032), so a guest's effects
 //! replay exactly like a native handler's. Nothing is journaled here.
 //!

@@ -1,5 +1,5 @@
 //! The host side of the agent worlds: what one call's store holds and the `host` imports of every
-//! interface version (ADR 0028, 0033); the `effects` imports of 0.2.0 are in [`crate::effects`].
+//! interface version (ADR 0028, 0034); the `effects` imports of 0.2.0 are in [`crate::effects`].
 //! With WASI (no files, network, environment or arguments) they are the only doors a guest has to
 //! the outside world.
 

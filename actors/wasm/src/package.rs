@@ -29,7 +29,7 @@ pub const INTERFACE_VERSION: &str = "opengrid:agent@0.1.0";
 pub const GUEST_EXPORT: &str = "opengrid:agent/guest@0.1.0";
 
 /// A version of the agent interface (`wit/agent.wit` and its frozen predecessors under
-/// `wit/deps/`) this node runs side by side (ADR 0033). A package declares one in `agent.toml`
+/// `wit/deps/`) this node runs side by side (ADR 0034). A package declares one in `agent.toml`
 /// (`interface`); its component must export that version's `guest` and import only that version's
 /// interfaces (and WASI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

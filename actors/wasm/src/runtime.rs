@@ -240,7 +240,7 @@ impl Runtime {
         let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("linking WASI: {e:#}")))?;
-        // Every interface version side by side: a component links against its own (ADR 0033).
+        // Every interface version side by side: a component links against its own (ADR 0034).
         v0_1::Agent::add_to_linker::<_, HostData>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("linking agent interface 0.1.0: {e:#}")))?;
         v0_2::Agent::add_to_linker::<_, HostData>(&mut linker, |s| s)
@@ -532,7 +532,9 @@ fn check_exports(
     Ok(())
 }
 
-/// The component imports only WASI and its declared version's interfaces.
+/// The component imports only WASI and its declared version's interfaces; an agent interface of
+/// another version is `WrongInterfaceVersion` (the component was built for another version than
+/// its `agent.toml` declares).
 fn check_imports(
     engine: &Engine,
     component: &Component,
@@ -540,6 +542,16 @@ fn check_imports(
 ) -> Result<(), PackageError> {
     let ty = component.component_type();
     for (name, _) in ty.imports(engine) {
+        if let Some((_, other)) = name
+            .strip_prefix("opengrid:agent/")
+            .and_then(|rest| rest.split_once('@'))
+            .filter(|(_, v)| *v != version.number())
+        {
+            return Err(PackageError::WrongInterfaceVersion {
+                found: format!("opengrid:agent@{other}"),
+                supported: version.name().into(),
+            });
+        }
         if !(name.starts_with("wasi:") || version.provides(name)) {
             return Err(PackageError::UnsupportedImport { name: name.into() });
         }

@@ -1,4 +1,4 @@
-"""Durable effects from Python (ADR 0033): the same imports as the Rust SDK's `Ctx`.
+"""Durable effects from Python (ADR 0034): the same imports as the Rust SDK's `Ctx`.
 
 Built by scripts/build-agents.sh with componentize-py against the world
 `opengrid:agent/agent@0.2.0`, whose `effects` interface is `wit_world.imports.effects`:

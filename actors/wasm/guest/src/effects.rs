@@ -1,4 +1,4 @@
-//! Durable effects (feature `effects`, interface `opengrid:agent@0.2.0`; ADR 0032, 0033).
+//! Durable effects (feature `effects`, interface `opengrid:agent@0.2.0`; ADR 0032, 0034).
 
 use crate::bindings::api::effects as wit;
 use crate::bindings::api::types;

@@ -2,7 +2,7 @@
 //! `cargo build --release --target wasm32-wasip2`, and the `.wasm` is a component that exports
 //! `opengrid:agent/guest@0.1.0` (ADR 0028), or `@0.2.0` with the feature `effects`.
 //!
-//! # Interface versions (ADR 0033)
+//! # Interface versions (ADR 0034)
 //! - Without features the agent speaks `opengrid:agent@0.1.0`: [`Ctx`] logs, runs inference,
 //!   reads assets. Its `agent.toml` declares `interface = "opengrid:agent@0.1.0"`.
 //! - With `features = ["effects"]` it speaks `opengrid:agent@0.2.0`, which adds durable effects

@@ -1,6 +1,6 @@
 //! `assistant-rs`: the `assistant` example (examples/src/assistant.rs) as an agent package. Each
 //! turn calls an OpenAI-compatible chat-completions endpoint through the node (`ctx.fetch`, a
-//! durable effect: ADR 0032, 0033). A turn cut off after the model answered (the node killed, the
+//! durable effect: ADR 0032, 0034). A turn cut off after the model answered (the node killed, the
 //! session failed over) is answered on the client's retry from the journal, without a second
 //! model call; a call cut off mid-way is sent again with the same `Idempotency-Key`.
 //!

@@ -1,4 +1,4 @@
-//! Runs the durable-effect imports on demand, for the runtime's effect tests (ADR 0033). An input
+//! Runs the durable-effect imports on demand, for the runtime's effect tests (ADR 0034). An input
 //! is `{"steps": [...], "propagate": false}`; each step is
 //!
 //! - `"now"`, `"random"`: `ctx.now_ms()`, `ctx.random_u64()`;
