@@ -103,15 +103,17 @@ impl Journal {
 
 /// Where a session writes its journal when an effect completes.
 pub(crate) trait JournalSink: Send + Sync {
-    /// Makes `journal` durable with the checkpoint the input started from, if the session has
+    /// Makes `pending` durable with the checkpoint the input started from, if the session has
     /// one (`Ok(false)`: kept in memory only).
-    fn persist(&self, journal: &Journal) -> Result<bool, String>;
+    fn persist(&self, pending: &crate::record::Pending) -> Result<bool, String>;
 }
 
 #[derive(Default)]
 struct Current {
-    /// The input being handled.
+    /// The step being handled.
     seq: Seq,
+    /// Who sent its input.
+    source: Option<crate::record::Source>,
     /// Recorded results to replay, then those run in this call.
     entries: Vec<Entry>,
     /// Next effect's index.
@@ -149,9 +151,16 @@ impl Effects {
 
     /// An input starts: `recorded` are the results of its effects known from before
     /// (`durable`: read from a checkpoint; else kept in memory only, e.g. after a panic).
-    pub(crate) fn begin(&self, seq: Seq, recorded: Vec<Entry>, durable: bool) {
+    pub(crate) fn begin(
+        &self,
+        seq: Seq,
+        source: crate::record::Source,
+        recorded: Vec<Entry>,
+        durable: bool,
+    ) {
         *lock(&self.current) = Current {
             seq,
+            source: Some(source),
             unpersisted: !durable && !recorded.is_empty(),
             entries: recorded,
             cursor: 0,
@@ -168,10 +177,13 @@ impl Effects {
             if !c.active || !c.unpersisted || seq.is_some_and(|s| s != c.seq) {
                 return Ok(());
             }
+            let Some(source) = c.source.clone() else {
+                return Ok(());
+            };
             (
-                Journal {
-                    format: JOURNAL_FORMAT,
-                    seq: c.seq,
+                crate::record::Pending {
+                    source,
+                    step: c.seq,
                     entries: c.entries.clone(),
                 },
                 c.entries.len(),
@@ -187,7 +199,7 @@ impl Effects {
             )
         })?;
         let mut c = lock(&self.current);
-        if c.active && c.seq == journal.seq && c.entries.len() == count {
+        if c.active && c.seq == journal.step && c.entries.len() == count {
             c.unpersisted = false;
         }
         Ok(())
@@ -198,6 +210,11 @@ impl Effects {
         let mut c = lock(&self.current);
         c.active = false;
         std::mem::take(&mut c.entries)
+    }
+
+    /// Whether an input is being handled.
+    pub(crate) fn active(&self) -> bool {
+        lock(&self.current).active
     }
 
     /// The next effect of the input being handled.
@@ -310,8 +327,10 @@ mod tests {
     fn replay_checks_names_and_order() {
         let e = Effects::default();
         assert!(e.next("x").is_err(), "outside an input");
+        let src = crate::record::Source::Client(Seq(3));
         e.begin(
             Seq(3),
+            src.clone(),
             vec![Entry {
                 name: "a".into(),
                 result: vec![1],
@@ -325,13 +344,13 @@ mod tests {
         e.record(1, "b", vec![2]).unwrap();
         let done = e.finish();
         assert_eq!(done.len(), 2);
-        e.begin(Seq(3), done, true);
+        e.begin(Seq(3), src.clone(), done, true);
         match e.next("z") {
             Err(err) => assert_eq!(err.code, "nondeterministic"),
             Ok(_) => panic!("a renamed effect replays"),
         }
         // Out of order completion is refused.
-        e.begin(Seq(4), vec![], true);
+        e.begin(Seq(4), src, vec![], true);
         let (Ok(Next::Run { index: i0 }), Ok(Next::Run { index: i1 })) = (e.next("p"), e.next("q"))
         else {
             panic!()

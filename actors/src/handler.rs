@@ -48,6 +48,69 @@ pub(crate) struct ContextBase {
     pub inference: Option<InferenceHandle>,
     /// The effect journal of the input being handled (ADR 0032).
     pub effects: crate::effects::Effects,
+    /// Streamed replies of recent client inputs (ADR 0033).
+    pub streams: crate::stream::StreamTable,
+    /// What the input being handled did besides its state: timers set and cancelled, chunks.
+    pub turn: std::sync::Mutex<Turn>,
+}
+
+/// When a timer fires: [`SessionContext::schedule`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// This long after the scheduling input ran (journaled: the same instant on replay).
+    After(std::time::Duration),
+    /// At this wall-clock time, milliseconds since the Unix epoch.
+    At(u64),
+}
+
+/// A change to the session's timers, applied when the input that made it completes.
+#[derive(Clone, Debug)]
+pub(crate) enum TimerOp {
+    Add(crate::record::Timer),
+    Cancel(String),
+}
+
+/// The bookkeeping of the input being handled (besides its effect journal).
+#[derive(Default)]
+pub(crate) struct Turn {
+    /// Who sent the input.
+    pub source: Option<crate::record::Source>,
+    /// The sessions whose calls led here (the call chain), oldest first.
+    pub chain: Vec<String>,
+    /// Next chunk's offset.
+    pub next_chunk: usize,
+    /// Timers the session has (ids), before this input's own changes.
+    pub timers: Vec<String>,
+    /// This input's timer changes.
+    pub ops: Vec<TimerOp>,
+}
+
+impl ContextBase {
+    pub(crate) fn begin_turn(
+        &self,
+        source: crate::record::Source,
+        chain: Vec<String>,
+        timers: Vec<String>,
+    ) {
+        *self.turn.lock().unwrap_or_else(|p| p.into_inner()) = Turn {
+            source: Some(source),
+            chain,
+            next_chunk: 0,
+            timers,
+            ops: Vec::new(),
+        };
+    }
+
+    /// The input ended: its timer changes.
+    pub(crate) fn end_turn(&self) -> Vec<TimerOp> {
+        let mut t = self.turn.lock().unwrap_or_else(|p| p.into_inner());
+        t.source = None;
+        std::mem::take(&mut t.ops)
+    }
+
+    fn turn(&self) -> std::sync::MutexGuard<'_, Turn> {
+        self.turn.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What the runtime tells a handler about the input being processed, plus node services.
@@ -56,11 +119,28 @@ pub struct SessionContext {
     base: Arc<ContextBase>,
     epoch: Epoch,
     seq: Seq,
+    source: Arc<crate::record::Source>,
 }
 
 impl SessionContext {
-    pub(crate) fn new(base: Arc<ContextBase>, epoch: Epoch, seq: Seq) -> Self {
-        SessionContext { base, epoch, seq }
+    pub(crate) fn new(
+        base: Arc<ContextBase>,
+        epoch: Epoch,
+        seq: Seq,
+        source: crate::record::Source,
+    ) -> Self {
+        SessionContext {
+            base,
+            epoch,
+            seq,
+            source: Arc::new(source),
+        }
+    }
+
+    /// Who sent the input being handled: the client (with its seq), a timer the session set, or
+    /// another session's call.
+    pub fn source(&self) -> &crate::record::Source {
+        &self.source
     }
 
     /// The session being served.
@@ -73,7 +153,8 @@ impl SessionContext {
         self.epoch
     }
 
-    /// Sequence number of the input being processed (0 in `init`).
+    /// The step being processed: the session's count of inputs handled, whatever sent them (0
+    /// in `init`). For a session that gets inputs from its client only, the client's seq.
     pub fn seq(&self) -> Seq {
         self.seq
     }
@@ -111,7 +192,7 @@ impl SessionContext {
             Next::Run { index } => {
                 // Results of earlier effects may be what this one sends: durable first.
                 self.base.effects.flush(None)?;
-                let key = format!("{}:{}:{index}", self.base.session_id, self.seq.0);
+                let key = format!("{}:{}:{index}", self.base.session_id, self.source.key());
                 let r = effect(key).await;
                 let bytes = encode_result(&r)?;
                 let seq = self.base.effects.record(index, name, bytes)?;
@@ -162,16 +243,161 @@ impl SessionContext {
         .await
     }
 
+    /// Emits one chunk of the reply to the client input being handled (a token, a line): readers
+    /// of the input's stream (SSE, WebSocket, the Rust client) get it at once, before the reply.
+    /// Returns its offset in the stream. Chunks are deterministic given the recorded effects:
+    /// when the input is handled again, a chunk already at its offset is not sent again, so a
+    /// reader resuming from an offset gets each chunk once (ADR 0033). Results of earlier effects
+    /// are made durable first (a chunk may show them). For inputs that are not a client's (a
+    /// timer, a call) there is no stream: the chunk is counted and dropped.
+    pub async fn emit(&self, chunk: &str) -> Result<u64, HandlerError> {
+        if !self.base.effects.active() {
+            return Err(HandlerError::new("emit", "emit outside an input"));
+        }
+        self.base.effects.flush(None)?;
+        let (offset, seq) = {
+            let mut t = self.base.turn();
+            let o = t.next_chunk;
+            t.next_chunk += 1;
+            let seq = match t.source {
+                Some(crate::record::Source::Client(s)) => Some(s),
+                _ => None,
+            };
+            (o, seq)
+        };
+        if let Some(seq) = seq {
+            self.base
+                .streams
+                .put(seq, offset, chunk)
+                .map_err(|e| HandlerError::new("emit", e))?;
+        }
+        Ok(offset as u64)
+    }
+
+    /// Sets a timer: `input` (JSON of the handler's input type) is delivered to the session once,
+    /// at `when` (ADR 0033). The timer is stored with the session's checkpoint, so it moves with a
+    /// handover, survives a failover and wakes a hibernated session; it fires exactly once as
+    /// far as the state goes (a firing whose step was not made durable fires again, and its
+    /// effects replay with the same idempotency keys). Returns the timer's id (the same when the
+    /// input is handled again). The timer is set when the input completes without a panic.
+    pub async fn schedule(
+        &self,
+        when: When,
+        input: serde_json::Value,
+    ) -> Result<String, HandlerError> {
+        let input = serde_json::to_string(&input)
+            .map_err(|e| HandlerError::new("schedule", e.to_string()))?;
+        if input.len() > crate::record::MAX_TIMER_INPUT {
+            return Err(HandlerError::new(
+                "schedule",
+                format!(
+                    "a timer input of {} bytes is over {}",
+                    input.len(),
+                    crate::record::MAX_TIMER_INPUT
+                ),
+            ));
+        }
+        {
+            let t = self.base.turn();
+            let adds = t
+                .ops
+                .iter()
+                .filter(|o| matches!(o, TimerOp::Add(_)))
+                .count();
+            if t.timers.len() + adds >= crate::record::MAX_TIMERS {
+                return Err(HandlerError::new(
+                    "too_many_timers",
+                    format!(
+                        "the session has {} timers pending (at most {})",
+                        t.timers.len() + adds,
+                        crate::record::MAX_TIMERS
+                    ),
+                ));
+            }
+        }
+        let (id, due_ms): (String, u64) = self
+            .run_keyed("schedule", |key| async move {
+                let due = match when {
+                    When::At(ms) => ms,
+                    When::After(d) => now_ms().saturating_add(d.as_millis() as u64),
+                };
+                Ok((key, due))
+            })
+            .await?;
+        self.base
+            .turn()
+            .ops
+            .push(TimerOp::Add(crate::record::Timer {
+                id: id.clone(),
+                due_ms,
+                input,
+            }));
+        Ok(id)
+    }
+
+    /// Cancels a timer set by [`schedule`](Self::schedule); returns whether it was pending
+    /// (journaled). Takes effect when the input completes.
+    pub async fn cancel(&self, timer: &str) -> Result<bool, HandlerError> {
+        let pending = {
+            let t = self.base.turn();
+            let mut p = t.timers.iter().any(|id| id == timer);
+            for op in &t.ops {
+                match op {
+                    TimerOp::Add(x) if x.id == timer => p = true,
+                    TimerOp::Cancel(id) if id == timer => p = false,
+                    _ => {}
+                }
+            }
+            p
+        };
+        let was = self.run("cancel", async move { Ok(pending) }).await?;
+        self.base
+            .turn()
+            .ops
+            .push(TimerOp::Cancel(timer.to_string()));
+        Ok(was)
+    }
+
+    /// Calls another session (ADR 0033): `target` is that session's capability (the bearer
+    /// token its clients use: calls are authorized like inputs), `input` JSON of its input type.
+    /// Journaled here; exactly once at the callee, which deduplicates by this call's idempotency
+    /// key and answers a retry with the answer it gave. The call goes through the directory to
+    /// wherever the callee lives and follows it across handovers and failovers until `deadline`
+    /// (typed error `call_deadline` after it). A call that would come back to a session already
+    /// waiting in the chain (A → B → A) is refused with `call_cycle`, never a deadlock.
+    pub async fn call(
+        &self,
+        target: &str,
+        input: serde_json::Value,
+        deadline: std::time::Duration,
+    ) -> Result<serde_json::Value, HandlerError> {
+        let calls = self
+            .service::<crate::calls::CallService>()
+            .map(|c| c.0.clone())
+            .ok_or_else(|| HandlerError::new("call", "this node offers no session calls"))?;
+        let mut chain = self.base.turn().chain.clone();
+        chain.push(self.base.session_id.to_string());
+        let caller = self.base.session_id.to_string();
+        let target = target.to_string();
+        self.run_keyed("call", |key| async move {
+            calls
+                .call(crate::calls::CallRequest {
+                    caller,
+                    chain,
+                    key,
+                    target,
+                    input,
+                    deadline,
+                })
+                .await
+        })
+        .await
+    }
+
     /// Wall-clock time, milliseconds since the Unix epoch, journaled: the same value when the
     /// input is handled again.
     pub async fn now_ms(&self) -> Result<u64, HandlerError> {
-        self.run("now", async {
-            Ok(std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or_default())
-        })
-        .await
+        self.run("now", async { Ok(now_ms()) }).await
     }
 
     /// A random number, journaled: the same value when the input is handled again.
@@ -211,6 +437,14 @@ impl SessionContext {
         self.base.usage.record_inference(out.usage.compute_us);
         Ok(out.output)
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 /// Node services handed to handlers through [`SessionContext::service`]: a small type map.

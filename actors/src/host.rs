@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::SessionError;
-use crate::handler::{ContextBase, Services, SessionHandler};
+use crate::handler::{ContextBase, HandlerError, Services, SessionHandler};
 use crate::metrics::ActorMetrics;
 use crate::session::{Reply, SessionMsg, SessionStatus, Shared, Slot, Status};
 use crate::supervisor::{spawn_supervisor, RestartIntensity, SupervisorMsg};
@@ -174,6 +174,8 @@ impl SessionHost {
                 .get::<InferenceHandle>()
                 .map(|h| h.for_caller(CallerId::new(id.as_str()))),
             effects: Default::default(),
+            streams: Default::default(),
+            turn: Default::default(),
         });
         let shared = Arc::new(Shared {
             id: id.clone(),
@@ -387,7 +389,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn spawn_via<H: SessionHandler>(
+pub(crate) async fn spawn_via<H: SessionHandler>(
     sup: &ActorRef<SupervisorMsg>,
     shared: Arc<Shared<H>>,
 ) -> Result<(), SessionError> {
@@ -440,9 +442,9 @@ impl<H: SessionHandler> Clone for SessionHandle<H> {
     }
 }
 
-enum Route<H: SessionHandler> {
+enum Route<T> {
     /// Cast to the running actor (under the status lock: see [`SessionHandle::route`]).
-    Sent(Pending<H::Output>),
+    Sent(T),
     Wait,
     Wake,
     Relay(Arc<dyn Relay>),
@@ -490,7 +492,15 @@ impl<H: SessionHandler> SessionHandle<H> {
     /// cast to the actor is ahead of that checkpoint in the mailbox and none can be processed
     /// (and acknowledged) after it. Casting after releasing the lock let an input slip in behind
     /// the final checkpoint: acknowledged on the source, missing on the target.
-    fn route(&self, seq: Seq, input: H::Input) -> Result<Route<H>, SessionError> {
+    fn route(&self, seq: Seq, input: H::Input) -> Result<Route<Pending<H::Output>>, SessionError> {
+        self.route_with(|a| self.cast(a, seq, input))
+    }
+
+    /// [`route`](Self::route) with what is cast to a running actor given by `send`.
+    fn route_with<T>(
+        &self,
+        send: impl FnOnce(&ActorRef<SessionMsg<H>>) -> Result<T, SessionError>,
+    ) -> Result<Route<T>, SessionError> {
         let sh = &self.shared;
         let mut g = lock(&sh.status);
         match &*g {
@@ -506,7 +516,7 @@ impl<H: SessionHandler> SessionHandle<H> {
                 sh.queued.fetch_add(1, Ordering::AcqRel);
                 let a = a.clone();
                 // A closed mailbox: the actor just died and its supervisor restarts it.
-                Ok(self.cast(&a, seq, input).map_or(Route::Wait, Route::Sent))
+                Ok(send(&a).map_or(Route::Wait, Route::Sent))
             }
             Status::Starting | Status::Suspended(_) => Ok(Route::Wait),
             Status::Moved(m, relay) => match relay {
@@ -634,6 +644,75 @@ impl<H: SessionHandler> SessionHandle<H> {
         Err(SessionError::Restarting {
             session: sh.id.clone(),
         })
+    }
+
+    /// Delivers a call from another session (ADR 0033) and waits for the callee's answer:
+    /// exactly once by `key` (a retry of an answered call gets the same answer, nothing runs).
+    /// Wakes a hibernated session and waits through restarts; a session that moved answers
+    /// [`SessionError::Moved`] (the caller's node follows it through the directory).
+    pub async fn call(
+        &self,
+        key: String,
+        caller: String,
+        chain: Vec<String>,
+        input: H::Input,
+    ) -> Result<Result<serde_json::Value, HandlerError>, SessionError> {
+        let sh = &self.shared;
+        for _ in 0..MAX_ATTEMPTS {
+            let notified = sh.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let routed = self.route_with(|a| {
+                let (tx, rx) = oneshot::channel();
+                a.cast(SessionMsg::Call {
+                    key: key.clone(),
+                    caller: caller.clone(),
+                    chain: chain.clone(),
+                    input: input.clone(),
+                    reply: tx,
+                })
+                .map_err(|_| {
+                    sh.queued.fetch_sub(1, Ordering::AcqRel);
+                    SessionError::Restarting {
+                        session: sh.id.clone(),
+                    }
+                })?;
+                Ok(rx)
+            })?;
+            match routed {
+                Route::Sent(rx) => match rx.await {
+                    Ok(Err(SessionError::Restarting { .. })) | Err(_) => {
+                        wait_change(notified).await
+                    }
+                    Ok(other) => return other,
+                },
+                Route::Wait => wait_change(notified).await,
+                Route::Relay(_) => {
+                    let (location, epoch) = match sh.status() {
+                        SessionStatus::Moved { location, epoch } => (location, epoch),
+                        _ => (String::new(), sh.epoch()),
+                    };
+                    return Err(SessionError::Moved {
+                        session: sh.id.clone(),
+                        location,
+                        epoch,
+                    });
+                }
+                Route::Wake => self.wake().await?,
+            }
+            if let Some(e) = sh.stopped_error() {
+                return Err(e);
+            }
+        }
+        Err(SessionError::Restarting {
+            session: sh.id.clone(),
+        })
+    }
+
+    /// The streamed reply of client input `seq` from chunk `from` (ADR 0033): waits up to `wait`
+    /// for chunks past `from` or the end. `None`: this holder knows no stream of that input.
+    pub async fn stream(&self, seq: Seq, from: usize, wait: Duration) -> Option<crate::StreamRead> {
+        self.shared.ctx_base.streams.next(seq, from, wait).await
     }
 
     async fn wake(&self) -> Result<(), SessionError> {
@@ -836,6 +915,22 @@ pub trait DynSession: Send + Sync + 'static {
         seq: Seq,
         input: serde_json::Value,
     ) -> BoxFuture<'_, Result<Reply<serde_json::Value>, SessionError>>;
+    /// Delivers a call from another session: see [`SessionHandle::call`]. The input is decoded
+    /// into the handler's input type.
+    fn call_json(
+        &self,
+        key: String,
+        caller: String,
+        chain: Vec<String>,
+        input: serde_json::Value,
+    ) -> BoxFuture<'_, Result<Result<serde_json::Value, HandlerError>, SessionError>>;
+    /// A streamed reply: see [`SessionHandle::stream`].
+    fn stream(
+        &self,
+        seq: Seq,
+        from: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Option<crate::StreamRead>>;
     /// Checkpoints now.
     fn checkpoint_now(&self) -> BoxFuture<'_, Result<Seq, SessionError>>;
     /// Hibernates now if idle.
@@ -881,6 +976,30 @@ impl<H: SessionHandler> DynSession for SessionHandle<H> {
             let reply = self.send(seq, input).await?;
             Ok(reply.map(|o| serde_json::to_value(o).unwrap_or(serde_json::Value::Null)))
         })
+    }
+    fn call_json(
+        &self,
+        key: String,
+        caller: String,
+        chain: Vec<String>,
+        input: serde_json::Value,
+    ) -> BoxFuture<'_, Result<Result<serde_json::Value, HandlerError>, SessionError>> {
+        Box::pin(async move {
+            let input: H::Input =
+                serde_json::from_value(input).map_err(|e| SessionError::BadInput {
+                    session: self.shared.id.clone(),
+                    reason: e.to_string(),
+                })?;
+            self.call(key, caller, chain, input).await
+        })
+    }
+    fn stream(
+        &self,
+        seq: Seq,
+        from: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Option<crate::StreamRead>> {
+        Box::pin(SessionHandle::stream(self, seq, from, wait))
     }
     fn checkpoint_now(&self) -> BoxFuture<'_, Result<Seq, SessionError>> {
         Box::pin(SessionHandle::checkpoint_now(self))

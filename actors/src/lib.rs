@@ -43,6 +43,7 @@
 //! | `opengrid_actors_checkpoint_seconds` | histogram | one checkpoint write: encode the state, put it in the store (replicas included when the store replicates) |
 //! | `opengrid_actors_handler_seconds` | histogram | one live handler call, input to output, awaits (e.g. inference) included; replays are not counted |
 
+pub mod calls;
 pub mod effects;
 pub mod egress;
 pub mod error;
@@ -50,7 +51,9 @@ pub mod faults;
 pub mod handler;
 pub mod host;
 pub mod metrics;
+pub mod record;
 pub mod session;
+pub mod stream;
 pub mod supervisor;
 pub mod transfer;
 pub mod usage;
@@ -91,12 +94,15 @@ pub mod prelude {
     pub use opengrid_session::{Epoch, Manifest, Seq, SessionId};
 }
 
+pub use calls::{CallRequest, CallService, Calls};
 pub use egress::{Egress, EgressService, HttpRequest, HttpResponse};
 pub use error::SessionError;
 pub use faults::{FaultHooks, HookRule};
-pub use handler::{HandlerError, Services, SessionContext, SessionHandler, MAX_STATE_BYTES};
+pub use handler::{HandlerError, Services, SessionContext, SessionHandler, When, MAX_STATE_BYTES};
 pub use host::{DynSession, HostConfig, Pending, SessionHandle, SessionHost, SessionInfo};
+pub use record::Source;
 pub use session::{Reply, SessionStatus};
+pub use stream::{StreamRead, StreamTable};
 pub use supervisor::RestartIntensity;
 pub use transfer::{MovedTo, Relay, Transfer};
 pub use usage::{Usage, UsageCounters};

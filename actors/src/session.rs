@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 
 use crate::error::SessionError;
-use crate::handler::{HandlerError, SessionContext, SessionHandler};
+use crate::handler::{HandlerError, SessionContext, SessionHandler, TimerOp};
+use crate::record::{Pending, Source, Sys};
 use crate::supervisor::RestartIntensity;
 use crate::transfer::{MovedTo, Relay};
 use crate::usage::UsageCounters;
@@ -87,6 +88,10 @@ impl<O> Reply<O> {
 
 type ReplyTx<O> = oneshot::Sender<Result<Reply<O>, SessionError>>;
 
+/// Where a call's answer goes: the callee handler's answer (JSON) or why there is none.
+pub(crate) type CallTx =
+    oneshot::Sender<Result<Result<serde_json::Value, HandlerError>, SessionError>>;
+
 /// Messages of the session actor.
 pub enum SessionMsg<H: SessionHandler> {
     /// A client input.
@@ -98,6 +103,21 @@ pub enum SessionMsg<H: SessionHandler> {
         /// Where the answer goes.
         reply: ReplyTx<H::Output>,
     },
+    /// A call from another session (ADR 0033): exactly once by `key`.
+    Call {
+        /// The caller's idempotency key for the call.
+        key: String,
+        /// The calling session.
+        caller: String,
+        /// The sessions waiting on it, oldest first.
+        chain: Vec<String>,
+        /// Payload.
+        input: H::Input,
+        /// Where the answer goes.
+        reply: CallTx,
+    },
+    /// A timer the session set may be due.
+    Fire,
     /// Timer: periodic checkpoint and idle check.
     Tick,
     /// Write a checkpoint now; answers the seq it covers.
@@ -158,16 +178,18 @@ pub enum SessionStatus {
 /// restart).
 pub(crate) type Journaled<H> = (
     Seq,
+    crate::record::Source,
     <H as SessionHandler>::Input,
     Vec<crate::effects::Entry>,
 );
 
-/// What [`Shared::load`] finds: the checkpoint's seq and state, and the effect journal of the
-/// input after it.
+/// What [`Shared::load`] finds: the checkpoint's step and state, the runtime record, and the
+/// effect journal of the input after it.
 pub(crate) type Loaded<H> = (
     Seq,
     <H as SessionHandler>::State,
-    Option<crate::effects::Journal>,
+    crate::record::Sys,
+    Option<crate::record::Pending>,
 );
 
 /// State shared between a session's handle, its actor incarnations and the supervisor.
@@ -187,12 +209,13 @@ pub(crate) struct Shared<H: SessionHandler> {
     /// effects, replayed after a restart.
     pub journal: Mutex<Vec<Journaled<H>>>,
     /// The effects an input that panicked had run, for the incarnation that retries it.
-    pub inflight: Mutex<Option<crate::effects::Journal>>,
+    pub inflight: Mutex<Option<crate::record::Pending>>,
     /// The newest checkpoint written or loaded: the base an in-flight input's effect journal is
     /// stored with (ADR 0032).
     pub last_cp: Mutex<Option<Arc<Checkpoint>>>,
     pub restarts: Mutex<VecDeque<Instant>>,
     pub intensity: RestartIntensity,
+    /// The newest client seq processed (what clients number from).
     pub last_seq: AtomicU64,
     pub tick: Duration,
     pub supervisor: ActorRef<crate::supervisor::SupervisorMsg>,
@@ -283,13 +306,18 @@ impl<H: SessionHandler> Shared<H> {
         }
     }
 
-    fn ctx(&self, seq: Seq) -> SessionContext {
-        SessionContext::new(self.ctx_base.clone(), self.epoch(), seq)
+    fn ctx(&self, seq: Seq, source: crate::record::Source) -> SessionContext {
+        SessionContext::new(self.ctx_base.clone(), self.epoch(), seq, source)
     }
 
-    /// Writes a checkpoint of `state` at `seq`; a zero-loss session's write must reach its
-    /// `min_copies` copies beyond the holder.
-    fn write_checkpoint(&self, state: &H::State, seq: Seq) -> Result<PutOutcome, SessionError> {
+    /// Writes a checkpoint of `state` and the runtime record `sys` at step `seq`; a zero-loss
+    /// session's write must reach its `min_copies` copies beyond the holder.
+    fn write_checkpoint(
+        &self,
+        state: &H::State,
+        seq: Seq,
+        sys: &crate::record::Sys,
+    ) -> Result<PutOutcome, SessionError> {
         let started = Instant::now();
         let bytes = self
             .handler
@@ -306,7 +334,8 @@ impl<H: SessionHandler> Shared<H> {
             self.handler.id(),
             self.handler.version(),
             bytes,
-        );
+        )
+        .with_journal(crate::record::encode(seq, sys, None));
         self.put_with_copies(cp, started, seq)
     }
 
@@ -382,20 +411,20 @@ impl<H: SessionHandler> Shared<H> {
             .handler
             .decode_state(&cp.state)
             .map_err(|e| format!("checkpoint state unreadable: {e}"))?;
-        let journal =
-            crate::effects::Journal::decode(&cp.journal).filter(|j| j.seq == cp.seq.next());
+        let (sys, pending) = crate::record::decode(cp.seq, &cp.journal);
+        let pending = pending.filter(|p| p.step == cp.seq.next());
         let seq = cp.seq;
         *lock(&self.last_cp) = Some(Arc::new(cp));
-        Ok(Some((seq, state, journal)))
+        Ok(Some((seq, state, sys, pending)))
     }
 }
 
 impl<H: SessionHandler> crate::effects::JournalSink for Shared<H> {
-    fn persist(&self, journal: &crate::effects::Journal) -> Result<bool, String> {
+    fn persist(&self, journal: &crate::record::Pending) -> Result<bool, String> {
         let Some(base) = lock(&self.last_cp).clone() else {
             return Ok(false);
         };
-        if base.seq.next() != journal.seq {
+        if base.seq.next() != journal.step {
             // Inputs since the stored state are not durable themselves (bounded-loss session
             // between checkpoints): the journal stays in memory with them.
             return Ok(false);
@@ -408,7 +437,11 @@ impl<H: SessionHandler> crate::effects::JournalSink for Shared<H> {
             self.handler.version(),
             base.state.clone(),
         )
-        .with_journal(journal.encode());
+        .with_journal(crate::record::encode(
+            base.seq,
+            &crate::record::decode(base.seq, &base.journal).0,
+            Some(journal),
+        ));
         let min_copies = if self.policy.is_synchronous() {
             self.policy.min_copies
         } else {
@@ -419,7 +452,7 @@ impl<H: SessionHandler> crate::effects::JournalSink for Shared<H> {
             .put_counted(&cp, min_copies)
             .map(|_| true)
             .map_err(|e| e.to_string());
-        tracing::debug!(session = %self.id, seq = %journal.seq, effects = journal.entries.len(), ok = r.is_ok(), "effect journal written");
+        tracing::debug!(session = %self.id, step = %journal.step, effects = journal.entries.len(), ok = r.is_ok(), "effect journal written");
         r
     }
 }
@@ -469,6 +502,7 @@ impl<H> SessionActor<H> {
 pub(crate) struct ActorState<H: SessionHandler> {
     shared: Arc<Shared<H>>,
     state: H::State,
+    /// The newest step processed (any source).
     last_seq: Seq,
     checkpointed_seq: Seq,
     dirty_since: Option<Instant>,
@@ -478,19 +512,26 @@ pub(crate) struct ActorState<H: SessionHandler> {
     last_outcome: PutOutcome,
     /// Why the newest checkpoint attempt failed (cleared by a successful one).
     last_failure: Option<String>,
-    /// Effects the next input already ran (from a checkpoint's journal, or an input that
-    /// panicked): replayed when that input is retried.
-    pending: Option<crate::effects::Journal>,
+    /// Effects the next input of one source already ran (from a checkpoint's journal, or an
+    /// input that panicked): replayed when that input is retried.
+    pending: Option<Pending>,
     /// Whether `pending` was read from a checkpoint (else: kept in memory after a panic).
     pending_durable: bool,
+    /// The runtime record: where each source stands, timers, answered calls, kept streams.
+    sys: Sys,
+    /// Wakes the actor when its earliest timer is due: (due, task).
+    alarm: Option<(u64, tokio::task::JoinHandle<()>)>,
 }
 
-/// Whether a handler call is a client's input or the replay of a journaled one after a restart.
+/// Whether a handler call is a live input or the replay of a journaled one after a restart.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Call {
     Live,
     Replay,
 }
+
+/// Most timers fired in one go (queued inputs get their turn in between).
+const MAX_FIRES_PER_WAKE: usize = 64;
 
 /// Runs the handler on one input, measuring busy time (time inside polls). A panic is caught and
 /// returned as `Err(message)` so the caller can answer the client before the actor fails. Live
@@ -499,11 +540,12 @@ async fn run_handler<H: SessionHandler>(
     shared: &Shared<H>,
     state: &mut H::State,
     seq: Seq,
+    source: &Source,
     input: H::Input,
     call: Call,
 ) -> Result<Result<H::Output, HandlerError>, String> {
     use futures::FutureExt;
-    let ctx = shared.ctx(seq);
+    let ctx = shared.ctx(seq, source.clone());
     let injected = match (&shared.faults, call) {
         (Some(f), Call::Live) => f.decide(shared.id.as_str()),
         _ => Default::default(),
@@ -547,12 +589,35 @@ async fn run_handler<H: SessionHandler>(
     })
 }
 
+/// How a processed step ended up, durability-wise.
+enum Settled {
+    /// Acknowledge it with this durability.
+    Acked {
+        durable: bool,
+        copies: u32,
+        not_durable: Option<String>,
+    },
+    /// Not durable: answer this error; the session went back to its newest stored checkpoint.
+    Refused(SessionError),
+    /// This holder is fenced: answer this error; the session stopped.
+    Fenced(SessionError),
+}
+
+/// What a step did.
+type Ran<O> = (
+    Result<Result<O, HandlerError>, String>,
+    Vec<crate::effects::Entry>,
+);
+
 impl<H: SessionHandler> ActorState<H> {
     fn checkpoint(&mut self) -> Result<Seq, SessionError> {
         if self.checkpointed_seq == self.last_seq && self.dirty_since.is_none() {
             return Ok(self.last_seq);
         }
-        match self.shared.write_checkpoint(&self.state, self.last_seq) {
+        match self
+            .shared
+            .write_checkpoint(&self.state, self.last_seq, &self.sys)
+        {
             Ok(outcome) => {
                 self.last_outcome = outcome;
                 self.last_failure = None;
@@ -564,9 +629,284 @@ impl<H: SessionHandler> ActorState<H> {
         }
         self.checkpointed_seq = self.last_seq;
         self.dirty_since = None;
-        lock(&self.shared.journal).retain(|(s, _, _)| *s > self.last_seq);
+        lock(&self.shared.journal).retain(|(s, _, _, _)| *s > self.last_seq);
         Ok(self.last_seq)
     }
+
+    /// The recorded effects of `source`'s input, if the pending journal is its.
+    fn take_pending(&mut self, source: &Source) -> (Vec<crate::effects::Entry>, bool) {
+        match self.pending.take() {
+            Some(p) if &p.source == source => (p.entries, self.pending_durable),
+            other => {
+                self.pending = other;
+                (Vec::new(), true)
+            }
+        }
+    }
+
+    /// Runs one step: the handler on `input` from `source`, then (unless it panicked) the
+    /// runtime record's changes. Returns what the handler did and the effects it recorded.
+    async fn step(
+        &mut self,
+        source: &Source,
+        chain: Vec<String>,
+        input: H::Input,
+        call: Call,
+        recorded: Vec<crate::effects::Entry>,
+        durable: bool,
+    ) -> Ran<H::Output> {
+        let sh = self.shared.clone();
+        let step = self.last_seq.next();
+        sh.ctx_base.begin_turn(
+            source.clone(),
+            chain,
+            self.sys.timers.iter().map(|t| t.id.clone()).collect(),
+        );
+        sh.ctx_base
+            .effects
+            .begin(step, source.clone(), recorded, durable);
+        let ran = run_handler(&sh, &mut self.state, step, source, input, call).await;
+        let effects = sh.ctx_base.effects.finish();
+        let ops = sh.ctx_base.end_turn();
+        if let Ok(out) = &ran {
+            self.commit(step, source, out, ops);
+        }
+        (ran, effects)
+    }
+
+    /// The runtime record after step `step` from `source` completed with `output`.
+    fn commit(
+        &mut self,
+        step: Seq,
+        source: &Source,
+        output: &Result<H::Output, HandlerError>,
+        ops: Vec<TimerOp>,
+    ) {
+        self.last_seq = step;
+        match source {
+            Source::Client(seq) => {
+                self.sys.client_seq = *seq;
+                self.shared.ctx_base.streams.finish(*seq, &mut self.sys);
+                self.shared.last_seq.store(seq.0, Ordering::Release);
+            }
+            Source::Timer(id) => self.sys.timers.retain(|t| &t.id != id),
+            Source::Call { key, .. } => {
+                let answer: Result<serde_json::Value, HandlerError> = match output {
+                    Ok(o) => Ok(serde_json::to_value(o).unwrap_or(serde_json::Value::Null)),
+                    Err(e) => Err(e.clone()),
+                };
+                self.sys.remember_call(
+                    key.clone(),
+                    serde_json::to_string(&answer).unwrap_or_default(),
+                );
+            }
+        }
+        for op in ops {
+            match op {
+                TimerOp::Add(t) => {
+                    if self.sys.timers.iter().any(|x| x.id == t.id) {
+                        continue;
+                    }
+                    if self.sys.timers.len() >= crate::record::MAX_TIMERS {
+                        tracing::warn!(session = %self.shared.id, timer = %t.id, "timer dropped: too many pending");
+                        continue;
+                    }
+                    self.sys.timers.push(t);
+                }
+                TimerOp::Cancel(id) => self.sys.timers.retain(|t| t.id != id),
+            }
+        }
+    }
+
+    /// Makes a processed step durable as the policy says (`journaled`: what a periodic session
+    /// replays after a restart). `Err`: restart the session.
+    fn settle(
+        &mut self,
+        myself: &ActorRef<SessionMsg<H>>,
+        journaled: Option<Journaled<H>>,
+    ) -> Result<Settled, ActorProcessingErr> {
+        let sh = self.shared.clone();
+        match sh.policy.mode {
+            CheckpointMode::Synchronous => match self.checkpoint() {
+                Ok(_) => {
+                    let (durable, not_durable) = durability(&sh.policy, self.last_outcome);
+                    Ok(Settled::Acked {
+                        durable,
+                        copies: self.last_outcome.copies,
+                        not_durable,
+                    })
+                }
+                Err(e @ SessionError::Fenced { .. }) => {
+                    sh.stop_with(e.to_string());
+                    myself.stop(Some("fenced".into()));
+                    Ok(Settled::Fenced(e))
+                }
+                Err(e) => {
+                    // Not durable: do not acknowledge, and drop the in-memory state that
+                    // includes the input by going back to the newest stored checkpoint. A
+                    // failing store is not a handler crash: reloading in place does not count
+                    // against the restart intensity, so a disk that fails for a while (every
+                    // retry refused) does not stop the session for good.
+                    match sh.load() {
+                        Ok(Some((seq, state, sys, stored))) => {
+                            self.state = state;
+                            self.last_seq = seq;
+                            self.checkpointed_seq = seq;
+                            self.dirty_since = None;
+                            sh.last_seq.store(sys.client_seq.0, Ordering::Release);
+                            self.sys = sys;
+                            // The input's effects, if stored: its retry replays them.
+                            self.pending = stored;
+                            self.pending_durable = true;
+                            Ok(Settled::Refused(e))
+                        }
+                        // Unreadable too: restart (counted) from whatever can be read.
+                        _ => Err(e.to_string().into()),
+                    }
+                }
+            },
+            CheckpointMode::Periodic { max_interval } => {
+                let len = {
+                    let mut j = lock(&sh.journal);
+                    if let Some(i) = journaled {
+                        j.push(i);
+                    }
+                    j.len()
+                };
+                let since = *self.dirty_since.get_or_insert_with(Instant::now);
+                let mut covered = None;
+                if since.elapsed() >= checkpoint_due(max_interval) || len >= MAX_JOURNAL {
+                    match self.checkpoint() {
+                        Ok(_) => covered = Some(self.last_outcome),
+                        Err(e @ SessionError::Fenced { .. }) => {
+                            sh.stop_with(e.to_string());
+                            myself.stop(Some("fenced".into()));
+                            return Ok(Settled::Fenced(e));
+                        }
+                        Err(e) => {
+                            tracing::warn!(session = %sh.id, error = %e, "periodic checkpoint failed; will retry")
+                        }
+                    }
+                }
+                Ok(match covered {
+                    Some(o) => {
+                        let (durable, not_durable) = durability(&sh.policy, o);
+                        Settled::Acked {
+                            durable,
+                            copies: o.copies,
+                            not_durable,
+                        }
+                    }
+                    None => Settled::Acked {
+                        durable: false,
+                        copies: 0,
+                        not_durable: Some(format!(
+                            "not checkpointed yet: bounded-loss session, checkpoints within {max_interval:?}"
+                        )),
+                    },
+                })
+            }
+        }
+    }
+
+    /// What a periodic session keeps to replay this step after a restart.
+    fn journaled(&self, source: &Source, input: &H::Input) -> Option<(Source, H::Input)> {
+        match self.shared.policy.mode {
+            CheckpointMode::Periodic { .. } => Some((source.clone(), input.clone())),
+            CheckpointMode::Synchronous => None,
+        }
+    }
+
+    /// A bounded-loss session whose checkpoints have failed for longer than its loss bound
+    /// acknowledges nothing more until one succeeds: tries once now. `Err`: the error to answer.
+    fn catch_up(&mut self, myself: &ActorRef<SessionMsg<H>>) -> Result<(), SessionError> {
+        let sh = self.shared.clone();
+        if let (CheckpointMode::Periodic { max_interval }, Some(since)) =
+            (sh.policy.mode, self.dirty_since)
+        {
+            if since.elapsed() >= max_interval {
+                match self.checkpoint() {
+                    Ok(_) => {}
+                    Err(e @ SessionError::Fenced { .. }) => {
+                        sh.stop_with(e.to_string());
+                        myself.stop(Some("fenced".into()));
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        return Err(SessionError::CheckpointsBehind {
+                            session: sh.id.clone(),
+                            seq: self.last_seq.next(),
+                            behind_ms: since.elapsed().as_millis() as u64,
+                            bound_ms: max_interval.as_millis() as u64,
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a live step from `source` and settles it. `Ok(None)`: it panicked (the error to
+    /// answer is in the `Err` of the outer result: the actor fails).
+    async fn live(
+        &mut self,
+        myself: &ActorRef<SessionMsg<H>>,
+        source: Source,
+        chain: Vec<String>,
+        input: H::Input,
+    ) -> Result<(Result<H::Output, HandlerError>, Settled), String> {
+        let keep = self.journaled(&source, &input);
+        let (recorded, durable) = self.take_pending(&source);
+        let step = self.last_seq.next();
+        let (ran, effects) = self
+            .step(&source, chain, input, Call::Live, recorded, durable)
+            .await;
+        let output = match ran {
+            Ok(o) => o,
+            Err(reason) => {
+                // The incarnation that retries this input replays its effects.
+                if !effects.is_empty() {
+                    *lock(&self.shared.inflight) = Some(Pending {
+                        source,
+                        step,
+                        entries: effects,
+                    });
+                }
+                return Err(reason);
+            }
+        };
+        self.shared.usage.inputs.fetch_add(1, Ordering::Relaxed);
+        let journaled = keep.map(|(s, i)| (step, s, i, effects));
+        let settled = self.settle(myself, journaled).map_err(|e| e.to_string())?;
+        self.arm(myself);
+        Ok((output, settled))
+    }
+
+    /// Arms the alarm for the earliest timer (re-arms only when it changed).
+    fn arm(&mut self, myself: &ActorRef<SessionMsg<H>>) {
+        let next = self.sys.next_timer().map(|t| t.due_ms);
+        if let (Some(due), Some((at, _))) = (next, &self.alarm) {
+            if *at == due {
+                return;
+            }
+        }
+        if let Some((_, h)) = self.alarm.take() {
+            h.abort();
+        }
+        if let Some(due) = next {
+            self.alarm = Some((due, alarm(myself.clone(), due)));
+        }
+    }
+}
+
+/// A task that sends `Fire` to `me` at `due` (Unix ms).
+fn alarm<H: SessionHandler>(me: ActorRef<SessionMsg<H>>, due: u64) -> tokio::task::JoinHandle<()> {
+    let wait = Duration::from_millis(due.saturating_sub(crate::handler::now_ms()));
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let _ = me.cast(SessionMsg::Fire);
+    })
 }
 
 impl<H: SessionHandler> Actor for SessionActor<H> {
@@ -579,45 +919,19 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
         myself: ActorRef<Self::Msg>,
         shared: Arc<Shared<H>>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (mut last_seq, mut state, stored) = match shared.load()? {
+        let (last_seq, state, sys, stored) = match shared.load()? {
             Some(x) => x,
             None => return Err(format!("no checkpoint found for session {}", shared.id).into()),
         };
-        let checkpointed_seq = last_seq;
-        // Replay inputs processed after the checkpoint (at-least-once at the handler), with the
-        // results their effects recorded (the effects are not run again).
-        let journal: Vec<Journaled<H>> = lock(&shared.journal)
-            .iter()
-            .filter(|(s, _, _)| *s > last_seq)
-            .cloned()
-            .collect();
-        for (seq, input, effects) in journal {
-            if seq != last_seq.next() {
-                return Err(
-                    format!("journal gap: expected {} got {}", last_seq.next(), seq).into(),
-                );
-            }
-            shared.ctx_base.effects.begin(seq, effects, true);
-            let _ = run_handler(&shared, &mut state, seq, input, Call::Replay).await?;
-            shared.ctx_base.effects.finish();
-            last_seq = seq;
-        }
-        // The effects of the input after these: from one that panicked here, else stored.
-        let inflight = lock(&shared.inflight).take();
-        let pending_durable = inflight.is_none();
-        let pending = inflight.or(stored).filter(|j| j.seq == last_seq.next());
-        if let Some(j) = &pending {
-            tracing::info!(session = %shared.id, seq = %j.seq, effects = j.entries.len(), "effects recorded for the next input: its retry replays them");
-        }
-        shared.last_seq.store(last_seq.0, Ordering::Release);
-        let dirty_since = (last_seq > checkpointed_seq).then(Instant::now);
+        shared.ctx_base.streams.load(&sys);
+        shared.last_seq.store(sys.client_seq.0, Ordering::Release);
         let timer = Some(myself.send_interval(shared.tick, || SessionMsg::Tick));
-        Ok(ActorState {
-            shared,
+        let mut st = ActorState {
+            shared: shared.clone(),
             state,
             last_seq,
-            checkpointed_seq,
-            dirty_since,
+            checkpointed_seq: last_seq,
+            dirty_since: None,
             last_activity: Instant::now(),
             timer,
             last_outcome: PutOutcome {
@@ -625,9 +939,44 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                 synced: true,
             },
             last_failure: None,
-            pending,
-            pending_durable,
-        })
+            pending: None,
+            pending_durable: true,
+            sys,
+            alarm: None,
+        };
+        // Replay inputs processed after the checkpoint (at-least-once at the handler), with the
+        // results their effects recorded (the effects are not run again).
+        let journal: Vec<Journaled<H>> = lock(&shared.journal)
+            .iter()
+            .filter(|(s, _, _, _)| *s > last_seq)
+            .cloned()
+            .collect();
+        for (seq, source, input, effects) in journal {
+            if seq != st.last_seq.next() {
+                return Err(
+                    format!("journal gap: expected {} got {}", st.last_seq.next(), seq).into(),
+                );
+            }
+            let (ran, _) = st
+                .step(&source, Vec::new(), input, Call::Replay, effects, true)
+                .await;
+            let _ = ran?;
+        }
+        // The effects of the input after these: from one that panicked here, else stored.
+        let inflight = lock(&shared.inflight).take();
+        st.pending_durable = inflight.is_none();
+        st.pending = inflight
+            .or(stored)
+            .filter(|j| j.step == st.last_seq.next() || !matches!(j.source, Source::Client(_)));
+        if let Some(j) = &st.pending {
+            tracing::info!(session = %shared.id, source = ?j.source, effects = j.entries.len(), "effects recorded for the next input: its retry replays them");
+        }
+        shared
+            .last_seq
+            .store(st.sys.client_seq.0, Ordering::Release);
+        st.dirty_since = (st.last_seq > st.checkpointed_seq).then(Instant::now);
+        st.arm(&myself);
+        Ok(st)
     }
 
     async fn post_stop(
@@ -638,6 +987,10 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
         if let Some(t) = st.timer.take() {
             t.abort();
         }
+        if let Some((_, a)) = st.alarm.take() {
+            a.abort();
+        }
+        st.shared.ctx_base.streams.wake_all();
         Ok(())
     }
 
@@ -652,70 +1005,48 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                 st.shared.queued.fetch_sub(1, Ordering::AcqRel);
                 st.last_activity = Instant::now();
                 let sh = st.shared.clone();
-                if seq <= st.last_seq {
+                let last = st.sys.client_seq;
+                if seq <= last {
                     sh.usage.duplicates.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(Ok(Reply::Duplicate {
-                        seq,
-                        last: st.last_seq,
-                    }));
+                    let _ = reply.send(Ok(Reply::Duplicate { seq, last }));
                     return Ok(());
                 }
-                if seq != st.last_seq.next() {
+                if seq != last.next() {
                     let _ = reply.send(Err(SessionError::SeqGap {
                         session: sh.id.clone(),
-                        expected: st.last_seq.next(),
+                        expected: last.next(),
                         got: seq,
                     }));
                     return Ok(());
                 }
-                // A bounded-loss session whose checkpoints have failed for longer than its loss
-                // bound acknowledges nothing more until one succeeds: try once now.
-                if let (CheckpointMode::Periodic { max_interval }, Some(since)) =
-                    (sh.policy.mode, st.dirty_since)
-                {
-                    if since.elapsed() >= max_interval {
-                        match st.checkpoint() {
-                            Ok(_) => {}
-                            Err(e @ SessionError::Fenced { .. }) => {
-                                let _ = reply.send(Err(e.clone()));
-                                sh.stop_with(e.to_string());
-                                myself.stop(Some("fenced".into()));
-                                return Ok(());
-                            }
-                            Err(e) => {
-                                let _ = reply.send(Err(SessionError::CheckpointsBehind {
-                                    session: sh.id.clone(),
-                                    seq,
-                                    behind_ms: since.elapsed().as_millis() as u64,
-                                    bound_ms: max_interval.as_millis() as u64,
-                                    reason: e.to_string(),
-                                }));
-                                return Ok(());
-                            }
-                        }
-                    }
+                if let Err(e) = st.catch_up(&myself) {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
                 }
-                let journaled = match sh.policy.mode {
-                    CheckpointMode::Periodic { .. } => Some(input.clone()),
-                    CheckpointMode::Synchronous => None,
-                };
-                let (recorded, durable) = match st.pending.take() {
-                    Some(j) if j.seq == seq => (j.entries, st.pending_durable),
-                    other => {
-                        st.pending = other;
-                        (Vec::new(), true)
+                match st
+                    .live(&myself, Source::Client(seq), Vec::new(), input)
+                    .await
+                {
+                    Ok((
+                        output,
+                        Settled::Acked {
+                            durable,
+                            copies,
+                            not_durable,
+                        },
+                    )) => {
+                        let _ = reply.send(Ok(Reply::Processed {
+                            seq,
+                            output,
+                            durable,
+                            copies,
+                            not_durable,
+                        }));
                     }
-                };
-                sh.ctx_base.effects.begin(seq, recorded, durable);
-                let ran = run_handler(&sh, &mut st.state, seq, input, Call::Live).await;
-                let effects = sh.ctx_base.effects.finish();
-                let output = match ran {
-                    Ok(o) => o,
+                    Ok((_, Settled::Refused(e) | Settled::Fenced(e))) => {
+                        let _ = reply.send(Err(e));
+                    }
                     Err(reason) => {
-                        // The incarnation that retries this input replays its effects.
-                        if !effects.is_empty() {
-                            *lock(&sh.inflight) = Some(crate::effects::Journal::new(seq, effects));
-                        }
                         // The state may be half-updated: answer, then fail so the supervisor
                         // restarts from the last checkpoint (plus journal replay).
                         let _ = reply.send(Err(SessionError::HandlerPanicked {
@@ -725,95 +1056,108 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                         }));
                         return Err(reason.into());
                     }
-                };
-                st.last_seq = seq;
-                sh.last_seq.store(seq.0, Ordering::Release);
-                sh.usage.inputs.fetch_add(1, Ordering::Relaxed);
-                match sh.policy.mode {
-                    CheckpointMode::Synchronous => match st.checkpoint() {
-                        Ok(_) => {
-                            let (durable, not_durable) = durability(&sh.policy, st.last_outcome);
-                            let _ = reply.send(Ok(Reply::Processed {
-                                seq,
-                                output,
-                                durable,
-                                copies: st.last_outcome.copies,
-                                not_durable,
-                            }));
-                        }
-                        Err(e @ SessionError::Fenced { .. }) => {
-                            let _ = reply.send(Err(e.clone()));
-                            sh.stop_with(e.to_string());
-                            myself.stop(Some("fenced".into()));
-                        }
-                        Err(e) => {
-                            // Not durable: do not acknowledge, and drop the in-memory state that
-                            // includes the input by going back to the newest stored checkpoint.
-                            // A failing store is not a handler crash: reloading in place does not
-                            // count against the restart intensity, so a disk that fails for a
-                            // while (every retry refused) does not stop the session for good.
-                            let _ = reply.send(Err(e.clone()));
-                            match sh.load() {
-                                Ok(Some((seq, state, stored))) => {
-                                    st.state = state;
-                                    st.last_seq = seq;
-                                    st.checkpointed_seq = seq;
-                                    st.dirty_since = None;
-                                    // The input's effects, if stored: its retry replays them.
-                                    st.pending = stored;
-                                    st.pending_durable = true;
-                                    sh.last_seq.store(seq.0, Ordering::Release);
-                                }
-                                // Unreadable too: restart (counted) from whatever can be read.
-                                _ => return Err(e.to_string().into()),
-                            }
-                        }
-                    },
-                    CheckpointMode::Periodic { max_interval } => {
-                        let len = {
-                            let mut j = lock(&sh.journal);
-                            if let Some(i) = journaled {
-                                j.push((seq, i, effects));
-                            }
-                            j.len()
-                        };
-                        let since = *st.dirty_since.get_or_insert_with(Instant::now);
-                        let mut covered = None;
-                        if since.elapsed() >= checkpoint_due(max_interval) || len >= MAX_JOURNAL {
-                            match st.checkpoint() {
-                                Ok(_) => covered = Some(st.last_outcome),
-                                Err(e @ SessionError::Fenced { .. }) => {
-                                    let _ = reply.send(Err(e.clone()));
-                                    sh.stop_with(e.to_string());
-                                    myself.stop(Some("fenced".into()));
-                                    return Ok(());
-                                }
-                                Err(e) => {
-                                    tracing::warn!(session = %sh.id, error = %e, "periodic checkpoint failed; will retry")
-                                }
-                            }
-                        }
-                        let (durable, copies, not_durable) = match covered {
-                            Some(o) => {
-                                let (d, why) = durability(&sh.policy, o);
-                                (d, o.copies, why)
-                            }
-                            None => (
-                                false,
-                                0,
-                                Some(format!(
-                                    "not checkpointed yet: bounded-loss session, checkpoints within {max_interval:?}"
-                                )),
-                            ),
-                        };
-                        let _ = reply.send(Ok(Reply::Processed {
-                            seq,
-                            output,
-                            durable,
-                            copies,
-                            not_durable,
-                        }));
+                }
+            }
+            SessionMsg::Call {
+                key,
+                caller,
+                chain,
+                input,
+                reply,
+            } => {
+                st.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                st.last_activity = Instant::now();
+                let sh = st.shared.clone();
+                if let Some(answer) = st.sys.call_answer(&key) {
+                    // A retry of a call already answered: the same answer, nothing runs.
+                    sh.usage.duplicates.fetch_add(1, Ordering::Relaxed);
+                    let a = serde_json::from_str(answer).unwrap_or_else(|e| {
+                        Err(HandlerError::new("call_forgotten", e.to_string()))
+                    });
+                    let _ = reply.send(Ok(a));
+                    return Ok(());
+                }
+                if let Err(e) = crate::calls::check_chain(&chain, sh.id.as_str()) {
+                    let _ = reply.send(Ok(Err(e)));
+                    return Ok(());
+                }
+                if let Err(e) = st.catch_up(&myself) {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                let step = st.last_seq.next();
+                match st
+                    .live(&myself, Source::Call { key, caller }, chain, input)
+                    .await
+                {
+                    Ok((output, Settled::Acked { .. })) => {
+                        let _ = reply.send(Ok(output
+                            .map(|o| serde_json::to_value(o).unwrap_or(serde_json::Value::Null))));
                     }
+                    Ok((_, Settled::Refused(e) | Settled::Fenced(e))) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    Err(reason) => {
+                        let _ = reply.send(Err(SessionError::HandlerPanicked {
+                            session: sh.id.clone(),
+                            seq: step,
+                            reason: reason.clone(),
+                        }));
+                        return Err(reason.into());
+                    }
+                }
+            }
+            SessionMsg::Fire => {
+                st.alarm = None;
+                // Only a serving holder fires: a frozen one (a handover in progress) leaves its
+                // timers to whichever holder the session has after it.
+                if !matches!(*lock(&st.shared.status), Status::Running(_)) {
+                    st.alarm = Some((0, {
+                        let me = myself.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let _ = me.cast(SessionMsg::Fire);
+                        })
+                    }));
+                    return Ok(());
+                }
+                st.last_activity = Instant::now();
+                for _ in 0..MAX_FIRES_PER_WAKE {
+                    let now = crate::handler::now_ms();
+                    let Some(t) = st.sys.next_timer().filter(|t| t.due_ms <= now).cloned() else {
+                        break;
+                    };
+                    let input: H::Input = match serde_json::from_str(&t.input) {
+                        Ok(i) => i,
+                        Err(e) => {
+                            tracing::warn!(session = %st.shared.id, timer = %t.id, error = %e, "timer dropped: its input does not decode as the handler's input type");
+                            st.sys.timers.retain(|x| x.id != t.id);
+                            st.dirty_since.get_or_insert_with(Instant::now);
+                            continue;
+                        }
+                    };
+                    if st.catch_up(&myself).is_err() {
+                        break;
+                    }
+                    match st
+                        .live(&myself, Source::Timer(t.id.clone()), Vec::new(), input)
+                        .await
+                    {
+                        Ok((output, Settled::Acked { .. })) => {
+                            if let Err(e) = output {
+                                tracing::info!(session = %st.shared.id, timer = %t.id, error = %e, "timer input answered with an error");
+                            }
+                            tracing::debug!(session = %st.shared.id, timer = %t.id, "timer fired");
+                        }
+                        Ok((_, Settled::Refused(_))) => break,
+                        Ok((_, Settled::Fenced(_))) => return Ok(()),
+                        Err(reason) => return Err(reason.into()),
+                    }
+                }
+                st.arm(&myself);
+                if st.alarm.is_none() && st.dirty_since.is_some() {
+                    // A dropped timer is a change of the record: keep it.
+                    let _ = st.checkpoint();
                 }
             }
             SessionMsg::Tick => {
@@ -881,7 +1225,8 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
     }
 }
 
-/// Checkpoints and stops the actor if no input is queued. Returns whether it hibernated.
+/// Checkpoints and stops the actor if no input is queued. Returns whether it hibernated. A
+/// session with a pending timer is woken for it.
 fn try_hibernate<H: SessionHandler>(
     myself: &ActorRef<SessionMsg<H>>,
     st: &mut ActorState<H>,
@@ -900,8 +1245,39 @@ fn try_hibernate<H: SessionHandler>(
     }
     sh.changed.notify_waiters();
     tracing::debug!(session = %sh.id, seq = %st.last_seq, "hibernated");
+    if let Some(t) = st.sys.next_timer() {
+        let wait = Duration::from_millis(t.due_ms.saturating_sub(crate::handler::now_ms()));
+        let shared = sh.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            wake_for_timer(shared).await;
+        });
+    }
     myself.stop(Some("hibernated".into()));
     true
+}
+
+/// Wakes a hibernated session whose timer is due (its actor fires it when it starts).
+async fn wake_for_timer<H: SessionHandler>(shared: Arc<Shared<H>>) {
+    let wake = {
+        let mut g = lock(&shared.status);
+        if matches!(*g, Status::Hibernated) {
+            *g = Status::Starting;
+            true
+        } else {
+            false
+        }
+    };
+    if wake {
+        tracing::debug!(session = %shared.id, "woken for a timer");
+        if crate::host::spawn_via(&shared.supervisor, shared.clone())
+            .await
+            .is_err()
+            && matches!(shared.status(), SessionStatus::Starting)
+        {
+            shared.set_status(Status::Hibernated);
+        }
+    }
 }
 
 /// The supervisor's type-erased view of a session.
