@@ -1,5 +1,6 @@
 //! The `effects` imports of `opengrid:agent@0.2.0` (ADR 0034): each one is the session's
-//! [`SessionContext`] method of the same name, which journals it (ADR 0032), so a guest's effects
+//! [`SessionContext`] method of the same name (`fetch`, `now_ms`, `random_u64`: ADR 0032; `emit`,
+//! `schedule`, `cancel`, `call`, `source`: ADR 0033), which journals it, so a guest's effects
 //! replay exactly like a native handler's. Nothing is journaled here.
 //!
 //! What a guest hands an import is checked first (sizes, HTTP tokens), and every failure comes
@@ -10,7 +11,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opengrid_actors::{HandlerError, HttpRequest, SessionContext};
+use opengrid_actors::calls::MAX_CALL_DEADLINE;
+use opengrid_actors::record::MAX_TIMER_INPUT;
+use opengrid_actors::{HandlerError, HttpRequest, SessionContext, Source, When};
 
 use crate::host::v0_2::api::effects as wit;
 use crate::host::v0_2::api::types::AgentError;
@@ -26,6 +29,12 @@ pub const MAX_HEADERS: usize = 128;
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
 /// Largest request body: the size of the largest answer the node records.
 pub const MAX_REQUEST_BODY_BYTES: usize = opengrid_actors::effects::MAX_EFFECT_RESULT_BYTES;
+/// Longest timer id `cancel` takes (ids are idempotency keys: `session:source:index`).
+pub const MAX_TIMER_ID_BYTES: usize = 4 << 10;
+/// Longest capability `call` takes.
+pub const MAX_CALL_TARGET_BYTES: usize = 16 << 10;
+/// Largest input of a call.
+pub const MAX_CALL_INPUT_BYTES: usize = 1 << 20;
 
 /// How long one call has waited for its durable effects (a model's answer may take a minute): the
 /// handler's outer deadline, which bounds guest code and other host calls, is extended by it.
@@ -180,6 +189,86 @@ impl wit::Host for CallState {
         let _waiting = clock.enter();
         ctx.random_u64().await.map_err(error)
     }
+
+    async fn emit(&mut self, chunk: String) -> Result<u64, AgentError> {
+        let (ctx, clock) = self.effect_context("emit")?;
+        let _waiting = clock.enter();
+        ctx.emit(&chunk).await.map_err(error)
+    }
+
+    async fn schedule(&mut self, when: wit::When, input: String) -> Result<String, AgentError> {
+        let (ctx, clock) = self.effect_context("schedule")?;
+        let input = json_input(&input, MAX_TIMER_INPUT, "a timer input")
+            .map_err(|m| refused("schedule", m))?;
+        let when = match when {
+            wit::When::AfterMs(ms) => When::After(Duration::from_millis(ms)),
+            wit::When::AtMs(ms) => When::At(ms),
+        };
+        let _waiting = clock.enter();
+        ctx.schedule(when, input).await.map_err(error)
+    }
+
+    async fn cancel(&mut self, timer: String) -> Result<bool, AgentError> {
+        let (ctx, clock) = self.effect_context("cancel")?;
+        if timer.len() > MAX_TIMER_ID_BYTES {
+            return Err(refused(
+                "cancel",
+                format!(
+                    "a timer id of {} bytes is over {MAX_TIMER_ID_BYTES}",
+                    timer.len()
+                ),
+            ));
+        }
+        let _waiting = clock.enter();
+        ctx.cancel(&timer).await.map_err(error)
+    }
+
+    async fn call(
+        &mut self,
+        target: String,
+        input: String,
+        deadline_ms: u64,
+    ) -> Result<String, AgentError> {
+        let (ctx, clock) = self.effect_context("call")?;
+        if target.len() > MAX_CALL_TARGET_BYTES {
+            return Err(refused(
+                "call",
+                format!(
+                    "a target of {} bytes is over {MAX_CALL_TARGET_BYTES}",
+                    target.len()
+                ),
+            ));
+        }
+        let deadline = Duration::from_millis(deadline_ms);
+        if deadline > MAX_CALL_DEADLINE {
+            return Err(refused(
+                "call",
+                format!("a deadline of {deadline:?} is over {MAX_CALL_DEADLINE:?}"),
+            ));
+        }
+        let input = json_input(&input, MAX_CALL_INPUT_BYTES, "a call's input")
+            .map_err(|m| refused("call", m))?;
+        let _waiting = clock.enter();
+        let answer = ctx.call(&target, input, deadline).await.map_err(error)?;
+        Ok(answer.to_string())
+    }
+
+    fn source(&mut self) -> Option<wit::InputSource> {
+        let ctx = self.call.ctx.as_ref()?;
+        Some(match ctx.source() {
+            Source::Client(seq) => wit::InputSource::Client(seq.0),
+            Source::Timer(id) => wit::InputSource::Timer(id.clone()),
+            Source::Call { caller, .. } => wit::InputSource::Call(caller.clone()),
+        })
+    }
+}
+
+/// JSON text from a guest, bounded before it is parsed.
+fn json_input(text: &str, limit: usize, what: &str) -> Result<serde_json::Value, String> {
+    if text.len() > limit {
+        return Err(format!("{what} of {} bytes is over {limit}", text.len()));
+    }
+    serde_json::from_str(text).map_err(|e| format!("{what} is not JSON: {e}"))
 }
 
 #[cfg(test)]

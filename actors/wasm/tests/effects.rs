@@ -2,12 +2,15 @@
 //! `SessionHost`, real wasmtime and real HTTP on 127.0.0.1: a guest's fetch reaches the server
 //! with its idempotency key; a trap after an effect sends it once; a failover after the effects
 //! replays their recorded results (the same time and random number, one request per key);
-//! effects are refused in `init`; hostile requests get typed errors; Rust and Python guests alike,
-//! next to a 0.1.0 agent.
+//! effects are refused in `init`; hostile requests get typed errors; streamed chunks, timers and
+//! session-to-session calls reach their destinations; Rust and Python guests alike, next to a 0.1.0
+//! agent.
 //!
 //! The egress is [`LocalEgress`]: the node's egress policy (`cluster::node::egress::NodeEgress`,
 //! which needs a running node and is run by examples/tests/effects_processes.rs) over a real HTTP
-//! client — only the manifest's `[egress] hosts`, no redirects, answers bounded.
+//! client — only the manifest's `[egress] hosts`, no redirects, answers bounded. Calls go through
+//! [`LocalCalls`]: the node's routing for sessions on one host, delivering to the callee's real
+//! `DynSession::call_json`.
 
 mod common;
 
@@ -16,9 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::future::BoxFuture;
 use opengrid_actors::egress::EgressFuture;
 use opengrid_actors::{
-    Egress, EgressService, HandlerError, HttpRequest, HttpResponse, Reply, Services, SessionHandle,
+    CallRequest, CallService, Calls, DynSession, Egress, EgressService, HandlerError, HttpRequest,
+    HttpResponse, Reply, Services, SessionHandle,
 };
 use opengrid_session::manifest::EgressSection;
 use opengrid_session::{CheckpointPolicy, CheckpointStore, Epoch, Seq, SessionId};
@@ -179,6 +184,28 @@ impl LocalEgress {
 impl Egress for LocalEgress {
     fn send<'a>(&'a self, _session: &'a SessionId, req: HttpRequest) -> EgressFuture<'a> {
         Box::pin(self.send_checked(req))
+    }
+}
+
+/// Calls to sessions of one host, by session id as capability (see the module doc).
+#[derive(Default)]
+struct LocalCalls {
+    sessions: Mutex<HashMap<String, Arc<dyn DynSession>>>,
+}
+
+impl Calls for LocalCalls {
+    fn call(&self, req: CallRequest) -> BoxFuture<'_, Result<Value, HandlerError>> {
+        Box::pin(async move {
+            opengrid_actors::calls::check_chain(&req.chain, &req.target)?;
+            let callee = self.sessions.lock().unwrap().get(&req.target).cloned();
+            let callee = callee.ok_or_else(|| HandlerError::new("call", "no such session"))?;
+            let answer = callee.call_json(req.key, req.caller, req.chain, req.input);
+            match tokio::time::timeout(req.deadline, answer).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(HandlerError::new("call", e.to_string())),
+                Err(_) => Err(HandlerError::new("call_deadline", "no answer in time")),
+            }
+        })
     }
 }
 
@@ -641,4 +668,151 @@ async fn the_assistant_calls_its_model_once_per_turn() {
     assert_eq!(sent["messages"].as_array().unwrap().len(), 3, "{sent}");
     assert!(sent["seed"].is_u64(), "{sent}");
     host.shutdown().await;
+}
+
+/// Streamed chunks reach the input's stream, a call reaches another session (a 0.1.0 agent) and
+/// answers, a timer fires with its input and knows it came from the timer, a cancelled one does
+/// not fire; oversized or out-of-range arguments get typed errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_calls_and_timers_reach_their_destinations() {
+    let (addr, seen) = server().await;
+    let cache = tempfile::tempdir().unwrap();
+    let rt = runtime(cache.path());
+    let calls = Arc::new(LocalCalls::default());
+    let services = LocalEgress::services(&[&addr]).with(CallService(calls.clone()));
+    let host = host_with(memory_store(), services).await;
+    let policy = CheckpointPolicy::synchronous();
+    let s = host
+        .start(
+            effects_agent(&rt, "effects-rs"),
+            sid("cl"),
+            Epoch(1),
+            policy,
+        )
+        .await
+        .unwrap();
+    let counter = Arc::new(WasmHandler::new(
+        rt.load_bytes(&package("counter-rs").to_bytes(), None)
+            .unwrap(),
+    ));
+    let total = host
+        .start(counter, sid("total"), Epoch(1), policy)
+        .await
+        .unwrap();
+    calls
+        .sessions
+        .lock()
+        .unwrap()
+        .insert("total".into(), Arc::new(total.clone()));
+
+    let out = send(
+        &s,
+        1,
+        json!({"steps": [
+            {"emit": "a"},
+            {"emit": "b"},
+            {"call": {"target": "total", "input": 5}},
+            {"call": {"target": "total", "input": 2}},
+            "source",
+        ]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (0..5).map(|i| ok(&out, i).clone()).collect::<Vec<_>>(),
+        vec![json!(0), json!(1), json!(5), json!(7), json!({"client": 1})],
+        "{out}"
+    );
+    let stream = s.stream(Seq(1), 0, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (stream.chunks, stream.done),
+        (vec!["a".to_string(), "b".to_string()], true)
+    );
+
+    // Two timers; the second is cancelled by the next input.
+    let fired = json!({"steps": ["source", {"fetch": {"url": format!("http://{addr}/echo")}}]});
+    let out = send(
+        &s,
+        2,
+        json!({"steps": [
+            {"schedule": {"after_ms": 50, "input": fired}},
+            {"schedule": {"after_ms": 600_000, "input": fired}},
+        ]}),
+    )
+    .await
+    .unwrap();
+    let (first, second) = (
+        ok(&out, 0).as_str().unwrap().to_string(),
+        ok(&out, 1).as_str().unwrap().to_string(),
+    );
+    let out = send(
+        &s,
+        3,
+        json!({"steps": [{"cancel": second}, {"cancel": second}, {"cancel": "nope"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (ok(&out, 0), ok(&out, 1), ok(&out, 2)),
+        (&json!(true), &json!(false), &json!(false)),
+        "{out}"
+    );
+    // The first timer's input runs: its fetch (effect 0 of the timer's input) reaches the server
+    // with what the agent saw before it, the timer as its source.
+    let key = format!("cl:t{first}:0");
+    wait_for_key(&seen, &key).await;
+    let sent: Value = serde_json::from_str(&seen.lock().unwrap().bodies[&key]).unwrap();
+    assert_eq!(sent, json!([{"ok": {"timer": first}}]));
+    assert_eq!(count(&seen, &format!("cl:t{second}:0")), 0, "cancelled");
+
+    // Arguments over the bounds.
+    let out = send(
+        &s,
+        4,
+        json!({"steps": [
+            {"emit": "x".repeat((1 << 20) + 1)},
+            {"schedule": {"after_ms": 1, "input": "x".repeat(64 << 10)}},
+            {"call": {"target": "total", "input": 1, "deadline_ms": 301_000}},
+            {"call": {"target": "x".repeat(17 << 10), "input": 1}},
+            {"cancel": "x".repeat(5 << 10)},
+        ]}),
+    )
+    .await
+    .unwrap();
+    for (i, code, says) in [
+        (0, "emit", "over"),
+        (1, "schedule", "over"),
+        (2, "call", "deadline"),
+        (3, "call", "target"),
+        (4, "cancel", "timer id"),
+    ] {
+        let (c, m) = err(&out, i);
+        assert_eq!(c, code, "step {i}: {m}");
+        assert!(m.contains(says), "step {i}: {m:?} does not say {says:?}");
+    }
+    // The callee was called twice, exactly.
+    assert_eq!(send(&total, 1, json!(0)).await.unwrap(), json!(7));
+    host.shutdown().await;
+
+    // A node without session calls.
+    let bare = common::host(memory_store()).await;
+    let s = bare
+        .start(
+            effects_agent(&rt, "effects-rs"),
+            sid("alone"),
+            Epoch(1),
+            CheckpointPolicy::synchronous(),
+        )
+        .await
+        .unwrap();
+    let out = send(
+        &s,
+        1,
+        json!({"steps": [{"call": {"target": "total", "input": 1}}]}),
+    )
+    .await
+    .unwrap();
+    let (code, message) = err(&out, 0);
+    assert_eq!(code, "call", "{message}");
+    bare.shutdown().await;
 }

@@ -6,9 +6,10 @@
 //! - Without features the agent speaks `opengrid:agent@0.1.0`: [`Ctx`] logs, runs inference,
 //!   reads assets. Its `agent.toml` declares `interface = "opengrid:agent@0.1.0"`.
 //! - With `features = ["effects"]` it speaks `opengrid:agent@0.2.0`, which adds durable effects
-//!   (ADR 0032): [`Ctx::fetch`], [`Ctx::now_ms`], [`Ctx::random_u64`]. Their results are
-//!   recorded by the node and replayed when an input is handled again, so `handle` stays a
-//!   deterministic function of (state, input, answers from [`Ctx`]). Its `agent.toml` declares
+//!   (ADR 0032, 0033): `Ctx::fetch`, `now_ms`, `random_u64`, `emit` (streamed replies),
+//!   `schedule`/`cancel` (timers), `call` (other sessions), and `source` (who sent the input).
+//!   Their results are recorded by the node and replayed when an input is handled again, so
+//!   `handle` stays a deterministic function of (state, input, answers from [`Ctx`]). Its `agent.toml` declares
 //!   `interface = "opengrid:agent@0.2.0"`; a node refuses a package whose component exports
 //!   another version than it declares.
 //!
@@ -68,7 +69,7 @@ pub mod bindings {
 #[cfg(feature = "effects")]
 mod effects;
 #[cfg(feature = "effects")]
-pub use effects::{HttpRequest, HttpResponse};
+pub use effects::{HttpRequest, HttpResponse, Source, When};
 
 use bindings::api::host;
 use bindings::api::types;
@@ -116,7 +117,7 @@ pub struct Tensor {
 
 /// What the node offers during one call: logging, inference, the package's assets, where the call
 /// is (session, seq), and with the feature `effects` durable effects (`fetch`, `now_ms`,
-/// `random_u64`).
+/// `random_u64`, `emit`, `schedule`, `cancel`, `call`) and the input's `source`.
 pub struct Ctx {
     _private: (),
 }
@@ -152,7 +153,8 @@ impl Ctx {
         host::session_id()
     }
 
-    /// Sequence number of the input being processed (0 in `init`).
+    /// The session's step: inputs handled so far, whatever sent them (0 in `init`). For a session
+    /// whose inputs all come from its client, the client's seq.
     pub fn seq(&self) -> u64 {
         host::seq()
     }

@@ -5,6 +5,11 @@
 //! - `{"fetch": {"url": "…", "method": "POST", "headers": [["k", "v"]], "body": "…",
 //!   "body_len": n}}`: `ctx.fetch`; the body is `body`, else `body_len` bytes of `x`, else the JSON
 //!   of the results so far (so the remote side sees what the agent saw before the request);
+//! - `{"emit": "…"}`: `ctx.emit`;
+//! - `{"schedule": {"after_ms": n | "at_ms": n, "input": …}}`: `ctx.schedule` (its answer: the id);
+//! - `{"cancel": "id"}`: `ctx.cancel`;
+//! - `{"call": {"target": "…", "input": …, "deadline_ms": n}}`: `ctx.call`;
+//! - `"source"`: `ctx.source()` as `{"client": seq}`, `{"timer": id}` or `{"call": caller}`;
 //! - `"trap"`: panics (a trap: the input fails, the state stays);
 //! - `"state"`: the state.
 //!
@@ -13,7 +18,7 @@
 //! returned as the agent's own. `init` calls `now-ms`, which the node refuses there, and keeps the
 //! answer in the state (`init_now`).
 use opengrid_agent::serde_json::{json, Value};
-use opengrid_agent::{export, Agent, Ctx, Error, HttpRequest};
+use opengrid_agent::{export, Agent, Ctx, Error, HttpRequest, Source, When};
 
 struct Effects;
 
@@ -66,6 +71,37 @@ impl Agent for Effects {
                 (Some("random"), _) => ctx.random_u64().map(Value::from),
                 (Some("trap"), _) => panic!("trap step"),
                 (Some("state"), _) => Ok(state.clone()),
+                (Some("source"), _) => Ok(match ctx.source() {
+                    Source::Client(seq) => json!({"client": seq}),
+                    Source::Timer(id) => json!({"timer": id}),
+                    Source::Call { caller } => json!({"call": caller}),
+                }),
+                (_, _) if step.get("emit").is_some() => ctx
+                    .emit(step["emit"].as_str().unwrap_or_default())
+                    .map(Value::from),
+                (_, _) if step.get("schedule").is_some() => {
+                    let spec = &step["schedule"];
+                    let when = match spec["at_ms"].as_u64() {
+                        Some(at) => When::At(at),
+                        None => When::After(std::time::Duration::from_millis(
+                            spec["after_ms"].as_u64().unwrap_or(0),
+                        )),
+                    };
+                    ctx.schedule(when, &spec["input"]).map(Value::from)
+                }
+                (_, _) if step.get("cancel").is_some() => ctx
+                    .cancel(step["cancel"].as_str().unwrap_or_default())
+                    .map(Value::from),
+                (_, _) if step.get("call").is_some() => {
+                    let spec = &step["call"];
+                    ctx.call(
+                        spec["target"].as_str().unwrap_or_default(),
+                        &spec["input"],
+                        std::time::Duration::from_millis(
+                            spec["deadline_ms"].as_u64().unwrap_or(5000),
+                        ),
+                    )
+                }
                 (_, Some(spec)) => ctx
                     .fetch(&fetch_request(spec, &results))
                     .map(|r| json!({"status": r.status, "body": r.text()})),
