@@ -630,33 +630,37 @@ async fn a_python_agent_calls_the_effects() {
 }
 
 /// The assistant example: turns call a chat-completions endpoint, one request per turn, with the
-/// conversation so far, a recorded seed, and the endpoint given once.
+/// conversation so far, a recorded seed, and the endpoint given once; the answer is streamed word
+/// by word; a reminder comes back through a timer; a turn delegated to another assistant session
+/// is answered by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_assistant_calls_its_model_once_per_turn() {
     let (addr, seen) = server().await;
     let cache = tempfile::tempdir().unwrap();
     let rt = runtime(cache.path());
-    let host = host_with(memory_store(), LocalEgress::services(&[&addr])).await;
+    let calls = Arc::new(LocalCalls::default());
+    let services = LocalEgress::services(&[&addr]).with(CallService(calls.clone()));
+    let host = host_with(memory_store(), services).await;
+    let assistant = effects_agent(&rt, "assistant-rs");
+    let policy = CheckpointPolicy::synchronous();
     let s = host
-        .start(
-            effects_agent(&rt, "assistant-rs"),
-            sid("as"),
-            Epoch(1),
-            CheckpointPolicy::synchronous(),
-        )
+        .start(assistant.clone(), sid("as"), Epoch(1), policy)
         .await
         .unwrap();
     let e = send(&s, 1, json!({"user": "hello"})).await.unwrap_err();
     assert_eq!(e.code, "no_model_endpoint", "{e}");
+    let model_url = format!("http://{addr}/v1");
     let out = send(
         &s,
         2,
-        json!({"user": "hello", "model_url": format!("http://{addr}/v1")}),
+        json!({"user": "hello there", "model_url": model_url}),
     )
     .await
     .unwrap();
-    assert_eq!(out["answer"], "echo: hello", "{out}");
+    assert_eq!(out["answer"], "echo: hello there", "{out}");
     assert_eq!(out["turn"], 1);
+    let stream = s.stream(Seq(2), 0, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(stream.chunks, vec!["echo: ", "hello ", "there"]);
     let out = send(&s, 3, json!({"user": "again"})).await.unwrap();
     assert_eq!(
         (out["answer"].as_str(), out["turn"].as_u64()),
@@ -667,6 +671,43 @@ async fn the_assistant_calls_its_model_once_per_turn() {
     let sent: Value = serde_json::from_str(&seen.lock().unwrap().bodies["as:3:2"]).unwrap();
     assert_eq!(sent["messages"].as_array().unwrap().len(), 3, "{sent}");
     assert!(sent["seed"].is_u64(), "{sent}");
+
+    // A reminder comes back through a timer and joins the conversation.
+    let out = send(&s, 4, json!({"remind": "water the plants", "in_ms": 20}))
+        .await
+        .unwrap();
+    assert!(out["timer"].is_string(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seq = 4;
+    loop {
+        seq += 1;
+        let h = send(&s, seq, json!({"history": true})).await.unwrap();
+        let last = h["messages"].as_array().unwrap().last().unwrap().clone();
+        if last["content"] == "(reminder) water the plants" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reminder never came: {h}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // A turn delegated to another assistant session.
+    let other = host
+        .start(assistant, sid("as2"), Epoch(1), policy)
+        .await
+        .unwrap();
+    send(&other, 1, json!({"user": "hi", "model_url": model_url}))
+        .await
+        .unwrap();
+    calls
+        .sessions
+        .lock()
+        .unwrap()
+        .insert("as2".into(), Arc::new(other));
+    seq += 1;
+    let out = send(&s, seq, json!({"user": "what now?", "delegate": "as2"}))
+        .await
+        .unwrap();
+    assert_eq!(out["answer"], "echo: what now?", "{out}");
     host.shutdown().await;
 }
 

@@ -4,23 +4,31 @@
 //! session failed over) is answered on the client's retry from the journal, without a second
 //! model call; a call cut off mid-way is sent again with the same `Idempotency-Key`.
 //!
-//! Input: `{"user": "…", "model_url": "http://127.0.0.1:8080/v1", "model": "gpt-4o-mini",
-//! "think_ms": 0}`. `model_url` (the API base) and `model` are kept in the state from the turn that
-//! gave them; `think_ms` makes the turn take that much longer after the model answered (at most
-//! 10 s), to make the window between the effect and the reply visible in tests and demos. The
-//! session's manifest must list the endpoint's host in `[egress] hosts`.
+//! Inputs:
+//! - a turn, `{"user": "…", "model_url": "http://127.0.0.1:8080/v1", "model": "gpt-4o-mini",
+//!   "think_ms": 0}`: `model_url` (the API base) and `model` are kept in the state from the turn
+//!   that gave them; `think_ms` makes the turn take that much longer after the model answered (at
+//!   most 10 s), to make the window between the effect and the reply visible in tests and demos.
+//!   The session's manifest must list the endpoint's host in `[egress] hosts`. The answer is
+//!   streamed word by word (`ctx.emit`) before the reply. Output: `{"answer", "turn", "at"}`.
+//! - a delegated turn, `{"user": "…", "delegate": "<capability>"}`: another assistant session
+//!   answers (`ctx.call`, exactly once), and its answer is this turn's.
+//! - a reminder, `{"remind": "…", "in_ms": n}`: a timer (`ctx.schedule`) puts the text into the
+//!   conversation in `n` ms, as a note the model sees in later turns. Output: `{"timer": id}`.
+//! - `{"history": true}`: the conversation so far.
 //!
-//! Output: `{"answer": "…", "turn": n, "at": unix ms}`. Each request carries a `seed` drawn with
-//! `ctx.random_u64()` and each message the time of `ctx.now_ms()`: both recorded, so a replayed
-//! turn sends and keeps the same values.
+//! Each request carries a `seed` drawn with `ctx.random_u64()` and each message the time of
+//! `ctx.now_ms()`: both recorded, so a replayed turn sends and keeps the same values.
 use opengrid_agent::serde_json::{json, Value};
-use opengrid_agent::{export, Agent, Ctx, Error, HttpRequest};
+use opengrid_agent::{export, Agent, Ctx, Error, HttpRequest, Source, When};
 use serde::{Deserialize, Serialize};
 
 /// Most messages kept (older ones are dropped from what the model sees and from the state).
 const MAX_MESSAGES: usize = 64;
 /// Longest `think_ms`.
 const MAX_THINK_MS: u64 = 10_000;
+/// How long a delegated turn waits for the other session.
+const DELEGATE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Message {
@@ -37,6 +45,20 @@ struct Conversation {
     messages: Vec<Message>,
 }
 
+impl Conversation {
+    fn push(&mut self, role: &str, content: String, at: u64) {
+        self.messages.push(Message {
+            role: role.into(),
+            content,
+            at,
+        });
+        if self.messages.len() > MAX_MESSAGES {
+            let cut = self.messages.len() - MAX_MESSAGES;
+            self.messages.drain(..cut);
+        }
+    }
+}
+
 struct Assistant;
 
 impl Agent for Assistant {
@@ -47,9 +69,33 @@ impl Agent for Assistant {
     }
 
     fn handle(c: &mut Conversation, input: Value, ctx: &Ctx) -> Result<Value, Error> {
+        if let (Source::Timer(_), Some(note)) = (ctx.source(), input["reminder"].as_str()) {
+            let at = ctx.now_ms()?;
+            c.push("user", format!("(reminder) {note}"), at);
+            return Ok(json!({"reminded": note}));
+        }
+        if let Some(note) = input["remind"].as_str() {
+            let after = std::time::Duration::from_millis(input["in_ms"].as_u64().unwrap_or(0));
+            let id = ctx.schedule(When::After(after), &json!({ "reminder": note }))?;
+            return Ok(json!({ "timer": id }));
+        }
+        if input["history"] == true {
+            return Ok(json!({ "messages": c.messages }));
+        }
         let user = input["user"]
             .as_str()
             .ok_or_else(|| Error::new("bad_input", "expected {\"user\": \"…\"}"))?;
+        if let Some(target) = input["delegate"].as_str() {
+            let now = ctx.now_ms()?;
+            let theirs = ctx.call(target, &json!({ "user": user }), DELEGATE_DEADLINE)?;
+            let answer = theirs["answer"]
+                .as_str()
+                .ok_or_else(|| Error::new("delegate", format!("no answer in {theirs}")))?
+                .to_string();
+            c.push("user", user.to_string(), now);
+            c.push("assistant", answer.clone(), now);
+            return Ok(json!({"answer": answer, "turn": c.messages.len() / 2, "at": now}));
+        }
         if let Some(url) = input["model_url"].as_str() {
             c.model_url = Some(url.to_string());
         }
@@ -63,11 +109,7 @@ impl Agent for Assistant {
             )
         })?;
         let now = ctx.now_ms()?;
-        c.messages.push(Message {
-            role: "user".into(),
-            content: user.to_string(),
-            at: now,
-        });
+        c.push("user", user.to_string(), now);
         let seed = ctx.random_u64()? % (1 << 31);
         let messages: Vec<Value> = c
             .messages
@@ -97,15 +139,11 @@ impl Agent for Assistant {
             // suspended meanwhile).
             std::thread::sleep(std::time::Duration::from_millis(ms.min(MAX_THINK_MS)));
         }
-        c.messages.push(Message {
-            role: "assistant".into(),
-            content: answer.clone(),
-            at: now,
-        });
-        if c.messages.len() > MAX_MESSAGES {
-            let cut = c.messages.len() - MAX_MESSAGES;
-            c.messages.drain(..cut);
+        // Stream readers see the answer word by word before the reply.
+        for word in answer.split_inclusive(' ') {
+            ctx.emit(word)?;
         }
+        c.push("assistant", answer.clone(), now);
         Ok(json!({"answer": answer, "turn": c.messages.len() / 2, "at": now}))
     }
 }
