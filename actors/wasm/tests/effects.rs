@@ -610,7 +610,10 @@ async fn a_python_agent_calls_the_effects() {
     let answer: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
     assert_eq!(answer["key"], "py:1:2", "{out}");
     let sent: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
-    assert_eq!(sent, json!({"now": out["now"], "random": out["random"]}));
+    assert_eq!(
+        sent,
+        json!({"now": out["now"], "random": out["random"], "source": {"client": 1}})
+    );
     assert!(
         out["init_now"]
             .as_str()
@@ -624,8 +627,29 @@ async fn a_python_agent_calls_the_effects() {
         .unwrap_err();
     assert_eq!(e.code, "fetch", "{e}");
     assert!(e.message.contains("not among"), "{e}");
-    let out = send(&s, 3, json!({})).await.unwrap();
-    assert_eq!(out["inputs"], 2, "{out}");
+    let out = send(&s, 3, json!({"emit": ["a", "b"]})).await.unwrap();
+    assert_eq!(
+        (&out["inputs"], &out["offsets"], &out["source"]),
+        (&json!(2), &json!([0, 1]), &json!({"client": 3})),
+        "{out}"
+    );
+    let stream = s.stream(Seq(3), 0, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(stream.chunks, vec!["a", "b"]);
+    // A timer brings `{}` back; the input it sends counts, with the timer as its source.
+    let out = send(&s, 4, json!({"after_ms": 10})).await.unwrap();
+    assert!(out["timer"].is_string(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seq = 4;
+    loop {
+        seq += 1;
+        let out = send(&s, seq, json!({})).await.unwrap();
+        // Client inputs so far: 2 (seq 1 failed), 3, 4, and the polls; the timer's adds one.
+        if out["inputs"].as_u64() == Some(seq) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the timer never fired: {out}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     host.shutdown().await;
 }
 

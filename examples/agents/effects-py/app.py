@@ -5,9 +5,12 @@ Built by scripts/build-agents.sh with componentize-py against the world
 `now_ms()`, `random_u64()` and `fetch(HttpRequest)` return their value or raise
 `componentize_py_types.Err(AgentError)` with the node's code.
 
-Input: `{}` or `{"url": "http://…"}`. Output: `{"now", "random", "inputs"}`, and with a url the
-answer to a POST of `{"now", "random"}` to it: `"status"`, `"body"` (text). A refused or failed
-fetch is the agent's error, with the node's code (`fetch`). `init` calls `now_ms()`, which the node
+Input: `{}`, `{"url": "http://…"}`, `{"emit": ["chunk", …]}`, `{"after_ms": n}` or a mix.
+Output: `{"now", "random", "source", "inputs"}`; with a url the answer to a POST of
+`{"now", "random", "source"}` to it: `"status"`, `"body"` (text); with `emit` the chunks are streamed
+(`effects.emit`) and their offsets answered as `"offsets"`; with `after_ms` a timer
+(`effects.schedule`) brings `{}` back then, its id answered as `"timer"`. A refused or failed
+effect is the agent's error, with the node's code (`fetch`, …). `init` calls `now_ms()`, which the node
 refuses there, and keeps what it said in the state.
 """
 
@@ -38,6 +41,17 @@ class Guest(exports.Guest):
             raise Err(AgentError("bad_input", "expected {} or {\"url\": \"…\"}"))
         # Effects raise Err(AgentError): uncaught, it is the agent's error, with the node's code.
         out = {"now": effects.now_ms(), "random": effects.random_u64()}
+        src = effects.source()
+        if isinstance(src, effects.InputSource_Client):
+            out["source"] = {"client": src.value}
+        elif isinstance(src, effects.InputSource_Timer):
+            out["source"] = {"timer": src.value}
+        elif isinstance(src, effects.InputSource_Call):
+            out["source"] = {"call": src.value}
+        if "emit" in req:
+            out["offsets"] = [effects.emit(str(c)) for c in req["emit"]]
+        if "after_ms" in req:
+            out["timer"] = effects.schedule(effects.When_AfterMs(int(req["after_ms"])), "{}")
         if "url" in req:
             body = json.dumps(out).encode()
             headers = [("content-type", "application/json")]
