@@ -134,14 +134,15 @@ impl Agent for Assistant {
             .as_str()
             .ok_or_else(|| Error::new("model", "no choices[0].message.content"))?
             .to_string();
+        // Stream readers see the answer word by word as soon as the model answered (an emit also
+        // makes the recorded answer durable first).
+        for word in answer.split_inclusive(' ') {
+            ctx.emit(word)?;
+        }
         if let Some(ms) = input["think_ms"].as_u64().filter(|ms| *ms > 0) {
             // Not an effect: the time a turn takes is not recorded (WASI's clock, the guest
             // suspended meanwhile).
             std::thread::sleep(std::time::Duration::from_millis(ms.min(MAX_THINK_MS)));
-        }
-        // Stream readers see the answer word by word before the reply.
-        for word in answer.split_inclusive(' ') {
-            ctx.emit(word)?;
         }
         c.push("assistant", answer.clone(), now);
         Ok(json!({"answer": answer, "turn": c.messages.len() / 2, "at": now}))
