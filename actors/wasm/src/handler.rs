@@ -115,7 +115,13 @@ impl SessionHandler for WasmHandler {
         };
         let initial;
         let current: &[u8] = if state.is_empty() {
-            initial = self.init_state(call()).await?;
+            // `init` has no input: no effects or inference there, whichever path runs it.
+            initial = self
+                .init_state(CallInfo {
+                    ctx: None,
+                    ..call()
+                })
+                .await?;
             &initial
         } else {
             state
