@@ -4,14 +4,19 @@
 //! model answered and before the reply: after failover the client's retry is answered from the
 //! journal and the endpoint saw exactly one request for that turn. The same across a live handover
 //! taken while a turn is in progress. Egress outside the manifest's `[egress] hosts` is refused.
+//! The same for the assistant as a WebAssembly agent package (`examples/agents/assistant-rs`,
+//! `opengrid:agent@0.2.0`, ADR 0034), pushed to the RC: one request per idempotency key across a
+//! kill -9 of its holder.
 
 mod common;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Colony;
+use common::{stderr, stdout, Colony};
 use serde_json::{json, Value};
 
 /// The model endpoint: `POST /v1/chat/completions` answers `echo: <last user message>` and counts
@@ -385,5 +390,127 @@ async fn calls_are_exactly_once_cycles_are_refused_and_a_dead_callee_fails_over(
         counts.lock().unwrap().get(&ping),
         Some(&1),
         "the callee's own effect was not repeated by its failover"
+    );
+}
+
+/// A zero-loss session of the `assistant-rs` agent package allowed to reach `egress`.
+fn agent_manifest(egress: &str) -> String {
+    format!("version = 1\n[session]\nagent = \"assistant-rs\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\n[egress]\nhosts = [\"{egress}\"]\n")
+}
+
+/// `examples/agents/assistant-rs`, its component built (scripts/build-agents.sh) if missing.
+fn assistant_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("examples/agents/assistant-rs");
+    if !dir.join("agent.wasm").is_file() {
+        let script = root.join("scripts/build-agents.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            status.success(),
+            "{} failed; run it by hand",
+            script.display()
+        );
+    }
+    dir
+}
+
+/// The assistant as a WASM agent: its effects are the node's (egress, journal); a kill -9 of the
+/// holder after the model answered does not make the model see the turn twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wasm_agent_s_effect_is_not_repeated_across_kill_9() {
+    let dir = assistant_dir();
+    let (host, counts) = model_server().await;
+    let url = format!("http://{host}/v1");
+    let mut c = Colony::start();
+    for n in ["n1", "n2", "n3"] {
+        c.node(n, "DE");
+    }
+    c.wait_alive(3).await;
+    let (key, _) = c.developer_key();
+    let out = c.agent_cli(&[
+        "push",
+        dir.to_str().unwrap(),
+        "--developer-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "push assistant-rs: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("assistant-rs@0.1.0 "),
+        "{}",
+        stdout(&out)
+    );
+    let client = c.client();
+    let mut s = client.create(&agent_manifest(&host), None).await.unwrap();
+    let id = s.id.clone();
+    let r = s
+        .send(json!({"user": "hello", "model_url": url}))
+        .await
+        .unwrap();
+    assert_eq!(r["output"]["answer"], "echo: hello", "{r}");
+    // Effects 0 and 1 are the time and the seed; the model request is effect 2.
+    let seen = counts.lock().unwrap().clone();
+    assert_eq!(seen.get(&format!("{id}:1:2")), Some(&1), "{seen:?}");
+
+    // Turn 2: the model answers, the turn then takes 3 s; kill -9 the holder in between.
+    let holder = c.entry(&id).await["node_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let turn = tokio::spawn(async move {
+        let r = s
+            .send(json!({"user": "are you there", "think_ms": 3000}))
+            .await;
+        (s, r)
+    });
+    wait_count(&counts, &format!("{id}:2:2")).await;
+    c.kill9(&holder);
+    let (mut s, r) = turn.await.unwrap();
+    let r = r.unwrap();
+    assert_eq!(r["kind"], "processed", "{r}");
+    assert_eq!(r["output"]["answer"], "echo: are you there", "{r}");
+    let e = c.entry(&id).await;
+    assert_ne!(
+        e["node_name"].as_str(),
+        Some(holder.as_str()),
+        "failed over: {e}"
+    );
+    let seen = counts.lock().unwrap().clone();
+    assert_eq!(
+        seen.get(&format!("{id}:2:2")),
+        Some(&1),
+        "the model saw the turn once: {seen:?}"
+    );
+    let r = s.send(json!({"user": "bye"})).await.unwrap();
+    assert_eq!(
+        r["output"]["turn"], 3,
+        "the conversation kept every turn: {r}"
+    );
+
+    // Egress is only to the manifest's hosts, for agents too.
+    let mut other = client
+        .create(&agent_manifest("127.0.0.1:1"), None)
+        .await
+        .unwrap();
+    let r = other
+        .send(json!({"user": "hi", "model_url": url}))
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], "fetch", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not among"),
+        "{r}"
+    );
+    let seen = counts.lock().unwrap().clone();
+    assert_eq!(
+        seen.values().sum::<u32>(),
+        3,
+        "one request per turn: {seen:?}"
     );
 }

@@ -21,7 +21,7 @@ pub enum PackageError {
         actual: String,
     },
     /// The component lacks an export the node needs.
-    #[error("the component does not export `{name}` (an agent exports opengrid:agent/guest@0.1.0 with init and handle; build it against actors/wasm/wit)")]
+    #[error("the component does not export `{name}` (an agent exports opengrid:agent/guest@<the version its agent.toml declares> with init and handle; build it against actors/wasm/wit)")]
     MissingExport {
         /// The missing export, e.g. `opengrid:agent/guest@0.1.0` or `…#handle`.
         name: String,
@@ -35,11 +35,13 @@ pub enum PackageError {
         reason: String,
     },
     /// The package or its component speaks another version of the agent interface.
-    #[error("the package speaks {found}; this node supports {supported}")]
+    #[error("the package speaks {found}; expected {supported}")]
     WrongInterfaceVersion {
-        /// The version the package declares or its component exports.
+        /// The version the package declares (one this node does not run) or its component
+        /// exports (another than its `agent.toml` declares).
         found: String,
-        /// The version this node runs.
+        /// The versions this node runs (`a, b`), or the one the package declares when its
+        /// component exports another.
         supported: String,
     },
     /// Something is larger than this node accepts.
@@ -61,7 +63,7 @@ pub enum PackageError {
         reason: String,
     },
     /// The component imports something the node does not provide (files, network, …).
-    #[error("the component imports `{name}`, which agents cannot use (only opengrid:agent/host@0.1.0 and WASI without files, network or environment)")]
+    #[error("the component imports `{name}`, which agents cannot use (only the interfaces of the opengrid:agent version its agent.toml declares, and WASI without files, network or environment)")]
     UnsupportedImport {
         /// The import.
         name: String,

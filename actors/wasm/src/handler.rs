@@ -82,6 +82,7 @@ impl SessionHandler for WasmHandler {
             seq: 0,
             ctx: None,
             limits: Default::default(),
+            effects: Default::default(),
         };
         match futures::executor::block_on(self.init_state(call)) {
             Ok(state) => state,
@@ -103,35 +104,51 @@ impl SessionHandler for WasmHandler {
             .service::<crate::limits::LimitsService>()
             .map(|l| l.0.limits(ctx.session_id().as_str()))
             .unwrap_or_default();
+        // Time spent waiting for durable effects, shared by `init` and `handle` of this input.
+        let effects = Arc::new(crate::effects::EffectClock::default());
         let call = || CallInfo {
             session_id: ctx.session_id().as_str().to_string(),
             seq: ctx.seq().0,
             ctx: Some(ctx.clone()),
             limits,
+            effects: effects.clone(),
         };
         let initial;
         let current: &[u8] = if state.is_empty() {
-            initial = self.init_state(call()).await?;
+            // `init` has no input: no effects or inference there, whichever path runs it.
+            initial = self
+                .init_state(CallInfo {
+                    ctx: None,
+                    ..call()
+                })
+                .await?;
             &initial
         } else {
             state
         };
         let input = input.to_string();
-        // The epoch deadline interrupts guest code; this bounds host calls (inference) as well.
+        // The epoch deadline interrupts guest code; this bounds host calls (inference, WASI
+        // pollables) as well. Time spent waiting for durable effects does not count: they carry
+        // their own bounds (the egress timeout), and a model may take a minute to answer.
         let cfg = self.agent.runtime().config();
         let deadline = limits.within(cfg.max_memory_bytes, cfg.deadline).1;
         let outer = deadline * 2 + Duration::from_secs(1);
-        let result = match tokio::time::timeout(
-            outer,
-            self.agent.call_handle(call(), current, &input),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                let fault = Fault::Deadline(deadline);
-                self.agent.runtime().record_fault(&fault);
-                Err(fault)
+        let started = tokio::time::Instant::now();
+        let result = {
+            let mut call_handle = std::pin::pin!(self.agent.call_handle(call(), current, &input));
+            loop {
+                let until = started + outer + effects.spent(std::time::Instant::now());
+                match tokio::time::timeout_at(until, &mut call_handle).await {
+                    Ok(r) => break r,
+                    // An effect ran (or runs) meanwhile: the bound moved.
+                    Err(_)
+                        if started + outer + effects.spent(std::time::Instant::now()) > until => {}
+                    Err(_) => {
+                        let fault = Fault::Deadline(deadline);
+                        self.agent.runtime().record_fault(&fault);
+                        break Err(fault);
+                    }
+                }
             }
         };
         match result {

@@ -1,6 +1,7 @@
-//! The host side of the agent world: what one call's store holds and the `host` imports, the only
-//! door a guest has to the outside world (plus WASI with no files, network, environment or
-//! arguments: ADR 0028).
+//! The host side of the agent worlds: what one call's store holds and the `host` imports of every
+//! interface version (ADR 0028, 0034); the `effects` imports of 0.2.0 are in [`crate::effects`].
+//! With WASI (no files, network, environment or arguments) they are the only doors a guest has to
+//! the outside world.
 
 use std::sync::Arc;
 
@@ -11,14 +12,63 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::package::Blob;
 
-wasmtime::component::bindgen!({
-    world: "agent",
-    path: "wit",
-    imports: { "opengrid:agent/host.infer": async, "opengrid:agent/host.read-asset": async, default: tracing },
-    exports: { default: async },
-});
+/// Bindings of `opengrid:agent@0.1.0` (frozen, `wit/deps/agent-0.1.0`): `host` only.
+pub(crate) mod v0_1 {
+    wasmtime::component::bindgen!({
+        world: "opengrid:agent/agent@0.1.0",
+        path: "wit",
+        imports: { "opengrid:agent/host.infer": async, "opengrid:agent/host.read-asset": async, default: tracing },
+        exports: { default: async },
+    });
+    pub(crate) use opengrid::agent0_1_0 as api;
+}
 
-pub use opengrid::agent::types::{Level, Tensor};
+/// Bindings of `opengrid:agent@0.2.0` (`wit/agent.wit`): `host` and `effects`.
+pub(crate) mod v0_2 {
+    wasmtime::component::bindgen!({
+        world: "opengrid:agent/agent@0.2.0",
+        path: "wit",
+        imports: {
+            "opengrid:agent/host.infer": async,
+            "opengrid:agent/host.read-asset": async,
+            "opengrid:agent/effects.fetch": async,
+            "opengrid:agent/effects.now-ms": async,
+            "opengrid:agent/effects.random-u64": async,
+            "opengrid:agent/effects.emit": async,
+            "opengrid:agent/effects.schedule": async,
+            "opengrid:agent/effects.cancel": async,
+            "opengrid:agent/effects.call": async,
+            default: tracing,
+        },
+        exports: { default: async },
+    });
+    pub(crate) use opengrid::agent0_2_0 as api;
+}
+
+/// An error the guest returned (`agent-error` of any version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GuestError {
+    pub code: String,
+    pub message: String,
+}
+
+impl From<v0_1::api::types::AgentError> for GuestError {
+    fn from(e: v0_1::api::types::AgentError) -> Self {
+        GuestError {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+impl From<v0_2::api::types::AgentError> for GuestError {
+    fn from(e: v0_2::api::types::AgentError) -> Self {
+        GuestError {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
 
 /// Largest asset a guest may read in one call.
 pub const MAX_ASSET_BYTES: u64 = 64 << 20;
@@ -31,6 +81,8 @@ pub(crate) struct CallInfo {
     pub ctx: Option<SessionContext>,
     /// What the session's manifest asks of the sandbox (within the runtime's bounds).
     pub limits: crate::limits::AgentLimits,
+    /// Time this call spent waiting for durable effects (not counted against its deadline).
+    pub effects: Arc<crate::effects::EffectClock>,
 }
 
 /// The package's declarations the imports check against.
@@ -106,32 +158,50 @@ impl HasData for HostData {
     type Data<'a> = &'a mut CallState;
 }
 
-impl opengrid::agent::types::Host for CallState {}
+impl v0_1::api::types::Host for CallState {}
+impl v0_2::api::types::Host for CallState {}
 
-impl opengrid::agent::host::Host for CallState {
-    fn log(&mut self, level: Level, message: String) {
+/// Severity of a guest's log line, whatever its interface version.
+#[derive(Clone, Copy)]
+enum Severity {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl CallState {
+    fn log_line(&self, level: Severity, message: String) {
         let message: String = message.chars().take(4096).collect();
         let (agent, session, seq) = (&self.package.name, &self.call.session_id, self.call.seq);
         match level {
-            Level::Trace => tracing::trace!(agent, session, seq, "{message}"),
-            Level::Debug => tracing::debug!(agent, session, seq, "{message}"),
-            Level::Info => tracing::info!(agent, session, seq, "{message}"),
-            Level::Warn => tracing::warn!(agent, session, seq, "{message}"),
-            Level::Error => tracing::error!(agent, session, seq, "{message}"),
+            Severity::Trace => tracing::trace!(agent, session, seq, "{message}"),
+            Severity::Debug => tracing::debug!(agent, session, seq, "{message}"),
+            Severity::Info => tracing::info!(agent, session, seq, "{message}"),
+            Severity::Warn => tracing::warn!(agent, session, seq, "{message}"),
+            Severity::Error => tracing::error!(agent, session, seq, "{message}"),
         }
     }
 
-    async fn infer(&mut self, model: String, input: Tensor) -> Result<Tensor, String> {
+    /// `host.infer` of any version: shape and data in, shape and data out.
+    async fn infer_model(
+        &mut self,
+        model: String,
+        shape: Vec<u64>,
+        data: Vec<f32>,
+    ) -> Result<(Vec<u64>, Vec<f32>), String> {
         let Some(blob) = self.package.models.iter().find(|m| m.name == model) else {
             return Err(format!("`{model}` is not one of the package's models"));
         };
         let Some(ctx) = self.call.ctx.clone() else {
             return Err("no inference in init".into());
         };
-        infer(&ctx, &blob.hash, input).await
+        infer(&ctx, &blob.hash, shape, data).await
     }
 
-    async fn read_asset(&mut self, hash: String) -> Result<Vec<u8>, String> {
+    /// `host.read-asset` of any version.
+    fn read_asset_bytes(&self, hash: String) -> Result<Vec<u8>, String> {
         if !self.package.assets.iter().any(|a| a.hash == hash) {
             return Err(format!("`{hash}` is not one of the package's assets"));
         }
@@ -154,37 +224,79 @@ impl opengrid::agent::host::Host for CallState {
         }
         Ok(bytes)
     }
-
-    fn session_id(&mut self) -> String {
-        self.call.session_id.clone()
-    }
-
-    fn seq(&mut self) -> u64 {
-        self.call.seq
-    }
 }
 
+/// The `host` interface is the same in every version; each version's generated trait delegates
+/// to the methods above.
+macro_rules! host_interface {
+    ($version:ident) => {
+        impl $version::api::host::Host for CallState {
+            fn log(&mut self, level: $version::api::types::Level, message: String) {
+                use $version::api::types::Level;
+                let level = match level {
+                    Level::Trace => Severity::Trace,
+                    Level::Debug => Severity::Debug,
+                    Level::Info => Severity::Info,
+                    Level::Warn => Severity::Warn,
+                    Level::Error => Severity::Error,
+                };
+                self.log_line(level, message);
+            }
+
+            async fn infer(
+                &mut self,
+                model: String,
+                input: $version::api::types::Tensor,
+            ) -> Result<$version::api::types::Tensor, String> {
+                let (shape, data) = self.infer_model(model, input.shape, input.data).await?;
+                Ok($version::api::types::Tensor { shape, data })
+            }
+
+            async fn read_asset(&mut self, hash: String) -> Result<Vec<u8>, String> {
+                self.read_asset_bytes(hash)
+            }
+
+            fn session_id(&mut self) -> String {
+                self.call.session_id.clone()
+            }
+
+            fn seq(&mut self) -> u64 {
+                self.call.seq
+            }
+        }
+    };
+}
+
+host_interface!(v0_1);
+host_interface!(v0_2);
+
 #[cfg(feature = "inference")]
-async fn infer(ctx: &SessionContext, hash: &str, input: Tensor) -> Result<Tensor, String> {
+async fn infer(
+    ctx: &SessionContext,
+    hash: &str,
+    shape: Vec<u64>,
+    data: Vec<f32>,
+) -> Result<(Vec<u64>, Vec<f32>), String> {
     use opengrid_runtime_gpu::{ModelId, Tensor as NodeTensor, TensorData};
     let id: ModelId = hash.parse().map_err(|e| format!("{e}"))?;
-    let shape: Vec<usize> = input
-        .shape
+    let shape: Vec<usize> = shape
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| format!("dimension {d} too large")))
         .collect::<Result<_, _>>()?;
-    let t = NodeTensor::f32(shape, input.data).map_err(|e| e.to_string())?;
+    let t = NodeTensor::f32(shape, data).map_err(|e| e.to_string())?;
     let out = ctx.infer(&id, t).await.map_err(|e| e.message)?;
     match out.data() {
-        TensorData::F32(v) => Ok(Tensor {
-            shape: out.shape().iter().map(|&d| d as u64).collect(),
-            data: v.clone(),
-        }),
+        TensorData::F32(v) => Ok((out.shape().iter().map(|&d| d as u64).collect(), v.clone())),
         TensorData::I64(_) => Err("the model answered int64; agents get f32 tensors".into()),
     }
 }
 
 #[cfg(not(feature = "inference"))]
-async fn infer(_ctx: &SessionContext, _hash: &str, _input: Tensor) -> Result<Tensor, String> {
+async fn infer(
+    _ctx: &SessionContext,
+    _hash: &str,
+    _shape: Vec<u64>,
+    _data: Vec<f32>,
+) -> Result<(Vec<u64>, Vec<f32>), String> {
     Err("this node was built without inference (opengrid-wasm feature `inference`)".into())
 }

@@ -22,10 +22,91 @@ use serde::Deserialize;
 
 use crate::error::PackageError;
 
-/// The agent interface this node runs, as `agent.toml` names it.
+/// The first agent interface, as `agent.toml` names it: what a package that uses no durable
+/// effects declares, so it runs on every node. [`InterfaceVersion`] lists all a node runs.
 pub const INTERFACE_VERSION: &str = "opengrid:agent@0.1.0";
-/// The export a component must have.
+/// The export a 0.1.0 component must have.
 pub const GUEST_EXPORT: &str = "opengrid:agent/guest@0.1.0";
+
+/// A version of the agent interface (`wit/agent.wit` and its frozen predecessors under
+/// `wit/deps/`) this node runs side by side (ADR 0034). A package declares one in `agent.toml`
+/// (`interface`); its component must export that version's `guest` and import only that version's
+/// interfaces (and WASI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InterfaceVersion {
+    /// `opengrid:agent@0.1.0`: `host` (log, infer, read-asset, session-id, seq).
+    V0_1,
+    /// `opengrid:agent@0.2.0`: 0.1.0's `host` plus `effects` (durable effects, ADR 0032).
+    V0_2,
+}
+
+impl InterfaceVersion {
+    /// Every version a node runs, oldest first.
+    pub const ALL: [InterfaceVersion; 2] = [InterfaceVersion::V0_1, InterfaceVersion::V0_2];
+    /// The newest: what new packages that use durable effects declare.
+    pub const LATEST: InterfaceVersion = InterfaceVersion::V0_2;
+
+    /// As `agent.toml` names it: `opengrid:agent@0.2.0`.
+    pub fn name(self) -> &'static str {
+        match self {
+            InterfaceVersion::V0_1 => INTERFACE_VERSION,
+            InterfaceVersion::V0_2 => "opengrid:agent@0.2.0",
+        }
+    }
+
+    /// The version number alone: `0.2.0`.
+    pub fn number(self) -> &'static str {
+        match self {
+            InterfaceVersion::V0_1 => "0.1.0",
+            InterfaceVersion::V0_2 => "0.2.0",
+        }
+    }
+
+    /// The export a component of this version must have: `opengrid:agent/guest@0.2.0`.
+    pub fn guest_export(self) -> &'static str {
+        match self {
+            InterfaceVersion::V0_1 => GUEST_EXPORT,
+            InterfaceVersion::V0_2 => "opengrid:agent/guest@0.2.0",
+        }
+    }
+
+    /// The version `agent.toml` names, if this node runs it.
+    pub fn parse(name: &str) -> Option<InterfaceVersion> {
+        InterfaceVersion::ALL.into_iter().find(|v| v.name() == name)
+    }
+
+    /// Whether a component of this version may import `name` (besides WASI): its own version's
+    /// `host`, `types` and (from 0.2.0) `effects`.
+    pub fn provides(self, name: &str) -> bool {
+        let Some((interface, version)) = name
+            .strip_prefix("opengrid:agent/")
+            .and_then(|rest| rest.split_once('@'))
+        else {
+            return false;
+        };
+        version == self.number()
+            && match interface {
+                "host" | "types" => true,
+                "effects" => self != InterfaceVersion::V0_1,
+                _ => false,
+            }
+    }
+
+    /// All versions, as a list for messages: `opengrid:agent@0.1.0, opengrid:agent@0.2.0`.
+    pub fn all_names() -> String {
+        InterfaceVersion::ALL
+            .iter()
+            .map(|v| v.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl std::fmt::Display for InterfaceVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 /// Magic bytes at the start of a signed package.
 const MAGIC: &[u8; 4] = b"OGAP";
 /// Version of the byte layout above.
@@ -460,6 +541,10 @@ impl VerifiedPackage {
     pub fn component(&self) -> &[u8] {
         &self.component
     }
+    /// The agent interface it declares (checked to be one this node runs).
+    pub fn interface(&self) -> InterfaceVersion {
+        InterfaceVersion::parse(&self.meta.interface).unwrap_or(InterfaceVersion::V0_1)
+    }
 }
 
 fn parse_toml(text: &str) -> Result<AgentToml, PackageError> {
@@ -551,10 +636,10 @@ fn validate(
         field,
         reason: reason.to_string(),
     };
-    if meta.interface != INTERFACE_VERSION {
+    if InterfaceVersion::parse(&meta.interface).is_none() {
         return Err(PackageError::WrongInterfaceVersion {
             found: meta.interface.clone(),
-            supported: INTERFACE_VERSION.into(),
+            supported: InterfaceVersion::all_names(),
         });
     }
     if component_len > limits.max_component_bytes {
@@ -738,9 +823,10 @@ a = { y = 2, x = [1, 2] }
             Err(PackageError::InvalidManifest { field, .. }) => assert_eq!(field, "models[0].hash"),
             other => panic!("{other:?}"),
         }
-        match Package::from_parts(&TOML.replace("@0.1.0", "@0.2.0"), vec![]) {
-            Err(PackageError::WrongInterfaceVersion { found, .. }) => {
-                assert_eq!(found, "opengrid:agent@0.2.0")
+        match Package::from_parts(&TOML.replace("@0.1.0", "@0.3.0"), vec![]) {
+            Err(PackageError::WrongInterfaceVersion { found, supported }) => {
+                assert_eq!(found, "opengrid:agent@0.3.0");
+                assert_eq!(supported, "opengrid:agent@0.1.0, opengrid:agent@0.2.0");
             }
             other => panic!("{other:?}"),
         }

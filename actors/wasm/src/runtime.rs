@@ -20,8 +20,8 @@ use wasmtime::{
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::error::{PackageError, RuntimeError};
-use crate::host::{Agent, AgentPre, CallInfo, CallState, HostData, MemoryCap, PackageView};
-use crate::package::{PackageLimits, SignedPackage, VerifiedPackage, GUEST_EXPORT};
+use crate::host::{v0_1, v0_2, CallInfo, CallState, GuestError, HostData, MemoryCap, PackageView};
+use crate::package::{InterfaceVersion, PackageLimits, SignedPackage, VerifiedPackage};
 use crate::warm::{WarmKey, WarmSet};
 
 /// Settings of a node's wasm runtime (later: per package, from its manifest, within these bounds).
@@ -162,7 +162,7 @@ impl Fault {
 }
 
 /// What a guest call returns when it does not fault.
-pub(crate) type GuestResult<T> = Result<T, crate::host::opengrid::agent::types::AgentError>;
+pub(crate) type GuestResult<T> = Result<T, GuestError>;
 
 /// Counts read by [`Runtime::stats`] and by the observable instruments at export time (nothing
 /// is recorded on the meter per input).
@@ -240,8 +240,11 @@ impl Runtime {
         let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("linking WASI: {e:#}")))?;
-        Agent::add_to_linker::<_, HostData>(&mut linker, |s| s)
-            .map_err(|e| RuntimeError::Engine(format!("linking the host interface: {e:#}")))?;
+        // Every interface version side by side: a component links against its own (ADR 0034).
+        v0_1::Agent::add_to_linker::<_, HostData>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("linking agent interface 0.1.0: {e:#}")))?;
+        v0_2::Agent::add_to_linker::<_, HostData>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("linking agent interface 0.2.0: {e:#}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
@@ -362,14 +365,16 @@ impl Runtime {
 
     /// Loads a verified package: from memory if loaded before, else from the disk cache, else
     /// compiles it (blocking: seconds for a Python agent; call from `spawn_blocking` on a busy
-    /// runtime). The component must export `opengrid:agent/guest@0.1.0` and import nothing but
-    /// the host interface and WASI; only then is it cached.
+    /// runtime). The component must export the `guest` of the interface version its `agent.toml`
+    /// declares (`opengrid:agent/guest@0.1.0` or `@0.2.0`) and import nothing but that version's
+    /// interfaces and WASI; only then is it cached.
     pub fn load(&self, package: &VerifiedPackage) -> Result<Arc<LoadedAgent>, PackageError> {
         let hash = package.hash().to_string();
         if let Some(a) = lock(&self.inner.loaded).get(&hash).and_then(Weak::upgrade) {
             return Ok(a);
         }
         let inner = &self.inner;
+        let version = package.interface();
         let component_bytes = package.component();
         if component_bytes.len() as u64 > inner.config.limits.max_component_bytes {
             return Err(PackageError::Oversized {
@@ -381,7 +386,7 @@ impl Runtime {
         // Not a component (a core module, or not wasm at all): it cannot export the interface.
         if !is_component(component_bytes) {
             return Err(PackageError::MissingExport {
-                name: GUEST_EXPORT.into(),
+                name: version.guest_export().into(),
             });
         }
         let path = inner.config.cache_dir.join(format!("{hash}.cwasm"));
@@ -395,17 +400,25 @@ impl Runtime {
                 (c, false)
             }
         };
-        check_imports(&inner.engine, &component)?;
-        check_exports(&inner.engine, &component)?;
+        check_imports(&inner.engine, &component, version)?;
+        check_exports(&inner.engine, &component, version)?;
         let instance_pre = inner.linker.instantiate_pre(&component).map_err(|e| {
             PackageError::UnsupportedImport {
                 name: format!("{e:#}"),
             }
         })?;
-        let pre = AgentPre::new(instance_pre).map_err(|e| PackageError::ExportType {
-            name: GUEST_EXPORT.into(),
+        let export_type = |e: wasmtime::Error| PackageError::ExportType {
+            name: version.guest_export().into(),
             reason: format!("{e:#}"),
-        })?;
+        };
+        let pre = match version {
+            InterfaceVersion::V0_1 => {
+                Pre::V0_1(v0_1::AgentPre::new(instance_pre).map_err(export_type)?)
+            }
+            InterfaceVersion::V0_2 => {
+                Pre::V0_2(v0_2::AgentPre::new(instance_pre).map_err(export_type)?)
+            }
+        };
         if from_cache {
             inner.cache_hits.fetch_add(1, Ordering::Relaxed);
             inner.metrics.cache_hits.add(1, &[]);
@@ -469,26 +482,34 @@ fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && &bytes[0..4] == b"\0asm" && bytes[6..8] == [1, 0]
 }
 
-fn check_exports(engine: &Engine, component: &Component) -> Result<(), PackageError> {
+/// The component exports its declared version's `guest` with `init` and `handle`; another
+/// version's `guest` is `WrongInterfaceVersion` (found: what it exports; supported: what it
+/// declares).
+fn check_exports(
+    engine: &Engine,
+    component: &Component,
+    version: InterfaceVersion,
+) -> Result<(), PackageError> {
+    let export = version.guest_export();
     let ty = component.component_type();
-    let Some(guest) = ty.get_export(engine, GUEST_EXPORT) else {
+    let Some(guest) = ty.get_export(engine, export) else {
         let other = ty
             .exports(engine)
             .map(|(name, _)| name)
             .find_map(|name| name.strip_prefix("opengrid:agent/guest@"));
         return Err(match other {
-            Some(version) => PackageError::WrongInterfaceVersion {
-                found: format!("opengrid:agent@{version}"),
-                supported: crate::package::INTERFACE_VERSION.into(),
+            Some(found) => PackageError::WrongInterfaceVersion {
+                found: format!("opengrid:agent@{found}"),
+                supported: version.name().into(),
             },
             None => PackageError::MissingExport {
-                name: GUEST_EXPORT.into(),
+                name: export.into(),
             },
         });
     };
     let wasmtime::component::types::ComponentItem::ComponentInstance(instance) = guest.ty else {
         return Err(PackageError::ExportType {
-            name: GUEST_EXPORT.into(),
+            name: export.into(),
             reason: "not an instance".into(),
         });
     };
@@ -497,13 +518,13 @@ fn check_exports(engine: &Engine, component: &Component) -> Result<(), PackageEr
             Some(wasmtime::component::types::ComponentItem::ComponentFunc(_)) => {}
             Some(_) => {
                 return Err(PackageError::ExportType {
-                    name: format!("{GUEST_EXPORT}#{func}"),
+                    name: format!("{export}#{func}"),
                     reason: "not a function".into(),
                 })
             }
             None => {
                 return Err(PackageError::MissingExport {
-                    name: format!("{GUEST_EXPORT}#{func}"),
+                    name: format!("{export}#{func}"),
                 })
             }
         }
@@ -511,13 +532,27 @@ fn check_exports(engine: &Engine, component: &Component) -> Result<(), PackageEr
     Ok(())
 }
 
-fn check_imports(engine: &Engine, component: &Component) -> Result<(), PackageError> {
+/// The component imports only WASI and its declared version's interfaces; an agent interface of
+/// another version is `WrongInterfaceVersion` (the component was built for another version than
+/// its `agent.toml` declares).
+fn check_imports(
+    engine: &Engine,
+    component: &Component,
+    version: InterfaceVersion,
+) -> Result<(), PackageError> {
     let ty = component.component_type();
     for (name, _) in ty.imports(engine) {
-        let allowed = name.starts_with("wasi:")
-            || name == "opengrid:agent/host@0.1.0"
-            || name == "opengrid:agent/types@0.1.0";
-        if !allowed {
+        if let Some((_, other)) = name
+            .strip_prefix("opengrid:agent/")
+            .and_then(|rest| rest.split_once('@'))
+            .filter(|(_, v)| *v != version.number())
+        {
+            return Err(PackageError::WrongInterfaceVersion {
+                found: format!("opengrid:agent@{other}"),
+                supported: version.name().into(),
+            });
+        }
+        if !(name.starts_with("wasi:") || version.provides(name)) {
             return Err(PackageError::UnsupportedImport { name: name.into() });
         }
     }
@@ -548,8 +583,72 @@ pub struct LoadedAgent {
     /// Unique in its runtime: the warm set's key.
     serial: u64,
     id: String,
-    pre: AgentPre<CallState>,
+    pre: Pre,
     view: Arc<PackageView>,
+}
+
+/// The instantiation recipe of a loaded component, by the interface version it speaks.
+enum Pre {
+    V0_1(v0_1::AgentPre<CallState>),
+    V0_2(v0_2::AgentPre<CallState>),
+}
+
+/// An instance's exports, by interface version.
+enum Bindings {
+    V0_1(v0_1::Agent),
+    V0_2(v0_2::Agent),
+}
+
+impl Pre {
+    async fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Bindings> {
+        Ok(match self {
+            Pre::V0_1(p) => Bindings::V0_1(p.instantiate_async(store).await?),
+            Pre::V0_2(p) => Bindings::V0_2(p.instantiate_async(store).await?),
+        })
+    }
+}
+
+impl Bindings {
+    async fn init(
+        &self,
+        store: &mut Store<CallState>,
+        session: &str,
+    ) -> wasmtime::Result<GuestResult<Vec<u8>>> {
+        Ok(match self {
+            Bindings::V0_1(b) => b
+                .opengrid_agent0_1_0_guest()
+                .call_init(store, session)
+                .await?
+                .map_err(GuestError::from),
+            Bindings::V0_2(b) => b
+                .opengrid_agent0_2_0_guest()
+                .call_init(store, session)
+                .await?
+                .map_err(GuestError::from),
+        })
+    }
+
+    async fn handle(
+        &self,
+        store: &mut Store<CallState>,
+        state: &[u8],
+        input: &str,
+    ) -> wasmtime::Result<GuestResult<(Vec<u8>, String)>> {
+        Ok(match self {
+            Bindings::V0_1(b) => b
+                .opengrid_agent0_1_0_guest()
+                .call_handle(store, state, input)
+                .await?
+                .map(|h| (h.state, h.output))
+                .map_err(GuestError::from),
+            Bindings::V0_2(b) => b
+                .opengrid_agent0_2_0_guest()
+                .call_handle(store, state, input)
+                .await?
+                .map(|h| (h.state, h.output))
+                .map_err(GuestError::from),
+        })
+    }
 }
 
 impl std::fmt::Debug for LoadedAgent {
@@ -573,7 +672,7 @@ impl Drop for LoadedAgent {
 /// may hand it back with [`LoadedAgent::keep_warm`]; dropping it frees its pool slot.
 pub(crate) struct Instance {
     store: Store<CallState>,
-    bindings: Agent,
+    bindings: Bindings,
     /// Where it is kept warm; `None` for a probe.
     key: Option<WarmKey>,
 }
@@ -668,13 +767,13 @@ impl LoadedAgent {
     async fn instantiate(&self, call: CallInfo, key: Option<WarmKey>) -> Result<Instance, Fault> {
         let inner = &self.runtime.inner;
         let mut store = self.store(call);
-        let first = self.pre.instantiate_async(&mut store).await;
+        let first = self.pre.instantiate(&mut store).await;
         let result = match first {
             Err(e) if e.is::<PoolConcurrencyLimitError>() && self.runtime.evict_lru() => {
                 // A failed instantiation may leave parts of the instance in its store: start over
                 // in a new one so those slots are freed now.
                 store = self.store(store.into_data().call);
-                self.pre.instantiate_async(&mut store).await
+                self.pre.instantiate(&mut store).await
             }
             r => r,
         };
@@ -733,6 +832,7 @@ impl LoadedAgent {
             seq: 0,
             ctx: None,
             limits: Default::default(),
+            effects: Default::default(),
         };
         self.instantiate(call, None).await.map(drop)
     }
@@ -747,8 +847,7 @@ impl LoadedAgent {
         let mut instance = self.checkout(call).await?;
         let r = instance
             .bindings
-            .opengrid_agent_guest()
-            .call_init(&mut instance.store, &session)
+            .init(&mut instance.store, &session)
             .await
             .map_err(|e| classify(&instance.store, e, &self.runtime, false))?;
         Ok(r.map(|state| (state, instance)))
@@ -765,13 +864,12 @@ impl LoadedAgent {
         let mut instance = self.checkout(call).await?;
         let r = instance
             .bindings
-            .opengrid_agent_guest()
-            .call_handle(&mut instance.store, state, input)
+            .handle(&mut instance.store, state, input)
             .await
             .map_err(|e| classify(&instance.store, e, &self.runtime, false))?;
-        Ok(r.map(|h| Handled {
-            state: h.state,
-            output: h.output,
+        Ok(r.map(|(state, output)| Handled {
+            state,
+            output,
             instance,
         }))
     }

@@ -237,3 +237,63 @@ fn package_directory_builds_the_same_package_as_its_parts() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A node runs 0.1.0 and 0.2.0 packages side by side; a component must export the version its
+/// `agent.toml` declares, either way round.
+#[test]
+fn each_component_speaks_the_version_its_package_declares() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(cache.path())).unwrap();
+    for (agent, declared) in [
+        ("counter-rs", "opengrid:agent@0.1.0"),
+        ("effects-rs", "opengrid:agent@0.2.0"),
+        ("effects-py", "opengrid:agent@0.2.0"),
+    ] {
+        let bytes = package_declaring(agent, declared).to_bytes();
+        rt.load_bytes(&bytes, None)
+            .unwrap_or_else(|e| panic!("{agent} as {declared}: {e}"));
+    }
+    for (agent, declared, exported) in [
+        ("effects-rs", "opengrid:agent@0.1.0", "opengrid:agent@0.2.0"),
+        ("counter-rs", "opengrid:agent@0.2.0", "opengrid:agent@0.1.0"),
+    ] {
+        let bytes = package_declaring(agent, declared).to_bytes();
+        match refused(runtime_config, &bytes, None) {
+            PackageError::WrongInterfaceVersion { found, supported } => {
+                assert_eq!((found.as_str(), supported.as_str()), (exported, declared))
+            }
+            e => panic!("{agent} as {declared}: {e}"),
+        }
+    }
+}
+
+/// The effects are 0.2.0's: a component declaring 0.1.0 cannot import them (nor 0.1.0 an
+/// `effects` it does not have).
+#[test]
+fn a_0_1_component_cannot_import_effects() {
+    let wat = "(component (import \"opengrid:agent/effects@0.2.0\" (instance)))";
+    match refused(
+        runtime_config,
+        &package_of(wat::parse_str(wat).unwrap()),
+        None,
+    ) {
+        PackageError::WrongInterfaceVersion { found, supported } => {
+            assert_eq!(
+                (found.as_str(), supported.as_str()),
+                ("opengrid:agent@0.2.0", "opengrid:agent@0.1.0")
+            )
+        }
+        e => panic!("{e}"),
+    }
+    let wat = "(component (import \"opengrid:agent/effects@0.1.0\" (instance)))";
+    match refused(
+        runtime_config,
+        &package_of(wat::parse_str(wat).unwrap()),
+        None,
+    ) {
+        PackageError::UnsupportedImport { name } => {
+            assert_eq!(name, "opengrid:agent/effects@0.1.0")
+        }
+        e => panic!("{e}"),
+    }
+}

@@ -1,6 +1,17 @@
 //! The Rust SDK of OpenGrid agent packages: implement [`Agent`] and call [`export!`], build with
 //! `cargo build --release --target wasm32-wasip2`, and the `.wasm` is a component that exports
-//! `opengrid:agent/guest@0.1.0` (ADR 0028).
+//! `opengrid:agent/guest@0.1.0` (ADR 0028), or `@0.2.0` with the feature `effects`.
+//!
+//! # Interface versions (ADR 0034)
+//! - Without features the agent speaks `opengrid:agent@0.1.0`: [`Ctx`] logs, runs inference,
+//!   reads assets. Its `agent.toml` declares `interface = "opengrid:agent@0.1.0"`.
+//! - With `features = ["effects"]` it speaks `opengrid:agent@0.2.0`, which adds durable effects
+//!   (ADR 0032, 0033): `Ctx::fetch`, `now_ms`, `random_u64`, `emit` (streamed replies),
+//!   `schedule`/`cancel` (timers), `call` (other sessions), and `source` (who sent the input).
+//!   Their results are recorded by the node and replayed when an input is handled again, so
+//!   `handle` stays a deterministic function of (state, input, answers from [`Ctx`]). Its `agent.toml` declares
+//!   `interface = "opengrid:agent@0.2.0"`; a node refuses a package whose component exports
+//!   another version than it declares.
 //!
 //! ```ignore
 //! use opengrid_agent::{export, Agent, Ctx, Error, Value};
@@ -23,20 +34,46 @@ use std::marker::PhantomData;
 
 pub use serde_json::{self, Value};
 
+/// The generated bindings of the interface version the crate is built for (`api`: its imports,
+/// `exports_api`: the guest export). Not a stable API: use [`Ctx`].
 #[doc(hidden)]
+#[cfg(not(feature = "effects"))]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "agent",
+        world: "opengrid:agent/agent@0.1.0",
         path: "../wit",
         pub_export_macro: true,
         export_macro_name: "__export_agent",
         default_bindings_module: "opengrid_agent::bindings",
     });
+    pub use self::exports::opengrid::agent0_1_0 as exports_api;
+    pub use self::opengrid::agent0_1_0 as api;
 }
 
-use bindings::exports::opengrid::agent::guest::{Guest, Handled};
-use bindings::opengrid::agent::host;
-use bindings::opengrid::agent::types;
+/// The generated bindings of the interface version the crate is built for (`api`: its imports,
+/// `exports_api`: the guest export). Not a stable API: use [`Ctx`].
+#[doc(hidden)]
+#[cfg(feature = "effects")]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "opengrid:agent/agent@0.2.0",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_agent",
+        default_bindings_module: "opengrid_agent::bindings",
+    });
+    pub use self::exports::opengrid::agent0_2_0 as exports_api;
+    pub use self::opengrid::agent0_2_0 as api;
+}
+
+#[cfg(feature = "effects")]
+mod effects;
+#[cfg(feature = "effects")]
+pub use effects::{HttpRequest, HttpResponse, Source, When};
+
+use bindings::api::host;
+use bindings::api::types;
+use bindings::exports_api::guest::{Guest, Handled};
 
 /// An error for one input: the client gets `code` and `message`, the session's state stays as it
 /// was before the input.
@@ -78,8 +115,9 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
-/// What the node offers during one call: logging, inference, the package's assets, and where
-/// the call is (session, seq).
+/// What the node offers during one call: logging, inference, the package's assets, where the call
+/// is (session, seq), and with the feature `effects` durable effects (`fetch`, `now_ms`,
+/// `random_u64`, `emit`, `schedule`, `cancel`, `call`) and the input's `source`.
 pub struct Ctx {
     _private: (),
 }
@@ -115,7 +153,8 @@ impl Ctx {
         host::session_id()
     }
 
-    /// Sequence number of the input being processed (0 in `init`).
+    /// The session's step: inputs handled so far, whatever sent them (0 in `init`). For a session
+    /// whose inputs all come from its client, the client's seq.
     pub fn seq(&self) -> u64 {
         host::seq()
     }

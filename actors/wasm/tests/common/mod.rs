@@ -13,7 +13,14 @@ use opengrid_session::{CheckpointStore, MemoryCheckpointStore};
 use opengrid_wasm::{Package, PackageSource, Runtime, RuntimeConfig, SignedPackage};
 
 /// The examples, as scripts/build-agents.sh names them.
-pub const AGENTS: [&str; 3] = ["counter-rs", "hostile-rs", "counter-py"];
+pub const AGENTS: [&str; 6] = [
+    "counter-rs",
+    "hostile-rs",
+    "counter-py",
+    "effects-rs",
+    "assistant-rs",
+    "effects-py",
+];
 
 /// The target dir these tests were built in (`<target>/debug/deps/<test>` → `<target>`).
 fn target_dir() -> PathBuf {
@@ -75,14 +82,19 @@ pub fn developer_key() -> SigningKey {
     SigningKey::from_bytes(&[42; 32])
 }
 
-/// `agent.toml` for one of the examples.
+/// `agent.toml` for one of the examples (interface 0.1.0).
 pub fn agent_toml(name: &str) -> String {
+    agent_toml_of(name, "opengrid:agent@0.1.0")
+}
+
+/// `agent.toml` for one of the examples, declaring `interface`.
+pub fn agent_toml_of(name: &str, interface: &str) -> String {
     format!(
         r#"
 name = "{name}"
 version = "0.1.0"
 description = "the {name} example agent"
-interface = "opengrid:agent@0.1.0"
+interface = "{interface}"
 skills = ["count"]
 persona = "You count."
 [manifest.session]
@@ -91,11 +103,16 @@ handler = "{name}@0.1.0"
     )
 }
 
-/// A signed package of an example agent.
+/// A signed package of an example agent (interface 0.1.0).
 pub fn package(agent: &str) -> SignedPackage {
+    package_declaring(agent, "opengrid:agent@0.1.0")
+}
+
+/// A signed package of an example agent declaring `interface`.
+pub fn package_declaring(agent: &str, interface: &str) -> SignedPackage {
     Package::build(
         PackageSource::Parts {
-            agent_toml: &agent_toml(agent),
+            agent_toml: &agent_toml_of(agent, interface),
             component: component(agent),
         },
         &developer_key(),
@@ -119,7 +136,12 @@ pub fn runtime(cache: &Path) -> Runtime {
 
 /// A session host on an in-memory checkpoint store.
 pub async fn host(store: Arc<dyn CheckpointStore>) -> SessionHost {
-    SessionHost::new(store, HostConfig::default(), Services::default())
+    host_with(store, Services::default()).await
+}
+
+/// A session host offering `services` to its handlers.
+pub async fn host_with(store: Arc<dyn CheckpointStore>, services: Services) -> SessionHost {
+    SessionHost::new(store, HostConfig::default(), services)
         .await
         .expect("host starts")
 }
