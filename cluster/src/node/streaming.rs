@@ -89,6 +89,24 @@ fn moved_here(s: &dyn DynSession, path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Sends `chunks` of input `seq` as frames from offset `from` on (advanced); false when the
+/// reader is gone.
+async fn forward(
+    out: &tokio::sync::mpsc::Sender<Frame>,
+    seq: u64,
+    from: &mut usize,
+    chunks: Vec<String>,
+) -> bool {
+    for chunk in chunks {
+        let offset = *from as u64;
+        if out.send(Frame::Chunk { seq, offset, chunk }).await.is_err() {
+            return false;
+        }
+        *from += 1;
+    }
+    true
+}
+
 /// Sends input `seq` and pumps its stream into `out` from chunk `from`, then the reply. `run`
 /// answers the input (the node's usual path: relays included). Sending an input again is how a
 /// client resumes its stream: a duplicate is answered with the chunks and the answer the stream
@@ -112,11 +130,8 @@ pub(crate) async fn pump_input<F>(
             r = &mut run, if reply.is_none() => reply = Some(r),
             r = s.stream(Seq(seq), from, CHUNK_WAIT), if !done => {
                 if let Some(r) = r {
-                    for c in r.chunks {
-                        if out.send(Frame::Chunk { seq, offset: from as u64, chunk: c }).await.is_err() {
-                            return;
-                        }
-                        from += 1;
+                    if !forward(&out, seq, &mut from, r.chunks).await {
+                        return;
                     }
                     done = r.done;
                 }
@@ -128,19 +143,8 @@ pub(crate) async fn pump_input<F>(
             let mut answer = None;
             if let Some(rest) = s.stream(Seq(seq), from, Duration::ZERO).await {
                 answer = rest.answer;
-                for c in rest.chunks {
-                    if out
-                        .send(Frame::Chunk {
-                            seq,
-                            offset: from as u64,
-                            chunk: c,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    from += 1;
+                if !forward(&out, seq, &mut from, rest.chunks).await {
+                    return;
                 }
                 done = rest.done;
             }
@@ -181,19 +185,8 @@ pub(crate) async fn pump_resume(
     loop {
         match s.stream(Seq(seq), from, CHUNK_WAIT).await {
             Some(r) => {
-                for c in r.chunks {
-                    if out
-                        .send(Frame::Chunk {
-                            seq,
-                            offset: from as u64,
-                            chunk: c,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    from += 1;
+                if !forward(&out, seq, &mut from, r.chunks).await {
+                    return;
                 }
                 if r.done {
                     let mut v = json!({"kind": "processed", "seq": seq, "chunks": from, "complete": true, "resumed": true});
