@@ -55,6 +55,18 @@ async fn model_server() -> (String, Arc<Mutex<HashMap<String, u32>>>) {
     (format!("127.0.0.1:{}", addr.port()), counts)
 }
 
+/// Three nodes whose `assistant` asks the model server at `host`, alive, and an operator client.
+async fn colony_with_model(host: &str) -> (Colony, opengrid_cluster::client::Client) {
+    let url = format!("http://{host}/v1");
+    let mut c = Colony::start();
+    for n in ["n1", "n2", "n3"] {
+        c.node_env(n, "DE", &[("ASSISTANT_MODEL_URL", url.as_str())]);
+    }
+    c.wait_alive(3).await;
+    let client = c.client();
+    (c, client)
+}
+
 fn manifest(egress: &str) -> String {
     format!("version = 1\n[session]\nhandler = \"assistant\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\n[egress]\nhosts = [\"{egress}\"]\n")
 }
@@ -70,13 +82,7 @@ async fn wait_count(counts: &Mutex<HashMap<String, u32>>, key: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_effect_is_not_repeated_across_kill_9_and_handover() {
     let (host, counts) = model_server().await;
-    let url = format!("http://{host}/v1");
-    let mut c = Colony::start();
-    for n in ["n1", "n2", "n3"] {
-        c.node_env(n, "DE", &[("ASSISTANT_MODEL_URL", url.as_str())]);
-    }
-    c.wait_alive(3).await;
-    let client = c.client();
+    let (mut c, client) = colony_with_model(&host).await;
     let mut s = client.create(&manifest(&host), None).await.unwrap();
     let id = s.id.clone();
     let r = s.send(json!({"user": "hello"})).await.unwrap();
@@ -175,13 +181,7 @@ async fn status_of(s: &mut opengrid_cluster::client::Session) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_timer_fires_once_while_hibernated_and_across_failover() {
     let (host, counts) = model_server().await;
-    let url = format!("http://{host}/v1");
-    let mut c = Colony::start();
-    for n in ["n1", "n2", "n3"] {
-        c.node_env(n, "DE", &[("ASSISTANT_MODEL_URL", url.as_str())]);
-    }
-    c.wait_alive(3).await;
-    let client = c.client();
+    let (mut c, client) = colony_with_model(&host).await;
 
     // 1. Hibernated: the session sleeps after 200 ms idle; the reminder is due in 3 s.
     let mut s = client
@@ -247,13 +247,7 @@ async fn a_timer_fires_once_while_hibernated_and_across_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streamed_replies_lose_and_repeat_nothing_across_racing_handovers() {
     let (host, _counts) = model_server().await;
-    let url = format!("http://{host}/v1");
-    let mut c = Colony::start();
-    for n in ["n1", "n2", "n3"] {
-        c.node_env(n, "DE", &[("ASSISTANT_MODEL_URL", url.as_str())]);
-    }
-    c.wait_alive(3).await;
-    let client = c.client();
+    let (c, client) = colony_with_model(&host).await;
     let mut s = client.create(&manifest(&host), None).await.unwrap();
     let id = s.id.clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -318,12 +312,7 @@ async fn streamed_replies_lose_and_repeat_nothing_across_racing_handovers() {
 async fn calls_are_exactly_once_cycles_are_refused_and_a_dead_callee_fails_over() {
     let (host, counts) = model_server().await;
     let url = format!("http://{host}/v1");
-    let mut c = Colony::start();
-    for n in ["n1", "n2", "n3"] {
-        c.node_env(n, "DE", &[("ASSISTANT_MODEL_URL", url.as_str())]);
-    }
-    c.wait_alive(3).await;
-    let client = c.client();
+    let (mut c, client) = colony_with_model(&host).await;
     let mut a = client.create(&manifest(&host), None).await.unwrap();
     let mut t = client.create(&tool_manifest(&host), None).await.unwrap();
     let a_cap = a.capability.clone().unwrap_or_else(|| a.id.clone());
@@ -345,6 +334,47 @@ async fn calls_are_exactly_once_cycles_are_refused_and_a_dead_callee_fails_over(
     let st = status_of(&mut t).await;
     assert_eq!(st["handled"], 1, "the tool ran once: {st}");
     assert_eq!(st["callers"], json!([a.id.clone()]), "{st}");
+
+    // The new routes refuse a stranger (no credential: 401) and a party beyond its rights
+    // (another session's capability: 403): a call into the tool, and a stream of its input 1.
+    let t_addr = c.entry(&t.id).await["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let call =
+        json!({"key": "forged:1:0", "caller": a.id.clone(), "chain": [], "input": {"query": "x"}});
+    let url_call = format!("{t_addr}/sessions/{}/calls", t.id);
+    let url_stream = format!("{t_addr}/sessions/{}/inputs/1/stream", t.id);
+    let r = http.post(&url_call).json(&call).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "a call without a credential");
+    let r = http
+        .post(&url_call)
+        .bearer_auth(&a_cap)
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a call with another session's capability"
+    );
+    let r = http.get(&url_stream).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "a stream without a credential");
+    let r = http
+        .get(&url_stream)
+        .bearer_auth(&a_cap)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a stream with another session's capability"
+    );
+    let st = status_of(&mut t).await;
+    assert_eq!(st["handled"], 1, "nothing refused ran: {st}");
 
     // A cycle: the assistant asks the tool, which asks the assistant back.
     let r = a
