@@ -1,0 +1,1 @@
+"""The OpenGrid Python client (see ``client.py``); ``opengrid.testing`` boots a local colony."""

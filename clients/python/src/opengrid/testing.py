@@ -1,0 +1,227 @@
+"""A colony of real ``opengrid`` processes on 127.0.0.1 for tests: an RC and nodes, each with its
+own data dir and log under one work dir, kill -9, operator tokens, handovers.
+
+    with Colony(binary, nodes=2) as c:
+        client = opengrid.Client(c.rc_url)
+        ...
+
+The binary is ``$OPENGRID_BIN`` unless given. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+SECRET = "python-test-colony-secret"
+
+
+class ColonyError(Exception):
+    """The colony did not reach a state within its deadline."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
+    """Polls ``check`` until it returns a truthy value; raises :class:`ColonyError` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Optional[BaseException] = None
+    while time.monotonic() < deadline:
+        try:
+            v = check()
+            if v:
+                return v
+        except (OSError, ValueError, urllib.error.URLError) as e:
+            last = e
+        time.sleep(every)
+    raise ColonyError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+def http(method: str, url: str, body: Any = None, token: Optional[str] = None, timeout: float = 10.0):
+    """One JSON request: ``(status, body)``; HTTP errors are returned, not raised."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+class Colony:
+    """An RC and ``nodes`` nodes (named ``n1``, ``n2``, …) as child processes.
+
+    ``node_extra`` is appended to every node's config (TOML); ``rc_extra`` to the RC's.
+    The work dir is removed on :meth:`stop` unless ``OPENGRID_TEST_KEEP`` is set.
+    """
+
+    def __init__(
+        self,
+        binary: Optional[str] = None,
+        nodes: int = 2,
+        jurisdiction: str = "DE",
+        rc_extra: str = "",
+        node_extra: str = "",
+        env: Optional[dict[str, str]] = None,
+    ):
+        b = binary or os.environ.get("OPENGRID_BIN")
+        if not b:
+            raise ColonyError("no opengrid binary: set OPENGRID_BIN or pass binary=")
+        self.bin = Path(b)
+        self.work = Path(tempfile.mkdtemp(prefix="og-py-"))
+        self.keep = bool(os.environ.get("OPENGRID_TEST_KEEP"))
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.rc_api = f"127.0.0.1:{free_port()}"
+        self.rc_cluster = f"127.0.0.1:{free_port()}"
+        self.rc_url = f"http://{self.rc_api}"
+        self.jurisdiction = jurisdiction
+        self.rc_extra = rc_extra
+        self.node_extra = node_extra
+        self.env = env or {}
+        self.node_names = [f"n{i + 1}" for i in range(nodes)]
+        self.token: Optional[str] = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> "Colony":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.keep:
+            print(f"colony dir: {self.work}")
+        rc = self._config(
+            "rc",
+            f'version = 1\ndata_dir = "{self.work / "rc"}"\napi_listen = "{self.rc_api}"\n'
+            f'cluster_listen = "{self.rc_cluster}"\ncolony_secret = "{SECRET}"\n{self.rc_extra}\n',
+        )
+        self._spawn("rc", ["rc", "--config", str(rc)])
+        wait_for("the RC's /health", lambda: http("GET", f"{self.rc_url}/health")[0] == 200, 60)
+        # The tests are the colony's operator: a token signed by the RC's own key (ADR 0026).
+        self.token = self.cli("token", "operator", "--key", str(self.work / "rc"), "--valid", "2h").strip()
+        for name in self.node_names:
+            self.start_node(name)
+        self.wait_alive(len(self.node_names))
+
+    def start_node(self, name: str) -> None:
+        """Starts (or restarts, with its data dir) the node ``name``."""
+        cfg = self._config(
+            name,
+            f'version = 1\nname = "{name}"\ndata_dir = "{self.work / name}"\n'
+            f'jurisdiction = "{self.jurisdiction}"\napi_listen = "127.0.0.1:0"\n'
+            f'rc_cluster = "{self.rc_cluster}"\ncolony_secret = "{SECRET}"\nfsync = false\n{self.node_extra}\n',
+        )
+        self._spawn(name, ["node", "--config", str(cfg)])
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
+        if not self.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def kill9(self, name: str) -> None:
+        p = self.procs[name]
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)
+
+    # -- looking -----------------------------------------------------------------------------
+
+    def cli(self, *args: str) -> str:
+        """Runs ``opengrid ARGS`` and returns its stdout (raises on a non-zero exit)."""
+        r = subprocess.run([str(self.bin), *args], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise ColonyError(f"opengrid {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+        return r.stdout
+
+    def status(self) -> dict:
+        code, body = http("GET", f"{self.rc_url}/status", token=self.token)
+        if code != 200:
+            raise ColonyError(f"GET /status: {code} {body}")
+        return body
+
+    def alive(self) -> int:
+        return sum(1 for m in self.status()["members"] if m["state"] == "alive")
+
+    def wait_alive(self, n: int, timeout: float = 60) -> None:
+        wait_for(f"{n} alive members", lambda: self.alive() == n, timeout)
+
+    def entry(self, session: str) -> dict:
+        """The RC's directory entry of ``session`` (``node``, ``node_name``, ``address``, ``epoch``)."""
+        for e in self.status().get("sessions", []):
+            if e.get("session_id") == session:
+                return e
+        raise ColonyError(f"session {session} is not in the RC's directory")
+
+    def holder(self, session: str) -> str:
+        """The name of the node holding ``session``, as the RC's directory says."""
+        return self.entry(session)["node_name"]
+
+    def handover(self, session: str, target: Optional[str] = None, timeout: float = 120) -> dict:
+        """Hands ``session`` over live at its holder (to the node named ``target``, or where the
+        RC picks), retrying while the target refuses (e.g. still loading an agent)."""
+        body = {} if target is None else {"target": target}
+        last: Any = None
+
+        def attempt():
+            nonlocal last
+            holder = self.entry(session)["address"]
+            code, r = http("POST", f"{holder}/sessions/{session}/handover", body, token=self.token, timeout=60)
+            last = (code, r)
+            return r if code == 200 else None
+
+        try:
+            return wait_for(f"a handover of {session}", attempt, timeout, every=0.2)
+        except ColonyError as e:
+            raise ColonyError(f"{e}; last answer {last}") from None
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _config(self, name: str, text: str) -> Path:
+        p = self.work / f"{name}.toml"
+        p.write_text(text)
+        return p
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.work / f"{name}.log", "ab")
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info,ractor_cluster=warn,ractor=warn"))
+        env.update(self.env)
+        old = self.procs.get(name)
+        if old is not None and old.poll() is None:
+            old.send_signal(signal.SIGKILL)
+            old.wait(timeout=10)
+        self.procs[name] = subprocess.Popen(
+            [str(self.bin), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+        log.close()
