@@ -215,7 +215,9 @@ class Colony:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.work / f"{name}.log", "ab")
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info,ractor_cluster=warn,ractor=warn"))
+        # The processes read OPENGRID_* variables as config: the test's own are not theirs.
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENGRID_BIN", "OPENGRID_TEST_KEEP")}
+        env["RUST_LOG"] = os.environ.get("RUST_LOG", "info,ractor_cluster=warn,ractor=warn")
         env.update(self.env)
         old = self.procs.get(name)
         if old is not None and old.poll() is None:
