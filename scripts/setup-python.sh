@@ -37,13 +37,20 @@ SELENIUM_VERSION="4.50.0"
 # Python agents become components with componentize-py (its 0.25 line targets the component model
 # wasmtime 48 runs; ADR 0028).
 COMPONENTIZE_PY_VERSION="0.25.0"
+# The protocol tests drive the colony with the official client SDKs (MCP, A2A) and test the
+# Python client (clients/python, installed editable below) with pytest.
+MCP_VERSION="2.3.0"
+A2A_VERSION="1.3.0"
+PYTEST_VERSION="8.4.2"
+HTTPX_SSE_VERSION="0.4.3"
+JSONSCHEMA_VERSION="4.25.1"
 
 case "$flavour" in
   cpu) ort_pkg="onnxruntime==${ORT_VERSION}" ;;
   gpu) ort_pkg="onnxruntime-gpu==${ORT_VERSION}" ;;
   *) log "OPENGRID_ORT_FLAVOUR must be 'cpu' or 'gpu', got '$flavour'"; exit 2 ;;
 esac
-requirements="${ort_pkg} onnx==${ONNX_VERSION} numpy==${NUMPY_VERSION} selenium==${SELENIUM_VERSION} componentize-py==${COMPONENTIZE_PY_VERSION}"
+requirements="${ort_pkg} onnx==${ONNX_VERSION} numpy==${NUMPY_VERSION} selenium==${SELENIUM_VERSION} componentize-py==${COMPONENTIZE_PY_VERSION} mcp==${MCP_VERSION} a2a-sdk==${A2A_VERSION} pytest==${PYTEST_VERSION} httpx-sse==${HTTPX_SSE_VERSION} jsonschema==${JSONSCHEMA_VERSION}"
 
 # 1. venv + pinned packages (re-installed only when the pin set changes).
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -62,6 +69,17 @@ if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$requirements" ]]; then
   printf '%s' "$requirements" >"$stamp"
 else
   log "venv up to date ($requirements)"
+fi
+
+# The Python client from this checkout, editable (re-installed when its pyproject changes or the
+# checkout moved).
+client="$here/../clients/python"
+client_stamp="$venv/.opengrid-client"
+client_id="$(cd "$client" && pwd) $(sha256sum "$client/pyproject.toml" | cut -d' ' -f1)"
+if [[ "$(cat "$client_stamp" 2>/dev/null || true)" != "$client_id" ]]; then
+  log "installing the Python client (clients/python, editable)"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$client" >&2
+  printf '%s' "$client_id" >"$client_stamp"
 fi
 
 # 2. models + references (regenerated when missing or when the generator changed).
