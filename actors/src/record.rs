@@ -8,7 +8,12 @@
 //! processed, whatever sent it. A client numbers its own inputs (`client_seq`); a timer firing and
 //! a call from another session are steps too, deduplicated by their own identity (the timer's id,
 //! the caller's idempotency key). A session that only ever sees its client has `step ==
-//! client_seq`, and its record is empty: its checkpoints keep format 1, byte for byte.
+//! client_seq`, and its record holds only the answers of its newest inputs.
+//!
+//! **Answers of retried inputs (ADR 0035).** The answers of the newest client inputs are kept
+//! ([`MAX_ANSWERS_KEPT`] of them, [`MAX_ANSWER_BYTES`] together, the newest always when it fits),
+//! so a retried seq whose reply was lost gets the first processing's answer, on this holder or
+//! after a handover or failover. The cost is those bytes in every checkpoint of the session.
 
 use std::collections::VecDeque;
 
@@ -30,7 +35,15 @@ pub const MAX_TIMER_INPUT: usize = 64 << 10;
 /// Largest remembered call answer (a bigger one is answered once, then `call_forgotten`).
 pub const MAX_CALL_ANSWER: usize = 256 << 10;
 
-const RECORD_FORMAT: u8 = 2;
+/// Client answers kept for retries (the retention window, by count).
+pub const MAX_ANSWERS_KEPT: usize = 32;
+/// Bytes of client answers kept, all together (an answer larger than this is not kept: a retry of
+/// it learns that its answer is no longer retained).
+pub const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// The record's format: 2 had no client answers, 3 has them (both read).
+const RECORD_FORMAT: u8 = 3;
+const RECORD_FORMAT_V2: u8 = 2;
 
 /// Who sent an input.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,6 +105,15 @@ pub struct StreamDone {
     pub answer: String,
 }
 
+/// The answer a client input got: a retry of its seq gets it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientAnswer {
+    /// The client seq of the input.
+    pub seq: Seq,
+    /// The handler's answer: `{"output": …}` or `{"error": …}`, JSON.
+    pub answer: String,
+}
+
 /// The runtime's part of a session's checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sys {
@@ -103,6 +125,9 @@ pub struct Sys {
     pub calls: VecDeque<CallAnswer>,
     /// Recently completed streamed replies, oldest first.
     pub streams: VecDeque<StreamDone>,
+    /// The answers of the newest client inputs, oldest first (not in format 2).
+    #[serde(skip)]
+    pub answers: VecDeque<ClientAnswer>,
 }
 
 impl Sys {
@@ -112,6 +137,40 @@ impl Sys {
             && self.timers.is_empty()
             && self.calls.is_empty()
             && self.streams.is_empty()
+            && self.answers.is_empty()
+    }
+
+    /// The answer client input `seq` got, if still kept (`{"output": …}` or `{"error": …}`).
+    pub fn client_answer(&self, seq: Seq) -> Option<&str> {
+        self.answers
+            .iter()
+            .rev()
+            .find(|a| a.seq == seq)
+            .map(|a| a.answer.as_str())
+            .or_else(|| {
+                self.streams
+                    .iter()
+                    .rev()
+                    .find(|s| s.seq == seq)
+                    .map(|s| s.answer.as_str())
+            })
+    }
+
+    /// Remembers the answer of client input `seq` (bounded by [`MAX_ANSWERS_KEPT`] and
+    /// [`MAX_ANSWER_BYTES`]; the newest stays while it fits alone).
+    pub fn remember_answer(&mut self, seq: Seq, answer: String) {
+        if answer.len() > MAX_ANSWER_BYTES {
+            // Too big to keep: and older answers stay (a retry of this seq is told so).
+            return;
+        }
+        self.answers.push_back(ClientAnswer { seq, answer });
+        let mut total: usize = self.answers.iter().map(|a| a.answer.len()).sum();
+        while self.answers.len() > MAX_ANSWERS_KEPT || total > MAX_ANSWER_BYTES {
+            match self.answers.pop_front() {
+                Some(a) => total -= a.answer.len(),
+                None => break,
+            }
+        }
     }
 
     /// The earliest pending timer.
@@ -171,6 +230,7 @@ pub struct Pending {
     pub entries: Vec<Entry>,
 }
 
+/// Format 2 (no client answers): still read.
 #[derive(Serialize, Deserialize)]
 struct RecordV2 {
     format: u8,
@@ -178,8 +238,16 @@ struct RecordV2 {
     pending: Option<Pending>,
 }
 
+#[derive(Deserialize)]
+struct RecordV3 {
+    format: u8,
+    sys: Sys,
+    pending: Option<Pending>,
+    answers: VecDeque<ClientAnswer>,
+}
+
 /// Encodes the runtime record of a checkpoint at `step` (empty when trivial and no journal: the
-/// checkpoint keeps format 1).
+/// checkpoint keeps format 1; a session that answered a client input has its answers here).
 pub fn encode(step: Seq, sys: &Sys, pending: Option<&Pending>) -> Vec<u8> {
     if pending.is_none() && sys.is_trivial(step) {
         return Vec::new();
@@ -189,12 +257,14 @@ pub fn encode(step: Seq, sys: &Sys, pending: Option<&Pending>) -> Vec<u8> {
         format: u8,
         sys: &'a Sys,
         pending: Option<&'a Pending>,
+        answers: &'a VecDeque<ClientAnswer>,
     }
     bincode::serde::encode_to_vec(
         Ref {
             format: RECORD_FORMAT,
             sys,
             pending,
+            answers: &sys.answers,
         },
         bincode::config::standard(),
     )
@@ -219,11 +289,25 @@ pub fn decode(step: Seq, bytes: &[u8]) -> (Sys, Option<Pending>) {
             });
             (trivial, pending)
         }
-        Some(_) => {
+        Some(&format) => {
             let cfg = bincode::config::standard().with_limit::<{ 1 << 30 }>();
-            match bincode::serde::decode_from_slice::<RecordV2, _>(bytes, cfg) {
-                Ok((r, n)) if n == bytes.len() && r.format == RECORD_FORMAT => (r.sys, r.pending),
-                _ => {
+            let read = match format {
+                RECORD_FORMAT_V2 => bincode::serde::decode_from_slice::<RecordV2, _>(bytes, cfg)
+                    .ok()
+                    .filter(|(r, n)| *n == bytes.len() && r.format == format)
+                    .map(|(r, _)| (r.sys, r.pending)),
+                RECORD_FORMAT => bincode::serde::decode_from_slice::<RecordV3, _>(bytes, cfg)
+                    .ok()
+                    .filter(|(r, n)| *n == bytes.len() && r.format == format)
+                    .map(|(mut r, _)| {
+                        r.sys.answers = r.answers;
+                        (r.sys, r.pending)
+                    }),
+                _ => None,
+            };
+            match read {
+                Some(r) => r,
+                None => {
                     tracing::warn!(
                         "unreadable session runtime record ignored (timers and stream history lost)"
                     );
@@ -264,6 +348,45 @@ mod tests {
         // Garbage reads as trivial, never panics.
         assert_eq!(decode(Seq(5), &[2, 200, 1, 1]).0.client_seq, Seq(5));
         assert_eq!(decode(Seq(5), &[7; 40]).1, None);
+    }
+
+    #[test]
+    fn client_answers_round_trip_within_their_window_and_format_2_still_reads() {
+        let mut sys = Sys {
+            client_seq: Seq(40),
+            ..Default::default()
+        };
+        for i in 1..=40u64 {
+            sys.remember_answer(Seq(i), format!("{{\"output\":{i}}}"));
+        }
+        assert_eq!(sys.answers.len(), MAX_ANSWERS_KEPT);
+        assert!(sys.client_answer(Seq(8)).is_none(), "older than the window");
+        assert_eq!(sys.client_answer(Seq(40)), Some("{\"output\":40}"));
+        let b = encode(Seq(40), &sys, None);
+        assert_eq!(b[0], RECORD_FORMAT);
+        assert_eq!(decode(Seq(40), &b), (sys.clone(), None));
+        // Bytes bound: a big answer pushes the older ones out; one over the bound is not kept.
+        sys.remember_answer(Seq(41), "x".repeat(MAX_ANSWER_BYTES - 10));
+        assert!(sys.answers.len() <= 2);
+        sys.remember_answer(Seq(42), "y".repeat(MAX_ANSWER_BYTES + 1));
+        assert!(sys.client_answer(Seq(42)).is_none());
+        assert!(sys.client_answer(Seq(41)).is_some());
+        // A record written before answers were kept (format 2) reads, with none.
+        let mut old = Sys {
+            client_seq: Seq(3),
+            ..Default::default()
+        };
+        old.remember_call("k".into(), "1".into());
+        let v2 = bincode::serde::encode_to_vec(
+            RecordV2 {
+                format: RECORD_FORMAT_V2,
+                sys: old.clone(),
+                pending: None,
+            },
+            bincode::config::standard(),
+        )
+        .unwrap();
+        assert_eq!(decode(Seq(3), &v2), (old, None));
     }
 
     #[test]

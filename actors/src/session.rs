@@ -54,6 +54,10 @@ pub enum Reply<O> {
         seq: Seq,
         /// The newest processed seq.
         last: Seq,
+        /// The answer the first processing gave, while the session keeps it (the newest
+        /// [`crate::record::MAX_ANSWERS_KEPT`] inputs, ADR 0035); `None` once forgotten.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        original: Option<Result<O, HandlerError>>,
     },
 }
 
@@ -81,7 +85,15 @@ impl<O> Reply<O> {
                 copies,
                 not_durable,
             },
-            Reply::Duplicate { seq, last } => Reply::Duplicate { seq, last },
+            Reply::Duplicate {
+                seq,
+                last,
+                original,
+            } => Reply::Duplicate {
+                seq,
+                last,
+                original: original.map(|o| o.map(f)),
+            },
         }
     }
 }

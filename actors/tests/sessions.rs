@@ -352,9 +352,13 @@ async fn idle_session_hibernates_and_wakes_with_state() {
         .await
         .unwrap();
     let mut reference = 0;
+    let mut answers = std::collections::HashMap::new();
     for seq in 1..=20u64 {
         reference = fold(reference, seq, seq);
-        s.send(Seq(seq), seq).await.unwrap();
+        match s.send(Seq(seq), seq).await.unwrap() {
+            Reply::Processed { output, .. } => answers.insert(seq, output.unwrap()),
+            r => panic!("{r:?}"),
+        };
     }
     wait_for("hibernation", Duration::from_secs(5), || {
         s.status() == SessionStatus::Hibernated
@@ -378,10 +382,19 @@ async fn idle_session_hibernates_and_wakes_with_state() {
         r => panic!("{r:?}"),
     }
     assert_eq!(s.status(), SessionStatus::Running);
-    assert!(
-        matches!(s.send(Seq(5), 5).await.unwrap(), Reply::Duplicate { .. }),
-        "dedupe survives hibernation"
-    );
+    // Dedupe survives hibernation, and a retry gets its first answer back (ADR 0035): kept in
+    // the checkpoint it woke from.
+    match s.send(Seq(5), 5).await.unwrap() {
+        Reply::Duplicate {
+            seq,
+            last,
+            original,
+        } => {
+            assert_eq!((seq, last), (Seq(5), Seq(21)));
+            assert_eq!(original.unwrap().unwrap(), answers[&5], "the first answer");
+        }
+        r => panic!("a retry was processed again: {r:?}"),
+    }
     host.shutdown().await;
 }
 

@@ -101,6 +101,9 @@ pub enum Cmd {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Print the `/v1` client API's OpenAPI 3.1 document (as served at `/v1/openapi.json`;
+    /// committed as `docs/openapi.json`).
+    Openapi,
     /// Print the man page (roff), or write one page per command into `--dir`.
     Man {
         /// Write `opengrid.1` and `opengrid-<command>.1` pages into this directory.
@@ -296,6 +299,7 @@ pub fn main_with_services(
             | Cmd::Id { .. }
             | Cmd::Init { .. }
             | Cmd::Completions { .. }
+            | Cmd::Openapi
             | Cmd::Man { .. }
     );
     init_logging(
@@ -502,6 +506,10 @@ async fn run(
             Ok(())
         }
         Cmd::Man { dir } => run_man(dir.as_deref()),
+        Cmd::Openapi => {
+            print!("{}", crate::openapi::openapi_json_text());
+            Ok(())
+        }
     }
 }
 

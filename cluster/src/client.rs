@@ -222,7 +222,7 @@ impl Client {
         manifest: &str,
         session_id: Option<&str>,
     ) -> Result<Session, ClientError> {
-        let mut url = format!("{}/sessions", self.rc);
+        let mut url = format!("{}/v1/sessions", self.rc);
         if let Some(id) = session_id {
             url.push_str(&format!("?session_id={id}"));
         }
@@ -284,7 +284,7 @@ impl Client {
     }
 
     async fn locate_as(&self, id: &str, token: Option<&str>) -> Result<(String, u64), ClientError> {
-        let v = self.get_as(&format!("/sessions/{id}"), token).await?;
+        let v = self.get_as(&format!("/v1/sessions/{id}"), token).await?;
         let addr = v
             .get("address")
             .and_then(|a| a.as_str())
@@ -357,7 +357,7 @@ impl Session {
                 .cloned()
                 .collect();
             for (s, v) in pending {
-                let url = format!("{}/sessions/{}/inputs", self.address, self.id);
+                let url = format!("{}/v1/sessions/{}/inputs", self.address, self.id);
                 let r = bearer(self.client.http.post(url), self.token())
                     .json(&serde_json::json!({"seq": s, "input": v}))
                     .send()
@@ -479,7 +479,7 @@ impl Session {
         let mut from: u64 = 0;
         let mut last_err = String::new();
         while Instant::now() < deadline {
-            let url = format!("{}/sessions/{}/inputs", self.address, self.id);
+            let url = format!("{}/v1/sessions/{}/inputs", self.address, self.id);
             let sent = bearer(self.client.http.post(url), self.token())
                 .header(reqwest::header::ACCEPT, "text/event-stream")
                 .timeout(self.client.retry_for)
@@ -631,7 +631,7 @@ impl Session {
         for _ in 0..3 {
             let r = answer(
                 bearer(
-                    self.client.http.get(format!("{at}/sessions/{}", self.id)),
+                    self.client.http.get(format!("{at}/v1/sessions/{}", self.id)),
                     self.token(),
                 )
                 .send()
@@ -657,7 +657,7 @@ impl Session {
             bearer(
                 self.client
                     .http
-                    .delete(format!("{}/sessions/{}", self.address, self.id)),
+                    .delete(format!("{}/v1/sessions/{}", self.address, self.id)),
                 self.token(),
             )
             .send()

@@ -29,6 +29,7 @@ pub mod client;
 pub mod common;
 pub mod init;
 pub mod node;
+pub mod openapi;
 pub mod rc;
 
 #[cfg(test)]

@@ -224,7 +224,18 @@ impl<H: SessionHandler> SessionHandle<H> {
                             copies,
                             not_durable,
                         }),
-                        Reply::Duplicate { seq, last } => Ok(Reply::Duplicate { seq, last }),
+                        Reply::Duplicate {
+                            seq,
+                            last,
+                            original,
+                        } => Ok(Reply::Duplicate {
+                            seq,
+                            last,
+                            original: original.and_then(|o| match o {
+                                Ok(v) => serde_json::from_value(v).ok().map(Ok),
+                                Err(e) => Some(Err(e)),
+                            }),
+                        }),
                     };
                 }
                 Route::Wake => {

@@ -116,7 +116,12 @@ impl<H: SessionHandler> Actor for SessionActor<H> {
                 let last = st.sys.client_seq;
                 if seq <= last {
                     sh.usage.duplicates.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(Ok(Reply::Duplicate { seq, last }));
+                    let original = st.sys.client_answer(seq).and_then(decode_answer::<H>);
+                    let _ = reply.send(Ok(Reply::Duplicate {
+                        seq,
+                        last,
+                        original,
+                    }));
                     return Ok(());
                 }
                 if seq != last.next() {
@@ -395,4 +400,18 @@ async fn wake_for_timer<H: SessionHandler>(shared: Arc<Shared<H>>) {
             shared.set_status(Status::Hibernated);
         }
     }
+}
+
+/// A kept answer (`{"output": …}` or `{"error": …}`) as the handler's result; `None` (and a
+/// warning) when it no longer reads as this handler's output.
+fn decode_answer<H: SessionHandler>(answer: &str) -> Option<Result<H::Output, HandlerError>> {
+    let mut v: serde_json::Value = serde_json::from_str(answer).ok()?;
+    let r = if let Some(e) = v.get_mut("error") {
+        serde_json::from_value::<HandlerError>(e.take()).map(Err)
+    } else {
+        let o = v.get_mut("output").map(serde_json::Value::take)?;
+        serde_json::from_value::<H::Output>(o).map(Ok)
+    };
+    r.map_err(|e| tracing::warn!(error = %e, "a kept answer does not read as this handler's output"))
+        .ok()
 }

@@ -196,10 +196,12 @@ impl<H: SessionHandler> ActorState<H> {
                     Ok(o) => serde_json::json!({ "output": o }),
                     Err(e) => serde_json::json!({ "error": e }),
                 };
+                let answer = answer.to_string();
                 self.shared
                     .ctx_base
                     .streams
-                    .finish(*seq, answer.to_string(), &mut self.sys);
+                    .finish(*seq, answer.clone(), &mut self.sys);
+                self.sys.remember_answer(*seq, answer);
                 self.shared.last_seq.store(seq.0, Ordering::Release);
             }
             Source::Timer(id) => self.sys.timers.retain(|t| &t.id != id),

@@ -60,8 +60,12 @@ impl ApiError {
     }
 
     /// A `moved` redirect: `location` is the holder's API base URL, the `Location` header the
-    /// full URL of the same request there.
+    /// full URL of the same request there, on its `/v1` route (ADR 0035).
     pub fn moved(location: String, path: &str, epoch: u64) -> Self {
+        let path = match path.strip_prefix(crate::common::v1::PREFIX) {
+            Some(rest) if rest.starts_with('/') => path.to_string(),
+            _ => format!("{}{path}", crate::common::v1::PREFIX),
+        };
         ApiError::new(
             StatusCode::TEMPORARY_REDIRECT,
             "moved",
@@ -266,7 +270,13 @@ mod tests {
         assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
         assert_eq!(
             r.headers().get(header::LOCATION).unwrap(),
-            "http://127.0.0.1:7700/sessions/s1/inputs"
+            "http://127.0.0.1:7700/v1/sessions/s1/inputs"
+        );
+        // A path already versioned stays as it is.
+        let r = ApiError::moved("http://h".into(), "/v1/sessions/s1", 3).into_response();
+        assert_eq!(
+            r.headers().get(header::LOCATION).unwrap(),
+            "http://h/v1/sessions/s1"
         );
         let r = ApiError::new(StatusCode::BAD_REQUEST, "bad_json", "x").into_response();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);

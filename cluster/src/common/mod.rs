@@ -17,4 +17,5 @@ pub mod spec;
 pub mod throttle;
 pub mod token;
 pub mod ui;
+pub mod v1;
 pub mod wire;

@@ -15,26 +15,22 @@ use axum::{Json, Router};
 use opengrid_actors::{Reply, SessionError};
 use opengrid_session::{Seq, SessionId};
 use opentelemetry::KeyValue;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::common::access::Bearer;
 use crate::common::http::{count_status, handover_body, not_found_route, parse_sid, ApiError};
+use crate::common::v1::{self, InputReply, SessionView};
 use crate::node::NodeCore;
 
 /// The node's router.
 pub fn node_router(core: Arc<NodeCore>) -> Router {
     let limit = core.cfg.max_body.0.min(usize::MAX as u64) as usize;
     let metrics = core.metrics.clone();
-    Router::new()
+    // The client API, at `/v1/…` (ADR 0035) and, for clients of earlier releases, unversioned.
+    let api = Router::new()
         .route("/health", get(node_health))
         .route("/metrics", get(node_metrics))
         .route("/sessions", post(node_create).get(node_list))
-        .route(
-            "/ui",
-            get(|| async { crate::common::ui::asset("node.html") }),
-        )
-        .route("/ui/{file}", get(node_ui_file))
         .route("/sessions/{id}", get(node_info).delete(node_close))
         .route("/sessions/{id}/inputs", post(node_input))
         .route("/sessions/{id}/ws", get(node_ws))
@@ -45,8 +41,16 @@ pub fn node_router(core: Arc<NodeCore>) -> Router {
         )
         .route("/sessions/{id}/handover", post(node_handover))
         .route("/drain", post(node_drain))
-        .route("/blobs/{hash}", get(node_blob).head(node_blob))
-        .route("/v1/blobs/{hash}", get(node_blob).head(node_blob))
+        .route("/blobs/{hash}", get(node_blob).head(node_blob));
+    Router::new()
+        .nest(v1::PREFIX, api.clone())
+        .merge(api)
+        .route("/v1/openapi.json", get(crate::openapi::openapi_json))
+        .route(
+            "/ui",
+            get(|| async { crate::common::ui::asset("node.html") }),
+        )
+        .route("/ui/{file}", get(node_ui_file))
         .fallback(|| async { not_found_route() })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(metrics, count_status))
@@ -92,22 +96,12 @@ async fn node_list(
     let mut ids = core.host.session_ids();
     ids.sort();
     let total = ids.len();
-    let sessions: Vec<Value> = ids
+    let sessions: Vec<SessionView> = ids
         .iter()
         .take(LIST_LIMIT)
         .filter_map(|id| {
             let s = core.host.get(id)?;
-            let mut v = serde_json::to_value(s.info()).ok()?;
-            if let (Value::Object(m), Some(mob)) = (&mut v, core.mobility()) {
-                let r: Vec<String> = mob
-                    .store
-                    .replicas(id)
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect();
-                m.insert("replicas".into(), json!(r));
-            }
-            Some(v)
+            Some(SessionView::of(s.info(), replicas_of(&core, id)))
         })
         .collect();
     Ok(Json(
@@ -171,12 +165,36 @@ pub(super) fn check_serving(core: &NodeCore) -> Result<(), ApiError> {
     }
 }
 
+/// The replica holders of a session this node holds, when it keeps replicas.
+fn replicas_of(core: &NodeCore, sid: &SessionId) -> Option<Vec<String>> {
+    core.mobility().map(|mob| {
+        mob.store
+            .replicas(sid)
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    })
+}
+
+/// `GET /v1/sessions/{id}` on the holder: the session's status, seq and usage (at the RC, the
+/// same route gives its directory entry: where it lives).
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "At the holder, the session (`SessionView`); at the RC, its directory entry (`DirEntry`)", body = crate::openapi::SessionLookup),
+        (status = 307, description = "Another node holds it: `url` / `Location`", body = v1::ErrorBody),
+        (status = 401, description = "No or a bad token", body = v1::ErrorBody),
+        (status = 403, description = "The token does not open this session", body = v1::ErrorBody),
+        (status = 404, description = "No such session", body = v1::ErrorBody),
+        (status = 503, description = "Not serving now (retryable)", body = v1::ErrorBody),
+    ),
+    security(("capability" = [])))]
 #[tracing::instrument(skip_all)]
-async fn node_info(
+pub(crate) async fn node_info(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
     bearer: Bearer,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionView>, ApiError> {
     let sid = parse_sid(&id)?;
     core.access.session(&bearer, sid.as_str())?;
     match core.host.get(&sid) {
@@ -190,30 +208,29 @@ async fn node_info(
                 _ => Err(not_found_route()),
             }
         }
-        Some(s) if core.may_serve() => {
-            let mut v = serde_json::to_value(s.info()).unwrap_or(Value::Null);
-            if let (Value::Object(m), Some(mob)) = (&mut v, core.mobility()) {
-                let r: Vec<String> = mob
-                    .store
-                    .replicas(&sid)
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect();
-                m.insert("replicas".into(), json!(r));
-            }
-            Ok(Json(v))
-        }
+        Some(s) if core.may_serve() => Ok(Json(SessionView::of(s.info(), replicas_of(&core, &sid)))),
         Some(_) => Err(check_serving(&core).err().unwrap_or_else(not_found_route)),
         None => Err(elsewhere(&core, &sid, &format!("/sessions/{sid}")).await),
     }
 }
 
+/// `DELETE /v1/sessions/{id}` on the holder: close the session for good.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "Closed", body = v1::Closed),
+        (status = 307, description = "Another node holds it", body = v1::ErrorBody),
+        (status = 401, description = "No or a bad token", body = v1::ErrorBody),
+        (status = 403, description = "The token does not open this session", body = v1::ErrorBody),
+        (status = 404, description = "No such session", body = v1::ErrorBody),
+    ),
+    security(("capability" = [])))]
 #[tracing::instrument(skip_all)]
-async fn node_close(
+pub(crate) async fn node_close(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
     bearer: Bearer,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<v1::Closed>, ApiError> {
     let sid = parse_sid(&id)?;
     core.access.session(&bearer, sid.as_str())?;
     let Some(s) = core.host.get(&sid) else {
@@ -230,52 +247,24 @@ async fn node_close(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     r?;
     core.notify_closed(&sid, epoch);
-    Ok(Json(json!({"session_id": sid, "closed": true})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InputBody {
-    seq: u64,
-    input: Value,
-    /// A streamed input's first chunk wanted (a resume: ADR 0033); ignored otherwise.
-    #[serde(default)]
-    #[allow(dead_code)]
-    from: u64,
+    Ok(Json(v1::Closed {
+        session_id: sid.to_string(),
+        closed: true,
+    }))
 }
 
 fn reply_json(r: Reply<Value>) -> Value {
-    match r {
-        Reply::Processed {
-            seq,
-            output,
-            durable,
-            copies,
-            not_durable,
-        } => {
-            let mut v = match output {
-                Ok(v) => json!({"kind": "processed", "seq": seq, "output": v}),
-                Err(e) => json!({"kind": "processed", "seq": seq, "error": e}),
-            };
-            v["durable"] = json!(durable);
-            v["copies"] = json!(copies);
-            if let Some(why) = not_durable {
-                v["not_durable"] = json!(why);
-            }
-            v
-        }
-        Reply::Duplicate { seq, last } => json!({"kind": "duplicate", "seq": seq, "last": last}),
-    }
+    serde_json::to_value(InputReply::from(r)).unwrap_or(Value::Null)
 }
 
 /// The seq of an input body (checked as [`run_input`] checks it).
 pub(super) fn input_seq(body: &[u8]) -> Result<u64, ApiError> {
-    let input: InputBody = parse_input(body)?;
+    let input = parse_input(body)?;
     Ok(input.seq)
 }
 
-fn parse_input(body: &[u8]) -> Result<InputBody, ApiError> {
-    let input: InputBody = serde_json::from_slice(body).map_err(|e| {
+fn parse_input(body: &[u8]) -> Result<v1::InputRequest, ApiError> {
+    let input: v1::InputRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_json",
@@ -322,8 +311,31 @@ pub(super) async fn run_input(
     Ok(out)
 }
 
+/// `POST /v1/sessions/{id}/inputs` on the holder: one input, answered when processed (and as
+/// durable as the manifest asks). With `Accept: text/event-stream`, an SSE stream: `chunk`
+/// events (id `seq:offset`, data a `ChunkEvent`) as the handler emits them, then one `reply`
+/// event (an `InputReply` with `chunks` and `complete`); re-post the same seq with `from` to
+/// resume after a cut.
+#[utoipa::path(post, path = "/v1/sessions/{id}/inputs", tag = "sessions",
+    params(("id" = String, Path, description = "The session id")),
+    request_body(content = v1::InputRequest, description = "The input and its seq"),
+    responses(
+        (status = 200, description = "Processed, or the first answer of a retried seq", content(
+            (InputReply = "application/json"),
+            (v1::ChunkEvent = "text/event-stream"),
+        )),
+        (status = 307, description = "Another node holds the session: send it there (`url` / `Location`)", body = v1::ErrorBody),
+        (status = 400, description = "Not an input (`bad_json`, `bad_seq`, `bad_input`)", body = v1::ErrorBody),
+        (status = 401, description = "No or a bad token", body = v1::ErrorBody),
+        (status = 403, description = "The token does not open this session", body = v1::ErrorBody),
+        (status = 404, description = "No such session", body = v1::ErrorBody),
+        (status = 409, description = "`seq_gap`: a seq past the next one", body = v1::ErrorBody),
+        (status = 413, description = "The body is too large", body = v1::ErrorBody),
+        (status = 503, description = "Not serving, arriving or unavailable now (`retryable`)", body = v1::ErrorBody),
+    ),
+    security(("capability" = [])))]
 #[tracing::instrument(skip_all)]
-async fn node_input(
+pub(crate) async fn node_input(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
     bearer: Bearer,
@@ -341,7 +353,19 @@ async fn node_input(
         .map(|v| Json(v).into_response())
 }
 
-async fn node_ws(
+/// `GET /v1/sessions/{id}/ws`: a WebSocket; each text frame an `InputRequest` (with `"stream":
+/// true` for chunk frames first, or `{"resume": seq, "from": k}`), each answer an `InputReply`
+/// or an `ErrorBody` with its `status`.
+#[utoipa::path(get, path = "/v1/sessions/{id}/ws", tag = "sessions",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 307, description = "Another node holds the session", body = v1::ErrorBody),
+        (status = 401, description = "No or a bad token", body = v1::ErrorBody),
+        (status = 403, description = "The token does not open this session", body = v1::ErrorBody),
+    ),
+    security(("capability" = [])))]
+pub(crate) async fn node_ws(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
     bearer: Bearer,
@@ -466,9 +490,22 @@ fn move_error(e: crate::node::mobility::MoveError) -> ApiError {
     ApiError::new(status, code, e.to_string()).with("source_serving", json!(true))
 }
 
-/// `POST /sessions/{id}/handover`: hand the session over live (make-before-break).
+/// `POST /v1/sessions/{id}/handover` on the holder: hand the session over live
+/// (make-before-break) and report the move.
+#[utoipa::path(post, path = "/v1/sessions/{id}/handover", tag = "operators",
+    params(("id" = String, Path, description = "The session id")),
+    request_body(content = v1::HandoverRequest, description = "Where to (optional)"),
+    responses(
+        (status = 200, description = "At the holder: moved; where, epoch, blackout", body = v1::Report),
+        (status = 202, description = "At the RC: the holder was asked to move it", body = v1::HandoverRequested),
+        (status = 307, description = "Another node holds the session", body = v1::ErrorBody),
+        (status = 403, description = "Not an operator", body = v1::ErrorBody),
+        (status = 409, description = "No target, or the session never went live", body = v1::ErrorBody),
+        (status = 503, description = "Aborted; the source keeps serving", body = v1::ErrorBody),
+    ),
+    security(("operator" = [])))]
 #[tracing::instrument(skip_all)]
-async fn node_handover(
+pub(crate) async fn node_handover(
     State(core): State<Arc<NodeCore>>,
     Path(id): Path<String>,
     bearer: Bearer,

@@ -316,8 +316,22 @@ pub(crate) struct ResumeQuery {
     from: Option<u64>,
 }
 
-/// `GET /sessions/{id}/inputs/{seq}/stream?from=K` (or `Last-Event-ID: seq:offset`: from the
+/// `GET /v1/sessions/{id}/inputs/{seq}/stream?from=K` (or `Last-Event-ID: seq:offset`: from the
 /// chunk after it).
+#[utoipa::path(get, path = "/v1/sessions/{id}/inputs/{seq}/stream", tag = "sessions",
+    params(
+        ("id" = String, Path, description = "The session id"),
+        ("seq" = u64, Path, description = "The input's seq"),
+        ("from" = Option<u64>, Query, description = "The first chunk wanted (default 0, or after `Last-Event-ID`)"),
+    ),
+    responses(
+        (status = 200, description = "SSE: `chunk` events from `from`, then the `reply`", content(
+            (crate::common::v1::ChunkEvent = "text/event-stream"),
+        )),
+        (status = 307, description = "Another node holds the session", body = crate::common::v1::ErrorBody),
+        (status = 404, description = "No such session, or no stream kept for this seq", body = crate::common::v1::ErrorBody),
+    ),
+    security(("capability" = [])))]
 pub(crate) async fn node_stream(
     State(core): State<Arc<NodeCore>>,
     Path((id, seq)): Path<(String, u64)>,

@@ -18,6 +18,7 @@ use crate::common::access::{Bearer, ClientAddr};
 use crate::common::http::{
     count_status, handover_body, not_found_route, parse_manifest, parse_sid, ApiError,
 };
+use crate::common::v1;
 use crate::rc::admission::Decision;
 use crate::rc::{DirState, PlaceError, RcCore};
 
@@ -25,20 +26,25 @@ use crate::rc::{DirState, PlaceError, RcCore};
 pub fn rc_router(core: Arc<RcCore>) -> Router {
     let limit = core.cfg.max_body.0.min(usize::MAX as u64) as usize;
     let metrics = core.metrics.clone();
-    Router::new()
+    // The client API, at `/v1/…` (ADR 0035) and, for clients of earlier releases, unversioned.
+    let api = Router::new()
         .route("/health", get(rc_health))
         .route("/metrics", get(rc_metrics))
         .route("/status", get(rc_status))
         .route("/sessions", post(rc_create))
         .route("/admission/probe", post(rc_probe))
+        .route("/sessions/{id}", get(rc_lookup).delete(rc_redirect))
+        .route("/sessions/{id}/inputs", post(rc_redirect))
+        .route("/sessions/{id}/ws", get(rc_redirect))
+        .route("/sessions/{id}/handover", post(rc_handover));
+    Router::new()
+        .nest(v1::PREFIX, api.clone())
+        .merge(api)
+        .route("/v1/openapi.json", get(crate::openapi::openapi_json))
         .route(
             crate::rc::federation::ADMISSION_PATH,
             post(crate::rc::federation::admission_handler),
         )
-        .route("/sessions/{id}", get(rc_lookup).delete(rc_redirect))
-        .route("/sessions/{id}/inputs", post(rc_redirect))
-        .route("/sessions/{id}/ws", get(rc_redirect))
-        .route("/sessions/{id}/handover", post(rc_handover))
         .merge(crate::rc::ui::routes())
         .fallback(|| async { not_found_route() })
         .layer(DefaultBodyLimit::max(limit))
@@ -47,8 +53,11 @@ pub fn rc_router(core: Arc<RcCore>) -> Router {
         .with_state(core)
 }
 
+/// `GET /v1/health`: whether the RC runs (no token needed).
+#[utoipa::path(get, path = "/v1/health", tag = "meta",
+    responses((status = 200, description = "The RC's (or, at a node, the node's) health", body = v1::Report)))]
 #[tracing::instrument(skip_all)]
-async fn rc_health(State(core): State<Arc<RcCore>>) -> Json<Value> {
+pub(crate) async fn rc_health(State(core): State<Arc<RcCore>>) -> Json<Value> {
     Json(json!({
         "status": "ok",
         "role": "rc",
@@ -83,8 +92,21 @@ async fn rc_status(
     Ok(Json(v))
 }
 
+/// `POST /v1/sessions` at the RC: place a new session (or, with `session_id` and its
+/// capability, learn where a known one lives / have an orphan placed again).
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions",
+    params(("session_id" = Option<String>, Query, description = "A known session's id (needs its capability)")),
+    request_body(content = v1::ManifestBody, description = "The manifest (JSON, or TOML with `Content-Type: application/toml`)"),
+    responses(
+        (status = 201, description = "Placed: where, and the session's capability", body = crate::rc::Placement),
+        (status = 400, description = "Not a manifest (`bad_manifest`, …)", body = v1::ErrorBody),
+        (status = 409, description = "`already_placed`", body = v1::ErrorBody),
+        (status = 422, description = "`unsatisfiable` (with `why`) or `min_copies_unreachable`", body = v1::ErrorBody),
+        (status = 429, description = "`quota_exceeded`", body = v1::ErrorBody),
+        (status = 503, description = "`placement_failed` (retryable)", body = v1::ErrorBody),
+    ))]
 #[tracing::instrument(skip_all)]
-async fn rc_create(
+pub(crate) async fn rc_create(
     State(core): State<Arc<RcCore>>,
     Query(q): Query<HashMap<String, String>>,
     bearer: Bearer,
@@ -193,8 +215,10 @@ async fn rc_probe(
     }))
 }
 
+/// `GET /v1/sessions/{id}` at the RC: where the session lives (its directory entry; described
+/// with the holder's route of the same path in the OpenAPI document).
 #[tracing::instrument(skip_all)]
-async fn rc_lookup(
+pub(crate) async fn rc_lookup(
     State(core): State<Arc<RcCore>>,
     Path(id): Path<String>,
     bearer: Bearer,
@@ -239,12 +263,14 @@ async fn rc_redirect(
 
 /// `POST /sessions/{id}/handover` at the RC: ask the holder to hand the session over.
 #[tracing::instrument(skip_all)]
-async fn rc_handover(
+/// `POST /v1/sessions/{id}/handover` at the RC: ask the holder to hand the session over
+/// (described with the holder's route of the same path).
+pub(crate) async fn rc_handover(
     State(core): State<Arc<RcCore>>,
     Path(id): Path<String>,
     bearer: Bearer,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<v1::HandoverRequested>), ApiError> {
     let body = body?;
     let sid = parse_sid(&id)?;
     core.access.operator(&bearer, "handover")?;
@@ -252,7 +278,11 @@ async fn rc_handover(
     match core.request_handover(&sid, b.target) {
         Ok(holder) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"session_id": sid, "asked": holder, "status": "handover requested"})),
+            Json(v1::HandoverRequested {
+                session_id: sid.to_string(),
+                asked: holder.to_string(),
+                status: "handover requested".into(),
+            }),
         )),
         Err(why) => Err(ApiError::new(StatusCode::CONFLICT, "no_handover", why)),
     }

@@ -47,17 +47,20 @@ use crate::rc::config::RcConfig;
 use crate::rc::events::ColonyEvent;
 
 /// Where a session lives, per the directory.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct DirEntry {
     /// Session id.
+    #[schema(value_type = String)]
     pub session_id: SessionId,
     /// Holder.
+    #[schema(value_type = String)]
     pub node: NodeId,
     /// Holder's name.
     pub node_name: String,
     /// Holder's client API.
     pub address: String,
     /// Placement epoch.
+    #[schema(value_type = u64)]
     pub epoch: Epoch,
     /// Handler id.
     pub handler: String,
@@ -66,6 +69,7 @@ pub struct DirEntry {
     /// State.
     pub state: DirState,
     /// Checkpoint replica holders (k, within the manifest's allowed jurisdictions).
+    #[schema(value_type = Vec<String>)]
     pub replicas: Vec<NodeId>,
     /// Why an orphaned session is not placed again yet (e.g. no surviving node in an allowed
     /// jurisdiction).
@@ -82,6 +86,7 @@ pub struct DirEntry {
         serialize_with = "serialize_loss",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub manifest: Option<Arc<Manifest>>,
 }
 
@@ -96,7 +101,7 @@ fn serialize_loss<S: serde::Serializer>(
 }
 
 /// Directory state of a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DirState {
     /// Placement order sent, not yet confirmed.
@@ -267,17 +272,20 @@ pub(crate) fn release(usage: &mut HashMap<String, (u32, u64)>, owner: Option<&st
 }
 
 /// A successful placement.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Placement {
     /// Session id.
+    #[schema(value_type = String)]
     pub session_id: SessionId,
     /// Node id.
+    #[schema(value_type = String)]
     pub node: NodeId,
     /// Node name.
     pub node_name: String,
     /// Node client API base URL.
     pub address: String,
     /// Epoch.
+    #[schema(value_type = u64)]
     pub epoch: Epoch,
     /// The session's capability (a token signed by this RC): inputs, info, streaming and close
     /// need it (ADR 0026).
