@@ -89,7 +89,7 @@ jq -e --arg s "$session" '[.sessions[] | select(.session_id == $s)] | length == 
 grep -q '"output":5' "$work/quickstart.out" \
   || { say "the block's input got no answer with output 5"; exit 1; }
 cap="$(jq -r .capability "$root/colony/session.json")"
-reply="$(curl -sS --fail-with-body -X POST "$node/sessions/$session/inputs" -H "authorization: Bearer $cap" \
+reply="$(curl -sS --fail-with-body -X POST "$node/v1/sessions/$session/inputs" -H "authorization: Bearer $cap" \
   -H 'content-type: application/json' -d '{"seq": 2, "input": 7}')"
 [ "$(jq '.output' <<<"$reply")" = 12 ] \
   || { say "the second input should total 12: $reply"; exit 1; }

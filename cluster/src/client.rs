@@ -5,7 +5,8 @@
 //! - on `moved` (307) switches to the new node and replays the unacknowledged inputs in order;
 //! - on a retryable error (429, 503: overloaded, restarting, node lost its lease) or a network
 //!   error, asks the RC where the session lives now and retries until a deadline;
-//! - never resends an acknowledged input; duplicates are harmless (the session drops them by seq).
+//! - never resends an acknowledged input; a retried one is answered with its first answer
+//!   (`kind: duplicate`, `output`; ADR 0035), nothing runs twice.
 //!
 //! Authorization (ADR 0026): a [`Session`] sends its capability (returned by the placement) as a
 //! bearer token on every request; a client made [`Client::with_token`] (an operator token) sends

@@ -9,6 +9,8 @@
 //!   (`ctx.infer`); the load of the isolation bench.
 //! - [`assistant::Assistant`]: a chat assistant calling an OpenAI-compatible endpoint through
 //!   journaled effects (`ctx.fetch`), so a turn is not billed twice across a crash.
+//! - [`words::Words`]: streams its input back word by word (`ctx.emit`); the smallest streamed
+//!   reply.
 //! - [`blob::Blob`]: a counter carrying a padding blob of configurable size (the state of
 //!   `opengrid-chaos bench handover`).
 //!
@@ -24,6 +26,7 @@ pub mod intent;
 pub mod scorer;
 pub mod tool;
 pub mod tutor;
+pub mod words;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use opengrid_actors::{Services, SessionHost};
 use opengrid_cluster::node::inference::NodeInference;
 
 /// Registers every example handler on a node's host (`tutor`, `counter`, `scorer`, `blob`,
-/// `assistant`, `tool`).
+/// `assistant`, `tool`, `words`).
 pub fn register_handlers(host: &SessionHost) {
     host.register(Arc::new(tutor::Tutor));
     host.register(Arc::new(counter::Counter));
@@ -40,6 +43,7 @@ pub fn register_handlers(host: &SessionHost) {
     host.register(Arc::new(blob::Blob));
     host.register(Arc::new(assistant::Assistant::from_env()));
     host.register(Arc::new(tool::Tool));
+    host.register(Arc::new(words::Words));
 }
 
 /// Services the example handlers need from a node's inference plane: when the node serves the
