@@ -6,8 +6,11 @@
 //!    the manifest's allowed list ([`jurisdiction::satisfies`]); accelerator class ≥ required;
 //!    free memory ≥ required; serves the handler and offers every capability asked; measured RTT
 //!    ≤ the manifest's latency ceiling; free session capacity.
-//! 2. **Score** (lower is better): load (sessions / capacity), RTT, price, warm handler (already
-//!    hosting sessions of this handler), track record (share of successful placements).
+//! 2. **Score** (lower is better; weights in [`weights`]): load (sessions / capacity, up to
+//!    1,000,000: it dominates, so sessions spread), RTT (2 per µs), price (1 per micro-unit), a
+//!    node not hosting the handler yet (5,000: 0.5 % load, a tie-break), failed placements (the
+//!    failure share × 1,000,000, a fresh node credited 20 successes). A WebAssembly agent's
+//!    compile cost is [`COLD_PENALTY`] on top (10 % load), [`Colony::admit_preferring`].
 //! 3. **Tie-break**: the node id (bytes of its public key), so equal tables give equal answers.
 //!
 //! A refusal lists every node with the first filter it failed ([`Decision::Refused`]).
@@ -33,6 +36,26 @@ pub use crate::common::spec::NodeSpec;
 /// What a node that must fetch and compile a session's agent first costs in score terms (as
 /// much as 10 % more load): [`Colony::admit_preferring`].
 pub const COLD_PENALTY: u64 = 100_000;
+
+/// The score's weights (lower is better; see [`NodeRecord::score`]). One unit is a millionth of a
+/// node's capacity in load: a node at half its capacity scores 500,000 for load.
+pub mod weights {
+    /// A node's load: its sessions over its capacity, times this (0 … 1,000,000).
+    pub const LOAD: u64 = 1_000_000;
+    /// Per µs of measured RTT to the RC (a 1 ms RTT weighs as much as 0.2 % load).
+    pub const RTT_PER_US: u64 = 2;
+    /// Per micro-unit of price per input.
+    pub const PRICE_PER_MICRO: u64 = 1;
+    /// A node not hosting sessions of the handler yet: 0.5 % load. A tie-break between equally
+    /// loaded nodes, not a reason to pile sessions on one (a native handler is in every node's
+    /// binary; a WebAssembly agent's compile cost is [`super::COLD_PENALTY`]).
+    pub const COLD_HANDLER: u64 = 5_000;
+    /// A node whose placements all failed (its failure share × this: 100 % failures weigh as
+    /// much as a full node).
+    pub const FAILURES: u64 = 1_000_000;
+    /// Successes a node is credited before its first placement.
+    pub const TRACK_PRIOR: u64 = 20;
+}
 
 /// What the placement needs, derived from a manifest.
 #[derive(Clone, Debug, PartialEq)]
@@ -219,25 +242,25 @@ impl NodeRecord {
         self.sessions < self.spec.capacity
     }
 
-    /// Score key (lower is better) for a session of `handler`.
-    /// Score for `handler` (lower is better; see the module rules).
+    /// Score for a session of `handler` (lower is better): the sum of the weighted terms the
+    /// module docs list ([`weights`]). Load dominates, so a colony's sessions spread over its
+    /// eligible nodes; the rest break near-ties.
     pub fn score(&self, handler: &str) -> u64 {
-        const TRACK_PRIOR: u64 = 20;
-        let load = (self.sessions as u64 * 1_000_000) / self.spec.capacity.max(1) as u64; // 0..1e6
-        let rtt = self.rtt_us.min(1_000_000); // ≤ 1 s
-        let price = self.spec.price_micros_per_input.min(1_000_000);
+        use weights::*;
+        let load = (self.sessions as u64 * LOAD) / self.spec.capacity.max(1) as u64;
+        let rtt = self.rtt_us.min(1_000_000) * RTT_PER_US;
+        let price = self.spec.price_micros_per_input.min(1_000_000) * PRICE_PER_MICRO;
         let warm = if self.warm.iter().any(|h| h == handler) {
             0
         } else {
-            100_000
+            COLD_HANDLER
         };
-        // Share of failed placements, with a prior of TRACK_PRIOR successes and as many
-        // failures: a node's record counts once it has some history. (A prior of one each let
-        // a single successful placement outweigh a session's worth of load, so a fresh colony
-        // piled every new session onto the node that got the first one.)
-        let track = 500_000
-            - (500_000 * (self.ok + TRACK_PRIOR)) / (self.ok + self.failed + 2 * TRACK_PRIOR);
-        load + rtt * 2 + price + warm + track
+        // The share of failed placements, with a prior of TRACK_PRIOR successes: a fresh node
+        // counts as reliable, and volume earns nothing (a prior that rated fresh nodes at 50 %
+        // failures made every node with history look better than an empty one, so a fresh
+        // colony piled sessions onto whichever node got the first ones).
+        let track = (FAILURES * self.failed) / (self.ok + self.failed + TRACK_PRIOR);
+        load + rtt + price + warm + track
     }
 
     /// First filter this node fails for `req`, if any.
@@ -772,6 +795,57 @@ mod tests {
         c.note_start_answered(&first);
         c.update_load(&first, 1, 500, vec!["tutor".into()]);
         assert_eq!(c.get(&first).map(|r| r.sessions), Some(1));
+    }
+
+    /// A fresh colony spreads its sessions over the eligible nodes (no node takes more than its
+    /// share plus one while any other has room), heartbeats included.
+    #[test]
+    fn a_colony_s_sessions_spread_over_its_nodes() {
+        let mut c = Colony::new();
+        let nodes: Vec<NodeSpec> = (0..5)
+            .map(|_| spec("DE", AcceleratorClass::None, &["counter", "tutor"], 1000))
+            .collect();
+        for n in &nodes {
+            c.upsert(n.clone());
+            c.update_load(&n.id, 0, 300, vec![]);
+        }
+        let mut r = req("counter", &["DE"], AcceleratorClass::None);
+        r.memory = 1 << 20;
+        let mut placed: HashMap<NodeId, u32> = HashMap::new();
+        for i in 0..1000u32 {
+            let Decision::Placed { node, .. } = c.admit(&r) else {
+                panic!("session {i} not placed")
+            };
+            c.note_placing(&node, "counter", r.memory);
+            c.note_start_answered(&node);
+            *placed.entry(node).or_default() += 1;
+            // Every 50 placements, heartbeats (with the load they count) arrive.
+            if i % 50 == 49 {
+                for n in &nodes {
+                    let k = placed.get(&n.id).copied().unwrap_or(0);
+                    c.update_load(&n.id, k, 300, vec!["counter".into()]);
+                }
+            }
+        }
+        let counts: Vec<u32> = nodes
+            .iter()
+            .map(|n| placed.get(&n.id).copied().unwrap_or(0))
+            .collect();
+        assert!(
+            counts.iter().all(|&k| (199..=201).contains(&k)),
+            "1000 sessions over 5 nodes: {counts:?}"
+        );
+        // A node with a record of failures gets fewer; a fresh node joining gets the next ones.
+        let fresh = spec("DE", AcceleratorClass::None, &["counter"], 1000);
+        c.upsert(fresh.clone());
+        for _ in 0..50 {
+            let Decision::Placed { node, .. } = c.admit(&r) else {
+                panic!("not placed")
+            };
+            assert_eq!(node, fresh.id, "the empty node takes new sessions first");
+            c.note_placing(&node, "counter", r.memory);
+            c.note_start_answered(&node);
+        }
     }
 
     #[test]
