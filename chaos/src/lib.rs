@@ -26,6 +26,7 @@
 //!
 //! Plane: none of its own — it drives the other planes from outside, through binaries and ports.
 
+pub mod availability;
 pub mod bench;
 pub mod bench_colony;
 pub mod bench_settlement;

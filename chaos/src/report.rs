@@ -68,6 +68,10 @@ pub struct Report {
     pub error: Option<String>,
     /// Free-form notes (where logs were kept, …).
     pub notes: Vec<String>,
+    /// Inputs offered, acknowledged, refused and not sent, overall and per fault, and the
+    /// sessions' longest outages (runs with a workload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<crate::availability::Availability>,
 }
 
 impl Report {
@@ -84,6 +88,7 @@ impl Report {
             duration_ms: 0,
             error: None,
             notes: Vec::new(),
+            availability: None,
         }
     }
 
@@ -187,6 +192,23 @@ impl Report {
                 );
             }
         }
+        if let Some(a) = &self.availability {
+            let _ = writeln!(s, "\navailability: {}", a.line());
+            for w in &a.per_fault {
+                let _ = writeln!(
+                    s,
+                    "  after {:<30} t+{:>6}..{:>6}ms  acknowledged {}/{} ({:.1} %), {} refused, {} not sent",
+                    w.fault,
+                    w.from_ms,
+                    w.to_ms,
+                    w.counts.acknowledged,
+                    w.counts.offered,
+                    w.counts.ratio * 100.0,
+                    w.counts.refused,
+                    w.counts.not_sent
+                );
+            }
+        }
         let names: Vec<String> = self
             .checked
             .iter()
@@ -266,6 +288,9 @@ pub struct SuiteRun {
     pub duration_ms: u64,
     /// Reproduce command.
     pub reproduce: String,
+    /// Inputs offered / acknowledged and the longest outages (runs with a workload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub availability: Option<crate::availability::Availability>,
 }
 
 impl SuiteSummary {
@@ -283,6 +308,7 @@ impl SuiteSummary {
                     violations: r.violations.len(),
                     duration_ms: r.duration_ms,
                     reproduce: r.reproduce.clone(),
+                    availability: r.availability.clone(),
                 })
                 .collect(),
             recovery: recovery_of(reports.iter().flat_map(|r| r.faults.iter())),
@@ -292,14 +318,16 @@ impl SuiteSummary {
     /// The human table.
     pub fn to_human(&self) -> String {
         let mut s = format!(
-            "suite {}: {}\n  {:<16} {:>6}  {:<8} {:>10} {:>9}\n",
+            "suite {}: {}\n  {:<16} {:>6}  {:<8} {:>10} {:>9}  {:>22}  {:>17}\n",
             self.suite,
             if self.passed { "PASS" } else { "FAIL" },
             "scenario",
             "seed",
             "result",
             "violations",
-            "time"
+            "time",
+            "acknowledged/offered",
+            "outage p99/max"
         );
         for r in &self.runs {
             let verdict = match r.exit_code {
@@ -307,13 +335,30 @@ impl SuiteSummary {
                 EXIT_VIOLATION => "FAIL",
                 _ => "ERROR",
             };
+            let (acked, outage) = match &r.availability {
+                Some(a) => (
+                    format!(
+                        "{}/{} ({:.1} %)",
+                        a.total.acknowledged,
+                        a.total.offered,
+                        a.total.ratio * 100.0
+                    ),
+                    format!(
+                        "{}/{} ms",
+                        a.longest_outage.p99_ms, a.longest_outage.max_ms
+                    ),
+                ),
+                None => ("-".into(), "-".into()),
+            };
             s.push_str(&format!(
-                "  {:<16} {:>6}  {:<8} {:>10} {:>8.1}s\n",
+                "  {:<16} {:>6}  {:<8} {:>10} {:>8.1}s  {:>22}  {:>17}\n",
                 r.scenario,
                 r.seed,
                 verdict,
                 r.violations,
-                r.duration_ms as f64 / 1000.0
+                r.duration_ms as f64 / 1000.0,
+                acked,
+                outage
             ));
         }
         s.push_str("recovery per fault kind (all runs):\n");

@@ -338,6 +338,9 @@ pub enum Invariant {
     /// No hostile well-formed request of the fuzzer (a stranger's or another session's token)
     /// accepted by a client API.
     NoStrangerAccepted,
+    /// At least `min_availability` of the inputs the workload offered were acknowledged
+    /// ([`crate::availability`]).
+    Availability,
 }
 
 /// `[invariants]`
@@ -346,7 +349,14 @@ pub enum Invariant {
 pub struct InvariantSpec {
     /// Invariants to check.
     pub check: Vec<Invariant>,
+    /// `availability`: the share of offered inputs that must be acknowledged (0..=1; default
+    /// [`DEFAULT_MIN_AVAILABILITY`]).
+    #[serde(default)]
+    pub min_availability: Option<f64>,
 }
+
+/// The `availability` invariant's floor when a scenario names none.
+pub const DEFAULT_MIN_AVAILABILITY: f64 = 0.99;
 
 /// A scenario file that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -848,12 +858,29 @@ impl Scenario {
             }
             if matches!(
                 inv,
-                Invariant::NoAckedLoss | Invariant::NoDuplicate | Invariant::SingleActive
+                Invariant::NoAckedLoss
+                    | Invariant::NoDuplicate
+                    | Invariant::SingleActive
+                    | Invariant::Availability
             ) && self.workload.sessions.is_empty()
             {
                 return Err(invalid(
                     format!("invariants.check[{i}]"),
                     format!("{inv:?} needs workload.sessions"),
+                ));
+            }
+        }
+        if let Some(m) = self.invariants.min_availability {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(invalid(
+                    "invariants.min_availability",
+                    format!("{m} is not a share between 0 and 1"),
+                ));
+            }
+            if !c.contains(&Invariant::Availability) {
+                return Err(invalid(
+                    "invariants.min_availability",
+                    "set, but `availability` is not in invariants.check",
                 ));
             }
         }

@@ -92,6 +92,41 @@ impl Run<'_> {
             events.len()
         ));
         report.notes.push(log_evidence(self.launcher));
+        let series: Vec<_> = logs.iter().map(SessionLog::series).collect();
+        let faults: Vec<(String, u64)> = report
+            .faults
+            .iter()
+            .filter_map(|f| {
+                let at = f.injected_ms?;
+                Some((
+                    format!("{} {}", f.fault.action.as_str(), f.fault.targets.join("<->")),
+                    at,
+                ))
+            })
+            .collect();
+        let mut faults = faults;
+        faults.sort_by_key(|f| f.1);
+        let availability = crate::availability::Availability::compute(&series, &faults);
+        if checks.contains(&Invariant::Availability) {
+            let floor = self
+                .sc
+                .invariants
+                .min_availability
+                .unwrap_or(crate::scenario::DEFAULT_MIN_AVAILABILITY);
+            if availability.total.ratio < floor {
+                violations.push(Violation {
+                    invariant: Invariant::Availability,
+                    subject: "workload".into(),
+                    detail: format!(
+                        "{} — below the required {:.1} %",
+                        availability.line(),
+                        floor * 100.0
+                    ),
+                    t_ms: None,
+                });
+            }
+        }
+        report.availability = Some(availability);
         if checks.contains(&Invariant::NoStrangerAccepted) {
             for st in applied.fuzz_stats.iter().filter(|s| s.hostile_accepted > 0) {
                 violations.push(Violation {

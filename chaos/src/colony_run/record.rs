@@ -47,6 +47,36 @@ pub struct SessionLog {
     pub loss_bound_ms: u64,
     /// Inputs, in order.
     pub steps: Vec<Step>,
+    /// Its client's pacing: ms between ticks, the first tick's offset (a fraction of a period)
+    /// and when it stopped offering inputs (ms from the start).
+    pub period_ms: f64,
+    /// See `period_ms`.
+    pub phase: f64,
+    /// See `period_ms`.
+    pub until_ms: u64,
+}
+
+impl SessionLog {
+    /// What its client saw, for availability ([`crate::availability`]): final probes left out.
+    pub fn series(&self) -> crate::availability::Series {
+        crate::availability::Series {
+            period_ms: self.period_ms,
+            phase: self.phase,
+            until_ms: self.until_ms,
+            steps: self
+                .steps
+                .iter()
+                .filter(|s| !s.final_probe)
+                .map(|s| {
+                    (
+                        s.sent_ms,
+                        s.done_ms,
+                        matches!(s.outcome, StepOutcome::Processed(_) | StepOutcome::Duplicate),
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Reconstructs which inputs a counter session holds from its answers; returns the client
@@ -183,6 +213,7 @@ mod tests {
             id: "s".into(),
             loss_bound_ms: bound,
             steps,
+            ..Default::default()
         }
     }
 

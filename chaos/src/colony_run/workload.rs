@@ -235,6 +235,9 @@ async fn workload(mut s: Session, p: Pacing) -> (Session, SessionLog) {
         id: s.id.clone(),
         loss_bound_ms,
         steps: Vec::new(),
+        period_ms: period.as_secs_f64() * 1000.0,
+        phase,
+        until_ms: until.as_millis() as u64,
     };
     let mut k = 0u64;
     while (log.steps.len() as u64) < max_inputs {
