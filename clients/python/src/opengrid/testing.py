@@ -216,7 +216,7 @@ class Colony:
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.work / f"{name}.log", "ab")
         # The processes read OPENGRID_* variables as config: the test's own are not theirs.
-        env = {k: v for k, v in os.environ.items() if k not in ("OPENGRID_BIN", "OPENGRID_TEST_KEEP")}
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENGRID_BIN", "OPENGRID_TEST_KEEP", "OPENGRID_API_PREFIX")}
         env["RUST_LOG"] = os.environ.get("RUST_LOG", "info,ractor_cluster=warn,ractor=warn")
         env.update(self.env)
         old = self.procs.get(name)
