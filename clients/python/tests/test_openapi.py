@@ -1,0 +1,171 @@
+"""Every response the client received in the other tests matches the OpenAPI document the colony
+serves (``GET {rc}/v1/openapi.json``): the response schema of its path, method and status, with
+``$ref``s resolved against the document's ``components``. Runs last (see conftest)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+import opengrid
+from conftest import RECORDED, Recorded
+
+jsonschema = pytest.importorskip("jsonschema")
+
+
+def fetch_document(rc_url: str) -> dict:
+    r = httpx.get(f"{rc_url}{opengrid.API_PREFIX}/openapi.json", timeout=10)
+    if r.status_code == 404:
+        pytest.skip(f"the server does not serve {opengrid.API_PREFIX}/openapi.json yet (404)")
+    r.raise_for_status()
+    doc = r.json()
+    assert str(doc.get("openapi", "")).startswith("3."), doc.get("openapi")
+    return doc
+
+
+def _server_prefixes(doc: dict) -> list[str]:
+    out = {""}
+    for s in doc.get("servers") or []:
+        p = urlsplit(str(s.get("url", ""))).path.rstrip("/")
+        out.add(p)
+    return sorted(out, key=len, reverse=True)
+
+
+def _templates(doc: dict) -> list[tuple[re.Pattern, str]]:
+    out = []
+    for path in doc.get("paths") or {}:
+        rx = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$"
+        out.append((re.compile(rx), path))
+    # Literal segments before templated ones: /sessions/openapi.json style clashes resolve to the
+    # most specific path.
+    out.sort(key=lambda t: t[1].count("{"))
+    return out
+
+
+def operation_of(doc: dict, method: str, url: str) -> Optional[tuple[str, dict]]:
+    path = urlsplit(url).path
+    templates = _templates(doc)
+    for prefix in _server_prefixes(doc):
+        if prefix and not path.startswith(prefix + "/"):
+            continue
+        rest = path[len(prefix):] if prefix else path
+        for rx, tpl in templates:
+            if rx.match(rest):
+                op = (doc["paths"][tpl] or {}).get(method.lower())
+                if op is not None:
+                    return tpl, op
+    return None
+
+
+def response_schema(op: dict, status: int, content_type: str) -> Optional[dict]:
+    responses = op.get("responses") or {}
+    resp = responses.get(str(status)) or responses.get(f"{status // 100}XX") or responses.get("default")
+    if resp is None:
+        return None
+    return resp
+
+
+def resolve(doc: dict, node: Any) -> Any:
+    """Follows a ``$ref`` into the document (responses can be refs too)."""
+    seen = 0
+    while isinstance(node, dict) and "$ref" in node and seen < 20:
+        ref = node["$ref"]
+        assert ref.startswith("#/"), f"external $ref {ref}"
+        target: Any = doc
+        for part in ref[2:].split("/"):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        node = target
+        seen += 1
+    return node
+
+
+def validator_for(doc: dict, schema: dict):
+    # The schema as the root of a document that carries the components, so that
+    # "#/components/schemas/…" resolves.
+    root = {"allOf": [schema], "components": doc.get("components") or {}}
+    cls = jsonschema.validators.validator_for({"$schema": "https://json-schema.org/draft/2020-12/schema"})
+    return cls(root)
+
+
+def check(doc: dict, rec: Recorded) -> Optional[str]:
+    """None when ``rec`` matches the document; else why not."""
+    found = operation_of(doc, rec.method, rec.url)
+    if found is None:
+        return f"{rec.method} {urlsplit(rec.url).path}: no such operation in the document"
+    tpl, op = found
+    resp = resolve(doc, response_schema(op, rec.status, rec.content_type))
+    if resp is None:
+        return f"{rec.method} {tpl} answered {rec.status}, which the document does not list ({sorted(op.get('responses') or {})})"
+    content = resp.get("content") or {}
+    if "text/event-stream" in rec.content_type:
+        # Event streams: the data of each event is checked where the document gives a schema
+        # for it (an `itemSchema`, OpenAPI 3.2 style); the media type must be listed.
+        media = content.get("text/event-stream")
+        if media is None:
+            return f"{rec.method} {tpl} {rec.status}: text/event-stream not in {sorted(content)}"
+        return None
+    if rec.body is None:
+        return None
+    media = content.get("application/json")
+    if media is None:
+        media = next((m for k, m in content.items() if "json" in k), None)
+    if media is None:
+        return f"{rec.method} {tpl} {rec.status}: a JSON body, but the document lists {sorted(content) or 'no body'}"
+    schema = media.get("schema")
+    if schema is None:
+        return None
+    errors = sorted(validator_for(doc, schema).iter_errors(rec.body), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        return f"{rec.method} {tpl} {rec.status}: {e.message} at {list(e.absolute_path)} (body {str(rec.body)[:300]})"
+    return None
+
+
+def test_every_recorded_response_matches_the_openapi_document(colony):
+    doc = fetch_document(colony.rc_url)
+    assert RECORDED, "the other tests recorded responses (run the whole suite)"
+    api = [r for r in RECORDED if urlsplit(r.url).path.startswith(opengrid.API_PREFIX + "/")]
+    if not api:
+        pytest.skip(f"no response was recorded under {opengrid.API_PREFIX} (OPENGRID_API_PREFIX overridden?)")
+    problems = [p for p in (check(doc, r) for r in api) if p]
+    checked = {(r.method, operation_of(doc, r.method, r.url)[0] if operation_of(doc, r.method, r.url) else "?", r.status) for r in api}
+    assert not problems, f"{len(problems)} of {len(api)} responses do not match:\n" + "\n".join(sorted(set(problems))[:40])
+    # What was covered, for the report (-s shows it).
+    print(f"\n{len(api)} responses checked; operations/statuses: {sorted(checked)}")
+
+
+def test_the_checker_catches_a_mismatch():
+    # The checker itself, on a small document: a wrong type and an unlisted status are caught.
+    doc = {
+        "openapi": "3.1.0",
+        "paths": {
+            "/v1/sessions/{id}/inputs": {
+                "post": {
+                    "responses": {
+                        "200": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reply"}}}}
+                    }
+                }
+            }
+        },
+        "components": {
+            "schemas": {
+                "Reply": {
+                    "type": "object",
+                    "required": ["kind", "seq"],
+                    "properties": {"kind": {"enum": ["processed", "duplicate"]}, "seq": {"type": "integer"}},
+                }
+            }
+        },
+    }
+    url = "http://h/v1/sessions/s-1/inputs"
+    ok = Recorded("POST", url, 200, "application/json", {"kind": "processed", "seq": 1})
+    bad = Recorded("POST", url, 200, "application/json", {"kind": "processed", "seq": "1"})
+    unlisted = Recorded("POST", url, 418, "application/json", {"code": "teapot"})
+    assert check(doc, ok) is None
+    assert "is not of type 'integer'" in (check(doc, bad) or "")
+    assert "does not list" in (check(doc, unlisted) or "")
+    assert "no such operation" in (check(doc, Recorded("GET", "http://h/v1/nope", 200, "application/json", {})) or "")
