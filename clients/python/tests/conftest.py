@@ -5,10 +5,8 @@ end of the run) and can cut a connection on purpose."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -16,7 +14,7 @@ import httpx
 import pytest
 
 import opengrid
-from opengrid.testing import Colony
+from opengrid.testing import Colony, EchoModel
 
 if not os.environ.get("OPENGRID_BIN"):
     pytest.exit("set OPENGRID_BIN to an opengrid binary", returncode=2)
@@ -168,54 +166,12 @@ def make_client(faults: Faults):
 
 # -- a model endpoint for the streaming `assistant` -------------------------------------------
 
-
-class ModelServer:
-    """``POST /v1/chat/completions`` answers ``echo: <last user message>`` and counts requests
-    per ``Idempotency-Key`` (the node's effect journal must not repeat a model call)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.lock = threading.Lock()
-        outer = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802
-                n = int(self.headers.get("content-length") or 0)
-                body = json.loads(self.rfile.read(n) or b"{}")
-                key = self.headers.get("idempotency-key") or "none"
-                with outer.lock:
-                    outer.counts[key] = outer.counts.get(key, 0) + 1
-                if self.path != "/v1/chat/completions":
-                    self.send_response(404)
-                    self.send_header("content-length", "0")
-                    self.end_headers()
-                    return
-                last = (body.get("messages") or [{}])[-1].get("content", "")
-                out = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"echo: {last}"}}]}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+ModelServer = EchoModel
 
 
 @pytest.fixture(scope="session")
-def model() -> ModelServer:
-    m = ModelServer()
+def model() -> EchoModel:
+    m = EchoModel()
     yield m
     m.close()
 
