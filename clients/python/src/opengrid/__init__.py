@@ -9,10 +9,13 @@
         print(chunk, end="")
 
 See :mod:`opengrid.client` for how inputs are numbered, retried and followed across moves;
-:mod:`opengrid.errors` for the typed errors; ``opengrid.testing`` boots a local colony for tests.
+:mod:`opengrid.errors` for the typed errors; :mod:`opengrid.aio` for asyncio
+(``AsyncClient``); ``opengrid.testing`` boots a local colony for tests.
 """
 
-from .client import API_PREFIX, Client, Session, StreamedReply, build_manifest
+from ._core import API_PREFIX, build_manifest
+from .aio import AsyncClient, AsyncSession, AsyncStreamedReply
+from .client import Client, Session, StreamedReply
 from .errors import (
     AnswerNotRetained,
     BadRequest,
@@ -34,6 +37,9 @@ from .models import Placement, Reply
 __all__ = [
     "API_PREFIX",
     "AnswerNotRetained",
+    "AsyncClient",
+    "AsyncSession",
+    "AsyncStreamedReply",
     "BadRequest",
     "Client",
     "Conflict",
