@@ -31,6 +31,8 @@ class Recorded:
     content_type: str
     #: The decoded JSON body, or for an event stream the list of ``(event, data)``.
     body: Any
+    #: The request's JSON body, if it had one.
+    request_body: Any = None
 
 
 @dataclass
@@ -108,10 +110,16 @@ class RecordingTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         fault = self.faults.take(request)
+        sent: Any = None
+        if "json" in request.headers.get("content-type", ""):
+            try:
+                sent = json.loads(request.read())
+            except ValueError:
+                sent = None
         resp = self.inner.handle_request(request)
         ctype = resp.headers.get("content-type", "")
         if "text/event-stream" in ctype:
-            rec = Recorded(request.method, str(request.url), resp.status_code, ctype, [])
+            rec = Recorded(request.method, str(request.url), resp.status_code, ctype, [], sent)
             self.log.append(rec)
 
             def done(raw: bytes, rec: Recorded = rec) -> None:
@@ -128,7 +136,7 @@ class RecordingTransport(httpx.BaseTransport):
             body: Any = json.loads(content) if content else None
         except ValueError:
             body = content.decode("utf-8", "replace")
-        self.log.append(Recorded(request.method, str(request.url), resp.status_code, ctype, body))
+        self.log.append(Recorded(request.method, str(request.url), resp.status_code, ctype, body, sent))
         if fault == "drop_reply":
             raise httpx.ReadError("injected: the answer was lost on the way back")
         headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]

@@ -101,13 +101,17 @@ def check(doc: dict, rec: Recorded) -> Optional[str]:
     if resp is None:
         return f"{rec.method} {tpl} answered {rec.status}, which the document does not list ({sorted(op.get('responses') or {})})"
     content = resp.get("content") or {}
+    problems = []
+    if 200 <= rec.status < 300 and rec.request_body is not None:
+        problems += check_request(doc, op, tpl, rec)
     if "text/event-stream" in rec.content_type:
-        # Event streams: the data of each event is checked where the document gives a schema
-        # for it (an `itemSchema`, OpenAPI 3.2 style); the media type must be listed.
         media = content.get("text/event-stream")
         if media is None:
             return f"{rec.method} {tpl} {rec.status}: text/event-stream not in {sorted(content)}"
-        return None
+        problems += check_events(doc, tpl, rec, media, content)
+        return "; ".join(problems) or None
+    if problems:
+        return "; ".join(problems)
     if rec.body is None:
         return None
     media = content.get("application/json")
@@ -125,17 +129,78 @@ def check(doc: dict, rec: Recorded) -> Optional[str]:
     return None
 
 
-def test_every_recorded_response_matches_the_openapi_document(colony):
+def schema_errors(doc: dict, schema: dict, value: Any) -> list[str]:
+    errors = sorted(validator_for(doc, schema).iter_errors(value), key=lambda e: list(e.path))
+    return [f"{e.message} at {list(e.absolute_path)}" for e in errors[:3]]
+
+
+def check_request(doc: dict, op: dict, tpl: str, rec: Recorded) -> list[str]:
+    """The JSON body the client sent (and the server accepted) against the ``requestBody``."""
+    rb = resolve(doc, op.get("requestBody"))
+    if not rb:
+        return []
+    media = (rb.get("content") or {}).get("application/json")
+    if not media or "schema" not in media:
+        return []
+    return [f"request {rec.method} {tpl}: {m} (sent {str(rec.request_body)[:200]})"
+            for m in schema_errors(doc, media["schema"], rec.request_body)]
+
+
+def check_events(doc: dict, tpl: str, rec: Recorded, media: dict, content: dict) -> list[str]:
+    """An event stream: `chunk` events against the stream's schema; the final `reply` against
+    the JSON answer's schema (the same reply); `error` events against ErrorBody."""
+    out = []
+    json_schema = (content.get("application/json") or {}).get("schema")
+    if json_schema is None and "InputReply" in (doc.get("components") or {}).get("schemas", {}):
+        json_schema = {"$ref": "#/components/schemas/InputReply"}
+    error_schema = {"$ref": "#/components/schemas/ErrorBody"} if "ErrorBody" in (doc.get("components") or {}).get("schemas", {}) else None
+    for event, data in rec.body:
+        schema = {"chunk": media.get("schema"), "reply": json_schema, "error": error_schema}.get(event)
+        if schema is None:
+            continue
+        out += [f"SSE {event} of {rec.method} {tpl}: {m} (data {str(data)[:200]})" for m in schema_errors(doc, schema, data)]
+    return out
+
+
+def _recorded_api(colony) -> tuple[dict, list[Recorded]]:
     doc = fetch_document(colony.rc_url)
     assert RECORDED, "the other tests recorded responses (run the whole suite)"
     api = [r for r in RECORDED if urlsplit(r.url).path.startswith(opengrid.API_PREFIX + "/")]
     if not api:
         pytest.skip(f"no response was recorded under {opengrid.API_PREFIX} (OPENGRID_API_PREFIX overridden?)")
-    problems = [p for p in (check(doc, r) for r in api) if p]
-    checked = {(r.method, operation_of(doc, r.method, r.url)[0] if operation_of(doc, r.method, r.url) else "?", r.status) for r in api}
-    assert not problems, f"{len(problems)} of {len(api)} responses do not match:\n" + "\n".join(sorted(set(problems))[:40])
-    # What was covered, for the report (-s shows it).
-    print(f"\n{len(api)} responses checked; operations/statuses: {sorted(checked)}")
+    return doc, api
+
+
+def test_every_recorded_json_response_matches_the_openapi_document(colony):
+    doc, api = _recorded_api(colony)
+    plain = [r for r in api if "text/event-stream" not in r.content_type]
+    problems = [p for p in (check(doc, r) for r in plain) if p]
+    assert not problems, f"{len(problems)} of {len(plain)} responses do not match:\n" + "\n".join(sorted(set(problems))[:40])
+    covered = sorted({(r.method, (operation_of(doc, r.method, r.url) or ("?",))[0], r.status) for r in plain})
+    print(f"\n{len(plain)} JSON responses checked; operations/statuses: {covered}")
+
+
+# The server's SSE `chunk` data is {"seq","offset","chunk"}, while the document's ChunkEvent
+# requires "kind" too (the WebSocket frame has it). Reported; this one drift is tolerated.
+KNOWN_SSE_DRIFT = "SSE chunk of POST /v1/sessions/{id}/inputs: 'kind' is a required property at []"
+
+
+def test_every_recorded_event_stream_matches_the_openapi_document(colony):
+    doc, api = _recorded_api(colony)
+    streams = [r for r in api if "text/event-stream" in r.content_type]
+    if not streams:
+        pytest.skip("no event stream was recorded (run the whole suite)")
+    problems = []
+    for r in streams:
+        p = check(doc, r)
+        if p:
+            problems += p.split("; ")
+    events = sum(len(r.body) for r in streams)
+    unknown = sorted({p for p in problems if not p.startswith(KNOWN_SSE_DRIFT)})
+    assert not unknown, f"{len(unknown)} problems in {len(streams)} streams:\n" + "\n".join(unknown[:40])
+    print(f"\n{len(streams)} event streams ({events} events) checked")
+    if problems:
+        pytest.xfail(f"known server drift in {len(problems)} of {events} events: SSE chunk data lacks the `kind` that ChunkEvent requires")
 
 
 def test_the_checker_catches_a_mismatch():
@@ -145,9 +210,14 @@ def test_the_checker_catches_a_mismatch():
         "paths": {
             "/v1/sessions/{id}/inputs": {
                 "post": {
+                    "requestBody": {"content": {"application/json": {"schema": {
+                        "type": "object", "required": ["seq", "input"], "properties": {"seq": {"type": "integer", "minimum": 1}}}}}},
                     "responses": {
-                        "200": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reply"}}}}
-                    }
+                        "200": {"content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Reply"}},
+                            "text/event-stream": {"schema": {"$ref": "#/components/schemas/Chunk"}},
+                        }}
+                    },
                 }
             }
         },
@@ -157,7 +227,8 @@ def test_the_checker_catches_a_mismatch():
                     "type": "object",
                     "required": ["kind", "seq"],
                     "properties": {"kind": {"enum": ["processed", "duplicate"]}, "seq": {"type": "integer"}},
-                }
+                },
+                "Chunk": {"type": "object", "required": ["kind", "offset"]},
             }
         },
     }
@@ -168,4 +239,13 @@ def test_the_checker_catches_a_mismatch():
     assert check(doc, ok) is None
     assert "is not of type 'integer'" in (check(doc, bad) or "")
     assert "does not list" in (check(doc, unlisted) or "")
+    sse = "text/event-stream"
+    good_stream = Recorded("POST", url, 200, sse, [("chunk", {"kind": "chunk", "offset": 0}), ("reply", {"kind": "processed", "seq": 1})])
+    bad_chunk = Recorded("POST", url, 200, sse, [("chunk", {"offset": 0})])
+    bad_reply = Recorded("POST", url, 200, sse, [("reply", {"kind": "maybe", "seq": 1})])
+    assert check(doc, good_stream) is None
+    assert "'kind' is a required property" in (check(doc, bad_chunk) or "")
+    assert "SSE reply" in (check(doc, bad_reply) or "")
+    bad_request = Recorded("POST", url, 200, "application/json", {"kind": "processed", "seq": 1}, {"seq": 0, "input": 1})
+    assert "request POST" in (check(doc, bad_request) or "")
     assert "no such operation" in (check(doc, Recorded("GET", "http://h/v1/nope", 200, "application/json", {})) or "")

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import AnswerNotRetained, OpenGridError, error_from
+from .errors import AnswerNotRetained, OpenGridError, PayloadTooLarge, error_from
 from .models import Placement, Reply
 
 #: The prefix of every API route (``POST {rc}/v1/sessions``, ``{node}/v1/sessions/{id}/inputs``…).
@@ -33,6 +33,12 @@ JSON = Any
 Manifest = Union[dict, str]
 
 REDIRECTS = (301, 302, 303, 307, 308)
+
+#: A body at least this large whose connection breaks (after it was accepted) this many times in
+#: a row is taken as refused for its size: a node answers an oversized body with 413 and closes
+#: the connection, which the client may see as a broken connection instead of the answer.
+LARGE_BODY = 64 << 10
+LARGE_BODY_BREAKS = 3
 
 # What to do about an error answer (``SessionCore._decide``).
 FOLLOWED = "followed"  # the session moved and the client switched: retry at once
@@ -56,6 +62,11 @@ def decode(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def encode(value: Any) -> bytes:
+    """JSON bytes of a request body (``ValueError`` for what JSON cannot carry, e.g. NaN)."""
+    return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
 
 
 def auth(token: Optional[str]) -> dict:
@@ -251,6 +262,22 @@ class SessionCore:
     def _token(self) -> Optional[str]:
         return self.capability or self.client.token
 
+    def _broken(self, e: httpx.TransportError, size: int, breaks: list) -> Optional[OpenGridError]:
+        """Counts a broken connection while sending ``size`` bytes; the error to raise when a
+        large body keeps breaking connections that were accepted (see :data:`LARGE_BODY`)."""
+        if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)) or size < LARGE_BODY:
+            breaks.clear()
+            return None
+        breaks.append(e)
+        if len(breaks) < LARGE_BODY_BREAKS:
+            return None
+        return PayloadTooLarge(
+            413, "body_too_large",
+            f"the node broke the connection {len(breaks)} times while a {size}-byte body was sent "
+            f"(over its body limit? 1 MiB by default): {e!r}",
+            None,
+        )
+
     def _headers(self, **extra: str) -> dict:
         return {**auth(self._token()), **extra}
 
@@ -315,7 +342,12 @@ class SessionCore:
         self._move(body.get("moved_to"))
         self._next_seq = max(self._next_seq or 0, seq + 1)
         if body.get("kind") == "duplicate":
-            if "output" in body or "error" in body:
+            # `retained` says whether the first answer is given; a server that predates it gives
+            # it when the answer has `output` or `error`.
+            retained = body.get("retained")
+            if retained is None:
+                retained = "output" in body or "error" in body
+            if retained:
                 return Reply.from_json(body, duplicate=True)
             raise AnswerNotRetained(seq, body.get("last"), body)
         return Reply.from_json(body)

@@ -36,9 +36,12 @@ from ._core import (
     SessionCore,
     StreamCore,
     decode,
+    encode,
 )
 from .errors import DeadlineExceeded, HandlerError, OpenGridError, Unavailable, error_from
 from .models import Reply
+
+JSON_CT = {"content-type": "application/json"}
 
 __all__ = ["AsyncClient", "AsyncSession", "AsyncStreamedReply"]
 
@@ -199,6 +202,7 @@ class AsyncSession(SessionCore):
     def stream(self, input: JSON, *, check: bool = True) -> "AsyncStreamedReply":
         """As :meth:`opengrid.Session.stream`: ``async for chunk in s.stream(x)``, then
         ``await sr.get_reply()``. Nothing is sent before the first read."""
+        encode(input)  # what JSON cannot carry fails here
         return AsyncStreamedReply(self, 0, input, check)
 
     async def _settle(self) -> None:
@@ -214,13 +218,15 @@ class AsyncSession(SessionCore):
     async def _deliver(self, seq: int, input: JSON) -> Reply:
         retry = Retry(self.client.retry_for)
         last: Optional[BaseException] = None
+        breaks: list = []
         while True:
+            body_bytes = encode({"seq": seq, "input": input})
             if retry.expired():
                 self._gave_up(seq, input)
                 raise DeadlineExceeded(self.client.retry_for, last, seq)
             try:
                 r = await self.client.http.post(
-                    await self._url("/inputs"), json={"seq": seq, "input": input}, headers=self._headers(),
+                    await self._url("/inputs"), content=body_bytes, headers=self._headers(**JSON_CT),
                     timeout=self.client.timeout,
                 )
             except Unavailable as e:
@@ -229,9 +235,14 @@ class AsyncSession(SessionCore):
                 continue
             except httpx.TransportError as e:
                 last = e
+                refused = self._broken(e, len(body_bytes), breaks)
+                if refused is not None:
+                    self._refused(seq)
+                    raise refused from e
                 await self._relocate()
                 await asyncio.sleep(retry.pause())
                 continue
+            breaks.clear()
             body = decode(r.text)
             if r.is_success and isinstance(body, dict):
                 if isinstance(self._pending, tuple):
@@ -251,14 +262,16 @@ class AsyncSession(SessionCore):
     async def _pump(self, sr: "AsyncStreamedReply") -> AsyncIterator[str]:
         retry = Retry(self.client.retry_for)
         timeout = httpx.Timeout(self.client.timeout, read=max(self.client.timeout, STREAM_READ_TIMEOUT))
+        breaks: list = []
         while True:
             if retry.expired():
                 raise DeadlineExceeded(self.client.retry_for, sr._last, sr.seq)
             follow: Optional[str] = None
+            body_bytes = encode(self._stream_body(sr))
             try:
                 async with self.client.http.stream(
-                    "POST", await self._url("/inputs"), json=self._stream_body(sr),
-                    headers=self._headers(accept="text/event-stream"), timeout=timeout,
+                    "POST", await self._url("/inputs"), content=body_bytes,
+                    headers=self._headers(accept="text/event-stream", **JSON_CT), timeout=timeout,
                 ) as r:
                     if r.status_code != 200:
                         await r.aread()
@@ -284,6 +297,7 @@ class AsyncSession(SessionCore):
                         what, x = self._stream_event(sr, ev.event, ev.data)
                         if what == "chunk":
                             retry.progress()
+                            breaks.clear()
                             yield x
                         elif what == "done":
                             sr._final = x
@@ -296,7 +310,12 @@ class AsyncSession(SessionCore):
                         sr._last = OpenGridError(0, "stream_cut", f"the stream ended at chunk {sr._from} without a reply")
             except Unavailable as e:
                 sr._last = e
-            except (httpx.TransportError, SSEError) as e:
+            except httpx.TransportError as e:
+                sr._last = e
+                refused = self._broken(e, len(body_bytes), breaks)
+                if refused is not None:
+                    raise refused from e
+            except SSEError as e:
                 sr._last = e
             if not self._move(follow):
                 await self._relocate()

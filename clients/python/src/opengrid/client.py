@@ -44,9 +44,12 @@ from ._core import (
     StreamCore,
     build_manifest,
     decode,
+    encode,
 )
 from .errors import DeadlineExceeded, HandlerError, OpenGridError, Unavailable, error_from
 from .models import Reply
+
+JSON_CT = {"content-type": "application/json"}
 
 __all__ = ["API_PREFIX", "Client", "Session", "StreamedReply", "build_manifest"]
 
@@ -246,6 +249,7 @@ class Session(SessionCore):
         iterate it for the chunks (each once, in order, across cuts and moves), then read
         ``.reply``. The request starts on the first read. Read it to its end before the next
         input (a later :meth:`send` or :meth:`stream` finishes it first, keeping its chunks)."""
+        encode(input)  # what JSON cannot carry fails here, before a seq is taken
         self._settle()
         sr = StreamedReply(self, self.next_seq, input, check)
         self._next_seq = sr.seq + 1
@@ -266,13 +270,15 @@ class Session(SessionCore):
     def _deliver(self, seq: int, input: JSON) -> Reply:
         retry = Retry(self.client.retry_for)
         last: Optional[BaseException] = None
+        breaks: list = []
         while True:
+            body_bytes = encode({"seq": seq, "input": input})
             if retry.expired():
                 self._gave_up(seq, input)
                 raise DeadlineExceeded(self.client.retry_for, last, seq)
             try:
                 r = self.client.http.post(
-                    self._url("/inputs"), json={"seq": seq, "input": input}, headers=self._headers(),
+                    self._url("/inputs"), content=body_bytes, headers=self._headers(**JSON_CT),
                     timeout=self.client.timeout,
                 )
             except Unavailable as e:  # the RC could not say where the session is (yet)
@@ -281,9 +287,14 @@ class Session(SessionCore):
                 continue
             except httpx.TransportError as e:
                 last = e
+                refused = self._broken(e, len(body_bytes), breaks)
+                if refused is not None:
+                    self._refused(seq)
+                    raise refused from e
                 self._relocate()
                 time.sleep(retry.pause())
                 continue
+            breaks.clear()
             body = decode(r.text)
             if r.is_success and isinstance(body, dict):
                 if isinstance(self._pending, tuple):
@@ -304,14 +315,16 @@ class Session(SessionCore):
         """The chunks of ``sr`` from the one reached on; sets ``sr._final`` at the end."""
         retry = Retry(self.client.retry_for)
         timeout = httpx.Timeout(self.client.timeout, read=max(self.client.timeout, STREAM_READ_TIMEOUT))
+        breaks: list = []
         while True:
             if retry.expired():
                 raise DeadlineExceeded(self.client.retry_for, sr._last, sr.seq)
             follow: Optional[str] = None
+            body_bytes = encode(self._stream_body(sr))
             try:
                 with self.client.http.stream(
-                    "POST", self._url("/inputs"), json=self._stream_body(sr),
-                    headers=self._headers(accept="text/event-stream"), timeout=timeout,
+                    "POST", self._url("/inputs"), content=body_bytes,
+                    headers=self._headers(accept="text/event-stream", **JSON_CT), timeout=timeout,
                 ) as r:
                     if r.status_code != 200:
                         r.read()
@@ -337,6 +350,7 @@ class Session(SessionCore):
                         what, x = self._stream_event(sr, ev.event, ev.data)
                         if what == "chunk":
                             retry.progress()
+                            breaks.clear()
                             yield x
                         elif what == "done":
                             sr._final = x
@@ -348,7 +362,12 @@ class Session(SessionCore):
                         sr._last = OpenGridError(0, "stream_cut", f"the stream ended at chunk {sr._from} without a reply")
             except Unavailable as e:  # the RC could not say where the session is (yet)
                 sr._last = e
-            except (httpx.TransportError, SSEError) as e:
+            except httpx.TransportError as e:
+                sr._last = e
+                refused = self._broken(e, len(body_bytes), breaks)
+                if refused is not None:
+                    raise refused from e
+            except SSEError as e:
                 sr._last = e
             if not self._move(follow):
                 self._relocate()
