@@ -262,3 +262,35 @@ def test_a_dead_rc_and_node_end_in_deadline_exceeded():
         s.send(1)
     assert isinstance(e.value.last, httpx.TransportError)
     assert e.value.seq == 1 and s.pending_seq == 1
+
+
+def test_quota_exceeded(make_client):
+    from opengrid.testing import Colony
+
+    with Colony(nodes=1, rc_extra="client_max_sessions = 2\n") as c:
+        client = make_client(c)
+        a = client.create(counter_manifest())
+        b = client.create(counter_manifest())
+        with pytest.raises(opengrid.QuotaExceeded) as e:
+            client.create(counter_manifest())
+        assert e.value.status == 429 and e.value.code == "quota_exceeded" and e.value.retryable
+        # Operators are not limited; closing one frees a place.
+        make_client(c, token=c.token).create(counter_manifest()).close()
+        a.close()
+        client.create(counter_manifest()).close()
+        b.close()
+
+
+def test_create_with_a_known_session_id_finds_it(colony, make_client):
+    client = make_client(colony)
+    s = client.create(counter_manifest())
+    s.send(5)
+    again = client.create(counter_manifest(), session_id=s.id, capability=s.capability)
+    assert again.id == s.id
+    assert again.address == s.address
+    assert again.next_seq == 2, "read from the session"
+    assert again.send(1).output == 6
+    # Without the capability, the id is no key.
+    with pytest.raises((opengrid.Unauthorized, opengrid.Forbidden)):
+        client.create(counter_manifest(), session_id=s.id)
+    s.close()
