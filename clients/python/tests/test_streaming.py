@@ -159,3 +159,17 @@ def test_stream_errors_are_typed(colony, make_client, model):
     assert thief.next_seq == 1, "refused: the seq is free again"
     s.close()
     other.close()
+
+
+def test_words_streams_its_input_without_a_model(colony, make_client):
+    s = make_client(colony).create(handler="words", jurisdictions=["DE"])
+    sr = s.stream("one two three")
+    assert list(sr) == ["one ", "two ", "three"]
+    assert sr.reply.output == {"words": 3, "total": 3} and sr.reply.chunks == 3
+    sr = s.stream({"text": "four five", "chunk_ms": 10})
+    assert sr.finish().output == {"words": 2, "total": 5}
+    assert list(sr) == ["four ", "five"], "finish() keeps the chunks for the reader"
+    with pytest.raises(opengrid.HandlerError) as e:
+        list(s.stream({"nope": 1}))
+    assert e.value.code == "bad_input"
+    s.close()
