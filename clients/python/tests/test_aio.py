@@ -87,10 +87,10 @@ def test_async_send_numbering_duplicate_and_handover(colony):
             assert r.seq == 4 and r.output == 16 and r.duplicate
             # A live handover between sends.
             before = colony.entry(s.id)
-            await asyncio.to_thread(colony.handover, s.id)
+            moved = await asyncio.to_thread(colony.handover, s.id)
             r = await s.send(1)
             assert (r.seq, r.output) == (5, 17)
-            assert s.address == colony.entry(s.id)["address"] != before["address"]
+            assert s.address == moved["address"] != before["address"]
             info = await s.info()
             assert info["last_seq"] == 5
             # Attached elsewhere: next seq read from the session.

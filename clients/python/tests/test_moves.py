@@ -10,6 +10,7 @@ import pytest
 
 import opengrid
 from conftest import counter_manifest
+from opengrid.testing import wait_for
 
 
 def test_follows_live_handovers_between_sends(colony, make_client):
@@ -22,7 +23,9 @@ def test_follows_live_handovers_between_sends(colony, make_client):
             assert s.send(n).output == total
         before = colony.entry(s.id)
         moved = colony.handover(s.id)
-        after = colony.entry(s.id)
+        # The RC's directory follows the handover a moment later.
+        after = wait_for("the directory to show the handover",
+                         lambda: (e := colony.entry(s.id))["address"] == moved["address"] and e, 10)
         assert after["node_name"] != before["node_name"], (before, moved, after)
         assert after["epoch"] > before["epoch"]
         # The client still points at the old holder: its next input is redirected (307) or

@@ -10,6 +10,7 @@ import pytest
 
 import opengrid
 from conftest import assistant_manifest
+from opengrid.testing import wait_for
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
 
@@ -105,7 +106,7 @@ def test_streams_lose_and_repeat_nothing_across_racing_handovers(colony, make_cl
     assert moves[0] >= 3, f"handovers raced the streams: {moves[0]}"
     assert s.moves >= 3, f"the client followed the session: {s.moves} moves"
     assert s.send({"status": True}).output["turns"] == turns
-    assert s.address == colony.entry(s.id)["address"]
+    wait_for("the client and the directory to agree", lambda: s.address == colony.entry(s.id)["address"], 10)
     s.close()
 
 
