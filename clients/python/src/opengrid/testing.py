@@ -10,6 +10,7 @@ The binary is ``$OPENGRID_BIN`` unless given. Every wait has a deadline.
 
 from __future__ import annotations
 
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -216,7 +218,7 @@ class Colony:
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.work / f"{name}.log", "ab")
         # The processes read OPENGRID_* variables as config: the test's own are not theirs.
-        env = {k: v for k, v in os.environ.items() if k not in ("OPENGRID_BIN", "OPENGRID_TEST_KEEP")}
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENGRID_BIN", "OPENGRID_TEST_KEEP", "OPENGRID_API_PREFIX")}
         env["RUST_LOG"] = os.environ.get("RUST_LOG", "info,ractor_cluster=warn,ractor=warn")
         env.update(self.env)
         old = self.procs.get(name)
@@ -227,3 +229,74 @@ class Colony:
             [str(self.bin), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
         log.close()
+
+
+class EchoModel:
+    """A stub OpenAI-compatible model endpoint on 127.0.0.1 for the ``assistant`` handler:
+    ``POST /v1/chat/completions`` answers ``echo: <last message>``, and counts requests per
+    ``Idempotency-Key`` in :attr:`counts` (a journaled effect is not repeated). Give the nodes
+    ``ASSISTANT_MODEL_URL = f"http://{m.host}/v1"`` and the manifest ``[egress] hosts = [m.host]``.
+
+    ``python -m opengrid.testing model --port 8080`` runs one in the foreground.
+    """
+
+    def __init__(self, port: int = 0):
+        self.counts: dict[str, int] = {}
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                n = int(self.headers.get("content-length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(n) or b"{}")
+                except ValueError:
+                    body = {}
+                key = self.headers.get("idempotency-key") or "none"
+                with outer.lock:
+                    outer.counts[key] = outer.counts.get(key, 0) + 1
+                if self.path != "/v1/chat/completions":
+                    self.send_response(404)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                messages = body.get("messages") or [{}]
+                last = messages[-1].get("content", "") if isinstance(messages[-1], dict) else ""
+                out = json.dumps(
+                    {"choices": [{"message": {"role": "assistant", "content": f"echo: {last}"}}]}
+                ).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m opengrid.testing")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    mp = sub.add_parser("model", help="run the echo model endpoint (for the assistant handler)")
+    mp.add_argument("--port", type=int, default=8080)
+    args = ap.parse_args()
+    m = EchoModel(args.port)
+    print(f"echo model on http://{m.host}/v1 (Ctrl-C stops it)", flush=True)
+    try:
+        m.thread.join()
+    except KeyboardInterrupt:
+        m.close()
