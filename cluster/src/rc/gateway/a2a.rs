@@ -53,7 +53,9 @@ fn not_found(what: String) -> Response {
 
 async fn root_card(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     match gw.default_agent() {
-        Some(a) => Json(wire::card(&a, &gw.base_url(&headers), &gw.core.cfg.colony)).into_response(),
+        Some(a) => {
+            Json(wire::card(&a, &gw.base_url(&headers), &gw.core.cfg.colony)).into_response()
+        }
         None => not_found("this colony serves no agent yet (no alive node, empty registry)".into()),
     }
 }
@@ -81,7 +83,9 @@ impl From<GatewayError> for RpcError {
         match e {
             GatewayError::UnknownSession(id) => RpcError::task_not_found(&id),
             GatewayError::UnknownAgent(_) => RpcError::invalid_params(e.to_string()),
-            GatewayError::Refused { status, ref code, .. } => {
+            GatewayError::Refused {
+                status, ref code, ..
+            } => {
                 let http = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
                 RpcError::invalid_request(e.to_string()).with(json!({"code": code}), http)
             }
@@ -102,7 +106,12 @@ async fn rpc(
 ) -> Response {
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return answer(&Value::Null, Err(RpcError::parse(format!("invalid JSON: {e}")))),
+        Err(e) => {
+            return answer(
+                &Value::Null,
+                Err(RpcError::parse(format!("invalid JSON: {e}"))),
+            )
+        }
     };
     let id = req.get("id").cloned().unwrap_or(Value::Null);
     let (method, params) = match envelope(&req) {
@@ -143,15 +152,21 @@ async fn rpc(
 
 /// `(method, params)` of a JSON-RPC 2.0 request.
 fn envelope(req: &Value) -> Result<(String, Value), RpcError> {
-    let o = req
-        .as_object()
-        .ok_or_else(|| RpcError::invalid_request("a JSON-RPC request object is expected (batches are not served)"))?;
+    let o = req.as_object().ok_or_else(|| {
+        RpcError::invalid_request("a JSON-RPC request object is expected (batches are not served)")
+    })?;
     if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err(RpcError::invalid_request("\"jsonrpc\": \"2.0\" is required"));
+        return Err(RpcError::invalid_request(
+            "\"jsonrpc\": \"2.0\" is required",
+        ));
     }
     match o.get("id") {
         None | Some(Value::String(_)) | Some(Value::Number(_)) | Some(Value::Null) => {}
-        Some(_) => return Err(RpcError::invalid_request("\"id\" must be a string or a number")),
+        Some(_) => {
+            return Err(RpcError::invalid_request(
+                "\"id\" must be a string or a number",
+            ))
+        }
     }
     let method = o
         .get("method")
@@ -203,7 +218,13 @@ fn task_after(agent: &str, id: &str, context: &str, turn: &Turn, cap: Option<&st
     if let Err(e) = &turn.outcome {
         m["error"] = json!(e);
     }
-    wire::task(id, context, wire::status(wire::INPUT_REQUIRED, message), artifacts, m)
+    wire::task(
+        id,
+        context,
+        wire::status(wire::INPUT_REQUIRED, message),
+        artifacts,
+        m,
+    )
 }
 
 impl Call {
@@ -283,7 +304,13 @@ impl Call {
 }
 
 fn canceled(agent: &str, id: &str, context: &str) -> Value {
-    wire::task(id, context, wire::status(wire::CANCELED, None), vec![], meta(agent, id, None, None))
+    wire::task(
+        id,
+        context,
+        wire::status(wire::CANCELED, None),
+        vec![],
+        meta(agent, id, None, None),
+    )
 }
 
 /// `(task id, context id)` of a conversation.
@@ -318,11 +345,19 @@ fn stream(
         );
         send(json!({ "task": first }));
         let (ctx_tx, mut chunks) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let stream_id = format!("stream-{}", if msg.message_id.is_empty() { wire::now() } else { msg.message_id.clone() });
+        let stream_id = format!(
+            "stream-{}",
+            if msg.message_id.is_empty() {
+                wire::now()
+            } else {
+                msg.message_id.clone()
+            }
+        );
         let forward = async {
             let mut n = 0u64;
             while let Some(c) = chunks.recv().await {
-                let art = json!({"artifactId": stream_id, "name": "stream", "parts": [{"text": c}]});
+                let art =
+                    json!({"artifactId": stream_id, "name": "stream", "parts": [{"text": c}]});
                 send(wire::artifact_update(&id, &context, art, n > 0, false));
                 n += 1;
             }
@@ -333,10 +368,19 @@ fn stream(
                 let m = meta(&agent, &id, Some(turn.seq), cap.as_deref());
                 let status = match &turn.outcome {
                     Ok(out) => {
-                        send(wire::artifact_update(&id, &context, wire::artifact(turn.seq, out), false, true));
+                        send(wire::artifact_update(
+                            &id,
+                            &context,
+                            wire::artifact(turn.seq, out),
+                            false,
+                            true,
+                        ));
                         wire::status(wire::INPUT_REQUIRED, None)
                     }
-                    Err(e) => wire::status(wire::INPUT_REQUIRED, Some(wire::agent_message(&id, &context, e))),
+                    Err(e) => wire::status(
+                        wire::INPUT_REQUIRED,
+                        Some(wire::agent_message(&id, &context, e)),
+                    ),
                 };
                 send(wire::status_update(&id, &context, status, m));
             }
@@ -359,7 +403,9 @@ mod tests {
 
     #[test]
     fn envelopes_are_checked() {
-        let ok = envelope(&json!({"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "t"}}));
+        let ok = envelope(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "t"}}),
+        );
         assert_eq!(ok.unwrap().0, "GetTask");
         for bad in [
             json!([]),
@@ -380,6 +426,9 @@ mod tests {
             message: "no".into(),
         });
         assert_eq!((e.code, e.http), (-32600, StatusCode::FORBIDDEN));
-        assert_eq!(RpcError::from(GatewayError::UnknownSession("s".into())).code, -32001);
+        assert_eq!(
+            RpcError::from(GatewayError::UnknownSession("s".into())).code,
+            -32001
+        );
     }
 }

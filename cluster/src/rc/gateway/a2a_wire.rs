@@ -51,7 +51,10 @@ impl RpcError {
     }
     /// Unknown method.
     pub fn method_not_found(m: &str) -> Self {
-        Self::new(-32601, format!("method {m:?} is not served (A2A {PROTOCOL_VERSION} JSON-RPC)"))
+        Self::new(
+            -32601,
+            format!("method {m:?} is not served (A2A {PROTOCOL_VERSION} JSON-RPC)"),
+        )
     }
     /// Bad params.
     pub fn invalid_params(m: impl Into<String>) -> Self {
@@ -71,7 +74,10 @@ impl RpcError {
     }
     /// A2A `VersionNotSupportedError`.
     pub fn version(v: &str) -> Self {
-        Self::new(-32009, format!("A2A version {v:?} is not supported: {PROTOCOL_VERSION} only"))
+        Self::new(
+            -32009,
+            format!("A2A version {v:?} is not supported: {PROTOCOL_VERSION} only"),
+        )
     }
     /// With `data` and HTTP status `http`.
     pub fn with(mut self, data: Value, http: StatusCode) -> Self {
@@ -168,7 +174,9 @@ fn opt_str(m: &Map<String, Value>, k: &str) -> Result<Option<String>, RpcError> 
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(RpcError::invalid_params(format!("message.{k} must be a string"))),
+        Some(_) => Err(RpcError::invalid_params(format!(
+            "message.{k} must be a string"
+        ))),
     }
 }
 
@@ -187,7 +195,10 @@ pub fn incoming(params: &Value) -> Result<Incoming, RpcError> {
     let input = match data {
         Some(d) => normalize(d),
         None => {
-            let text: Vec<&str> = parts.iter().filter_map(|p| p.get("text")?.as_str()).collect();
+            let text: Vec<&str> = parts
+                .iter()
+                .filter_map(|p| p.get("text")?.as_str())
+                .collect();
             if text.is_empty() {
                 return Err(RpcError::invalid_params(
                     "message.parts has neither a data part nor a text part (files are not \
@@ -251,7 +262,13 @@ pub fn task(id: &str, context: &str, status: Value, artifacts: Vec<Value>, meta:
 }
 
 /// A `TaskArtifactUpdateEvent` stream response.
-pub fn artifact_update(task: &str, context: &str, artifact: Value, append: bool, last: bool) -> Value {
+pub fn artifact_update(
+    task: &str,
+    context: &str,
+    artifact: Value,
+    append: bool,
+    last: bool,
+) -> Value {
     json!({"artifactUpdate": {
         "taskId": task, "contextId": context, "artifact": artifact,
         "append": append, "lastChunk": last,
@@ -273,12 +290,26 @@ mod tests {
     #[test]
     fn messages_are_read_data_first_then_text() {
         let m = |parts: Value| json!({"message": {"messageId": "m1", "role": "ROLE_USER", "parts": parts}});
-        let i = incoming(&m(json!([{"text": "hi"}, {"data": {"n": 5.0, "x": [1.5]}}]))).unwrap();
+        let i = incoming(&m(
+            json!([{"text": "hi"}, {"data": {"n": 5.0, "x": [1.5]}}]),
+        ))
+        .unwrap();
         assert_eq!(i.input, json!({"n": 5, "x": [1.5]}));
         assert_eq!(i.task_id, None);
-        assert_eq!(incoming(&m(json!([{"text": "5"}]))).unwrap().input, json!(5));
-        assert_eq!(incoming(&m(json!([{"text": "hello"}]))).unwrap().input, json!("hello"));
-        for bad in [json!({}), m(json!([])), m(json!([{"url": "x"}])), json!({"message": 3})] {
+        assert_eq!(
+            incoming(&m(json!([{"text": "5"}]))).unwrap().input,
+            json!(5)
+        );
+        assert_eq!(
+            incoming(&m(json!([{"text": "hello"}]))).unwrap().input,
+            json!("hello")
+        );
+        for bad in [
+            json!({}),
+            m(json!([])),
+            m(json!([{"url": "x"}])),
+            json!({"message": 3}),
+        ] {
             assert_eq!(incoming(&bad).unwrap_err().code, -32602, "{bad}");
         }
         let mut t = m(json!([{"text": "1"}]));
@@ -294,6 +325,7 @@ mod tests {
             version: "1.0.0".into(),
             skills: vec!["counter".into()],
             source: super::super::catalog::Source::Handler,
+            jurisdictions: vec!["DE".into()],
         };
         let c = card(&a, "http://h:1", "local");
         assert_eq!(c["supportedInterfaces"][0]["url"], "http://h:1/a2a/counter");

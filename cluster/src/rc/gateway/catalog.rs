@@ -31,6 +31,8 @@ pub struct Agent {
     pub skills: Vec<String>,
     /// Where it comes from.
     pub source: Source,
+    /// Jurisdictions of the alive nodes that can run it (its sessions' `placement.jurisdictions`).
+    pub jurisdictions: Vec<String>,
 }
 
 /// The colony's agents by name: every handler served by an alive member (not the internal
@@ -38,27 +40,46 @@ pub struct Agent {
 /// both is the compiled-in handler (what a manifest naming `handler` gets).
 pub fn agents(core: &RcCore) -> BTreeMap<String, Agent> {
     let mut out = BTreeMap::new();
-    let handlers: Vec<String> = {
+    // (handler, jurisdiction) of every alive member.
+    let served: Vec<(String, String)> = {
         let st = lock(&core.state);
         st.colony
             .nodes()
             .into_iter()
             .filter(|n| n.alive && st.members.get(&n.spec.id).is_some_and(|m| m.alive))
-            .flat_map(|n| n.spec.handlers.clone())
+            .flat_map(|n| {
+                n.spec
+                    .handlers
+                    .iter()
+                    .map(|h| (h.clone(), n.spec.jurisdiction.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     };
-    for h in handlers {
-        if h == WASM_HANDLER || h.contains(':') || h.contains('@') {
+    let where_ = |handler: &str| {
+        let mut j: Vec<String> = served
+            .iter()
+            .filter(|(h, _)| h == handler)
+            .map(|(_, j)| j.clone())
+            .collect();
+        j.sort();
+        j.dedup();
+        j
+    };
+    for (h, _) in &served {
+        if h == WASM_HANDLER || h.contains(':') || h.contains('@') || out.contains_key(h) {
             continue;
         }
-        out.entry(h.clone()).or_insert_with(|| Agent {
+        out.insert(h.clone(), Agent {
             description: format!("The `{h}` agent of this OpenGrid colony (a compiled-in handler): each call is one input of a stateful session."),
             version: env!("CARGO_PKG_VERSION").to_string(),
             skills: vec![h.clone()],
             source: Source::Handler,
-            name: h,
+            jurisdictions: where_(h),
+            name: h.clone(),
         });
     }
+    let packages = where_(WASM_HANDLER);
     if let Some(reg) = core.agents() {
         for (name, latest) in reg.list() {
             let Some(v) = latest else { continue };
@@ -67,7 +88,10 @@ pub fn agents(core: &RcCore) -> BTreeMap<String, Agent> {
                 continue;
             }
             let description = if v.description.is_empty() {
-                format!("The `{name}` agent of this OpenGrid colony (version {}).", v.version)
+                format!(
+                    "The `{name}` agent of this OpenGrid colony (version {}).",
+                    v.version
+                )
             } else {
                 v.description.clone()
             };
@@ -82,6 +106,7 @@ pub fn agents(core: &RcCore) -> BTreeMap<String, Agent> {
                         v.skills.clone()
                     },
                     source: Source::Registry,
+                    jurisdictions: packages.clone(),
                     name,
                 },
             );
@@ -102,6 +127,7 @@ pub fn manifest(agent: &Agent, egress: &[String]) -> Result<Manifest, String> {
     let mut m = json!({
         "version": 1,
         "session": session,
+        "placement": {"jurisdictions": agent.jurisdictions},
         "migration": {"cost": "cheap", "acceptable_loss": "0s", "max_blackout": "200ms"},
     });
     if !egress.is_empty() {
@@ -126,6 +152,7 @@ mod tests {
             version: "1".into(),
             skills: vec![],
             source,
+            jurisdictions: vec!["DE".into()],
         }
     }
 

@@ -80,7 +80,10 @@ fn caller(gw: &Gateway, ctx: &RequestContext<RoleServer>) -> (Bearer, Option<Str
     let token = parts
         .and_then(|p| p.headers.get(axum::http::header::AUTHORIZATION))
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|t| t.trim().to_string());
     let bearer = Bearer(token);
     let owner = match gw.core.access.is_operator(&bearer) {
@@ -122,7 +125,9 @@ fn failure(e: GatewayError) -> Result<CallToolResponse, ErrorData> {
         GatewayError::UnknownAgent(_) | GatewayError::UnknownSession(_) => {
             Err(ErrorData::invalid_params(e.to_string(), None))
         }
-        GatewayError::Refused { ref code, status, .. } => Err(ErrorData::invalid_request(
+        GatewayError::Refused {
+            ref code, status, ..
+        } => Err(ErrorData::invalid_request(
             e.to_string(),
             Some(json!({"code": code, "status": status})),
         )),
@@ -146,7 +151,11 @@ pub(crate) fn text_of(v: &Value) -> String {
     }
 }
 
-fn result(session: &str, turn: &Turn, capability: Option<&str>) -> Result<CallToolResult, ErrorData> {
+fn result(
+    session: &str,
+    turn: &Turn,
+    capability: Option<&str>,
+) -> Result<CallToolResult, ErrorData> {
     let mut structured = json!({"session": session, "seq": turn.seq});
     if let Some(c) = capability {
         structured["capability"] = json!(c);
@@ -335,7 +344,10 @@ impl ServerHandler for Agents {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let uri = request.uri;
         let id = uri.strip_prefix(RESOURCE_PREFIX).ok_or_else(|| {
-            ErrorData::resource_not_found(format!("{uri}: not an {RESOURCE_PREFIX}{{id}} URI"), None)
+            ErrorData::resource_not_found(
+                format!("{uri}: not an {RESOURCE_PREFIX}{{id}} URI"),
+                None,
+            )
         })?;
         let known = self.sessions.lock().await.all.get(id).cloned();
         let conv = match known {
@@ -381,11 +393,20 @@ mod tests {
 
     #[test]
     fn results_carry_output_session_and_seq() {
-        let t = Turn { seq: 2, outcome: Ok(json!({"total": 3})) };
+        let t = Turn {
+            seq: 2,
+            outcome: Ok(json!({"total": 3})),
+        };
         let r = serde_json::to_value(result("s1", &t, None).unwrap()).unwrap();
-        assert_eq!(r["structuredContent"], json!({"output": {"total": 3}, "session": "s1", "seq": 2}));
+        assert_eq!(
+            r["structuredContent"],
+            json!({"output": {"total": 3}, "session": "s1", "seq": 2})
+        );
         assert_eq!(r["content"][0]["text"], "{\"total\":3}");
-        let t = Turn { seq: 3, outcome: Err("bad_input: no".into()) };
+        let t = Turn {
+            seq: 3,
+            outcome: Err("bad_input: no".into()),
+        };
         let r = serde_json::to_value(result("s1", &t, Some("cap")).unwrap()).unwrap();
         assert_eq!(r["isError"], true);
         assert_eq!(r["structuredContent"]["capability"], "cap");

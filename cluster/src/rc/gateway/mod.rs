@@ -77,7 +77,13 @@ pub enum GatewayError {
 
 impl From<ApiError> for GatewayError {
     fn from(e: ApiError) -> Self {
-        let s = |k: &str| e.body.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let s = |k: &str| {
+            e.body
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
         GatewayError::Refused {
             status: e.status.as_u16(),
             code: s("code"),
@@ -123,7 +129,10 @@ fn error_text(e: &Value) -> String {
     ) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (None, Some(m)) => m.to_string(),
-        _ => e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string()),
+        _ => e
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| e.to_string()),
     }
 }
 
@@ -258,9 +267,9 @@ impl Gateway {
             .place(&m, None, owner)
             .await
             .map_err(|e| GatewayError::Placement(e.to_string()))?;
-        let mut session =
-            self.client()
-                .attach(p.session_id.as_str(), p.capability.as_deref(), 1);
+        let mut session = self
+            .client()
+            .attach(p.session_id.as_str(), p.capability.as_deref(), 1);
         session.address = p.address.trim_end_matches('/').to_string();
         tracing::info!(session = %p.session_id, agent, node = %p.node_name, "gateway session placed");
         let conv = Conversation {
@@ -356,10 +365,13 @@ impl Gateway {
         if let Some(e) = self.core.lookup(&sid) {
             c.session.address = e.address.trim_end_matches('/').to_string();
         }
-        c.session.info().await.map_err(|source| GatewayError::Session {
-            session: sid.to_string(),
-            source,
-        })
+        c.session
+            .info()
+            .await
+            .map_err(|source| GatewayError::Session {
+                session: sid.to_string(),
+                source,
+            })
     }
 
     /// Closes `session` (the caller was authorized) and forgets its conversation.
@@ -410,7 +422,13 @@ mod tests {
     #[test]
     fn replies_become_turns() {
         let t = Turn::of(&json!({"kind": "processed", "seq": 3, "output": 7, "durable": true}));
-        assert_eq!(t, Turn { seq: 3, outcome: Ok(json!(7)) });
+        assert_eq!(
+            t,
+            Turn {
+                seq: 3,
+                outcome: Ok(json!(7))
+            }
+        );
         let t = Turn::of(&json!({"kind": "processed", "seq": 4,
             "error": {"code": "overflow", "message": "too big"}}));
         assert_eq!(t.outcome, Err("overflow: too big".into()));
