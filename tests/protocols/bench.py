@@ -27,6 +27,7 @@ from opengrid.testing import Colony, http  # noqa: E402
 MANIFEST = {
     "version": 1,
     "session": {"handler": "counter", "continuity": "interactive"},
+    "placement": {"jurisdictions": ["DE"]},
     "migration": {"cost": "cheap", "acceptable_loss": "0s", "max_blackout": "200ms"},
 }
 
