@@ -50,9 +50,8 @@ impl GatewaySection {
                 format!("{:?} is not an agent name", self.default_agent),
             ));
         }
-        if !self.public_url.is_empty()
-            && !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://"))
-        {
+        let u = &self.public_url;
+        if !(u.is_empty() || u.starts_with("http://") || u.starts_with("https://")) {
             return Err((
                 "gateway.public_url",
                 format!("{:?} must start with http:// or https://", self.public_url),
