@@ -194,6 +194,13 @@ pub const RC: Template = Template {
         ("settlement.interval", "One batch proposal per interval (more than 0)."),
         ("settlement.max_per_batch", "Most receipts per batch; more are proposed in several parts."),
         ("settlement.max_pending", "Most co-signed receipts queued for the next interval; beyond it nodes keep theirs and resend later."),
+        ("gateway", "The colony's agents over MCP (/mcp) and A2A (/a2a/{agent}) on this API (docs/protocols.md)."),
+        ("gateway.enabled", "Serve /mcp, /a2a/... and the agent cards (true/false)."),
+        ("gateway.default_agent", "Agent whose card is served at /.well-known/agent-card.json; \"\" = the first by name."),
+        ("gateway.public_url", "Base URL the agent cards advertise; \"\" = the request's Host, else the bound address."),
+        ("gateway.allowed_hosts", "Host header values /mcp accepts (DNS-rebinding protection); [] = any."),
+        ("gateway.egress_hosts", "[egress] hosts of the sessions the gateway creates; [] = none."),
+        ("gateway.max_conversations", "Gateway-driven sessions kept in memory at most; idle ones beyond it are re-attached on use."),
     ],
     unset: &[("canopy.treaties_file", "\"/etc/opengrid/treaties.toml\"")],
 };

@@ -49,6 +49,7 @@ pub fn rc_router(core: Arc<RcCore>) -> Router {
         .fallback(|| async { not_found_route() })
         .layer(DefaultBodyLimit::max(limit))
         .merge(crate::rc::agents_api::routes(&core))
+        .merge(crate::rc::gateway::routes(&core))
         .layer(axum::middleware::from_fn_with_state(metrics, count_status))
         .with_state(core)
 }

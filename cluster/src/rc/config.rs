@@ -99,6 +99,9 @@ pub struct RcConfig {
     pub canopy: crate::rc::federation::CanopySection,
     /// Settlement (`[settlement]`, see [`crate::node::receipts`]): ledger replicas and interval.
     pub settlement: crate::rc::settlement::SettlementSection,
+    /// The MCP and A2A gateway (`[gateway]`, see [`crate::rc::gateway::GatewaySection`]); on by
+    /// default.
+    pub gateway: crate::rc::gateway::GatewaySection,
 }
 
 impl Default for RcConfig {
@@ -136,6 +139,7 @@ impl Default for RcConfig {
             failover_parallelism: 64,
             canopy: crate::rc::federation::CanopySection::default(),
             settlement: crate::rc::settlement::SettlementSection::default(),
+            gateway: crate::rc::gateway::GatewaySection::default(),
         }
     }
 }
@@ -238,6 +242,9 @@ impl RcConfig {
         }
         self.canopy.validate()?;
         self.settlement
+            .validate()
+            .map_err(|(field, reason)| invalid(field, reason))?;
+        self.gateway
             .validate()
             .map_err(|(field, reason)| invalid(field, reason))?;
         Ok(())

@@ -20,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod federation;
+pub mod gateway;
 pub mod mobility;
 pub mod server;
 pub mod settlement;
