@@ -164,8 +164,9 @@ impl From<Reply<Value>> for InputReply {
 /// One chunk of a streamed reply (SSE event `chunk`, id `seq:offset`).
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ChunkEvent {
-    /// Always `chunk`.
-    pub kind: String,
+    /// `chunk` (WebSocket frames; an SSE event names its type in `event:` instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// The input's seq.
     pub seq: u64,
     /// The chunk's place in the stream, from 0.

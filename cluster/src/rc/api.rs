@@ -101,6 +101,8 @@ async fn rc_status(
     responses(
         (status = 201, description = "Placed: where, and the session's capability", body = crate::rc::Placement),
         (status = 400, description = "Not a manifest (`bad_manifest`, …)", body = v1::ErrorBody),
+        (status = 401, description = "`session_id` of a known session without a token, or a bad one", body = v1::ErrorBody),
+        (status = 403, description = "`session_id` of a known session with a token that does not open it", body = v1::ErrorBody),
         (status = 409, description = "`already_placed`", body = v1::ErrorBody),
         (status = 422, description = "`unsatisfiable` (with `why`) or `min_copies_unreachable`", body = v1::ErrorBody),
         (status = 429, description = "`quota_exceeded`", body = v1::ErrorBody),
