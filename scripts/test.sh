@@ -31,6 +31,12 @@ RUST_BACKTRACE=0 cargo test --workspace --no-fail-fast "${args[@]}"
 og_log "testing examples/handler-only (opengrid-actors without default features)"
 (cd examples/handler-only && cargo test --locked)
 bin_dir="${CARGO_TARGET_DIR:-target}/debug"
+# The Python client (clients/python) and the MCP/A2A gateway with the official client SDKs, against
+# real `opengrid` processes; one pytest run per suite (each has its own conftest).
+for suite in clients/python/tests tests/protocols; do
+  og_log "pytest $suite"
+  OPENGRID_BIN="$bin_dir/opengrid" "$OPENGRID_VENV/bin/python" -m pytest -q -p no:cacheprovider "$suite"
+done
 # The dashboard in a real browser (Debian's headless chromium + chromedriver, selenium from the
 # venv) against a real colony; screenshots and process logs in artifacts/dashboard/.
 # OPENGRID_SKIP_BROWSER=1 skips it.
