@@ -1,5 +1,5 @@
 """Latency of one input to the `counter` handler, in one colony: the session API directly
-(``/v1/sessions/{id}/inputs``, plain httpx; the unversioned path where ``/v1`` is not served) vs an
+(``/v1/sessions/{id}/inputs``, plain httpx) vs an
 MCP ``tools/call`` (official ``mcp`` SDK) vs an A2A ``SendMessage`` (official ``a2a-sdk``), each a
 follow-up input of one conversation, sequential.
 
@@ -49,16 +49,13 @@ async def timed(n: int, warmup: int, one: Callable[[], Awaitable[None]]) -> list
 
 
 async def direct(c: Colony, n: int, warmup: int) -> tuple[list[float], str]:
-    code, p = http("POST", f"{c.rc_url}/sessions", MANIFEST)
+    code, p = http("POST", f"{c.rc_url}/v1/sessions", MANIFEST)
     assert code == 201, (code, p)
     h = {"authorization": f"Bearer {p['capability']}"}
     seq = 0
     async with httpx.AsyncClient(timeout=30, headers=h) as cl:
         base = f"{p['address']}/v1/sessions/{p['session_id']}/inputs"
         probe = await cl.post(base, json={"seq": 1, "input": 1})
-        if probe.status_code == 404:
-            base = f"{p['address']}/sessions/{p['session_id']}/inputs"
-            probe = await cl.post(base, json={"seq": 1, "input": 1})
         assert probe.status_code == 200, probe.text
         seq = 1
 
@@ -114,10 +111,10 @@ async def a2a(c: Colony, n: int, warmup: int) -> list[float]:
 
 async def main(count: int, warmup: int) -> dict:
     with Colony(nodes=2) as c:
-        d, path = await direct(c, count, warmup)
+        d, _ = await direct(c, count, warmup)
         m = await mcp(c, count, warmup)
         a = await a2a(c, count, warmup)
-    res = {"count": count, "handler": "counter", "direct_path": "/v1" if "/v1/" in path else "unversioned"}
+    res = {"count": count, "handler": "counter", "direct_path": "/v1/sessions/{id}/inputs"}
     for name, xs in (("direct", d), ("mcp", m), ("a2a", a)):
         res[name] = {"p50_ms": round(pct(xs, 50), 3), "p99_ms": round(pct(xs, 99), 3)}
     for name in ("mcp", "a2a"):

@@ -8,44 +8,20 @@ so that a turn streams chunks.
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 import pytest
 
-from opengrid.testing import Colony
-
-
-class _Model(BaseHTTPRequestHandler):
-    """``POST /v1/chat/completions``: answers ``echo: <last user message> and a few more words``."""
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        n = int(self.headers.get("content-length") or 0)
-        body = json.loads(self.rfile.read(n) or b"{}")
-        last = (body.get("messages") or [{}])[-1].get("content", "")
-        out = json.dumps(
-            {"choices": [{"message": {"role": "assistant", "content": f"echo: {last} and a few more words"}}]}
-        ).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args) -> None:
-        pass
+from opengrid.testing import Colony, EchoModel
 
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[str]:
-    """``host:port`` of a stub chat-completions endpoint."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Model)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    """``host:port`` of a stub chat-completions endpoint answering ``echo: <message> and a few
+    more words`` (enough words for a streamed reply)."""
+    m = EchoModel(suffix=" and a few more words")
+    yield m.host
+    m.close()
 
 
 @pytest.fixture(scope="module")

@@ -233,14 +233,14 @@ class Colony:
 
 class EchoModel:
     """A stub OpenAI-compatible model endpoint on 127.0.0.1 for the ``assistant`` handler:
-    ``POST /v1/chat/completions`` answers ``echo: <last message>``, and counts requests per
+    ``POST /v1/chat/completions`` answers ``echo: <last message><suffix>``, and counts requests per
     ``Idempotency-Key`` in :attr:`counts` (a journaled effect is not repeated). Give the nodes
     ``ASSISTANT_MODEL_URL = f"http://{m.host}/v1"`` and the manifest ``[egress] hosts = [m.host]``.
 
     ``python -m opengrid.testing model --port 8080`` runs one in the foreground.
     """
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, suffix: str = ""):
         self.counts: dict[str, int] = {}
         self.lock = threading.Lock()
         outer = self
@@ -265,7 +265,7 @@ class EchoModel:
                 messages = body.get("messages") or [{}]
                 last = messages[-1].get("content", "") if isinstance(messages[-1], dict) else ""
                 out = json.dumps(
-                    {"choices": [{"message": {"role": "assistant", "content": f"echo: {last}"}}]}
+                    {"choices": [{"message": {"role": "assistant", "content": f"echo: {last}{suffix}"}}]}
                 ).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
