@@ -343,10 +343,7 @@ impl SuiteSummary {
                         a.total.offered,
                         a.total.ratio * 100.0
                     ),
-                    format!(
-                        "{}/{} ms",
-                        a.longest_outage.p99_ms, a.longest_outage.max_ms
-                    ),
+                    format!("{}/{} ms", a.longest_outage.p99_ms, a.longest_outage.max_ms),
                 ),
                 None => ("-".into(), "-".into()),
             };

@@ -632,7 +632,9 @@ impl Session {
         for _ in 0..3 {
             let r = answer(
                 bearer(
-                    self.client.http.get(format!("{at}/v1/sessions/{}", self.id)),
+                    self.client
+                        .http
+                        .get(format!("{at}/v1/sessions/{}", self.id)),
                     self.token(),
                 )
                 .send()

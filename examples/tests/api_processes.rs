@@ -82,7 +82,10 @@ async fn a_retried_seq_gets_its_first_answer_across_handover_and_failover() {
         p["capability"].as_str().unwrap().to_string(),
     );
     let node_doc = http
-        .get(format!("{}/v1/openapi.json", p["address"].as_str().unwrap()))
+        .get(format!(
+            "{}/v1/openapi.json",
+            p["address"].as_str().unwrap()
+        ))
         .send()
         .await
         .unwrap()
@@ -112,11 +115,18 @@ async fn a_retried_seq_gets_its_first_answer_across_handover_and_failover() {
     let (st, r) = input(&c, &base, &id, &cap, 4, json!(999)).await;
     assert_eq!(st, 200);
     assert_eq!(r["kind"], "duplicate", "{r}");
-    assert_eq!((r["retained"].as_bool(), &r["output"]), (Some(true), &answers[3]), "{r}");
+    assert_eq!(
+        (r["retained"].as_bool(), &r["output"]),
+        (Some(true), &answers[3]),
+        "{r}"
+    );
 
     // After a live handover: the old holder redirects to the new one's /v1 route, which answers
     // the retry with the first answer.
-    let from = c.entry(&id).await["node_name"].as_str().unwrap().to_string();
+    let from = c.entry(&id).await["node_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     c.handover(&id).await;
     let (st, r) = input(&c, &base, &id, &cap, 5, json!(999)).await;
     match st {
@@ -132,11 +142,17 @@ async fn a_retried_seq_gets_its_first_answer_across_handover_and_failover() {
         200 => assert_eq!(r["output"], answers[4], "{r}"),
         _ => panic!("after the handover: {st} {r}"),
     }
-    assert_ne!(c.entry(&id).await["node_name"].as_str(), Some(from.as_str()));
+    assert_ne!(
+        c.entry(&id).await["node_name"].as_str(),
+        Some(from.as_str())
+    );
 
     // After kill -9 of the holder: the failover's holder restored the answers from the replicated
     // checkpoint.
-    let holder = c.entry(&id).await["node_name"].as_str().unwrap().to_string();
+    let holder = c.entry(&id).await["node_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     c.kill9(&holder);
     let base = holder_other_than(&c, &id, &holder).await;
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -412,6 +412,8 @@ fn decode_answer<H: SessionHandler>(answer: &str) -> Option<Result<H::Output, Ha
         let o = v.get_mut("output").map(serde_json::Value::take)?;
         serde_json::from_value::<H::Output>(o).map(Ok)
     };
-    r.map_err(|e| tracing::warn!(error = %e, "a kept answer does not read as this handler's output"))
-        .ok()
+    r.map_err(
+        |e| tracing::warn!(error = %e, "a kept answer does not read as this handler's output"),
+    )
+    .ok()
 }

@@ -99,7 +99,11 @@ impl Run<'_> {
             .filter_map(|f| {
                 let at = f.injected_ms?;
                 Some((
-                    format!("{} {}", f.fault.action.as_str(), f.fault.targets.join("<->")),
+                    format!(
+                        "{} {}",
+                        f.fault.action.as_str(),
+                        f.fault.targets.join("<->")
+                    ),
                     at,
                 ))
             })

@@ -71,7 +71,10 @@ impl SessionLog {
                     (
                         s.sent_ms,
                         s.done_ms,
-                        matches!(s.outcome, StepOutcome::Processed(_) | StepOutcome::Duplicate),
+                        matches!(
+                            s.outcome,
+                            StepOutcome::Processed(_) | StepOutcome::Duplicate
+                        ),
                     )
                 })
                 .collect(),

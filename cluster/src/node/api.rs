@@ -208,7 +208,9 @@ pub(crate) async fn node_info(
                 _ => Err(not_found_route()),
             }
         }
-        Some(s) if core.may_serve() => Ok(Json(SessionView::of(s.info(), replicas_of(&core, &sid)))),
+        Some(s) if core.may_serve() => {
+            Ok(Json(SessionView::of(s.info(), replicas_of(&core, &sid))))
+        }
         Some(_) => Err(check_serving(&core).err().unwrap_or_else(not_found_route)),
         None => Err(elsewhere(&core, &sid, &format!("/sessions/{sid}")).await),
     }
