@@ -103,6 +103,57 @@ mod tests {
         assert!(next[0].receipt.window.start_ms >= rs[0].receipt.window.end_ms);
     }
 
+    /// A session that leaves between two window ends (closed, handed over) is receipted at once
+    /// for its usage since the last window end, once, and the RC co-signs that last window.
+    #[test]
+    fn a_session_leaving_mid_window_gets_its_last_window_receipted_once() {
+        let node = Identity::generate();
+        let rc = Identity::generate();
+        let e = ReceiptEmitter::new(&node, Duration::from_millis(10), 2);
+        e.set_rc(&rc.id());
+        let (s1, s2) = (SessionId::random(), SessionId::random());
+        let t0 = Instant::now();
+        let first = receipts_of(e.tick(
+            t0 + Duration::from_millis(20),
+            vec![(s1.clone(), usage(3)), (s2.clone(), usage(1))],
+        ));
+        assert_eq!(first.len(), 2);
+        // s1 does 4 more inputs, then is closed before the window ends.
+        e.close_window(&s1, usage(7));
+        e.close_window(&s1, usage(7));
+        let settler = Settler::new(
+            &SettlementSection {
+                ledger: vec!["127.0.0.1:1".into()],
+                ..Default::default()
+            },
+            &rc,
+        )
+        .unwrap();
+        // The next tick still lists s1 (a moved session stays to relay): no second receipt.
+        let t1 = t0 + Duration::from_millis(40);
+        let all = receipts_of(e.tick(t1, vec![(s1.clone(), usage(9)), (s2.clone(), usage(2))]));
+        let of = |s: &SessionId| -> Vec<SignedReceipt> {
+            all.iter()
+                .filter(|r| r.receipt.session_id == s.to_string())
+                .cloned()
+                .collect()
+        };
+        let s1r = of(&s1);
+        assert_eq!(s1r.len(), 2, "its first window and its last: {s1r:?}");
+        assert_eq!(s1r[1].receipt.usage.inputs, 4, "the usage since the last window end");
+        assert_eq!(s1r[1].receipt.fee_micros, 8);
+        assert_eq!(s1r[1].receipt.window.start_ms, s1r[0].receipt.window.end_ms);
+        assert_eq!(of(&s2).len(), 2);
+        // The RC co-signs every one of them: the last window is the session's next unbilled one.
+        let ToNode::ReceiptsAck { accepted, refused } =
+            settler.on_receipts(&node.id(), Some(2), all.clone())
+        else {
+            panic!()
+        };
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(accepted.len(), all.len());
+    }
+
     #[test]
     fn settlement_section_validation_names_the_field() {
         let mut s = SettlementSection::default();
@@ -138,10 +189,12 @@ mod tests {
         let e = ReceiptEmitter::new(&node, Duration::from_millis(10), PRICE);
         e.set_rc(&rc.id());
         let sessions: Vec<_> = (0..3).map(|_| SessionId::random()).collect();
-        let usage = |inputs| opengrid_actors::Usage {
+        // An idle session's usage is all zero: the first tick cuts nothing even when the
+        // machine is slow enough for the 10 ms window to have ended by then.
+        let usage = |inputs: u64| opengrid_actors::Usage {
             inputs,
-            bytes_in: 1,
-            handler_busy_us: 1,
+            bytes_in: inputs.min(1),
+            handler_busy_us: inputs.min(1),
             ..Default::default()
         };
         let t0 = Instant::now();

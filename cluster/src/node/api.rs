@@ -248,6 +248,9 @@ pub(crate) async fn node_close(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     r?;
+    // Its last window is billed now, not lost with the session.
+    core.receipts
+        .close_window(&sid, s.usage_counters().snapshot());
     core.notify_closed(&sid, epoch);
     Ok(Json(v1::Closed {
         session_id: sid.to_string(),

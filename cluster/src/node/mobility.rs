@@ -585,6 +585,10 @@ impl NodeCore {
                 tracing::info!(session = %sid, to = %plan.name, epoch = %report.epoch,
                     blackout_us = report.blackout.as_micros() as u64,
                     total_ms = started.elapsed().as_millis() as u64, "handed over");
+                // Its usage here since the last window end is billed now (the target bills
+                // from here on).
+                self.receipts
+                    .close_window(sid, s.usage_counters().snapshot());
                 self.forget_later(sid.clone());
                 Ok(MoveReport::new(&plan, &report))
             }
@@ -718,6 +722,8 @@ impl NodeCore {
             .map_err(|e| MoveError::NoTarget(format!("release task failed: {e}")))?;
         match r {
             Ok(_) => {
+                self.receipts
+                    .close_window(sid, s.usage_counters().snapshot());
                 self.send_to_rc(ToRc::Released {
                     node: self.id(),
                     session: sid.to_string(),

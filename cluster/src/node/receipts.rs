@@ -24,8 +24,12 @@
 //! Node keys and split policies are registered on the ledger by an operator
 //! (`opengrid ledger register-node --key-file <node data_dir>/identity.key …`), never by the RC.
 //!
-//! Known limits: usage of a session closed between two window ends is not receipted; receipts
-//! acknowledged by an RC that dies before the next settlement interval are lost with it.
+//! A session that leaves the node between two window ends — closed, or handed over to another
+//! node — is receipted at once for its usage since the last window end
+//! ([`ReceiptEmitter::close_window`]), so its last window is billed too.
+//!
+//! Known limit: receipts acknowledged by an RC that dies before the next settlement interval are
+//! lost with it (ADR 0037 makes the queue replicated).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +86,9 @@ struct EmitterState {
     window_started: Instant,
     /// Usage of each live session at the start of the current window.
     last: HashMap<SessionId, SessionUsage>,
+    /// Sessions receipted when they left ([`ReceiptEmitter::close_window`]): not receipted again
+    /// while the host still lists them (a moved session stays to relay).
+    closed: HashSet<SessionId>,
     unacked: BTreeMap<ReceiptId, SignedReceipt>,
     /// Order of `unacked` (oldest first), for the bound.
     order: VecDeque<ReceiptId>,
@@ -130,6 +137,7 @@ impl ReceiptEmitter {
                 window_start_ms: crate::common::wire::unix_ms(),
                 window_started: Instant::now(),
                 last: HashMap::new(),
+                closed: HashSet::new(),
                 unacked: BTreeMap::new(),
                 order: VecDeque::new(),
                 last_nonce: 0,
@@ -176,35 +184,18 @@ impl ReceiptEmitter {
                 end_ms,
             };
             let mut next_last = HashMap::new();
+            let mut still_closed = HashSet::new();
             for (sid, usage) in sessions {
-                let before = st.last.get(&sid).copied().unwrap_or_default();
-                let delta = usage.since(&before);
-                next_last.insert(sid.clone(), usage);
-                if delta.inputs == 0 && delta.bytes_in == 0 && delta.handler_busy_us == 0 {
+                if st.closed.contains(&sid) {
+                    still_closed.insert(sid);
                     continue;
                 }
-                let nonce = st
-                    .last_nonce
-                    .saturating_add(1)
-                    .max(crate::common::wire::unix_ms().saturating_mul(1000));
-                st.last_nonce = nonce;
-                let receipt = Receipt {
-                    receipt_id: ReceiptId::random(),
-                    session_id: sid.to_string(),
-                    node: self.key.did(),
-                    rc: rc.clone(),
-                    window,
-                    usage: settlement_usage(&delta),
-                    fee_micros: delta.inputs.saturating_mul(self.price_micros_per_input),
-                    nonce,
-                };
-                let signed = receipt.sign(&self.key);
-                let id = signed.receipt.receipt_id;
-                st.unacked.insert(id, signed);
-                st.order.push_back(id);
-                self.signed.fetch_add(1, Ordering::Relaxed);
+                let before = st.last.get(&sid).copied().unwrap_or_default();
+                next_last.insert(sid.clone(), usage);
+                self.cut(&mut st, &rc, &sid, window, usage.since(&before));
             }
             st.last = next_last;
+            st.closed = still_closed;
             st.window_start_ms = end_ms;
             st.window_started = now;
             while st.unacked.len() > MAX_UNACKED_RECEIPTS {
@@ -234,6 +225,60 @@ impl ReceiptEmitter {
                 receipts: c.to_vec(),
             })
             .collect()
+    }
+
+    /// Session `sid` left this node (closed, or handed over): receipt its usage since the last
+    /// window end now (`usage`: its counters as it left), over the window from that end until now.
+    /// Later ticks skip it while the host still lists it.
+    pub fn close_window(&self, sid: &SessionId, usage: SessionUsage) {
+        let mut st = lock(&self.state);
+        if st.closed.contains(sid) {
+            return;
+        }
+        st.closed.insert(sid.clone());
+        let before = st.last.remove(sid).unwrap_or_default();
+        let Some(rc) = st.rc.clone() else {
+            return;
+        };
+        let window = UsageWindow {
+            start_ms: st.window_start_ms,
+            end_ms: crate::common::wire::unix_ms().max(st.window_start_ms),
+        };
+        self.cut(&mut st, &rc, sid, window, usage.since(&before));
+    }
+
+    /// Signs and queues the receipt of `delta` (nothing when the session did no work).
+    fn cut(
+        &self,
+        st: &mut EmitterState,
+        rc: &Did,
+        sid: &SessionId,
+        window: UsageWindow,
+        delta: SessionUsage,
+    ) {
+        if delta.inputs == 0 && delta.bytes_in == 0 && delta.handler_busy_us == 0 {
+            return;
+        }
+        let nonce = st
+            .last_nonce
+            .saturating_add(1)
+            .max(crate::common::wire::unix_ms().saturating_mul(1000));
+        st.last_nonce = nonce;
+        let receipt = Receipt {
+            receipt_id: ReceiptId::random(),
+            session_id: sid.to_string(),
+            node: self.key.did(),
+            rc: rc.clone(),
+            window,
+            usage: settlement_usage(&delta),
+            fee_micros: delta.inputs.saturating_mul(self.price_micros_per_input),
+            nonce,
+        };
+        let signed = receipt.sign(&self.key);
+        let id = signed.receipt.receipt_id;
+        st.unacked.insert(id, signed);
+        st.order.push_back(id);
+        self.signed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The RC's acknowledgement: accepted receipts are done, refused ones are dropped (logged);
