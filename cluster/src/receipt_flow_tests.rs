@@ -140,7 +140,10 @@ mod tests {
         };
         let s1r = of(&s1);
         assert_eq!(s1r.len(), 2, "its first window and its last: {s1r:?}");
-        assert_eq!(s1r[1].receipt.usage.inputs, 4, "the usage since the last window end");
+        assert_eq!(
+            s1r[1].receipt.usage.inputs, 4,
+            "the usage since the last window end"
+        );
         assert_eq!(s1r[1].receipt.fee_micros, 8);
         assert_eq!(s1r[1].receipt.window.start_ms, s1r[0].receipt.window.end_ms);
         assert_eq!(of(&s2).len(), 2);

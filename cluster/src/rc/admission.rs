@@ -8,7 +8,7 @@
 //!    ≤ the manifest's latency ceiling; free session capacity.
 //! 2. **Score** (lower is better; weights in [`weights`]): load (sessions / capacity, up to
 //!    1,000,000: it dominates, so sessions spread), RTT (2 per µs), price (1 per micro-unit), a
-//!    node not hosting the handler yet (5,000: 0.5 % load, a tie-break), failed placements (the
+//!    node not hosting the handler yet (500: 0.05 % load, a tie-break), failed placements (the
 //!    failure share × 1,000,000, a fresh node credited 20 successes). A WebAssembly agent's
 //!    compile cost is [`COLD_PENALTY`] on top (10 % load), [`Colony::admit_preferring`].
 //! 3. **Tie-break**: the node id (bytes of its public key), so equal tables give equal answers.
@@ -46,10 +46,11 @@ pub mod weights {
     pub const RTT_PER_US: u64 = 2;
     /// Per micro-unit of price per input.
     pub const PRICE_PER_MICRO: u64 = 1;
-    /// A node not hosting sessions of the handler yet: 0.5 % load. A tie-break between equally
-    /// loaded nodes, not a reason to pile sessions on one (a native handler is in every node's
-    /// binary; a WebAssembly agent's compile cost is [`super::COLD_PENALTY`]).
-    pub const COLD_HANDLER: u64 = 5_000;
+    /// A node not hosting sessions of the handler yet: 0.05 % load, half a session on a node of
+    /// capacity 1,000. A tie-break between equally loaded nodes, not a reason to pile sessions on
+    /// one (a native handler is in every node's binary; a WebAssembly agent's compile cost is
+    /// [`super::COLD_PENALTY`]).
+    pub const COLD_HANDLER: u64 = 500;
     /// A node whose placements all failed (its failure share × this: 100 % failures weigh as
     /// much as a full node).
     pub const FAILURES: u64 = 1_000_000;

@@ -307,6 +307,7 @@ impl RcCore {
                     last_recv: now,
                     alive: true,
                     blobs: Default::default(),
+                    restored: false,
                 },
             );
             tracing::info!(node = %id, name = %spec.name, jurisdiction = %spec.jurisdiction, api = %spec.api, "node joined");
@@ -314,6 +315,7 @@ impl RcCore {
                 name: spec.name.clone(),
                 jurisdiction: spec.jurisdiction.clone(),
             });
+            st.directory.member_joined(spec.clone());
             st.colony.upsert(spec);
             let alive = st.members.values().filter(|m| m.alive).count();
             self.metrics.members.record(alive as u64, &[]);
@@ -392,7 +394,8 @@ impl RcCore {
         let mut expired = Vec::new();
         for (id, m) in st.members.iter_mut() {
             let silent = now.saturating_duration_since(m.last_recv);
-            if m.alive && (m.detector.is_dead(now) || silent >= replace_after) {
+            let phi_dead = !m.restored && m.detector.is_dead(now);
+            if m.alive && (phi_dead || silent >= replace_after) {
                 m.alive = false;
                 newly_dead.push((*id, m.name.clone(), m.detector.phi(now), silent));
             }
@@ -424,6 +427,72 @@ impl RcCore {
         if !newly_dead.is_empty() {
             let alive = st.members.values().filter(|m| m.alive).count();
             self.metrics.members.record(alive as u64, &[]);
+        }
+    }
+}
+
+impl RcCore {
+    /// Opens the directory's durable copy under `data_dir` and loads it (ADR 0037): the entries,
+    /// and the members they were placed on, which count as alive (not placeable) from now until
+    /// they rejoin — or are declared dead by the failure detector, their sessions then failed
+    /// over from their replicas.
+    pub fn open_directory(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<(), crate::rc::directory::DirectoryStoreError> {
+        let store = crate::rc::directory::DirectoryStore::open(data_dir)?;
+        let (entries, members) = store.load();
+        let now = Instant::now();
+        {
+            let mut st = lock(&self.state);
+            for spec in &members {
+                let id = spec.id;
+                let mut detector = PhiDetector::new(self.phi_config());
+                detector.heartbeat(now);
+                st.members.insert(
+                    id,
+                    Member {
+                        name: spec.name.clone(),
+                        detector,
+                        last_recv: now,
+                        alive: true,
+                        blobs: Default::default(),
+                        restored: true,
+                    },
+                );
+                st.colony.upsert(spec.clone());
+                // Known, but placeable only once it has rejoined (a start order needs its link).
+                st.colony.set_alive(&id, false);
+            }
+            for e in &entries {
+                if let Some(owner) = &e.owner {
+                    let u = st.usage.entry(owner.clone()).or_default();
+                    u.0 += 1;
+                    u.1 += e.memory;
+                }
+            }
+            tracing::info!(
+                sessions = entries.len(),
+                members = members.len(),
+                "directory loaded from the data dir"
+            );
+            st.directory.load(entries);
+        }
+        let _ = self.directory_store.set(store);
+        Ok(())
+    }
+
+    /// Writes the directory's changes since the last call to its durable copy (every tick).
+    pub(crate) fn persist_directory(&self) {
+        let Some(store) = self.directory_store.get() else {
+            return;
+        };
+        let (entries, members) = lock(&self.state).directory.take_changes();
+        if entries.is_empty() && members.is_empty() {
+            return;
+        }
+        if let Err(e) = store.write(&entries, &members) {
+            tracing::error!(error = %e, changes = entries.len(), "directory changes not written");
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod agents_api;
 pub mod api;
 pub mod config;
 pub mod control;
+pub mod directory;
 pub mod events;
 pub mod federation;
 pub mod gateway;
@@ -184,12 +185,15 @@ pub(crate) struct Member {
     pub(crate) alive: bool,
     /// Blobs the node last reported holding ([`ToRc::Blobs`]; ADR 0031).
     pub(crate) blobs: std::collections::HashSet<String>,
+    /// Read back from the directory's durable copy at the RC's start, not heard from since: not
+    /// judged by phi (one sample says nothing), only by the lease grace.
+    pub(crate) restored: bool,
 }
 
 pub(crate) struct RcState {
     pub(crate) colony: Colony,
     pub(crate) members: HashMap<NodeId, Member>,
-    pub(crate) directory: HashMap<SessionId, DirEntry>,
+    pub(crate) directory: crate::rc::directory::Directory,
     /// Per client (directory `owner`): live sessions and memory they reserve (quotas).
     pub(crate) usage: HashMap<String, (u32, u64)>,
     /// Session mobility bookkeeping (failover, handover plans, drains).
@@ -301,6 +305,8 @@ pub struct RcCore {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     pub(crate) state: Mutex<RcState>,
+    /// The directory's durable copy, when the RC keeps one ([`RcCore::open_directory`]).
+    pub(crate) directory_store: OnceLock<crate::rc::directory::DirectoryStore>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Option<String>>>>,
     next_req: AtomicU64,
     api: OnceLock<String>,
@@ -359,10 +365,11 @@ impl RcCore {
             state: Mutex::new(RcState {
                 colony: Colony::new(),
                 members: HashMap::new(),
-                directory: HashMap::new(),
+                directory: Default::default(),
                 usage: HashMap::new(),
                 mob: Default::default(),
             }),
+            directory_store: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             api: OnceLock::new(),
@@ -887,6 +894,7 @@ impl Actor for RcActor {
             RcMsg::Wire(w) => self.core.on_sealed(*w),
             RcMsg::Local(RcLocal::Tick) => {
                 self.core.tick(Instant::now());
+                self.core.persist_directory();
                 crate::rc::mobility::tick(&self.core, Instant::now());
             }
         }

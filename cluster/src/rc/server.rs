@@ -93,6 +93,8 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let name = format!("rc-{}", short(&identity.id().did()));
     let core = Arc::new(RcCore::new(cfg.clone(), identity));
+    core.open_directory(&cfg.data_dir)
+        .map_err(|e| StartError::Spawn(format!("directory: {e}")))?;
     let registry = crate::rc::agents::Registry::open(&cfg.data_dir, cfg.agent_publishers.clone())
         .map_err(|e| StartError::Spawn(format!("agent registry: {e}")))?;
     let registry = Arc::new(registry);
