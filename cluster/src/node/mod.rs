@@ -781,6 +781,13 @@ impl NodeCore {
 
     /// Asks the RC where a session lives: `(api, epoch)`.
     pub async fn lookup(&self, sid: &SessionId) -> Option<(String, u64)> {
+        self.try_lookup(sid).await.ok().flatten()
+    }
+
+    /// [`lookup`](Self::lookup), telling "the RC does not know it" (`Ok(None)`) from "the RC did
+    /// not answer" (`Err`: no link, or no answer within 1 s — a retryable condition, not a
+    /// missing session).
+    pub async fn try_lookup(&self, sid: &SessionId) -> Result<Option<(String, u64)>, String> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.lookups).insert(req, tx);
@@ -790,13 +797,13 @@ impl NodeCore {
             session: sid.to_string(),
         }) {
             lock(&self.lookups).remove(&req);
-            return None;
+            return Err("no link to the RC".into());
         }
         match tokio::time::timeout(Duration::from_secs(1), rx).await {
-            Ok(Ok(l)) => l,
+            Ok(Ok(l)) => Ok(l),
             _ => {
                 lock(&self.lookups).remove(&req);
-                None
+                Err("the RC did not answer the lookup within 1 s".into())
             }
         }
     }

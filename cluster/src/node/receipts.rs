@@ -110,6 +110,13 @@ pub struct EmitterCounters {
     pub acked_fees_micros: u64,
 }
 
+/// The end of a window that started at `start_ms`: now, and never before `start_ms + 1` — a
+/// window cut in the same millisecond as the one before it is not the same window (the RC would
+/// refuse it as already billed).
+fn window_end(start_ms: u64) -> u64 {
+    crate::common::wire::unix_ms().max(start_ms.saturating_add(1))
+}
+
 /// Node side: cuts one signed receipt per session per usage window and keeps it until the RC
 /// acknowledges it.
 pub struct ReceiptEmitter {
@@ -178,7 +185,7 @@ impl ReceiptEmitter {
             return Vec::new();
         };
         if now.saturating_duration_since(st.window_started) >= self.window {
-            let end_ms = crate::common::wire::unix_ms().max(st.window_start_ms);
+            let end_ms = window_end(st.window_start_ms);
             let window = UsageWindow {
                 start_ms: st.window_start_ms,
                 end_ms,
@@ -242,7 +249,7 @@ impl ReceiptEmitter {
         };
         let window = UsageWindow {
             start_ms: st.window_start_ms,
-            end_ms: crate::common::wire::unix_ms().max(st.window_start_ms),
+            end_ms: window_end(st.window_start_ms),
         };
         self.cut(&mut st, &rc, sid, window, usage.since(&before));
     }
