@@ -136,19 +136,20 @@ async fn node_create(State(core): State<Arc<NodeCore>>) -> Result<Response, ApiE
 
 /// Resolves a session not hosted here: `moved` if the RC knows a holder, else 404.
 pub(super) async fn elsewhere(core: &NodeCore, sid: &SessionId, path: &str) -> ApiError {
-    let found =
-        match core.try_lookup(sid).await {
-            Ok(f) => f,
-            // Not "no such session": the RC is away or slow. The client asks again.
-            Err(why) => return ApiError::new(
+    let found = match core.try_lookup(sid).await {
+        Ok(f) => f,
+        // Not "no such session": the RC is away or slow. The client asks again.
+        Err(why) => {
+            return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "lookup_failed",
                 format!(
                     "session {sid} is not here and the RC could not say where it is: {why}; retry"
                 ),
             )
-            .with("retryable", json!(true)),
-        };
+            .with("retryable", json!(true))
+        }
+    };
     match found {
         Some((addr, epoch)) if addr != core.spec.api => ApiError::moved(addr, path, epoch),
         // The directory says here but the host has not got it (yet): a handover or restore is

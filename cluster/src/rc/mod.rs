@@ -881,6 +881,25 @@ impl Actor for RcActor {
         }
         let period = (self.core.cfg.heartbeat_period.0 / 4).max(Duration::from_millis(5));
         myself.send_interval(period, || RcMsg::Local(RcLocal::Tick));
+        // The directory's durable copy is written off the actor (disk I/O never delays a
+        // heartbeat), one batch at a time.
+        if self.core.directory_store.get().is_some() {
+            let core = self.core.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(period);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let c = core.clone();
+                    if tokio::task::spawn_blocking(move || c.persist_directory())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
         Ok(())
     }
 
@@ -894,7 +913,6 @@ impl Actor for RcActor {
             RcMsg::Wire(w) => self.core.on_sealed(*w),
             RcMsg::Local(RcLocal::Tick) => {
                 self.core.tick(Instant::now());
-                self.core.persist_directory();
                 crate::rc::mobility::tick(&self.core, Instant::now());
             }
         }
