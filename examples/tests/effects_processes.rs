@@ -490,13 +490,28 @@ async fn a_wasm_agent_s_effect_is_not_repeated_across_kill_9() {
         .as_str()
         .unwrap()
         .to_string();
+    // Streamed: the agent emits the model's answer word by word before it thinks for 3 s, and
+    // an emit first makes the recorded answer durable on the session's copies (ADR 0032: durable
+    // before observable). The first chunk is the sign that a kill -9 now lands after the effect
+    // is journaled, not inside its durability window.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let turn = tokio::spawn(async move {
         let r = s
-            .send(json!({"user": "are you there", "think_ms": 3000}))
+            .send_streaming(
+                json!({"user": "are you there", "think_ms": 3000}),
+                move |_, chunk| {
+                    let _ = tx.send(chunk.to_string());
+                },
+            )
             .await;
         (s, r)
     });
-    wait_count(&counts, &format!("{id}:2:2")).await;
+    let first = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("no streamed chunk within 60 s")
+        .expect("the stream ended without a chunk");
+    assert_eq!(first, "echo: ");
+    assert_eq!(counts.lock().unwrap().get(&format!("{id}:2:2")), Some(&1));
     c.kill9(&holder);
     let (mut s, r) = turn.await.unwrap();
     let r = r.unwrap();
