@@ -3,7 +3,8 @@
 //! calls it handled, so tests can see that a call ran exactly once.
 //!
 //! Input: `{"query": "…", "work_ms": 0, "ping": "<url>", "call": "<capability>"}` (`work_ms`: time
-//! the lookup takes; `ping`: an OpenAI-compatible API base the tool tells it started (a journaled
+//! the lookup takes; `ping`: an OpenAI-compatible API base the tool tells it started, then that
+//! the first tell is durable (two journaled
 //! `ctx.fetch`, so tests can see a call in progress); `call`: ask that session in turn, with `{"user": query}`, to show that a call back to a
 //! session already waiting is refused with `call_cycle`). Output: `{"result": "…", "handled": n}`;
 //! `{"status": true}` answers `{"handled": n, "callers": [..]}`.
@@ -52,10 +53,15 @@ impl SessionHandler for Tool {
             .as_str()
             .ok_or_else(|| HandlerError::new("bad_input", "expected {\"query\": \"…\"}"))?;
         if let Some(base) = input["ping"].as_str() {
-            let body = json!({"model": "tool", "messages": [{"role": "user", "content": format!("tool started: {q}")}]});
+            // Two tells: the second starts only once the first's result is durable on the
+            // session's copies (an effect starts after the ones before it are journaled, ADR
+            // 0032), so a watcher that sees the second knows a crash now cannot repeat the first.
             let url = format!("{}/chat/completions", base.trim_end_matches('/'));
-            ctx.fetch(opengrid_actors::HttpRequest::post_json(url, &body))
-                .await?;
+            for what in ["started", "working"] {
+                let body = json!({"model": "tool", "messages": [{"role": "user", "content": format!("tool {what}: {q}")}]});
+                ctx.fetch(opengrid_actors::HttpRequest::post_json(url.clone(), &body))
+                    .await?;
+            }
         }
         if let Some(ms) = input["work_ms"].as_u64().filter(|ms| *ms > 0) {
             tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;

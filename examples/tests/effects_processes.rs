@@ -396,10 +396,11 @@ async fn calls_are_exactly_once_cycles_are_refused_and_a_dead_callee_fails_over(
             .await;
         (a, r)
     });
-    // The tool tells the model server it started (a journaled fetch keyed by the call): kill its
-    // node while it works.
+    // The tool tells the model server it started (a journaled fetch keyed by the call), then a
+    // second time, which it starts only once the first's result is durable on its copies: kill
+    // its node once the second is seen — while the tool works, after the first is journaled.
     let ping = format!("{}:c{a_id}:3:0:0", t.id);
-    wait_count(&counts, &ping).await;
+    wait_count(&counts, &format!("{}:c{a_id}:3:0:1", t.id)).await;
     c.kill9(&t_node);
     let started = Instant::now();
     let (_a, r) = turn.await.unwrap();
