@@ -55,6 +55,9 @@ impl SessionHandler for Words {
         for w in &words {
             ctx.emit(w).await?;
             if pause > 0 {
+                // The `chunk_ms` knob: a word's worth of work, so a stream can be watched or cut
+                // mid-way. An async sleep: no thread is blocked; the session is busy with this
+                // input meanwhile, as with any handler that takes time (one input at a time).
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
         }

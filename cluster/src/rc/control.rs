@@ -296,20 +296,8 @@ impl RcCore {
             // (`crate::node` "Reconciliation"): kept if it still holds it, orphaned (and
             // restored from its replicas by the failover loop) if it came back without it.
             st.mob.draining.remove(&id);
-            let mut detector = PhiDetector::new(self.phi_config());
-            let now = Instant::now();
-            detector.heartbeat(now);
-            st.members.insert(
-                id,
-                Member {
-                    name: spec.name.clone(),
-                    detector,
-                    last_recv: now,
-                    alive: true,
-                    blobs: Default::default(),
-                    restored: false,
-                },
-            );
+            st.members
+                .insert(id, self.new_member(&spec.name, Instant::now(), false));
             tracing::info!(node = %id, name = %spec.name, jurisdiction = %spec.jurisdiction, api = %spec.api, "node joined");
             self.events.publish(ColonyEvent::NodeJoined {
                 name: spec.name.clone(),
@@ -413,16 +401,17 @@ impl RcCore {
             });
         }
         for id in expired {
-            for e in st.directory.values_mut() {
-                if e.node == id && e.state != DirState::Orphaned {
+            st.directory.update_where(
+                |e| e.node == id && e.state != DirState::Orphaned,
+                |e| {
                     tracing::warn!(session = %e.session_id, node = %id, "lease grace over: session may be placed again");
                     e.state = DirState::Orphaned;
                     self.events.publish(ColonyEvent::SessionOrphaned {
                         session: e.session_id.to_string(),
                         node: e.node_name.clone(),
                     });
-                }
-            }
+                },
+            );
         }
         if !newly_dead.is_empty() {
             let alive = st.members.values().filter(|m| m.alive).count();
@@ -432,6 +421,20 @@ impl RcCore {
 }
 
 impl RcCore {
+    /// A member heard from at `now` (alive; `restored`: read back from the durable directory).
+    fn new_member(&self, name: &str, now: Instant, restored: bool) -> Member {
+        let mut detector = PhiDetector::new(self.phi_config());
+        detector.heartbeat(now);
+        Member {
+            name: name.to_string(),
+            detector,
+            last_recv: now,
+            alive: true,
+            blobs: Default::default(),
+            restored,
+        }
+    }
+
     /// Opens the directory's durable copy under `data_dir` and loads it (ADR 0037): the entries,
     /// and the members they were placed on, which count as alive (not placeable) from now until
     /// they rejoin — or are declared dead by the failure detector, their sessions then failed
@@ -447,19 +450,8 @@ impl RcCore {
             let mut st = lock(&self.state);
             for spec in &members {
                 let id = spec.id;
-                let mut detector = PhiDetector::new(self.phi_config());
-                detector.heartbeat(now);
-                st.members.insert(
-                    id,
-                    Member {
-                        name: spec.name.clone(),
-                        detector,
-                        last_recv: now,
-                        alive: true,
-                        blobs: Default::default(),
-                        restored: true,
-                    },
-                );
+                st.members
+                    .insert(id, self.new_member(&spec.name, now, true));
                 st.colony.upsert(spec.clone());
                 // Known, but placeable only once it has rejoined (a start order needs its link).
                 st.colony.set_alive(&id, false);

@@ -71,10 +71,19 @@ impl Directory {
         self.map.values()
     }
 
-    /// Every entry, to change (each noted for the durable copy).
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut DirEntry> {
-        self.dirty.extend(self.map.keys().cloned());
-        self.map.values_mut()
+    /// Changes with `f` the entries `pred` selects (only those are noted for the durable copy,
+    /// so orphaning one node's sessions rewrites those, not the whole directory).
+    pub fn update_where(
+        &mut self,
+        mut pred: impl FnMut(&DirEntry) -> bool,
+        mut f: impl FnMut(&mut DirEntry),
+    ) {
+        for (sid, e) in self.map.iter_mut() {
+            if pred(e) {
+                self.dirty.insert(sid.clone());
+                f(e);
+            }
+        }
     }
 
     /// A member joined (its spec is kept with the directory).

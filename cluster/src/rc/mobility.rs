@@ -600,15 +600,17 @@ impl RcCore {
                 }
             }
             if rejoin {
-                for e in st.directory.values_mut() {
-                    if e.node == node
-                        && e.state == DirState::Active
-                        && !listed.contains(&e.session_id)
-                    {
+                st.directory.update_where(
+                    |e| {
+                        e.node == node
+                            && e.state == DirState::Active
+                            && !listed.contains(&e.session_id)
+                    },
+                    |e| {
                         tracing::warn!(session = %e.session_id, node = %name, "its holder rejoined without it: session may be placed again");
                         e.state = DirState::Orphaned;
-                    }
-                }
+                    },
+                );
             }
             self.metrics.sessions.record(st.directory.len() as u64, &[]);
         }
