@@ -294,6 +294,8 @@ impl RcGroup {
         cfg.heartbeat = section.heartbeat.0;
         cfg.election_timeout = (section.election_timeout.0, section.election_timeout.0 * 2);
         cfg.request_timeout = Duration::from_secs(2);
+        // The state machine trusts every batch: only the group's replicas may propose.
+        cfg.members_only = true;
         let node = RaftNode::start(cfg, GroupApp::default()).await?;
         Ok(Arc::new(RcGroup {
             node,
