@@ -250,6 +250,9 @@ pub enum BenchKind {
     Api,
     /// Agent packages: push → first answer of a ~2 MiB component on cold nodes.
     Agents,
+    /// The RC group: kill -9 of its leader `--count` times (default 20) under load →
+    /// placements accepted again, failed inputs on existing sessions (ADR 0037).
+    RcFailover,
 }
 
 /// Errors of the command line.
@@ -614,6 +617,16 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
                 }
             }
             Ok(code)
+        }
+        BenchKind::RcFailover => {
+            let r = crate::bench_colony::rc_failover(&a.colony, a.count.unwrap_or(20), progress)
+                .await?;
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            Ok(if r.failed_inputs == 0 && r.wrong_answers == 0 {
+                EXIT_PASS
+            } else {
+                crate::report::EXIT_VIOLATION
+            })
         }
         BenchKind::Failover => {
             let r =

@@ -21,6 +21,9 @@
 //!   `GET /health` round trip to a node, both measured in the same run. With `--handler
 //!   native|wasm|both`: a counter session run by the compiled-in handler or by the `counter-rs`
 //!   agent package, both in one colony (`both`: alternating rounds), the wasm/native ratio.
+//! - `bench rc-failover`: kill -9 of the RC group's leader `--count` times (default 20) under
+//!   load: kill → placements accepted again, failed inputs on existing sessions, leases lost
+//!   (see `rc_failover.rs`).
 //! - `bench agents`: push → first answer of a new version of a ~2 MiB agent component on nodes
 //!   that have never seen it, broken down (push, create with fetch + compile, first input), with a
 //!   same-run warm baseline (see `agents.rs`).
@@ -435,6 +438,7 @@ mod agents;
 mod api;
 mod failover;
 mod handover;
+mod rc_failover;
 
 pub use agents::{agents, AgentsResult, AGENT_COLD_TARGET_P99_US};
 
@@ -444,6 +448,7 @@ pub use handover::{
     compare_handlers, handover, handover_handlers, pool_colony_handover, ColonyHandoverResult,
     HandlerArg,
 };
+pub use rc_failover::{rc_failover, RcFailoverResult, RC_FAILOVER_TARGET_P99_US};
 
 #[cfg(test)]
 mod tests {

@@ -464,6 +464,15 @@ pub enum ToNode {
         /// Every member node.
         nodes: Vec<NodeId>,
     },
+    /// Signed by an RC this node has no control link with now (a leader of the RC group that
+    /// took office, or an RC that restarted): join it, *keeping the lease* the node holds — the
+    /// RC treats every member it inherited as alive until `lease × lease_grace` has passed, so no
+    /// lease granted before can be outrun (ADR 0037). Unlike [`ToNode::Evicted`], nothing is
+    /// fenced.
+    Rejoin {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Where a handover goes, as chosen by the RC.

@@ -399,9 +399,7 @@ impl NodeCore {
             Seal::None => Err(SealError::NotAllowed("unsealed message from the RC")),
         };
         match checked {
-            Ok(ToNode::Evicted { reason }) if self.linked_to_another(&from) => {
-                self.follow_new_rc(&from, &reason)
-            }
+            Ok(ToNode::Rejoin { reason }) => self.follow_new_rc(&from, &reason),
             Ok(msg) => self.on_message(msg),
             Err(e) => {
                 self.metrics
@@ -412,16 +410,10 @@ impl NodeCore {
         }
     }
 
-    /// Whether this node's control link is with an RC other than `rc`.
-    fn linked_to_another(&self, rc: &NodeId) -> bool {
-        lock(&self.link).as_ref().is_some_and(|l| l.peer != *rc)
-    }
-
-    /// A signed eviction from an RC of the colony this node has no link with: a new leader of the
-    /// RC group took office and knows no link with this node (ADR 0037). The node joins it
-    /// *keeping its lease* — the new leader declares nobody dead before every lease its
-    /// predecessor granted has run out — so its sessions keep serving; the new leader's lease
-    /// then extends it. (An eviction over the node's own link is a real one: `on_message`.)
+    /// A signed [`ToNode::Rejoin`] from an RC of the colony that has no link with this node: a
+    /// new leader of the RC group took office, or the RC restarted (ADR 0037). The node joins it
+    /// *keeping its lease* — that RC declares nobody dead before every lease granted before it
+    /// took office has run out — so its sessions keep serving; the new lease then extends it.
     fn follow_new_rc(&self, rc: &NodeId, reason: &str) {
         {
             let mut m = lock(&self.membership);
@@ -471,11 +463,15 @@ impl NodeCore {
                 }
                 Ok(())
             }
-            // An eviction from the RC we are linked to (it lost our link: it restarted), or from
-            // another RC of the colony (a new leader of its RC group; see `on_sealed`).
-            ToNode::Evicted { .. } => Ok(()),
+            ToNode::Evicted { .. } => match lock(&self.link).as_ref() {
+                // An eviction from the RC we are linked to, or before any link.
+                Some(l) if l.peer != s.from => Err(SealError::NoLink(s.from.did())),
+                _ => Ok(()),
+            },
+            // From any RC of the colony (its signature checked above): join it, lease kept.
+            ToNode::Rejoin { .. } => Ok(()),
             _ => Err(SealError::NotAllowed(
-                "only a join ack or an eviction may come signed",
+                "only a join ack, an eviction or a rejoin may come signed",
             )),
         }
     }
@@ -730,6 +726,12 @@ impl NodeCore {
                 }
             }
             ToNode::HoldingAck { report, drop } => self.on_holding_ack(report, drop),
+            ToNode::Rejoin { reason } => {
+                let peer = lock(&self.link).as_ref().map(|l| l.peer);
+                if let Some(peer) = peer {
+                    self.follow_new_rc(&peer, &reason);
+                }
+            }
             ToNode::Members { nodes } => {
                 *lock(&self.members) = nodes.clone();
                 if let Some(m) = self.mobility() {

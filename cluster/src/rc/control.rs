@@ -31,7 +31,8 @@ impl RcCore {
         let r = node_ref(node).ok_or_else(|| "node agent not reachable".to_string())?;
         let mut links = lock(&self.links);
         let sealed = match (links.get_mut(node), &msg) {
-            (_, ToNode::JoinAck { .. }) | (None, ToNode::Evicted { .. }) => {
+            (_, ToNode::JoinAck { .. } | ToNode::Rejoin { .. })
+            | (None, ToNode::Evicted { .. }) => {
                 crate::common::seal::sign(&self.identity, node, wire::unix_ms(), msg)
             }
             (Some(link), _) => link.seal(self.id(), msg),
@@ -93,13 +94,14 @@ impl RcCore {
                 if let Some(repeats) = self.refused_log.allow(Instant::now()) {
                     tracing::warn!(%from, error = %e, repeats, "control message refused");
                 }
-                // A link message from a node we have no link with (this RC restarted): tell it
-                // to join again, signed, so that it does not wait for its lease to run out.
+                // A link message from a node we have no link with (this RC restarted, or took
+                // office in its group): tell it to join again, signed, keeping its lease, so that
+                // it neither waits for its lease to run out nor stops serving.
                 if matches!(e, SealError::NoLink(_)) {
                     let _ = self.send_node(
                         &from,
-                        ToNode::Evicted {
-                            reason: "no control link with this RC: join again".into(),
+                        ToNode::Rejoin {
+                            reason: "no control link with this RC: join it".into(),
                         },
                     );
                 }
@@ -562,7 +564,7 @@ impl RcCore {
         for id in members {
             let _ = self.send_node(
                 &id,
-                ToNode::Evicted {
+                ToNode::Rejoin {
                     reason: "a new leader of the RC group took office: join it".into(),
                 },
             );
