@@ -263,14 +263,28 @@ impl Connection {
 pub struct LinkNetworkFactory {
     link: Link,
     max_frame: usize,
+    retry_unreachable: Duration,
 }
 
 impl LinkNetworkFactory {
     /// A factory whose connections go over `link` and refuse frames above `max_frame` bytes.
     pub fn new(link: Link, max_frame: usize) -> Self {
-        Self { link, max_frame }
+        Self {
+            link,
+            max_frame,
+            retry_unreachable: DEFAULT_RETRY_UNREACHABLE,
+        }
+    }
+
+    /// The same factory retrying an unreachable peer every `every` (openraft's default: 500 ms).
+    pub fn with_retry_unreachable(mut self, every: Duration) -> Self {
+        self.retry_unreachable = every;
+        self
     }
 }
+
+/// How often replication retries a peer it could not reach (openraft's default).
+pub const DEFAULT_RETRY_UNREACHABLE: Duration = Duration::from_millis(500);
 
 impl RaftNetworkFactory<TypeConfig> for LinkNetworkFactory {
     type Network = PeerClient;
@@ -279,6 +293,7 @@ impl RaftNetworkFactory<TypeConfig> for LinkNetworkFactory {
         PeerClient {
             target,
             conn: Connection::new(self.link.clone(), node, self.max_frame),
+            retry_unreachable: self.retry_unreachable,
         }
     }
 }
@@ -291,6 +306,7 @@ pub const MAX_APPEND_BYTES: usize = 2 * 1024 * 1024;
 pub struct PeerClient {
     target: NodeId,
     conn: Connection,
+    retry_unreachable: Duration,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
@@ -344,6 +360,13 @@ impl PeerClient {
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
+    /// A peer that could not be reached is retried every `retry_unreachable`: a replica that
+    /// restarts hears from the leader before its own election timer fires (a replica that
+    /// campaigns when it restarts deposes a healthy leader: openraft 0.9 has no pre-vote).
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(self.retry_unreachable))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -79,6 +79,10 @@ pub struct RaftNodeConfig {
     /// groups whose application trusts every command it is given (the RC group). `false`: any
     /// authenticated peer may propose (the ledger checks each command's signatures itself).
     pub members_only: bool,
+    /// How often replication retries a member it could not reach (500 ms by default, openraft's
+    /// own). Well under the election timeout for a group that must not let a restarted member
+    /// campaign before the leader has reached it.
+    pub retry_unreachable: Duration,
     /// Open connections at most on the RPC server; more are closed as they arrive (and counted,
     /// `too_many_connections`).
     pub max_connections: usize,
@@ -112,6 +116,7 @@ impl RaftNodeConfig {
             request_timeout: Duration::from_secs(10),
             admin_authorizer: None,
             members_only: false,
+            retry_unreachable: crate::network::DEFAULT_RETRY_UNREACHABLE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -252,7 +257,8 @@ impl<A: Application> RaftNode<A> {
         let raft = Raft::new(
             config.id,
             raft_config,
-            LinkNetworkFactory::new(link.clone(), config.max_frame_bytes),
+            LinkNetworkFactory::new(link.clone(), config.max_frame_bytes)
+                .with_retry_unreachable(config.retry_unreachable),
             log,
             sm.clone(),
         )

@@ -301,6 +301,8 @@ impl RcGroup {
         cfg.request_timeout = Duration::from_secs(2);
         // The state machine trusts every batch: only the group's replicas may propose.
         cfg.members_only = true;
+        // A restarted replica hears from the leader before its election timer fires.
+        cfg.retry_unreachable = section.heartbeat.0;
         let node = RaftNode::start(cfg, GroupApp::default()).await?;
         Ok(Arc::new(RcGroup {
             node,
