@@ -287,7 +287,10 @@ pub(super) async fn health(
     ledgers: &BTreeMap<String, String>,
     t0: Instant,
 ) -> Vec<HealthProbe> {
-    let st = rc.status().await.unwrap_or(Value::Null);
+    let st = rc
+        .status_within(Duration::from_secs(10))
+        .await
+        .unwrap_or(Value::Null);
     let mut apis: BTreeMap<String, String> = members(&st)
         .iter()
         .filter_map(|m| {

@@ -1,8 +1,9 @@
 //! The colony's RC as the harness sees it: one `opengrid rc`, or an RC group of 3 or 5 replicas on
-//! one Raft log (ADR 0037), of which only the leader serves the directory (a follower answers
-//! `/health` and `/status` itself and redirects the rest). The leader is found through every
-//! replica's `GET /status` (`group.role` and `group.term`), waiting with a deadline while there is
-//! none, and found again when the one in use stops answering or no longer leads.
+//! one Raft log (ADR 0037), of which only the leader in office serves the directory (a follower
+//! answers `/health` and `/status` itself and redirects the rest). The leader is found through
+//! every replica's `GET /status` (`group.role`, `group.acting`, `group.term`), waiting with a
+//! deadline while there is none, and found again when the one in use stops answering or no
+//! longer leads.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,8 +30,11 @@ pub(super) struct RcReplica {
 pub(super) struct GroupView {
     /// The replica's Raft id.
     pub id: u64,
-    /// `leader`, `follower`, `candidate` or `learner`.
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
     pub role: String,
+    /// Whether it acts as the colony's RC now (leader in office, confirmed by a quorum); `None`
+    /// where the status does not say.
+    pub acting: Option<bool>,
     /// The Raft id of the leader it follows, if it knows one.
     pub leader: Option<u64>,
     /// Its current term.
@@ -44,22 +48,26 @@ impl GroupView {
         Some(GroupView {
             id: g["id"].as_u64().unwrap_or(0),
             role: g["role"].as_str().unwrap_or_default().to_string(),
+            acting: g["acting"].as_bool(),
             leader: g["leader"].as_u64(),
             term: g["term"].as_u64().unwrap_or(0),
         })
     }
 
+    /// Leads and acts on it (a leader not yet in office, or no longer confirmed, redirects
+    /// clients and may show an empty directory).
     fn leads(&self) -> bool {
-        self.role == "leader"
+        self.role == "leader" && self.acting != Some(false)
     }
 }
 
 /// Which replica leads, from what each answered (`None`: no answer), in group order.
 ///
 /// A single RC (no `group` in its status) leads when it answers. In a group the leader is the
-/// one replica that says it leads at the highest term any replica reports: a deposed leader that
-/// has not heard of the election yet still says `leader`, at an older term, and is passed over;
-/// while the new term has no leader (an election) there is none. A follower's word for the leader
+/// one replica that says it leads, and acts, at the highest term any replica reports: a deposed
+/// leader that has not heard of the election yet still says `leader`, at an older term, and is
+/// passed over; while the new term has no leader (an election), or its leader has not taken
+/// office yet, there is none. A follower's word for the leader
 /// is not taken: the process must answer for itself, so a fault never aims at one that is gone.
 pub(super) fn leader_of(statuses: &[Option<Value>]) -> Option<usize> {
     let answered = || {
@@ -92,9 +100,14 @@ fn describe(replicas: &[RcReplica], statuses: &[Option<Value>]) -> String {
             None => format!("{}: no answer", r.name),
             Some(None) => format!("{}: a single RC", r.name),
             Some(Some(v)) => format!(
-                "{}: {} in term {}, leader {}",
+                "{}: {}{} in term {}, leader {}",
                 r.name,
                 v.role,
+                if v.acting == Some(false) && v.role == "leader" {
+                    " (not in office)"
+                } else {
+                    ""
+                },
                 v.term,
                 v.leader
                     .map(|l| l.to_string())
@@ -186,6 +199,21 @@ impl RcGroup {
         self.current().await.map(|(_, st)| st)
     }
 
+    /// `GET /status` of the leader, waiting up to `within` while there is none (an election, a
+    /// leader not yet confirmed).
+    pub async fn status_within(&self, within: Duration) -> Option<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.status().await {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
     /// The leader, asked afresh of every replica (a single RC: at once, unasked); waits up to
     /// `within` while there is none.
     pub async fn leader(&self, within: Duration) -> Result<RcReplica, String> {
@@ -230,6 +258,7 @@ mod tests {
             "group": {
                 "id": id,
                 "role": role,
+                "acting": role == "leader",
                 "leader": leader,
                 "leader_api": leader.map(|l| format!("http://127.0.0.1:{}", 7600 + l)),
                 "term": term,
@@ -272,12 +301,22 @@ mod tests {
             st(3, "follower", None, 6),
         ];
         assert_eq!(leader_of(&election), None);
-        // Elected: replica 3 leads term 6.
-        let elected = [
+        // Elected: replica 3 leads term 6, but has not taken office yet.
+        let mut elected = [
             st(1, "follower", Some(3), 6),
             None,
             st(3, "leader", Some(3), 6),
         ];
+        elected[2].as_mut().unwrap()["group"]["acting"] = json!(false);
+        assert_eq!(leader_of(&elected), None);
+        // In office.
+        elected[2].as_mut().unwrap()["group"]["acting"] = json!(true);
+        assert_eq!(leader_of(&elected), Some(2));
+        // A status without `acting` is taken at its role.
+        elected[2].as_mut().unwrap()["group"]
+            .as_object_mut()
+            .unwrap()
+            .remove("acting");
         assert_eq!(leader_of(&elected), Some(2));
     }
 
@@ -303,6 +342,7 @@ mod tests {
             GroupView {
                 id: 2,
                 role: "leader".into(),
+                acting: Some(true),
                 leader: Some(2),
                 term: 5
             }
