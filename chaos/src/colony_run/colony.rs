@@ -463,8 +463,9 @@ fn spawn(
                 .args([role, "--config", &path.display().to_string()])
                 .env(
                     "RUST_LOG",
-                    std::env::var("OPENGRID_CHAOS_NODE_LOG")
-                        .unwrap_or_else(|_| "info,ractor_cluster=warn,ractor=warn".into()),
+                    std::env::var("OPENGRID_CHAOS_NODE_LOG").unwrap_or_else(|_| {
+                        "info,ractor_cluster=warn,ractor=warn,openraft=warn".into()
+                    }),
                 ),
         )
         .map_err(|e| e.to_string())?;
