@@ -74,7 +74,8 @@
 //! [`check_jurisdiction`]: crate::invariants::check_jurisdiction
 //! [`check_health`]: crate::invariants::check_health
 //!
-//! The workload's client is given the RC that leads when the sessions are placed.
+//! The workload's client is given every RC of the group, the one that leads when the sessions are
+//! placed first: it follows a follower's redirect and moves on from a replica it cannot reach.
 //!
 //! Rooms: `colony` starts the processes; `rc_group` finds the RC (group) leader; `ledger` runs the ledger replicas and reads settlement;
 //! `workload` places the sessions and runs their clients; `faults` applies the schedule;
@@ -297,7 +298,7 @@ async fn drive(
 ) -> Result<(), String> {
     let colony = Colony::start(sc, seed, &opts.bin, launcher, progress).await?;
     let leader = colony.rc.leader(Duration::from_secs(30)).await?;
-    let placed = Placed::place(sc, &leader.api).await?;
+    let placed = Placed::place(sc, &colony.rc.client_addresses(&leader)).await?;
     let through = if colony.rc.is_group() {
         format!(" through the leader {}", leader.name)
     } else {

@@ -238,6 +238,20 @@ impl RcGroup {
         }
     }
 
+    /// What a client of the colony is given: every replica's API, comma separated, `first`
+    /// first (a single RC: its API).
+    pub fn client_addresses(&self, first: &RcReplica) -> String {
+        std::iter::once(first.api.as_str())
+            .chain(
+                self.replicas
+                    .iter()
+                    .filter(|r| r.name != first.name)
+                    .map(|r| r.api.as_str()),
+            )
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The process name of the replica with Raft id `id` (ids are 1.. in group order).
     pub fn name_of(&self, id: u64) -> Option<&str> {
         let i = usize::try_from(id.checked_sub(1)?).ok()?;
@@ -369,7 +383,13 @@ mod tests {
             d,
             "rc-eu-1: candidate in term 6, leader none; rc-eu-2: no answer; rc-eu-3: follower in term 6, leader none"
         );
-        let g = RcGroup::new(reqwest::Client::new(), rs);
+        let g = RcGroup::new(reqwest::Client::new(), rs.clone());
+        assert_eq!(
+            g.client_addresses(&rs[1]),
+            "http://127.0.0.1:7602,http://127.0.0.1:7601,http://127.0.0.1:7603"
+        );
+        let one = RcGroup::new(reqwest::Client::new(), rs[..1].to_vec());
+        assert_eq!(one.client_addresses(&rs[0]), "http://127.0.0.1:7601");
         assert_eq!(g.name_of(2), Some("rc-eu-2"));
         assert_eq!(g.name_of(0), None);
         assert_eq!(g.name_of(4), None);
