@@ -307,7 +307,7 @@ pub fn main_with_services(
         if quiet {
             "warn"
         } else {
-            "info,ractor_cluster=warn,ractor=warn"
+            "info,ractor_cluster=warn,ractor=warn,openraft=warn"
         },
     );
     opengrid_actors::install_panic_hook();
@@ -391,12 +391,27 @@ async fn run(
             Ok(())
         }
         Cmd::Status { rc, json, auth } => {
-            let v = auth
+            let mut v = auth
                 .client(&rc)?
                 .get("/status")
                 .await
                 .map_err(operator_hint)
                 .context("query the RC")?;
+            // A follower of an RC group knows only the group: the colony is the leader's.
+            let leader = v["group"]
+                .as_object()
+                .filter(|g| g.get("acting").and_then(|a| a.as_bool()) != Some(true))
+                .and_then(|g| g.get("leader_api"))
+                .and_then(|a| a.as_str())
+                .map(str::to_string);
+            if let Some(api) = leader {
+                v = auth
+                    .client(&api)?
+                    .get("/status")
+                    .await
+                    .map_err(operator_hint)
+                    .with_context(|| format!("query the RC group's leader at {api}"))?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -528,6 +543,48 @@ pub fn print_status(v: &Value) {
     print_canopy(v);
 }
 
+/// The RC group as `/status` shows it (ADR 0037): the term, who leads, every replica.
+fn format_group(g: &Value) -> String {
+    let leader = g.get("leader").and_then(|l| l.as_u64());
+    let mut out = format!(
+        "rc group  term {}  this replica {} ({}{})  leader {}\n",
+        field(g, "term"),
+        field(g, "id"),
+        field(g, "role"),
+        if g.get("acting").and_then(|a| a.as_bool()) == Some(true) {
+            ", in office"
+        } else {
+            ""
+        },
+        leader
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "none (election)".into()),
+    );
+    let mut t = table(&["replica", "", "raft", "api", "control plane"]);
+    for r in g
+        .get("replicas")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let id = r.get("id").and_then(|i| i.as_u64());
+        t.add_row(vec![
+            field(r, "id"),
+            if id.is_some() && id == leader {
+                "leader".into()
+            } else {
+                String::new()
+            },
+            field(r, "address"),
+            field(r, "api"),
+            field(r, "cluster"),
+        ]);
+    }
+    out.push_str(&t.to_string());
+    out.push('\n');
+    out
+}
+
 fn table(header: &[&str]) -> comfy_table::Table {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING)
@@ -557,6 +614,9 @@ fn age(ms: u64) -> String {
 /// longest cell, so long names and ids keep the layout).
 pub fn format_status(v: &Value) -> String {
     let mut out = format!("colony {}  rc {}\n", field(v, "colony"), field(v, "rc"));
+    if let Some(g) = v.get("group").filter(|g| g.is_object()) {
+        out.push_str(&format_group(g));
+    }
     let mut t = table(&[
         "node",
         "jur",

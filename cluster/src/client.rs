@@ -98,6 +98,11 @@ impl Durability {
 pub struct Client {
     http: reqwest::Client,
     rc: String,
+    /// Every RC of the colony's RC group (`rc` first); requests for the RC go to the one last
+    /// found leading.
+    rcs: std::sync::Arc<Vec<String>>,
+    /// Index in `rcs` of the RC requests go to.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Operator token sent on the client's own requests (and for sessions without a capability).
     token: Option<String>,
     /// How long one input may be retried.
@@ -135,7 +140,10 @@ async fn answer(r: reqwest::Response) -> Result<Value, ClientError> {
 }
 
 impl Client {
-    /// A client of the RC at `rc` (base URL, e.g. `http://127.0.0.1:7600`).
+    /// A client of the RC at `rc` (base URL, e.g. `http://127.0.0.1:7600`); for an RC group
+    /// (ADR 0037), every replica's, comma separated: requests for the RC follow a follower's
+    /// `not_leader` redirect, and move to the next replica while one is unreachable or has no
+    /// leader, until [`Client::retry_for`] has passed.
     pub fn new(rc: impl Into<String>) -> Self {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -143,9 +151,17 @@ impl Client {
             .pool_idle_timeout(crate::common::serve::CLIENT_POOL_IDLE)
             .build()
             .unwrap_or_default();
+        let rc: String = rc.into();
+        let rcs: Vec<String> = rc
+            .split(',')
+            .map(|r| r.trim().trim_end_matches('/').to_string())
+            .filter(|r| !r.is_empty())
+            .collect();
         Client {
             http,
-            rc: rc.into().trim_end_matches('/').to_string(),
+            rc: rcs.first().cloned().unwrap_or_default(),
+            rcs: std::sync::Arc::new(rcs),
+            current: Default::default(),
             token: None,
             retry_for: Duration::from_secs(10),
         }
@@ -175,12 +191,96 @@ impl Client {
     }
 
     async fn get_as(&self, path: &str, token: Option<&str>) -> Result<Value, ClientError> {
-        answer(
-            bearer(self.http.get(format!("{}{path}", self.rc)), token)
-                .send()
-                .await?,
-        )
-        .await
+        self.to_rc(|base| bearer(self.http.get(format!("{base}{path}")), token))
+            .await
+    }
+
+    /// Whether the RC at `base` accepts connections (its `/health` answers within 500 ms).
+    async fn reachable(&self, base: &str) -> bool {
+        self.http
+            .get(format!("{base}/health"))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .is_ok()
+    }
+
+    /// The RC requests go to now.
+    fn rc_base(&self) -> String {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.rcs
+            .get(i % self.rcs.len().max(1))
+            .cloned()
+            .unwrap_or_else(|| self.rc.clone())
+    }
+
+    /// Sends a request for the RC (`build` makes it for a base URL) and reads its answer. With
+    /// an RC group: a follower's `307 not_leader` is followed to the leader it names; an RC that
+    /// cannot be connected to (nothing was sent) or has no leader (`503 no_leader`) is left for
+    /// the next, until `retry_for` has passed. Nothing is sent twice that an RC may have acted
+    /// on.
+    async fn to_rc(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Value, ClientError> {
+        use std::sync::atomic::Ordering;
+        let deadline = std::time::Instant::now() + self.retry_for;
+        let mut base = self.rc_base();
+        loop {
+            let last_try = std::time::Instant::now() >= deadline || self.rcs.len() < 2;
+            let next = |base: &str| {
+                let i = self.rcs.iter().position(|r| r == base).map_or(0, |i| i + 1);
+                self.current.store(i % self.rcs.len(), Ordering::Relaxed);
+                self.rc_base()
+            };
+            let r = match build(&base).send().await {
+                Err(e) if e.is_connect() && !last_try => {
+                    base = next(&base);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                // A kept-alive connection to an RC that died under it: the request may have
+                // reached it, but that RC no longer exists (its successor has what it
+                // committed). Only when it is really gone: a live RC's error is the answer.
+                Err(e) if !last_try && !self.reachable(&base).await => {
+                    tracing::debug!(rc = %base, error = %e, "the RC went away: trying the next");
+                    base = next(&base);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(r) => r,
+            };
+            match answer(r).await {
+                Err(ClientError::Api {
+                    status: 307,
+                    code,
+                    body,
+                    ..
+                }) if code == "not_leader" && !last_try => {
+                    let leader = body["location"].as_str().unwrap_or_default();
+                    match self.rcs.iter().position(|r| r == leader) {
+                        Some(i) => {
+                            self.current.store(i, Ordering::Relaxed);
+                            base = leader.to_string();
+                        }
+                        None => base = next(&base),
+                    }
+                }
+                Err(ClientError::Api {
+                    status: 503, code, ..
+                }) if code == "no_leader" && !last_try => {
+                    base = next(&base);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // A new leader whose members have not rejoined it yet (nothing was placed).
+                Err(ClientError::Api {
+                    status: 503, code, ..
+                }) if code == "rejoining" && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// POST `body` (raw bytes, e.g. a signed agent package) to the RC; waits up to `timeout`
@@ -203,17 +303,15 @@ impl Client {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Value, ClientError> {
-        answer(
+        self.to_rc(|base| {
             bearer(
-                self.http.request(method, format!("{}{path}", self.rc)),
+                self.http.request(method.clone(), format!("{base}{path}")),
                 self.token.as_deref(),
             )
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .timeout(timeout)
-            .body(body)
-            .send()
-            .await?,
-        )
+            .body(body.clone())
+        })
         .await
     }
 
@@ -223,23 +321,24 @@ impl Client {
         manifest: &str,
         session_id: Option<&str>,
     ) -> Result<Session, ClientError> {
-        let mut url = format!("{}/v1/sessions", self.rc);
-        if let Some(id) = session_id {
-            url.push_str(&format!("?session_id={id}"));
-        }
+        let query = session_id
+            .map(|id| format!("?session_id={id}"))
+            .unwrap_or_default();
         let ct = if manifest.trim_start().starts_with('{') {
             "application/json"
         } else {
             "application/toml"
         };
-        let body = answer(
-            bearer(self.http.post(url), self.token.as_deref())
+        let body = self
+            .to_rc(|base| {
+                bearer(
+                    self.http.post(format!("{base}/v1/sessions{query}")),
+                    self.token.as_deref(),
+                )
                 .header("content-type", ct)
                 .body(manifest.to_string())
-                .send()
-                .await?,
-        )
-        .await?;
+            })
+            .await?;
         let p: Placement =
             serde_json::from_value(body).map_err(|e| ClientError::Http(e.to_string()))?;
         Ok(Session {
@@ -262,13 +361,13 @@ impl Client {
         Session {
             client: self.clone(),
             id: id.to_string(),
-            address: self.rc.clone(),
+            address: self.rc_base(),
             capability: capability.map(str::to_string),
             placement: Placement {
                 session_id: id.to_string(),
                 node: String::new(),
                 node_name: String::new(),
-                address: self.rc.clone(),
+                address: self.rc_base(),
                 epoch: 0,
                 capability: capability.map(str::to_string),
             },

@@ -155,7 +155,10 @@ pub enum GrantPolicy {
 
 /// The RC's DID as a node learns it (from its join), shared with its migration server.
 #[derive(Clone, Debug, Default)]
-pub struct RcKey(Arc<RwLock<Option<Did>>>);
+pub struct RcKey(Arc<RwLock<Vec<Did>>>);
+
+/// RCs remembered at most by an [`RcKey`] (an RC group has 1–7 replicas).
+const MAX_RCS: usize = 8;
 
 impl RcKey {
     /// Unknown yet.
@@ -163,13 +166,26 @@ impl RcKey {
         RcKey::default()
     }
 
-    /// The RC is `did` from now on.
+    /// The RC is `did` from now on. Grants signed by the RCs known before stay valid (the
+    /// replicas of an RC group take office in turn, ADR 0037): the newest [`MAX_RCS`] are kept.
     pub fn set(&self, did: Did) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(did);
+        let mut v = self.0.write().unwrap_or_else(|p| p.into_inner());
+        v.retain(|d| *d != did);
+        v.insert(0, did);
+        v.truncate(MAX_RCS);
     }
 
-    /// The RC's DID, if known.
+    /// The current RC's DID, if known.
     pub fn get(&self) -> Option<Did> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .cloned()
+    }
+
+    /// Every RC whose grants are accepted, the current one first.
+    pub fn all(&self) -> Vec<Did> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

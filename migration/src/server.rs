@@ -291,16 +291,25 @@ impl Inner {
         let GrantPolicy::RcSigned(rc) = &self.grants else {
             return Ok(None);
         };
-        let rc = rc
-            .get()
-            .ok_or_else(|| refuse("no_rc", "this node does not know its RC yet"))?;
+        let rcs = rc.all();
+        if rcs.is_empty() {
+            return Err(refuse("no_rc", "this node does not know its RC yet"));
+        }
         let g = grant
             .as_ref()
             .ok_or_else(|| refuse("no_grant", "a grant from the RC is required"))?;
-        self.verified
-            .verify(g, &rc)
-            .map(Some)
-            .map_err(|e| refuse("bad_signature", e.to_string()))
+        // The current RC first; a grant from an earlier leader of the RC group stays valid.
+        let mut last = None;
+        for rc in &rcs {
+            match self.verified.verify(g, rc) {
+                Ok(g) => return Ok(Some(g)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(refuse(
+            "bad_signature",
+            last.map(|e| e.to_string()).unwrap_or_default(),
+        ))
     }
 
     /// A holder's request (replicate, latest): `peer` is the grant's holder, this node is one

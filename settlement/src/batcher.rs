@@ -83,9 +83,26 @@ impl Batcher {
 
     /// Co-sign and queue a node-signed receipt for the next batch.
     pub fn add(&mut self, receipt: SignedReceipt) -> Result<(), CoSignError> {
+        self.add_signed(receipt).map(|_| ())
+    }
+
+    /// [`Batcher::add`], returning the co-signed receipt queued (to be kept durably elsewhere,
+    /// e.g. by a replicated log, before the node is told it was accepted).
+    pub fn add_signed(&mut self, receipt: SignedReceipt) -> Result<SignedReceipt, CoSignError> {
         let signed = self.co_sign(receipt)?;
-        self.pending.push(signed);
-        Ok(())
+        self.pending.push(signed.clone());
+        Ok(signed)
+    }
+
+    /// Queues a receipt another coordinator already co-signed (a predecessor in a replicated
+    /// group, whose queue this one inherited). The ledger checks both signatures.
+    pub fn requeue(&mut self, co_signed: SignedReceipt) {
+        self.pending.push(co_signed);
+    }
+
+    /// Drops everything pending (this coordinator stopped settling; a successor has the queue).
+    pub fn clear(&mut self) {
+        self.pending.clear();
     }
 
     /// Receipts waiting for the next cut.

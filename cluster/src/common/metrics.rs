@@ -8,6 +8,7 @@
 //! | `opengrid_cluster_placements_total{outcome}` | counter | placement decisions (`placed`, `refused`, `failed`) |
 //! | `opengrid_cluster_admission_seconds` | histogram | time to decide one admission |
 //! | `opengrid_cluster_nodes_declared_dead_total` | counter | nodes declared dead by the RC |
+//! | `opengrid_cluster_rc_took_office_total` | counter | times this replica of an RC group took office as the colony's RC (rc) |
 //! | `opengrid_cluster_join_refused_total{reason}` | counter | joins refused (bad signature, stale, wrong colony) |
 //! | `opengrid_cluster_control_refused_total{reason}` | counter | control messages refused: bad MAC, replay, no link, wrong claimed sender, bad signature |
 //! | `opengrid_cluster_connections_refused_total` | counter | client-API connections closed on arrival: `max_connections` were open |
@@ -54,6 +55,8 @@ pub struct Metrics {
     pub admission_seconds: Histogram<f64>,
     /// Nodes declared dead.
     pub declared_dead: Counter<u64>,
+    /// Times this RC group replica took office.
+    pub rc_leader_changes: Counter<u64>,
     /// Joins refused.
     pub join_refused: Counter<u64>,
     /// Client-API connections refused at the connection cap.
@@ -157,6 +160,10 @@ impl Metrics {
             declared_dead: m
                 .u64_counter("opengrid_cluster_nodes_declared_dead")
                 .with_description("nodes declared dead")
+                .build(),
+            rc_leader_changes: m
+                .u64_counter("opengrid_cluster_rc_took_office")
+                .with_description("times this RC group replica took office")
                 .build(),
             join_refused: m
                 .u64_counter("opengrid_cluster_join_refused")

@@ -172,8 +172,13 @@ pub(crate) async fn wait_listening(addr: SocketAddr, within: Duration) -> bool {
 /// Tracks ractor_cluster sessions: flags the link as up when authenticated and ready, logs
 /// connections that named themselves and closed before authenticating (wrong colony secret); a
 /// connection that closes without a word (a readiness probe, a scan) is only a debug line.
+/// Told a control-plane link's peer address and whether it came up or closed.
+pub(crate) type OnLink = Box<dyn Fn(&str, bool) + Send + Sync>;
+
 pub(crate) struct LinkWatch {
-    pub(crate) on_up: Box<dyn Fn(bool) + Send + Sync>,
+    /// Called with the peer's address when a link is ready (`true`) or an authenticated one
+    /// closed (`false`).
+    pub(crate) on_up: OnLink,
     pub(crate) authenticated: Arc<Mutex<HashSet<u64>>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) role: &'static str,
@@ -191,7 +196,7 @@ impl NodeEventSubscription for LinkWatch {
             .remove(&ses.node_id);
         if was_auth {
             tracing::info!(peer = %ses.peer_addr, "control-plane link closed");
-            (self.on_up)(false);
+            (self.on_up)(&ses.peer_addr, false);
         } else if ses.peer_name.is_none() {
             // Closed before the peer even named itself: a readiness probe (our own
             // `wait_listening`), a load balancer's health check or a port scan; no join was tried.
@@ -214,8 +219,8 @@ impl NodeEventSubscription for LinkWatch {
             .insert(ses.node_id);
         tracing::info!(peer = %ses.peer_addr, "control-plane link authenticated");
     }
-    fn node_session_ready(&self, _ses: NodeServerSessionInformation) {
-        (self.on_up)(true);
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        (self.on_up)(&ses.peer_addr, true);
     }
 }
 

@@ -80,10 +80,13 @@ pub struct NodeConfig {
     pub api_listen: SocketAddr,
     /// Control-plane (ractor_cluster) listen address of this node; port 0 picks a free one.
     pub cluster_listen: SocketAddr,
-    /// The RC's control-plane address.
+    /// The RC's control-plane address; for an RC group (ADR 0037), every replica's, comma
+    /// separated (`host:port,host:port,host:port`): the node keeps a link with each and follows
+    /// whichever leads.
     pub rc_cluster: String,
     /// The RC's identity (`did:mycel:…`, `opengrid id --data-dir <rc data dir>`): the node
-    /// accepts join acks only from it. Empty: the first RC whose signed ack answers a join.
+    /// accepts join acks only from it; for an RC group, every replica's, comma separated.
+    /// Empty: the first RC whose signed ack answers a join.
     pub rc_id: String,
     /// The colony secret (ractor_cluster cookie). Keep it out of the file: `OPENGRID_COLONY_SECRET`.
     pub colony_secret: String,
@@ -129,6 +132,18 @@ pub struct NodeConfig {
     /// Fault hooks (`[faults]`, see [`crate::node::faults`]): a test and chaos-harness hook, off by
     /// default; never set in production.
     pub faults: crate::node::faults::FaultSection,
+}
+
+/// The entries of a comma-separated config list (blanks dropped).
+pub(crate) fn list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|p| !p.is_empty())
+}
+
+impl NodeConfig {
+    /// The RC group's control-plane addresses (`rc_cluster`, one or several).
+    pub fn rc_addresses(&self) -> Vec<String> {
+        list(&self.rc_cluster).map(str::to_string).collect()
+    }
 }
 
 impl Default for NodeConfig {
@@ -296,13 +311,19 @@ impl NodeConfig {
             return Err(invalid("max_body", "must be at least 1KiB"));
         }
         crate::common::config::serve_limits(self.max_connections, self.header_timeout.0)?;
-        if !self.rc_id.is_empty() {
-            if let Err(e) = crate::common::identity::NodeId::parse(&self.rc_id) {
-                return Err(invalid("rc_id", format!("not a did:mycel identity: {e}")));
+        for id in list(&self.rc_id) {
+            if let Err(e) = crate::common::identity::NodeId::parse(id) {
+                return Err(invalid(
+                    "rc_id",
+                    format!("{id:?} is not a did:mycel identity: {e}"),
+                ));
             }
         }
-        if self.rc_cluster.trim().is_empty() {
-            return Err(invalid("rc_cluster", "must be host:port of the RC"));
+        if list(&self.rc_cluster).next().is_none() {
+            return Err(invalid(
+                "rc_cluster",
+                "must be host:port of the RC (or of every RC group replica, comma separated)",
+            ));
         }
         if self.handover_parallelism == 0 || self.handover_parallelism > 256 {
             return Err(invalid("handover_parallelism", "must be 1..=256"));

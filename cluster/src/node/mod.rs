@@ -58,7 +58,7 @@ use crate::common::identity::{Identity, NodeId};
 use crate::common::metrics::Metrics;
 use crate::common::seal::{Seal, SealError, Sealed};
 use crate::common::spec::NodeSpec;
-use crate::common::wire::pick;
+
 use crate::common::wire::{self, JoinBody, JoinRequest, NodeLocal, NodeMsg, RcMsg, ToNode, ToRc};
 use crate::node::config::NodeConfig;
 
@@ -100,6 +100,8 @@ pub struct NodeCore {
     membership: Mutex<Membership>,
     /// Set by the ractor_cluster subscription when the link to the RC is authenticated.
     pub(crate) link_up: AtomicBool,
+    /// The RC control-plane addresses (`rc_cluster`) this node has a ractor_cluster link with.
+    pub(crate) rc_links: Mutex<std::collections::HashSet<String>>,
     hb_seq: AtomicU64,
     sent: Mutex<HashMap<u64, Instant>>,
     /// Path RTT to the RC: the minimum of the last [`RTT_WINDOW`] heartbeat round trips.
@@ -130,8 +132,9 @@ pub struct NodeCore {
     link: Mutex<Option<crate::common::seal::Link>>,
     /// The pending join's nonce and key offer.
     offer: Mutex<Option<(u64, crate::common::seal::KeyOffer)>>,
-    /// The RC this node trusts (`rc_id`), if configured.
-    rc_pin: Option<NodeId>,
+    /// The RCs this node trusts (`rc_id`: one, or every replica of an RC group); empty: not
+    /// pinned.
+    rc_pin: Vec<NodeId>,
     /// Who may call what on the client API (its RC is trusted once joined).
     pub access: crate::common::access::Access,
     /// Pushed agent packages (`[agents] enabled`; set once at start).
@@ -169,7 +172,9 @@ impl NodeCore {
             spec.price_micros_per_input,
         );
         // Validated by the config (empty: not pinned).
-        let rc_pin = NodeId::parse(&cfg.rc_id).ok();
+        let rc_pin: Vec<NodeId> = crate::node::config::list(&cfg.rc_id)
+            .filter_map(|d| NodeId::parse(d).ok())
+            .collect();
         let mut operators = vec![identity.id()];
         operators.extend(crate::common::access::parse_operators(&cfg.operators));
         let mut access = crate::common::access::Access::new(operators, vec![]);
@@ -177,7 +182,7 @@ impl NodeCore {
             tracing::warn!("SECURITY OFF (security_off_for_measurement): open client API, plain migration links; benchmarks only");
             access = access.open_for_measurement();
         }
-        if let Some(rc) = &rc_pin {
+        for rc in &rc_pin {
             access.trust_rc(*rc);
         }
         NodeCore {
@@ -190,6 +195,7 @@ impl NodeCore {
             lease: Mutex::new(Lease::none()),
             membership: Mutex::new(Membership::Outside),
             link_up: AtomicBool::new(false),
+            rc_links: Mutex::new(std::collections::HashSet::new()),
             hb_seq: AtomicU64::new(0),
             sent: Mutex::new(HashMap::new()),
             rtt_us: AtomicU64::new(0),
@@ -233,17 +239,30 @@ impl NodeCore {
         self.identity.id()
     }
 
+    /// Whether this node has a control-plane link with the RC at `addr` (an `rc_cluster`
+    /// entry: compared by the socket address it resolves to, as the link reports its peer).
+    pub(crate) fn rc_linked(&self, addr: &str) -> bool {
+        use std::net::ToSocketAddrs;
+        let links = lock(&self.rc_links);
+        if links.contains(addr) {
+            return true;
+        }
+        addr.to_socket_addrs()
+            .map(|mut it| it.any(|a| links.contains(&a.to_string())))
+            .unwrap_or(false)
+    }
+
     /// Membership state.
     pub fn membership(&self) -> Membership {
         *lock(&self.membership)
     }
 
-    /// Whether this node may serve sessions now: a member with a valid lease whose holding
-    /// report the RC has answered since it joined.
+    /// Whether this node may serve sessions now: it holds a valid lease and the RC has answered
+    /// its holding report since it (re)joined.
     pub fn may_serve(&self) -> bool {
-        (self.membership() == Membership::Member
-            && self.reconciled.load(Ordering::Acquire)
-            && lock(&self.lease).valid(Instant::now()))
+        // Not only a member: a node joining a new leader of its RC group keeps the lease it
+        // holds ([`Self::follow_new_rc`]); a fence revokes it.
+        (self.reconciled.load(Ordering::Acquire) && lock(&self.lease).valid(Instant::now()))
             || self.faults.get().is_some_and(|f| f.ignores_lease())
     }
 
@@ -323,20 +342,37 @@ impl NodeCore {
     /// control link ([`crate::common::seal`]); nothing but a join is sent without a link.
     fn send_rc(&self, m: ToRc) -> bool {
         let group = wire::pg_rc(&self.cfg.colony, self.cfg.secret());
-        let Some(r) = pick::<RcMsg>(ractor::pg::get_scoped_members(
-            &wire::PG_SCOPE.to_string(),
-            &group,
-        )) else {
+        // Normally one RC is in the group: the single RC, or the leader of an RC group. Right
+        // after a leader change a deposed leader that is paused may still be listed beside the
+        // new one; every one listed gets the message (the one this node has no link with
+        // answers with a signed eviction, which points this node at it).
+        let rcs: Vec<ractor::ActorRef<RcMsg>> =
+            ractor::pg::get_scoped_members(&wire::PG_SCOPE.to_string(), &group)
+                .into_iter()
+                .map(ractor::ActorRef::from)
+                .collect();
+        if rcs.is_empty() {
             return false;
-        };
+        }
         if matches!(m, ToRc::Join(_)) {
             let s = Sealed::in_clear(self.id(), Seal::None, m);
-            return r.cast(RcMsg::wire(s)).is_ok();
+            let mut sent = false;
+            for r in &rcs {
+                sent |= r.cast(RcMsg::wire(s.clone())).is_ok();
+            }
+            return sent;
         }
         // Sealed and sent under the lock: counters go out in order.
         let mut link = lock(&self.link);
         match link.as_mut() {
-            Some(l) => r.cast(RcMsg::wire(l.seal(self.id(), m))).is_ok(),
+            Some(l) => {
+                let sealed = l.seal(self.id(), m);
+                let mut sent = false;
+                for r in &rcs {
+                    sent |= r.cast(RcMsg::wire(sealed.clone())).is_ok();
+                }
+                sent
+            }
             None => false,
         }
     }
@@ -363,6 +399,9 @@ impl NodeCore {
             Seal::None => Err(SealError::NotAllowed("unsealed message from the RC")),
         };
         match checked {
+            Ok(ToNode::Evicted { reason }) if self.linked_to_another(&from) => {
+                self.follow_new_rc(&from, &reason)
+            }
             Ok(msg) => self.on_message(msg),
             Err(e) => {
                 self.metrics
@@ -373,15 +412,41 @@ impl NodeCore {
         }
     }
 
+    /// Whether this node's control link is with an RC other than `rc`.
+    fn linked_to_another(&self, rc: &NodeId) -> bool {
+        lock(&self.link).as_ref().is_some_and(|l| l.peer != *rc)
+    }
+
+    /// A signed eviction from an RC of the colony this node has no link with: a new leader of the
+    /// RC group took office and knows no link with this node (ADR 0037). The node joins it
+    /// *keeping its lease* — the new leader declares nobody dead before every lease its
+    /// predecessor granted has run out — so its sessions keep serving; the new leader's lease
+    /// then extends it. (An eviction over the node's own link is a real one: `on_message`.)
+    fn follow_new_rc(&self, rc: &NodeId, reason: &str) {
+        {
+            let mut m = lock(&self.membership);
+            if *m == Membership::Joining {
+                return;
+            }
+            *m = Membership::Outside;
+        }
+        tracing::info!(rc = %rc, %reason, "another RC of the colony leads: joining it, lease kept");
+        // At once, not at the next tick: the lease keeps running meanwhile.
+        self.send_join(Instant::now());
+    }
+
     fn check_signed(&self, s: &Sealed<ToNode>) -> Result<(), SealError> {
         crate::common::seal::verify_signed(s, &self.id(), wire::unix_ms(), SIGNED_MAX_SKEW_MS)?;
-        if let Some(pin) = &self.rc_pin {
-            if *pin != s.from {
-                return Err(SealError::UntrustedRc {
-                    got: s.from.did(),
-                    want: pin.did(),
-                });
-            }
+        if !self.rc_pin.is_empty() && !self.rc_pin.contains(&s.from) {
+            return Err(SealError::UntrustedRc {
+                got: s.from.did(),
+                want: self
+                    .rc_pin
+                    .iter()
+                    .map(NodeId::did)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            });
         }
         match s.clear().ok_or(SealError::NotAllowed(
             "a signed message must be in the clear",
@@ -406,11 +471,9 @@ impl NodeCore {
                 }
                 Ok(())
             }
-            ToNode::Evicted { .. } => match lock(&self.link).as_ref() {
-                // An eviction from the RC we are linked to (it lost our link: it restarted).
-                Some(l) if l.peer == s.from => Ok(()),
-                _ => Err(SealError::NoLink(s.from.did())),
-            },
+            // An eviction from the RC we are linked to (it lost our link: it restarted), or from
+            // another RC of the colony (a new leader of its RC group; see `on_sealed`).
+            ToNode::Evicted { .. } => Ok(()),
             _ => Err(SealError::NotAllowed(
                 "only a join ack or an eviction may come signed",
             )),

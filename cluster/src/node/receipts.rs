@@ -158,7 +158,27 @@ impl ReceiptEmitter {
 
     /// The RC that routes this node's sessions (from the join acknowledgement).
     pub fn set_rc(&self, rc: &NodeId) {
-        lock(&self.state).rc = Some(did(rc));
+        let rc = did(rc);
+        let mut st = lock(&self.state);
+        if st.rc.as_ref() != Some(&rc) {
+            // Another RC of the colony's group leads now: the receipts no RC acknowledged yet
+            // are signed again for it, with the same ids, windows and nonces. If the old leader
+            // had queued one (its replicated queue survives it), the new leader knows the id and
+            // acknowledges it without a second copy; the ledger settles each id once.
+            let mut resigned = 0;
+            for r in st.unacked.values_mut() {
+                if r.receipt.rc != rc {
+                    let mut receipt = r.receipt.clone();
+                    receipt.rc = rc.clone();
+                    *r = receipt.sign(&self.key);
+                    resigned += 1;
+                }
+            }
+            if resigned > 0 {
+                tracing::info!(receipts = resigned, rc = %rc, "unacknowledged receipts signed again for the RC that leads now");
+            }
+        }
+        st.rc = Some(rc);
     }
 
     /// Counters.

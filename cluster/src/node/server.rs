@@ -365,9 +365,15 @@ async fn boot_node(
             }
             let weak = Arc::downgrade(&core);
             let watch = LinkWatch {
-                on_up: Box::new(move |up| {
+                on_up: Box::new(move |peer, up| {
                     if let Some(c) = weak.upgrade() {
-                        c.link_up.store(up, Ordering::Release);
+                        let mut links = crate::node::lock(&c.rc_links);
+                        if up {
+                            links.insert(peer.to_string());
+                        } else {
+                            links.remove(peer);
+                        }
+                        c.link_up.store(!links.is_empty(), Ordering::Release);
                     }
                 }),
                 authenticated: Default::default(),
@@ -379,14 +385,19 @@ async fn boot_node(
                 .await
                 .map_err(|e| StartError::Spawn(format!("node agent: {e}")))?;
             let (stop, stop_rx) = watch::channel(false);
-            // Link keeper: (re)connects to the RC while the link is down.
+            // Link keeper: (re)connects to every RC (`rc_cluster`: one, or each replica of an RC
+            // group) this node has no link with.
             let (c3, s3, mut rx3) = (core.clone(), server.clone(), stop_rx.clone());
             tokio::spawn(async move {
+                let rcs = c3.cfg.rc_addresses();
                 loop {
-                    if !c3.link_up.load(Ordering::Acquire) {
-                        let r = ractor_cluster::client_connect(&s3, c3.cfg.rc_cluster.as_str()).await;
+                    for rc in &rcs {
+                        if c3.rc_linked(rc) {
+                            continue;
+                        }
+                        let r = ractor_cluster::client_connect(&s3, rc.as_str()).await;
                         if let Err(e) = &r {
-                            tracing::debug!(rc = %c3.cfg.rc_cluster, "cannot reach the RC: {e}");
+                            tracing::debug!(rc = %rc, "cannot reach the RC: {e}");
                         }
                         c3.join_watch.note_connect(r.map_err(|e| e.to_string()));
                     }

@@ -50,8 +50,64 @@ pub fn rc_router(core: Arc<RcCore>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .merge(crate::rc::agents_api::routes(&core))
         .merge(crate::rc::gateway::routes(&core))
+        .layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            to_the_leader,
+        ))
         .layer(axum::middleware::from_fn_with_state(metrics, count_status))
         .with_state(core)
+}
+
+/// Routes a replica of an RC group answers itself, leader or not: its own health, metrics and
+/// status (with its view of the group).
+fn answered_by_any_replica(path: &str) -> bool {
+    let p = path.strip_prefix(v1::PREFIX).unwrap_or(path);
+    matches!(p, "/health" | "/metrics" | "/status" | "/openapi.json")
+}
+
+/// A replica of an RC group that does not act as the colony's RC (a follower, or a leader not
+/// confirmed) sends clients to the leader: `307` to the same path and query there, or `503
+/// no_leader` (retryable) while there is none it knows of (ADR 0037).
+async fn to_the_leader(
+    State(core): State<Arc<RcCore>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(group) = core.group() else {
+        return next.run(req).await;
+    };
+    if core.acting() || answered_by_any_replica(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let leader = group.leader_api().filter(|api| *api != core.api());
+    match leader {
+        Some(api) => ApiError::new(
+            StatusCode::TEMPORARY_REDIRECT,
+            "not_leader",
+            format!("this RC replica does not lead its group: the leader's API is {api}"),
+        )
+        .with("location", json!(api))
+        .with("url", json!(format!("{api}{path_and_query}")))
+        .into_response(),
+        None => {
+            let mut r = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                "the RC group has no leader this replica knows of (an election is under way): retry",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            r
+        }
+    }
 }
 
 /// `GET /v1/health`: whether the RC runs (no token needed).
@@ -89,6 +145,9 @@ async fn rc_status(
             .map(|f| f.status_json())
             .unwrap_or_else(|| json!({"enabled": false}));
         m.insert("canopy".into(), canopy);
+        if let Some(g) = core.group() {
+            m.insert("group".into(), json!(g.view()));
+        }
     }
     Ok(Json(v))
 }
@@ -106,7 +165,7 @@ async fn rc_status(
         (status = 409, description = "`already_placed`", body = v1::ErrorBody),
         (status = 422, description = "`unsatisfiable` (with `why`) or `min_copies_unreachable`", body = v1::ErrorBody),
         (status = 429, description = "`quota_exceeded`", body = v1::ErrorBody),
-        (status = 503, description = "`placement_failed` (retryable)", body = v1::ErrorBody),
+        (status = 503, description = "`placement_failed` or `rejoining` (retryable); at a follower of an RC group `no_leader` (307 `not_leader` sends to the leader)", body = v1::ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
 pub(crate) async fn rc_create(
@@ -196,6 +255,12 @@ pub(crate) async fn rc_create(
             e.to_string(),
         )
         .with("retryable", json!(true))),
+        Err(e @ PlaceError::Rejoining { .. }) => {
+            Err(
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "rejoining", e.to_string())
+                    .with("retryable", json!(true)),
+            )
+        }
     }
 }
 

@@ -102,6 +102,8 @@ pub struct RcConfig {
     /// The MCP and A2A gateway (`[gateway]`, see [`crate::rc::gateway::GatewaySection`]); on by
     /// default.
     pub gateway: crate::rc::gateway::GatewaySection,
+    /// This RC as one replica of the colony's RC group (`[group]`, ADR 0037); empty: a single RC.
+    pub group: crate::rc::group::GroupSection,
 }
 
 impl Default for RcConfig {
@@ -140,6 +142,7 @@ impl Default for RcConfig {
             canopy: crate::rc::federation::CanopySection::default(),
             settlement: crate::rc::settlement::SettlementSection::default(),
             gateway: crate::rc::gateway::GatewaySection::default(),
+            group: crate::rc::group::GroupSection::default(),
         }
     }
 }
@@ -225,6 +228,9 @@ impl RcConfig {
             return Err(invalid("max_body", "must be at least 1KiB"));
         }
         crate::common::config::serve_limits(self.max_connections, self.header_timeout.0)?;
+        self.group
+            .validate(self.lease.0)
+            .map_err(|(field, reason)| invalid(field, reason))?;
         if self.replicas > 16 {
             return Err(invalid("replicas", "must be 0..=16"));
         }

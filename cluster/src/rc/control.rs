@@ -46,6 +46,14 @@ impl RcCore {
     /// (`opengrid_cluster_control_refused_total{reason}`); a node without a link is told to join.
     pub fn on_sealed(&self, s: crate::common::seal::Sealed<ToRc>) {
         use crate::common::seal::Payload;
+        if !self.acting() {
+            // A group replica out of office (or a leader whose confirmation is stale: it was
+            // paused) acts on nothing; nodes find the leader in the pg group.
+            self.metrics
+                .control_refused
+                .add(1, &[KeyValue::new("reason", "not_leader")]);
+            return;
+        }
         use crate::common::seal::{Seal, SealError};
         let from = s.from;
         let checked = match (&s.seal, s.payload) {
@@ -144,20 +152,55 @@ impl RcCore {
                 self.metrics.sessions.record(st.directory.len() as u64, &[]);
             }
             ToRc::Receipts { node, receipts } => {
-                let ack = match &self.settlement {
+                let (ack, queued) = match &self.settlement {
                     Some(s) => {
                         let price = lock(&self.state)
                             .colony
                             .get(&node)
                             .map(|r| r.spec.price_micros_per_input);
-                        s.on_receipts(&node, price, receipts)
+                        s.on_receipts_queued(&node, price, receipts)
                     }
-                    None => ToNode::ReceiptsAck {
-                        accepted: Vec::new(),
-                        refused: Vec::new(),
-                    },
+                    None => (
+                        ToNode::ReceiptsAck {
+                            accepted: Vec::new(),
+                            refused: Vec::new(),
+                        },
+                        Vec::new(),
+                    ),
                 };
-                let _ = self.send_node(&node, ack);
+                match self.group().cloned() {
+                    // A replica of an RC group acknowledges co-signed receipts once they are in
+                    // the group's replicated queue: a leader killed before settling them leaves
+                    // them to its successor (ADR 0037).
+                    Some(group) if !queued.is_empty() => {
+                        let core = self.self_arc();
+                        tokio::spawn(async move {
+                            let records = queued
+                                .iter()
+                                .filter_map(|r| {
+                                    let v = opengrid_codec::encode(r).ok()?;
+                                    Some((
+                                        crate::rc::settlement::queue_key(&r.receipt.receipt_id),
+                                        Some(v),
+                                    ))
+                                })
+                                .collect();
+                            match group.write(records).await {
+                                Ok(()) => {
+                                    if let Some(core) = core {
+                                        let _ = core.send_node(&node, ack);
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, receipts = queued.len(), "co-signed receipts not replicated: not acknowledged (the node resends them)")
+                                }
+                            }
+                        });
+                    }
+                    _ => {
+                        let _ = self.send_node(&node, ack);
+                    }
+                }
             }
             ToRc::Activated {
                 node,
@@ -445,33 +488,118 @@ impl RcCore {
     ) -> Result<(), crate::rc::directory::DirectoryStoreError> {
         let store = crate::rc::directory::DirectoryStore::open(data_dir)?;
         let (entries, members) = store.load();
-        let now = Instant::now();
-        {
-            let mut st = lock(&self.state);
-            for spec in &members {
-                let id = spec.id;
-                st.members
-                    .insert(id, self.new_member(&spec.name, now, true));
-                st.colony.upsert(spec.clone());
-                // Known, but placeable only once it has rejoined (a start order needs its link).
-                st.colony.set_alive(&id, false);
-            }
-            for e in &entries {
-                if let Some(owner) = &e.owner {
-                    let u = st.usage.entry(owner.clone()).or_default();
-                    u.0 += 1;
-                    u.1 += e.memory;
-                }
-            }
-            tracing::info!(
-                sessions = entries.len(),
-                members = members.len(),
-                "directory loaded from the data dir"
-            );
-            st.directory.load(entries);
-        }
+        self.load_tables(entries, members, "the data dir");
         let _ = self.directory_store.set(store);
         Ok(())
+    }
+
+    /// Loads directory entries and the members they were placed on into the (empty) tables. The
+    /// members count as alive, judged by the lease grace only (not phi), until they rejoin: a
+    /// lease granted before may still run.
+    fn load_tables(
+        &self,
+        entries: Vec<crate::rc::DirEntry>,
+        members: Vec<crate::common::spec::NodeSpec>,
+        from: &str,
+    ) {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        for spec in &members {
+            let id = spec.id;
+            st.members
+                .insert(id, self.new_member(&spec.name, now, true));
+            st.colony.upsert(spec.clone());
+            // Known, but placeable only once it has rejoined (a start order needs its link).
+            st.colony.set_alive(&id, false);
+        }
+        for e in &entries {
+            if let Some(owner) = &e.owner {
+                let u = st.usage.entry(owner.clone()).or_default();
+                u.0 += 1;
+                u.1 += e.memory;
+            }
+        }
+        tracing::info!(
+            sessions = entries.len(),
+            members = members.len(),
+            "directory loaded from {from}"
+        );
+        st.directory.load(entries);
+        self.metrics.sessions.record(st.directory.len() as u64, &[]);
+    }
+
+    /// A replica of the RC group takes office (it leads, and a quorum confirmed it, so its state
+    /// machine holds every change its predecessors committed): the tables are loaded from the
+    /// group's state.
+    pub(crate) fn take_office(&self, group: &crate::rc::group::RcGroup) {
+        use crate::rc::directory::{parse_records, ENTRY, MEMBER};
+        let records = group
+            .entries(ENTRY)
+            .into_iter()
+            .chain(group.entries(MEMBER));
+        let (entries, members) = parse_records(records);
+        self.clear_tables();
+        self.load_tables(entries, members, "the RC group's state");
+        if let Some(s) = &self.settlement {
+            let queued = group
+                .entries(crate::rc::settlement::QUEUED)
+                .into_iter()
+                .filter_map(|(_, v)| {
+                    opengrid_codec::decode::<opengrid_settlement::SignedReceipt>(
+                        &v,
+                        opengrid_codec::MAX_DECODE_BYTES,
+                    )
+                    .ok()
+                })
+                .collect();
+            s.inherit(queued);
+        }
+        self.events
+            .publish(ColonyEvent::RcLeader { id: group.id() });
+        // Every member it inherited is told at once (signed: it has no link with this replica
+        // yet) to join it, rather than at its next heartbeat: its lease keeps running meanwhile.
+        let members: Vec<NodeId> = lock(&self.state).members.keys().copied().collect();
+        for id in members {
+            let _ = self.send_node(
+                &id,
+                ToNode::Evicted {
+                    reason: "a new leader of the RC group took office: join it".into(),
+                },
+            );
+        }
+    }
+
+    /// A replica of the RC group leaves office (deposed, or unable to confirm its leadership):
+    /// it forgets its tables and control links; the next leader has them from the log.
+    pub(crate) fn leave_office(&self) {
+        self.clear_tables();
+        if let Some(s) = &self.settlement {
+            s.reset();
+        }
+    }
+
+    fn clear_tables(&self) {
+        *lock(&self.state) = crate::rc::RcState::fresh();
+        lock(&self.links).clear();
+        // Placements waiting for a node's answer fail (their senders dropped).
+        lock(&self.pending).clear();
+    }
+
+    /// Replicates the directory's changes since the last call through the RC group (every tick,
+    /// on the leader in office). A batch that does not commit (the leader was deposed meanwhile)
+    /// is dropped: the next leader repairs it from the nodes' holding reports.
+    pub(crate) async fn replicate_directory(&self, group: &crate::rc::group::RcGroup) {
+        let records = {
+            let (entries, members) = lock(&self.state).directory.take_changes();
+            if entries.is_empty() && members.is_empty() {
+                return;
+            }
+            crate::rc::directory::change_records(&entries, &members)
+        };
+        let n = records.len();
+        if let Err(e) = group.write(records).await {
+            tracing::warn!(error = %e, changes = n, "directory changes not replicated");
+        }
     }
 
     /// Writes the directory's changes since the last call to its durable copy (every tick).

@@ -198,8 +198,10 @@ pub enum DirectoryStoreError {
     },
 }
 
-const ENTRY: &[u8] = b"s/";
-const MEMBER: &[u8] = b"m/";
+/// Key prefix of a directory entry.
+pub const ENTRY: &[u8] = b"s/";
+/// Key prefix of a member.
+pub const MEMBER: &[u8] = b"m/";
 
 /// The durable copy: `s/<session>` → [`Stored`] JSON, `m/<did>` → the member's [`NodeSpec`] JSON.
 pub struct DirectoryStore {
@@ -232,29 +234,12 @@ impl DirectoryStore {
     /// Everything stored: the entries and the members. Records that do not read are skipped
     /// with a warning (the nodes' holding reports repair what they described).
     pub fn load(&self) -> (Vec<DirEntry>, Vec<NodeSpec>) {
-        let (mut entries, mut members) = (Vec::new(), Vec::new());
-        for item in self.db.iterator(rocksdb::IteratorMode::Start) {
-            let Ok((k, v)) = item else { continue };
-            if k.starts_with(ENTRY) {
-                match serde_json::from_slice::<Stored>(&v)
-                    .map_err(|e| e.to_string())
-                    .and_then(Stored::entry)
-                {
-                    Ok(e) => entries.push(e),
-                    Err(e) => {
-                        tracing::warn!(key = %String::from_utf8_lossy(&k), error = %e, "unreadable directory entry skipped")
-                    }
-                }
-            } else if k.starts_with(MEMBER) {
-                match serde_json::from_slice::<NodeSpec>(&v) {
-                    Ok(s) => members.push(s),
-                    Err(e) => {
-                        tracing::warn!(key = %String::from_utf8_lossy(&k), error = %e, "unreadable member skipped")
-                    }
-                }
-            }
-        }
-        (entries, members)
+        parse_records(
+            self.db
+                .iterator(rocksdb::IteratorMode::Start)
+                .filter_map(Result::ok)
+                .map(|(k, v)| (k.to_vec(), v.to_vec())),
+        )
     }
 
     /// Writes a batch of changes (not synced: the write-ahead log survives a killed process).
@@ -264,16 +249,10 @@ impl DirectoryStore {
         members: &[NodeSpec],
     ) -> Result<(), DirectoryStoreError> {
         let mut b = rocksdb::WriteBatch::default();
-        for (sid, v) in entries {
-            let k = key(ENTRY, sid.as_str());
-            match v.as_ref().and_then(|s| serde_json::to_vec(s).ok()) {
+        for (k, v) in change_records(entries, members) {
+            match v {
                 Some(bytes) => b.put(k, bytes),
                 None => b.delete(k),
-            }
-        }
-        for m in members {
-            if let Ok(bytes) = serde_json::to_vec(m) {
-                b.put(key(MEMBER, &m.id.did()), bytes);
             }
         }
         self.db.write(b).map_err(|source| DirectoryStoreError::Db {
@@ -281,6 +260,56 @@ impl DirectoryStore {
             source,
         })
     }
+}
+
+/// The records of a set of changes: `s/<session>` → its entry (or a delete), `m/<node DID>` → a
+/// member's spec. The same records serve the local store and the RC group's state machine.
+pub fn change_records(
+    entries: &[(SessionId, Option<Stored>)],
+    members: &[NodeSpec],
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut out = Vec::with_capacity(entries.len() + members.len());
+    for (sid, v) in entries {
+        out.push((
+            key(ENTRY, sid.as_str()),
+            v.as_ref().and_then(|s| serde_json::to_vec(s).ok()),
+        ));
+    }
+    for m in members {
+        if let Ok(bytes) = serde_json::to_vec(m) {
+            out.push((key(MEMBER, &m.id.did()), Some(bytes)));
+        }
+    }
+    out
+}
+
+/// Reads directory entries and members back from their records; an unreadable record is skipped
+/// (and logged), never fatal.
+pub fn parse_records(
+    records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+) -> (Vec<DirEntry>, Vec<NodeSpec>) {
+    let (mut entries, mut members) = (Vec::new(), Vec::new());
+    for (k, v) in records {
+        if k.starts_with(ENTRY) {
+            match serde_json::from_slice::<Stored>(&v)
+                .map_err(|e| e.to_string())
+                .and_then(Stored::entry)
+            {
+                Ok(e) => entries.push(e),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&k), error = %e, "unreadable directory entry skipped")
+                }
+            }
+        } else if k.starts_with(MEMBER) {
+            match serde_json::from_slice::<NodeSpec>(&v) {
+                Ok(s) => members.push(s),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&k), error = %e, "unreadable member skipped")
+                }
+            }
+        }
+    }
+    (entries, members)
 }
 
 #[cfg(test)]

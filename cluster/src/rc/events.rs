@@ -24,6 +24,11 @@ pub const MAX_SUBSCRIBERS: usize = 64;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ColonyEvent {
+    /// This replica of the RC group took office as the colony's RC (ADR 0037).
+    RcLeader {
+        /// Its Raft id in the group.
+        id: u64,
+    },
     /// A node joined (or rejoined).
     NodeJoined {
         /// Its name.

@@ -22,6 +22,7 @@ pub mod directory;
 pub mod events;
 pub mod federation;
 pub mod gateway;
+pub mod group;
 pub mod mobility;
 pub mod server;
 pub mod settlement;
@@ -190,6 +191,22 @@ pub(crate) struct Member {
     pub(crate) restored: bool,
 }
 
+/// The DIDs of the RC group's voters named in `[group] peers` (none for a single RC).
+fn group_dids(cfg: &RcConfig) -> Vec<NodeId> {
+    if !cfg.group.enabled() {
+        return Vec::new();
+    }
+    opengrid_consensus::RaftNodeConfig::parse_peers(&cfg.group.peers.join(","))
+        .map(|peers| {
+            peers
+                .values()
+                .filter_map(|n| n.did.as_ref())
+                .filter_map(|d| NodeId::parse(&d.to_string()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub(crate) struct RcState {
     pub(crate) colony: Colony,
     pub(crate) members: HashMap<NodeId, Member>,
@@ -198,6 +215,19 @@ pub(crate) struct RcState {
     pub(crate) usage: HashMap<String, (u32, u64)>,
     /// Session mobility bookkeeping (failover, handover plans, drains).
     pub(crate) mob: crate::rc::mobility::MobilityState,
+}
+
+impl RcState {
+    /// Empty tables (a new RC, or a group replica that is not in office).
+    pub(crate) fn fresh() -> RcState {
+        RcState {
+            colony: Colony::new(),
+            members: HashMap::new(),
+            directory: Default::default(),
+            usage: HashMap::new(),
+            mob: Default::default(),
+        }
+    }
 }
 
 /// Why a placement did not happen.
@@ -234,6 +264,13 @@ pub enum PlaceError {
     /// The manifest's `agent` does not resolve in the registry.
     #[error(transparent)]
     Agent(#[from] crate::rc::agents::RegistryError),
+    /// No node can take it now, but members this RC inherited (it just took office, or
+    /// restarted) have not rejoined yet and may: retry shortly.
+    #[error("{waiting} member(s) of the colony have not rejoined this RC yet (it took office moments ago): retry")]
+    Rejoining {
+        /// Members not rejoined yet.
+        waiting: usize,
+    },
     /// The chosen node failed to start it or did not answer in time.
     #[error("node {node} could not start the session: {reason}")]
     NodeFailed {
@@ -328,6 +365,10 @@ pub struct RcCore {
     pub access: crate::common::access::Access,
     /// The colony's agent registry (set once at start, ADR 0030).
     agents: OnceLock<Arc<crate::rc::agents::Registry>>,
+    /// This RC's replica of the colony's RC group, when it runs as one (`[group]`, ADR 0037).
+    pub(crate) group: OnceLock<Arc<crate::rc::group::RcGroup>>,
+    /// This core itself, for work it hands to tasks (set by [`crate::rc::server::start_rc`]).
+    this: OnceLock<std::sync::Weak<RcCore>>,
 }
 
 impl std::fmt::Debug for RcCore {
@@ -353,7 +394,16 @@ impl RcCore {
         let settlement = crate::rc::settlement::Settler::new(&cfg.settlement, &identity);
         let mut operators = vec![identity.id()];
         operators.extend(crate::common::access::parse_operators(&cfg.operators));
-        let mut access = crate::common::access::Access::new(operators, vec![identity.id()]);
+        // Every replica of the RC group issues capabilities and operator tokens: whichever leads
+        // honours those its predecessors signed.
+        let mut issuers = vec![identity.id()];
+        for id in group_dids(&cfg) {
+            if !issuers.contains(&id) {
+                issuers.push(id);
+                operators.push(id);
+            }
+        }
+        let mut access = crate::common::access::Access::new(operators, issuers);
         if cfg.security_off_for_measurement {
             tracing::warn!("SECURITY OFF (security_off_for_measurement): open client API, no quotas, no capabilities; benchmarks only");
             access = access.open_for_measurement();
@@ -362,13 +412,7 @@ impl RcCore {
             cfg,
             identity,
             metrics: Arc::new(Metrics::new("rc")),
-            state: Mutex::new(RcState {
-                colony: Colony::new(),
-                members: HashMap::new(),
-                directory: Default::default(),
-                usage: HashMap::new(),
-                mob: Default::default(),
-            }),
+            state: Mutex::new(RcState::fresh()),
             directory_store: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
@@ -382,7 +426,31 @@ impl RcCore {
             refused_log: Throttle::new(Duration::from_secs(10)),
             access,
             agents: OnceLock::new(),
+            group: OnceLock::new(),
+            this: OnceLock::new(),
         }
+    }
+
+    /// Remembers the `Arc` this core lives in (tasks it spawns hold it weakly).
+    pub(crate) fn set_self(self: &Arc<Self>) {
+        let _ = self.this.set(Arc::downgrade(self));
+    }
+
+    /// The `Arc` this core lives in, while it does.
+    pub(crate) fn self_arc(&self) -> Option<Arc<RcCore>> {
+        self.this.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Whether this RC acts as the colony's RC now: always for a single RC; for a replica of an
+    /// RC group, while it leads and a quorum confirmed it within the election timeout
+    /// ([`crate::rc::group`]). Nothing is granted, placed or declared dead otherwise.
+    pub fn acting(&self) -> bool {
+        self.group.get().is_none_or(|g| g.acting())
+    }
+
+    /// This RC's replica of the RC group, when it runs as one.
+    pub fn group(&self) -> Option<&Arc<crate::rc::group::RcGroup>> {
+        self.group.get()
     }
 
     /// An operator token signed by this RC's own key, valid for `valid` (for an embedding
@@ -616,6 +684,17 @@ impl RcCore {
                             (id, name, r)
                         })
                         .collect();
+                    // Members inherited from the directory (a new leader, a restarted RC) count
+                    // as alive but are placeable only once they rejoin: a refusal is not final
+                    // until they have, or the lease grace has passed.
+                    let waiting = st
+                        .members
+                        .values()
+                        .filter(|m| m.restored && m.alive)
+                        .count();
+                    if waiting > 0 {
+                        return Err(PlaceError::Rejoining { waiting });
+                    }
                     return Err(PlaceError::Unsatisfiable { why });
                 }
             };
@@ -871,15 +950,24 @@ impl Actor for RcActor {
     type Arguments = ();
 
     async fn pre_start(&self, myself: ActorRef<RcMsg>, _: ()) -> Result<(), ActorProcessingErr> {
-        ractor::pg::join_scoped(
-            wire::PG_SCOPE.to_string(),
-            wire::pg_rc(&self.core.cfg.colony, self.core.cfg.secret()),
-            vec![myself.get_cell()],
-        );
+        let period = (self.core.cfg.heartbeat_period.0 / 4).max(Duration::from_millis(5));
+        if let Some(group) = self.core.group().cloned() {
+            // A replica of an RC group joins the pg group only while it is in office.
+            tokio::spawn(crate::rc::group::keep_office(
+                self.core.clone(),
+                group,
+                myself.get_cell(),
+            ));
+        } else {
+            ractor::pg::join_scoped(
+                wire::PG_SCOPE.to_string(),
+                wire::pg_rc(&self.core.cfg.colony, self.core.cfg.secret()),
+                vec![myself.get_cell()],
+            );
+        }
         if let Some(s) = self.core.settlement() {
             s.spawn();
         }
-        let period = (self.core.cfg.heartbeat_period.0 / 4).max(Duration::from_millis(5));
         myself.send_interval(period, || RcMsg::Local(RcLocal::Tick));
         // The directory's durable copy is written off the actor (disk I/O never delays a
         // heartbeat), one batch at a time.
@@ -911,10 +999,12 @@ impl Actor for RcActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RcMsg::Wire(w) => self.core.on_sealed(*w),
-            RcMsg::Local(RcLocal::Tick) => {
+            // Out of office (or unconfirmed), a group replica declares nothing and moves nothing.
+            RcMsg::Local(RcLocal::Tick) if self.core.acting() => {
                 self.core.tick(Instant::now());
                 crate::rc::mobility::tick(&self.core, Instant::now());
             }
+            RcMsg::Local(RcLocal::Tick) => {}
         }
         Ok(())
     }

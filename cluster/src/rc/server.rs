@@ -92,9 +92,14 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
     let cluster = concrete(cfg.cluster_listen)?;
     let (stop, stop_rx) = watch::channel(false);
     let name = format!("rc-{}", short(&identity.id().did()));
+    let key = identity.signing_key();
     let core = Arc::new(RcCore::new(cfg.clone(), identity));
-    core.open_directory(&cfg.data_dir)
-        .map_err(|e| StartError::Spawn(format!("directory: {e}")))?;
+    core.set_self();
+    if !cfg.group.enabled() {
+        // A single RC keeps its directory in its data dir; a group replica in the group's log.
+        core.open_directory(&cfg.data_dir)
+            .map_err(|e| StartError::Spawn(format!("directory: {e}")))?;
+    }
     let registry = crate::rc::agents::Registry::open(&cfg.data_dir, cfg.agent_publishers.clone())
         .map_err(|e| StartError::Spawn(format!("agent registry: {e}")))?;
     let registry = Arc::new(registry);
@@ -116,13 +121,47 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
                 source,
             })?;
             c2.set_api(format!("http://{api}"));
+            if c2.cfg.group.enabled() {
+                let group = crate::rc::group::RcGroup::start(&c2.cfg.group, key, &c2.cfg.data_dir)
+                    .await
+                    .map_err(|e| StartError::Spawn(e.to_string()))?;
+                let _ = c2.group.set(group.clone());
+                if let Some(s) = c2.settlement() {
+                    // Settled (or finally rejected) receipts leave the replicated queue.
+                    let g = Arc::downgrade(&group);
+                    s.set_on_settled(Arc::new(move |ids| {
+                        let Some(g) = g.upgrade() else { return };
+                        let deletes = ids
+                            .iter()
+                            .map(|id| (crate::rc::settlement::queue_key(id), None))
+                            .collect();
+                        tokio::spawn(async move {
+                            if let Err(e) = g.write(deletes).await {
+                                tracing::warn!(error = %e, "settled receipts not removed from the replicated queue (the next leader resubmits them; the ledger refuses them as duplicates)");
+                            }
+                        });
+                    }));
+                }
+                let addrs = crate::rc::group::ReplicaAddrs {
+                    id: group.id(),
+                    api: format!("http://{api}"),
+                    cluster: cluster.to_string(),
+                    did: c2.id().did(),
+                };
+                // Followers send clients to the leader's API: every replica writes its own.
+                tokio::spawn(async move {
+                    if let Err(e) = group.announce(addrs, Duration::from_secs(3600)).await {
+                        tracing::error!(error = %e, "this RC replica's addresses were not announced to its group");
+                    }
+                });
+            }
             if c2.cfg.canopy.enabled {
                 crate::rc::federation::start(&c2, api)
                     .await
                     .map_err(|e| StartError::Spawn(format!("canopy: {e}")))?;
             }
             let watch = LinkWatch {
-                on_up: Box::new(|_| {}),
+                on_up: Box::new(|_, _| {}),
                 authenticated: Default::default(),
                 metrics: c2.metrics.clone(),
                 role: "rc",

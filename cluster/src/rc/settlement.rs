@@ -141,9 +141,23 @@ pub struct SettlerStatus {
     pub fees_settled_micros: u64,
 }
 
+/// Key prefix of a co-signed receipt in the RC group's replicated queue.
+pub const QUEUED: &[u8] = b"q/";
+
+/// The replicated queue's key of a receipt.
+pub fn queue_key(id: &ReceiptId) -> Vec<u8> {
+    let hex: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
+    [QUEUED, hex.as_bytes()].concat()
+}
+
+/// Told the ids of every receipt of a batch the ledger answered (settled or rejected: final
+/// either way), so a replicated queue can forget them.
+pub type OnSettled = Arc<dyn Fn(Vec<ReceiptId>) + Send + Sync>;
+
 struct LedgerSink {
     client: LedgerClient,
     counters: Arc<SettlerCounters>,
+    on_settled: Option<OnSettled>,
 }
 
 impl BatchSink for LedgerSink {
@@ -170,6 +184,13 @@ impl BatchSink for LedgerSink {
                 tracing::info!(%batch_id, replayed, settled = record.settled, rejected = record.rejected_total, fees = record.fees_settled_micros, "batch settled");
                 for r in record.rejected.iter().take(8) {
                     tracing::warn!(rejection = ?r, "ledger rejected a receipt");
+                }
+                if let Some(f) = &self.on_settled {
+                    f(batch
+                        .receipts
+                        .iter()
+                        .map(|r| r.receipt.receipt_id)
+                        .collect());
                 }
             }
             other => tracing::warn!(response = ?other, "ledger refused a batch"),
@@ -271,6 +292,7 @@ pub struct Settler {
     counters: Arc<SettlerCounters>,
     cfg: SettlementSection,
     started: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+    on_settled: std::sync::OnceLock<OnSettled>,
 }
 
 impl std::fmt::Debug for Settler {
@@ -295,6 +317,7 @@ impl Settler {
             counters: Arc::new(SettlerCounters::default()),
             cfg: cfg.clone(),
             started: Mutex::new(None),
+            on_settled: std::sync::OnceLock::new(),
         }))
     }
 
@@ -326,6 +349,7 @@ impl Settler {
         let sink = LedgerSink {
             client,
             counters: self.counters.clone(),
+            on_settled: self.on_settled.get().cloned(),
         };
         tracing::info!(ledger = ?self.cfg.ledger, interval = ?self.cfg.interval.0, "settlement started");
         tokio::spawn(run_batcher(
@@ -402,6 +426,51 @@ impl Settler {
         }
     }
 
+    /// Calls `f` with the ids of every batch the ledger answers (before [`Settler::spawn`]).
+    pub fn set_on_settled(&self, f: OnSettled) {
+        let _ = self.on_settled.set(f);
+    }
+
+    /// A new leader of the RC group took office: it settles the receipts its predecessors
+    /// co-signed and did not see settled (from the group's replicated queue), first, in their
+    /// order, and remembers them — so a node resending one (re-signed for this RC, same id) is
+    /// acknowledged without a second copy, and each one's window counts as co-signed.
+    pub fn inherit(&self, mut queued: Vec<SignedReceipt>) {
+        self.reset();
+        // Each session's windows in order (the ledger bills a session's windows in order).
+        queued.sort_by_key(|r| (r.receipt.window.start_ms, r.receipt.window.end_ms));
+        let now = std::time::Instant::now();
+        let n = queued.len();
+        for r in queued {
+            let id = r.receipt.receipt_id;
+            if let Ok(node) = NodeId::parse(&r.receipt.node.to_string()) {
+                let key = (node, r.receipt.session_id.clone());
+                lock(&self.billing).record(
+                    key,
+                    r.receipt.window.start_ms,
+                    r.receipt.window.end_ms,
+                    now,
+                );
+            }
+            self.remember(id);
+            lock(&self.batcher).requeue(r);
+        }
+        if n > 0 {
+            tracing::info!(
+                receipts = n,
+                "inherited the RC group's queue of co-signed receipts"
+            );
+        }
+    }
+
+    /// Forgets the queue and what was co-signed (this replica left office: its successor
+    /// settles the replicated queue).
+    pub fn reset(&self) {
+        lock(&self.batcher).clear();
+        *lock(&self.billing) = BillingTracker::default();
+        *lock(&self.recent) = (HashSet::new(), VecDeque::new());
+    }
+
     /// Handles [`ToRc::Receipts`] from `from`, whose declared price per input is `price`
     /// (`None`: the node has not joined this RC); returns the acknowledgement to send back.
     /// Receipts in neither list of the acknowledgement are deferred: the node resends them.
@@ -411,6 +480,18 @@ impl Settler {
         price: Option<u64>,
         receipts: Vec<SignedReceipt>,
     ) -> ToNode {
+        self.on_receipts_queued(from, price, receipts).0
+    }
+
+    /// [`Settler::on_receipts`], with the receipts it co-signed and queued now (a replica of an
+    /// RC group replicates them before the acknowledgement is sent).
+    pub fn on_receipts_queued(
+        &self,
+        from: &NodeId,
+        price: Option<u64>,
+        receipts: Vec<SignedReceipt>,
+    ) -> (ToNode, Vec<SignedReceipt>) {
+        let mut queued = Vec::new();
         let sender = did(from);
         let mut accepted = Vec::new();
         let mut refused = Vec::new();
@@ -480,8 +561,9 @@ impl Settler {
                 refused.push((id, why));
                 continue;
             }
-            match lock(&self.batcher).add(r) {
-                Ok(()) => {
+            match lock(&self.batcher).add_signed(r) {
+                Ok(signed) => {
+                    queued.push(signed);
                     self.remember(id);
                     lock(&self.billing).record(key, start_ms, end_ms, std::time::Instant::now());
                     accepted.push(id);
@@ -503,7 +585,7 @@ impl Settler {
         if deferred > 0 {
             tracing::info!(node = %from, deferred, "receipts deferred (queue full or node price unknown); the node resends them");
         }
-        ToNode::ReceiptsAck { accepted, refused }
+        (ToNode::ReceiptsAck { accepted, refused }, queued)
     }
 
     /// A session closed on `node`: its billing window is no longer tracked.

@@ -38,6 +38,18 @@ pub struct Colony {
     pub rc_cfg: String,
     pub procs: Vec<Proc>,
     pub http: reqwest::Client,
+    /// With an RC group ([`Colony::start_group`]): each replica's process name, client API,
+    /// control-plane port and config.
+    pub group: Vec<GroupRc>,
+}
+
+/// One replica of an RC group started by [`Colony::start_group`].
+#[derive(Clone, Debug)]
+pub struct GroupRc {
+    pub name: String,
+    pub api: String,
+    pub cluster: u16,
+    pub cfg: String,
 }
 
 impl Colony {
@@ -65,9 +77,102 @@ impl Colony {
             procs: Vec::new(),
             dir,
             http,
+            group: Vec::new(),
         };
         c.spawn("rc", "rc", rc_cfg);
         c
+    }
+
+    /// A colony whose RC is a group of `n` replicas (`rc1`..), Raft-replicated (ADR 0037). The
+    /// operator key is `rc1`'s (every replica honours every replica's tokens); `rc_api` is
+    /// `rc1`'s API — use [`Colony::leader`] to find who leads.
+    pub fn start_group(n: usize) -> Colony {
+        let keep = std::env::var_os("OPENGRID_TEST_KEEP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("og-group-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .unwrap();
+        if keep {
+            eprintln!("colony dir: {}", dir.path().display());
+        }
+        let mut peers = Vec::new();
+        let mut ports = Vec::new();
+        for i in 1..=n {
+            let data = dir.path().join(format!("rc{i}-data"));
+            let did = opengrid_cluster::common::identity::Identity::load_or_create(&data)
+                .unwrap()
+                .id()
+                .did();
+            let (api, cluster, raft) = (free_port(), free_port(), free_port());
+            peers.push(format!("\"{i}={did}@127.0.0.1:{raft}\""));
+            ports.push((i, data, api, cluster, raft));
+        }
+        let mut group = Vec::new();
+        for (i, data, api, cluster, raft) in &ports {
+            let cfg = format!(
+                "version = 1\ndata_dir = {data:?}\napi_listen = \"127.0.0.1:{api}\"\ncluster_listen = \"127.0.0.1:{cluster}\"\ncolony_secret = \"{SECRET}\"\nplace_timeout = \"30s\"\n[group]\nid = {i}\nlisten = \"127.0.0.1:{raft}\"\npeers = [{}]\n",
+                peers.join(", ")
+            );
+            group.push(GroupRc {
+                name: format!("rc{i}"),
+                api: format!("http://127.0.0.1:{api}"),
+                cluster: *cluster,
+                cfg,
+            });
+        }
+        let http = operator_http(&dir.path().join("rc1-data"), Duration::from_secs(300)).unwrap();
+        let mut c = Colony {
+            rc_api: group[0].api.clone(),
+            rc_cluster: group[0].cluster,
+            rc_cfg: group[0].cfg.clone(),
+            procs: Vec::new(),
+            dir,
+            http,
+            group: group.clone(),
+        };
+        for r in &group {
+            c.spawn(&r.name, "rc", r.cfg.clone());
+        }
+        c
+    }
+
+    /// The RC group's replicas' APIs, comma separated (what a client is given).
+    pub fn group_apis(&self) -> String {
+        self.group
+            .iter()
+            .map(|r| r.api.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The replica of the RC group in office now (its `/status` says so), within `within`.
+    pub async fn leader(&self, within: Duration) -> GroupRc {
+        let deadline = Instant::now() + within;
+        loop {
+            for r in &self.group {
+                // A short timeout: a paused replica does not answer.
+                let st = match self
+                    .http
+                    .get(format!("{}/status", r.api))
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .await
+                {
+                    Ok(resp) => resp.json::<Value>().await.unwrap_or(Value::Null),
+                    Err(_) => continue,
+                };
+                if st["group"]["acting"] == true {
+                    return r.clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no RC group leader within {within:?}; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn spawn(&mut self, name: &str, role: &str, cfg: String) {
@@ -85,7 +190,10 @@ impl Colony {
             .unwrap();
         let child = Command::new(BIN)
             .args([role, "--config", path.to_str().unwrap()])
-            .env("RUST_LOG", "info,ractor_cluster=warn,ractor=warn")
+            .env(
+                "RUST_LOG",
+                "info,ractor_cluster=warn,ractor=warn,openraft=warn",
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -105,10 +213,18 @@ impl Colony {
 
     /// A node process with extra environment variables.
     pub fn node_env(&mut self, name: &str, jurisdiction: &str, env: &[(&str, &str)]) {
+        let rc_cluster = if self.group.is_empty() {
+            format!("127.0.0.1:{}", self.rc_cluster)
+        } else {
+            self.group
+                .iter()
+                .map(|r| format!("127.0.0.1:{}", r.cluster))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let cfg = format!(
-            "version = 1\nname = \"{name}\"\ndata_dir = {:?}\njurisdiction = \"{jurisdiction}\"\napi_listen = \"127.0.0.1:0\"\nrc_cluster = \"127.0.0.1:{}\"\ncolony_secret = \"{SECRET}\"\nfsync = false\n",
+            "version = 1\nname = \"{name}\"\ndata_dir = {:?}\njurisdiction = \"{jurisdiction}\"\napi_listen = \"127.0.0.1:0\"\nrc_cluster = \"{rc_cluster}\"\ncolony_secret = \"{SECRET}\"\nfsync = false\n",
             self.dir.path().join(format!("{name}-data")),
-            self.rc_cluster
         );
         self.spawn_env(name, "node", cfg, env);
     }
@@ -120,7 +236,11 @@ impl Colony {
     }
 
     pub fn rc_data(&self) -> PathBuf {
-        self.dir.path().join("rc-data")
+        if self.group.is_empty() {
+            self.dir.path().join("rc-data")
+        } else {
+            self.dir.path().join("rc1-data")
+        }
     }
 
     /// `opengrid agent ARGS --rc … --key <rc data dir>` (the test is the colony's operator).

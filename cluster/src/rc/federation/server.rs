@@ -297,6 +297,7 @@ async fn place_for_remote(core: &RcCore, fed: &Federation, req: &AdmissionReques
         ),
         Err(e @ PlaceError::AlreadyPlaced { .. }) => refuse("already_placed", e.to_string()),
         Err(e @ PlaceError::Quota { .. }) => refuse("quota_exceeded", e.to_string()),
+        Err(e @ PlaceError::Rejoining { .. }) => refuse("rejoining", e.to_string()),
         Err(e) => refuse("placement_failed", e.to_string()),
     }
 }

@@ -1,0 +1,319 @@
+//! The RC group against real `opengrid` processes (ADR 0037): three RC replicas on one Raft log,
+//! three nodes that know every replica, clients that know every replica.
+//!
+//! - kill -9 of the leader under load: no node loses its lease (sessions not being moved see no
+//!   refusal), a new leader takes office with the whole directory, placements resume, the killed
+//!   replica restarted rejoins as a follower;
+//! - SIGSTOP of the leader for longer than a lease: the same, and the paused leader, resumed,
+//!   steps down without acting on what it held (it declares no node dead, places nothing).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{step, Colony, GroupRc};
+use opengrid_cluster::client::Client;
+use opengrid_cluster::common::token::operator_token_from_dir;
+use serde_json::Value;
+
+const ZERO_LOSS: &str = r#"{"version":1,"session":{"handler":"counter","continuity":"interactive"},"placement":{"jurisdictions":["DE"]},"migration":{"cost":"cheap","acceptable_loss":"0s","max_blackout":"200ms"}}"#;
+
+/// A client given every replica of the group.
+fn group_client(c: &Colony) -> Client {
+    let t = operator_token_from_dir(&c.rc_data(), Duration::from_secs(3600)).unwrap();
+    let mut client = Client::new(c.group_apis())
+        .with_token(t)
+        .with_timeout(Duration::from_secs(10));
+    client.retry_for = Duration::from_secs(30);
+    client
+}
+
+async fn status(c: &Colony, rc: &GroupRc) -> Value {
+    match c
+        .http
+        .get(format!("{}/status", rc.api))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Waits until the leader's directory lists `n` active sessions and `m` alive members.
+async fn wait_leader_sees(c: &Colony, sessions: usize, members: usize) -> (GroupRc, Value) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leader = c.leader(Duration::from_secs(30)).await;
+        let st = status(c, &leader).await;
+        let active = st["sessions"]
+            .as_array()
+            .map_or(0, |s| s.iter().filter(|e| e["state"] == "active").count());
+        let alive = st["members"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+        if active == sessions && alive == members {
+            return (leader, st);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never saw {sessions} active sessions and {members} alive members; logs in {}\nlast: {st}",
+            c.dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The nodes' `opengrid_cluster_lease_lost_total`, summed over the members `st` lists.
+async fn leases_lost(c: &Colony, st: &Value) -> u64 {
+    let mut lost = 0;
+    for m in st["members"].as_array().into_iter().flatten() {
+        let api = m["address"].as_str().unwrap_or_default();
+        let text = c
+            .http
+            .get(format!("{api}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        lost += text
+            .lines()
+            .filter(|l| l.starts_with("opengrid_cluster_lease_lost_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+    }
+    lost
+}
+
+/// Sessions stepped round-robin in the background until `stop`: (acknowledged, failed).
+fn load(
+    mut sessions: Vec<(opengrid_cluster::client::Session, u64)>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Vec<(opengrid_cluster::client::Session, u64)>> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Acquire) {
+            for (s, n) in sessions.iter_mut() {
+                match step(s, *n).await {
+                    Ok(next) => {
+                        *n = next;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("input to {} failed: {e}", s.id);
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        sessions
+    })
+}
+
+async fn colony_with_sessions(
+    n: usize,
+) -> (
+    Colony,
+    Client,
+    Vec<(opengrid_cluster::client::Session, u64)>,
+) {
+    let mut c = Colony::start_group(3);
+    for name in ["n1", "n2", "n3"] {
+        c.node(name, "DE");
+    }
+    wait_leader_sees(&c, 0, 3).await;
+    let client = group_client(&c);
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        let mut s = client.create(ZERO_LOSS, None).await.unwrap();
+        let mut acked = 0;
+        for _ in 0..2 {
+            acked = step(&mut s, acked).await.unwrap();
+        }
+        sessions.push((s, acked));
+    }
+    (c, client, sessions)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_rc_leader_fails_no_input_and_placements_resume() {
+    let (mut c, client, sessions) = colony_with_sessions(6).await;
+    let (old, st) = wait_leader_sees(&c, 6, 3).await;
+    let lost_before = leases_lost(&c, &st).await;
+
+    let (stop, acked, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let running = load(sessions, stop.clone(), acked.clone(), failed.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    eprintln!("killing the leader {}", old.name);
+    let killed = Instant::now();
+    c.kill9(&old.name);
+    // A new placement succeeds once a new leader is in office (the client finds it).
+    let placed = client.create(ZERO_LOSS, None).await.unwrap();
+    let resumed = killed.elapsed();
+    eprintln!(
+        "placements resumed {resumed:?} after the kill ({})",
+        placed.id
+    );
+    let new = c.leader(Duration::from_secs(10)).await;
+    assert_ne!(new.name, old.name, "a new replica leads");
+    // Keep the load running a while under the new leader.
+    let before = acked.load(Ordering::Relaxed);
+    let until = Instant::now() + Duration::from_secs(15);
+    while acked.load(Ordering::Relaxed) < before + 60 {
+        assert!(
+            Instant::now() < until,
+            "the load stalled under the new leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Release);
+    let sessions = running.await.unwrap();
+    eprintln!(
+        "acknowledged {} inputs, {} failed",
+        acked.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no input failed");
+
+    // The new leader has every session (the six and the one placed after the kill) and every
+    // node; no node lost its lease.
+    let (_, st) = wait_leader_sees(&c, 7, 3).await;
+    assert_eq!(
+        leases_lost(&c, &st).await,
+        lost_before,
+        "no node lost its lease"
+    );
+    for (s, _) in &sessions {
+        assert!(
+            st["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["session_id"] == s.id.as_str()),
+            "{} in the new leader's directory",
+            s.id
+        );
+    }
+
+    // The killed replica, restarted, follows the new leader.
+    c.spawn(&old.name, "rc", old.cfg.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let g = status(&c, &old).await["group"].clone();
+        if g["role"] == "follower" && g["leader_api"] == new.api.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restarted replica: {g}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And a follower sends clients to the leader.
+    let r = c
+        .http
+        .post(format!("{}/v1/sessions", old.api))
+        .header("content-type", "application/json")
+        .body(ZERO_LOSS)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 307);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "not_leader");
+    assert_eq!(body["location"], new.api.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_steps_down_without_acting_on_stale_state() {
+    let (c, _client, sessions) = colony_with_sessions(4).await;
+    let (old, st) = wait_leader_sees(&c, 4, 3).await;
+    let lost_before = leases_lost(&c, &st).await;
+    let pid = c
+        .procs
+        .iter()
+        .find(|p| p.name == old.name)
+        .unwrap()
+        .child
+        .id()
+        .to_string();
+    let (stop, acked, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let running = load(sessions, stop.clone(), acked.clone(), failed.clone());
+
+    eprintln!("pausing the leader {} (pid {pid}) for 3 s", old.name);
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let new = c.leader(Duration::from_secs(10)).await;
+    assert_ne!(new.name, old.name);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log_len = std::fs::metadata(c.dir.path().join(format!("{}.log", old.name)))
+        .unwrap()
+        .len() as usize;
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    // Resumed, it steps down.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let g = status(&c, &old).await["group"].clone();
+        if g["role"] == "follower" && g["acting"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "resumed replica: {g}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = acked.load(Ordering::Relaxed);
+    let until = Instant::now() + Duration::from_secs(15);
+    while acked.load(Ordering::Relaxed) < before + 40 {
+        assert!(Instant::now() < until, "the load stalled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Release);
+    running.await.unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no input failed");
+    let (leader, st) = wait_leader_sees(&c, 4, 3).await;
+    assert_eq!(leader.name, new.name);
+    assert_eq!(
+        leases_lost(&c, &st).await,
+        lost_before,
+        "no node lost its lease"
+    );
+    // What the paused leader logged after it resumed: no node declared dead, no session
+    // orphaned or placed (it acted on nothing it held while paused).
+    let log = std::fs::read_to_string(c.dir.path().join(format!("{}.log", old.name))).unwrap();
+    let after = &log[log_len.min(log.len())..];
+    for stale in [
+        "node declared dead",
+        "lease grace over",
+        "session placed",
+        "session restored",
+        "directory switched",
+    ] {
+        assert!(
+            !after.contains(stale),
+            "the resumed leader acted on stale state ({stale:?}):\n{after}"
+        );
+    }
+    assert!(
+        after.contains("left office"),
+        "the resumed leader says it left office:\n{after}"
+    );
+}
