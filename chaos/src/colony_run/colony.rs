@@ -555,6 +555,52 @@ mod tests {
         assert_eq!(got[0], "1=did:mycel:z1@127.0.0.1:7611");
     }
 
+    #[test]
+    fn the_cluster_reads_a_group_replica_and_its_node_as_configured() {
+        use opengrid_cluster::node::config::NodeConfig;
+        use opengrid_cluster::rc::config::RcConfig;
+        let dids: Vec<String> = (0..4).map(|_| Identity::generate().id().did()).collect();
+        let peers: Vec<String> = (1..=3)
+            .map(|i| format!("{i}={}@127.0.0.1:761{i}", dids[i - 1]))
+            .collect();
+        let ops = [dids[3].clone()];
+        let cfg = rc_config(
+            &scenario(3),
+            Path::new("/run/rc-eu-3/data"),
+            &RcPorts {
+                api: 7603,
+                cluster: 7623,
+                raft: Some(7613),
+            },
+            &ledgers(),
+            &ops,
+            Some(&GroupSection {
+                id: 3,
+                listen: 7613,
+                peers: peers.clone(),
+            }),
+        );
+        let rc = RcConfig::from_toml_with_env(&cfg, &[]).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
+        assert_eq!(rc.group.id, 3);
+        assert_eq!(rc.group.listen, "127.0.0.1:7613");
+        assert_eq!(rc.group.peers, peers);
+        assert_eq!(rc.operators, ops);
+        let links = [local(9001), local(9002), local(9003)];
+        let cfg = node(
+            &scenario(3),
+            &NodeLinks {
+                rc_cluster: &links,
+                operators: &ops,
+            },
+        );
+        let n = NodeConfig::from_toml_with_env(&cfg, &[]).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
+        assert_eq!(
+            n.rc_addresses(),
+            ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+        );
+        assert_eq!(n.operators, ops);
+    }
+
     const SINGLE_NODE: &str = "version = 1\ndev = true\nname = \"n1\"\ncolony = \"eu\"\ndata_dir = \"/run/n1/data\"\njurisdiction = \"DE\"\napi_listen = \"127.0.0.1:7801\"\ncluster_listen = \"127.0.0.1:7802\"\nmigration_listen = \"127.0.0.1:7803\"\nrc_cluster = \"127.0.0.1:9001\"\ncolony_secret = \"opengrid-chaos-colony\"\nfsync = false\ncapacity = 5\nprice_micros_per_input = 1000\n[hardware]\nmemory = \"128GiB\"\n[faults]\ncontrol_dir = \"/run/n1.faults\"\n[receipts]\nwindow = \"500ms\"\n";
 
     fn node(sc: &Scenario, links: &NodeLinks<'_>) -> String {
