@@ -56,6 +56,9 @@ pub enum Cmd {
         #[command(flatten)]
         auth: OperatorAuth,
     },
+    /// The colony's RC group (ADR 0037): show it, add a replica, remove one (operator).
+    #[command(subcommand)]
+    RcGroup(RcGroupCmd),
     /// Drain a node for maintenance: hand every session off (live handover; never-live
     /// sessions restart elsewhere), then print the report. Stop the node afterwards.
     Drain {
@@ -151,6 +154,51 @@ impl OperatorAuth {
             None => c,
         })
     }
+}
+
+/// `opengrid rc-group …`.
+#[derive(Debug, Subcommand)]
+pub enum RcGroupCmd {
+    /// The replicas, who leads, the term.
+    Status {
+        /// Any replica's client-API base URL (several, comma separated, are tried in turn).
+        #[arg(long, default_value = "http://127.0.0.1:7600")]
+        rc: String,
+        /// Raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        auth: OperatorAuth,
+    },
+    /// Add a replica: start it first with `[group] id = ID`, `listen = ADDRESS` and `peers = []`
+    /// (and the colony's other settings); it joins as a learner, catches up, then votes.
+    Add {
+        /// Its Raft id (unused in the group).
+        #[arg(long)]
+        id: u64,
+        /// Its Raft address host:port (its `[group] listen`).
+        #[arg(long)]
+        address: String,
+        /// Its identity (`opengrid id --data-dir <its data dir>`).
+        #[arg(long)]
+        did: String,
+        /// Any replica's client-API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:7600")]
+        rc: String,
+        #[command(flatten)]
+        auth: OperatorAuth,
+    },
+    /// Remove a replica from the group (stop its process afterwards).
+    Remove {
+        /// Its Raft id.
+        #[arg(long)]
+        id: u64,
+        /// Any replica's client-API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:7600")]
+        rc: String,
+        #[command(flatten)]
+        auth: OperatorAuth,
+    },
 }
 
 /// A 401 from an operator route: say how to give credentials.
@@ -417,6 +465,54 @@ async fn run(
             } else {
                 print_status(&v);
                 println!("dashboard: {}/ui", rc.trim_end_matches('/'));
+            }
+            Ok(())
+        }
+        Cmd::RcGroup(cmd) => {
+            let (v, json) = match cmd {
+                RcGroupCmd::Status { rc, json, auth } => (
+                    auth.client(&rc)?
+                        .get("/v1/group")
+                        .await
+                        .map_err(operator_hint)
+                        .context("query the RC group")?,
+                    json,
+                ),
+                RcGroupCmd::Add {
+                    id,
+                    address,
+                    did,
+                    rc,
+                    auth,
+                } => (
+                    auth.client(&rc)?
+                        .request_json(
+                            reqwest::Method::POST,
+                            "/v1/group/replicas",
+                            Some(serde_json::json!({"id": id, "address": address, "did": did})),
+                        )
+                        .await
+                        .map_err(operator_hint)
+                        .with_context(|| format!("add replica {id}"))?,
+                    false,
+                ),
+                RcGroupCmd::Remove { id, rc, auth } => (
+                    auth.client(&rc)?
+                        .request_json(
+                            reqwest::Method::DELETE,
+                            &format!("/v1/group/replicas/{id}"),
+                            None,
+                        )
+                        .await
+                        .map_err(operator_hint)
+                        .with_context(|| format!("remove replica {id}"))?,
+                    false,
+                ),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", format_group(&v));
             }
             Ok(())
         }

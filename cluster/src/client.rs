@@ -283,6 +283,26 @@ impl Client {
         }
     }
 
+    /// Sends `body` (JSON, or nothing) with `method` to `path` at the RC; the JSON answer.
+    pub async fn request_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        self.to_rc(|base| {
+            let rb = bearer(
+                self.http.request(method.clone(), format!("{base}{path}")),
+                self.token.as_deref(),
+            );
+            match &body {
+                Some(b) => rb.json(b),
+                None => rb,
+            }
+        })
+        .await
+    }
+
     /// POST `body` (raw bytes, e.g. a signed agent package) to the RC; waits up to `timeout`
     /// (a push compile-checks the package at the RC: seconds for a Python agent).
     pub async fn post_bytes(

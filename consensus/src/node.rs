@@ -74,6 +74,11 @@ pub struct RaftNodeConfig {
     /// Checks every admin request (add learner, change membership) before it is served; `None`
     /// serves them unchecked (plain groups; the settlement ledger always sets one).
     pub admin_authorizer: Option<Arc<dyn AdminAuthorizer>>,
+    /// Serve client requests (writes, reads, status) and admin requests only to the group's own
+    /// members (a peer whose link proved the DID of a node of the current membership): for
+    /// groups whose application trusts every command it is given (the RC group). `false`: any
+    /// authenticated peer may propose (the ledger checks each command's signatures itself).
+    pub members_only: bool,
     /// Open connections at most on the RPC server; more are closed as they arrive (and counted,
     /// `too_many_connections`).
     pub max_connections: usize,
@@ -106,6 +111,7 @@ impl RaftNodeConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             request_timeout: Duration::from_secs(10),
             admin_authorizer: None,
+            members_only: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -199,6 +205,8 @@ struct Inner<A> {
     max_frame: usize,
     request_timeout: Duration,
     authorizer: Option<Arc<dyn AdminAuthorizer>>,
+    /// Client and admin requests only from members ([`RaftNodeConfig::members_only`]).
+    members_only: bool,
     /// This replica's links (server and client side).
     link: Link,
     /// Who may send Raft RPCs here.
@@ -257,6 +265,7 @@ impl<A: Application> RaftNode<A> {
             max_frame: config.max_frame_bytes,
             request_timeout: config.request_timeout,
             authorizer: config.admin_authorizer.clone(),
+            members_only: config.members_only,
             senders: RaftSenderCheck::new(config.id, identity.did().clone()),
             link,
             refusals: Refusals::default(),
@@ -554,6 +563,16 @@ impl<A: Application> Inner<A> {
         Err(answer)
     }
 
+    /// Whether `peer` is the DID of a node of this replica's current membership.
+    fn is_member_did(&self, peer: &Did) -> bool {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let found = m
+            .membership()
+            .nodes()
+            .any(|(_, n)| n.did.as_ref() == Some(peer));
+        found
+    }
+
     fn authorize(&self, req: &RpcRequest) -> Result<(), ConsensusError> {
         let Some(authorizer) = &self.authorizer else {
             return Ok(());
@@ -769,6 +788,20 @@ impl<A: Application> Inner<A> {
                     return RpcResponse::Client(Err(e));
                 }
                 RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
+            }
+            RpcRequest::ClientWrite { .. }
+            | RpcRequest::Read { .. }
+            | RpcRequest::LocalRead { .. }
+            | RpcRequest::Status
+            | RpcRequest::AddLearner { .. }
+            | RpcRequest::ChangeMembership { .. }
+                if self.members_only && !self.is_member_did(peer) =>
+            {
+                self.refusals.count(RefusalReason::NotAMember);
+                tracing::warn!(%peer, "refused a request from a peer that is not a member of this group");
+                client(Err(ConsensusError::Unauthorized(format!(
+                    "{peer} is not a member of this group"
+                ))))
             }
             RpcRequest::ClientWrite { command, forward } => {
                 client(self.write(command, forward).await)

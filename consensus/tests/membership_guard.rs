@@ -263,3 +263,72 @@ fn evil_rpcs(sender: NodeId, term: u64) -> Vec<RpcRequest> {
         }),
     ]
 }
+
+/// A group whose application trusts every command (`members_only`): a stranger's writes and
+/// reads are refused (`Unauthorized`, counted as `not_a_member`) and change nothing; the members'
+/// own writes, forwarded from a follower too, are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_only_group_serves_no_stranger() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: BTreeMap<NodeId, RaftNode<KvApplication>> = BTreeMap::new();
+    for id in 1..=3 {
+        let mut c = RaftNodeConfig::new(
+            id,
+            key(id as u8 + 100),
+            "127.0.0.1:0",
+            dir.path().join(format!("n{id}")),
+        );
+        c.members_only = true;
+        nodes.insert(
+            id,
+            RaftNode::start(c, KvApplication::default()).await.unwrap(),
+        );
+    }
+    let members: BTreeMap<NodeId, Node> = nodes
+        .iter()
+        .map(|(id, n)| (*id, Node::new(n.local_addr().to_string(), n.did().clone())))
+        .collect();
+    nodes[&1].initialize(members.clone()).await.unwrap();
+    let leader = nodes[&1]
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let follower = members.keys().copied().find(|id| *id != leader).unwrap();
+    // A member's write through a follower is forwarded to the leader and served.
+    nodes[&follower]
+        .client_write(KvApplication::set_command(b"k", b"v"))
+        .await
+        .unwrap();
+    let hash_before = nodes[&leader].status().state_hash;
+
+    let mut stranger = Client::new(members.values().map(|n| n.to_string()).collect(), &key(61))
+        .unwrap()
+        .with_timeout(Duration::from_secs(5));
+    let e = stranger
+        .write(KvApplication::set_command(b"k", b"evil"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ConsensusError::Unauthorized(ref m) if m.contains("not a member")),
+        "{e}"
+    );
+    let e = stranger.read(b"k".to_vec()).await.unwrap_err();
+    assert!(matches!(e, ConsensusError::Unauthorized(_)), "{e}");
+    let refused: u64 = nodes
+        .values()
+        .map(|n| n.refusals().get(RefusalReason::NotAMember))
+        .sum();
+    assert!(refused >= 2, "not_a_member refusals: {refused}");
+    assert_eq!(
+        nodes[&leader].status().state_hash,
+        hash_before,
+        "nothing changed"
+    );
+    assert_eq!(
+        KvApplication::decode_answer(&nodes[&leader].local_read(b"k")),
+        Some(b"v".to_vec())
+    );
+    for (_, n) in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

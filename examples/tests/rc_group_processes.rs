@@ -317,3 +317,94 @@ async fn a_paused_leader_steps_down_without_acting_on_stale_state() {
         "the resumed leader says it left office:\n{after}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_adds_and_removes_replicas() {
+    let (mut c, client, mut sessions) = colony_with_sessions(1).await;
+    let (leader, _) = wait_leader_sees(&c, 1, 3).await;
+
+    // A fourth replica, started to join (no peers), then added by the operator.
+    let data = c.dir.path().join("rc4-data");
+    let did = opengrid_cluster::common::identity::Identity::load_or_create(&data)
+        .unwrap()
+        .id()
+        .did();
+    let (api, cluster, raft) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let cfg = format!(
+        "version = 1\ndata_dir = {data:?}\napi_listen = \"127.0.0.1:{api}\"\ncluster_listen = \"127.0.0.1:{cluster}\"\ncolony_secret = \"{}\"\n[group]\nid = 4\nlisten = \"127.0.0.1:{raft}\"\npeers = []\n",
+        common::SECRET
+    );
+    c.spawn("rc4", "rc", cfg);
+    let key = c.rc_data();
+    let apis = c.group_apis();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .arg("rc-group")
+            .args(args)
+            .args(["--rc", &apis, "--key", key.to_str().unwrap()])
+            .output()
+            .unwrap();
+        eprintln!(
+            "opengrid rc-group {args:?}: {}\n{}{}",
+            out.status,
+            common::stdout(&out),
+            common::stderr(&out)
+        );
+        out
+    };
+    let raft_addr = format!("127.0.0.1:{raft}");
+    let out = cli(&["add", "--id", "4", "--address", &raft_addr, "--did", &did]);
+    assert!(out.status.success());
+    let rc4 = GroupRc {
+        name: "rc4".into(),
+        api: format!("http://127.0.0.1:{api}"),
+        cluster,
+        cfg: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let g = status(&c, &rc4).await["group"].clone();
+        let voters = g["replicas"].as_array().map_or(0, Vec::len);
+        if g["role"] == "follower" && voters == 4 && g["leader"].is_u64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rc4 never became a voter: {g}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The leader is removed: another takes office with the whole directory.
+    let leader_id: String = leader.name.trim_start_matches("rc").to_string();
+    let out = cli(&["remove", "--id", &leader_id]);
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        let l = c.leader(Duration::from_secs(30)).await;
+        if l.name != leader.name {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the removed leader still leads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let st = status(&c, &new).await;
+    assert_eq!(
+        st["group"]["replicas"].as_array().map(Vec::len),
+        Some(3),
+        "{st}"
+    );
+    c.kill9(&leader.name);
+    // The session keeps its state; placements go on.
+    let (s, n) = &mut sessions[0];
+    *n = step(s, *n).await.unwrap();
+    client.create(ZERO_LOSS, None).await.unwrap();
+    let out = cli(&["status"]);
+    assert!(out.status.success());
+    assert!(
+        common::stdout(&out).contains("leader"),
+        "{}",
+        common::stdout(&out)
+    );
+}

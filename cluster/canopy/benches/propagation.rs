@@ -223,7 +223,8 @@ async fn run(n: usize, rounds: usize, interval: Duration) -> Result<(), CanopyEr
     // start the providers spread the same way.
     for (i, rc) in rcs.iter().enumerate() {
         let s = summary(i, &dids[i]);
-        rc.set_summary_provider(Arc::new(move || s.clone())).await?;
+        rc.set_summary_provider(Arc::new(move || Some(s.clone())))
+            .await?;
         tokio::time::sleep(interval / n as u32).await;
     }
     let sent = |rcs: &[Canopy]| {

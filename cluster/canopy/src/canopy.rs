@@ -39,8 +39,9 @@ pub const PROTOCOL_VERSION: &str = "/opengrid/canopy/1.0.0";
 
 /// Builds the summary to publish; called on the canopy task once per interval, so it must be cheap
 /// and must not block (read a snapshot of the RC's table). `rc_did`, `seq` and `issued_at_ms` are
-/// overwritten by the canopy.
-pub type SummaryProvider = Arc<dyn Fn() -> ColonySummary + Send + Sync>;
+/// overwritten by the canopy. `None`: nothing this interval (an RC that does not speak for its
+/// colony now, e.g. a follower of its RC group).
+pub type SummaryProvider = Arc<dyn Fn() -> Option<ColonySummary> + Send + Sync>;
 
 /// Configuration of one RC's canopy node.
 #[derive(Clone)]
@@ -570,8 +571,10 @@ impl Runner {
             Command::SetProvider(p) => {
                 let summary = p();
                 self.provider = Some(p);
-                if let Err(e) = self.publish_summary(summary) {
-                    tracing::debug!(error = %e, "first periodic summary not published");
+                if let Some(summary) = summary {
+                    if let Err(e) = self.publish_summary(summary) {
+                        tracing::debug!(error = %e, "first periodic summary not published");
+                    }
                 }
             }
             Command::Dial(addr, reply) => {
@@ -634,8 +637,8 @@ impl Runner {
     }
 
     fn on_publish_tick(&mut self) {
-        if let Some(p) = self.provider.clone() {
-            match self.publish_summary(p()) {
+        if let Some(summary) = self.provider.clone().and_then(|p| p()) {
+            match self.publish_summary(summary) {
                 Ok(_) => {}
                 Err(CanopyError::NoPeers) => tracing::debug!("no canopy peer to publish to yet"),
                 Err(e) => tracing::warn!(error = %e, "periodic canopy summary not published"),

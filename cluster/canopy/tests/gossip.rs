@@ -76,7 +76,7 @@ async fn start_colony(seed: u8, trusted: &[u8], bootstrap: &[Multiaddr], zone: &
         .expect("canopy starts");
     let s = summary(seed, &format!("colony-{seed}"), zone);
     canopy
-        .set_summary_provider(Arc::new(move || s.clone()))
+        .set_summary_provider(Arc::new(move || Some(s.clone())))
         .await
         .expect("provider set");
     canopy

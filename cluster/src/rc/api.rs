@@ -36,7 +36,13 @@ pub fn rc_router(core: Arc<RcCore>) -> Router {
         .route("/sessions/{id}", get(rc_lookup).delete(rc_redirect))
         .route("/sessions/{id}/inputs", post(rc_redirect))
         .route("/sessions/{id}/ws", get(rc_redirect))
-        .route("/sessions/{id}/handover", post(rc_handover));
+        .route("/sessions/{id}/handover", post(rc_handover))
+        .route("/group", get(rc_group))
+        .route("/group/replicas", post(rc_group_add))
+        .route(
+            "/group/replicas/{id}",
+            axum::routing::delete(rc_group_remove),
+        );
     Router::new()
         .nest(v1::PREFIX, api.clone())
         .merge(api)
@@ -150,6 +156,84 @@ async fn rc_status(
         }
     }
     Ok(Json(v))
+}
+
+/// The RC group of this RC, or `404 no_group` for a single RC.
+fn group_of(core: &RcCore) -> Result<&Arc<crate::rc::group::RcGroup>, ApiError> {
+    core.group().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_group",
+            "this RC runs alone (no [group] in its config)",
+        )
+    })
+}
+
+fn group_failed(e: crate::rc::group::GroupError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "group_change_failed",
+        e.to_string(),
+    )
+    .with("retryable", json!(true))
+}
+
+/// `GET /v1/group` (operator): the RC group as the leader sees it.
+async fn rc_group(
+    State(core): State<Arc<RcCore>>,
+    bearer: Bearer,
+) -> Result<Json<Value>, ApiError> {
+    core.access.operator(&bearer, "GET /group")?;
+    Ok(Json(json!(group_of(&core)?.view())))
+}
+
+/// `POST /v1/group/replicas` (operator) `{"id": 4, "address": "host:port", "did": "did:mycel:…"}`:
+/// adds a replica (started with `[group] id = 4`, `listen = address`, `peers = []`) as a learner,
+/// then, once it has caught up, as a voter.
+async fn rc_group_add(
+    State(core): State<Arc<RcCore>>,
+    bearer: Bearer,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    core.access.operator(&bearer, "POST /group/replicas")?;
+    let group = group_of(&core)?;
+    let Json(body) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let bad = |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", what.to_string());
+    let id = body["id"]
+        .as_u64()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| bad("`id`: the new replica's Raft id, an integer from 1"))?;
+    let address = body["address"]
+        .as_str()
+        .filter(|a| a.parse::<std::net::SocketAddr>().is_ok() || a.contains(':'))
+        .ok_or_else(|| bad("`address`: the new replica's Raft address host:port"))?
+        .to_string();
+    let did = body["did"]
+        .as_str()
+        .and_then(|d| opengrid_session::Did::parse(d).ok())
+        .ok_or_else(|| {
+            bad("`did`: the new replica's did:mycel identity (`opengrid id --data-dir`)")
+        })?;
+    group
+        .add_replica(id, address, did)
+        .await
+        .map_err(group_failed)?;
+    tracing::info!(id, "RC group: replica added");
+    Ok(Json(json!(group.view())))
+}
+
+/// `DELETE /v1/group/replicas/{id}` (operator): removes a replica from the group.
+async fn rc_group_remove(
+    State(core): State<Arc<RcCore>>,
+    bearer: Bearer,
+    Path(id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    core.access.operator(&bearer, "DELETE /group/replicas")?;
+    let group = group_of(&core)?;
+    group.remove_replica(id).await.map_err(group_failed)?;
+    tracing::info!(id, "RC group: replica removed");
+    Ok(Json(json!(group.view())))
 }
 
 /// `POST /v1/sessions` at the RC: place a new session (or, with `session_id` and its

@@ -56,7 +56,8 @@ pub struct GroupSection {
     pub listen: String,
     /// The group's voters: `ID=DID@HOST:PORT` (this replica's own entry may be `ID=HOST:PORT`).
     /// Every replica lists the same voters; the first start of each initializes the group
-    /// (idempotent).
+    /// (idempotent). Empty: this replica joins an existing group, added by an operator
+    /// (`opengrid rc-group add`).
     pub peers: Vec<String>,
     /// Raft heartbeat interval of the leader.
     pub heartbeat: HumanDuration,
@@ -104,13 +105,14 @@ impl GroupSection {
         }
         let peers = RaftNodeConfig::parse_peers(&self.peers.join(","))
             .map_err(|e| ("group.peers", e.to_string()))?;
-        if !peers.contains_key(&self.id) {
+        // No peers: a replica that joins an existing group (`opengrid rc-group add`).
+        if !peers.is_empty() && !peers.contains_key(&self.id) {
             return Err((
                 "group.peers",
                 format!("must list this replica (id {}) among the voters", self.id),
             ));
         }
-        if peers.len() % 2 == 0 || peers.len() > 7 {
+        if !peers.is_empty() && (peers.len() % 2 == 0 || peers.len() > 7) {
             return Err((
                 "group.peers",
                 format!("{} voters: a group has 1, 3, 5 or 7", peers.len()),
@@ -145,6 +147,9 @@ pub enum GroupError {
     /// A batch could not be encoded.
     #[error("RC group: encoding a batch: {0}")]
     Encode(String),
+    /// A membership change was refused.
+    #[error("RC group: {0}")]
+    Membership(String),
 }
 
 /// One change of the replicated map: a put (`Some`) or a delete (`None`).
@@ -294,6 +299,8 @@ impl RcGroup {
         cfg.heartbeat = section.heartbeat.0;
         cfg.election_timeout = (section.election_timeout.0, section.election_timeout.0 * 2);
         cfg.request_timeout = Duration::from_secs(2);
+        // The state machine trusts every batch: only the group's replicas may propose.
+        cfg.members_only = true;
         let node = RaftNode::start(cfg, GroupApp::default()).await?;
         Ok(Arc::new(RcGroup {
             node,
@@ -441,6 +448,62 @@ impl RcGroup {
         }
     }
 
+    /// Adds a replica to the group (on the leader): as a learner first, which returns once it
+    /// has caught up with the log, then as a voter (joint consensus, openraft). The new replica
+    /// runs with `[group] id = <id>`, its `listen` = `address` and `peers = []`.
+    pub async fn add_replica(
+        &self,
+        id: u64,
+        address: String,
+        did: opengrid_session::Did,
+    ) -> Result<(), GroupError> {
+        let mut voters = self.voters();
+        if voters.contains(&id) {
+            return Ok(());
+        }
+        self.node.add_learner(id, address, did).await?;
+        voters.insert(id);
+        self.node.change_membership(voters).await?;
+        Ok(())
+    }
+
+    /// Removes a replica from the voters and from the group (on the leader). Refused for the
+    /// last voter.
+    pub async fn remove_replica(&self, id: u64) -> Result<(), GroupError> {
+        let voters = self.voters();
+        if !voters.contains(&id) {
+            return Ok(());
+        }
+        if voters.len() == 1 {
+            return Err(GroupError::Membership(
+                "the last voter of the RC group cannot be removed".into(),
+            ));
+        }
+        self.node.remove_node(id).await?;
+        Ok(())
+    }
+
+    /// The voters' ids.
+    pub fn voters(&self) -> std::collections::BTreeSet<u64> {
+        self.node
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// The DIDs of every member (voters and learners) of the current membership.
+    pub fn member_dids(&self) -> Vec<String> {
+        self.node
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter_map(|(_, n)| n.did.as_ref().map(|d| d.to_string()))
+            .collect()
+    }
+
     /// Stops the replica.
     pub async fn shutdown(&self) {
         let _ = self.node.raft().shutdown().await;
@@ -462,8 +525,17 @@ pub(crate) async fn keep_office(
     let mut every = tokio::time::interval(CONFIRM_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ok = Instant::now();
+    let mut trusted: std::collections::HashSet<String> = Default::default();
     loop {
         every.tick().await;
+        // Replicas added since the start issue capabilities and tokens when they lead.
+        for did in group.member_dids() {
+            if trusted.insert(did.clone()) {
+                if let Ok(id) = crate::common::identity::NodeId::parse(&did) {
+                    core.access.trust_rc(id);
+                }
+            }
+        }
         let ok = group.confirm().await;
         let in_office = group.in_office.load(Ordering::Acquire);
         if ok {

@@ -257,8 +257,13 @@ pub async fn start(
     let h2 = header.clone();
     canopy
         .set_summary_provider(Arc::new(move || match weak.upgrade() {
-            Some(core) => core.with_colony(|colony| colony_summary(&h2, colony)),
-            None => colony_summary(&h2, &Colony::new()),
+            // Only the replica in office speaks for the colony (ADR 0037): a follower of the RC
+            // group publishes nothing; the new leader publishes from its first interval on.
+            Some(core) if core.acting() => {
+                Some(core.with_colony(|colony| colony_summary(&h2, colony)))
+            }
+            Some(_) => None,
+            None => Some(colony_summary(&h2, &Colony::new())),
         }))
         .await?;
     let http = reqwest::Client::builder()
