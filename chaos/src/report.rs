@@ -30,6 +30,28 @@ pub struct FaultOutcome {
     pub recovery_ms: Option<u64>,
     /// Why it could not be injected.
     pub error: Option<String>,
+    /// The process a [`RC_LEADER`] target named when the fault fired (the RC that led then; for
+    /// a restart or resume, the one its kill or pause hit).
+    ///
+    /// [`RC_LEADER`]: crate::scenario::RC_LEADER
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hit: Option<String>,
+}
+
+impl FaultOutcome {
+    /// The fault's targets as the report names them: `n1<->rc-eu`, or `rc-leader (rc-eu-2)`
+    /// with the process the fault actually hit.
+    pub fn targets_label(&self) -> String {
+        targets_label(&self.fault, self.hit.as_deref())
+    }
+}
+
+fn targets_label(f: &ScheduledFault, hit: Option<&str>) -> String {
+    let t = f.targets.join("<->");
+    match hit {
+        Some(h) => format!("{t} ({h})"),
+        None => t,
+    }
 }
 
 /// Recovery-time figures of one fault kind.
@@ -171,7 +193,7 @@ impl Report {
                 "  {:>7}ms  {:<13} {:<24} {:>11} {:>12}  {}",
                 f.t_ms,
                 f.action.as_str(),
-                f.targets.join("<->"),
+                targets_label(f, o.and_then(|o| o.hit.as_deref())),
                 ms(o.and_then(|o| o.injected_ms)),
                 ms(o.and_then(|o| o.recovery_ms)),
                 o.and_then(|o| o.error.clone()).unwrap_or_default()
@@ -447,6 +469,7 @@ mod tests {
             injected_ms: Some(100),
             recovery_ms: Some(ms),
             error: None,
+            hit: None,
         };
         let mut a = Report::new("kill-node", 1, "opengrid-chaos run a.toml --seed 1".into());
         a.faults = vec![outcome(200)];
@@ -491,6 +514,7 @@ mod tests {
             injected_ms: Some(101),
             recovery_ms: Some(850),
             error: None,
+            hit: None,
         }];
         r.checked = vec![Invariant::NoAckedLoss];
         assert_eq!(r.exit_code(), EXIT_PASS);
@@ -517,5 +541,31 @@ mod tests {
         e.error = Some("no node binary".into());
         assert_eq!(e.exit_code(), EXIT_ERROR);
         assert_eq!(shell_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn a_fault_on_the_rc_leader_names_the_process_it_hit() {
+        let mut kill = fault(5_000, FaultAction::Kill);
+        kill.targets = vec![crate::scenario::RC_LEADER.into()];
+        let mut restart = fault(10_000, FaultAction::Restart);
+        restart.targets = kill.targets.clone();
+        let mut r = Report::new("rc-leader-loss", 3, String::new());
+        r.schedule = vec![kill.clone(), restart.clone()];
+        r.faults = [kill, restart]
+            .into_iter()
+            .map(|f| FaultOutcome {
+                fault: f,
+                injected_ms: Some(1),
+                recovery_ms: None,
+                error: None,
+                hit: Some("rc-eu-2".into()),
+            })
+            .collect();
+        assert_eq!(r.faults[0].targets_label(), "rc-leader (rc-eu-2)");
+        let h = r.to_human();
+        assert_eq!(h.matches("rc-leader (rc-eu-2)").count(), 2, "{h}");
+        let j: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(j["faults"][1]["hit"], "rc-eu-2");
+        assert_eq!(j["faults"][1]["fault"]["targets"][0], "rc-leader");
     }
 }

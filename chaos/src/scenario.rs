@@ -42,6 +42,9 @@
 //! check = ["no-acked-loss", "no-duplicate", "single-active", "jurisdiction", "health"]
 //! ```
 //!
+//! Several `[[cluster.rc]]` of one colony are its RC group (1, 3 or 5 RC processes on one Raft
+//! log, ADR 0037); a fault's `target = "rc-leader"` names whichever of them leads when it fires.
+//!
 //! Parsing never panics; every error names the offending field (`fault[2].between`). The same
 //! seed always expands to the same [`ScheduledFault`] list.
 
@@ -108,7 +111,8 @@ pub struct ClusterSpec {
     pub ledger: Vec<LedgerSpec>,
 }
 
-/// `[[cluster.rc]]`
+/// `[[cluster.rc]]`. Several with the same colony are that colony's RC group (ADR 0037): 1, 3 or
+/// 5 RC processes replicated with Raft, ids 1.. in declaration order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RcSpec {
@@ -272,6 +276,14 @@ impl fmt::Display for FaultAction {
         f.write_str(self.as_str())
     }
 }
+
+/// The fault target that names whichever RC of the colony's group leads when the fault fires
+/// (kill, pause, fuzz); the `restart`/`resume` of the same fault entry acts on that same process.
+/// Reserved: no process may take this name.
+pub const RC_LEADER: &str = "rc-leader";
+
+/// Sizes an RC group may have: odd, so a majority survives a split, and at most five.
+pub const RC_GROUP_SIZES: &[usize] = &[1, 3, 5];
 
 /// Ports a fuzz fault can aim at.
 pub const FUZZ_PORTS: &[&str] = &["all", "http", "control", "migration", "raft"];
@@ -497,6 +509,38 @@ impl Scenario {
             .collect()
     }
 
+    /// The RCs of `colony`, in declaration order: its RC group (one RC: a group of one).
+    pub fn rc_group(&self, colony: &str) -> Vec<&RcSpec> {
+        self.cluster
+            .rc
+            .iter()
+            .filter(|r| r.colony == colony)
+            .collect()
+    }
+
+    /// The kind of a fault target: a process's, or [`ProcessKind::Rc`] for [`RC_LEADER`].
+    pub fn target_kind(&self, target: &str) -> Option<ProcessKind> {
+        if target == RC_LEADER {
+            return Some(ProcessKind::Rc);
+        }
+        self.processes().get(target).copied()
+    }
+
+    /// Whether the RC `target` (a name or [`RC_LEADER`]) is one of a group of several, so that
+    /// its loss leaves the colony's control plane running.
+    pub fn in_rc_group(&self, target: &str) -> bool {
+        let colony = if target == RC_LEADER {
+            self.cluster.colonies.first()
+        } else {
+            self.cluster
+                .rc
+                .iter()
+                .find(|r| r.name == target)
+                .map(|r| &r.colony)
+        };
+        colony.is_some_and(|c| self.rc_group(c).len() > 1)
+    }
+
     /// Checks everything that does not need the file system; the first error names its field.
     pub fn validate(&self) -> Result<(), ScenarioError> {
         if self.version != SCENARIO_VERSION {
@@ -545,6 +589,15 @@ impl Scenario {
             if !is_name(name) {
                 return Err(invalid(field, name_rule(name)));
             }
+            if name == RC_LEADER {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{RC_LEADER:?} is reserved: as a fault target it names the RC that leads \
+                         when the fault fires"
+                    ),
+                ));
+            }
             if !names.insert(name.to_string()) {
                 return Err(invalid(
                     field,
@@ -590,11 +643,24 @@ impl Scenario {
             check_name(format!("cluster.ledger[{i}].name"), &l.name)?;
         }
         for col in &colonies {
-            if !c.rc.iter().any(|r| r.colony == *col) {
-                return Err(invalid(
-                    "cluster.rc",
-                    format!("colony {col:?} has no regional coordinator"),
-                ));
+            match self.rc_group(col).len() {
+                0 => {
+                    return Err(invalid(
+                        "cluster.rc",
+                        format!("colony {col:?} has no regional coordinator"),
+                    ))
+                }
+                n if !RC_GROUP_SIZES.contains(&n) => {
+                    return Err(invalid(
+                        "cluster.rc",
+                        format!(
+                            "colony {col:?} has {n} regional coordinators: its RC group needs \
+                             {RC_GROUP_SIZES:?} (an odd number, at most 5, so a majority survives \
+                             a split)"
+                        ),
+                    ))
+                }
+                _ => {}
             }
         }
         if !c.ledger.is_empty() && c.ledger.len().is_multiple_of(2) {
@@ -744,6 +810,18 @@ impl Scenario {
                             return Err(invalid(
                                 f("target"),
                                 format!("{a} needs a node; {t:?} is not a cluster.node"),
+                            ));
+                        }
+                    }
+                    _ if t == RC_LEADER => {
+                        if self.cluster.colonies.len() != 1 {
+                            return Err(invalid(
+                                f("target"),
+                                format!(
+                                    "{RC_LEADER:?} is the leader of the only colony's RC group; \
+                                     with {} colonies name the RC",
+                                    self.cluster.colonies.len()
+                                ),
                             ));
                         }
                     }

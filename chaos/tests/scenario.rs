@@ -181,6 +181,85 @@ fn bad_scenarios_name_the_field() {
     }
 }
 
+/// `GOOD` with `n` RCs in colony `eu` (`rc`, `rc-2`, …).
+fn with_rcs(n: usize) -> String {
+    let extra: String = (2..=n)
+        .map(|i| format!("[[cluster.rc]]\nname = \"rc-{i}\"\ncolony = \"eu\"\n"))
+        .collect();
+    with("[[cluster.node]]", &format!("{extra}[[cluster.node]]"))
+}
+
+#[test]
+fn an_rc_group_has_one_three_or_five_rcs() {
+    use opengrid_chaos::scenario::{ProcessKind, RC_LEADER};
+    for n in [1, 3, 5] {
+        let sc = Scenario::from_toml_str(&with_rcs(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert_eq!(sc.rc_group("eu").len(), n);
+        assert_eq!(sc.in_rc_group("rc"), n > 1);
+        assert_eq!(sc.in_rc_group(RC_LEADER), n > 1);
+    }
+    for n in [2, 4, 6, 7] {
+        let e = Scenario::from_toml_str(&with_rcs(n)).unwrap_err();
+        assert!(matches!(e, ScenarioError::Invalid { .. }), "{e:?}");
+        assert_eq!(e.field(), Some("cluster.rc"), "{n}: {e}");
+        let m = e.to_string();
+        assert!(
+            m.contains(&format!("{n} regional coordinators")) && m.contains("[1, 3, 5]"),
+            "{m}"
+        );
+    }
+    let sc = Scenario::from_toml_str(&with_rcs(3)).unwrap();
+    assert_eq!(sc.target_kind(RC_LEADER), Some(ProcessKind::Rc));
+    assert_eq!(sc.target_kind("rc-3"), Some(ProcessKind::Rc));
+    assert_eq!(sc.target_kind("n1"), Some(ProcessKind::Node));
+    assert_eq!(sc.target_kind("nope"), None);
+}
+
+#[test]
+fn rc_leader_is_a_target_and_no_process_name() {
+    let kill = with("target = \"n1\"", "target = \"rc-leader\"");
+    let sc = Scenario::from_toml_str(&kill).unwrap();
+    let s = sc.expand(1);
+    assert_eq!(s[0].targets, ["rc-leader"]);
+    // Its undo names the same target; the harness pairs them by fault entry.
+    let restart = s.iter().find(|f| f.action == FaultAction::Restart).unwrap();
+    assert_eq!(
+        (restart.targets.as_slice(), restart.source),
+        (&["rc-leader".to_string()][..], s[0].source)
+    );
+    let fuzz = with("target = \"rc\"", "target = \"rc-leader\"");
+    Scenario::from_toml_str(&fuzz).unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            with("name = \"n2\"", "name = \"rc-leader\""),
+            "cluster.node[1].name",
+        ),
+        (
+            with("name = \"rc\"", "name = \"rc-leader\""),
+            "cluster.rc[0].name",
+        ),
+        (
+            with("between = [\"n1\", \"n2\"]", "between = [\"n1\", \"rc-leader\"]"),
+            "fault[1].between",
+        ),
+        (
+            kill.replacen("action = \"kill\"", "action = \"fail-disk\"", 1),
+            "fault[0].target",
+        ),
+        (
+            kill.replace("colonies = [\"eu\"]", "colonies = [\"eu\", \"us\"]")
+                .replace(
+                    "[[cluster.node]]\nname = \"n2\"",
+                    "[[cluster.rc]]\nname = \"rc-us\"\ncolony = \"us\"\n[[cluster.node]]\nname = \"n2\"",
+                ),
+            "fault[0].target",
+        ),
+    ];
+    for (text, field) in cases {
+        assert_eq!(field_of(&text), field, "{text}");
+    }
+}
+
 #[test]
 fn loss_needs_probability_and_partition_modes_are_checked() {
     let t = with(

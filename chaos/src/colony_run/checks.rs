@@ -63,15 +63,7 @@ impl Run<'_> {
         }
         if checks.contains(&Invariant::Health) {
             let c = &self.colony;
-            let probes = health(
-                &c.http,
-                &c.rc_name,
-                &c.rc_api,
-                self.launcher,
-                &c.ledgers,
-                self.t0,
-            )
-            .await;
+            let probes = health(&c.http, &c.rc, self.launcher, &c.ledgers, self.t0).await;
             violations.extend(check_health(&probes));
         }
         let lost_bounded: u64 = logs
@@ -99,11 +91,7 @@ impl Run<'_> {
             .filter_map(|f| {
                 let at = f.injected_ms?;
                 Some((
-                    format!(
-                        "{} {}",
-                        f.fault.action.as_str(),
-                        f.fault.targets.join("<->")
-                    ),
+                    format!("{} {}", f.fault.action.as_str(), f.targets_label()),
                     at,
                 ))
             })
@@ -160,8 +148,16 @@ impl Run<'_> {
                 })
                 .flat_map(|f| f.targets.iter().cloned())
                 .collect();
-            let rc_log = std::fs::read_to_string(self.launcher.log_paths(&self.colony.rc_name).1)
-                .unwrap_or_default();
+            // Every RC of a group: whichever led at the time declared the deaths.
+            let rc_log: String = self
+                .colony
+                .rc
+                .replicas()
+                .iter()
+                .map(|r| {
+                    std::fs::read_to_string(self.launcher.log_paths(&r.name).1).unwrap_or_default()
+                })
+                .collect();
             let downings = false_downings(&rc_log, &touched);
             report.notes.push(format!(
                 "no-false-downing: {} node(s) declared dead without a fault on them",
@@ -175,20 +171,21 @@ impl Run<'_> {
 
     /// `ledger-balance`: waits for settlement to go quiet, notes what it saw, and checks it.
     async fn settlement_violations(&mut self, report: &mut Report) -> Vec<Violation> {
-        let procs = self.sc.processes();
-        // Node and RC counters start from zero after a restart: the exact count needs them whole.
+        // Node and single-RC counters start from zero after a restart: the exact count needs
+        // them whole. An RC group keeps its receipt queue in its log (ADR 0037), so losing one
+        // of its RCs keeps them whole.
+        let sc = self.sc;
         let complete = !report.schedule.iter().any(|f| {
             matches!(f.action, FaultAction::Kill | FaultAction::Restart)
-                && f.targets.iter().any(|t| {
-                    matches!(
-                        procs.get(t.as_str()),
-                        Some(ProcessKind::Node | ProcessKind::Rc)
-                    )
+                && f.targets.iter().any(|t| match sc.target_kind(t) {
+                    Some(ProcessKind::Node) => true,
+                    Some(ProcessKind::Rc) => !sc.in_rc_group(t),
+                    _ => false,
                 })
         });
         self.progress.line("waiting for settlement to go quiet (receipts acknowledged, batched, applied on every replica)");
         let c = &self.colony;
-        let seen = settlement_seen(&c.http, &c.rc_api, self.launcher, &c.ledgers, complete).await;
+        let seen = settlement_seen(&c.http, &c.rc, self.launcher, &c.ledgers, complete).await;
         report.notes.push(format!(
             "settlement: {} receipt(s) acknowledged to the nodes ({} µ); replicas {}",
             seen.acked,
@@ -232,7 +229,8 @@ fn input_violations(
     (violations, records.len())
 }
 
-/// Nodes the RC declared dead (its log) although no fault of the schedule touched them.
+/// Nodes the RC declared dead (its log; a group's logs one after the other) although no fault of
+/// the schedule touched them.
 pub fn false_downings(rc_log: &str, touched: &BTreeSet<String>) -> Vec<Violation> {
     let mut out = Vec::new();
     for line in rc_log.lines().filter(|l| l.contains("node declared dead")) {

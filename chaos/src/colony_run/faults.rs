@@ -1,6 +1,7 @@
 //! Injecting the scenario's faults into the real processes at their scheduled times, and ending
-//! them: SIGKILL / SIGSTOP / SIGCONT and restarts through the [`Launcher`], the node <-> RC
-//! [`Proxy`] for network faults, the nodes' fault control files (`[faults] control_dir`,
+//! them: SIGKILL / SIGSTOP / SIGCONT and restarts through the [`Launcher`] (`rc-leader` found
+//! among the RC group's replicas when the fault fires), the node <-> RC [`Proxy`]s for network
+//! faults, the nodes' fault control files (`[faults] control_dir`,
 //! `opengrid_cluster::node::faults`) for disk and handler faults, and seeded fuzzers on listening ports.
 //!
 //! [`Launcher`]: crate::launcher::Launcher
@@ -19,7 +20,7 @@ use crate::fuzz::{fuzz_port, Pace, Port as FuzzPort, PortStats};
 use crate::launcher::ProcState;
 use crate::proxy::{LossMode, PartitionMode};
 use crate::report::FaultOutcome;
-use crate::scenario::{FaultAction, ScheduledFault};
+use crate::scenario::{FaultAction, ScheduledFault, RC_LEADER};
 
 /// A node partitioned from the RC may serve until its lease runs out (node default 1 s): bounded
 /// loss is excused for inputs acknowledged up to this long after the partition began.
@@ -32,6 +33,8 @@ const PANIC_EVERY: u64 = 20;
 const FAIL_WRITES: &str = "fail-writes";
 const SLOW_HANDLER: &str = "slow-handler";
 const PANIC_HANDLER: &str = "panic-handler";
+/// How long a fault on `rc-leader` waits for the group to have a leader (an election).
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// What applying the schedule left for the report and the checks.
 pub(super) struct Applied {
@@ -45,6 +48,34 @@ pub(super) struct Applied {
     fuzzers: Vec<tokio::task::JoinHandle<PortStats>>,
     /// What each fuzzer did (after [`Applied::stop_fuzzers`]).
     pub fuzz_stats: Vec<PortStats>,
+    /// The RC processes `rc-leader` faults hit.
+    leader_hits: LeaderHits,
+}
+
+/// The processes `rc-leader` faults hit, so that the restart or resume of a fault entry acts on
+/// the process its kill or pause hit, not on whichever leads by then.
+#[derive(Default)]
+struct LeaderHits {
+    /// Fault entry (`ScheduledFault::source`) → the process it hit.
+    by_source: BTreeMap<usize, String>,
+    /// The process the latest `rc-leader` fault hit.
+    last: Option<String>,
+}
+
+impl LeaderHits {
+    fn record(&mut self, source: usize, process: &str) {
+        self.by_source.insert(source, process.to_string());
+        self.last = Some(process.to_string());
+    }
+
+    /// What a restart or resume of `rc-leader` from fault entry `source` acts on: the process
+    /// that entry hit, else (a restart of its own entry) the one the latest `rc-leader` fault hit.
+    fn undo_target(&self, source: usize) -> Option<&str> {
+        self.by_source
+            .get(&source)
+            .or(self.last.as_ref())
+            .map(String::as_str)
+    }
 }
 
 impl Applied {
@@ -116,6 +147,7 @@ impl Run<'_> {
             fuzz_stop: Arc::new(AtomicBool::new(false)),
             fuzzers: Vec::new(),
             fuzz_stats: Vec::new(),
+            leader_hits: LeaderHits::default(),
         };
         let mut events: Vec<(ScheduledFault, bool)> = Vec::new();
         for f in schedule {
@@ -136,7 +168,7 @@ impl Run<'_> {
             if is_end {
                 self.end_handler_fault(&f, now, notes);
             } else {
-                self.apply(&f, now, &mut applied);
+                self.apply(&f, now, &mut applied).await;
             }
         }
         applied
@@ -158,9 +190,51 @@ impl Run<'_> {
         }
     }
 
-    /// Injects one fault at `now` and records it (and the failure window it opens).
-    fn apply(&mut self, f: &ScheduledFault, now: u64, applied: &mut Applied) {
-        let r = if f.action == FaultAction::Fuzz {
+    /// The process `rc-leader` names for `f` now: the RC that leads when a kill, pause or fuzz
+    /// fires (asked of the replicas, waiting for an election up to [`LEADER_WAIT`]); for a
+    /// restart or resume, the process its fault entry's kill or pause hit. `None`: `f` names
+    /// its processes itself.
+    async fn leader_target(
+        &self,
+        f: &ScheduledFault,
+        hits: &mut LeaderHits,
+    ) -> Result<Option<String>, String> {
+        if f.targets.first().map(String::as_str) != Some(RC_LEADER) {
+            return Ok(None);
+        }
+        let name = match f.action {
+            FaultAction::Restart | FaultAction::Resume => hits
+                .undo_target(f.source)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    format!(
+                        "{RC_LEADER}: no earlier fault hit an RC leader to {}",
+                        f.action
+                    )
+                })?,
+            _ => self.colony.rc.leader(LEADER_WAIT).await?.name,
+        };
+        hits.record(f.source, &name);
+        Ok(Some(name))
+    }
+
+    /// Injects one fault at `now` and records it (and the failure window it opens); a fault on
+    /// `rc-leader` is applied to the process that name resolves to now, and its outcome names it.
+    async fn apply(&mut self, scheduled: &ScheduledFault, now: u64, applied: &mut Applied) {
+        let hit = self
+            .leader_target(scheduled, &mut applied.leader_hits)
+            .await;
+        let mut f = scheduled.clone();
+        let mut now = now;
+        if let Ok(Some(name)) = &hit {
+            f.targets = vec![name.clone()];
+            // Finding the leader took time (an election, at worst).
+            now = ms_since(self.t0);
+        }
+        let f = &f;
+        let r = if let Err(e) = &hit {
+            Err(e.clone())
+        } else if f.action == FaultAction::Fuzz {
             start_fuzz(
                 f,
                 &self.colony.fuzz_ports,
@@ -172,13 +246,21 @@ impl Run<'_> {
         } else {
             self.inject(f)
         };
+        let hit = hit.ok().flatten();
+        let outcome = FaultOutcome {
+            fault: scheduled.clone(),
+            injected_ms: r.is_ok().then_some(now),
+            recovery_ms: None,
+            error: r.err(),
+            hit,
+        };
         self.progress.line(format!(
             "t+{now}ms {} {} {}",
             f.action,
-            f.targets.join("<->"),
-            match &r {
-                Ok(()) => "injected".to_string(),
-                Err(e) => format!("FAILED: {e}"),
+            outcome.targets_label(),
+            match &outcome.error {
+                None => "injected".to_string(),
+                Some(e) => format!("FAILED: {e}"),
             }
         ));
         match f.action {
@@ -199,12 +281,7 @@ impl Run<'_> {
             }
             _ => {}
         }
-        applied.outcomes.push(FaultOutcome {
-            fault: f.clone(),
-            injected_ms: r.is_ok().then_some(now),
-            recovery_ms: None,
-            error: r.err(),
-        });
+        applied.outcomes.push(outcome);
     }
 
     fn inject(&mut self, f: &ScheduledFault) -> Result<(), String> {
@@ -215,12 +292,17 @@ impl Run<'_> {
                 .ok_or_else(|| format!("{n:?} has no fault control dir (not a node)"))
         };
         let t = f.targets.first().cloned().unwrap_or_default();
-        let link = || {
-            f.targets
+        // A node's links to every RC of the group: cut from "the RC" means from all of them.
+        let links = |apply: &dyn Fn(&crate::proxy::ProxyHandle)| {
+            let links = f
+                .targets
                 .iter()
                 .find_map(|n| self.colony.proxies.get(n))
-                .map(|(_, h)| h)
-                .ok_or_else(|| format!("no proxied link among {:?}", f.targets))
+                .ok_or_else(|| format!("no proxied link among {:?}", f.targets))?;
+            for l in links {
+                apply(&l.handle);
+            }
+            Ok(())
         };
         let observed = &self.observer.observed;
         match f.action {
@@ -247,29 +329,20 @@ impl Run<'_> {
                 Ok(())
             }
             FaultAction::Partition => {
-                link()?.partition(f.params.partition.unwrap_or(PartitionMode::Refuse));
-                Ok(())
+                links(&|h| h.partition(f.params.partition.unwrap_or(PartitionMode::Refuse)))
             }
-            FaultAction::Latency => {
-                link()?.latency(
+            FaultAction::Latency => links(&|h| {
+                h.latency(
                     Duration::from_millis(f.params.latency_ms.unwrap_or(0)),
                     Duration::from_millis(f.params.jitter_ms.unwrap_or(0)),
-                );
-                Ok(())
-            }
+                )
+            }),
             FaultAction::Loss => {
                 let (p, m) = f.params.loss.unwrap_or((0.0, LossMode::Drop));
-                link()?.loss(p, m);
-                Ok(())
+                links(&|h| h.loss(p, m))
             }
-            FaultAction::Bandwidth => {
-                link()?.bandwidth(f.params.rate);
-                Ok(())
-            }
-            FaultAction::Heal => {
-                link()?.heal();
-                Ok(())
-            }
+            FaultAction::Bandwidth => links(&|h| h.bandwidth(f.params.rate)),
+            FaultAction::Heal => links(&|h| h.heal()),
             FaultAction::FailDisk => write_control(control(&t)?, FAIL_WRITES, ""),
             FaultAction::RestoreDisk => remove_control(control(&t)?, FAIL_WRITES),
             FaultAction::SlowHandler | FaultAction::PanicHandler => {
@@ -282,13 +355,12 @@ impl Run<'_> {
     /// Undoes whatever is still in force at the end (a schedule without its undo): heals every
     /// proxied link and resumes every paused process, each with a note.
     pub(super) fn undo_leftovers(&mut self, notes: &mut Vec<String>) {
-        for (name, (_, h)) in &self.colony.proxies {
-            if !h.faults().is_healed() {
-                h.heal();
-                notes.push(format!(
-                    "healed {name}<->{} at the end",
-                    self.colony.rc_name
-                ));
+        for (name, links) in &self.colony.proxies {
+            for l in links {
+                if !l.handle.faults().is_healed() {
+                    l.handle.heal();
+                    notes.push(format!("healed {name}<->{} at the end", l.rc));
+                }
             }
         }
         for name in self.launcher.names() {
@@ -393,4 +465,22 @@ fn end_handler_fault(
         remove_control(dir, file)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_undo_of_an_rc_leader_fault_acts_on_the_process_its_entry_hit() {
+        let mut hits = LeaderHits::default();
+        assert_eq!(hits.undo_target(0), None);
+        hits.record(0, "rc-eu-2");
+        // Entry 1 killed the next leader while rc-eu-2 was still down.
+        hits.record(1, "rc-eu-3");
+        assert_eq!(hits.undo_target(0), Some("rc-eu-2"));
+        assert_eq!(hits.undo_target(1), Some("rc-eu-3"));
+        // A restart entry of its own: the latest process hit.
+        assert_eq!(hits.undo_target(7), Some("rc-eu-3"));
+    }
 }

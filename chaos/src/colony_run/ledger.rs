@@ -1,5 +1,5 @@
 //! The ledger replicas of a run with `[[cluster.ledger]]`: starting them (`opengrid ledger
-//! replica`), registering the RC's and every node's key with the operator command, and reading
+//! replica`), registering every RC's and every node's key with the operator command, and reading
 //! settlement from outside once it is quiet (for `ledger-balance`).
 
 use std::collections::BTreeMap;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::observe::members;
+use super::rc_group::RcGroup;
 use crate::invariants::{ReplicaTotals, SettlementSeen};
 use crate::launcher::{Launcher, ProcSpec, ProcState};
 use crate::scenario::Scenario;
@@ -72,8 +73,8 @@ fn operator_key(launcher: &Launcher) -> Result<std::path::PathBuf, String> {
     Ok(dir.join("operator.key"))
 }
 
-/// Registers the RC's and every node's key (interchange split, operator `<name>-op`) with the
-/// operator command, authorized by the run's ledger operator key, as an operator would.
+/// Registers every RC's (each of a group's) and every node's key (interchange split, operator
+/// `<name>-op`) with the operator command, authorized by the run's ledger operator key, as an operator would.
 pub(super) async fn register_keys(
     sc: &Scenario,
     launcher: &Launcher,
@@ -83,7 +84,6 @@ pub(super) async fn register_keys(
     use opengrid_cluster::common::identity::KEY_FILE;
     let addr = ledgers.values().cloned().collect::<Vec<_>>().join(",");
     let op_key = operator_key(launcher)?.display().to_string();
-    let rc = &sc.cluster.rc[0].name;
     let key = |name: &str| -> Result<String, String> {
         Ok(launcher
             .data_dir(name)
@@ -92,18 +92,22 @@ pub(super) async fn register_keys(
             .display()
             .to_string())
     };
-    let mut cmds: Vec<Vec<String>> = vec![vec![
-        "ledger".into(),
-        "register-rc".into(),
-        "--key-file".into(),
-        key(rc)?,
-        "--operator".into(),
-        format!("{rc}-op"),
-        "--addr".into(),
-        addr.clone(),
-        "--operator-key-file".into(),
-        op_key.clone(),
-    ]];
+    // Every RC of a group: whichever leads co-signs the receipts.
+    let mut cmds: Vec<Vec<String>> = Vec::new();
+    for rc in sc.cluster.rc.iter().map(|r| &r.name) {
+        cmds.push(vec![
+            "ledger".into(),
+            "register-rc".into(),
+            "--key-file".into(),
+            key(rc)?,
+            "--operator".into(),
+            format!("{rc}-op"),
+            "--addr".into(),
+            addr.clone(),
+            "--operator-key-file".into(),
+            op_key.clone(),
+        ]);
+    }
     for n in &sc.cluster.node {
         cmds.push(vec![
             "ledger".into(),
@@ -172,12 +176,12 @@ pub(super) async fn replica_totals(name: &str, addr: &str) -> Result<ReplicaTota
     })
 }
 
-/// Polls the nodes' receipt counters, the RC's settlement queue and every live replica until
-/// settlement is quiet (nothing queued, every replica on the same state, the same figures on
-/// three polls in a row) or 60 s passed; returns the last observation.
+/// Polls the nodes' receipt counters, the RC leader's settlement queue and every live replica
+/// until settlement is quiet (the leader answers, nothing queued, every replica on the same
+/// state, the same figures on three polls in a row) or 60 s passed; returns the last observation.
 pub(super) async fn settlement_seen(
     http: &reqwest::Client,
-    rc_api: &str,
+    rc: &RcGroup,
     launcher: &mut Launcher,
     ledgers: &BTreeMap<String, String>,
     counters_complete: bool,
@@ -193,10 +197,18 @@ pub(super) async fn settlement_seen(
         let get = |url: String| async move {
             http.get(url).send().await.ok()?.json::<Value>().await.ok()
         };
-        let rc = get(format!("{rc_api}/health")).await.unwrap_or(Value::Null);
-        let st = get(format!("{rc_api}/status")).await.unwrap_or(Value::Null);
-        seen.unsettled += rc["settlement"]["pending"].as_u64().unwrap_or(0);
-        seen.rejected = rc["settlement"]["rejected"].as_u64().unwrap_or(0);
+        // The leader settles (a group's followers queue nothing of their own).
+        let (health, st) = match rc.current().await {
+            Some((leader, st)) => (
+                get(format!("{}/health", leader.api))
+                    .await
+                    .unwrap_or(Value::Null),
+                st,
+            ),
+            None => (Value::Null, Value::Null),
+        };
+        seen.unsettled += health["settlement"]["pending"].as_u64().unwrap_or(0);
+        seen.rejected = health["settlement"]["rejected"].as_u64().unwrap_or(0);
         for m in members(&st) {
             let (Some(name), Some(api)) = (m["name"].as_str(), m["address"].as_str()) else {
                 continue;
@@ -224,7 +236,8 @@ pub(super) async fn settlement_seen(
             .keys()
             .filter(|n| launcher.state(n).ok() == Some(ProcState::Running))
             .count();
-        let quiet = seen.unsettled == 0
+        let quiet = !health.is_null()
+            && seen.unsettled == 0
             && seen.replicas.len() == live
             && seen
                 .replicas

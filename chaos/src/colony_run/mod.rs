@@ -1,15 +1,24 @@
-//! `opengrid-chaos run <scenario>` against a real colony: one `opengrid rc` and the scenario's
-//! `opengrid node` processes on 127.0.0.1, a seeded workload of `counter`/`blob` sessions through
+//! `opengrid-chaos run <scenario>` against a real colony: one `opengrid rc` (or the colony's RC
+//! group) and the scenario's `opengrid node` processes on 127.0.0.1, a seeded workload of `counter`/`blob` sessions through
 //! the Rust client, the scenario's fault schedule applied to the real processes, and the
 //! invariant checkers run over what the workload and the pollers recorded.
 //!
+//! RC groups: several `[[cluster.rc]]` of the colony (3 or 5) run as one Raft group, each replica
+//! with a `[group]` section (Raft ids 1.. in declaration order, fixed Raft ports), the harness's
+//! own operator key in every RC's and node's `operators`, and every node's `rc_cluster` listing
+//! one proxy per RC. Only the group's leader serves the directory: the harness finds it through
+//! the replicas' `/status` whenever it needs the RC ([`rc_group`]), waiting while there is none.
+//!
 //! Faults driven here:
-//! - `kill` / `restart` of a node or of the RC (SIGKILL of its process group; restart with the
+//! - `kill` / `restart` of a node or of an RC (SIGKILL of its process group; restart with the
 //!   same config, data dir and ports);
-//! - `pause` / `resume` of a node or of the RC (SIGSTOP / SIGCONT);
+//! - `pause` / `resume` of a node or of an RC (SIGSTOP / SIGCONT);
+//! - the target `rc-leader`: whichever RC of the group leads when the kill, pause or fuzz fires;
+//!   the restart or resume of the same fault entry acts on that process, and the report names it;
 //! - `partition`, `latency`, `loss`, `bandwidth`, `heal` between a node and the RC: every node's
-//!   `rc_cluster` points at its own [`Proxy`] in front of the RC's control-plane port, so its
-//!   heartbeats and leases cross the fault (no privileges needed). Links between two nodes or
+//!   `rc_cluster` points at its own [`Proxy`] in front of each RC's control-plane port, so its
+//!   heartbeats and leases cross the fault (no privileges needed); with a group the fault applies
+//!   to the node's links to every RC of it. Links between two nodes or
 //!   between the client and a node are refused with a clear error: nodes advertise the addresses
 //!   they bind (no advertise-address setting), so a proxy cannot be put on those paths;
 //! - `fail-disk` / `restore-disk` of a node, `slow-handler` / `panic-handler` of a session group:
@@ -18,14 +27,14 @@
 //!   that node's local store fails with an injected I/O error), `slow-handler` (`<ms>` and the
 //!   group's session ids, on every node) and `panic-handler` (every 20th input of the group's
 //!   sessions on a node panics in the handler). Handler faults end after their `duration`;
-//! - `fuzz` of a node, the RC or a ledger replica: [`crate::fuzz`] sends malformed bytes, frames
+//! - `fuzz` of a node, an RC or a ledger replica: [`crate::fuzz`] sends malformed bytes, frames
 //!   and HTTP requests to every selected listening port (node: API, control plane, migration; RC:
-//!   API, control plane; ledger replica: its Raft/client port) for the fault's duration, seeded.
+//!   API, control plane, and a group's Raft port; ledger replica: its Raft/client port) for the fault's duration, seeded.
 //!   Every process gets fixed ports for this.
 //!
 //! - ledger replicas: with `[[cluster.ledger]]` the harness runs that many `opengrid ledger
 //!   replica` processes (openraft + RocksDB), points the RC's `[settlement]` at them (1 s
-//!   interval), gives every node a price and a 500 ms receipt window, and registers the RC's and
+//!   interval), gives every node a price and a 500 ms receipt window, and registers every RC's and
 //!   every node's key with the operator command (`opengrid ledger register-rc|register-node`)
 //!   before any session is placed. They are killed, restarted, paused and resumed like any
 //!   process. `ledger-balance` is then checked from outside ([`check_settlement`]) once
@@ -44,11 +53,11 @@
 //! - "served by": every 250 ms each running node is asked `GET /sessions/{id}` for every session;
 //!   a 200 is that node serving the session at that epoch. [`check_single_active`] finds sessions
 //!   served by two nodes at once (beyond one poll period of grace);
-//! - the RC directory (`GET /status`, same period): holders and replica holders against each
+//! - the RC directory (`GET /status` of the RC or its group's leader, same period): holders and replica holders against each
 //!   session's manifest jurisdictions ([`check_jurisdiction`]);
 //! - `/health` of every process that should be alive at the end ([`check_health`]; a ledger
 //!   replica answers its Raft status instead);
-//! - `no-false-downing`: the RC's log must not declare dead a node that no fault touched
+//! - `no-false-downing`: no RC's log may declare dead a node that no fault touched
 //!   ([`false_downings`]).
 //!
 //! `OPENGRID_CHAOS_BREAK=dedupe` (tests only) makes the workload resend some acknowledged inputs
@@ -65,7 +74,10 @@
 //! [`check_jurisdiction`]: crate::invariants::check_jurisdiction
 //! [`check_health`]: crate::invariants::check_health
 //!
-//! Rooms: `colony` starts the processes; `ledger` runs the ledger replicas and reads settlement;
+//! The workload's client is given every RC of the group, the one that leads when the sessions are
+//! placed first: it follows a follower's redirect and moves on from a replica it cannot reach.
+//!
+//! Rooms: `colony` starts the processes; `rc_group` finds the RC (group) leader; `ledger` runs the ledger replicas and reads settlement;
 //! `workload` places the sessions and runs their clients; `faults` applies the schedule;
 //! `observe` polls the directory, served-by and health; `record` holds what the workload
 //! recorded and what it proves; `checks` judges the invariants. [`run`] drives them in order.
@@ -87,6 +99,7 @@ mod colony;
 mod faults;
 mod ledger;
 mod observe;
+mod rc_group;
 mod record;
 mod workload;
 
@@ -137,9 +150,8 @@ impl Break {
 
 /// Why a scenario cannot be driven against a real colony by this build (`None`: it can).
 pub fn unsupported(sc: &Scenario) -> Option<String> {
-    let procs = sc.processes();
-    if sc.cluster.colonies.len() != 1 || sc.cluster.rc.len() != 1 {
-        return Some("only one colony with one RC is driven against real processes yet".into());
+    if sc.cluster.colonies.len() != 1 {
+        return Some("only one colony is driven against real processes yet".into());
     }
     for (i, g) in sc.workload.sessions.iter().enumerate() {
         match manifest_text(g) {
@@ -158,7 +170,7 @@ pub fn unsupported(sc: &Scenario) -> Option<String> {
         }
     }
     for (i, f) in sc.faults.iter().enumerate() {
-        let kind = |t: &str| procs.get(t).copied();
+        let kind = |t: &str| sc.target_kind(t);
         match f.action {
             FaultAction::Kill | FaultAction::Restart | FaultAction::Pause | FaultAction::Resume => {
                 let t = f.target.as_deref().unwrap_or_default();
@@ -285,11 +297,17 @@ async fn drive(
     launcher: &mut Launcher,
 ) -> Result<(), String> {
     let colony = Colony::start(sc, seed, &opts.bin, launcher, progress).await?;
-    let placed = Placed::place(sc, &colony.rc_api).await?;
-    progress.line(format!("{} session(s) placed", placed.count()));
+    let leader = colony.rc.leader(Duration::from_secs(30)).await?;
+    let placed = Placed::place(sc, &colony.rc.client_addresses(&leader)).await?;
+    let through = if colony.rc.is_group() {
+        format!(" through the leader {}", leader.name)
+    } else {
+        String::new()
+    };
+    progress.line(format!("{} session(s) placed{through}", placed.count()));
     let t0 = Instant::now();
     let ids = placed.ids();
-    let observer = Observer::start(&colony.http, &colony.rc_api, ids.clone(), t0);
+    let observer = Observer::start(&colony.http, colony.rc.clone(), ids.clone(), t0);
     let mut run = Run {
         sc,
         seed,
@@ -337,8 +355,7 @@ impl Run<'_> {
         ));
         let want = self.ids.len();
         let settled = wait_status(
-            &self.colony.http,
-            &self.colony.rc_api,
+            &self.colony.rc,
             self.launcher,
             Duration::from_secs(60),
             |st| {

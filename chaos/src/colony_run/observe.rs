@@ -1,4 +1,5 @@
-//! What the harness sees of the colony while it runs: the RC's directory (`GET /status`) and,
+//! What the harness sees of the colony while it runs: the RC's directory (`GET /status` of the
+//! RC, or of its group's current leader) and,
 //! every [`POLL`], which node answers for which session (`GET /sessions/{id}` on every running
 //! node: the served-by events `single-active` is checked on); the end-of-run `/health` probes.
 
@@ -11,6 +12,7 @@ use serde_json::Value;
 
 use super::ledger::replica_totals;
 use super::ms_since;
+use super::rc_group::RcGroup;
 use crate::invariants::{EventKind, HealthProbe, NodeEvent, Placement};
 use crate::launcher::{Launcher, ProcState};
 
@@ -57,8 +59,9 @@ pub(super) struct Observer {
 }
 
 impl Observer {
-    /// Starts polling `rc_api` and every member node for the sessions `ids`, times from `t0`.
-    pub fn start(http: &reqwest::Client, rc_api: &str, ids: Vec<String>, t0: Instant) -> Self {
+    /// Starts polling the RC (its leader) and every member node, with the operator client
+    /// `http`, for the sessions `ids`, times from `t0`.
+    pub fn start(http: &reqwest::Client, rc: RcGroup, ids: Vec<String>, t0: Instant) -> Self {
         let observed = Arc::new(Mutex::new(Observed {
             t0: Some(t0),
             ..Default::default()
@@ -66,7 +69,7 @@ impl Observer {
         let stop = Arc::new(AtomicBool::new(false));
         let poller = tokio::spawn(poll_loop(
             http.clone(),
-            rc_api.to_string(),
+            rc,
             ids,
             observed.clone(),
             stop.clone(),
@@ -113,14 +116,10 @@ pub(super) fn sessions_of(st: &Value) -> &[Value] {
     st["sessions"].as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
-async fn status(http: &reqwest::Client, rc_api: &str) -> Option<Value> {
-    let r = http.get(format!("{rc_api}/status")).send().await.ok()?;
-    r.json().await.ok()
-}
-
+/// Polls the RC's (its leader's) `/status` until `cond` holds on it, `within` at most; fails
+/// early when a process exits on its own.
 pub(super) async fn wait_status(
-    http: &reqwest::Client,
-    rc_api: &str,
+    rc: &RcGroup,
     launcher: &mut Launcher,
     within: Duration,
     cond: impl Fn(&Value) -> bool,
@@ -128,7 +127,7 @@ pub(super) async fn wait_status(
     let deadline = Instant::now() + within;
     let mut last = Value::Null;
     loop {
-        if let Some(st) = status(http, rc_api).await {
+        if let Some(st) = rc.status().await {
             if cond(&st) {
                 return Ok(st);
             }
@@ -151,22 +150,22 @@ pub(super) async fn wait_status(
 }
 
 async fn poll_loop(
-    http: reqwest::Client,
-    rc_api: String,
+    probe: reqwest::Client,
+    rc: RcGroup,
     ids: Vec<String>,
     observed: Arc<Mutex<Observed>>,
     stop: Arc<AtomicBool>,
     t0: Instant,
 ) {
-    // The colony's operator client (its token opens every session), each probe bounded to 500 ms.
-    let probe = http.clone();
+    // `probe`: the colony's operator client (its token opens every session), each probe bounded
+    // to 500 ms.
     // Bounded: at most one poll per period for a day.
     for _ in 0..(24 * 3600 * 1000 / POLL.as_millis() as u64) {
         if stop.load(Ordering::Acquire) {
             break;
         }
         let next = Instant::now() + POLL;
-        if let Some(st) = status(&http, &rc_api).await {
+        if let Some(st) = rc.status().await {
             let t = ms_since(t0);
             let did_name: BTreeMap<String, String> = members(&st)
                 .iter()
@@ -279,15 +278,19 @@ fn ev(session: &str, node: &str, epoch: u64, event: EventKind, t_ms: u64) -> Nod
     }
 }
 
+/// `/health` of every process the launcher started (a ledger replica: its Raft status); node
+/// addresses from the RC leader's members, every RC of a group at its own API.
 pub(super) async fn health(
     http: &reqwest::Client,
-    rc_name: &str,
-    rc_api: &str,
+    rc: &RcGroup,
     launcher: &mut Launcher,
     ledgers: &BTreeMap<String, String>,
     t0: Instant,
 ) -> Vec<HealthProbe> {
-    let st = status(http, rc_api).await.unwrap_or(Value::Null);
+    let st = rc
+        .status_within(Duration::from_secs(10))
+        .await
+        .unwrap_or(Value::Null);
     let mut apis: BTreeMap<String, String> = members(&st)
         .iter()
         .filter_map(|m| {
@@ -297,7 +300,9 @@ pub(super) async fn health(
             ))
         })
         .collect();
-    apis.insert(rc_name.to_string(), rc_api.to_string());
+    for r in rc.replicas() {
+        apis.insert(r.name.clone(), r.api.clone());
+    }
     let mut out = Vec::new();
     for name in launcher.names() {
         let state = launcher.state(&name).ok();
