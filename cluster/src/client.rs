@@ -227,14 +227,15 @@ impl Client {
         let deadline = std::time::Instant::now() + self.retry_for;
         let mut base = self.rc_base();
         loop {
-            let last_try = std::time::Instant::now() >= deadline || self.rcs.len() < 2;
+            let last_try = std::time::Instant::now() >= deadline;
+            let alone = self.rcs.len() < 2;
             let next = |base: &str| {
                 let i = self.rcs.iter().position(|r| r == base).map_or(0, |i| i + 1);
                 self.current.store(i % self.rcs.len(), Ordering::Relaxed);
                 self.rc_base()
             };
             let r = match build(&base).send().await {
-                Err(e) if e.is_connect() && !last_try => {
+                Err(e) if e.is_connect() && !last_try && !alone => {
                     base = next(&base);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -242,7 +243,7 @@ impl Client {
                 // A kept-alive connection to an RC that died under it: the request may have
                 // reached it, but that RC no longer exists (its successor has what it
                 // committed). Only when it is really gone: a live RC's error is the answer.
-                Err(e) if !last_try && !self.reachable(&base).await => {
+                Err(e) if !last_try && !alone && !self.reachable(&base).await => {
                     tracing::debug!(rc = %base, error = %e, "the RC went away: trying the next");
                     base = next(&base);
                     continue;
@@ -263,6 +264,8 @@ impl Client {
                             self.current.store(i, Ordering::Relaxed);
                             base = leader.to_string();
                         }
+                        // A leader this client was not given: follow it there.
+                        None if leader.starts_with("http") => base = leader.to_string(),
                         None => base = next(&base),
                     }
                 }

@@ -408,3 +408,74 @@ async fn the_operator_adds_and_removes_replicas() {
         common::stdout(&out)
     );
 }
+
+/// An agent pushed to the group's leader reaches every replica (index through the Raft log, the
+/// package fetched from the leader by hash); after the leader's kill its sessions are placed by
+/// the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_agent_survives_the_leader() {
+    let rs_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/counter-rs");
+    if !rs_dir.join("agent.wasm").is_file() {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-agents.sh");
+        let ok = std::process::Command::new("bash")
+            .arg(&script)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{} failed; run it by hand", script.display());
+    }
+    let mut c = Colony::start_group(3);
+    for name in ["n1", "n2"] {
+        c.node(name, "DE");
+    }
+    let (old, _) = wait_leader_sees(&c, 0, 2).await;
+    let (key, _) = c.developer_key();
+    let out = std::process::Command::new(common::BIN)
+        .args(["agent", "push", rs_dir.to_str().unwrap(), "--developer-key"])
+        .arg(&key)
+        .args([
+            "--rc",
+            &c.group_apis(),
+            "--key",
+            c.rc_data().to_str().unwrap(),
+        ])
+        .env_remove("OPENGRID_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "push: {}", common::stderr(&out));
+    let hash = common::stdout(&out)
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(hash.len(), 64, "{}", common::stdout(&out));
+    // Every replica holds the package.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for r in &c.group {
+        let file = c
+            .dir
+            .path()
+            .join(format!("{}-data/agents/{hash}.ogap", r.name));
+        while !file.is_file() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never got the package",
+                r.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    c.kill9(&old.name);
+    let client = group_client(&c);
+    let manifest = "version = 1\n[session]\nagent = \"counter-rs\"\ncontinuity = \"interactive\"\n[placement]\njurisdictions = [\"EU\"]\n[migration]\ncost = \"cheap\"\nacceptable_loss = \"0s\"\nmax_blackout = \"2s\"\n";
+    let mut client = client.with_timeout(Duration::from_secs(120));
+    client.retry_for = Duration::from_secs(60);
+    let mut s = client.create(manifest, None).await.unwrap();
+    let mut n = 0;
+    for _ in 0..3 {
+        n = step(&mut s, n).await.unwrap();
+    }
+    let new = c.leader(Duration::from_secs(10)).await;
+    assert_ne!(new.name, old.name);
+}

@@ -231,6 +231,21 @@ pub use crate::common::blobs::is_hash;
 /// Largest model or asset uploaded to the RC.
 pub const MAX_BLOB_BYTES: u64 = 8 << 30;
 
+/// Reads an index (`index.json`'s bytes).
+fn parse_index(bytes: &[u8]) -> Result<Index, RegistryError> {
+    let index: Index = serde_json::from_slice(bytes).map_err(|e| RegistryError::Index {
+        path: PathBuf::from("<replicated index>"),
+        reason: e.to_string(),
+    })?;
+    if index.format != INDEX_FORMAT {
+        return Err(RegistryError::Index {
+            path: PathBuf::from("<replicated index>"),
+            reason: format!("format {} (this RC reads {INDEX_FORMAT})", index.format),
+        });
+    }
+    Ok(index)
+}
+
 impl Registry {
     /// Opens (or creates) the registry under `<data_dir>/agents`, with a compile-check runtime
     /// caching under `<data_dir>/agents/cache`.
@@ -358,6 +373,51 @@ impl Registry {
     fn save_index(&self) -> Result<(), RegistryError> {
         let bytes = serde_json::to_vec_pretty(&*self.index()).unwrap_or_default();
         write_atomic(&self.dir.join("index.json"), &bytes)
+    }
+
+    /// The index as stored (`index.json`): what the RC group replicates (ADR 0037).
+    pub fn index_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.index()).unwrap_or_default()
+    }
+
+    /// The package hashes `index` (an [`Registry::index_bytes`] of another replica) names that
+    /// this registry does not hold; `Err` when it is not an index.
+    pub fn missing_packages(&self, index: &[u8]) -> Result<Vec<String>, RegistryError> {
+        let other = parse_index(index)?;
+        Ok(other
+            .agents
+            .values()
+            .flatten()
+            .map(|v| v.hash.clone())
+            .filter(|h| !self.package_path(h).is_file())
+            .collect())
+    }
+
+    /// Stores a package another replica of the RC group accepted (and compile-checked): checked
+    /// to decode, verify and hash to `hash`; not compiled again.
+    pub fn store_replicated(&self, hash: &str, bytes: &[u8]) -> Result<(), RegistryError> {
+        let limits = self.limits;
+        let verified = SignedPackage::from_bytes(bytes, &limits)?.verify_with(None, &limits)?;
+        if verified.hash() != hash {
+            return Err(RegistryError::BadRef(format!(
+                "the package fetched for {hash} hashes to {}",
+                verified.hash()
+            )));
+        }
+        write_atomic(&self.package_path(hash), bytes)
+    }
+
+    /// Takes another replica's index as this registry's, once every package it names is held
+    /// ([`Registry::store_replicated`]); `Ok(false)` while some are missing.
+    pub async fn adopt_index(&self, index: &[u8]) -> Result<bool, RegistryError> {
+        if !self.missing_packages(index)?.is_empty() {
+            return Ok(false);
+        }
+        let other = parse_index(index)?;
+        let _w = self.write.lock().await;
+        *self.index() = other;
+        self.save_index()?;
+        Ok(true)
     }
 
     /// Verifies, compile-checks and stores a package; idempotent for the same bytes.

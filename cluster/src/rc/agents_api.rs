@@ -99,6 +99,10 @@ async fn push(
         }
     })?;
     let pushed = registry(&core)?.push(body.to_vec()).await?;
+    // In an RC group the push is acknowledged once the index is replicated (ADR 0037).
+    if let Some(g) = core.group() {
+        crate::rc::group::replicate_registry(&core, g).await;
+    }
     core.keep_warm_pushed(
         &format!("{}@{}", pushed.name, pushed.version),
         &pushed.hash,
@@ -166,6 +170,9 @@ async fn retire(
 ) -> Result<Json<Value>, ApiError> {
     core.access.operator(&bearer, "retire an agent")?;
     let v = registry(&core)?.retire(&name, &version).await?;
+    if let Some(g) = core.group() {
+        crate::rc::group::replicate_registry(&core, g).await;
+    }
     Ok(Json(json!({"name": name, "version": v})))
 }
 

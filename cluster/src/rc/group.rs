@@ -44,6 +44,10 @@ pub const CONFIRM_EVERY: Duration = Duration::from_millis(25);
 
 /// Key prefix of a replica's addresses in the state machine.
 pub(crate) const REPLICA: &[u8] = b"r/";
+/// Key of the agent registry's index in the state machine (its packages are fetched by hash).
+pub(crate) const REGISTRY_INDEX: &[u8] = b"a/index";
+/// How many office ticks between two checks of a follower's registry against the group's.
+const REGISTRY_EVERY: u32 = 40;
 
 /// `[group]` section of the RC config: this RC as one replica of the colony's RC group. Empty
 /// (`id = 0`): a single RC, as before.
@@ -528,6 +532,7 @@ pub(crate) async fn keep_office(
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ok = Instant::now();
     let mut trusted: std::collections::HashSet<String> = Default::default();
+    let mut tick: u32 = 0;
     loop {
         every.tick().await;
         // Replicas added since the start issue capabilities and tokens when they lead.
@@ -540,6 +545,10 @@ pub(crate) async fn keep_office(
         }
         let ok = group.confirm().await;
         let in_office = group.in_office.load(Ordering::Acquire);
+        tick = tick.wrapping_add(1);
+        if !ok && tick.is_multiple_of(REGISTRY_EVERY) {
+            follow_registry(&core, &group).await;
+        }
         if ok {
             last_ok = Instant::now();
             if !in_office {
@@ -557,6 +566,9 @@ pub(crate) async fn keep_office(
                 );
             } else {
                 core.replicate_directory(&group).await;
+                if tick.is_multiple_of(REGISTRY_EVERY) {
+                    replicate_registry(&core, &group).await;
+                }
             }
         } else if in_office && (!group.believes_leader() || last_ok.elapsed() > group.fresh_for * 2)
         {
@@ -569,6 +581,99 @@ pub(crate) async fn keep_office(
                 "left office: this replica no longer leads the RC group"
             );
         }
+    }
+}
+
+/// Writes the agent registry's index into the group's state when it changed (the leader, after
+/// a push or a retirement, and every [`REGISTRY_EVERY`] ticks).
+pub(crate) async fn replicate_registry(core: &crate::rc::RcCore, group: &RcGroup) {
+    let Some(registry) = core.agents() else {
+        return;
+    };
+    let index = registry.index_bytes();
+    let replicated = group
+        .entries(REGISTRY_INDEX)
+        .into_iter()
+        .find(|(k, _)| k == REGISTRY_INDEX)
+        .map(|(_, v)| v);
+    if replicated.as_deref() == Some(index.as_slice()) {
+        return;
+    }
+    if let Err(e) = group
+        .write(vec![(REGISTRY_INDEX.to_vec(), Some(index))])
+        .await
+    {
+        tracing::warn!(error = %e, "agent registry index not replicated");
+    }
+}
+
+/// A follower brings its agent registry to the group's: fetches the packages it lacks from the
+/// leader (`GET /blobs/{hash}`, as an operator: the replicas honour each other's tokens), stores
+/// them (verified against their hash; compiled once, by the leader that accepted them) and takes
+/// the group's index.
+async fn follow_registry(core: &crate::rc::RcCore, group: &RcGroup) {
+    let Some(registry) = core.agents().cloned() else {
+        return;
+    };
+    let Some((_, index)) = group
+        .entries(REGISTRY_INDEX)
+        .into_iter()
+        .find(|(k, _)| k == REGISTRY_INDEX)
+    else {
+        return;
+    };
+    if index == registry.index_bytes() {
+        return;
+    }
+    let missing = match registry.missing_packages(&index) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "the RC group's agent registry index does not read");
+            return;
+        }
+    };
+    if !missing.is_empty() {
+        let (Some(leader), Some(token)) = (
+            group.leader_api(),
+            core.operator_token(Duration::from_secs(300)),
+        ) else {
+            return;
+        };
+        let http = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+        {
+            Ok(h) => h,
+            Err(_) => return,
+        };
+        for hash in missing {
+            let got = async {
+                let r = http
+                    .get(format!("{leader}/blobs/{hash}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !r.status().is_success() {
+                    return Err(format!("{}", r.status()));
+                }
+                let bytes = r.bytes().await.map_err(|e| e.to_string())?;
+                registry
+                    .store_replicated(&hash, &bytes)
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            if let Err(e) = got {
+                tracing::warn!(%hash, %leader, error = %e, "agent package not fetched from the RC group's leader; retrying later");
+                return;
+            }
+        }
+    }
+    match registry.adopt_index(&index).await {
+        Ok(true) => tracing::info!("agent registry brought to the RC group's"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "agent registry index not adopted"),
     }
 }
 
