@@ -3,7 +3,8 @@
 //! counter sessions get inputs continuously through the Rust client (which knows every replica)
 //! and every answer is checked (the n-th acknowledged input must answer n). Per kill: the leader
 //! is found (`/status` → `group.acting`), killed, and a new session is placed through the client
-//! at once: kill → placement accepted is the figure ("placements resume"). The killed replica is
+//! at once: kill → placement accepted is the figure ("placements resume"); the baseline, in the
+//! same run, is one placement with a healthy leader. The killed replica is
 //! restarted with its data dir and the next kill waits until it follows the new leader. At the
 //! end: inputs that failed (the client gave up, or a wrong answer) on the existing sessions —
 //! target 0 — and leases the nodes lost (`opengrid_cluster_lease_lost_total`, target 0).
@@ -26,6 +27,10 @@ pub struct RcFailoverResult {
     pub resume_p99_us: u64,
     /// Worst, µs.
     pub resume_max_us: u64,
+    /// Baseline, same run: one placement with a healthy leader, median µs.
+    pub place_p50_us: u64,
+    /// Baseline p99, µs.
+    pub place_p99_us: u64,
     /// Inputs the existing sessions acknowledged during the run.
     pub acknowledged: u64,
     /// Inputs that failed on the existing sessions (target 0).
@@ -171,6 +176,15 @@ pub async fn rc_failover(
             .map_err(failed)?;
         sessions.push((s, 0u64));
     }
+    // Baseline: placements with a healthy leader (each session closed again).
+    let mut base = Vec::new();
+    for _ in 0..kills.max(20) {
+        let t = Instant::now();
+        let s = client.create(COUNTER_ZERO_LOSS, None).await.map_err(failed)?;
+        base.push(t.elapsed().as_micros() as u64);
+        let _ = s.close().await;
+    }
+    let base = summarize(base);
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new([
         std::sync::atomic::AtomicU64::new(0),
@@ -306,6 +320,8 @@ pub async fn rc_failover(
         resume_p50_us: s.p50_us,
         resume_p99_us: s.p99_us,
         resume_max_us: s.max_us,
+        place_p50_us: base.p50_us,
+        place_p99_us: base.p99_us,
         acknowledged,
         failed_inputs,
         wrong_answers,
