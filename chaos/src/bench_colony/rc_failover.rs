@@ -180,7 +180,10 @@ pub async fn rc_failover(
     let mut base = Vec::new();
     for _ in 0..kills.max(20) {
         let t = Instant::now();
-        let s = client.create(COUNTER_ZERO_LOSS, None).await.map_err(failed)?;
+        let s = client
+            .create(COUNTER_ZERO_LOSS, None)
+            .await
+            .map_err(failed)?;
         base.push(t.elapsed().as_micros() as u64);
         let _ = s.close().await;
     }
