@@ -147,6 +147,9 @@ class RecordingTransport(httpx.BaseTransport):
 
 
 RECORDED: list[Recorded] = []
+#: What clients of an RC group received (checked against the document by its own test: a
+#: follower's answers are not all listed there yet).
+GROUP_RECORDED: list[Recorded] = []
 
 
 @pytest.fixture
@@ -160,10 +163,12 @@ def make_client(faults: Faults):
     are recorded (and ``faults`` injected)."""
     made: list[opengrid.Client] = []
 
-    def make(c: Colony, token: Optional[str] = None, **kw: Any) -> opengrid.Client:
-        http = httpx.Client(transport=RecordingTransport(RECORDED, faults), follow_redirects=False,
+    def make(c: Colony, token: Optional[str] = None, *, rc: Any = None, **kw: Any) -> opengrid.Client:
+        """``rc``: the RC URL(s) the client is given (``c.rc_url`` by default)."""
+        log = GROUP_RECORDED if len(c.rc_names) > 1 else RECORDED
+        http = httpx.Client(transport=RecordingTransport(log, faults), follow_redirects=False,
                             timeout=kw.get("timeout", 10.0))
-        cl = opengrid.Client(c.rc_url, token, http=http, **kw)
+        cl = opengrid.Client(c.rc_url if rc is None else rc, token, http=http, **kw)
         made.append(cl)
         return cl
 

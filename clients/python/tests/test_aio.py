@@ -18,8 +18,9 @@ from test_streaming import WORDS, words
 class AsyncRecording(httpx.AsyncBaseTransport):
     """Records responses (for the OpenAPI check); can lose one answer or cut one stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: list[Recorded] = RECORDED) -> None:
         self.inner = httpx.AsyncHTTPTransport()
+        self.log = log
         self.drop_next_input_reply = False
         self.cut_next_stream_after: int | None = None
         self.fired = 0
@@ -35,7 +36,7 @@ class AsyncRecording(httpx.AsyncBaseTransport):
                 self.cut_next_stream_after = None
                 self.fired += 1
                 raw = b"\n\n".join(raw.split(b"\n\n")[:cut]) + b"\n\n"
-            RECORDED.append(Recorded(request.method, str(request.url), resp.status_code, ctype, parse_sse(raw)))
+            self.log.append(Recorded(request.method, str(request.url), resp.status_code, ctype, parse_sse(raw)))
 
             async def body(raw: bytes = raw, cut: Any = cut) -> Any:
                 yield raw
@@ -47,7 +48,7 @@ class AsyncRecording(httpx.AsyncBaseTransport):
             decoded: Any = json.loads(raw) if raw else None
         except ValueError:
             decoded = raw.decode("utf-8", "replace")
-        RECORDED.append(Recorded(request.method, str(request.url), resp.status_code, ctype, decoded))
+        self.log.append(Recorded(request.method, str(request.url), resp.status_code, ctype, decoded))
         if self.drop_next_input_reply and request.method == "POST" and request.url.path.endswith("/inputs"):
             self.drop_next_input_reply = False
             self.fired += 1

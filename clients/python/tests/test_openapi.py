@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import opengrid
-from conftest import RECORDED, Recorded
+from conftest import GROUP_RECORDED, RECORDED, Recorded
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -212,6 +212,30 @@ def test_every_recorded_event_stream_matches_the_openapi_document(colony):
     events = sum(len(r.body) for r in streams)
     print(f"\n{len(streams)} event streams ({events} events) checked")
     _judge(problems, f"of {events} events")
+
+
+# The RC group's answers the document does not list yet (reported to the lead): a follower answers
+# `307 not_leader` on every route it does not serve, the document lists 307 only on the session
+# routes a node redirects. Tolerated as an xfail; any other mismatch fails.
+KNOWN_GROUP_DRIFTS: tuple[str, ...] = ("POST /v1/sessions answered 307",)
+
+
+def test_every_response_of_an_rc_group_matches_the_openapi_document(colony):
+    doc = fetch_document(colony.rc_url)
+    api = [r for r in GROUP_RECORDED if urlsplit(r.url).path.startswith(opengrid.API_PREFIX + "/")]
+    if not api:
+        pytest.skip("no RC group test ran (run test_rc_group.py too)")
+    problems = []
+    for r in api:
+        p = check(doc, r)
+        if p:
+            problems += p.split("; ")
+    covered = sorted({(r.method, (operation_of(doc, r.method, r.url) or ("?",))[0], r.status) for r in api})
+    print(f"\n{len(api)} responses of an RC group's clients checked; operations/statuses: {covered}")
+    unknown = sorted({p for p in problems if not p.startswith(KNOWN_GROUP_DRIFTS)})
+    assert not unknown, f"{len(unknown)} of {len(api)} responses do not match the document:\n" + "\n".join(unknown[:40])
+    if problems:
+        pytest.xfail(f"{len(problems)} known drift(s) of the RC group's answers: {sorted(set(problems))[:3]}")
 
 
 def test_the_checker_catches_a_mismatch():

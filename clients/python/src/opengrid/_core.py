@@ -9,7 +9,7 @@ import os
 import random
 import time
 from collections import deque
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,6 +33,19 @@ JSON = Any
 Manifest = Union[dict, str]
 
 REDIRECTS = (301, 302, 303, 307, 308)
+
+# An RC group (ADR 0037): seconds before the next replica is asked when one has no leader (an
+# election is under way, ``503 no_leader``) or cannot be connected to, and before the same one is
+# asked again while its nodes rejoin it (``503 rejoining``: a new leader; nothing was placed).
+NO_LEADER_PAUSE = 0.1
+UNREACHABLE_PAUSE = 0.05
+REJOINING_PAUSE = 0.05
+#: Seconds a replica has to answer ``GET /health`` before it is taken as gone (a request to it
+#: broke after it may have been sent: only a replica that is gone is left for the next).
+HEALTH_TIMEOUT = 0.5
+#: ``not_leader`` redirects followed at once in one request; after these, each waits a little
+#: (replicas that disagree on who leads must not make the client spin).
+FREE_HOPS = 3
 
 #: A body at least this large whose connection breaks (after it was accepted) this many times in
 #: a row is taken as refused for its size: a node answers an oversized body with 413 and closes
@@ -131,14 +144,37 @@ def build_manifest(
 
 
 class ClientCore:
-    """Configuration and request building shared by ``Client`` and ``AsyncClient``."""
+    """Configuration and request building shared by ``Client`` and ``AsyncClient``, and the
+    decisions about the RC's answers (an RC group: which replica to ask next)."""
 
-    def __init__(self, rc_url: str, token: Optional[str], timeout: float, retry_for: float, prefix: Optional[str]):
+    def __init__(
+        self,
+        rc_url: Union[str, Sequence[str]],
+        token: Optional[str],
+        timeout: float,
+        retry_for: float,
+        prefix: Optional[str],
+    ):
         self.prefix = api_prefix(prefix)
-        self.rc_url = self._base(rc_url)
+        urls = rc_url.split(",") if isinstance(rc_url, str) else list(rc_url)
+        #: The RC's base URLs: for an RC group every replica's, in the order given, then any leader
+        #: a replica redirected to that was not given.
+        self.rc_urls: list[str] = []
+        for u in urls:
+            base = self._base(u)
+            if base and base not in self.rc_urls:
+                self.rc_urls.append(base)
+        if not self.rc_urls:
+            raise ValueError(f"no RC URL in {rc_url!r}")
+        self._rc = 0
         self.token = token
         self.timeout = timeout
         self.retry_for = retry_for
+
+    @property
+    def rc_url(self) -> str:
+        """The RC requests go to now: the first given, then the replica that answered last."""
+        return self.rc_urls[self._rc]
 
     def _base(self, url: str) -> str:
         """A server's base URL: no trailing slash, no API prefix."""
@@ -154,6 +190,54 @@ class ClientCore:
     @staticmethod
     def _auth(token: Optional[str]) -> dict:
         return auth(token)
+
+    # -- an RC group -------------------------------------------------------------------------
+
+    def _rc_at(self, base: str) -> str:
+        """Makes ``base`` the RC requests go to (learning it if it is new); ``base``."""
+        if base not in self.rc_urls:
+            self.rc_urls.append(base)
+        self._rc = self.rc_urls.index(base)
+        return base
+
+    def _rc_next(self, base: str) -> str:
+        """Moves on to the replica after ``base``; its base URL."""
+        i = self.rc_urls.index(base) + 1 if base in self.rc_urls else self._rc + 1
+        self._rc = i % len(self.rc_urls)
+        return self.rc_url
+
+    def _rc_unreached(self, e: httpx.TransportError, retry: Retry) -> Optional[bool]:
+        """A request to the RC failed in transport: ``None`` (raise it: one RC, or the deadline
+        passed), ``True`` (nothing was sent: ask the next replica) or ``False`` (it may have been
+        sent: ask the next replica only if this one no longer answers ``GET /health`` — a live
+        RC's failure is the answer, and nothing an RC may have acted on is sent twice)."""
+        if len(self.rc_urls) < 2 or retry.expired():
+            return None
+        return isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
+
+    def _rc_answered(self, base: str, status: int, body: Any, retry: Retry, hops: int) -> Optional[tuple[str, float]]:
+        """The RC at ``base`` answered ``status`` / ``body``: ``None`` (the answer is the
+        caller's) or ``(base, pause)``: send the same request there after ``pause`` seconds.
+
+        A follower's ``307 not_leader`` sends to the leader it names (also one not given); a
+        replica without a leader (``503 no_leader``) is left for the next; a new leader whose
+        nodes have not rejoined (``503 rejoining``) is asked again. Until ``retry`` expires."""
+        code = body.get("code") if isinstance(body, dict) else None
+        if retry.expired() or code not in ("not_leader", "no_leader", "rejoining"):
+            self._rc_at(base)
+            return None
+        if status == 307 and code == "not_leader":
+            leader = body.get("location")
+            pause = 0.0 if hops < FREE_HOPS else NO_LEADER_PAUSE
+            if isinstance(leader, str) and leader.startswith(("http://", "https://")):
+                return self._rc_at(self._base(leader)), pause
+            return self._rc_next(base), pause
+        if status == 503 and code == "no_leader":
+            return self._rc_next(base), NO_LEADER_PAUSE
+        if status == 503 and code == "rejoining":
+            return base, REJOINING_PAUSE
+        self._rc_at(base)
+        return None
 
     def _create_request(
         self,

@@ -16,7 +16,7 @@ tasks at once: send its inputs one after another.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Optional, Sequence, Union
 
 import httpx
 from httpx_sse import EventSource, SSEError
@@ -25,6 +25,7 @@ from ._core import (
     DEFAULT_RETRY_FOR,
     DEFAULT_TIMEOUT,
     FOLLOWED,
+    HEALTH_TIMEOUT,
     GIVE_UP,
     JSON,
     REDIRECTS,
@@ -35,6 +36,7 @@ from ._core import (
     Retry,
     SessionCore,
     StreamCore,
+    UNREACHABLE_PAUSE,
     decode,
     encode,
 )
@@ -47,11 +49,12 @@ __all__ = ["AsyncClient", "AsyncSession", "AsyncStreamedReply"]
 
 
 class AsyncClient(ClientCore):
-    """The asyncio mirror of :class:`opengrid.Client` (``http``: an ``httpx.AsyncClient``)."""
+    """The asyncio mirror of :class:`opengrid.Client` (``http``: an ``httpx.AsyncClient``); an
+    RC group's replicas are given and asked as there."""
 
     def __init__(
         self,
-        rc_url: str,
+        rc_url: Union[str, Sequence[str]],
         token: Optional[str] = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
@@ -74,9 +77,40 @@ class AsyncClient(ClientCore):
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
 
+    async def _reachable(self, base: str) -> bool:
+        """Whether the RC at ``base`` accepts connections (``GET /health`` answers in time)."""
+        try:
+            await self.http.get(f"{base}/health", timeout=HEALTH_TIMEOUT)
+            return True
+        except httpx.TransportError:
+            return False
+
+    async def _to_rc(self, method: str, path: str, retry: Optional[Retry] = None, **kw: Any) -> httpx.Response:
+        """As :meth:`opengrid.Client._to_rc`: the RC's answer, across an RC group's replicas."""
+        retry = retry if retry is not None else Retry(self.retry_for)
+        kw.setdefault("timeout", self.timeout)
+        base = self.rc_url
+        hops = 0
+        while True:
+            try:
+                r = await self.http.request(method, self.url(base, path), **kw)
+            except httpx.TransportError as e:
+                move = self._rc_unreached(e, retry)
+                if move is None or (move is False and await self._reachable(base)):
+                    raise
+                base = self._rc_next(base)
+                await asyncio.sleep(UNREACHABLE_PAUSE if move else 0.0)
+                continue
+            step = self._rc_answered(base, r.status_code, decode(r.text), retry, hops)
+            if step is None:
+                return r
+            hops += 1
+            base, pause = step
+            await asyncio.sleep(pause)
+
     async def get(self, path: str) -> JSON:
         """GET a JSON document from the RC with the client's token (e.g. ``/status``)."""
-        r = await self.http.get(self.url(self.rc_url, path), headers=self._auth(self.token), timeout=self.timeout)
+        r = await self._to_rc("GET", path, headers=self._auth(self.token))
         body = decode(r.text)
         if r.is_success:
             return body
@@ -101,10 +135,7 @@ class AsyncClient(ClientCore):
         last: Optional[BaseException] = None
         while not retry.expired():
             try:
-                r = await self.http.post(
-                    self.url(self.rc_url, "/sessions"), content=content, headers=headers, params=params,
-                    timeout=self.timeout,
-                )
+                r = await self._to_rc("POST", "/sessions", retry, content=content, headers=headers, params=params)
             except httpx.TransportError as e:
                 if not self._create_retryable(e, session_id):
                     raise Unavailable(0, "transport_error", f"POST /sessions: {e!r}") from e
@@ -132,11 +163,10 @@ class AsyncClient(ClientCore):
 
     async def locate(self, session_id: str, capability: Optional[str] = None) -> dict:
         """The RC's directory entry of a session."""
-        r = await self.http.get(
-            self.url(self.rc_url, f"/sessions/{session_id}"),
-            headers=self._auth(capability or self.token),
-            timeout=self.timeout,
-        )
+        return await self._locate(session_id, capability)
+
+    async def _locate(self, session_id: str, capability: Optional[str], retry: Optional[Retry] = None) -> dict:
+        r = await self._to_rc("GET", f"/sessions/{session_id}", retry, headers=self._auth(capability or self.token))
         body = decode(r.text)
         if r.is_success and isinstance(body, dict):
             return body
@@ -175,9 +205,9 @@ class AsyncSession(SessionCore):
             self._next_seq = int((await self.info()).get("last_seq") or 0) + 1
         return self._next_seq
 
-    async def _relocate(self) -> bool:
+    async def _relocate(self, retry: Optional[Retry] = None) -> bool:
         try:
-            return self._located(await self.client.locate(self.id, self._token()))
+            return self._located(await self.client._locate(self.id, self._token(), retry))
         except (OpenGridError, httpx.TransportError):
             return False
 
@@ -188,7 +218,7 @@ class AsyncSession(SessionCore):
         if what == FOLLOWED:
             await asyncio.sleep(retry.hop_pause())
         else:
-            await self._relocate()
+            await self._relocate(retry)
             await asyncio.sleep(retry.pause())
 
     async def send(self, input: JSON, *, check: bool = True) -> Reply:
@@ -239,7 +269,7 @@ class AsyncSession(SessionCore):
                 if refused is not None:
                     self._refused(seq)
                     raise refused from e
-                await self._relocate()
+                await self._relocate(retry)
                 await asyncio.sleep(retry.pause())
                 continue
             breaks.clear()
@@ -318,7 +348,7 @@ class AsyncSession(SessionCore):
             except SSEError as e:
                 sr._last = e
             if not self._move(follow):
-                await self._relocate()
+                await self._relocate(retry)
                 await asyncio.sleep(retry.pause())
 
     async def _call(self, method: str, path: str = "") -> JSON:
@@ -332,7 +362,7 @@ class AsyncSession(SessionCore):
                 )
             except httpx.TransportError as e:
                 last, tried = e, True
-                await self._relocate()
+                await self._relocate(retry)
                 await asyncio.sleep(retry.pause())
                 continue
             body = decode(r.text)

@@ -22,7 +22,7 @@ thread-safe: use one per thread. :mod:`opengrid.aio` is the same API for asyncio
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import httpx
 from httpx_sse import EventSource, SSEError
@@ -32,6 +32,7 @@ from ._core import (
     DEFAULT_RETRY_FOR,
     DEFAULT_TIMEOUT,
     FOLLOWED,
+    HEALTH_TIMEOUT,
     GIVE_UP,
     JSON,
     REDIRECTS,
@@ -42,6 +43,7 @@ from ._core import (
     Retry,
     SessionCore,
     StreamCore,
+    UNREACHABLE_PAUSE,
     build_manifest,
     decode,
     encode,
@@ -57,6 +59,12 @@ __all__ = ["API_PREFIX", "Client", "Session", "StreamedReply", "build_manifest"]
 class Client(ClientCore):
     """A client of one colony, at its RC's base URL (e.g. ``http://127.0.0.1:7600``).
 
+    For an RC group (ADR 0037) give every replica's, comma separated or as a list
+    (``"http://a:7600,http://b:7600,http://c:7600"``): the first is asked first, then the one
+    that answered last. A follower's ``307 not_leader`` is followed to the leader (also one not
+    given); a replica that has no leader (an election) or cannot be connected to is left for the
+    next, until ``retry_for`` passes. Sessions talk to their nodes, not to the RC.
+
     ``token`` is an operator token (``opengrid token operator``); it is sent on the client's own
     requests and on a session's when the session has no capability. ``timeout`` bounds one
     request; ``retry_for`` is how long an operation is retried without progress. ``http`` lets a
@@ -66,7 +74,7 @@ class Client(ClientCore):
 
     def __init__(
         self,
-        rc_url: str,
+        rc_url: Union[str, Sequence[str]],
         token: Optional[str] = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
@@ -89,10 +97,44 @@ class Client(ClientCore):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def _reachable(self, base: str) -> bool:
+        """Whether the RC at ``base`` accepts connections (``GET /health`` answers in time)."""
+        try:
+            self.http.get(f"{base}/health", timeout=HEALTH_TIMEOUT)
+            return True
+        except httpx.TransportError:
+            return False
+
+    def _to_rc(self, method: str, path: str, retry: Optional[Retry] = None, **kw: Any) -> httpx.Response:
+        """Sends a request for the RC (``path`` under the prefix) and returns the answer, asking
+        the replicas of an RC group as :meth:`ClientCore._rc_answered` and
+        :meth:`ClientCore._rc_unreached` decide, until ``retry`` (or ``retry_for``) expires.
+        Raises the last transport error."""
+        retry = retry if retry is not None else Retry(self.retry_for)
+        kw.setdefault("timeout", self.timeout)
+        base = self.rc_url
+        hops = 0
+        while True:
+            try:
+                r = self.http.request(method, self.url(base, path), **kw)
+            except httpx.TransportError as e:
+                move = self._rc_unreached(e, retry)
+                if move is None or (move is False and self._reachable(base)):
+                    raise
+                base = self._rc_next(base)
+                time.sleep(UNREACHABLE_PAUSE if move else 0.0)
+                continue
+            step = self._rc_answered(base, r.status_code, decode(r.text), retry, hops)
+            if step is None:
+                return r
+            hops += 1
+            base, pause = step
+            time.sleep(pause)
+
     def get(self, path: str) -> JSON:
         """GET a JSON document from the RC with the client's token (e.g. ``/status``); the prefix
         is added. Raises the typed error of an error answer."""
-        r = self.http.get(self.url(self.rc_url, path), headers=self._auth(self.token), timeout=self.timeout)
+        r = self._to_rc("GET", path, headers=self._auth(self.token))
         body = decode(r.text)
         if r.is_success:
             return body
@@ -129,10 +171,7 @@ class Client(ClientCore):
         last: Optional[BaseException] = None
         while not retry.expired():
             try:
-                r = self.http.post(
-                    self.url(self.rc_url, "/sessions"), content=content, headers=headers, params=params,
-                    timeout=self.timeout,
-                )
+                r = self._to_rc("POST", "/sessions", retry, content=content, headers=headers, params=params)
             except httpx.TransportError as e:
                 if not self._create_retryable(e, session_id):
                     raise Unavailable(0, "transport_error", f"POST /sessions: {e!r}") from e
@@ -166,11 +205,10 @@ class Client(ClientCore):
 
     def locate(self, session_id: str, capability: Optional[str] = None) -> dict:
         """The RC's directory entry of a session: ``{address, epoch, node, node_name, state, …}``."""
-        r = self.http.get(
-            self.url(self.rc_url, f"/sessions/{session_id}"),
-            headers=self._auth(capability or self.token),
-            timeout=self.timeout,
-        )
+        return self._locate(session_id, capability)
+
+    def _locate(self, session_id: str, capability: Optional[str], retry: Optional[Retry] = None) -> dict:
+        r = self._to_rc("GET", f"/sessions/{session_id}", retry, headers=self._auth(capability or self.token))
         body = decode(r.text)
         if r.is_success and isinstance(body, dict):
             return body
@@ -206,11 +244,12 @@ class Session(SessionCore):
             self._next_seq = int(self.info().get("last_seq") or 0) + 1
         return self._next_seq
 
-    def _relocate(self) -> bool:
-        """Asks the RC where the session lives; whether the address changed. Errors are ignored
-        (the RC may be briefly unreachable too; the caller retries)."""
+    def _relocate(self, retry: Optional[Retry] = None) -> bool:
+        """Asks the RC where the session lives (an RC group's replicas until ``retry`` expires);
+        whether the address changed. Errors are ignored (the RC may be briefly unreachable too;
+        the caller retries)."""
         try:
-            return self._located(self.client.locate(self.id, self._token()))
+            return self._located(self.client._locate(self.id, self._token(), retry))
         except (OpenGridError, httpx.TransportError):
             return False
 
@@ -222,7 +261,7 @@ class Session(SessionCore):
         if what == FOLLOWED:
             time.sleep(retry.hop_pause())
         else:
-            self._relocate()
+            self._relocate(retry)
             time.sleep(retry.pause())
 
     # -- inputs --------------------------------------------------------------------------------
@@ -291,7 +330,7 @@ class Session(SessionCore):
                 if refused is not None:
                     self._refused(seq)
                     raise refused from e
-                self._relocate()
+                self._relocate(retry)
                 time.sleep(retry.pause())
                 continue
             breaks.clear()
@@ -370,7 +409,7 @@ class Session(SessionCore):
             except SSEError as e:
                 sr._last = e
             if not self._move(follow):
-                self._relocate()
+                self._relocate(retry)
                 time.sleep(retry.pause())
 
     # -- the rest ------------------------------------------------------------------------------
@@ -384,7 +423,7 @@ class Session(SessionCore):
                 r = self.client.http.request(method, self._url(path), headers=self._headers(), timeout=self.client.timeout)
             except httpx.TransportError as e:
                 last, tried = e, True
-                self._relocate()
+                self._relocate(retry)
                 time.sleep(retry.pause())
                 continue
             body = decode(r.text)

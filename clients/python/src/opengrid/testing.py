@@ -1,9 +1,14 @@
-"""A colony of real ``opengrid`` processes on 127.0.0.1 for tests: an RC and nodes, each with its
-own data dir and log under one work dir, kill -9, operator tokens, handovers.
+"""A colony of real ``opengrid`` processes on 127.0.0.1 for tests: an RC (or an RC group of
+replicas, ADR 0037) and nodes, each with its own data dir and log under one work dir, kill -9,
+operator tokens, handovers.
 
     with Colony(binary, nodes=2) as c:
         client = opengrid.Client(c.rc_url)
         ...
+
+    with Colony(binary, nodes=3, rc_group=3) as c:
+        client = opengrid.Client(c.rc_urls)      # every replica
+        c.kill9(c.leader())                       # kill -9 the replica in office
 
 The binary is ``$OPENGRID_BIN`` unless given. Every wait has a deadline.
 """
@@ -71,8 +76,13 @@ def http(method: str, url: str, body: Any = None, token: Optional[str] = None, t
 class Colony:
     """An RC and ``nodes`` nodes (named ``n1``, ``n2``, …) as child processes.
 
-    ``node_extra`` is appended to every node's config (TOML); ``rc_extra`` to the RC's.
-    The work dir is removed on :meth:`stop` unless ``OPENGRID_TEST_KEEP`` is set.
+    ``rc_group=n`` (3 or 5) runs the RC as a group of ``n`` replicas named ``rc1``, ``rc2``, …
+    replicated with Raft (ADR 0037): :attr:`rc_urls` lists their APIs, :attr:`rc_url` is
+    ``rc1``'s, the nodes know every replica, the operator token is signed by ``rc1``'s key (the
+    replicas honour each other's), :meth:`leader` finds the one in office.
+
+    ``node_extra`` is appended to every node's config (TOML); ``rc_extra`` to the RC's (to each
+    replica's). The work dir is removed on :meth:`stop` unless ``OPENGRID_TEST_KEEP`` is set.
     """
 
     def __init__(
@@ -83,6 +93,7 @@ class Colony:
         rc_extra: str = "",
         node_extra: str = "",
         env: Optional[dict[str, str]] = None,
+        rc_group: int = 0,
     ):
         b = binary or os.environ.get("OPENGRID_BIN")
         if not b:
@@ -91,9 +102,17 @@ class Colony:
         self.work = Path(tempfile.mkdtemp(prefix="og-py-"))
         self.keep = bool(os.environ.get("OPENGRID_TEST_KEEP"))
         self.procs: dict[str, subprocess.Popen] = {}
-        self.rc_api = f"127.0.0.1:{free_port()}"
-        self.rc_cluster = f"127.0.0.1:{free_port()}"
-        self.rc_url = f"http://{self.rc_api}"
+        #: The RC's processes: ``["rc"]``, or the replicas of a group, ``["rc1", "rc2", …]``.
+        self.rc_names = [f"rc{i + 1}" for i in range(rc_group)] if rc_group else ["rc"]
+        self._rc_api = {name: f"127.0.0.1:{free_port()}" for name in self.rc_names}
+        self._rc_cluster = {name: f"127.0.0.1:{free_port()}" for name in self.rc_names}
+        self._rc_raft = {name: f"127.0.0.1:{free_port()}" for name in self.rc_names} if rc_group else {}
+        #: Every replica's API base URL (one for a single RC).
+        self.rc_urls = [f"http://{self._rc_api[name]}" for name in self.rc_names]
+        self.rc_api = self._rc_api[self.rc_names[0]]
+        #: The control-plane addresses the nodes are given (``rc_cluster``), comma separated.
+        self.rc_cluster = ",".join(self._rc_cluster[name] for name in self.rc_names)
+        self.rc_url = self.rc_urls[0]
         self.jurisdiction = jurisdiction
         self.rc_extra = rc_extra
         self.node_extra = node_extra
@@ -117,15 +136,29 @@ class Colony:
     def start(self) -> None:
         if self.keep:
             print(f"colony dir: {self.work}")
-        rc = self._config(
-            "rc",
-            f'version = 1\ndata_dir = "{self.work / "rc"}"\napi_listen = "{self.rc_api}"\n'
-            f'cluster_listen = "{self.rc_cluster}"\ncolony_secret = "{SECRET}"\n{self.rc_extra}\n',
-        )
-        self._spawn("rc", ["rc", "--config", str(rc)])
-        wait_for("the RC's /health", lambda: http("GET", f"{self.rc_url}/health")[0] == 200, 60)
-        # The tests are the colony's operator: a token signed by the RC's own key (ADR 0026).
-        self.token = self.cli("token", "operator", "--key", str(self.work / "rc"), "--valid", "2h").strip()
+        group = ""
+        if self._rc_raft:
+            # Each replica's identity exists before any config names it in `peers`.
+            peers = ", ".join(
+                f'"{i + 1}={self.cli("id", "--data-dir", str(self.work / name)).strip()}@{self._rc_raft[name]}"'
+                for i, name in enumerate(self.rc_names)
+            )
+            group = "[group]\nid = {id}\nlisten = \"{listen}\"\n" f"peers = [{peers}]\n"
+        for i, name in enumerate(self.rc_names):
+            cfg = self._config(
+                name,
+                f'version = 1\ndata_dir = "{self.work / name}"\napi_listen = "{self._rc_api[name]}"\n'
+                f'cluster_listen = "{self._rc_cluster[name]}"\ncolony_secret = "{SECRET}"\n{self.rc_extra}\n'
+                + group.format(id=i + 1, listen=self._rc_raft.get(name, "")),
+            )
+            self._spawn(name, ["rc", "--config", str(cfg)])
+        for url in self.rc_urls:
+            wait_for(f"the RC's /health at {url}", lambda url=url: http("GET", f"{url}/health")[0] == 200, 60)
+        # The tests are the colony's operator: a token signed by the RC's own key (ADR 0026); in
+        # a group, by the first replica's (every replica honours every replica's tokens).
+        self.token = self.cli("token", "operator", "--key", str(self.work / self.rc_names[0]), "--valid", "2h").strip()
+        if self._rc_raft:
+            self.leader()
         for name in self.node_names:
             self.start_node(name)
         self.wait_alive(len(self.node_names))
@@ -154,6 +187,7 @@ class Colony:
             shutil.rmtree(self.work, ignore_errors=True)
 
     def kill9(self, name: str) -> None:
+        """kill -9 of the process ``name`` (a node, ``rc``, or a replica ``rc1``…)."""
         p = self.procs[name]
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=10)
@@ -167,11 +201,43 @@ class Colony:
             raise ColonyError(f"opengrid {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
         return r.stdout
 
-    def status(self) -> dict:
-        code, body = http("GET", f"{self.rc_url}/status", token=self.token)
+    def status(self, rc: Optional[str] = None) -> dict:
+        """``GET /status`` of the RC: of the replica named ``rc``, else of the one in office."""
+        url = self.rc_urls[self.rc_names.index(rc or self.leader())]
+        code, body = http("GET", f"{url}/status", token=self.token)
         if code != 200:
-            raise ColonyError(f"GET /status: {code} {body}")
+            raise ColonyError(f"GET {url}/status: {code} {body}")
         return body
+
+    def leader(self, timeout: float = 30) -> str:
+        """The name of the RC in office: ``"rc"``, or the replica of the group whose ``/status``
+        says it acts (``group.acting``), waiting up to ``timeout`` for one."""
+        if not self._rc_raft:
+            return self.rc_names[0]
+
+        def acting() -> Optional[str]:
+            for name, url in zip(self.rc_names, self.rc_urls):
+                p = self.procs.get(name)
+                if p is None or p.poll() is not None:
+                    continue
+                try:
+                    code, body = http("GET", f"{url}/status", token=self.token, timeout=0.5)
+                except (OSError, ValueError):
+                    continue  # killed, or paused: not answering
+                if code == 200 and isinstance(body, dict) and (body.get("group") or {}).get("acting") is True:
+                    return name
+            return None
+
+        return wait_for("an RC group leader", acting, timeout, every=0.02)
+
+    def rc_url_of(self, name: str) -> str:
+        """The API base URL of the RC (replica) ``name``."""
+        return self.rc_urls[self.rc_names.index(name)]
+
+    def followers(self) -> list[str]:
+        """The replicas of the group that are running and not in office."""
+        lead = self.leader()
+        return [n for n in self.rc_names if n != lead and self.procs[n].poll() is None]
 
     def alive(self) -> int:
         return sum(1 for m in self.status()["members"] if m["state"] == "alive")
