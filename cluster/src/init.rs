@@ -205,6 +205,7 @@ pub const RC: Template = Template {
         ("group.id", "This replica's Raft id, 1.. (0 = no group)."),
         ("group.listen", "This replica's Raft address host:port (peers reach it here)."),
         ("group.peers", "The voters, each \"ID=DID@HOST:PORT\" (`opengrid id --data-dir` prints a DID; this replica's own may be \"ID=HOST:PORT\"): 1, 3, 5 or 7; the same list on every replica. Nodes list every replica's cluster_listen in rc_cluster."),
+        ("group.advertise", "host:port nodes reach this replica's control plane at, told to nodes so a replica added later can lead them; \"\" = cluster_listen unless it binds every interface."),
         ("group.heartbeat", "Raft heartbeat of the leader, at most a third of group.election_timeout."),
         ("group.election_timeout", "A dead leader is replaced after 3-4x this; at most a quarter of the lease, so nodes renew with the new leader before their lease ends."),
     ],

@@ -365,6 +365,7 @@ async fn the_operator_adds_and_removes_replicas() {
         cluster,
         cfg: String::new(),
     };
+    c.group.push(rc4.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let g = status(&c, &rc4).await["group"].clone();

@@ -473,6 +473,13 @@ pub enum ToNode {
         /// Why.
         reason: String,
     },
+    /// The control-plane addresses of every replica of the colony's RC group (sent after a join
+    /// and when the group changes): the node keeps a link with each, besides its `rc_cluster`,
+    /// so a replica added later can lead it.
+    RcGroup {
+        /// `host:port` of each replica's control plane.
+        cluster: Vec<String>,
+    },
 }
 
 /// Where a handover goes, as chosen by the RC.

@@ -102,6 +102,9 @@ pub struct NodeCore {
     pub(crate) link_up: AtomicBool,
     /// The RC control-plane addresses (`rc_cluster`) this node has a ractor_cluster link with.
     pub(crate) rc_links: Mutex<std::collections::HashSet<String>>,
+    /// The RC group's replicas as the leader last listed them ([`ToNode::RcGroup`]): linked
+    /// besides `rc_cluster`.
+    pub(crate) group_rcs: Mutex<Vec<String>>,
     hb_seq: AtomicU64,
     sent: Mutex<HashMap<u64, Instant>>,
     /// Path RTT to the RC: the minimum of the last [`RTT_WINDOW`] heartbeat round trips.
@@ -196,6 +199,7 @@ impl NodeCore {
             membership: Mutex::new(Membership::Outside),
             link_up: AtomicBool::new(false),
             rc_links: Mutex::new(std::collections::HashSet::new()),
+            group_rcs: Mutex::new(Vec::new()),
             hb_seq: AtomicU64::new(0),
             sent: Mutex::new(HashMap::new()),
             rtt_us: AtomicU64::new(0),
@@ -250,6 +254,25 @@ impl NodeCore {
         addr.to_socket_addrs()
             .map(|mut it| it.any(|a| links.contains(&a.to_string())))
             .unwrap_or(false)
+    }
+
+    /// Every RC control-plane address to keep a link with: `rc_cluster`, and the RC group's
+    /// replicas the leader listed.
+    pub(crate) fn rc_addresses(&self) -> Vec<String> {
+        let mut all = self.cfg.rc_addresses();
+        let learned = lock(&self.group_rcs);
+        // Only when the group has more replicas than `rc_cluster` names (one was added since):
+        // the configured addresses may be proxies or names the replicas do not know themselves
+        // by, and stay the way to reach the replicas they name.
+        if learned.len() <= all.len() {
+            return all;
+        }
+        for a in learned.iter() {
+            if !all.contains(a) {
+                all.push(a.clone());
+            }
+        }
+        all
     }
 
     /// Membership state.
@@ -346,11 +369,15 @@ impl NodeCore {
         // after a leader change a deposed leader that is paused may still be listed beside the
         // new one; every one listed gets the message (the one this node has no link with
         // answers with a signed eviction, which points this node at it).
-        let rcs: Vec<ractor::ActorRef<RcMsg>> =
-            ractor::pg::get_scoped_members(&wire::PG_SCOPE.to_string(), &group)
-                .into_iter()
-                .map(ractor::ActorRef::from)
-                .collect();
+        // In one process (tests, embedded colonies) the RC is also listed once more per
+        // control-plane connection looping back to it: the local actor alone is the RC then.
+        let cells = ractor::pg::get_scoped_members(&wire::PG_SCOPE.to_string(), &group);
+        let local = cells.iter().any(|c| c.get_id().is_local());
+        let rcs: Vec<ractor::ActorRef<RcMsg>> = cells
+            .into_iter()
+            .filter(|c| !local || c.get_id().is_local())
+            .map(ractor::ActorRef::from)
+            .collect();
         if rcs.is_empty() {
             return false;
         }
@@ -730,6 +757,13 @@ impl NodeCore {
                 let peer = lock(&self.link).as_ref().map(|l| l.peer);
                 if let Some(peer) = peer {
                     self.follow_new_rc(&peer, &reason);
+                }
+            }
+            ToNode::RcGroup { cluster } => {
+                let mut known = lock(&self.group_rcs);
+                if *known != cluster {
+                    tracing::info!(rcs = ?cluster, "the RC group's replicas");
+                    *known = cluster.into_iter().take(16).collect();
                 }
             }
             ToNode::Members { nodes } => {

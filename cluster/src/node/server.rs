@@ -389,9 +389,8 @@ async fn boot_node(
             // group) this node has no link with.
             let (c3, s3, mut rx3) = (core.clone(), server.clone(), stop_rx.clone());
             tokio::spawn(async move {
-                let rcs = c3.cfg.rc_addresses();
                 loop {
-                    for rc in &rcs {
+                    for rc in &c3.rc_addresses() {
                         if c3.rc_linked(rc) {
                             continue;
                         }

@@ -220,6 +220,13 @@ async fn rc_group_add(
         .await
         .map_err(group_failed)?;
     tracing::info!(id, "RC group: replica added");
+    // The nodes learn the new replica's control plane before it can lead them: once it has
+    // announced its addresses (it does as soon as it is a member), bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !group.replica_addrs().contains_key(&id) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    core.send_group_addrs();
     Ok(Json(json!(group.view())))
 }
 

@@ -382,11 +382,53 @@ impl RcCore {
                 .collect();
             (nodes, alive)
         };
+        let group = self.group_cluster_addrs();
         for id in alive {
             let _ = self.send_node(
                 &id,
                 ToNode::Members {
                     nodes: nodes.clone(),
+                },
+            );
+            if let Some(cluster) = &group {
+                let _ = self.send_node(
+                    &id,
+                    ToNode::RcGroup {
+                        cluster: cluster.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The control-plane addresses of the RC group's replicas, as they announced them.
+    pub(crate) fn group_cluster_addrs(&self) -> Option<Vec<String>> {
+        let g = self.group()?;
+        Some(
+            g.replica_addrs()
+                .values()
+                .map(|a| a.cluster.clone())
+                .filter(|c| !c.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Tells every alive member the RC group's control-plane addresses (the group changed).
+    pub(crate) fn send_group_addrs(&self) {
+        let Some(cluster) = self.group_cluster_addrs() else {
+            return;
+        };
+        let alive: Vec<NodeId> = lock(&self.state)
+            .members
+            .iter()
+            .filter(|(_, m)| m.alive)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in alive {
+            let _ = self.send_node(
+                &id,
+                ToNode::RcGroup {
+                    cluster: cluster.clone(),
                 },
             );
         }

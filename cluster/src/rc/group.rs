@@ -63,6 +63,10 @@ pub struct GroupSection {
     /// (idempotent). Empty: this replica joins an existing group, added by an operator
     /// (`opengrid rc-group add`).
     pub peers: Vec<String>,
+    /// The control-plane address nodes reach this replica at (`host:port`), told to nodes so
+    /// that a replica added later can lead them; empty: `cluster_listen`, unless it binds every
+    /// interface (then nodes learn nothing: list every replica in their `rc_cluster`).
+    pub advertise: String,
     /// Raft heartbeat interval of the leader.
     pub heartbeat: HumanDuration,
     /// Election timeout `t`: openraft's range is `t..2t`, and a follower that had a leader
@@ -78,6 +82,7 @@ impl Default for GroupSection {
             id: 0,
             listen: String::new(),
             peers: Vec::new(),
+            advertise: String::new(),
             heartbeat: HumanDuration::from_millis(30),
             election_timeout: HumanDuration::from_millis(100),
         }
@@ -331,6 +336,11 @@ impl RcGroup {
         crate::rc::lock(&self.confirmed).is_some_and(|t| t.elapsed() < self.fresh_for)
     }
 
+    /// Whether this replica's Raft node has stopped (removed from the group, or fatal).
+    pub fn stopped(&self) -> bool {
+        self.node.metrics().state == openraft::ServerState::Shutdown
+    }
+
     /// Whether openraft believes this replica leads (unconfirmed).
     pub fn believes_leader(&self) -> bool {
         let m = self.node.metrics();
@@ -486,6 +496,13 @@ impl RcGroup {
             ));
         }
         self.node.remove_node(id).await?;
+        if id == self.node.id() {
+            // A leader that removed itself would go on leading a group it is no longer part of
+            // (openraft 0.9 keeps it leader): it stops its replica, the others elect a leader
+            // among themselves; the process serves nothing as the colony's RC from now on.
+            tracing::warn!(id, "this replica was removed from the RC group: its Raft replica stops; stop the process");
+            let _ = self.node.raft().shutdown().await;
+        }
         Ok(())
     }
 
@@ -533,8 +550,24 @@ pub(crate) async fn keep_office(
     let mut last_ok = Instant::now();
     let mut trusted: std::collections::HashSet<String> = Default::default();
     let mut tick: u32 = 0;
+    let mut addrs_sent: Vec<String> = Vec::new();
     loop {
         every.tick().await;
+        if group.stopped() {
+            if group.in_office.swap(false, Ordering::AcqRel) {
+                ractor::pg::leave_scoped(
+                    wire::PG_SCOPE.to_string(),
+                    pg.clone(),
+                    vec![actor.clone()],
+                );
+                core.leave_office();
+            }
+            tracing::warn!(
+                id = group.id(),
+                "this replica's Raft node stopped: it no longer takes part in the RC group"
+            );
+            return;
+        }
         // Replicas added since the start issue capabilities and tokens when they lead.
         for did in group.member_dids() {
             if trusted.insert(did.clone()) {
@@ -568,6 +601,12 @@ pub(crate) async fn keep_office(
                 core.replicate_directory(&group).await;
                 if tick.is_multiple_of(REGISTRY_EVERY) {
                     replicate_registry(&core, &group).await;
+                    // Nodes learn replicas added since they started.
+                    let addrs = core.group_cluster_addrs().unwrap_or_default();
+                    if addrs != addrs_sent {
+                        core.send_group_addrs();
+                        addrs_sent = addrs;
+                    }
                 }
             }
         } else if in_office && (!group.believes_leader() || last_ok.elapsed() > group.fresh_for * 2)

@@ -142,10 +142,15 @@ pub async fn start_rc(cfg: RcConfig) -> Result<RcHandle, StartError> {
                         });
                     }));
                 }
+                let advertise = match c2.cfg.group.advertise.trim() {
+                    "" if cluster.ip().is_unspecified() => String::new(),
+                    "" => cluster.to_string(),
+                    a => a.to_string(),
+                };
                 let addrs = crate::rc::group::ReplicaAddrs {
                     id: group.id(),
                     api: format!("http://{api}"),
-                    cluster: cluster.to_string(),
+                    cluster: advertise,
                     did: c2.id().did(),
                 };
                 // Followers send clients to the leader's API: every replica writes its own.
