@@ -214,12 +214,6 @@ def test_every_recorded_event_stream_matches_the_openapi_document(colony):
     _judge(problems, f"of {events} events")
 
 
-# The RC group's answers the document does not list yet (reported to the lead): a follower answers
-# `307 not_leader` on every route it does not serve, the document lists 307 only on the session
-# routes a node redirects. Tolerated as an xfail; any other mismatch fails.
-KNOWN_GROUP_DRIFTS: tuple[str, ...] = ("POST /v1/sessions answered 307",)
-
-
 def test_every_response_of_an_rc_group_matches_the_openapi_document(colony):
     doc = fetch_document(colony.rc_url)
     api = [r for r in GROUP_RECORDED if urlsplit(r.url).path.startswith(opengrid.API_PREFIX + "/")]
@@ -232,10 +226,8 @@ def test_every_response_of_an_rc_group_matches_the_openapi_document(colony):
             problems += p.split("; ")
     covered = sorted({(r.method, (operation_of(doc, r.method, r.url) or ("?",))[0], r.status) for r in api})
     print(f"\n{len(api)} responses of an RC group's clients checked; operations/statuses: {covered}")
-    unknown = sorted({p for p in problems if not p.startswith(KNOWN_GROUP_DRIFTS)})
-    assert not unknown, f"{len(unknown)} of {len(api)} responses do not match the document:\n" + "\n".join(unknown[:40])
-    if problems:
-        pytest.xfail(f"{len(problems)} known drift(s) of the RC group's answers: {sorted(set(problems))[:3]}")
+    problems = sorted(set(problems))
+    assert not problems, f"{len(problems)} of {len(api)} responses do not match the document:\n" + "\n".join(problems[:40])
 
 
 def test_the_checker_catches_a_mismatch():

@@ -250,6 +250,7 @@ async fn rc_group_remove(
     request_body(content = v1::ManifestBody, description = "The manifest (JSON, or TOML with `Content-Type: application/toml`)"),
     responses(
         (status = 201, description = "Placed: where, and the session's capability", body = crate::rc::Placement),
+        (status = 307, description = "At a follower of an RC group: `not_leader`; `location` is the leader's API base URL, `url` the same request there", body = v1::ErrorBody),
         (status = 400, description = "Not a manifest (`bad_manifest`, …)", body = v1::ErrorBody),
         (status = 401, description = "`session_id` of a known session without a token, or a bad one", body = v1::ErrorBody),
         (status = 403, description = "`session_id` of a known session with a token that does not open it", body = v1::ErrorBody),
