@@ -23,6 +23,18 @@ pub trait Application: Send + Sync + 'static {
     /// Apply one committed command and return the response handed back to the proposer.
     fn apply(&mut self, command: &[u8]) -> Vec<u8>;
 
+    /// Runs once per command, on the replica that proposes it (the leader), before it enters
+    /// the log, off the async runtime and outside the state machine's lock: it may check the
+    /// command and annotate it (verify its signatures once, so that every replica applying it
+    /// need not). It sees the client's bytes: any annotation in them is untrusted and must be
+    /// recomputed. The default passes the command through.
+    fn prepare(command: Vec<u8>) -> Vec<u8>
+    where
+        Self: Sized,
+    {
+        command
+    }
+
     /// Answer a read-only query against the current state.
     fn query(&self, query: &[u8]) -> Vec<u8>;
 

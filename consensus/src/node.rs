@@ -632,6 +632,10 @@ impl<A: Application> Inner<A> {
         // Leader (or leader unknown yet): propose locally. Keep a copy for a possible hand-over
         // only when this replica is not known to lead.
         let spare = (forward && leader != Some(self.id)).then(|| command.clone());
+        // The application's admission work (e.g. signature checks), once, here.
+        let command = tokio::task::spawn_blocking(move || A::prepare(command))
+            .await
+            .map_err(|e| ConsensusError::Raft(format!("prepare task failed: {e}")))?;
         match self.raft.client_write(Command(command)).await {
             Ok(r) => Ok(r.data.0),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {

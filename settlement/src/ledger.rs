@@ -246,6 +246,15 @@ pub enum LedgerCommand {
     RegisterNode(NodeRegistration),
     RegisterRc(RcRegistration),
     SubmitBatch(Batch),
+    /// A batch whose signatures the leader checked when it admitted it into the log
+    /// ([`Ledger::prepare`]): `checks[i]` is receipt `i`'s outcome. Replicas apply it without
+    /// checking the signatures again (each is checked once, not once per replica); every
+    /// receipt's signatures stay in the log for anyone to check later. A client's own
+    /// `SubmitVerified` is never trusted: the leader checks its batch afresh.
+    SubmitVerified {
+        batch: Batch,
+        checks: Vec<Option<VerifyError>>,
+    },
 }
 
 /// Why a registration was refused.
@@ -517,7 +526,7 @@ impl Ledger {
     /// Apply a typed command.
     pub fn execute(&mut self, cmd: LedgerCommand) -> LedgerResponse {
         let registration = match &cmd {
-            LedgerCommand::SubmitBatch(_) => None,
+            LedgerCommand::SubmitBatch(_) | LedgerCommand::SubmitVerified { .. } => None,
             other => Some(codec::encode(other).unwrap_or_default()),
         };
         let resp = match cmd {
@@ -529,7 +538,11 @@ impl Ledger {
                 Ok(did) => LedgerResponse::Registered(did),
                 Err(e) => LedgerResponse::RegistrationRejected(e),
             },
-            LedgerCommand::SubmitBatch(b) => self.submit_batch(b),
+            LedgerCommand::SubmitBatch(b) => self.submit_batch(b, None),
+            LedgerCommand::SubmitVerified { batch, checks } => {
+                let checks = (checks.len() == batch.receipts.len()).then_some(checks);
+                self.submit_batch(batch, checks)
+            }
         };
         let changed = matches!(
             resp,
@@ -684,33 +697,18 @@ impl Ledger {
         Ok(r.did)
     }
 
-    /// Signature checks for every receipt, spread over threads. Pure: depends only on the receipt
-    /// (the keys come from the DIDs, which registration ties to the registered keys).
+    /// Signature checks for every receipt, spread over threads ([`verify_receipts`]).
     fn verify_all(&self, receipts: &[SignedReceipt]) -> Vec<Result<(), VerifyError>> {
-        let check = |r: &SignedReceipt| {
-            r.verify(
-                &r.receipt.node.verifying_key(),
-                &r.receipt.rc.verifying_key(),
-            )
-        };
-        let threads = self.verify_threads.max(1);
-        if threads == 1 || receipts.len() < 256 {
-            return receipts.iter().map(check).collect();
-        }
-        let chunk = receipts.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = receipts
-                .chunks(chunk)
-                .map(|c| s.spawn(move || c.iter().map(check).collect::<Vec<_>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
+        verify_receipts(receipts, self.verify_threads)
     }
 
-    fn submit_batch(&mut self, batch: Batch) -> LedgerResponse {
+    /// Applies a batch; `checks`: its receipts' signature outcomes as the leader found them when
+    /// it admitted the batch (`None`: checked here).
+    fn submit_batch(
+        &mut self,
+        batch: Batch,
+        checks: Option<Vec<Option<VerifyError>>>,
+    ) -> LedgerResponse {
         let batch_id = batch.id();
         if let Some(record) = self.state.batches.get(&batch_id) {
             return LedgerResponse::Batch {
@@ -725,7 +723,10 @@ impl Ledger {
                 reason: BatchError::TooLarge(batch.receipts.len()),
             };
         }
-        let sigs = self.verify_all(&batch.receipts);
+        let sigs: Vec<Result<(), VerifyError>> = match checks {
+            Some(c) => c.into_iter().map(|e| e.map_or(Ok(()), Err)).collect(),
+            None => self.verify_all(&batch.receipts),
+        };
         let mut record = BatchRecord {
             rc: batch.rc.clone(),
             proposed_at_ms: batch.proposed_at_ms,
@@ -899,7 +900,57 @@ impl Ledger {
     }
 }
 
+/// Signature checks for every receipt (pure: the keys come from the DIDs, which registration ties
+/// to the registered keys), spread over `threads`.
+pub fn verify_receipts(receipts: &[SignedReceipt], threads: usize) -> Vec<Result<(), VerifyError>> {
+    let check = |r: &SignedReceipt| {
+        r.verify(
+            &r.receipt.node.verifying_key(),
+            &r.receipt.rc.verifying_key(),
+        )
+    };
+    let threads = threads.max(1);
+    if threads == 1 || receipts.len() < 256 {
+        return receipts.iter().map(check).collect();
+    }
+    let chunk = receipts.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = receipts
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(check).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
 impl Application for Ledger {
+    /// A submitted batch's signatures are checked here, once, on the leader as it admits the
+    /// batch (outside the state machine's lock), and carried in the log as `SubmitVerified`;
+    /// everything else passes through.
+    fn prepare(command: Vec<u8>) -> Vec<u8> {
+        let batch = match codec::decode::<LedgerCommand>(&command, MAX_DECODE_BYTES) {
+            Ok(LedgerCommand::SubmitBatch(b)) => b,
+            // A client's annotation is not trusted: checked afresh.
+            Ok(LedgerCommand::SubmitVerified { batch, .. }) => batch,
+            _ => return command,
+        };
+        if batch.receipts.len() > MAX_RECEIPTS_PER_BATCH {
+            // Refused as too large by `apply`; nothing to check.
+            return codec::encode(&LedgerCommand::SubmitBatch(batch)).unwrap_or(command);
+        }
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let checks = verify_receipts(&batch.receipts, threads)
+            .into_iter()
+            .map(Result::err)
+            .collect();
+        codec::encode(&LedgerCommand::SubmitVerified { batch, checks }).unwrap_or(command)
+    }
+
     fn apply(&mut self, command: &[u8]) -> Vec<u8> {
         let resp = match codec::decode::<LedgerCommand>(command, MAX_DECODE_BYTES) {
             Ok(cmd) => self.execute(cmd),

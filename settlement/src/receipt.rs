@@ -183,7 +183,7 @@ pub enum Signer {
 }
 
 /// Why a signed receipt does not verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum VerifyError {
     #[error("a field was changed after signing (digest mismatch)")]
     TamperedField,

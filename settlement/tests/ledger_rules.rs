@@ -646,3 +646,50 @@ fn the_rejection_log_is_bounded_and_counts_everything() {
     assert_eq!(w.submit(batch(&w, vec![ok])).settled, 1);
     assert_eq!(w.ledger.summary().rejections_kept, 4);
 }
+
+/// Signatures are checked once, by the leader admitting a batch (`Ledger::prepare`), and the
+/// outcome travels in the log: a replica applying `SubmitVerified` rejects what the leader found
+/// forged, and a client that sends its own `SubmitVerified` claiming every signature good is not
+/// believed — the leader checks the batch afresh.
+#[test]
+fn signatures_are_checked_once_at_admission_and_a_client_s_claim_is_not_trusted() {
+    let mut w = world();
+    let good = signed(&w, receipt(&w, 1, 100));
+    let mut forged = signed(&w, receipt(&w, 2, 100));
+    forged.node_sig = Sig(Keypair::from_seed([9; 32]).sign(b"something else"));
+    let forged = forged.co_sign(&w.rc);
+    let b = batch(&w, vec![good, forged]);
+    let lie = LedgerCommand::SubmitVerified {
+        batch: b.clone(),
+        checks: vec![None, None],
+    };
+    let bytes = opengrid_codec::encode(&lie).unwrap();
+    let prepared = Ledger::prepare(bytes);
+    match opengrid_codec::decode::<LedgerCommand>(&prepared, usize::MAX).unwrap() {
+        LedgerCommand::SubmitVerified { checks, .. } => assert_eq!(
+            checks,
+            vec![None, Some(VerifyError::ForgedSignature(Signer::Node))],
+            "the leader's own check replaces the client's claim"
+        ),
+        other => panic!("prepared into {other:?}"),
+    }
+    let answer: LedgerResponse =
+        opengrid_codec::decode(&w.ledger.apply(&prepared), usize::MAX).unwrap();
+    match answer {
+        LedgerResponse::Batch { record, .. } => {
+            assert_eq!(record.settled, 1);
+            assert_eq!(record.rejected.len(), 1);
+            assert_eq!(
+                record.rejected[0].reason,
+                RejectReason::ForgedSignature(Signer::Node)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Anything else passes through untouched.
+    let reg = opengrid_codec::encode(&LedgerCommand::RegisterRc(
+        RcRegistration::new(&Keypair::from_seed([3; 32]), acct("x")).authorize(&operator()),
+    ))
+    .unwrap();
+    assert_eq!(Ledger::prepare(reg.clone()), reg);
+}
