@@ -233,7 +233,7 @@ impl SessionHost {
                     handler.version(),
                     bytes,
                 );
-                self.inner.store.put(&cp).map_err(store_err)?;
+                crate::session::blocking_io(|| self.inner.store.put(&cp)).map_err(store_err)?;
             }
             Some(cp) => {
                 if cp.epoch > epoch {

@@ -1125,3 +1125,115 @@ async fn zero_loss_with_min_copies_on_a_store_without_replicas_is_refused_not_ac
         Seq(0)
     );
 }
+
+/// A store whose writes for some sessions wait until a gate opens (a replica holder that stalls:
+/// SIGSTOP, a dead disk) — the others write at once.
+struct StallingStore {
+    inner: MemoryCheckpointStore,
+    stalled: HashSet<SessionId>,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    waiting: AtomicU64,
+}
+
+impl StallingStore {
+    fn wait_gate(&self, s: &SessionId) {
+        if !self.stalled.contains(s) {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let (open, cv) = &*self.gate;
+        let mut g = open.lock().unwrap();
+        // Bounded: a write never waits more than 20 s, even if the test fails to open it.
+        let end = Instant::now() + Duration::from_secs(20);
+        while !*g && Instant::now() < end {
+            g = cv.wait_timeout(g, Duration::from_millis(100)).unwrap().0;
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl CheckpointStore for StallingStore {
+    fn put(&self, cp: &Checkpoint) -> Result<(), StoreError> {
+        self.wait_gate(&cp.session_id);
+        self.inner.put(cp)
+    }
+    fn get_latest(&self, s: &SessionId) -> Result<Option<Checkpoint>, StoreError> {
+        self.inner.get_latest(s)
+    }
+    fn get(&self, s: &SessionId, e: Epoch, q: Seq) -> Result<Checkpoint, StoreError> {
+        self.inner.get(s, e, q)
+    }
+    fn list(&self, s: &SessionId) -> Result<Vec<CheckpointInfo>, StoreError> {
+        self.inner.list(s)
+    }
+    fn delete(&self, s: &SessionId) -> Result<(), StoreError> {
+        self.inner.delete(s)
+    }
+    fn fence(&self, s: &SessionId, e: Epoch) -> Result<(), StoreError> {
+        self.inner.fence(s, e)
+    }
+    fn current_epoch(&self, s: &SessionId) -> Result<Option<Epoch>, StoreError> {
+        self.inner.current_epoch(s)
+    }
+    fn sessions(&self) -> Result<Vec<SessionId>, StoreError> {
+        self.inner.sessions()
+    }
+    fn corruptions_detected(&self) -> u64 {
+        self.inner.corruptions_detected()
+    }
+}
+
+/// Two zero-loss sessions whose checkpoint writes stall (as many as the runtime has workers) do
+/// not stall a third session that writes elsewhere: its input is answered while both writes are
+/// still stuck; once the stall ends, the stuck inputs complete too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_write_stalls_only_its_own_session() {
+    let (stuck1, stuck2, free) = (sid("stuck-1"), sid("stuck-2"), sid("free"));
+    let store = Arc::new(StallingStore {
+        inner: MemoryCheckpointStore::new(),
+        stalled: HashSet::from([stuck1.clone(), stuck2.clone()]),
+        gate: Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new())),
+        waiting: AtomicU64::new(0),
+    });
+    // Sessions start with their first checkpoint: open the gate for that.
+    *store.gate.0.lock().unwrap() = true;
+    let host = host_with(store.clone(), 10).await;
+    let handler = Arc::new(Folder::default());
+    let mut started = Vec::new();
+    for id in [&stuck1, &stuck2, &free] {
+        started.push(
+            host.start(
+                handler.clone(),
+                id.clone(),
+                Epoch(1),
+                CheckpointPolicy::synchronous(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    *store.gate.0.lock().unwrap() = false;
+    let (s1, s2, f) = (started.remove(0), started.remove(0), started.remove(0));
+    let t1 = tokio::spawn(async move { s1.send(Seq(1), 1).await });
+    let t2 = tokio::spawn(async move { s2.send(Seq(1), 2).await });
+    wait_for(
+        "both stalled writes under way",
+        Duration::from_secs(10),
+        || store.waiting.load(Ordering::SeqCst) == 2,
+    )
+    .await;
+    // The free session answers while both stalled writes still wait.
+    f.send(Seq(1), 3).await.unwrap();
+    assert_eq!(
+        store.waiting.load(Ordering::SeqCst),
+        2,
+        "the free session's input was answered only after the stall ended"
+    );
+    {
+        let (open, cv) = &*store.gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    t1.await.unwrap().unwrap();
+    t2.await.unwrap().unwrap();
+}
