@@ -1,8 +1,9 @@
-//! Why one file of ~1,130 lines: it is one schema — the scenario format's types, their defaults,
+//! Why one file of ~1,210 lines: it is one schema — the scenario format's types, their defaults,
 //! the validation that names each field, the expansion of `[[fault]]` entries into the schedule a
 //! seed fixes, and the suite file that lists scenarios — which whoever adds a field reads top to
 //! bottom and changes in one place (a new fault kind touches its type, its validation and its
-//! expansion together); its tests are the `chaos/tests/scenario.rs` binary.
+//! expansion together; the RC group's rules — group sizes, the `rc-leader` target — went into all
+//! three at once); its tests are the `chaos/tests/scenario.rs` binary.
 //!
 //! Scenario files: versioned TOML describing a cluster, a workload, a fault schedule, the
 //! invariants to check and a seed.

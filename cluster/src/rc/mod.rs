@@ -8,7 +8,16 @@
 //! - [`admission`]: the in-memory node table, filters and scoring; [`mobility`]: replica sets,
 //!   failover, handover requests, reconciliation of holding reports;
 //! - [`federation`]: canopy gossip, treaties and cross-colony routing; [`settlement`]:
-//!   co-signing, batching and settling compute receipts.
+//!   co-signing, batching and settling compute receipts; [`group`]: the RC group (ADR 0037) —
+//!   the Raft replica, office, and what it replicates; [`directory`]: the directory and its
+//!   durable records.
+//!
+//! Why this file (~1,000 lines before its tests) stays one piece: it is the RC's core — the
+//! types every room shares ([`RcCore`], `RcState`, [`DirEntry`], `Member`), the placement
+//! path (`place`: admission, quota, start order, directory entry) and the status view. Each
+//! piece reads and writes `RcState` under one lock in one order; the rooms above already took
+//! what has its own concern (control, mobility, settlement, group). Moving `place` into its own
+//! room is the next split when it grows again.
 //!
 //! The RC never names the node's code ([`crate::node`]): both speak [`crate::common::wire`].
 
