@@ -69,25 +69,14 @@ async fn wait_leader_sees(c: &Colony, sessions: usize, members: usize) -> (Group
 
 /// The nodes' `opengrid_cluster_lease_lost_total`, summed over the members `st` lists.
 async fn leases_lost(c: &Colony, st: &Value) -> u64 {
-    let mut lost = 0;
+    let mut lost = 0.0;
     for m in st["members"].as_array().into_iter().flatten() {
         let api = m["address"].as_str().unwrap_or_default();
-        let text = c
-            .http
-            .get(format!("{api}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        lost += text
-            .lines()
-            .filter(|l| l.starts_with("opengrid_cluster_lease_lost_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64;
+        let text = common::metrics_text(&c.http, api).await;
+        assert!(!text.is_empty(), "no /metrics from {api}");
+        lost += common::metric_sum(&text, "opengrid_cluster_lease_lost_total");
     }
-    lost
+    lost as u64
 }
 
 /// Sessions stepped round-robin in the background until `stop`: (acknowledged, failed).

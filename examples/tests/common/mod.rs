@@ -386,6 +386,25 @@ impl Colony {
     }
 }
 
+/// `GET {api}/metrics` (Prometheus text; empty when it does not answer).
+pub async fn metrics_text(http: &reqwest::Client, api: &str) -> String {
+    match http.get(format!("{api}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The sum of every sample of the metric `name` (all label sets) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Sends `1` and checks the total: returns the new acknowledged count.
 pub async fn step(s: &mut Session, acked: u64) -> Result<u64, ClientError> {
     let r = s.send(json!(1)).await?;
