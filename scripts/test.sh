@@ -32,8 +32,8 @@ og_log "testing examples/handler-only (opengrid-actors without default features)
 (cd examples/handler-only && cargo test --locked)
 bin_dir="${CARGO_TARGET_DIR:-target}/debug"
 # The Python client (clients/python) and the MCP/A2A gateway with the official client SDKs, against
-# real `opengrid` processes; one pytest run per suite (each has its own conftest).
-for suite in clients/python/tests tests/protocols; do
+# real `opengrid` processes, and the rows of scripts/bench.sh; one pytest run per suite.
+for suite in clients/python/tests tests/protocols tests/bench; do
   og_log "pytest $suite"
   OPENGRID_BIN="$bin_dir/opengrid" "$OPENGRID_VENV/bin/python" -m pytest -q -p no:cacheprovider "$suite"
 done

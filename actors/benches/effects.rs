@@ -218,6 +218,19 @@ fn effects(c: &mut Criterion) {
         q(&hf, 0.5), q(&hf, 0.99), q(&hw, 0.5), q(&hw, 0.99), q(&hf, 0.5) / q(&hw, 0.5)
     );
 
+    // The same figures as JSON lines on stdout (scripts/bench.sh keeps them).
+    println!(
+        "{{\"name\":\"p14_run_overhead\",\"p50_us\":{:.1},\"p99_us\":{:.1},\"baseline_p50_us\":{:.1},\"baseline_p99_us\":{:.1},\"added_p99_us\":{:.1},\"count\":{SAMPLES}}}",
+        j_plain.0, j_plain.1, p_plain.0, p_plain.1, j_plain.1 - p_plain.1
+    );
+    println!(
+        "{{\"name\":\"p14_zero_loss_one_effect\",\"p50_us\":{:.0},\"p99_us\":{:.0},\"baseline_p50_us\":{:.0},\"baseline_p99_us\":{:.0},\"ratio_p50\":{:.3},\"ratio_p99\":{:.3},\"count\":{SAMPLES}}}",
+        zo.0, zo.1, zn.0, zn.1, zo.0 / zn.0, zo.1 / zn.1
+    );
+    println!(
+        "{{\"name\":\"p14_first_chunk\",\"p50_us\":{:.0},\"p99_us\":{:.0},\"baseline_p50_us\":{:.0},\"baseline_p99_us\":{:.0},\"ratio_p50\":{:.3},\"count\":500}}",
+        q(&hf, 0.5), q(&hf, 0.99), q(&hw, 0.5), q(&hw, 0.99), q(&hf, 0.5) / q(&hw, 0.5)
+    );
     let mut g = c.benchmark_group("run_overhead");
     g.bench_function("plain", |b| b.iter(|| plain.one(&rt)));
     g.bench_function("journaled", |b| b.iter(|| journaled.one(&rt)));

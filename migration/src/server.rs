@@ -470,14 +470,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn put_tolerant(local: &dyn CheckpointStore, cp: &Checkpoint) -> Response {
-    match local.put(cp) {
+/// Writes `cp` to the local store on a blocking-pool thread (an fsync'd write), so that the
+/// server's one `og-migrate` worker keeps reading and answering other connections meanwhile and
+/// concurrent writes share one WAL sync (RocksDB's write groups) instead of queueing behind
+/// each other's fsync (issue #20: failover restores and replica writes were bound by this).
+/// A write of the same session is serialized by the store itself (its per-session stripes).
+async fn put_tolerant(local: &Arc<dyn CheckpointStore>, cp: Checkpoint) -> Response {
+    put_tolerant_keep(local, cp).await.0
+}
+
+/// [`put_tolerant`], handing the checkpoint back (`None` only if the write task died).
+async fn put_tolerant_keep(
+    local: &Arc<dyn CheckpointStore>,
+    cp: Checkpoint,
+) -> (Response, Option<Checkpoint>) {
+    let local = local.clone();
+    let put = tokio::task::spawn_blocking(move || {
+        let r = local.put(&cp);
+        (r, cp)
+    })
+    .await;
+    let (put, cp) = match put {
+        Ok((r, cp)) => (r, Some(cp)),
+        Err(e) => (
+            Err(StoreError::Backend(format!("checkpoint write task: {e}"))),
+            None,
+        ),
+    };
+    let answer = match put {
         Ok(()) | Err(StoreError::StaleSeq { .. }) => Response::Ok,
         Err(StoreError::StaleEpoch { current, .. }) => Response::Fenced { current },
         Err(e) => Response::Refused {
             reason: e.to_string(),
         },
-    }
+    };
+    (answer, cp)
 }
 
 #[tracing::instrument(skip_all, fields(req = req_name(&req), peer = %peer))]
@@ -490,7 +517,7 @@ async fn handle(inner: &Inner, req: Request, peer: &Did) -> Response {
         // Checked (and the grant remembered) by `authorize`.
         Request::Present { .. } => Response::Ok,
         Request::Replicate { checkpoint, .. } => match Checkpoint::decode(&checkpoint) {
-            Ok(cp) => put_tolerant(&*inner.local, &cp),
+            Ok(cp) => put_tolerant(&inner.local, cp).await,
             Err(e) => Response::Refused {
                 reason: format!("replica: {e}"),
             },
@@ -556,7 +583,7 @@ async fn handle(inner: &Inner, req: Request, peer: &Did) -> Response {
             }
             crate::fault::pause("transfer").await;
             match Checkpoint::decode(&checkpoint) {
-                Ok(cp) if cp.session_id == session => put_tolerant(&*inner.local, &cp),
+                Ok(cp) if cp.session_id == session => put_tolerant(&inner.local, cp).await,
                 Ok(cp) => Response::Refused {
                     reason: format!("checkpoint is for {}", cp.session_id),
                 },
@@ -597,10 +624,15 @@ async fn handle(inner: &Inner, req: Request, peer: &Did) -> Response {
                 }
             };
             crate::fault::pause("activate").await;
-            match put_tolerant(&*inner.local, &cp) {
-                Response::Ok => {}
-                other => return other,
-            }
+            let cp = match put_tolerant_keep(&inner.local, cp).await {
+                (Response::Ok, Some(cp)) => cp,
+                (Response::Ok, None) => {
+                    return Response::Refused {
+                        reason: "checkpoint write task failed".into(),
+                    }
+                }
+                (other, _) => return other,
+            };
             {
                 let mut d = lock(&inner.decisions);
                 if d.aborted.remove(&(session.clone(), epoch)).is_some() {

@@ -191,8 +191,10 @@ fn benches(c: &mut Criterion) {
     };
     let (inst_rs, inst_py) = (inst(&s.rs), inst(&s.py));
     eprintln!("\n== opengrid-wasm summary ({SAMPLES} samples each) ==");
-    let rows = std::iter::once(("native", native)).chain(s.wasm.iter().map(|(n, _)| *n).zip(wasm));
-    for (name, (per_s, p50, p99)) in rows {
+    let rows: Vec<_> = std::iter::once(("native", native))
+        .chain(s.wasm.iter().map(|(n, _)| *n).zip(wasm))
+        .collect();
+    for &(name, (per_s, p50, p99)) in &rows {
         eprintln!(
             "session input {name:13}: {per_s:9.0} inputs/s  p50 {p50:6} µs  p99 {p99:6} µs  ({:.2}x native cost)",
             native.0 / per_s
@@ -200,6 +202,18 @@ fn benches(c: &mut Criterion) {
     }
     for (name, (per_s, p50, p99)) in [("rs", inst_rs), ("py", inst_py)] {
         eprintln!("warm instantiate {name}: {per_s:9.0} /s  p50 {p50:6} µs  p99 {p99:6} µs");
+    }
+    // One JSON line per figure on stdout (scripts/bench.sh keeps them).
+    for (name, (per_s, p50, p99)) in rows {
+        println!(
+            "{{\"name\":\"wasm_session_input_{name}\",\"inputs_per_s\":{per_s:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"count\":{SAMPLES},\"cost_vs_native\":{:.3}}}",
+            native.0 / per_s
+        );
+    }
+    for (name, (per_s, p50, p99)) in [("rs", inst_rs), ("py", inst_py)] {
+        println!(
+            "{{\"name\":\"wasm_warm_instantiate_{name}\",\"per_s\":{per_s:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"count\":{SAMPLES}}}"
+        );
     }
 
     let mut g = c.benchmark_group("session_input");

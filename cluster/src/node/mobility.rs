@@ -826,8 +826,13 @@ impl NodeCore {
                 }
             }
         }
-        mob.local
-            .put(&bumped)
+        // An fsync'd write: off the runtime that runs this task (the control runtime), so that
+        // a thousand restores at once neither delay heartbeats nor queue behind each other's
+        // sync (concurrent writes share one WAL sync).
+        let local = mob.local.clone();
+        tokio::task::spawn_blocking(move || local.put(&bumped))
+            .await
+            .map_err(|e| format!("local checkpoint store: write task: {e}"))?
             .map_err(|e| format!("local checkpoint store: {e}"))?;
         tracing::info!(session = %sid, %epoch, seq = %cp.seq, from_epoch = %cp.epoch, fenced = acks, "restored from replicas");
         Ok(())
