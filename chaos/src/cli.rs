@@ -211,6 +211,9 @@ pub struct BenchArgs {
     /// Colony bench knobs (`failover`, `handover`): `--bin`, budget, fsync.
     #[command(flatten)]
     pub colony: crate::bench_colony::ColonyArgs,
+    /// `bench rc-scale` knobs (`--count`: placements in the baseline and in the window).
+    #[command(flatten)]
+    pub rc_scale: crate::bench_colony::RcScaleArgs,
 }
 
 /// Which links the layer benches use.
@@ -253,6 +256,9 @@ pub enum BenchKind {
     /// The RC group: kill -9 of its leader `--count` times (default 20) under load →
     /// placements accepted again, failed inputs on existing sessions (ADR 0037).
     RcFailover,
+    /// P15: one RC with `--nodes` (10,000) simulated nodes heartbeating and `--sessions`
+    /// (1,000,000) sessions in its directory: heartbeats absorbed, placement p99, memory.
+    RcScale,
 }
 
 /// Errors of the command line.
@@ -623,6 +629,21 @@ async fn bench_cmd(a: BenchArgs, progress: &Progress) -> Result<i32, ChaosError>
                 .await?;
             println!("{}", serde_json::to_string(&r).unwrap_or_default());
             Ok(if r.failed_inputs == 0 && r.wrong_answers == 0 {
+                EXIT_PASS
+            } else {
+                crate::report::EXIT_VIOLATION
+            })
+        }
+        BenchKind::RcScale => {
+            let r = crate::bench_colony::rc_scale(
+                &a.colony,
+                &a.rc_scale,
+                a.count.unwrap_or(500),
+                progress,
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            Ok(if r.false_downings == 0 {
                 EXIT_PASS
             } else {
                 crate::report::EXIT_VIOLATION

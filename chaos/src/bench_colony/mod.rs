@@ -24,6 +24,8 @@
 //! - `bench rc-failover`: kill -9 of the RC group's leader `--count` times (default 20) under
 //!   load: kill → placements accepted again, failed inputs on existing sessions, leases lost
 //!   (see `rc_failover.rs`).
+//! - `bench rc-scale`: one RC with `--nodes` simulated nodes heartbeating and `--sessions`
+//!   sessions in its directory: heartbeats absorbed, placement p99, memory (see `rc_scale.rs`).
 //! - `bench agents`: push → first answer of a new version of a ~2 MiB agent component on nodes
 //!   that have never seen it, broken down (push, create with fetch + compile, first input), with a
 //!   same-run warm baseline (see `agents.rs`).
@@ -439,6 +441,7 @@ mod api;
 mod failover;
 mod handover;
 mod rc_failover;
+mod rc_scale;
 
 pub use agents::{agents, AgentsResult, AGENT_COLD_TARGET_P99_US};
 
@@ -449,6 +452,9 @@ pub use handover::{
     HandlerArg,
 };
 pub use rc_failover::{rc_failover, RcFailoverResult, RC_FAILOVER_TARGET_P99_US};
+pub use rc_scale::{
+    rc_scale, slots_due, HeartbeatWindow, RcScaleArgs, RcScaleResult, RC_SCALE_PLACE_TARGET_P99_US,
+};
 
 #[cfg(test)]
 mod tests {
