@@ -553,7 +553,7 @@ impl SimNode {
                     sh.joined.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            ToNode::Members { .. } => {
+            ToNode::Members { .. } | ToNode::MemberJoined { .. } => {
                 sh.member_lists.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}

@@ -458,11 +458,17 @@ pub enum ToNode {
         /// `(api base URL, epoch)` of the holder, if placed.
         location: Option<(String, u64)>,
     },
-    /// The colony's nodes (sent after every join, to every member): the only peers a node's
-    /// migration links admit (ADR 0023).
+    /// The colony's nodes (sent to a node when it joins): the only peers a node's migration
+    /// links admit (ADR 0023). Replaces the node's list.
     Members {
         /// Every member node.
         nodes: Vec<NodeId>,
+    },
+    /// A node new to the colony (sent to every other live member when it joins): added to the
+    /// list of [`ToNode::Members`].
+    MemberJoined {
+        /// The new member.
+        node: NodeId,
     },
     /// Signed by an RC this node has no control link with now (a leader of the RC group that
     /// took office, or an RC that restarted): join it, *keeping the lease* the node holds — the

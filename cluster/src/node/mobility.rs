@@ -387,6 +387,12 @@ impl NodeMobility {
         tracing::debug!(members = nodes.len(), "migration link members updated");
     }
 
+    /// Admits one more member's migration links ([`crate::common::wire::ToNode::MemberJoined`]).
+    pub fn add_member(&self, node: &NodeId) {
+        self.members.insert(node.did_value());
+        tracing::debug!(member = %node, "migration link member added");
+    }
+
     /// A client of the migration server at `addr`: one of at most [`PEERS_PER_ADDR`] kept per
     /// address, used in turn (each serves one request at a time). Bounding them bounds the TLS
     /// handshakes a burst of seeds, restores or handovers costs (a colony join repairs the

@@ -772,6 +772,19 @@ impl NodeCore {
                     m.set_members(&nodes);
                 }
             }
+            ToNode::MemberJoined { node } => {
+                {
+                    // Sorted as the RC sends the whole list; only the RC adds (sealed link).
+                    let mut members = lock(&self.members);
+                    match members.binary_search(&node) {
+                        Ok(_) => return,
+                        Err(at) => members.insert(at, node),
+                    }
+                }
+                if let Some(m) = self.mobility() {
+                    m.add_member(&node);
+                }
+            }
             ToNode::Prefetch { handler, hash } => {
                 let Some(agents) = self.agents.get().cloned() else {
                     return;

@@ -335,14 +335,16 @@ impl RcCore {
             }
         };
         lock(&self.links).insert(id, crate::common::seal::Link::new(key, id));
-        {
+        let new_member = {
             let mut st = lock(&self.state);
             // What the directory places on a (re)joining node is settled by its holding report
             // (`crate::node` "Reconciliation"): kept if it still holds it, orphaned (and
             // restored from its replicas by the failover loop) if it came back without it.
             st.mob.draining.remove(&id);
-            st.members
-                .insert(id, self.new_member(&spec.name, Instant::now(), false));
+            let new_member = st
+                .members
+                .insert(id, self.new_member(&spec.name, Instant::now(), false))
+                .is_none();
             tracing::info!(node = %id, name = %spec.name, jurisdiction = %spec.jurisdiction, api = %spec.api, "node joined");
             self.events.publish(ColonyEvent::NodeJoined {
                 name: spec.name.clone(),
@@ -352,7 +354,8 @@ impl RcCore {
             st.colony.upsert(spec);
             let alive = st.members.values().filter(|m| m.alive).count();
             self.metrics.members.record(alive as u64, &[]);
-        }
+            new_member
+        };
         let ack = ToNode::JoinAck {
             refused: None,
             rc_api: self.api(),
@@ -363,41 +366,37 @@ impl RcCore {
         if let Err(e) = self.send_node(&id, ack) {
             tracing::warn!(node = %id, error = %e, "joined node has no reachable agent yet");
         }
-        self.send_members();
+        self.send_members(id, new_member);
     }
 
-    /// Tells every live member who the colony's nodes are: the peers their migration links
-    /// admit (ADR 0023). Sent after every join, so a joining node and the nodes already there
-    /// admit each other before the RC places anything that makes them talk.
-    fn send_members(&self) {
-        let (nodes, alive): (Vec<NodeId>, Vec<NodeId>) = {
+    /// Tells who the colony's nodes are — the peers migration links admit (ADR 0023) — before
+    /// the RC places anything that makes them talk: the joining node gets the whole list (and
+    /// the RC group's addresses); when it is new to the colony, every other live member gets
+    /// only its id ([`ToNode::MemberJoined`]). A join thus costs O(members) messages and bytes,
+    /// not O(members²) bytes as when every member got the whole list after every join (issue
+    /// #20: a colony of a few hundred nodes never settled while they joined).
+    fn send_members(&self, joined: NodeId, new_member: bool) {
+        let (nodes, others): (Vec<NodeId>, Vec<NodeId>) = {
             let st = lock(&self.state);
             let mut nodes: Vec<NodeId> = st.members.keys().copied().collect();
             nodes.sort();
-            let alive = st
-                .members
-                .iter()
-                .filter(|(_, m)| m.alive)
-                .map(|(id, _)| *id)
-                .collect();
-            (nodes, alive)
+            let others = if new_member {
+                st.members
+                    .iter()
+                    .filter(|(id, m)| m.alive && **id != joined)
+                    .map(|(id, _)| *id)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (nodes, others)
         };
-        let group = self.group_cluster_addrs();
-        for id in alive {
-            let _ = self.send_node(
-                &id,
-                ToNode::Members {
-                    nodes: nodes.clone(),
-                },
-            );
-            if let Some(cluster) = &group {
-                let _ = self.send_node(
-                    &id,
-                    ToNode::RcGroup {
-                        cluster: cluster.clone(),
-                    },
-                );
-            }
+        let _ = self.send_node(&joined, ToNode::Members { nodes });
+        if let Some(cluster) = self.group_cluster_addrs() {
+            let _ = self.send_node(&joined, ToNode::RcGroup { cluster });
+        }
+        for id in others {
+            let _ = self.send_node(&id, ToNode::MemberJoined { node: joined });
         }
     }
 
