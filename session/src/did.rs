@@ -48,7 +48,7 @@ impl Did {
     /// event: the strings are kept in a small bounded cache (a profile of 1,000 failovers
     /// showed 30 % of the RC's control thread in `bs58::encode`; issue #20).
     pub fn from_public_key(key: &ed25519_dalek::VerifyingKey) -> Self {
-        const CACHED: usize = 4096;
+        const CACHED: usize = 65_536;
         static CACHE: std::sync::LazyLock<
             std::sync::Mutex<std::collections::HashMap<[u8; 32], String>>,
         > = std::sync::LazyLock::new(Default::default);
@@ -150,8 +150,8 @@ mod tests {
     fn the_cached_encoding_is_the_encoding_past_the_cache_bound() {
         // More keys than the cache holds (it is cleared when full), each asked for twice: every
         // answer round-trips through `parse` to its own key.
-        for round in 0..2 {
-            for i in 0u32..5000 {
+        for (round, keys) in [(0, 66_000u32), (1, 1_000)] {
+            for i in 0..keys {
                 let mut seed = [0u8; 32];
                 seed[..4].copy_from_slice(&i.to_le_bytes());
                 let vk = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();

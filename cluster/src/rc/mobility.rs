@@ -508,13 +508,10 @@ impl RcCore {
                 .colony
                 .get(&node)
                 .map(|r| (r.spec.name.clone(), r.spec.api.clone()))?;
-            // Migration address → node, for the replica sets of adopted sessions.
-            let by_migration: HashMap<String, NodeId> = st
-                .colony
-                .nodes()
-                .into_iter()
-                .map(|r| (r.spec.migration.clone(), r.spec.id))
-                .collect();
+            // Migration address → node, for the replica sets of adopted sessions: built on the
+            // first adoption only (a holding report that keeps what the directory says — every
+            // report of a settled colony — costs nothing per member).
+            let mut by_migration: Option<HashMap<String, NodeId>> = None;
             let mut listed = HashSet::new();
             for h in held {
                 let Ok(sid) = SessionId::new(h.session.clone()) else {
@@ -560,6 +557,13 @@ impl RcCore {
                             .as_ref()
                             .map(|m| Requirements::from_manifest(m).memory)
                             .unwrap_or(0);
+                        let by_migration = by_migration.get_or_insert_with(|| {
+                            st.colony
+                                .nodes()
+                                .into_iter()
+                                .map(|r| (r.spec.migration.clone(), r.spec.id))
+                                .collect()
+                        });
                         let replicas: Vec<NodeId> = h
                             .replicas
                             .iter()
