@@ -8,7 +8,8 @@
 #                    [--profile P3,P8,...] [--no-build]
 #
 #   --out DIR      results (default: bench-results/<UTC date-time>, git-ignored)
-#   --only/--skip  rows to run / leave out (P1 … P15, RCHA for the RC group's failover)
+#   --only/--skip  rows to run / leave out (P1 … P15, RCHA for the RC group's failover;
+#                  P4-saturate: the 10-minute part of P4)
 #   --quick        small counts: checks that every bench runs (minutes), not figures to record
 #   --etcd         install Debian's etcd (scripts/install-deps.sh bench) for P8's baseline; without
 #                  it P8 runs etcd when one is on PATH and reports it as skipped otherwise
@@ -103,12 +104,15 @@ keep_criterion() {
 cbench() { cargo bench --workspace --bench "$@" ${crit[@]+"${crit[@]}"}; }
 
 started="$(date -u +%FT%TZ)"
+commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)"
 wanted P1 && run P1 admission cbench admission
 wanted P2 && run P2 handover "$chaos" bench handover --json --count "$n_handover" --budget-s 900
 wanted P3 && run P3 failover "$chaos" bench failover --json --count "$n_failover"
 if wanted P4; then
   run P4 suite "$chaos" suite --short --json --bin "$out/bin/opengrid"
-  [ "$saturate" = 1 ] && run P4 saturate "$chaos" run chaos/scenarios/saturate.toml --json --bin "$out/bin/opengrid"
+  if [ "$saturate" = 1 ] && wanted P4-saturate; then
+    run P4 saturate "$chaos" run chaos/scenarios/saturate.toml --json --bin "$out/bin/opengrid"
+  fi
 fi
 if wanted P5; then
   run P5 isolation cbench isolation
@@ -143,6 +147,7 @@ for row in ${profile//,/ }; do
     P8) cmd=("$chaos" bench settlement --json --count 50000 --settle-receipts 0 --writes 20000 --no-etcd) ;;
     P11) cmd=("$chaos" bench checkpoint --json --count "$n_checkpoint") ;;
     P15) cmd=("$chaos" bench rc-scale --json "${rcscale_args[@]}") ;;
+    P7) cmd=(cargo bench --workspace --bench session_input -- --quick p7_input_path) ;;
     *) og_log "no profile recipe for $row"; continue ;;
   esac
   og_log "profiling $row: perf record -a -g (${cmd[*]})"
@@ -158,7 +163,7 @@ done
 
 {
   printf '{"started":"%s","finished":"%s","commit":"%s","quick":%s,"machine":"%s","cpus":%s,"rows":[' \
-    "$started" "$(date -u +%FT%TZ)" "$(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)" \
+    "$started" "$(date -u +%FT%TZ)" "$commit" \
     "$([ "$quick" = 1 ] && echo true || echo false)" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" "$(nproc)"
   (IFS=,; printf '%s' "${meta_rows[*]}")

@@ -233,7 +233,10 @@ impl SessionHost {
                     handler.version(),
                     bytes,
                 );
-                crate::session::blocking_io(|| self.inner.store.put(&cp)).map_err(store_err)?;
+                crate::session::blocking_io(self.inner.store.writes_block(), || {
+                    self.inner.store.put(&cp)
+                })
+                .map_err(store_err)?;
             }
             Some(cp) => {
                 if cp.epoch > epoch {

@@ -363,7 +363,9 @@ impl<H: SessionHandler> Shared<H> {
         } else {
             0
         };
-        match blocking_io(|| self.store.put_counted(&cp, min_copies)) {
+        match blocking_io(self.store.writes_block(), || {
+            self.store.put_counted(&cp, min_copies)
+        }) {
             Ok(outcome) => {
                 self.metrics.observe_checkpoint(started.elapsed());
                 self.usage.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -459,9 +461,11 @@ impl<H: SessionHandler> crate::effects::JournalSink for Shared<H> {
         } else {
             0
         };
-        let r = blocking_io(|| self.store.put_counted(&cp, min_copies))
-            .map(|_| true)
-            .map_err(|e| e.to_string());
+        let r = blocking_io(self.store.writes_block(), || {
+            self.store.put_counted(&cp, min_copies)
+        })
+        .map(|_| true)
+        .map_err(|e| e.to_string());
         tracing::debug!(session = %self.id, step = %journal.step, effects = journal.entries.len(), ok = r.is_ok(), "effect journal written");
         r
     }
@@ -472,10 +476,11 @@ impl<H: SessionHandler> crate::effects::JournalSink for Shared<H> {
 /// while it runs (`block_in_place`), so a replica holder that stalls stalls only the sessions
 /// that write to it, not every session sharing the handler runtime (issue #20, item 2). The
 /// session itself still waits for its write (its inputs stay in order). On a current-thread
-/// runtime (benches, some tests) it runs in place.
-pub(crate) fn blocking_io<T>(f: impl FnOnce() -> T) -> T {
+/// runtime (benches, some tests), or for a store whose writes do not block (`blocks` =
+/// [`CheckpointStore::writes_block`]: the in-memory store), it runs in place.
+pub(crate) fn blocking_io<T>(blocks: bool, f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) if blocks => tokio::task::block_in_place(f),
         _ => f(),
     }
 }

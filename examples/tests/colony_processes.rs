@@ -184,7 +184,7 @@ async fn killed_node_is_declared_dead_within_the_bound() {
     let killed = Instant::now();
     let _ = c.proc("a").child.kill();
     let _ = c.proc("a").child.wait();
-    // Bound: phi 8 (~0.5 s) and at the latest lease × grace = 1.2 s after the last heartbeat.
+    // Bound: phi 8 (~0.5 s) and at the latest lease × grace = 1.5 s after the last heartbeat.
     let bound = Duration::from_millis(1500);
     loop {
         if let Some(m) = c.member("a").await {

@@ -179,7 +179,7 @@ mod tests {
         assert!(hour.is_finite() && day.is_finite(), "{hour} {day}");
         assert!(day > hour && hour > 1e3, "{hour} {day}");
         assert!(!d.is_dead(last + Duration::from_millis(300)));
-        // Killed node: dead well within the 1.2 s lease grace.
+        // Killed node: dead well within the 1.5 s lease grace.
         let mut dead_at = None;
         for ms in (0..3000).step_by(10) {
             if d.is_dead(last + Duration::from_millis(ms)) {

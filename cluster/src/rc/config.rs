@@ -126,7 +126,7 @@ impl Default for RcConfig {
             client_max_memory: ByteSize(1 << 40),
             heartbeat_period: HumanDuration::from_millis(100),
             lease: HumanDuration::from_secs(1),
-            lease_grace: 1.2,
+            lease_grace: 1.5,
             phi_threshold: 8.0,
             phi_min_std: HumanDuration::from_millis(50),
             acceptable_pause: HumanDuration::from_millis(100),

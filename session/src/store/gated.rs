@@ -61,6 +61,9 @@ impl CheckpointStore for GatedStore {
     fn syncs_writes(&self) -> bool {
         self.inner.syncs_writes()
     }
+    fn writes_block(&self) -> bool {
+        self.inner.writes_block()
+    }
 }
 
 #[cfg(test)]

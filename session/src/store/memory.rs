@@ -85,6 +85,9 @@ fn fence_of(e: &Entry) -> Option<(Epoch, Option<Seq>)> {
 }
 
 impl CheckpointStore for MemoryCheckpointStore {
+    fn writes_block(&self) -> bool {
+        false
+    }
     fn put(&self, cp: &Checkpoint) -> Result<(), StoreError> {
         cp.verify().map_err(|source| StoreError::Corrupt {
             session: cp.session_id.clone(),

@@ -184,6 +184,14 @@ pub trait CheckpointStore: Send + Sync + 'static {
         true
     }
 
+    /// Whether a write may block the calling thread for long (disk sync, network round trips).
+    /// The session runtime moves such writes off its worker (ADR 0039); a store that answers
+    /// from memory says `false` and is written in place, which costs a thread hand-off less per
+    /// checkpoint (P12: a restart's checkpoints; ADR 0040). The default is the safe `true`.
+    fn writes_block(&self) -> bool {
+        true
+    }
+
     /// Stores `cp` like [`put`](Self::put), but only if it reaches at least `min_copies` copies
     /// beyond the holder's own, and says how many it reached. A store that keeps no copies beyond
     /// the holder (this default) refuses any `min_copies` above 0 with
@@ -278,6 +286,9 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for std::sync::Arc<T> {
     }
     fn syncs_writes(&self) -> bool {
         (**self).syncs_writes()
+    }
+    fn writes_block(&self) -> bool {
+        (**self).writes_block()
     }
     fn put_counted(&self, cp: &Checkpoint, min_copies: u32) -> Result<PutOutcome, StoreError> {
         (**self).put_counted(cp, min_copies)
