@@ -173,7 +173,7 @@ def p4(p: Pass):
         false_down = [x for x in v if "down" in json.dumps(x).lower()]
         avail = (r.get("availability") or {}).get("total") or {}
         cells.append(f"saturate ({r.get('duration_ms', 0) / 1000:.0f} s): {len(false_down)} false downings, "
-                     f"{len(v)} violations, availability {json.dumps(avail)}")
+                     f"{len(v)} violations" + (f", availability {json.dumps(avail)}" if avail else ""))
         checks.append(("false downings under saturation", len(false_down) == 0 and not r.get("error")))
         checks.append(("violations in the saturate run", len(v) == 0))
     else:
