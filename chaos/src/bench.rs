@@ -379,72 +379,27 @@ pub async fn checkpoint(
         }
     }
     host.shutdown().await;
-    // Baseline: one local fsync'd RocksDB write of the same checkpoint size, same run.
-    let base_store = RocksCheckpointStore::open(
-        tmp.path().join("baseline"),
-        RocksOptions {
-            sync: true,
-            retain: 2,
-        },
-    )
-    .map_err(failed)?;
+    // Baselines, same run, same checkpoint size: one local fsync'd RocksDB write, then the
+    // holder's and both replicas' writes at once on this one disk.
+    let open = |name: &str| {
+        RocksCheckpointStore::open(
+            tmp.path().join(name),
+            RocksOptions {
+                sync: true,
+                retain: 2,
+            },
+        )
+        .map_err(failed)
+    };
     let bid = SessionId::new("bench-baseline").map_err(failed)?;
     let state = vec![0x5au8; state_bytes + 32];
-    let mut base = Vec::with_capacity(count);
-    for seq in 1..=total {
-        let cp = Checkpoint::new(
-            bid.clone(),
-            Epoch(1),
-            Seq(seq),
-            FOLD_HANDLER,
-            1,
-            state.clone(),
-        );
-        let t = Instant::now();
-        base_store.put(&cp).map_err(failed)?;
-        if seq > warmup {
-            base.push(t.elapsed().as_micros() as u64);
-        }
-    }
-    // Second baseline: the holder's and both replicas' writes at once on this one disk.
-    let stores = (0..3)
-        .map(|i| {
-            RocksCheckpointStore::open(
-                tmp.path().join(format!("baseline-{i}")),
-                RocksOptions {
-                    sync: true,
-                    retain: 2,
-                },
-            )
-            .map_err(failed)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut together = Vec::with_capacity(count);
-    for seq in 1..=total {
-        let cp = Checkpoint::new(
-            bid.clone(),
-            Epoch(1),
-            Seq(seq),
-            FOLD_HANDLER,
-            1,
-            state.clone(),
-        );
-        let t = Instant::now();
-        std::thread::scope(|sc| {
-            let writes: Vec<_> = stores.iter().map(|st| sc.spawn(|| st.put(&cp))).collect();
-            writes
-                .into_iter()
-                .map(|w| {
-                    w.join()
-                        .unwrap_or_else(|_| Err(StoreError::Backend("panicked".into())))
-                })
-                .collect::<Result<Vec<()>, _>>()
-        })
-        .map_err(failed)?;
-        if seq > warmup {
-            together.push(t.elapsed().as_micros() as u64);
-        }
-    }
+    let base = timed_puts(&[open("baseline")?], &bid, &state, total, warmup)?;
+    let three = [
+        open("baseline-0")?,
+        open("baseline-1")?,
+        open("baseline-2")?,
+    ];
+    let together = timed_puts(&three, &bid, &state, total, warmup)?;
     let a = summarize(samples.clone());
     let b = summarize(base);
     let c = summarize(together);
@@ -673,6 +628,49 @@ pub async fn handover(
         });
     }
     drop(fleet);
+    Ok(out)
+}
+
+/// Writes checkpoints `1..=total` of `state` to every store of `stores` at once (one thread per
+/// store when there are several) and returns, per checkpoint after the first `warmup`, the µs
+/// until the last store's write returned.
+fn timed_puts(
+    stores: &[RocksCheckpointStore],
+    sid: &SessionId,
+    state: &[u8],
+    total: u64,
+    warmup: u64,
+) -> Result<Vec<u64>, BenchError> {
+    let mut out = Vec::with_capacity(total.saturating_sub(warmup) as usize);
+    for seq in 1..=total {
+        let cp = Checkpoint::new(
+            sid.clone(),
+            Epoch(1),
+            Seq(seq),
+            FOLD_HANDLER,
+            1,
+            state.to_vec(),
+        );
+        let t = Instant::now();
+        match stores {
+            [one] => one.put(&cp).map_err(failed)?,
+            many => std::thread::scope(|sc| {
+                let writes: Vec<_> = many.iter().map(|st| sc.spawn(|| st.put(&cp))).collect();
+                writes
+                    .into_iter()
+                    .map(|w| {
+                        w.join()
+                            .unwrap_or_else(|_| Err(StoreError::Backend("panicked".into())))
+                    })
+                    .collect::<Result<Vec<()>, _>>()
+            })
+            .map(|_| ())
+            .map_err(failed)?,
+        }
+        if seq > warmup {
+            out.push(t.elapsed().as_micros() as u64);
+        }
+    }
     Ok(out)
 }
 

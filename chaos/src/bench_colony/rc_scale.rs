@@ -1,3 +1,12 @@
+//! Why this file (~1,150 lines before its tests) stays one piece: it is one bench whose parts
+//! share one state — the simulated node (identity, link key, the protocol of `cluster/src/node`
+//! re-enacted), the actor the RC finds in its pg group, the counters both update, and the phases
+//! (start, join, load, measure) that read those counters. Split by phase, every file would import
+//! the same `Shared` and `SimNode`; the protocol half is the only candidate for its own module and
+//! goes there when a second bench simulates nodes. Its waits: every `sleep` below is either the
+//! poll interval of a loop that ends on a condition or a deadline (the RC answering, every node
+//! joined) or the pacing of a rate (placements spread over the window) — none is inside an actor.
+//!
 //! `bench rc-scale` (issue #20 item 5, ADR 0041): one real RC process (`opengrid rc`, security
 //! on) with `--nodes` (default 10,000) simulated nodes heartbeating and `--sessions` (default
 //! 1,000,000) sessions in its directory.
@@ -748,6 +757,7 @@ async fn wait_for(
         if Instant::now() >= deadline {
             return Err(failed(format!("{what}: not within {within:?}")));
         }
+        // Poll interval of a wait that ends on its condition or its deadline (checked above).
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -813,6 +823,7 @@ pub async fn rc_scale(
         if Instant::now() >= deadline {
             return Err(failed("the RC did not answer /health within 60 s"));
         }
+        // Poll interval: the loop ends when the RC answers /health or at its 60 s deadline.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rss_idle = rss_kib(pid, "VmRSS:");
@@ -974,6 +985,7 @@ async fn run_phases(
                 rss_kib(pid, "VmRSS:") >> 10
             ));
         }
+        // Poll interval of the join wait (ends when every node joined or at the join budget).
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let join_ms = t_join.elapsed().as_millis() as u64;
@@ -1040,6 +1052,7 @@ async fn run_phases(
     let gap = measure.div_f64(probes as f64);
     for i in 0..probes {
         let at = t_measure + gap.mul_f64(i as f64);
+        // Pacing: placements spread evenly over the measurement window (a rate, not a guess).
         tokio::time::sleep_until(at.into()).await;
         match rc.place().await {
             Ok(us) => place.record(us),
@@ -1049,6 +1062,7 @@ async fn run_phases(
             break;
         }
     }
+    // The measurement window's end: heartbeats are counted over exactly this span.
     tokio::time::sleep_until((t_measure + measure).into()).await;
     let secs = t_measure.elapsed().as_secs_f64();
     let after = rc.metrics().await;
