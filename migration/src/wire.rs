@@ -24,6 +24,7 @@ pub enum Request {
     /// Store this encoded checkpoint as a replica (fencing applies).
     Replicate {
         /// Encoded [`opengrid_session::Checkpoint`].
+        #[serde(with = "serde_bytes")]
         checkpoint: Vec<u8>,
         /// The RC's grant for the checkpoint's session and epoch, naming the sender as holder
         /// and the receiver as a replica or source ([`crate::grant`]).
@@ -49,6 +50,7 @@ pub enum Request {
         /// The session.
         session: SessionId,
         /// Encoded checkpoint.
+        #[serde(with = "serde_bytes")]
         checkpoint: Vec<u8>,
     },
     /// Handover step 4: final checkpoint; activate with `epoch`.
@@ -56,6 +58,7 @@ pub enum Request {
         /// The session.
         session: SessionId,
         /// Encoded final checkpoint.
+        #[serde(with = "serde_bytes")]
         checkpoint: Vec<u8>,
         /// The new epoch.
         epoch: Epoch,
@@ -131,6 +134,7 @@ pub enum Response {
     /// Answer to [`Request::Latest`].
     Checkpoint {
         /// Encoded checkpoint, if any.
+        #[serde(with = "serde_bytes")]
         checkpoint: Option<Vec<u8>>,
     },
     /// Liveness.

@@ -38,14 +38,14 @@ pub struct Checkpoint {
     /// Version of that handler's state format.
     pub handler_version: u32,
     /// Opaque handler state.
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "serde_bytes")]
     pub state: Vec<u8>,
     /// blake3 over every other field.
     pub hash: [u8; 32],
     /// The runtime's effect journal for the input after `seq` (opaque here; empty when none):
     /// results of effects that input already ran, so a retry after a crash, failover or
     /// handover replays them instead of running them again (ADR 0032).
-    #[serde(with = "serde_bytes_vec", default)]
+    #[serde(with = "serde_bytes", default)]
     pub journal: Vec<u8>,
 }
 
@@ -57,7 +57,7 @@ struct CheckpointV1 {
     seq: Seq,
     handler_id: String,
     handler_version: u32,
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "serde_bytes")]
     state: Vec<u8>,
     hash: [u8; 32],
 }
@@ -74,39 +74,6 @@ impl std::fmt::Debug for Checkpoint {
             )
             .field("state_len", &self.state.len())
             .finish()
-    }
-}
-
-mod serde_bytes_vec {
-    use serde::{Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 16));
-                while let Some(b) = a.next_element()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_bytes(V)
     }
 }
 
@@ -323,7 +290,7 @@ fn encode_v1_borrowed(
         seq: Seq,
         handler_id: &'a str,
         handler_version: u32,
-        #[serde(with = "serde_bytes_slice")]
+        #[serde(with = "serde_bytes")]
         state: &'a [u8],
         hash: [u8; 32],
     }
@@ -337,13 +304,6 @@ fn encode_v1_borrowed(
         hash: v1.hash,
     };
     bincode::serde::encode_into_std_write(&b, out, config()).map(drop)
-}
-
-mod serde_bytes_slice {
-    use serde::Serializer;
-    pub fn serialize<S: Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
 }
 
 #[cfg(test)]

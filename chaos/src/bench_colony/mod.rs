@@ -453,7 +453,8 @@ pub use handover::{
 };
 pub use rc_failover::{rc_failover, RcFailoverResult, RC_FAILOVER_TARGET_P99_US};
 pub use rc_scale::{
-    rc_scale, slots_due, HeartbeatWindow, RcScaleArgs, RcScaleResult, RC_SCALE_PLACE_TARGET_P99_US,
+    rc_scale, share, slots_due, HeartbeatWindow, LoadMode, RcScaleArgs, RcScaleResult,
+    RC_SCALE_PLACE_TARGET_P99_US,
 };
 
 #[cfg(test)]

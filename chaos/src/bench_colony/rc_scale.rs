@@ -35,8 +35,11 @@
 //!    `--join-budget-s`; every joined node heartbeats every `--heartbeat-ms` from then on, paced
 //!    round-robin, and reports the sessions it holds every [`REPORT_EVERY`] heartbeats as a node
 //!    does. Each start order is answered `Started` by the node it names.
-//! 4. Loading the directory: `--sessions` placements through the same API ([`LOAD_FANOUT`] in
-//!    flight), in batches of [`LOAD_BATCH`] with progress, within `--load-budget-s`.
+//! 4. Loading the directory, within `--load-budget-s`, with progress: `--load report` (the
+//!    default) gives every node its share of `--sessions` and sends its rejoin holding report
+//!    (manifests included), which the RC adopts — the path by which a restarted RC rebuilds its
+//!    directory — in waves of [`REPORT_WAVE`] sessions; `--load place` places them through the
+//!    same API as the baseline ([`LOAD_FANOUT`] in flight, batches of [`LOAD_BATCH`]).
 //! 5. Measurement, `--measure-s`: heartbeats sent / answered with a lease / counted by the RC
 //!    (`opengrid_cluster_heartbeats_total{role="rc"}`) per second against the target
 //!    (nodes / period); heartbeat → lease round trip (the lag); `--count` placements paced over
@@ -101,6 +104,21 @@ pub struct RcScaleArgs {
     /// Time allowed for loading the directory, s; the bench goes on with what was loaded.
     #[arg(long, default_value_t = 1800)]
     pub load_budget_s: u64,
+    /// How the directory is loaded: `report` (each node holds its share of the sessions and
+    /// reports them in its rejoin holding report; the RC adopts them, as a restarted RC rebuilds
+    /// its directory) or `place` (`POST /v1/sessions`, one placement each: ~500/s on 2 cores).
+    #[arg(long, value_enum, default_value_t = LoadMode::Report)]
+    pub load: LoadMode,
+}
+
+/// How `bench rc-scale` fills the RC's directory (`--load`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadMode {
+    /// Held by the simulated nodes, adopted from their holding reports.
+    Report,
+    /// Placed through the client API.
+    Place,
 }
 
 impl Default for RcScaleArgs {
@@ -112,6 +130,7 @@ impl Default for RcScaleArgs {
             measure_s: 30,
             join_budget_s: 900,
             load_budget_s: 1800,
+            load: LoadMode::Report,
         }
     }
 }
@@ -147,6 +166,8 @@ pub struct RcScaleResult {
     pub load_ms: u64,
     /// Placements per second while loading.
     pub load_per_s: f64,
+    /// How the directory was loaded.
+    pub load_mode: LoadMode,
     /// Heartbeat period, ms.
     pub heartbeat_ms: u64,
     /// Target heartbeat rate: joined nodes / period, per s.
@@ -300,6 +321,8 @@ struct Shared {
     /// Heartbeat → lease µs, in the measurement window only.
     rtt: Mutex<Percentiles>,
     measuring: AtomicBool,
+    /// The sessions' manifest as a node reports it (JSON).
+    manifest_json: String,
 }
 
 impl Shared {
@@ -408,7 +431,16 @@ impl SimNode {
 
     fn send_holding(&self, st: &mut SimState, sh: &Shared, rejoin: bool) {
         st.report += 1;
-        let parts = wire::holding_parts(st.held.clone());
+        // As a node: manifests in the rejoin report only (the RC adopts from it).
+        let held = st
+            .held
+            .iter()
+            .map(|h| Held {
+                manifest: rejoin.then(|| sh.manifest_json.clone()),
+                ..h.clone()
+            })
+            .collect();
+        let parts = wire::holding_parts(held);
         let n = parts.len() as u32;
         for (i, sessions) in parts.into_iter().enumerate() {
             let m = ToRc::Holding {
@@ -562,7 +594,7 @@ impl SimNode {
                     sh.joined.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            ToNode::Members { .. } | ToNode::MemberJoined { .. } => {
+            ToNode::Members { .. } | ToNode::MembersJoined { .. } => {
                 sh.member_lists.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
@@ -781,8 +813,10 @@ pub async fn rc_scale(
     let (api_port, cluster_port) = (free_port()?, free_port()?);
     let rc_dir = launcher.data_dir("rc")?;
     let cfg = format!(
-        "version = 1\ndata_dir = {rc_dir:?}\napi_listen = \"127.0.0.1:{api_port}\"\ncluster_listen = \"127.0.0.1:{cluster_port}\"\ncolony_secret = \"{SECRET}\"\nplace_timeout = \"10s\"\nheartbeat_period = \"{}ms\"\n",
-        period.as_millis()
+        "version = 1\ndata_dir = {rc_dir:?}\napi_listen = \"127.0.0.1:{api_port}\"\ncluster_listen = \"127.0.0.1:{cluster_port}\"\ncolony_secret = \"{SECRET}\"\nplace_timeout = \"10s\"\nheartbeat_period = \"{}ms\"\nlease = \"{}ms\"\n",
+        period.as_millis(),
+        // The defaults' ratio (100 ms heartbeats, 1 s lease) at any period.
+        10 * period.as_millis()
     );
     let path = launcher.root().join("rc.toml");
     std::fs::write(&path, cfg).map_err(|e| failed(format!("{}: {e}", path.display())))?;
@@ -846,7 +880,12 @@ pub async fn rc_scale(
     ractor_cluster::client_connect(&server, format!("127.0.0.1:{cluster_port}"))
         .await
         .map_err(|e| failed(format!("connect to the RC: {e}")))?;
-    let shared = Arc::new(Shared::default());
+    let manifest = opengrid_session::Manifest::from_toml_str(MANIFEST)
+        .map_err(|e| failed(format!("the bench's manifest: {e}")))?;
+    let shared = Arc::new(Shared {
+        manifest_json: manifest.to_json_string(),
+        ..Shared::default()
+    });
     let sh = shared.clone();
     wait_for(
         &mut launcher,
@@ -942,6 +981,27 @@ async fn run_phases(
         || sh.joined.load(Ordering::Relaxed) >= 1,
     )
     .await?;
+    // Placeable once the RC announced it to the colony (its next tick): `/health`'s count.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive = match rc.http.get(format!("{}/health", rc.api)).send().await {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["members_alive"].as_u64())
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if alive >= 1 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(failed("the first node was not placeable within 30 s"));
+        }
+        // Poll interval: ends when the RC counts the node alive, or at the 30 s deadline.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut base = Percentiles::new();
     for _ in 0..probes {
         base.record(
@@ -1005,7 +1065,20 @@ async fn run_phases(
     let load_budget = Duration::from_secs(sc.load_budget_s.clamp(1, 24 * 3600));
     let mut loaded = 0usize;
     let mut load_failed = 0u64;
-    while loaded < sessions && t_load.elapsed() < load_budget {
+    if sc.load == LoadMode::Report {
+        loaded = load_by_reports(
+            launcher,
+            rc,
+            pid,
+            sessions,
+            nodes,
+            shared,
+            load_budget,
+            progress,
+        )
+        .await?;
+    }
+    while sc.load == LoadMode::Place && loaded < sessions && t_load.elapsed() < load_budget {
         let batch = LOAD_BATCH.min(sessions - loaded);
         let results: Vec<Result<u64, String>> = stream::iter(0..batch)
             .map(|_| rc.place())
@@ -1111,6 +1184,7 @@ async fn run_phases(
         load_failed,
         load_ms,
         load_per_s: sessions_loaded as f64 / (load_ms.max(1) as f64 / 1000.0),
+        load_mode: sc.load,
         heartbeat_ms: period.as_millis() as u64,
         target_hb_per_s: window.target_per_s(),
         measure_s: secs,
@@ -1157,9 +1231,107 @@ async fn run_phases(
     })
 }
 
+/// Node `i`'s share of `sessions` over `n` nodes (the first `sessions % n` get one more).
+pub fn share(sessions: usize, n: usize, i: usize) -> usize {
+    sessions / n.max(1) + usize::from(i < sessions % n.max(1))
+}
+
+/// Sessions per holding-report wave while loading by reports.
+const REPORT_WAVE: usize = 20_000;
+
+/// Loads the directory through the RC's adoption path: every simulated node takes its share of
+/// the sessions (epoch 1, the two next nodes as its replica set) and sends its rejoin holding
+/// report; waves of [`REPORT_WAVE`] sessions, each waited for on the RC's
+/// `opengrid_cluster_sessions_adopted_total` (with progress) before the next. Returns the
+/// sessions the RC adopted within `budget`.
+#[allow(clippy::too_many_arguments)]
+async fn load_by_reports(
+    launcher: &mut Launcher,
+    rc: &Rc,
+    pid: u32,
+    sessions: usize,
+    nodes: &Arc<Vec<Arc<SimNode>>>,
+    shared: &Arc<Shared>,
+    budget: Duration,
+    progress: &Progress,
+) -> Result<usize, BenchError> {
+    let t = Instant::now();
+    let n = nodes.len();
+    let adopted = |text: &str| metric_sum(text, "opengrid_cluster_sessions_adopted_total", None);
+    let base = adopted(&rc.metrics().await) as usize;
+    let mut sent = 0usize;
+    let mut last_line = Instant::now();
+    let (mut last_got, mut last_move) = (0usize, Instant::now());
+    const STALL: Duration = Duration::from_secs(30);
+    let mut i = 0usize;
+    while i < n && t.elapsed() < budget {
+        // One wave: nodes until REPORT_WAVE sessions.
+        let mut wave = 0usize;
+        while i < n && wave < REPORT_WAVE {
+            let node = &nodes[i];
+            let k = share(sessions, n, i);
+            let mut st = node.lock();
+            // Added to what it holds (the baseline's placements on the first node stay).
+            st.held.extend((0..k).map(|j| Held {
+                session: format!("rcs-{i}-{j}"),
+                epoch: 1,
+                handler: "counter".into(),
+                manifest: None,
+                replicas: vec![
+                    nodes[(i + 1) % n].spec.migration.clone(),
+                    nodes[(i + 2) % n].spec.migration.clone(),
+                ],
+            }));
+            // Not joined: its join ack sends the rejoin report (as a node's does).
+            if st.link.is_some() && k > 0 {
+                node.send_holding(&mut st, shared, true);
+            }
+            wave += k;
+            i += 1;
+        }
+        sent += wave;
+        // Waits for the wave (the RC's count), a poll with the load budget as deadline.
+        loop {
+            let got = adopted(&rc.metrics().await).saturating_sub(base as u64) as usize;
+            if last_line.elapsed() >= Duration::from_secs(10) || got >= sessions {
+                last_line = Instant::now();
+                progress.line(format!(
+                    "rc-scale: {got}/{sessions} sessions adopted from holding reports, {:.0}/s, RC RSS {} MiB, {} joined",
+                    got as f64 / t.elapsed().as_secs_f64(),
+                    rss_kib(pid, "VmRSS:") >> 10,
+                    shared.joined.load(Ordering::Relaxed)
+                ));
+            }
+            if got > last_got {
+                (last_got, last_move) = (got, Instant::now());
+            }
+            // A wave whose last reports went nowhere (a node evicted meanwhile reports again
+            // when it rejoins): the next wave goes out after 30 s without progress.
+            if got >= sent || t.elapsed() >= budget || last_move.elapsed() > STALL {
+                break;
+            }
+            if let ProcState::Exited(st) = launcher.state("rc")? {
+                return Err(failed(format!("the RC exited while loading ({st:?})")));
+            }
+            // Poll interval: ends when the wave is adopted or at the load budget.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok((adopted(&rc.metrics().await) as usize).saturating_sub(base))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_add_up_to_the_sessions() {
+        for (sessions, n) in [(1_000_000, 10_000), (20_000, 1_000), (7, 3), (2, 5), (0, 4)] {
+            let total: usize = (0..n).map(|i| share(sessions, n, i)).sum();
+            assert_eq!(total, sessions, "{sessions} over {n}");
+            assert!((0..n).all(|i| share(sessions, n, i) <= sessions / n + 1));
+        }
+    }
 
     #[test]
     fn slots_follow_the_rate() {

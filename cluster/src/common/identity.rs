@@ -119,6 +119,14 @@ impl NodeId {
     pub fn public_key(&self) -> [u8; 32] {
         self.0.to_bytes()
     }
+
+    /// The id of a raw public key ([`Self::public_key`]); a key that is not a valid ed25519
+    /// point is refused.
+    pub fn from_public_key(key: &[u8; 32]) -> Result<Self, IdentityError> {
+        VerifyingKey::from_bytes(key)
+            .map(NodeId)
+            .map_err(|_| IdentityError::BadKey(format!("{} key bytes", key.len())))
+    }
 }
 
 impl fmt::Display for NodeId {

@@ -63,8 +63,9 @@ pub enum Seal {
 pub enum Payload<T> {
     /// The message itself.
     Clear(T),
-    /// ChaCha20-Poly1305 ciphertext (with its tag) of the encoded message.
-    Encrypted(Vec<u8>),
+    /// ChaCha20-Poly1305 ciphertext (with its tag) of the encoded message (as bytes: one copy,
+    /// not a serde call per byte).
+    Encrypted(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A control message with its sender and seal.

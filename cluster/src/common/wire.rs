@@ -309,6 +309,9 @@ pub const MAX_BLOBS_REPORTED: usize = 4096;
 
 /// Most bytes of sessions in one [`ToRc::Holding`] part (well below [`MAX_WIRE_BYTES`]).
 pub const HOLDING_PART_BYTES: usize = 256 * 1024;
+/// Most new members named by one [`ToNode::MembersJoined`] (the RC sends more in several; a
+/// node reads no more of one message).
+pub const MAX_MEMBERS_JOINED: usize = 8192;
 /// Most parts of one holding report (a node holding more is refused its report whole and logs it).
 pub const MAX_HOLDING_PARTS: u32 = 1024;
 
@@ -461,14 +464,17 @@ pub enum ToNode {
     /// The colony's nodes (sent to a node when it joins): the only peers a node's migration
     /// links admit (ADR 0023). Replaces the node's list.
     Members {
-        /// Every member node.
-        nodes: Vec<NodeId>,
+        /// Every member node, as its raw public key ([`NodeId::public_key`]): 32 bytes each
+        /// instead of a ~56-byte DID string formatted per id (issue #20: at 10,000 members the
+        /// list sent to each joiner dominated the RC's profile).
+        keys: Vec<[u8; 32]>,
     },
-    /// A node new to the colony (sent to every other live member when it joins): added to the
-    /// list of [`ToNode::Members`].
-    MemberJoined {
-        /// The new member.
-        node: NodeId,
+    /// Nodes new to the colony, added to the list of [`ToNode::Members`]: sent to every live
+    /// member at the RC's first tick after they joined, one message for all who joined since
+    /// the last (a join storm of N nodes costs N × ticks messages, not N²).
+    MembersJoined {
+        /// The new members' raw public keys (as in [`ToNode::Members`]).
+        keys: Vec<[u8; 32]>,
     },
     /// Signed by an RC this node has no control link with now (a leader of the RC group that
     /// took office, or an RC that restarted): join it, *keeping the lease* the node holds — the

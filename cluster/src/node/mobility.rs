@@ -387,7 +387,7 @@ impl NodeMobility {
         tracing::debug!(members = nodes.len(), "migration link members updated");
     }
 
-    /// Admits one more member's migration links ([`crate::common::wire::ToNode::MemberJoined`]).
+    /// Admits one more member's migration links ([`crate::common::wire::ToNode::MembersJoined`]).
     pub fn add_member(&self, node: &NodeId) {
         self.members.insert(node.did_value());
         tracing::debug!(member = %node, "migration link member added");

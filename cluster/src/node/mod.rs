@@ -766,23 +766,36 @@ impl NodeCore {
                     *known = cluster.into_iter().take(16).collect();
                 }
             }
-            ToNode::Members { nodes } => {
+            ToNode::Members { keys } => {
+                // Sorted by key bytes, as `NodeId`'s order; a key that is no point is skipped.
+                let mut nodes: Vec<NodeId> = keys
+                    .iter()
+                    .filter_map(|k| NodeId::from_public_key(k).ok())
+                    .collect();
+                nodes.sort();
+                nodes.dedup();
                 *lock(&self.members) = nodes.clone();
                 if let Some(m) = self.mobility() {
                     m.set_members(&nodes);
                 }
             }
-            ToNode::MemberJoined { node } => {
-                {
-                    // Sorted as the RC sends the whole list; only the RC adds (sealed link).
-                    let mut members = lock(&self.members);
-                    match members.binary_search(&node) {
-                        Ok(_) => return,
-                        Err(at) => members.insert(at, node),
+            ToNode::MembersJoined { keys } => {
+                let nodes = keys
+                    .iter()
+                    .take(crate::common::wire::MAX_MEMBERS_JOINED)
+                    .filter_map(|k| NodeId::from_public_key(k).ok());
+                for node in nodes {
+                    {
+                        // Sorted as the RC sends the whole list; only the RC adds (sealed link).
+                        let mut members = lock(&self.members);
+                        match members.binary_search(&node) {
+                            Ok(_) => continue,
+                            Err(at) => members.insert(at, node),
+                        }
                     }
-                }
-                if let Some(m) = self.mobility() {
-                    m.add_member(&node);
+                    if let Some(m) = self.mobility() {
+                        m.add_member(&node);
+                    }
                 }
             }
             ToNode::Prefetch { handler, hash } => {

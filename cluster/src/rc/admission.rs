@@ -380,6 +380,8 @@ pub struct Colony {
     buckets: HashMap<String, Vec<(BucketKey, Bucket)>>,
     /// Per-node: score key currently indexed per handler (to remove it).
     indexed: HashMap<u32, Vec<(String, u64)>>,
+    /// Migration address → node (replica sets in holding reports name holders by it).
+    by_migration: HashMap<String, NodeId>,
 }
 
 impl Colony {
@@ -427,10 +429,18 @@ impl Colony {
             key,
         };
         let id = rec.spec.id;
+        self.by_migration.insert(rec.spec.migration.clone(), id);
         let i = match self.index.get(&id) {
             Some(&i) => {
                 self.unindex(i);
                 let old = self.nodes[i as usize].take();
+                if let Some(old) = &old {
+                    if old.spec.migration != rec.spec.migration
+                        && self.by_migration.get(&old.spec.migration) == Some(&id)
+                    {
+                        self.by_migration.remove(&old.spec.migration);
+                    }
+                }
                 let mut rec = rec;
                 if let Some(old) = old {
                     rec.ok = old.ok;
@@ -453,8 +463,17 @@ impl Colony {
     pub fn remove(&mut self, id: &NodeId) {
         if let Some(i) = self.index.remove(id) {
             self.unindex(i);
-            self.nodes[i as usize] = None;
+            if let Some(old) = self.nodes[i as usize].take() {
+                if self.by_migration.get(&old.spec.migration) == Some(id) {
+                    self.by_migration.remove(&old.spec.migration);
+                }
+            }
         }
+    }
+
+    /// The node whose migration endpoint is `addr`.
+    pub fn by_migration(&self, addr: &str) -> Option<NodeId> {
+        self.by_migration.get(addr).copied()
     }
 
     /// Applies a node's heartbeat report.

@@ -335,7 +335,7 @@ impl RcCore {
             }
         };
         lock(&self.links).insert(id, crate::common::seal::Link::new(key, id));
-        let new_member = {
+        {
             let mut st = lock(&self.state);
             // What the directory places on a (re)joining node is settled by its holding report
             // (`crate::node` "Reconciliation"): kept if it still holds it, orphaned (and
@@ -352,10 +352,15 @@ impl RcCore {
             });
             st.directory.member_joined(spec.clone());
             st.colony.upsert(spec);
+            if new_member {
+                // Placeable once every member admits its migration links: at the next tick's
+                // announcement (`announce_members`), not before.
+                st.colony.set_alive(&id, false);
+                st.unannounced.push(id);
+            }
             let alive = st.members.values().filter(|m| m.alive).count();
             self.metrics.members.record(alive as u64, &[]);
-            new_member
-        };
+        }
         let ack = ToNode::JoinAck {
             refused: None,
             rc_api: self.api(),
@@ -366,37 +371,62 @@ impl RcCore {
         if let Err(e) = self.send_node(&id, ack) {
             tracing::warn!(node = %id, error = %e, "joined node has no reachable agent yet");
         }
-        self.send_members(id, new_member);
+        self.send_members(id);
     }
 
     /// Tells who the colony's nodes are — the peers migration links admit (ADR 0023) — before
     /// the RC places anything that makes them talk: the joining node gets the whole list (and
-    /// the RC group's addresses); when it is new to the colony, every other live member gets
-    /// only its id ([`ToNode::MemberJoined`]). A join thus costs O(members) messages and bytes,
-    /// not O(members²) bytes as when every member got the whole list after every join (issue
-    /// #20: a colony of a few hundred nodes never settled while they joined).
-    fn send_members(&self, joined: NodeId, new_member: bool) {
-        let (nodes, others): (Vec<NodeId>, Vec<NodeId>) = {
+    /// the RC group's addresses) at once; the others learn of a node new to the colony at the
+    /// next tick ([`Self::announce_members`]).
+    fn send_members(&self, joined: NodeId) {
+        let keys: Vec<[u8; 32]> = {
             let st = lock(&self.state);
-            let mut nodes: Vec<NodeId> = st.members.keys().copied().collect();
-            nodes.sort();
-            let others = if new_member {
-                st.members
-                    .iter()
-                    .filter(|(id, m)| m.alive && **id != joined)
-                    .map(|(id, _)| *id)
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            (nodes, others)
+            let mut keys: Vec<[u8; 32]> = st.members.keys().map(NodeId::public_key).collect();
+            keys.sort_unstable();
+            keys
         };
-        let _ = self.send_node(&joined, ToNode::Members { nodes });
+        let _ = self.send_node(&joined, ToNode::Members { keys });
         if let Some(cluster) = self.group_cluster_addrs() {
             let _ = self.send_node(&joined, ToNode::RcGroup { cluster });
         }
-        for id in others {
-            let _ = self.send_node(&id, ToNode::MemberJoined { node: joined });
+    }
+
+    /// Tells every live member which nodes joined the colony since the last call, in one
+    /// [`ToNode::MembersJoined`] (ADR 0042), and makes those nodes placeable — only now, so that
+    /// no order names a node its peers' migration links would refuse. Called by the tick at most
+    /// once per heartbeat period: a join storm of N nodes over T s costs members × T / period
+    /// messages, not N × members (issue #20: 10,000 simulated nodes never settled while each
+    /// join was announced to every member at once).
+    pub(crate) fn announce_members(&self) {
+        let (batch, alive) = {
+            let mut st = lock(&self.state);
+            if st.unannounced.is_empty() {
+                return;
+            }
+            let batch = std::mem::take(&mut st.unannounced);
+            for id in &batch {
+                // Declared dead (or left) meanwhile: it comes back through a join of its own.
+                if st.members.get(id).is_some_and(|m| m.alive) && !st.mob.draining.contains(id) {
+                    st.colony.set_alive(id, true);
+                }
+            }
+            let alive: Vec<NodeId> = st
+                .members
+                .iter()
+                .filter(|(_, m)| m.alive)
+                .map(|(id, _)| *id)
+                .collect();
+            (batch, alive)
+        };
+        for chunk in batch.chunks(wire::MAX_MEMBERS_JOINED) {
+            for id in &alive {
+                let _ = self.send_node(
+                    id,
+                    ToNode::MembersJoined {
+                        keys: chunk.iter().map(NodeId::public_key).collect(),
+                    },
+                );
+            }
         }
     }
 
@@ -462,6 +492,20 @@ impl RcCore {
     /// Failure-detector tick: declares silent nodes dead and orphans their sessions once the lease
     /// grace has passed.
     pub fn tick(&self, now: Instant) {
+        let due = {
+            let mut st = lock(&self.state);
+            let due = !st.unannounced.is_empty()
+                && st.announced_at.is_none_or(|t| {
+                    now.saturating_duration_since(t) >= self.cfg.heartbeat_period.0
+                });
+            if due {
+                st.announced_at = Some(now);
+            }
+            due
+        };
+        if due {
+            self.announce_members();
+        }
         let replace_after = self.cfg.replace_after();
         let mut st = lock(&self.state);
         let mut newly_dead = Vec::new();
@@ -487,8 +531,9 @@ impl RcCore {
             });
         }
         for id in expired {
-            st.directory.update_where(
-                |e| e.node == id && e.state != DirState::Orphaned,
+            st.directory.update_held_by(
+                &id,
+                |e| e.state != DirState::Orphaned,
                 |e| {
                     tracing::warn!(session = %e.session_id, node = %id, "lease grace over: session may be placed again");
                     e.state = DirState::Orphaned;

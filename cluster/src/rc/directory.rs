@@ -22,12 +22,57 @@ use crate::common::spec::NodeSpec;
 use crate::rc::{DirEntry, DirState};
 
 /// The directory: entries by session, with the sessions and members changed since the last
-/// [`take_changes`](Directory::take_changes).
+/// [`take_changes`](Directory::take_changes), and two indexes that keep the RC's periodic work
+/// proportional to what it concerns, not to the directory (ADR 0042): the sessions each node holds
+/// (a node declared dead, expired or rejoining touches its own sessions) and the orphaned ones
+/// (the failover loop, every tick).
 #[derive(Default)]
 pub struct Directory {
     map: HashMap<SessionId, DirEntry>,
     dirty: HashSet<SessionId>,
     joined: Vec<NodeSpec>,
+    idx: Index,
+}
+
+/// The directory's secondary indexes. They are *supersets*: an entry changed through
+/// [`Directory::get_mut`] or [`Directory::update_where`] is indexed again under its new values
+/// (at the next query: [`Index::touched`]) without being removed from the old ones; every query
+/// checks the entry itself and drops what no longer matches. Stale memberships are bounded: when
+/// the indexes hold more than twice the entries, they are rebuilt (amortized O(1) per change).
+#[derive(Default)]
+struct Index {
+    by_holder: HashMap<NodeId, HashSet<SessionId>>,
+    orphaned: HashSet<SessionId>,
+    /// Entries borrowed mutably since the last query.
+    touched: Vec<SessionId>,
+    /// Memberships held, stale ones included.
+    size: usize,
+}
+
+impl Index {
+    /// Notes a mutable borrow of `sid`; past `entries` of them (nothing queried the indexes for
+    /// long: an RC out of office) the notes are dropped and the indexes rebuilt at the next query.
+    fn touch(&mut self, sid: &SessionId, entries: usize) {
+        if self.touched.len() > entries + 1024 {
+            self.touched.clear();
+            self.size = usize::MAX / 2;
+        }
+        self.touched.push(sid.clone());
+    }
+
+    fn add(&mut self, e: &DirEntry) {
+        if self
+            .by_holder
+            .entry(e.node)
+            .or_default()
+            .insert(e.session_id.clone())
+        {
+            self.size += 1;
+        }
+        if e.state == DirState::Orphaned && self.orphaned.insert(e.session_id.clone()) {
+            self.size += 1;
+        }
+    }
 }
 
 impl Directory {
@@ -36,16 +81,19 @@ impl Directory {
         self.map.get(sid)
     }
 
-    /// The entry of `sid`, to change (noted for the durable copy).
+    /// The entry of `sid`, to change (noted for the durable copy and the indexes).
     pub fn get_mut(&mut self, sid: &SessionId) -> Option<&mut DirEntry> {
+        let entries = self.map.len();
         let e = self.map.get_mut(sid)?;
         self.dirty.insert(sid.clone());
+        self.idx.touch(sid, entries);
         Some(e)
     }
 
     /// Adds or replaces an entry.
     pub fn insert(&mut self, sid: SessionId, e: DirEntry) -> Option<DirEntry> {
         self.dirty.insert(sid.clone());
+        self.idx.add(&e);
         self.map.insert(sid, e)
     }
 
@@ -73,6 +121,8 @@ impl Directory {
 
     /// Changes with `f` the entries `pred` selects (only those are noted for the durable copy,
     /// so orphaning one node's sessions rewrites those, not the whole directory).
+    ///
+    /// A scan of every entry: for one node's sessions [`Self::update_held_by`] is the cheap one.
     pub fn update_where(
         &mut self,
         mut pred: impl FnMut(&DirEntry) -> bool,
@@ -81,7 +131,73 @@ impl Directory {
         for (sid, e) in self.map.iter_mut() {
             if pred(e) {
                 self.dirty.insert(sid.clone());
+                self.idx.touched.push(sid.clone());
                 f(e);
+            }
+        }
+        self.sync();
+    }
+
+    /// [`Self::update_where`] over the sessions `node` holds only (through the holder index: the
+    /// cost is that node's sessions, not the directory's).
+    pub fn update_held_by(
+        &mut self,
+        node: &NodeId,
+        mut pred: impl FnMut(&DirEntry) -> bool,
+        mut f: impl FnMut(&mut DirEntry),
+    ) {
+        self.sync();
+        let Some(mut held) = self.idx.by_holder.remove(node) else {
+            return;
+        };
+        let before = held.len();
+        held.retain(|sid| {
+            let Some(e) = self.map.get_mut(sid) else {
+                return false;
+            };
+            if e.node != *node {
+                return false;
+            }
+            if pred(e) {
+                self.dirty.insert(sid.clone());
+                self.idx.touched.push(sid.clone());
+                f(e);
+            }
+            e.node == *node
+        });
+        self.idx.size -= before - held.len();
+        if !held.is_empty() {
+            self.idx.by_holder.insert(*node, held);
+        }
+    }
+
+    /// The orphaned sessions (through the orphan index: the cost is the orphans, not the
+    /// directory), in no particular order.
+    pub fn orphaned(&mut self) -> Vec<SessionId> {
+        self.sync();
+        let before = self.idx.orphaned.len();
+        let map = &self.map;
+        self.idx
+            .orphaned
+            .retain(|sid| map.get(sid).is_some_and(|e| e.state == DirState::Orphaned));
+        self.idx.size -= before - self.idx.orphaned.len();
+        self.idx.orphaned.iter().cloned().collect()
+    }
+
+    /// Indexes the entries changed since the last query under their current values; rebuilds
+    /// the indexes when stale memberships outgrow the entries.
+    fn sync(&mut self) {
+        let touched = std::mem::take(&mut self.idx.touched);
+        for sid in touched {
+            if let Some(e) = self.map.get(&sid) {
+                self.idx.add(e);
+            }
+        }
+        if self.idx.size > 2 * self.map.len() + 1024 {
+            // Also after dropped notes (`touch`): `size` is then set past any bound.
+            self.idx = Index::default();
+            for e in self.map.values() {
+                self.idx.add(e);
             }
         }
     }
@@ -107,6 +223,7 @@ impl Directory {
     /// Loads entries read back from the durable copy (not noted as changed).
     pub fn load(&mut self, entries: impl IntoIterator<Item = DirEntry>) {
         for e in entries {
+            self.idx.add(&e);
             self.map.insert(e.session_id.clone(), e);
         }
     }
@@ -381,6 +498,91 @@ mod tests {
         let e = &entries[0];
         assert_eq!((&e.session_id, e.epoch, e.node), (&a, Epoch(2), node));
         assert_eq!(e.manifest, entry(&a, node, 2).manifest, "with its manifest");
+    }
+
+    #[test]
+    fn the_holder_and_orphan_indexes_follow_every_kind_of_change() {
+        let (n1, n2) = (Identity::generate().id(), Identity::generate().id());
+        let mut d = Directory::default();
+        let sids: Vec<SessionId> = (0..6).map(|_| SessionId::random()).collect();
+        for (i, sid) in sids.iter().enumerate() {
+            d.insert(sid.clone(), entry(sid, if i < 4 { n1 } else { n2 }, 1));
+        }
+        let held = |d: &mut Directory, n: &NodeId| {
+            let mut v = Vec::new();
+            d.update_held_by(n, |_| true, |e| v.push(e.session_id.clone()));
+            v.sort();
+            v
+        };
+        let sorted = |mut v: Vec<SessionId>| {
+            v.sort();
+            v
+        };
+        assert_eq!(held(&mut d, &n1), sorted(sids[..4].to_vec()));
+        // Moved by a mutable borrow (a handover), by a scan, replaced, removed.
+        d.get_mut(&sids[0]).unwrap().node = n2;
+        d.update_where(|e| e.session_id == sids[1], |e| e.node = n2);
+        d.insert(sids[2].clone(), entry(&sids[2], n2, 2));
+        d.remove(&sids[3]);
+        assert!(held(&mut d, &n1).is_empty(), "nothing left on n1");
+        assert_eq!(
+            held(&mut d, &n2),
+            sorted(sids[..3].iter().chain(&sids[4..]).cloned().collect())
+        );
+        // Orphaning through the holder index, then back to active through a borrow.
+        assert!(d.orphaned().is_empty());
+        d.update_held_by(
+            &n2,
+            |e| e.epoch == Epoch(1),
+            |e| e.state = DirState::Orphaned,
+        );
+        assert_eq!(
+            sorted(d.orphaned()),
+            sorted(vec![
+                sids[0].clone(),
+                sids[1].clone(),
+                sids[4].clone(),
+                sids[5].clone()
+            ])
+        );
+        d.get_mut(&sids[4]).unwrap().state = DirState::Active;
+        d.remove(&sids[5]);
+        assert_eq!(
+            sorted(d.orphaned()),
+            sorted(vec![sids[0].clone(), sids[1].clone()])
+        );
+        // Loaded entries (an RC's restart) are indexed too.
+        let mut r = Directory::default();
+        r.load(d.values().cloned().collect::<Vec<_>>());
+        assert_eq!(held(&mut r, &n2).len(), 4);
+        assert_eq!(r.orphaned().len(), 2);
+    }
+
+    #[test]
+    fn stale_index_entries_stay_bounded_under_churn() {
+        let nodes: Vec<NodeId> = (0..4).map(|_| Identity::generate().id()).collect();
+        let mut d = Directory::default();
+        let sids: Vec<SessionId> = (0..100).map(|_| SessionId::random()).collect();
+        for sid in &sids {
+            d.insert(sid.clone(), entry(sid, nodes[0], 1));
+        }
+        // 20 000 handovers, never a query of the old holders: the indexes are rebuilt, not grown.
+        for round in 0..200 {
+            for sid in &sids {
+                d.get_mut(sid).unwrap().node = nodes[(round + 1) % 4];
+            }
+            let _ = d.orphaned();
+            assert!(
+                d.idx.size <= 2 * d.len() + 1024 + sids.len(),
+                "{}",
+                d.idx.size
+            );
+        }
+        let mut total = 0;
+        for n in &nodes {
+            d.update_held_by(n, |_| true, |_| total += 1);
+        }
+        assert_eq!(total, sids.len(), "every session under exactly its holder");
     }
 
     #[test]

@@ -508,10 +508,6 @@ impl RcCore {
                 .colony
                 .get(&node)
                 .map(|r| (r.spec.name.clone(), r.spec.api.clone()))?;
-            // Migration address → node, for the replica sets of adopted sessions: built on the
-            // first adoption only (a holding report that keeps what the directory says — every
-            // report of a settled colony — costs nothing per member).
-            let mut by_migration: Option<HashMap<String, NodeId>> = None;
             let mut listed = HashSet::new();
             for h in held {
                 let Ok(sid) = SessionId::new(h.session.clone()) else {
@@ -557,17 +553,12 @@ impl RcCore {
                             .as_ref()
                             .map(|m| Requirements::from_manifest(m).memory)
                             .unwrap_or(0);
-                        let by_migration = by_migration.get_or_insert_with(|| {
-                            st.colony
-                                .nodes()
-                                .into_iter()
-                                .map(|r| (r.spec.migration.clone(), r.spec.id))
-                                .collect()
-                        });
+                        // Replica holders by migration address: the colony's own index (one
+                        // lookup per replica, not a map of the colony per report).
                         let replicas: Vec<NodeId> = h
                             .replicas
                             .iter()
-                            .filter_map(|a| by_migration.get(a).copied())
+                            .filter_map(|a| st.colony.by_migration(a))
                             .collect();
                         let before = st.directory.get(&sid).map(|e| (e.node, e.memory, e.epoch));
                         if let Some((old, mem, old_epoch)) = before {
@@ -604,12 +595,9 @@ impl RcCore {
                 }
             }
             if rejoin {
-                st.directory.update_where(
-                    |e| {
-                        e.node == node
-                            && e.state == DirState::Active
-                            && !listed.contains(&e.session_id)
-                    },
+                st.directory.update_held_by(
+                    &node,
+                    |e| e.state == DirState::Active && !listed.contains(&e.session_id),
                     |e| {
                         tracing::warn!(session = %e.session_id, node = %name, "its holder rejoined without it: session may be placed again");
                         e.state = DirState::Orphaned;
@@ -680,6 +668,21 @@ impl RcCore {
     }
 }
 
+/// How often the replica-repair pass scans the whole directory: every 250 ms, and no more often
+/// than one scan per [`REPAIR_SCAN_NS_PER_ENTRY`]-per-entry budget allows (the scan holds the
+/// RC's state lock: at 1 M entries, ~100 ms of it every 5 s instead of every 250 ms, so the
+/// heartbeats behind it do not wait; ADR 0042). Orphaned sessions do not wait for it: the
+/// failover loop finds them through the directory's orphan index every tick.
+pub fn repair_every(entries: usize) -> Duration {
+    Duration::from_millis(250).max(Duration::from_nanos(
+        (entries as u64).saturating_mul(REPAIR_SCAN_NS_PER_ENTRY),
+    ))
+}
+
+/// See [`repair_every`]: 5 µs of period per directory entry (the scan is ~0.1 µs per entry, so
+/// it takes ≤ 2 % of the control thread).
+pub const REPAIR_SCAN_NS_PER_ENTRY: u64 = 5_000;
+
 /// Periodic mobility work: restore orphaned sessions, repair replica sets that lost a holder,
 /// rebalance overloaded nodes.
 pub fn tick(core: &Arc<RcCore>, now: Instant) {
@@ -695,9 +698,8 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
             .saturating_sub(st.mob.in_flight);
         let orphans: Vec<SessionId> = st
             .directory
-            .values()
-            .filter(|e| e.state == DirState::Orphaned)
-            .map(|e| e.session_id.clone())
+            .orphaned()
+            .into_iter()
             .filter(|s| !st.mob.restoring.contains(s))
             .filter(|s| st.mob.next_try.get(s).is_none_or(|t| now >= *t))
             .take(budget)
@@ -722,7 +724,7 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
         if st
             .mob
             .last_repair
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(250))
+            .is_none_or(|t| now.saturating_duration_since(t) >= repair_every(st.directory.len()))
         {
             st.mob.last_repair = Some(now);
             let (mut below_k, mut below_min) = (0u64, 0u64);

@@ -135,7 +135,8 @@ pub struct MemberStatus {
     pub jurisdiction: String,
     /// API.
     pub address: String,
-    /// `alive` | `dead`.
+    /// `alive` | `joining` (joined; placeable once the other members were told, at the RC's
+    /// next tick) | `draining` | `dead`.
     pub state: &'static str,
     /// Sessions: as its last heartbeat said while alive; once dead, those the directory still
     /// places on it (none once they failed over).
@@ -224,6 +225,11 @@ pub(crate) struct RcState {
     pub(crate) usage: HashMap<String, (u32, u64)>,
     /// Session mobility bookkeeping (failover, handover plans, drains).
     pub(crate) mob: crate::rc::mobility::MobilityState,
+    /// Members new to the colony whose join the others have not been told yet
+    /// ([`RcCore::announce_members`]); not placeable until then.
+    pub(crate) unannounced: Vec<NodeId>,
+    /// When the last announcement went out (at most one per heartbeat period).
+    pub(crate) announced_at: Option<Instant>,
 }
 
 impl RcState {
@@ -235,6 +241,8 @@ impl RcState {
             directory: Default::default(),
             usage: HashMap::new(),
             mob: Default::default(),
+            unannounced: Vec::new(),
+            announced_at: None,
         }
     }
 }
@@ -870,6 +878,8 @@ impl RcCore {
                     address: r.spec.api.clone(),
                     state: if st.mob.draining.contains(&r.spec.id) {
                         "draining"
+                    } else if st.unannounced.contains(&r.spec.id) {
+                        "joining"
                     } else if r.alive {
                         "alive"
                     } else {
@@ -938,11 +948,12 @@ impl RcCore {
     }
 
     /// Number of alive members.
+    /// (Those whose join the others were not told yet, [`Self::announce_members`], excluded.)
     pub fn alive_members(&self) -> usize {
-        lock(&self.state)
-            .members
-            .values()
-            .filter(|m| m.alive)
+        let st = lock(&self.state);
+        st.members
+            .iter()
+            .filter(|(id, m)| m.alive && !st.unannounced.contains(id))
             .count()
     }
 }

@@ -59,6 +59,9 @@ fn join(core: &RcCore, nodes: &[(&str, u16)]) -> Vec<NodeId> {
         )));
         ids.push(id.id());
     }
+    // The others are told at the RC's tick; until then the new ones are not placeable.
+    assert_eq!(core.alive_members(), 0);
+    core.announce_members();
     assert_eq!(core.alive_members(), nodes.len());
     ids
 }
