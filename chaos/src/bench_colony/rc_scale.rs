@@ -104,6 +104,16 @@ pub struct RcScaleArgs {
     /// Time allowed for loading the directory, s; the bench goes on with what was loaded.
     #[arg(long, default_value_t = 1800)]
     pub load_budget_s: u64,
+    /// New nodes allowed to join per second (0: as fast as the RC answers). Every join is
+    /// announced to every member (32 B per member and join, ADR 0042): an unpaced storm of
+    /// 10,000 joins backs up the one connection all simulated nodes share.
+    #[arg(long, default_value_t = 200)]
+    pub join_rate: u64,
+    /// Sessions reported for adoption per second at most with `--load report` (0: a wave as
+    /// soon as the last one is adopted). Adoption runs on the RC's control thread: unpaced, it
+    /// delays heartbeats behind it.
+    #[arg(long, default_value_t = 10_000)]
+    pub load_rate: u64,
     /// How the directory is loaded: `report` (each node holds its share of the sessions and
     /// reports them in its rejoin holding report; the RC adopts them, as a restarted RC rebuilds
     /// its directory) or `place` (`POST /v1/sessions`, one placement each: ~500/s on 2 cores).
@@ -131,6 +141,8 @@ impl Default for RcScaleArgs {
             join_budget_s: 900,
             load_budget_s: 1800,
             load: LoadMode::Report,
+            join_rate: 200,
+            load_rate: 10_000,
         }
     }
 }
@@ -1020,7 +1032,14 @@ async fn run_phases(
     // Joins.
     let t_join = Instant::now();
     let join_budget = Duration::from_secs(sc.join_budget_s.clamp(1, 24 * 3600));
-    allowed.store(n, Ordering::Relaxed);
+    let pace_joins = |elapsed: Duration| {
+        if sc.join_rate == 0 {
+            n
+        } else {
+            n.min(1 + (sc.join_rate as f64 * elapsed.as_secs_f64()) as usize)
+        }
+    };
+    allowed.store(pace_joins(Duration::ZERO), Ordering::Relaxed);
     let mut curve = Vec::new();
     let mut next_mark = 1;
     let mut last_line = Instant::now();
@@ -1033,6 +1052,7 @@ async fn run_phases(
         if j >= n || t_join.elapsed() >= join_budget {
             break;
         }
+        allowed.store(pace_joins(t_join.elapsed()), Ordering::Relaxed);
         if let ProcState::Exited(st) = launcher.state("rc")? {
             return Err(failed(format!("the RC exited during the joins ({st:?})")));
         }
@@ -1050,6 +1070,7 @@ async fn run_phases(
     }
     let join_ms = t_join.elapsed().as_millis() as u64;
     let joined = shared.joined.load(Ordering::Relaxed);
+    allowed.store(n, Ordering::Relaxed);
     if joined < n {
         // The rest keep trying (as nodes do, and evicted ones rejoin); the bench goes on.
         progress.line(format!(
@@ -1070,7 +1091,7 @@ async fn run_phases(
             launcher,
             rc,
             pid,
-            sessions,
+            (sessions, sc.load_rate),
             nodes,
             shared,
             load_budget,
@@ -1237,7 +1258,7 @@ pub fn share(sessions: usize, n: usize, i: usize) -> usize {
 }
 
 /// Sessions per holding-report wave while loading by reports.
-const REPORT_WAVE: usize = 20_000;
+const REPORT_WAVE: usize = 5_000;
 
 /// Loads the directory through the RC's adoption path: every simulated node takes its share of
 /// the sessions (epoch 1, the two next nodes as its replica set) and sends its rejoin holding
@@ -1249,7 +1270,7 @@ async fn load_by_reports(
     launcher: &mut Launcher,
     rc: &Rc,
     pid: u32,
-    sessions: usize,
+    (sessions, rate): (usize, u64),
     nodes: &Arc<Vec<Arc<SimNode>>>,
     shared: &Arc<Shared>,
     budget: Duration,
@@ -1265,6 +1286,13 @@ async fn load_by_reports(
     const STALL: Duration = Duration::from_secs(30);
     let mut i = 0usize;
     while i < n && t.elapsed() < budget {
+        // Pacing: the next wave no earlier than the rate allows (a rate, not a guess).
+        if rate > 0 {
+            tokio::time::sleep_until(
+                (t + Duration::from_secs_f64(sent as f64 / rate as f64)).into(),
+            )
+            .await;
+        }
         // One wave: nodes until REPORT_WAVE sessions.
         let mut wave = 0usize;
         while i < n && wave < REPORT_WAVE {

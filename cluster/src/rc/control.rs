@@ -14,6 +14,10 @@ use crate::common::wire::{self, NodeMsg, ToNode, ToRc};
 use crate::rc::events::ColonyEvent;
 use crate::rc::{lock, node_ref, DirState, Member, RcCore};
 
+/// How often the sessions of a member whose lease grace ran out are looked at again (the first
+/// time is at the grace's end; see `Member::expired`).
+pub const EXPIRED_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl RcCore {
     fn phi_config(&self) -> PhiConfig {
         PhiConfig {
@@ -517,7 +521,15 @@ impl RcCore {
                 m.alive = false;
                 newly_dead.push((*id, m.name.clone(), m.detector.phi(now), silent));
             }
-            if !m.alive && silent >= replace_after {
+            // Once per death: its sessions are orphaned, then the failover loop (through the
+            // directory's orphan index) owns them; scanning them again every tick cost the RC
+            // its control thread when thousands of members had died (issue #20, P15).
+            if !m.alive
+                && silent >= replace_after
+                && m.expired
+                    .is_none_or(|t| now.saturating_duration_since(t) >= EXPIRED_RECHECK)
+            {
+                m.expired = Some(now);
                 expired.push(*id);
             }
         }
@@ -563,6 +575,7 @@ impl RcCore {
             alive: true,
             blobs: Default::default(),
             restored,
+            expired: None,
         }
     }
 

@@ -174,14 +174,39 @@ impl Directory {
     /// The orphaned sessions (through the orphan index: the cost is the orphans, not the
     /// directory), in no particular order.
     pub fn orphaned(&mut self) -> Vec<SessionId> {
+        self.orphaned_where(usize::MAX, |_| true)
+    }
+
+    /// Up to `limit` orphaned sessions that `want` accepts: the index is walked only until
+    /// `limit` are found (stale members met on the way are dropped), so a failover loop taking
+    /// its budget every tick costs that budget, not every orphan.
+    pub fn orphaned_where(
+        &mut self,
+        limit: usize,
+        mut want: impl FnMut(&SessionId) -> bool,
+    ) -> Vec<SessionId> {
         self.sync();
-        let before = self.idx.orphaned.len();
-        let map = &self.map;
-        self.idx
-            .orphaned
-            .retain(|sid| map.get(sid).is_some_and(|e| e.state == DirState::Orphaned));
-        self.idx.size -= before - self.idx.orphaned.len();
-        self.idx.orphaned.iter().cloned().collect()
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for sid in &self.idx.orphaned {
+            if out.len() >= limit {
+                break;
+            }
+            if !self
+                .map
+                .get(sid)
+                .is_some_and(|e| e.state == DirState::Orphaned)
+            {
+                stale.push(sid.clone());
+            } else if want(sid) {
+                out.push(sid.clone());
+            }
+        }
+        for sid in stale {
+            self.idx.orphaned.remove(&sid);
+            self.idx.size -= 1;
+        }
+        out
     }
 
     /// Indexes the entries changed since the last query under their current values; rebuilds

@@ -509,6 +509,7 @@ impl RcCore {
                 .get(&node)
                 .map(|r| (r.spec.name.clone(), r.spec.api.clone()))?;
             let mut listed = HashSet::new();
+            let mut parsed: HashMap<String, Option<Arc<Manifest>>> = HashMap::new();
             for h in held {
                 let Ok(sid) = SessionId::new(h.session.clone()) else {
                     continue;
@@ -543,11 +544,19 @@ impl RcCore {
                     }
                     Verdict::Drop => drop.push((h.session, h.epoch)),
                     Verdict::Adopt => {
+                        // One parse (and one shared copy) per distinct manifest in the report: a
+                        // node's sessions of one agent carry the same one.
                         let manifest = h
                             .manifest
                             .as_deref()
-                            .and_then(|j| Manifest::from_json_str(j).ok())
-                            .map(Arc::new)
+                            .and_then(|j| match parsed.get(j) {
+                                Some(m) => m.clone(),
+                                None => {
+                                    let m = Manifest::from_json_str(j).ok().map(Arc::new);
+                                    parsed.insert(j.to_string(), m.clone());
+                                    m
+                                }
+                            })
                             .or_else(|| st.directory.get(&sid).and_then(|e| e.manifest.clone()));
                         let memory = manifest
                             .as_ref()
@@ -696,14 +705,10 @@ pub fn tick(core: &Arc<RcCore>, now: Instant) {
             .cfg
             .failover_parallelism
             .saturating_sub(st.mob.in_flight);
-        let orphans: Vec<SessionId> = st
-            .directory
-            .orphaned()
-            .into_iter()
-            .filter(|s| !st.mob.restoring.contains(s))
-            .filter(|s| st.mob.next_try.get(s).is_none_or(|t| now >= *t))
-            .take(budget)
-            .collect();
+        let RcState { directory, mob, .. } = &mut *st;
+        let orphans: Vec<SessionId> = directory.orphaned_where(budget, |s| {
+            !mob.restoring.contains(s) && mob.next_try.get(s).is_none_or(|t| now >= *t)
+        });
         for sid in orphans {
             st.mob.restoring.insert(sid.clone());
             st.mob.in_flight += 1;

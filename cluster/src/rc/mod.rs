@@ -199,6 +199,10 @@ pub(crate) struct Member {
     /// Read back from the directory's durable copy at the RC's start, not heard from since: not
     /// judged by phi (one sample says nothing), only by the lease grace.
     pub(crate) restored: bool,
+    /// When its sessions were last orphaned after its lease grace ran out: once at the grace's
+    /// end, then every [`crate::rc::control::EXPIRED_RECHECK`] (an entry that reached it since,
+    /// e.g. a restore it answered just before dying); a member that comes back is a new `Member`.
+    pub(crate) expired: Option<Instant>,
 }
 
 /// The DIDs of the RC group's voters named in `[group] peers` (none for a single RC).
