@@ -74,7 +74,7 @@ if [ "$quick" = 1 ]; then
 else
   n_handover=1000 n_failover=1000 n_checkpoint=2000 n_isolation=2000 n_api=40000 n_rcf=20
   n_density=1000000 settle_args=(--count 100000 --settle-receipts 1000000 --settle-budget-s 120 --writes 20000)
-  crit=() rcscale_args=(--nodes 10000 --sessions 1000000 --heartbeat-ms 1000 --load-rate 5000) saturate=1
+  crit=() rcscale_args=(--nodes 10000 --sessions 1000000 --heartbeat-ms 1000 --load-rate 10000) saturate=1
 fi
 etcd_args=()
 if ! command -v etcd >/dev/null && [ -z "${OPENGRID_ETCD:-}" ]; then etcd_args=(--no-etcd); fi

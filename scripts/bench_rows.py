@@ -395,19 +395,27 @@ def p15(p: Pass):
         return ("P15", target, "", "", "", "", "not run")
     # Every simulated node heartbeats throughout: each node the RC declared dead is a false downing.
     false_down = d["declared_dead"]
-    m = (f"{d['nodes_joined']:,} of {d['nodes']:,} nodes joined in {d['join_ms'] / 1000:.1f} s; {d['sessions_loaded']:,} sessions loaded "
-         f"at {d['load_per_s']:,.0f}/s; heartbeats {d['rc_hb_per_s']:,.0f}/s absorbed of {d['target_hb_per_s']:,.0f}/s "
-         f"(heartbeat → lease p99 {us(d['lease_rtt_p99_us'])}); **{false_down:,} false downings**; placement p50 {us(d['place_p50_us'])} / "
-         f"**p99 {us(d['place_p99_us'])}**; RC RSS {d['rss_end_kib'] / 1024:,.0f} MiB ({d['bytes_per_node']:,} B per node, "
-         f"{d['bytes_per_session']:,} B per session)")
-    checks = [(f"placement p99 {us(d['place_p99_us'])}{by(d['place_p99_us'], 10_000)}", le(d["place_p99_us"], 10_000)),
+    placed = d["place_count"] > 0
+    placement = (f"placement p50 {us(d['place_p50_us'])} / **p99 {us(d['place_p99_us'])}**" if placed
+                 else f"placement **not measured** ({d['place_failed']:,} of the window's placements failed)")
+    m = (f"heartbeat {d['heartbeat_ms']:,} ms; {d['nodes_joined']:,} of {d['nodes']:,} nodes joined in {d['join_ms'] / 1000:.1f} s; "
+         f"{d['sessions_loaded']:,} of {d['sessions']:,} sessions loaded ({d.get('load_mode', 'place')}) at {d['load_per_s']:,.0f}/s; "
+         f"heartbeats {d['rc_hb_per_s']:,.0f}/s absorbed of {d['target_hb_per_s']:,.0f}/s "
+         f"(heartbeat → lease p99 {us(d['lease_rtt_p99_us'])}); **{false_down:,} false downings**; {placement}; "
+         f"RC RSS {d['rss_end_kib'] / 1024:,.0f} MiB ({d['bytes_per_node']:,} B per node, {d['bytes_per_session']:,} B per session)")
+    checks = [(f"placement p99 {us(d['place_p99_us'])}{by(d['place_p99_us'], 10_000)}" if placed
+               else "placement not measured", placed and le(d["place_p99_us"], 10_000)),
               (f"{false_down:,} false downings", false_down == 0),
-              (f"heartbeats absorbed {d['rc_hb_per_s']:,.0f}/s of {d['target_hb_per_s']:,.0f}/s", d["rc_hb_per_s"] >= 0.99 * d["target_hb_per_s"]),
+              (f"heartbeats absorbed {d['rc_hb_per_s']:,.0f}/s of {d['target_hb_per_s']:,.0f}/s",
+               d["target_hb_per_s"] > 0 and d["rc_hb_per_s"] >= 0.99 * d["target_hb_per_s"]),
+              (f"{d['sessions_loaded']:,} of {d['sessions']:,} sessions loaded", d["sessions_loaded"] >= d["sessions"]),
               (f"measured at {d['nodes']:,} nodes / {d['sessions']:,} sessions (target 10 k / 1 M)",
                d["nodes"] >= 10_000 and d["sessions"] >= 1_000_000)]
+    ratio = f"placement p99 {d['place_p99_us'] / max(d['base_place_p99_us'], 1):.1f}× the empty RC" if placed else ""
     return ("P15", target, m, f"1 node, empty directory: placement p50 {us(d['base_place_p50_us'])} / p99 {us(d['base_place_p99_us'])}",
-            f"placement p99 {d['place_p99_us'] / d['base_place_p99_us']:.1f}× the empty RC",
-            f"`opengrid-chaos bench rc-scale --json --nodes {d['nodes']} --sessions {d['sessions']}`", status(checks))
+            ratio,
+            f"`opengrid-chaos bench rc-scale --json --nodes {d['nodes']} --sessions {d['sessions']} --heartbeat-ms {d['heartbeat_ms']}`",
+            status(checks))
 
 
 def rcha(p: Pass):

@@ -59,3 +59,24 @@ def test_an_unmeasured_part_is_named(tmp_path):
          "verify": {"derived_ceiling_receipts_per_s": 7000}}
     write(tmp_path, "P8-settlement", json.dumps(s))
     assert rows.p8(rows.Pass(tmp_path))[-1] == "met (not measured: writes vs etcd (--no-etcd))"
+
+
+def rc_scale(**over):
+    d = {"name": "rc_scale", "nodes": 10000, "nodes_joined": 10000, "join_ms": 50000, "sessions": 1000000,
+         "sessions_loaded": 1000000, "load_mode": "report", "load_per_s": 5000.0, "heartbeat_ms": 1000,
+         "target_hb_per_s": 10000.0, "rc_hb_per_s": 10000.0, "lease_rtt_p99_us": 900, "declared_dead": 0,
+         "place_count": 500, "place_failed": 0, "place_p50_us": 900, "place_p99_us": 4000, "rss_end_kib": 4 << 20,
+         "bytes_per_node": 20000, "bytes_per_session": 3000, "base_place_p50_us": 500, "base_place_p99_us": 800}
+    d.update(over)
+    return json.dumps(d)
+
+
+def test_rc_scale_placements_that_all_failed_are_not_a_met_p99(tmp_path):
+    write(tmp_path, "P15-rc-scale", rc_scale())
+    assert rows.p15(rows.Pass(tmp_path))[-1] == "met"
+    write(tmp_path, "P15-rc-scale", rc_scale(place_count=0, place_failed=6, place_p99_us=0))
+    r = rows.p15(rows.Pass(tmp_path))
+    assert r[-1].startswith("not met") and "placement not measured" in r[-1] and "not measured" in r[2]
+    write(tmp_path, "P15-rc-scale", rc_scale(sessions_loaded=900000, declared_dead=12))
+    status = rows.p15(rows.Pass(tmp_path))[-1]
+    assert "900,000 of 1,000,000 sessions loaded" in status and "12 false downings" in status

@@ -825,10 +825,14 @@ pub async fn rc_scale(
     let (api_port, cluster_port) = (free_port()?, free_port()?);
     let rc_dir = launcher.data_dir("rc")?;
     let cfg = format!(
-        "version = 1\ndata_dir = {rc_dir:?}\napi_listen = \"127.0.0.1:{api_port}\"\ncluster_listen = \"127.0.0.1:{cluster_port}\"\ncolony_secret = \"{SECRET}\"\nplace_timeout = \"10s\"\nheartbeat_period = \"{}ms\"\nlease = \"{}ms\"\n",
+        "version = 1\ndata_dir = {rc_dir:?}\napi_listen = \"127.0.0.1:{api_port}\"\ncluster_listen = \"127.0.0.1:{cluster_port}\"\ncolony_secret = \"{SECRET}\"\nplace_timeout = \"10s\"\nheartbeat_period = \"{}ms\"\nlease = \"{}ms\"\nphi_min_std = \"{}ms\"\nacceptable_pause = \"{}ms\"\n",
         period.as_millis(),
-        // The defaults' ratio (100 ms heartbeats, 1 s lease) at any period.
-        10 * period.as_millis()
+        // The defaults' ratios (100 ms heartbeats: 1 s lease, phi's 50 ms least deviation and
+        // 100 ms acceptable pause) at any period: at 1 s heartbeats with the 100 ms defaults, a
+        // heartbeat 0.4 s late is a downing while the lease still has 9 s to run.
+        10 * period.as_millis(),
+        period.as_millis() / 2,
+        period.as_millis()
     );
     let path = launcher.root().join("rc.toml");
     std::fs::write(&path, cfg).map_err(|e| failed(format!("{}: {e}", path.display())))?;

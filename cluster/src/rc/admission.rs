@@ -478,6 +478,14 @@ impl Colony {
 
     /// Applies a node's heartbeat report.
     pub fn update_load(&mut self, id: &NodeId, sessions: u32, rtt_us: u64, warm: Vec<String>) {
+        // Unchanged (a settled colony's usual heartbeat): nothing to re-score or re-index.
+        if self.get(id).is_some_and(|r| {
+            r.sessions == sessions.saturating_add(r.starting)
+                && r.rtt_us == rtt_us
+                && r.warm == warm
+        }) {
+            return;
+        }
         self.modify(id, |r| {
             r.sessions = sessions.saturating_add(r.starting);
             r.rtt_us = rtt_us;

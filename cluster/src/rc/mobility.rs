@@ -514,7 +514,10 @@ impl RcCore {
                 let Ok(sid) = SessionId::new(h.session.clone()) else {
                     continue;
                 };
-                listed.insert(sid.clone());
+                if rejoin {
+                    // Only a rejoin report orphans what it does not list.
+                    listed.insert(sid.clone());
+                }
                 let epoch = Epoch(h.epoch);
                 let restoring = st.mob.restoring.contains(&sid);
                 let verdict = match st.directory.get(&sid) {
