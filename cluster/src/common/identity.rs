@@ -251,6 +251,19 @@ mod tests {
     }
 
     #[test]
+    fn raw_keys_round_trip_and_a_key_that_is_no_point_is_refused() {
+        let id = Identity::generate().id();
+        assert_eq!(NodeId::from_public_key(&id.public_key()).unwrap(), id);
+        // y = 2 is not the y-coordinate of any point on the curve: no key.
+        let mut bad = [0u8; 32];
+        bad[0] = 2;
+        assert!(matches!(
+            NodeId::from_public_key(&bad),
+            Err(IdentityError::BadKey(_))
+        ));
+    }
+
+    #[test]
     fn parse_errors_are_typed() {
         assert!(matches!(
             NodeId::parse("did:key:z6Mk"),
