@@ -11,6 +11,14 @@
 //!   them (manifests, `[agent]` limits, blob reports); [`egress`]: sessions' outbound HTTP;
 //! - `reconcile`: the holding report after a (re)join and its ack (below).
 //!
+//! Why this file (~1,000 lines before its tests) stays one piece: it is the node agent's one
+//! actor and the state its handler reads under one lock order — membership, the lease, the
+//! control link, the members its migration links admit — and the `handle` match over
+//! [`ToNode`] that dispatches to the rooms above. Each arm that grew a concern of its own already
+//! left (reconcile, mobility, agents, receipts); what remains is the protocol's state machine,
+//! which reads best in one place. The next to leave, when it grows: the join/lease half (`tick`,
+//! `send_join`, the lease watchdog) into a `membership` room.
+//!
 //! The node never names the RC's code ([`crate::rc`]): both speak [`crate::common::wire`].
 //!
 //! # Lease loss and reconciliation

@@ -12,7 +12,7 @@
 //!   the Raft replica, office, and what it replicates; [`directory`]: the directory and its
 //!   durable records.
 //!
-//! Why this file (~1,000 lines before its tests) stays one piece: it is the RC's core — the
+//! Why this file (~1,035 lines before its tests) stays one piece: it is the RC's core — the
 //! types every room shares ([`RcCore`], `RcState`, [`DirEntry`], `Member`), the placement
 //! path (`place`: admission, quota, start order, directory entry) and the status view. Each
 //! piece reads and writes `RcState` under one lock in one order; the rooms above already took
