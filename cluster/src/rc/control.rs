@@ -360,7 +360,7 @@ impl RcCore {
                 // Placeable once every member admits its migration links: at the next tick's
                 // announcement (`announce_members`), not before.
                 st.colony.set_alive(&id, false);
-                st.unannounced.push(id);
+                st.unannounced.insert(id);
             }
             let alive = st.members.values().filter(|m| m.alive).count();
             self.metrics.members.record(alive as u64, &[]);
@@ -407,7 +407,7 @@ impl RcCore {
             if st.unannounced.is_empty() {
                 return;
             }
-            let batch = std::mem::take(&mut st.unannounced);
+            let batch: Vec<NodeId> = std::mem::take(&mut st.unannounced).into_iter().collect();
             for id in &batch {
                 // Declared dead (or left) meanwhile: it comes back through a join of its own.
                 if st.members.get(id).is_some_and(|m| m.alive) && !st.mob.draining.contains(id) {

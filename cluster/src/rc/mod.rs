@@ -231,7 +231,7 @@ pub(crate) struct RcState {
     pub(crate) mob: crate::rc::mobility::MobilityState,
     /// Members new to the colony whose join the others have not been told yet
     /// ([`RcCore::announce_members`]); not placeable until then.
-    pub(crate) unannounced: Vec<NodeId>,
+    pub(crate) unannounced: std::collections::HashSet<NodeId>,
     /// When the last announcement went out (at most one per heartbeat period).
     pub(crate) announced_at: Option<Instant>,
 }
@@ -245,7 +245,7 @@ impl RcState {
             directory: Default::default(),
             usage: HashMap::new(),
             mob: Default::default(),
-            unannounced: Vec::new(),
+            unannounced: Default::default(),
             announced_at: None,
         }
     }
