@@ -247,6 +247,20 @@ async fn a_paused_leader_steps_down_without_acting_on_stale_state() {
         .status()
         .unwrap()
         .success());
+    // SIGSTOP takes effect asynchronously: a /status asked before every thread stopped is still
+    // answered "acting". Wait (with a deadline) until the kernel reports the process stopped.
+    let stopped_by = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+        st.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('T'))
+    }) {
+        assert!(
+            std::time::Instant::now() < stopped_by,
+            "rc {pid} not stopped within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let new = c.leader(Duration::from_secs(10)).await;
     assert_ne!(new.name, old.name);
     tokio::time::sleep(Duration::from_secs(3)).await;
